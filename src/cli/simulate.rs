@@ -1,0 +1,9 @@
+//! `journeyc simulate` (not yet built).
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> u8 {
+    eprintln!("journeyc simulate: not implemented yet");
+    super::EXIT_USAGE
+}

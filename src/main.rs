@@ -1,0 +1,5 @@
+//! The `journeyc` binary: a thin main over [`journeyc::cli`].
+
+fn main() -> std::process::ExitCode {
+    journeyc::cli::main()
+}

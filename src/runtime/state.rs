@@ -1,0 +1,95 @@
+//! Per-customer state: everything the interpreter needs about one customer,
+//! persisted as one record (the daemon stores it in sled; the simulator in memory).
+//!
+//! **Invariant:** every collection here is bounded: event history is pruned
+//! to the workspace's longest `count`/`seen` window, send history to the
+//! longest cap window, seen `messageId`s to [`MESSAGE_ID_RETENTION_MS`].
+
+use super::Millis;
+use crate::compile::bytecode::Value;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+/// How long a `messageId` is remembered for de-duplication (7 days).
+pub const MESSAGE_ID_RETENTION_MS: Millis = 7 * 86_400_000;
+/// The most `messageId`s remembered per customer.
+pub const MESSAGE_IDS_MAX: usize = 10_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CustomerState {
+    pub id: String,
+    pub profile: BTreeMap<String, Value>,
+    /// When the customer was first seen (any input).
+    pub first_seen: Option<Millis>,
+    /// The latest input time processed: inputs are applied in time order and
+    /// an older one is applied as of this time.
+    pub clock: Millis,
+    /// Time of the latest event of any kind, and per event name.
+    pub last_event: Option<Millis>,
+    pub last_event_by_name: BTreeMap<String, Millis>,
+    /// Timestamps of recent events per name, oldest first, for `count`/`seen`.
+    pub history: BTreeMap<String, VecDeque<Millis>>,
+    /// Times of recent sends (all journeys), for caps: `(at, journey)`.
+    pub sends: VecDeque<(Millis, String)>,
+    /// Segment membership as last evaluated.
+    pub segments: BTreeMap<String, bool>,
+    /// Active enrollments by journey name.
+    pub enrollments: BTreeMap<String, Enrollment>,
+    /// Per journey: entry bookkeeping for `entry once / every`.
+    pub entries: BTreeMap<String, EntryHistory>,
+    /// Next time a recurring trigger (`every`, `inactive`) is due, per journey.
+    pub schedules: BTreeMap<String, Millis>,
+    /// Recently seen `messageId`s with their input time, oldest first.
+    pub message_ids: VecDeque<(Millis, String)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EntryHistory {
+    pub count: u32,
+    pub last_entered: Millis,
+    /// For `inactive` triggers: the inactivity mark already used to enrol.
+    pub last_inactive_mark: Option<Millis>,
+}
+
+/// One customer's position in one journey version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Enrollment {
+    /// Content hash of the program version this enrollment runs.
+    pub version: String,
+    pub entered_at: Millis,
+    /// Which enrollment of this customer in this journey (1 = first): part
+    /// of every send id, so ids are stable and unique.
+    pub ordinal: u32,
+    pub pc: u32,
+    /// Whether the instruction at `pc` has started (a wait is armed, a send
+    /// deferred by quiet hours).
+    pub suspended: bool,
+    /// When the enrollment must be woken, if it is waiting on time.
+    pub wake_at: Option<Millis>,
+    pub loop_counters: Vec<u32>,
+    /// Properties of the events in scope: the trigger's, then one per
+    /// enclosing `wait for` body (innermost last).
+    pub events: Vec<BTreeMap<String, Value>>,
+    /// Goals already reached (by goal index).
+    pub goals_reached: Vec<bool>,
+    /// In the holdout group: enrolled, never sent to.
+    pub holdout: bool,
+    /// Instructions executed in this enrollment: part of send ids.
+    pub steps: u32,
+}
+
+impl CustomerState {
+    pub fn new(id: impl Into<String>) -> CustomerState {
+        CustomerState {
+            id: id.into(),
+            ..CustomerState::default()
+        }
+    }
+
+    /// The earliest time anything of this customer is due.
+    pub fn next_wake(&self) -> Option<Millis> {
+        let enrollments = self.enrollments.values().filter_map(|e| e.wake_at);
+        let schedules = self.schedules.values().copied();
+        enrollments.chain(schedules).min()
+    }
+}

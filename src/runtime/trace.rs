@@ -1,0 +1,114 @@
+//! The trace (spec §9): one JSON object per line, in time order.
+
+use super::Millis;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Enter,
+    Send,
+    Skip,
+    Goal,
+    Exit,
+    Split,
+    Set,
+}
+
+/// One line of the trace. Field order is the serialized order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    #[serde(with = "rfc3339")]
+    pub at: Millis,
+    pub customer: String,
+    pub journey: String,
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// A send's stable idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+impl TraceRecord {
+    pub fn new(at: Millis, customer: &str, journey: &str, kind: Kind) -> TraceRecord {
+        TraceRecord {
+            at,
+            customer: customer.to_string(),
+            journey: journey.to_string(),
+            kind,
+            version: None,
+            message: None,
+            channel: None,
+            id: None,
+            subject: None,
+            body: None,
+            locale: None,
+            reason: None,
+            error: None,
+            goal: None,
+            split: None,
+            arm: None,
+            attribute: None,
+            value: None,
+        }
+    }
+
+    /// The record as one JSON line (no trailing newline).
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("a trace record always serializes")
+    }
+}
+
+/// Formats milliseconds as RFC 3339 UTC with a `Z`, with fractional seconds
+/// only when there are any (`2026-01-05T10:00:00Z`).
+pub fn format_time(at: Millis) -> String {
+    match chrono::DateTime::from_timestamp_millis(at) {
+        Some(time) => time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        None => at.to_string(),
+    }
+}
+
+pub fn parse_time(text: &str) -> Option<Millis> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+mod rfc3339 {
+    use super::Millis;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(at: &Millis, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_time(*at))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Millis, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_time(&text).ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {text}")))
+    }
+}
