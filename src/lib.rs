@@ -10,6 +10,7 @@ pub mod cli;
 pub mod compile;
 pub mod diagnostic;
 pub mod runtime;
+pub mod simulate;
 pub mod source;
 pub mod syntax;
 pub mod workspace;

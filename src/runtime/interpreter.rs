@@ -49,6 +49,9 @@ pub struct Engine {
     tracked_segments: Arc<Vec<SegmentId>>,
     /// The longest cap window of any journey or the workspace, in ms.
     cap_window_ms: Millis,
+    /// Time-driven triggers (`every`, `inactive`, segment windows) are not
+    /// scheduled after this instant (the simulator's horizon).
+    recurring_until: Option<Millis>,
 }
 
 impl Engine {
@@ -99,7 +102,14 @@ impl Engine {
             versions: Arc::new(versions),
             tracked_segments: Arc::new(tracked.into_iter().collect()),
             cap_window_ms,
+            recurring_until: None,
         }
+    }
+
+    /// The same engine, scheduling no time-driven trigger after `horizon`.
+    pub fn with_horizon(mut self, horizon: Millis) -> Engine {
+        self.recurring_until = Some(horizon);
+        self
     }
 
     pub fn bundle(&self) -> &Arc<Bundle> {
@@ -355,7 +365,7 @@ impl Run<'_, '_> {
                 }
                 _ => continue,
             };
-            match next {
+            match next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
                 Some(due) => self.state.schedules.insert(journey.to_string(), due),
                 None => self.state.schedules.remove(journey),
             };
@@ -381,7 +391,7 @@ impl Run<'_, '_> {
                 }
             }
         }
-        next
+        next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h))
     }
 
     fn scheduled_trigger(&mut self, journey: &str, t: Millis) {

@@ -11,6 +11,7 @@ pub mod input;
 pub mod interpreter;
 pub mod local_time;
 pub mod state;
+pub mod stats;
 pub mod trace;
 
 pub use input::{Input, InputError};
