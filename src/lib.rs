@@ -13,4 +13,5 @@ pub mod runtime;
 pub mod simulate;
 pub mod source;
 pub mod syntax;
+pub mod testing;
 pub mod workspace;
