@@ -13,7 +13,7 @@
 
 use super::eval::Scope;
 use super::local_time::{next_local_time, quiet_until};
-use super::state::{CustomerState, Enrollment, MESSAGE_IDS_MAX, MESSAGE_ID_RETENTION_MS};
+use super::state::{CustomerState, Enrollment, MESSAGE_ID_RETENTION_MS};
 use super::trace::{Kind, TraceRecord};
 use super::{Effects, Input, Millis};
 use crate::compile::bytecode::{Bundle, Condition, Entry, Instr, Program, SegmentId, Trigger, Value};
@@ -47,6 +47,8 @@ pub struct Engine {
     versions: Arc<HashMap<String, (Arc<Loaded>, usize)>>,
     /// Segments whose membership changes matter (triggers, goals, exits).
     tracked_segments: Arc<Vec<SegmentId>>,
+    /// Whether any journey version has a segment goal or exit rule.
+    segment_conditions: bool,
     /// The longest cap window of any journey or the workspace, in ms.
     cap_window_ms: Millis,
     /// Time-driven triggers (`every`, `inactive`, segment windows) are not
@@ -73,6 +75,14 @@ impl Engine {
         for (index, program) in current.bundle.journeys.iter().enumerate() {
             versions.insert(program.hash.clone(), (current.clone(), index));
         }
+        let segment_conditions = versions.values().any(|(loaded, index)| {
+            let program = &loaded.bundle.journeys[*index];
+            program
+                .exit_rules
+                .iter()
+                .chain(program.goals.iter().map(|g| &g.condition))
+                .any(|c| matches!(c, Condition::InSegment { .. }))
+        });
         let bundle = &current.bundle;
         let mut tracked = BTreeSet::new();
         for program in &bundle.journeys {
@@ -101,6 +111,7 @@ impl Engine {
             current,
             versions: Arc::new(versions),
             tracked_segments: Arc::new(tracked.into_iter().collect()),
+            segment_conditions,
             cap_window_ms,
             recurring_until: None,
         }
@@ -114,6 +125,18 @@ impl Engine {
 
     pub fn bundle(&self) -> &Arc<Bundle> {
         &self.current.bundle
+    }
+
+    /// The longest `count`/`seen` window, in seconds, of the segments whose
+    /// changes start or end enrollments (0 if none): how long after the
+    /// last event a time-driven segment change can still happen.
+    pub fn tracked_window_seconds(&self) -> i64 {
+        self.tracked_segments
+            .iter()
+            .flat_map(|segment| self.current.segment_windows[segment.0 as usize].iter())
+            .map(|(_, window)| *window)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether an enrollment on this program version can run.
@@ -249,14 +272,7 @@ impl Run<'_, '_> {
 
     /// Returns false when the id was already seen.
     fn remember_message_id(&mut self, id: &str, at: Millis) -> bool {
-        if self.state.message_ids.iter().any(|(_, seen)| seen == id) {
-            return false;
-        }
-        self.state.message_ids.push_back((at, id.to_string()));
-        while self.state.message_ids.len() > MESSAGE_IDS_MAX {
-            self.state.message_ids.pop_front();
-        }
-        true
+        self.state.remember_message_id(id, at)
     }
 
     fn first_appearance(&mut self, at: Millis) {
@@ -366,9 +382,15 @@ impl Run<'_, '_> {
                 _ => continue,
             };
             match next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
-                Some(due) => self.state.schedules.insert(journey.to_string(), due),
-                None => self.state.schedules.remove(journey),
-            };
+                Some(due) => {
+                    if self.state.schedules.get(journey) != Some(&due) {
+                        self.state.schedules.insert(journey.to_string(), due);
+                    }
+                }
+                None => {
+                    self.state.schedules.remove(journey);
+                }
+            }
         }
         self.state.segment_check = self.next_segment_flip(now);
     }
@@ -554,8 +576,8 @@ impl Run<'_, '_> {
             for segment in self.engine.tracked_segments.iter() {
                 let name = bundle.name(bundle.segments[segment.0 as usize].name);
                 let member = self.scope(t, None).in_segment(*segment);
-                let before = self.state.segments.insert(name.to_string(), member);
-                if before != Some(member) {
+                if self.state.segments.get(name) != Some(&member) {
+                    self.state.segments.insert(name.to_string(), member);
                     changed.push((*segment, member));
                 }
             }
@@ -579,6 +601,9 @@ impl Run<'_, '_> {
 
     /// Segment goals and exit rules of every active enrollment.
     fn segment_conditions(&mut self, t: Millis) {
+        if !self.engine.segment_conditions || self.state.enrollments.is_empty() {
+            return;
+        }
         let journeys: Vec<String> = self.state.enrollments.keys().cloned().collect();
         for journey in journeys {
             let Some(mut enrollment) = self.state.enrollments.remove(&journey) else {
@@ -629,7 +654,7 @@ impl Run<'_, '_> {
         let ordinal = history.count;
         let holdout = program.holdout_basis_points > 0
             && stable_bucket(&self.state.id, &journey, "holdout") < program.holdout_basis_points;
-        let mut enrollment = Enrollment {
+        let mut enrollment = Box::new(Enrollment {
             version: program.hash.clone(),
             entered_at: t,
             ordinal,
@@ -641,7 +666,7 @@ impl Run<'_, '_> {
             goals_reached: vec![false; program.goals.len()],
             holdout,
             steps: 0,
-        };
+        });
         let record = self.record(t, &journey, Kind::Enter);
         record.version = Some(program.hash.clone());
         if program.holdout_basis_points > 0 {
@@ -995,14 +1020,7 @@ impl Run<'_, '_> {
         while self.state.sends.front().is_some_and(|(t, _)| *t <= now - cap_window_ms) {
             self.state.sends.pop_front();
         }
-        while self
-            .state
-            .message_ids
-            .front()
-            .is_some_and(|(t, _)| *t <= now - MESSAGE_ID_RETENTION_MS)
-        {
-            self.state.message_ids.pop_front();
-        }
+        self.state.forget_message_ids(now - MESSAGE_ID_RETENTION_MS);
     }
 }
 
