@@ -155,6 +155,8 @@ fn journey_graph(bundle: &Bundle, program: &Program, prefix: &str) -> Graph {
         label: None,
         dotted: false,
     });
+    // Steps are found breadth-first and listed in pc order (source order).
+    let mut steps: BTreeMap<Pc, (Node, Vec<Edge>)> = BTreeMap::new();
     let mut seen = vec![false; code.len()];
     let mut queue = VecDeque::from([first]);
     seen[first as usize] = true;
@@ -164,14 +166,15 @@ fn journey_graph(bundle: &Bundle, program: &Program, prefix: &str) -> Graph {
         if let Some(names) = labels_at.get(&pc) {
             lines.insert(0, format!("{}:", names.join(", ")));
         }
-        graph.nodes.push(Node {
+        let node = Node {
             id: id(pc),
             lines,
             shape,
-        });
+        };
+        let mut edges = Vec::new();
         for (target, label) in successors {
             let Some(target) = resolve(code, target) else { continue };
-            graph.edges.push(Edge {
+            edges.push(Edge {
                 from: id(pc),
                 to: id(target),
                 label,
@@ -182,7 +185,14 @@ fn journey_graph(bundle: &Bundle, program: &Program, prefix: &str) -> Graph {
                 queue.push_back(target);
             }
         }
+        steps.insert(pc, (node, edges));
     }
+    let mut edges = Vec::new();
+    for (node, step_edges) in steps.into_values() {
+        graph.nodes.push(node);
+        edges.extend(step_edges);
+    }
+    graph.edges.extend(edges);
     graph
 }
 
