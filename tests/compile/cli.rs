@@ -23,8 +23,18 @@ fn fixture(name: &str) -> String {
 fn build_writes_a_bundle_that_reads_back() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("w.bundle");
-    let output = journeyc(&["build", &fixture("statements.journey"), "-o", &out.display().to_string()]);
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = journeyc(&[
+        "build",
+        &fixture("statements.journey"),
+        "-o",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let bytes = std::fs::read(&out).expect("bundle written");
     let bundle = journeyc::compile::read_bundle(&bytes).expect("valid bundle");
     assert!(bundle.journey("everything").is_some());
@@ -44,10 +54,17 @@ fn check_errors_exit_1_with_diagnostics_and_io_errors_exit_2() {
     ] {
         let output = journeyc(&args);
         assert_eq!(output.status.code(), Some(1), "{args:?}");
-        assert!(String::from_utf8_lossy(&output.stderr).contains("nothing_here"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("nothing_here"),
+            "{args:?}"
+        );
     }
     let missing = dir.path().join("missing").display().to_string();
-    for args in [vec!["build", &missing, "-o", "/dev/null"], vec!["inspect", &missing], vec!["graph", &missing]] {
+    for args in [
+        vec!["build", &missing, "-o", "/dev/null"],
+        vec!["inspect", &missing],
+        vec!["graph", &missing],
+    ] {
         assert_eq!(journeyc(&args).status.code(), Some(2), "{args:?}");
     }
     let unwritable = dir.path().join("no/such/dir/out.bundle").display().to_string();

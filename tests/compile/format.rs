@@ -31,10 +31,16 @@ fn building_twice_gives_identical_bytes() {
 fn names_are_sorted_unique_and_programs_consistent() {
     for (name, path) in snapshot_workspaces() {
         let bundle = compile_path(&path);
-        assert!(bundle.names.windows(2).all(|w| w[0] < w[1]), "{name}: names not sorted/unique");
+        assert!(
+            bundle.names.windows(2).all(|w| w[0] < w[1]),
+            "{name}: names not sorted/unique"
+        );
         for program in &bundle.journeys {
             assert_eq!(program.code.len(), program.lines.len());
-            assert!(program.lines.iter().all(|line| *line > 0), "{name}: missing line numbers");
+            assert!(
+                program.lines.iter().all(|line| *line > 0),
+                "{name}: missing line numbers"
+            );
             assert_eq!(program.code.last(), Some(&Instr::End));
             assert_eq!(program.hash.len(), 64);
         }
@@ -59,7 +65,10 @@ fn damaged_bundles_are_refused() {
         })
     );
 
-    assert!(matches!(read_bundle(&bytes[..bytes.len() - 3]), Err(BundleError::Decode(_))));
+    assert!(matches!(
+        read_bundle(&bytes[..bytes.len() - 3]),
+        Err(BundleError::Decode(_))
+    ));
     let mut longer = bytes.clone();
     longer.push(0);
     assert!(matches!(read_bundle(&longer), Err(BundleError::Decode(_))));
@@ -96,7 +105,10 @@ fn line_numbers_are_not_in_the_hash_but_are_in_the_file() {
     }
     // Still valid: the hash ignores lines.
     validate(&moved).expect("valid");
-    assert_ne!(write_bundle(&moved).expect("write"), write_bundle(&bundle).expect("write"));
+    assert_ne!(
+        write_bundle(&moved).expect("write"),
+        write_bundle(&bundle).expect("write")
+    );
 }
 
 #[test]

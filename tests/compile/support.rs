@@ -73,7 +73,10 @@ pub fn snapshot_workspaces() -> Vec<(String, PathBuf)> {
             .collect();
         files.sort();
         for path in files {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             workspaces.push((format!("{prefix}_{stem}"), path));
         }
     }

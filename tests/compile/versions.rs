@@ -22,7 +22,10 @@ fn reformat(text: &str) -> String {
 
 #[test]
 fn layout_and_comments_do_not_change_any_hash() {
-    for path in [fixtures().join("statements.journey"), fixtures().join("triggers.journey")] {
+    for path in [
+        fixtures().join("statements.journey"),
+        fixtures().join("triggers.journey"),
+    ] {
         let text = std::fs::read_to_string(&path).expect("fixture");
         let before = compile_text(&text);
         let after = compile_text(&reformat(&text));
@@ -95,7 +98,10 @@ journey three {
 "#;
 
 fn workspace(schema: &str, journeys: &str) -> Vec<(String, String)> {
-    hashes(&compile_texts(&[("schema.journey", schema), ("journeys.journey", journeys)]))
+    hashes(&compile_texts(&[
+        ("schema.journey", schema),
+        ("journeys.journey", journeys),
+    ]))
 }
 
 fn changed(before: &[(String, String)], after: &[(String, String)]) -> Vec<String> {
@@ -242,7 +248,12 @@ fn diff_reports_versions_and_where_waiting_enrollments_go() {
     assert!(matches!(outcomes[0], Outcome::Moves { label, .. } if label == "first"));
     assert_eq!(outcomes[1], &Outcome::Unlabelled);
     assert!(matches!(outcomes[2], Outcome::Moves { label, .. } if label == "click"));
-    assert_eq!(outcomes[3], &Outcome::LabelMissing { label: "gone".to_string() });
+    assert_eq!(
+        outcomes[3],
+        &Outcome::LabelMissing {
+            label: "gone".to_string()
+        }
+    );
     let pinned = &report.journeys[3];
     assert!(pinned.wait_points.iter().all(|point| point.outcome == Outcome::Pinned));
     insta::assert_snapshot!(render_text(&report));
