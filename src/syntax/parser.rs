@@ -941,7 +941,7 @@ fn describe(rule: Rule) -> Option<String> {
         rule,
         Rule::k_event | Rule::k_segment | Rule::k_message | Rule::k_journey
     ) {
-        return Some("the next declaration".into());
+        return describe_rule(Rule::kw_customer).map(str::to_string);
     }
     if let Some(word) = keyword(rule) {
         return Some(format!("`{word}`"));
