@@ -140,9 +140,18 @@ struct Lower {
 }
 
 impl Lower {
+    /// The span of a pair, ending at its last token: pest includes the
+    /// whitespace skipped before an optional part that was absent
+    /// (`trigger a⏎  ` when no `where` follows), which labels must not cover.
     fn span(&self, pair: &Pair<Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let mut end = s.end();
+        let mut last = pair.clone().into_inner().last();
+        while let Some(child) = last {
+            end = child.as_span().end();
+            last = child.into_inner().last();
+        }
+        Span::new(self.file, s.start(), end.max(s.start()))
     }
 
     fn ident(&self, pair: Pair<Rule>) -> Ident {
