@@ -5,7 +5,7 @@
 
 use super::bytecode::*;
 use super::disasm::{cap_text, condition, entry, goal_text, percent, quiet_hours, trigger};
-use super::expr::{days, duration, message_name, name_of, render, time_of_day};
+use super::expr::{duration, message_name, name_of, render};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
@@ -221,7 +221,7 @@ fn step(bundle: &Bundle, code: &[Instr], pc: Pc, instr: &Instr) -> (Vec<String>,
             minute_of_day,
             days: mask,
         } => (
-            vec![format!("wait until {} on {}", time_of_day(*minute_of_day), days(*mask))],
+            vec![super::disasm::wait_until_time("wait until", *minute_of_day, *mask)],
             Shape::Wait,
             next,
         ),

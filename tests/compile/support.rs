@@ -57,8 +57,8 @@ pub fn hashes(bundle: &Bundle) -> Vec<(String, String)> {
 }
 
 /// Every workspace the snapshot tests cover, as (snapshot name, path):
-/// `journeys/` as one workspace, and each file of `tests/ok/` and of
-/// `tests/compile/fixtures/` as its own.
+/// `journeys/` as one workspace, and each file (or directory) of
+/// `tests/ok/` and of `tests/compile/fixtures/` as its own.
 pub fn snapshot_workspaces() -> Vec<(String, PathBuf)> {
     let mut workspaces = Vec::new();
     let journeys = root().join("journeys");
@@ -69,7 +69,7 @@ pub fn snapshot_workspaces() -> Vec<(String, PathBuf)> {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "journey"))
+            .filter(|path| path.is_dir() || path.extension().is_some_and(|ext| ext == "journey"))
             .collect();
         files.sort();
         for path in files {
