@@ -125,3 +125,15 @@ fn compile_without_sources_differs_only_in_lines() {
     }
     assert_eq!(without, with_lines);
 }
+
+#[test]
+fn the_compile_stage_does_no_io() {
+    let dir = super::support::root().join("src/compile");
+    for entry in std::fs::read_dir(&dir).expect("src/compile") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("source");
+        for forbidden in ["std::fs", "sled", "tokio", "std::net", "SystemTime", "Utc::now"] {
+            assert!(!text.contains(forbidden), "{} uses {forbidden}", path.display());
+        }
+    }
+}
