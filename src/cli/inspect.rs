@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Emit {
-    /// The syntax tree (after checking), as Rust debug output.
+    /// The syntax tree (after checking), as Rust debug output without spans.
     Ast,
     /// The compiled bytecode, disassembled.
     Bytecode,
@@ -22,6 +22,9 @@ pub struct Args {
     /// Only this journey.
     #[arg(long)]
     pub journey: Option<String>,
+    /// With `--emit ast`: keep the byte spans of every node.
+    #[arg(long)]
+    pub spans: bool,
 }
 
 pub fn run(args: Args) -> u8 {
@@ -50,5 +53,48 @@ pub fn run(args: Args) -> u8 {
             None => String::new(),
         },
     };
+    let text = if args.emit == Emit::Ast && !args.spans {
+        without_spans(&text)
+    } else {
+        text
+    };
     super::build::print_stdout(&text)
+}
+
+/// Drops `…span: Span { … }` and `keyword: Span { … }` fields from pretty
+/// debug output: byte offsets make the tree hard to read.
+fn without_spans(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut skipping: Option<usize> = None;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(depth) = skipping {
+            if indent == depth && line.trim_start().starts_with('}') {
+                skipping = None;
+            }
+            continue;
+        }
+        let trimmed = line.trim_start();
+        let is_span_field = trimmed.ends_with(": Span {")
+            && trimmed
+                .split(':')
+                .next()
+                .is_some_and(|field| field.ends_with("span") || field == "keyword");
+        if is_span_field {
+            skipping = Some(indent);
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spans_are_dropped_from_debug_output() {
+        let text = "Ident {\n    name: \"a\",\n    span: Span {\n        file: FileId(\n            0,\n        ),\n        start: 1,\n        end: 2,\n    },\n}\n";
+        assert_eq!(super::without_spans(text), "Ident {\n    name: \"a\",\n}\n");
+    }
 }
