@@ -83,6 +83,30 @@ pub(super) fn compile_workspace(paths: &[PathBuf]) -> Result<Compiled, u8> {
     })
 }
 
+/// A bundle file written by `journeyc build` (recognized by its magic), or
+/// a workspace to compile. Errors as [`compile_workspace`]; a damaged
+/// bundle is an I/O error (exit 2).
+pub(super) fn load_bundle(paths: &[PathBuf]) -> Result<Bundle, u8> {
+    if let [path] = paths {
+        if path.is_file() {
+            let bytes = match std::fs::read(path) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    eprintln!("error: cannot read {}: {error}", path.display());
+                    return Err(super::EXIT_USAGE);
+                }
+            };
+            if bytes.starts_with(&crate::compile::MAGIC) {
+                return crate::compile::read_bundle(&bytes).map_err(|error| {
+                    eprintln!("error: {}: {error}", path.display());
+                    super::EXIT_USAGE
+                });
+            }
+        }
+    }
+    compile_workspace(paths).map(|compiled| compiled.bundle)
+}
+
 /// The journeys named by `--journey` (all when `None`), or exit code 2 with
 /// a did-you-mean for an unknown name.
 pub(super) fn select_journeys<'b>(

@@ -13,7 +13,8 @@ pub enum Emit {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The workspace: a directory (searched recursively) or .journey files.
+    /// The workspace: a directory (searched recursively) or .journey files
+    /// (with `--emit bytecode`, also a bundle written by `journeyc build`).
     #[arg(required = true)]
     pub workspace: Vec<PathBuf>,
     /// What to print.
@@ -28,35 +29,52 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> u8 {
-    let compiled = match super::build::compile_workspace(&args.workspace) {
-        Ok(compiled) => compiled,
-        Err(code) => return code,
-    };
-    let programs = match super::build::select_journeys(&compiled.bundle, args.journey.as_deref()) {
-        Ok(programs) => programs,
-        Err(code) => return code,
-    };
-    let text = match (args.emit, &args.journey) {
-        (Emit::Bytecode, None) => disasm::disassemble(&compiled.bundle),
-        (Emit::Bytecode, Some(_)) => programs
-            .iter()
-            .map(|program| disasm::disassemble_program(&compiled.bundle, program))
-            .collect(),
-        (Emit::Ast, None) => compiled
-            .checked
-            .files
-            .iter()
-            .map(|file| format!("// {}\n{file:#?}\n", compiled.sources.path(file.id).display()))
-            .collect(),
-        (Emit::Ast, Some(name)) => match compiled.checked.journeys.get(name) {
-            Some(decl) => format!("{decl:#?}\n"),
-            None => String::new(),
-        },
-    };
-    let text = if args.emit == Emit::Ast && !args.spans {
-        without_spans(&text)
-    } else {
-        text
+    let text = match args.emit {
+        Emit::Bytecode => {
+            let bundle = match super::build::load_bundle(&args.workspace) {
+                Ok(bundle) => bundle,
+                Err(code) => return code,
+            };
+            let programs = match super::build::select_journeys(&bundle, args.journey.as_deref()) {
+                Ok(programs) => programs,
+                Err(code) => return code,
+            };
+            match args.journey {
+                None => disasm::disassemble(&bundle),
+                Some(_) => programs
+                    .iter()
+                    .map(|program| disasm::disassemble_program(&bundle, program))
+                    .collect(),
+            }
+        }
+        Emit::Ast => {
+            let compiled = match super::build::compile_workspace(&args.workspace) {
+                Ok(compiled) => compiled,
+                Err(code) => return code,
+            };
+            if let Err(code) = super::build::select_journeys(&compiled.bundle, args.journey.as_deref()) {
+                return code;
+            }
+            let text: String = match &args.journey {
+                None => compiled
+                    .checked
+                    .files
+                    .iter()
+                    .map(|file| format!("// {}\n{file:#?}\n", compiled.sources.path(file.id).display()))
+                    .collect(),
+                Some(name) => compiled
+                    .checked
+                    .journeys
+                    .get(name)
+                    .map(|decl| format!("{decl:#?}\n"))
+                    .unwrap_or_default(),
+            };
+            if args.spans {
+                text
+            } else {
+                without_spans(&text)
+            }
+        }
     };
     super::build::print_stdout(&text)
 }
