@@ -5,11 +5,18 @@
 //! (`Checked` → bytecode `Bundle`) → [`runtime`] (the pure interpreter) →
 //! [`simulate`] / [`daemon`]; [`cli`] on top.
 
+/// The source tree this library was built from. Referencing it makes cargo
+/// rebuild when the same package is built from another checkout into a
+/// shared target directory (artifact names do not depend on the path).
+pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
 pub mod check;
 pub mod cli;
 pub mod compile;
 pub mod diagnostic;
 pub mod runtime;
+pub mod simulate;
 pub mod source;
 pub mod syntax;
+pub mod testing;
 pub mod workspace;
