@@ -22,11 +22,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> u8 {
-    let old = match super::build::load_bundle(std::slice::from_ref(&args.old)) {
+    let old = match super::build::bundle_or_workspace(std::slice::from_ref(&args.old)) {
         Ok(bundle) => bundle,
         Err(code) => return code,
     };
-    let new = match super::build::load_bundle(std::slice::from_ref(&args.new)) {
+    let new = match super::build::bundle_or_workspace(std::slice::from_ref(&args.new)) {
         Ok(bundle) => bundle,
         Err(code) => return code,
     };

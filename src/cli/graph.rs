@@ -18,7 +18,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> u8 {
-    let bundle = match super::build::load_bundle(&args.workspace) {
+    let bundle = match super::build::bundle_or_workspace(&args.workspace) {
         Ok(bundle) => bundle,
         Err(code) => return code,
     };

@@ -31,7 +31,7 @@ pub struct Args {
 pub fn run(args: Args) -> u8 {
     let text = match args.emit {
         Emit::Bytecode => {
-            let bundle = match super::build::load_bundle(&args.workspace) {
+            let bundle = match super::build::bundle_or_workspace(&args.workspace) {
                 Ok(bundle) => bundle,
                 Err(code) => return code,
             };
