@@ -45,9 +45,15 @@ fn main() {
             } else {
                 let body = match next(8) {
                     0 => "\"event\":\"signed_up\",\"properties\":{\"source\":\"ads\"}".to_string(),
-                    1 => format!("\"event\":\"purchase\",\"properties\":{{\"amount\":{},\"sku\":\"s1\"}}", next(100)),
+                    1 => format!(
+                        "\"event\":\"purchase\",\"properties\":{{\"amount\":{},\"sku\":\"s1\"}}",
+                        next(100)
+                    ),
                     2 | 3 => "\"event\":\"login\"".to_string(),
-                    4 => format!("\"event\":\"cart_abandoned\",\"properties\":{{\"value\":{},\"items\":2}}", next(100)),
+                    4 => format!(
+                        "\"event\":\"cart_abandoned\",\"properties\":{{\"value\":{},\"items\":2}}",
+                        next(100)
+                    ),
                     5 => "\"event\":\"checkout\",\"properties\":{\"value\":30}".to_string(),
                     _ => "\"event\":\"project_created\",\"properties\":{\"name\":\"p\"}".to_string(),
                 };

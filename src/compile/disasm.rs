@@ -124,9 +124,7 @@ pub fn instruction(bundle: &Bundle, instr: &Instr) -> String {
         Instr::WaitUntilTime {
             minute_of_day,
             days: mask,
-        } => {
-            format!("wait_until {} on {}", time_of_day(*minute_of_day), days(*mask))
-        }
+        } => wait_until_time("wait_until", *minute_of_day, *mask),
         Instr::WaitUntil { time } => format!("wait_until {}", render(bundle, time)),
         Instr::WaitFor {
             event,
@@ -145,14 +143,8 @@ pub fn instruction(bundle: &Bundle, instr: &Instr) -> String {
             format!("jump_unless {} -> {target}", render(bundle, condition))
         }
         Instr::Split { split, arms } => {
-            let mut previous = 0;
-            let arms: Vec<String> = arms
-                .iter()
-                .map(|arm| {
-                    let share = arm.upper_basis_points.saturating_sub(previous);
-                    previous = arm.upper_basis_points;
-                    format!("{} {} -> {}", name_of(bundle, arm.name), percent(share), arm.target)
-                })
+            let arms: Vec<String> = arm_shares(arms)
+                .map(|(arm, share)| format!("{} {} -> {}", name_of(bundle, arm.name), percent(share), arm.target))
                 .collect();
             format!("split {}: {}", name_of(bundle, *split), arms.join(", "))
         }
@@ -199,6 +191,15 @@ pub fn trigger(bundle: &Bundle, trigger: &Trigger) -> String {
     }
 }
 
+/// `wait_until 09:00 on weekdays`; no `on …` when every day will do.
+pub fn wait_until_time(keyword: &str, minute_of_day: u16, mask: u8) -> String {
+    if mask & expr::ALL_DAYS == expr::ALL_DAYS {
+        format!("{keyword} {}", time_of_day(minute_of_day))
+    } else {
+        format!("{keyword} {} on {}", time_of_day(minute_of_day), days(mask))
+    }
+}
+
 pub fn entry(entry: Entry) -> String {
     match entry {
         Entry::Once => "once".to_string(),
@@ -234,6 +235,14 @@ pub fn cap_text(cap: Cap) -> String {
     format!("{} sends per {}", cap.sends, duration(cap.per_seconds))
 }
 
+/// Each arm with its own share in basis points (its bound minus the previous one).
+pub fn arm_shares(arms: &[SplitArm]) -> impl Iterator<Item = (&SplitArm, u32)> {
+    let previous = std::iter::once(0).chain(arms.iter().map(|arm| arm.upper_basis_points));
+    arms.iter()
+        .zip(previous)
+        .map(|(arm, previous)| (arm, arm.upper_basis_points.saturating_sub(previous)))
+}
+
 /// Basis points as a percentage: 5000 → `50%`, 3333 → `33.33%`.
 pub fn percent(basis_points: u32) -> String {
     if basis_points % 100 == 0 {
@@ -243,6 +252,3 @@ pub fn percent(basis_points: u32) -> String {
         format!("{}%", text.trim_end_matches('0'))
     }
 }
-
-/// Re-exported for callers that print expressions next to disassembly.
-pub use expr::render as render_code;
