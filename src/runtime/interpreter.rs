@@ -154,6 +154,9 @@ impl Engine {
                         run.state.profile.insert(name.clone(), value.clone());
                     }
                 }
+                // `every` triggers run in customer-local time: a new
+                // `timezone` trait moves the pending occurrence.
+                run.reschedule(at);
             }
             Input::Track { event, properties, .. } => run.track(event, properties, at),
             Input::Wake { .. } => {}
@@ -347,7 +350,11 @@ impl Run<'_, '_> {
                 } => {
                     let zone = self.zone(program);
                     match self.state.schedules.get(journey) {
-                        Some(existing) if *existing > now => continue,
+                        // Due at this very instant and not fired yet (an
+                        // input at the same instant): it fires after the input.
+                        Some(existing) if *existing == now => continue,
+                        // Otherwise recompute: a changed `customer.timezone`
+                        // moves the next occurrence.
                         _ => Some(next_local_time(now + 1, zone, *minute_of_day, *days)),
                     }
                 }
