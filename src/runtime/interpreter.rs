@@ -654,6 +654,16 @@ impl Run<'_, '_> {
         if program.holdout_basis_points > 0 {
             record.arm = Some(if holdout { "holdout" } else { "treatment" }.to_string());
         }
+        // Exit rules are watched from the first instant: a customer already
+        // in an exit segment leaves before the first step runs.
+        let exits_at_once = program.exit_rules.iter().any(|rule| match rule {
+            Condition::InSegment { segment } => self.scope(t, None).in_segment(*segment),
+            Condition::Event { .. } => false,
+        });
+        if exits_at_once {
+            self.exit(&journey, t, "exit_rule");
+            return;
+        }
         if self.execute(&journey, &mut enrollment, t) {
             self.state.enrollments.insert(journey, enrollment);
         }
