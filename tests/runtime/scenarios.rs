@@ -127,14 +127,20 @@ scenarios! {
     /// - c1: login 05-01T10:00 → left (returning); dormant exactly 14d later,
     ///   05-15T10:00, with no input → winback.
     /// - c2: last login 05-10T10:00 → winback 05-24T10:00.
-    /// - c3: first seen with its login: no `left` (it was never seen dormant);
+    /// - c3: first seen with its login. The baseline membership is that of a
+    ///   blank customer (no events: dormant), so this first login is a
+    ///   `left dormant` too (runtime's choice, kept: see the report);
     ///   winback 05-15T10:00.
     dormant_segment,
-    /// `trigger every mon at 09:00`, customer-local (first Monday 2026-03-09):
-    /// - tokyo: 09:00 JST = 03-09T00:00Z (digest and pro_digest).
-    /// - new_york: 09:00 EDT (DST since 03-08) = 13:00Z (not pro).
-    /// - utc: no zone → 09:00Z.
-    /// - moves: zone set to Sydney a day after first seen: 09:00 AEDT = 03-08T22:00Z.
+    /// `trigger every mon at 09:00`, customer-local (first Monday 2026-03-09;
+    /// the horizon is the last event + 7d = 03-16T09:00Z):
+    /// - tokyo: 09:00 JST = 03-09T00:00Z (weekly and weekly_pro), 03-16T00:00Z.
+    /// - new_york: 09:00 EDT (DST since 03-08) = 13:00Z, once (not pro);
+    ///   03-16T13:00Z is past the horizon.
+    /// - utc: no zone → 09:00Z, although a login arrives at that very
+    ///   instant; 03-16T09:00Z (at the horizon, inclusive).
+    /// - moves: zone set to Sydney a day after first seen: 09:00 AEDT =
+    ///   03-08T22:00Z, 03-15T22:00Z.
     every_monday,
     /// `trigger inactive 3d since login`:
     /// - c1: logins 05-02T10:00, 05-04T10:00 → 05-07T10:00.
