@@ -68,6 +68,17 @@ scenarios! {
     /// - ny_late_wait: hello at 20:30 EDT (00:30Z), `later` due 21:30 EDT →
     ///   held to 08:00 EDT = 12:00Z.
     quiet_hours_zones,
+    /// Quiet hours 23:00–02:30 in Europe/Berlin:
+    /// - spring: ping 03-28T22:30Z = 23:30 CET; 02:30 on 03-29 does not exist
+    ///   (02:00 → 03:00), so the first valid instant after it: 03:00 CEST = 01:00Z.
+    /// - autumn: ping 10-24T22:30Z = 00:30 CEST; 02:30 exists twice on 10-25,
+    ///   the earlier (CEST) = 00:30Z.
+    /// - ordinary: 05-01T22:30Z = 00:30 CEST → 02:30 CEST = 00:30Z on 05-02.
+    quiet_hours_dst_gap,
+    /// `trigger left engaged` (`seen(login within 7d)`): logins 05-01, 05-03
+    /// → left at 05-10T10:00 (7d after the last); login 05-12T08:00 re-enters
+    /// the segment, left again 05-19T08:00 (the horizon: last event + 7d).
+    left_segment,
     /// `wait until 09:00 on weekdays`:
     /// - la_friday: Fri 10:00 PDT → Mon 05-11 09:00 PDT = 16:00Z.
     /// - utc_saturday: Sat → Mon 05-11 09:00Z.
