@@ -79,6 +79,21 @@ scenarios! {
     /// → left at 05-10T10:00 (7d after the last); login 05-12T08:00 re-enters
     /// the segment, left again 05-19T08:00 (the horizon: last event + 7d).
     left_segment,
+    /// Settings (quiet hours 21:00–08:00, zone New York) inherited by
+    /// `inherits`; `overrides` has quiet hours 01:00–02:00 and zone Tokyo:
+    /// - no_zone: ping 16:30Z = 12:30 EDT → hello at once; = 01:30 JST →
+    ///   hi held to 02:00 JST = 17:00Z.
+    /// - berlin (customer zone wins over both): 23:30Z = 01:30 CEST → hello
+    ///   held to 08:00 CEST = 06:00Z; hi held to 02:00 CEST = 00:00Z.
+    settings_inherit,
+    /// Quiet hours 21:00–08:00 UTC with cap 2/1d, a `wait for` and an exit rule:
+    /// - c1: signed_up 22:00 → a, b at 08:00 (c: cap); opened 05-02T23:00 →
+    ///   `thanks` (with event.campaign) held to 05-03T08:00, when a and b
+    ///   (exactly 1d earlier) have left the cap window → sent.
+    /// - c2: unsubscribed during the deferral → exit_rule at 23:00, nothing sent.
+    /// - c3: 12:00 → a, b, c (cap) at once; no open → nudge due 05-02T12:00 →
+    ///   the cap window (05-01T12:00, 05-02T12:00] excludes a and b → sent.
+    quiet_hours_interplay,
     /// `wait until 09:00 on weekdays`:
     /// - la_friday: Fri 10:00 PDT → Mon 05-11 09:00 PDT = 16:00Z.
     /// - utc_saturday: Sat → Mon 05-11 09:00Z.
