@@ -1040,6 +1040,9 @@ pub fn to_json(value: &Value) -> serde_json::Value {
         Value::Absent => serde_json::Value::Null,
         Value::Bool(b) => serde_json::Value::Bool(*b),
         Value::Int(i) => serde_json::Value::from(*i),
+        // A whole `number` (`"total": 99` in the input) renders as `99`, not
+        // `99.0`, as it was sent; exact integers only (|n| < 2^53).
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 => serde_json::Value::from(*n as i64),
         Value::Number(n) => serde_json::Value::from(*n),
         Value::String(s) => serde_json::Value::String(s.clone()),
         Value::Time(t) => serde_json::Value::String(super::trace::format_time(*t)),
