@@ -94,6 +94,13 @@ scenarios! {
     /// - c3: 12:00 → a, b, c (cap) at once; no open → nudge due 05-02T12:00 →
     ///   the cap window (05-01T12:00, 05-02T12:00] excludes a and b → sent.
     quiet_hours_interplay,
+    /// `where` filters, each with its own event in scope:
+    /// - c1: order 10 filtered out; order 25.5 enters; purchase 50 is no
+    ///   goal, 150 is (14:00); partial refund does not exit; dhl delivery
+    ///   does not end the wait, ups at 15:00 does ("ups: ups").
+    /// - c2: full refund → exit_rule at 12:00.
+    /// - c3: order 20 (>= is inclusive); only dhl → no_ups at 05-03T10:00.
+    filters,
     /// `wait until 09:00 on weekdays`:
     /// - la_friday: Fri 10:00 PDT → Mon 05-11 09:00 PDT = 16:00Z.
     /// - utc_saturday: Sat → Mon 05-11 09:00Z.
