@@ -680,6 +680,12 @@ impl Run<'_, '_> {
             return false;
         };
         let program = &loaded.bundle.journeys[index];
+        if !enrollment.suspended {
+            // The step at `pc` has not started (a migration moved the
+            // enrollment onto a different kind of step): start it.
+            enrollment.wake_at = None;
+            return self.execute(journey, enrollment, t);
+        }
         match (program.code.get(enrollment.pc as usize), how) {
             (Some(Instr::WaitFor { .. }), Resume::Event(properties)) => {
                 enrollment.events.push(properties.clone());
