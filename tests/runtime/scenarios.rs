@@ -305,3 +305,99 @@ fn split_and_holdout_shares() {
     trace.iter().for_each(|record| funnel.add(record));
     insta::assert_snapshot!("split_and_holdout_shares", funnel.render());
 }
+
+// --------------------------------------------------------------- migration
+
+fn bundle(source: &str) -> std::sync::Arc<journeyc::compile::bytecode::Bundle> {
+    use journeyc::workspace::{load, DiskFiles};
+    let workspace = tempfile::tempdir().expect("temp dir");
+    std::fs::write(workspace.path().join("w.journey"), source).expect("write journey");
+    let sources = load(&[workspace.path().to_path_buf()]).expect("workspace loads");
+    let outcome = journeyc::check::check_workspace(&sources, &DiskFiles);
+    let checked = outcome
+        .checked
+        .unwrap_or_else(|| panic!("workspace has errors: {:#?}", outcome.diagnostics));
+    std::sync::Arc::new(journeyc::compile::compile(&checked))
+}
+
+const MIGRATE_V1: &str = r#"
+event signed_up
+event opened
+message a push { body "a" }
+message late push { body "late" }
+journey onboarding {
+  trigger signed_up
+  on update migrate
+  first: wait 1d
+  send a
+}
+"#;
+
+const MIGRATE_V2: &str = r#"
+event signed_up
+event opened
+message a push { body "a" }
+message late push { body "late" }
+journey onboarding {
+  trigger signed_up
+  on update migrate
+  first: wait for opened within 1d {
+    send a
+  } timeout {
+    send late
+  }
+}
+"#;
+
+/// `on update migrate` onto a different kind of statement under the same
+/// label starts that statement: enrolled at 10:00 on v1 (waiting at
+/// `first: wait 1d`), migrated at 12:00 to v2's `first: wait for opened
+/// within 1d`, the enrollment waits for `opened` (until 12:00 the next day)
+/// rather than taking the timeout at once.
+#[test]
+fn migration_onto_another_kind_of_step_starts_it() {
+    use journeyc::runtime::{CustomerState, Engine, Input};
+    let at = |text: &str| journeyc::runtime::trace::parse_time(text).expect("time");
+    let v1 = bundle(MIGRATE_V1);
+    let v2 = bundle(MIGRATE_V2);
+    let track = |event: &str, time: &str| Input::Track {
+        event: event.to_string(),
+        properties: BTreeMap::new(),
+        at: at(time),
+        message_id: None,
+    };
+    let mut state = CustomerState::new("c1");
+    let old = Engine::new(v1.clone());
+    let entered = old.apply(&mut state, &track("signed_up", "2026-05-01T10:00:00Z"));
+    assert_eq!(entered.wake_at, Some(at("2026-05-02T10:00:00Z")));
+
+    let new = Engine::with_retained(v2, vec![v1]);
+    let mut records = Vec::new();
+    let mut effects = new.apply(
+        &mut state,
+        &Input::Wake {
+            at: at("2026-05-01T12:00:00Z"),
+        },
+    );
+    records.extend(effects.records);
+    while let Some(wake) = effects.wake_at {
+        effects = new.apply(&mut state, &Input::Wake { at: wake });
+        records.extend(effects.records);
+    }
+    let summary: Vec<String> = records
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {:?} {}",
+                journeyc::runtime::trace::format_time(r.at),
+                r.kind,
+                r.message.as_deref().or(r.reason.as_deref()).unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        ["2026-05-02T12:00:00Z Send late", "2026-05-02T12:00:00Z Exit end"],
+        "{records:#?}"
+    );
+}
