@@ -101,6 +101,13 @@ scenarios! {
     /// - c2: full refund → exit_rule at 12:00.
     /// - c3: order 20 (>= is inclusive); only dhl → no_ups at 05-03T10:00.
     filters,
+    /// `hot_vip = customer.vip and count(purchase within 3d) >= 2`:
+    /// - c1 (vip): entered at the second purchase 05-02T10:00; left when the
+    ///   first ages out, 05-04T10:00, with no input.
+    /// - c2: purchases while not vip; entered on the identify 05-03T00:00;
+    ///   left 05-04T10:00.
+    /// - c3 (vip): entered 05-02T10:00; left on the identify vip=false 05-03T00:00.
+    segment_attributes_and_windows,
     /// `wait until 09:00 on weekdays`:
     /// - la_friday: Fri 10:00 PDT → Mon 05-11 09:00 PDT = 16:00Z.
     /// - utc_saturday: Sat → Mon 05-11 09:00Z.
