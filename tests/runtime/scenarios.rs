@@ -108,6 +108,10 @@ scenarios! {
     ///   left 05-04T10:00.
     /// - c3 (vip): entered 05-02T10:00; left on the identify vip=false 05-03T00:00.
     segment_attributes_and_windows,
+    /// New York, ping Sat 03-07 15:00Z = 10:00 EST; `wait 1d` → 03-08T15:00Z
+    /// (11:00 EDT: elapsed time, not wall clock); then `wait until 10:00` →
+    /// the next local 10:00, 03-09 10:00 EDT = 14:00Z.
+    wait_exact_dst,
     /// `wait until 09:00 on weekdays`:
     /// - la_friday: Fri 10:00 PDT → Mon 05-11 09:00 PDT = 16:00Z.
     /// - utc_saturday: Sat → Mon 05-11 09:00Z.
