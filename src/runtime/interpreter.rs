@@ -177,6 +177,9 @@ impl Engine {
                         run.state.profile.insert(name.clone(), value.clone());
                     }
                 }
+                // `every` triggers run in customer-local time: a new
+                // `timezone` trait moves the pending occurrence.
+                run.reschedule(at);
             }
             Input::Track { event, properties, .. } => run.track(event, properties, at),
             Input::Wake { .. } => {}
@@ -363,7 +366,11 @@ impl Run<'_, '_> {
                 } => {
                     let zone = self.zone(program);
                     match self.state.schedules.get(journey) {
-                        Some(existing) if *existing > now => continue,
+                        // Due at this very instant and not fired yet (an
+                        // input at the same instant): it fires after the input.
+                        Some(existing) if *existing == now => continue,
+                        // Otherwise recompute: a changed `customer.timezone`
+                        // moves the next occurrence.
                         _ => Some(next_local_time(now + 1, zone, *minute_of_day, *days)),
                     }
                 }
@@ -672,6 +679,16 @@ impl Run<'_, '_> {
         if program.holdout_basis_points > 0 {
             record.arm = Some(if holdout { "holdout" } else { "treatment" }.to_string());
         }
+        // Exit rules are watched from the first instant: a customer already
+        // in an exit segment leaves before the first step runs.
+        let exits_at_once = program.exit_rules.iter().any(|rule| match rule {
+            Condition::InSegment { segment } => self.scope(t, None).in_segment(*segment),
+            Condition::Event { .. } => false,
+        });
+        if exits_at_once {
+            self.exit(&journey, t, "exit_rule");
+            return;
+        }
         if self.execute(&journey, &mut enrollment, t) {
             self.state.enrollments.insert(journey, enrollment);
         }
@@ -688,6 +705,12 @@ impl Run<'_, '_> {
             return false;
         };
         let program = &loaded.bundle.journeys[index];
+        if !enrollment.suspended {
+            // The step at `pc` has not started (a migration moved the
+            // enrollment onto a different kind of step): start it.
+            enrollment.wake_at = None;
+            return self.execute(journey, enrollment, t);
+        }
         match (program.code.get(enrollment.pc as usize), how) {
             (Some(Instr::WaitFor { .. }), Resume::Event(properties)) => {
                 enrollment.events.push(properties.clone());
@@ -1041,6 +1064,9 @@ pub fn to_json(value: &Value) -> serde_json::Value {
         Value::Absent => serde_json::Value::Null,
         Value::Bool(b) => serde_json::Value::Bool(*b),
         Value::Int(i) => serde_json::Value::from(*i),
+        // A whole `number` (`"total": 99` in the input) renders as `99`, not
+        // `99.0`, as it was sent; exact integers only (|n| < 2^53).
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 => serde_json::Value::from(*n as i64),
         Value::Number(n) => serde_json::Value::from(*n),
         Value::String(s) => serde_json::Value::String(s.clone()),
         Value::Time(t) => serde_json::Value::String(super::trace::format_time(*t)),
