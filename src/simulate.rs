@@ -1,8 +1,8 @@
 //! The simulator: runs a compiled workspace over an event stream on a
 //! virtual clock (no wall clock anywhere), deterministically.
 //!
-//! One global timeline: inputs in timestamp order (ties keep file order),
-//! and between them every customer's timers in order of (time, customer id).
+//! One global timeline: inputs in order of (time, customer id), and between
+//! them every customer's timers in order of (time, customer id).
 //! Lines come out in time order as they are produced; each customer's lines
 //! keep their causal order.
 
@@ -76,9 +76,11 @@ pub fn run(bundle: Arc<Bundle>, calls: Vec<Call>, options: Options) -> Vec<Trace
 /// Runs the simulation, handing each trace record to `emit` in time order
 /// as it is produced: memory holds the customers' states, not the trace.
 ///
-/// Inputs are taken in timestamp order (ties keep file order); before each
-/// input, every customer's timers due strictly before it fire, in order of
-/// (due time, customer id). Timers due at the input's instant fire after it.
+/// Inputs are taken in order of (timestamp, customer id), one customer's
+/// simultaneous inputs in file order; before each input, every customer's
+/// timers due strictly before it fire, in order of (due time, customer id).
+/// Timers due at the input's instant fire after it. Nothing depends on the
+/// order of customers in the file.
 pub fn run_streaming(bundle: Arc<Bundle>, mut calls: Vec<Call>, options: Options, emit: impl FnMut(&TraceRecord)) {
     let last_event = calls.iter().map(|c| c.input.at()).max().unwrap_or(0);
     let engine = Engine::new(bundle);
@@ -86,7 +88,8 @@ pub fn run_streaming(bundle: Arc<Bundle>, mut calls: Vec<Call>, options: Options
     if let Some(until) = options.until {
         calls.retain(|call| call.input.at() <= until);
     }
-    calls.sort_by_key(|call| call.input.at());
+    // Stable: one customer's simultaneous inputs keep their file order.
+    calls.sort_by(|a, b| (a.input.at(), &a.customer).cmp(&(b.input.at(), &b.customer)));
 
     // Customers are numbered in id order, so ties between customers never
     // depend on the order of the file.

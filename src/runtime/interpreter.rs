@@ -163,8 +163,9 @@ impl Engine {
             }
         }
         run.migrate(at);
-        if run.state.first_seen.is_none() {
-            run.first_appearance(at);
+        let first_input = run.state.first_seen.is_none();
+        if first_input {
+            run.state.first_seen = Some(at);
         }
         run.fire_due(at, false);
         run.state.clock = at;
@@ -183,6 +184,9 @@ impl Engine {
             }
             Input::Track { event, properties, .. } => run.track(event, properties, at),
             Input::Wake { .. } => {}
+        }
+        if first_input {
+            run.first_appearance(at);
         }
         run.settle(at);
         run.fire_due(at, true);
@@ -278,10 +282,9 @@ impl Run<'_, '_> {
         self.state.remember_message_id(id, at)
     }
 
+    /// After the customer's first input: membership then is the baseline,
+    /// and `entered`/`left` fire on later changes.
     fn first_appearance(&mut self, at: Millis) {
-        self.state.first_seen = Some(at);
-        // Membership when first seen is the baseline: entered/left fire on
-        // later changes.
         for segment in self.engine.tracked_segments.iter() {
             let name = self
                 .bundle()

@@ -171,9 +171,8 @@ scenarios! {
     /// - c1: login 05-01T10:00 → left (returning); dormant exactly 14d later,
     ///   05-15T10:00, with no input → winback.
     /// - c2: last login 05-10T10:00 → winback 05-24T10:00.
-    /// - c3: first seen with its login. The baseline membership is that of a
-    ///   blank customer (no events: dormant), so this first login is a
-    ///   `left dormant` too (runtime's choice, kept: see the report);
+    /// - c3: first seen with its login. Membership after the first input is
+    ///   the baseline (not dormant), so there is no `left dormant`;
     ///   winback 05-15T10:00.
     dormant_segment,
     /// `trigger every mon at 09:00`, customer-local (first Monday 2026-03-09;
