@@ -12,7 +12,8 @@ use pest::Parser as _;
 #[grammar = "../grammar/journey.pest"]
 struct JourneyParser;
 
-type Result<T> = std::result::Result<T, Diagnostic>;
+/// Lowering errors are boxed: a `Diagnostic` is large and errors are rare.
+type Result<T> = std::result::Result<T, Box<Diagnostic>>;
 
 /// Parses one file. On a syntax error returns the diagnostic (pest stops at
 /// the first one; the checker reports every error of well-formed files).
@@ -45,7 +46,7 @@ pub fn parse_file(file: FileId, text: &str) -> std::result::Result<File, Vec<Dia
     for pair in items_pairs {
         match lower.item(pair) {
             Ok(item) => items.push(item),
-            Err(error) => errors.push(error),
+            Err(error) => errors.push(*error),
         }
     }
     if errors.is_empty() {
@@ -294,13 +295,13 @@ impl Lower {
             match part.as_rule() {
                 Rule::subject => {
                     if message.subject.is_some() {
-                        return Err(duplicate("subject"));
+                        return Err(duplicate("subject").into());
                     }
                     message.subject = Some(self.string(next(&mut part.into_children()))?);
                 }
                 Rule::body_inline | Rule::body_file => {
                     if message.body.is_some() {
-                        return Err(duplicate("body"));
+                        return Err(duplicate("body").into());
                     }
                     let is_file = part.as_rule() == Rule::body_file;
                     let text = self.string(next(&mut part.into_children()))?;
@@ -308,7 +309,7 @@ impl Lower {
                 }
                 Rule::consent => {
                     if message.consent.is_some() {
-                        return Err(duplicate("consent"));
+                        return Err(duplicate("consent").into());
                     }
                     message.consent = Some(self.expr(next(&mut part.into_children()))?);
                 }
@@ -648,7 +649,8 @@ impl Lower {
                 self.span(&pair),
                 "too long",
             )
-            .with_help("split the condition into segments"));
+            .with_help("split the condition into segments")
+            .into());
         }
         pratt()
             .map_primary(|operand| self.primary(operand))
@@ -777,11 +779,14 @@ impl Lower {
 /// Children of a pair without the keyword tokens (`k_*` rules), which exist
 /// only so that keywords are whole words and errors can name them.
 trait IntoChildren<'a> {
-    fn into_children(self) -> std::iter::Filter<pest::iterators::Pairs<'a, Rule>, fn(&Pair<'a, Rule>) -> bool>;
+    fn into_children(self) -> Children<'a>;
 }
 
+/// The children of a pair, keyword tokens left out.
+type Children<'a> = std::iter::Filter<pest::iterators::Pairs<'a, Rule>, fn(&Pair<'a, Rule>) -> bool>;
+
 impl<'a> IntoChildren<'a> for Pair<'a, Rule> {
-    fn into_children(self) -> std::iter::Filter<pest::iterators::Pairs<'a, Rule>, fn(&Pair<'a, Rule>) -> bool> {
+    fn into_children(self) -> Children<'a> {
         self.into_inner().filter(|pair| !is_keyword(pair.as_rule()))
     }
 }
