@@ -245,7 +245,7 @@ pub fn arm_shares(arms: &[SplitArm]) -> impl Iterator<Item = (&SplitArm, u32)> {
 
 /// Basis points as a percentage: 5000 → `50%`, 3333 → `33.33%`.
 pub fn percent(basis_points: u32) -> String {
-    if basis_points % 100 == 0 {
+    if basis_points.is_multiple_of(100) {
         format!("{}%", basis_points / 100)
     } else {
         let text = format!("{}.{:02}", basis_points / 100, basis_points % 100);
