@@ -81,6 +81,15 @@ impl Funnel {
                     .or_default() += 1
             }
             Kind::Split => {
+                // Held-out customers get no sends: counting them would dilute
+                // the comparison between arms.
+                let held_out = self
+                    .current
+                    .get(&key)
+                    .is_some_and(|(_, group, _)| group.as_deref() == Some("holdout"));
+                if held_out {
+                    return;
+                }
                 let split = record.split.clone().unwrap_or_default();
                 let arm = record.arm.clone().unwrap_or_default();
                 stats
