@@ -5,6 +5,10 @@
 //! (`Checked` → bytecode `Bundle`) → [`runtime`] (the pure interpreter) →
 //! [`simulate`] / [`daemon`]; [`cli`] on top.
 
+// pest is built without `std` (no per-call stack probe: the parser bounds
+// nesting itself); its generated code names `::alloc`.
+extern crate alloc;
+
 pub mod check;
 pub mod cli;
 pub mod compile;

@@ -135,6 +135,15 @@ fn pathological_inputs_never_panic() {
             "repeat 1000 { wait 52w ".repeat(30) + &"}".repeat(30)
         ),
         "journey j { trigger a wait 9999999999999999999s }".to_string(),
+        // At the nesting limit: parsed and checked, on a test thread's small stack.
+        format!("segment s = {}x{}", "(".repeat(64), ")".repeat(64)),
+        format!("segment s = {}x", "not ".repeat(64)),
+        format!("segment s = {}1 > 0", "- ".repeat(64)),
+        format!(
+            "event a journey j {{ trigger a {} }}",
+            "if true { ".repeat(63) + &"}".repeat(63)
+        ),
+        format!("segment s = {}", vec!["x"; 512].join(" or ")),
         "journey j { trigger a quiet hours 99:99 - 0:00 }".to_string(),
         "\u{0}\u{feff}journey".to_string(),
     ] {
