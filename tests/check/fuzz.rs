@@ -109,8 +109,16 @@ fn check(text: &str) {
     let _ = journeyc::diagnostic::to_json(&sources, &outcome.diagnostics);
 }
 
+/// 128 cases per property unless `PROPTEST_CASES` says otherwise.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_journeys_never_panic(edits in proptest::collection::vec(edit(), 1..6)) {
