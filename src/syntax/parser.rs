@@ -940,11 +940,16 @@ fn syntax_error(file: FileId, text: &str, error: pest::error::Error<Rule>) -> Di
         [one] => one.clone(),
         [init @ .., last] => format!("{} or {}", init.join(", "), last),
     };
+    let unclosed_string = found
+        .as_deref()
+        .is_some_and(|f| f.starts_with('"') && !(f.len() > 1 && f.ends_with('"')));
     let message = match &after {
+        _ if unclosed_string => "a string is not closed".to_string(),
         Some(previous) => format!("expected {wanted} after `{previous}`"),
         None => format!("expected {wanted}"),
     };
     let label = match &found {
+        _ if unclosed_string => "this string runs to the end of the line".to_string(),
         Some(token) => format!("found `{token}`"),
         None => "the file ends here".to_string(),
     };
@@ -1076,7 +1081,7 @@ fn is_operand_start(rule: Rule) -> bool {
 fn hint(expected: &[Rule], found: Option<&str>, after: Option<&str>, rest: &str) -> Option<String> {
     if let Some(word) = found {
         if word.starts_with('"') && !(word.len() > 1 && word.ends_with('"')) {
-            return Some("this string is not closed: add the closing `\"` on the same line".into());
+            return Some("add the closing `\"` on the same line; for a line break inside a string write \\n".into());
         }
         let after_word = rest.get(word.len()..).unwrap_or("").trim_start_matches([' ', '\t']);
         if after_word.starts_with(':') && expected.contains(&Rule::statement) {
@@ -1151,7 +1156,12 @@ fn token_at(text: &str, offset: usize) -> Option<String> {
     if first.is_alphanumeric() || first == '_' {
         Some(rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect())
     } else if first == '"' {
-        let end = rest[1..].find(['"', '\n']).map(|i| i + 2).unwrap_or(rest.len());
+        // Up to and including the closing quote, or up to the end of the line.
+        let end = match rest[1..].find(['"', '\n']) {
+            Some(i) if rest[1..].as_bytes()[i] == b'"' => i + 2,
+            Some(i) => i + 1,
+            None => rest.len(),
+        };
         Some(rest[..end.min(rest.len())].to_string())
     } else {
         Some(first.to_string())
