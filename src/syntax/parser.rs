@@ -1158,7 +1158,7 @@ fn token_at(text: &str, offset: usize) -> Option<String> {
     } else if first == '"' {
         // Up to and including the closing quote, or up to the end of the line.
         let end = match rest[1..].find(['"', '\n']) {
-            Some(i) if rest[1..].as_bytes()[i] == b'"' => i + 2,
+            Some(i) if rest.as_bytes()[i + 1] == b'"' => i + 2,
             Some(i) => i + 1,
             None => rest.len(),
         };
