@@ -246,3 +246,21 @@ fn operator_precedence_and_grouping() {
         "not 1 + 2 * (3 - 4) == 5 or true and false"
     );
 }
+
+#[test]
+fn warnings_alone_still_give_a_checked_workspace() {
+    let (_, outcome) = check_texts(
+        &[("w.journey", "segment nobody = false\nmessage m push { body \"x\" }")],
+        &[],
+    );
+    assert_eq!(codes(&outcome), ["W0002", "W0003"]);
+    assert!(!outcome.has_errors());
+    assert!(outcome.checked.is_some());
+}
+
+#[test]
+fn optional_attributes_compare_without_exists() {
+    let text = format!("{SCHEMA}\nsegment named = customer.first_name == \"Ann\" or customer.locale != \"fa-IR\"\njourney j {{ trigger entered named }}");
+    let (_, outcome) = check_texts(&[("w.journey", &text)], &[]);
+    assert!(outcome.diagnostics.is_empty(), "{:?}", outcome.diagnostics);
+}
