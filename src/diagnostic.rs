@@ -93,31 +93,28 @@ pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a st
         .map(|(_, candidate)| candidate)
 }
 
-/// Optimal string alignment distance: insertions, deletions, substitutions
-/// and swaps of neighbours (`logni` → `login`) each cost one.
+/// Edit distance where swapping two neighbouring characters counts as one
+/// edit (optimal string alignment), so `logni` is one edit from `login`.
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut table = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in table.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in table[0].iter_mut().enumerate() {
-        *cell = j;
-    }
+    let width = b.len() + 1;
+    // Rows i-2, i-1 and i of the dynamic-programming table.
+    let mut before: Vec<usize> = vec![0; width];
+    let mut previous: Vec<usize> = (0..width).collect();
     for i in 1..=a.len() {
+        let mut current = vec![i; width];
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (table[i - 1][j] + 1)
-                .min(table[i][j - 1] + 1)
-                .min(table[i - 1][j - 1] + cost);
+            let mut best = (previous[j - 1] + cost).min(previous[j] + 1).min(current[j - 1] + 1);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(table[i - 2][j - 2] + 1);
+                best = best.min(before[j - 2] + 1);
             }
-            table[i][j] = best;
+            current[j] = best;
         }
+        before = std::mem::replace(&mut previous, current);
     }
-    table[a.len()][b.len()]
+    previous[b.len()]
 }
 
 /// Sorts diagnostics by file and position, errors and warnings interleaved.

@@ -525,16 +525,7 @@ impl<'a> Checker<'a> {
                 let target = self.customer_types.get(&attribute.name).cloned();
                 let value_ty = self.expr(value, scope);
                 match target {
-                    None => self.diagnostics.push(
-                        Diagnostic::error(
-                            codes::UNKNOWN_ATTRIBUTE,
-                            format!("unknown customer attribute `{}`", attribute.name),
-                            attribute.span,
-                            "not in the customer block",
-                        )
-                        .with_suggestion(&attribute.name, self.customer_types.keys().map(String::as_str))
-                        .with_help_if_none(format!("add `{}: TYPE` to the customer block", attribute.name)),
-                    ),
+                    None => self.unknown_attribute(attribute),
                     Some(target) => {
                         if assignable(&target, &value_ty, value) {
                             self.literal_against(&target, value);

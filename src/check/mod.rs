@@ -11,7 +11,8 @@
 //!
 //! Layout: [`codes`] (the code table), `collect` (declarations, duplicates,
 //! schema), `types` (expressions), `journeys` (statements and settings),
-//! `templates` (messages and minijinja templates), `bounds` (static bounds).
+//! `templates` (messages and minijinja templates), `bounds` (static bounds),
+//! [`versions`] (`journeyc check --against`: old version → new version).
 
 mod bounds;
 pub mod codes;

@@ -226,23 +226,7 @@ impl<'a> Checker<'a> {
             PathRoot::Customer => match self.customer_types.get(&field.name) {
                 Some(ty) => ty.clone(),
                 None => {
-                    let diagnostic = Diagnostic::error(
-                        codes::UNKNOWN_ATTRIBUTE,
-                        format!("unknown customer attribute `{}`", field.name),
-                        field.span,
-                        "not in the customer block",
-                    );
-                    let diagnostic = if self.decls.customer.is_none() {
-                        diagnostic.with_help(format!(
-                            "declare it in a `customer {{ … }}` block, e.g. `customer {{ {}: string }}`",
-                            field.name
-                        ))
-                    } else {
-                        diagnostic
-                            .with_suggestion(&field.name, self.customer_types.keys().map(String::as_str))
-                            .with_help_if_none(format!("add `{}: TYPE` to the customer block", field.name))
-                    };
-                    self.diagnostics.push(diagnostic);
+                    self.unknown_attribute(field);
                     Ty::Error
                 }
             },
@@ -432,6 +416,27 @@ impl<'a> Checker<'a> {
                 .with_help("write a positive duration such as 1h or 3d"),
             );
         }
+    }
+
+    /// Reports `customer.NAME` for an attribute the customer block lacks.
+    pub(super) fn unknown_attribute(&mut self, field: &Ident) {
+        let diagnostic = Diagnostic::error(
+            codes::UNKNOWN_ATTRIBUTE,
+            format!("unknown customer attribute `{}`", field.name),
+            field.span,
+            "not in the customer block",
+        );
+        let diagnostic = if self.decls.customer.is_none() {
+            diagnostic.with_help(format!(
+                "declare it in a `customer {{ … }}` block, e.g. `customer {{ {}: string }}`",
+                field.name
+            ))
+        } else {
+            diagnostic
+                .with_suggestion(&field.name, self.customer_types.keys().map(String::as_str))
+                .with_help_if_none(format!("add `{}: TYPE` to the customer block", field.name))
+        };
+        self.diagnostics.push(diagnostic);
     }
 
     pub(super) fn event_reference(&mut self, event: &Ident) {

@@ -711,7 +711,7 @@ impl Lower {
                     },
                 })
             })
-            .parse(pair.into_inner())
+            .parse(pair.into_children())
     }
 
     fn primary(&self, pair: Pair<Rule>) -> Result<Expr> {
@@ -836,6 +836,7 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::open
             | Rule::close
             | Rule::assign
+            | Rule::close_paren
             | Rule::set_target
     )
 }
@@ -918,12 +919,20 @@ fn syntax_error(file: FileId, text: &str, error: pest::error::Error<Rule>) -> Di
         pest::error::ErrorVariant::ParsingError { positives, .. } => positives.clone(),
         pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
     };
-    if std::env::var_os("JOURNEYC_DEBUG_PARSER").is_some() {
-        eprintln!("positives: {expected:?}");
-    }
     let found = token_at(text, offset);
     let after = token_before(text, offset);
-    let mut descriptions: Vec<String> = expected.iter().filter_map(|rule| describe(*rule)).collect();
+    // Where an operand may start, name "an expression" rather than each
+    // kind of operand.
+    let operand_position = expected.iter().any(|r| matches!(r, Rule::segment_ref | Rule::path))
+        || (expected.contains(&Rule::name) && expected.contains(&Rule::string));
+    let mut descriptions: Vec<String> = expected
+        .iter()
+        .filter(|rule| !(operand_position && is_operand_start(**rule)))
+        .filter_map(|rule| describe(*rule))
+        .collect();
+    if operand_position {
+        descriptions.push("an expression".into());
+    }
     descriptions.sort_unstable();
     descriptions.dedup();
     let wanted = match descriptions.as_slice() {
@@ -931,17 +940,23 @@ fn syntax_error(file: FileId, text: &str, error: pest::error::Error<Rule>) -> Di
         [one] => one.clone(),
         [init @ .., last] => format!("{} or {}", init.join(", "), last),
     };
+    let unclosed_string = found
+        .as_deref()
+        .is_some_and(|f| f.starts_with('"') && !(f.len() > 1 && f.ends_with('"')));
     let message = match &after {
+        _ if unclosed_string => "a string is not closed".to_string(),
         Some(previous) => format!("expected {wanted} after `{previous}`"),
         None => format!("expected {wanted}"),
     };
     let label = match &found {
+        _ if unclosed_string => "this string runs to the end of the line".to_string(),
         Some(token) => format!("found `{token}`"),
         None => "the file ends here".to_string(),
     };
     let width = found.as_ref().map(|t| t.len()).unwrap_or(0);
     let mut diagnostic = Diagnostic::error("E0001", message, Span::new(file, offset, offset + width), label);
-    if let Some(help) = hint(&expected, found.as_deref(), after.as_deref()) {
+    let rest = text.get(offset..).unwrap_or("");
+    if let Some(help) = hint(&expected, found.as_deref(), after.as_deref(), rest) {
         diagnostic = diagnostic.with_help(help);
     }
     diagnostic
@@ -972,6 +987,7 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         Rule::open => "`{`",
         Rule::close => "`}`",
         Rule::assign => "`=`",
+        Rule::close_paren => "`)`",
         Rule::set_target => "`customer.ATTR`",
         Rule::duration | Rule::within_clause => "a duration like 3d",
         Rule::time_of_day => "a time of day like 09:00",
@@ -1038,10 +1054,51 @@ const SETTING_AND_STATEMENT_WORDS: [&str; 16] = [
 ];
 
 /// A concrete hint for the commonest mistakes.
-fn hint(expected: &[Rule], found: Option<&str>, after: Option<&str>) -> Option<String> {
+/// Rules that start an operand of an expression.
+fn is_operand_start(rule: Rule) -> bool {
+    matches!(
+        rule,
+        Rule::path
+            | Rule::string
+            | Rule::segment_ref
+            | Rule::name
+            | Rule::kw_true
+            | Rule::kw_false
+            | Rule::kw_now
+            | Rule::kw_not
+            | Rule::negate
+            | Rule::exists_call
+            | Rule::count_call
+            | Rule::seen_call
+            | Rule::time_literal
+            | Rule::duration
+            | Rule::number
+            | Rule::integer
+    )
+}
+
+/// `rest` is the text from the error on.
+fn hint(expected: &[Rule], found: Option<&str>, after: Option<&str>, rest: &str) -> Option<String> {
+    if let Some(word) = found {
+        if word.starts_with('"') && !(word.len() > 1 && word.ends_with('"')) {
+            return Some("add the closing `\"` on the same line; for a line break inside a string write \\n".into());
+        }
+        let after_word = rest.get(word.len()..).unwrap_or("").trim_start_matches([' ', '\t']);
+        if after_word.starts_with(':') && expected.contains(&Rule::statement) {
+            return Some(format!(
+                "a label is written with the colon right after its name: `{word}:`"
+            ));
+        }
+    }
+    if found.is_none() && expected.contains(&Rule::close_paren) {
+        return Some("a `(` is not closed: add the matching `)`".into());
+    }
     // A misspelt keyword: did you mean …?
     if let Some(word) = found.filter(|w| w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
-        let mut candidates: Vec<String> = expected.iter().filter_map(|r| keyword(*r)).collect();
+        let mut candidates: Vec<String> = expected
+            .iter()
+            .filter_map(|r| keyword(*r).or_else(|| format!("{r:?}").strip_prefix("kw_").map(str::to_string)))
+            .collect();
         if expected.iter().any(|r| matches!(r, Rule::file | Rule::EOI)) {
             candidates.extend(DECLARATION_WORDS.iter().map(|w| w.to_string()));
         }
@@ -1099,7 +1156,12 @@ fn token_at(text: &str, offset: usize) -> Option<String> {
     if first.is_alphanumeric() || first == '_' {
         Some(rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect())
     } else if first == '"' {
-        let end = rest[1..].find(['"', '\n']).map(|i| i + 2).unwrap_or(rest.len());
+        // Up to and including the closing quote, or up to the end of the line.
+        let end = match rest[1..].find(['"', '\n']) {
+            Some(i) if rest.as_bytes()[i + 1] == b'"' => i + 2,
+            Some(i) => i + 1,
+            None => rest.len(),
+        };
         Some(rest[..end.min(rest.len())].to_string())
     } else {
         Some(first.to_string())

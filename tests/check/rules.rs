@@ -189,3 +189,78 @@ fn the_checker_does_not_touch_the_file_system() {
         }
     }
 }
+
+#[test]
+fn operator_precedence_and_grouping() {
+    use journeyc::syntax::ast::{BinaryOp, ExprKind, Item, UnaryOp};
+    let text = "segment s = not 1 + 2 * (3 - 4) == 5 or true and false";
+    let file = journeyc::syntax::parse_file(journeyc::source::FileId(0), text).expect("parses");
+    let Item::Segment(segment) = &file.items[0] else {
+        panic!("a segment")
+    };
+    // or(not(==(+(1, *(2, -(3, 4))), 5)), and(true, false))
+    let ExprKind::Binary {
+        op: BinaryOp::Or,
+        lhs,
+        rhs,
+    } = &segment.condition.kind
+    else {
+        panic!("or at the top")
+    };
+    assert!(matches!(rhs.kind, ExprKind::Binary { op: BinaryOp::And, .. }));
+    let ExprKind::Unary {
+        op: UnaryOp::Not,
+        operand,
+    } = &lhs.kind
+    else {
+        panic!("not below or")
+    };
+    let ExprKind::Binary {
+        op: BinaryOp::Eq,
+        lhs: sum,
+        ..
+    } = &operand.kind
+    else {
+        panic!("== below not")
+    };
+    let ExprKind::Binary {
+        op: BinaryOp::Add,
+        rhs: product,
+        ..
+    } = &sum.kind
+    else {
+        panic!("+ below ==")
+    };
+    let ExprKind::Binary {
+        op: BinaryOp::Mul,
+        rhs: group,
+        ..
+    } = &product.kind
+    else {
+        panic!("* below +")
+    };
+    assert!(matches!(group.kind, ExprKind::Binary { op: BinaryOp::Sub, .. }));
+    assert_eq!(&text[group.span.start as usize..group.span.end as usize], "3 - 4");
+    assert_eq!(
+        &text[segment.condition.span.start as usize..segment.condition.span.end as usize],
+        "not 1 + 2 * (3 - 4) == 5 or true and false"
+    );
+}
+
+#[test]
+fn warnings_alone_still_give_a_checked_workspace() {
+    let (_, outcome) = check_texts(
+        &[("w.journey", "segment nobody = false\nmessage m push { body \"x\" }")],
+        &[],
+    );
+    assert_eq!(codes(&outcome), ["W0002", "W0003"]);
+    assert!(!outcome.has_errors());
+    assert!(outcome.checked.is_some());
+}
+
+#[test]
+fn optional_attributes_compare_without_exists() {
+    let text = format!("{SCHEMA}\nsegment named = customer.first_name == \"Ann\" or customer.locale != \"fa-IR\"\njourney j {{ trigger entered named }}");
+    let (_, outcome) = check_texts(&[("w.journey", &text)], &[]);
+    assert!(outcome.diagnostics.is_empty(), "{:?}", outcome.diagnostics);
+}
