@@ -11,8 +11,9 @@
 //!
 //! Layout: [`codes`] (the code table), `collect` (declarations, duplicates,
 //! schema), `types` (expressions), `journeys` (statements and settings),
-//! `templates` (messages and minijinja templates), `bounds` (static bounds),
-//! [`versions`] (`journeyc check --against`: old version → new version).
+//! `templates` (messages and minijinja templates), `bounds` (static bounds).
+//! Comparing two versions (`journeyc check --against`) uses the compiler's
+//! content hashes: [`crate::compile::diff`].
 
 mod bounds;
 pub mod codes;
@@ -20,7 +21,6 @@ mod collect;
 mod journeys;
 mod templates;
 mod types;
-pub mod versions;
 
 use crate::diagnostic::Diagnostic;
 use crate::source::SourceMap;
@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use bounds::{format_duration, journey_bounds, WAIT_UNTIL_EXPR_MAX_SECONDS};
-pub use versions::{compare_versions, JourneyChange};
 
 /// The type of a customer attribute or event property.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

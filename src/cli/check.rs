@@ -7,7 +7,8 @@
 //! journey with `severity: "info"`, `code: "I0001"`, `journey` and `bounds`
 //! (present only when there are no errors).
 
-use crate::check::{compare_versions, format_duration, Bounds, CheckOutcome, JourneyChange};
+use crate::check::{format_duration, Bounds, CheckOutcome};
+use crate::compile::diff::{Diff, JourneyDiff};
 use crate::diagnostic::Severity;
 use crate::source::SourceMap;
 use std::io::{IsTerminal, Write};
@@ -48,30 +49,31 @@ pub fn run(args: Args) -> u8 {
         }
     };
     let outcome = crate::check::check_workspace(&sources, &crate::workspace::DiskFiles);
-    let changes = match (&args.against, &outcome.checked) {
+    let comparison = match (&args.against, &outcome.checked) {
         (Some(old_path), Some(new)) => match compare_with(old_path, &sources, new) {
-            Ok(changes) => changes,
+            Ok(comparison) => Some(comparison),
             Err(message) => {
                 eprintln!("error: {message}");
                 return super::EXIT_USAGE;
             }
         },
-        _ => Vec::new(),
+        _ => None,
     };
     let written = match args.format {
         Format::Human => {
             let color = std::io::stderr().is_terminal();
             let mut text = human(&sources, &outcome, color);
-            for change in &changes {
-                text.push_str(&change.describe());
-                text.push('\n');
+            if let Some(comparison) = &comparison {
+                text.push_str(&crate::compile::diff::render_text(&comparison.diff));
             }
             write!(std::io::stderr(), "{text}")
         }
         Format::Json => {
             let mut value = json(&sources, &outcome);
             if let serde_json::Value::Array(items) = &mut value {
-                items.extend(changes.iter().map(version_entry));
+                if let Some(comparison) = &comparison {
+                    items.extend(comparison.entries());
+                }
             }
             let text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| "[]".into());
             writeln!(std::io::stdout(), "{text}")
@@ -83,12 +85,45 @@ pub fn run(args: Args) -> u8 {
     exit_code(&outcome, args.deny_warnings)
 }
 
-/// Loads and checks the old version and compares it with the new one.
+/// The old and new versions of a workspace, compared by the compiler's
+/// content hashes (what the runtime pins enrollments to).
+struct Comparison {
+    diff: Diff,
+    /// Per journey of `diff`: where its `I0002` entry points (file, line, column).
+    locations: Vec<(String, usize, usize)>,
+}
+
+impl Comparison {
+    /// The `I0002` entries of the JSON report, one per journey, placed at the
+    /// journey's name (in the old version for a removed journey).
+    fn entries(&self) -> impl Iterator<Item = serde_json::Value> + '_ {
+        self.diff
+            .journeys
+            .iter()
+            .zip(&self.locations)
+            .map(|(journey, (file, line, column))| {
+                serde_json::json!({
+                    "severity": "info",
+                    "code": crate::check::codes::VERSIONS,
+                    "message": crate::compile::diff::render_text(&Diff { journeys: vec![journey.clone()] }).trim_end(),
+                    "file": file,
+                    "line": line,
+                    "column": column,
+                    "labels": [],
+                    "help": null,
+                    "journey": journey.journey,
+                    "versions": journey,
+                })
+            })
+    }
+}
+
+/// Loads, checks and compiles the old version and compares it with the new one.
 fn compare_with(
     old_path: &std::path::Path,
     new_sources: &SourceMap,
     new: &crate::check::Checked,
-) -> Result<Vec<JourneyChange>, String> {
+) -> Result<Comparison, String> {
     let old_sources = crate::workspace::load(&[old_path.to_path_buf()]).map_err(|e| e.to_string())?;
     let old_outcome = crate::check::check_workspace(&old_sources, &crate::workspace::DiskFiles);
     let Some(old) = &old_outcome.checked else {
@@ -99,25 +134,28 @@ fn compare_with(
             plural(errors)
         ));
     };
-    Ok(compare_versions(old, &old_sources, new, new_sources))
-}
-
-/// An `I0002` entry of the JSON report, placed at the journey's name (in
-/// the old version for a removed journey).
-fn version_entry(change: &JourneyChange) -> serde_json::Value {
-    let (file, line, column) = &change.location;
-    serde_json::json!({
-        "severity": "info",
-        "code": crate::check::codes::VERSIONS,
-        "message": change.describe(),
-        "file": file,
-        "line": line,
-        "column": column,
-        "labels": [],
-        "help": null,
-        "journey": change.journey,
-        "versions": change,
-    })
+    let old_bundle = crate::compile::compile_with_sources(old, &old_sources);
+    let new_bundle = crate::compile::compile_with_sources(new, new_sources);
+    let diff = crate::compile::diff::diff(&old_bundle, &new_bundle);
+    let locations = diff
+        .journeys
+        .iter()
+        .map(|journey: &JourneyDiff| {
+            let (checked, sources) = match new.journeys.get(&journey.journey) {
+                Some(_) => (new, new_sources),
+                None => (old, &old_sources),
+            };
+            match checked.journeys.get(&journey.journey) {
+                Some(declaration) => {
+                    let span = declaration.name.span;
+                    let at = sources.line_column(span.file, span.start);
+                    (sources.path(span.file).display().to_string(), at.line, at.column)
+                }
+                None => (String::new(), 0, 0),
+            }
+        })
+        .collect();
+    Ok(Comparison { diff, locations })
 }
 
 /// 0 clean or warnings only, 1 errors (or warnings with `--deny-warnings`).

@@ -120,11 +120,18 @@ fn against_says_what_happens_to_waiting_enrollments() {
         .collect();
     assert_eq!(entries.len(), 5);
     let migrating = entries.iter().find(|e| e["journey"] == "migrating").expect("migrating");
-    assert_eq!(migrating["versions"]["change"], "changed_migrate");
-    assert_eq!(migrating["versions"]["waiting"][1]["label"], "day1");
-    assert_eq!(migrating["versions"]["waiting"][1]["moves"], true);
+    assert_eq!(migrating["versions"]["status"], "changed");
+    assert_eq!(migrating["versions"]["migrate"], true);
+    assert_eq!(migrating["versions"]["wait_points"][1]["label"], "day1");
+    assert_eq!(migrating["versions"]["wait_points"][1]["outcome"]["kind"], "moves");
+    assert_eq!(
+        migrating["versions"]["wait_points"][2]["outcome"]["kind"],
+        "label_missing"
+    );
+    let pinned = entries.iter().find(|e| e["journey"] == "pinned").expect("pinned");
+    assert_eq!(pinned["versions"]["wait_points"][0]["outcome"]["kind"], "pinned");
     let dropped = entries.iter().find(|e| e["journey"] == "dropped").expect("dropped");
-    assert_eq!(dropped["versions"]["change"], "removed");
+    assert_eq!(dropped["versions"]["status"], "removed");
     assert_eq!(dropped["file"], "tests/versions/old/w.journey");
 }
 
