@@ -8,6 +8,7 @@
 pub mod check;
 pub mod cli;
 pub mod compile;
+pub mod daemon;
 pub mod diagnostic;
 pub mod runtime;
 pub mod source;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 mod build;
 mod check;
+mod export;
 mod graph;
+mod import;
 mod inspect;
 mod serve;
 mod simulate;
@@ -36,6 +38,10 @@ enum Command {
     Test(test::Args),
     /// Run the durable runtime daemon.
     Serve(serve::Args),
+    /// Dump a daemon data directory as JSON lines (daemon stopped).
+    Export(export::Args),
+    /// Restore an export into an empty data directory.
+    Import(import::Args),
 }
 
 /// Exit code: success.
@@ -61,6 +67,8 @@ pub fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Test(args) => test::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Import(args) => import::run(args),
     };
     ExitCode::from(code)
 }

@@ -1,0 +1,553 @@
+//! Group commit: the one thread that changes customer state.
+//!
+//! Requests arrive as [`Job`]s on a bounded channel. The commit thread takes
+//! every job waiting (up to a limit), applies them in arrival order through the
+//! interpreter, writes the new customer states, timer index changes, outbox
+//! entries and stats counters as ONE [`sled::Batch`], flushes once, and only
+//! then answers every job. So a 200 always means "durably stored", and many
+//! concurrent requests share one fsync.
+//!
+//! **Invariant:** jobs are applied in channel order, and the inputs of one job
+//! in their order: the inputs of one customer are applied in the order they
+//! were accepted. Nothing of a job is written unless all of it is.
+
+use super::metrics::Metrics;
+use super::stats;
+use super::store::{self, Store, StoreError};
+use crate::compile::bytecode::Bundle;
+use crate::runtime::input::Call;
+use crate::runtime::{CustomerState, Effects, Engine, Input, Kind, Millis};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The most jobs taken into one group commit.
+pub const GROUP_JOBS_MAX: usize = 512;
+/// The most inputs applied in one group commit (bounds the batch size).
+pub const GROUP_INPUTS_MAX: usize = 20_000;
+/// Capacity of the job channel: further requests wait (backpressure).
+pub const JOB_CHANNEL_CAPACITY: usize = 1024;
+
+/// What the commit thread needs from the interpreter: the pure step.
+/// [`Engine`] implements it; tests use small fakes.
+pub trait Interpreter: Send + Sync {
+    fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects;
+}
+
+impl Interpreter for Engine {
+    fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
+        Engine::apply(self, state, input)
+    }
+}
+
+/// The loaded workspace: the current bundle, the interpreter running it (and
+/// any older versions still referenced), and the bundle's store key.
+pub struct Runtime {
+    pub bundle: Arc<Bundle>,
+    pub bundle_key: String,
+    pub interpreter: Arc<dyn Interpreter>,
+    /// Every bundle kept for enrollments pinned to older versions.
+    pub retained: Vec<Arc<Bundle>>,
+}
+
+pub type SharedRuntime = Arc<RwLock<Arc<Runtime>>>;
+
+pub fn current(runtime: &SharedRuntime) -> Arc<Runtime> {
+    runtime.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Why a job failed. Inputs were already validated, so this means the store
+/// failed or the interpreter panicked (a bug): nothing of the job was stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    #[error("storage failed: {0}")]
+    Storage(String),
+    #[error("internal error while applying the input (nothing was stored)")]
+    Panicked,
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+impl From<sled::Error> for CommitError {
+    fn from(error: sled::Error) -> Self {
+        CommitError::Storage(error.to_string())
+    }
+}
+
+impl From<StoreError> for CommitError {
+    fn from(error: StoreError) -> Self {
+        CommitError::Storage(error.to_string())
+    }
+}
+
+/// One request to the commit thread.
+pub enum Job {
+    /// Validated Segment calls (one HTTP request): all or nothing.
+    Ingest {
+        calls: Vec<Call>,
+        reply: oneshot::Sender<Result<(), CommitError>>,
+    },
+    /// Due timers `(due, customer)` found by the timer task, oldest first.
+    Wake {
+        timers: Vec<(Millis, String)>,
+        reply: oneshot::Sender<Result<usize, CommitError>>,
+    },
+    /// Erase a customer; answers whether there was one.
+    Erase {
+        customer: String,
+        reply: oneshot::Sender<Result<bool, CommitError>>,
+    },
+    /// Install a newly loaded workspace: migrate enrollments whose journeys say
+    /// `on update migrate`, then make it current.
+    Install {
+        runtime: Arc<Runtime>,
+        reply: oneshot::Sender<Result<usize, CommitError>>,
+    },
+    /// Commit what came before, then stop the thread.
+    Stop { reply: oneshot::Sender<()> },
+}
+
+/// Asks the commit thread to finish what it has and stop.
+pub async fn stop(committer: &Committer) {
+    let (reply, answer) = oneshot::channel();
+    if committer.sender.send(Job::Stop { reply }).await.is_ok() {
+        let _ = answer.await;
+    }
+}
+
+/// Handle to submit jobs.
+#[derive(Clone)]
+pub struct Committer {
+    pub sender: mpsc::Sender<Job>,
+}
+
+impl Committer {
+    pub async fn ingest(&self, calls: Vec<Call>) -> Result<(), CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Ingest { calls, reply }, answer).await
+    }
+
+    pub async fn wake(&self, timers: Vec<(Millis, String)>) -> Result<usize, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Wake { timers, reply }, answer).await
+    }
+
+    pub async fn erase(&self, customer: String) -> Result<bool, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Erase { customer, reply }, answer).await
+    }
+
+    pub async fn install(&self, runtime: Arc<Runtime>) -> Result<usize, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Install { runtime, reply }, answer).await
+    }
+
+    async fn send<T>(&self, job: Job, answer: oneshot::Receiver<Result<T, CommitError>>) -> Result<T, CommitError> {
+        self.sender.send(job).await.map_err(|_| CommitError::ShuttingDown)?;
+        answer.await.map_err(|_| CommitError::ShuttingDown)?
+    }
+}
+
+/// Shared state the commit thread publishes after each durable write.
+#[derive(Clone)]
+pub struct Published {
+    /// The highest outbox sequence number that is durable (sinks read up to it).
+    pub committed_seq: Arc<watch::Sender<u64>>,
+    /// Stats counters as of the last durable write.
+    pub stats: Arc<Mutex<HashMap<String, i64>>>,
+    /// Woken when a timer was added (the timer task may need to sleep less).
+    pub timers_changed: Arc<tokio::sync::Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The commit thread's own state.
+pub struct CommitThread {
+    store: Store,
+    runtime: SharedRuntime,
+    published: Published,
+    next_seq: u64,
+}
+
+impl CommitThread {
+    pub fn new(store: Store, runtime: SharedRuntime, published: Published, next_seq: u64) -> CommitThread {
+        CommitThread {
+            store,
+            runtime,
+            published,
+            next_seq,
+        }
+    }
+
+    /// Runs until every sender is dropped, then flushes and returns.
+    pub fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
+        let mut stop_reply = None;
+        while let Some(first) = receiver.blocking_recv() {
+            let mut jobs = Vec::new();
+            let mut inputs = 0;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                if let Job::Stop { reply } = job {
+                    stop_reply = Some(reply);
+                    break;
+                }
+                inputs += job.input_count();
+                jobs.push(job);
+                if jobs.len() < GROUP_JOBS_MAX && inputs < GROUP_INPUTS_MAX {
+                    next = receiver.try_recv().ok();
+                }
+            }
+            if !jobs.is_empty() {
+                self.commit_group(jobs);
+            }
+            if stop_reply.is_some() {
+                break;
+            }
+        }
+        receiver.close();
+        // Jobs that raced with the stop are refused (their senders see an error).
+        if let Err(error) = self.store.flush() {
+            tracing::error!(%error, "final flush failed");
+        }
+        tracing::info!("commit thread stopped");
+        if let Some(reply) = stop_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn commit_group(&mut self, jobs: Vec<Job>) {
+        // An Install job migrates the whole store in its own pass.
+        if jobs.iter().any(|j| matches!(j, Job::Install { .. })) {
+            for job in jobs {
+                self.commit_alone(job);
+            }
+            return;
+        }
+        let started = Instant::now();
+        let seq_before = self.next_seq;
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.prepare(&jobs)));
+        match outcome {
+            Ok(Ok(group)) => match self.write(group) {
+                Ok(answers) => {
+                    self.published.metrics.commit_latency.observe(started.elapsed());
+                    for (job, answer) in jobs.into_iter().zip(answers) {
+                        job.answer(Ok(answer));
+                    }
+                }
+                Err(error) => {
+                    self.next_seq = seq_before;
+                    tracing::error!(%error, "group commit failed");
+                    for job in jobs {
+                        job.answer(Err(error.clone()));
+                    }
+                }
+            },
+            Ok(Err(error)) => {
+                self.next_seq = seq_before;
+                for job in jobs {
+                    job.answer(Err(error.clone()));
+                }
+            }
+            Err(_) => {
+                // Some input made the interpreter panic: retry the jobs one by
+                // one so only the offending one fails.
+                self.next_seq = seq_before;
+                if jobs.len() == 1 {
+                    tracing::error!("interpreter panicked; the request was refused and nothing stored");
+                    self.published.metrics.panics.inc();
+                    for job in jobs {
+                        job.answer(Err(CommitError::Panicked));
+                    }
+                } else {
+                    for job in jobs {
+                        self.commit_group(vec![job]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit_alone(&mut self, job: Job) {
+        match job {
+            Job::Install { runtime, reply } => {
+                let result = catch_unwind(AssertUnwindSafe(|| super::reload::migrate(&self.store, &runtime)))
+                    .unwrap_or(Err(CommitError::Panicked));
+                let result = result.and_then(|migrated| {
+                    self.store.flush()?;
+                    *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = runtime.clone();
+                    // Positions changed: reload the at-step counters.
+                    let mut stats = self.published.stats.lock().unwrap_or_else(|p| p.into_inner());
+                    *stats = self.store.counters()?.into_iter().collect();
+                    Ok(migrated)
+                });
+                let _ = reply.send(result);
+            }
+            other => self.commit_group(vec![other]),
+        }
+    }
+
+    /// Applies the jobs to a working copy of the customers they touch.
+    fn prepare(&mut self, jobs: &[Job]) -> Result<Group, CommitError> {
+        let runtime = current(&self.runtime);
+        let mut group = Group::default();
+        for job in jobs {
+            let answer = match job {
+                Job::Ingest { calls, .. } => {
+                    for call in calls {
+                        self.apply(&mut group, &runtime, &call.customer, &call.input)?;
+                    }
+                    0
+                }
+                Job::Wake { timers, .. } => {
+                    let mut fired = 0;
+                    for (due, customer) in timers {
+                        let working = load(&mut group.customers, &self.store, customer)?;
+                        // The timer key may be stale (an event moved the
+                        // customer's timer): drop it unless it is still due.
+                        group.stale_timers.push(store::timer_key(*due, customer));
+                        let due_now = working.state.next_wake().is_some_and(|at| at <= *due);
+                        if working.erased || !due_now {
+                            continue;
+                        }
+                        self.apply(&mut group, &runtime, customer, &Input::Wake { at: *due })?;
+                        fired += 1;
+                    }
+                    fired
+                }
+                Job::Erase { customer, .. } => {
+                    let working = load(&mut group.customers, &self.store, customer)?;
+                    let existed = working.existed && !working.erased || working.dirty;
+                    working.erased = true;
+                    working.dirty = true;
+                    working.state = CustomerState::new(customer.clone());
+                    group.outbox.retain(|(_, who, _)| who != customer);
+                    group.arms.retain(|(who, _), _| who != customer);
+                    group.erased.push(customer.clone());
+                    usize::from(existed)
+                }
+                Job::Install { .. } | Job::Stop { .. } => unreachable!("committed alone"),
+            };
+            group.answers.push(answer);
+        }
+        Ok(group)
+    }
+
+    fn apply(
+        &mut self,
+        group: &mut Group,
+        runtime: &Runtime,
+        customer: &str,
+        input: &Input,
+    ) -> Result<(), CommitError> {
+        let working = load(&mut group.customers, &self.store, customer)?;
+        if working.erased {
+            // Erased earlier in this group; the customer starts afresh.
+            working.erased = false;
+            working.state = CustomerState::new(customer);
+        }
+        let before = working.state.enrollments.clone();
+        let effects = runtime.interpreter.apply(&mut working.state, input);
+        working.dirty = true;
+        self.published.metrics.steps_executed.inc();
+        let state_after = &working.state;
+        let mut context = stats::RecordContext {
+            customer,
+            before: &before,
+            after: &state_after.enrollments,
+            deltas: &mut group.stat_deltas,
+            arms: &mut group.arms,
+            store: &self.store,
+        };
+        context.count(&effects.records)?;
+        for record in &effects.records {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            group.outbox.push((seq, customer.to_string(), record.to_json_line()));
+            if record.kind == Kind::Send {
+                self.published.metrics.sends_enqueued.inc();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the group as one batch, flushes, publishes.
+    fn write(&mut self, mut group: Group) -> Result<Vec<usize>, CommitError> {
+        let mut batch = sled::Batch::default();
+        let mut remove_timers: BTreeSet<Vec<u8>> = group.stale_timers.drain(..).collect();
+        let mut insert_timers: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut earliest_new_timer: Option<Millis> = None;
+        for erased in &group.erased {
+            self.erase_outside_group(&mut batch, erased)?;
+        }
+        for (id, working) in &group.customers {
+            if !working.dirty {
+                continue;
+            }
+            if let Some(old) = working.original_wake {
+                remove_timers.insert(store::timer_key(old, id));
+            }
+            if working.erased {
+                batch.remove(store::customer_key(id));
+                stats::positions_delta(&working.original_positions, &[], &mut group.stat_deltas);
+                continue;
+            }
+            if let Some(at) = working.state.next_wake() {
+                insert_timers.insert(store::timer_key(at, id));
+                earliest_new_timer = Some(earliest_new_timer.map_or(at, |e| e.min(at)));
+            }
+            batch.insert(store::customer_key(id), store::encode_state(&working.state));
+            let now_positions = stats::positions(&working.state);
+            stats::positions_delta(&working.original_positions, &now_positions, &mut group.stat_deltas);
+        }
+        let mut timer_delta = 0i64;
+        for key in &remove_timers {
+            if !insert_timers.contains(key) && self.store.db.contains_key(key)? {
+                batch.remove(key.clone());
+                timer_delta -= 1;
+            }
+        }
+        for key in insert_timers {
+            if !self.store.db.contains_key(&key)? {
+                batch.insert(key, &[]);
+                timer_delta += 1;
+            }
+        }
+        for ((customer, journey), arm) in &group.arms {
+            let key = store::arm_key(customer, journey);
+            match arm {
+                Some(arm) => batch.insert(key, arm.as_bytes()),
+                None => batch.remove(key),
+            }
+        }
+        let mut committed_seq = None;
+        for (seq, _, line) in &group.outbox {
+            batch.insert(store::outbox_key(*seq), line.as_bytes());
+            committed_seq = Some(*seq);
+        }
+        batch.insert(store::META_SEQ, &self.next_seq.to_be_bytes());
+        if timer_delta != 0 {
+            *group.stat_deltas.entry(store::STAT_TIMERS.to_string()).or_insert(0) += timer_delta;
+        }
+        let mut stats_now = self.published.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (name, delta) in &group.stat_deltas {
+            if *delta == 0 {
+                continue;
+            }
+            let value = stats_now.entry(name.clone()).or_insert(0);
+            *value += delta;
+            batch.insert(store::stat_key(name), &value.to_be_bytes());
+        }
+        self.store.db.apply_batch(batch)?;
+        self.store.flush()?;
+        *self.published.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats_now;
+        if let Some(seq) = committed_seq {
+            self.published.committed_seq.send_replace(seq);
+        }
+        if earliest_new_timer.is_some() {
+            self.published.timers_changed.notify_one();
+        }
+        Ok(group.answers)
+    }
+
+    /// Removes an erased customer's pending outbox entries and dead letters
+    /// that were committed by earlier groups.
+    fn erase_outside_group(&self, batch: &mut sled::Batch, customer: &str) -> Result<(), CommitError> {
+        for item in self
+            .store
+            .db
+            .scan_prefix([&[store::PREFIX_ARM][..], customer.as_bytes(), &[0]].concat())
+        {
+            batch.remove(item.map_err(StoreError::from)?.0);
+        }
+        for prefix in [store::PREFIX_OUTBOX, store::PREFIX_DEAD] {
+            for item in self.store.db.scan_prefix([prefix]) {
+                let (key, value) = item.map_err(StoreError::from)?;
+                let who = serde_json::from_slice::<serde_json::Value>(&value).ok().and_then(|v| {
+                    let v = v.get("record").cloned().unwrap_or(v);
+                    v.get("customer").and_then(|c| c.as_str()).map(str::to_string)
+                });
+                if who.as_deref() == Some(customer) {
+                    batch.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Job {
+    fn input_count(&self) -> usize {
+        match self {
+            Job::Ingest { calls, .. } => calls.len(),
+            Job::Wake { timers, .. } => timers.len(),
+            Job::Erase { .. } | Job::Install { .. } | Job::Stop { .. } => 1,
+        }
+    }
+
+    fn answer(self, result: Result<usize, CommitError>) {
+        match self {
+            Job::Ingest { reply, .. } => {
+                let _ = reply.send(result.map(|_| ()));
+            }
+            Job::Wake { reply, .. } => {
+                let _ = reply.send(result);
+            }
+            Job::Erase { reply, .. } => {
+                let _ = reply.send(result.map(|n| n > 0));
+            }
+            Job::Install { reply, .. } => {
+                let _ = reply.send(result);
+            }
+            Job::Stop { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+/// Customers touched by one group, and what the group will write.
+#[derive(Default)]
+struct Group {
+    customers: HashMap<String, Working>,
+    outbox: Vec<(u64, String, String)>,
+    stat_deltas: HashMap<String, i64>,
+    arms: BTreeMap<(String, String), Option<String>>,
+    stale_timers: Vec<Vec<u8>>,
+    erased: Vec<String>,
+    answers: Vec<usize>,
+}
+
+struct Working {
+    state: CustomerState,
+    existed: bool,
+    erased: bool,
+    dirty: bool,
+    original_wake: Option<Millis>,
+    original_positions: Vec<String>,
+}
+
+/// The working copy of a customer, loaded from the store on first use.
+fn load<'a>(
+    customers: &'a mut HashMap<String, Working>,
+    store: &Store,
+    id: &str,
+) -> Result<&'a mut Working, CommitError> {
+    {
+        if !customers.contains_key(id) {
+            let stored = store.customer(id)?;
+            let existed = stored.is_some();
+            let state = stored.unwrap_or_else(|| CustomerState::new(id));
+            let working = Working {
+                original_wake: state.next_wake(),
+                original_positions: stats::positions(&state),
+                state,
+                existed,
+                erased: false,
+                dirty: false,
+            };
+            customers.insert(id.to_string(), working);
+        }
+        Ok(customers.get_mut(id).expect("inserted above"))
+    }
+}
