@@ -11,6 +11,8 @@ pub mod compile;
 pub mod daemon;
 pub mod diagnostic;
 pub mod runtime;
+pub mod simulate;
 pub mod source;
 pub mod syntax;
+pub mod testing;
 pub mod workspace;

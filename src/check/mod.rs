@@ -8,13 +8,26 @@
 //!
 //! The checker is pure: it reads template files only through
 //! [`crate::workspace::Files`].
+//!
+//! Layout: [`codes`] (the code table), `collect` (declarations, duplicates,
+//! schema), `types` (expressions), `journeys` (statements and settings),
+//! `templates` (messages and minijinja templates), `bounds` (static bounds).
+
+mod bounds;
+pub mod codes;
+mod collect;
+mod journeys;
+mod templates;
+mod types;
 
 use crate::diagnostic::Diagnostic;
 use crate::source::SourceMap;
 use crate::syntax::ast;
 use crate::workspace::Files;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use bounds::{format_duration, journey_bounds, WAIT_UNTIL_EXPR_MAX_SECONDS};
 
 /// The type of a customer attribute or event property.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -96,8 +109,105 @@ pub struct CheckOutcome {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+impl CheckOutcome {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// The state of one run of the checker over a workspace.
+pub(crate) struct Checker<'a> {
+    sources: &'a SourceMap,
+    files: &'a dyn Files,
+    decls: collect::Declarations<'a>,
+    /// Attribute types; `Ty::Error` for attributes of an unknown type.
+    customer_types: BTreeMap<String, types::Ty>,
+    event_types: BTreeMap<String, BTreeMap<String, types::Ty>>,
+    used_segments: BTreeSet<String>,
+    used_messages: BTreeSet<String>,
+    diagnostics: Vec<Diagnostic>,
+}
+
 /// Parses and checks every file of a workspace.
+///
+/// When a file has syntax errors only the syntax errors are reported: the
+/// declarations of that file are unknown, so name errors elsewhere would
+/// be noise.
 pub fn check_workspace(sources: &SourceMap, files: &dyn Files) -> CheckOutcome {
-    let _ = (sources, files);
-    todo!("checker")
+    let mut diagnostics = Vec::new();
+    let mut parsed = Vec::new();
+    for (id, file) in sources.files() {
+        match crate::syntax::parse_file(id, &file.text) {
+            Ok(ast) => parsed.push(ast),
+            Err(errors) => diagnostics.extend(errors),
+        }
+    }
+    if !diagnostics.is_empty() {
+        crate::diagnostic::sort(&mut diagnostics);
+        return CheckOutcome {
+            checked: None,
+            diagnostics,
+        };
+    }
+    check_parsed(sources, files, parsed)
+}
+
+fn check_parsed(sources: &SourceMap, files: &dyn Files, parsed: Vec<ast::File>) -> CheckOutcome {
+    let mut diagnostics = Vec::new();
+    let decls = collect::collect(&parsed, &mut diagnostics);
+    let mut checker = Checker {
+        sources,
+        files,
+        decls,
+        customer_types: BTreeMap::new(),
+        event_types: BTreeMap::new(),
+        used_segments: BTreeSet::new(),
+        used_messages: BTreeSet::new(),
+        diagnostics,
+    };
+    let schema = checker.build_schema();
+    checker.check_segments();
+    let messages = checker.load_messages();
+    checker.check_settings_block();
+    let sends = checker.check_journeys();
+    checker.check_send_sites(&messages, &sends);
+    checker.report_unused();
+
+    let mut diagnostics = std::mem::take(&mut checker.diagnostics);
+    crate::diagnostic::sort(&mut diagnostics);
+    let has_errors = diagnostics.iter().any(Diagnostic::is_error);
+    let checked = (!has_errors).then(|| {
+        let settings = Settings {
+            decl: checker.decls.settings.cloned(),
+        };
+        let bounds = checker
+            .decls
+            .journeys
+            .iter()
+            .map(|(name, journey)| ((*name).to_string(), journey_bounds(journey, settings.decl.as_ref())))
+            .collect();
+        Checked {
+            schema,
+            segments: checker
+                .decls
+                .segments
+                .iter()
+                .map(|(name, decl)| ((*name).to_string(), (*decl).clone()))
+                .collect(),
+            messages: messages
+                .into_iter()
+                .map(|(name, loaded)| (name, loaded.message))
+                .collect(),
+            settings,
+            journeys: checker
+                .decls
+                .journeys
+                .iter()
+                .map(|(name, decl)| ((*name).to_string(), (*decl).clone()))
+                .collect(),
+            bounds,
+            files: parsed.clone(),
+        }
+    });
+    CheckOutcome { checked, diagnostics }
 }

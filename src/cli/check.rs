@@ -17,16 +17,23 @@ pub fn run(args: Args) -> u8 {
             return super::EXIT_USAGE;
         }
     };
-    let mut diagnostics = Vec::new();
-    for (id, file) in sources.files() {
-        if let Err(errors) = crate::syntax::parse_file(id, &file.text) {
-            diagnostics.extend(errors);
+    let outcome = crate::check::check_workspace(&sources, &crate::workspace::DiskFiles);
+    eprint!(
+        "{}",
+        crate::diagnostic::render_human(&sources, &outcome.diagnostics, false)
+    );
+    if let Some(checked) = &outcome.checked {
+        for (name, bounds) in &checked.bounds {
+            eprintln!(
+                "journey {name}: at most {} in the journey, at most {} sends",
+                crate::check::format_duration(bounds.max_duration_seconds),
+                bounds.max_sends
+            );
         }
     }
-    eprint!("{}", crate::diagnostic::render_human(&sources, &diagnostics, false));
-    if diagnostics.is_empty() {
-        super::EXIT_OK
-    } else {
+    if outcome.has_errors() {
         super::EXIT_ERRORS
+    } else {
+        super::EXIT_OK
     }
 }

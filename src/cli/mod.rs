@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod build;
 mod check;
+mod common;
 mod export;
 mod graph;
 mod import;

@@ -1,9 +1,64 @@
-//! `journeyc simulate` (not yet built).
+//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--summary]`
+
+use crate::runtime::stats::Funnel;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The workspace: .journey files or directories.
+    #[arg(required = true)]
+    pub workspace: Vec<PathBuf>,
+    /// Segment-format events, one JSON object per line.
+    #[arg(long)]
+    pub events: PathBuf,
+    /// Stop the virtual clock at this time (RFC 3339).
+    #[arg(long, value_parser = super::common::parse_time_arg)]
+    pub until: Option<crate::runtime::Millis>,
+    /// Print a funnel table per journey instead of the trace.
+    #[arg(long)]
+    pub summary: bool,
+}
 
-pub fn run(_args: Args) -> u8 {
-    eprintln!("journeyc simulate: not implemented yet");
-    super::EXIT_USAGE
+pub fn run(args: Args) -> u8 {
+    let bundle = match super::common::load_bundle(&args.workspace) {
+        Ok(bundle) => bundle,
+        Err(code) => return code,
+    };
+    let text = match std::fs::read_to_string(&args.events) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("error: {}: {error}", args.events.display());
+            return super::EXIT_USAGE;
+        }
+    };
+    let calls = match crate::simulate::parse_events(&text, &bundle) {
+        Ok(calls) => calls,
+        Err(error) => {
+            eprintln!("error: {}: {error}", args.events.display());
+            return super::EXIT_ERRORS;
+        }
+    };
+    let options = crate::simulate::Options { until: args.until };
+    let trace = crate::simulate::run(Arc::new(bundle), calls, options);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let written = if args.summary {
+        let mut funnel = Funnel::default();
+        trace.iter().for_each(|record| funnel.add(record));
+        out.write_all(funnel.render().as_bytes())
+    } else {
+        trace
+            .iter()
+            .try_for_each(|record| writeln!(out, "{}", record.to_json_line()))
+    };
+    match written.and_then(|_| out.flush()) {
+        Ok(()) => super::EXIT_OK,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => super::EXIT_OK,
+        Err(error) => {
+            eprintln!("error: writing the trace: {error}");
+            super::EXIT_USAGE
+        }
+    }
 }

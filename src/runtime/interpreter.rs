@@ -1,28 +1,1059 @@
-//! The interpreter: executes [`crate::compile::bytecode::Program`]s.
+//! The interpreter: executes [`Program`]s for one customer at a time.
+//!
+//! One call of [`Engine::apply`] handles one input at one instant `t`:
+//! 1. everything due strictly before `t` fires first, in time order;
+//! 2. the input is applied (profile merge or event recorded), then, in
+//!    journey-name order, active enrollments see it (goals, exit rules,
+//!    `wait for`), then event triggers enrol;
+//! 3. segment membership is re-evaluated (entered/left triggers, segment
+//!    goals and exit rules), then everything due at `t` fires.
+//!
+//! A timer due at the same instant as an event fires after it, so an event
+//! at the very end of a `within` window still counts.
 
-use super::{CustomerState, Effects, Input};
-use crate::compile::bytecode::Bundle;
+use super::eval::Scope;
+use super::local_time::{next_local_time, quiet_until};
+use super::state::{CustomerState, Enrollment, MESSAGE_IDS_MAX, MESSAGE_ID_RETENTION_MS};
+use super::trace::{Kind, TraceRecord};
+use super::{Effects, Input, Millis};
+use crate::compile::bytecode::{Bundle, Condition, Entry, Instr, Program, SegmentId, Trigger, Value};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// Runs a compiled workspace (and any older journey versions still referenced
-/// by enrollments).
+/// The longest a `wait until EXPR` waits (365 days): every enrollment ends.
+pub const WAIT_UNTIL_MAX_MS: Millis = 365 * 86_400_000;
+/// Instructions one enrollment may run without suspending before the
+/// interpreter stops it (a checked program always suspends in a loop).
+const STEPS_PER_RUN_MAX: u32 = 100_000;
+/// Rounds of due work at one instant before giving up (a bug guard).
+const ROUNDS_PER_INSTANT_MAX: u32 = 10_000;
+
+/// One loaded workspace version with its compiled templates.
+#[derive(Debug)]
+struct Loaded {
+    bundle: Arc<Bundle>,
+    templates: minijinja::Environment<'static>,
+    /// For each segment, the `(event, window)` pairs its membership depends on.
+    segment_windows: Vec<BTreeSet<(String, i64)>>,
+}
+
+/// Runs a compiled workspace, and the older journey versions that
+/// enrollments still run on.
 #[derive(Clone, Debug)]
 pub struct Engine {
-    bundle: Arc<Bundle>,
+    current: Arc<Loaded>,
+    /// Program hash → (workspace version, index of the program in it).
+    versions: Arc<HashMap<String, (Arc<Loaded>, usize)>>,
+    /// Segments whose membership changes matter (triggers, goals, exits).
+    tracked_segments: Arc<Vec<SegmentId>>,
+    /// The longest cap window of any journey or the workspace, in ms.
+    cap_window_ms: Millis,
+    /// Time-driven triggers (`every`, `inactive`, segment windows) are not
+    /// scheduled after this instant (the simulator's horizon).
+    recurring_until: Option<Millis>,
 }
 
 impl Engine {
     pub fn new(bundle: Arc<Bundle>) -> Engine {
-        Engine { bundle }
+        Engine::with_retained(bundle, Vec::new())
+    }
+
+    /// An engine for `current` that can also finish enrollments pinned to
+    /// programs of `retained` (older) workspace versions.
+    pub fn with_retained(current: Arc<Bundle>, retained: Vec<Arc<Bundle>>) -> Engine {
+        let current = Arc::new(Loaded::new(current));
+        let mut versions = HashMap::new();
+        for old in retained {
+            let old = Arc::new(Loaded::new(old));
+            for (index, program) in old.bundle.journeys.iter().enumerate() {
+                versions.insert(program.hash.clone(), (old.clone(), index));
+            }
+        }
+        for (index, program) in current.bundle.journeys.iter().enumerate() {
+            versions.insert(program.hash.clone(), (current.clone(), index));
+        }
+        let bundle = &current.bundle;
+        let mut tracked = BTreeSet::new();
+        for program in &bundle.journeys {
+            if let Trigger::Entered { segment } | Trigger::Left { segment } = &program.trigger {
+                tracked.insert(*segment);
+            }
+            for condition in program
+                .exit_rules
+                .iter()
+                .chain(program.goals.iter().map(|g| &g.condition))
+            {
+                if let Condition::InSegment { segment } = condition {
+                    tracked.insert(*segment);
+                }
+            }
+        }
+        let cap_window_ms = bundle
+            .journeys
+            .iter()
+            .filter_map(|p| p.cap)
+            .chain(bundle.settings.cap)
+            .map(|cap| cap.per_seconds * 1000)
+            .max()
+            .unwrap_or(0);
+        Engine {
+            current,
+            versions: Arc::new(versions),
+            tracked_segments: Arc::new(tracked.into_iter().collect()),
+            cap_window_ms,
+            recurring_until: None,
+        }
+    }
+
+    /// The same engine, scheduling no time-driven trigger after `horizon`.
+    pub fn with_horizon(mut self, horizon: Millis) -> Engine {
+        self.recurring_until = Some(horizon);
+        self
     }
 
     pub fn bundle(&self) -> &Arc<Bundle> {
-        &self.bundle
+        &self.current.bundle
+    }
+
+    /// Whether an enrollment on this program version can run.
+    pub fn knows_version(&self, hash: &str) -> bool {
+        self.versions.contains_key(hash)
     }
 
     /// Applies one input to one customer. Pure: see the module invariant.
     pub fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
-        let _ = (state, input);
-        todo!("interpreter")
+        let at = input.at().max(state.clock);
+        let mut run = Run {
+            engine: self,
+            state,
+            records: Vec::new(),
+            steps: 0,
+        };
+        if let Some(id) = input.message_id() {
+            if !run.remember_message_id(id, at) {
+                return Effects {
+                    records: Vec::new(),
+                    wake_at: run.state.next_wake(),
+                    steps: 0,
+                };
+            }
+        }
+        run.migrate(at);
+        if run.state.first_seen.is_none() {
+            run.first_appearance(at);
+        }
+        run.fire_due(at, false);
+        run.state.clock = at;
+        match input {
+            Input::Identify { traits, .. } => {
+                for (name, value) in traits {
+                    if *value == Value::Absent {
+                        run.state.profile.remove(name);
+                    } else {
+                        run.state.profile.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+            Input::Track { event, properties, .. } => run.track(event, properties, at),
+            Input::Wake { .. } => {}
+        }
+        run.settle(at);
+        run.fire_due(at, true);
+        run.prune(at);
+        Effects {
+            wake_at: run.state.next_wake(),
+            steps: run.steps,
+            records: run.records,
+        }
     }
+}
+
+impl Loaded {
+    fn new(bundle: Arc<Bundle>) -> Loaded {
+        let mut templates = minijinja::Environment::new();
+        templates.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        for message in &bundle.messages {
+            let name = bundle.name(message.name);
+            let mut add = |key: String, source: &str| {
+                // The checker parsed every template; a failure here only
+                // surfaces as a render error at send time.
+                let _ = templates.add_template_owned(key, source.to_string());
+            };
+            if let Some(subject) = &message.subject {
+                add(format!("{name}#subject"), subject);
+            }
+            if let Some(body) = &message.body {
+                add(format!("{name}#body"), body);
+            }
+            for (locale, body) in &message.body_variants {
+                add(format!("{name}#body.{locale}"), body);
+            }
+        }
+        let segment_windows = (0..bundle.segments.len())
+            .map(|index| segment_windows(&bundle, SegmentId(index as u32), 0))
+            .collect();
+        Loaded {
+            bundle,
+            templates,
+            segment_windows,
+        }
+    }
+}
+
+/// The `(event, window seconds)` pairs a segment's membership depends on,
+/// through the segments it refers to.
+fn segment_windows(bundle: &Bundle, segment: SegmentId, depth: u32) -> BTreeSet<(String, i64)> {
+    use crate::compile::bytecode::Op;
+    let mut windows = BTreeSet::new();
+    let Some(definition) = bundle.segments.get(segment.0 as usize) else {
+        return windows;
+    };
+    for op in &definition.condition.0 {
+        match op {
+            Op::Count { event, within_seconds } | Op::Seen { event, within_seconds } => {
+                windows.insert((bundle.name(*event).to_string(), *within_seconds));
+            }
+            Op::InSegment(inner) if depth < 32 => windows.extend(segment_windows(bundle, *inner, depth + 1)),
+            _ => {}
+        }
+    }
+    windows
+}
+
+/// How a suspended enrollment is being resumed.
+enum Resume<'a> {
+    /// Its timer fired.
+    Timer,
+    /// The event it waits for arrived.
+    Event(&'a BTreeMap<String, Value>),
+}
+
+/// One `apply` in progress.
+struct Run<'e, 's> {
+    engine: &'e Engine,
+    state: &'s mut CustomerState,
+    records: Vec<TraceRecord>,
+    steps: u64,
+}
+
+impl Run<'_, '_> {
+    fn bundle(&self) -> &Bundle {
+        &self.engine.current.bundle
+    }
+
+    fn record(&mut self, at: Millis, journey: &str, kind: Kind) -> &mut TraceRecord {
+        self.records.push(TraceRecord::new(at, &self.state.id, journey, kind));
+        self.records.last_mut().expect("just pushed")
+    }
+
+    /// Returns false when the id was already seen.
+    fn remember_message_id(&mut self, id: &str, at: Millis) -> bool {
+        if self.state.message_ids.iter().any(|(_, seen)| seen == id) {
+            return false;
+        }
+        self.state.message_ids.push_back((at, id.to_string()));
+        while self.state.message_ids.len() > MESSAGE_IDS_MAX {
+            self.state.message_ids.pop_front();
+        }
+        true
+    }
+
+    fn first_appearance(&mut self, at: Millis) {
+        self.state.first_seen = Some(at);
+        // Membership when first seen is the baseline: entered/left fire on
+        // later changes.
+        for segment in self.engine.tracked_segments.iter() {
+            let name = self
+                .bundle()
+                .name(self.bundle().segments[segment.0 as usize].name)
+                .to_string();
+            let member = self.scope(at, None).in_segment(*segment);
+            self.state.segments.insert(name, member);
+        }
+        self.reschedule(at);
+    }
+
+    fn scope<'a>(&'a self, now: Millis, event: Option<&'a BTreeMap<String, Value>>) -> Scope<'a> {
+        Scope {
+            bundle: &self.engine.current.bundle,
+            now,
+            profile: &self.state.profile,
+            event,
+            history: &self.state.history,
+        }
+    }
+
+    // ------------------------------------------------------------ time
+
+    /// The earliest due work, if it is before `limit` (or at it, when `inclusive`).
+    fn fire_due(&mut self, limit: Millis, inclusive: bool) {
+        for _ in 0..ROUNDS_PER_INSTANT_MAX * 8 {
+            let Some(due) = self.state.next_wake() else {
+                return;
+            };
+            if due > limit || (due == limit && !inclusive) {
+                return;
+            }
+            self.process_instant(due);
+        }
+        debug_assert!(false, "due work did not converge");
+    }
+
+    /// Runs everything due at or before `t`, which is the earliest due time.
+    fn process_instant(&mut self, t: Millis) {
+        self.state.clock = self.state.clock.max(t);
+        let mut due: Vec<(Millis, String)> = self
+            .state
+            .enrollments
+            .iter()
+            .filter_map(|(name, e)| e.wake_at.filter(|w| *w <= t).map(|w| (w, name.clone())))
+            .collect();
+        due.sort();
+        for (_, journey) in due {
+            if let Some(mut enrollment) = self.state.enrollments.remove(&journey) {
+                enrollment.wake_at = None;
+                if self.resume(&journey, &mut enrollment, t, Resume::Timer) {
+                    self.state.enrollments.insert(journey, enrollment);
+                }
+            }
+        }
+        let schedules: Vec<String> = self
+            .state
+            .schedules
+            .iter()
+            .filter(|(_, due)| **due <= t)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for journey in schedules {
+            self.state.schedules.remove(&journey);
+            self.scheduled_trigger(&journey, t);
+        }
+        if self.state.segment_check.is_some_and(|check| check <= t) {
+            self.state.segment_check = None;
+        }
+        self.settle(t);
+    }
+
+    /// Recomputes the recurring triggers' next due times and the next
+    /// instant a time window can change a tracked segment.
+    fn reschedule(&mut self, now: Millis) {
+        let bundle = self.engine.current.bundle.clone();
+        for program in &bundle.journeys {
+            let journey = bundle.name(program.name);
+            let next = match &program.trigger {
+                Trigger::Every {
+                    days, minute_of_day, ..
+                } => {
+                    let zone = self.zone(program);
+                    match self.state.schedules.get(journey) {
+                        Some(existing) if *existing > now => continue,
+                        _ => Some(next_local_time(now + 1, zone, *minute_of_day, *days)),
+                    }
+                }
+                Trigger::Inactive { seconds, since } => {
+                    let reference = match since {
+                        Some(event) => self.state.last_event_by_name.get(bundle.name(*event)).copied(),
+                        None => self.state.last_event,
+                    }
+                    .or(self.state.first_seen);
+                    let used = self.state.entries.get(journey).and_then(|e| e.last_inactive_mark);
+                    match reference {
+                        Some(reference) if used != Some(reference) => Some(reference + seconds * 1000),
+                        _ => None,
+                    }
+                }
+                _ => continue,
+            };
+            match next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
+                Some(due) => self.state.schedules.insert(journey.to_string(), due),
+                None => self.state.schedules.remove(journey),
+            };
+        }
+        self.state.segment_check = self.next_segment_flip(now);
+    }
+
+    /// The next instant an event leaves a `count`/`seen` window that a
+    /// tracked segment depends on.
+    fn next_segment_flip(&self, now: Millis) -> Option<Millis> {
+        let loaded = &self.engine.current;
+        let mut next: Option<Millis> = None;
+        for segment in self.engine.tracked_segments.iter() {
+            for (event, window) in &loaded.segment_windows[segment.0 as usize] {
+                let Some(times) = self.state.history.get(event) else {
+                    continue;
+                };
+                let window_ms = window * 1000;
+                let first = times.partition_point(|t| t + window_ms <= now);
+                if let Some(t) = times.get(first) {
+                    let flip = t + window_ms;
+                    next = Some(next.map_or(flip, |n: Millis| n.min(flip)));
+                }
+            }
+        }
+        next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h))
+    }
+
+    fn scheduled_trigger(&mut self, journey: &str, t: Millis) {
+        let bundle = self.engine.current.bundle.clone();
+        let Some(index) = bundle.journeys.iter().position(|p| bundle.name(p.name) == journey) else {
+            return;
+        };
+        let program = &bundle.journeys[index];
+        match &program.trigger {
+            Trigger::Every { filter, .. } => {
+                let passes = filter.as_ref().is_none_or(|f| self.scope(t, None).holds(f));
+                if passes {
+                    self.enroll(index, t, None);
+                }
+            }
+            Trigger::Inactive { since, .. } => {
+                let reference = match since {
+                    Some(event) => self.state.last_event_by_name.get(bundle.name(*event)).copied(),
+                    None => self.state.last_event,
+                }
+                .or(self.state.first_seen);
+                self.state
+                    .entries
+                    .entry(journey.to_string())
+                    .or_default()
+                    .last_inactive_mark = reference;
+                self.enroll(index, t, None);
+            }
+            _ => {}
+        }
+        self.reschedule(t);
+    }
+
+    // ---------------------------------------------------------- events
+
+    fn track(&mut self, event: &str, properties: &BTreeMap<String, Value>, t: Millis) {
+        self.state.last_event = Some(t);
+        self.state.last_event_by_name.insert(event.to_string(), t);
+        let times = self.state.history.entry(event.to_string()).or_default();
+        let position = times.partition_point(|x| *x <= t);
+        times.insert(position, t);
+
+        let journeys: Vec<String> = self.state.enrollments.keys().cloned().collect();
+        for journey in journeys {
+            let Some(mut enrollment) = self.state.enrollments.remove(&journey) else {
+                continue;
+            };
+            if self.see_event(&journey, &mut enrollment, event, properties, t) {
+                self.state.enrollments.insert(journey, enrollment);
+            }
+        }
+        let bundle = self.engine.current.bundle.clone();
+        for (index, program) in bundle.journeys.iter().enumerate() {
+            if let Trigger::Event { event: trigger, filter } = &program.trigger {
+                if bundle.name(*trigger) == event
+                    && filter.as_ref().is_none_or(|f| self.scope(t, Some(properties)).holds(f))
+                {
+                    self.enroll(index, t, Some(properties.clone()));
+                }
+            }
+        }
+        self.reschedule(t);
+    }
+
+    /// An active enrollment sees an event: goals, exit rules, `wait for`.
+    /// Returns whether the enrollment is still active.
+    fn see_event(
+        &mut self,
+        journey: &str,
+        enrollment: &mut Enrollment,
+        event: &str,
+        properties: &BTreeMap<String, Value>,
+        t: Millis,
+    ) -> bool {
+        let Some((loaded, index)) = self.engine.versions.get(&enrollment.version).cloned() else {
+            return true;
+        };
+        let bundle = &loaded.bundle;
+        let program = &bundle.journeys[index];
+        let matches = |run: &Self, condition: &Condition| match condition {
+            Condition::Event { event: name, filter } => {
+                bundle.name(*name) == event
+                    && filter
+                        .as_ref()
+                        .is_none_or(|f| run.scope_in(bundle, t, Some(properties)).holds(f))
+            }
+            Condition::InSegment { .. } => false,
+        };
+        for (goal_index, goal) in program.goals.iter().enumerate() {
+            if !enrollment.goals_reached[goal_index] && matches(self, &goal.condition) {
+                self.reach_goal(journey, enrollment, goal_index, program, t);
+            }
+        }
+        if program.exit_rules.iter().any(|rule| matches(self, rule)) {
+            self.exit(journey, t, "exit_rule");
+            return false;
+        }
+        if enrollment.suspended {
+            if let Some(Instr::WaitFor {
+                event: name, filter, ..
+            }) = program.code.get(enrollment.pc as usize)
+            {
+                let wanted = bundle.name(*name) == event
+                    && filter
+                        .as_ref()
+                        .is_none_or(|f| self.scope_in(bundle, t, Some(properties)).holds(f));
+                if wanted {
+                    return self.resume(journey, enrollment, t, Resume::Event(properties));
+                }
+            }
+        }
+        true
+    }
+
+    fn scope_in<'a>(
+        &'a self,
+        bundle: &'a Bundle,
+        now: Millis,
+        event: Option<&'a BTreeMap<String, Value>>,
+    ) -> Scope<'a> {
+        Scope {
+            bundle,
+            now,
+            profile: &self.state.profile,
+            event,
+            history: &self.state.history,
+        }
+    }
+
+    fn reach_goal(
+        &mut self,
+        journey: &str,
+        enrollment: &mut Enrollment,
+        goal_index: usize,
+        program: &Program,
+        t: Millis,
+    ) {
+        let goal = &program.goals[goal_index];
+        if let Some(within) = goal.within_seconds {
+            if t - enrollment.entered_at > within * 1000 {
+                return;
+            }
+        }
+        enrollment.goals_reached[goal_index] = true;
+        let name = self
+            .engine
+            .versions
+            .get(&enrollment.version)
+            .map(|(loaded, _)| loaded.bundle.name(goal.name).to_string())
+            .unwrap_or_default();
+        self.record(t, journey, Kind::Goal).goal = Some(name);
+    }
+
+    /// Re-evaluates tracked segments at `t`: segment goals and exit rules of
+    /// active enrollments, then `entered`/`left` triggers on changes.
+    fn settle(&mut self, t: Millis) {
+        let bundle = self.engine.current.bundle.clone();
+        for _ in 0..4 {
+            let mut changed = Vec::new();
+            for segment in self.engine.tracked_segments.iter() {
+                let name = bundle.name(bundle.segments[segment.0 as usize].name);
+                let member = self.scope(t, None).in_segment(*segment);
+                let before = self.state.segments.insert(name.to_string(), member);
+                if before != Some(member) {
+                    changed.push((*segment, member));
+                }
+            }
+            self.segment_conditions(t);
+            if changed.is_empty() {
+                break;
+            }
+            for (index, program) in bundle.journeys.iter().enumerate() {
+                let fires = match &program.trigger {
+                    Trigger::Entered { segment } => changed.contains(&(*segment, true)),
+                    Trigger::Left { segment } => changed.contains(&(*segment, false)),
+                    _ => false,
+                };
+                if fires {
+                    self.enroll(index, t, None);
+                }
+            }
+        }
+        self.state.segment_check = self.next_segment_flip(t);
+    }
+
+    /// Segment goals and exit rules of every active enrollment.
+    fn segment_conditions(&mut self, t: Millis) {
+        let journeys: Vec<String> = self.state.enrollments.keys().cloned().collect();
+        for journey in journeys {
+            let Some(mut enrollment) = self.state.enrollments.remove(&journey) else {
+                continue;
+            };
+            let Some((loaded, index)) = self.engine.versions.get(&enrollment.version).cloned() else {
+                self.state.enrollments.insert(journey, enrollment);
+                continue;
+            };
+            let program = &loaded.bundle.journeys[index];
+            let in_segment = |run: &Self, condition: &Condition| match condition {
+                Condition::InSegment { segment } => run.scope_in(&loaded.bundle, t, None).in_segment(*segment),
+                Condition::Event { .. } => false,
+            };
+            for (goal_index, goal) in program.goals.iter().enumerate() {
+                if !enrollment.goals_reached[goal_index] && in_segment(self, &goal.condition) {
+                    self.reach_goal(&journey, &mut enrollment, goal_index, program, t);
+                }
+            }
+            if program.exit_rules.iter().any(|rule| in_segment(self, rule)) {
+                self.exit(&journey, t, "exit_rule");
+            } else {
+                self.state.enrollments.insert(journey, enrollment);
+            }
+        }
+    }
+
+    // ------------------------------------------------------ enrollment
+
+    fn enroll(&mut self, index: usize, t: Millis, event: Option<BTreeMap<String, Value>>) {
+        let bundle = self.engine.current.bundle.clone();
+        let program = &bundle.journeys[index];
+        let journey = bundle.name(program.name).to_string();
+        if self.state.enrollments.contains_key(&journey) {
+            return;
+        }
+        let history = self.state.entries.entry(journey.clone()).or_default();
+        let eligible = match program.entry {
+            Entry::Once => history.count == 0,
+            Entry::Every { seconds } => history.count == 0 || t - history.last_entered >= seconds * 1000,
+            Entry::Always => true,
+        };
+        if !eligible {
+            return;
+        }
+        history.count += 1;
+        history.last_entered = t;
+        let ordinal = history.count;
+        let holdout = program.holdout_basis_points > 0
+            && stable_bucket(&self.state.id, &journey, "holdout") < program.holdout_basis_points;
+        let mut enrollment = Enrollment {
+            version: program.hash.clone(),
+            entered_at: t,
+            ordinal,
+            pc: 0,
+            suspended: false,
+            wake_at: None,
+            loop_counters: vec![0; program.loop_counters as usize],
+            events: vec![event.unwrap_or_default()],
+            goals_reached: vec![false; program.goals.len()],
+            holdout,
+            steps: 0,
+        };
+        let record = self.record(t, &journey, Kind::Enter);
+        record.version = Some(program.hash.clone());
+        if program.holdout_basis_points > 0 {
+            record.arm = Some(if holdout { "holdout" } else { "treatment" }.to_string());
+        }
+        if self.execute(&journey, &mut enrollment, t) {
+            self.state.enrollments.insert(journey, enrollment);
+        }
+    }
+
+    fn exit(&mut self, journey: &str, t: Millis, reason: &str) {
+        self.record(t, journey, Kind::Exit).reason = Some(reason.to_string());
+    }
+
+    /// Wakes a suspended enrollment. Returns whether it is still active.
+    fn resume(&mut self, journey: &str, enrollment: &mut Enrollment, t: Millis, how: Resume) -> bool {
+        let Some((loaded, index)) = self.engine.versions.get(&enrollment.version).cloned() else {
+            self.exit(journey, t, "version_unavailable");
+            return false;
+        };
+        let program = &loaded.bundle.journeys[index];
+        match (program.code.get(enrollment.pc as usize), how) {
+            (Some(Instr::WaitFor { .. }), Resume::Event(properties)) => {
+                enrollment.events.push(properties.clone());
+                enrollment.pc += 1;
+            }
+            (Some(Instr::WaitFor { timeout, .. }), Resume::Timer) => enrollment.pc = *timeout,
+            // A deferred send goes out now (it re-checks quiet hours).
+            (Some(Instr::Send { .. }), _) => {}
+            (_, _) => enrollment.pc += 1,
+        }
+        enrollment.suspended = false;
+        enrollment.wake_at = None;
+        self.execute(journey, enrollment, t)
+    }
+
+    /// Runs instructions from `pc` until the enrollment suspends or ends.
+    /// Returns whether it is still active.
+    fn execute(&mut self, journey: &str, enrollment: &mut Enrollment, t: Millis) -> bool {
+        let Some((loaded, index)) = self.engine.versions.get(&enrollment.version).cloned() else {
+            self.exit(journey, t, "version_unavailable");
+            return false;
+        };
+        let bundle = &loaded.bundle;
+        let program = &bundle.journeys[index];
+        for _ in 0..STEPS_PER_RUN_MAX {
+            let Some(instruction) = program.code.get(enrollment.pc as usize) else {
+                self.exit(journey, t, "end");
+                return false;
+            };
+            enrollment.steps += 1;
+            self.steps += 1;
+            let next = enrollment.pc + 1;
+            match instruction {
+                Instr::Send { message } => {
+                    if let Some(quiet) = program.quiet_hours {
+                        if let Some(until) = quiet_until(t, self.zone(program), quiet.start_minute, quiet.end_minute) {
+                            enrollment.suspended = true;
+                            enrollment.wake_at = Some(until);
+                            return true;
+                        }
+                    }
+                    self.send(&loaded, program, journey, enrollment, *message, t);
+                    enrollment.pc = next;
+                }
+                Instr::Wait { seconds } => return self.suspend(enrollment, t + seconds * 1000),
+                Instr::WaitUntilTime { minute_of_day, days } => {
+                    let due = next_local_time(t, self.zone(program), *minute_of_day, *days);
+                    if due <= t {
+                        enrollment.pc = next;
+                    } else {
+                        return self.suspend(enrollment, due);
+                    }
+                }
+                Instr::WaitUntil { time } => {
+                    let scope = self.scope_in(bundle, t, enrollment.events.last());
+                    match scope.eval(time) {
+                        Value::Time(due) if due > t => return self.suspend(enrollment, due.min(t + WAIT_UNTIL_MAX_MS)),
+                        _ => enrollment.pc = next,
+                    }
+                }
+                Instr::WaitFor { within_seconds, .. } => return self.suspend(enrollment, t + within_seconds * 1000),
+                Instr::PopEvent => {
+                    if enrollment.events.len() > 1 {
+                        enrollment.events.pop();
+                    }
+                    enrollment.pc = next;
+                }
+                Instr::Jump { target } => enrollment.pc = *target,
+                Instr::JumpUnless { condition, target } => {
+                    let holds = self.scope_in(bundle, t, enrollment.events.last()).holds(condition);
+                    enrollment.pc = if holds { next } else { *target };
+                }
+                Instr::Split { split, arms } => {
+                    let split_name = bundle.name(*split);
+                    let bucket = stable_bucket(&self.state.id, journey, split_name);
+                    let arm = arms.iter().find(|arm| bucket < arm.upper_basis_points).or(arms.last());
+                    let Some(arm) = arm else {
+                        enrollment.pc = next;
+                        continue;
+                    };
+                    let record = self.record(t, journey, Kind::Split);
+                    record.split = Some(split_name.to_string());
+                    record.arm = Some(bundle.name(arm.name).to_string());
+                    enrollment.pc = arm.target;
+                }
+                Instr::Set { attribute, value } => {
+                    let value = self.scope_in(bundle, t, enrollment.events.last()).eval(value);
+                    let name = bundle.name(*attribute).to_string();
+                    let record = self.record(t, journey, Kind::Set);
+                    record.attribute = Some(name.clone());
+                    record.value = Some(to_json(&value));
+                    if value == Value::Absent {
+                        self.state.profile.remove(&name);
+                    } else {
+                        self.state.profile.insert(name, value);
+                    }
+                    enrollment.pc = next;
+                }
+                Instr::LoopStart { counter, times } => {
+                    if let Some(slot) = enrollment.loop_counters.get_mut(*counter as usize) {
+                        *slot = *times;
+                    }
+                    enrollment.pc = next;
+                }
+                Instr::LoopNext { counter, target } => {
+                    let slot = enrollment.loop_counters.get_mut(*counter as usize);
+                    let remaining = match slot {
+                        Some(slot) => {
+                            *slot = slot.saturating_sub(1);
+                            *slot
+                        }
+                        None => 0,
+                    };
+                    enrollment.pc = if remaining > 0 { *target } else { next };
+                }
+                Instr::Exit => {
+                    self.exit(journey, t, "exit_statement");
+                    return false;
+                }
+                Instr::End => {
+                    self.exit(journey, t, "end");
+                    return false;
+                }
+            }
+        }
+        debug_assert!(
+            false,
+            "journey {journey} ran {STEPS_PER_RUN_MAX} steps without suspending"
+        );
+        self.exit(journey, t, "end");
+        false
+    }
+
+    fn suspend(&mut self, enrollment: &mut Enrollment, until: Millis) -> bool {
+        enrollment.suspended = true;
+        enrollment.wake_at = Some(until);
+        true
+    }
+
+    /// The customer's time zone, else the journey's, else UTC.
+    fn zone(&self, program: &Program) -> chrono_tz::Tz {
+        let customer = match self.state.profile.get("timezone") {
+            Some(Value::String(name)) => name.parse().ok(),
+            _ => None,
+        };
+        customer
+            .or_else(|| program.timezone.as_deref().and_then(|name| name.parse().ok()))
+            .unwrap_or(chrono_tz::Tz::UTC)
+    }
+
+    fn send(
+        &mut self,
+        loaded: &Loaded,
+        program: &Program,
+        journey: &str,
+        enrollment: &Enrollment,
+        message: crate::compile::bytecode::MessageId,
+        t: Millis,
+    ) {
+        let bundle = &loaded.bundle;
+        let Some(definition) = bundle.messages.get(message.0 as usize) else {
+            return;
+        };
+        let name = bundle.name(definition.name).to_string();
+        let event = enrollment.events.last();
+        let skip = if enrollment.holdout {
+            Some("holdout")
+        } else if definition
+            .consent
+            .as_ref()
+            .is_some_and(|consent| !self.scope_in(bundle, t, event).holds(consent))
+        {
+            Some("consent")
+        } else if program
+            .cap
+            .is_some_and(|cap| self.sends_within(Some(journey), t, cap.per_seconds) >= cap.sends as usize)
+        {
+            Some("cap")
+        } else if bundle
+            .settings
+            .cap
+            .is_some_and(|cap| self.sends_within(None, t, cap.per_seconds) >= cap.sends as usize)
+        {
+            Some("global_cap")
+        } else {
+            None
+        };
+        if let Some(reason) = skip {
+            let record = self.record(t, journey, Kind::Skip);
+            record.message = Some(name);
+            record.channel = Some(definition.channel.as_str().to_string());
+            record.reason = Some(reason.to_string());
+            return;
+        }
+        match self.render(loaded, definition, event) {
+            Ok((subject, body, locale)) => {
+                let id = send_id(&self.state.id, journey, enrollment.ordinal, enrollment.steps);
+                self.state.sends.push_back((t, journey.to_string()));
+                let record = self.record(t, journey, Kind::Send);
+                record.message = Some(name);
+                record.channel = Some(definition.channel.as_str().to_string());
+                record.id = Some(id);
+                record.subject = subject;
+                record.body = body;
+                record.locale = locale;
+            }
+            Err(error) => {
+                let record = self.record(t, journey, Kind::Skip);
+                record.message = Some(name);
+                record.channel = Some(definition.channel.as_str().to_string());
+                record.reason = Some("render_error".to_string());
+                record.error = Some(error);
+            }
+        }
+    }
+
+    fn sends_within(&self, journey: Option<&str>, t: Millis, per_seconds: i64) -> usize {
+        let since = t - per_seconds * 1000;
+        self.state
+            .sends
+            .iter()
+            .rev()
+            .take_while(|(at, _)| *at > since)
+            .filter(|(_, j)| journey.is_none_or(|wanted| wanted == j))
+            .count()
+    }
+
+    /// Renders subject and body (the locale variant that best matches
+    /// `customer.locale`, else the plain body).
+    #[allow(clippy::type_complexity)]
+    fn render(
+        &self,
+        loaded: &Loaded,
+        message: &crate::compile::bytecode::MessageDef,
+        event: Option<&BTreeMap<String, Value>>,
+    ) -> Result<(Option<String>, Option<String>, Option<String>), String> {
+        let name = loaded.bundle.name(message.name);
+        let customer: serde_json::Map<String, serde_json::Value> = self
+            .state
+            .profile
+            .iter()
+            .map(|(k, v)| (k.clone(), to_json(v)))
+            .collect();
+        let event: serde_json::Map<String, serde_json::Value> = event
+            .map(|e| e.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+            .unwrap_or_default();
+        let context = minijinja::context! { customer => customer, event => event };
+        let render = |key: &str| -> Result<String, String> {
+            let template = loaded.templates.get_template(key).map_err(|e| e.to_string())?;
+            template.render(&context).map_err(|e| e.to_string())
+        };
+        let subject = match message.subject {
+            Some(_) => Some(render(&format!("{name}#subject"))?),
+            None => None,
+        };
+        let locale = match self.state.profile.get("locale") {
+            Some(Value::String(tag)) => best_locale(tag, &message.body_variants),
+            _ => None,
+        };
+        let body = match (&locale, &message.body) {
+            (Some(locale), _) => Some(render(&format!("{name}#body.{locale}"))?),
+            (None, Some(_)) => Some(render(&format!("{name}#body"))?),
+            (None, None) => None,
+        };
+        Ok((subject, body, locale))
+    }
+
+    // ------------------------------------------------------- versions
+
+    /// Moves enrollments waiting at a labelled statement of an old version
+    /// to the same label of the current version, when the current version
+    /// says `on update migrate` (spec §5); others stay pinned.
+    fn migrate(&mut self, t: Millis) {
+        let current = self.engine.current.clone();
+        for program in &current.bundle.journeys {
+            if !program.migrate_on_update {
+                continue;
+            }
+            let journey = current.bundle.name(program.name);
+            let Some(enrollment) = self.state.enrollments.get_mut(journey) else {
+                continue;
+            };
+            if enrollment.version == program.hash || !enrollment.suspended {
+                continue;
+            }
+            let Some((old, old_index)) = self.engine.versions.get(&enrollment.version) else {
+                continue;
+            };
+            let old_program = &old.bundle.journeys[*old_index];
+            let label = old_program
+                .labels
+                .iter()
+                .find(|(_, pc)| *pc == enrollment.pc)
+                .map(|(name, _)| old.bundle.name(*name));
+            let Some(label) = label else {
+                continue;
+            };
+            let Some(new_pc) = program
+                .labels
+                .iter()
+                .find(|(name, _)| current.bundle.name(*name) == label)
+                .map(|(_, pc)| *pc)
+            else {
+                continue;
+            };
+            let same_kind = std::mem::discriminant(&old_program.code[enrollment.pc as usize])
+                == std::mem::discriminant(&program.code[new_pc as usize]);
+            enrollment.version = program.hash.clone();
+            enrollment.pc = new_pc;
+            enrollment.loop_counters.resize(program.loop_counters as usize, 0);
+            enrollment.goals_reached.resize(program.goals.len(), false);
+            if !same_kind {
+                // A different kind of step: start it now.
+                enrollment.suspended = false;
+                enrollment.wake_at = Some(t);
+            }
+        }
+    }
+
+    /// Drops history no expression can read any more.
+    fn prune(&mut self, now: Millis) {
+        let window_ms = self.bundle().history_window_seconds * 1000;
+        for times in self.state.history.values_mut() {
+            while times.front().is_some_and(|t| *t <= now - window_ms) {
+                times.pop_front();
+            }
+        }
+        self.state.history.retain(|_, times| !times.is_empty());
+        let cap_window_ms = self.engine.cap_window_ms;
+        while self.state.sends.front().is_some_and(|(t, _)| *t <= now - cap_window_ms) {
+            self.state.sends.pop_front();
+        }
+        while self
+            .state
+            .message_ids
+            .front()
+            .is_some_and(|(t, _)| *t <= now - MESSAGE_ID_RETENTION_MS)
+        {
+            self.state.message_ids.pop_front();
+        }
+    }
+}
+
+/// The most specific variant for a locale: `fa-IR` matches `fa-IR`, then `fa`.
+fn best_locale(tag: &str, variants: &[(String, String)]) -> Option<String> {
+    let mut candidate = tag;
+    loop {
+        if let Some((found, _)) = variants.iter().find(|(v, _)| v.eq_ignore_ascii_case(candidate)) {
+            return Some(found.clone());
+        }
+        candidate = &candidate[..candidate.rfind('-')?];
+    }
+}
+
+/// A value as JSON for templates and the trace.
+pub fn to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Absent => serde_json::Value::Null,
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::Int(i) => serde_json::Value::from(*i),
+        Value::Number(n) => serde_json::Value::from(*n),
+        Value::String(s) => serde_json::Value::String(s.clone()),
+        Value::Time(t) => serde_json::Value::String(super::trace::format_time(*t)),
+        Value::Duration(d) => serde_json::Value::from(*d as f64 / 1000.0),
+    }
+}
+
+/// A number in `0..10_000` fixed forever for (customer, journey, key):
+/// split arms and holdout never change across runs, restarts or versions.
+pub fn stable_bucket(customer: &str, journey: &str, key: &str) -> u32 {
+    let digest = Sha256::new()
+        .chain_update(customer.as_bytes())
+        .chain_update([0])
+        .chain_update(journey.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % 10_000) as u32
+}
+
+/// The stable idempotency key of a send.
+fn send_id(customer: &str, journey: &str, ordinal: u32, step: u32) -> String {
+    let digest = Sha256::new()
+        .chain_update(customer.as_bytes())
+        .chain_update([0])
+        .chain_update(journey.as_bytes())
+        .chain_update([0])
+        .chain_update(ordinal.to_be_bytes())
+        .chain_update(step.to_be_bytes())
+        .finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -6,9 +6,12 @@
 //! memory) and the daemon (real clock, sled) run every line of journey logic
 //! through it.
 
+mod eval;
 pub mod input;
 pub mod interpreter;
+pub mod local_time;
 pub mod state;
+pub mod stats;
 pub mod trace;
 
 pub use input::{Input, InputError};
@@ -26,4 +29,6 @@ pub struct Effects {
     pub records: Vec<TraceRecord>,
     /// When the customer next needs a [`Input::Wake`], if ever.
     pub wake_at: Option<Millis>,
+    /// Instructions executed (for metrics).
+    pub steps: u64,
 }

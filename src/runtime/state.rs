@@ -39,6 +39,9 @@ pub struct CustomerState {
     pub entries: BTreeMap<String, EntryHistory>,
     /// Next time a recurring trigger (`every`, `inactive`) is due, per journey.
     pub schedules: BTreeMap<String, Millis>,
+    /// The next instant a `count`/`seen` window can change a segment that
+    /// triggers, goals or exit rules depend on.
+    pub segment_check: Option<Millis>,
     /// Recently seen `messageId`s with their input time, oldest first.
     pub message_ids: VecDeque<(Millis, String)>,
 }
@@ -90,6 +93,6 @@ impl CustomerState {
     pub fn next_wake(&self) -> Option<Millis> {
         let enrollments = self.enrollments.values().filter_map(|e| e.wake_at);
         let schedules = self.schedules.values().copied();
-        enrollments.chain(schedules).min()
+        enrollments.chain(schedules).chain(self.segment_check).min()
     }
 }

@@ -1,0 +1,247 @@
+//! Evaluates compiled expressions ([`Code`]): a small stack machine.
+//!
+//! Absent values (an optional attribute that is not set, or any attribute of
+//! a customer never identified) follow spec §3: a comparison involving an
+//! absent value is false, arithmetic on it stays absent, and a condition that
+//! is absent counts as false.
+
+use super::Millis;
+use crate::compile::bytecode::{Bundle, Code, NameId, Op, SegmentId, Value};
+use crate::syntax::ast::{BinaryOp, UnaryOp};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Segments may refer to segments; the checker rejects cycles, this bounds
+/// the recursion regardless.
+const SEGMENT_DEPTH_MAX: u32 = 32;
+
+/// What an expression can see.
+pub struct Scope<'a> {
+    pub bundle: &'a Bundle,
+    pub now: Millis,
+    pub profile: &'a BTreeMap<String, Value>,
+    pub event: Option<&'a BTreeMap<String, Value>>,
+    pub history: &'a BTreeMap<String, VecDeque<Millis>>,
+}
+
+impl Scope<'_> {
+    pub fn eval(&self, code: &Code) -> Value {
+        self.eval_at_depth(code, 0)
+    }
+
+    /// Evaluates a condition: only `true` is true.
+    pub fn holds(&self, code: &Code) -> bool {
+        matches!(self.eval(code), Value::Bool(true))
+    }
+
+    pub fn in_segment(&self, segment: SegmentId) -> bool {
+        self.segment_at_depth(segment, 0)
+    }
+
+    fn segment_at_depth(&self, segment: SegmentId, depth: u32) -> bool {
+        if depth > SEGMENT_DEPTH_MAX {
+            return false;
+        }
+        match self.bundle.segments.get(segment.0 as usize) {
+            Some(definition) => matches!(self.eval_at_depth(&definition.condition, depth + 1), Value::Bool(true)),
+            None => false,
+        }
+    }
+
+    fn name(&self, id: NameId) -> &str {
+        self.bundle.name(id)
+    }
+
+    fn eval_at_depth(&self, code: &Code, depth: u32) -> Value {
+        let mut stack: Vec<Value> = Vec::with_capacity(8);
+        for op in &code.0 {
+            let value = match op {
+                Op::Const(value) => value.clone(),
+                Op::Now => Value::Time(self.now),
+                Op::Customer(attribute) => self
+                    .profile
+                    .get(self.name(*attribute))
+                    .cloned()
+                    .unwrap_or(Value::Absent),
+                Op::Event(property) => self
+                    .event
+                    .and_then(|event| event.get(self.name(*property)))
+                    .cloned()
+                    .unwrap_or(Value::Absent),
+                Op::ExistsCustomer(attribute) => Value::Bool(
+                    self.profile
+                        .get(self.name(*attribute))
+                        .is_some_and(|v| *v != Value::Absent),
+                ),
+                Op::ExistsEvent(property) => Value::Bool(
+                    self.event
+                        .and_then(|event| event.get(self.name(*property)))
+                        .is_some_and(|v| *v != Value::Absent),
+                ),
+                Op::InSegment(segment) => Value::Bool(self.segment_at_depth(*segment, depth)),
+                Op::Count { event, within_seconds } => Value::Int(self.count(*event, *within_seconds) as i64),
+                Op::Seen { event, within_seconds } => Value::Bool(self.count(*event, *within_seconds) > 0),
+                Op::Not => {
+                    let operand = stack.pop().unwrap_or(Value::Absent);
+                    unary(UnaryOp::Not, operand)
+                }
+                Op::Negate => {
+                    let operand = stack.pop().unwrap_or(Value::Absent);
+                    unary(UnaryOp::Negate, operand)
+                }
+                Op::Binary(op) => {
+                    let rhs = stack.pop().unwrap_or(Value::Absent);
+                    let lhs = stack.pop().unwrap_or(Value::Absent);
+                    binary(*op, lhs, rhs)
+                }
+                Op::In { len } => {
+                    let at = stack.len().saturating_sub(*len as usize);
+                    let list = stack.split_off(at);
+                    let value = stack.pop().unwrap_or(Value::Absent);
+                    Value::Bool(value != Value::Absent && list.iter().any(|item| equal(&value, item) == Some(true)))
+                }
+            };
+            stack.push(value);
+        }
+        debug_assert!(stack.len() <= 1, "a compiled expression leaves one value");
+        stack.pop().unwrap_or(Value::Absent)
+    }
+
+    /// Events of this name in `(now - within, now]`.
+    fn count(&self, event: NameId, within_seconds: i64) -> usize {
+        let Some(times) = self.history.get(self.name(event)) else {
+            return 0;
+        };
+        let since = self.now - within_seconds * 1000;
+        // Times are sorted oldest first.
+        let first = times.partition_point(|t| *t <= since);
+        times.range(first..).filter(|t| **t <= self.now).count()
+    }
+}
+
+fn unary(op: UnaryOp, operand: Value) -> Value {
+    match (op, operand) {
+        (UnaryOp::Not, Value::Bool(b)) => Value::Bool(!b),
+        // Absent counts as false, so `not` of it is true.
+        (UnaryOp::Not, Value::Absent) => Value::Bool(true),
+        (UnaryOp::Negate, Value::Int(i)) => Value::Int(i.wrapping_neg()),
+        (UnaryOp::Negate, Value::Number(n)) => Value::Number(-n),
+        (UnaryOp::Negate, Value::Duration(d)) => Value::Duration(-d),
+        _ => Value::Absent,
+    }
+}
+
+fn truthy(value: &Value) -> bool {
+    matches!(value, Value::Bool(true))
+}
+
+fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Int(i) => Some(*i as f64),
+        Value::Number(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// Equality across the value kinds the checker lets meet; `None` when absent.
+fn equal(lhs: &Value, rhs: &Value) -> Option<bool> {
+    match (lhs, rhs) {
+        (Value::Absent, _) | (_, Value::Absent) => None,
+        (Value::Int(a), Value::Int(b)) => Some(a == b),
+        (a @ (Value::Int(_) | Value::Number(_)), b @ (Value::Int(_) | Value::Number(_))) => {
+            Some(number(a) == number(b))
+        }
+        (a, b) => Some(a == b),
+    }
+}
+
+fn order(lhs: &Value, rhs: &Value) -> Option<std::cmp::Ordering> {
+    match (lhs, rhs) {
+        (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
+        (Value::Time(a), Value::Time(b)) | (Value::Duration(a), Value::Duration(b)) => Some(a.cmp(b)),
+        (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
+        (a, b) => number(a)?.partial_cmp(&number(b)?),
+    }
+}
+
+fn binary(op: BinaryOp, lhs: Value, rhs: Value) -> Value {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    match op {
+        BinaryOp::And => Value::Bool(truthy(&lhs) && truthy(&rhs)),
+        BinaryOp::Or => Value::Bool(truthy(&lhs) || truthy(&rhs)),
+        BinaryOp::Eq => Value::Bool(equal(&lhs, &rhs) == Some(true)),
+        BinaryOp::Ne => Value::Bool(equal(&lhs, &rhs) == Some(false)),
+        BinaryOp::Lt => Value::Bool(order(&lhs, &rhs) == Some(Less)),
+        BinaryOp::Le => Value::Bool(matches!(order(&lhs, &rhs), Some(Less | Equal))),
+        BinaryOp::Gt => Value::Bool(order(&lhs, &rhs) == Some(Greater)),
+        BinaryOp::Ge => Value::Bool(matches!(order(&lhs, &rhs), Some(Greater | Equal))),
+        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div => arithmetic(op, lhs, rhs),
+    }
+}
+
+fn arithmetic(op: BinaryOp, lhs: Value, rhs: Value) -> Value {
+    use Value::{Duration, Int, Number, Time};
+    match (op, lhs, rhs) {
+        (BinaryOp::Add, Time(t), Duration(d)) | (BinaryOp::Add, Duration(d), Time(t)) => Time(t.saturating_add(d)),
+        (BinaryOp::Sub, Time(t), Duration(d)) => Time(t.saturating_sub(d)),
+        (BinaryOp::Sub, Time(a), Time(b)) => Duration(a.saturating_sub(b)),
+        (BinaryOp::Add, Duration(a), Duration(b)) => Duration(a.saturating_add(b)),
+        (BinaryOp::Sub, Duration(a), Duration(b)) => Duration(a.saturating_sub(b)),
+        (BinaryOp::Mul, Duration(d), Int(i)) | (BinaryOp::Mul, Int(i), Duration(d)) => Duration(d.saturating_mul(i)),
+        (BinaryOp::Div, Duration(d), Int(i)) if i != 0 => Duration(d / i),
+        (BinaryOp::Add, Int(a), Int(b)) => Int(a.saturating_add(b)),
+        (BinaryOp::Sub, Int(a), Int(b)) => Int(a.saturating_sub(b)),
+        (BinaryOp::Mul, Int(a), Int(b)) => Int(a.saturating_mul(b)),
+        (BinaryOp::Div, Int(a), Int(b)) if b != 0 => Int(a / b),
+        (op, a, b) => match (number(&a), number(&b)) {
+            (Some(x), Some(y)) => {
+                let result = match op {
+                    BinaryOp::Add => x + y,
+                    BinaryOp::Sub => x - y,
+                    BinaryOp::Mul => x * y,
+                    _ if y == 0.0 => return Value::Absent,
+                    _ => x / y,
+                };
+                Number(result)
+            }
+            _ => Value::Absent,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comparisons_with_absent_are_false_both_ways() {
+        assert_eq!(binary(BinaryOp::Eq, Value::Absent, Value::Int(1)), Value::Bool(false));
+        assert_eq!(binary(BinaryOp::Ne, Value::Absent, Value::Int(1)), Value::Bool(false));
+        assert_eq!(binary(BinaryOp::Lt, Value::Absent, Value::Int(1)), Value::Bool(false));
+        assert_eq!(unary(UnaryOp::Not, Value::Absent), Value::Bool(true));
+    }
+
+    #[test]
+    fn int_and_number_compare_numerically() {
+        assert_eq!(
+            binary(BinaryOp::Eq, Value::Int(2), Value::Number(2.0)),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            binary(BinaryOp::Ge, Value::Number(2.5), Value::Int(2)),
+            Value::Bool(true)
+        );
+    }
+
+    #[test]
+    fn time_arithmetic() {
+        assert_eq!(
+            binary(BinaryOp::Add, Value::Time(1_000), Value::Duration(500)),
+            Value::Time(1_500)
+        );
+        assert_eq!(
+            binary(BinaryOp::Sub, Value::Time(1_000), Value::Time(400)),
+            Value::Duration(600)
+        );
+        assert_eq!(binary(BinaryOp::Div, Value::Int(1), Value::Int(0)), Value::Absent);
+    }
+}

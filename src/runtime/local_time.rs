@@ -1,0 +1,134 @@
+//! Customer-local time: the next local HH:MM on given weekdays, quiet-hour
+//! windows, with DST gaps and overlaps resolved by chrono-tz.
+
+use super::Millis;
+use chrono::{Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike};
+use chrono_tz::Tz;
+
+/// Every day of the week (bit 0 = Monday … bit 6 = Sunday).
+pub const ALL_DAYS: u8 = 0b0111_1111;
+
+/// The first instant ≥ `now` whose local time in `zone` is `minute_of_day`,
+/// on one of `days`. A local time that does not exist (DST gap) means the
+/// first valid instant after it; one that exists twice (DST overlap) means
+/// the earlier.
+pub fn next_local_time(now: Millis, zone: Tz, minute_of_day: u16, days: u8) -> Millis {
+    let days = if days & ALL_DAYS == 0 { ALL_DAYS } else { days };
+    let Some(now_utc) = chrono::DateTime::from_timestamp_millis(now) else {
+        return now;
+    };
+    let today = now_utc.with_timezone(&zone).date_naive();
+    // Start a day early: the local date of `now` may be ahead of the instant
+    // that local HH:MM falls on after a DST shift.
+    for offset in -1..=8 {
+        let date = today + Duration::days(offset);
+        if days & weekday_bit(date) == 0 {
+            continue;
+        }
+        let instant = resolve(zone, date, minute_of_day);
+        if instant >= now {
+            return instant;
+        }
+    }
+    // Unreachable for a non-empty day set; stay well-defined regardless.
+    now + 86_400_000
+}
+
+fn weekday_bit(date: NaiveDate) -> u8 {
+    1 << date.weekday().num_days_from_monday()
+}
+
+/// The instant of local `minute_of_day` on `date` in `zone`.
+fn resolve(zone: Tz, date: NaiveDate, minute_of_day: u16) -> Millis {
+    let hour = u32::from(minute_of_day / 60);
+    let minute = u32::from(minute_of_day % 60);
+    let Some(naive) = date.and_hms_opt(hour, minute, 0) else {
+        return 0;
+    };
+    let mut probe: NaiveDateTime = naive;
+    // DST gaps are at most a few hours; step to the first valid local minute.
+    for _ in 0..=24 * 60 {
+        match zone.from_local_datetime(&probe) {
+            LocalResult::Single(t) => return t.timestamp_millis(),
+            LocalResult::Ambiguous(earlier, _) => return earlier.timestamp_millis(),
+            LocalResult::None => probe += Duration::minutes(1),
+        }
+    }
+    naive.and_utc().timestamp_millis()
+}
+
+/// Local minute of the day (0..1440) of an instant.
+pub fn local_minute_of_day(now: Millis, zone: Tz) -> u16 {
+    match chrono::DateTime::from_timestamp_millis(now) {
+        Some(t) => {
+            let local = t.with_timezone(&zone);
+            (local.hour() * 60 + local.minute()) as u16
+        }
+        None => 0,
+    }
+}
+
+/// If `now` is inside the local quiet window `[start, end)` (wrapping past
+/// midnight when `start > end`), the instant the window ends; else `None`.
+pub fn quiet_until(now: Millis, zone: Tz, start_minute: u16, end_minute: u16) -> Option<Millis> {
+    if start_minute == end_minute {
+        return None;
+    }
+    let minute = local_minute_of_day(now, zone);
+    let inside = if start_minute < end_minute {
+        (start_minute..end_minute).contains(&minute)
+    } else {
+        minute >= start_minute || minute < end_minute
+    };
+    inside.then(|| next_local_time(now, zone, end_minute, ALL_DAYS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Millis {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .expect("test time")
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn next_nine_on_weekdays_skips_the_weekend() {
+        // 2026-01-10 is a Saturday.
+        let next = next_local_time(at("2026-01-10T12:00:00Z"), Tz::UTC, 9 * 60, 0b0001_1111);
+        assert_eq!(next, at("2026-01-12T09:00:00Z"));
+    }
+
+    #[test]
+    fn exactly_now_counts() {
+        let now = at("2026-01-05T09:00:00Z");
+        assert_eq!(next_local_time(now, Tz::UTC, 9 * 60, ALL_DAYS), now);
+    }
+
+    #[test]
+    fn dst_gap_moves_to_the_first_valid_instant() {
+        // Berlin springs forward on 2026-03-29: 02:00 → 03:00 local (01:00Z).
+        let next = next_local_time(at("2026-03-29T00:00:00Z"), Tz::Europe__Berlin, 2 * 60 + 30, ALL_DAYS);
+        assert_eq!(next, at("2026-03-29T01:00:00Z"));
+    }
+
+    #[test]
+    fn dst_overlap_takes_the_earlier_instant() {
+        // Berlin falls back on 2026-10-25: 02:30 local happens at 00:30Z and 01:30Z.
+        let next = next_local_time(at("2026-10-24T23:00:00Z"), Tz::Europe__Berlin, 2 * 60 + 30, ALL_DAYS);
+        assert_eq!(next, at("2026-10-25T00:30:00Z"));
+    }
+
+    #[test]
+    fn quiet_window_wraps_midnight() {
+        let tokyo = Tz::Asia__Tokyo;
+        // 14:00Z is 23:00 in Tokyo: inside 22:00–07:00, ends at 07:00 local = 22:00Z.
+        assert_eq!(
+            quiet_until(at("2026-05-01T14:00:00Z"), tokyo, 22 * 60, 7 * 60),
+            Some(at("2026-05-01T22:00:00Z"))
+        );
+        // 07:00 local exactly is outside (the window is half-open).
+        assert_eq!(quiet_until(at("2026-05-01T22:00:00Z"), tokyo, 22 * 60, 7 * 60), None);
+    }
+}

@@ -1,0 +1,325 @@
+//! Journey unit tests (`journeyc test`): a customer's profile, a timeline of
+//! events, and the enters, sends, skips, goals and exits expected at given
+//! times, run on the simulator's virtual clock. The format is documented in
+//! `docs/testing.md`.
+//!
+//! Pure: test files come in as text; the CLI reads them and the workspace.
+
+use crate::compile::bytecode::Bundle;
+use crate::runtime::input::parse_call;
+use crate::runtime::trace::{format_time, parse_time};
+use crate::runtime::{Engine, Input, Kind, Millis, TraceRecord};
+use serde::Deserialize;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// When a test names no `start`.
+pub const DEFAULT_START: &str = "2026-01-05T09:00:00Z";
+
+/// A `.jtest` file (TOML).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    /// The workspace under test, relative to the test file (default `..`).
+    #[serde(default)]
+    pub workspace: Option<String>,
+    #[serde(rename = "test", default)]
+    pub tests: Vec<TestCase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub name: String,
+    /// The customer id (default `customer`).
+    #[serde(default)]
+    pub customer: Option<String>,
+    /// The instant `+DUR` times count from, and of the `profile` identify.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Traits identified at `start`.
+    #[serde(default)]
+    pub profile: Option<toml::Table>,
+    #[serde(default)]
+    pub events: Vec<EventSpec>,
+    /// Stop the clock here (default: run until nothing is left to do).
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Compare only this journey's records (expectations then omit it).
+    #[serde(default)]
+    pub journey: Option<String>,
+    /// `"+1h send welcome"`, `"+1d skip pro_tips consent"`, … (see docs/testing.md).
+    pub expect: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSpec {
+    pub at: String,
+    #[serde(default)]
+    pub event: Option<String>,
+    #[serde(default)]
+    pub properties: Option<toml::Table>,
+    /// Traits to merge into the profile (an identify call) instead of an event.
+    #[serde(default)]
+    pub identify: Option<toml::Table>,
+    #[serde(default, rename = "messageId")]
+    pub message_id: Option<String>,
+}
+
+/// The result of one test.
+#[derive(Debug)]
+pub struct Outcome {
+    pub name: String,
+    /// `None` when it passed; else what to show.
+    pub failure: Option<String>,
+}
+
+/// Parses a test file.
+pub fn parse(text: &str) -> Result<TestFile, String> {
+    toml::from_str(text).map_err(|error| error.to_string())
+}
+
+/// Runs every test of a file against a compiled workspace.
+pub fn run_file(bundle: &Arc<Bundle>, file: &TestFile) -> Vec<Outcome> {
+    file.tests
+        .iter()
+        .map(|test| Outcome {
+            name: test.name.clone(),
+            failure: run_test(bundle, test).err(),
+        })
+        .collect()
+}
+
+fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
+    let start = parse_time(test.start.as_deref().unwrap_or(DEFAULT_START))
+        .ok_or_else(|| format!("start: not an RFC 3339 time: {:?}", test.start))?;
+    let customer = test.customer.clone().unwrap_or_else(|| "customer".to_string());
+    let mut inputs = Vec::new();
+    if let Some(profile) = &test.profile {
+        inputs.push(call(bundle, &customer, "identify", None, profile, start, None)?);
+    }
+    for (index, spec) in test.events.iter().enumerate() {
+        let at = parse_at(&spec.at, start).map_err(|e| format!("events[{index}].at: {e}"))?;
+        let empty = toml::Table::new();
+        let input = match (&spec.event, &spec.identify) {
+            (Some(event), None) => call(
+                bundle,
+                &customer,
+                "track",
+                Some(event),
+                spec.properties.as_ref().unwrap_or(&empty),
+                at,
+                spec.message_id.as_deref(),
+            ),
+            (None, Some(traits)) => call(
+                bundle,
+                &customer,
+                "identify",
+                None,
+                traits,
+                at,
+                spec.message_id.as_deref(),
+            ),
+            _ => Err("give either `event` or `identify`".to_string()),
+        }
+        .map_err(|e| format!("events[{index}]: {e}"))?;
+        inputs.push(input);
+    }
+    inputs.sort_by_key(Input::at);
+    let until = test
+        .until
+        .as_deref()
+        .map(|u| parse_at(u, start).map_err(|e| format!("until: {e}")))
+        .transpose()?;
+    let last = inputs.iter().map(Input::at).max().unwrap_or(start);
+    let horizon = until.unwrap_or_else(|| crate::simulate::default_horizon(bundle, last));
+    let engine = Engine::new(bundle.clone()).with_horizon(horizon);
+    let records = crate::simulate::run_customer(&engine, &customer, &inputs, until);
+
+    let expected: Vec<Expectation> = test
+        .expect
+        .iter()
+        .enumerate()
+        .map(|(index, line)| {
+            parse_expectation(line, start, test.journey.is_some()).map_err(|e| format!("expect[{index}]: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut kinds = vec![Kind::Enter, Kind::Send, Kind::Skip, Kind::Goal, Kind::Exit];
+    kinds.extend(expected.iter().map(|e| e.kind));
+    let actual: Vec<Expectation> = records
+        .iter()
+        .filter(|r| kinds.contains(&r.kind))
+        .filter(|r| test.journey.as_ref().is_none_or(|j| *j == r.journey))
+        .map(|r| Expectation::of(r, test.journey.is_none()))
+        .collect();
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(side_by_side(&expected, &actual, start))
+    }
+}
+
+fn call(
+    bundle: &Bundle,
+    customer: &str,
+    kind: &str,
+    event: Option<&str>,
+    fields: &toml::Table,
+    at: Millis,
+    message_id: Option<&str>,
+) -> Result<Input, String> {
+    let fields = serde_json::to_value(fields).map_err(|e| e.to_string())?;
+    let mut json = serde_json::json!({
+        "type": kind,
+        "userId": customer,
+        "timestamp": format_time(at),
+    });
+    if let Some(id) = message_id {
+        json["messageId"] = serde_json::Value::from(id);
+    }
+    match event {
+        Some(event) => {
+            json["event"] = serde_json::Value::from(event);
+            json["properties"] = fields;
+        }
+        None => json["traits"] = fields,
+    }
+    parse_call(&json, &bundle.schema, None)
+        .map(|call| call.input)
+        .map_err(|e| e.to_string())
+}
+
+/// `+1d2h` (after `start`) or an RFC 3339 time.
+fn parse_at(text: &str, start: Millis) -> Result<Millis, String> {
+    if let Some(offset) = text.strip_prefix('+') {
+        if offset == "0" {
+            return Ok(start);
+        }
+        return crate::syntax::parse_duration(offset)
+            .filter(|_| offset.starts_with(|c: char| c.is_ascii_digit()))
+            .map(|seconds| start + seconds * 1000)
+            .ok_or_else(|| format!("not a duration like +1d2h: {text:?}"));
+    }
+    parse_time(text).ok_or_else(|| format!("not `+DURATION` or an RFC 3339 time: {text:?}"))
+}
+
+/// One expected (or actual) trace line, reduced to what tests compare.
+#[derive(Debug, PartialEq)]
+struct Expectation {
+    at: Millis,
+    journey: Option<String>,
+    kind: Kind,
+    /// Message, goal, exit reason, split/arm, attribute: by kind.
+    details: Vec<String>,
+}
+
+impl Expectation {
+    fn of(record: &TraceRecord, with_journey: bool) -> Expectation {
+        let details: Vec<Option<&String>> = match record.kind {
+            Kind::Enter => vec![],
+            Kind::Send => vec![record.message.as_ref()],
+            Kind::Skip => vec![record.message.as_ref(), record.reason.as_ref()],
+            Kind::Goal => vec![record.goal.as_ref()],
+            Kind::Exit => vec![record.reason.as_ref()],
+            Kind::Split => vec![record.split.as_ref(), record.arm.as_ref()],
+            Kind::Set => vec![record.attribute.as_ref()],
+        };
+        Expectation {
+            at: record.at,
+            journey: with_journey.then(|| record.journey.clone()),
+            kind: record.kind,
+            details: details.into_iter().flatten().cloned().collect(),
+        }
+    }
+
+    fn show(&self, start: Millis) -> String {
+        let mut text = format!("{:<10}", relative(self.at, start));
+        if let Some(journey) = &self.journey {
+            let _ = write!(text, " {journey}");
+        }
+        let kind = serde_json::to_value(self.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = write!(text, " {kind}");
+        for detail in &self.details {
+            let _ = write!(text, " {detail}");
+        }
+        text
+    }
+}
+
+fn parse_expectation(line: &str, start: Millis, journey_given: bool) -> Result<Expectation, String> {
+    let mut words = line.split_whitespace();
+    let at = parse_at(words.next().ok_or("empty expectation")?, start)?;
+    let journey = if journey_given {
+        None
+    } else {
+        Some(
+            words
+                .next()
+                .ok_or("expected `TIME JOURNEY KIND …` (or set `journey` on the test)")?
+                .to_string(),
+        )
+    };
+    let kind_word = words
+        .next()
+        .ok_or("missing the kind (enter, send, skip, goal, exit, split, set)")?;
+    let kind: Kind = serde_json::from_value(serde_json::Value::from(kind_word))
+        .map_err(|_| format!("unknown kind `{kind_word}` (enter, send, skip, goal, exit, split, set)"))?;
+    Ok(Expectation {
+        at,
+        journey,
+        kind,
+        details: words.map(str::to_string).collect(),
+    })
+}
+
+/// `+1d2h` relative to `start`, or the absolute time before it.
+fn relative(at: Millis, start: Millis) -> String {
+    if at < start {
+        return format_time(at);
+    }
+    let mut seconds = (at - start) / 1000;
+    if seconds == 0 {
+        return "+0".to_string();
+    }
+    let mut text = "+".to_string();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if seconds >= size {
+            let _ = write!(text, "{}{unit}", seconds / size);
+            seconds %= size;
+        }
+    }
+    text
+}
+
+fn side_by_side(expected: &[Expectation], actual: &[Expectation], start: Millis) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "    {:<44} actual", "expected");
+    for index in 0..expected.len().max(actual.len()) {
+        let left = expected.get(index).map(|e| e.show(start)).unwrap_or_default();
+        let right = actual.get(index).map(|e| e.show(start)).unwrap_or_default();
+        let marker = if expected.get(index) == actual.get(index) {
+            ' '
+        } else {
+            '!'
+        };
+        let _ = writeln!(out, "  {marker} {left:<44} {right}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_round_trip() {
+        let start = parse_time(DEFAULT_START).expect("valid");
+        for text in ["+0", "+1d", "+1d2h", "+30m", "+2d3h4m5s"] {
+            assert_eq!(relative(parse_at(text, start).expect("parses"), start), text);
+        }
+    }
+}
