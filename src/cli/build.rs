@@ -1,9 +1,102 @@
-//! `journeyc build` (not yet built).
+//! `journeyc build WORKSPACE -o FILE`: compile a workspace to a bundle file.
+//!
+//! Also home of [`compile_workspace`], the load → check → compile edge the
+//! other compiler commands (`inspect`, `graph`, `diff`) share.
+
+use crate::check::Checked;
+use crate::compile::bytecode::Bundle;
+use crate::source::SourceMap;
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The workspace: a directory (searched recursively) or .journey files.
+    #[arg(required = true)]
+    pub workspace: Vec<PathBuf>,
+    /// Where to write the bundle.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
 
-pub fn run(_args: Args) -> u8 {
-    eprintln!("journeyc build: not implemented yet");
-    super::EXIT_USAGE
+pub fn run(args: Args) -> u8 {
+    let compiled = match compile_workspace(&args.workspace) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    let bytes = match crate::compile::write_bundle(&compiled.bundle) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            // A bundle the compiler just made must be valid: this is a bug.
+            eprintln!("error: internal compiler error: {error}");
+            return super::EXIT_USAGE;
+        }
+    };
+    if let Err(error) = std::fs::write(&args.output, &bytes) {
+        eprintln!("error: cannot write {}: {error}", args.output.display());
+        return super::EXIT_USAGE;
+    }
+    eprintln!(
+        "wrote {} ({} journeys, {} bytes)",
+        args.output.display(),
+        compiled.bundle.journeys.len(),
+        bytes.len()
+    );
+    super::EXIT_OK
+}
+
+/// A workspace that loaded, checked clean and compiled.
+pub(super) struct Compiled {
+    pub sources: SourceMap,
+    pub checked: Checked,
+    pub bundle: Bundle,
+}
+
+/// Loads, checks and compiles a workspace. Prints warnings and continues;
+/// on check errors prints them and returns exit code 1, on I/O errors 2.
+pub(super) fn compile_workspace(paths: &[PathBuf]) -> Result<Compiled, u8> {
+    let sources = match crate::workspace::load(paths) {
+        Ok(sources) => sources,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Err(super::EXIT_USAGE);
+        }
+    };
+    let outcome = crate::check::check_workspace(&sources, &crate::workspace::DiskFiles);
+    if !outcome.diagnostics.is_empty() {
+        eprint!(
+            "{}",
+            crate::diagnostic::render_human(&sources, &outcome.diagnostics, std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        );
+    }
+    let Some(checked) = outcome.checked else {
+        return Err(super::EXIT_ERRORS);
+    };
+    let bundle = crate::compile::compile_with_sources(&checked, &sources);
+    Ok(Compiled {
+        sources,
+        checked,
+        bundle,
+    })
+}
+
+/// The journeys named by `--journey` (all when `None`), or exit code 2 with
+/// a did-you-mean for an unknown name.
+pub(super) fn select_journeys<'b>(
+    bundle: &'b Bundle,
+    journey: Option<&str>,
+) -> Result<Vec<&'b crate::compile::bytecode::Program>, u8> {
+    match journey {
+        None => Ok(bundle.journeys.iter().collect()),
+        Some(name) => match bundle.journey(name) {
+            Some(program) => Ok(vec![program]),
+            None => {
+                let names: Vec<&str> = bundle.journeys.iter().map(|p| bundle.name(p.name)).collect();
+                let hint = crate::diagnostic::did_you_mean(name, names.iter().copied())
+                    .map(|best| format!(" (did you mean `{best}`?)"))
+                    .unwrap_or_default();
+                eprintln!("error: no journey named `{name}` in the workspace{hint}");
+                Err(super::EXIT_USAGE)
+            }
+        },
+    }
 }

@@ -1,9 +1,30 @@
-//! `journeyc graph` (not yet built).
+//! `journeyc graph WORKSPACE [--journey NAME] --format mermaid|dot`
+
+use crate::compile::graph::{render_graph, GraphFormat};
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The workspace: a directory (searched recursively) or .journey files.
+    #[arg(required = true)]
+    pub workspace: Vec<PathBuf>,
+    /// Only this journey (default: all, one subgraph each).
+    #[arg(long)]
+    pub journey: Option<String>,
+    /// Diagram language.
+    #[arg(long, value_enum, default_value = "mermaid")]
+    pub format: GraphFormat,
+}
 
-pub fn run(_args: Args) -> u8 {
-    eprintln!("journeyc graph: not implemented yet");
-    super::EXIT_USAGE
+pub fn run(args: Args) -> u8 {
+    let compiled = match super::build::compile_workspace(&args.workspace) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    let programs = match super::build::select_journeys(&compiled.bundle, args.journey.as_deref()) {
+        Ok(programs) => programs,
+        Err(code) => return code,
+    };
+    print!("{}", render_graph(&compiled.bundle, &programs, args.format));
+    super::EXIT_OK
 }

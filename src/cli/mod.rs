@@ -7,6 +7,7 @@ use std::process::ExitCode;
 mod build;
 mod check;
 mod common;
+mod diff;
 mod export;
 mod graph;
 mod import;
@@ -33,6 +34,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Draw journeys as flow charts (mermaid or dot).
     Graph(graph::Args),
+    /// Compare two versions of a workspace: changed journeys and where waiting enrollments go.
+    Diff(diff::Args),
     /// Run a workspace on a virtual clock over an event file and print the trace.
     Simulate(simulate::Args),
     /// Run journey unit tests.
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Graph(args) => graph::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Test(args) => test::run(args),
         Command::Serve(args) => serve::run(args),
