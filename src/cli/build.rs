@@ -65,7 +65,11 @@ pub(super) fn compile_workspace(paths: &[PathBuf]) -> Result<Compiled, u8> {
     if !outcome.diagnostics.is_empty() {
         eprint!(
             "{}",
-            crate::diagnostic::render_human(&sources, &outcome.diagnostics, std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            crate::diagnostic::render_human(
+                &sources,
+                &outcome.diagnostics,
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+            )
         );
     }
     let Some(checked) = outcome.checked else {

@@ -62,7 +62,11 @@ pub enum Outcome {
     /// The journey does not migrate: the enrollment finishes on the old version.
     Pinned,
     /// Moves to the statement with this label in the new version.
-    Moves { label: String, new_pc: Pc, new_instruction: String },
+    Moves {
+        label: String,
+        new_pc: Pc,
+        new_instruction: String,
+    },
     /// Migrating, but the new version has no statement with this label.
     LabelMissing { label: String },
     /// Migrating, but the wait point has no label.
@@ -171,7 +175,9 @@ fn wait_points(old: &Bundle, before: &Program, new: &Bundle, after: &Program) ->
 }
 
 fn short(hash: &Option<String>) -> String {
-    hash.as_deref().map(|hash| hash.chars().take(12).collect()).unwrap_or_default()
+    hash.as_deref()
+        .map(|hash| hash.chars().take(12).collect())
+        .unwrap_or_default()
 }
 
 /// The text report.

@@ -33,7 +33,12 @@ pub fn disassemble(bundle: &Bundle) -> String {
         );
     }
     for message in &bundle.messages {
-        let _ = write!(out, "message {} {}", name_of(bundle, message.name), message.channel.as_str());
+        let _ = write!(
+            out,
+            "message {} {}",
+            name_of(bundle, message.name),
+            message.channel.as_str()
+        );
         if let Some(consent) = &message.consent {
             let _ = write!(out, " consent {}", render(bundle, consent));
         }
@@ -116,7 +121,10 @@ pub fn instruction(bundle: &Bundle, instr: &Instr) -> String {
     match instr {
         Instr::Send { message } => format!("send {}", message_name(bundle, *message)),
         Instr::Wait { seconds } => format!("wait {}", duration(*seconds)),
-        Instr::WaitUntilTime { minute_of_day, days: mask } => {
+        Instr::WaitUntilTime {
+            minute_of_day,
+            days: mask,
+        } => {
             format!("wait_until {} on {}", time_of_day(*minute_of_day), days(*mask))
         }
         Instr::WaitUntil { time } => format!("wait_until {}", render(bundle, time)),
@@ -149,7 +157,11 @@ pub fn instruction(bundle: &Bundle, instr: &Instr) -> String {
             format!("split {}: {}", name_of(bundle, *split), arms.join(", "))
         }
         Instr::Set { attribute, value } => {
-            format!("set customer.{} = {}", name_of(bundle, *attribute), render(bundle, value))
+            format!(
+                "set customer.{} = {}",
+                name_of(bundle, *attribute),
+                render(bundle, value)
+            )
         }
         Instr::LoopStart { counter, times } => format!("loop_start c{counter} = {times}"),
         Instr::LoopNext { counter, target } => format!("loop_next c{counter} -> {target}"),

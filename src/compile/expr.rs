@@ -101,9 +101,7 @@ fn precedence(op: BinaryOp) -> u8 {
     match op {
         BinaryOp::Or => PRECEDENCE_OR,
         BinaryOp::And => PRECEDENCE_AND,
-        BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
-            PRECEDENCE_COMPARE
-        }
+        BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => PRECEDENCE_COMPARE,
         BinaryOp::Add | BinaryOp::Sub => PRECEDENCE_ADD,
         BinaryOp::Mul | BinaryOp::Div => PRECEDENCE_MULTIPLY,
     }
@@ -133,7 +131,11 @@ pub fn render(bundle: &Bundle, code: &Code) -> String {
             Op::ExistsEvent(name) => (format!("exists(event.{})", name_of(bundle, *name)), PRECEDENCE_ATOM),
             Op::InSegment(segment) => (segment_name(bundle, *segment).to_string(), PRECEDENCE_ATOM),
             Op::Count { event, within_seconds } => (
-                format!("count({} within {})", name_of(bundle, *event), duration(*within_seconds)),
+                format!(
+                    "count({} within {})",
+                    name_of(bundle, *event),
+                    duration(*within_seconds)
+                ),
                 PRECEDENCE_ATOM,
             ),
             Op::Seen { event, within_seconds } => (
@@ -183,7 +185,11 @@ pub fn render(bundle: &Bundle, code: &Code) -> String {
     match stack.len() {
         1 => stack.pop().map(|(text, _)| text).unwrap_or_default(),
         0 => "<empty>".to_string(),
-        _ => stack.into_iter().map(|(text, _)| text).collect::<Vec<_>>().join(" <?> "),
+        _ => stack
+            .into_iter()
+            .map(|(text, _)| text)
+            .collect::<Vec<_>>()
+            .join(" <?> "),
     }
 }
 

@@ -66,7 +66,10 @@ pub fn read_bundle(bytes: &[u8]) -> Result<Bundle, BundleError> {
     let (bundle, rest): (Bundle, &[u8]) =
         postcard::take_from_bytes(&bytes[HEADER_LEN..]).map_err(|error| BundleError::Decode(error.to_string()))?;
     if !rest.is_empty() {
-        return Err(BundleError::Decode(format!("{} unexpected bytes after the bundle", rest.len())));
+        return Err(BundleError::Decode(format!(
+            "{} unexpected bytes after the bundle",
+            rest.len()
+        )));
     }
     validate(&bundle)?;
     Ok(bundle)
@@ -107,7 +110,10 @@ pub fn validate(bundle: &Bundle) -> Result<(), BundleError> {
         let journey = bundle.name(program.name);
         let length = program.code.len() as u64;
         if program.lines.len() != program.code.len() {
-            return invalid(format!("journey `{journey}`: {} lines for {length} instructions", program.lines.len()));
+            return invalid(format!(
+                "journey `{journey}`: {} lines for {length} instructions",
+                program.lines.len()
+            ));
         }
         if program.code.last() != Some(&Instr::End) {
             return invalid(format!("journey `{journey}`: the code does not end with `End`"));
@@ -117,7 +123,10 @@ pub fn validate(bundle: &Bundle) -> Result<(), BundleError> {
         }
         for (label, pc) in &program.labels {
             if u64::from(*pc) >= length {
-                return invalid(format!("journey `{journey}`: label `{}` out of range", bundle.name(*label)));
+                return invalid(format!(
+                    "journey `{journey}`: label `{}` out of range",
+                    bundle.name(*label)
+                ));
             }
         }
         for (pc, instr) in program.code.iter().enumerate() {
@@ -126,18 +135,24 @@ pub fn validate(bundle: &Bundle) -> Result<(), BundleError> {
                 Instr::WaitFor { timeout, .. } => vec![*timeout],
                 Instr::LoopNext { counter, target } => {
                     if *counter >= program.loop_counters {
-                        return invalid(format!("journey `{journey}` pc {pc}: loop counter {counter} out of range"));
+                        return invalid(format!(
+                            "journey `{journey}` pc {pc}: loop counter {counter} out of range"
+                        ));
                     }
                     vec![*target]
                 }
                 Instr::LoopStart { counter, .. } => {
                     if *counter >= program.loop_counters {
-                        return invalid(format!("journey `{journey}` pc {pc}: loop counter {counter} out of range"));
+                        return invalid(format!(
+                            "journey `{journey}` pc {pc}: loop counter {counter} out of range"
+                        ));
                     }
                     Vec::new()
                 }
                 Instr::Split { arms, .. } => {
-                    let ascending = arms.windows(2).all(|w| w[0].upper_basis_points <= w[1].upper_basis_points);
+                    let ascending = arms
+                        .windows(2)
+                        .all(|w| w[0].upper_basis_points <= w[1].upper_basis_points);
                     if arms.last().map(|arm| arm.upper_basis_points) != Some(10_000) || !ascending {
                         return invalid(format!(
                             "journey `{journey}` pc {pc}: split arms must ascend to 10000 basis points"
@@ -148,7 +163,9 @@ pub fn validate(bundle: &Bundle) -> Result<(), BundleError> {
                 _ => Vec::new(),
             };
             if let Some(target) = targets.iter().find(|target| u64::from(**target) >= length) {
-                return invalid(format!("journey `{journey}` pc {pc}: jump target {target} out of range"));
+                return invalid(format!(
+                    "journey `{journey}` pc {pc}: jump target {target} out of range"
+                ));
             }
         }
         let computed = hash::program_hash(bundle, program);

@@ -198,13 +198,19 @@ fn step(bundle: &Bundle, code: &[Instr], pc: Pc, instr: &Instr) -> (Vec<String>,
                 .map(|message| message.channel.as_str())
                 .unwrap_or("?");
             (
-                vec![format!("send {}", message_name(bundle, *message)), format!("({channel})")],
+                vec![
+                    format!("send {}", message_name(bundle, *message)),
+                    format!("({channel})"),
+                ],
                 Shape::Step,
                 next,
             )
         }
         Instr::Wait { seconds } => (vec![format!("wait {}", duration(*seconds))], Shape::Wait, next),
-        Instr::WaitUntilTime { minute_of_day, days: mask } => (
+        Instr::WaitUntilTime {
+            minute_of_day,
+            days: mask,
+        } => (
             vec![format!("wait until {} on {}", time_of_day(*minute_of_day), days(*mask))],
             Shape::Wait,
             next,
@@ -249,10 +255,18 @@ fn step(bundle: &Bundle, code: &[Instr], pc: Pc, instr: &Instr) -> (Vec<String>,
                     )
                 })
                 .collect();
-            (vec![format!("split {}", name_of(bundle, *split))], Shape::Decision, successors)
+            (
+                vec![format!("split {}", name_of(bundle, *split))],
+                Shape::Decision,
+                successors,
+            )
         }
         Instr::Set { attribute, value } => (
-            vec![format!("set customer.{} = {}", name_of(bundle, *attribute), render(bundle, value))],
+            vec![format!(
+                "set customer.{} = {}",
+                name_of(bundle, *attribute),
+                render(bundle, value)
+            )],
             Shape::Step,
             next,
         ),
@@ -313,7 +327,12 @@ fn mermaid_node(node: &Node) -> String {
 fn mermaid_edge(edge: &Edge) -> String {
     let arrow = if edge.dotted { "-.-" } else { "-->" };
     match &edge.label {
-        Some(label) => format!("{} {arrow}|\"{}\"| {}", edge.from, mermaid_text(std::slice::from_ref(label)), edge.to),
+        Some(label) => format!(
+            "{} {arrow}|\"{}\"| {}",
+            edge.from,
+            mermaid_text(std::slice::from_ref(label)),
+            edge.to
+        ),
         None => format!("{} {arrow} {}", edge.from, edge.to),
     }
 }

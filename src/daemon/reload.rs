@@ -39,9 +39,7 @@ pub fn load_bundle(workspace: &Path) -> Result<Bundle, String> {
 
 /// Builds the engine for `bundle`, keeping `retained` bundles for pinned enrollments.
 pub fn make_engine(bundle: Arc<Bundle>, retained: &[Arc<Bundle>]) -> Arc<dyn Interpreter> {
-    // NOTE(runtime): use `Engine::with_retained(retained)` once the runtime has it.
-    let _ = retained;
-    Arc::new(Engine::new(bundle))
+    Arc::new(Engine::with_retained(bundle, retained.to_vec()))
 }
 
 /// Stores `bundle` and builds the runtime for it with every stored bundle retained.

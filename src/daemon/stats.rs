@@ -76,7 +76,12 @@ impl RecordContext<'_> {
             match record.kind {
                 Kind::Enter => {
                     self.bump(format!("j/{journey}/entered"));
-                    if self.holdout(journey, records) {
+                    // The interpreter marks the holdout draw on the enter record.
+                    let holdout = match record.arm.as_deref() {
+                        Some(arm) => arm == "holdout",
+                        None => self.holdout(journey, records),
+                    };
+                    if holdout {
                         self.bump(format!("j/{journey}/holdout"));
                     }
                     self.arms.insert((self.customer.to_string(), journey.to_string()), None);

@@ -1,0 +1,148 @@
+//! Timers with the real clock, restarts, reload with migration, export/import.
+
+use super::harness::*;
+use std::process::Command;
+
+fn bought(customer: &str, message_id: &str) -> String {
+    format!(r#"{{"userId":"{customer}","event":"bought","properties":{{"amount":1}},"messageId":"{message_id}"}}"#)
+}
+
+fn sends_of(env: &Env, message: &str) -> Vec<serde_json::Value> {
+    sink_lines(&env.sends())
+        .into_iter()
+        .filter(|l| l["kind"] == "send" && l["message"] == message)
+        .collect()
+}
+
+#[test]
+fn timers_fire_on_time_and_survive_a_restart() {
+    let env = Env::new(WORKSPACE);
+    let daemon = env.start(&[]);
+    assert_eq!(daemon.post("/v1/track", &bought("t1", "m1")).status, 200);
+    // Fires after 2 s with the real clock.
+    let later = eventually("the delayed send", || {
+        let sends = sends_of(&env, "later");
+        (!sends.is_empty()).then_some(sends)
+    });
+    assert_eq!(later[0]["customer"], "t1");
+    // A timer pending across a shutdown fires after the restart (overdue ones in order).
+    for i in 0..3 {
+        assert_eq!(
+            daemon
+                .post("/v1/track", &bought(&format!("t{}", i + 2), &format!("n{i}")))
+                .status,
+            200
+        );
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let daemon = env.start(&[]);
+    let later = eventually("the overdue sends", || {
+        let sends = sends_of(&env, "later");
+        (sends.len() == 4).then_some(sends)
+    });
+    let customers: Vec<&str> = later.iter().filter_map(|l| l["customer"].as_str()).collect();
+    assert_eq!(customers, vec!["t1", "t2", "t3", "t4"]);
+    let ats: Vec<&str> = later.iter().filter_map(|l| l["at"].as_str()).collect();
+    assert!(ats.windows(2).all(|w| w[0] <= w[1]), "{ats:?}");
+    let metrics = daemon.get("/metrics").body;
+    assert!(metrics.contains("journeyc_timers_pending 0"), "{metrics}");
+}
+
+#[test]
+fn reload_refuses_errors_and_migrates_by_label() {
+    let env = Env::new(WORKSPACE);
+    let daemon = env.start(&[]);
+    assert_eq!(daemon.post("/v1/track", &bought("r1", "m1")).status, 200);
+    let old_version = daemon.get("/v1/customers/r1").json()["enrollments"][0]["version"].clone();
+
+    // A broken workspace is refused; the running version stays.
+    std::fs::write(
+        env.workspace().join("test.journey"),
+        WORKSPACE.replace("send later", "send nonexistent"),
+    )
+    .expect("write");
+    let refused = daemon.post("/v1/reload", "");
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.json()["diagnostics"]
+        .as_str()
+        .is_some_and(|d| d.contains("nonexistent")));
+
+    // A new version: the waiting enrollment moves to the same label.
+    let changed = WORKSPACE.replace("pause: wait 2s", "pause: wait 3s");
+    std::fs::write(env.workspace().join("test.journey"), changed).expect("write");
+    let reloaded = daemon.post("/v1/reload", "");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+    let report = reloaded.json();
+    assert_eq!(report["changed"], true, "{report}");
+    let customer = daemon.get("/v1/customers/r1").json();
+    let enrollment = &customer["enrollments"][0];
+    if enrollment.is_object() {
+        assert_ne!(enrollment["version"], old_version, "{customer}");
+        assert_eq!(enrollment["label"], "pause", "{customer}");
+    }
+    // New enrollments run the new version, and the migrated one finishes.
+    assert_eq!(daemon.post("/v1/track", &bought("r2", "m2")).status, 200);
+    let new_version = daemon.get("/v1/customers/r2").json()["enrollments"][0]["version"].clone();
+    assert_ne!(new_version, old_version);
+    eventually("both enrollments finish", || {
+        (sends_of(&env, "later").len() == 2).then_some(())
+    });
+}
+
+#[test]
+fn export_import_round_trip_through_the_binary() {
+    let env = Env::new(WORKSPACE);
+    let daemon = env.start(&[]);
+    assert_eq!(
+        daemon
+            .post("/v1/identify", r#"{"userId":"e1","traits":{"plan":"pro"}}"#)
+            .status,
+        200
+    );
+    assert_eq!(daemon.post("/v1/track", &bought("e1", "m1")).status, 200);
+    assert_eq!(daemon.terminate(), Some(0));
+    let first = env.root.path().join("first.jsonl");
+    let status = Command::new(binary())
+        .args(["export", "--data"])
+        .arg(env.data())
+        .arg("--out")
+        .arg(&first)
+        .status()
+        .expect("export");
+    assert!(status.success());
+    let text = std::fs::read_to_string(&first).expect("export file");
+    for kind in [
+        "\"type\":\"customer\"",
+        "\"type\":\"timer\"",
+        "\"type\":\"bundle\"",
+        "\"type\":\"counter\"",
+    ] {
+        assert!(text.contains(kind), "{kind} missing");
+    }
+    let restored = env.root.path().join("restored");
+    let status = Command::new(binary())
+        .args(["import", "--data"])
+        .arg(&restored)
+        .arg(&first)
+        .status()
+        .expect("import");
+    assert!(status.success());
+    let second = env.root.path().join("second.jsonl");
+    let status = Command::new(binary())
+        .args(["export", "--data"])
+        .arg(&restored)
+        .arg("--out")
+        .arg(&second)
+        .status()
+        .expect("export again");
+    assert!(status.success());
+    assert_eq!(text, std::fs::read_to_string(&second).expect("second export"));
+    // The restored data directory runs: the pending timer fires there.
+    let restored_daemon = Daemon::start(&env.workspace(), &restored, &[]);
+    assert_eq!(restored_daemon.get("/v1/customers/e1").json()["profile"]["plan"], "pro");
+    eventually("the restored timer fires", || {
+        let lines = sink_lines(&restored.join("sends.jsonl"));
+        lines.iter().any(|l| l["message"] == "later").then_some(())
+    });
+}
