@@ -95,7 +95,7 @@ fn settle(args: Args) -> Result<Config, String> {
             .unwrap_or(defaults.rate_per_second),
         ..defaults
     };
-    if !(webhook.rate_per_second > 0.0) {
+    if webhook.rate_per_second.is_nan() || webhook.rate_per_second <= 0.0 {
         return Err("--webhook-rate must be above 0".into());
     }
     let mut store = StoreOptions::default();

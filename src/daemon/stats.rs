@@ -184,18 +184,16 @@ pub fn journey_stats(
                     .or_default()
                     .1 = *value;
             }
-            ["at", version, pc] => {
-                if *value > 0 {
-                    active += *value;
-                    let pc: u32 = pc.parse().unwrap_or(0);
-                    let mut step = json!({"version": version, "pc": pc, "waiting": value});
-                    if let (Some(object), serde_json::Value::Object(extra)) =
-                        (step.as_object_mut(), describe_step(version, pc))
-                    {
-                        object.extend(extra);
-                    }
-                    steps.push(step);
+            ["at", version, pc] if *value > 0 => {
+                active += *value;
+                let pc: u32 = pc.parse().unwrap_or(0);
+                let mut step = json!({"version": version, "pc": pc, "waiting": value});
+                if let (Some(object), serde_json::Value::Object(extra)) =
+                    (step.as_object_mut(), describe_step(version, pc))
+                {
+                    object.extend(extra);
                 }
+                steps.push(step);
             }
             _ => {}
         }
