@@ -248,7 +248,7 @@ mod tests {
 
         let mut first = Vec::new();
         let lines = export(&source, &mut first).expect("export");
-        assert_eq!(lines, 9);
+        assert_eq!(lines, 8);
         let target_dir = tempfile::tempdir().expect("tempdir");
         let target = Store::open(target_dir.path(), &StoreOptions::default()).expect("open");
         import(&target, &mut first.as_slice()).expect("import");
