@@ -152,11 +152,14 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         tracing::info!(bundle = %loaded.bundle_key, migrated, "workspace version installed");
     }
 
+    // Timers stop with intake; sinks only after the last commit, so they
+    // deliver everything committed before the process exits.
     let (stop_sender, stop_receiver) = watch::channel(false);
+    let (sinks_stop_sender, sinks_stop_receiver) = watch::channel(false);
     let context = outbox::DispatchContext {
         store: store.clone(),
         committed: committed_receiver,
-        stopping: stop_receiver.clone(),
+        stopping: sinks_stop_receiver,
         sink_names: sink_names.clone(),
         metrics: metrics.clone(),
     };
@@ -229,6 +232,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     commit::stop(&committer).await;
     drop(committer);
     let _ = tokio::task::spawn_blocking(move || commit_thread.join()).await;
+    let _ = sinks_stop_sender.send(true);
     for task in sink_tasks {
         if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
             tracing::warn!("a sink did not stop in time");
