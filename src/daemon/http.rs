@@ -169,33 +169,26 @@ fn refuse(status: StatusCode, field: impl Into<String>, reason: impl Into<String
 fn validate(endpoint: Endpoint, bytes: &[u8], bundle: &Bundle, received_at: i64) -> Result<Vec<Call>, Refusal> {
     let json: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, "", format!("invalid JSON: {e}"), 1))?;
-    let (items, prefix): (Vec<serde_json::Value>, bool) = match endpoint {
-        Endpoint::Batch => {
-            let Some(object) = json.as_object() else {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "",
-                    "expected a JSON object {\"batch\": [...]}",
-                    1,
-                ));
-            };
-            match object.get("batch") {
-                Some(serde_json::Value::Array(items)) => {
-                    if items.len() > BATCH_EVENTS_MAX {
-                        return Err(refuse(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "batch",
-                            format!("{} events; at most {BATCH_EVENTS_MAX} per batch", items.len()),
-                            items.len(),
-                        ));
-                    }
-                    (items.clone(), true)
+    let (items, prefix): (Vec<serde_json::Value>, bool) = match (endpoint, json) {
+        (Endpoint::Batch, serde_json::Value::Object(mut object)) => match object.remove("batch") {
+            Some(serde_json::Value::Array(items)) => {
+                if items.len() > BATCH_EVENTS_MAX {
+                    return Err(refuse(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "batch",
+                        format!("{} events; at most {BATCH_EVENTS_MAX} per batch", items.len()),
+                        items.len(),
+                    ));
                 }
-                Some(_) => return Err(refuse(StatusCode::BAD_REQUEST, "batch", "must be an array", 1)),
-                None => return Err(refuse(StatusCode::BAD_REQUEST, "batch", "missing", 1)),
+                (items, true)
             }
+            Some(_) => return Err(refuse(StatusCode::BAD_REQUEST, "batch", "must be an array", 1)),
+            None => return Err(refuse(StatusCode::BAD_REQUEST, "batch", "missing", 1)),
+        },
+        (Endpoint::Batch, _) => {
+            return Err(refuse(StatusCode::BAD_REQUEST, "", "expected a JSON object {\"batch\": [...]}", 1));
         }
-        _ => (vec![json], false),
+        (_, json) => (vec![json], false),
     };
     let count = items.len();
     let mut calls = Vec::with_capacity(count);
