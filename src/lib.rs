@@ -5,6 +5,11 @@
 //! (`Checked` → bytecode `Bundle`) → [`runtime`] (the pure interpreter) →
 //! [`simulate`] / [`daemon`]; [`cli`] on top.
 
+/// The source tree this library was built from. Referencing it makes cargo
+/// rebuild when the same package is built from another checkout into a
+/// shared target directory (artifact names do not depend on the path).
+pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
 pub mod check;
 pub mod cli;
 pub mod compile;

@@ -1,0 +1,159 @@
+//! Properties of the simulator: determinism, independence from the order
+//! of events in the file, and every enrollment ending within its static bound.
+
+use journeyc::check::check_workspace;
+use journeyc::compile::compile;
+use journeyc::runtime::{Kind, TraceRecord};
+use journeyc::simulate::{parse_events, run, Options};
+use journeyc::workspace::{load, DiskFiles};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Checks, compiles and simulates a directory holding `*.journey` files and
+/// `events.jsonl`.
+pub fn simulate_dir(directory: &Path) -> Vec<TraceRecord> {
+    let events = std::fs::read_to_string(directory.join("events.jsonl")).expect("events.jsonl");
+    simulate_text(directory, &events)
+}
+
+pub fn simulate_text(directory: &Path, events: &str) -> Vec<TraceRecord> {
+    let sources = load(&[directory.to_path_buf()]).expect("workspace loads");
+    let outcome = check_workspace(&sources, &DiskFiles);
+    let checked = outcome
+        .checked
+        .unwrap_or_else(|| panic!("workspace has errors: {:#?}", outcome.diagnostics));
+    let bundle = compile(&checked);
+    let calls = parse_events(events, &bundle).expect("events parse");
+    run(Arc::new(bundle), calls, Options::default())
+}
+
+fn lines(trace: &[TraceRecord]) -> String {
+    trace.iter().map(|r| r.to_json_line() + "\n").collect()
+}
+
+fn example(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/runtime/examples")
+        .join(name)
+}
+
+#[test]
+fn same_input_same_trace() {
+    for name in ["cart_recovery", "welcome_series"] {
+        assert_eq!(
+            lines(&simulate_dir(&example(name))),
+            lines(&simulate_dir(&example(name)))
+        );
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 24, ..Default::default() })]
+
+    /// Events with distinct timestamps may come in any file order.
+    #[test]
+    fn file_order_does_not_matter(seed in proptest::prelude::any::<u64>()) {
+        let directory = example("welcome_series");
+        let text = std::fs::read_to_string(directory.join("events.jsonl")).expect("events");
+        let mut events: Vec<&str> = text.lines().collect();
+        // Two identify calls share a timestamp (for different customers,
+        // whose relative order does not matter either); shuffle all.
+        let mut state = seed;
+        for index in (1..events.len()).rev() {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            events.swap(index, (state >> 33) as usize % (index + 1));
+        }
+        let shuffled = events.join("\n");
+        proptest::prop_assert_eq!(lines(&simulate_text(&directory, &text)), lines(&simulate_text(&directory, &shuffled)));
+    }
+}
+
+/// Every enrollment's exit comes no later than its entry plus the journey's
+/// static bound from the checker.
+#[test]
+fn enrollments_end_within_their_static_bound() {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("journeys");
+    let sources = load(&[directory.clone()]).expect("journeys load");
+    let checked = check_workspace(&sources, &DiskFiles)
+        .checked
+        .expect("journeys check clean");
+    let events = generated_events(&checked.schema, 300);
+    let bundle = compile(&checked);
+    let calls = parse_events(&events, &bundle).expect("generated events are valid");
+    let trace = run(Arc::new(bundle), calls, Options::default());
+    let mut entered: std::collections::HashMap<(String, String), i64> = Default::default();
+    let mut exits = 0;
+    for record in &trace {
+        let key = (record.customer.clone(), record.journey.clone());
+        match record.kind {
+            Kind::Enter => {
+                entered.insert(key, record.at);
+            }
+            Kind::Exit => {
+                let start = entered.remove(&key).expect("an exit follows an enter");
+                let bound = checked.bounds[&record.journey].max_duration_seconds * 1000;
+                assert!(
+                    record.at - start <= bound,
+                    "{record:?} stayed {} ms > bound {bound} ms",
+                    record.at - start
+                );
+                exits += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(exits > 0, "the generated events enrolled nobody");
+    assert!(entered.is_empty(), "every enrollment ends: {entered:?}");
+}
+
+/// A deterministic stream of identifies and events for `customers` customers.
+pub fn generated_events(schema: &journeyc::check::Schema, customers: usize) -> String {
+    let mut out = String::new();
+    let zones = ["UTC", "Asia/Tokyo", "America/New_York", "Europe/Berlin", "Asia/Tehran"];
+    let start = chrono::DateTime::parse_from_rfc3339("2026-03-01T08:00:00Z")
+        .expect("time")
+        .timestamp();
+    let mut state: u64 = 42;
+    let mut next = |bound: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % bound
+    };
+    let time = |seconds: i64| {
+        chrono::DateTime::from_timestamp(seconds, 0)
+            .expect("time")
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    for customer in 0..customers {
+        let mut at = start + next(86_400 * 3) as i64;
+        let plan = ["free", "pro", "team"][next(3) as usize];
+        out.push_str(&format!(
+            "{{\"type\":\"identify\",\"userId\":\"c{customer}\",\"traits\":{{\"email\":\"c{customer}@example.com\",\"plan\":\"{plan}\",\"timezone\":\"{}\",\"lifetime_value\":{},\"points\":0,\"signed_up_at\":\"{}\",\"email_opt_in\":{},\"push_opt_in\":{}}},\"timestamp\":\"{}\"}}\n",
+            zones[next(5) as usize], next(1000), time(at), next(4) > 0, next(2) > 0, time(at)
+        ));
+        for _ in 0..next(12) {
+            at += next(86_400 * 4) as i64;
+            let line = match next(6) {
+                0 => format!("\"event\":\"signed_up\",\"properties\":{{\"source\":\"ads\"}}"),
+                1 => format!(
+                    "\"event\":\"purchase\",\"properties\":{{\"amount\":{},\"sku\":\"s1\"}}",
+                    next(100)
+                ),
+                2 => "\"event\":\"login\"".to_string(),
+                3 => format!(
+                    "\"event\":\"cart_abandoned\",\"properties\":{{\"value\":{},\"items\":2}}",
+                    next(100)
+                ),
+                4 => "\"event\":\"checkout\",\"properties\":{\"value\":30}".to_string(),
+                _ => "\"event\":\"project_created\",\"properties\":{\"name\":\"p\"}".to_string(),
+            };
+            out.push_str(&format!(
+                "{{\"type\":\"track\",\"userId\":\"c{customer}\",{line},\"timestamp\":\"{}\"}}\n",
+                time(at)
+            ));
+        }
+    }
+    let _ = schema;
+    out
+}
