@@ -121,7 +121,7 @@ impl Daemon {
         };
         loop {
             if let Ok(addr) = std::fs::read_to_string(data.join("addr")) {
-                if !addr.is_empty() && request(&addr, "GET", "/healthz", "").map(|r| r.0) == Ok(200) {
+                if !addr.is_empty() && request(&addr, "GET", "/healthz", "").is_ok_and(|r| r.0 == 200) {
                     daemon.addr = addr;
                     break;
                 }

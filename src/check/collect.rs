@@ -79,11 +79,11 @@ pub(super) fn collect<'a>(files: &'a [ast::File], diagnostics: &mut Vec<Diagnost
             }
             Item::Event(event) => {
                 check_fields(&event.fields, "property", diagnostics);
-                (&event.name, "event")
+                (&event.name, "an event")
             }
-            Item::Segment(segment) => (&segment.name, "segment"),
-            Item::Message(message) => (&message.name, "message"),
-            Item::Journey(journey) => (&journey.name, "journey"),
+            Item::Segment(segment) => (&segment.name, "a segment"),
+            Item::Message(message) => (&message.name, "a message"),
+            Item::Journey(journey) => (&journey.name, "a journey"),
         };
         if let Some((first_kind, first)) = names.get(name.name.as_str()) {
             diagnostics.push(
@@ -91,9 +91,9 @@ pub(super) fn collect<'a>(files: &'a [ast::File], diagnostics: &mut Vec<Diagnost
                     codes::DUPLICATE_NAME,
                     format!("the name `{}` is declared twice", name.name),
                     name.span,
-                    format!("this {kind} reuses the name"),
+                    format!("declared again here as {kind}"),
                 )
-                .with_label(first.span, format!("first declared here as a {first_kind}"))
+                .with_label(first.span, format!("first declared here as {first_kind}"))
                 .with_help("events, segments, messages and journeys share one namespace: rename one of them"),
             );
             continue;

@@ -411,9 +411,9 @@ impl<'a> Checker<'a> {
                     self.diagnostics.push(
                         Diagnostic::error(
                             codes::WAIT_UNTIL_NOT_TIME,
-                            format!("`wait until` needs a time, but this is a {ty}"),
+                            format!("`wait until` needs a time, but this is {ty:#}"),
                             time.span,
-                            format!("this is a {ty}"),
+                            format!("this is {ty:#}"),
                         )
                         .with_help(
                             "write a time such as `customer.signed_up_at + 30d`, or a time of day such as `09:00`",
@@ -543,13 +543,13 @@ impl<'a> Checker<'a> {
                                 Diagnostic::error(
                                     codes::SET_TYPE,
                                     format!(
-                                        "`customer.{}` is a {target}, but the value is a {value_ty}",
+                                        "`customer.{}` is {target:#}, but the value is {value_ty:#}",
                                         attribute.name
                                     ),
                                     value.span,
-                                    format!("this is a {value_ty}"),
+                                    format!("this is {value_ty:#}"),
                                 )
-                                .with_label(attribute.span, format!("a {target}")),
+                                .with_label(attribute.span, format!("{target:#}")),
                             );
                         }
                     }

@@ -68,8 +68,16 @@ impl Ty {
     }
 }
 
+/// `{}` prints the type (`int`); `{:#}` prints it with its article (`an int`).
 impl fmt::Display for Ty {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            f.write_str(if matches!(self, Ty::Int | Ty::Error) {
+                "an "
+            } else {
+                "a "
+            })?;
+        }
         match self {
             Ty::String => f.write_str("string"),
             Ty::Int => f.write_str("int"),
@@ -83,7 +91,7 @@ impl fmt::Display for Ty {
                 let quoted: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
                 f.write_str(&quoted.join(" | "))
             }
-            Ty::Error => f.write_str("unknown"),
+            Ty::Error => f.write_str("unknown value"),
         }
     }
 }
@@ -116,9 +124,9 @@ impl<'a> Checker<'a> {
             self.diagnostics.push(
                 Diagnostic::error(
                     codes::NOT_BOOL,
-                    format!("{what} must be true or false, but this is a {ty}"),
+                    format!("{what} must be true or false, but this is {ty:#}"),
                     expr.span,
-                    format!("this is a {ty}"),
+                    format!("this is {ty:#}"),
                 )
                 .with_help("compare it with something, e.g. `customer.points > 100`"),
             );
@@ -153,9 +161,9 @@ impl<'a> Checker<'a> {
                     };
                     self.diagnostics.push(Diagnostic::error(
                         codes::TYPE_MISMATCH,
-                        format!("`{word}` needs {wanted}, not a {ty}"),
+                        format!("`{word}` needs {wanted}, not {ty:#}"),
                         operand.span,
-                        format!("this is a {ty}"),
+                        format!("this is {ty:#}"),
                     ));
                     Ty::Error
                 }
@@ -173,11 +181,11 @@ impl<'a> Checker<'a> {
                         self.diagnostics.push(
                             Diagnostic::error(
                                 codes::IN_LIST_TYPE,
-                                format!("a {value_ty} cannot be in a list with a {element_ty}"),
+                                format!("{value_ty:#} cannot be in a list with {element_ty:#}"),
                                 element.span,
-                                format!("this is a {element_ty}"),
+                                format!("this is {element_ty:#}"),
                             )
-                            .with_label(value.span, format!("this is a {value_ty}")),
+                            .with_label(value.span, format!("this is {value_ty:#}")),
                         );
                     } else {
                         self.literal_against(&value_ty, element);
@@ -341,12 +349,12 @@ impl<'a> Checker<'a> {
                 self.diagnostics.push(
                     Diagnostic::error(
                         codes::TYPE_MISMATCH,
-                        format!("`{}` cannot combine a {left} and a {right}", op.symbol()),
+                        format!("`{}` cannot combine {left:#} and {right:#}", op.symbol()),
                         expr.span,
                         format!("{left} {} {right}", op.symbol()),
                     )
-                    .with_label(lhs.span, format!("this is a {left}"))
-                    .with_label(rhs.span, format!("this is a {right}"))
+                    .with_label(lhs.span, format!("this is {left:#}"))
+                    .with_label(rhs.span, format!("this is {right:#}"))
                     .with_help(help),
                 );
                 match op {

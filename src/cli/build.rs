@@ -104,3 +104,17 @@ pub(super) fn select_journeys<'b>(
         },
     }
 }
+
+/// Prints to stdout; a closed pipe (`journeyc … | head`) is not an error.
+pub(super) fn print_stdout(text: &str) -> u8 {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Ok(()) => super::EXIT_OK,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => super::EXIT_OK,
+        Err(error) => {
+            eprintln!("error: cannot write to stdout: {error}");
+            super::EXIT_USAGE
+        }
+    }
+}

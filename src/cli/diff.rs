@@ -30,15 +30,15 @@ pub fn run(args: Args) -> u8 {
         Err(code) => return code,
     };
     let report = diff(&old.bundle, &new.bundle);
-    match args.format {
-        Format::Text => print!("{}", render_text(&report)),
+    let text = match args.format {
+        Format::Text => render_text(&report),
         Format::Json => match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
+            Ok(json) => json + "\n",
             Err(error) => {
                 eprintln!("error: {error}");
                 return super::EXIT_USAGE;
             }
         },
-    }
-    super::EXIT_OK
+    };
+    super::build::print_stdout(&text)
 }

@@ -25,6 +25,5 @@ pub fn run(args: Args) -> u8 {
         Ok(programs) => programs,
         Err(code) => return code,
     };
-    print!("{}", render_graph(&compiled.bundle, &programs, args.format));
-    super::EXIT_OK
+    super::build::print_stdout(&render_graph(&compiled.bundle, &programs, args.format))
 }

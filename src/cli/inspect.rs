@@ -50,6 +50,5 @@ pub fn run(args: Args) -> u8 {
             None => String::new(),
         },
     };
-    print!("{text}");
-    super::EXIT_OK
+    super::build::print_stdout(&text)
 }

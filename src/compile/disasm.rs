@@ -124,9 +124,7 @@ pub fn instruction(bundle: &Bundle, instr: &Instr) -> String {
         Instr::WaitUntilTime {
             minute_of_day,
             days: mask,
-        } => {
-            format!("wait_until {} on {}", time_of_day(*minute_of_day), days(*mask))
-        }
+        } => wait_until_time("wait_until", *minute_of_day, *mask),
         Instr::WaitUntil { time } => format!("wait_until {}", render(bundle, time)),
         Instr::WaitFor {
             event,
@@ -196,6 +194,15 @@ pub fn trigger(bundle: &Bundle, trigger: &Trigger) -> String {
             Some(event) => format!("inactive {} since {}", duration(*seconds), name_of(bundle, *event)),
             None => format!("inactive {}", duration(*seconds)),
         },
+    }
+}
+
+/// `wait_until 09:00 on weekdays`; no `on …` when every day will do.
+pub fn wait_until_time(keyword: &str, minute_of_day: u16, mask: u8) -> String {
+    if mask & expr::ALL_DAYS == expr::ALL_DAYS {
+        format!("{keyword} {}", time_of_day(minute_of_day))
+    } else {
+        format!("{keyword} {} on {}", time_of_day(minute_of_day), days(mask))
     }
 }
 

@@ -247,7 +247,9 @@ pub fn render_value(value: &Value) -> String {
 }
 
 /// Seconds as a duration literal: `90s` → `1m30s`, `129600` → `1d12h`.
+/// Weeks are used only for whole weeks (`14d` → `2w`, but `90d` stays `90d`).
 pub fn duration(seconds: i64) -> String {
+    const WEEK: u64 = 604_800;
     if seconds == 0 {
         return "0s".to_string();
     }
@@ -256,7 +258,11 @@ pub fn duration(seconds: i64) -> String {
     if seconds < 0 {
         out.push('-');
     }
-    for (unit, size) in [("w", 604_800u64), ("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+    if rest % WEEK == 0 {
+        let _ = write!(out, "{}w", rest / WEEK);
+        return out;
+    }
+    for (unit, size) in [("d", 86_400u64), ("h", 3_600), ("m", 60), ("s", 1)] {
         if rest >= size {
             let _ = write!(out, "{}{unit}", rest / size);
             rest %= size;

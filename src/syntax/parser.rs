@@ -17,6 +17,21 @@ type Result<T> = std::result::Result<T, Diagnostic>;
 /// Parses one file. On a syntax error returns the diagnostic (pest stops at
 /// the first one; the checker reports every error of well-formed files).
 pub fn parse_file(file: FileId, text: &str) -> std::result::Result<File, Vec<Diagnostic>> {
+    if let Some(offset) = too_deep(text) {
+        return Err(vec![Diagnostic::error(
+            crate::check::codes::NESTED_TOO_DEEPLY,
+            format!("this is nested more than {NESTING_MAX} levels deep"),
+            Span::new(
+                file,
+                offset,
+                offset + text[offset..].chars().next().map_or(0, char::len_utf8),
+            ),
+            "too deep",
+        )
+        .with_help(
+            "split the condition into segments, or the journey into smaller blocks",
+        )]);
+    }
     let pairs = match JourneyParser::parse(Rule::file, text) {
         Ok(pairs) => pairs,
         Err(error) => return Err(vec![syntax_error(file, text, error)]),
@@ -37,6 +52,77 @@ pub fn parse_file(file: FileId, text: &str) -> std::result::Result<File, Vec<Dia
     }
 }
 
+/// The deepest nesting of brackets (and of `not`/`-` chains) the parser
+/// accepts: a limit, so that no input can exhaust the stack of the
+/// recursive-descent parser or of the checker.
+pub const NESTING_MAX: usize = 64;
+
+/// Operators in one left-associative chain (`a + b + …`, `x or y or …`)
+/// the parser accepts, for the same reason.
+pub const CHAIN_OPERATORS_MAX: usize = 512;
+
+/// The offset where the text nests deeper than [`NESTING_MAX`], if it does.
+/// Strings and comments are skipped; the scan is approximate but never
+/// rejects a file that nests less.
+fn too_deep(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut prefix_run = 0usize;
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        match byte {
+            b'"' => {
+                index += 1;
+                while index < bytes.len() && bytes[index] != b'"' && bytes[index] != b'\n' {
+                    index += if bytes[index] == b'\\' { 2 } else { 1 };
+                }
+                prefix_run = 0;
+            }
+            b'/' if bytes.get(index + 1) == Some(&b'/') => {
+                while index < bytes.len() && bytes[index] != b'\n' {
+                    index += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > NESTING_MAX {
+                    return Some(index);
+                }
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                prefix_run = 0;
+            }
+            b'-' => {
+                prefix_run += 1;
+                if prefix_run > NESTING_MAX {
+                    return Some(index);
+                }
+            }
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ if byte.is_ascii_alphanumeric() || byte == b'_' => {
+                let start = index;
+                while index < bytes.len() && (bytes[index].is_ascii_alphanumeric() || bytes[index] == b'_') {
+                    index += 1;
+                }
+                if &bytes[start..index] == b"not" {
+                    prefix_run += 1;
+                    if prefix_run > NESTING_MAX {
+                        return Some(start);
+                    }
+                } else {
+                    prefix_run = 0;
+                }
+                continue;
+            }
+            _ => prefix_run = 0,
+        }
+        index += 1;
+    }
+    None
+}
+
 fn is_item(rule: Rule) -> bool {
     matches!(
         rule,
@@ -54,9 +140,18 @@ struct Lower {
 }
 
 impl Lower {
+    /// The span of a pair, ending at its last token: pest includes the
+    /// whitespace skipped before an optional part that was absent
+    /// (`trigger a⏎  ` when no `where` follows), which labels must not cover.
     fn span(&self, pair: &Pair<Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let mut end = s.end();
+        let mut last = pair.clone().into_inner().last();
+        while let Some(child) = last {
+            end = child.as_span().end();
+            last = child.into_inner().last();
+        }
+        Span::new(self.file, s.start(), end.max(s.start()))
     }
 
     fn ident(&self, pair: Pair<Rule>) -> Ident {
@@ -602,7 +697,18 @@ impl Lower {
     fn binary_chain(&self, pair: Pair<Rule>) -> Result<Expr> {
         let mut inner = pair.into_children();
         let mut lhs = self.expr(next(&mut inner))?;
+        let mut operators = 0;
         while let Some(operator) = inner.next() {
+            operators += 1;
+            if operators > CHAIN_OPERATORS_MAX {
+                return Err(Diagnostic::error(
+                    crate::check::codes::NESTED_TOO_DEEPLY,
+                    format!("this expression has more than {CHAIN_OPERATORS_MAX} operators in a row"),
+                    self.span(&operator),
+                    "too long",
+                )
+                .with_help("split the condition into segments"));
+            }
             let rhs = self.expr(next(&mut inner))?;
             let op = match operator.as_str() {
                 "or" => BinaryOp::Or,
@@ -740,6 +846,10 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::k_update
             | Rule::k_wait
             | Rule::k_when
+            | Rule::open
+            | Rule::close
+            | Rule::assign
+            | Rule::set_target
     )
 }
 
@@ -805,14 +915,17 @@ fn syntax_error(file: FileId, text: &str, error: pest::error::Error<Rule>) -> Di
         pest::error::ErrorVariant::ParsingError { positives, .. } => positives.clone(),
         pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
     };
+    if std::env::var_os("JOURNEYC_DEBUG_PARSER").is_some() {
+        eprintln!("positives: {expected:?}");
+    }
     let found = token_at(text, offset);
     let after = token_before(text, offset);
-    let mut descriptions: Vec<&'static str> = expected.iter().filter_map(|rule| describe(*rule)).collect();
+    let mut descriptions: Vec<String> = expected.iter().filter_map(|rule| describe(*rule)).collect();
     descriptions.sort_unstable();
     descriptions.dedup();
     let wanted = match descriptions.as_slice() {
         [] => "something else".to_string(),
-        [one] => (*one).to_string(),
+        [one] => one.clone(),
         [init @ .., last] => format!("{} or {}", init.join(", "), last),
     };
     let message = match &after {
@@ -832,8 +945,31 @@ fn syntax_error(file: FileId, text: &str, error: pest::error::Error<Rule>) -> Di
 }
 
 /// How a rule reads to someone writing a journey (`None`: not worth naming).
-fn describe(rule: Rule) -> Option<&'static str> {
+fn describe(rule: Rule) -> Option<String> {
+    if matches!(
+        rule,
+        Rule::k_event | Rule::k_segment | Rule::k_message | Rule::k_journey
+    ) {
+        return describe_rule(Rule::kw_customer).map(str::to_string);
+    }
+    if let Some(word) = keyword(rule) {
+        return Some(format!("`{word}`"));
+    }
+    describe_rule(rule).map(str::to_string)
+}
+
+/// The word of a keyword rule (`k_send` → `send`).
+fn keyword(rule: Rule) -> Option<String> {
+    let name = format!("{rule:?}");
+    name.strip_prefix("k_").map(str::to_string)
+}
+
+fn describe_rule(rule: Rule) -> Option<&'static str> {
     Some(match rule {
+        Rule::open => "`{`",
+        Rule::close => "`}`",
+        Rule::assign => "`=`",
+        Rule::set_target => "`customer.ATTR`",
         Rule::duration | Rule::within_clause => "a duration like 3d",
         Rule::time_of_day => "a time of day like 09:00",
         Rule::time_literal => "a time like 2026-01-05T10:00:00Z",
@@ -866,7 +1002,8 @@ fn describe(rule: Rule) -> Option<&'static str> {
         | Rule::settings_decl
         | Rule::journey_decl
         | Rule::kw_customer
-        | Rule::kw_settings => "a declaration (customer, event, segment, message, settings, journey)",
+        | Rule::kw_settings
+        | Rule::file => "a declaration (customer, event, segment, message, settings, journey)",
         Rule::setting
         | Rule::trigger
         | Rule::entry
@@ -895,8 +1032,44 @@ fn describe(rule: Rule) -> Option<&'static str> {
     })
 }
 
+/// The words that may start a declaration.
+const DECLARATION_WORDS: [&str; 6] = ["customer", "event", "segment", "message", "settings", "journey"];
+/// The words that may start a setting or a statement.
+const SETTING_AND_STATEMENT_WORDS: [&str; 16] = [
+    "trigger", "entry", "exit", "goal", "quiet", "timezone", "cap", "holdout", "on", "send", "wait", "if", "split",
+    "set", "repeat", "exit",
+];
+
 /// A concrete hint for the commonest mistakes.
 fn hint(expected: &[Rule], found: Option<&str>, after: Option<&str>) -> Option<String> {
+    // A misspelt keyword: did you mean …?
+    if let Some(word) = found.filter(|w| w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+        let mut candidates: Vec<String> = expected.iter().filter_map(|r| keyword(*r)).collect();
+        if expected.iter().any(|r| matches!(r, Rule::file | Rule::EOI)) {
+            candidates.extend(DECLARATION_WORDS.iter().map(|w| w.to_string()));
+        }
+        if expected.iter().any(|r| matches!(r, Rule::setting | Rule::statement)) {
+            candidates.extend(SETTING_AND_STATEMENT_WORDS.iter().map(|w| w.to_string()));
+        }
+        if let Some(best) = crate::diagnostic::did_you_mean(word, candidates.iter().map(String::as_str)) {
+            return Some(format!("did you mean `{best}`?"));
+        }
+    }
+    if found.is_none() && expected.contains(&Rule::close) {
+        return Some("a `{` is not closed: add the matching `}`".into());
+    }
+    if expected.contains(&Rule::kw_within)
+        && after.is_some()
+        && found.is_some_and(|f| f.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        return Some(format!("write `within {}`", found.unwrap_or_default()));
+    }
+    if found == Some("=") && expected.contains(&Rule::compare_op) {
+        return Some("to compare, write `==`".into());
+    }
+    if expected.contains(&Rule::assign) {
+        return Some("write `set customer.ATTR = VALUE`".into());
+    }
     if expected.contains(&Rule::duration) || expected.contains(&Rule::within_clause) {
         if let Some(found) = found {
             if found.chars().all(|c| c.is_ascii_digit()) {
