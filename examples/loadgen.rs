@@ -74,7 +74,11 @@ fn parse_args() -> Args {
     let mut i = 0;
     while i < raw.len() {
         let value = raw.get(i + 1).cloned().unwrap_or_default();
-        let number = || value.parse::<usize>().unwrap_or_else(|_| panic!("{} needs a number", raw[i]));
+        let number = || {
+            value
+                .parse::<usize>()
+                .unwrap_or_else(|_| panic!("{} needs a number", raw[i]))
+        };
         match raw[i].as_str() {
             "--bin" => args.bin = PathBuf::from(&value),
             "--intake" => args.intake = number(),
@@ -146,7 +150,9 @@ impl Daemon {
     }
 
     fn terminate(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 
@@ -179,12 +185,11 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -270,10 +275,15 @@ fn main() {
     let rate = post_batches(
         &daemon.addr,
         args.intake,
-        Arc::new(|i| format!(r#"{{"type":"track","userId":"p{i}","event":"ping","properties":{{"n":1}},"messageId":"p{i}"}}"#)),
+        Arc::new(|i| {
+            format!(r#"{{"type":"track","userId":"p{i}","event":"ping","properties":{{"n":1}},"messageId":"p{i}"}}"#)
+        }),
     );
     say(
-        &format!("intake /v1/batch, {} events (enter+send+exit each), {CLIENTS} clients", args.intake),
+        &format!(
+            "intake /v1/batch, {} events (enter+send+exit each), {CLIENTS} clients",
+            args.intake
+        ),
         format!("{rate:.0} events/s"),
     );
 
@@ -293,10 +303,15 @@ fn main() {
         &daemon.addr,
         args.timers,
         Arc::new(move |i| {
-            format!(r#"{{"type":"track","userId":"t{i}","event":"tick","properties":{{"due":"{text}"}},"messageId":"t{i}"}}"#)
+            format!(
+                r#"{{"type":"track","userId":"t{i}","event":"tick","properties":{{"due":"{text}"}},"messageId":"t{i}"}}"#
+            )
         }),
     );
-    assert!(Instant::now() < due_instant, "ingestion overran the due time; lower --timers");
+    assert!(
+        Instant::now() < due_instant,
+        "ingestion overran the due time; lower --timers"
+    );
     let pending = daemon.metric("journeyc_timers_pending");
     while Instant::now() < due_instant {
         std::thread::sleep(Duration::from_millis(5));
@@ -313,7 +328,10 @@ fn main() {
     let elapsed = fire_started.elapsed().as_secs_f64();
     say(
         &format!("timer firing, {pending} wake-ups all due at one instant"),
-        format!("{:.0} wake-ups/s ({elapsed:.2} s from due time to last fired)", args.timers as f64 / elapsed),
+        format!(
+            "{:.0} wake-ups/s ({elapsed:.2} s from due time to last fired)",
+            args.timers as f64 / elapsed
+        ),
     );
     daemon.terminate();
 
@@ -323,7 +341,9 @@ fn main() {
     let rate = post_batches(
         &daemon.addr,
         args.waiting,
-        Arc::new(|i| format!(r#"{{"type":"track","userId":"w{i}","event":"park","properties":{{"n":1}},"messageId":"w{i}"}}"#)),
+        Arc::new(|i| {
+            format!(r#"{{"type":"track","userId":"w{i}","event":"park","properties":{{"n":1}},"messageId":"w{i}"}}"#)
+        }),
     );
     say(
         &format!("intake /v1/batch, {} events (enter + 1d timer armed)", args.waiting),
@@ -402,7 +422,9 @@ fn main() {
                         std::thread::sleep(wait);
                     }
                     let customer = format!("l{s}_{k}");
-                    let body = format!(r#"{{"userId":"{customer}","event":"ping","properties":{{"n":1}},"messageId":"{customer}"}}"#);
+                    let body = format!(
+                        r#"{{"userId":"{customer}","event":"ping","properties":{{"n":1}},"messageId":"{customer}"}}"#
+                    );
                     let (status, response) = request(&addr, "POST", "/v1/track", &body).expect("track");
                     let now = Instant::now();
                     assert_eq!(status, 200, "{response}");

@@ -186,7 +186,12 @@ fn validate(endpoint: Endpoint, bytes: &[u8], bundle: &Bundle, received_at: i64)
             None => return Err(refuse(StatusCode::BAD_REQUEST, "batch", "missing", 1)),
         },
         (Endpoint::Batch, _) => {
-            return Err(refuse(StatusCode::BAD_REQUEST, "", "expected a JSON object {\"batch\": [...]}", 1));
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "",
+                "expected a JSON object {\"batch\": [...]}",
+                1,
+            ));
         }
         (_, json) => (vec![json], false),
     };

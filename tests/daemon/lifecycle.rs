@@ -49,17 +49,49 @@ fn timers_fire_on_time_and_survive_a_restart() {
     assert!(metrics.contains("journeyc_timers_pending 0"), "{metrics}");
 }
 
+const RELOAD_WORKSPACE: &str = r#"
+event bought { amount: number }
+message later push { body "later" }
+
+journey migrating {
+  trigger bought
+  entry always
+  on update migrate
+  pause: wait 1h
+  send later
+}
+
+journey pinned {
+  trigger bought
+  entry always
+  hold: wait 1h
+  send later
+}
+"#;
+
+fn enrollment(daemon: &Daemon, customer: &str, journey: &str) -> serde_json::Value {
+    let customer = daemon.get(&format!("/v1/customers/{customer}")).json();
+    customer["enrollments"]
+        .as_array()
+        .expect("enrollments")
+        .iter()
+        .find(|e| e["journey"] == journey)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {journey} enrollment in {customer}"))
+}
+
 #[test]
-fn reload_refuses_errors_and_migrates_by_label() {
-    let env = Env::new(WORKSPACE);
+fn reload_refuses_errors_pins_versions_and_migrates_by_label() {
+    let env = Env::new(RELOAD_WORKSPACE);
     let daemon = env.start(&[]);
     assert_eq!(daemon.post("/v1/track", &bought("r1", "m1")).status, 200);
-    let old_version = daemon.get("/v1/customers/r1").json()["enrollments"][0]["version"].clone();
+    let migrating_before = enrollment(&daemon, "r1", "migrating");
+    let pinned_before = enrollment(&daemon, "r1", "pinned");
 
     // A broken workspace is refused; the running version stays.
     std::fs::write(
         env.workspace().join("test.journey"),
-        WORKSPACE.replace("send later", "send nonexistent"),
+        RELOAD_WORKSPACE.replace("send later", "send nonexistent"),
     )
     .expect("write");
     let refused = daemon.post("/v1/reload", "");
@@ -67,27 +99,46 @@ fn reload_refuses_errors_and_migrates_by_label() {
     assert!(refused.json()["diagnostics"]
         .as_str()
         .is_some_and(|d| d.contains("nonexistent")));
+    assert_eq!(
+        enrollment(&daemon, "r1", "migrating")["version"],
+        migrating_before["version"]
+    );
 
-    // A new version: the waiting enrollment moves to the same label.
-    let changed = WORKSPACE.replace("pause: wait 2s", "pause: wait 3s");
+    // New versions of both journeys.
+    let changed = RELOAD_WORKSPACE
+        .replace("pause: wait 1h", "pause: wait 2h")
+        .replace("hold: wait 1h", "hold: wait 2h");
     std::fs::write(env.workspace().join("test.journey"), changed).expect("write");
     let reloaded = daemon.post("/v1/reload", "");
     assert_eq!(reloaded.status, 200, "{}", reloaded.body);
     let report = reloaded.json();
     assert_eq!(report["changed"], true, "{report}");
-    let customer = daemon.get("/v1/customers/r1").json();
-    let enrollment = &customer["enrollments"][0];
-    if enrollment.is_object() {
-        assert_ne!(enrollment["version"], old_version, "{customer}");
-        assert_eq!(enrollment["label"], "pause", "{customer}");
-    }
-    // New enrollments run the new version, and the migrated one finishes.
+    assert_eq!(report["enrollments_migrated"], 1, "{report}");
+    // `on update migrate`: moved to the same label in the new version.
+    let migrated = enrollment(&daemon, "r1", "migrating");
+    assert_ne!(migrated["version"], migrating_before["version"]);
+    assert_eq!(migrated["label"], "pause");
+    // Without it: pinned to the version it entered with, which is still known.
+    let pinned = enrollment(&daemon, "r1", "pinned");
+    assert_eq!(pinned["version"], pinned_before["version"]);
+    assert_eq!(pinned["label"], "hold");
+    // New enrollments run the new versions.
     assert_eq!(daemon.post("/v1/track", &bought("r2", "m2")).status, 200);
-    let new_version = daemon.get("/v1/customers/r2").json()["enrollments"][0]["version"].clone();
-    assert_ne!(new_version, old_version);
-    eventually("both enrollments finish", || {
-        (sends_of(&env, "later").len() == 2).then_some(())
-    });
+    assert_ne!(enrollment(&daemon, "r2", "pinned")["version"], pinned_before["version"]);
+    let journeys = daemon.get("/v1/journeys").json();
+    let pinned_versions = journeys["journeys"]
+        .as_array()
+        .expect("journeys")
+        .iter()
+        .find(|j| j["name"] == "pinned")
+        .map(|j| j["versions"].as_array().map_or(0, |v| v.len()));
+    assert_eq!(pinned_versions, Some(2), "{journeys}");
+
+    // Pinned bundles survive a restart: the old version still runs.
+    assert_eq!(daemon.terminate(), Some(0));
+    let daemon = env.start(&[]);
+    assert_eq!(enrollment(&daemon, "r1", "pinned")["version"], pinned_before["version"]);
+    assert_eq!(enrollment(&daemon, "r1", "pinned")["label"], "hold");
 }
 
 #[test]
