@@ -551,3 +551,158 @@ fn load<'a>(
         Ok(customers.get_mut(id).expect("inserted above"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Schema;
+    use crate::compile::bytecode::SettingsDef;
+    use crate::runtime::state::Enrollment;
+    use crate::runtime::TraceRecord;
+    use store::StoreOptions;
+
+    /// Track: enrol and wait 1 s (one send record). Wake: finish (one exit
+    /// record). Customer `boom` makes it panic.
+    struct Fake;
+
+    impl Interpreter for Fake {
+        fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
+            assert_ne!(state.id, "boom", "fake interpreter bug");
+            let at = input.at();
+            let mut effects = Effects::default();
+            match input {
+                Input::Track { .. } => {
+                    state.enrollments.insert(
+                        "j".into(),
+                        Enrollment {
+                            version: "v1".into(),
+                            entered_at: at,
+                            ordinal: 1,
+                            pc: 1,
+                            suspended: true,
+                            wake_at: Some(at + 1000),
+                            loop_counters: vec![],
+                            events: vec![],
+                            goals_reached: vec![],
+                            holdout: false,
+                            steps: 1,
+                        },
+                    );
+                    let mut send = TraceRecord::new(at, &state.id, "j", Kind::Send);
+                    send.id = Some(format!("{}-1", state.id));
+                    effects.records.push(send);
+                }
+                Input::Wake { .. } => {
+                    state.enrollments.clear();
+                    let mut exit = TraceRecord::new(at, &state.id, "j", Kind::Exit);
+                    exit.reason = Some("end".into());
+                    effects.records.push(exit);
+                }
+                Input::Identify { .. } => {}
+            }
+            effects.wake_at = state.next_wake();
+            effects
+        }
+    }
+
+    fn track(customer: &str, at: Millis) -> Call {
+        Call {
+            customer: customer.into(),
+            input: Input::Track {
+                event: "e".into(),
+                properties: Default::default(),
+                at,
+                message_id: None,
+            },
+        }
+    }
+
+    #[test]
+    fn group_commit_keeps_state_timers_outbox_and_stats_consistent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        let bundle = Arc::new(Bundle {
+            format_version: crate::compile::bytecode::FORMAT_VERSION,
+            names: vec![],
+            schema: Schema::default(),
+            segments: vec![],
+            messages: vec![],
+            settings: SettingsDef::default(),
+            journeys: vec![],
+            history_window_seconds: 0,
+        });
+        let runtime: SharedRuntime = Arc::new(RwLock::new(Arc::new(Runtime {
+            bundle,
+            bundle_key: "k".into(),
+            interpreter: Arc::new(Fake),
+            retained: vec![],
+        })));
+        let (committed, mut committed_rx) = watch::channel(0);
+        let published = Published {
+            committed_seq: Arc::new(committed),
+            stats: Arc::default(),
+            timers_changed: Arc::default(),
+            metrics: Arc::default(),
+        };
+        let (sender, receiver) = mpsc::channel(JOB_CHANNEL_CAPACITY);
+        let committer = Committer { sender };
+        let thread = CommitThread::new(store.clone(), runtime, published.clone(), 1);
+        let handle = std::thread::spawn(move || thread.run(receiver));
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio.block_on(async {
+            // Concurrent requests share commits; each is answered after it.
+            let (a, b) = tokio::join!(
+                committer.ingest(vec![track("a", 10_000), track("b", 20_000)]),
+                committer.ingest(vec![track("c", 30_000)])
+            );
+            a.expect("a");
+            b.expect("b");
+            assert_eq!(*committed_rx.borrow_and_update(), 3);
+            assert_eq!(
+                store.due_timers(i64::MAX, 10).expect("timers"),
+                vec![(11_000, "a".into()), (21_000, "b".into()), (31_000, "c".into())]
+            );
+            assert_eq!(store.counter(store::STAT_TIMERS).expect("counter"), 3);
+            assert_eq!(store.counter("j/j/at/v1/1").expect("counter"), 3);
+            assert_eq!(store.counter("j/j/sends").expect("counter"), 3);
+            // A panicking input fails alone; nothing of it is stored.
+            let (bad, good) = tokio::join!(
+                committer.ingest(vec![track("boom", 1)]),
+                committer.ingest(vec![track("d", 40_000)])
+            );
+            assert!(matches!(bad, Err(CommitError::Panicked)));
+            good.expect("d");
+            assert!(store.customer("boom").expect("get").is_none());
+            // Wake-ups: due ones fire; a stale key is dropped.
+            let fired = committer
+                .wake(vec![(11_000, "a".into()), (21_000, "b".into()), (99, "c".into())])
+                .await
+                .expect("wake");
+            assert_eq!(fired, 2);
+            assert_eq!(
+                store.due_timers(i64::MAX, 10).expect("timers"),
+                vec![(31_000, "c".into()), (41_000, "d".into())]
+            );
+            assert_eq!(store.counter(store::STAT_TIMERS).expect("counter"), 2);
+            assert_eq!(store.counter("j/j/exits/end").expect("counter"), 2);
+            // Erasure removes the state, the timer and pending outbox records.
+            assert!(committer.erase("c".into()).await.expect("erase"));
+            assert!(!committer.erase("c".into()).await.expect("erase again"));
+            assert!(store.customer("c").expect("get").is_none());
+            assert_eq!(
+                store.due_timers(i64::MAX, 10).expect("timers"),
+                vec![(41_000, "d".into())]
+            );
+            let outbox = store.outbox_range(0, u64::MAX, 100).expect("outbox");
+            assert!(outbox.iter().all(|(_, line)| !line.contains("\"customer\":\"c\"")));
+            assert_eq!(store.counter("j/j/at/v1/1").expect("counter"), 1);
+            stop(&committer).await;
+        });
+        handle.join().expect("commit thread");
+        // Sequence numbers continue after a restart.
+        assert_eq!(store.next_seq().expect("seq"), Some(7));
+    }
+}
