@@ -420,10 +420,10 @@ impl CommitThread {
                 None => batch.remove(key),
             }
         }
-        let mut committed_seq = None;
-        for (seq, _, line) in &group.outbox {
-            batch.insert(store::outbox_key(*seq), line.as_bytes());
-            committed_seq = Some(*seq);
+        let committed_seq = group.outbox.last().map(|(seq, _, _)| *seq);
+        if let Some(first) = group.outbox.first().map(|(seq, _, _)| *seq) {
+            let records: Vec<(u64, String)> = group.outbox.drain(..).map(|(seq, _, line)| (seq, line)).collect();
+            batch.insert(store::outbox_key(first), store::encode_chunk(&records));
         }
         batch.insert(store::META_SEQ, &self.next_seq.to_be_bytes());
         if timer_delta != 0 {
@@ -460,16 +460,33 @@ impl CommitThread {
         {
             batch.remove(item.map_err(StoreError::from)?.0);
         }
-        for prefix in [store::PREFIX_OUTBOX, store::PREFIX_DEAD] {
-            for item in self.store.db.scan_prefix([prefix]) {
-                let (key, value) = item.map_err(StoreError::from)?;
-                let who = serde_json::from_slice::<serde_json::Value>(&value).ok().and_then(|v| {
-                    let v = v.get("record").cloned().unwrap_or(v);
-                    v.get("customer").and_then(|c| c.as_str()).map(str::to_string)
-                });
-                if who.as_deref() == Some(customer) {
-                    batch.remove(key);
-                }
+        let customer_of = |line: &str| {
+            serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| {
+                let v = v.get("record").cloned().unwrap_or(v);
+                v.get("customer").and_then(|c| c.as_str()).map(str::to_string)
+            })
+        };
+        for (key, records) in self.store.outbox_chunks()? {
+            let kept: Vec<(u64, String)> = records
+                .iter()
+                .filter(|(_, line)| customer_of(line).as_deref() != Some(customer))
+                .cloned()
+                .collect();
+            if kept.len() == records.len() {
+                continue;
+            }
+            // The key may now be below the chunk's first record: readers find
+            // chunks by key <= seq and filter records by seq.
+            if kept.is_empty() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, store::encode_chunk(&kept));
+            }
+        }
+        for item in self.store.db.scan_prefix([store::PREFIX_DEAD]) {
+            let (key, value) = item.map_err(StoreError::from)?;
+            if customer_of(&String::from_utf8_lossy(&value)).as_deref() == Some(customer) {
+                batch.remove(key);
             }
         }
         Ok(())

@@ -62,8 +62,11 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
                 json!({"type": "timer", "due": due, "customer": customer})
             }
             store::PREFIX_OUTBOX => {
-                let record: serde_json::Value = serde_json::from_slice(&value).unwrap_or_else(|_| json!(text(&value)));
-                json!({"type": "outbox", "seq": store::decode_u64(rest), "record": record})
+                for (seq, line) in store::decode_chunk(&key, &value)? {
+                    let record: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| json!(line));
+                    emit(json!({"type": "outbox", "seq": seq, "record": record}), out)?;
+                }
+                continue;
             }
             store::PREFIX_CURSOR => json!({"type": "cursor", "sink": text(rest), "seq": store::decode_u64(&value)}),
             store::PREFIX_DEAD => {
@@ -163,7 +166,8 @@ pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportErr
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                batch.insert(store::outbox_key(as_u64(&value, "seq", number)?), line.into_bytes());
+                let seq = as_u64(&value, "seq", number)?;
+                batch.insert(store::outbox_key(seq), store::encode_chunk(&[(seq, line)]));
             }
             "cursor" => {
                 let seq = as_u64(&value, "seq", number)?;
@@ -235,7 +239,7 @@ mod tests {
         batch.insert(store::timer_key(90_000, "c1"), &[]);
         batch.insert(
             store::outbox_key(7),
-            br#"{"at":"2026-01-05T10:00:00Z","customer":"c1"}"#.to_vec(),
+            store::encode_chunk(&[(7, r#"{"at":"2026-01-05T10:00:00Z","customer":"c1"}"#.to_string())]),
         );
         batch.insert(store::cursor_key("jsonl:x"), &6u64.to_be_bytes());
         batch.insert(store::stat_key("j/onboarding/entered"), &1i64.to_be_bytes());

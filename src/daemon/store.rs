@@ -9,7 +9,7 @@
 //! |--------|--------------------------------------|---------------------------------------|
 //! | `c`    | customer id                          | postcard [`CustomerState`]            |
 //! | `t`    | due ms (order-preserving u64 BE) + customer id | empty: the timer index      |
-//! | `o`    | outbox sequence number (u64 BE)      | the trace record as one JSON line     |
+//! | `o`    | first outbox sequence number of the chunk (u64 BE) | postcard `Vec<(seq, JSON line)>`: one chunk per group commit |
 //! | `k`    | sink name                            | last sequence number delivered (u64 BE)|
 //! | `d`    | sink name + `0x00` + sequence (u64 BE) | dead letter: JSON with the error    |
 //! | `s`    | counter name (`j/JOURNEY/…`, `g/…`)  | i64 BE                                |
@@ -135,33 +135,61 @@ impl Store {
         }
     }
 
-    /// Outbox entries with sequence numbers in `from..=to`, in order, at most `limit`.
+    /// Outbox records with sequence numbers in `from..=to`, in order, at most
+    /// `limit` (whole chunks are read; the list is cut at `limit`).
     pub fn outbox_range(&self, from: u64, to: u64, limit: usize) -> StoreResult<Vec<(u64, String)>> {
         if from > to {
             return Ok(Vec::new());
         }
+        // The chunk holding `from` starts at or before it.
+        let start = match self.db.range(vec![PREFIX_OUTBOX]..=outbox_key(from)).next_back() {
+            Some(item) => item?.0.to_vec(),
+            None => outbox_key(from),
+        };
         let mut out = Vec::new();
-        for item in self.db.range(outbox_key(from)..=outbox_key(to)).take(limit) {
+        for item in self.db.range(start..=outbox_key(to)) {
             let (key, value) = item?;
-            out.push((decode_u64(&key[1..]), String::from_utf8_lossy(&value).into_owned()));
+            for (seq, line) in decode_chunk(&key, &value)? {
+                if seq >= from && seq <= to {
+                    out.push((seq, line));
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
         }
         Ok(out)
     }
 
     /// The highest outbox sequence number stored, if any.
     pub fn last_outbox_seq(&self) -> StoreResult<Option<u64>> {
-        let mut iter = self.db.scan_prefix([PREFIX_OUTBOX]);
-        match iter.next_back() {
+        match self.db.scan_prefix([PREFIX_OUTBOX]).next_back() {
             None => Ok(None),
-            Some(item) => Ok(Some(decode_u64(&item?.0[1..]))),
+            Some(item) => {
+                let (key, value) = item?;
+                Ok(decode_chunk(&key, &value)?.last().map(|(seq, _)| *seq))
+            }
         }
     }
 
     pub fn first_outbox_seq(&self) -> StoreResult<Option<u64>> {
         match self.db.scan_prefix([PREFIX_OUTBOX]).next() {
             None => Ok(None),
-            Some(item) => Ok(Some(decode_u64(&item?.0[1..]))),
+            Some(item) => {
+                let (key, value) = item?;
+                Ok(decode_chunk(&key, &value)?.first().map(|(seq, _)| *seq))
+            }
         }
+    }
+
+    /// Every outbox chunk: `(key, records)`.
+    pub fn outbox_chunks(&self) -> StoreResult<Vec<(Vec<u8>, Vec<(u64, String)>)>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix([PREFIX_OUTBOX]) {
+            let (key, value) = item?;
+            out.push((key.to_vec(), decode_chunk(&key, &value)?));
+        }
+        Ok(out)
     }
 
     pub fn cursor(&self, sink: &str) -> StoreResult<Option<u64>> {
@@ -173,14 +201,19 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes outbox entries with a sequence number up to `seq` (every sink has them).
+    /// Deletes outbox chunks whose records all have a sequence number up to
+    /// `seq` (every sink has them).
     pub fn remove_outbox_through(&self, seq: u64) -> StoreResult<usize> {
         let mut batch = sled::Batch::default();
         let mut removed = 0;
         for item in self.db.range(vec![PREFIX_OUTBOX]..=outbox_key(seq)) {
-            let (key, _) = item?;
+            let (key, value) = item?;
+            let records = decode_chunk(&key, &value)?;
+            if records.last().is_some_and(|(last, _)| *last > seq) {
+                break;
+            }
             batch.remove(key);
-            removed += 1;
+            removed += records.len();
         }
         if removed > 0 {
             self.db.apply_batch(batch)?;
@@ -313,6 +346,20 @@ pub fn outbox_key(seq: u64) -> Vec<u8> {
     key
 }
 
+/// Outbox records are stored in chunks, one per group commit: the key is the
+/// first sequence number, the value postcard `Vec<(seq, JSON line)>` with
+/// consecutive ascending numbers (fewer keys per event: sled's cost is per key).
+pub fn encode_chunk(records: &[(u64, String)]) -> Vec<u8> {
+    postcard::to_allocvec(records).expect("outbox records always serialize")
+}
+
+pub fn decode_chunk(key: &[u8], bytes: &[u8]) -> StoreResult<Vec<(u64, String)>> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
 pub fn cursor_key(sink: &str) -> Vec<u8> {
     [&[PREFIX_CURSOR][..], sink.as_bytes()].concat()
 }
@@ -384,16 +431,19 @@ mod tests {
             vec![(10, "a".to_string()), (20, "b".to_string())]
         );
         assert_eq!(store.first_timer().expect("first"), Some((10, "a".to_string())));
-        for seq in 1..=5u64 {
-            store
-                .db
-                .insert(outbox_key(seq), format!("line{seq}").as_bytes())
-                .expect("insert");
-        }
+        let chunk = |seqs: std::ops::RangeInclusive<u64>| {
+            let records: Vec<(u64, String)> = seqs.map(|s| (s, format!("line{s}"))).collect();
+            encode_chunk(&records)
+        };
+        store.db.insert(outbox_key(1), chunk(1..=3)).expect("insert");
+        store.db.insert(outbox_key(4), chunk(4..=5)).expect("insert");
         let range = store.outbox_range(2, 4, 10).expect("range");
         assert_eq!(range.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(store.outbox_range(2, 5, 2).expect("range").len(), 2);
         assert_eq!(store.last_outbox_seq().expect("last"), Some(5));
-        assert_eq!(store.remove_outbox_through(3).expect("gc"), 3);
+        assert_eq!(store.first_outbox_seq().expect("first"), Some(1));
+        // Only whole chunks are deleted.
+        assert_eq!(store.remove_outbox_through(4).expect("gc"), 3);
         assert_eq!(store.first_outbox_seq().expect("first"), Some(4));
     }
 }
