@@ -429,18 +429,28 @@ impl CommitThread {
         if timer_delta != 0 {
             *group.stat_deltas.entry(store::STAT_TIMERS.to_string()).or_insert(0) += timer_delta;
         }
-        let mut stats_now = self.published.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for (name, delta) in &group.stat_deltas {
-            if *delta == 0 {
-                continue;
+        // Only this thread changes the counters, so reading them now and
+        // publishing after the flush cannot lose an update.
+        let mut changed_stats = Vec::with_capacity(group.stat_deltas.len());
+        {
+            let stats = self.published.stats.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, delta) in &group.stat_deltas {
+                if *delta == 0 {
+                    continue;
+                }
+                let value = stats.get(name).copied().unwrap_or(0) + delta;
+                batch.insert(store::stat_key(name), &value.to_be_bytes());
+                changed_stats.push((name.clone(), value));
             }
-            let value = stats_now.entry(name.clone()).or_insert(0);
-            *value += delta;
-            batch.insert(store::stat_key(name), &value.to_be_bytes());
         }
         self.store.db.apply_batch(batch)?;
         self.store.flush()?;
-        *self.published.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats_now;
+        {
+            let mut stats = self.published.stats.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, value) in changed_stats {
+                stats.insert(name, value);
+            }
+        }
         if let Some(seq) = committed_seq {
             self.published.committed_seq.send_replace(seq);
         }
