@@ -206,15 +206,44 @@ impl Store {
     pub fn remove_outbox_through(&self, seq: u64) -> StoreResult<usize> {
         let mut batch = sled::Batch::default();
         let mut removed = 0;
-        for item in self.db.range(vec![PREFIX_OUTBOX]..=outbox_key(seq)) {
-            let (key, value) = item?;
-            let records = decode_chunk(&key, &value)?;
-            if records.last().is_some_and(|(last, _)| *last > seq) {
+        let mut previous: Option<sled::IVec> = None;
+        for item in self.db.range(vec![PREFIX_OUTBOX]..) {
+            let (key, _) = item?;
+            if key.first() != Some(&PREFIX_OUTBOX) {
                 break;
             }
-            batch.remove(key);
-            removed += records.len();
+            // A chunk's records are all below the next chunk's key, so the
+            // previous chunk can go when this key is at most seq + 1; no
+            // need to decode it.
+            let first = decode_u64(&key[1..]);
+            if let Some(previous) = previous.take() {
+                if first > seq.saturating_add(1) {
+                    return self.finish_removal(batch, removed);
+                }
+                batch.remove(previous);
+                removed += 1;
+            }
+            if first > seq {
+                return self.finish_removal(batch, removed);
+            }
+            previous = Some(key);
         }
+        // The last chunk is checked by decoding it.
+        if let Some(previous) = previous {
+            if let Some(value) = self.db.get(&previous)? {
+                if decode_chunk(&previous, &value)?
+                    .last()
+                    .map_or(true, |(last, _)| *last <= seq)
+                {
+                    batch.remove(previous);
+                    removed += 1;
+                }
+            }
+        }
+        self.finish_removal(batch, removed)
+    }
+
+    fn finish_removal(&self, batch: sled::Batch, removed: usize) -> StoreResult<usize> {
         if removed > 0 {
             self.db.apply_batch(batch)?;
         }
@@ -442,8 +471,10 @@ mod tests {
         assert_eq!(store.outbox_range(2, 5, 2).expect("range").len(), 2);
         assert_eq!(store.last_outbox_seq().expect("last"), Some(5));
         assert_eq!(store.first_outbox_seq().expect("first"), Some(1));
-        // Only whole chunks are deleted.
-        assert_eq!(store.remove_outbox_through(4).expect("gc"), 3);
+        // Only whole chunks are deleted (the count is of chunks).
+        assert_eq!(store.remove_outbox_through(4).expect("gc"), 1);
         assert_eq!(store.first_outbox_seq().expect("first"), Some(4));
+        assert_eq!(store.remove_outbox_through(5).expect("gc"), 1);
+        assert_eq!(store.first_outbox_seq().expect("first"), None);
     }
 }
