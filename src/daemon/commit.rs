@@ -168,15 +168,116 @@ pub struct CommitThread {
     runtime: SharedRuntime,
     published: Published,
     next_seq: u64,
+    /// The counters as of the last batch applied (ahead of the published
+    /// ones while a flush is in flight).
+    counters: HashMap<String, i64>,
+    /// Groups applied but not yet flushed go to the flusher thread.
+    flusher: Option<std::sync::mpsc::SyncSender<Flush>>,
+    flusher_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Work for the flusher thread: make a group durable, then publish and answer.
+enum Flush {
+    Group {
+        jobs: Vec<(Job, usize)>,
+        stats: Vec<(String, i64)>,
+        committed_seq: Option<u64>,
+        timers_added: bool,
+        started: Instant,
+    },
+    /// Answered once every earlier group is flushed and published.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// A group whose batch is applied (visible, not yet durable).
+struct Applied {
+    answers: Vec<usize>,
+    stats: Vec<(String, i64)>,
+    committed_seq: Option<u64>,
+    timers_added: bool,
+}
+
+/// The flusher: one `flush` per group (several when they queue up, since a
+/// flush covers everything applied before it), then publish, then answer.
+/// Applying the next group overlaps with this flush; sled's log is
+/// sequential, so a later group is never durable without the earlier ones.
+fn run_flusher(store: Store, published: Published, receiver: std::sync::mpsc::Receiver<Flush>) {
+    while let Ok(first) = receiver.recv() {
+        let mut work = vec![first];
+        while let Ok(more) = receiver.try_recv() {
+            work.push(more);
+        }
+        let flushed = store.flush().map_err(CommitError::from);
+        if let Err(error) = &flushed {
+            tracing::error!(%error, "flush failed: the requests are refused");
+        }
+        for item in work {
+            match item {
+                Flush::Group {
+                    jobs,
+                    stats,
+                    committed_seq,
+                    timers_added,
+                    started,
+                } => {
+                    if flushed.is_ok() {
+                        {
+                            let mut published_stats = published.stats.lock().unwrap_or_else(|p| p.into_inner());
+                            for (name, value) in stats {
+                                published_stats.insert(name, value);
+                            }
+                        }
+                        if let Some(seq) = committed_seq {
+                            published.committed_seq.send_replace(seq);
+                        }
+                        if timers_added {
+                            published.timers_changed.notify_one();
+                        }
+                        published.metrics.commit_latency.observe(started.elapsed());
+                    }
+                    for (job, answer) in jobs {
+                        job.answer(flushed.clone().map(|_| answer));
+                    }
+                }
+                Flush::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
 }
 
 impl CommitThread {
     pub fn new(store: Store, runtime: SharedRuntime, published: Published, next_seq: u64) -> CommitThread {
+        let counters = published.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Capacity 1: at most one group waits while another is flushed.
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let flusher_thread = {
+            let store = store.clone();
+            let published = published.clone();
+            std::thread::Builder::new()
+                .name("journeyc-flush".into())
+                .spawn(move || run_flusher(store, published, receiver))
+                .expect("spawn the flusher thread")
+        };
         CommitThread {
             store,
             runtime,
             published,
             next_seq,
+            counters,
+            flusher: Some(sender),
+            flusher_thread: Some(flusher_thread),
+        }
+    }
+
+    /// Waits until every group handed to the flusher is durable and answered.
+    fn drain_flusher(&self) {
+        if let Some(flusher) = &self.flusher {
+            let (done, wait) = std::sync::mpsc::channel();
+            if flusher.send(Flush::Barrier(done)).is_ok() {
+                let _ = wait.recv();
+            }
         }
     }
 
@@ -206,6 +307,10 @@ impl CommitThread {
             }
         }
         receiver.close();
+        drop(self.flusher.take());
+        if let Some(thread) = self.flusher_thread.take() {
+            let _ = thread.join();
+        }
         // Jobs that raced with the stop are refused (their senders see an error).
         if let Err(error) = self.store.flush() {
             tracing::error!(%error, "final flush failed");
@@ -229,14 +334,30 @@ impl CommitThread {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.prepare(&jobs)));
         match outcome {
             Ok(Ok(group)) => match self.write(group) {
-                Ok(answers) => {
-                    self.published.metrics.commit_latency.observe(started.elapsed());
-                    for (job, answer) in jobs.into_iter().zip(answers) {
-                        job.answer(Ok(answer));
+                Ok(applied) => {
+                    let work = Flush::Group {
+                        jobs: jobs.into_iter().zip(applied.answers).collect(),
+                        stats: applied.stats,
+                        committed_seq: applied.committed_seq,
+                        timers_added: applied.timers_added,
+                        started,
+                    };
+                    if let Some(flusher) = &self.flusher {
+                        if let Err(std::sync::mpsc::SendError(Flush::Group { jobs, .. })) = flusher.send(work) {
+                            for (job, _) in jobs {
+                                job.answer(Err(CommitError::ShuttingDown));
+                            }
+                        }
                     }
                 }
                 Err(error) => {
                     self.next_seq = seq_before;
+                    // The in-memory counters may be ahead of the store now.
+                    self.counters = self
+                        .store
+                        .counters()
+                        .map(|c| c.into_iter().collect())
+                        .unwrap_or_default();
                     tracing::error!(%error, "group commit failed");
                     for job in jobs {
                         job.answer(Err(error.clone()));
@@ -271,14 +392,16 @@ impl CommitThread {
     fn commit_alone(&mut self, job: Job) {
         match job {
             Job::Install { runtime, reply } => {
+                self.drain_flusher();
                 let result = catch_unwind(AssertUnwindSafe(|| super::reload::migrate(&self.store, &runtime)))
                     .unwrap_or(Err(CommitError::Panicked));
                 let result = result.and_then(|migrated| {
                     self.store.flush()?;
                     *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = runtime.clone();
                     // Positions changed: reload the at-step counters.
-                    let mut stats = self.published.stats.lock().unwrap_or_else(|p| p.into_inner());
-                    *stats = self.store.counters()?.into_iter().collect();
+                    let counters: HashMap<String, i64> = self.store.counters()?.into_iter().collect();
+                    *self.published.stats.lock().unwrap_or_else(|p| p.into_inner()) = counters.clone();
+                    self.counters = counters;
                     Ok(migrated)
                 });
                 let _ = reply.send(result);
@@ -372,7 +495,7 @@ impl CommitThread {
     }
 
     /// Writes the group as one batch, flushes, publishes.
-    fn write(&mut self, mut group: Group) -> Result<Vec<usize>, CommitError> {
+    fn write(&mut self, mut group: Group) -> Result<Applied, CommitError> {
         let mut batch = sled::Batch::default();
         let mut remove_timers: BTreeSet<Vec<u8>> = group.stale_timers.drain(..).collect();
         let mut insert_timers: BTreeSet<Vec<u8>> = BTreeSet::new();
@@ -429,35 +552,23 @@ impl CommitThread {
         if timer_delta != 0 {
             *group.stat_deltas.entry(store::STAT_TIMERS.to_string()).or_insert(0) += timer_delta;
         }
-        // Only this thread changes the counters, so reading them now and
-        // publishing after the flush cannot lose an update.
         let mut changed_stats = Vec::with_capacity(group.stat_deltas.len());
-        {
-            let stats = self.published.stats.lock().unwrap_or_else(|p| p.into_inner());
-            for (name, delta) in &group.stat_deltas {
-                if *delta == 0 {
-                    continue;
-                }
-                let value = stats.get(name).copied().unwrap_or(0) + delta;
-                batch.insert(store::stat_key(name), &value.to_be_bytes());
-                changed_stats.push((name.clone(), value));
+        for (name, delta) in &group.stat_deltas {
+            if *delta == 0 {
+                continue;
             }
+            let value = self.counters.entry(name.clone()).or_insert(0);
+            *value += delta;
+            batch.insert(store::stat_key(name), &value.to_be_bytes());
+            changed_stats.push((name.clone(), *value));
         }
         self.store.db.apply_batch(batch)?;
-        self.store.flush()?;
-        {
-            let mut stats = self.published.stats.lock().unwrap_or_else(|p| p.into_inner());
-            for (name, value) in changed_stats {
-                stats.insert(name, value);
-            }
-        }
-        if let Some(seq) = committed_seq {
-            self.published.committed_seq.send_replace(seq);
-        }
-        if earliest_new_timer.is_some() {
-            self.published.timers_changed.notify_one();
-        }
-        Ok(group.answers)
+        Ok(Applied {
+            answers: group.answers,
+            stats: changed_stats,
+            committed_seq,
+            timers_added: earliest_new_timer.is_some(),
+        })
     }
 
     /// Removes an erased customer's pending outbox entries and dead letters
