@@ -117,10 +117,25 @@ impl Store {
 
     /// Timer keys due at or before `now`, oldest first, at most `limit`.
     pub fn due_timers(&self, now: Millis, limit: usize) -> StoreResult<Vec<(Millis, String)>> {
+        self.due_timers_after(None, now, limit)
+    }
+
+    /// Like [`Store::due_timers`], starting after the timer `after`.
+    pub fn due_timers_after(
+        &self,
+        after: Option<&(Millis, String)>,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<(Millis, String)>> {
+        use std::ops::Bound;
         let mut end = vec![PREFIX_TIMER];
         end.extend_from_slice(&encode_time(now.saturating_add(1)));
+        let start = match after {
+            Some((at, customer)) => Bound::Excluded(timer_key(*at, customer)),
+            None => Bound::Included(vec![PREFIX_TIMER]),
+        };
         let mut out = Vec::new();
-        for item in self.db.range(vec![PREFIX_TIMER]..end).take(limit) {
+        for item in self.db.range::<Vec<u8>, _>((start, Bound::Excluded(end))).take(limit) {
             let (key, _) = item?;
             out.push(decode_timer_key(&key)?);
         }

@@ -24,6 +24,11 @@ pub fn now_ms() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Wake jobs handed to the commit thread and not yet committed: the next
+/// scan overlaps with their flush. (A wake-up handed over twice is harmless:
+/// the commit thread skips a customer that is no longer due.)
+const JOBS_IN_FLIGHT_MAX: usize = 2;
+
 pub async fn run(
     store: Store,
     committer: Committer,
@@ -31,14 +36,21 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let mut in_flight: std::collections::VecDeque<tokio::task::JoinHandle<()>> = Default::default();
+    // The last timer handed over in this pass: the next scan starts after it.
+    let mut after: Option<(Millis, String)> = None;
     loop {
         if *stopping.borrow() {
+            for job in in_flight {
+                let _ = job.await;
+            }
             return;
         }
         let now = now_ms();
         let due = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.due_timers(now, WAKES_PER_JOB_MAX)).await
+            let after = after.clone();
+            tokio::task::spawn_blocking(move || store.due_timers_after(after.as_ref(), now, WAKES_PER_JOB_MAX)).await
         };
         let due = match due {
             Ok(Ok(due)) => due,
@@ -49,17 +61,33 @@ pub async fn run(
             }
             Err(_) => return,
         };
-        if !due.is_empty() {
-            match committer.wake(due).await {
-                Ok(fired) => metrics.timers_fired.add(fired as u64),
-                Err(error) => {
-                    tracing::warn!(%error, "timer wake-ups not committed");
-                    if *stopping.borrow() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(last) = due.last() {
+            after = Some(last.clone());
+            while in_flight.len() >= JOBS_IN_FLIGHT_MAX {
+                if let Some(job) = in_flight.pop_front() {
+                    let _ = job.await;
                 }
             }
+            let committer = committer.clone();
+            let metrics = metrics.clone();
+            in_flight.push_back(tokio::spawn(async move {
+                match committer.wake(due).await {
+                    Ok(fired) => metrics.timers_fired.add(fired as u64),
+                    Err(error) => {
+                        tracing::warn!(%error, "timer wake-ups not committed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }));
+            continue;
+        }
+        if after.is_some() || !in_flight.is_empty() {
+            // End of a pass: let it commit, then look again from the start
+            // (wake-ups may have armed timers that are already due).
+            for job in in_flight.drain(..) {
+                let _ = job.await;
+            }
+            after = None;
             continue;
         }
         let sleep_ms = match store.first_timer() {
