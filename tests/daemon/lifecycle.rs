@@ -134,6 +134,30 @@ fn reload_refuses_errors_pins_versions_and_migrates_by_label() {
         .map(|j| j["versions"].as_array().map_or(0, |v| v.len()));
     assert_eq!(pinned_versions, Some(2), "{journeys}");
 
+    // SIGHUP reloads too.
+    let version_of = |daemon: &Daemon, name: &str| {
+        daemon.get("/v1/journeys").json()["journeys"]
+            .as_array()
+            .expect("journeys")
+            .iter()
+            .find(|j| j["name"] == name)
+            .map(|j| j["version"].clone())
+    };
+    let before_hangup = version_of(&daemon, "migrating");
+    let changed_again = RELOAD_WORKSPACE
+        .replace("pause: wait 1h", "pause: wait 3h")
+        .replace("hold: wait 1h", "hold: wait 2h");
+    std::fs::write(env.workspace().join("test.journey"), changed_again).expect("write");
+    let hangup = Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hangup.success());
+    eventually("the SIGHUP reload", || {
+        (version_of(&daemon, "migrating") != before_hangup).then_some(())
+    });
+    assert_eq!(enrollment(&daemon, "r1", "migrating")["label"], "pause");
+
     // Pinned bundles survive a restart: the old version still runs.
     assert_eq!(daemon.terminate(), Some(0));
     let daemon = env.start(&[]);
