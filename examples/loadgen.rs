@@ -5,7 +5,8 @@
 //! ```text
 //! cargo build --release --bin journeyc --example loadgen
 //! target/release/examples/loadgen --bin target/release/journeyc \
-//!     [--intake 200000] [--timers 200000] [--waiting 1000000] [--latency-seconds 10]
+//!     [--intake 200000] [--timers 200000] [--waiting 1000000] [--latency-seconds 10] \
+//!     [--latency-rate 2000] [--serve-arg --cache-mib --serve-arg 32]
 //! ```
 //!
 //! Phases: (1) raw sled rate; (2) intake through `/v1/batch` with durable acks;
@@ -59,6 +60,8 @@ struct Args {
     waiting: usize,
     latency_seconds: u64,
     latency_rate: u64,
+    /// Extra arguments for `journeyc serve` (e.g. `--cache-mib 32`).
+    serve_args: Vec<String>,
 }
 
 fn parse_args() -> Args {
@@ -69,6 +72,7 @@ fn parse_args() -> Args {
         waiting: 1_000_000,
         latency_seconds: 10,
         latency_rate: 2_000,
+        serve_args: Vec::new(),
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -86,6 +90,7 @@ fn parse_args() -> Args {
             "--waiting" => args.waiting = number(),
             "--latency-seconds" => args.latency_seconds = number() as u64,
             "--latency-rate" => args.latency_rate = number() as u64,
+            "--serve-arg" => args.serve_args.push(value.clone()),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -99,7 +104,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(bin: &Path, workspace: &Path, data: &Path) -> (Daemon, Duration) {
+    fn start(args: &Args, workspace: &Path, data: &Path) -> (Daemon, Duration) {
+        let bin = &args.bin;
         let _ = std::fs::remove_file(data.join("addr"));
         std::fs::create_dir_all(data).expect("data dir");
         let log = std::fs::OpenOptions::new()
@@ -114,6 +120,7 @@ impl Daemon {
             .arg("--data")
             .arg(data)
             .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
+            .args(&args.serve_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -270,7 +277,7 @@ fn main() {
 
     // 2. Intake.
     let data = root.path().join("data");
-    let (daemon, ready) = Daemon::start(&args.bin, &workspace, &data);
+    let (daemon, ready) = Daemon::start(&args, &workspace, &data);
     say("cold start to ready (empty store)", format!("{} ms", ready.as_millis()));
     let rate = post_batches(
         &daemon.addr,
@@ -292,7 +299,7 @@ fn main() {
     // 3. Timer firing: every enrollment due at the same instant, a few
     // seconds after ingestion completes (`wait until event.due`).
     let timers_data = root.path().join("timers");
-    let (daemon, _) = Daemon::start(&args.bin, &workspace, &timers_data);
+    let (daemon, _) = Daemon::start(&args, &workspace, &timers_data);
     // Ingest estimate: leave enough margin so all are armed before the due time.
     let margin_s = (args.timers as f64 / 10_000.0).ceil() as i64 + 5;
     let due_at = chrono::Utc::now() + chrono::Duration::seconds(margin_s);
@@ -337,7 +344,7 @@ fn main() {
 
     // 4. 1M enrollments waiting on timers: RSS and restart-to-ready.
     let waiting_data = root.path().join("waiting");
-    let (daemon, _) = Daemon::start(&args.bin, &workspace, &waiting_data);
+    let (daemon, _) = Daemon::start(&args, &workspace, &waiting_data);
     let rate = post_batches(
         &daemon.addr,
         args.waiting,
@@ -355,7 +362,7 @@ fn main() {
         format!("{:.0} MiB", daemon.rss_mib()),
     );
     daemon.terminate();
-    let (daemon, ready) = Daemon::start(&args.bin, &workspace, &waiting_data);
+    let (daemon, ready) = Daemon::start(&args, &workspace, &waiting_data);
     say(
         &format!("restart to ready (healthz 200) with {pending} waiting"),
         format!("{} ms", ready.as_millis()),
@@ -366,7 +373,7 @@ fn main() {
 
     // 5. Latency: /v1/track 200 → line in the JSONL sink, at a fixed rate.
     let latency_data = root.path().join("latency");
-    let (daemon, _) = Daemon::start(&args.bin, &workspace, &latency_data);
+    let (daemon, _) = Daemon::start(&args, &workspace, &latency_data);
     let sink = latency_data.join("sends.jsonl");
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let total = (args.latency_rate * args.latency_seconds) as usize;
