@@ -101,6 +101,9 @@ fn bench(c: &mut Criterion) {
         bundle.journeys.len(),
         bundle.journeys.iter().map(|p| p.code.len()).sum::<usize>()
     );
+    c.bench_function("parse only 10k lines", |b| {
+        b.iter(|| journeyc::syntax::parse_file(journeyc::source::FileId(0), black_box(&text)))
+    });
     c.bench_function("parse + check + compile 10k lines", |b| {
         b.iter(|| parse_check_compile(black_box(&text)))
     });

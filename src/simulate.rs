@@ -1,15 +1,16 @@
 //! The simulator: runs a compiled workspace over an event stream on a
 //! virtual clock (no wall clock anywhere), deterministically.
 //!
-//! Customers are independent, so each customer's inputs are run in
-//! timestamp order (ties keep file order) and the records of all customers
-//! are merged by time, ties broken by customer id, each customer's records
-//! keeping their causal order.
+//! One global timeline: inputs in order of (time, customer id), and between
+//! them every customer's timers in order of (time, customer id).
+//! Lines come out in time order as they are produced; each customer's lines
+//! keep their causal order.
 
-use crate::compile::bytecode::{Bundle, Condition, Trigger};
+use crate::compile::bytecode::{Bundle, Trigger};
 use crate::runtime::input::{parse_call, Call};
 use crate::runtime::{CustomerState, Engine, Input, Millis, TraceRecord};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 /// A line of the event file that could not be used.
@@ -51,28 +52,15 @@ pub struct Options {
 /// The instant after which recurring, time-driven triggers stop being
 /// scheduled when no `--until` is given: the last event plus the longest
 /// period such a trigger can need to fire (the longest `inactive` duration,
-/// the longest window of a segment that triggers or ends enrollments, a week
-/// for `every`).
-pub fn default_horizon(bundle: &Bundle, last_event: Millis) -> Millis {
-    let mut longest_seconds: i64 = 0;
-    for program in &bundle.journeys {
+/// the longest `count`/`seen` window of a segment that starts or ends
+/// enrollments, a week for `every`).
+pub fn default_horizon(engine: &Engine, last_event: Millis) -> Millis {
+    let mut longest_seconds = engine.tracked_window_seconds();
+    for program in &engine.bundle().journeys {
         match &program.trigger {
             Trigger::Inactive { seconds, .. } => longest_seconds = longest_seconds.max(*seconds),
             Trigger::Every { .. } => longest_seconds = longest_seconds.max(7 * 86_400),
-            Trigger::Entered { .. } | Trigger::Left { .. } => {
-                longest_seconds = longest_seconds.max(bundle.history_window_seconds)
-            }
-            Trigger::Event { .. } => {}
-        }
-        let segment_conditions = program
-            .exit_rules
-            .iter()
-            .chain(program.goals.iter().map(|g| &g.condition));
-        if segment_conditions
-            .into_iter()
-            .any(|c| matches!(c, Condition::InSegment { .. }))
-        {
-            longest_seconds = longest_seconds.max(bundle.history_window_seconds);
+            _ => {}
         }
     }
     last_event.saturating_add(longest_seconds * 1000)
@@ -80,38 +68,88 @@ pub fn default_horizon(bundle: &Bundle, last_event: Millis) -> Millis {
 
 /// Runs the simulation and returns the whole trace in time order.
 pub fn run(bundle: Arc<Bundle>, calls: Vec<Call>, options: Options) -> Vec<TraceRecord> {
+    let mut trace = Vec::new();
+    run_streaming(bundle, calls, options, |record| trace.push(record.clone()));
+    trace
+}
+
+/// Runs the simulation, handing each trace record to `emit` in time order
+/// as it is produced: memory holds the customers' states, not the trace.
+///
+/// Inputs are taken in order of (timestamp, customer id), one customer's
+/// simultaneous inputs in file order; before each input, every customer's
+/// timers due strictly before it fire, in order of (due time, customer id).
+/// Timers due at the input's instant fire after it. Nothing depends on the
+/// order of customers in the file.
+pub fn run_streaming(bundle: Arc<Bundle>, mut calls: Vec<Call>, options: Options, emit: impl FnMut(&TraceRecord)) {
     let last_event = calls.iter().map(|c| c.input.at()).max().unwrap_or(0);
-    let horizon = options.until.unwrap_or_else(|| default_horizon(&bundle, last_event));
-    let engine = Engine::new(bundle).with_horizon(horizon);
+    let engine = Engine::new(bundle);
+    let horizon = options.until.unwrap_or_else(|| default_horizon(&engine, last_event));
+    if let Some(until) = options.until {
+        calls.retain(|call| call.input.at() <= until);
+    }
+    // Stable: one customer's simultaneous inputs keep their file order.
+    calls.sort_by(|a, b| (a.input.at(), &a.customer).cmp(&(b.input.at(), &b.customer)));
 
-    let mut order: Vec<String> = Vec::new();
-    let mut by_customer: HashMap<String, Vec<Input>> = HashMap::new();
+    // Customers are numbered in id order, so ties between customers never
+    // depend on the order of the file.
+    let mut ids: Vec<String> = calls.iter().map(|c| c.customer.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let index: HashMap<String, usize> = ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+    let mut clock = VirtualClock {
+        engine: engine.with_horizon(horizon),
+        states: ids.into_iter().map(CustomerState::new).collect(),
+        timers: BinaryHeap::new(),
+        pushed: vec![None; index.len()],
+        emit,
+    };
+    // By value: each call's memory is free for customer state once it ran.
     for call in calls {
-        if options.until.is_some_and(|until| call.input.at() > until) {
-            continue;
-        }
-        by_customer
-            .entry(call.customer.clone())
-            .or_insert_with(|| {
-                order.push(call.customer.clone());
-                Vec::new()
-            })
-            .push(call.input);
+        let at = call.input.at();
+        clock.fire_timers(|due| due < at);
+        clock.step(index[call.customer.as_str()], &call.input);
     }
-    order.sort();
+    clock.fire_timers(|due| options.until.is_none_or(|until| due <= until));
+}
 
-    let mut tagged: Vec<(Millis, usize, usize, TraceRecord)> = Vec::new();
-    for (customer_index, customer) in order.iter().enumerate() {
-        let mut inputs = by_customer.remove(customer).unwrap_or_default();
-        inputs.sort_by_key(Input::at);
-        let records = run_customer(&engine, customer, &inputs, options.until);
-        for record in records {
-            let sequence = tagged.len();
-            tagged.push((record.at, customer_index, sequence, record));
+/// The simulator's clock: customers' states and a heap of their wake-ups.
+struct VirtualClock<F> {
+    engine: Engine,
+    states: Vec<CustomerState>,
+    /// `(due, customer)`; an entry is stale when the customer's next
+    /// wake-up has moved since it was pushed.
+    timers: BinaryHeap<Reverse<(Millis, usize)>>,
+    /// The due time last pushed per customer (no duplicate heap entries).
+    pushed: Vec<Option<Millis>>,
+    emit: F,
+}
+
+impl<F: FnMut(&TraceRecord)> VirtualClock<F> {
+    fn step(&mut self, customer: usize, input: &Input) {
+        let effects = self.engine.apply(&mut self.states[customer], input);
+        effects.records.iter().for_each(&mut self.emit);
+        if effects.wake_at != self.pushed[customer] {
+            if let Some(due) = effects.wake_at {
+                self.timers.push(Reverse((due, customer)));
+            }
+            self.pushed[customer] = effects.wake_at;
         }
     }
-    tagged.sort_by_key(|(at, customer, sequence, _)| (*at, *customer, *sequence));
-    tagged.into_iter().map(|(_, _, _, record)| record).collect()
+
+    /// Fires wake-ups in (time, customer) order while `wanted(due)`.
+    fn fire_timers(&mut self, wanted: impl Fn(Millis) -> bool) {
+        while let Some(Reverse((due, customer))) = self.timers.peek().copied() {
+            if !wanted(due) {
+                break;
+            }
+            self.timers.pop();
+            if self.pushed[customer] == Some(due) {
+                self.pushed[customer] = None;
+                self.step(customer, &Input::Wake { at: due });
+            }
+        }
+    }
 }
 
 /// One customer's inputs, then its timers until none is left (or `until`).

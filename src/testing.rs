@@ -133,8 +133,9 @@ fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
         .map(|u| parse_at(u, start).map_err(|e| format!("until: {e}")))
         .transpose()?;
     let last = inputs.iter().map(Input::at).max().unwrap_or(start);
-    let horizon = until.unwrap_or_else(|| crate::simulate::default_horizon(bundle, last));
-    let engine = Engine::new(bundle.clone()).with_horizon(horizon);
+    let engine = Engine::new(bundle.clone());
+    let horizon = until.unwrap_or_else(|| crate::simulate::default_horizon(&engine, last));
+    let engine = engine.with_horizon(horizon);
     let records = crate::simulate::run_customer(&engine, &customer, &inputs, until);
 
     let expected: Vec<Expectation> = test

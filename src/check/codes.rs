@@ -89,4 +89,5 @@ codes! {
     EMAIL_WITHOUT_SUBJECT = "W0004", "email without a subject";
 
     BOUNDS = "I0001", "journey bounds (JSON output only)";
+    VERSIONS = "I0002", "what a new version does to waiting enrollments (JSON output of `--against`)";
 }

@@ -19,6 +19,7 @@ mod collect;
 mod journeys;
 mod templates;
 mod types;
+pub mod versions;
 
 use crate::diagnostic::Diagnostic;
 use crate::source::SourceMap;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use bounds::{format_duration, journey_bounds, WAIT_UNTIL_EXPR_MAX_SECONDS};
+pub use versions::{compare_versions, JourneyChange};
 
 /// The type of a customer attribute or event property.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -175,39 +177,48 @@ fn check_parsed(sources: &SourceMap, files: &dyn Files, parsed: Vec<ast::File>) 
 
     let mut diagnostics = std::mem::take(&mut checker.diagnostics);
     crate::diagnostic::sort(&mut diagnostics);
-    let has_errors = diagnostics.iter().any(Diagnostic::is_error);
-    let checked = (!has_errors).then(|| {
-        let settings = Settings {
-            decl: checker.decls.settings.cloned(),
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        return CheckOutcome {
+            checked: None,
+            diagnostics,
         };
-        let bounds = checker
-            .decls
-            .journeys
-            .iter()
-            .map(|(name, journey)| ((*name).to_string(), journey_bounds(journey, settings.decl.as_ref())))
-            .collect();
-        Checked {
-            schema,
-            segments: checker
-                .decls
-                .segments
-                .iter()
-                .map(|(name, decl)| ((*name).to_string(), (*decl).clone()))
-                .collect(),
-            messages: messages
-                .into_iter()
-                .map(|(name, loaded)| (name, loaded.message))
-                .collect(),
-            settings,
-            journeys: checker
-                .decls
-                .journeys
-                .iter()
-                .map(|(name, decl)| ((*name).to_string(), (*decl).clone()))
-                .collect(),
-            bounds,
-            files: parsed.clone(),
-        }
-    });
-    CheckOutcome { checked, diagnostics }
+    }
+    let settings = Settings {
+        decl: checker.decls.settings.cloned(),
+    };
+    let bounds = checker
+        .decls
+        .journeys
+        .iter()
+        .map(|(name, journey)| ((*name).to_string(), journey_bounds(journey, settings.decl.as_ref())))
+        .collect();
+    let segments = checker
+        .decls
+        .segments
+        .iter()
+        .map(|(name, decl)| ((*name).to_string(), (*decl).clone()))
+        .collect();
+    let journeys = checker
+        .decls
+        .journeys
+        .iter()
+        .map(|(name, decl)| ((*name).to_string(), (*decl).clone()))
+        .collect();
+    drop(checker);
+    let checked = Checked {
+        files: parsed,
+        schema,
+        segments,
+        messages: messages
+            .into_iter()
+            .map(|(name, loaded)| (name, loaded.message))
+            .collect(),
+        settings,
+        journeys,
+        bounds,
+    };
+    CheckOutcome {
+        checked: Some(checked),
+        diagnostics,
+    }
 }

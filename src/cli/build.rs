@@ -51,36 +51,40 @@ pub(super) struct Compiled {
     pub bundle: Bundle,
 }
 
-/// Loads, checks and compiles a workspace. Prints warnings and continues;
-/// on check errors prints them and returns exit code 1, on I/O errors 2.
+/// Loads, checks and compiles a workspace (with line numbers). On check
+/// errors prints them and returns exit code 1, on I/O errors 2.
 pub(super) fn compile_workspace(paths: &[PathBuf]) -> Result<Compiled, u8> {
-    let sources = match crate::workspace::load(paths) {
-        Ok(sources) => sources,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return Err(super::EXIT_USAGE);
-        }
-    };
-    let outcome = crate::check::check_workspace(&sources, &crate::workspace::DiskFiles);
-    if !outcome.diagnostics.is_empty() {
-        eprint!(
-            "{}",
-            crate::diagnostic::render_human(
-                &sources,
-                &outcome.diagnostics,
-                std::io::IsTerminal::is_terminal(&std::io::stderr())
-            )
-        );
-    }
-    let Some(checked) = outcome.checked else {
-        return Err(super::EXIT_ERRORS);
-    };
+    let (sources, checked) = super::common::load_checked(paths)?;
     let bundle = crate::compile::compile_with_sources(&checked, &sources);
     Ok(Compiled {
         sources,
         checked,
         bundle,
     })
+}
+
+/// A bundle file written by `journeyc build` (recognized by its magic), or
+/// a workspace to compile. Errors as [`compile_workspace`]; a damaged
+/// bundle is an I/O error (exit 2).
+pub(super) fn bundle_or_workspace(paths: &[PathBuf]) -> Result<Bundle, u8> {
+    if let [path] = paths {
+        if path.is_file() {
+            let bytes = match std::fs::read(path) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    eprintln!("error: cannot read {}: {error}", path.display());
+                    return Err(super::EXIT_USAGE);
+                }
+            };
+            if bytes.starts_with(&crate::compile::MAGIC) {
+                return crate::compile::read_bundle(&bytes).map_err(|error| {
+                    eprintln!("error: {}: {error}", path.display());
+                    super::EXIT_USAGE
+                });
+            }
+        }
+    }
+    compile_workspace(paths).map(|compiled| compiled.bundle)
 }
 
 /// The journeys named by `--journey` (all when `None`), or exit code 2 with

@@ -7,7 +7,7 @@
 //! journey with `severity: "info"`, `code: "I0001"`, `journey` and `bounds`
 //! (present only when there are no errors).
 
-use crate::check::{format_duration, Bounds, CheckOutcome};
+use crate::check::{compare_versions, format_duration, Bounds, CheckOutcome, JourneyChange};
 use crate::diagnostic::Severity;
 use crate::source::SourceMap;
 use std::io::{IsTerminal, Write};
@@ -33,6 +33,10 @@ pub struct Args {
     /// Treat warnings as errors (exit code 1).
     #[arg(long)]
     pub deny_warnings: bool,
+    /// Compare with an older version of the workspace (a file or directory)
+    /// and say what happens to enrollments waiting in it.
+    #[arg(long, value_name = "OLD_PATH")]
+    pub against: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> u8 {
@@ -44,13 +48,32 @@ pub fn run(args: Args) -> u8 {
         }
     };
     let outcome = crate::check::check_workspace(&sources, &crate::workspace::DiskFiles);
+    let changes = match (&args.against, &outcome.checked) {
+        (Some(old_path), Some(new)) => match compare_with(old_path, &sources, new) {
+            Ok(changes) => changes,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return super::EXIT_USAGE;
+            }
+        },
+        _ => Vec::new(),
+    };
     let written = match args.format {
         Format::Human => {
             let color = std::io::stderr().is_terminal();
-            write!(std::io::stderr(), "{}", human(&sources, &outcome, color))
+            let mut text = human(&sources, &outcome, color);
+            for change in &changes {
+                text.push_str(&change.describe());
+                text.push('\n');
+            }
+            write!(std::io::stderr(), "{text}")
         }
         Format::Json => {
-            let text = serde_json::to_string_pretty(&json(&sources, &outcome)).unwrap_or_else(|_| "[]".into());
+            let mut value = json(&sources, &outcome);
+            if let serde_json::Value::Array(items) = &mut value {
+                items.extend(changes.iter().map(version_entry));
+            }
+            let text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| "[]".into());
             writeln!(std::io::stdout(), "{text}")
         }
     };
@@ -58,6 +81,43 @@ pub fn run(args: Args) -> u8 {
         return super::EXIT_USAGE;
     }
     exit_code(&outcome, args.deny_warnings)
+}
+
+/// Loads and checks the old version and compares it with the new one.
+fn compare_with(
+    old_path: &std::path::Path,
+    new_sources: &SourceMap,
+    new: &crate::check::Checked,
+) -> Result<Vec<JourneyChange>, String> {
+    let old_sources = crate::workspace::load(&[old_path.to_path_buf()]).map_err(|e| e.to_string())?;
+    let old_outcome = crate::check::check_workspace(&old_sources, &crate::workspace::DiskFiles);
+    let Some(old) = &old_outcome.checked else {
+        let errors = old_outcome.diagnostics.iter().filter(|d| d.is_error()).count();
+        return Err(format!(
+            "the old version in {} has {errors} error{}; compare against a version that checks",
+            old_path.display(),
+            plural(errors)
+        ));
+    };
+    Ok(compare_versions(old, &old_sources, new, new_sources))
+}
+
+/// An `I0002` entry of the JSON report, placed at the journey's name (in
+/// the old version for a removed journey).
+fn version_entry(change: &JourneyChange) -> serde_json::Value {
+    let (file, line, column) = &change.location;
+    serde_json::json!({
+        "severity": "info",
+        "code": crate::check::codes::VERSIONS,
+        "message": change.describe(),
+        "file": file,
+        "line": line,
+        "column": column,
+        "labels": [],
+        "help": null,
+        "journey": change.journey,
+        "versions": change,
+    })
 }
 
 /// 0 clean or warnings only, 1 errors (or warnings with `--deny-warnings`).

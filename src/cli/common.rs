@@ -28,8 +28,8 @@ pub fn load_checked(paths: &[PathBuf]) -> Result<(SourceMap, Checked), u8> {
 
 /// Loads, checks and compiles a workspace.
 pub fn load_bundle(paths: &[PathBuf]) -> Result<Bundle, u8> {
-    let (_, checked) = load_checked(paths)?;
-    Ok(crate::compile::compile(&checked))
+    let (sources, checked) = load_checked(paths)?;
+    Ok(crate::compile::compile_with_sources(&checked, &sources))
 }
 
 /// Parses a command-line time (RFC 3339).

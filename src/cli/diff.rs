@@ -12,24 +12,25 @@ pub enum Format {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The deployed workspace (directory or .journey file).
+    /// The deployed version: a workspace (directory or .journey file) or a
+    /// bundle written by `journeyc build`.
     pub old: PathBuf,
-    /// The workspace about to replace it.
+    /// The version about to replace it (workspace or bundle).
     pub new: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
 
 pub fn run(args: Args) -> u8 {
-    let old = match super::build::compile_workspace(std::slice::from_ref(&args.old)) {
-        Ok(compiled) => compiled,
+    let old = match super::build::bundle_or_workspace(std::slice::from_ref(&args.old)) {
+        Ok(bundle) => bundle,
         Err(code) => return code,
     };
-    let new = match super::build::compile_workspace(std::slice::from_ref(&args.new)) {
-        Ok(compiled) => compiled,
+    let new = match super::build::bundle_or_workspace(std::slice::from_ref(&args.new)) {
+        Ok(bundle) => bundle,
         Err(code) => return code,
     };
-    let report = diff(&old.bundle, &new.bundle);
+    let report = diff(&old, &new);
     let text = match args.format {
         Format::Text => render_text(&report),
         Format::Json => match serde_json::to_string_pretty(&report) {

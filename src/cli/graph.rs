@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The workspace: a directory (searched recursively) or .journey files.
+    /// The workspace: a directory (searched recursively) or .journey files,
+    /// or a bundle written by `journeyc build`.
     #[arg(required = true)]
     pub workspace: Vec<PathBuf>,
     /// Only this journey (default: all, one subgraph each).
@@ -17,13 +18,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> u8 {
-    let compiled = match super::build::compile_workspace(&args.workspace) {
-        Ok(compiled) => compiled,
+    let bundle = match super::build::bundle_or_workspace(&args.workspace) {
+        Ok(bundle) => bundle,
         Err(code) => return code,
     };
-    let programs = match super::build::select_journeys(&compiled.bundle, args.journey.as_deref()) {
+    let programs = match super::build::select_journeys(&bundle, args.journey.as_deref()) {
         Ok(programs) => programs,
         Err(code) => return code,
     };
-    super::build::print_stdout(&render_graph(&compiled.bundle, &programs, args.format))
+    super::build::print_stdout(&render_graph(&bundle, &programs, args.format))
 }

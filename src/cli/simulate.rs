@@ -40,19 +40,23 @@ pub fn run(args: Args) -> u8 {
             return super::EXIT_ERRORS;
         }
     };
+    // The calls hold what the run needs; the text can go.
+    drop(text);
     let options = crate::simulate::Options { until: args.until };
-    let trace = crate::simulate::run(Arc::new(bundle), calls, options);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let written = if args.summary {
-        let mut funnel = Funnel::default();
-        trace.iter().for_each(|record| funnel.add(record));
-        out.write_all(funnel.render().as_bytes())
-    } else {
-        trace
-            .iter()
-            .try_for_each(|record| writeln!(out, "{}", record.to_json_line()))
-    };
+    let mut funnel = Funnel::default();
+    let mut written: std::io::Result<()> = Ok(());
+    crate::simulate::run_streaming(Arc::new(bundle), calls, options, |record| {
+        if args.summary {
+            funnel.add(record);
+        } else if written.is_ok() {
+            written = writeln!(out, "{}", record.to_json_line());
+        }
+    });
+    if args.summary && written.is_ok() {
+        written = out.write_all(funnel.render().as_bytes());
+    }
     match written.and_then(|_| out.flush()) {
         Ok(()) => super::EXIT_OK,
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => super::EXIT_OK,

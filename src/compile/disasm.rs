@@ -143,14 +143,8 @@ pub fn instruction(bundle: &Bundle, instr: &Instr) -> String {
             format!("jump_unless {} -> {target}", render(bundle, condition))
         }
         Instr::Split { split, arms } => {
-            let mut previous = 0;
-            let arms: Vec<String> = arms
-                .iter()
-                .map(|arm| {
-                    let share = arm.upper_basis_points.saturating_sub(previous);
-                    previous = arm.upper_basis_points;
-                    format!("{} {} -> {}", name_of(bundle, arm.name), percent(share), arm.target)
-                })
+            let arms: Vec<String> = arm_shares(arms)
+                .map(|(arm, share)| format!("{} {} -> {}", name_of(bundle, arm.name), percent(share), arm.target))
                 .collect();
             format!("split {}: {}", name_of(bundle, *split), arms.join(", "))
         }
@@ -241,15 +235,20 @@ pub fn cap_text(cap: Cap) -> String {
     format!("{} sends per {}", cap.sends, duration(cap.per_seconds))
 }
 
+/// Each arm with its own share in basis points (its bound minus the previous one).
+pub fn arm_shares(arms: &[SplitArm]) -> impl Iterator<Item = (&SplitArm, u32)> {
+    let previous = std::iter::once(0).chain(arms.iter().map(|arm| arm.upper_basis_points));
+    arms.iter()
+        .zip(previous)
+        .map(|(arm, previous)| (arm, arm.upper_basis_points.saturating_sub(previous)))
+}
+
 /// Basis points as a percentage: 5000 → `50%`, 3333 → `33.33%`.
 pub fn percent(basis_points: u32) -> String {
-    if basis_points % 100 == 0 {
+    if basis_points.is_multiple_of(100) {
         format!("{}%", basis_points / 100)
     } else {
         let text = format!("{}.{:02}", basis_points / 100, basis_points % 100);
         format!("{}%", text.trim_end_matches('0'))
     }
 }
-
-/// Re-exported for callers that print expressions next to disassembly.
-pub use expr::render as render_code;

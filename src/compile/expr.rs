@@ -258,7 +258,7 @@ pub fn duration(seconds: i64) -> String {
     if seconds < 0 {
         out.push('-');
     }
-    if rest % WEEK == 0 {
+    if rest.is_multiple_of(WEEK) {
         let _ = write!(out, "{}w", rest / WEEK);
         return out;
     }

@@ -4,7 +4,7 @@
 //! rules and settings as a note, `exit` and `end` as terminals.
 
 use super::bytecode::*;
-use super::disasm::{cap_text, condition, entry, goal_text, percent, quiet_hours, trigger};
+use super::disasm::{arm_shares, cap_text, condition, entry, goal_text, percent, quiet_hours, trigger};
 use super::expr::{duration, message_name, name_of, render};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -253,12 +253,8 @@ fn step(bundle: &Bundle, code: &[Instr], pc: Pc, instr: &Instr) -> (Vec<String>,
             vec![(pc + 1, Some("yes".to_string())), (*target, Some("no".to_string()))],
         ),
         Instr::Split { split, arms } => {
-            let mut previous = 0;
-            let successors = arms
-                .iter()
-                .map(|arm| {
-                    let share = arm.upper_basis_points.saturating_sub(previous);
-                    previous = arm.upper_basis_points;
+            let successors = arm_shares(arms)
+                .map(|(arm, share)| {
                     (
                         arm.target,
                         Some(format!("{} {}", name_of(bundle, arm.name), percent(share))),

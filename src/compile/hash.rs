@@ -9,8 +9,8 @@
 //! - ignores layout, comments and line numbers (no spans, no lines);
 //! - ignores other journeys and the bundle's interning order (ids are local);
 //! - covers the journey's name, trigger, entry rule, exit rules, goals,
-//!   effective settings (including those inherited from `settings { … }`),
-//!   holdout, migrate flag, code and labels;
+//!   effective quiet hours and timezone (including those inherited from
+//!   `settings { … }`), its own cap, holdout, migrate flag, code and labels;
 //! - refers to segments and messages **by name only**: editing a segment's
 //!   condition or a message's template does not make a new version of the
 //!   journeys that use them (like editing a shared template in an ESP; see

@@ -371,9 +371,11 @@ fn compile_journey(
         goals,
         quiet_hours: quiet,
         timezone,
-        // The workspace cap is cross-journey (`SettingsDef::cap`); a journey
-        // without its own cap inherits it as its effective cap.
-        cap: journey_cap.or(workspace.cap),
+        // The journey's own cap only. The workspace cap is a different limit,
+        // counted over all journeys together (`SettingsDef::cap`, trace
+        // reason `global_cap`); copying it here would only relabel its skips
+        // as this journey's `cap`.
+        cap: journey_cap,
         holdout_basis_points,
         migrate_on_update,
         code,

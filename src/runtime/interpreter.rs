@@ -13,7 +13,7 @@
 
 use super::eval::Scope;
 use super::local_time::{next_local_time, quiet_until};
-use super::state::{CustomerState, Enrollment, MESSAGE_IDS_MAX, MESSAGE_ID_RETENTION_MS};
+use super::state::{CustomerState, Enrollment, MESSAGE_ID_RETENTION_MS};
 use super::trace::{Kind, TraceRecord};
 use super::{Effects, Input, Millis};
 use crate::compile::bytecode::{Bundle, Condition, Entry, Instr, Program, SegmentId, Trigger, Value};
@@ -47,6 +47,8 @@ pub struct Engine {
     versions: Arc<HashMap<String, (Arc<Loaded>, usize)>>,
     /// Segments whose membership changes matter (triggers, goals, exits).
     tracked_segments: Arc<Vec<SegmentId>>,
+    /// Whether any journey version has a segment goal or exit rule.
+    segment_conditions: bool,
     /// The longest cap window of any journey or the workspace, in ms.
     cap_window_ms: Millis,
     /// Time-driven triggers (`every`, `inactive`, segment windows) are not
@@ -73,6 +75,14 @@ impl Engine {
         for (index, program) in current.bundle.journeys.iter().enumerate() {
             versions.insert(program.hash.clone(), (current.clone(), index));
         }
+        let segment_conditions = versions.values().any(|(loaded, index)| {
+            let program = &loaded.bundle.journeys[*index];
+            program
+                .exit_rules
+                .iter()
+                .chain(program.goals.iter().map(|g| &g.condition))
+                .any(|c| matches!(c, Condition::InSegment { .. }))
+        });
         let bundle = &current.bundle;
         let mut tracked = BTreeSet::new();
         for program in &bundle.journeys {
@@ -101,6 +111,7 @@ impl Engine {
             current,
             versions: Arc::new(versions),
             tracked_segments: Arc::new(tracked.into_iter().collect()),
+            segment_conditions,
             cap_window_ms,
             recurring_until: None,
         }
@@ -114,6 +125,18 @@ impl Engine {
 
     pub fn bundle(&self) -> &Arc<Bundle> {
         &self.current.bundle
+    }
+
+    /// The longest `count`/`seen` window, in seconds, of the segments whose
+    /// changes start or end enrollments (0 if none): how long after the
+    /// last event a time-driven segment change can still happen.
+    pub fn tracked_window_seconds(&self) -> i64 {
+        self.tracked_segments
+            .iter()
+            .flat_map(|segment| self.current.segment_windows[segment.0 as usize].iter())
+            .map(|(_, window)| *window)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether an enrollment on this program version can run.
@@ -140,8 +163,9 @@ impl Engine {
             }
         }
         run.migrate(at);
-        if run.state.first_seen.is_none() {
-            run.first_appearance(at);
+        let first_input = run.state.first_seen.is_none();
+        if first_input {
+            run.state.first_seen = Some(at);
         }
         run.fire_due(at, false);
         run.state.clock = at;
@@ -154,9 +178,15 @@ impl Engine {
                         run.state.profile.insert(name.clone(), value.clone());
                     }
                 }
+                // `every` triggers run in customer-local time: a new
+                // `timezone` trait moves the pending occurrence.
+                run.reschedule(at);
             }
             Input::Track { event, properties, .. } => run.track(event, properties, at),
             Input::Wake { .. } => {}
+        }
+        if first_input {
+            run.first_appearance(at);
         }
         run.settle(at);
         run.fire_due(at, true);
@@ -249,20 +279,12 @@ impl Run<'_, '_> {
 
     /// Returns false when the id was already seen.
     fn remember_message_id(&mut self, id: &str, at: Millis) -> bool {
-        if self.state.message_ids.iter().any(|(_, seen)| seen == id) {
-            return false;
-        }
-        self.state.message_ids.push_back((at, id.to_string()));
-        while self.state.message_ids.len() > MESSAGE_IDS_MAX {
-            self.state.message_ids.pop_front();
-        }
-        true
+        self.state.remember_message_id(id, at)
     }
 
+    /// After the customer's first input: membership then is the baseline,
+    /// and `entered`/`left` fire on later changes.
     fn first_appearance(&mut self, at: Millis) {
-        self.state.first_seen = Some(at);
-        // Membership when first seen is the baseline: entered/left fire on
-        // later changes.
         for segment in self.engine.tracked_segments.iter() {
             let name = self
                 .bundle()
@@ -347,7 +369,11 @@ impl Run<'_, '_> {
                 } => {
                     let zone = self.zone(program);
                     match self.state.schedules.get(journey) {
-                        Some(existing) if *existing > now => continue,
+                        // Due at this very instant and not fired yet (an
+                        // input at the same instant): it fires after the input.
+                        Some(existing) if *existing == now => continue,
+                        // Otherwise recompute: a changed `customer.timezone`
+                        // moves the next occurrence.
                         _ => Some(next_local_time(now + 1, zone, *minute_of_day, *days)),
                     }
                 }
@@ -366,9 +392,15 @@ impl Run<'_, '_> {
                 _ => continue,
             };
             match next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
-                Some(due) => self.state.schedules.insert(journey.to_string(), due),
-                None => self.state.schedules.remove(journey),
-            };
+                Some(due) => {
+                    if self.state.schedules.get(journey) != Some(&due) {
+                        self.state.schedules.insert(journey.to_string(), due);
+                    }
+                }
+                None => {
+                    self.state.schedules.remove(journey);
+                }
+            }
         }
         self.state.segment_check = self.next_segment_flip(now);
     }
@@ -554,8 +586,8 @@ impl Run<'_, '_> {
             for segment in self.engine.tracked_segments.iter() {
                 let name = bundle.name(bundle.segments[segment.0 as usize].name);
                 let member = self.scope(t, None).in_segment(*segment);
-                let before = self.state.segments.insert(name.to_string(), member);
-                if before != Some(member) {
+                if self.state.segments.get(name) != Some(&member) {
+                    self.state.segments.insert(name.to_string(), member);
                     changed.push((*segment, member));
                 }
             }
@@ -579,6 +611,9 @@ impl Run<'_, '_> {
 
     /// Segment goals and exit rules of every active enrollment.
     fn segment_conditions(&mut self, t: Millis) {
+        if !self.engine.segment_conditions || self.state.enrollments.is_empty() {
+            return;
+        }
         let journeys: Vec<String> = self.state.enrollments.keys().cloned().collect();
         for journey in journeys {
             let Some(mut enrollment) = self.state.enrollments.remove(&journey) else {
@@ -629,7 +664,7 @@ impl Run<'_, '_> {
         let ordinal = history.count;
         let holdout = program.holdout_basis_points > 0
             && stable_bucket(&self.state.id, &journey, "holdout") < program.holdout_basis_points;
-        let mut enrollment = Enrollment {
+        let mut enrollment = Box::new(Enrollment {
             version: program.hash.clone(),
             entered_at: t,
             ordinal,
@@ -641,11 +676,21 @@ impl Run<'_, '_> {
             goals_reached: vec![false; program.goals.len()],
             holdout,
             steps: 0,
-        };
+        });
         let record = self.record(t, &journey, Kind::Enter);
         record.version = Some(program.hash.clone());
         if program.holdout_basis_points > 0 {
             record.arm = Some(if holdout { "holdout" } else { "treatment" }.to_string());
+        }
+        // Exit rules are watched from the first instant: a customer already
+        // in an exit segment leaves before the first step runs.
+        let exits_at_once = program.exit_rules.iter().any(|rule| match rule {
+            Condition::InSegment { segment } => self.scope(t, None).in_segment(*segment),
+            Condition::Event { .. } => false,
+        });
+        if exits_at_once {
+            self.exit(&journey, t, "exit_rule");
+            return;
         }
         if self.execute(&journey, &mut enrollment, t) {
             self.state.enrollments.insert(journey, enrollment);
@@ -663,6 +708,12 @@ impl Run<'_, '_> {
             return false;
         };
         let program = &loaded.bundle.journeys[index];
+        if !enrollment.suspended {
+            // The step at `pc` has not started (a migration moved the
+            // enrollment onto a different kind of step): start it.
+            enrollment.wake_at = None;
+            return self.execute(journey, enrollment, t);
+        }
         match (program.code.get(enrollment.pc as usize), how) {
             (Some(Instr::WaitFor { .. }), Resume::Event(properties)) => {
                 enrollment.events.push(properties.clone());
@@ -995,14 +1046,7 @@ impl Run<'_, '_> {
         while self.state.sends.front().is_some_and(|(t, _)| *t <= now - cap_window_ms) {
             self.state.sends.pop_front();
         }
-        while self
-            .state
-            .message_ids
-            .front()
-            .is_some_and(|(t, _)| *t <= now - MESSAGE_ID_RETENTION_MS)
-        {
-            self.state.message_ids.pop_front();
-        }
+        self.state.forget_message_ids(now - MESSAGE_ID_RETENTION_MS);
     }
 }
 
@@ -1023,6 +1067,9 @@ pub fn to_json(value: &Value) -> serde_json::Value {
         Value::Absent => serde_json::Value::Null,
         Value::Bool(b) => serde_json::Value::Bool(*b),
         Value::Int(i) => serde_json::Value::from(*i),
+        // A whole `number` (`"total": 99` in the input) renders as `99`, not
+        // `99.0`, as it was sent; exact integers only (|n| < 2^53).
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 => serde_json::Value::from(*n as i64),
         Value::Number(n) => serde_json::Value::from(*n),
         Value::String(s) => serde_json::Value::String(s.clone()),
         Value::Time(t) => serde_json::Value::String(super::trace::format_time(*t)),

@@ -8,7 +8,7 @@
 use super::Millis;
 use crate::compile::bytecode::Value;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 /// How long a `messageId` is remembered for de-duplication (7 days).
 pub const MESSAGE_ID_RETENTION_MS: Millis = 7 * 86_400_000;
@@ -33,8 +33,9 @@ pub struct CustomerState {
     pub sends: VecDeque<(Millis, String)>,
     /// Segment membership as last evaluated.
     pub segments: BTreeMap<String, bool>,
-    /// Active enrollments by journey name.
-    pub enrollments: BTreeMap<String, Enrollment>,
+    /// Active enrollments by journey name (boxed: a map node holds eleven
+    /// slots, and most customers have one or two enrollments).
+    pub enrollments: BTreeMap<String, Box<Enrollment>>,
     /// Per journey: entry bookkeeping for `entry once / every`.
     pub entries: BTreeMap<String, EntryHistory>,
     /// Next time a recurring trigger (`every`, `inactive`) is due, per journey.
@@ -44,6 +45,9 @@ pub struct CustomerState {
     pub segment_check: Option<Millis>,
     /// Recently seen `messageId`s with their input time, oldest first.
     pub message_ids: VecDeque<(Millis, String)>,
+    /// Index of `message_ids` for lookups; rebuilt after deserializing.
+    #[serde(skip)]
+    pub message_id_index: HashSet<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -82,6 +86,35 @@ pub struct Enrollment {
 }
 
 impl CustomerState {
+    /// Whether `id` was seen; remembers it (with `at`) if not.
+    pub fn remember_message_id(&mut self, id: &str, at: Millis) -> bool {
+        if self.message_id_index.len() != self.message_ids.len() {
+            self.message_id_index = self.message_ids.iter().map(|(_, id)| id.clone()).collect();
+        }
+        if self.message_id_index.contains(id) {
+            return false;
+        }
+        self.message_ids.push_back((at, id.to_string()));
+        self.message_id_index.insert(id.to_string());
+        while self.message_ids.len() > MESSAGE_IDS_MAX {
+            self.forget_oldest_message_id();
+        }
+        true
+    }
+
+    /// Forgets message ids seen at or before `before`.
+    pub fn forget_message_ids(&mut self, before: Millis) {
+        while self.message_ids.front().is_some_and(|(t, _)| *t <= before) {
+            self.forget_oldest_message_id();
+        }
+    }
+
+    fn forget_oldest_message_id(&mut self) {
+        if let Some((_, id)) = self.message_ids.pop_front() {
+            self.message_id_index.remove(&id);
+        }
+    }
+
     pub fn new(id: impl Into<String>) -> CustomerState {
         CustomerState {
             id: id.into(),

@@ -47,8 +47,11 @@ pub struct Funnel {
     pub journeys: BTreeMap<String, JourneyStats>,
     /// Per (customer, journey): the groups of the current enrollment and
     /// whether it has converted yet.
-    current: HashMap<(String, String), (Vec<(String, String)>, Option<String>, bool)>,
+    current: HashMap<(String, String), CurrentEnrollment>,
 }
+
+/// The `(split, arm)` pairs taken, the holdout group, and whether converted.
+type CurrentEnrollment = (Vec<(String, String)>, Option<String>, bool);
 
 impl Funnel {
     pub fn add(&mut self, record: &TraceRecord) {

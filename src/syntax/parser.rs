@@ -12,7 +12,8 @@ use pest::Parser as _;
 #[grammar = "../grammar/journey.pest"]
 struct JourneyParser;
 
-type Result<T> = std::result::Result<T, Diagnostic>;
+/// Lowering errors are boxed: a `Diagnostic` is large and errors are rare.
+type Result<T> = std::result::Result<T, Box<Diagnostic>>;
 
 /// Parses one file. On a syntax error returns the diagnostic (pest stops at
 /// the first one; the checker reports every error of well-formed files).
@@ -39,10 +40,13 @@ pub fn parse_file(file: FileId, text: &str) -> std::result::Result<File, Vec<Dia
     let lower = Lower { file };
     let mut items = Vec::new();
     let mut errors = Vec::new();
-    for pair in pairs.flatten().filter(|p| is_item(p.as_rule())) {
+    let items_pairs = pairs
+        .flat_map(|file| file.into_inner())
+        .filter(|p| is_item(p.as_rule()));
+    for pair in items_pairs {
         match lower.item(pair) {
             Ok(item) => items.push(item),
-            Err(error) => errors.push(error),
+            Err(error) => errors.push(*error),
         }
     }
     if errors.is_empty() {
@@ -144,14 +148,18 @@ impl Lower {
     /// whitespace skipped before an optional part that was absent
     /// (`trigger a⏎  ` when no `where` follows), which labels must not cover.
     fn span(&self, pair: &Pair<Rule>) -> Span {
-        let s = pair.as_span();
-        let mut end = s.end();
-        let mut last = pair.clone().into_inner().last();
-        while let Some(child) = last {
-            end = child.as_span().end();
-            last = child.into_inner().last();
+        let start = pair.as_span().start();
+        let ends_blank = |p: &Pair<Rule>| p.as_str().ends_with(|c: char| c.is_ascii_whitespace());
+        let mut current = pair.clone();
+        // Descend into the last child only while the span ends in blanks
+        // (or a comment before them).
+        while ends_blank(&current) {
+            match current.clone().into_inner().last() {
+                Some(child) => current = child,
+                None => break,
+            }
         }
-        Span::new(self.file, s.start(), end.max(s.start()))
+        Span::new(self.file, start, current.as_span().end().max(start))
     }
 
     fn ident(&self, pair: Pair<Rule>) -> Ident {
@@ -287,13 +295,13 @@ impl Lower {
             match part.as_rule() {
                 Rule::subject => {
                     if message.subject.is_some() {
-                        return Err(duplicate("subject"));
+                        return Err(duplicate("subject").into());
                     }
                     message.subject = Some(self.string(next(&mut part.into_children()))?);
                 }
                 Rule::body_inline | Rule::body_file => {
                     if message.body.is_some() {
-                        return Err(duplicate("body"));
+                        return Err(duplicate("body").into());
                     }
                     let is_file = part.as_rule() == Rule::body_file;
                     let text = self.string(next(&mut part.into_children()))?;
@@ -301,7 +309,7 @@ impl Lower {
                 }
                 Rule::consent => {
                     if message.consent.is_some() {
-                        return Err(duplicate("consent"));
+                        return Err(duplicate("consent").into());
                     }
                     message.consent = Some(self.expr(next(&mut part.into_children()))?);
                 }
@@ -621,119 +629,95 @@ impl Lower {
 
     // ----------------------------------------------------------- expressions
 
+    /// An `expr` pair: a flat run of operands and operators, folded by
+    /// precedence with pest's Pratt parser.
     fn expr(&self, pair: Pair<Rule>) -> Result<Expr> {
-        match pair.as_rule() {
-            Rule::expr => self.expr(next(&mut pair.into_children())),
-            Rule::or_expr | Rule::and_expr | Rule::additive | Rule::multiplicative => self.binary_chain(pair),
-            Rule::not_expr => {
-                let span = self.span(&pair);
-                let mut inner = pair.into_children();
-                let first = next(&mut inner);
-                if first.as_rule() == Rule::kw_not {
-                    let operand = self.expr(next(&mut inner))?;
-                    Ok(Expr {
-                        kind: ExprKind::Unary {
-                            op: UnaryOp::Not,
-                            operand: Box::new(operand),
-                        },
-                        span,
-                    })
+        let operators = pair
+            .clone()
+            .into_inner()
+            .filter(|p| {
+                matches!(
+                    p.as_rule(),
+                    Rule::kw_or | Rule::kw_and | Rule::compare_op | Rule::add_op | Rule::mul_op
+                )
+            })
+            .count();
+        if operators > CHAIN_OPERATORS_MAX {
+            return Err(Diagnostic::error(
+                crate::check::codes::NESTED_TOO_DEEPLY,
+                format!("this expression has more than {CHAIN_OPERATORS_MAX} operators"),
+                self.span(&pair),
+                "too long",
+            )
+            .with_help("split the condition into segments")
+            .into());
+        }
+        pratt()
+            .map_primary(|operand| self.primary(operand))
+            .map_prefix(|operator, operand| {
+                let operand = operand?;
+                let op = if operator.as_rule() == Rule::kw_not {
+                    UnaryOp::Not
                 } else {
-                    self.expr(first)
-                }
-            }
-            Rule::comparison => {
-                let span = self.span(&pair);
-                let mut inner = pair.into_children();
-                let lhs = self.expr(next(&mut inner))?;
-                let Some(operator) = inner.next() else {
-                    return Ok(lhs);
+                    UnaryOp::Negate
                 };
-                let rhs = next(&mut inner);
-                let kind = if operator.as_rule() == Rule::kw_in {
-                    ExprKind::In {
-                        value: Box::new(lhs),
-                        list: rhs.into_children().map(|e| self.expr(e)).collect::<Result<_>>()?,
-                    }
-                } else {
-                    let op = match operator.as_str() {
-                        "==" => BinaryOp::Eq,
-                        "!=" => BinaryOp::Ne,
-                        "<" => BinaryOp::Lt,
-                        "<=" => BinaryOp::Le,
-                        ">" => BinaryOp::Gt,
-                        _ => BinaryOp::Ge,
-                    };
-                    ExprKind::Binary {
+                Ok(Expr {
+                    span: self.span(&operator).to(operand.span),
+                    kind: ExprKind::Unary {
+                        op,
+                        operand: Box::new(operand),
+                    },
+                })
+            })
+            .map_postfix(|value, in_list| {
+                let value = value?;
+                let span = value.span.to(self.span(&in_list));
+                let mut inner = in_list.into_children();
+                let _in = next(&mut inner);
+                let list = next(&mut inner)
+                    .into_children()
+                    .map(|e| self.expr(e))
+                    .collect::<Result<_>>()?;
+                Ok(Expr {
+                    kind: ExprKind::In {
+                        value: Box::new(value),
+                        list,
+                    },
+                    span,
+                })
+            })
+            .map_infix(|lhs, operator, rhs| {
+                let (lhs, rhs) = (lhs?, rhs?);
+                let op = match operator.as_str() {
+                    "or" => BinaryOp::Or,
+                    "and" => BinaryOp::And,
+                    "==" => BinaryOp::Eq,
+                    "!=" => BinaryOp::Ne,
+                    "<" => BinaryOp::Lt,
+                    "<=" => BinaryOp::Le,
+                    ">" => BinaryOp::Gt,
+                    ">=" => BinaryOp::Ge,
+                    "+" => BinaryOp::Add,
+                    "-" => BinaryOp::Sub,
+                    "*" => BinaryOp::Mul,
+                    _ => BinaryOp::Div,
+                };
+                Ok(Expr {
+                    span: lhs.span.to(rhs.span),
+                    kind: ExprKind::Binary {
                         op,
                         lhs: Box::new(lhs),
-                        rhs: Box::new(self.expr(rhs)?),
-                    }
-                };
-                Ok(Expr { kind, span })
-            }
-            Rule::unary => {
-                let span = self.span(&pair);
-                let mut inner = pair.into_children();
-                let first = next(&mut inner);
-                if first.as_rule() == Rule::negate {
-                    let operand = self.expr(next(&mut inner))?;
-                    Ok(Expr {
-                        kind: ExprKind::Unary {
-                            op: UnaryOp::Negate,
-                            operand: Box::new(operand),
-                        },
-                        span,
-                    })
-                } else {
-                    self.expr(first)
-                }
-            }
-            _ => self.primary(pair),
-        }
-    }
-
-    /// `a op b op c`, left-associative.
-    fn binary_chain(&self, pair: Pair<Rule>) -> Result<Expr> {
-        let mut inner = pair.into_children();
-        let mut lhs = self.expr(next(&mut inner))?;
-        let mut operators = 0;
-        while let Some(operator) = inner.next() {
-            operators += 1;
-            if operators > CHAIN_OPERATORS_MAX {
-                return Err(Diagnostic::error(
-                    crate::check::codes::NESTED_TOO_DEEPLY,
-                    format!("this expression has more than {CHAIN_OPERATORS_MAX} operators in a row"),
-                    self.span(&operator),
-                    "too long",
-                )
-                .with_help("split the condition into segments"));
-            }
-            let rhs = self.expr(next(&mut inner))?;
-            let op = match operator.as_str() {
-                "or" => BinaryOp::Or,
-                "and" => BinaryOp::And,
-                "+" => BinaryOp::Add,
-                "-" => BinaryOp::Sub,
-                "*" => BinaryOp::Mul,
-                _ => BinaryOp::Div,
-            };
-            let span = lhs.span.to(rhs.span);
-            lhs = Expr {
-                kind: ExprKind::Binary {
-                    op,
-                    lhs: Box::new(lhs),
-                    rhs: Box::new(rhs),
-                },
-                span,
-            };
-        }
-        Ok(lhs)
+                        rhs: Box::new(rhs),
+                    },
+                })
+            })
+            .parse(pair.into_inner())
     }
 
     fn primary(&self, pair: Pair<Rule>) -> Result<Expr> {
         let span = self.span(&pair);
         let kind = match pair.as_rule() {
+            Rule::expr => return self.expr(pair),
             Rule::string => ExprKind::String(self.string(pair)?.value),
             Rule::integer => ExprKind::Int(self.integer(pair)?.value),
             Rule::number => ExprKind::Number(
@@ -795,11 +779,14 @@ impl Lower {
 /// Children of a pair without the keyword tokens (`k_*` rules), which exist
 /// only so that keywords are whole words and errors can name them.
 trait IntoChildren<'a> {
-    fn into_children(self) -> std::iter::Filter<pest::iterators::Pairs<'a, Rule>, fn(&Pair<'a, Rule>) -> bool>;
+    fn into_children(self) -> Children<'a>;
 }
 
+/// The children of a pair, keyword tokens left out.
+type Children<'a> = std::iter::Filter<pest::iterators::Pairs<'a, Rule>, fn(&Pair<'a, Rule>) -> bool>;
+
 impl<'a> IntoChildren<'a> for Pair<'a, Rule> {
-    fn into_children(self) -> std::iter::Filter<pest::iterators::Pairs<'a, Rule>, fn(&Pair<'a, Rule>) -> bool> {
+    fn into_children(self) -> Children<'a> {
         self.into_inner().filter(|pair| !is_keyword(pair.as_rule()))
     }
 }
@@ -851,6 +838,22 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::assign
             | Rule::set_target
     )
+}
+
+/// Operator precedence, loosest first (built once).
+fn pratt() -> &'static pest::pratt_parser::PrattParser<Rule> {
+    use pest::pratt_parser::{Assoc, Op, PrattParser};
+    static PRATT: std::sync::OnceLock<PrattParser<Rule>> = std::sync::OnceLock::new();
+    PRATT.get_or_init(|| {
+        PrattParser::new()
+            .op(Op::infix(Rule::kw_or, Assoc::Left))
+            .op(Op::infix(Rule::kw_and, Assoc::Left))
+            .op(Op::prefix(Rule::kw_not))
+            .op(Op::infix(Rule::compare_op, Assoc::Left) | Op::postfix(Rule::in_list))
+            .op(Op::infix(Rule::add_op, Assoc::Left))
+            .op(Op::infix(Rule::mul_op, Assoc::Left))
+            .op(Op::prefix(Rule::negate))
+    })
 }
 
 /// The next child of a pair whose shape the grammar guarantees.
@@ -978,15 +981,8 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         Rule::percent => "a percentage like 50%",
         Rule::string => "a quoted string",
         Rule::ident | Rule::name | Rule::segment_ref | Rule::trigger_event => "a name",
-        Rule::expr
-        | Rule::or_expr
-        | Rule::and_expr
-        | Rule::not_expr
-        | Rule::comparison
-        | Rule::additive
-        | Rule::multiplicative
-        | Rule::unary
-        | Rule::path => "an expression",
+        Rule::expr | Rule::path => "an expression",
+        Rule::in_list => "`in`",
         Rule::compare_op => "a comparison",
         Rule::add_op | Rule::mul_op => "an operator",
         Rule::kw_and | Rule::kw_or => "`and`/`or`",
@@ -1005,6 +1001,7 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         | Rule::kw_settings
         | Rule::file => "a declaration (customer, event, segment, message, settings, journey)",
         Rule::setting
+        | Rule::setting_word
         | Rule::trigger
         | Rule::entry
         | Rule::exit_when

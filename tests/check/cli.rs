@@ -89,3 +89,53 @@ fn json_has_bounds_entries() {
     assert_eq!(items[0]["bounds"]["max_duration_seconds"], 2 * 86_400 + 2 * 9 * 3_600);
     assert_eq!(items[0]["bounds"]["max_sends"], 2);
 }
+
+#[test]
+fn against_says_what_happens_to_waiting_enrollments() {
+    let output = journeyc(&["check", "tests/versions/new", "--against", "tests/versions/old"]);
+    assert_eq!(code(&output), 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let versions: String = stderr
+        .lines()
+        .skip_while(|line| !line.starts_with("checked "))
+        .skip(1)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    insta::assert_snapshot!("versions.human", versions);
+
+    let output = journeyc(&[
+        "check",
+        "--format",
+        "json",
+        "tests/versions/new",
+        "--against",
+        "tests/versions/old",
+    ]);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
+    let entries: Vec<&serde_json::Value> = value
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|item| item["code"] == "I0002")
+        .collect();
+    assert_eq!(entries.len(), 5);
+    let migrating = entries.iter().find(|e| e["journey"] == "migrating").expect("migrating");
+    assert_eq!(migrating["versions"]["change"], "changed_migrate");
+    assert_eq!(migrating["versions"]["waiting"][1]["label"], "day1");
+    assert_eq!(migrating["versions"]["waiting"][1]["moves"], true);
+    let dropped = entries.iter().find(|e| e["journey"] == "dropped").expect("dropped");
+    assert_eq!(dropped["versions"]["change"], "removed");
+    assert_eq!(dropped["file"], "tests/versions/old/w.journey");
+}
+
+#[test]
+fn against_an_old_version_with_errors_exits_2() {
+    let output = journeyc(&[
+        "check",
+        "journeys",
+        "--against",
+        "tests/err/E0101_duplicate_name.journey",
+    ]);
+    assert_eq!(code(&output), 2);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("has 1 error"));
+}

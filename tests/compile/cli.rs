@@ -107,3 +107,25 @@ fn diff_compares_two_workspaces() {
     assert_eq!(json["journeys"][0]["journey"], "everything");
     assert_eq!(json["journeys"][0]["status"], "removed");
 }
+
+#[test]
+fn diff_and_graph_read_built_bundles() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bundle = dir.path().join("old.bundle").display().to_string();
+    let statements = fixture("statements.journey");
+    assert_eq!(journeyc(&["build", &statements, "-o", &bundle]).status.code(), Some(0));
+    let output = journeyc(&["diff", &bundle, &statements]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stdout(&output).starts_with("everything: unchanged ("));
+    let output = journeyc(&["graph", &bundle]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stdout(&output).starts_with("flowchart TD"));
+
+    let damaged = dir.path().join("damaged.bundle");
+    let mut bytes = std::fs::read(&bundle).expect("read");
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&damaged, bytes).expect("write");
+    let output = journeyc(&["diff", &damaged.display().to_string(), &statements]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("damaged"));
+}

@@ -106,3 +106,78 @@ proptest! {
         prop_assert!(render_graph(&bundle, &[], GraphFormat::Dot).starts_with("digraph"));
     }
 }
+
+/// An int expression, fully parenthesized.
+fn int_expr() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("customer.points".to_string()),
+        (0..50i64).prop_map(|n| n.to_string()),
+        (1..90u32).prop_map(|d| format!("count(purchase within {d}d)")),
+    ];
+    leaf.prop_recursive(3, 16, 2, |inner| {
+        prop_oneof![
+            (
+                inner.clone(),
+                prop::sample::select(vec!["+", "-", "*", "/"]),
+                inner.clone()
+            )
+                .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+            inner.prop_map(|a| format!("(-{a})")),
+        ]
+    })
+}
+
+/// A bool expression, fully parenthesized.
+fn bool_expr() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        (
+            int_expr(),
+            prop::sample::select(vec!["==", "!=", "<", "<=", ">", ">="]),
+            int_expr()
+        )
+            .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+        Just("loyal".to_string()),
+        Just("seen(login within 7d)".to_string()),
+        Just("exists(customer.first_name)".to_string()),
+        Just(r#"(customer.plan in ["free", "pro"])"#.to_string()),
+        Just("(customer.signed_up_at + 1d12h < now)".to_string()),
+    ];
+    leaf.prop_recursive(3, 16, 2, |inner| {
+        prop_oneof![
+            (
+                inner.clone(),
+                prop::sample::select(vec!["and", "or", "==", "!="]),
+                inner.clone()
+            )
+                .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+            inner.prop_map(|a| format!("(not {a})")),
+        ]
+    })
+}
+
+fn compile_segment(condition: &str) -> (journeyc::compile::bytecode::Bundle, journeyc::compile::bytecode::Code) {
+    let text = format!("{SCHEMA}\nsegment probe = {condition}\njourney j {{\n trigger signed_up\n if probe {{ send m1 }}\n send m2\n}}\n");
+    let bundle = super::support::compile_text(&text);
+    let probe = bundle
+        .segments
+        .iter()
+        .find(|segment| bundle.name(segment.name) == "probe")
+        .expect("probe segment")
+        .condition
+        .clone();
+    (bundle, probe)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The disassembler prints expressions with the fewest parentheses; what
+    /// it prints must parse back to the same code.
+    #[test]
+    fn rendered_expressions_parse_back_to_the_same_code(condition in bool_expr()) {
+        let (bundle, code) = compile_segment(&condition);
+        let rendered = journeyc::compile::expr::render(&bundle, &code);
+        let (_, again) = compile_segment(&rendered);
+        prop_assert_eq!(code, again, "rendered as {}", rendered);
+    }
+}

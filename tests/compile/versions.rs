@@ -259,3 +259,20 @@ fn diff_reports_versions_and_where_waiting_enrollments_go() {
     insta::assert_snapshot!(render_text(&report));
     insta::assert_json_snapshot!(report);
 }
+
+#[test]
+fn the_workspace_cap_stays_cross_journey() {
+    let before = workspace(SCHEMA, JOURNEYS);
+    let capped = format!("{SCHEMA}\nsettings {{ cap 2 sends per 1d }}\n");
+    let bundle = compile_texts(&[("schema.journey", &capped), ("journeys.journey", JOURNEYS)]);
+    assert_eq!(
+        bundle.settings.cap.map(|cap| (cap.sends, cap.per_seconds)),
+        Some((2, 86_400))
+    );
+    assert!(bundle.journeys.iter().all(|program| program.cap.is_none()));
+    assert_eq!(before, hashes(&bundle));
+    let own = JOURNEYS.replace("journey two {", "journey two {\n  cap 1 sends per 1h");
+    let bundle = compile_texts(&[("schema.journey", &capped), ("journeys.journey", &own)]);
+    let two = bundle.journey("two").expect("two");
+    assert_eq!(two.cap.map(|cap| (cap.sends, cap.per_seconds)), Some((1, 3_600)));
+}

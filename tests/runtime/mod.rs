@@ -1,5 +1,7 @@
 //! Tests of the runtime stage: the spec's worked examples, scenarios with
-//! reviewed traces, and properties of the simulator.
+//! reviewed traces, properties of the simulator and the command line.
 
+mod cli;
 mod examples;
 mod properties;
+mod scenarios;

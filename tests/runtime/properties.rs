@@ -73,7 +73,7 @@ proptest::proptest! {
 #[test]
 fn enrollments_end_within_their_static_bound() {
     let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("journeys");
-    let sources = load(&[directory.clone()]).expect("journeys load");
+    let sources = load(std::slice::from_ref(&directory)).expect("journeys load");
     let checked = check_workspace(&sources, &DiskFiles)
         .checked
         .expect("journeys check clean");
@@ -135,7 +135,7 @@ pub fn generated_events(schema: &journeyc::check::Schema, customers: usize) -> S
         for _ in 0..next(12) {
             at += next(86_400 * 4) as i64;
             let line = match next(6) {
-                0 => format!("\"event\":\"signed_up\",\"properties\":{{\"source\":\"ads\"}}"),
+                0 => "\"event\":\"signed_up\",\"properties\":{\"source\":\"ads\"}".to_string(),
                 1 => format!(
                     "\"event\":\"purchase\",\"properties\":{{\"amount\":{},\"sku\":\"s1\"}}",
                     next(100)

@@ -1,0 +1,68 @@
+//! `journeyc simulate` through the real binary: byte-identical output for
+//! the same input, and the `--summary` table.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/runtime/scenarios")
+        .join(name)
+}
+
+fn simulate(directory: &Path, extra: &[&str]) -> Vec<u8> {
+    let output = Command::new(env!("CARGO_BIN_EXE_journeyc"))
+        .arg("simulate")
+        .arg(directory)
+        .arg("--events")
+        .arg(directory.join("events.jsonl"))
+        .args(extra)
+        .output()
+        .expect("journeyc runs");
+    assert!(
+        output.status.success(),
+        "journeyc simulate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+#[test]
+fn simulate_is_byte_identical_across_runs() {
+    for name in ["quiet_hours_zones", "caps", "wait_for"] {
+        let directory = scenario(name);
+        let first = simulate(&directory, &[]);
+        let second = simulate(&directory, &[]);
+        assert!(!first.is_empty(), "{name}: a trace is printed");
+        assert_eq!(first, second, "{name}: same input, same output");
+        let text = String::from_utf8(first).expect("UTF-8 trace");
+        for line in text.lines() {
+            let record: serde_json::Value = serde_json::from_str(line).expect("every line is JSON");
+            for field in ["at", "customer", "journey", "kind"] {
+                assert!(record.get(field).is_some(), "{name}: {field} missing in {line}");
+            }
+        }
+    }
+}
+
+#[test]
+fn simulate_summary_prints_a_table() {
+    let directory = scenario("caps");
+    let first = simulate(&directory, &["--summary"]);
+    assert_eq!(first, simulate(&directory, &["--summary"]));
+    let text = String::from_utf8(first).expect("UTF-8 table");
+    assert!(text.contains("journey alpha"), "{text}");
+    assert!(text.contains("journey beta"), "{text}");
+    let row = |label: &str| {
+        text.lines()
+            .find(|line| line.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` row in\n{text}"))
+            .split_whitespace()
+            .last()
+            .map(str::to_string)
+    };
+    assert_eq!(row("entered").as_deref(), Some("1"), "{text}");
+    assert!(text.contains("skip cap"), "{text}");
+    assert!(text.contains("skip global_cap"), "{text}");
+    assert!(!text.contains("\"kind\""), "the summary is not the trace: {text}");
+}

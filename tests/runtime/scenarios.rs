@@ -1,0 +1,413 @@
+//! Scenarios with hand-reviewed traces (`scenarios/<name>/`: a workspace and
+//! `events.jsonl`), snapshotted with insta. Every snapshot was checked by
+//! hand against the contract (spec §5, §7, §9): the expected instants, with
+//! their time-zone and DST arithmetic, are written next to each test.
+//!
+//! The `version` of `enter` lines (a content hash owned by the compiler) is
+//! redacted so that a change of the hash function does not churn every
+//! snapshot; send ids are kept, they are the runtime's idempotency keys.
+
+use super::properties::{simulate_dir, simulate_text};
+use journeyc::runtime::stats::Funnel;
+use journeyc::runtime::{Kind, TraceRecord};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn directory(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/runtime/scenarios")
+        .join(name)
+}
+
+/// The trace as JSON lines, `version` redacted.
+fn trace_text(trace: &[TraceRecord]) -> String {
+    assert!(
+        trace.windows(2).all(|w| w[0].at <= w[1].at),
+        "the trace is in time order"
+    );
+    let mut out = String::new();
+    for record in trace {
+        let mut record = record.clone();
+        if record.version.is_some() {
+            record.version = Some("[hash]".to_string());
+        }
+        out.push_str(&record.to_json_line());
+        out.push('\n');
+    }
+    out
+}
+
+/// Simulates one scenario directory and snapshots its trace.
+fn check(name: &str) {
+    let trace = simulate_dir(&directory(name));
+    insta::assert_snapshot!(name, trace_text(&trace));
+}
+
+macro_rules! scenarios {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $name() {
+                check(stringify!($name));
+            }
+        )*
+    };
+}
+
+scenarios! {
+    /// Quiet hours 21:00–08:00, customer-local, five zones:
+    /// - tokyo_night: ping 13:00Z = 22:00 JST → hello 08:00 JST = 23:00Z,
+    ///   `later` an hour after the deferred send (00:00Z = 09:00 JST).
+    /// - tokyo_day: 12:00 JST, outside → hello 03:00Z, later 04:00Z.
+    /// - ny_dst: ping 2026-03-08T03:00Z = 22:00 EST on 03-07; the window ends
+    ///   08:00 EDT (after the 02:00 spring-forward) = 12:00Z, not 13:00Z.
+    /// - berlin_dst: 2026-03-28T21:30Z = 22:30 CET → 08:00 CEST on 03-29 = 06:00Z.
+    /// - tehran_edge: 17:30Z = 21:00 IRST exactly (start inclusive) → 08:00 = 04:30Z.
+    /// - utc_fallback (no zone → journey zone UTC): 07:59Z → 08:00Z.
+    /// - ny_late_wait: hello at 20:30 EDT (00:30Z), `later` due 21:30 EDT →
+    ///   held to 08:00 EDT = 12:00Z.
+    quiet_hours_zones,
+    /// Quiet hours 23:00–02:30 in Europe/Berlin:
+    /// - spring: ping 03-28T22:30Z = 23:30 CET; 02:30 on 03-29 does not exist
+    ///   (02:00 → 03:00), so the first valid instant after it: 03:00 CEST = 01:00Z.
+    /// - autumn: ping 10-24T22:30Z = 00:30 CEST; 02:30 exists twice on 10-25,
+    ///   the earlier (CEST) = 00:30Z.
+    /// - ordinary: 05-01T22:30Z = 00:30 CEST → 02:30 CEST = 00:30Z on 05-02.
+    quiet_hours_dst_gap,
+    /// `trigger left engaged` (`seen(login within 7d)`): logins 05-01, 05-03
+    /// → left at 05-10T10:00 (7d after the last); login 05-12T08:00 re-enters
+    /// the segment, left again 05-19T08:00 (the horizon: last event + 7d).
+    left_segment,
+    /// Settings (quiet hours 21:00–08:00, zone New York) inherited by
+    /// `inherits`; `overrides` has quiet hours 01:00–02:00 and zone Tokyo:
+    /// - no_zone: ping 16:30Z = 12:30 EDT → hello at once; = 01:30 JST →
+    ///   hi held to 02:00 JST = 17:00Z.
+    /// - berlin (customer zone wins over both): 23:30Z = 01:30 CEST → hello
+    ///   held to 08:00 CEST = 06:00Z; hi held to 02:00 CEST = 00:00Z.
+    settings_inherit,
+    /// Quiet hours 21:00–08:00 UTC with cap 2/1d, a `wait for` and an exit rule:
+    /// - c1: signed_up 22:00 → a, b at 08:00 (c: cap); opened 05-02T23:00 →
+    ///   `thanks` (with event.campaign) held to 05-03T08:00, when a and b
+    ///   (exactly 1d earlier) have left the cap window → sent.
+    /// - c2: unsubscribed during the deferral → exit_rule at 23:00, nothing sent.
+    /// - c3: 12:00 → a, b, c (cap) at once; no open → nudge due 05-02T12:00 →
+    ///   the cap window (05-01T12:00, 05-02T12:00] excludes a and b → sent.
+    quiet_hours_interplay,
+    /// `where` filters, each with its own event in scope:
+    /// - c1: order 10 filtered out; order 25.5 enters; purchase 50 is no
+    ///   goal, 150 is (14:00); partial refund does not exit; dhl delivery
+    ///   does not end the wait, ups at 15:00 does ("ups: ups").
+    /// - c2: full refund → exit_rule at 12:00.
+    /// - c3: order 20 (>= is inclusive); only dhl → no_ups at 05-03T10:00.
+    filters,
+    /// `hot_vip = customer.vip and count(purchase within 3d) >= 2`:
+    /// - c1 (vip): entered at the second purchase 05-02T10:00; left when the
+    ///   first ages out, 05-04T10:00, with no input.
+    /// - c2: purchases while not vip; entered on the identify 05-03T00:00;
+    ///   left 05-04T10:00.
+    /// - c3 (vip): entered 05-02T10:00; left on the identify vip=false 05-03T00:00.
+    segment_attributes_and_windows,
+    /// New York, ping Sat 03-07 15:00Z = 10:00 EST; `wait 1d` → 03-08T15:00Z
+    /// (11:00 EDT: elapsed time, not wall clock); then `wait until 10:00` →
+    /// the next local 10:00, 03-09 10:00 EDT = 14:00Z.
+    wait_exact_dst,
+    /// `wait until 09:00 on weekdays`:
+    /// - la_friday: Fri 10:00 PDT → Mon 05-11 09:00 PDT = 16:00Z.
+    /// - utc_saturday: Sat → Mon 05-11 09:00Z.
+    /// - tokyo_monday: 05-10T23:30Z is Mon 08:30 JST (Sunday in UTC) → 05-11T00:00Z.
+    /// - utc_exact: Wed 09:00:00Z exactly → at once.
+    /// - kolkata_wed: 07:30 IST → 09:00 IST = 03:30Z.
+    /// - ny_dst_weekend: Sat 03-07 10:00 EST → Mon 03-09 09:00 EDT = 13:00Z.
+    /// - utc_friday_after: Fri 09:00:01Z → Mon 05-11 09:00Z.
+    wait_until_weekdays,
+    /// `wait until customer.signed_up_at + 30d` and `wait until customer.trial_ends_at`:
+    /// - past: 01-01 + 30d is past → at once; trial absent → at once.
+    /// - future: 02-20T10:00 + 30d = 03-22T10:00; trial 03-25T00:00.
+    /// - exactly_now: 01-30T10:00 + 30d = 03-01T10:00 = now → at once.
+    wait_until_expr,
+    /// Goals `purchase within 3d` and segment `repeat_buyer within 10d`, entry 05-01T10:00:
+    /// - inside: purchase goal 05-03T10:00 (once, not again at 22:00);
+    ///   repeat_buyer goal at the second purchase 05-03T22:00.
+    /// - boundary: purchase at exactly +3d counts (window inclusive).
+    /// - outside: +3d+1s does not count.
+    /// - after_end: a purchase after the exit counts for nothing.
+    /// - before_entry: purchase before entry is no goal; the second purchase
+    ///   (+4d) is outside 3d but makes repeat_buyer → that goal only.
+    goals,
+    /// `entry once`, `entry every 1d`, `entry always` (each: send, wait 2h):
+    /// - 10:00 all enter; 11:00 all busy (one enrollment at a time).
+    /// - 12:00: the event comes before the 12:00 timers (spec: an event at a
+    ///   deadline counts), so all are still enrolled → ignored; all exit 12:00.
+    /// - 13:00: only always; 05-02T09:59:59: only always (every: < 1d);
+    ///   05-02T10:00: every (exactly 1d after its entry); always busy till 11:59:59.
+    /// - 05-02T11:00: every and always busy, once never again.
+    reentry,
+    /// `messageId` dedupe: the second identify `m0` (name Bob) is ignored so the
+    /// send says Ada; the second `m1` ping is ignored; pings without a
+    /// messageId are never deduplicated; dedupe is per customer (c2's `m1`).
+    message_id_dedupe,
+    /// Journey cap 2/1d and workspace cap 3/1d (alpha: m1 10:00, m2 11:00, m3
+    /// 12:00, m4 05-02T12:00; beta on pong: n1, n2 an hour later):
+    /// - m3 12:00: 2 alpha sends in the day → skip `cap`.
+    /// - n1 12:30: 2 sends in the day → sent; n2 13:30: 3 → skip `global_cap`.
+    /// - 05-02T10:00 n1: window (05-01T10:00, now] holds m2, n1 → sent;
+    ///   n2 11:00: m2 at 11:00 left the window → n1, n1 → sent.
+    /// - m4 05-02T12:00: no alpha send in the day (m3 was skipped, skips do
+    ///   not count) but n1 12:30, n1, n2 → skip `global_cap`.
+    caps,
+    /// Holdout 30% and consent: holdout customers get `holdout` for every
+    /// send (even without consent, even for a message without a consent rule);
+    /// treatment customers get `consent` where their opt-in is false or absent.
+    /// Odd customers have email_opt_in false; c1–c4 push_opt_in true, c5–c8 absent.
+    consent_holdout,
+    /// `set` seen by later steps, by a segment (`entered rich`) and by another
+    /// journey's trigger `where`:
+    /// - c1 (50): review 09:30 no; purchase → 110 → gold "110", club enters
+    ///   (rich) "110"; review 11:00 → reviewers.
+    /// - c2 (0): purchase → 60 → basic; review no; purchase → 120 → gold, club.
+    set_visible,
+    /// `entered dormant` by the passing of time, `left dormant` on a login:
+    /// - c1: login 05-01T10:00 → left (returning); dormant exactly 14d later,
+    ///   05-15T10:00, with no input → winback.
+    /// - c2: last login 05-10T10:00 → winback 05-24T10:00.
+    /// - c3: first seen with its login. Membership after the first input is
+    ///   the baseline (not dormant), so there is no `left dormant`;
+    ///   winback 05-15T10:00.
+    dormant_segment,
+    /// `trigger every mon at 09:00`, customer-local (first Monday 2026-03-09;
+    /// the horizon is the last event + 7d = 03-16T09:00Z):
+    /// - tokyo: 09:00 JST = 03-09T00:00Z (weekly and weekly_pro), 03-16T00:00Z.
+    /// - new_york: 09:00 EDT (DST since 03-08) = 13:00Z, once (not pro);
+    ///   03-16T13:00Z is past the horizon.
+    /// - utc: no zone → 09:00Z, although a login arrives at that very
+    ///   instant; 03-16T09:00Z (at the horizon, inclusive).
+    /// - moves: zone set to Sydney a day after first seen: 09:00 AEDT =
+    ///   03-08T22:00Z, 03-15T22:00Z.
+    every_monday,
+    /// `trigger inactive 3d since login`:
+    /// - c1: logins 05-02T10:00, 05-04T10:00 → 05-07T10:00.
+    /// - never: no login, first seen 05-01T00:00 → 05-04T00:00, once.
+    /// - other_events: login 05-01, a purchase does not reset → 05-04T00:00.
+    /// - twice: login 05-01 → 05-04T00:00; login 05-05 → 05-08T00:00.
+    inactive,
+    /// `wait for delivered within 2d { } timeout { }` with `event.*` bound:
+    /// - delivered_ups: got_it "ups", ups_survey "UPS", then `after` sees the
+    ///   trigger's event again ("42.5").
+    /// - never_delivered: timeout 05-03T10:00 → late "19.99".
+    /// - at_deadline: delivered exactly at 48h counts (event before timer).
+    /// - too_late: one second after → timeout at 10:00.
+    wait_for,
+    /// `exit when unsubscribed` and `exit when churned` (a segment):
+    /// - unsub: day0, day1, exit_rule 05-02T22:00.
+    /// - churn: plan cancelled at 22:00 → exit_rule then.
+    /// - stays: day0 day1 day2, end.
+    /// - same_instant: unsubscribed at the instant day1 is due → exits first.
+    /// - churned_at_entry: in the exit segment when the trigger fires → leaves
+    ///   at once, nothing sent.
+    exit_when,
+    /// `repeat 3 { send; wait 7d; if seen(login within 7d) { exit } }`:
+    /// - never_logs_in: reminders 05-01, 05-08, 05-15, final 05-22.
+    /// - logs_in: login 05-10 → exit_statement at 05-15T10:00 after 2 reminders.
+    repeat_exit,
+    /// `body file` variants fa, fa-IR, pt-BR: fa-IR → fa-IR, fa-AF → fa,
+    /// fa → fa, pt-PT → plain, pt-BR → pt-BR, pt → plain, en-US → plain,
+    /// no locale → plain.
+    locale_variants,
+    /// `{{ customer.code | int }}` with code "abc" → skip render_error with
+    /// the error; the journey continues (`after` at 11:00).
+    render_error,
+    /// The file is out of order; processing is in timestamp order:
+    /// - c1: the identify (Tokyo) is last in the file but first in time:
+    ///   signed_up 14:00Z = 23:00 JST → welcome 07:00 JST = 22:00Z; day1
+    ///   05-02T22:00Z (07:00 JST, just outside); purchase goal 05-02T12:00Z.
+    /// - c2 (UTC): the purchase precedes the entry → no goal; welcome
+    ///   05-02T07:00Z, day1 05-03T07:00Z.
+    out_of_order,
+}
+
+// ------------------------------------------------------------------ splits
+
+const SPLIT_JOURNEY: &str = r#"
+event signed_up
+event purchase
+message a push { body "a" }
+message b push { body "b" }
+message c push { body "c" }
+
+journey experiment {
+  trigger signed_up
+  entry always
+  holdout 10%
+  goal purchase within 7d
+  split cta {
+    short 50% { send a }
+    medium 30% { send b }
+    long 20% { send c }
+  }
+  wait 1d
+}
+"#;
+
+/// 200 customers enter twice (05-01 and 05-10); every third purchases a
+/// day after each entry.
+fn split_events() -> String {
+    let mut out = String::new();
+    for index in 0..200 {
+        for (day, second) in [("01", "02"), ("10", "11")] {
+            out.push_str(&format!(
+                "{{\"type\":\"track\",\"userId\":\"c{index:03}\",\"event\":\"signed_up\",\"properties\":{{}},\"timestamp\":\"2026-05-{day}T10:00:00Z\"}}\n"
+            ));
+            if index % 3 == 0 {
+                out.push_str(&format!(
+                    "{{\"type\":\"track\",\"userId\":\"c{index:03}\",\"event\":\"purchase\",\"properties\":{{}},\"timestamp\":\"2026-05-{second}T10:00:00Z\"}}\n"
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Split arms and holdout: stable per customer across enrollments, and
+/// roughly proportional over 200 customers (the funnel is snapshotted).
+#[test]
+fn split_and_holdout_shares() {
+    let workspace = tempfile::tempdir().expect("temp dir");
+    std::fs::write(workspace.path().join("w.journey"), SPLIT_JOURNEY).expect("write journey");
+    let trace = simulate_text(workspace.path(), &split_events());
+
+    let mut arms: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for record in &trace {
+        match record.kind {
+            Kind::Split => arms
+                .entry(record.customer.as_str())
+                .or_default()
+                .push(record.arm.as_deref().expect("a split names its arm")),
+            Kind::Enter => groups
+                .entry(record.customer.as_str())
+                .or_default()
+                .push(record.arm.as_deref().expect("a holdout journey names the group")),
+            _ => {}
+        }
+    }
+    assert_eq!(arms.len(), 200);
+    for (customer, chosen) in arms.iter().chain(groups.iter()) {
+        assert_eq!(chosen.len(), 2, "{customer} entered twice");
+        assert_eq!(chosen[0], chosen[1], "{customer}: the same arm every time");
+    }
+    let share = |map: &BTreeMap<&str, Vec<&str>>, name: &str| map.values().filter(|c| c[0] == name).count();
+    let (short, medium, long) = (share(&arms, "short"), share(&arms, "medium"), share(&arms, "long"));
+    let holdout = share(&groups, "holdout");
+    // Binomial, 200 draws: within about 3 standard deviations.
+    assert!((79..=121).contains(&short), "short {short}");
+    assert!((40..=80).contains(&medium), "medium {medium}");
+    assert!((23..=57).contains(&long), "long {long}");
+    assert!((8..=33).contains(&holdout), "holdout {holdout}");
+    // Holdout customers take the split too (their sends are skipped).
+    let skipped = trace
+        .iter()
+        .filter(|r| r.kind == Kind::Skip && r.reason.as_deref() == Some("holdout"))
+        .count();
+    assert_eq!(skipped, holdout * 2);
+
+    let mut funnel = Funnel::default();
+    trace.iter().for_each(|record| funnel.add(record));
+    insta::assert_snapshot!("split_and_holdout_shares", funnel.render());
+}
+
+// --------------------------------------------------------------- migration
+
+fn bundle(source: &str) -> std::sync::Arc<journeyc::compile::bytecode::Bundle> {
+    use journeyc::workspace::{load, DiskFiles};
+    let workspace = tempfile::tempdir().expect("temp dir");
+    std::fs::write(workspace.path().join("w.journey"), source).expect("write journey");
+    let sources = load(&[workspace.path().to_path_buf()]).expect("workspace loads");
+    let outcome = journeyc::check::check_workspace(&sources, &DiskFiles);
+    let checked = outcome
+        .checked
+        .unwrap_or_else(|| panic!("workspace has errors: {:#?}", outcome.diagnostics));
+    std::sync::Arc::new(journeyc::compile::compile(&checked))
+}
+
+const MIGRATE_V1: &str = r#"
+event signed_up
+event opened
+message a push { body "a" }
+message late push { body "late" }
+journey onboarding {
+  trigger signed_up
+  on update migrate
+  first: wait 1d
+  send a
+}
+"#;
+
+const MIGRATE_V2: &str = r#"
+event signed_up
+event opened
+message a push { body "a" }
+message late push { body "late" }
+journey onboarding {
+  trigger signed_up
+  on update migrate
+  first: wait for opened within 1d {
+    send a
+  } timeout {
+    send late
+  }
+}
+"#;
+
+/// `on update migrate` onto a different kind of statement under the same
+/// label starts that statement: enrolled at 10:00 on v1 (waiting at
+/// `first: wait 1d`), migrated at 12:00 to v2's `first: wait for opened
+/// within 1d`, the enrollment waits for `opened` (until 12:00 the next day)
+/// rather than taking the timeout at once.
+#[test]
+fn migration_onto_another_kind_of_step_starts_it() {
+    use journeyc::runtime::{CustomerState, Engine, Input};
+    let at = |text: &str| journeyc::runtime::trace::parse_time(text).expect("time");
+    let v1 = bundle(MIGRATE_V1);
+    let v2 = bundle(MIGRATE_V2);
+    let track = |event: &str, time: &str| Input::Track {
+        event: event.to_string(),
+        properties: BTreeMap::new(),
+        at: at(time),
+        message_id: None,
+    };
+    let mut state = CustomerState::new("c1");
+    let old = Engine::new(v1.clone());
+    let entered = old.apply(&mut state, &track("signed_up", "2026-05-01T10:00:00Z"));
+    assert_eq!(entered.wake_at, Some(at("2026-05-02T10:00:00Z")));
+
+    let new = Engine::with_retained(v2, vec![v1]);
+    let mut records = Vec::new();
+    let mut effects = new.apply(
+        &mut state,
+        &Input::Wake {
+            at: at("2026-05-01T12:00:00Z"),
+        },
+    );
+    records.extend(effects.records);
+    while let Some(wake) = effects.wake_at {
+        effects = new.apply(&mut state, &Input::Wake { at: wake });
+        records.extend(effects.records);
+    }
+    let summary: Vec<String> = records
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {:?} {}",
+                journeyc::runtime::trace::format_time(r.at),
+                r.kind,
+                r.message.as_deref().or(r.reason.as_deref()).unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        ["2026-05-02T12:00:00Z Send late", "2026-05-02T12:00:00Z Exit end"],
+        "{records:#?}"
+    );
+}
