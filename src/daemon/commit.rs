@@ -712,7 +712,7 @@ mod tests {
                 Input::Track { .. } => {
                     state.enrollments.insert(
                         "j".into(),
-                        Enrollment {
+                        Box::new(Enrollment {
                             version: "v1".into(),
                             entered_at: at,
                             ordinal: 1,
@@ -724,7 +724,7 @@ mod tests {
                             goals_reached: vec![],
                             holdout: false,
                             steps: 1,
-                        },
+                        }),
                     );
                     let mut send = TraceRecord::new(at, &state.id, "j", Kind::Send);
                     send.id = Some(format!("{}-1", state.id));

@@ -220,7 +220,7 @@ mod tests {
         state.profile.insert("ltv".into(), Value::Number(12.5));
         state.enrollments.insert(
             "onboarding".into(),
-            Enrollment {
+            Box::new(Enrollment {
                 version: "abc".into(),
                 entered_at: 1_000,
                 ordinal: 1,
@@ -232,7 +232,7 @@ mod tests {
                 goals_reached: vec![false],
                 holdout: false,
                 steps: 4,
-            },
+            }),
         );
         let mut batch = sled::Batch::default();
         batch.insert(store::customer_key("c1"), store::encode_state(&state));

@@ -38,8 +38,8 @@ pub fn positions_delta(before: &[String], after: &[String], deltas: &mut HashMap
 /// Counts one step's trace records.
 pub struct RecordContext<'a> {
     pub customer: &'a str,
-    pub before: &'a BTreeMap<String, Enrollment>,
-    pub after: &'a BTreeMap<String, Enrollment>,
+    pub before: &'a BTreeMap<String, Box<Enrollment>>,
+    pub after: &'a BTreeMap<String, Box<Enrollment>>,
     pub deltas: &'a mut HashMap<String, i64>,
     /// Split arm per (customer, journey) written by this group (`None` = cleared).
     pub arms: &'a mut BTreeMap<(String, String), Option<String>>,

@@ -39,8 +39,11 @@ journey delayed {
 }
 "#;
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_journeyc")
+/// The binary under test. `JOURNEYC_TEST_BIN` overrides it: with a target
+/// directory shared between checkouts, the uplifted binary may be another
+/// checkout's by the time the tests run.
+pub fn binary() -> String {
+    std::env::var("JOURNEYC_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_journeyc").to_string())
 }
 
 /// A temp directory with the workspace and a data directory.
