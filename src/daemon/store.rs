@@ -198,7 +198,7 @@ impl Store {
     }
 
     /// Every outbox chunk: `(key, records)`.
-    pub fn outbox_chunks(&self) -> StoreResult<Vec<(Vec<u8>, Vec<(u64, String)>)>> {
+    pub fn outbox_chunks(&self) -> StoreResult<Vec<(Vec<u8>, OutboxRecords)>> {
         let mut out = Vec::new();
         for item in self.db.scan_prefix([PREFIX_OUTBOX]) {
             let (key, value) = item?;
@@ -248,7 +248,7 @@ impl Store {
             if let Some(value) = self.db.get(&previous)? {
                 if decode_chunk(&previous, &value)?
                     .last()
-                    .map_or(true, |(last, _)| *last <= seq)
+                    .is_none_or(|(last, _)| *last <= seq)
                 {
                     batch.remove(previous);
                     removed += 1;
@@ -389,6 +389,9 @@ pub fn outbox_key(seq: u64) -> Vec<u8> {
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }
+
+/// Outbox records `(sequence number, JSON line)`, ascending.
+pub type OutboxRecords = Vec<(u64, String)>;
 
 /// Outbox records are stored in chunks, one per group commit: the key is the
 /// first sequence number, the value postcard `Vec<(seq, JSON line)>` with
