@@ -81,7 +81,15 @@ pub fn run(bundle: Arc<Bundle>, calls: Vec<Call>, options: Options) -> Vec<Trace
 /// timers due strictly before it fire, in order of (due time, customer id).
 /// Timers due at the input's instant fire after it. Nothing depends on the
 /// order of customers in the file.
-pub fn run_streaming(bundle: Arc<Bundle>, mut calls: Vec<Call>, options: Options, emit: impl FnMut(&TraceRecord)) {
+///
+/// Returns the customers' final states (for positions of enrollments still
+/// waiting when the clock stopped).
+pub fn run_streaming(
+    bundle: Arc<Bundle>,
+    mut calls: Vec<Call>,
+    options: Options,
+    emit: impl FnMut(&TraceRecord),
+) -> Vec<CustomerState> {
     let last_event = calls.iter().map(|c| c.input.at()).max().unwrap_or(0);
     let engine = Engine::new(bundle);
     let horizon = options.until.unwrap_or_else(|| default_horizon(&engine, last_event));
@@ -111,6 +119,7 @@ pub fn run_streaming(bundle: Arc<Bundle>, mut calls: Vec<Call>, options: Options
         clock.step(index[call.customer.as_str()], &call.input);
     }
     clock.fire_timers(|due| options.until.is_none_or(|until| due <= until));
+    clock.states
 }
 
 /// The simulator's clock: customers' states and a heap of their wake-ups.

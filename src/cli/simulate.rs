@@ -47,7 +47,8 @@ pub fn run(args: Args) -> u8 {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut funnel = Funnel::default();
     let mut written: std::io::Result<()> = Ok(());
-    crate::simulate::run_streaming(Arc::new(bundle), calls, options, |record| {
+    let bundle = Arc::new(bundle);
+    let states = crate::simulate::run_streaming(bundle.clone(), calls, options, |record| {
         if args.summary {
             funnel.add(record);
         } else if written.is_ok() {
@@ -55,6 +56,7 @@ pub fn run(args: Args) -> u8 {
         }
     });
     if args.summary && written.is_ok() {
+        states.iter().for_each(|state| funnel.add_waiting(&bundle, state));
         written = out.write_all(funnel.render().as_bytes());
     }
     match written.and_then(|_| out.flush()) {

@@ -39,6 +39,8 @@ pub struct JourneyStats {
     pub splits: BTreeMap<String, BTreeMap<String, GroupStats>>,
     /// `holdout` and `treatment`, for journeys with a holdout.
     pub holdout: BTreeMap<String, GroupStats>,
+    /// Active enrollments by the step they wait at (`line N: instruction`).
+    pub waiting: BTreeMap<String, u64>,
 }
 
 /// Folds trace records into per-journey statistics.
@@ -79,6 +81,15 @@ impl Funnel {
                     .or_default() += 1
             }
             Kind::Split => {
+                // Held-out customers get no sends: counting them would dilute
+                // the comparison between arms.
+                let held_out = self
+                    .current
+                    .get(&key)
+                    .is_some_and(|(_, group, _)| group.as_deref() == Some("holdout"));
+                if held_out {
+                    return;
+                }
                 let split = record.split.clone().unwrap_or_default();
                 let arm = record.arm.clone().unwrap_or_default();
                 stats
@@ -120,6 +131,29 @@ impl Funnel {
         }
     }
 
+    /// Counts where the customers' active enrollments wait, by journey and
+    /// step (source line and instruction kind).
+    pub fn add_waiting(&mut self, bundle: &crate::compile::bytecode::Bundle, state: &crate::runtime::CustomerState) {
+        for (journey, enrollment) in &state.enrollments {
+            let program = bundle.journeys.iter().find(|p| p.hash == enrollment.version);
+            let step = match program {
+                Some(program) => step_name(program, enrollment.pc),
+                None => format!(
+                    "pc {} of version {}",
+                    enrollment.pc,
+                    &enrollment.version[..12.min(enrollment.version.len())]
+                ),
+            };
+            *self
+                .journeys
+                .entry(journey.clone())
+                .or_default()
+                .waiting
+                .entry(step)
+                .or_default() += 1;
+        }
+    }
+
     /// A plain-text table per journey.
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
@@ -145,6 +179,9 @@ impl Funnel {
             }
             for (reason, count) in &stats.exits {
                 let _ = writeln!(out, "  exit {:<15}{:>8}", reason, count);
+            }
+            for (step, count) in &stats.waiting {
+                let _ = writeln!(out, "  waiting at {step:<30}{count:>8}");
             }
             for (split, arms) in &stats.splits {
                 for (arm, group) in arms {
@@ -175,4 +212,19 @@ fn percent(part: u64, whole: u64) -> f64 {
     } else {
         part as f64 * 100.0 / whole as f64
     }
+}
+
+/// `line 12: wait` for the instruction at `pc`.
+fn step_name(program: &crate::compile::bytecode::Program, pc: u32) -> String {
+    use crate::compile::bytecode::Instr;
+    let kind = match program.code.get(pc as usize) {
+        Some(Instr::Send { .. }) => "send (quiet hours)",
+        Some(Instr::Wait { .. }) => "wait",
+        Some(Instr::WaitUntilTime { .. }) => "wait until (time of day)",
+        Some(Instr::WaitUntil { .. }) => "wait until",
+        Some(Instr::WaitFor { .. }) => "wait for",
+        _ => "step",
+    };
+    let line = program.lines.get(pc as usize).copied().unwrap_or(0);
+    format!("line {line}: {kind}")
 }

@@ -4,4 +4,5 @@
 mod cli;
 mod examples;
 mod properties;
+mod purity;
 mod scenarios;
