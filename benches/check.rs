@@ -89,24 +89,6 @@ fn check(c: &mut Criterion) {
             }
         })
     });
-    c.bench_function("minijinja 600 templates", |b| {
-        let env = minijinja::Environment::new();
-        let texts: Vec<String> = (0..200)
-            .flat_map(|i| {
-                [
-                    format!("Welcome, {{{{ customer.first_name | default('friend') }}}} ({{{{ event.source }}}}) {i}"),
-                    "You are on {{ customer.plan }} with {{ customer.points }} points.".to_string(),
-                    "Thanks for {{ event.amount }}".to_string(),
-                ]
-            })
-            .collect();
-        b.iter(|| {
-            for text in &texts {
-                let t = env.template_from_str(text).expect("parses");
-                black_box(t.undeclared_variables(true));
-            }
-        })
-    });
     c.bench_function(&format!("check {lines} lines"), |b| {
         b.iter(|| check_workspace(black_box(&sources), &files))
     });

@@ -10,6 +10,10 @@
 /// shared target directory (artifact names do not depend on the path).
 pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
+// pest is built without `std` (no per-call stack probe: the parser bounds
+// nesting itself); its generated code names `::alloc`.
+extern crate alloc;
+
 pub mod check;
 pub mod cli;
 pub mod compile;

@@ -109,8 +109,16 @@ fn check(text: &str) {
     let _ = journeyc::diagnostic::to_json(&sources, &outcome.diagnostics);
 }
 
+/// 128 cases per property unless `PROPTEST_CASES` says otherwise.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_journeys_never_panic(edits in proptest::collection::vec(edit(), 1..6)) {
@@ -135,6 +143,15 @@ fn pathological_inputs_never_panic() {
             "repeat 1000 { wait 52w ".repeat(30) + &"}".repeat(30)
         ),
         "journey j { trigger a wait 9999999999999999999s }".to_string(),
+        // At the nesting limit: parsed and checked, on a test thread's small stack.
+        format!("segment s = {}x{}", "(".repeat(64), ")".repeat(64)),
+        format!("segment s = {}x", "not ".repeat(64)),
+        format!("segment s = {}1 > 0", "- ".repeat(64)),
+        format!(
+            "event a journey j {{ trigger a {} }}",
+            "if true { ".repeat(63) + &"}".repeat(63)
+        ),
+        format!("segment s = {}", vec!["x"; 512].join(" or ")),
         "journey j { trigger a quiet hours 99:99 - 0:00 }".to_string(),
         "\u{0}\u{feff}journey".to_string(),
     ] {
