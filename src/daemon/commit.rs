@@ -469,7 +469,14 @@ impl CommitThread {
             working.erased = false;
             working.state = CustomerState::new(customer);
         }
-        let before = working.state.enrollments.clone();
+        // The enrollments before the step matter only to attribute a goal of
+        // a holdout enrollment that ends in the same step; skip the copy
+        // when there is none.
+        let before = if working.state.enrollments.values().any(|e| e.holdout) {
+            working.state.enrollments.clone()
+        } else {
+            BTreeMap::new()
+        };
         let effects = runtime.interpreter.apply(&mut working.state, input);
         working.dirty = true;
         self.published.metrics.steps_executed.inc();
