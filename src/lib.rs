@@ -17,6 +17,7 @@ extern crate alloc;
 pub mod check;
 pub mod cli;
 pub mod compile;
+pub mod daemon;
 pub mod diagnostic;
 pub mod runtime;
 pub mod simulate;

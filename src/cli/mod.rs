@@ -8,7 +8,9 @@ mod build;
 mod check;
 mod common;
 mod diff;
+mod export;
 mod graph;
+mod import;
 mod inspect;
 mod serve;
 mod simulate;
@@ -40,6 +42,10 @@ enum Command {
     Test(test::Args),
     /// Run the durable runtime daemon.
     Serve(serve::Args),
+    /// Dump a daemon data directory as JSON lines (daemon stopped).
+    Export(export::Args),
+    /// Restore an export into an empty data directory.
+    Import(import::Args),
 }
 
 /// Exit code: success.
@@ -66,6 +72,8 @@ pub fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Test(args) => test::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Import(args) => import::run(args),
     };
     ExitCode::from(code)
 }

@@ -1,9 +1,153 @@
-//! `journeyc serve` (not yet built).
+//! `journeyc serve [WORKSPACE] --data DIR --listen ADDR --sink SPEC… [--token TOKEN] [--config FILE]`
+//!
+//! Raw flags here; validated settings are a [`crate::daemon::Config`]. Flags
+//! win over the TOML config file, which wins over the defaults (workspace
+//! `journeys/`, data `./data`, listen `127.0.0.1:8080`, sink
+//! `jsonl:DATA/sends.jsonl`).
+
+use crate::daemon::sinks::{SinkSpec, WebhookOptions};
+use crate::daemon::store::StoreOptions;
+use crate::daemon::{Config, DaemonError};
+use serde::Deserialize;
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The workspace: a directory searched recursively for .journey files [default: journeys]
+    pub workspace: Option<PathBuf>,
+    /// Data directory (store, sink files, `addr`) [default: ./data]
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port (written to DATA/addr) [default: 127.0.0.1:8080]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// A sink, `jsonl:PATH` or `webhook:URL`; repeatable [default: jsonl:DATA/sends.jsonl]
+    #[arg(long = "sink")]
+    pub sinks: Vec<String>,
+    /// API token for `Authorization: Bearer` (or Basic auth user name)
+    #[arg(long, env = "JOURNEYC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A TOML file with the same settings (workspace, data, listen, sinks, token, webhook_*)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Webhook: attempts per send before it is dead-lettered
+    #[arg(long)]
+    pub webhook_attempts: Option<u32>,
+    /// Webhook: first retry delay in milliseconds (doubles per attempt, with jitter)
+    #[arg(long)]
+    pub webhook_retry_ms: Option<u64>,
+    /// Webhook: requests per second per sink
+    #[arg(long)]
+    pub webhook_rate: Option<f64>,
+    /// sled page cache size in MiB
+    #[arg(long)]
+    pub cache_mib: Option<u64>,
+}
 
-pub fn run(_args: Args) -> u8 {
-    eprintln!("journeyc serve: not implemented yet");
-    super::EXIT_USAGE
+/// The optional config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    workspace: Option<PathBuf>,
+    data: Option<PathBuf>,
+    listen: Option<String>,
+    #[serde(default)]
+    sinks: Vec<String>,
+    token: Option<String>,
+    webhook_attempts: Option<u32>,
+    webhook_retry_ms: Option<u64>,
+    webhook_rate: Option<f64>,
+    cache_mib: Option<u64>,
+}
+
+/// Merges flags, config file and defaults.
+fn settle(args: Args) -> Result<Config, String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str::<FileConfig>(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data = args.data.or(file.data).unwrap_or_else(|| PathBuf::from("data"));
+    let sink_texts = if args.sinks.is_empty() { file.sinks } else { args.sinks };
+    let mut sinks = sink_texts
+        .iter()
+        .map(|s| SinkSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if sinks.is_empty() {
+        sinks.push(SinkSpec::Jsonl(data.join("sends.jsonl")));
+    }
+    let defaults = WebhookOptions::default();
+    let webhook = WebhookOptions {
+        attempts_max: args
+            .webhook_attempts
+            .or(file.webhook_attempts)
+            .unwrap_or(defaults.attempts_max)
+            .clamp(1, 100),
+        retry_base_ms: args
+            .webhook_retry_ms
+            .or(file.webhook_retry_ms)
+            .unwrap_or(defaults.retry_base_ms),
+        rate_per_second: args
+            .webhook_rate
+            .or(file.webhook_rate)
+            .unwrap_or(defaults.rate_per_second),
+        ..defaults
+    };
+    if webhook.rate_per_second.is_nan() || webhook.rate_per_second <= 0.0 {
+        return Err("--webhook-rate must be above 0".into());
+    }
+    let mut store = StoreOptions::default();
+    if let Some(mib) = args.cache_mib.or(file.cache_mib) {
+        store.cache_bytes = mib.max(1) * 1024 * 1024;
+    }
+    Ok(Config {
+        workspace: args
+            .workspace
+            .or(file.workspace)
+            .unwrap_or_else(|| PathBuf::from("journeys")),
+        data,
+        listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
+        sinks,
+        token: args.token.or(file.token).filter(|t| !t.is_empty()),
+        webhook,
+        store,
+    })
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+pub fn run(args: Args) -> u8 {
+    init_logging();
+    let config = match settle(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return super::EXIT_USAGE;
+        }
+    };
+    if config.token.is_none() {
+        tracing::warn!("no --token / JOURNEYC_TOKEN: the API accepts unauthenticated requests");
+    }
+    match crate::daemon::run(config) {
+        Ok(()) => super::EXIT_OK,
+        Err(DaemonError::Workspace(diagnostics)) => {
+            eprint!("{diagnostics}");
+            eprintln!("error: the workspace has errors; not starting");
+            super::EXIT_ERRORS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            super::EXIT_USAGE
+        }
+    }
 }

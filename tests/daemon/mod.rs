@@ -1,1 +1,7 @@
-//! Tests of the daemon stage.
+//! Tests of the daemon stage: the real `journeyc serve` binary over loopback.
+
+mod api;
+mod crash;
+mod harness;
+mod lifecycle;
+mod webhook;

@@ -1,0 +1,476 @@
+//! Load generator for `journeyc serve`: drives the real daemon over loopback
+//! and prints its figures next to the raw sled Batch+flush rate measured in
+//! the same run.
+//!
+//! ```text
+//! cargo build --release --bin journeyc --example loadgen
+//! target/release/examples/loadgen --bin target/release/journeyc \
+//!     [--intake 200000] [--timers 200000] [--waiting 1000000] [--latency-seconds 10] \
+//!     [--latency-rate 2000] [--serve-arg --cache-mib --serve-arg 32]
+//! ```
+//!
+//! Phases: (1) raw sled rate; (2) intake through `/v1/batch` with durable acks;
+//! (3) timer firing: N enrollments all due at the same instant; (4) N
+//! enrollments waiting on timers: RSS, then restart-to-ready; (5) latency from
+//! the 200 of `/v1/track` to the line in the JSONL sink at a fixed rate.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "bench";
+const BATCH_EVENTS: usize = 1000;
+const CLIENTS: usize = 4;
+
+const WORKSPACE: &str = r#"
+event ping { n: int }
+event tick { due: time }
+event park { n: int }
+
+message hello email { subject "Hi" body "hello" }
+
+journey pinger {
+  trigger ping
+  entry always
+  send hello
+}
+
+journey ticker {
+  trigger tick
+  entry always
+  wait until event.due
+}
+
+journey parked {
+  trigger park
+  entry always
+  wait 1d
+}
+"#;
+
+struct Args {
+    bin: PathBuf,
+    intake: usize,
+    timers: usize,
+    waiting: usize,
+    latency_seconds: u64,
+    latency_rate: u64,
+    /// Extra arguments for `journeyc serve` (e.g. `--cache-mib 32`).
+    serve_args: Vec<String>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        bin: PathBuf::from("target/release/journeyc"),
+        intake: 200_000,
+        timers: 200_000,
+        waiting: 1_000_000,
+        latency_seconds: 10,
+        latency_rate: 2_000,
+        serve_args: Vec::new(),
+    };
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < raw.len() {
+        let value = raw.get(i + 1).cloned().unwrap_or_default();
+        let number = || {
+            value
+                .parse::<usize>()
+                .unwrap_or_else(|_| panic!("{} needs a number", raw[i]))
+        };
+        match raw[i].as_str() {
+            "--bin" => args.bin = PathBuf::from(&value),
+            "--intake" => args.intake = number(),
+            "--timers" => args.timers = number(),
+            "--waiting" => args.waiting = number(),
+            "--latency-seconds" => args.latency_seconds = number() as u64,
+            "--latency-rate" => args.latency_rate = number() as u64,
+            "--serve-arg" => args.serve_args.push(value.clone()),
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    args
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(args: &Args, workspace: &Path, data: &Path) -> (Daemon, Duration) {
+        let bin = &args.bin;
+        let _ = std::fs::remove_file(data.join("addr"));
+        std::fs::create_dir_all(data).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("daemon.log"))
+            .expect("log");
+        let started = Instant::now();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(workspace)
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
+            .args(&args.serve_args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon");
+        let mut daemon = Daemon {
+            child,
+            addr: String::new(),
+        };
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(data.join("addr")) {
+                if !addr.is_empty() && request(&addr, "GET", "/healthz", "").is_ok_and(|r| r.0 == 200) {
+                    daemon.addr = addr;
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("daemon exited with {status}; see {}", data.join("daemon.log").display());
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "daemon did not come up");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (daemon, started.elapsed())
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, body) = request(&self.addr, "GET", "/metrics", "").expect("metrics");
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Posts `total` events made by `event(i)` as batches from [`CLIENTS`] threads; returns events/s.
+fn post_batches(addr: &str, total: usize, event: Arc<dyn Fn(usize) -> String + Send + Sync>) -> f64 {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let addr = addr.to_string();
+            let next = next.clone();
+            let event = event.clone();
+            std::thread::spawn(move || loop {
+                let first = next.fetch_add(BATCH_EVENTS, Ordering::Relaxed);
+                if first >= total {
+                    return;
+                }
+                let last = (first + BATCH_EVENTS).min(total);
+                let events: Vec<String> = (first..last).map(|i| event(i)).collect();
+                let body = format!("{{\"batch\":[{}]}}", events.join(","));
+                let (status, response) = request(&addr, "POST", "/v1/batch", &body).expect("post batch");
+                assert_eq!(status, 200, "{response}");
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("client");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The raw sled rate on this machine: batches of 1000 ~100-byte values, one flush each.
+fn raw_sled_rate(dir: &Path) -> f64 {
+    let db = sled::Config::new()
+        .path(dir.join("raw"))
+        .cache_capacity(64 * 1024 * 1024)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .expect("sled");
+    let value = vec![7u8; 100];
+    let started = Instant::now();
+    let mut keys = 0u64;
+    while started.elapsed() < Duration::from_secs(3) {
+        let mut batch = sled::Batch::default();
+        for _ in 0..1000 {
+            batch.insert(&keys.to_be_bytes(), value.clone());
+            keys += 1;
+        }
+        db.apply_batch(batch).expect("batch");
+        db.flush().expect("flush");
+    }
+    keys as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn main() {
+    let args = parse_args();
+    let root = tempfile::tempdir().expect("tempdir");
+    let workspace = root.path().join("ws");
+    std::fs::create_dir_all(&workspace).expect("ws");
+    std::fs::write(workspace.join("bench.journey"), WORKSPACE).expect("workspace");
+    let mut report: Vec<(String, String)> = Vec::new();
+    let mut say = |name: &str, value: String| {
+        println!("{name}: {value}");
+        report.push((name.to_string(), value));
+    };
+
+    // 1. Raw sled.
+    let raw = raw_sled_rate(root.path());
+    say("raw sled Batch+flush (1000 keys/batch)", format!("{raw:.0} keys/s"));
+
+    // 2. Intake.
+    let data = root.path().join("data");
+    let (daemon, ready) = Daemon::start(&args, &workspace, &data);
+    say("cold start to ready (empty store)", format!("{} ms", ready.as_millis()));
+    let rate = post_batches(
+        &daemon.addr,
+        args.intake,
+        Arc::new(|i| {
+            format!(r#"{{"type":"track","userId":"p{i}","event":"ping","properties":{{"n":1}},"messageId":"p{i}"}}"#)
+        }),
+    );
+    say(
+        &format!(
+            "intake /v1/batch, {} events (enter+send+exit each), {CLIENTS} clients",
+            args.intake
+        ),
+        format!("{rate:.0} events/s"),
+    );
+
+    daemon.terminate();
+
+    // 3. Timer firing: every enrollment due at the same instant, a few
+    // seconds after ingestion completes (`wait until event.due`).
+    let timers_data = root.path().join("timers");
+    let (daemon, _) = Daemon::start(&args, &workspace, &timers_data);
+    // Ingest estimate: leave enough margin so all are armed before the due time.
+    let margin_s = (args.timers as f64 / 10_000.0).ceil() as i64 + 5;
+    let due_at = chrono::Utc::now() + chrono::Duration::seconds(margin_s);
+    let due_text = due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let due_instant = Instant::now() + Duration::from_secs(margin_s as u64);
+    let text = due_text.clone();
+    post_batches(
+        &daemon.addr,
+        args.timers,
+        Arc::new(move |i| {
+            format!(
+                r#"{{"type":"track","userId":"t{i}","event":"tick","properties":{{"due":"{text}"}},"messageId":"t{i}"}}"#
+            )
+        }),
+    );
+    assert!(
+        Instant::now() < due_instant,
+        "ingestion overran the due time; lower --timers"
+    );
+    let pending = daemon.metric("journeyc_timers_pending");
+    while Instant::now() < due_instant {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let fire_started = Instant::now();
+    loop {
+        let fired = daemon.metric("journeyc_timers_fired_total");
+        if fired as usize >= args.timers {
+            break;
+        }
+        assert!(fire_started.elapsed() < Duration::from_secs(600), "timers did not fire");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = fire_started.elapsed().as_secs_f64();
+    say(
+        &format!("timer firing, {pending} wake-ups all due at one instant"),
+        format!(
+            "{:.0} wake-ups/s ({elapsed:.2} s from due time to last fired)",
+            args.timers as f64 / elapsed
+        ),
+    );
+    daemon.terminate();
+
+    // 4. 1M enrollments waiting on timers: RSS and restart-to-ready.
+    let waiting_data = root.path().join("waiting");
+    let (daemon, _) = Daemon::start(&args, &workspace, &waiting_data);
+    let rate = post_batches(
+        &daemon.addr,
+        args.waiting,
+        Arc::new(|i| {
+            format!(r#"{{"type":"track","userId":"w{i}","event":"park","properties":{{"n":1}},"messageId":"w{i}"}}"#)
+        }),
+    );
+    say(
+        &format!("intake /v1/batch, {} events (enter + 1d timer armed)", args.waiting),
+        format!("{rate:.0} events/s"),
+    );
+    let pending = daemon.metric("journeyc_timers_pending");
+    say(
+        &format!("RSS with {pending} enrollments waiting on timers (after intake)"),
+        format!("{:.0} MiB", daemon.rss_mib()),
+    );
+    daemon.terminate();
+    let (daemon, ready) = Daemon::start(&args, &workspace, &waiting_data);
+    say(
+        &format!("restart to ready (healthz 200) with {pending} waiting"),
+        format!("{} ms", ready.as_millis()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    say("RSS after restart, idle", format!("{:.0} MiB", daemon.rss_mib()));
+    daemon.terminate();
+
+    // 5. Latency: /v1/track 200 → line in the JSONL sink, at a fixed rate.
+    let latency_data = root.path().join("latency");
+    let (daemon, _) = Daemon::start(&args, &workspace, &latency_data);
+    let sink = latency_data.join("sends.jsonl");
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let total = (args.latency_rate * args.latency_seconds) as usize;
+    let tail = {
+        let seen = seen.clone();
+        let sink = sink.clone();
+        std::thread::spawn(move || {
+            let mut offset = 0u64;
+            let mut partial = String::new();
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while Instant::now() < deadline {
+                if let Ok(mut file) = std::fs::File::open(&sink) {
+                    let _ = file.seek(SeekFrom::Start(offset));
+                    let mut chunk = String::new();
+                    if let Ok(read) = file.read_to_string(&mut chunk) {
+                        offset += read as u64;
+                        let now = Instant::now();
+                        partial.push_str(&chunk);
+                        let mut seen = seen.lock().expect("lock");
+                        while let Some(end) = partial.find('\n') {
+                            let line: String = partial.drain(..=end).collect();
+                            if line.contains("\"kind\":\"send\"") {
+                                if let Some(start) = line.find("\"customer\":\"") {
+                                    let rest = &line[start + 12..];
+                                    if let Some(stop) = rest.find('"') {
+                                        seen.entry(rest[..stop].to_string()).or_insert(now);
+                                    }
+                                }
+                            }
+                        }
+                        if seen.len() >= total {
+                            return;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    let senders = 16usize;
+    let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..senders)
+        .map(|s| {
+            let addr = daemon.addr.clone();
+            let acked = acked.clone();
+            let per_sender = total / senders;
+            let interval = Duration::from_secs_f64(senders as f64 / args.latency_rate as f64);
+            std::thread::spawn(move || {
+                for k in 0..per_sender {
+                    let due = started + interval.mul_f64(k as f64) + interval.mul_f64(s as f64 / senders as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let customer = format!("l{s}_{k}");
+                    let body = format!(
+                        r#"{{"userId":"{customer}","event":"ping","properties":{{"n":1}},"messageId":"{customer}"}}"#
+                    );
+                    let (status, response) = request(&addr, "POST", "/v1/track", &body).expect("track");
+                    let now = Instant::now();
+                    assert_eq!(status, 200, "{response}");
+                    acked.lock().expect("lock").insert(customer, now);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("sender");
+    }
+    let sent = (total / senders) * senders;
+    let achieved = sent as f64 / started.elapsed().as_secs_f64();
+    tail.join().expect("tail");
+    let seen = seen.lock().expect("lock");
+    let acked = acked.lock().expect("lock");
+    let mut latencies: Vec<f64> = acked
+        .iter()
+        .filter_map(|(customer, at)| {
+            seen.get(customer)
+                .map(|line_at| line_at.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    say(
+        &format!("latency 200 on /v1/track → line in JSONL, {sent} events at {achieved:.0}/s"),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} of {} lines seen)",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or(f64::NAN),
+            latencies.len(),
+            sent
+        ),
+    );
+    daemon.terminate();
+
+    println!("\n| measure | result |\n|---|---|");
+    for (name, value) in &report {
+        println!("| {name} | {value} |");
+    }
+}

@@ -1,0 +1,853 @@
+//! Group commit: the one thread that changes customer state.
+//!
+//! Requests arrive as [`Job`]s on a bounded channel. The commit thread takes
+//! every job waiting (up to a limit), applies them in arrival order through the
+//! interpreter, writes the new customer states, timer index changes, outbox
+//! entries and stats counters as ONE [`sled::Batch`], flushes once, and only
+//! then answers every job. So a 200 always means "durably stored", and many
+//! concurrent requests share one fsync.
+//!
+//! **Invariant:** jobs are applied in channel order, and the inputs of one job
+//! in their order: the inputs of one customer are applied in the order they
+//! were accepted. Nothing of a job is written unless all of it is.
+
+use super::metrics::Metrics;
+use super::stats;
+use super::store::{self, Store, StoreError};
+use crate::compile::bytecode::Bundle;
+use crate::runtime::input::Call;
+use crate::runtime::{CustomerState, Effects, Engine, Input, Kind, Millis};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The most jobs taken into one group commit.
+pub const GROUP_JOBS_MAX: usize = 512;
+/// The most inputs applied in one group commit (bounds the batch size).
+pub const GROUP_INPUTS_MAX: usize = 20_000;
+/// Capacity of the job channel: further requests wait (backpressure).
+pub const JOB_CHANNEL_CAPACITY: usize = 1024;
+
+/// What the commit thread needs from the interpreter: the pure step.
+/// [`Engine`] implements it; tests use small fakes.
+pub trait Interpreter: Send + Sync {
+    fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects;
+}
+
+impl Interpreter for Engine {
+    fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
+        Engine::apply(self, state, input)
+    }
+}
+
+/// The loaded workspace: the current bundle, the interpreter running it (and
+/// any older versions still referenced), and the bundle's store key.
+pub struct Runtime {
+    pub bundle: Arc<Bundle>,
+    pub bundle_key: String,
+    pub interpreter: Arc<dyn Interpreter>,
+    /// Every bundle kept for enrollments pinned to older versions.
+    pub retained: Vec<Arc<Bundle>>,
+}
+
+pub type SharedRuntime = Arc<RwLock<Arc<Runtime>>>;
+
+pub fn current(runtime: &SharedRuntime) -> Arc<Runtime> {
+    runtime.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Why a job failed. Inputs were already validated, so this means the store
+/// failed or the interpreter panicked (a bug): nothing of the job was stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    #[error("storage failed: {0}")]
+    Storage(String),
+    #[error("internal error while applying the input (nothing was stored)")]
+    Panicked,
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+impl From<sled::Error> for CommitError {
+    fn from(error: sled::Error) -> Self {
+        CommitError::Storage(error.to_string())
+    }
+}
+
+impl From<StoreError> for CommitError {
+    fn from(error: StoreError) -> Self {
+        CommitError::Storage(error.to_string())
+    }
+}
+
+/// One request to the commit thread.
+pub enum Job {
+    /// Validated Segment calls (one HTTP request): all or nothing.
+    Ingest {
+        calls: Vec<Call>,
+        reply: oneshot::Sender<Result<(), CommitError>>,
+    },
+    /// Due timers `(due, customer)` found by the timer task, oldest first.
+    Wake {
+        timers: Vec<(Millis, String)>,
+        reply: oneshot::Sender<Result<usize, CommitError>>,
+    },
+    /// Erase a customer; answers whether there was one.
+    Erase {
+        customer: String,
+        reply: oneshot::Sender<Result<bool, CommitError>>,
+    },
+    /// Install a newly loaded workspace: migrate enrollments whose journeys say
+    /// `on update migrate`, then make it current.
+    Install {
+        runtime: Arc<Runtime>,
+        reply: oneshot::Sender<Result<usize, CommitError>>,
+    },
+    /// Commit what came before, then stop the thread.
+    Stop { reply: oneshot::Sender<()> },
+}
+
+/// Asks the commit thread to finish what it has and stop.
+pub async fn stop(committer: &Committer) {
+    let (reply, answer) = oneshot::channel();
+    if committer.sender.send(Job::Stop { reply }).await.is_ok() {
+        let _ = answer.await;
+    }
+}
+
+/// Handle to submit jobs.
+#[derive(Clone)]
+pub struct Committer {
+    pub sender: mpsc::Sender<Job>,
+}
+
+impl Committer {
+    pub async fn ingest(&self, calls: Vec<Call>) -> Result<(), CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Ingest { calls, reply }, answer).await
+    }
+
+    pub async fn wake(&self, timers: Vec<(Millis, String)>) -> Result<usize, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Wake { timers, reply }, answer).await
+    }
+
+    pub async fn erase(&self, customer: String) -> Result<bool, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Erase { customer, reply }, answer).await
+    }
+
+    pub async fn install(&self, runtime: Arc<Runtime>) -> Result<usize, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Install { runtime, reply }, answer).await
+    }
+
+    async fn send<T>(&self, job: Job, answer: oneshot::Receiver<Result<T, CommitError>>) -> Result<T, CommitError> {
+        self.sender.send(job).await.map_err(|_| CommitError::ShuttingDown)?;
+        answer.await.map_err(|_| CommitError::ShuttingDown)?
+    }
+}
+
+/// Shared state the commit thread publishes after each durable write.
+#[derive(Clone)]
+pub struct Published {
+    /// The highest outbox sequence number that is durable (sinks read up to it).
+    pub committed_seq: Arc<watch::Sender<u64>>,
+    /// Stats counters as of the last durable write.
+    pub stats: Arc<Mutex<HashMap<String, i64>>>,
+    /// Woken when a timer was added (the timer task may need to sleep less).
+    pub timers_changed: Arc<tokio::sync::Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The commit thread's own state.
+pub struct CommitThread {
+    store: Store,
+    runtime: SharedRuntime,
+    published: Published,
+    next_seq: u64,
+    /// The counters as of the last batch applied (ahead of the published
+    /// ones while a flush is in flight).
+    counters: HashMap<String, i64>,
+    /// Groups applied but not yet flushed go to the flusher thread.
+    flusher: Option<std::sync::mpsc::SyncSender<Flush>>,
+    flusher_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Work for the flusher thread: make a group durable, then publish and answer.
+enum Flush {
+    Group {
+        jobs: Vec<(Job, usize)>,
+        stats: Vec<(String, i64)>,
+        committed_seq: Option<u64>,
+        timers_added: bool,
+        started: Instant,
+    },
+    /// Answered once every earlier group is flushed and published.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// A group whose batch is applied (visible, not yet durable).
+struct Applied {
+    answers: Vec<usize>,
+    stats: Vec<(String, i64)>,
+    committed_seq: Option<u64>,
+    timers_added: bool,
+}
+
+/// The flusher: one `flush` per group (several when they queue up, since a
+/// flush covers everything applied before it), then publish, then answer.
+/// Applying the next group overlaps with this flush; sled's log is
+/// sequential, so a later group is never durable without the earlier ones.
+fn run_flusher(store: Store, published: Published, receiver: std::sync::mpsc::Receiver<Flush>) {
+    while let Ok(first) = receiver.recv() {
+        let mut work = vec![first];
+        while let Ok(more) = receiver.try_recv() {
+            work.push(more);
+        }
+        let flushed = store.flush().map_err(CommitError::from);
+        if let Err(error) = &flushed {
+            tracing::error!(%error, "flush failed: the requests are refused");
+        }
+        for item in work {
+            match item {
+                Flush::Group {
+                    jobs,
+                    stats,
+                    committed_seq,
+                    timers_added,
+                    started,
+                } => {
+                    if flushed.is_ok() {
+                        {
+                            let mut published_stats = published.stats.lock().unwrap_or_else(|p| p.into_inner());
+                            for (name, value) in stats {
+                                published_stats.insert(name, value);
+                            }
+                        }
+                        if let Some(seq) = committed_seq {
+                            published.committed_seq.send_replace(seq);
+                        }
+                        if timers_added {
+                            published.timers_changed.notify_one();
+                        }
+                        published.metrics.commit_latency.observe(started.elapsed());
+                    }
+                    for (job, answer) in jobs {
+                        job.answer(flushed.clone().map(|_| answer));
+                    }
+                }
+                Flush::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}
+
+impl CommitThread {
+    pub fn new(store: Store, runtime: SharedRuntime, published: Published, next_seq: u64) -> CommitThread {
+        let counters = published.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Capacity 1: at most one group waits while another is flushed.
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let flusher_thread = {
+            let store = store.clone();
+            let published = published.clone();
+            std::thread::Builder::new()
+                .name("journeyc-flush".into())
+                .spawn(move || run_flusher(store, published, receiver))
+                .expect("spawn the flusher thread")
+        };
+        CommitThread {
+            store,
+            runtime,
+            published,
+            next_seq,
+            counters,
+            flusher: Some(sender),
+            flusher_thread: Some(flusher_thread),
+        }
+    }
+
+    /// Waits until every group handed to the flusher is durable and answered.
+    fn drain_flusher(&self) {
+        if let Some(flusher) = &self.flusher {
+            let (done, wait) = std::sync::mpsc::channel();
+            if flusher.send(Flush::Barrier(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+    }
+
+    /// Runs until every sender is dropped, then flushes and returns.
+    pub fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
+        let mut stop_reply = None;
+        while let Some(first) = receiver.blocking_recv() {
+            let mut jobs = Vec::new();
+            let mut inputs = 0;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                if let Job::Stop { reply } = job {
+                    stop_reply = Some(reply);
+                    break;
+                }
+                inputs += job.input_count();
+                jobs.push(job);
+                if jobs.len() < GROUP_JOBS_MAX && inputs < GROUP_INPUTS_MAX {
+                    next = receiver.try_recv().ok();
+                }
+            }
+            if !jobs.is_empty() {
+                self.commit_group(jobs);
+            }
+            if stop_reply.is_some() {
+                break;
+            }
+        }
+        receiver.close();
+        drop(self.flusher.take());
+        if let Some(thread) = self.flusher_thread.take() {
+            let _ = thread.join();
+        }
+        // Jobs that raced with the stop are refused (their senders see an error).
+        if let Err(error) = self.store.flush() {
+            tracing::error!(%error, "final flush failed");
+        }
+        tracing::info!("commit thread stopped");
+        if let Some(reply) = stop_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn commit_group(&mut self, jobs: Vec<Job>) {
+        // An Install job migrates the whole store in its own pass.
+        if jobs.iter().any(|j| matches!(j, Job::Install { .. })) {
+            for job in jobs {
+                self.commit_alone(job);
+            }
+            return;
+        }
+        let started = Instant::now();
+        let seq_before = self.next_seq;
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.prepare(&jobs)));
+        match outcome {
+            Ok(Ok(group)) => match self.write(group) {
+                Ok(applied) => {
+                    let work = Flush::Group {
+                        jobs: jobs.into_iter().zip(applied.answers).collect(),
+                        stats: applied.stats,
+                        committed_seq: applied.committed_seq,
+                        timers_added: applied.timers_added,
+                        started,
+                    };
+                    if let Some(flusher) = &self.flusher {
+                        if let Err(std::sync::mpsc::SendError(Flush::Group { jobs, .. })) = flusher.send(work) {
+                            for (job, _) in jobs {
+                                job.answer(Err(CommitError::ShuttingDown));
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.next_seq = seq_before;
+                    // The in-memory counters may be ahead of the store now.
+                    self.counters = self
+                        .store
+                        .counters()
+                        .map(|c| c.into_iter().collect())
+                        .unwrap_or_default();
+                    tracing::error!(%error, "group commit failed");
+                    for job in jobs {
+                        job.answer(Err(error.clone()));
+                    }
+                }
+            },
+            Ok(Err(error)) => {
+                self.next_seq = seq_before;
+                for job in jobs {
+                    job.answer(Err(error.clone()));
+                }
+            }
+            Err(_) => {
+                // Some input made the interpreter panic: retry the jobs one by
+                // one so only the offending one fails.
+                self.next_seq = seq_before;
+                if jobs.len() == 1 {
+                    tracing::error!("interpreter panicked; the request was refused and nothing stored");
+                    self.published.metrics.panics.inc();
+                    for job in jobs {
+                        job.answer(Err(CommitError::Panicked));
+                    }
+                } else {
+                    for job in jobs {
+                        self.commit_group(vec![job]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit_alone(&mut self, job: Job) {
+        match job {
+            Job::Install { runtime, reply } => {
+                self.drain_flusher();
+                let result = catch_unwind(AssertUnwindSafe(|| super::reload::migrate(&self.store, &runtime)))
+                    .unwrap_or(Err(CommitError::Panicked));
+                let result = result.and_then(|migrated| {
+                    self.store.flush()?;
+                    *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = runtime.clone();
+                    // Positions changed: reload the at-step counters.
+                    let counters: HashMap<String, i64> = self.store.counters()?.into_iter().collect();
+                    *self.published.stats.lock().unwrap_or_else(|p| p.into_inner()) = counters.clone();
+                    self.counters = counters;
+                    Ok(migrated)
+                });
+                let _ = reply.send(result);
+            }
+            other => self.commit_group(vec![other]),
+        }
+    }
+
+    /// Applies the jobs to a working copy of the customers they touch.
+    fn prepare(&mut self, jobs: &[Job]) -> Result<Group, CommitError> {
+        let runtime = current(&self.runtime);
+        let mut group = Group::default();
+        for job in jobs {
+            let answer = match job {
+                Job::Ingest { calls, .. } => {
+                    for call in calls {
+                        self.apply(&mut group, &runtime, &call.customer, &call.input)?;
+                    }
+                    0
+                }
+                Job::Wake { timers, .. } => {
+                    let mut fired = 0;
+                    for (due, customer) in timers {
+                        let working = load(&mut group.customers, &self.store, customer)?;
+                        // The timer key may be stale (an event moved the
+                        // customer's timer): drop it unless it is still due.
+                        group.stale_timers.push(store::timer_key(*due, customer));
+                        let due_now = working.state.next_wake().is_some_and(|at| at <= *due);
+                        if working.erased || !due_now {
+                            continue;
+                        }
+                        self.apply(&mut group, &runtime, customer, &Input::Wake { at: *due })?;
+                        fired += 1;
+                    }
+                    fired
+                }
+                Job::Erase { customer, .. } => {
+                    let working = load(&mut group.customers, &self.store, customer)?;
+                    let existed = working.existed && !working.erased || working.dirty;
+                    working.erased = true;
+                    working.dirty = true;
+                    working.state = CustomerState::new(customer.clone());
+                    group.outbox.retain(|(_, who, _)| who != customer);
+                    group.arms.retain(|(who, _), _| who != customer);
+                    group.erased.push(customer.clone());
+                    usize::from(existed)
+                }
+                Job::Install { .. } | Job::Stop { .. } => unreachable!("committed alone"),
+            };
+            group.answers.push(answer);
+        }
+        Ok(group)
+    }
+
+    fn apply(
+        &mut self,
+        group: &mut Group,
+        runtime: &Runtime,
+        customer: &str,
+        input: &Input,
+    ) -> Result<(), CommitError> {
+        let working = load(&mut group.customers, &self.store, customer)?;
+        if working.erased {
+            // Erased earlier in this group; the customer starts afresh.
+            working.erased = false;
+            working.state = CustomerState::new(customer);
+        }
+        // The enrollments before the step matter only to attribute a goal of
+        // a holdout enrollment that ends in the same step; skip the copy
+        // when there is none.
+        let before = if working.state.enrollments.values().any(|e| e.holdout) {
+            working.state.enrollments.clone()
+        } else {
+            BTreeMap::new()
+        };
+        let effects = runtime.interpreter.apply(&mut working.state, input);
+        working.dirty = true;
+        self.published.metrics.steps_executed.inc();
+        let state_after = &working.state;
+        let mut context = stats::RecordContext {
+            customer,
+            before: &before,
+            after: &state_after.enrollments,
+            deltas: &mut group.stat_deltas,
+            arms: &mut group.arms,
+            store: &self.store,
+        };
+        context.count(&effects.records)?;
+        for record in &effects.records {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            group.outbox.push((seq, customer.to_string(), record.to_json_line()));
+            if record.kind == Kind::Send {
+                self.published.metrics.sends_enqueued.inc();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the group as one batch, flushes, publishes.
+    fn write(&mut self, mut group: Group) -> Result<Applied, CommitError> {
+        let mut batch = sled::Batch::default();
+        let mut remove_timers: BTreeSet<Vec<u8>> = group.stale_timers.drain(..).collect();
+        let mut insert_timers: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut earliest_new_timer: Option<Millis> = None;
+        for erased in &group.erased {
+            self.erase_outside_group(&mut batch, erased)?;
+        }
+        for (id, working) in &group.customers {
+            if !working.dirty {
+                continue;
+            }
+            if let Some(old) = working.original_wake {
+                remove_timers.insert(store::timer_key(old, id));
+            }
+            if working.erased {
+                batch.remove(store::customer_key(id));
+                stats::positions_delta(&working.original_positions, &[], &mut group.stat_deltas);
+                continue;
+            }
+            if let Some(at) = working.state.next_wake() {
+                insert_timers.insert(store::timer_key(at, id));
+                earliest_new_timer = Some(earliest_new_timer.map_or(at, |e| e.min(at)));
+            }
+            batch.insert(store::customer_key(id), store::encode_state(&working.state));
+            let now_positions = stats::positions(&working.state);
+            stats::positions_delta(&working.original_positions, &now_positions, &mut group.stat_deltas);
+        }
+        let mut timer_delta = 0i64;
+        for key in &remove_timers {
+            if !insert_timers.contains(key) && self.store.db.contains_key(key)? {
+                batch.remove(key.clone());
+                timer_delta -= 1;
+            }
+        }
+        for key in insert_timers {
+            if !self.store.db.contains_key(&key)? {
+                batch.insert(key, &[]);
+                timer_delta += 1;
+            }
+        }
+        for ((customer, journey), arm) in &group.arms {
+            let key = store::arm_key(customer, journey);
+            match arm {
+                Some(arm) => batch.insert(key, arm.as_bytes()),
+                None => batch.remove(key),
+            }
+        }
+        let committed_seq = group.outbox.last().map(|(seq, _, _)| *seq);
+        if let Some(first) = group.outbox.first().map(|(seq, _, _)| *seq) {
+            let records: Vec<(u64, String)> = group.outbox.drain(..).map(|(seq, _, line)| (seq, line)).collect();
+            batch.insert(store::outbox_key(first), store::encode_chunk(&records));
+        }
+        batch.insert(store::META_SEQ, &self.next_seq.to_be_bytes());
+        if timer_delta != 0 {
+            *group.stat_deltas.entry(store::STAT_TIMERS.to_string()).or_insert(0) += timer_delta;
+        }
+        let mut changed_stats = Vec::with_capacity(group.stat_deltas.len());
+        for (name, delta) in &group.stat_deltas {
+            if *delta == 0 {
+                continue;
+            }
+            let value = self.counters.entry(name.clone()).or_insert(0);
+            *value += delta;
+            batch.insert(store::stat_key(name), &value.to_be_bytes());
+            changed_stats.push((name.clone(), *value));
+        }
+        self.store.db.apply_batch(batch)?;
+        Ok(Applied {
+            answers: group.answers,
+            stats: changed_stats,
+            committed_seq,
+            timers_added: earliest_new_timer.is_some(),
+        })
+    }
+
+    /// Removes an erased customer's pending outbox entries and dead letters
+    /// that were committed by earlier groups.
+    fn erase_outside_group(&self, batch: &mut sled::Batch, customer: &str) -> Result<(), CommitError> {
+        for item in self
+            .store
+            .db
+            .scan_prefix([&[store::PREFIX_ARM][..], customer.as_bytes(), &[0]].concat())
+        {
+            batch.remove(item.map_err(StoreError::from)?.0);
+        }
+        let customer_of = |line: &str| {
+            serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| {
+                let v = v.get("record").cloned().unwrap_or(v);
+                v.get("customer").and_then(|c| c.as_str()).map(str::to_string)
+            })
+        };
+        for (key, records) in self.store.outbox_chunks()? {
+            let kept: Vec<(u64, String)> = records
+                .iter()
+                .filter(|(_, line)| customer_of(line).as_deref() != Some(customer))
+                .cloned()
+                .collect();
+            if kept.len() == records.len() {
+                continue;
+            }
+            // The key may now be below the chunk's first record: readers find
+            // chunks by key <= seq and filter records by seq.
+            if kept.is_empty() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, store::encode_chunk(&kept));
+            }
+        }
+        for item in self.store.db.scan_prefix([store::PREFIX_DEAD]) {
+            let (key, value) = item.map_err(StoreError::from)?;
+            if customer_of(&String::from_utf8_lossy(&value)).as_deref() == Some(customer) {
+                batch.remove(key);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Job {
+    fn input_count(&self) -> usize {
+        match self {
+            Job::Ingest { calls, .. } => calls.len(),
+            Job::Wake { timers, .. } => timers.len(),
+            Job::Erase { .. } | Job::Install { .. } | Job::Stop { .. } => 1,
+        }
+    }
+
+    fn answer(self, result: Result<usize, CommitError>) {
+        match self {
+            Job::Ingest { reply, .. } => {
+                let _ = reply.send(result.map(|_| ()));
+            }
+            Job::Wake { reply, .. } => {
+                let _ = reply.send(result);
+            }
+            Job::Erase { reply, .. } => {
+                let _ = reply.send(result.map(|n| n > 0));
+            }
+            Job::Install { reply, .. } => {
+                let _ = reply.send(result);
+            }
+            Job::Stop { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+/// Customers touched by one group, and what the group will write.
+#[derive(Default)]
+struct Group {
+    customers: HashMap<String, Working>,
+    outbox: Vec<(u64, String, String)>,
+    stat_deltas: HashMap<String, i64>,
+    arms: BTreeMap<(String, String), Option<String>>,
+    stale_timers: Vec<Vec<u8>>,
+    erased: Vec<String>,
+    answers: Vec<usize>,
+}
+
+struct Working {
+    state: CustomerState,
+    existed: bool,
+    erased: bool,
+    dirty: bool,
+    original_wake: Option<Millis>,
+    original_positions: Vec<String>,
+}
+
+/// The working copy of a customer, loaded from the store on first use.
+fn load<'a>(
+    customers: &'a mut HashMap<String, Working>,
+    store: &Store,
+    id: &str,
+) -> Result<&'a mut Working, CommitError> {
+    {
+        if !customers.contains_key(id) {
+            let stored = store.customer(id)?;
+            let existed = stored.is_some();
+            let state = stored.unwrap_or_else(|| CustomerState::new(id));
+            let working = Working {
+                original_wake: state.next_wake(),
+                original_positions: stats::positions(&state),
+                state,
+                existed,
+                erased: false,
+                dirty: false,
+            };
+            customers.insert(id.to_string(), working);
+        }
+        Ok(customers.get_mut(id).expect("inserted above"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Schema;
+    use crate::compile::bytecode::SettingsDef;
+    use crate::runtime::state::Enrollment;
+    use crate::runtime::TraceRecord;
+    use store::StoreOptions;
+
+    /// Track: enrol and wait 1 s (one send record). Wake: finish (one exit
+    /// record). Customer `boom` makes it panic.
+    struct Fake;
+
+    impl Interpreter for Fake {
+        fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
+            assert_ne!(state.id, "boom", "fake interpreter bug");
+            let at = input.at();
+            let mut effects = Effects::default();
+            match input {
+                Input::Track { .. } => {
+                    state.enrollments.insert(
+                        "j".into(),
+                        Box::new(Enrollment {
+                            version: "v1".into(),
+                            entered_at: at,
+                            ordinal: 1,
+                            pc: 1,
+                            suspended: true,
+                            wake_at: Some(at + 1000),
+                            loop_counters: vec![],
+                            events: vec![],
+                            goals_reached: vec![],
+                            holdout: false,
+                            steps: 1,
+                        }),
+                    );
+                    let mut send = TraceRecord::new(at, &state.id, "j", Kind::Send);
+                    send.id = Some(format!("{}-1", state.id));
+                    effects.records.push(send);
+                }
+                Input::Wake { .. } => {
+                    state.enrollments.clear();
+                    let mut exit = TraceRecord::new(at, &state.id, "j", Kind::Exit);
+                    exit.reason = Some("end".into());
+                    effects.records.push(exit);
+                }
+                Input::Identify { .. } => {}
+            }
+            effects.wake_at = state.next_wake();
+            effects
+        }
+    }
+
+    fn track(customer: &str, at: Millis) -> Call {
+        Call {
+            customer: customer.into(),
+            input: Input::Track {
+                event: "e".into(),
+                properties: Default::default(),
+                at,
+                message_id: None,
+            },
+        }
+    }
+
+    #[test]
+    fn group_commit_keeps_state_timers_outbox_and_stats_consistent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        let bundle = Arc::new(Bundle {
+            format_version: crate::compile::bytecode::FORMAT_VERSION,
+            names: vec![],
+            schema: Schema::default(),
+            segments: vec![],
+            messages: vec![],
+            settings: SettingsDef::default(),
+            journeys: vec![],
+            history_window_seconds: 0,
+        });
+        let runtime: SharedRuntime = Arc::new(RwLock::new(Arc::new(Runtime {
+            bundle,
+            bundle_key: "k".into(),
+            interpreter: Arc::new(Fake),
+            retained: vec![],
+        })));
+        let (committed, mut committed_rx) = watch::channel(0);
+        let published = Published {
+            committed_seq: Arc::new(committed),
+            stats: Arc::default(),
+            timers_changed: Arc::default(),
+            metrics: Arc::default(),
+        };
+        let (sender, receiver) = mpsc::channel(JOB_CHANNEL_CAPACITY);
+        let committer = Committer { sender };
+        let thread = CommitThread::new(store.clone(), runtime, published.clone(), 1);
+        let handle = std::thread::spawn(move || thread.run(receiver));
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio.block_on(async {
+            // Concurrent requests share commits; each is answered after it.
+            let (a, b) = tokio::join!(
+                committer.ingest(vec![track("a", 10_000), track("b", 20_000)]),
+                committer.ingest(vec![track("c", 30_000)])
+            );
+            a.expect("a");
+            b.expect("b");
+            assert_eq!(*committed_rx.borrow_and_update(), 3);
+            assert_eq!(
+                store.due_timers(i64::MAX, 10).expect("timers"),
+                vec![(11_000, "a".into()), (21_000, "b".into()), (31_000, "c".into())]
+            );
+            assert_eq!(store.counter(store::STAT_TIMERS).expect("counter"), 3);
+            assert_eq!(store.counter("j/j/at/v1/1").expect("counter"), 3);
+            assert_eq!(store.counter("j/j/sends").expect("counter"), 3);
+            // A panicking input fails alone; nothing of it is stored.
+            let (bad, good) = tokio::join!(
+                committer.ingest(vec![track("boom", 1)]),
+                committer.ingest(vec![track("d", 40_000)])
+            );
+            assert!(matches!(bad, Err(CommitError::Panicked)));
+            good.expect("d");
+            assert!(store.customer("boom").expect("get").is_none());
+            // Wake-ups: due ones fire; a stale key is dropped.
+            let fired = committer
+                .wake(vec![(11_000, "a".into()), (21_000, "b".into()), (99, "c".into())])
+                .await
+                .expect("wake");
+            assert_eq!(fired, 2);
+            assert_eq!(
+                store.due_timers(i64::MAX, 10).expect("timers"),
+                vec![(31_000, "c".into()), (41_000, "d".into())]
+            );
+            assert_eq!(store.counter(store::STAT_TIMERS).expect("counter"), 2);
+            assert_eq!(store.counter("j/j/exits/end").expect("counter"), 2);
+            // Erasure removes the state, the timer and pending outbox records.
+            assert!(committer.erase("c".into()).await.expect("erase"));
+            assert!(!committer.erase("c".into()).await.expect("erase again"));
+            assert!(store.customer("c").expect("get").is_none());
+            assert_eq!(
+                store.due_timers(i64::MAX, 10).expect("timers"),
+                vec![(41_000, "d".into())]
+            );
+            let outbox = store.outbox_range(0, u64::MAX, 100).expect("outbox");
+            assert!(outbox.iter().all(|(_, line)| !line.contains("\"customer\":\"c\"")));
+            assert_eq!(store.counter("j/j/at/v1/1").expect("counter"), 1);
+            stop(&committer).await;
+        });
+        handle.join().expect("commit thread");
+        // Sequence numbers continue after a restart.
+        assert_eq!(store.next_seq().expect("seq"), Some(7));
+    }
+}

@@ -1,0 +1,268 @@
+//! `journeyc export` / `journeyc import`: the whole store as JSON lines.
+//!
+//! One object per line, told apart by `type`: `meta`, `bundle`, `customer`
+//! (profile, aggregates, enrollments: the whole [`CustomerState`]), `timer`,
+//! `outbox` (records not yet delivered to every sink), `cursor`,
+//! `dead_letter`, `counter`, `arm`. Import writes them into an empty data
+//! directory; exporting the result gives the same lines.
+
+use super::store::{self, Store, StoreError};
+use crate::compile::bytecode::Bundle;
+use crate::runtime::CustomerState;
+use serde_json::json;
+use std::io::{BufRead, Write};
+
+/// Lines written per sled batch on import.
+const IMPORT_BATCH_LINES: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: String },
+    #[error("{0}")]
+    NotEmpty(String),
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Writes every record of the store. Returns the number of lines.
+pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> {
+    let mut lines = 0;
+    let mut emit = |value: serde_json::Value, out: &mut dyn Write| -> Result<(), ExportError> {
+        serde_json::to_writer(&mut *out, &value).map_err(std::io::Error::from)?;
+        out.write_all(b"\n")?;
+        lines += 1;
+        Ok(())
+    };
+    emit(
+        json!({"type": "meta", "next_seq": store.next_seq()?, "current_bundle": store.current_bundle_key()?}),
+        out,
+    )?;
+    for (key, bundle) in store.bundles()? {
+        emit(json!({"type": "bundle", "key": key, "bundle": bundle}), out)?;
+    }
+    for item in store.db.iter() {
+        let (key, value) = item.map_err(StoreError::from)?;
+        let Some((&prefix, rest)) = key.split_first() else {
+            continue;
+        };
+        let line = match prefix {
+            store::PREFIX_CUSTOMER => {
+                let state = store::decode_state(&key, &value)?;
+                json!({"type": "customer", "state": state})
+            }
+            store::PREFIX_TIMER => {
+                let (due, customer) = store::decode_timer_key(&key)?;
+                json!({"type": "timer", "due": due, "customer": customer})
+            }
+            store::PREFIX_OUTBOX => {
+                for (seq, line) in store::decode_chunk(&key, &value)? {
+                    let record: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| json!(line));
+                    emit(json!({"type": "outbox", "seq": seq, "record": record}), out)?;
+                }
+                continue;
+            }
+            store::PREFIX_CURSOR => json!({"type": "cursor", "sink": text(rest), "seq": store::decode_u64(&value)}),
+            store::PREFIX_DEAD => {
+                let letter: serde_json::Value = serde_json::from_slice(&value).unwrap_or_else(|_| json!(text(&value)));
+                json!({"type": "dead_letter", "key": text(rest), "letter": letter})
+            }
+            store::PREFIX_STAT => json!({"type": "counter", "name": text(rest), "value": store::decode_i64(&value)}),
+            store::PREFIX_ARM => {
+                let mut parts = rest.splitn(2, |b| *b == 0);
+                let customer = text(parts.next().unwrap_or_default());
+                let journey = text(parts.next().unwrap_or_default());
+                json!({"type": "arm", "customer": customer, "journey": journey, "arm": text(&value)})
+            }
+            // Bundles and meta were written first.
+            _ => continue,
+        };
+        emit(line, out)?;
+    }
+    out.flush()?;
+    Ok(lines)
+}
+
+fn field<'a>(value: &'a serde_json::Value, name: &str, line: usize) -> Result<&'a serde_json::Value, ExportError> {
+    value.get(name).ok_or_else(|| ExportError::Line {
+        line,
+        reason: format!("missing `{name}`"),
+    })
+}
+
+fn as_u64(value: &serde_json::Value, name: &str, line: usize) -> Result<u64, ExportError> {
+    field(value, name, line)?.as_u64().ok_or_else(|| ExportError::Line {
+        line,
+        reason: format!("`{name}` must be a whole number"),
+    })
+}
+
+fn as_str<'a>(value: &'a serde_json::Value, name: &str, line: usize) -> Result<&'a str, ExportError> {
+    field(value, name, line)?.as_str().ok_or_else(|| ExportError::Line {
+        line,
+        reason: format!("`{name}` must be a string"),
+    })
+}
+
+/// Restores an export into an empty store. Returns the number of lines.
+pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportError> {
+    if !store.db.is_empty() {
+        return Err(ExportError::NotEmpty(
+            "the data directory is not empty; import restores into an empty one".into(),
+        ));
+    }
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    let mut count = 0;
+    for (index, line) in input.lines().enumerate() {
+        let number = index + 1;
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| ExportError::Line {
+            line: number,
+            reason: e.to_string(),
+        })?;
+        let bad = |reason: String| ExportError::Line { line: number, reason };
+        match as_str(&value, "type", number)? {
+            "meta" => {
+                if let Some(seq) = value.get("next_seq").and_then(|s| s.as_u64()) {
+                    batch.insert(store::META_SEQ, &seq.to_be_bytes());
+                }
+                if let Some(key) = value.get("current_bundle").and_then(|s| s.as_str()) {
+                    batch.insert(store::META_CURRENT, key.as_bytes());
+                }
+            }
+            "bundle" => {
+                let bundle: Bundle =
+                    serde_json::from_value(field(&value, "bundle", number)?.clone()).map_err(|e| bad(e.to_string()))?;
+                let key = store.put_bundle(&bundle)?;
+                let expected = as_str(&value, "key", number)?;
+                if key != expected {
+                    return Err(bad(format!("bundle content hashes to {key}, not {expected}")));
+                }
+            }
+            "customer" => {
+                let state: CustomerState =
+                    serde_json::from_value(field(&value, "state", number)?.clone()).map_err(|e| bad(e.to_string()))?;
+                batch.insert(store::customer_key(&state.id), store::encode_state(&state));
+            }
+            "timer" => {
+                let due = field(&value, "due", number)?
+                    .as_i64()
+                    .ok_or_else(|| bad("`due` must be a number".into()))?;
+                batch.insert(store::timer_key(due, as_str(&value, "customer", number)?), &[]);
+            }
+            "outbox" => {
+                let record = field(&value, "record", number)?;
+                let line = match record {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let seq = as_u64(&value, "seq", number)?;
+                batch.insert(store::outbox_key(seq), store::encode_chunk(&[(seq, line)]));
+            }
+            "cursor" => {
+                let seq = as_u64(&value, "seq", number)?;
+                batch.insert(store::cursor_key(as_str(&value, "sink", number)?), &seq.to_be_bytes());
+            }
+            "dead_letter" => {
+                let key = [&[store::PREFIX_DEAD][..], as_str(&value, "key", number)?.as_bytes()].concat();
+                batch.insert(key, field(&value, "letter", number)?.to_string().into_bytes());
+            }
+            "counter" => {
+                let counter = field(&value, "value", number)?
+                    .as_i64()
+                    .ok_or_else(|| bad("`value` must be a number".into()))?;
+                batch.insert(store::stat_key(as_str(&value, "name", number)?), &counter.to_be_bytes());
+            }
+            "arm" => {
+                let key = store::arm_key(as_str(&value, "customer", number)?, as_str(&value, "journey", number)?);
+                batch.insert(key, as_str(&value, "arm", number)?.as_bytes());
+            }
+            other => return Err(bad(format!("unknown record type {other:?}"))),
+        }
+        count += 1;
+        in_batch += 1;
+        if in_batch >= IMPORT_BATCH_LINES {
+            store
+                .db
+                .apply_batch(std::mem::take(&mut batch))
+                .map_err(StoreError::from)?;
+            in_batch = 0;
+        }
+    }
+    store.db.apply_batch(batch).map_err(StoreError::from)?;
+    store.flush()?;
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::bytecode::Value;
+    use crate::runtime::state::Enrollment;
+    use store::StoreOptions;
+
+    #[test]
+    fn export_import_round_trip() {
+        let source_dir = tempfile::tempdir().expect("tempdir");
+        let source = Store::open(source_dir.path(), &StoreOptions::default()).expect("open");
+        let mut state = CustomerState::new("c1");
+        state.profile.insert("plan".into(), Value::String("pro".into()));
+        state.profile.insert("ltv".into(), Value::Number(12.5));
+        state.enrollments.insert(
+            "onboarding".into(),
+            Box::new(Enrollment {
+                version: "abc".into(),
+                entered_at: 1_000,
+                ordinal: 1,
+                pc: 3,
+                suspended: true,
+                wake_at: Some(90_000),
+                loop_counters: vec![2],
+                events: vec![Default::default()],
+                goals_reached: vec![false],
+                holdout: false,
+                steps: 4,
+            }),
+        );
+        let mut batch = sled::Batch::default();
+        batch.insert(store::customer_key("c1"), store::encode_state(&state));
+        batch.insert(store::timer_key(90_000, "c1"), &[]);
+        batch.insert(
+            store::outbox_key(7),
+            store::encode_chunk(&[(7, r#"{"at":"2026-01-05T10:00:00Z","customer":"c1"}"#.to_string())]),
+        );
+        batch.insert(store::cursor_key("jsonl:x"), &6u64.to_be_bytes());
+        batch.insert(store::stat_key("j/onboarding/entered"), &1i64.to_be_bytes());
+        batch.insert(store::arm_key("c1", "onboarding"), b"cta/short".to_vec());
+        batch.insert(store::META_SEQ, &8u64.to_be_bytes());
+        source.db.apply_batch(batch).expect("batch");
+        source
+            .add_dead_letter("webhook:http://x", 5, &json!({"record": {"customer": "c1"}}))
+            .expect("dead");
+
+        let mut first = Vec::new();
+        let lines = export(&source, &mut first).expect("export");
+        assert_eq!(lines, 8);
+        let target_dir = tempfile::tempdir().expect("tempdir");
+        let target = Store::open(target_dir.path(), &StoreOptions::default()).expect("open");
+        import(&target, &mut first.as_slice()).expect("import");
+        let mut second = Vec::new();
+        export(&target, &mut second).expect("export again");
+        assert_eq!(String::from_utf8_lossy(&first), String::from_utf8_lossy(&second));
+        assert_eq!(target.customer("c1").expect("get"), Some(state));
+        assert!(
+            import(&target, &mut first.as_slice()).is_err(),
+            "import refuses a non-empty store"
+        );
+    }
+}

@@ -1,0 +1,581 @@
+//! The HTTP API (axum): Segment-compatible intake and the operator endpoints.
+//! See `docs/daemon.md` for the contract.
+
+use super::commit::{current, CommitError, Committer, Runtime, SharedRuntime};
+use super::metrics::{Gauges, Metrics};
+use super::reload::Reloader;
+use super::stats;
+use super::store::{self, Store};
+use super::timers::now_ms;
+use crate::compile::bytecode::{Bundle, Program, Value};
+use crate::runtime::input::{parse_call, Call};
+use crate::runtime::trace::format_time;
+use crate::runtime::CustomerState;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The largest request body accepted.
+pub const BODY_BYTES_MAX: usize = 512 * 1024;
+/// The most events in one `/v1/batch` request.
+pub const BATCH_EVENTS_MAX: usize = 1000;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub committer: Committer,
+    pub runtime: SharedRuntime,
+    pub stats: Arc<Mutex<HashMap<String, i64>>>,
+    pub metrics: Arc<Metrics>,
+    pub token: Option<Arc<str>>,
+    pub sink_names: Arc<Vec<String>>,
+    pub reloader: Arc<Reloader>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/track", post(track))
+        .route("/v1/identify", post(identify))
+        .route("/v1/batch", post(batch))
+        .route("/v1/customers/{id}", get(get_customer).delete(delete_customer))
+        .route("/v1/journeys", get(journeys))
+        .route("/v1/journeys/{name}/stats", get(journey_stats))
+        .route("/v1/reload", post(reload))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "path", "no such endpoint") })
+        .with_state(state)
+}
+
+/// A JSON error naming the field and the reason.
+pub fn error(status: StatusCode, field: &str, reason: impl Into<String>) -> Response {
+    let body = json!({"success": false, "error": {"field": field, "reason": reason.into()}});
+    (status, Json(body)).into_response()
+}
+
+fn commit_error(error: CommitError) -> Response {
+    let status = match error {
+        CommitError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error_body(status, &error.to_string())
+}
+
+fn error_body(status: StatusCode, reason: &str) -> Response {
+    (
+        status,
+        Json(json!({"success": false, "error": {"field": "", "reason": reason}})),
+    )
+        .into_response()
+}
+
+/// Compares without an early exit, so timing does not leak the token.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// `Authorization: Bearer TOKEN`, or Segment-style Basic auth with the token
+/// as user name (and any password, usually empty).
+pub fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    if let Some(bearer) = value.strip_prefix("Bearer ") {
+        return same_secret(bearer.trim().as_bytes(), token.as_bytes());
+    }
+    if let Some(basic) = value.strip_prefix("Basic ") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
+            return false;
+        };
+        let user = decoded.split(|b| *b == b':').next().unwrap_or_default();
+        return same_secret(user, token.as_bytes());
+    }
+    false
+}
+
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        if !authorized(request.headers(), token) {
+            state.metrics.requests_rejected.inc();
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "authorization",
+                "missing or wrong token: send `Authorization: Bearer TOKEN` (or Basic auth with the token as user name)",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Endpoint {
+    Track,
+    Identify,
+    Batch,
+}
+
+async fn track(State(state): State<AppState>, body: Body) -> Response {
+    intake(state, Endpoint::Track, body).await
+}
+
+async fn identify(State(state): State<AppState>, body: Body) -> Response {
+    intake(state, Endpoint::Identify, body).await
+}
+
+async fn batch(State(state): State<AppState>, body: Body) -> Response {
+    intake(state, Endpoint::Batch, body).await
+}
+
+/// Why a request body was refused.
+#[derive(Debug, PartialEq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub field: String,
+    pub reason: String,
+    /// How many events the request held (for the rejected counter).
+    pub events: usize,
+}
+
+fn refuse(status: StatusCode, field: impl Into<String>, reason: impl Into<String>, events: usize) -> Refusal {
+    Refusal {
+        status,
+        field: field.into(),
+        reason: reason.into(),
+        events,
+    }
+}
+
+/// Validates a whole request body against the schema: every call or none.
+fn validate(endpoint: Endpoint, bytes: &[u8], bundle: &Bundle, received_at: i64) -> Result<Vec<Call>, Refusal> {
+    let json: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "", format!("invalid JSON: {e}"), 1))?;
+    let (items, prefix): (Vec<serde_json::Value>, bool) = match (endpoint, json) {
+        (Endpoint::Batch, serde_json::Value::Object(mut object)) => match object.remove("batch") {
+            Some(serde_json::Value::Array(items)) => {
+                if items.len() > BATCH_EVENTS_MAX {
+                    return Err(refuse(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "batch",
+                        format!("{} events; at most {BATCH_EVENTS_MAX} per batch", items.len()),
+                        items.len(),
+                    ));
+                }
+                (items, true)
+            }
+            Some(_) => return Err(refuse(StatusCode::BAD_REQUEST, "batch", "must be an array", 1)),
+            None => return Err(refuse(StatusCode::BAD_REQUEST, "batch", "missing", 1)),
+        },
+        (Endpoint::Batch, _) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "",
+                "expected a JSON object {\"batch\": [...]}",
+                1,
+            ));
+        }
+        (_, json) => (vec![json], false),
+    };
+    let count = items.len();
+    let mut calls = Vec::with_capacity(count);
+    for (index, mut item) in items.into_iter().enumerate() {
+        let path = |field: &str| {
+            let field = if field.is_empty() {
+                String::new()
+            } else {
+                field.to_string()
+            };
+            match (prefix, field.is_empty()) {
+                (true, true) => format!("batch[{index}]"),
+                (true, false) => format!("batch[{index}].{field}"),
+                (false, _) => field,
+            }
+        };
+        let implied = match endpoint {
+            Endpoint::Track => Some("track"),
+            Endpoint::Identify => Some("identify"),
+            Endpoint::Batch => None,
+        };
+        if let (Some(implied), Some(object)) = (implied, item.as_object_mut()) {
+            match object.get("type").and_then(|t| t.as_str()) {
+                None => {
+                    object.insert("type".into(), json!(implied));
+                }
+                Some(given) if given != implied => {
+                    return Err(refuse(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "type",
+                        format!("`{given}` sent to the {implied} endpoint"),
+                        count,
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let call = parse_call(&item, &bundle.schema, Some(received_at))
+            .map_err(|e| refuse(StatusCode::UNPROCESSABLE_ENTITY, path(&e.field), e.reason, count))?;
+        calls.push(call);
+    }
+    Ok(calls)
+}
+
+async fn intake(state: AppState, endpoint: Endpoint, body: Body) -> Response {
+    let started = Instant::now();
+    let bytes = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            state.metrics.requests_rejected.inc();
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body",
+                format!("request body over the limit of {BODY_BYTES_MAX} bytes"),
+            );
+        }
+    };
+    let runtime = current(&state.runtime);
+    let calls = match validate(endpoint, &bytes, &runtime.bundle, now_ms()) {
+        Ok(calls) => calls,
+        Err(refusal) => {
+            state.metrics.requests_rejected.inc();
+            state.metrics.events_rejected.add(refusal.events as u64);
+            tracing::debug!(field = %refusal.field, reason = %refusal.reason, "input refused");
+            return error(refusal.status, &refusal.field, refusal.reason);
+        }
+    };
+    let accepted = calls.len();
+    if accepted > 0 {
+        if let Err(error) = state.committer.ingest(calls).await {
+            return commit_error(error);
+        }
+    }
+    state.metrics.events_accepted.add(accepted as u64);
+    state.metrics.intake_latency.observe(started.elapsed());
+    (StatusCode::OK, Json(json!({"success": true, "accepted": accepted}))).into_response()
+}
+
+pub fn value_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Absent => serde_json::Value::Null,
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => json!(i),
+        Value::Number(n) => json!(n),
+        Value::String(s) => json!(s),
+        Value::Time(t) => json!(format_time(*t)),
+        Value::Duration(ms) => json!(*ms as f64 / 1000.0),
+    }
+}
+
+/// The program with this content hash, among the current and retained bundles.
+fn find_program<'a>(runtime: &'a Runtime, hash: &str) -> Option<(&'a Bundle, &'a Program)> {
+    std::iter::once(&runtime.bundle)
+        .chain(runtime.retained.iter())
+        .find_map(|bundle| {
+            bundle
+                .journeys
+                .iter()
+                .find(|p| p.hash == hash)
+                .map(|p| (bundle.as_ref(), p))
+        })
+}
+
+/// Label and source line of an instruction, when known.
+fn describe_step(runtime: &Runtime, version: &str, pc: u32) -> serde_json::Value {
+    let Some((bundle, program)) = find_program(runtime, version) else {
+        return json!({});
+    };
+    let label = program
+        .labels
+        .iter()
+        .find(|(_, at)| *at == pc)
+        .map(|(name, _)| bundle.name(*name).to_string());
+    let line = program.lines.get(pc as usize).copied();
+    let instruction = program.code.get(pc as usize).map(|i| {
+        let text = format!("{i:?}");
+        text.split([' ', '{', '(']).next().unwrap_or_default().to_string()
+    });
+    json!({"label": label, "line": line, "instruction": instruction})
+}
+
+pub fn customer_json(state: &CustomerState, runtime: &Runtime) -> serde_json::Value {
+    let profile: serde_json::Map<String, serde_json::Value> =
+        state.profile.iter().map(|(k, v)| (k.clone(), value_json(v))).collect();
+    let enrollments: Vec<serde_json::Value> = state
+        .enrollments
+        .iter()
+        .map(|(journey, e)| {
+            let mut entry = json!({
+                "journey": journey,
+                "version": e.version,
+                "ordinal": e.ordinal,
+                "entered_at": format_time(e.entered_at),
+                "pc": e.pc,
+                "waiting": e.suspended,
+                "next_wake": e.wake_at.map(format_time),
+                "holdout": e.holdout,
+            });
+            if let (Some(object), serde_json::Value::Object(extra)) =
+                (entry.as_object_mut(), describe_step(runtime, &e.version, e.pc))
+            {
+                object.extend(extra);
+            }
+            entry
+        })
+        .collect();
+    json!({
+        "id": state.id,
+        "profile": profile,
+        "first_seen": state.first_seen.map(format_time),
+        "last_event": state.last_event.map(format_time),
+        "enrollments": enrollments,
+        "next_wake": state.next_wake().map(format_time),
+    })
+}
+
+async fn get_customer(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.store.customer(&id) {
+        Ok(Some(customer)) => {
+            let runtime = current(&state.runtime);
+            (StatusCode::OK, Json(customer_json(&customer, &runtime))).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "id", format!("no customer {id:?}")),
+        Err(error) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+async fn delete_customer(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.committer.erase(id.clone()).await {
+        Ok(true) => {
+            tracing::info!(customer = %id, "customer erased");
+            (StatusCode::OK, Json(json!({"success": true, "erased": id}))).into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "id", format!("no customer {id:?}")),
+        Err(error) => commit_error(error),
+    }
+}
+
+async fn journeys(State(state): State<AppState>) -> Response {
+    let runtime = current(&state.runtime);
+    let counters = state.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let list: Vec<serde_json::Value> = runtime
+        .bundle
+        .journeys
+        .iter()
+        .map(|program| {
+            let name = runtime.bundle.name(program.name);
+            // Versions with enrollments still waiting, from the position gauges.
+            let prefix = format!("j/{name}/at/");
+            let mut waiting: std::collections::BTreeMap<String, i64> = Default::default();
+            for (key, value) in &counters {
+                if let Some(rest) = key.strip_prefix(&prefix) {
+                    if let Some((version, _)) = rest.split_once('/') {
+                        *waiting.entry(version.to_string()).or_insert(0) += value;
+                    }
+                }
+            }
+            let versions: Vec<serde_json::Value> = waiting
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(version, n)| json!({"version": version, "active": n, "current": version == program.hash}))
+                .collect();
+            json!({
+                "name": name,
+                "version": program.hash,
+                "migrate_on_update": program.migrate_on_update,
+                "trigger": format!("{:?}", program.trigger).split([' ', '{', '(']).next().unwrap_or_default().to_lowercase(),
+                "versions": versions,
+            })
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        Json(json!({"bundle": runtime.bundle_key, "journeys": list})),
+    )
+        .into_response()
+}
+
+async fn journey_stats(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let runtime = current(&state.runtime);
+    if runtime.bundle.journey(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, "name", format!("no journey {name:?}"));
+    }
+    let counters = state.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let describe = |version: &str, pc: u32| describe_step(&runtime, version, pc);
+    let mut body = stats::journey_stats(&name, &counters, &describe);
+    let dead: Vec<serde_json::Value> = state
+        .store
+        .dead_letters(10_000)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.pointer("/record/journey").and_then(|j| j.as_str()) == Some(name.as_str()))
+        .collect();
+    if let Some(object) = body.as_object_mut() {
+        object.insert("dead_letters".into(), json!(dead.len()));
+        object.insert(
+            "dead_letter_samples".into(),
+            json!(dead.into_iter().take(20).collect::<Vec<_>>()),
+        );
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+async fn reload(State(state): State<AppState>) -> Response {
+    match state.reloader.reload().await {
+        Ok(report) => (StatusCode::OK, Json(report)).into_response(),
+        Err(diagnostics) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"success": false, "error": {"field": "workspace", "reason": "the workspace has errors; the running version is kept"}, "diagnostics": diagnostics})),
+        )
+            .into_response(),
+    }
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let timers_pending = state
+        .stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(store::STAT_TIMERS)
+        .copied()
+        .unwrap_or(0);
+    let outbox_depth = match (state.store.first_outbox_seq(), state.store.last_outbox_seq()) {
+        (Ok(Some(first)), Ok(Some(last))) => {
+            let lowest = state
+                .sink_names
+                .iter()
+                .map(|s| state.store.cursor(s).ok().flatten().unwrap_or(0))
+                .min()
+                .unwrap_or(0);
+            last.saturating_sub(lowest.max(first.saturating_sub(1)))
+        }
+        _ => 0,
+    };
+    let text = state.metrics.render(&Gauges {
+        timers_pending,
+        outbox_depth,
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{FieldType, Schema, Type};
+    use crate::compile::bytecode::SettingsDef;
+
+    fn bundle() -> Bundle {
+        let mut schema = Schema::default();
+        schema.customer.insert(
+            "plan".into(),
+            FieldType {
+                ty: Type::Enum(vec!["free".into(), "pro".into()]),
+                optional: false,
+            },
+        );
+        let mut purchase = std::collections::BTreeMap::new();
+        purchase.insert(
+            "amount".into(),
+            FieldType {
+                ty: Type::Number,
+                optional: false,
+            },
+        );
+        schema.events.insert("purchase".into(), purchase);
+        Bundle {
+            format_version: 1,
+            names: vec![],
+            schema,
+            segments: vec![],
+            messages: vec![],
+            settings: SettingsDef::default(),
+            journeys: vec![],
+            history_window_seconds: 0,
+        }
+    }
+
+    fn refused(endpoint: Endpoint, body: &str) -> Refusal {
+        validate(endpoint, body.as_bytes(), &bundle(), 0).expect_err("refused")
+    }
+
+    #[test]
+    fn validation_names_field_and_reason() {
+        let r = refused(Endpoint::Track, "{not json");
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let r = refused(Endpoint::Track, r#"{"userId":"c1","event":"nope"}"#);
+        assert_eq!(
+            (r.status, r.field.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "event")
+        );
+        let r = refused(
+            Endpoint::Track,
+            r#"{"userId":"c1","event":"purchase","properties":{"amount":"x"}}"#,
+        );
+        assert_eq!(r.field, "properties.amount");
+        let r = refused(Endpoint::Identify, r#"{"userId":"c1","traits":{"plan":"gold"}}"#);
+        assert_eq!(r.field, "traits.plan");
+        let r = refused(Endpoint::Track, r#"{"event":"purchase","properties":{"amount":1}}"#);
+        assert_eq!(r.field, "userId");
+        let r = refused(
+            Endpoint::Batch,
+            r#"{"batch":[{"type":"track","userId":"a","event":"purchase","properties":{"amount":1}},{"type":"track","userId":"b","event":"purchase","properties":{"amount":true}}]}"#,
+        );
+        assert_eq!(r.field, "batch[1].properties.amount");
+        let r = refused(Endpoint::Identify, r#"{"type":"track","userId":"c1"}"#);
+        assert_eq!(r.field, "type");
+        let many = format!("{{\"batch\":[{}]}}", vec!["{}"; BATCH_EVENTS_MAX + 1].join(","));
+        assert_eq!(refused(Endpoint::Batch, &many).status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn valid_batch_is_accepted_whole() {
+        let calls = validate(
+            Endpoint::Batch,
+            br#"{"batch":[{"type":"identify","userId":"a","traits":{"plan":"pro"}},{"type":"track","userId":"a","event":"purchase","properties":{"amount":2.5}}]}"#,
+            &bundle(),
+            5,
+        )
+        .expect("valid");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].input.at(), 5);
+    }
+
+    #[test]
+    fn bearer_and_basic_auth() {
+        let mut headers = HeaderMap::new();
+        assert!(!authorized(&headers, "s3cret"));
+        headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().expect("header"));
+        assert!(authorized(&headers, "s3cret"));
+        headers.insert(header::AUTHORIZATION, "Bearer wrong".parse().expect("header"));
+        assert!(!authorized(&headers, "s3cret"));
+        let basic = base64::engine::general_purpose::STANDARD.encode("s3cret:");
+        headers.insert(header::AUTHORIZATION, format!("Basic {basic}").parse().expect("header"));
+        assert!(authorized(&headers, "s3cret"));
+    }
+}

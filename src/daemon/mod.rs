@@ -1,0 +1,286 @@
+//! The daemon (`journeyc serve`): Segment-compatible HTTP intake, durable
+//! per-customer state in sled, real-clock timers, and an outbox delivered to
+//! sinks. Every line of journey logic runs through the pure interpreter
+//! ([`crate::runtime::Engine`]); this module is the IO around it.
+//!
+//! The parts, in the order data flows:
+//! [`http`] validates requests → [`commit`] (one thread) applies them and
+//! writes state, timers, outbox and stats in one batch, fsync, ack →
+//! [`timers`] hands due wake-ups back to [`commit`] → [`outbox`] moves
+//! committed records to the [`sinks`]. [`store`] describes the key layout;
+//! [`reload`] swaps workspaces; [`export`] dumps and restores a data dir.
+//!
+//! **Architecture invariant:** a 200 from an intake endpoint means every
+//! effect of the request (state, timer, outbox records) is on disk; a record
+//! reaches a sink only after it is on disk.
+
+pub mod commit;
+pub mod export;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod reload;
+pub mod sinks;
+pub mod stats;
+pub mod store;
+pub mod timers;
+
+use commit::{CommitThread, Committer, Published, SharedRuntime};
+use metrics::Metrics;
+use sinks::{JsonlSink, SinkSpec, WebhookOptions};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use store::{Store, StoreOptions};
+use tokio::sync::watch;
+
+/// Validated settings of `journeyc serve`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub workspace: PathBuf,
+    pub data: PathBuf,
+    pub listen: String,
+    pub sinks: Vec<SinkSpec>,
+    pub token: Option<String>,
+    pub webhook: WebhookOptions,
+    pub store: StoreOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The workspace has errors (rendered diagnostics).
+    #[error("the workspace has errors:\n{0}")]
+    Workspace(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<store::StoreError> for DaemonError {
+    fn from(error: store::StoreError) -> Self {
+        DaemonError::Io(error.to_string())
+    }
+}
+
+/// Where the store lives inside the data directory.
+pub fn store_dir(data: &std::path::Path) -> PathBuf {
+    data.join("db")
+}
+
+/// Runs the daemon until SIGTERM / ctrl-c.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Io(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<(), DaemonError> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&config.data).map_err(|e| DaemonError::Io(format!("{}: {e}", config.data.display())))?;
+    let bundle = {
+        let workspace = config.workspace.clone();
+        tokio::task::spawn_blocking(move || reload::load_bundle(&workspace))
+            .await
+            .map_err(|e| DaemonError::Io(e.to_string()))?
+            .map_err(DaemonError::Workspace)?
+    };
+    let store = {
+        let dir = store_dir(&config.data);
+        let options = config.store.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir, &options))
+            .await
+            .map_err(|e| DaemonError::Io(e.to_string()))?
+            .map_err(|e| {
+                DaemonError::Io(format!(
+                    "cannot open the store (is another daemon running on this data dir?): {e}"
+                ))
+            })?
+    };
+    let previous_key = store.current_bundle_key()?;
+    let loaded = reload::build_runtime(&store, bundle)?;
+    let needs_install = previous_key.as_deref() != Some(loaded.bundle_key.as_str());
+    let loaded = Arc::new(loaded);
+    let shared_runtime: SharedRuntime = Arc::new(RwLock::new(loaded.clone()));
+
+    // Sinks first: the JSONL tails take part in choosing the next sequence number.
+    let mut jsonl_sinks = Vec::new();
+    let mut highest_seen = store.last_outbox_seq()?.unwrap_or(0);
+    let sink_names: Arc<Vec<String>> = Arc::new(config.sinks.iter().map(SinkSpec::name).collect());
+    for spec in &config.sinks {
+        if let Some(cursor) = store.cursor(&spec.name())? {
+            highest_seen = highest_seen.max(cursor);
+        }
+        if let SinkSpec::Jsonl(path) = spec {
+            let (sink, tail) =
+                JsonlSink::open(path).map_err(|e| DaemonError::Io(format!("JSONL sink {}: {e}", path.display())))?;
+            if let Some(tail) = tail {
+                highest_seen = highest_seen.max(tail);
+            }
+            jsonl_sinks.push((sink, tail));
+        }
+    }
+    let next_seq = store.next_seq()?.unwrap_or(1).max(highest_seen + 1);
+    let committed_now = store.last_outbox_seq()?.unwrap_or(0);
+
+    let metrics = Arc::new(Metrics::default());
+    let (committed_sender, committed_receiver) = watch::channel(committed_now);
+    let stats: HashMap<String, i64> = store.counters()?.into_iter().collect();
+    let published = Published {
+        committed_seq: Arc::new(committed_sender),
+        stats: Arc::new(Mutex::new(stats)),
+        timers_changed: Arc::new(tokio::sync::Notify::new()),
+        metrics: metrics.clone(),
+    };
+    let (job_sender, job_receiver) = tokio::sync::mpsc::channel(commit::JOB_CHANNEL_CAPACITY);
+    let committer = Committer { sender: job_sender };
+    let commit_thread = {
+        let thread = CommitThread::new(store.clone(), shared_runtime.clone(), published.clone(), next_seq);
+        std::thread::Builder::new()
+            .name("journeyc-commit".into())
+            .spawn(move || thread.run(job_receiver))
+            .map_err(|e| DaemonError::Io(e.to_string()))?
+    };
+    if needs_install {
+        let migrated = committer
+            .install(loaded.clone())
+            .await
+            .map_err(|e| DaemonError::Io(e.to_string()))?;
+        tracing::info!(bundle = %loaded.bundle_key, migrated, "workspace version installed");
+    }
+
+    // Timers stop with intake; sinks only after the last commit, so they
+    // deliver everything committed before the process exits.
+    let (stop_sender, stop_receiver) = watch::channel(false);
+    let (sinks_stop_sender, sinks_stop_receiver) = watch::channel(false);
+    let context = outbox::DispatchContext {
+        store: store.clone(),
+        committed: committed_receiver,
+        stopping: sinks_stop_receiver,
+        sink_names: sink_names.clone(),
+        metrics: metrics.clone(),
+    };
+    let mut sink_tasks = Vec::new();
+    for (sink, tail) in jsonl_sinks {
+        let name = SinkSpec::Jsonl(sink.path().to_path_buf()).name();
+        let cursor = outbox::start_cursor(&store, &name, tail);
+        tracing::info!(sink = %name, cursor, "JSONL sink ready");
+        sink_tasks.push(tokio::spawn(outbox::run_jsonl(context.clone(), sink, cursor)));
+    }
+    for spec in &config.sinks {
+        if let SinkSpec::Webhook(url) = spec {
+            let cursor = outbox::start_cursor(&store, &spec.name(), None);
+            tracing::info!(sink = %spec.name(), cursor, "webhook sink ready");
+            sink_tasks.push(tokio::spawn(outbox::run_webhook(
+                context.clone(),
+                url.clone(),
+                config.webhook.clone(),
+                cursor,
+            )));
+        }
+    }
+    let timer_task = tokio::spawn(timers::run(
+        store.clone(),
+        committer.clone(),
+        published.timers_changed.clone(),
+        metrics.clone(),
+        stop_receiver.clone(),
+    ));
+
+    let reloader = Arc::new(reload::Reloader {
+        workspace: config.workspace.clone(),
+        store: store.clone(),
+        committer: committer.clone(),
+        runtime: shared_runtime.clone(),
+        metrics: metrics.clone(),
+        lock: tokio::sync::Mutex::new(()),
+    });
+    let hangup_task = tokio::spawn(reload_on_hangup(reloader.clone()));
+    let state = http::AppState {
+        store: store.clone(),
+        committer: committer.clone(),
+        runtime: shared_runtime.clone(),
+        stats: published.stats.clone(),
+        metrics: metrics.clone(),
+        token: config.token.as_deref().map(Arc::from),
+        sink_names,
+        reloader,
+    };
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| DaemonError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+    let address: SocketAddr = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
+    // Tests and scripts find the port here (listen on :0 picks a free one).
+    let _ = std::fs::write(config.data.join("addr"), address.to_string());
+    println!("journeyc serve: listening on http://{address}");
+    tracing::info!(%address, ready_ms = started.elapsed().as_millis() as u64, "listening");
+
+    let served = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "HTTP server failed");
+    }
+    tracing::info!("stopping: intake closed, finishing in-flight work");
+    hangup_task.abort();
+    let _ = stop_sender.send(true);
+    let _ = timer_task.await;
+    // Let the commit thread finish what it has, then stop.
+    commit::stop(&committer).await;
+    drop(committer);
+    let _ = tokio::task::spawn_blocking(move || commit_thread.join()).await;
+    let _ = sinks_stop_sender.send(true);
+    for task in sink_tasks {
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("a sink did not stop in time");
+        }
+    }
+    store.flush()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn reload_on_hangup(reloader: Arc<reload::Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the workspace");
+            let _ = reloader.reload().await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,251 @@
+//! Loading the workspace, reloading it (SIGHUP, `POST /v1/reload`), and
+//! migrating waiting enrollments to new journey versions.
+//!
+//! A reload re-reads and re-checks the workspace; with errors it is refused
+//! (diagnostics logged and returned) and the running version stays. Otherwise
+//! the new bundle is stored, enrollments of journeys that say
+//! `on update migrate` move to the same label in the new version, and the new
+//! bundle becomes current. Every bundle still referenced by an enrollment is
+//! kept (in the store, and in the engine) so pinned enrollments keep running.
+
+use super::commit::{current, CommitError, Committer, Interpreter, Runtime, SharedRuntime};
+use super::metrics::Metrics;
+use super::stats;
+use super::store::{self, Store, StoreError};
+use crate::compile::bytecode::{Bundle, Program};
+use crate::runtime::Engine;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Customers migrated per batch during a reload.
+const MIGRATION_BATCH_CUSTOMERS: usize = 10_000;
+
+/// Reads, checks and compiles a workspace. `Err` holds the rendered diagnostics.
+pub fn load_bundle(workspace: &Path) -> Result<Bundle, String> {
+    let sources = crate::workspace::load(&[workspace.to_path_buf()]).map_err(|e| e.to_string())?;
+    let outcome = crate::check::check_workspace(&sources, &crate::workspace::DiskFiles);
+    let rendered = crate::diagnostic::render_human(&sources, &outcome.diagnostics, false);
+    match outcome.checked {
+        Some(checked) => {
+            if !outcome.diagnostics.is_empty() {
+                tracing::warn!(warnings = %rendered, "workspace has warnings");
+            }
+            Ok(crate::compile::compile(&checked))
+        }
+        None => Err(rendered),
+    }
+}
+
+/// Builds the engine for `bundle`, keeping `retained` bundles for pinned enrollments.
+pub fn make_engine(bundle: Arc<Bundle>, retained: &[Arc<Bundle>]) -> Arc<dyn Interpreter> {
+    Arc::new(Engine::with_retained(bundle, retained.to_vec()))
+}
+
+/// Stores `bundle` and builds the runtime for it with every stored bundle retained.
+pub fn build_runtime(store: &Store, bundle: Bundle) -> Result<Runtime, StoreError> {
+    assert_eq!(
+        bundle.format_version,
+        crate::compile::bytecode::FORMAT_VERSION,
+        "the compiler produced a bundle of another format"
+    );
+    let key = store.put_bundle(&bundle)?;
+    let bundle = Arc::new(bundle);
+    let retained: Vec<Arc<Bundle>> = store
+        .bundles()?
+        .into_iter()
+        .filter(|(k, _)| *k != key)
+        .map(|(_, b)| Arc::new(b))
+        .collect();
+    Ok(Runtime {
+        interpreter: make_engine(bundle.clone(), &retained),
+        bundle,
+        bundle_key: key,
+        retained,
+    })
+}
+
+/// Reloads on request; one reload at a time.
+pub struct Reloader {
+    pub workspace: PathBuf,
+    pub store: Store,
+    pub committer: Committer,
+    pub runtime: SharedRuntime,
+    pub metrics: Arc<Metrics>,
+    pub lock: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// `Ok` with a report, or `Err` with the diagnostics when refused.
+    pub async fn reload(&self) -> Result<serde_json::Value, String> {
+        let _guard = self.lock.lock().await;
+        let workspace = self.workspace.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(|| load_bundle(&workspace))
+                .unwrap_or_else(|_| Err("internal error: the checker or compiler panicked".into()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let bundle = match loaded {
+            Ok(bundle) => bundle,
+            Err(diagnostics) => {
+                self.metrics.reloads_refused.inc();
+                tracing::error!(%diagnostics, "reload refused: the workspace has errors; the running version is kept");
+                return Err(diagnostics);
+            }
+        };
+        let previous = current(&self.runtime);
+        let runtime = build_runtime(&self.store, bundle).map_err(|e| e.to_string())?;
+        if runtime.bundle_key == previous.bundle_key {
+            return Ok(serde_json::json!({"success": true, "changed": false, "bundle": runtime.bundle_key}));
+        }
+        let key = runtime.bundle_key.clone();
+        let changed: Vec<String> = runtime
+            .bundle
+            .journeys
+            .iter()
+            .filter(|p| {
+                let name = runtime.bundle.name(p.name);
+                previous
+                    .bundle
+                    .journey(name)
+                    .map(|old| old.hash != p.hash)
+                    .unwrap_or(true)
+            })
+            .map(|p| runtime.bundle.name(p.name).to_string())
+            .collect();
+        let migrated = self
+            .committer
+            .install(Arc::new(runtime))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.metrics.reloads.inc();
+        tracing::info!(bundle = %key, ?changed, migrated, "workspace reloaded");
+        Ok(
+            serde_json::json!({"success": true, "changed": true, "bundle": key, "journeys_changed": changed, "enrollments_migrated": migrated}),
+        )
+    }
+}
+
+/// The label at `pc` in `program`, by name.
+fn label_at<'a>(bundle: &'a Bundle, program: &Program, pc: u32) -> Option<&'a str> {
+    program
+        .labels
+        .iter()
+        .find(|(_, at)| *at == pc)
+        .map(|(name, _)| bundle.name(*name))
+}
+
+/// Moves enrollments of `on update migrate` journeys waiting at a labelled
+/// instruction to the same label in the new version; stores the new bundle as
+/// current and drops stored bundles no enrollment references. Runs on the
+/// commit thread. Returns how many enrollments moved.
+pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
+    let new_bundle = &runtime.bundle;
+    // Old programs by hash.
+    let mut old_programs: HashMap<&str, (&Bundle, &Program)> = HashMap::new();
+    for bundle in &runtime.retained {
+        for program in &bundle.journeys {
+            old_programs.insert(program.hash.as_str(), (bundle.as_ref(), program));
+        }
+    }
+    let migrating: HashMap<&str, &Program> = new_bundle
+        .journeys
+        .iter()
+        .filter(|p| p.migrate_on_update)
+        .map(|p| (new_bundle.name(p.name), p))
+        .collect();
+    let mut moved = 0;
+    if !migrating.is_empty() {
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        let mut deltas: HashMap<String, i64> = HashMap::new();
+        for item in store.db.scan_prefix([store::PREFIX_CUSTOMER]) {
+            let (key, value) = item.map_err(StoreError::from)?;
+            let mut state = store::decode_state(&key, &value)?;
+            let before = stats::positions(&state);
+            let mut changed = false;
+            for (journey, enrollment) in state.enrollments.iter_mut() {
+                let Some(new_program) = migrating.get(journey.as_str()) else {
+                    continue;
+                };
+                if enrollment.version == new_program.hash {
+                    continue;
+                }
+                let Some((old_bundle, old_program)) = old_programs.get(enrollment.version.as_str()) else {
+                    continue;
+                };
+                let Some(label) = label_at(old_bundle, old_program, enrollment.pc) else {
+                    continue;
+                };
+                let Some(new_pc) = new_program
+                    .labels
+                    .iter()
+                    .find(|(name, _)| new_bundle.name(*name) == label)
+                    .map(|(_, pc)| *pc)
+                else {
+                    continue; // no such label: stays pinned
+                };
+                enrollment.version = new_program.hash.clone();
+                enrollment.pc = new_pc;
+                enrollment
+                    .loop_counters
+                    .resize(usize::from(new_program.loop_counters), 0);
+                changed = true;
+                moved += 1;
+            }
+            if changed {
+                let after = stats::positions(&state);
+                stats::positions_delta(&before, &after, &mut deltas);
+                batch.insert(key, store::encode_state(&state));
+                in_batch += 1;
+                if in_batch >= MIGRATION_BATCH_CUSTOMERS {
+                    write_counters(store, &mut batch, &mut deltas)?;
+                    store
+                        .db
+                        .apply_batch(std::mem::take(&mut batch))
+                        .map_err(StoreError::from)?;
+                    in_batch = 0;
+                }
+            }
+        }
+        write_counters(store, &mut batch, &mut deltas)?;
+        store.db.apply_batch(batch).map_err(StoreError::from)?;
+    }
+    store.set_current_bundle_key(&runtime.bundle_key)?;
+    collect_bundles(store, &runtime.bundle_key)?;
+    Ok(moved)
+}
+
+fn write_counters(store: &Store, batch: &mut sled::Batch, deltas: &mut HashMap<String, i64>) -> Result<(), StoreError> {
+    for (name, delta) in deltas.drain() {
+        let value = store.counter(&name)? + delta;
+        batch.insert(store::stat_key(&name), &value.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Deletes stored bundles that are not current and whose programs no
+/// enrollment runs (per the position gauges).
+pub fn collect_bundles(store: &Store, current_key: &str) -> Result<(), StoreError> {
+    let mut referenced: BTreeSet<String> = BTreeSet::new();
+    for (name, value) in store.counters()? {
+        if value <= 0 {
+            continue;
+        }
+        let parts: Vec<&str> = name.split('/').collect();
+        if let ["j", _, "at", version, _] = parts.as_slice() {
+            referenced.insert(version.to_string());
+        }
+    }
+    for (key, bundle) in store.bundles()? {
+        if key == current_key {
+            continue;
+        }
+        if !bundle.journeys.iter().any(|p| referenced.contains(&p.hash)) {
+            tracing::info!(bundle = %key, "dropping a bundle no enrollment uses");
+            store.remove_bundle(&key)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Sinks: where outbox records go. The JSONL file sink (every trace record,
+//! exactly once) and the webhook sink (each send, at least once, with an
+//! idempotency key).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A sink as configured: `jsonl:PATH` or `webhook:URL`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SinkSpec {
+    Jsonl(PathBuf),
+    Webhook(String),
+}
+
+impl SinkSpec {
+    pub fn parse(text: &str) -> Result<SinkSpec, String> {
+        if let Some(path) = text.strip_prefix("jsonl:") {
+            if path.is_empty() {
+                return Err("jsonl sink needs a path: jsonl:PATH".into());
+            }
+            Ok(SinkSpec::Jsonl(PathBuf::from(path)))
+        } else if let Some(url) = text.strip_prefix("webhook:") {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("webhook sink needs an http(s) URL, got {url:?}"));
+            }
+            Ok(SinkSpec::Webhook(url.to_string()))
+        } else {
+            Err(format!("unknown sink {text:?}: expected jsonl:PATH or webhook:URL"))
+        }
+    }
+
+    /// The sink's name: its delivery cursor is stored under it.
+    pub fn name(&self) -> String {
+        match self {
+            SinkSpec::Jsonl(path) => format!("jsonl:{}", path.display()),
+            SinkSpec::Webhook(url) => format!("webhook:{url}"),
+        }
+    }
+}
+
+/// Settings of webhook delivery.
+#[derive(Clone, Debug)]
+pub struct WebhookOptions {
+    /// Attempts per record before it is parked as a dead letter.
+    pub attempts_max: u32,
+    /// First retry delay; doubled each attempt, with jitter.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Requests per second, per sink.
+    pub rate_per_second: f64,
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhookOptions {
+    fn default() -> Self {
+        WebhookOptions {
+            attempts_max: 8,
+            retry_base_ms: 500,
+            retry_max_ms: 60_000,
+            rate_per_second: 100.0,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl WebhookOptions {
+    /// Delay before attempt `attempt` (1 = the first retry): exponential with
+    /// "equal jitter" (half fixed, half random) so retries of many records spread out.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponential = self
+            .retry_base_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
+            .min(self.retry_max_ms);
+        let half = exponential / 2;
+        let jitter = if half > 0 {
+            rand::random::<u64>() % (half + 1)
+        } else {
+            0
+        };
+        Duration::from_millis(half + jitter)
+    }
+}
+
+/// The JSONL file sink: appends one line per record, each with its outbox
+/// sequence number as a last `seq` field, and syncs before the cursor moves.
+pub struct JsonlSink {
+    path: PathBuf,
+    file: File,
+}
+
+impl JsonlSink {
+    /// Opens the file, truncating a torn last line (a crash mid-write), and
+    /// returns the sequence number of the last complete line.
+    pub fn open(path: &Path) -> io::Result<(JsonlSink, Option<u64>)> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let last_seq = recover_tail(&mut file)?;
+        file.seek(SeekFrom::End(0))?;
+        Ok((
+            JsonlSink {
+                path: path.to_path_buf(),
+                file,
+            },
+            last_seq,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends records (`(seq, JSON line)`) and syncs the file.
+    pub fn append(&mut self, records: &[(u64, String)]) -> io::Result<()> {
+        let mut buffer = String::with_capacity(records.iter().map(|(_, l)| l.len() + 24).sum());
+        for (seq, line) in records {
+            buffer.push_str(&with_seq(line, *seq));
+            buffer.push('\n');
+        }
+        self.file.write_all(buffer.as_bytes())?;
+        self.file.sync_data()
+    }
+}
+
+/// Adds `"seq":N` as the last field of a JSON object line.
+pub fn with_seq(line: &str, seq: u64) -> String {
+    match line.strip_suffix('}') {
+        Some(body) if body.len() > 1 => format!("{body},\"seq\":{seq}}}"),
+        Some(_) => format!("{{\"seq\":{seq}}}"),
+        None => line.to_string(),
+    }
+}
+
+/// Truncates an incomplete last line and returns the `seq` of the last
+/// complete one.
+fn recover_tail(file: &mut File) -> io::Result<Option<u64>> {
+    let length = file.metadata()?.len();
+    if length == 0 {
+        return Ok(None);
+    }
+    let mut window: u64 = 64 * 1024;
+    loop {
+        let start = length.saturating_sub(window);
+        let mut tail = Vec::with_capacity((length - start) as usize);
+        file.seek(SeekFrom::Start(start))?;
+        Read::by_ref(file).take(length - start).read_to_end(&mut tail)?;
+        // End of the last complete line (exclusive of its newline).
+        let complete_end = match tail.iter().rposition(|b| *b == b'\n') {
+            Some(end) => end,
+            None if start == 0 => {
+                // Not one complete line: the whole file is torn.
+                file.set_len(0)?;
+                file.sync_all()?;
+                return Ok(None);
+            }
+            None => {
+                window *= 4;
+                continue;
+            }
+        };
+        let line_start = match tail[..complete_end].iter().rposition(|b| *b == b'\n') {
+            Some(position) => position + 1,
+            None if start == 0 => 0,
+            None => {
+                window *= 4;
+                continue;
+            }
+        };
+        let kept = start + complete_end as u64 + 1;
+        if kept < length {
+            tracing::warn!(
+                torn_bytes = length - kept,
+                "truncating a torn last line in the JSONL sink"
+            );
+            file.set_len(kept)?;
+            file.sync_all()?;
+        }
+        let last_line = &tail[line_start..complete_end];
+        let seq = serde_json::from_slice::<serde_json::Value>(last_line)
+            .ok()
+            .and_then(|v| v.get("seq").and_then(|s| s.as_u64()));
+        return Ok(seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sink_specs() {
+        assert_eq!(
+            SinkSpec::parse("jsonl:out.jsonl"),
+            Ok(SinkSpec::Jsonl("out.jsonl".into()))
+        );
+        assert_eq!(
+            SinkSpec::parse("webhook:http://127.0.0.1:9/x"),
+            Ok(SinkSpec::Webhook("http://127.0.0.1:9/x".into()))
+        );
+        assert!(SinkSpec::parse("kafka:x").is_err());
+        assert!(SinkSpec::parse("webhook:ftp://x").is_err());
+    }
+
+    #[test]
+    fn seq_is_appended_as_last_field() {
+        assert_eq!(with_seq("{\"a\":1}", 7), "{\"a\":1,\"seq\":7}");
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_and_last_seq_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sends.jsonl");
+        std::fs::write(&path, "{\"a\":1,\"seq\":1}\n{\"a\":2,\"seq\":2}\n{\"a\":3,\"se").expect("write");
+        let (mut sink, last) = JsonlSink::open(&path).expect("open");
+        assert_eq!(last, Some(2));
+        sink.append(&[(3, "{\"a\":3}".into())]).expect("append");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "{\"a\":1,\"seq\":1}\n{\"a\":2,\"seq\":2}\n{\"a\":3,\"seq\":3}\n");
+        let (_, last) = JsonlSink::open(&path).expect("reopen");
+        assert_eq!(last, Some(3));
+    }
+
+    #[test]
+    fn fully_torn_file_is_emptied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sends.jsonl");
+        std::fs::write(&path, "{\"a\":1,\"se").expect("write");
+        let (_, last) = JsonlSink::open(&path).expect("open");
+        assert_eq!(last, None);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "");
+    }
+
+    #[test]
+    fn long_lines_are_found_beyond_the_first_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sends.jsonl");
+        let big = "x".repeat(200_000);
+        std::fs::write(&path, format!("{{\"b\":\"{big}\",\"seq\":41}}\n{{\"b\":\"{big}")).expect("write");
+        let (_, last) = JsonlSink::open(&path).expect("open");
+        assert_eq!(last, Some(41));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let options = WebhookOptions {
+            retry_base_ms: 100,
+            retry_max_ms: 1_000,
+            ..WebhookOptions::default()
+        };
+        for _ in 0..20 {
+            let first = options.backoff(1).as_millis();
+            assert!((50..=100).contains(&first), "{first}");
+            let late = options.backoff(12).as_millis();
+            assert!((500..=1_000).contains(&late), "{late}");
+        }
+    }
+}
