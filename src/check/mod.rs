@@ -138,8 +138,8 @@ pub(crate) struct Checker<'a> {
 pub fn check_workspace(sources: &SourceMap, files: &dyn Files) -> CheckOutcome {
     let mut diagnostics = Vec::new();
     let mut parsed = Vec::new();
-    for (id, file) in sources.files() {
-        match crate::syntax::parse_file(id, &file.text) {
+    for result in parse_all(sources) {
+        match result {
             Ok(ast) => parsed.push(ast),
             Err(errors) => diagnostics.extend(errors),
         }
@@ -152,6 +152,56 @@ pub fn check_workspace(sources: &SourceMap, files: &dyn Files) -> CheckOutcome {
         };
     }
     check_parsed(sources, files, parsed)
+}
+
+/// Below this much source text, parsing on one thread is faster than
+/// starting others.
+const PARALLEL_PARSE_BYTES_MIN: usize = 64 * 1024;
+/// The most threads used to parse.
+const PARSE_THREADS_MAX: usize = 8;
+
+/// Parses every file, in file order. Files are independent, so a large
+/// workspace is split across the machine's cores; the result does not
+/// depend on how.
+fn parse_all(sources: &SourceMap) -> Vec<Result<ast::File, Vec<Diagnostic>>> {
+    let files: Vec<(crate::source::FileId, &str)> = sources.files().map(|(id, f)| (id, f.text.as_str())).collect();
+    let parse_part = |part: &[(crate::source::FileId, &str)]| -> Vec<_> {
+        part.iter()
+            .map(|(id, text)| crate::syntax::parse_file(*id, text))
+            .collect()
+    };
+    let bytes: usize = files.iter().map(|(_, text)| text.len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(PARSE_THREADS_MAX)
+        .min(files.len());
+    if threads < 2 || bytes < PARALLEL_PARSE_BYTES_MIN {
+        return parse_part(&files);
+    }
+    // Balance by size: each part gets about an equal share of the bytes.
+    let share = bytes.div_ceil(threads);
+    let mut parts: Vec<&[(crate::source::FileId, &str)]> = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (index, (_, text)) in files.iter().enumerate() {
+        size += text.len();
+        if size >= share {
+            parts.push(&files[start..=index]);
+            (start, size) = (index + 1, 0);
+        }
+    }
+    if start < files.len() {
+        parts.push(&files[start..]);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || parse_part(part)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
 }
 
 fn check_parsed(sources: &SourceMap, files: &dyn Files, parsed: Vec<ast::File>) -> CheckOutcome {
