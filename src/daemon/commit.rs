@@ -34,11 +34,22 @@ pub const JOB_CHANNEL_CAPACITY: usize = 1024;
 /// [`Engine`] implements it; tests use small fakes.
 pub trait Interpreter: Send + Sync {
     fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects;
+
+    /// Moves enrollments to a new version by label ([`Engine::migrate`]);
+    /// returns how many moved.
+    fn migrate(&self, state: &mut CustomerState, now: crate::runtime::Millis) -> usize {
+        let _ = (state, now);
+        0
+    }
 }
 
 impl Interpreter for Engine {
     fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
         Engine::apply(self, state, input)
+    }
+
+    fn migrate(&self, state: &mut CustomerState, now: crate::runtime::Millis) -> usize {
+        Engine::migrate(self, state, now)
     }
 }
 

@@ -12,7 +12,7 @@ use super::commit::{current, CommitError, Committer, Interpreter, Runtime, Share
 use super::metrics::Metrics;
 use super::stats;
 use super::store::{self, Store, StoreError};
-use crate::compile::bytecode::{Bundle, Program};
+use crate::compile::bytecode::Bundle;
 use crate::runtime::Engine;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ pub fn load_bundle(workspace: &Path) -> Result<Bundle, String> {
             if !outcome.diagnostics.is_empty() {
                 tracing::warn!(warnings = %rendered, "workspace has warnings");
             }
-            Ok(crate::compile::compile(&checked))
+            Ok(crate::compile::compile_with_sources(&checked, &sources))
         }
         None => Err(rendered),
     }
@@ -128,35 +128,15 @@ impl Reloader {
 }
 
 /// The label at `pc` in `program`, by name.
-fn label_at<'a>(bundle: &'a Bundle, program: &Program, pc: u32) -> Option<&'a str> {
-    program
-        .labels
-        .iter()
-        .find(|(_, at)| *at == pc)
-        .map(|(name, _)| bundle.name(*name))
-}
-
 /// Moves enrollments of `on update migrate` journeys waiting at a labelled
 /// instruction to the same label in the new version; stores the new bundle as
 /// current and drops stored bundles no enrollment references. Runs on the
 /// commit thread. Returns how many enrollments moved.
 pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
-    let new_bundle = &runtime.bundle;
-    // Old programs by hash.
-    let mut old_programs: HashMap<&str, (&Bundle, &Program)> = HashMap::new();
-    for bundle in &runtime.retained {
-        for program in &bundle.journeys {
-            old_programs.insert(program.hash.as_str(), (bundle.as_ref(), program));
-        }
-    }
-    let migrating: HashMap<&str, &Program> = new_bundle
-        .journeys
-        .iter()
-        .filter(|p| p.migrate_on_update)
-        .map(|p| (new_bundle.name(p.name), p))
-        .collect();
+    let migrating = runtime.bundle.journeys.iter().any(|p| p.migrate_on_update);
     let mut moved = 0;
-    if !migrating.is_empty() {
+    if migrating {
+        let now = super::timers::now_ms();
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
         let mut deltas: HashMap<String, i64> = HashMap::new();
@@ -164,49 +144,33 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
             let (key, value) = item.map_err(StoreError::from)?;
             let mut state = store::decode_state(&key, &value)?;
             let before = stats::positions(&state);
-            let mut changed = false;
-            for (journey, enrollment) in state.enrollments.iter_mut() {
-                let Some(new_program) = migrating.get(journey.as_str()) else {
-                    continue;
-                };
-                if enrollment.version == new_program.hash {
-                    continue;
-                }
-                let Some((old_bundle, old_program)) = old_programs.get(enrollment.version.as_str()) else {
-                    continue;
-                };
-                let Some(label) = label_at(old_bundle, old_program, enrollment.pc) else {
-                    continue;
-                };
-                let Some(new_pc) = new_program
-                    .labels
-                    .iter()
-                    .find(|(name, _)| new_bundle.name(*name) == label)
-                    .map(|(_, pc)| *pc)
-                else {
-                    continue; // no such label: stays pinned
-                };
-                enrollment.version = new_program.hash.clone();
-                enrollment.pc = new_pc;
-                enrollment
-                    .loop_counters
-                    .resize(usize::from(new_program.loop_counters), 0);
-                changed = true;
-                moved += 1;
+            let wake_before = state.next_wake();
+            let moved_here = runtime.interpreter.migrate(&mut state, now);
+            if moved_here == 0 {
+                continue;
             }
-            if changed {
-                let after = stats::positions(&state);
-                stats::positions_delta(&before, &after, &mut deltas);
-                batch.insert(key, store::encode_state(&state));
-                in_batch += 1;
-                if in_batch >= MIGRATION_BATCH_CUSTOMERS {
-                    write_counters(store, &mut batch, &mut deltas)?;
-                    store
-                        .db
-                        .apply_batch(std::mem::take(&mut batch))
-                        .map_err(StoreError::from)?;
-                    in_batch = 0;
+            moved += moved_here;
+            // Keep exactly one timer key per customer with a wake-up.
+            let wake_after = state.next_wake();
+            if wake_after != wake_before {
+                if let Some(old) = wake_before {
+                    batch.remove(store::timer_key(old, &state.id));
                 }
+                if let Some(new) = wake_after {
+                    batch.insert(store::timer_key(new, &state.id), &[]);
+                }
+            }
+            let after = stats::positions(&state);
+            stats::positions_delta(&before, &after, &mut deltas);
+            batch.insert(key, store::encode_state(&state));
+            in_batch += 1;
+            if in_batch >= MIGRATION_BATCH_CUSTOMERS {
+                write_counters(store, &mut batch, &mut deltas)?;
+                store
+                    .db
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(StoreError::from)?;
+                in_batch = 0;
             }
         }
         write_counters(store, &mut batch, &mut deltas)?;

@@ -144,6 +144,63 @@ impl Engine {
         self.versions.contains_key(hash)
     }
 
+    /// Moves the customer's enrollments waiting at a labelled statement of an
+    /// old version to the statement with the same label in the current
+    /// version, when the current version says `on update migrate` (spec §5).
+    /// Others stay pinned. A moved enrollment keeps its deadline when the new
+    /// statement is of the same kind, else starts the new statement at `now`.
+    /// Returns how many moved. `apply` does this on every input; the daemon
+    /// also does it for every customer when it installs a new version.
+    pub fn migrate(&self, state: &mut CustomerState, now: Millis) -> usize {
+        let current = &self.current;
+        let mut moved = 0;
+        for program in &current.bundle.journeys {
+            if !program.migrate_on_update {
+                continue;
+            }
+            let journey = current.bundle.name(program.name);
+            let Some(enrollment) = state.enrollments.get_mut(journey) else {
+                continue;
+            };
+            if enrollment.version == program.hash || !enrollment.suspended {
+                continue;
+            }
+            let Some((old, old_index)) = self.versions.get(&enrollment.version) else {
+                continue;
+            };
+            let old_program = &old.bundle.journeys[*old_index];
+            let label = old_program
+                .labels
+                .iter()
+                .find(|(_, pc)| *pc == enrollment.pc)
+                .map(|(name, _)| old.bundle.name(*name));
+            let Some(label) = label else {
+                continue;
+            };
+            let Some(new_pc) = program
+                .labels
+                .iter()
+                .find(|(name, _)| current.bundle.name(*name) == label)
+                .map(|(_, pc)| *pc)
+            else {
+                continue;
+            };
+            let same_kind = std::mem::discriminant(&old_program.code[enrollment.pc as usize])
+                == std::mem::discriminant(&program.code[new_pc as usize]);
+            enrollment.version = program.hash.clone();
+            enrollment.pc = new_pc;
+            enrollment.loop_counters.resize(program.loop_counters as usize, 0);
+            enrollment.goals_reached.resize(program.goals.len(), false);
+            if !same_kind {
+                // A different kind of step: start it now.
+                enrollment.suspended = false;
+                enrollment.wake_at = Some(now);
+            }
+            moved += 1;
+        }
+        moved
+    }
+
     /// Applies one input to one customer. Pure: see the module invariant.
     pub fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
         let at = input.at().max(state.clock);
@@ -983,54 +1040,8 @@ impl Run<'_, '_> {
 
     // ------------------------------------------------------- versions
 
-    /// Moves enrollments waiting at a labelled statement of an old version
-    /// to the same label of the current version, when the current version
-    /// says `on update migrate` (spec §5); others stay pinned.
     fn migrate(&mut self, t: Millis) {
-        let current = self.engine.current.clone();
-        for program in &current.bundle.journeys {
-            if !program.migrate_on_update {
-                continue;
-            }
-            let journey = current.bundle.name(program.name);
-            let Some(enrollment) = self.state.enrollments.get_mut(journey) else {
-                continue;
-            };
-            if enrollment.version == program.hash || !enrollment.suspended {
-                continue;
-            }
-            let Some((old, old_index)) = self.engine.versions.get(&enrollment.version) else {
-                continue;
-            };
-            let old_program = &old.bundle.journeys[*old_index];
-            let label = old_program
-                .labels
-                .iter()
-                .find(|(_, pc)| *pc == enrollment.pc)
-                .map(|(name, _)| old.bundle.name(*name));
-            let Some(label) = label else {
-                continue;
-            };
-            let Some(new_pc) = program
-                .labels
-                .iter()
-                .find(|(name, _)| current.bundle.name(*name) == label)
-                .map(|(_, pc)| *pc)
-            else {
-                continue;
-            };
-            let same_kind = std::mem::discriminant(&old_program.code[enrollment.pc as usize])
-                == std::mem::discriminant(&program.code[new_pc as usize]);
-            enrollment.version = program.hash.clone();
-            enrollment.pc = new_pc;
-            enrollment.loop_counters.resize(program.loop_counters as usize, 0);
-            enrollment.goals_reached.resize(program.goals.len(), false);
-            if !same_kind {
-                // A different kind of step: start it now.
-                enrollment.suspended = false;
-                enrollment.wake_at = Some(t);
-            }
-        }
+        self.engine.migrate(self.state, t);
     }
 
     /// Drops history no expression can read any more.
