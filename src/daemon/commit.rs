@@ -517,6 +517,7 @@ impl CommitThread {
         let mut batch = sled::Batch::default();
         let mut remove_timers: BTreeSet<Vec<u8>> = group.stale_timers.drain(..).collect();
         let mut insert_timers: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut known_timers: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut earliest_new_timer: Option<Millis> = None;
         for erased in &group.erased {
             self.erase_outside_group(&mut batch, erased)?;
@@ -526,7 +527,11 @@ impl CommitThread {
                 continue;
             }
             if let Some(old) = working.original_wake {
-                remove_timers.insert(store::timer_key(old, id));
+                let key = store::timer_key(old, id);
+                // By the timer invariant the stored state's key exists, and
+                // it is the customer's only one.
+                known_timers.insert(key.clone());
+                remove_timers.insert(key);
             }
             if working.erased {
                 batch.remove(store::customer_key(id));
@@ -543,13 +548,20 @@ impl CommitThread {
         }
         let mut timer_delta = 0i64;
         for key in &remove_timers {
-            if !insert_timers.contains(key) && self.store.db.contains_key(key)? {
+            if insert_timers.contains(key) {
+                continue;
+            }
+            // Keys handed in by wake jobs may already be gone (handed over
+            // twice, or moved): only those need a look-up.
+            if known_timers.contains(key) || self.store.db.contains_key(key)? {
                 batch.remove(key.clone());
                 timer_delta -= 1;
             }
         }
         for key in insert_timers {
-            if !self.store.db.contains_key(&key)? {
+            // A new key differs from the customer's only stored key, so it is
+            // not there yet; an unchanged one is.
+            if !known_timers.contains(&key) {
                 batch.insert(key, &[]);
                 timer_delta += 1;
             }
