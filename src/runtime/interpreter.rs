@@ -1088,16 +1088,25 @@ pub fn to_json(value: &Value) -> serde_json::Value {
     }
 }
 
-/// A number in `0..10_000` fixed forever for (customer, journey, key):
-/// split arms and holdout never change across runs, restarts or versions.
-pub fn stable_bucket(customer: &str, journey: &str, key: &str) -> u32 {
-    let digest = Sha256::new()
+/// SHA-256 of `customer \0 journey \0` followed by `tail`: the root of
+/// every stable choice and key, so none depends on a run, a restart or a
+/// version.
+fn customer_digest(customer: &str, journey: &str, tail: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new()
         .chain_update(customer.as_bytes())
         .chain_update([0])
         .chain_update(journey.as_bytes())
-        .chain_update([0])
-        .chain_update(key.as_bytes())
-        .finalize();
+        .chain_update([0]);
+    for part in tail {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+/// A number in `0..10_000` fixed forever for (customer, journey, key):
+/// split arms and holdout never change across runs, restarts or versions.
+pub fn stable_bucket(customer: &str, journey: &str, key: &str) -> u32 {
+    let digest = customer_digest(customer, journey, &[key.as_bytes()]);
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     (u64::from_be_bytes(first) % 10_000) as u32
@@ -1105,13 +1114,6 @@ pub fn stable_bucket(customer: &str, journey: &str, key: &str) -> u32 {
 
 /// The stable idempotency key of a send.
 fn send_id(customer: &str, journey: &str, ordinal: u32, step: u32) -> String {
-    let digest = Sha256::new()
-        .chain_update(customer.as_bytes())
-        .chain_update([0])
-        .chain_update(journey.as_bytes())
-        .chain_update([0])
-        .chain_update(ordinal.to_be_bytes())
-        .chain_update(step.to_be_bytes())
-        .finalize();
+    let digest = customer_digest(customer, journey, &[&ordinal.to_be_bytes(), &step.to_be_bytes()]);
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
