@@ -139,11 +139,6 @@ impl Engine {
             .unwrap_or(0)
     }
 
-    /// Whether an enrollment on this program version can run.
-    pub fn knows_version(&self, hash: &str) -> bool {
-        self.versions.contains_key(hash)
-    }
-
     /// Moves the customer's enrollments waiting at a labelled statement of an
     /// old version to the statement with the same label in the current
     /// version, when the current version says `on update migrate` (spec §5).
@@ -211,7 +206,7 @@ impl Engine {
             steps: 0,
         };
         if let Some(id) = input.message_id() {
-            if !run.remember_message_id(id, at) {
+            if !run.state.remember_message_id(id, at) {
                 return Effects {
                     records: Vec::new(),
                     wake_at: run.state.next_wake(),
@@ -332,11 +327,6 @@ impl Run<'_, '_> {
     fn record(&mut self, at: Millis, journey: &str, kind: Kind) -> &mut TraceRecord {
         self.records.push(TraceRecord::new(at, &self.state.id, journey, kind));
         self.records.last_mut().expect("just pushed")
-    }
-
-    /// Returns false when the id was already seen.
-    fn remember_message_id(&mut self, id: &str, at: Millis) -> bool {
-        self.state.remember_message_id(id, at)
     }
 
     /// After the customer's first input: membership then is the baseline,
