@@ -7,7 +7,7 @@
 //! keep their causal order.
 
 use crate::compile::bytecode::{Bundle, Trigger};
-use crate::runtime::input::{parse_call, Call};
+use crate::runtime::input::{parse_call_str, Call};
 use crate::runtime::{CustomerState, Engine, Input, Millis, TraceRecord};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -29,11 +29,7 @@ pub fn parse_events(text: &str, bundle: &Bundle) -> Result<Vec<Call>, EventError
         if line.trim().is_empty() {
             continue;
         }
-        let json: serde_json::Value = serde_json::from_str(line).map_err(|error| EventError {
-            line: index + 1,
-            message: format!("not valid JSON: {error}"),
-        })?;
-        let call = parse_call(&json, &bundle.schema, None).map_err(|error| EventError {
+        let call = parse_call_str(line, &bundle.schema, None).map_err(|error| EventError {
             line: index + 1,
             message: error.to_string(),
         })?;

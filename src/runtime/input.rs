@@ -5,7 +5,9 @@ use super::trace::parse_time;
 use super::Millis;
 use crate::check::{FieldType, Schema, Type};
 use crate::compile::bytecode::Value;
-use serde::{Deserialize, Serialize};
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// One input for one customer.
@@ -71,45 +73,66 @@ pub struct Call {
 /// `received_at` is used when the call has no `timestamp`; `None` makes the
 /// timestamp required (the simulator has no wall clock to fall back on).
 pub fn parse_call(json: &serde_json::Value, schema: &Schema, received_at: Option<Millis>) -> Result<Call, InputError> {
-    let object = json
-        .as_object()
-        .ok_or_else(|| InputError::new("", "expected a JSON object"))?;
-    let kind = object
-        .get("type")
-        .and_then(|t| t.as_str())
-        .ok_or_else(|| InputError::new("type", "missing; expected \"identify\" or \"track\""))?;
-    let customer = match object.get("userId") {
-        Some(serde_json::Value::String(id)) if !id.is_empty() => id.clone(),
-        Some(serde_json::Value::Number(id)) => id.to_string(),
+    let raw = RawCall::deserialize(json).map_err(|error| InputError::new("", error.to_string()))?;
+    validate(raw, schema, received_at)
+}
+
+/// Parses and validates one call from its JSON text without building a
+/// `serde_json::Value` first (the simulator's event files): the same
+/// checks and messages as [`parse_call`].
+pub fn parse_call_str(text: &str, schema: &Schema, received_at: Option<Millis>) -> Result<Call, CallError> {
+    let raw: RawCall = serde_json::from_str(text).map_err(CallError::Json)?;
+    validate(raw, schema, received_at).map_err(CallError::Input)
+}
+
+/// Why a call's text was refused: not JSON at all, or not a valid call.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("not valid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error(transparent)]
+    Input(InputError),
+}
+
+fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Result<Call, InputError> {
+    let RawCall::Object(raw) = raw else {
+        return Err(InputError::new("", "expected a JSON object"));
+    };
+    let kind = match &raw.kind {
+        Some(Scalar::Str(kind)) => kind.as_ref(),
+        _ => return Err(InputError::new("type", "missing; expected \"identify\" or \"track\"")),
+    };
+    let customer = match raw.user_id {
+        Some(Scalar::Str(id)) if !id.is_empty() => id.into_owned(),
+        Some(number @ (Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_))) => number.to_string(),
         Some(_) => return Err(InputError::new("userId", "must be a non-empty string")),
         None => return Err(InputError::new("userId", "missing (anonymous calls are not accepted)")),
     };
     if customer.len() > 256 {
         return Err(InputError::new("userId", "longer than 256 bytes"));
     }
-    let at = match object.get("timestamp") {
-        Some(serde_json::Value::String(text)) => {
-            parse_time(text).ok_or_else(|| InputError::new("timestamp", format!("not an RFC 3339 time: {text:?}")))?
+    let at = match raw.timestamp {
+        Some(Scalar::Str(text)) => {
+            parse_time(&text).ok_or_else(|| InputError::new("timestamp", format!("not an RFC 3339 time: {text:?}")))?
         }
         Some(_) => return Err(InputError::new("timestamp", "must be an RFC 3339 string")),
         None => received_at.ok_or_else(|| InputError::new("timestamp", "missing"))?,
     };
-    let message_id = match object.get("messageId") {
-        Some(serde_json::Value::String(id)) => Some(id.clone()),
-        Some(serde_json::Value::Null) | None => None,
+    let message_id = match raw.message_id {
+        Some(Scalar::Str(id)) => Some(id.into_owned()),
+        Some(Scalar::Null) | None => None,
         Some(_) => return Err(InputError::new("messageId", "must be a string")),
     };
     let input = match kind {
         "identify" => {
-            let traits = fields(object.get("traits"), "traits", &schema.customer, FieldsMode::Partial)?;
+            let traits = fields(raw.traits, "traits", &schema.customer, FieldsMode::Partial)?;
             Input::Identify { traits, at, message_id }
         }
         "track" => {
-            let event = object
-                .get("event")
-                .and_then(|e| e.as_str())
-                .ok_or_else(|| InputError::new("event", "missing; a track call names its event"))?;
-            let declared = schema.events.get(event).ok_or_else(|| {
+            let Some(Scalar::Str(event)) = &raw.event else {
+                return Err(InputError::new("event", "missing; a track call names its event"));
+            };
+            let (event, declared) = schema.events.get_key_value(event.as_ref()).ok_or_else(|| {
                 let known: Vec<&str> = schema.events.keys().map(String::as_str).collect();
                 let mut reason = format!("event `{event}` is not declared in the workspace");
                 if let Some(best) = crate::diagnostic::did_you_mean(event, known) {
@@ -117,9 +140,9 @@ pub fn parse_call(json: &serde_json::Value, schema: &Schema, received_at: Option
                 }
                 InputError::new("event", reason)
             })?;
-            let properties = fields(object.get("properties"), "properties", declared, FieldsMode::Complete)?;
+            let properties = fields(raw.properties, "properties", declared, FieldsMode::Complete)?;
             Input::Track {
-                event: event.to_string(),
+                event: event.clone(),
                 properties,
                 at,
                 message_id,
@@ -144,32 +167,29 @@ enum FieldsMode {
 }
 
 fn fields(
-    given: Option<&serde_json::Value>,
+    given: Option<Fields>,
     field: &str,
     declared: &BTreeMap<String, FieldType>,
     mode: FieldsMode,
 ) -> Result<BTreeMap<String, Value>, InputError> {
-    let empty = serde_json::Map::new();
     let given = match given {
-        None | Some(serde_json::Value::Null) => &empty,
-        Some(serde_json::Value::Object(map)) => map,
-        Some(_) => return Err(InputError::new(field, "must be an object")),
+        None | Some(Fields::Null) => Vec::new(),
+        Some(Fields::Object(pairs)) => pairs,
+        Some(Fields::Other) => return Err(InputError::new(field, "must be an object")),
     };
     let mut out = BTreeMap::new();
     for (name, json) in given {
-        let path = format!("{field}.{name}");
-        let Some(declared_type) = declared.get(name) else {
+        let Some((name, declared_type)) = declared.get_key_value(name.as_ref()) else {
             let known: Vec<&str> = declared.keys().map(String::as_str).collect();
             let mut reason = "not declared in the schema".to_string();
-            if let Some(best) = crate::diagnostic::did_you_mean(name, known) {
+            if let Some(best) = crate::diagnostic::did_you_mean(&name, known) {
                 reason.push_str(&format!(" (did you mean `{best}`?)"));
             }
-            return Err(InputError::new(path, reason));
+            return Err(InputError::new(format!("{field}.{name}"), reason));
         };
-        out.insert(
-            name.clone(),
-            convert(json, declared_type).map_err(|reason| InputError::new(path, reason))?,
-        );
+        let value =
+            convert(json, declared_type).map_err(|reason| InputError::new(format!("{field}.{name}"), reason))?;
+        out.insert(name.clone(), value);
     }
     if mode == FieldsMode::Complete {
         for (name, declared_type) in declared {
@@ -185,52 +205,54 @@ fn fields(
 }
 
 /// Converts a JSON value to a run-time value of the declared type.
-pub fn convert(json: &serde_json::Value, declared: &FieldType) -> Result<Value, String> {
-    use serde_json::Value as J;
-    if json.is_null() {
+fn convert(json: Scalar, declared: &FieldType) -> Result<Value, String> {
+    use Scalar as J;
+    if json == J::Null {
         return if declared.optional {
             Ok(Value::Absent)
         } else {
             Err("must not be null (the field is not optional)".into())
         };
     }
-    let mismatch = |expected: &str| Err(format!("expected {expected}, got {}", describe_json(json)));
-    match (&declared.ty, json) {
-        (Type::String, J::String(s)) => Ok(Value::String(s.clone())),
-        (Type::Int, J::Number(n)) => match n.as_i64() {
-            Some(i) => Ok(Value::Int(i)),
-            None => mismatch("a whole number"),
+    let mismatch = |expected: &str| Err(format!("expected {expected}, got {}", json.describe()));
+    match (&declared.ty, &json) {
+        (Type::String, J::Str(s)) => Ok(Value::String(s.to_string())),
+        (Type::Int, J::Int(i)) => Ok(Value::Int(*i)),
+        (Type::Int, J::UInt(u)) => match i64::try_from(*u) {
+            Ok(i) => Ok(Value::Int(i)),
+            Err(_) => mismatch("a whole number"),
         },
-        (Type::Number, J::Number(n)) => Ok(Value::Number(n.as_f64().unwrap_or(f64::NAN))),
+        (Type::Int, J::Float(_)) => mismatch("a whole number"),
+        (Type::Number, J::Int(_) | J::UInt(_) | J::Float(_)) => Ok(Value::Number(json.as_f64())),
         (Type::Bool, J::Bool(b)) => Ok(Value::Bool(*b)),
-        (Type::Time, J::String(s)) => parse_time(s)
+        (Type::Time, J::Str(s)) => parse_time(s)
             .map(Value::Time)
             .ok_or_else(|| format!("expected an RFC 3339 time, got {s:?}")),
-        (Type::Duration, J::Number(n)) => match n.as_f64() {
-            Some(seconds) if seconds.is_finite() => Ok(Value::Duration((seconds * 1000.0) as i64)),
+        (Type::Duration, J::Int(_) | J::UInt(_) | J::Float(_)) => match json.as_f64() {
+            seconds if seconds.is_finite() => Ok(Value::Duration((seconds * 1000.0) as i64)),
             _ => mismatch("a duration in seconds"),
         },
-        (Type::Duration, J::String(s)) => crate::syntax::parse_duration(s)
+        (Type::Duration, J::Str(s)) => crate::syntax::parse_duration(s)
             .filter(|_| !s.is_empty() && s.chars().next().is_some_and(|c| c.is_ascii_digit()))
             .map(|seconds| Value::Duration(seconds * 1000))
             .ok_or_else(|| format!("expected a duration like \"3d\", got {s:?}")),
-        (Type::Timezone, J::String(s)) => {
+        (Type::Timezone, J::Str(s)) => {
             if s.parse::<chrono_tz::Tz>().is_ok() {
-                Ok(Value::String(s.clone()))
+                Ok(Value::String(s.to_string()))
             } else {
                 Err(format!("{s:?} is not an IANA time zone (e.g. \"Europe/Berlin\")"))
             }
         }
-        (Type::Locale, J::String(s)) => {
+        (Type::Locale, J::Str(s)) => {
             if crate::syntax::is_bcp47(s) {
-                Ok(Value::String(s.clone()))
+                Ok(Value::String(s.to_string()))
             } else {
                 Err(format!("{s:?} is not a BCP-47 locale (e.g. \"fa-IR\")"))
             }
         }
-        (Type::Enum(options), J::String(s)) => {
-            if options.contains(s) {
-                Ok(Value::String(s.clone()))
+        (Type::Enum(options), J::Str(s)) => {
+            if options.iter().any(|option| option == s) {
+                Ok(Value::String(s.to_string()))
             } else {
                 Err(format!(
                     "{s:?} is not one of {}",
@@ -246,13 +268,320 @@ pub fn convert(json: &serde_json::Value, declared: &FieldType) -> Result<Value, 
     }
 }
 
-fn describe_json(json: &serde_json::Value) -> String {
-    match json {
-        serde_json::Value::Null => "null".into(),
-        serde_json::Value::Bool(b) => b.to_string(),
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::String(s) => format!("{s:?}"),
-        serde_json::Value::Array(_) => "an array".into(),
-        serde_json::Value::Object(_) => "an object".into(),
+// ------------------------------------------------------------------ JSON
+
+/// A call as far as validation reads it: the fields it uses, each kept
+/// loosely typed so that a wrong type gets this module's message rather
+/// than serde's; every other field is skipped unread.
+enum RawCall<'a> {
+    Object(RawFields<'a>),
+    /// The call is not a JSON object.
+    Other,
+}
+
+#[derive(Default)]
+struct RawFields<'a> {
+    kind: Option<Scalar<'a>>,
+    user_id: Option<Scalar<'a>>,
+    timestamp: Option<Scalar<'a>>,
+    message_id: Option<Scalar<'a>>,
+    event: Option<Scalar<'a>>,
+    properties: Option<Fields<'a>>,
+    traits: Option<Fields<'a>>,
+}
+
+/// `properties` or `traits`.
+enum Fields<'a> {
+    Null,
+    /// In document order.
+    Object(Vec<(Cow<'a, str>, Scalar<'a>)>),
+    Other,
+}
+
+/// One JSON value: scalars in full; arrays and objects only as their
+/// kind (their content is skipped).
+#[derive(Debug, PartialEq)]
+enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl Scalar<'_> {
+    fn as_f64(&self) -> f64 {
+        match self {
+            Scalar::Int(i) => *i as f64,
+            Scalar::UInt(u) => *u as f64,
+            Scalar::Float(f) => *f,
+            _ => f64::NAN,
+        }
+    }
+
+    /// The value as an error message shows it.
+    fn describe(&self) -> String {
+        match self {
+            Scalar::Str(s) => format!("{s:?}"),
+            Scalar::Array => "an array".into(),
+            Scalar::Object => "an object".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Numbers as JSON writes them (`1.0`, not `1`).
+impl std::fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Null => f.write_str("null"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::UInt(u) => write!(f, "{u}"),
+            Scalar::Float(x) => match serde_json::Number::from_f64(*x) {
+                Some(number) => write!(f, "{number}"),
+                None => f.write_str("null"),
+            },
+            Scalar::Str(s) => f.write_str(s),
+            Scalar::Array => f.write_str("[…]"),
+            Scalar::Object => f.write_str("{…}"),
+        }
+    }
+}
+
+/// A string, borrowed from the input when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visit)
+    }
+}
+
+/// Visits any JSON value; what each kind becomes is up to `T`.
+struct AnyVisitor<T>(std::marker::PhantomData<T>);
+
+trait FromJson<'de>: Sized {
+    fn scalar(scalar: Scalar<'de>) -> Self;
+    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
+}
+
+impl<'de, T: FromJson<'de>> Visitor<'de> for AnyVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        Ok(T::scalar(Scalar::Null))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<T, E> {
+        Ok(T::scalar(Scalar::Null))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+        Ok(T::scalar(Scalar::Bool(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        Ok(T::scalar(Scalar::Int(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        Ok(T::scalar(match i64::try_from(v) {
+            Ok(i) => Scalar::Int(i),
+            Err(_) => Scalar::UInt(v),
+        }))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        Ok(T::scalar(Scalar::Float(v)))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<T, E> {
+        Ok(T::scalar(Scalar::Str(Cow::Borrowed(v))))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        Ok(T::scalar(Scalar::Str(Cow::Owned(v.to_string()))))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<T, E> {
+        Ok(T::scalar(Scalar::Str(Cow::Owned(v))))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(T::scalar(Scalar::Array))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::map(map)
+    }
+}
+
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+impl<'de> FromJson<'de> for Scalar<'de> {
+    fn scalar(scalar: Scalar<'de>) -> Self {
+        scalar
+    }
+    fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        skip_map(map)?;
+        Ok(Scalar::Object)
+    }
+}
+
+impl<'de> FromJson<'de> for Fields<'de> {
+    fn scalar(scalar: Scalar<'de>) -> Self {
+        match scalar {
+            Scalar::Null => Fields::Null,
+            _ => Fields::Other,
+        }
+    }
+    fn map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut pairs = Vec::new();
+        while let Some(Text(name)) = map.next_key::<Text>()? {
+            pairs.push((name, map.next_value::<Scalar>()?));
+        }
+        Ok(Fields::Object(pairs))
+    }
+}
+
+impl<'de> FromJson<'de> for RawCall<'de> {
+    fn scalar(_: Scalar<'de>) -> Self {
+        RawCall::Other
+    }
+    fn map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut raw = RawFields::default();
+        // A repeated key: the last one counts, as in `serde_json::Value`.
+        while let Some(Text(key)) = map.next_key::<Text>()? {
+            match key.as_ref() {
+                "type" => raw.kind = Some(map.next_value()?),
+                "userId" => raw.user_id = Some(map.next_value()?),
+                "timestamp" => raw.timestamp = Some(map.next_value()?),
+                "messageId" => raw.message_id = Some(map.next_value()?),
+                "event" => raw.event = Some(map.next_value()?),
+                "properties" => raw.properties = Some(map.next_value()?),
+                "traits" => raw.traits = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(RawCall::Object(raw))
+    }
+}
+
+macro_rules! deserialize_any {
+    ($($ty:ident),*) => {$(
+        impl<'de> Deserialize<'de> for $ty<'de> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserializer.deserialize_any(AnyVisitor(std::marker::PhantomData))
+            }
+        }
+    )*};
+}
+deserialize_any!(Scalar, Fields, RawCall);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        let field = |ty: Type, optional: bool| FieldType { ty, optional };
+        let mut schema = Schema::default();
+        schema.customer.insert(
+            "plan".into(),
+            field(Type::Enum(vec!["free".into(), "pro".into()]), false),
+        );
+        schema.customer.insert("zone".into(), field(Type::Timezone, true));
+        schema.customer.insert("seen_at".into(), field(Type::Time, true));
+        let mut order = BTreeMap::new();
+        order.insert("items".into(), field(Type::Int, false));
+        order.insert("total".into(), field(Type::Number, false));
+        order.insert("wait".into(), field(Type::Duration, true));
+        schema.events.insert("order".into(), order);
+        schema
+    }
+
+    /// The text path and the `serde_json::Value` path accept and refuse
+    /// the same calls with the same messages.
+    #[test]
+    fn text_and_value_parsing_agree() {
+        let schema = schema();
+        let cases = [
+            r#"{"type":"track","userId":"c1","event":"order","properties":{"items":2,"total":9.5},"timestamp":"2026-01-05T10:00:00Z","messageId":"m1"}"#,
+            r#"{"type":"track","userId":42,"event":"order","properties":{"items":2,"total":9,"wait":"3d"},"timestamp":"2026-01-05T10:00:00Z","context":{"ip":"1.2.3.4","nested":[1,{"a":2}]}}"#,
+            r#"{"type":"identify","userId":"c\u0031","traits":{"plan":"pro","zone":"Europe/Berlin","seen_at":null},"timestamp":"2026-01-05T10:00:00Z","messageId":null}"#,
+            r#"{"type":"identify","userId":"c1","traits":{"plan":"gold"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"type":"identify","userId":"c1","traits":{"plna":"pro"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"type":"identify","userId":"c1","traits":["plan"],"timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"type":"track","userId":"c1","event":"order","properties":{"items":2.5,"total":1},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"type":"track","userId":"c1","event":"order","properties":{"items":18446744073709551615,"total":1},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"type":"track","userId":"c1","event":"order","properties":{"items":{"n":1},"total":1},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"type":"track","userId":"c1","event":"order","properties":{"items":1,"total":[1.5]},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"type":"track","userId":"c1","event":"order","properties":{"items":1},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"type":"track","userId":"c1","event":"ordr","properties":{},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"type":"track","userId":1.5,"event":"order","properties":{"items":1,"total":1},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"type":"track","userId":"","event":"order"}"#,
+            r#"{"type":"track","event":"order"}"#,
+            r#"{"type":"page","userId":"c1","timestamp":"2026-01-05T10:00:00Z"}"#,
+            r#"{"userId":"c1"}"#,
+            r#"{"type":"track","userId":"c1","event":"order","properties":{"items":1,"total":1},"timestamp":5}"#,
+            r#"{"type":"track","userId":"c1","event":"order","properties":{"items":1,"total":1},"timestamp":"yesterday"}"#,
+            r#"{"type":"track","userId":"c1","event":"order","properties":{"items":1,"total":1},"timestamp":"2026-01-05T10:00:00Z","messageId":7}"#,
+            r#"[1,2]"#,
+            r#""text""#,
+        ];
+        for text in cases {
+            let value: serde_json::Value = serde_json::from_str(text).expect("test case is JSON");
+            let from_value = parse_call(&value, &schema, None);
+            let from_text = parse_call_str(text, &schema, None).map_err(|error| match error {
+                CallError::Input(error) => error,
+                CallError::Json(error) => panic!("{text}: {error}"),
+            });
+            assert_eq!(from_text, from_value, "{text}");
+        }
+        assert!(matches!(
+            parse_call_str("{\"type\":", &schema, None),
+            Err(CallError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn messages_name_the_field() {
+        let text = r#"{"type":"track","userId":"c1","event":"order","properties":{"items":2.5,"total":1},"timestamp":"2026-01-05T10:00:00Z"}"#;
+        let Err(CallError::Input(error)) = parse_call_str(text, &schema(), None) else {
+            panic!("a float for an int is refused");
+        };
+        assert_eq!(error.to_string(), "properties.items: expected a whole number, got 2.5");
+        let call = parse_call_str(
+            r#"{"type":"track","userId":7,"event":"order","properties":{"items":2,"total":3},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            &schema(),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(call.customer, "7");
+        let Input::Track { properties, .. } = call.input else {
+            panic!("a track call");
+        };
+        assert_eq!(properties["items"], Value::Int(2));
+        assert_eq!(properties["total"], Value::Number(3.0));
     }
 }

@@ -12,7 +12,7 @@
 //! at the very end of a `within` window still counts.
 
 use super::eval::Scope;
-use super::local_time::{next_local_time, quiet_until};
+use super::local_time::{is_local_time, next_local_time, quiet_until};
 use super::state::{CustomerState, Enrollment, MESSAGE_ID_RETENTION_MS};
 use super::trace::{Kind, TraceRecord};
 use super::{Effects, Input, Millis};
@@ -35,7 +35,67 @@ struct Loaded {
     bundle: Arc<Bundle>,
     templates: minijinja::Environment<'static>,
     /// For each segment, the `(event, window)` pairs its membership depends on.
-    segment_windows: Vec<BTreeSet<(String, i64)>>,
+    segment_windows: Vec<BTreeSet<Window>>,
+    /// For each message: what its templates read, and their names.
+    renders: Vec<MessageTemplates>,
+}
+
+/// A `count`/`seen` window a segment's membership depends on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Window {
+    event: String,
+    seconds: i64,
+    /// Only `seen`: membership can change only when the latest such event
+    /// leaves the window (a `count` changes as each one leaves).
+    latest_only: bool,
+}
+
+/// A message's compiled templates and the attributes they read, so that a
+/// send hands the template only those (not a copy of the whole profile).
+#[derive(Debug)]
+struct MessageTemplates {
+    subject: Option<String>,
+    body: Option<String>,
+    /// `(tag, template name)`, in the order of `body_variants`.
+    variants: Vec<(String, String)>,
+    customer: Reads,
+    event: Reads,
+}
+
+/// Which attributes of `customer` or `event` a template reads.
+#[derive(Debug, Default)]
+enum Reads {
+    #[default]
+    Nothing,
+    Only(BTreeSet<String>),
+    /// Read as a whole (a loop, an index by expression, a filter argument).
+    All,
+}
+
+impl Reads {
+    fn add(&mut self, path: &str) {
+        match path.split_once('.') {
+            _ if matches!(self, Reads::All) => {}
+            Some((_, attribute)) => {
+                let attribute = attribute.split('.').next().unwrap_or(attribute).to_string();
+                match self {
+                    Reads::Only(set) => {
+                        set.insert(attribute);
+                    }
+                    _ => *self = Reads::Only(BTreeSet::from([attribute])),
+                }
+            }
+            None => *self = Reads::All,
+        }
+    }
+
+    fn wants(&self, attribute: &str) -> bool {
+        match self {
+            Reads::Nothing => false,
+            Reads::Only(set) => set.contains(attribute),
+            Reads::All => true,
+        }
+    }
 }
 
 /// Runs a compiled workspace, and the older journey versions that
@@ -75,14 +135,9 @@ impl Engine {
         for (index, program) in current.bundle.journeys.iter().enumerate() {
             versions.insert(program.hash.clone(), (current.clone(), index));
         }
-        let segment_conditions = versions.values().any(|(loaded, index)| {
-            let program = &loaded.bundle.journeys[*index];
-            program
-                .exit_rules
-                .iter()
-                .chain(program.goals.iter().map(|g| &g.condition))
-                .any(|c| matches!(c, Condition::InSegment { .. }))
-        });
+        let segment_conditions = versions
+            .values()
+            .any(|(loaded, index)| watches_segments(&loaded.bundle.journeys[*index]));
         let bundle = &current.bundle;
         let mut tracked = BTreeSet::new();
         for program in &bundle.journeys {
@@ -134,7 +189,7 @@ impl Engine {
         self.tracked_segments
             .iter()
             .flat_map(|segment| self.current.segment_windows[segment.0 as usize].iter())
-            .map(|(_, window)| *window)
+            .map(|window| window.seconds)
             .max()
             .unwrap_or(0)
     }
@@ -204,8 +259,13 @@ impl Engine {
             state,
             records: Vec::new(),
             steps: 0,
+            customer_zone: std::cell::Cell::new(None),
+            zone_changed: false,
         };
         if let Some(id) = input.message_id() {
+            // Remembered for exactly the retention window, however often
+            // the customer was woken in between.
+            run.state.forget_message_ids(at - MESSAGE_ID_RETENTION_MS);
             if !run.state.remember_message_id(id, at) {
                 return Effects {
                     records: Vec::new(),
@@ -223,6 +283,8 @@ impl Engine {
         run.state.clock = at;
         match input {
             Input::Identify { traits, .. } => {
+                run.customer_zone.set(None);
+                run.zone_changed |= traits.contains_key("timezone");
                 for (name, value) in traits {
                     if *value == Value::Absent {
                         run.state.profile.remove(name);
@@ -242,6 +304,10 @@ impl Engine {
         }
         run.settle(at);
         run.fire_due(at, true);
+        if run.zone_changed {
+            // A `set customer.timezone` moves pending `every` occurrences now.
+            run.reschedule(at);
+        }
         run.prune(at);
         Effects {
             wake_at: run.state.next_wake(),
@@ -255,22 +321,43 @@ impl Loaded {
     fn new(bundle: Arc<Bundle>) -> Loaded {
         let mut templates = minijinja::Environment::new();
         templates.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        let mut renders = Vec::with_capacity(bundle.messages.len());
         for message in &bundle.messages {
             let name = bundle.name(message.name);
+            let mut reads = (Reads::Nothing, Reads::Nothing);
             let mut add = |key: String, source: &str| {
                 // The checker parsed every template; a failure here only
                 // surfaces as a render error at send time.
-                let _ = templates.add_template_owned(key, source.to_string());
+                if templates.add_template_owned(key.clone(), source.to_string()).is_ok() {
+                    if let Ok(template) = templates.get_template(&key) {
+                        for path in template.undeclared_variables(true) {
+                            match path.split('.').next() {
+                                Some("customer") => reads.0.add(&path),
+                                Some("event") => reads.1.add(&path),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                key
             };
-            if let Some(subject) = &message.subject {
-                add(format!("{name}#subject"), subject);
-            }
-            if let Some(body) = &message.body {
-                add(format!("{name}#body"), body);
-            }
-            for (locale, body) in &message.body_variants {
-                add(format!("{name}#body.{locale}"), body);
-            }
+            let subject = message
+                .subject
+                .as_ref()
+                .map(|source| add(format!("{name}#subject"), source));
+            let body = message.body.as_ref().map(|source| add(format!("{name}#body"), source));
+            let variants = message
+                .body_variants
+                .iter()
+                .map(|(locale, source)| (locale.clone(), add(format!("{name}#body.{locale}"), source)))
+                .collect();
+            renders.push(MessageTemplates {
+                subject,
+                body,
+                variants,
+                customer: reads.0,
+                event: reads.1,
+            });
         }
         let segment_windows = (0..bundle.segments.len())
             .map(|index| segment_windows(&bundle, SegmentId(index as u32), 0))
@@ -279,13 +366,23 @@ impl Loaded {
             bundle,
             templates,
             segment_windows,
+            renders,
         }
     }
 }
 
-/// The `(event, window seconds)` pairs a segment's membership depends on,
-/// through the segments it refers to.
-fn segment_windows(bundle: &Bundle, segment: SegmentId, depth: u32) -> BTreeSet<(String, i64)> {
+/// Whether a program has a segment goal or exit rule.
+fn watches_segments(program: &Program) -> bool {
+    program
+        .exit_rules
+        .iter()
+        .chain(program.goals.iter().map(|g| &g.condition))
+        .any(|c| matches!(c, Condition::InSegment { .. }))
+}
+
+/// The `count`/`seen` windows a segment's membership depends on, through
+/// the segments it refers to.
+fn segment_windows(bundle: &Bundle, segment: SegmentId, depth: u32) -> BTreeSet<Window> {
     use crate::compile::bytecode::Op;
     let mut windows = BTreeSet::new();
     let Some(definition) = bundle.segments.get(segment.0 as usize) else {
@@ -294,7 +391,11 @@ fn segment_windows(bundle: &Bundle, segment: SegmentId, depth: u32) -> BTreeSet<
     for op in &definition.condition.0 {
         match op {
             Op::Count { event, within_seconds } | Op::Seen { event, within_seconds } => {
-                windows.insert((bundle.name(*event).to_string(), *within_seconds));
+                windows.insert(Window {
+                    event: bundle.name(*event).to_string(),
+                    seconds: *within_seconds,
+                    latest_only: matches!(op, Op::Seen { .. }),
+                });
             }
             Op::InSegment(inner) if depth < 32 => windows.extend(segment_windows(bundle, *inner, depth + 1)),
             _ => {}
@@ -317,6 +418,11 @@ struct Run<'e, 's> {
     state: &'s mut CustomerState,
     records: Vec<TraceRecord>,
     steps: u64,
+    /// `customer.timezone` parsed, once per input (cleared when the
+    /// profile changes).
+    customer_zone: std::cell::Cell<Option<Option<chrono_tz::Tz>>>,
+    /// Whether this input changed `customer.timezone`.
+    zone_changed: bool,
 }
 
 impl Run<'_, '_> {
@@ -419,6 +525,15 @@ impl Run<'_, '_> {
                         // Due at this very instant and not fired yet (an
                         // input at the same instant): it fires after the input.
                         Some(existing) if *existing == now => continue,
+                        // Computed earlier for the same zone and still
+                        // ahead: it is still the next occurrence.
+                        Some(existing)
+                            if *existing > now
+                                && !self.zone_changed
+                                && is_local_time(*existing, zone, *minute_of_day, *days) =>
+                        {
+                            continue
+                        }
                         // Otherwise recompute: a changed `customer.timezone`
                         // moves the next occurrence.
                         _ => Some(next_local_time(now + 1, zone, *minute_of_day, *days)),
@@ -458,12 +573,18 @@ impl Run<'_, '_> {
         let loaded = &self.engine.current;
         let mut next: Option<Millis> = None;
         for segment in self.engine.tracked_segments.iter() {
-            for (event, window) in &loaded.segment_windows[segment.0 as usize] {
-                let Some(times) = self.state.history.get(event) else {
+            for window in &loaded.segment_windows[segment.0 as usize] {
+                let Some(times) = self.state.history.get(&window.event) else {
                     continue;
                 };
-                let window_ms = window * 1000;
-                let first = times.partition_point(|t| t + window_ms <= now);
+                let window_ms = window.seconds * 1000;
+                let first = match window.latest_only {
+                    true => times
+                        .len()
+                        .saturating_sub(1)
+                        .max(times.partition_point(|t| t + window_ms <= now)),
+                    false => times.partition_point(|t| t + window_ms <= now),
+                };
                 if let Some(t) = times.get(first) {
                     let flip = t + window_ms;
                     next = Some(next.map_or(flip, |n: Millis| n.min(flip)));
@@ -661,7 +782,16 @@ impl Run<'_, '_> {
         if !self.engine.segment_conditions || self.state.enrollments.is_empty() {
             return;
         }
-        let journeys: Vec<String> = self.state.enrollments.keys().cloned().collect();
+        let watching = |enrollment: &Enrollment| {
+            self.engine
+                .versions
+                .get(&enrollment.version)
+                .is_some_and(|(loaded, index)| watches_segments(&loaded.bundle.journeys[*index]))
+        };
+        let journeys: Vec<String> = (self.state.enrollments.iter())
+            .filter(|(_, enrollment)| watching(enrollment))
+            .map(|(journey, _)| journey.clone())
+            .collect();
         for journey in journeys {
             let Some(mut enrollment) = self.state.enrollments.remove(&journey) else {
                 continue;
@@ -852,6 +982,8 @@ impl Run<'_, '_> {
                     let record = self.record(t, journey, Kind::Set);
                     record.attribute = Some(name.clone());
                     record.value = Some(to_json(&value));
+                    self.customer_zone.set(None);
+                    self.zone_changed |= name == "timezone";
                     if value == Value::Absent {
                         self.state.profile.remove(&name);
                     } else {
@@ -902,10 +1034,14 @@ impl Run<'_, '_> {
 
     /// The customer's time zone, else the journey's, else UTC.
     fn zone(&self, program: &Program) -> chrono_tz::Tz {
-        let customer = match self.state.profile.get("timezone") {
-            Some(Value::String(name)) => name.parse().ok(),
-            _ => None,
-        };
+        let customer = self.customer_zone.get().unwrap_or_else(|| {
+            let zone = match self.state.profile.get("timezone") {
+                Some(Value::String(name)) => name.parse().ok(),
+                _ => None,
+            };
+            self.customer_zone.set(Some(zone));
+            zone
+        });
         customer
             .or_else(|| program.timezone.as_deref().and_then(|name| name.parse().ok()))
             .unwrap_or(chrono_tz::Tz::UTC)
@@ -955,7 +1091,7 @@ impl Run<'_, '_> {
             record.reason = Some(reason.to_string());
             return;
         }
-        match self.render(loaded, definition, event) {
+        match self.render(loaded, message, event) {
             Ok((subject, body, locale)) => {
                 let id = send_id(&self.state.id, journey, enrollment.ordinal, enrollment.steps);
                 self.state.sends.push_back((t, journey.to_string()));
@@ -994,36 +1130,36 @@ impl Run<'_, '_> {
     fn render(
         &self,
         loaded: &Loaded,
-        message: &crate::compile::bytecode::MessageDef,
+        message: crate::compile::bytecode::MessageId,
         event: Option<&BTreeMap<String, Value>>,
     ) -> Result<(Option<String>, Option<String>, Option<String>), String> {
-        let name = loaded.bundle.name(message.name);
-        let customer: serde_json::Map<String, serde_json::Value> = self
-            .state
-            .profile
-            .iter()
-            .map(|(k, v)| (k.clone(), to_json(v)))
-            .collect();
-        let event: serde_json::Map<String, serde_json::Value> = event
-            .map(|e| e.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
-            .unwrap_or_default();
-        let context = minijinja::context! { customer => customer, event => event };
+        let Some(templates) = loaded.renders.get(message.0 as usize) else {
+            return Ok((None, None, None));
+        };
+        let readable = |values: Option<&BTreeMap<String, Value>>, reads: &Reads| -> minijinja::Value {
+            values
+                .into_iter()
+                .flatten()
+                .filter(|(name, _)| reads.wants(name))
+                .map(|(name, value)| (name.as_str(), minijinja::Value::from_serialize(to_json(value))))
+                .collect()
+        };
+        let context = minijinja::context! {
+            customer => readable(Some(&self.state.profile), &templates.customer),
+            event => readable(event, &templates.event),
+        };
         let render = |key: &str| -> Result<String, String> {
             let template = loaded.templates.get_template(key).map_err(|e| e.to_string())?;
             template.render(&context).map_err(|e| e.to_string())
         };
-        let subject = match message.subject {
-            Some(_) => Some(render(&format!("{name}#subject"))?),
-            None => None,
-        };
-        let locale = match self.state.profile.get("locale") {
-            Some(Value::String(tag)) => best_locale(tag, &message.body_variants),
+        let subject = templates.subject.as_deref().map(render).transpose()?;
+        let variant = match self.state.profile.get("locale") {
+            Some(Value::String(tag)) => best_locale(tag, &templates.variants),
             _ => None,
         };
-        let body = match (&locale, &message.body) {
-            (Some(locale), _) => Some(render(&format!("{name}#body.{locale}"))?),
-            (None, Some(_)) => Some(render(&format!("{name}#body"))?),
-            (None, None) => None,
+        let (body, locale) = match variant {
+            Some((locale, key)) => (Some(render(key)?), Some(locale.clone())),
+            None => (templates.body.as_deref().map(render).transpose()?, None),
         };
         Ok((subject, body, locale))
     }
@@ -1052,11 +1188,11 @@ impl Run<'_, '_> {
 }
 
 /// The most specific variant for a locale: `fa-IR` matches `fa-IR`, then `fa`.
-fn best_locale(tag: &str, variants: &[(String, String)]) -> Option<String> {
+fn best_locale<'v>(tag: &str, variants: &'v [(String, String)]) -> Option<&'v (String, String)> {
     let mut candidate = tag;
     loop {
-        if let Some((found, _)) = variants.iter().find(|(v, _)| v.eq_ignore_ascii_case(candidate)) {
-            return Some(found.clone());
+        if let Some(found) = variants.iter().find(|(v, _)| v.eq_ignore_ascii_case(candidate)) {
+            return Some(found);
         }
         candidate = &candidate[..candidate.rfind('-')?];
     }
@@ -1105,5 +1241,11 @@ pub fn stable_bucket(customer: &str, journey: &str, key: &str) -> u32 {
 /// The stable idempotency key of a send.
 fn send_id(customer: &str, journey: &str, ordinal: u32, step: u32) -> String {
     let digest = customer_digest(customer, journey, &[&ordinal.to_be_bytes(), &step.to_be_bytes()]);
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for byte in &digest[..16] {
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    id
 }

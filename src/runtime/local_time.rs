@@ -34,6 +34,20 @@ pub fn next_local_time(now: Millis, zone: Tz, minute_of_day: u16, days: u8) -> M
     now + 86_400_000
 }
 
+/// Whether `at` is local `minute_of_day` (to the second) on one of `days`
+/// in `zone`: an instant [`next_local_time`] can return for these
+/// arguments without a DST shift.
+pub fn is_local_time(at: Millis, zone: Tz, minute_of_day: u16, days: u8) -> bool {
+    let days = if days & ALL_DAYS == 0 { ALL_DAYS } else { days };
+    let Some(utc) = chrono::DateTime::from_timestamp_millis(at) else {
+        return false;
+    };
+    let local = utc.with_timezone(&zone);
+    at % 60_000 == 0
+        && local.hour() * 60 + local.minute() == u32::from(minute_of_day)
+        && days & weekday_bit(local.date_naive()) != 0
+}
+
 fn weekday_bit(date: NaiveDate) -> u8 {
     1 << date.weekday().num_days_from_monday()
 }
@@ -118,6 +132,19 @@ mod tests {
         // Berlin falls back on 2026-10-25: 02:30 local happens at 00:30Z and 01:30Z.
         let next = next_local_time(at("2026-10-24T23:00:00Z"), Tz::Europe__Berlin, 2 * 60 + 30, ALL_DAYS);
         assert_eq!(next, at("2026-10-25T00:30:00Z"));
+    }
+
+    #[test]
+    fn what_next_local_time_returns_is_a_local_time() {
+        let berlin = Tz::Europe__Berlin;
+        let monday_nine = next_local_time(at("2026-03-25T12:00:00Z"), berlin, 9 * 60, 0b0000_0001);
+        assert!(is_local_time(monday_nine, berlin, 9 * 60, 0b0000_0001));
+        assert!(!is_local_time(monday_nine, berlin, 9 * 60, 0b0000_0010));
+        assert!(!is_local_time(monday_nine, Tz::UTC, 9 * 60, 0b0000_0001));
+        assert!(!is_local_time(monday_nine + 1000, berlin, 9 * 60, 0b0000_0001));
+        // A DST-gap instant is not the local time asked for: callers recompute.
+        let gap = next_local_time(at("2026-03-29T00:00:00Z"), berlin, 2 * 60 + 30, ALL_DAYS);
+        assert!(!is_local_time(gap, berlin, 2 * 60 + 30, ALL_DAYS));
     }
 
     #[test]
