@@ -24,13 +24,28 @@ pub struct EventError {
 /// Parses a JSON-lines event file (Segment `identify`/`track` calls),
 /// validating each against the schema. Blank lines are skipped.
 pub fn parse_events(text: &str, bundle: &Bundle) -> Result<Vec<Call>, EventError> {
+    read_events(text.as_bytes(), bundle)
+}
+
+/// [`parse_events`] from a reader, a line at a time: the file's text is
+/// never held whole next to the calls parsed from it.
+pub fn read_events(mut reader: impl std::io::BufRead, bundle: &Bundle) -> Result<Vec<Call>, EventError> {
     let mut calls = Vec::new();
-    for (index, line) in text.lines().enumerate() {
+    let mut line = String::new();
+    for number in 1.. {
+        line.clear();
+        let read = reader.read_line(&mut line).map_err(|error| EventError {
+            line: number,
+            message: format!("cannot read: {error}"),
+        })?;
+        if read == 0 {
+            break;
+        }
         if line.trim().is_empty() {
             continue;
         }
-        let call = parse_call_str(line, &bundle.schema, None).map_err(|error| EventError {
-            line: index + 1,
+        let call = parse_call_str(&line, &bundle.schema, None).map_err(|error| EventError {
+            line: number,
             message: error.to_string(),
         })?;
         calls.push(call);

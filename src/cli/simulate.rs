@@ -26,22 +26,20 @@ pub fn run(args: Args) -> u8 {
         Ok(bundle) => bundle,
         Err(code) => return code,
     };
-    let text = match std::fs::read_to_string(&args.events) {
-        Ok(text) => text,
+    let file = match std::fs::File::open(&args.events) {
+        Ok(file) => std::io::BufReader::with_capacity(1 << 20, file),
         Err(error) => {
             eprintln!("error: {}: {error}", args.events.display());
             return super::EXIT_USAGE;
         }
     };
-    let calls = match crate::simulate::parse_events(&text, &bundle) {
+    let calls = match crate::simulate::read_events(file, &bundle) {
         Ok(calls) => calls,
         Err(error) => {
             eprintln!("error: {}: {error}", args.events.display());
             return super::EXIT_ERRORS;
         }
     };
-    // The calls hold what the run needs; the text can go.
-    drop(text);
     let options = crate::simulate::Options { until: args.until };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
