@@ -411,3 +411,97 @@ fn migration_onto_another_kind_of_step_starts_it() {
         "{records:#?}"
     );
 }
+
+/// A `messageId` is remembered for exactly seven days from its input, even
+/// when nothing woke the customer in between: the repeat after three days
+/// is ignored, the one after eight days is a new input.
+#[test]
+fn a_message_id_is_remembered_for_seven_days() {
+    use journeyc::runtime::{CustomerState, Engine, Input};
+    let engine = Engine::new(bundle(
+        r#"
+event ping
+message hello push { body "hello" }
+journey echo {
+  trigger ping
+  entry always
+  send hello
+}
+"#,
+    ));
+    let at = |text: &str| journeyc::runtime::trace::parse_time(text).expect("time");
+    let ping = |time: &str| Input::Track {
+        event: "ping".to_string(),
+        properties: BTreeMap::new(),
+        at: at(time),
+        message_id: Some("m1".to_string()),
+    };
+    let mut state = CustomerState::new("c1");
+    let first = engine.apply(&mut state, &ping("2026-05-01T10:00:00Z"));
+    assert_eq!(first.records.len(), 3, "enter, send, exit: {:#?}", first.records);
+    assert_eq!(first.wake_at, None, "nothing wakes the customer in between");
+    assert!(engine
+        .apply(&mut state, &ping("2026-05-04T10:00:00Z"))
+        .records
+        .is_empty());
+    let later = engine.apply(&mut state, &ping("2026-05-09T10:00:00Z"));
+    assert_eq!(later.records.len(), 3, "{:#?}", later.records);
+}
+
+/// `set customer.timezone` moves the pending `every` occurrence at once,
+/// even when it runs on a timer: the customer is in UTC, so the digest is
+/// due Monday 2026-05-11 09:00Z; at 11:00Z on Thursday a journey moves them
+/// to Tokyo, and the digest is then due Monday 09:00 JST = 00:00Z.
+#[test]
+fn setting_the_timezone_moves_the_pending_every_occurrence() {
+    use journeyc::runtime::{CustomerState, Engine, Input};
+    let engine = Engine::new(bundle(
+        r#"
+customer { timezone: timezone? }
+event moved
+message digest email { subject "d" body "d" }
+journey weekly {
+  trigger every mon at 09:00
+  entry always
+  send digest
+}
+journey relocate {
+  trigger moved
+  wait 1h
+  set customer.timezone = "Asia/Tokyo"
+}
+"#,
+    ));
+    let at = |text: &str| journeyc::runtime::trace::parse_time(text).expect("time");
+    let mut state = CustomerState::new("c1");
+    let identify = Input::Identify {
+        traits: BTreeMap::from([(
+            "timezone".to_string(),
+            journeyc::compile::bytecode::Value::String("UTC".to_string()),
+        )]),
+        at: at("2026-05-06T10:00:00Z"),
+        message_id: None,
+    };
+    assert_eq!(
+        engine.apply(&mut state, &identify).wake_at,
+        Some(at("2026-05-11T09:00:00Z"))
+    );
+    let moved = Input::Track {
+        event: "moved".to_string(),
+        properties: BTreeMap::new(),
+        at: at("2026-05-07T10:00:00Z"),
+        message_id: None,
+    };
+    assert_eq!(
+        engine.apply(&mut state, &moved).wake_at,
+        Some(at("2026-05-07T11:00:00Z"))
+    );
+    let woken = engine.apply(
+        &mut state,
+        &Input::Wake {
+            at: at("2026-05-07T11:00:00Z"),
+        },
+    );
+    assert!(woken.records.iter().any(|r| r.attribute.as_deref() == Some("timezone")));
+    assert_eq!(woken.wake_at, Some(at("2026-05-11T00:00:00Z")));
+}
