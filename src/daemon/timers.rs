@@ -27,7 +27,7 @@ pub fn now_ms() -> Millis {
 /// Wake jobs handed to the commit thread and not yet committed: the next
 /// scan overlaps with their flush. (A wake-up handed over twice is harmless:
 /// the commit thread skips a customer that is no longer due.)
-const JOBS_IN_FLIGHT_MAX: usize = 2;
+const JOBS_IN_FLIGHT_MAX: usize = 4;
 
 pub async fn run(
     store: Store,
