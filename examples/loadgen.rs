@@ -171,6 +171,16 @@ impl Daemon {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
+    /// CPU time (user + system) the daemon used so far, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the `(comm)`: state is the 3rd field; utime, stime the 14th, 15th.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
     fn terminate(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -297,6 +307,7 @@ fn main() {
         let data = root.path().join("data");
         let (daemon, ready) = Daemon::start(&args, &workspace, &data);
         say("cold start to ready (empty store)", format!("{} ms", ready.as_millis()));
+        let cpu_before = daemon.cpu_seconds();
         let rate = post_batches(
             &daemon.addr,
             args.intake,
@@ -311,7 +322,11 @@ fn main() {
                 "intake /v1/batch, {} events (enter+send+exit each), {CLIENTS} clients",
                 args.intake
             ),
-            format!("{rate:.0} events/s"),
+            format!(
+                "{rate:.0} events/s ({:.0} group commits, daemon CPU {:.0} µs/event)",
+                daemon.metric("journeyc_commit_latency_seconds_count"),
+                (daemon.cpu_seconds() - cpu_before) * 1e6 / args.intake as f64
+            ),
         );
 
         daemon.terminate();
@@ -355,6 +370,7 @@ fn main() {
                 .spawn()
                 .expect("start perf")
         });
+        let cpu_before = daemon.cpu_seconds();
         let fire_started = Instant::now();
         loop {
             let fired = daemon.metric("journeyc_timers_fired_total");
@@ -372,8 +388,9 @@ fn main() {
         say(
             &format!("timer firing, {pending} wake-ups all due at one instant"),
             format!(
-                "{:.0} wake-ups/s ({elapsed:.2} s from due time to last fired)",
-                args.timers as f64 / elapsed
+                "{:.0} wake-ups/s ({elapsed:.2} s from due time to last fired, daemon CPU {:.0} µs/wake-up)",
+                args.timers as f64 / elapsed,
+                (daemon.cpu_seconds() - cpu_before) * 1e6 / args.timers as f64
             ),
         );
         daemon.terminate();
