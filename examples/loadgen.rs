@@ -6,7 +6,8 @@
 //! cargo build --release --bin journeyc --example loadgen
 //! target/release/examples/loadgen --bin target/release/journeyc \
 //!     [--intake 200000] [--timers 200000] [--waiting 1000000] [--latency-seconds 10] \
-//!     [--latency-rate 2000] [--serve-arg --cache-mib --serve-arg 32]
+//!     [--latency-rate 2000] [--serve-arg --cache-mib --serve-arg 32] \
+//!     [--phases raw,intake,timers,waiting,latency] [--perf-timers perf.data]
 //! ```
 //!
 //! Phases: (1) raw sled rate; (2) intake through `/v1/batch` with durable acks;
@@ -62,6 +63,16 @@ struct Args {
     latency_rate: u64,
     /// Extra arguments for `journeyc serve` (e.g. `--cache-mib 32`).
     serve_args: Vec<String>,
+    /// Phases to run (`raw,intake,timers,waiting,latency`; default all).
+    phases: Vec<String>,
+    /// `perf record -g` the daemon while the timers fire, into this file.
+    perf_timers: Option<PathBuf>,
+}
+
+impl Args {
+    fn runs(&self, phase: &str) -> bool {
+        self.phases.is_empty() || self.phases.iter().any(|p| p == phase)
+    }
 }
 
 fn parse_args() -> Args {
@@ -73,6 +84,8 @@ fn parse_args() -> Args {
         latency_seconds: 10,
         latency_rate: 2_000,
         serve_args: Vec::new(),
+        phases: Vec::new(),
+        perf_timers: None,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -91,6 +104,8 @@ fn parse_args() -> Args {
             "--latency-seconds" => args.latency_seconds = number() as u64,
             "--latency-rate" => args.latency_rate = number() as u64,
             "--serve-arg" => args.serve_args.push(value.clone()),
+            "--phases" => args.phases = value.split(',').map(str::to_string).collect(),
+            "--perf-timers" => args.perf_timers = Some(PathBuf::from(&value)),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -154,6 +169,16 @@ impl Daemon {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|kb| kb.parse::<f64>().ok())
             .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// CPU time (user + system) the daemon used so far, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the `(comm)`: state is the 3rd field; utime, stime the 14th, 15th.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
     }
 
     fn terminate(mut self) {
@@ -271,152 +296,186 @@ fn main() {
         report.push((name.to_string(), value));
     };
 
-    // 1. Raw sled.
-    let raw = raw_sled_rate(root.path());
-    say("raw sled Batch+flush (1000 keys/batch)", format!("{raw:.0} keys/s"));
+    if args.runs("raw") {
+        // 1. Raw sled.
+        let raw = raw_sled_rate(root.path());
+        say("raw sled Batch+flush (1000 keys/batch)", format!("{raw:.0} keys/s"));
+    }
 
-    // 2. Intake.
-    let data = root.path().join("data");
-    let (daemon, ready) = Daemon::start(&args, &workspace, &data);
-    say("cold start to ready (empty store)", format!("{} ms", ready.as_millis()));
-    let rate = post_batches(
-        &daemon.addr,
-        args.intake,
-        Arc::new(|i| {
-            format!(r#"{{"type":"track","userId":"p{i}","event":"ping","properties":{{"n":1}},"messageId":"p{i}"}}"#)
-        }),
-    );
-    say(
-        &format!(
-            "intake /v1/batch, {} events (enter+send+exit each), {CLIENTS} clients",
-            args.intake
-        ),
-        format!("{rate:.0} events/s"),
-    );
-
-    daemon.terminate();
-
-    // 3. Timer firing: every enrollment due at the same instant, a few
-    // seconds after ingestion completes (`wait until event.due`).
-    let timers_data = root.path().join("timers");
-    let (daemon, _) = Daemon::start(&args, &workspace, &timers_data);
-    // Ingest estimate: leave enough margin so all are armed before the due time.
-    let margin_s = (args.timers as f64 / 10_000.0).ceil() as i64 + 5;
-    let due_at = chrono::Utc::now() + chrono::Duration::seconds(margin_s);
-    let due_text = due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let due_instant = Instant::now() + Duration::from_secs(margin_s as u64);
-    let text = due_text.clone();
-    post_batches(
-        &daemon.addr,
-        args.timers,
-        Arc::new(move |i| {
+    if args.runs("intake") {
+        // 2. Intake.
+        let data = root.path().join("data");
+        let (daemon, ready) = Daemon::start(&args, &workspace, &data);
+        say("cold start to ready (empty store)", format!("{} ms", ready.as_millis()));
+        let cpu_before = daemon.cpu_seconds();
+        let rate = post_batches(
+            &daemon.addr,
+            args.intake,
+            Arc::new(|i| {
+                format!(
+                    r#"{{"type":"track","userId":"p{i}","event":"ping","properties":{{"n":1}},"messageId":"p{i}"}}"#
+                )
+            }),
+        );
+        say(
+            &format!(
+                "intake /v1/batch, {} events (enter+send+exit each), {CLIENTS} clients",
+                args.intake
+            ),
             format!(
-                r#"{{"type":"track","userId":"t{i}","event":"tick","properties":{{"due":"{text}"}},"messageId":"t{i}"}}"#
-            )
-        }),
-    );
-    assert!(
-        Instant::now() < due_instant,
-        "ingestion overran the due time; lower --timers"
-    );
-    let pending = daemon.metric("journeyc_timers_pending");
-    while Instant::now() < due_instant {
-        std::thread::sleep(Duration::from_millis(5));
+                "{rate:.0} events/s ({:.0} group commits, daemon CPU {:.0} µs/event)",
+                daemon.metric("journeyc_commit_latency_seconds_count"),
+                (daemon.cpu_seconds() - cpu_before) * 1e6 / args.intake as f64
+            ),
+        );
+
+        daemon.terminate();
     }
-    let fire_started = Instant::now();
-    loop {
-        let fired = daemon.metric("journeyc_timers_fired_total");
-        if fired as usize >= args.timers {
-            break;
+
+    if args.runs("timers") {
+        // 3. Timer firing: every enrollment due at the same instant, a few
+        // seconds after ingestion completes (`wait until event.due`).
+        let timers_data = root.path().join("timers");
+        let (daemon, _) = Daemon::start(&args, &workspace, &timers_data);
+        // Ingest estimate: leave enough margin so all are armed before the due time.
+        let margin_s = (args.timers as f64 / 10_000.0).ceil() as i64 + 5;
+        let due_at = chrono::Utc::now() + chrono::Duration::seconds(margin_s);
+        let due_text = due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let due_instant = Instant::now() + Duration::from_secs(margin_s as u64);
+        let text = due_text.clone();
+        post_batches(
+            &daemon.addr,
+            args.timers,
+            Arc::new(move |i| {
+                format!(
+                    r#"{{"type":"track","userId":"t{i}","event":"tick","properties":{{"due":"{text}"}},"messageId":"t{i}"}}"#
+                )
+            }),
+        );
+        assert!(
+            Instant::now() < due_instant,
+            "ingestion overran the due time; lower --timers"
+        );
+        let pending = daemon.metric("journeyc_timers_pending");
+        while Instant::now() < due_instant {
+            std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(fire_started.elapsed() < Duration::from_secs(600), "timers did not fire");
-        std::thread::sleep(Duration::from_millis(20));
+        let perf = args.perf_timers.as_ref().map(|file| {
+            Command::new("perf")
+                .args(["record", "-F", "499", "--call-graph", "dwarf,32768", "-o"])
+                .arg(file)
+                .args(["-p", &daemon.child.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start perf")
+        });
+        let cpu_before = daemon.cpu_seconds();
+        let fire_started = Instant::now();
+        loop {
+            let fired = daemon.metric("journeyc_timers_fired_total");
+            if fired as usize >= args.timers {
+                break;
+            }
+            assert!(fire_started.elapsed() < Duration::from_secs(600), "timers did not fire");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let elapsed = fire_started.elapsed().as_secs_f64();
+        if let Some(perf) = perf {
+            let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+            let _ = perf.wait_with_output();
+        }
+        say(
+            &format!("timer firing, {pending} wake-ups all due at one instant"),
+            format!(
+                "{:.0} wake-ups/s ({elapsed:.2} s from due time to last fired, daemon CPU {:.0} µs/wake-up)",
+                args.timers as f64 / elapsed,
+                (daemon.cpu_seconds() - cpu_before) * 1e6 / args.timers as f64
+            ),
+        );
+        daemon.terminate();
     }
-    let elapsed = fire_started.elapsed().as_secs_f64();
-    say(
-        &format!("timer firing, {pending} wake-ups all due at one instant"),
-        format!(
-            "{:.0} wake-ups/s ({elapsed:.2} s from due time to last fired)",
-            args.timers as f64 / elapsed
-        ),
-    );
-    daemon.terminate();
 
-    // 4. 1M enrollments waiting on timers: RSS and restart-to-ready.
-    let waiting_data = root.path().join("waiting");
-    let (daemon, _) = Daemon::start(&args, &workspace, &waiting_data);
-    let rate = post_batches(
-        &daemon.addr,
-        args.waiting,
-        Arc::new(|i| {
-            format!(r#"{{"type":"track","userId":"w{i}","event":"park","properties":{{"n":1}},"messageId":"w{i}"}}"#)
-        }),
-    );
-    say(
-        &format!("intake /v1/batch, {} events (enter + 1d timer armed)", args.waiting),
-        format!("{rate:.0} events/s"),
-    );
-    let pending = daemon.metric("journeyc_timers_pending");
-    say(
-        &format!("RSS with {pending} enrollments waiting on timers (after intake)"),
-        format!("{:.0} MiB", daemon.rss_mib()),
-    );
-    daemon.terminate();
-    let (daemon, ready) = Daemon::start(&args, &workspace, &waiting_data);
-    say(
-        &format!("restart to ready (healthz 200) with {pending} waiting"),
-        format!("{} ms", ready.as_millis()),
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    say("RSS after restart, idle", format!("{:.0} MiB", daemon.rss_mib()));
-    daemon.terminate();
+    if args.runs("waiting") {
+        // 4. 1M enrollments waiting on timers: RSS and restart-to-ready.
+        let waiting_data = root.path().join("waiting");
+        let (daemon, _) = Daemon::start(&args, &workspace, &waiting_data);
+        let rate = post_batches(
+            &daemon.addr,
+            args.waiting,
+            Arc::new(|i| {
+                format!(
+                    r#"{{"type":"track","userId":"w{i}","event":"park","properties":{{"n":1}},"messageId":"w{i}"}}"#
+                )
+            }),
+        );
+        say(
+            &format!("intake /v1/batch, {} events (enter + 1d timer armed)", args.waiting),
+            format!("{rate:.0} events/s"),
+        );
+        let pending = daemon.metric("journeyc_timers_pending");
+        say(
+            &format!("RSS with {pending} enrollments waiting on timers (after intake)"),
+            format!("{:.0} MiB", daemon.rss_mib()),
+        );
+        daemon.terminate();
+        let (daemon, ready) = Daemon::start(&args, &workspace, &waiting_data);
+        say(
+            &format!("restart to ready (healthz 200) with {pending} waiting"),
+            format!("{} ms", ready.as_millis()),
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        say("RSS after restart, idle", format!("{:.0} MiB", daemon.rss_mib()));
+        daemon.terminate();
+    }
 
-    // 5. Latency: /v1/track 200 → line in the JSONL sink, at a fixed rate.
-    let latency_data = root.path().join("latency");
-    let (daemon, _) = Daemon::start(&args, &workspace, &latency_data);
-    let sink = latency_data.join("sends.jsonl");
-    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let total = (args.latency_rate * args.latency_seconds) as usize;
-    let tail = {
-        let seen = seen.clone();
-        let sink = sink.clone();
-        std::thread::spawn(move || {
-            let mut offset = 0u64;
-            let mut partial = String::new();
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while Instant::now() < deadline {
-                if let Ok(mut file) = std::fs::File::open(&sink) {
-                    let _ = file.seek(SeekFrom::Start(offset));
-                    let mut chunk = String::new();
-                    if let Ok(read) = file.read_to_string(&mut chunk) {
-                        offset += read as u64;
-                        let now = Instant::now();
-                        partial.push_str(&chunk);
-                        let mut seen = seen.lock().expect("lock");
-                        while let Some(end) = partial.find('\n') {
-                            let line: String = partial.drain(..=end).collect();
-                            if line.contains("\"kind\":\"send\"") {
-                                if let Some(start) = line.find("\"customer\":\"") {
-                                    let rest = &line[start + 12..];
-                                    if let Some(stop) = rest.find('"') {
-                                        seen.entry(rest[..stop].to_string()).or_insert(now);
+    if args.runs("latency") {
+        // 5. Latency: /v1/track 200 → line in the JSONL sink, at a fixed rate.
+        let latency_data = root.path().join("latency");
+        let (daemon, _) = Daemon::start(&args, &workspace, &latency_data);
+        let sink = latency_data.join("sends.jsonl");
+        let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let total = (args.latency_rate * args.latency_seconds) as usize;
+        let tail = {
+            let seen = seen.clone();
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut offset = 0u64;
+                let mut partial = String::new();
+                let deadline = Instant::now() + Duration::from_secs(600);
+                while Instant::now() < deadline {
+                    if let Ok(mut file) = std::fs::File::open(&sink) {
+                        let _ = file.seek(SeekFrom::Start(offset));
+                        let mut chunk = String::new();
+                        if let Ok(read) = file.read_to_string(&mut chunk) {
+                            offset += read as u64;
+                            let now = Instant::now();
+                            partial.push_str(&chunk);
+                            let mut seen = seen.lock().expect("lock");
+                            while let Some(end) = partial.find('\n') {
+                                let line: String = partial.drain(..=end).collect();
+                                if line.contains("\"kind\":\"send\"") {
+                                    if let Some(start) = line.find("\"customer\":\"") {
+                                        let rest = &line[start + 12..];
+                                        if let Some(stop) = rest.find('"') {
+                                            seen.entry(rest[..stop].to_string()).or_insert(now);
+                                        }
                                     }
                                 }
                             }
-                        }
-                        if seen.len() >= total {
-                            return;
+                            if seen.len() >= total {
+                                return;
+                            }
                         }
                     }
+                    std::thread::sleep(Duration::from_micros(500));
                 }
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        })
-    };
-    let senders = 16usize;
-    let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let started = Instant::now();
-    let threads: Vec<_> = (0..senders)
+            })
+        };
+        let senders = 16usize;
+        let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let started = Instant::now();
+        let threads: Vec<_> = (0..senders)
         .map(|s| {
             let addr = daemon.addr.clone();
             let acked = acked.clone();
@@ -440,34 +499,35 @@ fn main() {
             })
         })
         .collect();
-    for thread in threads {
-        thread.join().expect("sender");
+        for thread in threads {
+            thread.join().expect("sender");
+        }
+        let sent = (total / senders) * senders;
+        let achieved = sent as f64 / started.elapsed().as_secs_f64();
+        tail.join().expect("tail");
+        let seen = seen.lock().expect("lock");
+        let acked = acked.lock().expect("lock");
+        let mut latencies: Vec<f64> = acked
+            .iter()
+            .filter_map(|(customer, at)| {
+                seen.get(customer)
+                    .map(|line_at| line_at.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        say(
+            &format!("latency 200 on /v1/track → line in JSONL, {sent} events at {achieved:.0}/s"),
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} of {} lines seen)",
+                percentile(&latencies, 0.5),
+                percentile(&latencies, 0.99),
+                latencies.last().copied().unwrap_or(f64::NAN),
+                latencies.len(),
+                sent
+            ),
+        );
+        daemon.terminate();
     }
-    let sent = (total / senders) * senders;
-    let achieved = sent as f64 / started.elapsed().as_secs_f64();
-    tail.join().expect("tail");
-    let seen = seen.lock().expect("lock");
-    let acked = acked.lock().expect("lock");
-    let mut latencies: Vec<f64> = acked
-        .iter()
-        .filter_map(|(customer, at)| {
-            seen.get(customer)
-                .map(|line_at| line_at.saturating_duration_since(*at).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    say(
-        &format!("latency 200 on /v1/track → line in JSONL, {sent} events at {achieved:.0}/s"),
-        format!(
-            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} of {} lines seen)",
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            latencies.last().copied().unwrap_or(f64::NAN),
-            latencies.len(),
-            sent
-        ),
-    );
-    daemon.terminate();
 
     println!("\n| measure | result |\n|---|---|");
     for (name, value) in &report {

@@ -17,7 +17,7 @@ use super::store::{self, Store, StoreError};
 use crate::compile::bytecode::Bundle;
 use crate::runtime::input::Call;
 use crate::runtime::{CustomerState, Effects, Engine, Input, Kind, Millis};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -439,7 +439,10 @@ impl CommitThread {
                         let working = load(&mut group.customers, &self.store, customer)?;
                         // The timer key may be stale (an event moved the
                         // customer's timer): drop it unless it is still due.
-                        group.stale_timers.push(store::timer_key(*due, customer));
+                        // The stored state's own key is handled in `write`.
+                        if working.original_wake != Some(*due) {
+                            group.stale_timers.push(store::timer_key(*due, customer));
+                        }
                         let due_now = working.state.next_wake().is_some_and(|at| at <= *due);
                         if working.erased || !due_now {
                             continue;
@@ -515,10 +518,20 @@ impl CommitThread {
     /// Writes the group as one batch, flushes, publishes.
     fn write(&mut self, mut group: Group) -> Result<Applied, CommitError> {
         let mut batch = sled::Batch::default();
-        let mut remove_timers: BTreeSet<Vec<u8>> = group.stale_timers.drain(..).collect();
-        let mut insert_timers: BTreeSet<Vec<u8>> = BTreeSet::new();
-        let mut known_timers: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut timer_delta = 0i64;
         let mut earliest_new_timer: Option<Millis> = None;
+        // Keys handed in by wake jobs that are not the stored state's own key
+        // (handed over twice, or moved): by the timer invariant they are gone
+        // already, but look. Removed before the customers' new keys are put
+        // into the batch, which win when they are the same key.
+        group.stale_timers.sort_unstable();
+        group.stale_timers.dedup();
+        for key in group.stale_timers.drain(..) {
+            if self.store.db.contains_key(&key)? {
+                batch.remove(key);
+                timer_delta -= 1;
+            }
+        }
         for erased in &group.erased {
             self.erase_outside_group(&mut batch, erased)?;
         }
@@ -526,45 +539,32 @@ impl CommitThread {
             if !working.dirty {
                 continue;
             }
-            if let Some(old) = working.original_wake {
-                let key = store::timer_key(old, id);
-                // By the timer invariant the stored state's key exists, and
-                // it is the customer's only one.
-                known_timers.insert(key.clone());
-                remove_timers.insert(key);
+            // By the timer invariant the stored state's key exists and is the
+            // customer's only one, and the new key is not there yet.
+            let new_wake = if working.erased {
+                None
+            } else {
+                working.state.next_wake()
+            };
+            if working.original_wake != new_wake {
+                if let Some(old) = working.original_wake {
+                    batch.remove(store::timer_key(old, id));
+                    timer_delta -= 1;
+                }
+                if let Some(at) = new_wake {
+                    batch.insert(store::timer_key(at, id), &[]);
+                    timer_delta += 1;
+                    earliest_new_timer = Some(earliest_new_timer.map_or(at, |e| e.min(at)));
+                }
             }
             if working.erased {
                 batch.remove(store::customer_key(id));
                 stats::positions_delta(&working.original_positions, &[], &mut group.stat_deltas);
                 continue;
             }
-            if let Some(at) = working.state.next_wake() {
-                insert_timers.insert(store::timer_key(at, id));
-                earliest_new_timer = Some(earliest_new_timer.map_or(at, |e| e.min(at)));
-            }
             batch.insert(store::customer_key(id), store::encode_state(&working.state));
             let now_positions = stats::positions(&working.state);
             stats::positions_delta(&working.original_positions, &now_positions, &mut group.stat_deltas);
-        }
-        let mut timer_delta = 0i64;
-        for key in &remove_timers {
-            if insert_timers.contains(key) {
-                continue;
-            }
-            // Keys handed in by wake jobs may already be gone (handed over
-            // twice, or moved): only those need a look-up.
-            if known_timers.contains(key) || self.store.db.contains_key(key)? {
-                batch.remove(key.clone());
-                timer_delta -= 1;
-            }
-        }
-        for key in insert_timers {
-            // A new key differs from the customer's only stored key, so it is
-            // not there yet; an unchanged one is.
-            if !known_timers.contains(&key) {
-                batch.insert(key, &[]);
-                timer_delta += 1;
-            }
         }
         for ((customer, journey), arm) in &group.arms {
             let key = store::arm_key(customer, journey);

@@ -2,8 +2,10 @@
 //!
 //! The timer index (`t/` keys, due time first) is read in order; everything due
 //! is handed to the commit thread as `Wake` jobs of at most
-//! [`WAKES_PER_JOB_MAX`] customers, and the next scan starts only after the
-//! job is committed, so a wake-up is never handed over twice. Overdue timers
+//! [`WAKES_PER_JOB_MAX`] customers, up to [`JOBS_IN_FLIGHT_MAX`] at a time;
+//! each scan continues after the last key handed over, and a pass ends by
+//! waiting for its jobs and rescanning from the start (a key handed over twice
+//! fires nothing: the commit thread checks the stored state). Overdue timers
 //! (after downtime) fire the same way, oldest first, each at its own due time.
 
 use super::commit::Committer;
@@ -27,7 +29,7 @@ pub fn now_ms() -> Millis {
 /// Wake jobs handed to the commit thread and not yet committed: the next
 /// scan overlaps with their flush. (A wake-up handed over twice is harmless:
 /// the commit thread skips a customer that is no longer due.)
-const JOBS_IN_FLIGHT_MAX: usize = 2;
+const JOBS_IN_FLIGHT_MAX: usize = 4;
 
 pub async fn run(
     store: Store,
