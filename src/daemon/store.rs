@@ -63,10 +63,9 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         // sled's page cache; the default (1 GiB) is far above what a small
-        // daemon should hold, and RSS is one of our budgets (sled's own
-        // accounting undercounts: with 64 MiB the daemon held 297–327 MiB
-        // after taking 1M enrollments, with 32 MiB 251–302 MiB, with 16 MiB
-        // 245 MiB, and the bench phases ran no slower with 16 MiB).
+        // daemon should hold, and RSS is one of our budgets. 16 MiB keeps
+        // 1M waiting enrollments under 300 MB and ran the bench no slower
+        // than 32 or 64 MiB (docs/performance.md, "Daemon").
         StoreOptions {
             cache_bytes: 16 * 1024 * 1024,
         }

@@ -73,19 +73,16 @@ enum Reads {
 }
 
 impl Reads {
+    /// Notes a path `undeclared_variables` gave: `customer.plan` reads
+    /// `plan`; a bare `customer` reads everything.
     fn add(&mut self, path: &str) {
-        match path.split_once('.') {
-            _ if matches!(self, Reads::All) => {}
-            Some((_, attribute)) => {
-                let attribute = attribute.split('.').next().unwrap_or(attribute).to_string();
-                match self {
-                    Reads::Only(set) => {
-                        set.insert(attribute);
-                    }
-                    _ => *self = Reads::Only(BTreeSet::from([attribute])),
-                }
+        match (path.split('.').nth(1), &mut *self) {
+            (_, Reads::All) => {}
+            (None, _) => *self = Reads::All,
+            (Some(attribute), Reads::Only(set)) => {
+                set.insert(attribute.to_string());
             }
-            None => *self = Reads::All,
+            (Some(attribute), Reads::Nothing) => *self = Reads::Only(BTreeSet::from([attribute.to_string()])),
         }
     }
 
@@ -263,9 +260,6 @@ impl Engine {
             zone_changed: false,
         };
         if let Some(id) = input.message_id() {
-            // Remembered for exactly the retention window, however often
-            // the customer was woken in between.
-            run.state.forget_message_ids(at - MESSAGE_ID_RETENTION_MS);
             if !run.state.remember_message_id(id, at) {
                 return Effects {
                     records: Vec::new(),
@@ -328,15 +322,13 @@ impl Loaded {
             let mut add = |key: String, source: &str| {
                 // The checker parsed every template; a failure here only
                 // surfaces as a render error at send time.
-                if templates.add_template_owned(key.clone(), source.to_string()).is_ok() {
-                    if let Ok(template) = templates.get_template(&key) {
-                        for path in template.undeclared_variables(true) {
-                            match path.split('.').next() {
-                                Some("customer") => reads.0.add(&path),
-                                Some("event") => reads.1.add(&path),
-                                _ => {}
-                            }
-                        }
+                let _ = templates.add_template_owned(key.clone(), source.to_string());
+                let paths = templates.get_template(&key).map(|t| t.undeclared_variables(true));
+                for path in paths.unwrap_or_default() {
+                    match path.split('.').next() {
+                        Some("customer") => reads.0.add(&path),
+                        Some("event") => reads.1.add(&path),
+                        _ => {}
                     }
                 }
                 key

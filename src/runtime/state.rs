@@ -86,8 +86,11 @@ pub struct Enrollment {
 }
 
 impl CustomerState {
-    /// Whether `id` was seen; remembers it (with `at`) if not.
+    /// Whether `id` is new: not seen within [`MESSAGE_ID_RETENTION_MS`]
+    /// before `at` (however often the customer was woken in between).
+    /// Remembers it (with `at`) if so.
     pub fn remember_message_id(&mut self, id: &str, at: Millis) -> bool {
+        self.forget_message_ids(at - MESSAGE_ID_RETENTION_MS);
         if self.message_id_index.len() != self.message_ids.len() {
             self.message_id_index = self.message_ids.iter().map(|(_, id)| id.clone()).collect();
         }
