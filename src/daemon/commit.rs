@@ -1,15 +1,21 @@
 //! Group commit: the one thread that changes customer state.
 //!
 //! Requests arrive as [`Job`]s on a bounded channel. The commit thread takes
-//! every job waiting (up to a limit), applies them in arrival order through the
-//! interpreter, writes the new customer states, timer index changes, outbox
-//! entries and stats counters as ONE [`sled::Batch`], flushes once, and only
-//! then answers every job. So a 200 always means "durably stored", and many
-//! concurrent requests share one fsync.
+//! every job waiting (up to a limit), applies them through the interpreter,
+//! writes the new customer states, timer index changes, outbox entries and
+//! stats counters as ONE [`sled::Batch`], flushes once, and only then answers
+//! every job. So a 200 always means "durably stored", and many concurrent
+//! requests share one fsync.
 //!
-//! **Invariant:** jobs are applied in channel order, and the inputs of one job
-//! in their order: the inputs of one customer are applied in the order they
-//! were accepted. Nothing of a job is written unless all of it is.
+//! Customers are independent, so a group's inputs are sorted into one
+//! [`Lane`] per customer, and a large group runs its lanes on two threads
+//! (the second core would otherwise wait); the lanes only read the store.
+//!
+//! **Invariant:** the inputs of one customer are applied in the order they
+//! were accepted (channel order, then order within a job), and the group's
+//! trace records are numbered in the order of the inputs that made them, as
+//! if every input were applied one after another. Nothing of a job is written
+//! unless all of it is.
 
 use super::metrics::Metrics;
 use super::stats;
@@ -344,7 +350,7 @@ impl CommitThread {
         let seq_before = self.next_seq;
         let outcome = catch_unwind(AssertUnwindSafe(|| self.prepare(&jobs)));
         match outcome {
-            Ok(Ok(group)) => match self.write(group) {
+            Ok(Ok((group, answers))) => match self.write(group, answers) {
                 Ok(applied) => {
                     let work = Flush::Group {
                         jobs: jobs.into_iter().zip(applied.answers).collect(),
@@ -421,102 +427,57 @@ impl CommitThread {
         }
     }
 
-    /// Applies the jobs to a working copy of the customers they touch.
-    fn prepare(&mut self, jobs: &[Job]) -> Result<Group, CommitError> {
+    /// Applies the jobs: their inputs are sorted into one [`Lane`] per
+    /// customer, and the lanes run on up to two threads (customers are
+    /// independent; one customer's inputs stay in order on one thread).
+    fn prepare(&mut self, jobs: &[Job]) -> Result<(Changes, Vec<usize>), CommitError> {
         let runtime = current(&self.runtime);
-        let mut group = Group::default();
-        for job in jobs {
-            let answer = match job {
-                Job::Ingest { calls, .. } => {
-                    for call in calls {
-                        self.apply(&mut group, &runtime, &call.customer, &call.input)?;
-                    }
-                    0
-                }
-                Job::Wake { timers, .. } => {
-                    let mut fired = 0;
-                    for (due, customer) in timers {
-                        let working = load(&mut group.customers, &self.store, customer)?;
-                        // The timer key may be stale (an event moved the
-                        // customer's timer): drop it unless it is still due.
-                        // The stored state's own key is handled in `write`.
-                        if working.original_wake != Some(*due) {
-                            group.stale_timers.push(store::timer_key(*due, customer));
-                        }
-                        let due_now = working.state.next_wake().is_some_and(|at| at <= *due);
-                        if working.erased || !due_now {
-                            continue;
-                        }
-                        self.apply(&mut group, &runtime, customer, &Input::Wake { at: *due })?;
-                        fired += 1;
-                    }
-                    fired
-                }
-                Job::Erase { customer, .. } => {
-                    let working = load(&mut group.customers, &self.store, customer)?;
-                    let existed = working.existed && !working.erased || working.dirty;
-                    working.erased = true;
-                    working.dirty = true;
-                    working.state = CustomerState::new(customer.clone());
-                    group.outbox.retain(|(_, who, _)| who != customer);
-                    group.arms.retain(|(who, _), _| who != customer);
-                    group.erased.push(customer.clone());
-                    usize::from(existed)
-                }
-                Job::Install { .. } | Job::Stop { .. } => unreachable!("committed alone"),
-            };
-            group.answers.push(answer);
-        }
-        Ok(group)
-    }
-
-    fn apply(
-        &mut self,
-        group: &mut Group,
-        runtime: &Runtime,
-        customer: &str,
-        input: &Input,
-    ) -> Result<(), CommitError> {
-        let working = load(&mut group.customers, &self.store, customer)?;
-        if working.erased {
-            // Erased earlier in this group; the customer starts afresh.
-            working.erased = false;
-            working.state = CustomerState::new(customer);
-        }
-        // The enrollments before the step matter only to attribute a goal of
-        // a holdout enrollment that ends in the same step; skip the copy
-        // when there is none.
-        let before = if working.state.enrollments.values().any(|e| e.holdout) {
-            working.state.enrollments.clone()
-        } else {
-            BTreeMap::new()
-        };
-        let effects = runtime.interpreter.apply(&mut working.state, input);
-        working.dirty = true;
-        self.published.metrics.steps_executed.inc();
-        let state_after = &working.state;
-        let mut context = stats::RecordContext {
-            customer,
-            before: &before,
-            after: &state_after.enrollments,
-            deltas: &mut group.stat_deltas,
-            arms: &mut group.arms,
+        let lanes = lanes(jobs);
+        let context = LaneContext {
             store: &self.store,
+            runtime: &runtime,
+            metrics: &self.published.metrics,
         };
-        context.count(&effects.records)?;
-        for record in &effects.records {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            group.outbox.push((seq, customer.to_string(), record.to_json_line()));
-            if record.kind == Kind::Send {
-                self.published.metrics.sends_enqueued.inc();
-            }
+        let steps: usize = lanes.iter().map(|lane| lane.steps.len()).sum();
+        let mut parts = if steps >= PARALLEL_STEPS_MIN && lanes.len() > 1 {
+            // Split where half of the steps are on each side.
+            let mut seen = 0;
+            let middle = lanes
+                .iter()
+                .position(|lane| {
+                    seen += lane.steps.len();
+                    seen * 2 >= steps
+                })
+                .map_or(lanes.len() / 2, |at| (at + 1).min(lanes.len() - 1));
+            let (first, second) = lanes.split_at(middle);
+            let (first, second) = std::thread::scope(|scope| {
+                let helper = std::thread::Builder::new()
+                    .name("journeyc-lane".into())
+                    .spawn_scoped(scope, || context.run(second))
+                    .expect("spawn a lane thread");
+                let first = context.run(first);
+                let second = helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (first, second)
+            });
+            vec![first?, second?]
+        } else {
+            vec![context.run(&lanes)?]
+        };
+        let mut group = parts.pop().unwrap_or_default();
+        for part in parts {
+            group.absorb(part);
         }
-        Ok(())
+        // Group order (each input's records are in one part, in order).
+        group.records.sort_by_key(|(order, _)| *order);
+        let mut answers = vec![0; jobs.len()];
+        for (job, answer) in group.answers.drain(..) {
+            answers[job] += answer;
+        }
+        Ok((group, answers))
     }
 
     /// Writes the group as one batch, flushes, publishes.
-    fn write(&mut self, mut group: Group) -> Result<Applied, CommitError> {
+    fn write(&mut self, mut group: Changes, answers: Vec<usize>) -> Result<Applied, CommitError> {
         let mut batch = sled::Batch::default();
         let mut timer_delta = 0i64;
         let mut earliest_new_timer: Option<Millis> = None;
@@ -535,36 +496,25 @@ impl CommitThread {
         for erased in &group.erased {
             self.erase_outside_group(&mut batch, erased)?;
         }
-        for (id, working) in &group.customers {
-            if !working.dirty {
-                continue;
-            }
+        for write in group.writes.drain(..) {
+            let id = &write.customer;
             // By the timer invariant the stored state's key exists and is the
             // customer's only one, and the new key is not there yet.
-            let new_wake = if working.erased {
-                None
-            } else {
-                working.state.next_wake()
-            };
-            if working.original_wake != new_wake {
-                if let Some(old) = working.original_wake {
+            if write.original_wake != write.new_wake {
+                if let Some(old) = write.original_wake {
                     batch.remove(store::timer_key(old, id));
                     timer_delta -= 1;
                 }
-                if let Some(at) = new_wake {
+                if let Some(at) = write.new_wake {
                     batch.insert(store::timer_key(at, id), &[]);
                     timer_delta += 1;
                     earliest_new_timer = Some(earliest_new_timer.map_or(at, |e| e.min(at)));
                 }
             }
-            if working.erased {
-                batch.remove(store::customer_key(id));
-                stats::positions_delta(&working.original_positions, &[], &mut group.stat_deltas);
-                continue;
+            match write.value {
+                Some(value) => batch.insert(store::customer_key(id), value),
+                None => batch.remove(store::customer_key(id)),
             }
-            batch.insert(store::customer_key(id), store::encode_state(&working.state));
-            let now_positions = stats::positions(&working.state);
-            stats::positions_delta(&working.original_positions, &now_positions, &mut group.stat_deltas);
         }
         for ((customer, journey), arm) in &group.arms {
             let key = store::arm_key(customer, journey);
@@ -573,10 +523,15 @@ impl CommitThread {
                 None => batch.remove(key),
             }
         }
-        let committed_seq = group.outbox.last().map(|(seq, _, _)| *seq);
-        if let Some(first) = group.outbox.first().map(|(seq, _, _)| *seq) {
-            let records: Vec<(u64, String)> = group.outbox.drain(..).map(|(seq, _, line)| (seq, line)).collect();
-            batch.insert(store::outbox_key(first), store::encode_chunk(&records));
+        // Outbox sequence numbers in group order.
+        let first_seq = self.next_seq;
+        self.next_seq += group.records.len() as u64;
+        let committed_seq = (!group.records.is_empty()).then(|| self.next_seq - 1);
+        if !group.records.is_empty() {
+            let records: Vec<(u64, String)> = (first_seq..)
+                .zip(group.records.drain(..).map(|(_, line)| line))
+                .collect();
+            batch.insert(store::outbox_key(first_seq), store::encode_chunk(&records));
         }
         batch.insert(store::META_SEQ, &self.next_seq.to_be_bytes());
         if timer_delta != 0 {
@@ -594,7 +549,7 @@ impl CommitThread {
         }
         self.store.db.apply_batch(batch)?;
         Ok(Applied {
-            answers: group.answers,
+            answers,
             stats: changed_stats,
             committed_seq,
             timers_added: earliest_new_timer.is_some(),
@@ -674,49 +629,225 @@ impl Job {
     }
 }
 
-/// Customers touched by one group, and what the group will write.
+/// Groups with at least this many inputs run their lanes on two threads.
+const PARALLEL_STEPS_MIN: usize = 256;
+
+/// A customer's new record, after all its inputs in the group.
+struct CustomerWrite {
+    customer: String,
+    original_wake: Option<Millis>,
+    new_wake: Option<Millis>,
+    /// The encoded state; `None` removes the customer (erased).
+    value: Option<Vec<u8>>,
+}
+
+/// One input of a group, for one customer.
+enum Step<'g> {
+    Input(&'g Input),
+    /// A timer `t/due/customer` handed in by a wake job.
+    Wake(Millis),
+    Erase,
+}
+
+/// Where a step sits: its job, and its place among all inputs of the group.
+#[derive(Clone, Copy)]
+struct Item {
+    job: usize,
+    order: usize,
+}
+
+/// One customer's steps of a group, in group order.
+struct Lane<'g> {
+    customer: &'g str,
+    steps: Vec<(Item, Step<'g>)>,
+}
+
+/// Sorts the inputs of `jobs` into one lane per customer, lanes in order of
+/// each customer's first input.
+fn lanes<'g>(jobs: &'g [Job]) -> Vec<Lane<'g>> {
+    let mut lanes: Vec<Lane<'g>> = Vec::new();
+    let mut lane_of: HashMap<&'g str, usize> = HashMap::new();
+    let mut order = 0;
+    let mut push = |customer: &'g str, job: usize, step: Step<'g>| {
+        let lane = *lane_of.entry(customer).or_insert_with(|| {
+            lanes.push(Lane {
+                customer,
+                steps: Vec::new(),
+            });
+            lanes.len() - 1
+        });
+        lanes[lane].steps.push((Item { job, order }, step));
+        order += 1;
+    };
+    for (job, request) in jobs.iter().enumerate() {
+        match request {
+            Job::Ingest { calls, .. } => {
+                for call in calls {
+                    push(&call.customer, job, Step::Input(&call.input));
+                }
+            }
+            Job::Wake { timers, .. } => {
+                for (due, customer) in timers {
+                    push(customer, job, Step::Wake(*due));
+                }
+            }
+            Job::Erase { customer, .. } => push(customer, job, Step::Erase),
+            Job::Install { .. } | Job::Stop { .. } => unreachable!("committed alone"),
+        }
+    }
+    lanes
+}
+
+/// What lanes read: shared by the lane threads.
+struct LaneContext<'a> {
+    store: &'a Store,
+    runtime: &'a Runtime,
+    metrics: &'a Metrics,
+}
+
+/// What some lanes will write: one thread's lanes, then (merged) the group's.
 #[derive(Default)]
-struct Group {
-    customers: HashMap<String, Working>,
-    outbox: Vec<(u64, String, String)>,
+struct Changes {
+    /// Trace lines with the group order of the input that made them.
+    records: Vec<(usize, String)>,
+    writes: Vec<CustomerWrite>,
     stat_deltas: HashMap<String, i64>,
     arms: BTreeMap<(String, String), Option<String>>,
     stale_timers: Vec<Vec<u8>>,
     erased: Vec<String>,
-    answers: Vec<usize>,
+    /// `(job, contribution)`: wake-ups fired, or whether an erased customer existed.
+    answers: Vec<(usize, usize)>,
 }
 
-struct Working {
-    state: CustomerState,
-    existed: bool,
-    erased: bool,
-    dirty: bool,
-    original_wake: Option<Millis>,
-    original_positions: Vec<String>,
-}
-
-/// The working copy of a customer, loaded from the store on first use.
-fn load<'a>(
-    customers: &'a mut HashMap<String, Working>,
-    store: &Store,
-    id: &str,
-) -> Result<&'a mut Working, CommitError> {
-    {
-        if !customers.contains_key(id) {
-            let stored = store.customer(id)?;
-            let existed = stored.is_some();
-            let state = stored.unwrap_or_else(|| CustomerState::new(id));
-            let working = Working {
-                original_wake: state.next_wake(),
-                original_positions: stats::positions(&state),
-                state,
-                existed,
-                erased: false,
-                dirty: false,
-            };
-            customers.insert(id.to_string(), working);
+impl Changes {
+    /// Adds another thread's lanes (other customers).
+    fn absorb(&mut self, mut other: Changes) {
+        self.records.append(&mut other.records);
+        self.writes.append(&mut other.writes);
+        self.stale_timers.append(&mut other.stale_timers);
+        self.erased.append(&mut other.erased);
+        self.arms.append(&mut other.arms);
+        self.answers.append(&mut other.answers);
+        for (name, delta) in other.stat_deltas {
+            *self.stat_deltas.entry(name).or_insert(0) += delta;
         }
-        Ok(customers.get_mut(id).expect("inserted above"))
+    }
+}
+
+impl LaneContext<'_> {
+    fn run(&self, lanes: &[Lane<'_>]) -> Result<Changes, CommitError> {
+        let mut changes = Changes::default();
+        for lane in lanes {
+            self.run_lane(lane, &mut changes)?;
+        }
+        Ok(changes)
+    }
+
+    /// Loads the customer, applies its steps, and encodes the new state.
+    /// The working state is dropped here, on the thread that built it.
+    fn run_lane(&self, lane: &Lane<'_>, changes: &mut Changes) -> Result<(), CommitError> {
+        let customer = lane.customer;
+        let stored = self.store.customer(customer)?;
+        let existed = stored.is_some();
+        let mut state = stored.unwrap_or_else(|| CustomerState::new(customer));
+        let original_wake = state.next_wake();
+        let original_positions = stats::positions(&state);
+        let records_start = changes.records.len();
+        let mut erased = false;
+        let mut dirty = false;
+        for (item, step) in &lane.steps {
+            let input = match step {
+                Step::Input(input) => *input,
+                Step::Wake(due) => {
+                    // The timer key may be stale (an event moved the
+                    // customer's timer): drop it unless it is still due.
+                    // The stored state's own key is handled in `write`.
+                    if original_wake != Some(*due) {
+                        changes.stale_timers.push(store::timer_key(*due, customer));
+                    }
+                    let due_now = state.next_wake().is_some_and(|at| at <= *due);
+                    if erased || !due_now {
+                        continue;
+                    }
+                    changes.answers.push((item.job, 1));
+                    &Input::Wake { at: *due }
+                }
+                Step::Erase => {
+                    changes
+                        .answers
+                        .push((item.job, usize::from(existed && !erased || dirty)));
+                    erased = true;
+                    dirty = true;
+                    state = CustomerState::new(customer);
+                    // This lane's records are the last ones so far.
+                    changes.records.truncate(records_start);
+                    changes.arms.retain(|(who, _), _| who != customer);
+                    changes.erased.push(customer.to_string());
+                    continue;
+                }
+            };
+            if erased {
+                // Erased earlier in this group; the customer starts afresh.
+                erased = false;
+                state = CustomerState::new(customer);
+            }
+            self.apply(&mut state, input, *item, changes)?;
+            dirty = true;
+        }
+        if dirty {
+            let (new_wake, value, now_positions) = if erased {
+                (None, None, Vec::new())
+            } else {
+                (
+                    state.next_wake(),
+                    Some(store::encode_state(&state)),
+                    stats::positions(&state),
+                )
+            };
+            stats::positions_delta(&original_positions, &now_positions, &mut changes.stat_deltas);
+            changes.writes.push(CustomerWrite {
+                customer: customer.to_string(),
+                original_wake,
+                new_wake,
+                value,
+            });
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &self,
+        state: &mut CustomerState,
+        input: &Input,
+        item: Item,
+        changes: &mut Changes,
+    ) -> Result<(), CommitError> {
+        // The enrollments before the step matter only to attribute a goal of
+        // a holdout enrollment that ends in the same step; skip the copy
+        // when there is none.
+        let before = if state.enrollments.values().any(|e| e.holdout) {
+            state.enrollments.clone()
+        } else {
+            BTreeMap::new()
+        };
+        let effects = self.runtime.interpreter.apply(state, input);
+        self.metrics.steps_executed.inc();
+        let mut context = stats::RecordContext {
+            customer: &state.id,
+            before: &before,
+            after: &state.enrollments,
+            deltas: &mut changes.stat_deltas,
+            arms: &mut changes.arms,
+            store: self.store,
+        };
+        context.count(&effects.records)?;
+        for record in &effects.records {
+            if record.kind == Kind::Send {
+                self.metrics.sends_enqueued.inc();
+            }
+            changes.records.push((item.order, record.to_json_line()));
+        }
+        Ok(())
     }
 }
 
@@ -785,8 +916,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn group_commit_keeps_state_timers_outbox_and_stats_consistent() {
+    /// A commit thread over a fresh store, driven from a current-thread runtime.
+    struct Harness {
+        _dir: tempfile::TempDir,
+        store: Store,
+        committer: Committer,
+        published: Published,
+        thread: std::thread::JoinHandle<()>,
+        tokio: tokio::runtime::Runtime,
+    }
+
+    fn start(interpreter: Arc<dyn Interpreter>) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
         let bundle = Arc::new(Bundle {
@@ -802,24 +942,41 @@ mod tests {
         let runtime: SharedRuntime = Arc::new(RwLock::new(Arc::new(Runtime {
             bundle,
             bundle_key: "k".into(),
-            interpreter: Arc::new(Fake),
+            interpreter,
             retained: vec![],
         })));
-        let (committed, mut committed_rx) = watch::channel(0);
         let published = Published {
-            committed_seq: Arc::new(committed),
+            committed_seq: Arc::new(watch::channel(0).0),
             stats: Arc::default(),
             timers_changed: Arc::default(),
             metrics: Arc::default(),
         };
         let (sender, receiver) = mpsc::channel(JOB_CHANNEL_CAPACITY);
-        let committer = Committer { sender };
-        let thread = CommitThread::new(store.clone(), runtime, published.clone(), 1);
-        let handle = std::thread::spawn(move || thread.run(receiver));
-        let tokio = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let commit_thread = CommitThread::new(store.clone(), runtime, published.clone(), 1);
+        Harness {
+            _dir: dir,
+            store,
+            committer: Committer { sender },
+            published,
+            thread: std::thread::spawn(move || commit_thread.run(receiver)),
+            tokio: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        }
+    }
+
+    #[test]
+    fn group_commit_keeps_state_timers_outbox_and_stats_consistent() {
+        let Harness {
+            _dir,
+            store,
+            committer,
+            published,
+            thread: handle,
+            tokio,
+        } = start(Arc::new(Fake));
+        let mut committed_rx = published.committed_seq.subscribe();
         tokio.block_on(async {
             // Concurrent requests share commits; each is answered after it.
             let (a, b) = tokio::join!(
@@ -872,5 +1029,63 @@ mod tests {
         handle.join().expect("commit thread");
         // Sequence numbers continue after a restart.
         assert_eq!(store.next_seq().expect("seq"), Some(7));
+    }
+
+    /// [`Fake`], noting the threads it ran on.
+    #[derive(Default)]
+    struct OnThreads(Mutex<std::collections::HashSet<String>>);
+
+    impl Interpreter for OnThreads {
+        fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
+            let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+            self.0.lock().expect("lock").insert(thread);
+            Fake.apply(state, input)
+        }
+    }
+
+    #[test]
+    fn a_large_group_runs_on_two_threads_and_keeps_input_order() {
+        let interpreter = Arc::new(OnThreads::default());
+        let harness = start(interpreter.clone());
+        // 400 customers, each tracked twice, interleaved; one erased between.
+        let customers: Vec<String> = (0..400).map(|i| format!("c{i:03}")).collect();
+        let calls: Vec<Call> = customers
+            .iter()
+            .chain(&customers)
+            .enumerate()
+            .map(|(i, c)| track(c, 1_000 + i as Millis))
+            .collect();
+        let expected: Vec<String> = calls
+            .iter()
+            .map(|c| c.customer.clone())
+            .filter(|c| c != "c007")
+            .collect();
+        let committer = &harness.committer;
+        harness.tokio.block_on(async {
+            let (ingested, erased) = tokio::join!(committer.ingest(calls), async {
+                tokio::task::yield_now().await;
+                committer.erase("c007".into()).await
+            });
+            ingested.expect("ingest");
+            assert!(erased.expect("erase"));
+            stop(committer).await;
+        });
+        harness.thread.join().expect("commit thread");
+        let names = interpreter.0.lock().expect("lock").clone();
+        assert!(names.contains("journeyc-lane"), "ran on {names:?}");
+        let outbox = harness.store.outbox_range(0, u64::MAX, 10_000).expect("outbox");
+        let sent_to: Vec<String> = outbox
+            .iter()
+            .map(|(_, line)| {
+                let record: serde_json::Value = serde_json::from_str(line).expect("json");
+                record["customer"].as_str().expect("customer").to_string()
+            })
+            .collect();
+        assert_eq!(sent_to, expected);
+        assert!(outbox.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        assert!(harness.store.customer("c007").expect("get").is_none());
+        assert_eq!(harness.store.counter("j/j/sends").expect("counter"), 800);
+        assert_eq!(harness.store.counter("j/j/at/v1/1").expect("counter"), 399);
+        assert_eq!(harness.store.counter(store::STAT_TIMERS).expect("counter"), 399);
     }
 }
