@@ -19,7 +19,7 @@
 
 use super::metrics::Metrics;
 use super::stats;
-use super::store::{self, Store, StoreError};
+use super::store::{self, Store, StoreError, TimerChanges, TimerEntry};
 use crate::compile::bytecode::Bundle;
 use crate::runtime::input::Call;
 use crate::runtime::{CustomerState, Effects, Engine, Input, Kind, Millis};
@@ -106,9 +106,9 @@ pub enum Job {
         calls: Vec<Call>,
         reply: oneshot::Sender<Result<(), CommitError>>,
     },
-    /// Due timers `(due, customer)` found by the timer task, oldest first.
+    /// Due timer entries found by the timer task, oldest first.
     Wake {
-        timers: Vec<(Millis, String)>,
+        timers: Vec<TimerEntry>,
         reply: oneshot::Sender<Result<usize, CommitError>>,
     },
     /// Erase a customer; answers whether there was one.
@@ -146,7 +146,7 @@ impl Committer {
         self.send(Job::Ingest { calls, reply }, answer).await
     }
 
-    pub async fn wake(&self, timers: Vec<(Millis, String)>) -> Result<usize, CommitError> {
+    pub async fn wake(&self, timers: Vec<TimerEntry>) -> Result<usize, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::Wake { timers, reply }, answer).await
     }
@@ -185,6 +185,8 @@ pub struct CommitThread {
     runtime: SharedRuntime,
     published: Published,
     next_seq: u64,
+    /// The next unused timer chunk number.
+    next_timer_chunk: u64,
     /// The counters as of the last batch applied (ahead of the published
     /// ones while a flush is in flight).
     counters: HashMap<String, i64>,
@@ -265,7 +267,15 @@ fn run_flusher(store: Store, published: Published, receiver: std::sync::mpsc::Re
 }
 
 impl CommitThread {
-    pub fn new(store: Store, runtime: SharedRuntime, published: Published, next_seq: u64) -> CommitThread {
+    /// `next_seq` and `next_timer_chunk`: the next unused outbox sequence and
+    /// timer chunk numbers.
+    pub fn new(
+        store: Store,
+        runtime: SharedRuntime,
+        published: Published,
+        next_seq: u64,
+        next_timer_chunk: u64,
+    ) -> CommitThread {
         let counters = published.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // Capacity 1: at most one group waits while another is flushed.
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
@@ -282,6 +292,7 @@ impl CommitThread {
             runtime,
             published,
             next_seq,
+            next_timer_chunk,
             counters,
             flusher: Some(sender),
             flusher_thread: Some(flusher_thread),
@@ -350,7 +361,7 @@ impl CommitThread {
         let seq_before = self.next_seq;
         let outcome = catch_unwind(AssertUnwindSafe(|| self.prepare(&jobs)));
         match outcome {
-            Ok(Ok((group, answers))) => match self.write(group, answers) {
+            Ok(Ok((group, answers))) => match self.write(&jobs, group, answers) {
                 Ok(applied) => {
                     let work = Flush::Group {
                         jobs: jobs.into_iter().zip(applied.answers).collect(),
@@ -415,6 +426,7 @@ impl CommitThread {
                 let result = result.and_then(|migrated| {
                     self.store.flush()?;
                     *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = runtime.clone();
+                    self.next_timer_chunk = self.store.next_timer_chunk()?;
                     // Positions changed: reload the at-step counters.
                     let counters: HashMap<String, i64> = self.store.counters()?.into_iter().collect();
                     *self.published.stats.lock().unwrap_or_else(|p| p.into_inner()) = counters.clone();
@@ -477,20 +489,14 @@ impl CommitThread {
     }
 
     /// Writes the group as one batch, flushes, publishes.
-    fn write(&mut self, mut group: Changes, answers: Vec<usize>) -> Result<Applied, CommitError> {
+    fn write(&mut self, jobs: &[Job], mut group: Changes, answers: Vec<usize>) -> Result<Applied, CommitError> {
         let mut batch = sled::Batch::default();
-        let mut timer_delta = 0i64;
-        let mut earliest_new_timer: Option<Millis> = None;
-        // Keys handed in by wake jobs that are not the stored state's own key
-        // (handed over twice, or moved): by the timer invariant they are gone
-        // already, but look. Removed before the customers' new keys are put
-        // into the batch, which win when they are the same key.
-        group.stale_timers.sort_unstable();
-        group.stale_timers.dedup();
-        for key in group.stale_timers.drain(..) {
-            if self.store.db.contains_key(&key)? {
-                batch.remove(key);
-                timer_delta -= 1;
+        let mut timers = TimerChanges::new(self.next_timer_chunk);
+        for job in jobs {
+            if let Job::Wake { timers: entries, .. } = job {
+                for entry in entries {
+                    timers.fired(entry);
+                }
             }
         }
         for erased in &group.erased {
@@ -498,24 +504,16 @@ impl CommitThread {
         }
         for write in group.writes.drain(..) {
             let id = &write.customer;
-            // By the timer invariant the stored state's key exists and is the
-            // customer's only one, and the new key is not there yet.
-            if write.original_wake != write.new_wake {
-                if let Some(old) = write.original_wake {
-                    batch.remove(store::timer_key(old, id));
-                    timer_delta -= 1;
-                }
-                if let Some(at) = write.new_wake {
-                    batch.insert(store::timer_key(at, id), &[]);
-                    timer_delta += 1;
-                    earliest_new_timer = Some(earliest_new_timer.map_or(at, |e| e.min(at)));
-                }
-            }
+            let old = write.original_wake.map(|due| (due, write.original_chunk));
+            let chunk = timers.update(id, old, write.new_wake);
             match write.value {
-                Some(value) => batch.insert(store::customer_key(id), value),
+                Some(value) => batch.insert(store::customer_key(id), store::encode_customer(value, chunk)),
                 None => batch.remove(store::customer_key(id)),
             }
         }
+        let timers_added = timers.earliest_new().is_some();
+        let timer_delta = timers.waiting_delta;
+        self.next_timer_chunk = timers.write(&self.store, &mut batch)?;
         for ((customer, journey), arm) in &group.arms {
             let key = store::arm_key(customer, journey);
             match arm {
@@ -552,7 +550,7 @@ impl CommitThread {
             answers,
             stats: changed_stats,
             committed_seq,
-            timers_added: earliest_new_timer.is_some(),
+            timers_added,
         })
     }
 
@@ -603,7 +601,7 @@ impl Job {
     fn input_count(&self) -> usize {
         match self {
             Job::Ingest { calls, .. } => calls.len(),
-            Job::Wake { timers, .. } => timers.len(),
+            Job::Wake { timers, .. } => timers.iter().map(|entry| entry.customers.len()).sum(),
             Job::Erase { .. } | Job::Install { .. } | Job::Stop { .. } => 1,
         }
     }
@@ -636,6 +634,8 @@ const PARALLEL_STEPS_MIN: usize = 256;
 struct CustomerWrite {
     customer: String,
     original_wake: Option<Millis>,
+    /// The timer chunk the stored record names.
+    original_chunk: Option<u64>,
     new_wake: Option<Millis>,
     /// The encoded state; `None` removes the customer (erased).
     value: Option<Vec<u8>>,
@@ -644,8 +644,12 @@ struct CustomerWrite {
 /// One input of a group, for one customer.
 enum Step<'g> {
     Input(&'g Input),
-    /// A timer `t/due/customer` handed in by a wake job.
-    Wake(Millis),
+    /// The customer is listed in a timer entry (`chunk`, or its own key)
+    /// handed in by a wake job.
+    Wake {
+        due: Millis,
+        chunk: Option<u64>,
+    },
     Erase,
 }
 
@@ -687,8 +691,14 @@ fn lanes<'g>(jobs: &'g [Job]) -> Vec<Lane<'g>> {
                 }
             }
             Job::Wake { timers, .. } => {
-                for (due, customer) in timers {
-                    push(customer, job, Step::Wake(*due));
+                for entry in timers {
+                    for customer in &entry.customers {
+                        let step = Step::Wake {
+                            due: entry.due,
+                            chunk: entry.chunk,
+                        };
+                        push(customer, job, step);
+                    }
                 }
             }
             Job::Erase { customer, .. } => push(customer, job, Step::Erase),
@@ -713,7 +723,6 @@ struct Changes {
     writes: Vec<CustomerWrite>,
     stat_deltas: HashMap<String, i64>,
     arms: BTreeMap<(String, String), Option<String>>,
-    stale_timers: Vec<Vec<u8>>,
     erased: Vec<String>,
     /// `(job, contribution)`: wake-ups fired, or whether an erased customer existed.
     answers: Vec<(usize, usize)>,
@@ -724,7 +733,6 @@ impl Changes {
     fn absorb(&mut self, mut other: Changes) {
         self.records.append(&mut other.records);
         self.writes.append(&mut other.writes);
-        self.stale_timers.append(&mut other.stale_timers);
         self.erased.append(&mut other.erased);
         self.arms.append(&mut other.arms);
         self.answers.append(&mut other.answers);
@@ -747,9 +755,9 @@ impl LaneContext<'_> {
     /// The working state is dropped here, on the thread that built it.
     fn run_lane(&self, lane: &Lane<'_>, changes: &mut Changes) -> Result<(), CommitError> {
         let customer = lane.customer;
-        let stored = self.store.customer(customer)?;
+        let stored = self.store.customer_record(customer)?;
         let existed = stored.is_some();
-        let mut state = stored.unwrap_or_else(|| CustomerState::new(customer));
+        let (mut state, original_chunk) = stored.unwrap_or_else(|| (CustomerState::new(customer), None));
         let original_wake = state.next_wake();
         let original_positions = stats::positions(&state);
         let records_start = changes.records.len();
@@ -758,15 +766,13 @@ impl LaneContext<'_> {
         for (item, step) in &lane.steps {
             let input = match step {
                 Step::Input(input) => *input,
-                Step::Wake(due) => {
-                    // The timer key may be stale (an event moved the
-                    // customer's timer): drop it unless it is still due.
-                    // The stored state's own key is handled in `write`.
-                    if original_wake != Some(*due) {
-                        changes.stale_timers.push(store::timer_key(*due, customer));
-                    }
+                Step::Wake { due, chunk } => {
+                    // The entry was read before this group: if the customer
+                    // has moved out of it since (or it was handed over
+                    // twice), its record names another one.
+                    let listed = original_wake == Some(*due) && original_chunk == *chunk;
                     let due_now = state.next_wake().is_some_and(|at| at <= *due);
-                    if erased || !due_now {
+                    if !listed || erased || !due_now {
                         continue;
                     }
                     changes.answers.push((item.job, 1));
@@ -808,6 +814,7 @@ impl LaneContext<'_> {
             changes.writes.push(CustomerWrite {
                 customer: customer.to_string(),
                 original_wake,
+                original_chunk,
                 new_wake,
                 value,
             });
@@ -952,7 +959,13 @@ mod tests {
             metrics: Arc::default(),
         };
         let (sender, receiver) = mpsc::channel(JOB_CHANNEL_CAPACITY);
-        let commit_thread = CommitThread::new(store.clone(), runtime, published.clone(), 1);
+        let commit_thread = CommitThread::new(
+            store.clone(),
+            runtime,
+            published.clone(),
+            1,
+            store.next_timer_chunk().expect("chunk number"),
+        );
         Harness {
             _dir: dir,
             store,
@@ -1001,12 +1014,19 @@ mod tests {
             assert!(matches!(bad, Err(CommitError::Panicked)));
             good.expect("d");
             assert!(store.customer("boom").expect("get").is_none());
-            // Wake-ups: due ones fire; a stale key is dropped.
-            let fired = committer
-                .wake(vec![(11_000, "a".into()), (21_000, "b".into()), (99, "c".into())])
-                .await
-                .expect("wake");
-            assert_eq!(fired, 2);
+            // Wake-ups: due ones fire; an entry that the customer's record
+            // does not name fires nothing; an entry handed over twice fires
+            // nothing the second time.
+            let mut due = store.due_timers_after(None, 21_000, 100).expect("due");
+            assert_eq!(due.iter().map(|e| e.customers.len()).sum::<usize>(), 2);
+            let handed_twice = due.clone();
+            due.push(TimerEntry {
+                due: 31_000,
+                chunk: Some(999),
+                customers: vec!["c".into()],
+            });
+            assert_eq!(committer.wake(due).await.expect("wake"), 2);
+            assert_eq!(committer.wake(handed_twice).await.expect("wake again"), 0);
             assert_eq!(
                 store.due_timers(i64::MAX, 10).expect("timers"),
                 vec![(31_000, "c".into()), (41_000, "d".into())]

@@ -8,7 +8,7 @@
 
 use super::store::{self, Store, StoreError};
 use crate::compile::bytecode::Bundle;
-use crate::runtime::CustomerState;
+use crate::runtime::{CustomerState, Millis};
 use serde_json::json;
 use std::io::{BufRead, Write};
 
@@ -47,8 +47,14 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
     for (key, bundle) in store.bundles()? {
         emit(json!({"type": "bundle", "key": key, "bundle": bundle}), out)?;
     }
+    // Customers due at `due_now`, not yet written.
+    let mut due_now: Option<Millis> = None;
+    let mut timers: Vec<String> = Vec::new();
     for item in store.db.iter() {
         let (key, value) = item.map_err(StoreError::from)?;
+        if key.first() != Some(&store::PREFIX_TIMER) {
+            emit_timers(&mut due_now, &mut timers, out, &mut emit)?;
+        }
         let Some((&prefix, rest)) = key.split_first() else {
             continue;
         };
@@ -58,8 +64,15 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
                 json!({"type": "customer", "state": state})
             }
             store::PREFIX_TIMER => {
-                let (due, customer) = store::decode_timer_key(&key)?;
-                json!({"type": "timer", "due": due, "customer": customer})
+                // One line per customer, by due time then customer, however
+                // the index groups them.
+                let entry = store::decode_timer_entry(&key, &value)?;
+                if due_now.is_some_and(|due| due != entry.due) {
+                    emit_timers(&mut due_now, &mut timers, out, &mut emit)?;
+                }
+                due_now = Some(entry.due);
+                timers.extend(entry.customers);
+                continue;
             }
             store::PREFIX_OUTBOX => {
                 for (seq, line) in store::decode_chunk(&key, &value)? {
@@ -85,8 +98,26 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
         };
         emit(line, out)?;
     }
+    emit_timers(&mut due_now, &mut timers, out, &mut emit)?;
     out.flush()?;
     Ok(lines)
+}
+
+/// Writes the timer lines of the customers due at `due`, sorted.
+fn emit_timers(
+    due: &mut Option<Millis>,
+    customers: &mut Vec<String>,
+    out: &mut dyn Write,
+    emit: &mut dyn FnMut(serde_json::Value, &mut dyn Write) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    let Some(at) = due.take() else {
+        return Ok(());
+    };
+    customers.sort_unstable();
+    for customer in customers.drain(..) {
+        emit(json!({"type": "timer", "due": at, "customer": customer}), out)?;
+    }
+    Ok(())
 }
 
 fn field<'a>(value: &'a serde_json::Value, name: &str, line: usize) -> Result<&'a serde_json::Value, ExportError> {
@@ -158,6 +189,8 @@ pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportErr
                 let due = field(&value, "due", number)?
                     .as_i64()
                     .ok_or_else(|| bad("`due` must be a number".into()))?;
+                // A one-customer key, matching the customer record (which
+                // names no chunk); the index reads both forms.
                 batch.insert(store::timer_key(due, as_str(&value, "customer", number)?), &[]);
             }
             "outbox" => {

@@ -124,6 +124,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     }
     let next_seq = store.next_seq()?.unwrap_or(1).max(highest_seen + 1);
+    let next_timer_chunk = store.next_timer_chunk()?;
     let committed_now = store.last_outbox_seq()?.unwrap_or(0);
 
     let metrics = Arc::new(Metrics::default());
@@ -138,7 +139,13 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let (job_sender, job_receiver) = tokio::sync::mpsc::channel(commit::JOB_CHANNEL_CAPACITY);
     let committer = Committer { sender: job_sender };
     let commit_thread = {
-        let thread = CommitThread::new(store.clone(), shared_runtime.clone(), published.clone(), next_seq);
+        let thread = CommitThread::new(
+            store.clone(),
+            shared_runtime.clone(),
+            published.clone(),
+            next_seq,
+            next_timer_chunk,
+        );
         std::thread::Builder::new()
             .name("journeyc-commit".into())
             .spawn(move || thread.run(job_receiver))

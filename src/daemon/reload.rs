@@ -11,7 +11,7 @@
 use super::commit::{current, CommitError, Committer, Interpreter, Runtime, SharedRuntime};
 use super::metrics::Metrics;
 use super::stats;
-use super::store::{self, Store, StoreError};
+use super::store::{self, Store, StoreError, TimerChanges};
 use crate::compile::bytecode::Bundle;
 use crate::runtime::Engine;
 use std::collections::{BTreeSet, HashMap};
@@ -138,11 +138,12 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
     if migrating {
         let now = super::timers::now_ms();
         let mut batch = sled::Batch::default();
+        let mut timers = TimerChanges::new(store.next_timer_chunk()?);
         let mut in_batch = 0;
         let mut deltas: HashMap<String, i64> = HashMap::new();
         for item in store.db.scan_prefix([store::PREFIX_CUSTOMER]) {
             let (key, value) = item.map_err(StoreError::from)?;
-            let mut state = store::decode_state(&key, &value)?;
+            let (mut state, chunk) = store::decode_customer(&key, &value)?;
             let before = stats::positions(&state);
             let wake_before = state.next_wake();
             let moved_here = runtime.interpreter.migrate(&mut state, now);
@@ -150,42 +151,38 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
                 continue;
             }
             moved += moved_here;
-            // Keep exactly one timer key per customer with a wake-up.
-            let wake_after = state.next_wake();
-            if wake_after != wake_before {
-                if let Some(old) = wake_before {
-                    batch.remove(store::timer_key(old, &state.id));
-                }
-                if let Some(new) = wake_after {
-                    batch.insert(store::timer_key(new, &state.id), &[]);
-                }
-            }
+            let chunk = timers.update(&state.id, wake_before.map(|due| (due, chunk)), state.next_wake());
             let after = stats::positions(&state);
             stats::positions_delta(&before, &after, &mut deltas);
-            batch.insert(key, store::encode_state(&state));
+            batch.insert(key, store::encode_customer(store::encode_state(&state), chunk));
             in_batch += 1;
             if in_batch >= MIGRATION_BATCH_CUSTOMERS {
-                write_counters(store, &mut batch, &mut deltas)?;
-                store
-                    .db
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(StoreError::from)?;
+                write_changes(store, &mut batch, &mut deltas, &mut timers)?;
                 in_batch = 0;
             }
         }
-        write_counters(store, &mut batch, &mut deltas)?;
-        store.db.apply_batch(batch).map_err(StoreError::from)?;
+        write_changes(store, &mut batch, &mut deltas, &mut timers)?;
     }
     store.set_current_bundle_key(&runtime.bundle_key)?;
     collect_bundles(store, &runtime.bundle_key)?;
     Ok(moved)
 }
 
-fn write_counters(store: &Store, batch: &mut sled::Batch, deltas: &mut HashMap<String, i64>) -> Result<(), StoreError> {
+/// Applies one migration batch with its counters and timer changes.
+fn write_changes(
+    store: &Store,
+    batch: &mut sled::Batch,
+    deltas: &mut HashMap<String, i64>,
+    timers: &mut TimerChanges,
+) -> Result<(), StoreError> {
+    let changes = std::mem::replace(timers, TimerChanges::new(0));
+    *deltas.entry(store::STAT_TIMERS.to_string()).or_insert(0) += changes.waiting_delta;
+    *timers = TimerChanges::new(changes.write(store, batch)?);
     for (name, delta) in deltas.drain() {
         let value = store.counter(&name)? + delta;
         batch.insert(store::stat_key(&name), &value.to_be_bytes());
     }
+    store.db.apply_batch(std::mem::take(batch))?;
     Ok(())
 }
 

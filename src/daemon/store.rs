@@ -7,8 +7,9 @@
 //!
 //! | prefix | key after the prefix                 | value                                 |
 //! |--------|--------------------------------------|---------------------------------------|
-//! | `c`    | customer id                          | postcard [`CustomerState`]            |
-//! | `t`    | due ms (order-preserving u64 BE) + customer id | empty: the timer index      |
+//! | `c`    | customer id                          | postcard [`CustomerState`], then the number of its timer chunk (u64 BE) when it has one |
+//! | `t`    | due ms (order-preserving u64 BE) + chunk number (u64 BE) | postcard `Vec<String>`: customers due then, at most [`TIMER_CHUNK_MAX`] (the timer index) |
+//! | `t`    | due ms + customer id (written before chunks; still read)       | empty: one customer     |
 //! | `o`    | first outbox sequence number of the chunk (u64 BE) | postcard `Vec<(seq, JSON line)>`: one chunk per group commit |
 //! | `k`    | sink name                            | last sequence number delivered (u64 BE)|
 //! | `d`    | sink name + `0x00` + sequence (u64 BE) | dead letter: JSON with the error    |
@@ -17,14 +18,22 @@
 //! | `b`    | bundle key (hex SHA-256 of its postcard bytes) | postcard [`Bundle`]         |
 //! | `m`    | `seq` / `current`                    | next outbox sequence / current bundle key |
 //!
-//! **Invariant:** for every customer record `c/ID` whose state has a
-//! `next_wake()` of `Some(at)` there is exactly one timer key `t/at/ID`, and no
-//! other timer key names that customer. Only the commit thread writes `c`, `t`,
-//! `o`, `s`, `a`, `m`; sinks write `k`, `d` and delete delivered `o` entries.
+//! The timer index keeps many customers under one key, so firing a burst of
+//! wake-ups deletes one key per chunk rather than one per customer (sled's
+//! cost is per key). Each customer record names its chunk, so a customer whose
+//! wake-up moves is taken out of its chunk exactly.
+//!
+//! **Invariant:** a customer record `c/ID` whose state has a `next_wake()` of
+//! `Some(at)` names a chunk `t/at/N` that lists `ID` (or, if it names none, a
+//! key `t/at/ID` exists), and no other timer entry lists that customer. Chunks
+//! only shrink after they are written: new entries always go into new chunks.
+//! Only the commit thread writes `c`, `t`, `o`, `s`, `a`, `m`; sinks write
+//! `k`, `d` and delete delivered `o` entries.
 
 use crate::compile::bytecode::Bundle;
 use crate::runtime::{CustomerState, Millis};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 pub const PREFIX_CUSTOMER: u8 = b'c';
@@ -39,8 +48,14 @@ pub const PREFIX_META: u8 = b'm';
 
 pub const META_SEQ: &[u8] = b"mseq";
 pub const META_CURRENT: &[u8] = b"mcurrent";
+/// The next timer chunk number (u64 BE).
+pub const META_TIMER_CHUNK: &[u8] = b"mtimerchunk";
 
-/// Counter: number of keys in the timer index.
+/// The most customers in one timer chunk (bounds the rewrite when one of
+/// them moves).
+pub const TIMER_CHUNK_MAX: usize = 512;
+
+/// Counter: customers waiting on a timer.
 pub const STAT_TIMERS: &str = "g/timers";
 
 /// Errors of the storage layer.
@@ -96,10 +111,15 @@ impl Store {
     }
 
     pub fn customer(&self, id: &str) -> StoreResult<Option<CustomerState>> {
+        Ok(self.customer_record(id)?.map(|(state, _)| state))
+    }
+
+    /// A customer's state and the number of its timer chunk, if it names one.
+    pub fn customer_record(&self, id: &str) -> StoreResult<Option<(CustomerState, Option<u64>)>> {
         let key = customer_key(id);
         match self.db.get(&key)? {
             None => Ok(None),
-            Some(bytes) => decode_state(&key, &bytes).map(Some),
+            Some(bytes) => decode_customer(&key, &bytes).map(Some),
         }
     }
 
@@ -117,39 +137,51 @@ impl Store {
         Ok(out)
     }
 
-    /// Timer keys due at or before `now`, oldest first, at most `limit`.
+    /// Customers due at or before `now`, oldest first, at most `limit`
+    /// (whole entries: the list may end past `limit`).
     pub fn due_timers(&self, now: Millis, limit: usize) -> StoreResult<Vec<(Millis, String)>> {
-        self.due_timers_after(None, now, limit)
+        let entries = self.due_timers_after(None, now, limit)?;
+        Ok(entries
+            .into_iter()
+            .flat_map(|entry| entry.customers.into_iter().map(move |c| (entry.due, c)))
+            .collect())
     }
 
-    /// Like [`Store::due_timers`], starting after the timer `after`.
-    pub fn due_timers_after(
-        &self,
-        after: Option<&(Millis, String)>,
-        now: Millis,
-        limit: usize,
-    ) -> StoreResult<Vec<(Millis, String)>> {
+    /// Timer entries due at or before `now`, oldest first, after the key
+    /// `after`, until they name at least `limit` customers.
+    pub fn due_timers_after(&self, after: Option<&[u8]>, now: Millis, limit: usize) -> StoreResult<Vec<TimerEntry>> {
         use std::ops::Bound;
         let mut end = vec![PREFIX_TIMER];
         end.extend_from_slice(&encode_time(now.saturating_add(1)));
         let start = match after {
-            Some((at, customer)) => Bound::Excluded(timer_key(*at, customer)),
+            Some(key) => Bound::Excluded(key.to_vec()),
             None => Bound::Included(vec![PREFIX_TIMER]),
         };
         let mut out = Vec::new();
-        for item in self.db.range::<Vec<u8>, _>((start, Bound::Excluded(end))).take(limit) {
-            let (key, _) = item?;
-            out.push(decode_timer_key(&key)?);
+        let mut customers = 0;
+        for item in self.db.range::<Vec<u8>, _>((start, Bound::Excluded(end))) {
+            let (key, value) = item?;
+            let entry = decode_timer_entry(&key, &value)?;
+            customers += entry.customers.len();
+            out.push(entry);
+            if customers >= limit {
+                break;
+            }
         }
         Ok(out)
     }
 
-    /// The earliest timer, if any.
-    pub fn first_timer(&self) -> StoreResult<Option<(Millis, String)>> {
+    /// When the earliest timer is due, if any.
+    pub fn first_timer(&self) -> StoreResult<Option<Millis>> {
         match self.db.scan_prefix([PREFIX_TIMER]).next() {
             None => Ok(None),
-            Some(item) => Ok(Some(decode_timer_key(&item?.0)?)),
+            Some(item) => Ok(Some(decode_timer_entry(&item?.0, &[])?.due)),
         }
+    }
+
+    /// The next unused timer chunk number.
+    pub fn next_timer_chunk(&self) -> StoreResult<u64> {
+        Ok(self.db.get(META_TIMER_CHUNK)?.map(|v| decode_u64(&v)).unwrap_or(0))
     }
 
     /// Outbox records with sequence numbers in `from..=to`, in order, at most
@@ -367,6 +399,7 @@ pub fn decode_time(bytes: &[u8]) -> Millis {
     (decode_u64(bytes) ^ (1 << 63)) as i64
 }
 
+/// The key `t/at/ID` of one customer's timer (written before chunks).
 pub fn timer_key(at: Millis, customer: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + customer.len());
     key.push(PREFIX_TIMER);
@@ -375,14 +408,168 @@ pub fn timer_key(at: Millis, customer: &str) -> Vec<u8> {
     key
 }
 
-pub fn decode_timer_key(key: &[u8]) -> StoreResult<(Millis, String)> {
+pub fn timer_chunk_key(at: Millis, chunk: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(PREFIX_TIMER);
+    key.extend_from_slice(&encode_time(at));
+    key.extend_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+/// One key of the timer index: customers due at `due`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimerEntry {
+    pub due: Millis,
+    /// The chunk number; `None` for a one-customer key `t/due/ID`.
+    pub chunk: Option<u64>,
+    pub customers: Vec<String>,
+}
+
+impl TimerEntry {
+    pub fn key(&self) -> Vec<u8> {
+        entry_key(self.due, self.chunk, self.customers.first().map_or("", String::as_str))
+    }
+}
+
+/// The key of the entry that lists `customer` at `due`, in `chunk` or alone.
+fn entry_key(due: Millis, chunk: Option<u64>, customer: &str) -> Vec<u8> {
+    match chunk {
+        Some(chunk) => timer_chunk_key(due, chunk),
+        None => timer_key(due, customer),
+    }
+}
+
+/// Decodes a timer index record (chunks have a value, one-customer keys none).
+pub fn decode_timer_entry(key: &[u8], value: &[u8]) -> StoreResult<TimerEntry> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.into(),
+    };
     if key.len() < 9 || key[0] != PREFIX_TIMER {
-        return Err(StoreError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: "not a timer key".into(),
+        return Err(corrupt("not a timer key"));
+    }
+    let due = decode_time(&key[1..9]);
+    if value.is_empty() {
+        let customer = String::from_utf8_lossy(&key[9..]).into_owned();
+        return Ok(TimerEntry {
+            due,
+            chunk: None,
+            customers: vec![customer],
         });
     }
-    Ok((decode_time(&key[1..9]), String::from_utf8_lossy(&key[9..]).into_owned()))
+    if key.len() != 17 {
+        return Err(corrupt("a timer chunk key has 17 bytes"));
+    }
+    let customers = postcard::from_bytes(value).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(TimerEntry {
+        due,
+        chunk: Some(decode_u64(&key[9..])),
+        customers,
+    })
+}
+
+/// The timer index changes of one batch. Customers whose wake-up changed are
+/// taken out of their chunk (read, rewritten) and put into new chunks, one
+/// series per due time; entries handed in by wake jobs are deleted whole.
+pub struct TimerChanges {
+    fired: HashSet<Vec<u8>>,
+    /// Chunk key → customers to take out of it.
+    leaving: HashMap<Vec<u8>, Vec<String>>,
+    /// One-customer keys to delete.
+    removed: Vec<Vec<u8>>,
+    /// Due time → new chunks `(number, customers)`, the last one open.
+    new_chunks: BTreeMap<Millis, Vec<(u64, Vec<String>)>>,
+    next_chunk: u64,
+    /// Change in the number of customers waiting.
+    pub waiting_delta: i64,
+}
+
+impl TimerChanges {
+    pub fn new(next_chunk: u64) -> TimerChanges {
+        TimerChanges {
+            fired: HashSet::new(),
+            leaving: HashMap::new(),
+            removed: Vec::new(),
+            new_chunks: BTreeMap::new(),
+            next_chunk,
+            waiting_delta: 0,
+        }
+    }
+
+    /// An entry was handed to a wake job: it is deleted whole. (Every
+    /// customer it still lists was loaded by that job and gets a new entry
+    /// through [`TimerChanges::update`] if it still waits.)
+    pub fn fired(&mut self, entry: &TimerEntry) {
+        self.fired.insert(entry.key());
+    }
+
+    /// Records that `customer`'s wake-up goes from `old` (due time and chunk,
+    /// as its stored record says) to `new`. Returns the chunk its record must
+    /// name from now on.
+    pub fn update(&mut self, customer: &str, old: Option<(Millis, Option<u64>)>, new: Option<Millis>) -> Option<u64> {
+        self.waiting_delta += i64::from(new.is_some()) - i64::from(old.is_some());
+        if let Some((due, chunk)) = old {
+            let key = entry_key(due, chunk, customer);
+            if !self.fired.contains(&key) {
+                if new == Some(due) {
+                    return chunk;
+                }
+                match chunk {
+                    Some(_) => self.leaving.entry(key).or_default().push(customer.to_string()),
+                    None => self.removed.push(key),
+                }
+            }
+        }
+        let at = new?;
+        let chunks = self.new_chunks.entry(at).or_default();
+        if chunks
+            .last()
+            .is_none_or(|(_, customers)| customers.len() >= TIMER_CHUNK_MAX)
+        {
+            chunks.push((self.next_chunk, Vec::new()));
+            self.next_chunk += 1;
+        }
+        let (number, customers) = chunks.last_mut().expect("pushed above");
+        customers.push(customer.to_string());
+        Some(*number)
+    }
+
+    /// The earliest due time of a new chunk.
+    pub fn earliest_new(&self) -> Option<Millis> {
+        self.new_chunks.keys().next().copied()
+    }
+
+    /// Puts the changes into `batch` (reading the chunks customers leave).
+    /// Returns the next unused chunk number.
+    pub fn write(self, store: &Store, batch: &mut sled::Batch) -> StoreResult<u64> {
+        for key in self.fired.into_iter().chain(self.removed) {
+            batch.remove(key);
+        }
+        for (key, leaving) in self.leaving {
+            let Some(value) = store.db.get(&key)? else {
+                continue;
+            };
+            let leaving: HashSet<String> = leaving.into_iter().collect();
+            let mut entry = decode_timer_entry(&key, &value)?;
+            entry.customers.retain(|c| !leaving.contains(c));
+            if entry.customers.is_empty() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, encode_timer_chunk(&entry.customers));
+            }
+        }
+        for (at, chunks) in self.new_chunks {
+            for (number, customers) in chunks {
+                batch.insert(timer_chunk_key(at, number), encode_timer_chunk(&customers));
+            }
+        }
+        batch.insert(META_TIMER_CHUNK, &self.next_chunk.to_be_bytes());
+        Ok(self.next_chunk)
+    }
+}
+
+fn encode_timer_chunk(customers: &[String]) -> Vec<u8> {
+    postcard::to_allocvec(customers).expect("customer ids always serialize")
 }
 
 pub fn outbox_key(seq: u64) -> Vec<u8> {
@@ -440,11 +627,29 @@ pub fn encode_state(state: &CustomerState) -> Vec<u8> {
     postcard::to_allocvec(state).expect("a customer state always serializes")
 }
 
+/// A customer record: the encoded state, then its timer chunk number.
+pub fn encode_customer(mut state: Vec<u8>, chunk: Option<u64>) -> Vec<u8> {
+    if let Some(chunk) = chunk {
+        state.extend_from_slice(&chunk.to_be_bytes());
+    }
+    state
+}
+
 pub fn decode_state(key: &[u8], bytes: &[u8]) -> StoreResult<CustomerState> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+    decode_customer(key, bytes).map(|(state, _)| state)
+}
+
+pub fn decode_customer(key: &[u8], bytes: &[u8]) -> StoreResult<(CustomerState, Option<u64>)> {
+    let corrupt = |reason: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let (state, rest) = postcard::take_from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
+    match rest.len() {
+        0 => Ok((state, None)),
+        8 => Ok((state, Some(decode_u64(rest)))),
+        n => Err(corrupt(format!("{n} bytes after the state"))),
+    }
 }
 
 #[cfg(test)]
@@ -463,9 +668,76 @@ mod tests {
     #[test]
     fn timer_keys_round_trip_and_sort_by_due_time() {
         let a = timer_key(1_000, "zed");
-        let b = timer_key(2_000, "abe");
-        assert!(a < b);
-        assert_eq!(decode_timer_key(&a).expect("timer key"), (1_000, "zed".to_string()));
+        let b = timer_chunk_key(1_500, 7);
+        let c = timer_key(2_000, "abe");
+        assert!(a < b && b < c);
+        let zed = decode_timer_entry(&a, &[]).expect("timer key");
+        assert_eq!(
+            (zed.due, zed.chunk, zed.customers),
+            (1_000, None, vec!["zed".to_string()])
+        );
+        let chunk = decode_timer_entry(&b, &encode_timer_chunk(&["x".into(), "y".into()])).expect("chunk");
+        assert_eq!(chunk.key(), b);
+        assert_eq!((chunk.due, chunk.chunk, chunk.customers.len()), (1_500, Some(7), 2));
+    }
+
+    #[test]
+    fn customer_records_carry_their_timer_chunk() {
+        let state = CustomerState::new("ann");
+        for chunk in [None, Some(42)] {
+            let bytes = encode_customer(encode_state(&state), chunk);
+            assert_eq!(
+                decode_customer(b"cann", &bytes).expect("decode"),
+                (state.clone(), chunk)
+            );
+        }
+        let mut bad = encode_state(&state);
+        bad.push(1);
+        assert!(decode_customer(b"cann", &bad).is_err());
+    }
+
+    #[test]
+    fn timer_changes_move_customers_between_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        let write = |changes: TimerChanges| {
+            let mut batch = sled::Batch::default();
+            let next = changes.write(&store, &mut batch).expect("write");
+            store.db.apply_batch(batch).expect("apply");
+            next
+        };
+        // A key written before chunks, and a chunk just over the cap.
+        store.db.insert(timer_key(50, "old"), &[]).expect("insert");
+        let mut changes = TimerChanges::new(0);
+        let ids: Vec<String> = (0..=TIMER_CHUNK_MAX).map(|i| format!("c{i}")).collect();
+        let slots: Vec<Option<u64>> = ids.iter().map(|id| changes.update(id, None, Some(100))).collect();
+        assert_eq!(slots[0], Some(0));
+        assert_eq!(slots[TIMER_CHUNK_MAX], Some(1), "a full chunk is not added to");
+        assert_eq!(changes.waiting_delta, ids.len() as i64);
+        assert_eq!(write(changes), 2);
+        assert_eq!(store.due_timers(100, usize::MAX).expect("due").len(), ids.len() + 1);
+        // c0 moves, c1 stays, `old` moves into a chunk; chunk 1 fires.
+        let mut changes = TimerChanges::new(2);
+        let fired = store
+            .due_timers_after(None, 100, usize::MAX)
+            .expect("due")
+            .pop()
+            .expect("chunk 1");
+        assert_eq!(fired.chunk, Some(1));
+        changes.fired(&fired);
+        assert_eq!(changes.update("c0", Some((100, Some(0))), Some(200)), Some(2));
+        assert_eq!(changes.update("c1", Some((100, Some(0))), Some(100)), Some(0));
+        assert_eq!(changes.update("old", Some((50, None)), Some(200)), Some(2));
+        let last = &ids[TIMER_CHUNK_MAX];
+        assert_eq!(changes.update(last, Some((100, Some(1))), None), None);
+        assert_eq!(changes.earliest_new(), Some(200));
+        assert_eq!(changes.waiting_delta, -1);
+        write(changes);
+        let due = store.due_timers(1_000, usize::MAX).expect("due");
+        assert_eq!(due.len(), ids.len(), "c0 and old moved, the last one left");
+        assert!(due.contains(&(200, "c0".to_string())) && due.contains(&(200, "old".to_string())));
+        assert!(due.contains(&(100, "c1".to_string())) && !due.contains(&(100, "c0".to_string())));
+        assert_eq!(store.first_timer().expect("first"), Some(100));
     }
 
     #[test]
@@ -479,7 +751,7 @@ mod tests {
             store.due_timers(20, 10).expect("due"),
             vec![(10, "a".to_string()), (20, "b".to_string())]
         );
-        assert_eq!(store.first_timer().expect("first"), Some((10, "a".to_string())));
+        assert_eq!(store.first_timer().expect("first"), Some(10));
         let chunk = |seqs: std::ops::RangeInclusive<u64>| {
             let records: Vec<(u64, String)> = seqs.map(|s| (s, format!("line{s}"))).collect();
             encode_chunk(&records)

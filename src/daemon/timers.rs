@@ -1,11 +1,13 @@
 //! The timer task: fires due wake-ups in due-time order with the real clock.
 //!
-//! The timer index (`t/` keys, due time first) is read in order; everything due
-//! is handed to the commit thread as `Wake` jobs of at most
-//! [`WAKES_PER_JOB_MAX`] customers, up to [`JOBS_IN_FLIGHT_MAX`] at a time;
-//! each scan continues after the last key handed over, and a pass ends by
-//! waiting for its jobs and rescanning from the start (a key handed over twice
-//! fires nothing: the commit thread checks the stored state). Overdue timers
+//! The timer index (`t/` keys, due time first, many customers per key) is read
+//! in order; everything due is handed to the commit thread as `Wake` jobs of
+//! whole entries naming about [`WAKES_PER_JOB_MAX`] customers, up to
+//! [`JOBS_IN_FLIGHT_MAX`] at a time; the commit thread deletes each entry
+//! handed over. Each scan continues after the last key handed over, and a pass
+//! ends by waiting for its jobs and rescanning from the start (an entry handed
+//! over twice fires nothing: the commit thread fires a customer only if its
+//! stored record still names that entry). Overdue timers
 //! (after downtime) fire the same way, oldest first, each at its own due time.
 
 use super::commit::Committer;
@@ -16,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
-/// Customers woken per commit job.
+/// Customers woken per commit job (whole entries: a job may have up to
+/// [`super::store::TIMER_CHUNK_MAX`] more).
 pub const WAKES_PER_JOB_MAX: usize = 4096;
 /// The longest the task sleeps without looking again (clock jumps, safety).
 const IDLE_SLEEP_MS_MAX: u64 = 5_000;
@@ -39,8 +42,8 @@ pub async fn run(
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut in_flight: std::collections::VecDeque<tokio::task::JoinHandle<()>> = Default::default();
-    // The last timer handed over in this pass: the next scan starts after it.
-    let mut after: Option<(Millis, String)> = None;
+    // The last timer key handed over in this pass: the next scan starts after it.
+    let mut after: Option<Vec<u8>> = None;
     loop {
         if *stopping.borrow() {
             for job in in_flight {
@@ -52,7 +55,7 @@ pub async fn run(
         let due = {
             let store = store.clone();
             let after = after.clone();
-            tokio::task::spawn_blocking(move || store.due_timers_after(after.as_ref(), now, WAKES_PER_JOB_MAX)).await
+            tokio::task::spawn_blocking(move || store.due_timers_after(after.as_deref(), now, WAKES_PER_JOB_MAX)).await
         };
         let due = match due {
             Ok(Ok(due)) => due,
@@ -64,7 +67,7 @@ pub async fn run(
             Err(_) => return,
         };
         if let Some(last) = due.last() {
-            after = Some(last.clone());
+            after = Some(last.key());
             while in_flight.len() >= JOBS_IN_FLIGHT_MAX {
                 if let Some(job) = in_flight.pop_front() {
                     let _ = job.await;
@@ -93,7 +96,7 @@ pub async fn run(
             continue;
         }
         let sleep_ms = match store.first_timer() {
-            Ok(Some((at, _))) => (at - now).clamp(1, IDLE_SLEEP_MS_MAX as i64) as u64,
+            Ok(Some(at)) => (at - now).clamp(1, IDLE_SLEEP_MS_MAX as i64) as u64,
             _ => IDLE_SLEEP_MS_MAX,
         };
         tokio::select! {
