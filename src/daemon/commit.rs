@@ -1108,4 +1108,42 @@ mod tests {
         assert_eq!(harness.store.counter("j/j/at/v1/1").expect("counter"), 399);
         assert_eq!(harness.store.counter(store::STAT_TIMERS).expect("counter"), 399);
     }
+
+    #[test]
+    fn a_timer_key_written_before_chunks_still_fires() {
+        let harness = start(Arc::new(Fake));
+        let mut state = CustomerState::new("z");
+        state.enrollments.insert(
+            "j".into(),
+            Box::new(Enrollment {
+                version: "v1".into(),
+                entered_at: 0,
+                ordinal: 1,
+                pc: 1,
+                suspended: true,
+                wake_at: Some(5_000),
+                loop_counters: vec![],
+                events: vec![],
+                goals_reached: vec![],
+                holdout: false,
+                steps: 1,
+            }),
+        );
+        let store = &harness.store;
+        store
+            .db
+            .insert(store::customer_key("z"), store::encode_state(&state))
+            .expect("insert");
+        store.db.insert(store::timer_key(5_000, "z"), &[]).expect("insert");
+        let due = store.due_timers_after(None, 5_000, 10).expect("due");
+        assert_eq!(due[0].chunk, None);
+        let committer = &harness.committer;
+        harness.tokio.block_on(async {
+            assert_eq!(committer.wake(due).await.expect("wake"), 1);
+            stop(committer).await;
+        });
+        harness.thread.join().expect("commit thread");
+        assert!(store.due_timers(i64::MAX, 10).expect("due").is_empty());
+        assert!(store.customer("z").expect("get").expect("z").enrollments.is_empty());
+    }
 }
