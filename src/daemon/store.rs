@@ -78,11 +78,11 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         // sled's page cache; the default (1 GiB) is far above what a small
-        // daemon should hold, and RSS is one of our budgets. 16 MiB keeps
-        // 1M waiting enrollments under 300 MB and ran the bench no slower
-        // than 32 or 64 MiB (docs/performance.md, "Daemon").
+        // daemon should hold, and RSS is one of our budgets. 32 MiB keeps
+        // 1M waiting enrollments well under 300 MB, and firing timers costs
+        // less CPU than with 16 (docs/performance.md, "Daemon").
         StoreOptions {
-            cache_bytes: 16 * 1024 * 1024,
+            cache_bytes: 32 * 1024 * 1024,
         }
     }
 }
