@@ -1146,4 +1146,31 @@ mod tests {
         assert!(store.due_timers(i64::MAX, 10).expect("due").is_empty());
         assert!(store.customer("z").expect("get").expect("z").enrollments.is_empty());
     }
+
+    #[test]
+    fn a_customer_whose_wake_up_moves_leaves_its_chunk() {
+        let harness = start(Arc::new(Fake));
+        let committer = &harness.committer;
+        let store = &harness.store;
+        harness.tokio.block_on(async {
+            committer
+                .ingest(vec![track("a", 10_000), track("b", 10_000)])
+                .await
+                .expect("ingest");
+            let due = store.due_timers_after(None, i64::MAX, 10).expect("due");
+            assert_eq!(due.len(), 1, "one chunk: {due:?}");
+            assert_eq!(due[0].customers, vec!["a".to_string(), "b".to_string()]);
+            committer.ingest(vec![track("a", 20_000)]).await.expect("move a");
+            assert_eq!(
+                store.due_timers(i64::MAX, 10).expect("due"),
+                vec![(11_000, "b".into()), (21_000, "a".into())]
+            );
+            // The stale entry read before the move fires only b.
+            assert_eq!(committer.wake(due).await.expect("wake"), 1);
+            assert_eq!(store.due_timers(i64::MAX, 10).expect("due"), vec![(21_000, "a".into())]);
+            stop(committer).await;
+        });
+        harness.thread.join().expect("commit thread");
+        assert_eq!(store.counter(store::STAT_TIMERS).expect("counter"), 1);
+    }
 }
