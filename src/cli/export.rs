@@ -21,6 +21,10 @@ pub fn run(args: Args) -> u8 {
     }
     let store = match crate::daemon::store::Store::open(&dir, &Default::default()) {
         Ok(store) => store,
+        Err(error @ crate::daemon::store::StoreError::NewerFormat { .. }) => {
+            eprintln!("error: {error}");
+            return super::EXIT_USAGE;
+        }
         Err(error) => {
             eprintln!("error: cannot open the store (is the daemon still running?): {error}");
             return super::EXIT_USAGE;

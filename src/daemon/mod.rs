@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use store::{Store, StoreOptions};
+use store::{Store, StoreError, StoreOptions};
 use tokio::sync::watch;
 
 /// Validated settings of `journeyc serve`.
@@ -57,8 +57,8 @@ pub enum DaemonError {
     Io(String),
 }
 
-impl From<store::StoreError> for DaemonError {
-    fn from(error: store::StoreError) -> Self {
+impl From<StoreError> for DaemonError {
+    fn from(error: StoreError) -> Self {
         DaemonError::Io(error.to_string())
     }
 }
@@ -94,12 +94,14 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         tokio::task::spawn_blocking(move || Store::open(&dir, &options))
             .await
             .map_err(|e| DaemonError::Io(e.to_string()))?
-            .map_err(|e| {
-                DaemonError::Io(format!(
+            .map_err(|e| match e {
+                StoreError::NewerFormat { .. } => DaemonError::Io(e.to_string()),
+                e => DaemonError::Io(format!(
                     "cannot open the store (is another daemon running on this data dir?): {e}"
-                ))
+                )),
             })?
     };
+    store.mark_format()?;
     let previous_key = store.current_bundle_key()?;
     let loaded = reload::build_runtime(&store, bundle)?;
     let needs_install = previous_key.as_deref() != Some(loaded.bundle_key.as_str());

@@ -16,7 +16,7 @@
 //! | `s`    | counter name (`j/JOURNEY/…`, `g/…`)  | i64 BE                                |
 //! | `a`    | customer id + `0x00` + journey       | split arm chosen (`split/arm`), for stats |
 //! | `b`    | bundle key (hex SHA-256 of its postcard bytes) | postcard [`Bundle`]         |
-//! | `m`    | `seq` / `current`                    | next outbox sequence / current bundle key |
+//! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number / store format |
 //!
 //! The timer index keeps many customers under one key, so firing a burst of
 //! wake-ups deletes one key per chunk rather than one per customer (sled's
@@ -50,6 +50,14 @@ pub const META_SEQ: &[u8] = b"mseq";
 pub const META_CURRENT: &[u8] = b"mcurrent";
 /// The next timer chunk number (u64 BE).
 pub const META_TIMER_CHUNK: &[u8] = b"mtimerchunk";
+/// The store format (u64 BE), written by the daemon when it starts.
+pub const META_FORMAT: &[u8] = b"mformat";
+
+/// The store format this build writes: 2 has timer chunks named by customer
+/// records. A store without the mark (format 1: one timer key per customer)
+/// is read as is; a store marked newer is refused, since this build could
+/// misread it.
+pub const STORE_FORMAT: u64 = 2;
 
 /// The most customers in one timer chunk (bounds the rewrite when one of
 /// them moves).
@@ -65,6 +73,11 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("corrupt record under key {key:?}: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error(
+        "this data directory was written by a newer journeyc (store format {found}; this build reads formats up \
+         to {STORE_FORMAT}): run that version, or export the data with it and import it here"
+    )]
+    NewerFormat { found: u64 },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -101,7 +114,19 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(1000))
             .open()?;
+        if let Some(found) = db.get(META_FORMAT)?.map(|v| decode_u64(&v)) {
+            if found > STORE_FORMAT {
+                return Err(StoreError::NewerFormat { found });
+            }
+        }
         Ok(Store { db })
+    }
+
+    /// Marks the store as written in [`STORE_FORMAT`] (from now on older
+    /// builds that check the mark refuse it).
+    pub fn mark_format(&self) -> StoreResult<()> {
+        self.db.insert(META_FORMAT, &STORE_FORMAT.to_be_bytes())?;
+        Ok(())
     }
 
     /// Makes every write so far durable.
@@ -768,5 +793,27 @@ mod tests {
         assert_eq!(store.first_outbox_seq().expect("first"), Some(4));
         assert_eq!(store.remove_outbox_through(5).expect("gc"), 1);
         assert_eq!(store.first_outbox_seq().expect("first"), None);
+    }
+
+    #[test]
+    fn a_store_marked_with_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+            store.mark_format().expect("mark");
+            store.flush().expect("flush");
+        }
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+            store
+                .db
+                .insert(META_FORMAT, &(STORE_FORMAT + 1).to_be_bytes())
+                .expect("insert");
+            store.flush().expect("flush");
+        }
+        let error = Store::open(dir.path(), &StoreOptions::default())
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("newer journeyc"), "{error}");
     }
 }

@@ -221,3 +221,28 @@ fn export_import_round_trip_through_the_binary() {
         lines.iter().any(|l| l["message"] == "later").then_some(())
     });
 }
+
+#[test]
+fn a_data_directory_from_a_newer_build_is_refused() {
+    use journeyc::daemon::store::{Store, META_FORMAT, STORE_FORMAT};
+    let env = Env::new(WORKSPACE);
+    {
+        let store = Store::open(&journeyc::daemon::store_dir(&env.data()), &Default::default()).expect("open");
+        store
+            .db
+            .insert(META_FORMAT, &(STORE_FORMAT + 1).to_be_bytes())
+            .expect("mark");
+        store.flush().expect("flush");
+    }
+    for args in [vec!["serve"], vec!["export"]] {
+        let mut command = Command::new(binary());
+        command.args(&args);
+        if args == ["serve"] {
+            command.arg(env.workspace()).args(["--listen", "127.0.0.1:0"]);
+        }
+        let output = command.arg("--data").arg(env.data()).output().expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} ran: {stderr}");
+        assert!(stderr.contains("newer journeyc"), "{args:?}: {stderr}");
+    }
+}
