@@ -226,6 +226,13 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<
 }
 
 /// Posts `total` events made by `event(i)` as batches from [`CLIENTS`] threads; returns events/s.
+/// One `/v1/batch` track call; the customer id is also the messageId.
+fn track(customer: &str, event: &str, properties: &str) -> String {
+    format!(
+        r#"{{"type":"track","userId":"{customer}","event":"{event}","properties":{properties},"messageId":"{customer}"}}"#
+    )
+}
+
 fn post_batches(addr: &str, total: usize, event: Arc<dyn Fn(usize) -> String + Send + Sync>) -> f64 {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -311,11 +318,7 @@ fn main() {
         let rate = post_batches(
             &daemon.addr,
             args.intake,
-            Arc::new(|i| {
-                format!(
-                    r#"{{"type":"track","userId":"p{i}","event":"ping","properties":{{"n":1}},"messageId":"p{i}"}}"#
-                )
-            }),
+            Arc::new(|i| track(&format!("p{i}"), "ping", r#"{"n":1}"#)),
         );
         say(
             &format!(
@@ -346,11 +349,7 @@ fn main() {
         post_batches(
             &daemon.addr,
             args.timers,
-            Arc::new(move |i| {
-                format!(
-                    r#"{{"type":"track","userId":"t{i}","event":"tick","properties":{{"due":"{text}"}},"messageId":"t{i}"}}"#
-                )
-            }),
+            Arc::new(move |i| track(&format!("t{i}"), "tick", &format!(r#"{{"due":"{text}"}}"#))),
         );
         assert!(
             Instant::now() < due_instant,
@@ -403,11 +402,7 @@ fn main() {
         let rate = post_batches(
             &daemon.addr,
             args.waiting,
-            Arc::new(|i| {
-                format!(
-                    r#"{{"type":"track","userId":"w{i}","event":"park","properties":{{"n":1}},"messageId":"w{i}"}}"#
-                )
-            }),
+            Arc::new(|i| track(&format!("w{i}"), "park", r#"{"n":1}"#)),
         );
         say(
             &format!("intake /v1/batch, {} events (enter + 1d timer armed)", args.waiting),

@@ -504,8 +504,7 @@ impl CommitThread {
         }
         for write in group.writes.drain(..) {
             let id = &write.customer;
-            let old = write.original_wake.map(|due| (due, write.original_chunk));
-            let chunk = timers.update(id, old, write.new_wake);
+            let chunk = timers.update(id, write.original_timer, write.new_wake);
             match write.value {
                 Some(value) => batch.insert(store::customer_key(id), store::encode_customer(value, chunk)),
                 None => batch.remove(store::customer_key(id)),
@@ -633,9 +632,8 @@ const PARALLEL_STEPS_MIN: usize = 256;
 /// A customer's new record, after all its inputs in the group.
 struct CustomerWrite {
     customer: String,
-    original_wake: Option<Millis>,
-    /// The timer chunk the stored record names.
-    original_chunk: Option<u64>,
+    /// The stored wake-up and the timer chunk the stored record names.
+    original_timer: Option<(Millis, Option<u64>)>,
     new_wake: Option<Millis>,
     /// The encoded state; `None` removes the customer (erased).
     value: Option<Vec<u8>>,
@@ -758,7 +756,7 @@ impl LaneContext<'_> {
         let stored = self.store.customer_record(customer)?;
         let existed = stored.is_some();
         let (mut state, original_chunk) = stored.unwrap_or_else(|| (CustomerState::new(customer), None));
-        let original_wake = state.next_wake();
+        let original_timer = state.next_wake().map(|due| (due, original_chunk));
         let original_positions = stats::positions(&state);
         let records_start = changes.records.len();
         let mut erased = false;
@@ -770,7 +768,7 @@ impl LaneContext<'_> {
                     // The entry was read before this group: if the customer
                     // has moved out of it since (or it was handed over
                     // twice), its record names another one.
-                    let listed = original_wake == Some(*due) && original_chunk == *chunk;
+                    let listed = original_timer == Some((*due, *chunk));
                     let due_now = state.next_wake().is_some_and(|at| at <= *due);
                     if !listed || erased || !due_now {
                         continue;
@@ -813,8 +811,7 @@ impl LaneContext<'_> {
             stats::positions_delta(&original_positions, &now_positions, &mut changes.stat_deltas);
             changes.writes.push(CustomerWrite {
                 customer: customer.to_string(),
-                original_wake,
-                original_chunk,
+                original_timer,
                 new_wake,
                 value,
             });

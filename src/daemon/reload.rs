@@ -157,11 +157,12 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
             batch.insert(key, store::encode_customer(store::encode_state(&state), chunk));
             in_batch += 1;
             if in_batch >= MIGRATION_BATCH_CUSTOMERS {
-                write_changes(store, &mut batch, &mut deltas, &mut timers)?;
+                let next_chunk = write_changes(store, &mut batch, &mut deltas, timers)?;
+                timers = TimerChanges::new(next_chunk);
                 in_batch = 0;
             }
         }
-        write_changes(store, &mut batch, &mut deltas, &mut timers)?;
+        write_changes(store, &mut batch, &mut deltas, timers)?;
     }
     store.set_current_bundle_key(&runtime.bundle_key)?;
     collect_bundles(store, &runtime.bundle_key)?;
@@ -169,21 +170,21 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
 }
 
 /// Applies one migration batch with its counters and timer changes.
+/// Returns the next unused timer chunk number.
 fn write_changes(
     store: &Store,
     batch: &mut sled::Batch,
     deltas: &mut HashMap<String, i64>,
-    timers: &mut TimerChanges,
-) -> Result<(), StoreError> {
-    let changes = std::mem::replace(timers, TimerChanges::new(0));
-    *deltas.entry(store::STAT_TIMERS.to_string()).or_insert(0) += changes.waiting_delta;
-    *timers = TimerChanges::new(changes.write(store, batch)?);
+    timers: TimerChanges,
+) -> Result<u64, StoreError> {
+    *deltas.entry(store::STAT_TIMERS.to_string()).or_insert(0) += timers.waiting_delta;
+    let next_chunk = timers.write(store, batch)?;
     for (name, delta) in deltas.drain() {
         let value = store.counter(&name)? + delta;
         batch.insert(store::stat_key(&name), &value.to_be_bytes());
     }
     store.db.apply_batch(std::mem::take(batch))?;
-    Ok(())
+    Ok(next_chunk)
 }
 
 /// Deletes stored bundles that are not current and whose programs no
