@@ -4,6 +4,7 @@
 use super::commit::{current, CommitError, Committer, Runtime, SharedRuntime};
 use super::metrics::{Gauges, Metrics};
 use super::reload::Reloader;
+pub use super::reply::{error, error_with};
 use super::stats;
 use super::store::{self, Store};
 use super::timers::now_ms;
@@ -57,29 +58,61 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "path", "no such endpoint") })
+        .method_not_allowed_fallback(|request: Request| async move {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                format!("{} is not allowed on {}", request.method(), request.uri().path()),
+            )
+        })
+        .layer(middleware::from_fn(limit_uri))
         .with_state(state)
 }
 
-/// A JSON error naming the field and the reason.
-pub fn error(status: StatusCode, field: &str, reason: impl Into<String>) -> Response {
-    let body = json!({"success": false, "error": {"field": field, "reason": reason.into()}});
-    (status, Json(body)).into_response()
+/// The longest request target (path and query) accepted. Longer ones get a
+/// JSON 414; hyper itself answers targets over 64 KiB with an empty 414.
+pub const URI_BYTES_MAX: usize = 8 * 1024;
+
+async fn limit_uri(request: Request, next: Next) -> Response {
+    let length = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if length > URI_BYTES_MAX {
+        return error(
+            StatusCode::URI_TOO_LONG,
+            "path",
+            format!("request target of {length} bytes; at most {URI_BYTES_MAX}"),
+        );
+    }
+    next.run(request).await
 }
 
-fn commit_error(error: CommitError) -> Response {
-    let status = match error {
+/// One path parameter, decoded; when it does not decode (e.g.
+/// `/v1/customers/%FF`, not UTF-8) the request gets a JSON 400 naming it.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Response> {
+        let field = parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .and_then(|path| path.as_str().split('{').nth(1))
+            .and_then(|rest| rest.split('}').next())
+            .unwrap_or("path")
+            .to_string();
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParam(value)),
+            Err(rejection) => Err(error(StatusCode::BAD_REQUEST, &field, rejection.body_text())),
+        }
+    }
+}
+
+fn commit_error(failure: CommitError) -> Response {
+    let status = match failure {
         CommitError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error_body(status, &error.to_string())
-}
-
-fn error_body(status: StatusCode, reason: &str) -> Response {
-    (
-        status,
-        Json(json!({"success": false, "error": {"field": "", "reason": reason}})),
-    )
-        .into_response()
+    error(status, "", failure.to_string())
 }
 
 /// Compares without an early exit, so timing does not leak the token.
@@ -350,25 +383,25 @@ pub fn customer_json(state: &CustomerState, runtime: &Runtime) -> serde_json::Va
     })
 }
 
-async fn get_customer(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn get_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
     match state.store.customer(&id) {
         Ok(Some(customer)) => {
             let runtime = current(&state.runtime);
             (StatusCode::OK, Json(customer_json(&customer, &runtime))).into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "id", format!("no customer {id:?}")),
-        Err(error) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
     }
 }
 
-async fn delete_customer(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
     match state.committer.erase(id.clone()).await {
         Ok(true) => {
             tracing::info!(customer = %id, "customer erased");
             (StatusCode::OK, Json(json!({"success": true, "erased": id}))).into_response()
         }
         Ok(false) => error(StatusCode::NOT_FOUND, "id", format!("no customer {id:?}")),
-        Err(error) => commit_error(error),
+        Err(failure) => commit_error(failure),
     }
 }
 
@@ -412,7 +445,7 @@ async fn journeys(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn journey_stats(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+async fn journey_stats(State(state): State<AppState>, PathParam(name): PathParam) -> Response {
     let runtime = current(&state.runtime);
     if runtime.bundle.journey(&name).is_none() {
         return error(StatusCode::NOT_FOUND, "name", format!("no journey {name:?}"));
@@ -440,11 +473,12 @@ async fn journey_stats(State(state): State<AppState>, Path(name): Path<String>) 
 async fn reload(State(state): State<AppState>) -> Response {
     match state.reloader.reload().await {
         Ok(report) => (StatusCode::OK, Json(report)).into_response(),
-        Err(diagnostics) => (
+        Err(diagnostics) => error_with(
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"success": false, "error": {"field": "workspace", "reason": "the workspace has errors; the running version is kept"}, "diagnostics": diagnostics})),
-        )
-            .into_response(),
+            "workspace",
+            "the workspace has errors; the running version is kept",
+            json!({ "diagnostics": diagnostics }),
+        ),
     }
 }
 

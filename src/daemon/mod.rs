@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod reload;
+pub mod reply;
 pub mod sinks;
 pub mod stats;
 pub mod store;

@@ -3,5 +3,6 @@
 mod api;
 mod crash;
 mod harness;
+mod http;
 mod lifecycle;
 mod webhook;
