@@ -170,7 +170,29 @@ fn call(
     at: Millis,
     message_id: Option<&str>,
 ) -> Result<Input, String> {
-    let fields = serde_json::to_value(fields).map_err(|e| e.to_string())?;
+    // A test may name events, attributes and properties by identifier or
+    // by wire name; the call goes in as a source would send it.
+    let schema = &bundle.schema;
+    let event = event.map(|event| match schema.events.contains_key(event) {
+        true => schema.event_wire_name(event),
+        false => event,
+    });
+    let declared = match event.and_then(|event| schema.event_on_wire(event)) {
+        Some((identifier, properties)) => Some((schema.field_names(Some(identifier)), properties)),
+        None if event.is_some() => None,
+        None => Some((schema.field_names(None), &schema.customer)),
+    };
+    let fields: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(name, value)| {
+            let name = match declared {
+                Some((names, declared)) if declared.contains_key(name) => names.wire(name).to_string(),
+                _ => name.clone(),
+            };
+            Ok((name, serde_json::to_value(value).map_err(|e| e.to_string())?))
+        })
+        .collect::<Result<_, String>>()?;
+    let fields = serde_json::Value::Object(fields);
     let mut json = serde_json::json!({
         "type": kind,
         "userId": customer,

@@ -45,6 +45,8 @@ codes! {
     UNKNOWN_CONDITION = "E0112", "`exit when`/`goal` names neither an event nor a segment";
     SEGMENT_FILTER = "E0113", "`where` filter on a segment condition";
     SEGMENT_CYCLE = "E0114", "segment defined in terms of itself";
+    DUPLICATE_WIRE_NAME = "E0115", "two declarations with the same name on the wire";
+    EMPTY_WIRE_NAME = "E0116", "empty wire name";
 
     TYPE_MISMATCH = "E0201", "operand types do not fit the operator";
     NOT_BOOL = "E0202", "condition is not a bool";

@@ -3,8 +3,9 @@
 use super::codes;
 use super::types::Ty;
 use super::Checker;
-use super::{FieldType, Schema, Type};
+use super::{FieldType, Schema, Type, WireNames};
 use crate::diagnostic::Diagnostic;
+use crate::source::Span;
 use crate::syntax::ast::{self, Item};
 use std::collections::BTreeMap;
 
@@ -176,7 +177,79 @@ impl Checker<'_> {
             schema.events.insert(name.to_string(), properties);
             self.event_types.insert(name.to_string(), types);
         }
+        schema.wire = self.wire_names();
         schema
+    }
+
+    /// The wire names that differ from identifiers, reporting empty ones
+    /// and two declarations known by the same name on the wire.
+    fn wire_names(&mut self) -> WireNames {
+        let mut wire = WireNames::default();
+        // In source order, so that the first declaration is reported as the first.
+        let mut in_order: Vec<&ast::EventDecl> = self.decls.events.values().copied().collect();
+        in_order.sort_by_key(|e| (e.span.file, e.span.start));
+        let events = in_order.iter().map(|e| (&e.name, e.wire.as_ref())).collect();
+        wire.events = self.wire_set(events, "event");
+        if let Some(customer) = self.decls.customer {
+            let fields = customer.fields.iter().map(|f| (&f.name, f.wire.as_ref())).collect();
+            wire.customer = self.wire_set(fields, "attribute");
+        }
+        let events: Vec<&ast::EventDecl> = self.decls.events.values().copied().collect();
+        for event in events {
+            let fields = event.fields.iter().map(|f| (&f.name, f.wire.as_ref())).collect();
+            let names = self.wire_set(fields, "property");
+            if !names.is_empty() {
+                wire.properties.insert(event.name.name.clone(), names);
+            }
+        }
+        wire
+    }
+
+    /// Wire name → identifier for one set of declarations (the first of
+    /// two identical identifiers counts; duplicates are reported elsewhere).
+    fn wire_set(&mut self, decls: Vec<(&ast::Ident, Option<&ast::StringLit>)>, what: &str) -> BTreeMap<String, String> {
+        let mut names = BTreeMap::new();
+        let mut on_wire: BTreeMap<&str, (&ast::Ident, Span)> = BTreeMap::new();
+        let mut identifiers = std::collections::BTreeSet::new();
+        for (ident, wire) in decls {
+            if !identifiers.insert(ident.name.as_str()) {
+                continue;
+            }
+            if let Some(wire) = wire.filter(|w| w.value.is_empty()) {
+                self.diagnostics.push(
+                    Diagnostic::error(
+                        codes::EMPTY_WIRE_NAME,
+                        format!("the {what} `{}` has an empty wire name", ident.name),
+                        wire.span,
+                        "empty",
+                    )
+                    .with_help("give the name as the sources send it, or leave the string out to use the identifier"),
+                );
+                continue;
+            }
+            let (name, span) = match wire {
+                Some(wire) => (wire.value.as_str(), wire.span),
+                None => (ident.name.as_str(), ident.span),
+            };
+            if let Some((first, first_span)) = on_wire.get(name) {
+                self.diagnostics.push(
+                    Diagnostic::error(
+                        codes::DUPLICATE_WIRE_NAME,
+                        format!("`{}` and `{}` are both `{name}` on the wire", first.name, ident.name),
+                        span,
+                        format!("the {what} `{}` is `{name}` on the wire", ident.name),
+                    )
+                    .with_label(*first_span, format!("and so is the {what} `{}`", first.name))
+                    .with_help("an incoming call must name one declaration: give one of them another wire name"),
+                );
+                continue;
+            }
+            on_wire.insert(name, (ident, span));
+            if let Some(wire) = wire {
+                names.insert(wire.value.clone(), ident.name.clone());
+            }
+        }
+        names
     }
 
     fn field_type(&mut self, field: &ast::Field) -> Option<FieldType> {

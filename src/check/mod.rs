@@ -54,13 +54,98 @@ pub struct FieldType {
     pub optional: bool,
 }
 
-/// The declared shape of customers and events.
+/// The declared shape of customers and events, keyed by identifier.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Schema {
     /// `customer { … }` attributes.
     pub customer: BTreeMap<String, FieldType>,
     /// Each declared event and its properties.
     pub events: BTreeMap<String, BTreeMap<String, FieldType>>,
+    /// The names on the wire that differ from the identifiers (absent from
+    /// exports written before wire names existed).
+    #[serde(default)]
+    pub wire: WireNames,
+}
+
+/// Wire names (`event order_completed "Order Completed"`,
+/// `first_name "firstName": string`): only the declarations that give one
+/// are listed. A declaration with a wire name is known on the wire by that
+/// name alone; one without it, by its identifier. The checker guarantees
+/// that the names on the wire are unique where identifiers are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WireNames {
+    /// Events: wire name → identifier.
+    pub events: BTreeMap<String, String>,
+    /// Attributes: wire name → identifier.
+    pub customer: BTreeMap<String, String>,
+    /// Event identifier → (property wire name → identifier).
+    pub properties: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Schema {
+    /// The event a name on the wire stands for: its identifier and properties.
+    pub fn event_on_wire(&self, wire: &str) -> Option<(&String, &BTreeMap<String, FieldType>)> {
+        let identifier = Names(&self.wire.events).identifier(wire)?;
+        self.events.get_key_value(identifier)
+    }
+
+    /// The name on the wire of an event identifier.
+    pub fn event_wire_name<'a>(&'a self, identifier: &'a str) -> &'a str {
+        Names(&self.wire.events).wire(identifier)
+    }
+
+    /// The wire names of the attributes (`None`) or of one event's properties.
+    pub fn field_names(&self, event: Option<&str>) -> Names<'_> {
+        Names(match event {
+            None => &self.wire.customer,
+            Some(event) => self.wire.properties.get(event).unwrap_or(&NO_NAMES),
+        })
+    }
+
+    /// The wire names of the event names.
+    pub fn event_names(&self) -> Names<'_> {
+        Names(&self.wire.events)
+    }
+}
+
+static NO_NAMES: BTreeMap<String, String> = BTreeMap::new();
+
+/// One set of wire names (events, attributes, or one event's properties):
+/// wire name → identifier.
+#[derive(Clone, Copy)]
+pub struct Names<'a>(&'a BTreeMap<String, String>);
+
+impl<'a> Names<'a> {
+    /// The identifier a name on the wire stands for, if any declaration
+    /// could (it may still be undeclared): `None` for the identifier of a
+    /// declaration that has another wire name.
+    pub fn identifier<'b>(self, wire: &'b str) -> Option<&'b str>
+    where
+        'a: 'b,
+    {
+        if self.0.is_empty() {
+            return Some(wire);
+        }
+        match self.0.get(wire) {
+            Some(identifier) => Some(identifier),
+            None if self.0.values().any(|identifier| identifier == wire) => None,
+            None => Some(wire),
+        }
+    }
+
+    /// The name on the wire of an identifier.
+    pub fn wire<'b>(self, identifier: &'b str) -> &'b str
+    where
+        'a: 'b,
+    {
+        if self.0.is_empty() {
+            return identifier;
+        }
+        self.0
+            .iter()
+            .find(|(_, id)| id.as_str() == identifier)
+            .map_or(identifier, |(wire, _)| wire.as_str())
+    }
 }
 
 /// A message with its templates loaded.

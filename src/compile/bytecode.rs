@@ -10,8 +10,10 @@ use crate::check::Schema;
 use crate::syntax::ast::{BinaryOp, Channel};
 use serde::{Deserialize, Serialize};
 
-/// Version of the serialized form of [`Bundle`].
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the serialized form of [`Bundle`]: 2 added wire names to the
+/// schema (`Schema::wire`). Stores keep format-1 bundles readable
+/// ([`super::format::decode_stored`]).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// An index into [`Bundle::names`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -75,6 +75,53 @@ pub fn read_bundle(bytes: &[u8]) -> Result<Bundle, BundleError> {
     Ok(bundle)
 }
 
+/// Decodes the postcard bytes of a bundle (no file header: the daemon's
+/// store), format 1 included: a format-1 bundle is the same but for a
+/// schema without wire names, and is read as one with none.
+pub fn decode_stored(bytes: &[u8]) -> Result<Bundle, BundleError> {
+    let decode = |error: postcard::Error| BundleError::Decode(error.to_string());
+    let (version, _) = postcard::take_from_bytes::<u32>(bytes).map_err(decode)?;
+    if version != 1 {
+        return postcard::from_bytes(bytes).map_err(decode);
+    }
+    let v1: BundleV1 = postcard::from_bytes(bytes).map_err(decode)?;
+    Ok(Bundle {
+        format_version: FORMAT_VERSION,
+        names: v1.names,
+        schema: crate::check::Schema {
+            customer: v1.schema.customer,
+            events: v1.schema.events,
+            wire: Default::default(),
+        },
+        segments: v1.segments,
+        messages: v1.messages,
+        settings: v1.settings,
+        journeys: v1.journeys,
+        history_window_seconds: v1.history_window_seconds,
+    })
+}
+
+/// [`Bundle`] as format 1 wrote it.
+#[derive(serde::Deserialize)]
+struct BundleV1 {
+    #[allow(dead_code)]
+    format_version: u32,
+    names: Vec<String>,
+    schema: SchemaV1,
+    segments: Vec<SegmentDef>,
+    messages: Vec<MessageDef>,
+    settings: SettingsDef,
+    journeys: Vec<Program>,
+    history_window_seconds: i64,
+}
+
+/// `check::Schema` as format 1 wrote it (no wire names).
+#[derive(serde::Deserialize)]
+struct SchemaV1 {
+    customer: std::collections::BTreeMap<String, crate::check::FieldType>,
+    events: std::collections::BTreeMap<String, std::collections::BTreeMap<String, crate::check::FieldType>>,
+}
+
 /// Checks what the runtime relies on: known format version, ids and jump
 /// targets in range, one line per instruction, code ending in `End`, split
 /// arms ascending to 10 000 basis points, journeys sorted and unique, and
@@ -204,5 +251,52 @@ impl IdVisitor for RangeCheck {
     }
     fn message(&mut self, id: &mut MessageId) {
         self.check("message", id.0, self.messages);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{FieldType, Schema, Type};
+
+    /// A store written before wire names holds format-1 bundles: they are
+    /// read as bundles without wire names.
+    #[test]
+    fn format_one_bundles_are_read_from_stores() {
+        let mut schema = Schema::default();
+        schema.customer.insert(
+            "plan".into(),
+            FieldType {
+                ty: Type::String,
+                optional: true,
+            },
+        );
+        schema.events.insert("ping".into(), Default::default());
+        let bundle = Bundle {
+            format_version: FORMAT_VERSION,
+            names: vec!["ping".into()],
+            schema,
+            segments: Vec::new(),
+            messages: Vec::new(),
+            settings: SettingsDef::default(),
+            journeys: Vec::new(),
+            history_window_seconds: 7,
+        };
+        // Format 1 wrote the same fields, the schema without `wire`.
+        let v1 = postcard::to_allocvec(&(
+            1u32,
+            &bundle.names,
+            (&bundle.schema.customer, &bundle.schema.events),
+            &bundle.segments,
+            &bundle.messages,
+            &bundle.settings,
+            &bundle.journeys,
+            bundle.history_window_seconds,
+        ))
+        .expect("encodes");
+        assert_eq!(decode_stored(&v1), Ok(bundle.clone()));
+        let v2 = postcard::to_allocvec(&bundle).expect("encodes");
+        assert_ne!(v1, v2, "format 2 differs");
+        assert_eq!(decode_stored(&v2), Ok(bundle));
     }
 }

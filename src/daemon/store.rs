@@ -368,7 +368,7 @@ impl Store {
         for item in self.db.scan_prefix([PREFIX_BUNDLE]) {
             let (key, value) = item?;
             let name = String::from_utf8_lossy(&key[1..]).into_owned();
-            let bundle: Bundle = postcard::from_bytes(&value).map_err(|e| StoreError::Corrupt {
+            let bundle = crate::compile::format::decode_stored(&value).map_err(|e| StoreError::Corrupt {
                 key: name.clone(),
                 reason: e.to_string(),
             })?;

@@ -3,7 +3,7 @@
 
 use super::trace::parse_time;
 use super::Millis;
-use crate::check::{FieldType, Schema, Type};
+use crate::check::{FieldType, Names, Schema, Type};
 use crate::compile::bytecode::Value;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -125,22 +125,29 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
     };
     let input = match kind {
         "identify" => {
-            let traits = fields(raw.traits, "traits", &schema.customer, FieldsMode::Partial)?;
+            let traits = fields(
+                raw.traits,
+                "traits",
+                &schema.customer,
+                schema.field_names(None),
+                FieldsMode::Partial,
+            )?;
             Input::Identify { traits, at, message_id }
         }
         "track" => {
             let Some(Scalar::Str(event)) = &raw.event else {
                 return Err(InputError::new("event", "missing; a track call names its event"));
             };
-            let (event, declared) = schema.events.get_key_value(event.as_ref()).ok_or_else(|| {
-                let known: Vec<&str> = schema.events.keys().map(String::as_str).collect();
+            let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
+                let known: Vec<&str> = schema.events.keys().map(|e| schema.event_wire_name(e)).collect();
                 let mut reason = format!("event `{event}` is not declared in the workspace");
                 if let Some(best) = crate::diagnostic::did_you_mean(event, known) {
                     reason.push_str(&format!(" (did you mean `{best}`?)"));
                 }
                 InputError::new("event", reason)
             })?;
-            let properties = fields(raw.properties, "properties", declared, FieldsMode::Complete)?;
+            let names = schema.field_names(Some(event));
+            let properties = fields(raw.properties, "properties", declared, names, FieldsMode::Complete)?;
             Input::Track {
                 event: event.clone(),
                 properties,
@@ -170,6 +177,7 @@ fn fields(
     given: Option<Fields>,
     field: &str,
     declared: &BTreeMap<String, FieldType>,
+    names: Names,
     mode: FieldsMode,
 ) -> Result<BTreeMap<String, Value>, InputError> {
     let given = match given {
@@ -178,24 +186,24 @@ fn fields(
         Some(Fields::Other) => return Err(InputError::new(field, "must be an object")),
     };
     let mut out = BTreeMap::new();
-    for (name, json) in given {
-        let Some((name, declared_type)) = declared.get_key_value(name.as_ref()) else {
-            let known: Vec<&str> = declared.keys().map(String::as_str).collect();
+    for (wire, json) in given {
+        let Some((name, declared_type)) = names.identifier(&wire).and_then(|name| declared.get_key_value(name)) else {
+            let known: Vec<&str> = declared.keys().map(|name| names.wire(name)).collect();
             let mut reason = "not declared in the schema".to_string();
-            if let Some(best) = crate::diagnostic::did_you_mean(&name, known) {
+            if let Some(best) = crate::diagnostic::did_you_mean(&wire, known) {
                 reason.push_str(&format!(" (did you mean `{best}`?)"));
             }
-            return Err(InputError::new(format!("{field}.{name}"), reason));
+            return Err(InputError::new(format!("{field}.{wire}"), reason));
         };
         let value =
-            convert(json, declared_type).map_err(|reason| InputError::new(format!("{field}.{name}"), reason))?;
+            convert(json, declared_type).map_err(|reason| InputError::new(format!("{field}.{wire}"), reason))?;
         out.insert(name.clone(), value);
     }
     if mode == FieldsMode::Complete {
         for (name, declared_type) in declared {
             if !declared_type.optional && !out.contains_key(name) {
                 return Err(InputError::new(
-                    format!("{field}.{name}"),
+                    format!("{field}.{}", names.wire(name)),
                     "required property is missing",
                 ));
             }
@@ -583,5 +591,87 @@ mod tests {
         };
         assert_eq!(properties["items"], Value::Int(2));
         assert_eq!(properties["total"], Value::Number(3.0));
+    }
+
+    fn wire_schema() -> Schema {
+        let mut schema = schema();
+        schema.customer.insert(
+            "first_name".into(),
+            FieldType {
+                ty: Type::String,
+                optional: true,
+            },
+        );
+        schema.wire.customer.insert("firstName".into(), "first_name".into());
+        schema
+            .events
+            .insert("order_completed".into(), schema.events["order"].clone());
+        schema
+            .wire
+            .events
+            .insert("Order Completed".into(), "order_completed".into());
+        let mut properties = BTreeMap::new();
+        properties.insert("itemCount".into(), "items".into());
+        schema.wire.properties.insert("order_completed".into(), properties);
+        schema
+    }
+
+    /// Names on the wire map to identifiers; an identifier that has a
+    /// wire name is not accepted on the wire; messages name what was sent.
+    #[test]
+    fn wire_names_map_to_identifiers() {
+        let schema = wire_schema();
+        let call = |text: &str| parse_call_str(text, &schema, None);
+        let ok = call(r#"{"type":"track","userId":"c1","event":"Order Completed","properties":{"itemCount":2,"total":9.5},"timestamp":"2026-01-05T10:00:00Z"}"#)
+            .expect("valid");
+        let Input::Track { event, properties, .. } = ok.input else {
+            panic!("a track call")
+        };
+        assert_eq!(event, "order_completed");
+        assert_eq!(properties["items"], Value::Int(2));
+        let ok = call(
+            r#"{"type":"identify","userId":"c1","traits":{"firstName":"Ada"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        )
+        .expect("valid");
+        let Input::Identify { traits, .. } = ok.input else {
+            panic!("an identify call")
+        };
+        assert_eq!(traits["first_name"], Value::String("Ada".into()));
+        // Events without a wire name keep their identifier on the wire.
+        assert!(call(r#"{"type":"track","userId":"c1","event":"order","properties":{"items":2,"total":9.5},"timestamp":"2026-01-05T10:00:00Z"}"#).is_ok());
+        let refused = |text: &str| match call(text) {
+            Err(CallError::Input(error)) => error.to_string(),
+            other => panic!("refused: {other:?}"),
+        };
+        assert_eq!(
+            refused(
+                r#"{"type":"track","userId":"c1","event":"order_completed","properties":{},"timestamp":"2026-01-05T10:00:00Z"}"#
+            ),
+            "event: event `order_completed` is not declared in the workspace (did you mean `Order Completed`?)"
+        );
+        assert_eq!(
+            refused(
+                r#"{"type":"track","userId":"c1","event":"Order Completed","properties":{"items":2,"total":1},"timestamp":"2026-01-05T10:00:00Z"}"#
+            ),
+            "properties.items: not declared in the schema"
+        );
+        assert_eq!(
+            refused(
+                r#"{"type":"track","userId":"c1","event":"Order Completed","properties":{"itemcount":2,"total":1},"timestamp":"2026-01-05T10:00:00Z"}"#
+            ),
+            "properties.itemcount: not declared in the schema (did you mean `itemCount`?)"
+        );
+        assert_eq!(
+            refused(
+                r#"{"type":"track","userId":"c1","event":"Order Completed","properties":{"total":1},"timestamp":"2026-01-05T10:00:00Z"}"#
+            ),
+            "properties.itemCount: required property is missing"
+        );
+        assert_eq!(
+            refused(
+                r#"{"type":"identify","userId":"c1","traits":{"first_name":"Ada"},"timestamp":"2026-01-05T10:00:00Z"}"#
+            ),
+            "traits.first_name: not declared in the schema (did you mean `firstName`?)"
+        );
     }
 }

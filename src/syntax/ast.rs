@@ -57,14 +57,18 @@ pub struct CustomerDecl {
 #[derive(Clone, Debug)]
 pub struct EventDecl {
     pub name: Ident,
+    /// `event order_completed "Order Completed"`: the name on the wire.
+    pub wire: Option<StringLit>,
     pub fields: Vec<Field>,
     pub span: Span,
 }
 
-/// `name: type` inside a `customer` or `event` block.
+/// `name: type` or `name "wireName": type` inside a `customer` or `event` block.
 #[derive(Clone, Debug)]
 pub struct Field {
     pub name: Ident,
+    /// The name on the wire, when it is not the identifier.
+    pub wire: Option<StringLit>,
     pub ty: TypeExpr,
     pub span: Span,
 }

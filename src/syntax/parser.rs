@@ -196,11 +196,20 @@ impl Lower {
         let span = self.span(&pair);
         let mut inner = pair.into_children();
         let name = self.ident(next(&mut inner));
-        let fields = match inner.next() {
-            Some(list) => self.field_list(list)?,
-            None => Vec::new(),
-        };
-        Ok(EventDecl { name, fields, span })
+        let mut wire = None;
+        let mut fields = Vec::new();
+        for part in inner {
+            match part.as_rule() {
+                Rule::wire_name => wire = Some(self.wire_name(part)?),
+                _ => fields = self.field_list(part)?,
+            }
+        }
+        Ok(EventDecl {
+            name,
+            wire,
+            fields,
+            span,
+        })
     }
 
     fn field_list(&self, pair: Pair<Rule>) -> Result<Vec<Field>> {
@@ -211,8 +220,18 @@ impl Lower {
         let span = self.span(&pair);
         let mut inner = pair.into_children();
         let name = self.ident(next(&mut inner));
-        let ty = self.type_expr(next(&mut inner))?;
-        Ok(Field { name, ty, span })
+        let mut part = next(&mut inner);
+        let mut wire = None;
+        if part.as_rule() == Rule::wire_name {
+            wire = Some(self.wire_name(part)?);
+            part = next(&mut inner);
+        }
+        let ty = self.type_expr(part)?;
+        Ok(Field { name, wire, ty, span })
+    }
+
+    fn wire_name(&self, pair: Pair<Rule>) -> Result<StringLit> {
+        self.string(next(&mut pair.into_children()))
     }
 
     fn type_expr(&self, pair: Pair<Rule>) -> Result<TypeExpr> {
@@ -996,6 +1015,7 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         Rule::number => "a number",
         Rule::percent => "a percentage like 50%",
         Rule::string => "a quoted string",
+        Rule::wire_name => "a wire name like \"Order Completed\"",
         Rule::ident | Rule::name | Rule::segment_ref | Rule::trigger_event => "a name",
         Rule::expr | Rule::path => "an expression",
         Rule::in_list => "`in`",

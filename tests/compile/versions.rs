@@ -152,6 +152,18 @@ fn segment_and_message_content_are_not_part_of_the_hash() {
     assert_eq!(before, after);
 }
 
+/// Wire names are how calls spell things, not what journeys do: adding
+/// them keeps every hash, so no waiting enrollment changes version.
+#[test]
+fn wire_names_are_not_part_of_the_hash() {
+    let wired = SCHEMA
+        .replace("plan:", "plan \"plan_tier\":")
+        .replace("event purchase {", "event purchase \"Order Completed\" {")
+        .replace("amount:", "amount \"total\":");
+    assert_eq!(wired.matches('"').count(), SCHEMA.matches('"').count() + 6);
+    assert_eq!(workspace(SCHEMA, JOURNEYS), workspace(&wired, JOURNEYS));
+}
+
 #[test]
 fn inherited_settings_are_part_of_the_hash() {
     let before = workspace(SCHEMA, JOURNEYS);

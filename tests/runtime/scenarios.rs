@@ -198,6 +198,12 @@ scenarios! {
     /// - at_deadline: delivered exactly at 48h counts (event before timer).
     /// - too_late: one second after → timeout at 10:00.
     wait_for,
+    /// Wire names (`"Order Completed"`, `orderId`, `firstName`) in the calls,
+    /// identifiers in the trace and the templates:
+    /// - ada: welcome at 09:30 ("Hello Ada"); receipt for o-1 at 10:00
+    ///   ("Thanks Ada, 42.5 received"); o-2 (5) is filtered out.
+    /// - bob: opted out (`emailOptIn` false) → skip `consent` at 12:00.
+    wire_names,
     /// `exit when unsubscribed` and `exit when churned` (a segment):
     /// - unsub: day0, day1, exit_rule 05-02T22:00.
     /// - churn: plan cancelled at 22:00 → exit_rule then.
@@ -504,4 +510,23 @@ journey relocate {
     );
     assert!(woken.records.iter().any(|r| r.attribute.as_deref() == Some("timezone")));
     assert_eq!(woken.wake_at, Some(at("2026-05-11T00:00:00Z")));
+}
+
+/// `journeyc test` takes events, attributes and properties by identifier or
+/// by wire name.
+#[test]
+fn wire_names_in_journey_tests() {
+    let dir = directory("wire_names");
+    let sources = journeyc::workspace::load(std::slice::from_ref(&dir)).expect("workspace loads");
+    let checked = journeyc::check::check_workspace(&sources, &journeyc::workspace::DiskFiles)
+        .checked
+        .expect("checks");
+    let bundle = std::sync::Arc::new(journeyc::compile::compile(&checked));
+    let text = std::fs::read_to_string(dir.join("wire.jtest")).expect("test file");
+    let file = journeyc::testing::parse(&text).expect("parses");
+    let outcomes = journeyc::testing::run_file(&bundle, &file);
+    assert_eq!(outcomes.len(), 2);
+    for outcome in outcomes {
+        assert!(outcome.failure.is_none(), "{}: {:?}", outcome.name, outcome.failure);
+    }
 }
