@@ -41,7 +41,7 @@ enum Command {
     /// Run journey unit tests.
     Test(test::Args),
     /// Run the durable runtime daemon.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Dump a daemon data directory as JSON lines (daemon stopped).
     Export(export::Args),
     /// Restore an export into an empty data directory.
@@ -71,7 +71,7 @@ pub fn main() -> ExitCode {
         Command::Diff(args) => diff::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Test(args) => test::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
     };

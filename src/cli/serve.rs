@@ -5,6 +5,7 @@
 //! `journeys/`, data `./data`, listen `127.0.0.1:8080`, sink
 //! `jsonl:DATA/sends.jsonl`).
 
+use crate::daemon::server::HttpOptions;
 use crate::daemon::sinks::{SinkSpec, WebhookOptions};
 use crate::daemon::store::StoreOptions;
 use crate::daemon::{Config, DaemonError};
@@ -42,6 +43,18 @@ pub struct Args {
     /// sled page cache size in MiB
     #[arg(long)]
     pub cache_mib: Option<u64>,
+    /// Time a client has to send a request's head; also the idle keep-alive limit [default: 10s]
+    #[arg(long)]
+    pub header_timeout: Option<String>,
+    /// Time a client has to send a request's body [default: 30s]
+    #[arg(long)]
+    pub body_timeout: Option<String>,
+    /// Open HTTP connections at most; more wait in the listen backlog [default: 1024]
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Refuse events stamped further ahead of the daemon's clock than this [default: 24h]
+    #[arg(long)]
+    pub max_future: Option<String>,
 }
 
 /// The optional config file.
@@ -58,6 +71,10 @@ struct FileConfig {
     webhook_retry_ms: Option<u64>,
     webhook_rate: Option<f64>,
     cache_mib: Option<u64>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_future: Option<String>,
 }
 
 /// Merges flags, config file and defaults.
@@ -98,6 +115,45 @@ fn settle(args: Args) -> Result<Config, String> {
     if webhook.rate_per_second.is_nan() || webhook.rate_per_second <= 0.0 {
         return Err("--webhook-rate must be above 0".into());
     }
+    let defaults = HttpOptions::default();
+    let duration =
+        |flag: &str, given: Option<String>, default: std::time::Duration| -> Result<std::time::Duration, String> {
+            match given {
+                None => Ok(default),
+                Some(text) => match crate::syntax::parse_duration(&text) {
+                    Some(seconds) if seconds > 0 && text.starts_with(|c: char| c.is_ascii_digit()) => {
+                        Ok(std::time::Duration::from_secs(seconds as u64))
+                    }
+                    _ => Err(format!(
+                        "{flag}: expected a duration like \"10s\" or \"24h\", got {text:?}"
+                    )),
+                },
+            }
+        };
+    let http = HttpOptions {
+        header_timeout: duration(
+            "--header-timeout",
+            args.header_timeout.or(file.header_timeout),
+            defaults.header_timeout,
+        )?,
+        body_timeout: duration(
+            "--body-timeout",
+            args.body_timeout.or(file.body_timeout),
+            defaults.body_timeout,
+        )?,
+        connections_max: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(defaults.connections_max)
+            .max(1),
+        future_max_ms: duration(
+            "--max-future",
+            args.max_future.or(file.max_future),
+            std::time::Duration::from_millis(defaults.future_max_ms as u64),
+        )?
+        .as_millis()
+        .min(i64::MAX as u128) as i64,
+    };
     let mut store = StoreOptions::default();
     if let Some(mib) = args.cache_mib.or(file.cache_mib) {
         store.cache_bytes = mib.max(1) * 1024 * 1024;
@@ -113,6 +169,7 @@ fn settle(args: Args) -> Result<Config, String> {
         token: args.token.or(file.token).filter(|t| !t.is_empty()),
         webhook,
         store,
+        http,
     })
 }
 

@@ -5,6 +5,7 @@ use super::commit::{current, CommitError, Committer, Runtime, SharedRuntime};
 use super::metrics::{Gauges, Metrics};
 use super::reload::Reloader;
 pub use super::reply::{error, error_with};
+use super::server::HttpOptions;
 use super::stats;
 use super::store::{self, Store};
 use super::timers::now_ms;
@@ -41,6 +42,7 @@ pub struct AppState {
     pub token: Option<Arc<str>>,
     pub sink_names: Arc<Vec<String>>,
     pub reloader: Arc<Reloader>,
+    pub http: Arc<HttpOptions>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -167,16 +169,143 @@ enum Endpoint {
     Batch,
 }
 
-async fn track(State(state): State<AppState>, body: Body) -> Response {
-    intake(state, Endpoint::Track, body).await
+async fn track(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    intake(state, Endpoint::Track, headers, body).await
 }
 
-async fn identify(State(state): State<AppState>, body: Body) -> Response {
-    intake(state, Endpoint::Identify, body).await
+async fn identify(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    intake(state, Endpoint::Identify, headers, body).await
 }
 
-async fn batch(State(state): State<AppState>, body: Body) -> Response {
-    intake(state, Endpoint::Batch, body).await
+async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    intake(state, Endpoint::Batch, headers, body).await
+}
+
+/// After an over-limit body is refused, at most this much more of it is read
+/// and discarded ("lingering close"), so that a client that writes its
+/// whole body before reading the answer sees the 413 instead of a reset.
+pub const DRAIN_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// ... and for at most this long.
+pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads a request body: at most [`BODY_BYTES_MAX`] bytes as sent, within
+/// the body timeout; `Content-Encoding: gzip` is decompressed, again to at
+/// most [`BODY_BYTES_MAX`] bytes (so a gzip bomb gets a 413).
+async fn read_body(headers: &HeaderMap, body: Body, options: &HttpOptions) -> Result<Vec<u8>, Refusal> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|value| value.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let gzip = match encoding.as_deref() {
+        None | Some("" | "identity") => false,
+        Some("gzip" | "x-gzip") => true,
+        Some(other) => {
+            return Err(refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "content-encoding",
+                format!("`{other}` is not supported; send the body as is or with gzip"),
+                1,
+            ))
+        }
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body",
+            format!("request body over the limit of {BODY_BYTES_MAX} bytes"),
+            1,
+        )
+    };
+    let mut body = body;
+    let mut bytes = Vec::new();
+    if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
+        drain(&mut body).await;
+        return Err(too_large());
+    }
+    let read = async {
+        while let Some(frame) = next_frame(&mut body).await {
+            let Ok(frame) = frame else {
+                return Err(refuse(StatusCode::BAD_REQUEST, "body", "the body could not be read", 1));
+            };
+            if bytes.len() + frame.len() > BODY_BYTES_MAX {
+                drain(&mut body).await;
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&frame);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(options.body_timeout, read).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "body",
+                format!("the body did not arrive within {:?}", options.body_timeout),
+                1,
+            ))
+        }
+    }
+    if gzip {
+        bytes = gunzip(&bytes, BODY_BYTES_MAX)?;
+    }
+    Ok(bytes)
+}
+
+/// The next data frame of a body (trailers are skipped).
+async fn next_frame(body: &mut Body) -> Option<Result<axum::body::Bytes, axum::Error>> {
+    use axum::body::HttpBody;
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await?;
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    return Some(Ok(data));
+                }
+            }
+            Err(error) => return Some(Err(error)),
+        }
+    }
+}
+
+/// Reads and discards the rest of a body, within [`DRAIN_BYTES_MAX`] and
+/// [`DRAIN_TIME`].
+async fn drain(body: &mut Body) {
+    let discard = async {
+        let mut drained = 0usize;
+        while let Some(Ok(frame)) = next_frame(body).await {
+            drained += frame.len();
+            if drained > DRAIN_BYTES_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
+}
+
+/// Decompresses a gzip body (several members allowed) to at most `limit` bytes.
+pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let decoder = flate2::read::MultiGzDecoder::new(compressed);
+    match decoder.take(limit as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body",
+            format!("decompressed body over the limit of {limit} bytes"),
+            1,
+        )),
+        Ok(_) => Ok(out),
+        Err(error) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "content-encoding",
+            format!("the body is not valid gzip: {error}"),
+            1,
+        )),
+    }
 }
 
 /// Why a request body was refused.
@@ -271,17 +400,14 @@ fn validate(endpoint: Endpoint, bytes: &[u8], bundle: &Bundle, received_at: i64)
     Ok(calls)
 }
 
-async fn intake(state: AppState, endpoint: Endpoint, body: Body) -> Response {
+async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let bytes = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
+    let bytes = match read_body(&headers, body, &state.http).await {
         Ok(bytes) => bytes,
-        Err(_) => {
+        Err(refusal) => {
             state.metrics.requests_rejected.inc();
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body",
-                format!("request body over the limit of {BODY_BYTES_MAX} bytes"),
-            );
+            tracing::debug!(field = %refusal.field, reason = %refusal.reason, "request body refused");
+            return error(refusal.status, &refusal.field, refusal.reason);
         }
     };
     let runtime = current(&state.runtime);
@@ -598,6 +724,24 @@ mod tests {
         .expect("valid");
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].input.at(), 5);
+    }
+
+    #[test]
+    fn gunzip_is_bounded() {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&[b'x'; 10_000]).expect("gzip");
+        let compressed = encoder.finish().expect("gzip");
+        assert_eq!(gunzip(&compressed, 10_000).map(|b| b.len()), Ok(10_000));
+        let refusal = gunzip(&compressed, 9_999).expect_err("over the bound");
+        assert_eq!(
+            (refusal.status, refusal.field.as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "body")
+        );
+        assert_eq!(
+            gunzip(b"plain", 100).expect_err("not gzip").status,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

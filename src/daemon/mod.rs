@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod reload;
 pub mod reply;
+pub mod server;
 pub mod sinks;
 pub mod stats;
 pub mod store;
@@ -47,6 +48,7 @@ pub struct Config {
     pub token: Option<String>,
     pub webhook: WebhookOptions,
     pub store: StoreOptions,
+    pub http: server::HttpOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +220,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         token: config.token.as_deref().map(Arc::from),
         sink_names,
         reloader,
+        http: Arc::new(config.http.clone()),
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -228,12 +231,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     println!("journeyc serve: listening on http://{address}");
     tracing::info!(%address, ready_ms = started.elapsed().as_millis() as u64, "listening");
 
-    let served = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
-    if let Err(error) = served {
-        tracing::error!(%error, "HTTP server failed");
-    }
+    server::serve(listener, http::router(state), &config.http, shutdown_signal()).await;
     tracing::info!("stopping: intake closed, finishing in-flight work");
     hangup_task.abort();
     let _ = stop_sender.send(true);
