@@ -19,6 +19,7 @@ pub mod cli;
 pub mod compile;
 pub mod daemon;
 pub mod diagnostic;
+pub mod fmt;
 pub mod runtime;
 pub mod simulate;
 pub mod source;

@@ -3,4 +3,5 @@
 mod check;
 mod compile;
 mod daemon;
+mod fmt;
 mod runtime;

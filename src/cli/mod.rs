@@ -9,6 +9,7 @@ mod check;
 mod common;
 mod diff;
 mod export;
+mod fmt;
 mod graph;
 mod import;
 mod inspect;
@@ -40,6 +41,8 @@ enum Command {
     Simulate(simulate::Args),
     /// Run journey unit tests.
     Test(test::Args),
+    /// Rewrite .journey files in the canonical layout (or, with --check, list those that are not).
+    Fmt(fmt::Args),
     /// Run the durable runtime daemon.
     Serve(Box<serve::Args>),
     /// Dump a daemon data directory as JSON lines (daemon stopped).
@@ -71,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Diff(args) => diff::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Test(args) => test::run(args),
+        Command::Fmt(args) => fmt::run(args),
         Command::Serve(args) => serve::run(*args),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),

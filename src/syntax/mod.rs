@@ -7,6 +7,7 @@ pub mod ast;
 mod parser;
 
 pub use parser::{parse_duration, parse_file};
+pub(crate) use parser::{parse_tree, Rule};
 
 /// Whether `tag` is a well-formed BCP-47 language tag (`fa`, `fa-IR`,
 /// `zh-Hant-TW`, `es-419`): a 2–3 letter language, then optional script,

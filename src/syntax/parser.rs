@@ -56,6 +56,16 @@ pub fn parse_file(file: FileId, text: &str) -> std::result::Result<File, Vec<Dia
     }
 }
 
+/// The raw pest parse tree of `text` (for the formatter and the editor
+/// support, which need every token and not just the AST), or `None` when it
+/// does not parse. Callers run [`parse_file`] first for the diagnostics.
+pub(crate) fn parse_tree(text: &str) -> Option<Pair<'_, Rule>> {
+    if too_deep(text).is_some() {
+        return None;
+    }
+    JourneyParser::parse(Rule::file, text).ok()?.next()
+}
+
 /// The deepest nesting of brackets (and of `not`/`-` chains) the parser
 /// accepts: a limit, so that no input can exhaust the stack of the
 /// recursive-descent parser or of the checker.
