@@ -10,7 +10,7 @@ use super::stats;
 use super::store::{self, Store};
 use super::timers::now_ms;
 use crate::compile::bytecode::{Bundle, Program, Value};
-use crate::runtime::input::{parse_call, Call};
+use crate::runtime::input::{parse_received_call, Call};
 use crate::runtime::trace::format_time;
 use crate::runtime::CustomerState;
 use axum::body::Body;
@@ -328,7 +328,13 @@ fn refuse(status: StatusCode, field: impl Into<String>, reason: impl Into<String
 }
 
 /// Validates a whole request body against the schema: every call or none.
-fn validate(endpoint: Endpoint, bytes: &[u8], bundle: &Bundle, received_at: i64) -> Result<Vec<Call>, Refusal> {
+fn validate(
+    endpoint: Endpoint,
+    bytes: &[u8],
+    bundle: &Bundle,
+    received_at: i64,
+    future_max_ms: i64,
+) -> Result<Vec<Call>, Refusal> {
     let json: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, "", format!("invalid JSON: {e}"), 1))?;
     let (items, prefix): (Vec<serde_json::Value>, bool) = match (endpoint, json) {
@@ -393,7 +399,7 @@ fn validate(endpoint: Endpoint, bytes: &[u8], bundle: &Bundle, received_at: i64)
                 Some(_) => {}
             }
         }
-        let call = parse_call(&item, &bundle.schema, Some(received_at))
+        let call = parse_received_call(&item, &bundle.schema, received_at, future_max_ms)
             .map_err(|e| refuse(StatusCode::UNPROCESSABLE_ENTITY, path(&e.field), e.reason, count))?;
         calls.push(call);
     }
@@ -411,7 +417,7 @@ async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         }
     };
     let runtime = current(&state.runtime);
-    let calls = match validate(endpoint, &bytes, &runtime.bundle, now_ms()) {
+    let calls = match validate(endpoint, &bytes, &runtime.bundle, now_ms(), state.http.future_max_ms) {
         Ok(calls) => calls,
         Err(refusal) => {
             state.metrics.requests_rejected.inc();
@@ -431,6 +437,16 @@ async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
     (StatusCode::OK, Json(json!({"success": true, "accepted": accepted}))).into_response()
 }
 
+/// An event-time field as `GET` shows it: only times intake accepts as
+/// event times (1970 to 9999), anything else (which only a bug could
+/// store) as `null`.
+pub fn time_json(at: i64) -> serde_json::Value {
+    match crate::runtime::input::check_time("", at) {
+        Ok(()) => json!(format_time(at)),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
 pub fn value_json(value: &Value) -> serde_json::Value {
     match value {
         Value::Absent => serde_json::Value::Null,
@@ -438,7 +454,10 @@ pub fn value_json(value: &Value) -> serde_json::Value {
         Value::Int(i) => json!(i),
         Value::Number(n) => json!(n),
         Value::String(s) => json!(s),
-        Value::Time(t) => json!(format_time(*t)),
+        Value::Time(t) => match chrono::DateTime::from_timestamp_millis(*t) {
+            Some(_) => json!(format_time(*t)),
+            None => serde_json::Value::Null,
+        },
         Value::Duration(ms) => json!(*ms as f64 / 1000.0),
     }
 }
@@ -485,10 +504,10 @@ pub fn customer_json(state: &CustomerState, runtime: &Runtime) -> serde_json::Va
                 "journey": journey,
                 "version": e.version,
                 "ordinal": e.ordinal,
-                "entered_at": format_time(e.entered_at),
+                "entered_at": time_json(e.entered_at),
                 "pc": e.pc,
                 "waiting": e.suspended,
-                "next_wake": e.wake_at.map(format_time),
+                "next_wake": e.wake_at.map(time_json),
                 "holdout": e.holdout,
             });
             if let (Some(object), serde_json::Value::Object(extra)) =
@@ -502,10 +521,10 @@ pub fn customer_json(state: &CustomerState, runtime: &Runtime) -> serde_json::Va
     json!({
         "id": state.id,
         "profile": profile,
-        "first_seen": state.first_seen.map(format_time),
-        "last_event": state.last_event.map(format_time),
+        "first_seen": state.first_seen.map(time_json),
+        "last_event": state.last_event.map(time_json),
         "enrollments": enrollments,
-        "next_wake": state.next_wake().map(format_time),
+        "next_wake": state.next_wake().map(time_json),
     })
 }
 
@@ -680,8 +699,10 @@ mod tests {
         }
     }
 
+    const DAY_MS: i64 = 86_400_000;
+
     fn refused(endpoint: Endpoint, body: &str) -> Refusal {
-        validate(endpoint, body.as_bytes(), &bundle(), 0).expect_err("refused")
+        validate(endpoint, body.as_bytes(), &bundle(), 0, DAY_MS).expect_err("refused")
     }
 
     #[test]
@@ -720,10 +741,65 @@ mod tests {
             br#"{"batch":[{"type":"identify","userId":"a","traits":{"plan":"pro"}},{"type":"track","userId":"a","event":"purchase","properties":{"amount":2.5}}]}"#,
             &bundle(),
             5,
+            DAY_MS,
         )
         .expect("valid");
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].input.at(), 5);
+    }
+
+    #[test]
+    fn event_times_are_skew_corrected_and_bounded() {
+        let now = crate::runtime::trace::parse_time("2026-03-01T12:00:00Z").expect("time");
+        let track = |extra: &str| format!(r#"{{"userId":"a","event":"purchase","properties":{{"amount":1}}{extra}}}"#);
+        let accept = |body: &str| validate(Endpoint::Track, body.as_bytes(), &bundle(), now, DAY_MS);
+        // The device clock is 1 h fast: sentAt - timestamp = 10 min, so the
+        // event happened 10 min before it was received.
+        let calls = accept(&track(
+            r#","timestamp":"2026-03-01T13:00:00Z","sentAt":"2026-03-01T13:10:00Z""#,
+        ))
+        .expect("skewed but valid");
+        assert_eq!(calls[0].input.at(), now - 600_000);
+        let far = accept(&track(r#","timestamp":"9999-12-31T23:59:59Z""#)).expect_err("far future");
+        assert_eq!(
+            (far.status, far.field.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "timestamp")
+        );
+        let ahead = accept(&track(r#","timestamp":"2026-03-02T12:00:01Z""#)).expect_err("over 24 h ahead");
+        assert_eq!(ahead.field, "timestamp");
+        assert!(accept(&track(r#","timestamp":"2026-03-02T12:00:00Z""#)).is_ok());
+        // Far ahead, but sent with the same skew: corrected to the past.
+        assert!(accept(&track(
+            r#","timestamp":"2036-03-01T11:00:00Z","sentAt":"2036-03-01T12:00:00Z""#
+        ))
+        .is_ok());
+        let old = accept(&track(r#","timestamp":"1969-12-31T23:59:59Z""#)).expect_err("before 1970");
+        assert_eq!(old.field, "timestamp");
+        assert!(old.reason.contains("1970"), "{}", old.reason);
+    }
+
+    #[test]
+    fn ids_and_strings_are_limited() {
+        let with_id = |id: &str| format!(r#"{{"userId":{id},"event":"purchase","properties":{{"amount":1}}}}"#);
+        let long = serde_json::to_string(&"x".repeat(257)).expect("json");
+        assert_eq!(refused(Endpoint::Track, &with_id(&long)).field, "userId");
+        assert_eq!(refused(Endpoint::Track, &with_id(r#""a\u0000b""#)).field, "userId");
+        assert_eq!(refused(Endpoint::Track, &with_id(r#""a\nb""#)).field, "userId");
+        let ok = serde_json::to_string(&"é".repeat(128)).expect("json");
+        assert!(validate(Endpoint::Track, with_id(&ok).as_bytes(), &bundle(), 0, DAY_MS).is_ok());
+        let message = format!(r#"{{"userId":"a","event":"purchase","properties":{{"amount":1}},"messageId":{long}}}"#);
+        assert_eq!(refused(Endpoint::Track, &message).field, "messageId");
+        let message = r#"{"userId":"a","event":"purchase","properties":{"amount":1},"messageId":"m\u0000"}"#;
+        assert_eq!(refused(Endpoint::Track, message).field, "messageId");
+    }
+
+    #[test]
+    fn get_prints_only_times_intake_accepts() {
+        assert_eq!(time_json(0), json!("1970-01-01T00:00:00Z"));
+        assert_eq!(time_json(-1), serde_json::Value::Null);
+        assert_eq!(time_json(crate::runtime::input::TIME_MAX + 1), serde_json::Value::Null);
+        assert_eq!(value_json(&Value::Time(i64::MAX)), serde_json::Value::Null);
+        assert_eq!(value_json(&Value::Time(-86_400_000)), json!("1969-12-31T00:00:00Z"));
     }
 
     #[test]

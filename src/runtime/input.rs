@@ -77,6 +77,43 @@ pub fn parse_call(json: &serde_json::Value, schema: &Schema, received_at: Option
     validate(raw, schema, received_at)
 }
 
+/// [`parse_call`] for a call received at `received_at` by the daemon's
+/// clock: also refuses an event time (after the skew correction) more
+/// than `future_max_ms` ahead of it, which would strand the customer in
+/// the future.
+pub fn parse_received_call(
+    json: &serde_json::Value,
+    schema: &Schema,
+    received_at: Millis,
+    future_max_ms: Millis,
+) -> Result<Call, InputError> {
+    let call = parse_call(json, schema, Some(received_at))?;
+    let ahead = call.input.at().saturating_sub(received_at);
+    if ahead > future_max_ms {
+        return Err(InputError::new(
+            "timestamp",
+            format!(
+                "{} is {} ahead of the receiver's clock ({}); at most {} is accepted",
+                super::trace::format_time(call.input.at()),
+                describe_ms(ahead),
+                super::trace::format_time(received_at),
+                describe_ms(future_max_ms),
+            ),
+        ));
+    }
+    Ok(call)
+}
+
+/// A span of milliseconds for a message: `36h`, `90s`, `250ms`.
+fn describe_ms(ms: Millis) -> String {
+    match ms {
+        ms if ms >= 3_600_000 && ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms >= 3_600_000 => format!("{:.1}h", ms as f64 / 3_600_000.0),
+        ms if ms >= 1000 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 /// Parses and validates one call from its JSON text without building a
 /// `serde_json::Value` first (the simulator's event files): the same
 /// checks and messages as [`parse_call`].
@@ -108,18 +145,27 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
         Some(_) => return Err(InputError::new("userId", "must be a non-empty string")),
         None => return Err(InputError::new("userId", "missing (anonymous calls are not accepted)")),
     };
-    if customer.len() > 256 {
-        return Err(InputError::new("userId", "longer than 256 bytes"));
-    }
-    let at = match raw.timestamp {
-        Some(Scalar::Str(text)) => {
-            parse_time(&text).ok_or_else(|| InputError::new("timestamp", format!("not an RFC 3339 time: {text:?}")))?
-        }
-        Some(_) => return Err(InputError::new("timestamp", "must be an RFC 3339 string")),
-        None => received_at.ok_or_else(|| InputError::new("timestamp", "missing"))?,
+    check_id("userId", &customer)?;
+    let timestamp = time_field("timestamp", raw.timestamp)?;
+    let sent_at = time_field("sentAt", raw.sent_at)?;
+    // The daemon's clock is the receive time; a call's own `receivedAt`
+    // (an exported Segment event) stands in for it where there is none.
+    let received_at = match received_at {
+        Some(at) => Some(at),
+        None => time_field("receivedAt", raw.received_at)?,
     };
+    let at = match (timestamp, sent_at, received_at) {
+        (Some(timestamp), Some(sent_at), Some(received_at)) => correct_skew(timestamp, sent_at, received_at),
+        (Some(timestamp), _, _) => timestamp,
+        (None, _, Some(received_at)) => received_at,
+        (None, _, None) => return Err(InputError::new("timestamp", "missing")),
+    };
+    check_time("timestamp", at)?;
     let message_id = match raw.message_id {
-        Some(Scalar::Str(id)) => Some(id.into_owned()),
+        Some(Scalar::Str(id)) => {
+            check_id("messageId", &id)?;
+            Some(id.into_owned())
+        }
         Some(Scalar::Null) | None => None,
         Some(_) => return Err(InputError::new("messageId", "must be a string")),
     };
@@ -163,6 +209,69 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
         }
     };
     Ok(Call { customer, input })
+}
+
+/// The longest id (`userId`, `anonymousId`, `messageId`) accepted, in bytes.
+pub const ID_BYTES_MAX: usize = 256;
+/// The longest string property or trait value accepted, in bytes.
+pub const STRING_BYTES_MAX: usize = 8 * 1024;
+/// The earliest event time the runtime represents (every customer's clock
+/// starts there): 1970-01-01T00:00:00Z.
+pub const TIME_MIN: Millis = 0;
+/// The latest event time the runtime represents: 9999-12-31T23:59:59.999Z.
+pub const TIME_MAX: Millis = 253_402_300_799_999;
+
+/// An id: at most [`ID_BYTES_MAX`] bytes, no control characters (NUL,
+/// newlines, escapes), which would corrupt logs and downstream systems.
+pub fn check_id(field: &str, id: &str) -> Result<(), InputError> {
+    if id.len() > ID_BYTES_MAX {
+        return Err(InputError::new(
+            field,
+            format!("{} bytes; at most {ID_BYTES_MAX}", id.len()),
+        ));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(InputError::new(
+            field,
+            format!("contains the control character {:?}", c),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the runtime can represent `at` as an event time.
+pub fn check_time(field: &str, at: Millis) -> Result<(), InputError> {
+    if at < TIME_MIN {
+        return Err(InputError::new(
+            field,
+            "before 1970-01-01T00:00:00Z, the earliest time the runtime represents",
+        ));
+    }
+    if at > TIME_MAX {
+        return Err(InputError::new(
+            field,
+            "after 9999-12-31, the latest time the runtime represents",
+        ));
+    }
+    Ok(())
+}
+
+/// Segment's clock-skew correction: the device's clock is off by
+/// `sent_at - received_at`, so the event happened at
+/// `received_at - (sent_at - timestamp)` by the receiver's clock.
+pub fn correct_skew(timestamp: Millis, sent_at: Millis, received_at: Millis) -> Millis {
+    received_at.saturating_sub(sent_at.saturating_sub(timestamp))
+}
+
+/// An optional RFC 3339 time field.
+fn time_field(field: &str, value: Option<Scalar>) -> Result<Option<Millis>, InputError> {
+    match value {
+        Some(Scalar::Str(text)) => parse_time(&text)
+            .map(Some)
+            .ok_or_else(|| InputError::new(field, format!("not an RFC 3339 time: {text:?}"))),
+        Some(Scalar::Null) | None => Ok(None),
+        Some(_) => Err(InputError::new(field, "must be an RFC 3339 string")),
+    }
 }
 
 #[derive(PartialEq)]
@@ -224,6 +333,9 @@ fn convert(json: Scalar, declared: &FieldType) -> Result<Value, String> {
     }
     let mismatch = |expected: &str| Err(format!("expected {expected}, got {}", json.describe()));
     match (&declared.ty, &json) {
+        (Type::String, J::Str(s)) if s.len() > STRING_BYTES_MAX => {
+            Err(format!("{} bytes; at most {STRING_BYTES_MAX}", s.len()))
+        }
         (Type::String, J::Str(s)) => Ok(Value::String(s.to_string())),
         (Type::Int, J::Int(i)) => Ok(Value::Int(*i)),
         (Type::Int, J::UInt(u)) => match i64::try_from(*u) {
@@ -281,6 +393,9 @@ fn convert(json: Scalar, declared: &FieldType) -> Result<Value, String> {
 /// A call as far as validation reads it: the fields it uses, each kept
 /// loosely typed so that a wrong type gets this module's message rather
 /// than serde's; every other field is skipped unread.
+// One short-lived value on the stack per call, never stored: boxing would
+// only add an allocation per call.
+#[allow(clippy::large_enum_variant)]
 enum RawCall<'a> {
     Object(RawFields<'a>),
     /// The call is not a JSON object.
@@ -292,6 +407,8 @@ struct RawFields<'a> {
     kind: Option<Scalar<'a>>,
     user_id: Option<Scalar<'a>>,
     timestamp: Option<Scalar<'a>>,
+    sent_at: Option<Scalar<'a>>,
+    received_at: Option<Scalar<'a>>,
     message_id: Option<Scalar<'a>>,
     event: Option<Scalar<'a>>,
     properties: Option<Fields<'a>>,
@@ -483,6 +600,8 @@ impl<'de> FromJson<'de> for RawCall<'de> {
                 "type" => raw.kind = Some(map.next_value()?),
                 "userId" => raw.user_id = Some(map.next_value()?),
                 "timestamp" => raw.timestamp = Some(map.next_value()?),
+                "sentAt" => raw.sent_at = Some(map.next_value()?),
+                "receivedAt" => raw.received_at = Some(map.next_value()?),
                 "messageId" => raw.message_id = Some(map.next_value()?),
                 "event" => raw.event = Some(map.next_value()?),
                 "properties" => raw.properties = Some(map.next_value()?),

@@ -625,6 +625,9 @@ impl Run<'_, '_> {
         let times = self.state.history.entry(event.to_string()).or_default();
         let position = times.partition_point(|x| *x <= t);
         times.insert(position, t);
+        while times.len() > super::state::HISTORY_PER_EVENT_MAX {
+            times.pop_front();
+        }
 
         let journeys: Vec<String> = self.state.enrollments.keys().cloned().collect();
         for journey in journeys {
@@ -1087,6 +1090,9 @@ impl Run<'_, '_> {
             Ok((subject, body, locale)) => {
                 let id = send_id(&self.state.id, journey, enrollment.ordinal, enrollment.steps);
                 self.state.sends.push_back((t, journey.to_string()));
+                while self.state.sends.len() > super::state::SENDS_MAX {
+                    self.state.sends.pop_front();
+                }
                 let record = self.record(t, journey, Kind::Send);
                 record.message = Some(name);
                 record.channel = Some(definition.channel.as_str().to_string());

@@ -1,9 +1,14 @@
 //! Per-customer state: everything the interpreter needs about one customer,
 //! persisted as one record (the daemon stores it in sled; the simulator in memory).
 //!
-//! **Invariant:** every collection here is bounded: event history is pruned
-//! to the workspace's longest `count`/`seen` window, send history to the
-//! longest cap window, seen `messageId`s to [`MESSAGE_ID_RETENTION_MS`].
+//! **Invariant:** every collection here is bounded, so the cost of one input
+//! (and the size of the record the daemon rewrites) does not grow with a
+//! customer's history: event history is pruned to the workspace's longest
+//! `count`/`seen` window and to the latest [`HISTORY_PER_EVENT_MAX`] times
+//! per event name, send history to the longest cap window and the latest
+//! [`SENDS_MAX`] sends, seen `messageId`s to [`MESSAGE_ID_RETENTION_MS`] and
+//! the latest [`MESSAGE_IDS_MAX`], each kept as a fixed-size digest. The
+//! other maps are keyed by names the workspace declares.
 
 use super::Millis;
 use crate::compile::bytecode::Value;
@@ -12,8 +17,21 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 
 /// How long a `messageId` is remembered for de-duplication (7 days).
 pub const MESSAGE_ID_RETENTION_MS: Millis = 7 * 86_400_000;
-/// The most `messageId`s remembered per customer.
-pub const MESSAGE_IDS_MAX: usize = 10_000;
+/// The most `messageId`s remembered per customer (the latest ones).
+pub const MESSAGE_IDS_MAX: usize = 1_000;
+/// The most event times kept per customer and event name (the latest):
+/// `count(...)` saturates there.
+pub const HISTORY_PER_EVENT_MAX: usize = 1_000;
+/// The most sends kept per customer for caps (the latest).
+pub const SENDS_MAX: usize = 1_000;
+
+/// What is remembered of a `messageId`: the first 16 bytes of its SHA-256,
+/// in hex, so every remembered id costs the same whatever its length.
+pub fn message_id_digest(id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CustomerState {
@@ -43,7 +61,8 @@ pub struct CustomerState {
     /// The next instant a `count`/`seen` window can change a segment that
     /// triggers, goals or exit rules depend on.
     pub segment_check: Option<Millis>,
-    /// Recently seen `messageId`s with their input time, oldest first.
+    /// Recently seen `messageId`s ([`message_id_digest`]) with their input
+    /// time, oldest first.
     pub message_ids: VecDeque<(Millis, String)>,
     /// Index of `message_ids` for lookups; rebuilt after deserializing.
     #[serde(skip)]
@@ -86,10 +105,13 @@ pub struct Enrollment {
 }
 
 impl CustomerState {
-    /// Whether `id` is new: not seen within [`MESSAGE_ID_RETENTION_MS`]
-    /// before `at` (however often the customer was woken in between).
+    /// Whether `id` is new: not among the latest [`MESSAGE_IDS_MAX`] seen
+    /// within [`MESSAGE_ID_RETENTION_MS`] before `at` (however often the
+    /// customer was woken in between).
     /// Remembers it (with `at`) if so.
     pub fn remember_message_id(&mut self, id: &str, at: Millis) -> bool {
+        let digest = message_id_digest(id);
+        let id = digest.as_str();
         self.forget_message_ids(at - MESSAGE_ID_RETENTION_MS);
         if self.message_id_index.len() != self.message_ids.len() {
             self.message_id_index = self.message_ids.iter().map(|(_, id)| id.clone()).collect();

@@ -250,3 +250,44 @@ fn slow_clients_are_cut_off_and_connections_are_bounded() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+#[test]
+fn event_times_and_ids_are_checked_at_intake() {
+    let env = Env::new(WORKSPACE);
+    let daemon = env.start(&["--max-future", "1h"]);
+    let at = |offset_s: i64| {
+        (chrono::Utc::now() + chrono::Duration::seconds(offset_s)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let track = |user: &str, timestamp: &str, sent_at: Option<&str>| {
+        let sent = sent_at.map(|s| format!(r#","sentAt":"{s}""#)).unwrap_or_default();
+        format!(r#"{{"userId":{user},"event":"ping","properties":{{"n":1}},"timestamp":"{timestamp}"{sent}}}"#)
+    };
+    for timestamp in ["9999-12-31T23:59:59Z", "1969-12-31T23:59:59Z", &at(2 * 3600)] {
+        let response = daemon.post("/v1/track", &track("\"t1\"", timestamp, None));
+        assert_error_shape(&response, 422, "invalid_call", "timestamp");
+    }
+    // Two hours ahead by a fast device clock, sent at once: corrected.
+    let response = daemon.post("/v1/track", &track("\"t1\"", &at(2 * 3600), Some(&at(2 * 3600 + 1))));
+    assert_eq!(response.status, 200, "{}", response.body);
+    let customer = daemon.get("/v1/customers/t1").json();
+    let last = customer["last_event"]
+        .as_str()
+        .and_then(journeyc::runtime::trace::parse_time);
+    let now = chrono::Utc::now().timestamp_millis();
+    assert!(last.is_some_and(|t| t <= now), "{customer}");
+    let long = format!("\"{}\"", "u".repeat(257));
+    for user in [long.as_str(), r#""a\u0000b""#, r#""line\nbreak""#] {
+        assert_error_shape(
+            &daemon.post("/v1/track", &track(user, &at(0), None)),
+            422,
+            "invalid_call",
+            "userId",
+        );
+    }
+    let message = format!(
+        r#"{{"userId":"t2","event":"ping","properties":{{"n":1}},"messageId":"{}"}}"#,
+        "m".repeat(300)
+    );
+    assert_error_shape(&daemon.post("/v1/track", &message), 422, "invalid_call", "messageId");
+    assert_eq!(daemon.get("/v1/customers/t2").status, 404);
+}

@@ -1,6 +1,7 @@
 //! Tests of the runtime stage: the spec's worked examples, scenarios with
 //! reviewed traces, properties of the simulator and the command line.
 
+mod bounds;
 mod cli;
 mod examples;
 mod properties;

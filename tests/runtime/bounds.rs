@@ -1,0 +1,92 @@
+//! One busy customer stays small: every per-customer collection is bounded,
+//! so an event's cost does not grow with history. And the event-time rules
+//! of the input layer (skew correction, representable range) as the
+//! simulator sees them.
+
+use journeyc::check::check_workspace;
+use journeyc::compile::compile;
+use journeyc::runtime::input::{parse_call_str, CallError, Input};
+use journeyc::runtime::state::{HISTORY_PER_EVENT_MAX, MESSAGE_IDS_MAX, SENDS_MAX};
+use journeyc::runtime::trace::parse_time;
+use journeyc::runtime::{CustomerState, Engine};
+use journeyc::workspace::{load, DiskFiles};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const WORKSPACE: &str = r#"
+event login
+segment regular = count(login within 365d) >= 900
+message hi push { body "hi" }
+journey greet {
+  trigger login
+  entry always
+  send hi
+}
+"#;
+
+fn engine() -> Engine {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("w.journey"), WORKSPACE).expect("write");
+    let sources = load(&[dir.path().to_path_buf()]).expect("load");
+    let checked = check_workspace(&sources, &DiskFiles).checked.expect("checks");
+    Engine::new(Arc::new(compile(&checked)))
+}
+
+#[test]
+fn a_busy_customer_stays_bounded() {
+    let engine = engine();
+    let mut state = CustomerState::new("busy");
+    let start = parse_time("2026-01-01T00:00:00Z").expect("time");
+    let mut sizes = Vec::new();
+    for i in 0..30_000i64 {
+        let input = Input::Track {
+            event: "login".into(),
+            properties: BTreeMap::new(),
+            at: start + i * 60_000,
+            message_id: Some(format!("{i:0>256}")),
+        };
+        engine.apply(&mut state, &input);
+        if i % 5_000 == 4_999 {
+            sizes.push(postcard::to_allocvec(&state).expect("encode").len());
+        }
+    }
+    assert!(state.message_ids.len() <= MESSAGE_IDS_MAX);
+    assert!(state.message_ids.iter().all(|(_, digest)| digest.len() == 32));
+    assert!(state.history.values().all(|times| times.len() <= HISTORY_PER_EVENT_MAX));
+    assert!(state.sends.len() <= SENDS_MAX);
+    // The record stops growing once the bounds are reached (a few bytes of
+    // growing counters aside).
+    assert!(
+        sizes.iter().all(|size| size.abs_diff(sizes[0]) < 64),
+        "record sizes {sizes:?}"
+    );
+    assert!(sizes[0] < 128 * 1024, "record sizes {sizes:?}");
+    assert_eq!(state.history.get("login").map(|t| t.len()), Some(HISTORY_PER_EVENT_MAX));
+    // The latest messageId is still remembered: a retry is ignored.
+    let retry = Input::Track {
+        event: "login".into(),
+        properties: BTreeMap::new(),
+        at: start + 30_000 * 60_000,
+        message_id: Some(format!("{:0>256}", 29_999)),
+    };
+    assert!(engine.apply(&mut state, &retry).records.is_empty());
+}
+
+#[test]
+fn the_simulator_corrects_clock_skew_and_refuses_unrepresentable_times() {
+    let engine = engine();
+    let schema = &engine.bundle().schema;
+    // The device clock runs 2 h fast; receivedAt is the receiver's clock.
+    let skewed = r#"{"type":"track","userId":"a","event":"login","timestamp":"2026-01-01T12:00:00Z","sentAt":"2026-01-01T12:05:00Z","receivedAt":"2026-01-01T10:05:00Z"}"#;
+    let call = parse_call_str(skewed, schema, None).expect("valid");
+    assert_eq!(call.input.at(), parse_time("2026-01-01T10:00:00Z").expect("time"));
+    // Without receivedAt there is nothing to correct against.
+    let plain = r#"{"type":"track","userId":"a","event":"login","timestamp":"2026-01-01T12:00:00Z","sentAt":"2026-01-01T12:05:00Z"}"#;
+    let call = parse_call_str(plain, schema, None).expect("valid");
+    assert_eq!(call.input.at(), parse_time("2026-01-01T12:00:00Z").expect("time"));
+    let old = r#"{"type":"track","userId":"a","event":"login","timestamp":"1969-07-20T20:17:00Z"}"#;
+    let Err(CallError::Input(error)) = parse_call_str(old, schema, None) else {
+        panic!("a time before 1970 is refused");
+    };
+    assert_eq!(error.field, "timestamp");
+}
