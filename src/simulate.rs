@@ -242,6 +242,7 @@ pub fn run_streaming(
         states: by_id.into_iter().map(|(id, _)| CustomerState::new(id)).collect(),
         timers: BinaryHeap::new(),
         pushed: vec![None; rank.len()],
+        failed: vec![false; rank.len()],
         emit,
     };
     // By value: each input's memory is free for customer state once it ran.
@@ -262,12 +263,31 @@ struct VirtualClock<F> {
     timers: BinaryHeap<Reverse<(Millis, usize)>>,
     /// The due time last pushed per customer (no duplicate heap entries).
     pushed: Vec<Option<Millis>>,
+    /// Customers an input failed for: skipped from then on.
+    failed: Vec<bool>,
     emit: F,
 }
 
 impl<F: FnMut(&TraceRecord)> VirtualClock<F> {
     fn step(&mut self, customer: usize, input: &Input) {
-        let effects = self.engine.apply(&mut self.states[customer], input);
+        if self.failed[customer] {
+            return;
+        }
+        let effects = match self.engine.apply(&mut self.states[customer], input) {
+            Ok(effects) => effects,
+            Err(error) => {
+                // The customer is isolated: one `error` record, and none of
+                // its later inputs or timers run. Its half-changed state is
+                // dropped (it is not counted as waiting anywhere).
+                let state = &mut self.states[customer];
+                let at = input.at().max(state.clock);
+                (self.emit)(&TraceRecord::error(at, &state.id, &error));
+                *state = CustomerState::new(std::mem::take(&mut state.id));
+                self.failed[customer] = true;
+                self.pushed[customer] = None;
+                return;
+            }
+        };
         effects.records.iter().for_each(&mut self.emit);
         if effects.wake_at != self.pushed[customer] {
             if let Some(due) = effects.wake_at {
@@ -296,8 +316,22 @@ impl<F: FnMut(&TraceRecord)> VirtualClock<F> {
 pub fn run_customer(engine: &Engine, customer: &str, inputs: &[Input], until: Option<Millis>) -> Vec<TraceRecord> {
     let mut state = CustomerState::new(customer);
     let mut records = Vec::new();
+    // The first failure ends the customer's run with an `error` record.
+    let apply =
+        |state: &mut CustomerState, input: &Input, records: &mut Vec<TraceRecord>| match engine.apply(state, input) {
+            Ok(effects) => {
+                records.extend(effects.records);
+                true
+            }
+            Err(error) => {
+                records.push(TraceRecord::error(input.at().max(state.clock), customer, &error));
+                false
+            }
+        };
     for input in inputs {
-        records.extend(engine.apply(&mut state, input).records);
+        if !apply(&mut state, input, &mut records) {
+            return records;
+        }
     }
     let mut previous: Option<Millis> = None;
     while let Some(at) = state.next_wake() {
@@ -310,7 +344,9 @@ pub fn run_customer(engine: &Engine, customer: &str, inputs: &[Input], until: Op
             break;
         }
         previous = Some(at);
-        records.extend(engine.apply(&mut state, &Input::Wake { at }).records);
+        if !apply(&mut state, &Input::Wake { at }, &mut records) {
+            break;
+        }
     }
     records
 }

@@ -146,7 +146,7 @@ fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
             parse_expectation(line, start, test.journey.is_some()).map_err(|e| format!("expect[{index}]: {e}"))
         })
         .collect::<Result<_, _>>()?;
-    let mut kinds = vec![Kind::Enter, Kind::Send, Kind::Skip, Kind::Goal, Kind::Exit];
+    let mut kinds = vec![Kind::Enter, Kind::Send, Kind::Skip, Kind::Goal, Kind::Exit, Kind::Error];
     kinds.extend(expected.iter().map(|e| e.kind));
     let actual: Vec<Expectation> = records
         .iter()
@@ -221,7 +221,7 @@ fn parse_at(text: &str, start: Millis) -> Result<Millis, String> {
         }
         return crate::syntax::parse_duration(offset)
             .filter(|_| offset.starts_with(|c: char| c.is_ascii_digit()))
-            .map(|seconds| start + seconds * 1000)
+            .map(|seconds| start.saturating_add(seconds.saturating_mul(1000)))
             .ok_or_else(|| format!("not a duration like +1d2h: {text:?}"));
     }
     parse_time(text).ok_or_else(|| format!("not `+DURATION` or an RFC 3339 time: {text:?}"))
@@ -247,6 +247,7 @@ impl Expectation {
             Kind::Exit => vec![record.reason.as_ref()],
             Kind::Split => vec![record.split.as_ref(), record.arm.as_ref()],
             Kind::Set => vec![record.attribute.as_ref()],
+            Kind::Error => vec![record.error.as_ref()],
         };
         Expectation {
             at: record.at,

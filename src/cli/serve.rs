@@ -55,6 +55,12 @@ pub struct Args {
     /// Refuse events stamped further ahead of the daemon's clock than this [default: 24h]
     #[arg(long)]
     pub max_future: Option<String>,
+    /// A customer whose input fails: retries before it is parked [default: 5]
+    #[arg(long)]
+    pub fault_retries: Option<u32>,
+    /// A customer whose input fails: first retry delay in milliseconds (doubles per retry) [default: 1000]
+    #[arg(long)]
+    pub fault_retry_ms: Option<u64>,
 }
 
 /// The optional config file.
@@ -75,6 +81,8 @@ struct FileConfig {
     body_timeout: Option<String>,
     max_connections: Option<usize>,
     max_future: Option<String>,
+    fault_retries: Option<u32>,
+    fault_retry_ms: Option<u64>,
 }
 
 /// Merges flags, config file and defaults.
@@ -158,6 +166,18 @@ fn settle(args: Args) -> Result<Config, String> {
     if let Some(mib) = args.cache_mib.or(file.cache_mib) {
         store.cache_bytes = mib.max(1) * 1024 * 1024;
     }
+    let fault_defaults = crate::daemon::faults::FaultPolicy::default();
+    let faults = crate::daemon::faults::FaultPolicy {
+        retries: args
+            .fault_retries
+            .or(file.fault_retries)
+            .unwrap_or(fault_defaults.retries)
+            .min(100),
+        backoff_ms: args
+            .fault_retry_ms
+            .or(file.fault_retry_ms)
+            .map_or(fault_defaults.backoff_ms, |ms| ms.clamp(1, 86_400_000) as i64),
+    };
     Ok(Config {
         workspace: args
             .workspace
@@ -170,6 +190,7 @@ fn settle(args: Args) -> Result<Config, String> {
         webhook,
         store,
         http,
+        faults,
     })
 }
 

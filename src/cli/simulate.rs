@@ -46,7 +46,14 @@ pub fn run(args: Args) -> u8 {
     let mut funnel = Funnel::default();
     let mut written: std::io::Result<()> = Ok(());
     let bundle = Arc::new(bundle);
+    let mut failed = 0usize;
     let states = crate::simulate::run_streaming(bundle.clone(), calls, options, |record| {
+        if record.kind == crate::runtime::Kind::Error {
+            failed += 1;
+            if args.summary {
+                eprintln!("error: {}", record.to_json_line());
+            }
+        }
         if args.summary {
             funnel.add(record);
         } else if written.is_ok() {
@@ -63,6 +70,12 @@ pub fn run(args: Args) -> u8 {
     // piece would only cost time (a tenth of a large run).
     std::mem::forget(states);
     match written.and_then(|_| out.flush()) {
+        // Every other customer was simulated to the end; the exit code says
+        // that some could not be.
+        Ok(()) if failed > 0 => {
+            eprintln!("error: the input of {failed} customer(s) could not be applied (see the `error` records)");
+            super::EXIT_ERRORS
+        }
         Ok(()) => super::EXIT_OK,
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => super::EXIT_OK,
         Err(error) => {

@@ -17,12 +17,14 @@
 //! if every input were applied one after another. Nothing of a job is written
 //! unless all of it is.
 
+use super::faults::{self, Fault, FaultPolicy};
 use super::metrics::Metrics;
 use super::stats;
 use super::store::{self, Store, StoreError, TimerChanges, TimerEntry};
 use crate::compile::bytecode::Bundle;
 use crate::runtime::input::Call;
-use crate::runtime::{CustomerState, Effects, Engine, Input, Kind, Millis};
+use crate::runtime::{ApplyError, CustomerState, Effects, Engine, Input, Kind, Millis};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,7 +41,8 @@ pub const JOB_CHANNEL_CAPACITY: usize = 1024;
 /// What the commit thread needs from the interpreter: the pure step.
 /// [`Engine`] implements it; tests use small fakes.
 pub trait Interpreter: Send + Sync {
-    fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects;
+    /// On `Err` the state may be half changed; the caller drops it.
+    fn apply(&self, state: &mut CustomerState, input: &Input) -> Result<Effects, ApplyError>;
 
     /// Moves enrollments to a new version by label ([`Engine::migrate`]);
     /// returns how many moved.
@@ -50,7 +53,7 @@ pub trait Interpreter: Send + Sync {
 }
 
 impl Interpreter for Engine {
-    fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
+    fn apply(&self, state: &mut CustomerState, input: &Input) -> Result<Effects, ApplyError> {
         Engine::apply(self, state, input)
     }
 
@@ -116,6 +119,13 @@ pub enum Job {
         customer: String,
         reply: oneshot::Sender<Result<bool, CommitError>>,
     },
+    /// Retry failing customers now, parked or not (`POST
+    /// /v1/customers/ID/retry`, and every reload). Answers how many have no
+    /// fault left (recovered).
+    Retry {
+        customers: Vec<String>,
+        reply: oneshot::Sender<Result<usize, CommitError>>,
+    },
     /// Install a newly loaded workspace: migrate enrollments whose journeys say
     /// `on update migrate`, then make it current.
     Install {
@@ -156,6 +166,27 @@ impl Committer {
         self.send(Job::Erase { customer, reply }, answer).await
     }
 
+    /// Retries a failing customer now; `Ok(None)` when it has no fault
+    /// record, else whether the retry applied every held input.
+    pub async fn retry(&self, customer: String) -> Result<Option<bool>, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        // The answer counts 1 for "no fault" and 2 for "recovered".
+        let answer = self
+            .send(
+                Job::Retry {
+                    customers: vec![customer],
+                    reply,
+                },
+                answer,
+            )
+            .await?;
+        Ok(match answer {
+            0 => Some(false),
+            1 => None,
+            _ => Some(true),
+        })
+    }
+
     pub async fn install(&self, runtime: Arc<Runtime>) -> Result<usize, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::Install { runtime, reply }, answer).await
@@ -190,6 +221,10 @@ pub struct CommitThread {
     /// The counters as of the last batch applied (ahead of the published
     /// ones while a flush is in flight).
     counters: HashMap<String, i64>,
+    /// Failing customers (those with a fault record), and whether each is
+    /// parked: lanes read a customer's record only when it is listed here.
+    faulted: HashMap<String, bool>,
+    fault_policy: FaultPolicy,
     /// Groups applied but not yet flushed go to the flusher thread.
     flusher: Option<std::sync::mpsc::SyncSender<Flush>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
@@ -287,6 +322,10 @@ impl CommitThread {
                 .spawn(move || run_flusher(store, published, receiver))
                 .expect("spawn the flusher thread")
         };
+        let faulted = faults::all(&store.db).unwrap_or_else(|error| {
+            tracing::error!(%error, "reading the failing customers failed");
+            HashMap::new()
+        });
         CommitThread {
             store,
             runtime,
@@ -294,9 +333,17 @@ impl CommitThread {
             next_seq,
             next_timer_chunk,
             counters,
+            faulted,
+            fault_policy: FaultPolicy::default(),
             flusher: Some(sender),
             flusher_thread: Some(flusher_thread),
         }
+    }
+
+    /// How failing customers are retried (the default: [`FaultPolicy::default`]).
+    pub fn with_fault_policy(mut self, policy: FaultPolicy) -> CommitThread {
+        self.fault_policy = policy;
+        self
     }
 
     /// Waits until every group handed to the flusher is durable and answered.
@@ -433,7 +480,16 @@ impl CommitThread {
                     self.counters = counters;
                     Ok(migrated)
                 });
+                let reloaded = result.is_ok();
                 let _ = reply.send(result);
+                if reloaded && !self.faulted.is_empty() {
+                    // A new workspace may fix what failed: retry every
+                    // failing customer, parked ones included.
+                    let mut customers: Vec<String> = self.faulted.keys().cloned().collect();
+                    customers.sort();
+                    let (reply, _) = oneshot::channel();
+                    self.commit_group(vec![Job::Retry { customers, reply }]);
+                }
             }
             other => self.commit_group(vec![other]),
         }
@@ -449,6 +505,9 @@ impl CommitThread {
             store: &self.store,
             runtime: &runtime,
             metrics: &self.published.metrics,
+            faulted: &self.faulted,
+            policy: &self.fault_policy,
+            now: super::timers::now_ms(),
         };
         let steps: usize = lanes.iter().map(|lane| lane.steps.len()).sum();
         let mut parts = if steps >= PARALLEL_STEPS_MIN && lanes.len() > 1 {
@@ -513,6 +572,19 @@ impl CommitThread {
         let timers_added = timers.earliest_new().is_some();
         let timer_delta = timers.waiting_delta;
         self.next_timer_chunk = timers.write(&self.store, &mut batch)?;
+        for (customer, fault) in &group.faults {
+            let key = faults::fault_key(customer);
+            let was = self.faulted.get(customer).copied();
+            let now = fault.as_ref().map(Fault::parked);
+            match fault {
+                Some(fault) => batch.insert(key, faults::encode(fault)),
+                None => batch.remove(key),
+            }
+            let failing = i64::from(now.is_some()) - i64::from(was.is_some());
+            let parked = i64::from(now == Some(true)) - i64::from(was == Some(true));
+            *group.stat_deltas.entry(faults::STAT_FAILING.to_string()).or_insert(0) += failing;
+            *group.stat_deltas.entry(faults::STAT_PARKED.to_string()).or_insert(0) += parked;
+        }
         for ((customer, journey), arm) in &group.arms {
             let key = store::arm_key(customer, journey);
             match arm {
@@ -545,6 +617,12 @@ impl CommitThread {
             changed_stats.push((name.clone(), *value));
         }
         self.store.db.apply_batch(batch)?;
+        for (customer, fault) in group.faults.drain(..) {
+            match fault {
+                Some(fault) => self.faulted.insert(customer, fault.parked()),
+                None => self.faulted.remove(&customer),
+            };
+        }
         Ok(Applied {
             answers,
             stats: changed_stats,
@@ -601,6 +679,7 @@ impl Job {
         match self {
             Job::Ingest { calls, .. } => calls.len(),
             Job::Wake { timers, .. } => timers.iter().map(|entry| entry.customers.len()).sum(),
+            Job::Retry { customers, .. } => customers.len(),
             Job::Erase { .. } | Job::Install { .. } | Job::Stop { .. } => 1,
         }
     }
@@ -616,7 +695,7 @@ impl Job {
             Job::Erase { reply, .. } => {
                 let _ = reply.send(result.map(|n| n > 0));
             }
-            Job::Install { reply, .. } => {
+            Job::Retry { reply, .. } | Job::Install { reply, .. } => {
                 let _ = reply.send(result);
             }
             Job::Stop { reply } => {
@@ -649,6 +728,8 @@ enum Step<'g> {
         chunk: Option<u64>,
     },
     Erase,
+    /// Retry the customer's held inputs now (if it has a fault record).
+    Retry,
 }
 
 /// Where a step sits: its job, and its place among all inputs of the group.
@@ -700,6 +781,11 @@ fn lanes<'g>(jobs: &'g [Job]) -> Vec<Lane<'g>> {
                 }
             }
             Job::Erase { customer, .. } => push(customer, job, Step::Erase),
+            Job::Retry { customers, .. } => {
+                for customer in customers {
+                    push(customer, job, Step::Retry);
+                }
+            }
             Job::Install { .. } | Job::Stop { .. } => unreachable!("committed alone"),
         }
     }
@@ -711,6 +797,10 @@ struct LaneContext<'a> {
     store: &'a Store,
     runtime: &'a Runtime,
     metrics: &'a Metrics,
+    faulted: &'a HashMap<String, bool>,
+    policy: &'a FaultPolicy,
+    /// The wall clock when the group started (fault times, retry times).
+    now: Millis,
 }
 
 /// What some lanes will write: one thread's lanes, then (merged) the group's.
@@ -722,6 +812,8 @@ struct Changes {
     stat_deltas: HashMap<String, i64>,
     arms: BTreeMap<(String, String), Option<String>>,
     erased: Vec<String>,
+    /// Fault records to write (`Some`) or remove (`None`).
+    faults: Vec<(String, Option<Fault>)>,
     /// `(job, contribution)`: wake-ups fired, or whether an erased customer existed.
     answers: Vec<(usize, usize)>,
 }
@@ -732,6 +824,7 @@ impl Changes {
         self.records.append(&mut other.records);
         self.writes.append(&mut other.writes);
         self.erased.append(&mut other.erased);
+        self.faults.append(&mut other.faults);
         self.arms.append(&mut other.arms);
         self.answers.append(&mut other.answers);
         for (name, delta) in other.stat_deltas {
@@ -751,30 +844,52 @@ impl LaneContext<'_> {
 
     /// Loads the customer, applies its steps, and encodes the new state.
     /// The working state is dropped here, on the thread that built it.
+    ///
+    /// An input that fails leaves the state as it was before it: the lane
+    /// goes back to the stored state and applies again the inputs that
+    /// succeeded (the interpreter is deterministic), and the failed input
+    /// and every later one are held in a [`Fault`] record.
     fn run_lane(&self, lane: &Lane<'_>, changes: &mut Changes) -> Result<(), CommitError> {
         let customer = lane.customer;
         let stored = self.store.customer_record(customer)?;
         let existed = stored.is_some();
         let (mut state, original_chunk) = stored.unwrap_or_else(|| (CustomerState::new(customer), None));
-        let original_timer = state.next_wake().map(|due| (due, original_chunk));
+        let mut fault = match self.faulted.contains_key(customer) {
+            true => faults::read(&self.store.db, customer)?,
+            false => None,
+        };
+        let had_fault = fault.is_some();
+        let original_timer = Fault::wake(fault.as_ref(), &state).map(|due| (due, original_chunk));
         let original_positions = stats::positions(&state);
         let records_start = changes.records.len();
         let mut erased = false;
         let mut dirty = false;
+        // The inputs applied since the state was loaded, or since it was
+        // erased (then `fresh`).
+        let mut applied: Vec<Cow<'_, Input>> = Vec::new();
+        let mut fresh = false;
         for (item, step) in &lane.steps {
             let input = match step {
-                Step::Input(input) => *input,
+                Step::Input(input) => Cow::Borrowed(*input),
                 Step::Wake { due, chunk } => {
                     // The entry was read before this group: if the customer
                     // has moved out of it since (or it was handed over
                     // twice), its record names another one.
                     let listed = original_timer == Some((*due, *chunk));
-                    let due_now = state.next_wake().is_some_and(|at| at <= *due);
+                    let due_now = Fault::wake(fault.as_ref(), &state).is_some_and(|at| at <= *due);
                     if !listed || erased || !due_now {
                         continue;
                     }
                     changes.answers.push((item.job, 1));
-                    &Input::Wake { at: *due }
+                    if let Some(failing) = fault.as_mut() {
+                        // The retry is due.
+                        dirty = true;
+                        if self.retry(&mut state, failing, *item, changes, &mut applied)? {
+                            fault = None;
+                        }
+                        continue;
+                    }
+                    Cow::Owned(Input::Wake { at: *due })
                 }
                 Step::Erase => {
                     changes
@@ -783,10 +898,29 @@ impl LaneContext<'_> {
                     erased = true;
                     dirty = true;
                     state = CustomerState::new(customer);
+                    fault = None;
+                    applied.clear();
+                    fresh = true;
                     // This lane's records are the last ones so far.
                     changes.records.truncate(records_start);
                     changes.arms.retain(|(who, _), _| who != customer);
                     changes.erased.push(customer.to_string());
+                    continue;
+                }
+                Step::Retry => {
+                    match fault.as_mut() {
+                        None => changes.answers.push((item.job, 1)),
+                        Some(failing) => {
+                            dirty = true;
+                            // Asked for: a fresh series of retries.
+                            failing.retries = 0;
+                            let recovered = self.retry(&mut state, failing, *item, changes, &mut applied)?;
+                            changes.answers.push((item.job, if recovered { 2 } else { 0 }));
+                            if recovered {
+                                fault = None;
+                            }
+                        }
+                    }
                     continue;
                 }
             };
@@ -795,19 +929,42 @@ impl LaneContext<'_> {
                 erased = false;
                 state = CustomerState::new(customer);
             }
-            self.apply(&mut state, input, *item, changes)?;
             dirty = true;
+            if let Some(failing) = fault.as_mut() {
+                // Held behind the failed input, in order.
+                failing.hold(input.into_owned());
+                continue;
+            }
+            if let Err(error) = self.apply(&mut state, &input, *item, changes)? {
+                tracing::warn!(customer, %error, "input failed; the customer is retried later");
+                // Back to the state before the failed input.
+                state = match fresh {
+                    true => None,
+                    false => self.store.customer_record(customer)?.map(|(state, _)| state),
+                }
+                .unwrap_or_else(|| CustomerState::new(customer));
+                for earlier in &applied {
+                    // These succeeded a moment ago on the same state.
+                    let _ = self.runtime.interpreter.apply(&mut state, earlier);
+                }
+                fault = Some(Fault::new(error, input.into_owned(), self.now, self.policy));
+                continue;
+            }
+            applied.push(input);
         }
         if dirty {
             let (new_wake, value, now_positions) = if erased {
                 (None, None, Vec::new())
             } else {
                 (
-                    state.next_wake(),
+                    Fault::wake(fault.as_ref(), &state),
                     Some(store::encode_state(&state)),
                     stats::positions(&state),
                 )
             };
+            if fault.is_some() || had_fault {
+                changes.faults.push((customer.to_string(), fault));
+            }
             stats::positions_delta(&original_positions, &now_positions, &mut changes.stat_deltas);
             changes.writes.push(CustomerWrite {
                 customer: customer.to_string(),
@@ -819,13 +976,45 @@ impl LaneContext<'_> {
         Ok(())
     }
 
+    /// Applies a failing customer's held inputs in order. Returns whether
+    /// all were applied (the fault is over); otherwise the state is as
+    /// before the one that failed again, which stays held with the rest,
+    /// and the next retry is scheduled (or the customer parked).
+    fn retry(
+        &self,
+        state: &mut CustomerState,
+        fault: &mut Fault,
+        item: Item,
+        changes: &mut Changes,
+        applied: &mut Vec<Cow<'_, Input>>,
+    ) -> Result<bool, CommitError> {
+        let mut held = std::mem::take(&mut fault.held).into_iter();
+        while let Some(input) = held.next() {
+            let before = state.clone();
+            if let Err(error) = self.apply(state, &input, item, changes)? {
+                *state = before;
+                fault.held = std::iter::once(input).chain(held).collect();
+                fault.failed_again(error, self.now, self.policy);
+                if fault.parked() {
+                    tracing::warn!(customer = %state.id, error = %fault.error, "customer parked after failed retries");
+                }
+                return Ok(false);
+            }
+            applied.push(Cow::Owned(input));
+        }
+        tracing::info!(customer = %state.id, "failing customer recovered");
+        Ok(true)
+    }
+
+    /// Applies one input and collects its records and counters; an input
+    /// the interpreter refuses adds nothing (the inner `Err`).
     fn apply(
         &self,
         state: &mut CustomerState,
         input: &Input,
         item: Item,
         changes: &mut Changes,
-    ) -> Result<(), CommitError> {
+    ) -> Result<Result<(), ApplyError>, CommitError> {
         // The enrollments before the step matter only to attribute a goal of
         // a holdout enrollment that ends in the same step; skip the copy
         // when there is none.
@@ -834,8 +1023,14 @@ impl LaneContext<'_> {
         } else {
             BTreeMap::new()
         };
-        let effects = self.runtime.interpreter.apply(state, input);
         self.metrics.steps_executed.inc();
+        let effects = match self.runtime.interpreter.apply(state, input) {
+            Ok(effects) => effects,
+            Err(error) => {
+                self.metrics.customer_errors.inc();
+                return Ok(Err(error));
+            }
+        };
         let mut context = stats::RecordContext {
             customer: &state.id,
             before: &before,
@@ -851,7 +1046,7 @@ impl LaneContext<'_> {
             }
             changes.records.push((item.order, record.to_json_line()));
         }
-        Ok(())
+        Ok(Ok(()))
     }
 }
 
@@ -869,7 +1064,7 @@ mod tests {
     struct Fake;
 
     impl Interpreter for Fake {
-        fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
+        fn apply(&self, state: &mut CustomerState, input: &Input) -> Result<Effects, ApplyError> {
             assert_ne!(state.id, "boom", "fake interpreter bug");
             let at = input.at();
             let mut effects = Effects::default();
@@ -904,7 +1099,7 @@ mod tests {
                 Input::Identify { .. } => {}
             }
             effects.wake_at = state.next_wake();
-            effects
+            Ok(effects)
         }
     }
 
@@ -1053,7 +1248,7 @@ mod tests {
     struct OnThreads(Mutex<std::collections::HashSet<String>>);
 
     impl Interpreter for OnThreads {
-        fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
+        fn apply(&self, state: &mut CustomerState, input: &Input) -> Result<Effects, ApplyError> {
             let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
             self.0.lock().expect("lock").insert(thread);
             Fake.apply(state, input)

@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/identify", post(identify))
         .route("/v1/batch", post(batch))
         .route("/v1/customers/{id}", get(get_customer).delete(delete_customer))
+        .route("/v1/customers/{id}/retry", post(retry_customer))
         .route("/v1/journeys", get(journeys))
         .route("/v1/journeys/{name}/stats", get(journey_stats))
         .route("/v1/reload", post(reload))
@@ -532,7 +533,13 @@ async fn get_customer(State(state): State<AppState>, PathParam(id): PathParam) -
     match state.store.customer(&id) {
         Ok(Some(customer)) => {
             let runtime = current(&state.runtime);
-            (StatusCode::OK, Json(customer_json(&customer, &runtime))).into_response()
+            let mut body = customer_json(&customer, &runtime);
+            // A failing customer: what failed, and the retry (see `faults`).
+            match super::faults::read(&state.store.db, &id) {
+                Ok(fault) => body["error"] = fault.map_or(serde_json::Value::Null, |f| f.to_json()),
+                Err(error) => return error_body(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+            }
+            (StatusCode::OK, Json(body)).into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "id", format!("no customer {id:?}")),
         Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
@@ -547,6 +554,22 @@ async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam
         }
         Ok(false) => error(StatusCode::NOT_FOUND, "id", format!("no customer {id:?}")),
         Err(failure) => commit_error(failure),
+    }
+}
+
+/// Retries a failing (or parked) customer's held inputs now.
+async fn retry_customer(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.committer.retry(id.clone()).await {
+        Ok(None) => error(StatusCode::NOT_FOUND, "id", format!("customer {id:?} is not failing")),
+        Ok(Some(recovered)) => {
+            let fault = match super::faults::read(&state.store.db, &id) {
+                Ok(fault) => fault.map_or(serde_json::Value::Null, |f| f.to_json()),
+                Err(error) => return error_body(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+            };
+            let body = json!({"success": recovered, "customer": id, "recovered": recovered, "error": fault});
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(error) => commit_error(error),
     }
 }
 
@@ -632,13 +655,13 @@ async fn healthz() -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let timers_pending = state
-        .stats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(store::STAT_TIMERS)
-        .copied()
-        .unwrap_or(0);
+    let gauge = |name: &str| {
+        let stats = state.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.get(name).copied().unwrap_or(0)
+    };
+    let timers_pending = gauge(store::STAT_TIMERS);
+    let customers_failing = gauge(super::faults::STAT_FAILING);
+    let customers_parked = gauge(super::faults::STAT_PARKED);
     let outbox_depth = match (state.store.first_outbox_seq(), state.store.last_outbox_seq()) {
         (Ok(Some(first)), Ok(Some(last))) => {
             let lowest = state
@@ -654,6 +677,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let text = state.metrics.render(&Gauges {
         timers_pending,
         outbox_depth,
+        customers_failing,
+        customers_parked,
     });
     (
         StatusCode::OK,

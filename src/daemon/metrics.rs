@@ -78,6 +78,7 @@ pub struct Metrics {
     pub delivery_failures: Counter,
     pub dead_letters: Counter,
     pub panics: Counter,
+    pub customer_errors: Counter,
     pub reloads: Counter,
     pub reloads_refused: Counter,
     pub intake_latency: Histogram,
@@ -89,12 +90,15 @@ pub struct Metrics {
 pub struct Gauges {
     pub timers_pending: i64,
     pub outbox_depth: u64,
+    /// Customers with a fault record, and those of them parked.
+    pub customers_failing: i64,
+    pub customers_parked: i64,
 }
 
 impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 12] = [
+        let counters: [(&str, &str, &Counter); 13] = [
             (
                 "journeyc_events_accepted_total",
                 "Events durably accepted.",
@@ -142,8 +146,13 @@ impl Metrics {
             ),
             (
                 "journeyc_internal_errors_total",
-                "Inputs refused because the interpreter panicked.",
+                "Requests refused because applying them panicked outside the interpreter.",
                 &self.panics,
+            ),
+            (
+                "journeyc_customer_errors_total",
+                "Inputs that failed for one customer (first failures and failed retries).",
+                &self.customer_errors,
             ),
             ("journeyc_reloads_total", "Workspace reloads applied.", &self.reloads),
             (
@@ -168,6 +177,16 @@ impl Metrics {
             out,
             "# HELP journeyc_outbox_depth Outbox records not yet delivered to every sink.\n# TYPE journeyc_outbox_depth gauge\njourneyc_outbox_depth {}",
             gauges.outbox_depth
+        );
+        let _ = writeln!(
+            out,
+            "# HELP journeyc_customers_failing Customers whose input failed and is held for a retry (parked ones included).\n# TYPE journeyc_customers_failing gauge\njourneyc_customers_failing {}",
+            gauges.customers_failing
+        );
+        let _ = writeln!(
+            out,
+            "# HELP journeyc_customers_parked Failing customers that are no longer retried on their own.\n# TYPE journeyc_customers_parked gauge\njourneyc_customers_parked {}",
+            gauges.customers_parked
         );
         self.intake_latency.render(
             &mut out,
@@ -200,10 +219,14 @@ mod tests {
         let text = metrics.render(&Gauges {
             timers_pending: 2,
             outbox_depth: 1,
+            customers_failing: 3,
+            customers_parked: 1,
         });
         assert!(text.contains("journeyc_events_accepted_total 3"));
         assert!(text.contains("journeyc_intake_latency_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("journeyc_intake_latency_seconds_bucket{le=\"0.002\"} 0"));
         assert!(text.contains("journeyc_timers_pending 2"));
+        assert!(text.contains("journeyc_customers_failing 3"));
+        assert!(text.contains("journeyc_customers_parked 1"));
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod commit;
 pub mod export;
+pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
@@ -49,6 +50,8 @@ pub struct Config {
     pub webhook: WebhookOptions,
     pub store: StoreOptions,
     pub http: server::HttpOptions,
+    /// Retries of a customer whose input failed, before it is parked.
+    pub faults: faults::FaultPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +153,8 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
             published.clone(),
             next_seq,
             next_timer_chunk,
-        );
+        )
+        .with_fault_policy(config.faults);
         std::thread::Builder::new()
             .name("journeyc-commit".into())
             .spawn(move || thread.run(job_receiver))

@@ -115,7 +115,7 @@ impl RecordContext<'_> {
                         Some(format!("{split}/{arm}")),
                     );
                 }
-                Kind::Set => {}
+                Kind::Set | Kind::Error => {}
             }
         }
         Ok(())

@@ -4,6 +4,11 @@
 //! a customer never identified) follow spec §3: a comparison involving an
 //! absent value is false, arithmetic on it stays absent, and a condition that
 //! is absent counts as false.
+//!
+//! Arithmetic is checked: an operation whose result is undefined or cannot be
+//! represented (integer overflow, `i64::MIN / -1`, division by zero, a
+//! non-finite `number`, a time outside the representable range) is absent
+//! too, so no input can make an expression panic or wrap around.
 
 use super::Millis;
 use crate::compile::bytecode::{Bundle, Code, NameId, Op, SegmentId, Value};
@@ -111,7 +116,7 @@ impl Scope<'_> {
         let Some(times) = self.history.get(self.name(event)) else {
             return 0;
         };
-        let since = self.now - within_seconds * 1000;
+        let since = self.now.saturating_sub(within_seconds.saturating_mul(1000));
         // Times are sorted oldest first.
         let first = times.partition_point(|t| *t <= since);
         times.range(first..).filter(|t| **t <= self.now).count()
@@ -123,9 +128,9 @@ fn unary(op: UnaryOp, operand: Value) -> Value {
         (UnaryOp::Not, Value::Bool(b)) => Value::Bool(!b),
         // Absent counts as false, so `not` of it is true.
         (UnaryOp::Not, Value::Absent) => Value::Bool(true),
-        (UnaryOp::Negate, Value::Int(i)) => Value::Int(i.wrapping_neg()),
+        (UnaryOp::Negate, Value::Int(i)) => i.checked_neg().map_or(Value::Absent, Value::Int),
         (UnaryOp::Negate, Value::Number(n)) => Value::Number(-n),
-        (UnaryOp::Negate, Value::Duration(d)) => Value::Duration(-d),
+        (UnaryOp::Negate, Value::Duration(d)) => d.checked_neg().map_or(Value::Absent, Value::Duration),
         _ => Value::Absent,
     }
 }
@@ -178,34 +183,45 @@ fn binary(op: BinaryOp, lhs: Value, rhs: Value) -> Value {
     }
 }
 
+/// `+ - * /` on ints, numbers, times and durations; `None` from a checked
+/// operation (overflow, division by zero) is absent.
 fn arithmetic(op: BinaryOp, lhs: Value, rhs: Value) -> Value {
     use Value::{Duration, Int, Number, Time};
-    match (op, lhs, rhs) {
-        (BinaryOp::Add, Time(t), Duration(d)) | (BinaryOp::Add, Duration(d), Time(t)) => Time(t.saturating_add(d)),
-        (BinaryOp::Sub, Time(t), Duration(d)) => Time(t.saturating_sub(d)),
-        (BinaryOp::Sub, Time(a), Time(b)) => Duration(a.saturating_sub(b)),
-        (BinaryOp::Add, Duration(a), Duration(b)) => Duration(a.saturating_add(b)),
-        (BinaryOp::Sub, Duration(a), Duration(b)) => Duration(a.saturating_sub(b)),
-        (BinaryOp::Mul, Duration(d), Int(i)) | (BinaryOp::Mul, Int(i), Duration(d)) => Duration(d.saturating_mul(i)),
-        (BinaryOp::Div, Duration(d), Int(i)) if i != 0 => Duration(d / i),
-        (BinaryOp::Add, Int(a), Int(b)) => Int(a.saturating_add(b)),
-        (BinaryOp::Sub, Int(a), Int(b)) => Int(a.saturating_sub(b)),
-        (BinaryOp::Mul, Int(a), Int(b)) => Int(a.saturating_mul(b)),
-        (BinaryOp::Div, Int(a), Int(b)) if b != 0 => Int(a / b),
+    let result = match (op, lhs, rhs) {
+        (BinaryOp::Add, Time(t), Duration(d)) | (BinaryOp::Add, Duration(d), Time(t)) => {
+            t.checked_add(d).filter(|t| representable(*t)).map(Time)
+        }
+        (BinaryOp::Sub, Time(t), Duration(d)) => t.checked_sub(d).filter(|t| representable(*t)).map(Time),
+        (BinaryOp::Sub, Time(a), Time(b)) => a.checked_sub(b).map(Duration),
+        (BinaryOp::Add, Duration(a), Duration(b)) => a.checked_add(b).map(Duration),
+        (BinaryOp::Sub, Duration(a), Duration(b)) => a.checked_sub(b).map(Duration),
+        (BinaryOp::Mul, Duration(d), Int(i)) | (BinaryOp::Mul, Int(i), Duration(d)) => d.checked_mul(i).map(Duration),
+        (BinaryOp::Div, Duration(d), Int(i)) => d.checked_div(i).map(Duration),
+        (BinaryOp::Add, Int(a), Int(b)) => a.checked_add(b).map(Int),
+        (BinaryOp::Sub, Int(a), Int(b)) => a.checked_sub(b).map(Int),
+        (BinaryOp::Mul, Int(a), Int(b)) => a.checked_mul(b).map(Int),
+        (BinaryOp::Div, Int(a), Int(b)) => a.checked_div(b).map(Int),
         (op, a, b) => match (number(&a), number(&b)) {
-            (Some(x), Some(y)) => {
-                let result = match op {
-                    BinaryOp::Add => x + y,
-                    BinaryOp::Sub => x - y,
-                    BinaryOp::Mul => x * y,
-                    _ if y == 0.0 => return Value::Absent,
-                    _ => x / y,
-                };
-                Number(result)
+            (Some(x), Some(y)) => match op {
+                BinaryOp::Add => Some(x + y),
+                BinaryOp::Sub => Some(x - y),
+                BinaryOp::Mul => Some(x * y),
+                _ if y == 0.0 => None,
+                _ => Some(x / y),
             }
-            _ => Value::Absent,
+            .filter(|n| n.is_finite())
+            .map(Number),
+            _ => None,
         },
-    }
+    };
+    result.unwrap_or(Value::Absent)
+}
+
+/// Whether a time can be represented as a calendar date (and so rendered,
+/// compared with intake times and scheduled): chrono's range, about
+/// ±262,000 years.
+fn representable(at: Millis) -> bool {
+    chrono::DateTime::from_timestamp_millis(at).is_some()
 }
 
 #[cfg(test)]
@@ -243,5 +259,112 @@ mod tests {
             Value::Duration(600)
         );
         assert_eq!(binary(BinaryOp::Div, Value::Int(1), Value::Int(0)), Value::Absent);
+    }
+
+    /// `binary` on two values, for the table tests below.
+    fn op(op: BinaryOp, lhs: Value, rhs: Value) -> Value {
+        binary(op, lhs, rhs)
+    }
+
+    #[test]
+    fn int_addition_overflow_is_absent() {
+        assert_eq!(op(BinaryOp::Add, Value::Int(2), Value::Int(3)), Value::Int(5));
+        assert_eq!(op(BinaryOp::Add, Value::Int(i64::MAX), Value::Int(1)), Value::Absent);
+        assert_eq!(op(BinaryOp::Add, Value::Int(i64::MIN), Value::Int(-1)), Value::Absent);
+    }
+
+    #[test]
+    fn int_subtraction_overflow_is_absent() {
+        assert_eq!(op(BinaryOp::Sub, Value::Int(2), Value::Int(3)), Value::Int(-1));
+        assert_eq!(op(BinaryOp::Sub, Value::Int(i64::MIN), Value::Int(1)), Value::Absent);
+        assert_eq!(op(BinaryOp::Sub, Value::Int(i64::MAX), Value::Int(-1)), Value::Absent);
+    }
+
+    #[test]
+    fn int_multiplication_overflow_is_absent() {
+        assert_eq!(op(BinaryOp::Mul, Value::Int(-4), Value::Int(3)), Value::Int(-12));
+        assert_eq!(op(BinaryOp::Mul, Value::Int(i64::MAX), Value::Int(2)), Value::Absent);
+        assert_eq!(op(BinaryOp::Mul, Value::Int(i64::MIN), Value::Int(-1)), Value::Absent);
+    }
+
+    #[test]
+    fn int_division_overflow_and_by_zero_are_absent() {
+        assert_eq!(op(BinaryOp::Div, Value::Int(-7), Value::Int(2)), Value::Int(-3));
+        assert_eq!(op(BinaryOp::Div, Value::Int(i64::MIN), Value::Int(-1)), Value::Absent);
+        assert_eq!(op(BinaryOp::Div, Value::Int(1), Value::Int(0)), Value::Absent);
+    }
+
+    #[test]
+    fn negation_overflow_is_absent() {
+        assert_eq!(unary(UnaryOp::Negate, Value::Int(5)), Value::Int(-5));
+        assert_eq!(unary(UnaryOp::Negate, Value::Int(i64::MIN)), Value::Absent);
+        assert_eq!(unary(UnaryOp::Negate, Value::Duration(i64::MIN)), Value::Absent);
+        assert_eq!(unary(UnaryOp::Negate, Value::Number(1.5)), Value::Number(-1.5));
+    }
+
+    #[test]
+    fn number_results_that_are_not_finite_are_absent() {
+        let big = Value::Number(f64::MAX);
+        assert_eq!(op(BinaryOp::Add, big.clone(), big.clone()), Value::Absent);
+        assert_eq!(op(BinaryOp::Sub, Value::Number(-f64::MAX), big.clone()), Value::Absent);
+        assert_eq!(op(BinaryOp::Mul, big.clone(), Value::Int(2)), Value::Absent);
+        assert_eq!(op(BinaryOp::Div, big, Value::Number(1e-300)), Value::Absent);
+        assert_eq!(op(BinaryOp::Div, Value::Number(1.0), Value::Int(0)), Value::Absent);
+        assert_eq!(op(BinaryOp::Div, Value::Int(3), Value::Number(2.0)), Value::Number(1.5));
+    }
+
+    #[test]
+    fn time_plus_or_minus_duration_outside_the_calendar_is_absent() {
+        assert_eq!(
+            op(BinaryOp::Add, Value::Time(i64::MAX), Value::Duration(1)),
+            Value::Absent
+        );
+        assert_eq!(
+            op(BinaryOp::Add, Value::Duration(1), Value::Time(i64::MAX)),
+            Value::Absent
+        );
+        // No overflow of i64, but past the last representable date.
+        assert_eq!(
+            op(BinaryOp::Add, Value::Time(0), Value::Duration(i64::MAX / 2)),
+            Value::Absent
+        );
+        assert_eq!(
+            op(BinaryOp::Sub, Value::Time(i64::MIN), Value::Duration(1)),
+            Value::Absent
+        );
+        assert_eq!(
+            op(BinaryOp::Sub, Value::Time(0), Value::Duration(i64::MAX / 2)),
+            Value::Absent
+        );
+        assert_eq!(op(BinaryOp::Sub, Value::Time(i64::MAX), Value::Time(-1)), Value::Absent);
+    }
+
+    #[test]
+    fn duration_arithmetic_overflow_is_absent() {
+        let max = Value::Duration(i64::MAX);
+        assert_eq!(op(BinaryOp::Add, max.clone(), Value::Duration(1)), Value::Absent);
+        assert_eq!(
+            op(BinaryOp::Sub, Value::Duration(i64::MIN), Value::Duration(1)),
+            Value::Absent
+        );
+        assert_eq!(op(BinaryOp::Mul, max.clone(), Value::Int(2)), Value::Absent);
+        assert_eq!(op(BinaryOp::Mul, Value::Int(2), max), Value::Absent);
+        assert_eq!(
+            op(BinaryOp::Div, Value::Duration(i64::MIN), Value::Int(-1)),
+            Value::Absent
+        );
+        assert_eq!(op(BinaryOp::Div, Value::Duration(10), Value::Int(0)), Value::Absent);
+        assert_eq!(
+            op(BinaryOp::Mul, Value::Duration(1_000), Value::Int(3)),
+            Value::Duration(3_000)
+        );
+    }
+
+    #[test]
+    fn an_overflowed_result_compares_like_an_absent_value() {
+        let overflowed = op(BinaryOp::Div, Value::Int(i64::MIN), Value::Int(-1));
+        for comparison in [BinaryOp::Eq, BinaryOp::Ne, BinaryOp::Lt, BinaryOp::Ge] {
+            assert_eq!(op(comparison, overflowed.clone(), Value::Int(0)), Value::Bool(false));
+        }
     }
 }

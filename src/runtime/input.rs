@@ -354,7 +354,8 @@ fn convert(json: Scalar, declared: &FieldType) -> Result<Value, String> {
         },
         (Type::Duration, J::Str(s)) => crate::syntax::parse_duration(s)
             .filter(|_| !s.is_empty() && s.chars().next().is_some_and(|c| c.is_ascii_digit()))
-            .map(|seconds| Value::Duration(seconds * 1000))
+            .and_then(|seconds| seconds.checked_mul(1000))
+            .map(Value::Duration)
             .ok_or_else(|| format!("expected a duration like \"3d\", got {s:?}")),
         (Type::Timezone, J::Str(s)) => {
             if s.parse::<chrono_tz::Tz>().is_ok() {

@@ -15,7 +15,7 @@ use super::eval::Scope;
 use super::local_time::{is_local_time, next_local_time, quiet_until};
 use super::state::{CustomerState, Enrollment, MESSAGE_ID_RETENTION_MS};
 use super::trace::{Kind, TraceRecord};
-use super::{Effects, Input, Millis};
+use super::{ApplyError, Effects, Input, Millis};
 use crate::compile::bytecode::{Bundle, Condition, Entry, Instr, Program, SegmentId, Trigger, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -249,7 +249,26 @@ impl Engine {
     }
 
     /// Applies one input to one customer. Pure: see the module invariant.
-    pub fn apply(&self, state: &mut CustomerState, input: &Input) -> Effects {
+    ///
+    /// Whatever goes wrong is a value: a limit of the interpreter (steps
+    /// without waiting, rounds at one instant), a time outside the calendar,
+    /// or a bug (a panic, caught here). On `Err` the state may be half
+    /// changed: the caller drops it and keeps the one it had before the input.
+    pub fn apply(&self, state: &mut CustomerState, input: &Input) -> Result<Effects, ApplyError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply_unguarded(state, input))) {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                Err(ApplyError::Internal(message))
+            }
+        }
+    }
+
+    fn apply_unguarded(&self, state: &mut CustomerState, input: &Input) -> Result<Effects, ApplyError> {
         let at = input.at().max(state.clock);
         let mut run = Run {
             engine: self,
@@ -258,14 +277,15 @@ impl Engine {
             steps: 0,
             customer_zone: std::cell::Cell::new(None),
             zone_changed: false,
+            failure: None,
         };
         if let Some(id) = input.message_id() {
             if !run.state.remember_message_id(id, at) {
-                return Effects {
+                return Ok(Effects {
                     records: Vec::new(),
                     wake_at: run.state.next_wake(),
                     steps: 0,
-                };
+                });
             }
         }
         run.migrate(at);
@@ -303,11 +323,14 @@ impl Engine {
             run.reschedule(at);
         }
         run.prune(at);
-        Effects {
+        if let Some(failure) = run.failure.take() {
+            return Err(failure);
+        }
+        Ok(Effects {
             wake_at: run.state.next_wake(),
             steps: run.steps,
             records: run.records,
-        }
+        })
     }
 }
 
@@ -415,11 +438,36 @@ struct Run<'e, 's> {
     customer_zone: std::cell::Cell<Option<Option<chrono_tz::Tz>>>,
     /// Whether this input changed `customer.timezone`.
     zone_changed: bool,
+    /// The first thing that went wrong: `apply` returns it, and due work
+    /// stops being processed once it is set.
+    failure: Option<ApplyError>,
 }
 
 impl Run<'_, '_> {
     fn bundle(&self) -> &Bundle {
         &self.engine.current.bundle
+    }
+
+    /// Notes the first failure of this input.
+    fn fail(&mut self, failure: ApplyError) {
+        self.failure.get_or_insert(failure);
+    }
+
+    /// `t` plus `seconds`, or a failure when that leaves the calendar (the
+    /// checker bounds every duration, so only a time near the end of the
+    /// representable range can get there).
+    fn later(&mut self, t: Millis, seconds: i64) -> Millis {
+        match seconds
+            .checked_mul(1000)
+            .and_then(|ms| t.checked_add(ms))
+            .filter(|at| chrono::DateTime::from_timestamp_millis(*at).is_some())
+        {
+            Some(at) => at,
+            None => {
+                self.fail(ApplyError::TimeOutOfRange { at: t, seconds });
+                Millis::MAX
+            }
+        }
     }
 
     fn record(&mut self, at: Millis, journey: &str, kind: Kind) -> &mut TraceRecord {
@@ -456,6 +504,9 @@ impl Run<'_, '_> {
     /// The earliest due work, if it is before `limit` (or at it, when `inclusive`).
     fn fire_due(&mut self, limit: Millis, inclusive: bool) {
         for _ in 0..ROUNDS_PER_INSTANT_MAX * 8 {
+            if self.failure.is_some() {
+                return;
+            }
             let Some(due) = self.state.next_wake() else {
                 return;
             };
@@ -464,7 +515,9 @@ impl Run<'_, '_> {
             }
             self.process_instant(due);
         }
-        debug_assert!(false, "due work did not converge");
+        self.fail(ApplyError::DueWorkLimit {
+            rounds: ROUNDS_PER_INSTANT_MAX * 8,
+        });
     }
 
     /// Runs everything due at or before `t`, which is the earliest due time.
@@ -528,7 +581,7 @@ impl Run<'_, '_> {
                         }
                         // Otherwise recompute: a changed `customer.timezone`
                         // moves the next occurrence.
-                        _ => Some(next_local_time(now + 1, zone, *minute_of_day, *days)),
+                        _ => Some(next_local_time(now.saturating_add(1), zone, *minute_of_day, *days)),
                     }
                 }
                 Trigger::Inactive { seconds, since } => {
@@ -539,7 +592,7 @@ impl Run<'_, '_> {
                     .or(self.state.first_seen);
                     let used = self.state.entries.get(journey).and_then(|e| e.last_inactive_mark);
                     match reference {
-                        Some(reference) if used != Some(reference) => Some(reference + seconds * 1000),
+                        Some(reference) if used != Some(reference) => Some(self.later(reference, *seconds)),
                         _ => None,
                     }
                 }
@@ -569,16 +622,16 @@ impl Run<'_, '_> {
                 let Some(times) = self.state.history.get(&window.event) else {
                     continue;
                 };
-                let window_ms = window.seconds * 1000;
+                let window_ms = window.seconds.saturating_mul(1000);
                 let first = match window.latest_only {
                     true => times
                         .len()
                         .saturating_sub(1)
-                        .max(times.partition_point(|t| t + window_ms <= now)),
-                    false => times.partition_point(|t| t + window_ms <= now),
+                        .max(times.partition_point(|t| t.saturating_add(window_ms) <= now)),
+                    false => times.partition_point(|t| t.saturating_add(window_ms) <= now),
                 };
                 if let Some(t) = times.get(first) {
-                    let flip = t + window_ms;
+                    let flip = t.saturating_add(window_ms);
                     next = Some(next.map_or(flip, |n: Millis| n.min(flip)));
                 }
             }
@@ -726,7 +779,7 @@ impl Run<'_, '_> {
     ) {
         let goal = &program.goals[goal_index];
         if let Some(within) = goal.within_seconds {
-            if t - enrollment.entered_at > within * 1000 {
+            if t.saturating_sub(enrollment.entered_at) > within.saturating_mul(1000) {
                 return;
             }
         }
@@ -825,7 +878,9 @@ impl Run<'_, '_> {
         let history = self.state.entries.entry(journey.clone()).or_default();
         let eligible = match program.entry {
             Entry::Once => history.count == 0,
-            Entry::Every { seconds } => history.count == 0 || t - history.last_entered >= seconds * 1000,
+            Entry::Every { seconds } => {
+                history.count == 0 || t.saturating_sub(history.last_entered) >= seconds.saturating_mul(1000)
+            }
             Entry::Always => true,
         };
         if !eligible {
@@ -930,7 +985,10 @@ impl Run<'_, '_> {
                     self.send(&loaded, program, journey, enrollment, *message, t);
                     enrollment.pc = next;
                 }
-                Instr::Wait { seconds } => return self.suspend(enrollment, t + seconds * 1000),
+                Instr::Wait { seconds } => {
+                    let until = self.later(t, *seconds);
+                    return self.suspend(enrollment, until);
+                }
                 Instr::WaitUntilTime { minute_of_day, days } => {
                     let due = next_local_time(t, self.zone(program), *minute_of_day, *days);
                     if due <= t {
@@ -942,11 +1000,16 @@ impl Run<'_, '_> {
                 Instr::WaitUntil { time } => {
                     let scope = self.scope_in(bundle, t, enrollment.events.last());
                     match scope.eval(time) {
-                        Value::Time(due) if due > t => return self.suspend(enrollment, due.min(t + WAIT_UNTIL_MAX_MS)),
+                        Value::Time(due) if due > t => {
+                            return self.suspend(enrollment, due.min(t.saturating_add(WAIT_UNTIL_MAX_MS)))
+                        }
                         _ => enrollment.pc = next,
                     }
                 }
-                Instr::WaitFor { within_seconds, .. } => return self.suspend(enrollment, t + within_seconds * 1000),
+                Instr::WaitFor { within_seconds, .. } => {
+                    let until = self.later(t, *within_seconds);
+                    return self.suspend(enrollment, until);
+                }
                 Instr::PopEvent => {
                     if enrollment.events.len() > 1 {
                         enrollment.events.pop();
@@ -1013,11 +1076,10 @@ impl Run<'_, '_> {
                 }
             }
         }
-        debug_assert!(
-            false,
-            "journey {journey} ran {STEPS_PER_RUN_MAX} steps without suspending"
-        );
-        self.exit(journey, t, "end");
+        self.fail(ApplyError::StepLimit {
+            journey: journey.to_string(),
+            steps: STEPS_PER_RUN_MAX,
+        });
         false
     }
 
@@ -1112,7 +1174,7 @@ impl Run<'_, '_> {
     }
 
     fn sends_within(&self, journey: Option<&str>, t: Millis, per_seconds: i64) -> usize {
-        let since = t - per_seconds * 1000;
+        let since = t.saturating_sub(per_seconds.saturating_mul(1000));
         self.state
             .sends
             .iter()
@@ -1170,18 +1232,24 @@ impl Run<'_, '_> {
 
     /// Drops history no expression can read any more.
     fn prune(&mut self, now: Millis) {
-        let window_ms = self.bundle().history_window_seconds * 1000;
+        let window_ms = self.bundle().history_window_seconds.saturating_mul(1000);
         for times in self.state.history.values_mut() {
-            while times.front().is_some_and(|t| *t <= now - window_ms) {
+            while times.front().is_some_and(|t| *t <= now.saturating_sub(window_ms)) {
                 times.pop_front();
             }
         }
         self.state.history.retain(|_, times| !times.is_empty());
         let cap_window_ms = self.engine.cap_window_ms;
-        while self.state.sends.front().is_some_and(|(t, _)| *t <= now - cap_window_ms) {
+        while self
+            .state
+            .sends
+            .front()
+            .is_some_and(|(t, _)| *t <= now.saturating_sub(cap_window_ms))
+        {
             self.state.sends.pop_front();
         }
-        self.state.forget_message_ids(now - MESSAGE_ID_RETENTION_MS);
+        self.state
+            .forget_message_ids(now.saturating_sub(MESSAGE_ID_RETENTION_MS));
     }
 }
 

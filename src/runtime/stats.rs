@@ -127,7 +127,7 @@ impl Funnel {
                     .or_default() += 1;
                 self.current.remove(&key);
             }
-            Kind::Set => {}
+            Kind::Set | Kind::Error => {}
         }
     }
 

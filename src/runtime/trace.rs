@@ -13,6 +13,9 @@ pub enum Kind {
     Exit,
     Split,
     Set,
+    /// An input could not be applied to this customer (`error` says why);
+    /// the simulator skips the customer from then on.
+    Error,
 }
 
 /// One line of the trace. Field order is the serialized order.
@@ -21,6 +24,8 @@ pub struct TraceRecord {
     #[serde(with = "rfc3339")]
     pub at: Millis,
     pub customer: String,
+    /// Empty (and left out) only on an `error` record not tied to a journey.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub journey: String,
     pub kind: Kind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +81,17 @@ impl TraceRecord {
             attribute: None,
             value: None,
         }
+    }
+
+    /// The `error` record for an input that failed for `customer` at `at`.
+    pub fn error(at: Millis, customer: &str, error: &super::ApplyError) -> TraceRecord {
+        let journey = match error {
+            super::ApplyError::StepLimit { journey, .. } => journey.as_str(),
+            _ => "",
+        };
+        let mut record = TraceRecord::new(at, customer, journey, Kind::Error);
+        record.error = Some(error.to_string());
+        record
     }
 
     /// The record as one JSON line (no trailing newline).

@@ -2,6 +2,7 @@
 
 mod api;
 mod crash;
+mod faults;
 mod harness;
 mod http;
 mod lifecycle;

@@ -4,6 +4,7 @@
 mod bounds;
 mod cli;
 mod examples;
+pub mod isolation;
 mod properties;
 mod purity;
 mod scenarios;

@@ -384,20 +384,24 @@ fn migration_onto_another_kind_of_step_starts_it() {
     };
     let mut state = CustomerState::new("c1");
     let old = Engine::new(v1.clone());
-    let entered = old.apply(&mut state, &track("signed_up", "2026-05-01T10:00:00Z"));
+    let entered = old
+        .apply(&mut state, &track("signed_up", "2026-05-01T10:00:00Z"))
+        .expect("applies");
     assert_eq!(entered.wake_at, Some(at("2026-05-02T10:00:00Z")));
 
     let new = Engine::with_retained(v2, vec![v1]);
     let mut records = Vec::new();
-    let mut effects = new.apply(
-        &mut state,
-        &Input::Wake {
-            at: at("2026-05-01T12:00:00Z"),
-        },
-    );
+    let mut effects = new
+        .apply(
+            &mut state,
+            &Input::Wake {
+                at: at("2026-05-01T12:00:00Z"),
+            },
+        )
+        .expect("applies");
     records.extend(effects.records);
     while let Some(wake) = effects.wake_at {
-        effects = new.apply(&mut state, &Input::Wake { at: wake });
+        effects = new.apply(&mut state, &Input::Wake { at: wake }).expect("applies");
         records.extend(effects.records);
     }
     let summary: Vec<String> = records
@@ -443,14 +447,19 @@ journey echo {
         message_id: Some("m1".to_string()),
     };
     let mut state = CustomerState::new("c1");
-    let first = engine.apply(&mut state, &ping("2026-05-01T10:00:00Z"));
+    let first = engine
+        .apply(&mut state, &ping("2026-05-01T10:00:00Z"))
+        .expect("applies");
     assert_eq!(first.records.len(), 3, "enter, send, exit: {:#?}", first.records);
     assert_eq!(first.wake_at, None, "nothing wakes the customer in between");
     assert!(engine
         .apply(&mut state, &ping("2026-05-04T10:00:00Z"))
+        .expect("applies")
         .records
         .is_empty());
-    let later = engine.apply(&mut state, &ping("2026-05-09T10:00:00Z"));
+    let later = engine
+        .apply(&mut state, &ping("2026-05-09T10:00:00Z"))
+        .expect("applies");
     assert_eq!(later.records.len(), 3, "{:#?}", later.records);
 }
 
@@ -489,7 +498,7 @@ journey relocate {
         message_id: None,
     };
     assert_eq!(
-        engine.apply(&mut state, &identify).wake_at,
+        engine.apply(&mut state, &identify).expect("applies").wake_at,
         Some(at("2026-05-11T09:00:00Z"))
     );
     let moved = Input::Track {
@@ -499,15 +508,17 @@ journey relocate {
         message_id: None,
     };
     assert_eq!(
-        engine.apply(&mut state, &moved).wake_at,
+        engine.apply(&mut state, &moved).expect("applies").wake_at,
         Some(at("2026-05-07T11:00:00Z"))
     );
-    let woken = engine.apply(
-        &mut state,
-        &Input::Wake {
-            at: at("2026-05-07T11:00:00Z"),
-        },
-    );
+    let woken = engine
+        .apply(
+            &mut state,
+            &Input::Wake {
+                at: at("2026-05-07T11:00:00Z"),
+            },
+        )
+        .expect("applies");
     assert!(woken.records.iter().any(|r| r.attribute.as_deref() == Some("timezone")));
     assert_eq!(woken.wake_at, Some(at("2026-05-11T00:00:00Z")));
 }
