@@ -536,8 +536,8 @@ async fn get_customer(State(state): State<AppState>, PathParam(id): PathParam) -
             let mut body = customer_json(&customer, &runtime);
             // A failing customer: what failed, and the retry (see `faults`).
             match super::faults::read(&state.store.db, &id) {
-                Ok(fault) => body["error"] = fault.map_or(serde_json::Value::Null, |f| f.to_json()),
-                Err(error) => return error_body(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+                Ok(fault) => body["fault"] = fault.map_or(serde_json::Value::Null, |f| f.to_json()),
+                Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
             }
             (StatusCode::OK, Json(body)).into_response()
         }
@@ -558,18 +558,18 @@ async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam
 }
 
 /// Retries a failing (or parked) customer's held inputs now.
-async fn retry_customer(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn retry_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
     match state.committer.retry(id.clone()).await {
         Ok(None) => error(StatusCode::NOT_FOUND, "id", format!("customer {id:?} is not failing")),
         Ok(Some(recovered)) => {
             let fault = match super::faults::read(&state.store.db, &id) {
                 Ok(fault) => fault.map_or(serde_json::Value::Null, |f| f.to_json()),
-                Err(error) => return error_body(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+                Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
             };
-            let body = json!({"success": recovered, "customer": id, "recovered": recovered, "error": fault});
+            let body = json!({"success": true, "customer": id, "recovered": recovered, "fault": fault});
             (StatusCode::OK, Json(body)).into_response()
         }
-        Err(error) => commit_error(error),
+        Err(failure) => commit_error(failure),
     }
 }
 

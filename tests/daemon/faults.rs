@@ -52,7 +52,7 @@ fn a_failing_customer_is_retried_then_parked_while_others_go_on() {
     // Two retries (after 100 ms, then 200 ms), then parked.
     let fault = eventually("the spinner parked", || {
         let body = daemon.get("/v1/customers/spinner").json();
-        (body["error"]["state"] == "parked").then_some(body["error"].clone())
+        (body["fault"]["state"] == "parked").then_some(body["fault"].clone())
     });
     assert!(
         fault["error"].as_str().is_some_and(|e| e.contains("without waiting")),
@@ -64,7 +64,7 @@ fn a_failing_customer_is_retried_then_parked_while_others_go_on() {
     assert_eq!(metric(&daemon, "journeyc_customers_failing"), Some(1));
     assert_eq!(metric(&daemon, "journeyc_customers_parked"), Some(1));
     assert_eq!(
-        daemon.get("/v1/customers/other").json()["error"],
+        daemon.get("/v1/customers/other").json()["fault"],
         serde_json::Value::Null
     );
     // A parked customer's inputs are still acknowledged and held in order;
@@ -73,7 +73,7 @@ fn a_failing_customer_is_retried_then_parked_while_others_go_on() {
     assert_eq!(daemon.post("/v1/track", &later).status, 200);
     let fresh = track("fresh", "ping", r#"{"n":1}"#, "f1");
     assert_eq!(daemon.post("/v1/track", &fresh).status, 200);
-    assert_eq!(daemon.get("/v1/customers/spinner").json()["error"]["held_inputs"], 2);
+    assert_eq!(daemon.get("/v1/customers/spinner").json()["fault"]["held_inputs"], 2);
     // The admin call retries at once; the bug is still there.
     let retried = daemon.post("/v1/customers/spinner/retry", "");
     assert_eq!(retried.status, 200, "{}", retried.body);
@@ -90,7 +90,7 @@ fn a_failing_customer_is_retried_then_parked_while_others_go_on() {
     assert_eq!(reload.status, 200, "{}", reload.body);
     eventually("the spinner recovered", || {
         let body = daemon.get("/v1/customers/spinner").json();
-        body["error"].is_null().then_some(())
+        body["fault"].is_null().then_some(())
     });
     // spin's send and the held ping's, then the ping's timer.
     eventually("the spinner's sends", || {
@@ -114,13 +114,13 @@ fn a_failing_customer_survives_a_restart_and_erasure_removes_its_record() {
         200
     );
     let parked = daemon.get("/v1/customers/spinner").json();
-    assert_eq!(parked["error"]["state"], "parked", "{parked}");
+    assert_eq!(parked["fault"]["state"], "parked", "{parked}");
     daemon.kill();
     let daemon = env.start(&["--fault-retries", "0"]);
     assert_eq!(metric(&daemon, "journeyc_customers_parked"), Some(1));
     let held = track("spinner", "ping", r#"{"n":1}"#, "s2");
     assert_eq!(daemon.post("/v1/track", &held).status, 200);
-    assert_eq!(daemon.get("/v1/customers/spinner").json()["error"]["held_inputs"], 2);
+    assert_eq!(daemon.get("/v1/customers/spinner").json()["fault"]["held_inputs"], 2);
     assert_eq!(daemon.request("DELETE", "/v1/customers/spinner", None).status, 200);
     assert_eq!(daemon.get("/v1/customers/spinner").status, 404);
     assert_eq!(metric(&daemon, "journeyc_customers_failing"), Some(0));
