@@ -45,7 +45,7 @@ fn a_busy_customer_stays_bounded() {
             at: start + i * 60_000,
             message_id: Some(format!("{i:0>256}")),
         };
-        engine.apply(&mut state, &input);
+        engine.apply(&mut state, &input).expect("applies");
         if i % 5_000 == 4_999 {
             sizes.push(postcard::to_allocvec(&state).expect("encode").len());
         }
@@ -69,7 +69,7 @@ fn a_busy_customer_stays_bounded() {
         at: start + 30_000 * 60_000,
         message_id: Some(format!("{:0>256}", 29_999)),
     };
-    assert!(engine.apply(&mut state, &retry).records.is_empty());
+    assert!(engine.apply(&mut state, &retry).expect("applies").records.is_empty());
 }
 
 #[test]
