@@ -10,8 +10,9 @@ use crate::compile::bytecode::Value;
 use crate::compile::bytecode::{Bundle, Trigger};
 use crate::runtime::input::{parse_call_str, Call};
 use crate::runtime::{CustomerState, Engine, Input, Millis, TraceRecord};
+use crate::syntax::ast::Channel;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 /// A line of the event file that could not be used.
@@ -108,6 +109,8 @@ struct Pending {
     /// The event's name for a `track`; `None` for an `identify`.
     event: Option<u32>,
     fields: Box<[(u32, Value)]>,
+    /// An identify's subscription traits.
+    subscriptions: Box<[(Channel, bool)]>,
     message_id: Option<Box<str>>,
 }
 
@@ -120,6 +123,7 @@ impl Pending {
         match self.event {
             None => Input::Identify {
                 traits: fields,
+                subscriptions: self.subscriptions.iter().copied().collect(),
                 at: self.at,
                 message_id,
             },
@@ -135,14 +139,25 @@ impl Pending {
 
 impl Events {
     pub fn push(&mut self, call: Call) {
-        let (event, fields, at, message_id) = match call.input {
-            Input::Identify { traits, at, message_id } => (None, traits, at, message_id),
+        let (event, fields, subscriptions, at, message_id) = match call.input {
+            Input::Identify {
+                traits,
+                subscriptions,
+                at,
+                message_id,
+            } => (None, traits, subscriptions, at, message_id),
             Input::Track {
                 event,
                 properties,
                 at,
                 message_id,
-            } => (Some(self.names.number(event)), properties, at, message_id),
+            } => (
+                Some(self.names.number(event)),
+                properties,
+                BTreeMap::new(),
+                at,
+                message_id,
+            ),
             // Event files hold calls only.
             Input::Wake { .. } => return,
         };
@@ -154,6 +169,7 @@ impl Events {
             at,
             event,
             fields,
+            subscriptions: subscriptions.into_iter().collect(),
             message_id: message_id.map(String::into_boxed_str),
         });
     }

@@ -143,7 +143,7 @@ fn as_str<'a>(value: &'a serde_json::Value, name: &str, line: usize) -> Result<&
 
 /// Restores an export into an empty store. Returns the number of lines.
 pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportError> {
-    if !store.db.is_empty() {
+    if !store.is_empty()? {
         return Err(ExportError::NotEmpty(
             "the data directory is not empty; import restores into an empty one".into(),
         ));

@@ -13,6 +13,7 @@ use crate::compile::bytecode::{Bundle, Program, Value};
 use crate::runtime::input::{parse_received_call, Call};
 use crate::runtime::trace::format_time;
 use crate::runtime::CustomerState;
+use crate::syntax::ast::Channel;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -519,9 +520,29 @@ pub fn customer_json(state: &CustomerState, runtime: &Runtime) -> serde_json::Va
             entry
         })
         .collect();
+    // Every channel: `subscribed` unless suppressed, with when and why it
+    // was last set.
+    let subscriptions: serde_json::Map<String, serde_json::Value> = Channel::ALL
+        .iter()
+        .map(|channel| {
+            let entry = state.subscriptions.get(channel);
+            let status = entry
+                .and_then(|s| s.suppressed)
+                .map_or("subscribed", |reason| reason.as_str());
+            let mut value = json!({"status": status});
+            if let (Some(entry), Some(object)) = (entry, value.as_object_mut()) {
+                object.insert("since".into(), time_json(entry.since));
+                if let Some(send) = &entry.send {
+                    object.insert("send".into(), json!(send));
+                }
+            }
+            (channel.as_str().to_string(), value)
+        })
+        .collect();
     json!({
         "id": state.id,
         "profile": profile,
+        "subscriptions": subscriptions,
         "first_seen": state.first_seen.map(time_json),
         "last_event": state.last_event.map(time_json),
         "enrollments": enrollments,

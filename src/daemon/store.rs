@@ -54,10 +54,12 @@ pub const META_TIMER_CHUNK: &[u8] = b"mtimerchunk";
 pub const META_FORMAT: &[u8] = b"mformat";
 
 /// The store format this build writes: 2 has timer chunks named by customer
-/// records. A store without the mark (format 1: one timer key per customer)
-/// is read as is; a store marked newer is refused, since this build could
-/// misread it.
-pub const STORE_FORMAT: u64 = 2;
+/// records; 3 adds subscriptions and remembered sends to the customer
+/// state. A store without the mark (format 1: one timer key per customer)
+/// or marked 2 has its customer records rewritten when it is opened
+/// ([`Store::open`]); a store marked newer is refused, since this build
+/// could misread it.
+pub const STORE_FORMAT: u64 = 3;
 
 /// The most customers in one timer chunk (bounds the rewrite when one of
 /// them moves).
@@ -114,12 +116,43 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(1000))
             .open()?;
-        if let Some(found) = db.get(META_FORMAT)?.map(|v| decode_u64(&v)) {
-            if found > STORE_FORMAT {
-                return Err(StoreError::NewerFormat { found });
-            }
+        let found = db.get(META_FORMAT)?.map(|v| decode_u64(&v));
+        if let Some(found) = found.filter(|found| *found > STORE_FORMAT) {
+            return Err(StoreError::NewerFormat { found });
         }
-        Ok(Store { db })
+        let store = Store { db };
+        if found.is_none_or(|found| found < 3) {
+            store.upgrade_customers()?;
+        }
+        Ok(store)
+    }
+
+    /// Rewrites every customer record of format 1 or 2 (a state without
+    /// subscriptions and remembered sends) in format 3, in one batch, and
+    /// marks the store 3 (an unmarked store is new or older than marks).
+    fn upgrade_customers(&self) -> StoreResult<()> {
+        let mut batch = sled::Batch::default();
+        for item in self.db.scan_prefix([PREFIX_CUSTOMER]) {
+            let (key, value) = item?;
+            let corrupt = |reason: String| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason,
+            };
+            let (old, rest): (StateV2, &[u8]) =
+                postcard::take_from_bytes(&value).map_err(|e| corrupt(e.to_string()))?;
+            let chunk = match rest.len() {
+                0 => None,
+                8 => Some(decode_u64(rest)),
+                n => return Err(corrupt(format!("{n} bytes after the state"))),
+            };
+            batch.insert(&key, encode_customer(encode_state(&old.into()), chunk));
+        }
+        // Marked even when empty: whatever this build writes from now on is
+        // format 3, and must not be upgraded again.
+        batch.insert(META_FORMAT, &STORE_FORMAT.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Marks the store as written in [`STORE_FORMAT`] (from now on older
@@ -127,6 +160,16 @@ impl Store {
     pub fn mark_format(&self) -> StoreResult<()> {
         self.db.insert(META_FORMAT, &STORE_FORMAT.to_be_bytes())?;
         Ok(())
+    }
+
+    /// Whether the store holds nothing but its format mark.
+    pub fn is_empty(&self) -> StoreResult<bool> {
+        for key in self.db.iter().keys() {
+            if key?.as_ref() != META_FORMAT {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Makes every write so far durable.
@@ -677,6 +720,48 @@ pub fn decode_customer(key: &[u8], bytes: &[u8]) -> StoreResult<(CustomerState, 
     }
 }
 
+/// A customer state as stores of format 1 and 2 hold it (before
+/// subscriptions and remembered sends): read only to upgrade them.
+#[derive(serde::Deserialize)]
+struct StateV2 {
+    id: String,
+    profile: BTreeMap<String, crate::compile::bytecode::Value>,
+    first_seen: Option<Millis>,
+    clock: Millis,
+    last_event: Option<Millis>,
+    last_event_by_name: BTreeMap<String, Millis>,
+    history: BTreeMap<String, std::collections::VecDeque<Millis>>,
+    sends: std::collections::VecDeque<(Millis, String)>,
+    segments: BTreeMap<String, bool>,
+    enrollments: BTreeMap<String, Box<crate::runtime::state::Enrollment>>,
+    entries: BTreeMap<String, crate::runtime::state::EntryHistory>,
+    schedules: BTreeMap<String, Millis>,
+    segment_check: Option<Millis>,
+    message_ids: std::collections::VecDeque<(Millis, String)>,
+}
+
+impl From<StateV2> for CustomerState {
+    fn from(old: StateV2) -> CustomerState {
+        CustomerState {
+            id: old.id,
+            profile: old.profile,
+            first_seen: old.first_seen,
+            clock: old.clock,
+            last_event: old.last_event,
+            last_event_by_name: old.last_event_by_name,
+            history: old.history,
+            sends: old.sends,
+            segments: old.segments,
+            enrollments: old.enrollments,
+            entries: old.entries,
+            schedules: old.schedules,
+            segment_check: old.segment_check,
+            message_ids: old.message_ids,
+            ..CustomerState::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,6 +878,66 @@ mod tests {
         assert_eq!(store.first_outbox_seq().expect("first"), Some(4));
         assert_eq!(store.remove_outbox_through(5).expect("gc"), 1);
         assert_eq!(store.first_outbox_seq().expect("first"), None);
+    }
+
+    /// A format-2 record (the state without subscriptions and sends, then
+    /// its chunk) reads back whole after the store is opened.
+    #[test]
+    fn a_format_2_store_is_upgraded_when_opened() {
+        use std::collections::VecDeque;
+        #[derive(serde::Serialize)]
+        struct V2<'a> {
+            id: &'a str,
+            profile: BTreeMap<String, crate::compile::bytecode::Value>,
+            first_seen: Option<Millis>,
+            clock: Millis,
+            last_event: Option<Millis>,
+            last_event_by_name: BTreeMap<String, Millis>,
+            history: BTreeMap<String, Vec<Millis>>,
+            sends: Vec<(Millis, String)>,
+            segments: BTreeMap<String, bool>,
+            enrollments: BTreeMap<String, crate::runtime::state::Enrollment>,
+            entries: BTreeMap<String, crate::runtime::state::EntryHistory>,
+            schedules: BTreeMap<String, Millis>,
+            segment_check: Option<Millis>,
+            message_ids: Vec<(Millis, String)>,
+        }
+        let old = V2 {
+            id: "ann",
+            profile: BTreeMap::from([("plan".into(), crate::compile::bytecode::Value::String("pro".into()))]),
+            first_seen: Some(5),
+            clock: 9,
+            last_event: Some(9),
+            last_event_by_name: BTreeMap::from([("paid".into(), 9)]),
+            history: BTreeMap::from([("paid".into(), vec![9])]),
+            sends: vec![(7, "welcome".into())],
+            segments: BTreeMap::new(),
+            enrollments: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            schedules: BTreeMap::from([("weekly".into(), 1_000)]),
+            segment_check: None,
+            message_ids: vec![(9, "m1".into())],
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+            store.db.insert(META_FORMAT, &2u64.to_be_bytes()).expect("insert");
+            let bytes = postcard::to_allocvec(&old).expect("encode");
+            store
+                .db
+                .insert(customer_key("ann"), encode_customer(bytes, Some(42)))
+                .expect("insert");
+            store.flush().expect("flush");
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        let (state, chunk) = store.customer_record("ann").expect("read").expect("ann");
+        assert_eq!(chunk, Some(42));
+        assert_eq!(state.profile, old.profile);
+        assert_eq!(state.sends, VecDeque::from(old.sends.clone()));
+        assert_eq!(state.schedules, old.schedules);
+        assert_eq!(state.message_ids.len(), 1);
+        assert!(state.subscriptions.is_empty() && state.sent.is_empty());
+        assert_eq!(store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)), Some(3));
     }
 
     #[test]

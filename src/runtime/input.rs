@@ -5,6 +5,7 @@ use super::trace::parse_time;
 use super::Millis;
 use crate::check::{FieldType, Names, Schema, Type};
 use crate::compile::bytecode::Value;
+use crate::syntax::ast::Channel;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::borrow::Cow;
@@ -13,9 +14,12 @@ use std::collections::BTreeMap;
 /// One input for one customer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Input {
-    /// Merge traits into the profile (`Value::Absent` removes a trait).
+    /// Merge traits into the profile (`Value::Absent` removes a trait), and
+    /// set channels subscribed (`true`) or unsubscribed (`false`).
     Identify {
         traits: BTreeMap<String, Value>,
+        #[serde(default)]
+        subscriptions: BTreeMap<Channel, bool>,
         at: Millis,
         message_id: Option<String>,
     },
@@ -42,6 +46,22 @@ impl Input {
             Input::Wake { .. } => None,
         }
     }
+}
+
+/// The Segment email spec's event for an unsubscribe: understood without
+/// being declared, it suppresses the channel of the send its `email_id`
+/// names (or its `channel`).
+pub const UNSUBSCRIBED_EVENT: &str = "Unsubscribed";
+
+/// The identify trait that sets a channel's subscription (`email_subscribe`),
+/// unless the workspace declares an attribute of that name.
+pub fn subscribe_trait(channel: Channel) -> String {
+    format!("{}_subscribe", channel.as_str())
+}
+
+/// The channel whose subscription trait `name` is.
+fn subscribe_trait_channel(name: &str) -> Option<Channel> {
+    name.strip_suffix("_subscribe").and_then(Channel::parse)
 }
 
 /// Why an input was refused: the offending field (a JSON path such as
@@ -171,19 +191,31 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
     };
     let input = match kind {
         "identify" => {
-            let traits = fields(
-                raw.traits,
-                "traits",
-                &schema.customer,
-                schema.field_names(None),
-                FieldsMode::Partial,
-            )?;
-            Input::Identify { traits, at, message_id }
+            let names = schema.field_names(None);
+            let (subscriptions, traits) = subscription_traits(raw.traits, &schema.customer, names)?;
+            let traits = fields(traits, "traits", &schema.customer, names, FieldsMode::Partial)?;
+            Input::Identify {
+                traits,
+                subscriptions,
+                at,
+                message_id,
+            }
         }
         "track" => {
             let Some(Scalar::Str(event)) = &raw.event else {
                 return Err(InputError::new("event", "missing; a track call names its event"));
             };
+            if event.as_ref() == UNSUBSCRIBED_EVENT && schema.event_on_wire(UNSUBSCRIBED_EVENT).is_none() {
+                return Ok(Call {
+                    customer,
+                    input: Input::Track {
+                        event: UNSUBSCRIBED_EVENT.to_string(),
+                        properties: unsubscribed_properties(raw.properties)?,
+                        at,
+                        message_id,
+                    },
+                });
+            }
             let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
                 let known: Vec<&str> = schema.events.keys().map(|e| schema.event_wire_name(e)).collect();
                 let mut reason = format!("event `{event}` is not declared in the workspace");
@@ -272,6 +304,84 @@ fn time_field(field: &str, value: Option<Scalar>) -> Result<Option<Millis>, Inpu
         Some(Scalar::Null) | None => Ok(None),
         Some(_) => Err(InputError::new(field, "must be an RFC 3339 string")),
     }
+}
+
+/// Takes the subscription traits (`email_subscribe: "unsubscribed"`) out of
+/// an identify's traits: those of a channel, not declared as attributes.
+/// Values: `subscribed` or `opted_in` (subscribed), `unsubscribed`.
+#[allow(clippy::type_complexity)]
+fn subscription_traits<'a>(
+    given: Option<Fields<'a>>,
+    declared: &BTreeMap<String, FieldType>,
+    names: Names,
+) -> Result<(BTreeMap<Channel, bool>, Option<Fields<'a>>), InputError> {
+    let Some(Fields::Object(pairs)) = given else {
+        return Ok((BTreeMap::new(), given));
+    };
+    let mut subscriptions = BTreeMap::new();
+    let mut rest = Vec::with_capacity(pairs.len());
+    for (name, json) in pairs {
+        let is_attribute = names.identifier(&name).is_some_and(|id| declared.contains_key(id));
+        let channel = subscribe_trait_channel(&name).filter(|_| !is_attribute);
+        let Some(channel) = channel else {
+            rest.push((name, json));
+            continue;
+        };
+        let subscribed = match &json {
+            Scalar::Str(s) if s == "subscribed" || s == "opted_in" => true,
+            Scalar::Str(s) if s == "unsubscribed" => false,
+            other => {
+                return Err(InputError::new(
+                    format!("traits.{name}"),
+                    format!(
+                        "expected \"subscribed\", \"opted_in\" or \"unsubscribed\", got {}",
+                        other.describe()
+                    ),
+                ))
+            }
+        };
+        subscriptions.insert(channel, subscribed);
+    }
+    Ok((subscriptions, Some(Fields::Object(rest))))
+}
+
+/// The properties of an undeclared `Unsubscribed` event that the runtime
+/// reads: `email_id` (the send) and `channel`, both strings; the Segment
+/// email spec's other properties (`email_subject`, `list_id`, …) are
+/// accepted and not kept.
+fn unsubscribed_properties(given: Option<Fields>) -> Result<BTreeMap<String, Value>, InputError> {
+    let given = match given {
+        None | Some(Fields::Null) => Vec::new(),
+        Some(Fields::Object(pairs)) => pairs,
+        Some(Fields::Other) => return Err(InputError::new("properties", "must be an object")),
+    };
+    let mut out = BTreeMap::new();
+    for (name, json) in given {
+        match (name.as_ref(), json) {
+            ("email_id" | "channel", Scalar::Null) => {}
+            ("email_id", Scalar::Str(id)) => {
+                out.insert("email_id".to_string(), Value::String(id.into_owned()));
+            }
+            ("channel", Scalar::Str(channel)) if Channel::parse(&channel).is_some() => {
+                out.insert("channel".to_string(), Value::String(channel.into_owned()));
+            }
+            ("channel", other) => {
+                let channels: Vec<String> = Channel::ALL.iter().map(|c| format!("{:?}", c.as_str())).collect();
+                return Err(InputError::new(
+                    "properties.channel",
+                    format!("expected one of {}, got {}", channels.join(", "), other.describe()),
+                ));
+            }
+            ("email_id", other) => {
+                return Err(InputError::new(
+                    "properties.email_id",
+                    format!("expected a send id (a string), got {}", other.describe()),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 #[derive(PartialEq)]
@@ -793,5 +903,81 @@ mod tests {
             ),
             "traits.first_name: not declared in the schema (did you mean `firstName`?)"
         );
+    }
+
+    #[test]
+    fn subscription_traits_and_the_unsubscribed_event_need_no_declaration() {
+        let mut schema = schema();
+        let call = parse_call_str(
+            r#"{"type":"identify","userId":"c1","traits":{"plan":"pro","sms_subscribe":"unsubscribed","email_subscribe":"opted_in"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            &schema,
+            None,
+        )
+        .expect("valid");
+        let Input::Identify {
+            traits, subscriptions, ..
+        } = call.input
+        else {
+            panic!("an identify");
+        };
+        assert_eq!(traits.keys().collect::<Vec<_>>(), ["plan"]);
+        assert_eq!(
+            subscriptions,
+            BTreeMap::from([(Channel::Email, true), (Channel::Sms, false)])
+        );
+        let call = parse_call_str(
+            r#"{"type":"track","userId":"c1","event":"Unsubscribed","properties":{"email_id":"abc","email_subject":"Hi","list_id":7},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            &schema,
+            None,
+        )
+        .expect("valid");
+        let Input::Track { event, properties, .. } = call.input else {
+            panic!("a track");
+        };
+        assert_eq!(event, "Unsubscribed");
+        assert_eq!(
+            properties,
+            BTreeMap::from([("email_id".to_string(), Value::String("abc".into()))])
+        );
+        let refused = |text: &str, schema: &Schema| match parse_call_str(text, schema, None) {
+            Err(CallError::Input(error)) => error.to_string(),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(
+            refused(
+                r#"{"type":"track","userId":"c1","event":"Unsubscribed","properties":{"channel":"fax"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                &schema
+            ),
+            r#"properties.channel: expected one of "email", "sms", "push", "in_app", "webhook", got "fax""#
+        );
+        assert_eq!(
+            refused(
+                r#"{"type":"identify","userId":"c1","traits":{"push_subscribe":true},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                &schema
+            ),
+            r#"traits.push_subscribe: expected "subscribed", "opted_in" or "unsubscribed", got true"#
+        );
+        // A workspace's own attribute of that name is its own.
+        schema.customer.insert(
+            "email_subscribe".into(),
+            FieldType {
+                ty: Type::Bool,
+                optional: true,
+            },
+        );
+        let call = parse_call_str(
+            r#"{"type":"identify","userId":"c1","traits":{"email_subscribe":true},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            &schema,
+            None,
+        )
+        .expect("valid");
+        let Input::Identify {
+            traits, subscriptions, ..
+        } = call.input
+        else {
+            panic!("an identify");
+        };
+        assert!(subscriptions.is_empty());
+        assert_eq!(traits["email_subscribe"], Value::Bool(true));
     }
 }

@@ -12,11 +12,13 @@
 //! at the very end of a `within` window still counts.
 
 use super::eval::Scope;
+use super::input::UNSUBSCRIBED_EVENT;
 use super::local_time::{is_local_time, next_local_time, quiet_until};
-use super::state::{CustomerState, Enrollment, MESSAGE_ID_RETENTION_MS};
+use super::state::{CustomerState, Enrollment, Sent, Suppression, MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS};
 use super::trace::{Kind, TraceRecord};
 use super::{ApplyError, Effects, Input, Millis};
 use crate::compile::bytecode::{Bundle, Condition, Entry, Instr, Program, SegmentId, Trigger, Value};
+use crate::syntax::ast::Channel;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -296,7 +298,13 @@ impl Engine {
         run.fire_due(at, false);
         run.state.clock = at;
         match input {
-            Input::Identify { traits, .. } => {
+            Input::Identify {
+                traits, subscriptions, ..
+            } => {
+                for (channel, subscribed) in subscriptions {
+                    let suppressed = (!subscribed).then_some(Suppression::Unsubscribed);
+                    run.state.set_subscription(*channel, suppressed, at, None);
+                }
                 run.customer_zone.set(None);
                 run.zone_changed |= traits.contains_key("timezone");
                 for (name, value) in traits {
@@ -673,6 +681,9 @@ impl Run<'_, '_> {
     // ---------------------------------------------------------- events
 
     fn track(&mut self, event: &str, properties: &BTreeMap<String, Value>, t: Millis) {
+        if self.bundle().schema.event_wire_name(event) == UNSUBSCRIBED_EVENT {
+            self.unsubscribe(event, properties, t);
+        }
         self.state.last_event = Some(t);
         self.state.last_event_by_name.insert(event.to_string(), t);
         let times = self.state.history.entry(event.to_string()).or_default();
@@ -1121,6 +1132,8 @@ impl Run<'_, '_> {
         let event = enrollment.events.last();
         let skip = if enrollment.holdout {
             Some("holdout")
+        } else if let Some(suppression) = self.state.suppression(definition.channel) {
+            Some(suppression.as_str())
         } else if definition
             .consent
             .as_ref()
@@ -1155,6 +1168,13 @@ impl Run<'_, '_> {
                 while self.state.sends.len() > super::state::SENDS_MAX {
                     self.state.sends.pop_front();
                 }
+                self.state.remember_sent(Sent {
+                    at: t,
+                    id: id.clone(),
+                    journey: journey.to_string(),
+                    message: name.clone(),
+                    channel: definition.channel,
+                });
                 let record = self.record(t, journey, Kind::Send);
                 record.message = Some(name);
                 record.channel = Some(definition.channel.as_str().to_string());
@@ -1224,6 +1244,27 @@ impl Run<'_, '_> {
         Ok((subject, body, locale))
     }
 
+    /// An `Unsubscribed` event suppresses its `channel`, else the channel of
+    /// the send its `email_id` names, else email (the Segment email spec's
+    /// channel, also for a send no longer remembered).
+    /// Properties are read by their names on the wire (a workspace that
+    /// declares the event may give them other identifiers).
+    fn unsubscribe(&mut self, event: &str, properties: &BTreeMap<String, Value>, t: Millis) {
+        let names = self.engine.current.bundle.schema.field_names(Some(event));
+        let text = |wire: &str| match names.identifier(wire).and_then(|name| properties.get(name)) {
+            Some(Value::String(text)) => Some(text.as_str()),
+            _ => None,
+        };
+        let send = text("email_id");
+        let channel = text("channel")
+            .and_then(Channel::parse)
+            .or_else(|| send.and_then(|id| self.state.sent(id)).map(|sent| sent.channel))
+            .unwrap_or(Channel::Email);
+        let send = send.map(str::to_string);
+        self.state
+            .set_subscription(channel, Some(Suppression::Unsubscribed), t, send);
+    }
+
     // ------------------------------------------------------- versions
 
     fn migrate(&mut self, t: Millis) {
@@ -1250,6 +1291,7 @@ impl Run<'_, '_> {
         }
         self.state
             .forget_message_ids(now.saturating_sub(MESSAGE_ID_RETENTION_MS));
+        self.state.forget_sent(now.saturating_sub(SENT_RETENTION_MS));
     }
 }
 

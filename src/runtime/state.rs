@@ -7,11 +7,14 @@
 //! `count`/`seen` window and to the latest [`HISTORY_PER_EVENT_MAX`] times
 //! per event name, send history to the longest cap window and the latest
 //! [`SENDS_MAX`] sends, seen `messageId`s to [`MESSAGE_ID_RETENTION_MS`] and
-//! the latest [`MESSAGE_IDS_MAX`], each kept as a fixed-size digest. The
-//! other maps are keyed by names the workspace declares.
+//! the latest [`MESSAGE_IDS_MAX`], each kept as a fixed-size digest, sent
+//! ids to [`SENT_RETENTION_MS`] and the latest [`SENT_MAX`]; subscriptions
+//! hold at most one entry per channel. The other maps are keyed by names the
+//! workspace declares.
 
 use super::Millis;
 use crate::compile::bytecode::Value;
+use crate::syntax::ast::Channel;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
@@ -32,6 +35,11 @@ pub fn message_id_digest(id: &str) -> String {
     let digest = sha2::Sha256::digest(id.as_bytes());
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
+/// How long a send's id is remembered, so that an `Unsubscribed` event
+/// naming it finds its channel (30 days).
+pub const SENT_RETENTION_MS: Millis = 30 * 86_400_000;
+/// The most sends remembered per customer.
+pub const SENT_MAX: usize = 100;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CustomerState {
@@ -67,6 +75,58 @@ pub struct CustomerState {
     /// Index of `message_ids` for lookups; rebuilt after deserializing.
     #[serde(skip)]
     pub message_id_index: HashSet<String>,
+    /// Per channel, once it was ever set: subscribed, or suppressed with a
+    /// reason. A channel without an entry is subscribed.
+    #[serde(default)]
+    pub subscriptions: BTreeMap<Channel, Subscription>,
+    /// Recent sends, oldest first: which send an id names.
+    #[serde(default)]
+    pub sent: VecDeque<Sent>,
+}
+
+/// Why a channel is not sent to. The reason is the `reason` of the `skip`
+/// lines of sends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Suppression {
+    /// The customer asked (an `Unsubscribed` event, a one-click link).
+    Unsubscribed,
+    /// The address does not take mail (a hard bounce).
+    Bounced,
+    /// The customer marked a message as spam.
+    Complained,
+}
+
+impl Suppression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Suppression::Unsubscribed => "unsubscribed",
+            Suppression::Bounced => "bounced",
+            Suppression::Complained => "complained",
+        }
+    }
+}
+
+/// One channel's subscription state, as last set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// `None`: subscribed; else suppressed, with the reason.
+    pub suppressed: Option<Suppression>,
+    /// When it was set.
+    pub since: Millis,
+    /// The send that led to it, when known (the `email_id` of an
+    /// `Unsubscribed` event).
+    pub send: Option<String>,
+}
+
+/// A send the customer was sent: its id and what it was.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sent {
+    pub at: Millis,
+    pub id: String,
+    pub journey: String,
+    pub message: String,
+    pub channel: Channel,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -137,6 +197,49 @@ impl CustomerState {
     fn forget_oldest_message_id(&mut self) {
         if let Some((_, id)) = self.message_ids.pop_front() {
             self.message_id_index.remove(&id);
+        }
+    }
+
+    /// Why `channel` is suppressed, if it is.
+    pub fn suppression(&self, channel: Channel) -> Option<Suppression> {
+        self.subscriptions.get(&channel).and_then(|s| s.suppressed)
+    }
+
+    /// Sets `channel` subscribed (`None`) or suppressed, as of `at`.
+    pub fn set_subscription(
+        &mut self,
+        channel: Channel,
+        suppressed: Option<Suppression>,
+        at: Millis,
+        send: Option<String>,
+    ) {
+        self.subscriptions.insert(
+            channel,
+            Subscription {
+                suppressed,
+                since: at,
+                send,
+            },
+        );
+    }
+
+    /// The remembered send with this id.
+    pub fn sent(&self, id: &str) -> Option<&Sent> {
+        self.sent.iter().rev().find(|sent| sent.id == id)
+    }
+
+    /// Remembers a send, forgetting the oldest beyond [`SENT_MAX`].
+    pub fn remember_sent(&mut self, sent: Sent) {
+        self.sent.push_back(sent);
+        while self.sent.len() > SENT_MAX {
+            self.sent.pop_front();
+        }
+    }
+
+    /// Forgets sends made at or before `before`.
+    pub fn forget_sent(&mut self, before: Millis) {
+        while self.sent.front().is_some_and(|sent| sent.at <= before) {
+            self.sent.pop_front();
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod api;
 mod crash;
+mod delivery;
 mod faults;
 mod harness;
 mod http;

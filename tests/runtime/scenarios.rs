@@ -161,6 +161,16 @@ scenarios! {
     /// treatment customers get `consent` where their opt-in is false or absent.
     /// Odd customers have email_opt_in false; c1–c4 push_opt_in true, c5–c8 absent.
     consent_holdout,
+    /// Unsubscribing (sends 05-01/02/03 at 10:00: welcome; tips + reminder; tips + reminder):
+    /// - c1: `Unsubscribed` at 12:00 naming its welcome (email) → tips on
+    ///   05-02 `unsubscribed`, the sms reminder still goes; `email_subscribe:
+    ///   "subscribed"` on 05-02 12:00 → both go on 05-03.
+    /// - c2: `Unsubscribed` with `channel: "sms"` → reminders skipped, tips sent.
+    /// - c3: an `email_id` that names no send of ours → email suppressed.
+    /// - c4: `sms_subscribe: "unsubscribed"` before entering → reminders skipped.
+    /// - c5: 05-02 11:00 names its 05-02 sms reminder → only the 05-03
+    ///   reminder is skipped; tips (email) keep going.
+    unsubscribe,
     /// `set` seen by later steps, by a segment (`entered rich`) and by another
     /// journey's trigger `where`:
     /// - c1 (50): review 09:30 no; purchase → 110 → gold "110", club enters
@@ -494,6 +504,7 @@ journey relocate {
             "timezone".to_string(),
             journeyc::compile::bytecode::Value::String("UTC".to_string()),
         )]),
+        subscriptions: BTreeMap::new(),
         at: at("2026-05-06T10:00:00Z"),
         message_id: None,
     };
@@ -540,4 +551,48 @@ fn wire_names_in_journey_tests() {
     for outcome in outcomes {
         assert!(outcome.failure.is_none(), "{}: {:?}", outcome.name, outcome.failure);
     }
+}
+
+/// A workspace that declares the event under another identifier
+/// (`event unsubscribed "Unsubscribed" { … }`) can trigger on it, and it
+/// still suppresses: the runtime reads it and its properties by their names
+/// on the wire.
+#[test]
+fn a_declared_unsubscribed_event_still_suppresses() {
+    let workspace = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        workspace.path().join("w.journey"),
+        r#"
+event ping
+event unsubscribed "Unsubscribed" { route "channel": string? }
+message hello sms { body "hi" }
+message bye email { subject "Bye" body "sorry to see you go" }
+journey pinger {
+  trigger ping
+  entry always
+  send hello
+}
+journey farewell {
+  trigger unsubscribed
+  send bye
+}
+"#,
+    )
+    .expect("write journey");
+    let events = r#"{"type":"track","userId":"c1","event":"Unsubscribed","properties":{"channel":"sms"},"timestamp":"2026-05-01T10:00:00Z"}
+{"type":"track","userId":"c1","event":"ping","properties":{},"timestamp":"2026-05-01T11:00:00Z"}
+"#;
+    let trace = simulate_text(workspace.path(), events);
+    let outcome: Vec<(String, Kind, Option<String>)> = trace
+        .iter()
+        .filter(|r| matches!(r.kind, Kind::Send | Kind::Skip))
+        .map(|r| (r.message.clone().unwrap_or_default(), r.kind, r.reason.clone()))
+        .collect();
+    assert_eq!(
+        outcome,
+        vec![
+            ("bye".to_string(), Kind::Send, None),
+            ("hello".to_string(), Kind::Skip, Some("unsubscribed".to_string())),
+        ]
+    );
 }
