@@ -107,10 +107,10 @@ fn webhook_retries_with_idempotency_key_and_dead_letters() {
     assert!(metrics.contains("journeyc_dead_letters_total 1"), "{metrics}");
     assert!(metrics.contains("journeyc_delivery_failures_total 6"), "{metrics}");
     // Intake was never blocked meanwhile, and the JSONL sink got both sends.
-    assert_eq!(
-        sink_lines(&env.sends()).iter().filter(|l| l["kind"] == "send").count(),
-        2
-    );
+    eventually("both sends in the JSONL sink", || {
+        let sends = sink_lines(&env.sends()).iter().filter(|l| l["kind"] == "send").count();
+        (sends == 2).then_some(())
+    });
     drop(daemon);
     let _ = stop.send(());
     thread.join().expect("receiver thread");
