@@ -3,6 +3,7 @@
 
 use super::commit::{current, CommitError, Committer, Runtime, SharedRuntime};
 use super::metrics::{Gauges, Metrics};
+use super::rejected::{RejectedStore, Rejection};
 use super::reload::Reloader;
 pub use super::reply::{error, error_with};
 use super::server::HttpOptions;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub sink_names: Arc<Vec<String>>,
     pub reloader: Arc<Reloader>,
     pub http: Arc<HttpOptions>,
+    pub rejected: Arc<RejectedStore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/track", post(track))
         .route("/v1/identify", post(identify))
         .route("/v1/batch", post(batch))
+        .route("/v1/rejected", get(list_rejected))
+        .route("/v1/rejected/replay", post(replay_rejected))
         .route("/v1/customers/{id}", get(get_customer).delete(delete_customer))
         .route("/v1/customers/{id}/retry", post(retry_customer))
         .route("/v1/journeys", get(journeys))
@@ -329,17 +333,48 @@ fn refuse(status: StatusCode, field: impl Into<String>, reason: impl Into<String
     }
 }
 
-/// Validates a whole request body against the schema: every call or none.
+/// A call of a request that was refused on its own.
+#[derive(Debug)]
+pub struct Refused {
+    /// Its position in the request (0 for the single-call endpoints).
+    pub index: usize,
+    /// The field at fault, relative to the call.
+    pub field: String,
+    pub reason: String,
+    /// The call as sent.
+    pub call: serde_json::Value,
+}
+
+/// A request body read call by call: the valid calls, and the refused ones.
+#[derive(Debug, Default)]
+pub struct Validated {
+    pub calls: Vec<Call>,
+    pub refused: Vec<Refused>,
+}
+
+impl Endpoint {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Track => "track",
+            Endpoint::Identify => "identify",
+            Endpoint::Batch => "batch",
+        }
+    }
+}
+
+/// Validates a request body against the schema, each call on its own; a
+/// body that is not a request at all (not JSON, no `batch` array, too many
+/// calls) is refused whole.
 fn validate(
     endpoint: Endpoint,
     bytes: &[u8],
     bundle: &Bundle,
     received_at: i64,
     future_max_ms: i64,
-) -> Result<Vec<Call>, Refusal> {
+) -> Result<Validated, Refusal> {
     let json: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, "", format!("invalid JSON: {e}"), 1))?;
-    let (items, prefix): (Vec<serde_json::Value>, bool) = match (endpoint, json) {
+    let items: Vec<serde_json::Value> = match (endpoint, json) {
         (Endpoint::Batch, serde_json::Value::Object(mut object)) => match object.remove("batch") {
             Some(serde_json::Value::Array(items)) => {
                 if items.len() > BATCH_EVENTS_MAX {
@@ -350,7 +385,7 @@ fn validate(
                         items.len(),
                     ));
                 }
-                (items, true)
+                items
             }
             Some(_) => return Err(refuse(StatusCode::BAD_REQUEST, "batch", "must be an array", 1)),
             None => return Err(refuse(StatusCode::BAD_REQUEST, "batch", "missing", 1)),
@@ -363,23 +398,10 @@ fn validate(
                 1,
             ));
         }
-        (_, json) => (vec![json], false),
+        (_, json) => vec![json],
     };
-    let count = items.len();
-    let mut calls = Vec::with_capacity(count);
+    let mut validated = Validated::default();
     for (index, mut item) in items.into_iter().enumerate() {
-        let path = |field: &str| {
-            let field = if field.is_empty() {
-                String::new()
-            } else {
-                field.to_string()
-            };
-            match (prefix, field.is_empty()) {
-                (true, true) => format!("batch[{index}]"),
-                (true, false) => format!("batch[{index}].{field}"),
-                (false, _) => field,
-            }
-        };
         let implied = match endpoint {
             Endpoint::Track => Some("track"),
             Endpoint::Identify => Some("identify"),
@@ -391,44 +413,119 @@ fn validate(
                     object.insert("type".into(), json!(implied));
                 }
                 Some(given) if given != implied => {
-                    return Err(refuse(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "type",
-                        format!("`{given}` sent to the {implied} endpoint"),
-                        count,
-                    ))
+                    let reason = format!("`{given}` sent to the {implied} endpoint");
+                    validated.refused.push(Refused {
+                        index,
+                        field: "type".into(),
+                        reason,
+                        call: item,
+                    });
+                    continue;
                 }
                 Some(_) => {}
             }
         }
-        let call = parse_received_call(&item, &bundle.schema, received_at, future_max_ms)
-            .map_err(|e| refuse(StatusCode::UNPROCESSABLE_ENTITY, path(&e.field), e.reason, count))?;
-        calls.push(call);
+        match parse_received_call(&item, &bundle.schema, received_at, future_max_ms) {
+            Ok(call) => validated.calls.push(call),
+            Err(e) => validated.refused.push(Refused {
+                index,
+                field: e.field,
+                reason: e.reason,
+                call: item,
+            }),
+        }
     }
-    Ok(calls)
+    Ok(validated)
+}
+
+/// Keeps refused calls in the rejected store and makes them durable
+/// (when valid calls go to the commit thread too, its flush does that).
+async fn keep_rejected(state: &AppState, rejections: Vec<Rejection>, flush: bool) -> Result<(), Response> {
+    if rejections.is_empty() {
+        return Ok(());
+    }
+    state.metrics.events_rejected.add(rejections.len() as u64);
+    let store_failed =
+        |failure: super::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
+    state.rejected.put(rejections).map_err(store_failed)?;
+    if flush {
+        state
+            .store
+            .db
+            .flush_async()
+            .await
+            .map_err(|failure| store_failed(failure.into()))?;
+    }
+    Ok(())
 }
 
 async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
+    let received_at = now_ms();
     let bytes = match read_body(&headers, body, &state.http).await {
         Ok(bytes) => bytes,
         Err(refusal) => {
             state.metrics.requests_rejected.inc();
-            tracing::debug!(field = %refusal.field, reason = %refusal.reason, "request body refused");
+            let kept = Rejection::of_body(endpoint.name(), &[], &refusal.field, &refusal.reason, received_at);
+            if let Err(response) = keep_rejected(&state, vec![kept], true).await {
+                return response;
+            }
             return error(refusal.status, &refusal.field, refusal.reason);
         }
     };
     let runtime = current(&state.runtime);
-    let calls = match validate(endpoint, &bytes, &runtime.bundle, now_ms(), state.http.future_max_ms) {
-        Ok(calls) => calls,
+    let validated = match validate(endpoint, &bytes, &runtime.bundle, received_at, state.http.future_max_ms) {
+        Ok(validated) => validated,
         Err(refusal) => {
             state.metrics.requests_rejected.inc();
-            state.metrics.events_rejected.add(refusal.events as u64);
-            tracing::debug!(field = %refusal.field, reason = %refusal.reason, "input refused");
+            let kept = Rejection::of_body(endpoint.name(), &bytes, &refusal.field, &refusal.reason, received_at);
+            if let Err(response) = keep_rejected(&state, vec![kept], true).await {
+                return response;
+            }
+            // The call count of a refused request, beyond the one entry kept.
+            state
+                .metrics
+                .events_rejected
+                .add(refusal.events.saturating_sub(1) as u64);
             return error(refusal.status, &refusal.field, refusal.reason);
         }
     };
+    let Validated { calls, refused } = validated;
+    let batch = endpoint == Endpoint::Batch;
+    let answers: Vec<serde_json::Value> = refused
+        .iter()
+        .map(|r| json!({"index": r.index, "field": r.field, "reason": r.reason}))
+        .collect();
+    let first = refused.first().map(|r| match (batch, r.field.is_empty()) {
+        (false, _) => (r.field.clone(), r.reason.clone()),
+        (true, true) => (format!("batch[{}]", r.index), r.reason.clone()),
+        (true, false) => (format!("batch[{}].{}", r.index, r.field), r.reason.clone()),
+    });
+    let kept: Vec<Rejection> = refused
+        .into_iter()
+        .map(|r| {
+            let index = batch.then_some(r.index);
+            Rejection::of_call(endpoint.name(), index, r.call, &r.field, &r.reason, received_at)
+        })
+        .collect();
     let accepted = calls.len();
+    if let Err(response) = keep_rejected(&state, kept, accepted == 0).await {
+        return response;
+    }
+    if let (0, Some((field, reason))) = (accepted, first) {
+        // Nothing valid: the status says so (the libraries do not retry a 4xx).
+        state.metrics.requests_rejected.inc();
+        return if batch {
+            error_with(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &field,
+                &reason,
+                json!({"accepted": 0, "rejected": answers}),
+            )
+        } else {
+            error(StatusCode::UNPROCESSABLE_ENTITY, &field, reason)
+        };
+    }
     if accepted > 0 {
         if let Err(error) = state.committer.ingest(calls).await {
             return commit_error(error);
@@ -436,7 +533,112 @@ async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
     }
     state.metrics.events_accepted.add(accepted as u64);
     state.metrics.intake_latency.observe(started.elapsed());
-    (StatusCode::OK, Json(json!({"success": true, "accepted": accepted}))).into_response()
+    let mut answer = json!({"success": true, "accepted": accepted});
+    if batch {
+        answer["rejected"] = serde_json::Value::Array(answers);
+    }
+    (StatusCode::OK, Json(answer)).into_response()
+}
+
+/// `GET /v1/rejected?after=ID&limit=N`: kept refusals, oldest first.
+async fn list_rejected(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let number = |name: &str| match query.get(name) {
+        None => Ok(None),
+        Some(text) => text
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| (name.to_string(), text.clone())),
+    };
+    let (after, limit) = match (number("after"), number("limit")) {
+        (Ok(after), Ok(limit)) => (after, limit.unwrap_or(100).clamp(1, 1000) as usize),
+        (Err((name, text)), _) | (_, Err((name, text))) => {
+            return error(StatusCode::BAD_REQUEST, &name, format!("not a whole number: {text:?}"))
+        }
+    };
+    match state.rejected.list(after, limit) {
+        Ok(entries) => {
+            let next = (entries.len() == limit).then(|| entries.last().map(|e| e.id)).flatten();
+            let entries: Vec<serde_json::Value> = entries.iter().map(Rejection::to_json).collect();
+            Json(json!({"total": state.rejected.len(), "rejected": entries, "next_after": next})).into_response()
+        }
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+    }
+}
+
+/// `POST /v1/rejected/replay`: every kept call validated again against the
+/// current workspace; those that pass are ingested and dropped from the
+/// store, the others stay with their new reason.
+async fn replay_rejected(State(state): State<AppState>) -> Response {
+    let _one_at_a_time = state.rejected.replay_lock.lock().await;
+    let runtime = current(&state.runtime);
+    let store_failed =
+        |failure: super::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
+    let (mut replayed, mut still, mut not_replayable) = (0usize, Vec::new(), 0usize);
+    let mut after = None;
+    loop {
+        let entries = match state.rejected.list(after, BATCH_EVENTS_MAX) {
+            Ok(entries) => entries,
+            Err(failure) => return store_failed(failure),
+        };
+        let Some(last) = entries.last() else { break };
+        after = Some(last.id);
+        let (mut calls, mut passed) = (Vec::new(), Vec::new());
+        for mut entry in entries {
+            let Some(call) = &entry.call else {
+                not_replayable += 1;
+                continue;
+            };
+            match parse_received_call(
+                call,
+                &runtime.bundle.schema,
+                entry.received_at,
+                state.http.future_max_ms,
+            ) {
+                Ok(call) => {
+                    calls.push(call);
+                    passed.push(entry);
+                }
+                Err(e) => {
+                    if (e.field.as_str(), e.reason.as_str()) != (entry.field.as_str(), entry.reason.as_str()) {
+                        (entry.field, entry.reason) = (e.field, e.reason);
+                        if let Err(failure) = state.rejected.update(&entry) {
+                            return store_failed(failure);
+                        }
+                    }
+                    if still.len() < 100 {
+                        still.push(json!({"id": entry.id, "field": entry.field, "reason": entry.reason}));
+                    }
+                }
+            }
+        }
+        if calls.is_empty() {
+            continue;
+        }
+        let count = calls.len();
+        // Ingested (and durable) before the entries go: a crash between the
+        // two replays them again, and their messageIds dedupe them.
+        if let Err(failure) = state.committer.ingest(calls).await {
+            return commit_error(failure);
+        }
+        if let Err(failure) = state.rejected.remove(&passed) {
+            return store_failed(failure);
+        }
+        state.metrics.events_accepted.add(count as u64);
+        replayed += count;
+    }
+    let total = state.rejected.len();
+    tracing::info!(replayed, left = total, "rejected calls replayed");
+    Json(json!({
+        "success": true,
+        "replayed": replayed,
+        "left": total,
+        "not_replayable": not_replayable,
+        "still_rejected": still,
+    }))
+    .into_response()
 }
 
 /// An event-time field as `GET` shows it: only times intake accepts as
@@ -568,13 +770,29 @@ async fn get_customer(State(state): State<AppState>, PathParam(id): PathParam) -
 }
 
 async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
-    match state.committer.erase(id.clone()).await {
-        Ok(true) => {
-            tracing::info!(customer = %id, "customer erased");
-            (StatusCode::OK, Json(json!({"success": true, "erased": id}))).into_response()
+    let known = match state.committer.erase(id.clone()).await {
+        Ok(known) => known,
+        Err(failure) => return commit_error(failure),
+    };
+    // Its refused calls go too (they hold its data).
+    let rejected = match state.rejected.erase_customer(&id) {
+        Ok(rejected) => rejected,
+        Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+    };
+    if rejected > 0 {
+        if let Err(failure) = state.store.db.flush_async().await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
         }
-        Ok(false) => error(StatusCode::NOT_FOUND, "id", format!("no customer {id:?}")),
-        Err(failure) => commit_error(failure),
+    }
+    if known || rejected > 0 {
+        tracing::info!(customer = %id, rejected, "customer erased");
+        (
+            StatusCode::OK,
+            Json(json!({"success": true, "erased": id, "rejected_erased": rejected})),
+        )
+            .into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "id", format!("no customer {id:?}"))
     }
 }
 
@@ -747,58 +965,79 @@ mod tests {
 
     const DAY_MS: i64 = 86_400_000;
 
+    /// A request read as all-or-nothing: its calls, or the first refusal
+    /// (of the request, or of a call as a 422).
+    fn whole(validated: Result<Validated, Refusal>) -> Result<Vec<Call>, Refusal> {
+        let validated = validated?;
+        match validated.refused.into_iter().next() {
+            Some(first) => Err(refuse(StatusCode::UNPROCESSABLE_ENTITY, first.field, first.reason, 1)),
+            None => Ok(validated.calls),
+        }
+    }
+
     fn refused(endpoint: Endpoint, body: &str) -> Refusal {
-        validate(endpoint, body.as_bytes(), &bundle(), 0, DAY_MS).expect_err("refused")
+        whole(validate(endpoint, body.as_bytes(), &bundle(), 0, DAY_MS)).expect_err("refused")
+    }
+
+    /// The one refused call of a request: (index, field).
+    fn refused_call(endpoint: Endpoint, body: &str) -> (usize, String) {
+        let validated = validate(endpoint, body.as_bytes(), &bundle(), 0, DAY_MS).expect("a request");
+        assert_eq!(validated.refused.len(), 1, "{body}");
+        let refused = &validated.refused[0];
+        assert!(!refused.reason.is_empty());
+        (refused.index, refused.field.clone())
     }
 
     #[test]
     fn validation_names_field_and_reason() {
         let r = refused(Endpoint::Track, "{not json");
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
-        let r = refused(Endpoint::Track, r#"{"userId":"c1","event":"nope"}"#);
         assert_eq!(
-            (r.status, r.field.as_str()),
-            (StatusCode::UNPROCESSABLE_ENTITY, "event")
+            refused_call(Endpoint::Track, r#"{"userId":"c1","event":"nope"}"#),
+            (0, "event".into())
         );
-        let r = refused(
+        let r = refused_call(
             Endpoint::Track,
             r#"{"userId":"c1","event":"purchase","properties":{"amount":"x"}}"#,
         );
-        assert_eq!(r.field, "properties.amount");
-        let r = refused(Endpoint::Identify, r#"{"userId":"c1","traits":{"plan":"gold"}}"#);
-        assert_eq!(r.field, "traits.plan");
-        let r = refused(Endpoint::Track, r#"{"event":"purchase","properties":{"amount":1}}"#);
-        assert_eq!(r.field, "userId");
-        let r = refused(
-            Endpoint::Batch,
-            r#"{"batch":[{"type":"track","userId":"a","event":"purchase","properties":{"amount":1}},{"type":"track","userId":"b","event":"purchase","properties":{"amount":true}}]}"#,
-        );
-        assert_eq!(r.field, "batch[1].properties.amount");
-        let r = refused(Endpoint::Identify, r#"{"type":"track","userId":"c1"}"#);
-        assert_eq!(r.field, "type");
+        assert_eq!(r.1, "properties.amount");
+        let r = refused_call(Endpoint::Identify, r#"{"userId":"c1","traits":{"plan":"gold"}}"#);
+        assert_eq!(r.1, "traits.plan");
+        let r = refused_call(Endpoint::Track, r#"{"event":"purchase","properties":{"amount":1}}"#);
+        assert_eq!(r.1, "userId");
+        let r = refused_call(Endpoint::Identify, r#"{"type":"track","userId":"c1"}"#);
+        assert_eq!(r.1, "type");
         let many = format!("{{\"batch\":[{}]}}", vec!["{}"; BATCH_EVENTS_MAX + 1].join(","));
         assert_eq!(refused(Endpoint::Batch, &many).status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(refused(Endpoint::Batch, r#"{"batch":{}}"#).field, "batch");
     }
 
+    /// One bad call does not sink a batch: the others are valid, the bad
+    /// one is named by its index.
     #[test]
-    fn valid_batch_is_accepted_whole() {
-        let calls = validate(
+    fn batch_calls_are_validated_one_by_one() {
+        let validated = validate(
             Endpoint::Batch,
-            br#"{"batch":[{"type":"identify","userId":"a","traits":{"plan":"pro"}},{"type":"track","userId":"a","event":"purchase","properties":{"amount":2.5}}]}"#,
+            br#"{"batch":[{"type":"identify","userId":"a","traits":{"plan":"pro"}},{"type":"track","userId":"b","event":"purchase","properties":{"amount":true}},{"type":"track","userId":"a","event":"purchase","properties":{"amount":2.5}}]}"#,
             &bundle(),
             5,
             DAY_MS,
         )
-        .expect("valid");
-        assert_eq!(calls.len(), 2);
-        assert_eq!(calls[0].input.at(), 5);
+        .expect("a request");
+        assert_eq!(validated.calls.len(), 2);
+        assert_eq!(validated.calls[0].input.at(), 5);
+        assert_eq!(validated.calls[1].customer, "a");
+        assert_eq!(validated.refused.len(), 1);
+        let refused = &validated.refused[0];
+        assert_eq!((refused.index, refused.field.as_str()), (1, "properties.amount"));
+        assert_eq!(refused.call["userId"], "b");
     }
 
     #[test]
     fn event_times_are_skew_corrected_and_bounded() {
         let now = crate::runtime::trace::parse_time("2026-03-01T12:00:00Z").expect("time");
         let track = |extra: &str| format!(r#"{{"userId":"a","event":"purchase","properties":{{"amount":1}}{extra}}}"#);
-        let accept = |body: &str| validate(Endpoint::Track, body.as_bytes(), &bundle(), now, DAY_MS);
+        let accept = |body: &str| whole(validate(Endpoint::Track, body.as_bytes(), &bundle(), now, DAY_MS));
         // The device clock is 1 h fast: sentAt - timestamp = 10 min, so the
         // event happened 10 min before it was received.
         let calls = accept(&track(
@@ -832,7 +1071,7 @@ mod tests {
         assert_eq!(refused(Endpoint::Track, &with_id(r#""a\u0000b""#)).field, "userId");
         assert_eq!(refused(Endpoint::Track, &with_id(r#""a\nb""#)).field, "userId");
         let ok = serde_json::to_string(&"é".repeat(128)).expect("json");
-        assert!(validate(Endpoint::Track, with_id(&ok).as_bytes(), &bundle(), 0, DAY_MS).is_ok());
+        assert!(whole(validate(Endpoint::Track, with_id(&ok).as_bytes(), &bundle(), 0, DAY_MS)).is_ok());
         let message = format!(r#"{{"userId":"a","event":"purchase","properties":{{"amount":1}},"messageId":{long}}}"#);
         assert_eq!(refused(Endpoint::Track, &message).field, "messageId");
         let message = r#"{"userId":"a","event":"purchase","properties":{"amount":1},"messageId":"m\u0000"}"#;

@@ -20,6 +20,7 @@ pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod rejected;
 pub mod reload;
 pub mod reply;
 pub mod server;
@@ -225,6 +226,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         sink_names,
         reloader,
         http: Arc::new(config.http.clone()),
+        rejected: Arc::new(rejected::RejectedStore::open(store.clone())?),
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

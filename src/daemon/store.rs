@@ -16,6 +16,7 @@
 //! | `s`    | counter name (`j/JOURNEY/…`, `g/…`)  | i64 BE                                |
 //! | `a`    | customer id + `0x00` + journey       | split arm chosen (`split/arm`), for stats |
 //! | `b`    | bundle key (hex SHA-256 of its postcard bytes) | postcard [`Bundle`]         |
+//! | `r`, `R` | refusal id; customer + `0x00` + refusal id | the rejected store (`daemon/rejected.rs`) |
 //! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number / store format |
 //!
 //! The timer index keeps many customers under one key, so firing a burst of
@@ -28,7 +29,7 @@
 //! key `t/at/ID` exists), and no other timer entry lists that customer. Chunks
 //! only shrink after they are written: new entries always go into new chunks.
 //! Only the commit thread writes `c`, `t`, `o`, `s`, `a`, `m`; sinks write
-//! `k`, `d` and delete delivered `o` entries.
+//! `k`, `d` and delete delivered `o` entries; the HTTP handlers write `r` and `R` (refused calls).
 
 use crate::compile::bytecode::Bundle;
 use crate::runtime::{CustomerState, Millis};

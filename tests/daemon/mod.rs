@@ -7,4 +7,5 @@ mod faults;
 mod harness;
 mod http;
 mod lifecycle;
+mod rejected;
 mod webhook;
