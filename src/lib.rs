@@ -20,6 +20,7 @@ pub mod compile;
 pub mod daemon;
 pub mod diagnostic;
 pub mod fmt;
+pub mod lsp;
 pub mod runtime;
 pub mod simulate;
 pub mod source;

@@ -4,4 +4,5 @@ mod check;
 mod compile;
 mod daemon;
 mod fmt;
+mod lsp;
 mod runtime;

@@ -289,7 +289,10 @@ fn parse_all(sources: &SourceMap) -> Vec<Result<ast::File, Vec<Diagnostic>>> {
     })
 }
 
-fn check_parsed(sources: &SourceMap, files: &dyn Files, parsed: Vec<ast::File>) -> CheckOutcome {
+/// Checks files that all parsed (`parsed[i]` is the file with id `i`): the
+/// part of [`check_workspace`] after parsing, for callers that keep parsed
+/// files between checks (the language server re-parses only what changed).
+pub fn check_parsed(sources: &SourceMap, files: &dyn Files, parsed: Vec<ast::File>) -> CheckOutcome {
     let mut diagnostics = Vec::new();
     let decls = collect::collect(&parsed, &mut diagnostics);
     let mut checker = Checker {

@@ -13,6 +13,7 @@ mod fmt;
 mod graph;
 mod import;
 mod inspect;
+mod lsp;
 mod serve;
 mod simulate;
 mod test;
@@ -43,6 +44,8 @@ enum Command {
     Test(test::Args),
     /// Rewrite .journey files in the canonical layout (or, with --check, list those that are not).
     Fmt(fmt::Args),
+    /// Run the language server for editors (LSP over standard input and output).
+    Lsp(lsp::Args),
     /// Run the durable runtime daemon.
     Serve(Box<serve::Args>),
     /// Dump a daemon data directory as JSON lines (daemon stopped).
@@ -75,6 +78,7 @@ pub fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Test(args) => test::run(args),
         Command::Fmt(args) => fmt::run(args),
+        Command::Lsp(args) => lsp::run(args),
         Command::Serve(args) => serve::run(*args),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
