@@ -107,8 +107,10 @@ pub fn completion(server: &Server, params: CompletionParams) -> Option<Completio
 /// The last word before the cursor, and what precedes it on the line.
 fn split_last_word(line: &str) -> (&str, &str) {
     let start = line
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     (&line[..start], &line[start..])
 }
 

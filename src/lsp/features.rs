@@ -167,7 +167,11 @@ pub fn references(server: &Server, params: ReferenceParams) -> Option<Vec<Locati
 
 fn word_at(doc: &Doc, offset: usize) -> &str {
     let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let start = doc.text[..offset].rfind(|c| !is_word(c)).map_or(0, |i| i + 1);
+    let start = doc.text[..offset]
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !is_word(c))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let end = doc.text[offset..]
         .find(|c| !is_word(c))
         .map_or(doc.text.len(), |i| offset + i);
