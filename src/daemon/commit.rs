@@ -634,6 +634,9 @@ impl CommitThread {
     /// Removes an erased customer's pending outbox entries and dead letters
     /// that were committed by earlier groups.
     fn erase_outside_group(&self, batch: &mut sled::Batch, customer: &str) -> Result<(), CommitError> {
+        // The mark that has the store compacted and the sinks redacted at
+        // the next stop or start (`erasure.rs`).
+        batch.insert(super::erasure::erased_key(customer), &[][..]);
         for item in self
             .store
             .db

@@ -15,6 +15,7 @@
 //! reaches a sink only after it is on disk.
 
 pub mod commit;
+pub mod erasure;
 pub mod export;
 pub mod faults;
 pub mod http;
@@ -82,10 +83,20 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Io(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(serve(config))
+    let (dir, options, sinks) = (store_dir(&config.data), config.store.clone(), config.sinks.clone());
+    let erasures_pending = runtime.block_on(serve(config))?;
+    // Every task (and with them every handle of the store) ends here.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    if erasures_pending {
+        let store = Store::open(&dir, &options)?;
+        erasure::compact_if_pending(store, &dir, &options, &sinks)?;
+    }
+    Ok(())
 }
 
-async fn serve(config: Config) -> Result<(), DaemonError> {
+/// Runs until stopped; answers whether customers were erased since the last
+/// compaction (which then runs once the store is closed).
+async fn serve(config: Config) -> Result<bool, DaemonError> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&config.data).map_err(|e| DaemonError::Io(format!("{}: {e}", config.data.display())))?;
     let bundle = {
@@ -98,15 +109,20 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let store = {
         let dir = store_dir(&config.data);
         let options = config.store.clone();
-        tokio::task::spawn_blocking(move || Store::open(&dir, &options))
-            .await
-            .map_err(|e| DaemonError::Io(e.to_string()))?
-            .map_err(|e| match e {
+        let sinks = config.sinks.clone();
+        tokio::task::spawn_blocking(move || -> Result<Store, DaemonError> {
+            erasure::recover_swap(&dir).map_err(|e| DaemonError::Io(format!("{}: {e}", dir.display())))?;
+            let store = Store::open(&dir, &options).map_err(|e| match e {
                 StoreError::NewerFormat { .. } => DaemonError::Io(e.to_string()),
                 e => DaemonError::Io(format!(
                     "cannot open the store (is another daemon running on this data dir?): {e}"
                 )),
-            })?
+            })?;
+            // Erasures that a crash kept from being finished at the last stop.
+            Ok(erasure::compact_if_pending(store, &dir, &options, &sinks)?.0)
+        })
+        .await
+        .map_err(|e| DaemonError::Io(e.to_string()))??
     };
     store.mark_format()?;
     let previous_key = store.current_bundle_key()?;
@@ -253,8 +269,9 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     }
     store.flush()?;
+    let erasures_pending = !erasure::pending(&store)?.is_empty();
     tracing::info!("stopped");
-    Ok(())
+    Ok(erasures_pending)
 }
 
 async fn reload_on_hangup(reloader: Arc<reload::Reloader>) {

@@ -3,6 +3,7 @@
 mod api;
 mod crash;
 mod delivery;
+mod erasure;
 mod faults;
 mod harness;
 mod http;

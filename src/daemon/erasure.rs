@@ -1,0 +1,267 @@
+//! Erasure on disk: after `DELETE /v1/customers/ID`, no byte of the customer
+//! stays in the data directory past the next stop or start of the daemon.
+//!
+//! The erase job (commit thread) removes every key of the customer in the
+//! same batch as its record: state, timer entries, pending outbox records,
+//! dead letters, split-arm memory; any store kept per customer later must be
+//! removed there too (`CommitThread::erase_outside_group`). It also writes an
+//! *erasure mark* `x/ID`. Removed values still sit in sled's log segments
+//! until sled reuses them, and the JSONL sinks still hold the lines already
+//! delivered. So, while any mark exists, at a graceful stop (and at the next
+//! start, after a crash) [`compact_if_pending`]:
+//!
+//! 1. rewrites every JSONL sink, replacing each line of a marked customer by
+//!    `{"kind":"erased","seq":N}` (the `seq` keeps the file tail the
+//!    authority for what the sink has), through a temporary file and a
+//!    rename;
+//! 2. copies every live key except the marks into a fresh store `db.compact`,
+//!    flushes it, and swaps it in for `db` (`db` → `db.old`, `db.compact` →
+//!    `db`, `db.old` removed). A crash at any point leaves either the old
+//!    store with its marks (the work is redone) or the new one.
+//!
+//! Erasure cannot reach copies outside the data directory: records already
+//! delivered to webhooks or other downstream systems, backups, exports.
+
+use super::sinks::SinkSpec;
+use super::store::{Store, StoreError, StoreOptions};
+use super::DaemonError;
+use std::collections::HashSet;
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+
+/// Key prefix of erasure marks: `x` + customer id, empty value.
+pub const PREFIX_ERASED: u8 = b'x';
+
+pub fn erased_key(customer: &str) -> Vec<u8> {
+    [&[PREFIX_ERASED][..], customer.as_bytes()].concat()
+}
+
+/// Customers erased since the last compaction.
+pub fn pending(store: &Store) -> Result<Vec<String>, StoreError> {
+    store
+        .db
+        .scan_prefix([PREFIX_ERASED])
+        .map(|item| item.map(|(key, _)| String::from_utf8_lossy(&key[1..]).into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::from)
+}
+
+/// What a compaction did (logged, and measured in `docs/performance.md`).
+#[derive(Debug, Default)]
+pub struct Compaction {
+    pub customers: usize,
+    pub keys: usize,
+    pub bytes: u64,
+    pub lines_redacted: usize,
+    pub millis: u128,
+}
+
+fn compact_dir(dir: &Path) -> PathBuf {
+    dir.with_extension("compact")
+}
+
+fn old_dir(dir: &Path) -> PathBuf {
+    dir.with_extension("old")
+}
+
+/// Finishes a swap a crash interrupted. Call before opening the store.
+pub fn recover_swap(dir: &Path) -> io::Result<()> {
+    let compact = compact_dir(dir);
+    if !dir.exists() && compact.exists() {
+        // Crashed between the two renames: the copy is complete.
+        std::fs::rename(&compact, dir)?;
+    } else if compact.exists() {
+        // Crashed while copying: start over next time.
+        std::fs::remove_dir_all(&compact)?;
+    }
+    let old = old_dir(dir);
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+/// If customers were erased since the last compaction, redacts the JSONL
+/// sinks and rewrites the store without their old bytes; returns the store
+/// to go on with (reopened when it was rewritten). `store` must be the only
+/// handle of the database.
+pub fn compact_if_pending(
+    store: Store,
+    dir: &Path,
+    options: &StoreOptions,
+    sinks: &[SinkSpec],
+) -> Result<(Store, Option<Compaction>), DaemonError> {
+    let erased: HashSet<String> = pending(&store)?.into_iter().collect();
+    if erased.is_empty() {
+        return Ok((store, None));
+    }
+    let started = std::time::Instant::now();
+    let io_error = |what: &Path, e: io::Error| DaemonError::Io(format!("erasure: {}: {e}", what.display()));
+    let mut report = Compaction {
+        customers: erased.len(),
+        ..Compaction::default()
+    };
+    for sink in sinks {
+        if let SinkSpec::Jsonl(path) = sink {
+            report.lines_redacted += redact_jsonl(path, &erased).map_err(|e| io_error(path, e))?;
+        }
+    }
+    let compact = compact_dir(dir);
+    if compact.exists() {
+        std::fs::remove_dir_all(&compact).map_err(|e| io_error(&compact, e))?;
+    }
+    {
+        // No background flusher: the copy is flushed once, at its end.
+        let fresh = sled::Config::new()
+            .path(&compact)
+            .cache_capacity(options.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(StoreError::from)?;
+        let fresh = Store { db: fresh };
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0usize;
+        for item in store.db.iter() {
+            let (key, value) = item.map_err(StoreError::from)?;
+            if key.first() == Some(&PREFIX_ERASED) {
+                continue;
+            }
+            report.keys += 1;
+            report.bytes += (key.len() + value.len()) as u64;
+            batch.insert(key, value);
+            in_batch += 1;
+            if in_batch == 4096 {
+                fresh
+                    .db
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(StoreError::from)?;
+                in_batch = 0;
+            }
+        }
+        fresh.db.apply_batch(batch).map_err(StoreError::from)?;
+        fresh.flush()?;
+    }
+    store.flush()?;
+    drop(store);
+    let old = old_dir(dir);
+    std::fs::rename(dir, &old).map_err(|e| io_error(dir, e))?;
+    std::fs::rename(&compact, dir).map_err(|e| io_error(&compact, e))?;
+    if let Some(parent) = dir.parent() {
+        if let Ok(handle) = std::fs::File::open(parent) {
+            let _ = handle.sync_all();
+        }
+    }
+    std::fs::remove_dir_all(&old).map_err(|e| io_error(&old, e))?;
+    let store = Store::open(dir, options)?;
+    report.millis = started.elapsed().as_millis();
+    tracing::info!(
+        customers = report.customers,
+        keys = report.keys,
+        bytes = report.bytes,
+        lines_redacted = report.lines_redacted,
+        ms = report.millis as u64,
+        "erasure: sinks redacted and store compacted"
+    );
+    Ok((store, Some(report)))
+}
+
+/// The line that stands for an erased customer's record.
+pub fn redacted_line(seq: Option<u64>) -> String {
+    match seq {
+        Some(seq) => format!("{{\"kind\":\"erased\",\"seq\":{seq}}}"),
+        None => "{\"kind\":\"erased\"}".to_string(),
+    }
+}
+
+/// Rewrites a JSONL sink with every line of an erased customer replaced by
+/// [`redacted_line`]; returns how many were replaced. Nothing is written
+/// when no line matches. The file is replaced by rename, after a sync.
+pub fn redact_jsonl(path: &Path, erased: &HashSet<String>) -> io::Result<usize> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let temporary = path.with_extension("jsonl.redacting");
+    let mut out = io::BufWriter::new(std::fs::File::create(&temporary)?);
+    let mut redacted = 0;
+    let mut reader = io::BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let parsed: Option<serde_json::Value> = serde_json::from_slice(&line).ok();
+        let customer = parsed.as_ref().and_then(|v| v.get("customer")).and_then(|c| c.as_str());
+        if customer.is_some_and(|c| erased.contains(c)) {
+            let seq = parsed.as_ref().and_then(|v| v.get("seq")).and_then(|s| s.as_u64());
+            out.write_all(redacted_line(seq).as_bytes())?;
+            if line.ends_with(b"\n") {
+                out.write_all(b"\n")?;
+            }
+            redacted += 1;
+        } else {
+            out.write_all(&line)?;
+        }
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    if redacted == 0 {
+        drop(file);
+        std::fs::remove_file(&temporary)?;
+        return Ok(0);
+    }
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(handle) = std::fs::File::open(parent) {
+            let _ = handle.sync_all();
+        }
+    }
+    Ok(redacted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_every_other_line_and_each_seq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sends.jsonl");
+        let lines = [
+            r#"{"customer":"gone","kind":"send","body":"secret","seq":1}"#,
+            r#"{"customer":"kept","kind":"send","body":"hello","seq":2}"#,
+            r#"{"customer":"gone","kind":"exit","seq":3}"#,
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+        let erased: HashSet<String> = ["gone".to_string()].into();
+        assert_eq!(redact_jsonl(&path, &erased).expect("redact"), 2);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text,
+            format!("{}\n{}\n{}\n", redacted_line(Some(1)), lines[1], redacted_line(Some(3)))
+        );
+        assert!(!text.contains("gone") && !text.contains("secret"));
+        // Idempotent, and nothing is rewritten when nothing matches.
+        assert_eq!(redact_jsonl(&path, &erased).expect("redact"), 0);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_finished_or_undone() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("db");
+        // Crashed between the renames: the complete copy becomes the store.
+        std::fs::create_dir_all(compact_dir(&dir)).expect("mkdir");
+        std::fs::create_dir_all(old_dir(&dir)).expect("mkdir");
+        recover_swap(&dir).expect("recover");
+        assert!(dir.exists() && !compact_dir(&dir).exists() && !old_dir(&dir).exists());
+        // Crashed while copying: the partial copy is dropped.
+        std::fs::create_dir_all(compact_dir(&dir)).expect("mkdir");
+        recover_swap(&dir).expect("recover");
+        assert!(dir.exists() && !compact_dir(&dir).exists());
+    }
+}

@@ -1,0 +1,111 @@
+//! Erasure leaves no byte of the customer in the data directory: after a
+//! clean stop, and after a kill -9 followed by a restart.
+
+use super::harness::*;
+use std::path::Path;
+
+const ERASE_WORKSPACE: &str = r#"
+customer {
+  email: string?
+}
+event ping { n: int }
+message hello email { subject "For {{ customer.email }}" body "Your code is ZEBRA-{{ event.n }}" }
+journey pinger {
+  trigger ping
+  entry always
+  send hello
+}
+"#;
+
+/// Files under `dir` (the harness's own stderr log aside) that contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read_dir").flatten() {
+                stack.push(entry.path());
+            }
+        } else if path.file_name().is_some_and(|n| n != "daemon.log") {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+fn customer_with_a_send(daemon: &Daemon, env: &Env, id: &str, email: &str, n: i64) {
+    let identify = format!(r#"{{"userId":"{id}","traits":{{"email":"{email}"}}}}"#);
+    assert_eq!(daemon.post("/v1/identify", &identify).status, 200);
+    assert_eq!(daemon.post("/v1/track", &ping(id, &format!("{id}-m"), n)).status, 200);
+    eventually("the send in the sink", || {
+        sink_lines(&env.sends())
+            .iter()
+            .any(|l| l["customer"] == id && l["kind"] == "send")
+            .then_some(())
+    });
+}
+
+#[test]
+fn an_erased_customer_leaves_no_byte_in_the_data_directory() {
+    let env = Env::new(ERASE_WORKSPACE);
+    let data = env.data();
+    let daemon = env.start(&[]);
+    customer_with_a_send(&daemon, &env, "erase-me-7f3a", "ada@example.org", 424_242);
+    customer_with_a_send(&daemon, &env, "keeper-1", "kim@example.org", 777_001);
+    // Without erasure, all of it is on disk (so the checks below can fail).
+    for needle in ["erase-me-7f3a", "ada@example.org", "ZEBRA-424242"] {
+        assert!(
+            !files_containing(&data, needle).is_empty(),
+            "{needle} was never written"
+        );
+    }
+    let response = daemon.request("DELETE", "/v1/customers/erase-me-7f3a", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(daemon.terminate(), Some(0));
+    for needle in ["erase-me-7f3a", "ada@example.org", "ZEBRA-424242"] {
+        assert_eq!(
+            files_containing(&data, needle),
+            Vec::<String>::new(),
+            "{needle} left after a clean stop"
+        );
+    }
+    assert!(
+        !files_containing(&data, "ZEBRA-777001").is_empty(),
+        "another customer's data was lost"
+    );
+
+    // A kill -9 right after the erasure: the next start finishes it.
+    let daemon = env.start(&[]);
+    assert_eq!(daemon.get("/v1/customers/erase-me-7f3a").status, 404);
+    assert_eq!(daemon.get("/v1/customers/keeper-1").status, 200);
+    customer_with_a_send(&daemon, &env, "second-9c1d", "bob@example.org", 515_151);
+    let response = daemon.request("DELETE", "/v1/customers/second-9c1d", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    daemon.kill();
+    let daemon = env.start(&[]);
+    for needle in ["second-9c1d", "bob@example.org", "ZEBRA-515151"] {
+        assert_eq!(
+            files_containing(&data, needle),
+            Vec::<String>::new(),
+            "{needle} left after a restart"
+        );
+    }
+    assert_eq!(daemon.get("/v1/customers/keeper-1").status, 200);
+    // Every line of the sink is whole and the sequence still increases.
+    let lines = sink_lines(&env.sends());
+    let seqs: Vec<u64> = lines.iter().filter_map(|l| l["seq"].as_u64()).collect();
+    assert_eq!(seqs.len(), lines.len());
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(lines.iter().any(|l| l["kind"] == "erased"));
+    // New sends keep flowing after the compaction.
+    assert_eq!(daemon.post("/v1/track", &ping("keeper-1", "k2", 3)).status, 200);
+    eventually("a new send", || {
+        sink_lines(&env.sends())
+            .iter()
+            .any(|l| l["customer"] == "keeper-1" && l["seq"].as_u64() > seqs.last().copied())
+            .then_some(())
+    });
+}
