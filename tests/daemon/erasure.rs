@@ -55,8 +55,11 @@ fn an_erased_customer_leaves_no_byte_in_the_data_directory() {
     let daemon = env.start(&[]);
     customer_with_a_send(&daemon, &env, "erase-me-7f3a", "ada@example.org", 424_242);
     customer_with_a_send(&daemon, &env, "keeper-1", "kim@example.org", 777_001);
+    // A refused call is kept (with its body) in the rejected store.
+    let refused = r#"{"userId":"erase-me-7f3a","event":"ping","properties":{"n":"PENGUIN-31"}}"#;
+    assert_eq!(daemon.post("/v1/track", refused).status, 422);
     // Without erasure, all of it is on disk (so the checks below can fail).
-    for needle in ["erase-me-7f3a", "ada@example.org", "ZEBRA-424242"] {
+    for needle in ["erase-me-7f3a", "ada@example.org", "ZEBRA-424242", "PENGUIN-31"] {
         assert!(
             !files_containing(&data, needle).is_empty(),
             "{needle} was never written"
@@ -65,7 +68,7 @@ fn an_erased_customer_leaves_no_byte_in_the_data_directory() {
     let response = daemon.request("DELETE", "/v1/customers/erase-me-7f3a", None);
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(daemon.terminate(), Some(0));
-    for needle in ["erase-me-7f3a", "ada@example.org", "ZEBRA-424242"] {
+    for needle in ["erase-me-7f3a", "ada@example.org", "ZEBRA-424242", "PENGUIN-31"] {
         assert_eq!(
             files_containing(&data, needle),
             Vec::<String>::new(),
