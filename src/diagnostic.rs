@@ -81,12 +81,25 @@ impl Diagnostic {
     }
 }
 
+/// Names longer than this (in characters) get no did-you-mean suggestion.
+pub const SUGGEST_LENGTH_MAX: usize = 64;
+
 /// The closest candidate by edit distance, if it is close enough to be a typo.
+///
+/// The work is bounded: a name longer than [`SUGGEST_LENGTH_MAX`] characters
+/// is no typo of a declared one and gets no suggestion, and a candidate
+/// whose length differs by more than the allowed distance is skipped
+/// without computing it (the distance is at least the difference).
 pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (wrong.chars().count() / 3).max(1);
+    let length = wrong.chars().count();
+    if length > SUGGEST_LENGTH_MAX {
+        return None;
+    }
+    let limit = (length / 3).max(1);
     candidates
         .into_iter()
         .filter(|candidate| *candidate != wrong)
+        .filter(|candidate| candidate.chars().count().abs_diff(length) <= limit)
         .map(|candidate| (edit_distance(wrong, candidate), candidate))
         .filter(|(distance, _)| *distance <= limit)
         .min()
@@ -310,5 +323,17 @@ mod tests {
         assert_eq!(did_you_mean("purchse", names), Some("purchase"));
         assert_eq!(did_you_mean("logni", names), Some("login"));
         assert_eq!(did_you_mean("completely_else", names), None);
+    }
+
+    #[test]
+    fn long_names_and_far_lengths_get_no_suggestion() {
+        let long = "a".repeat(100_000);
+        let near_long = format!("{long}b");
+        assert_eq!(did_you_mean(&long, [near_long.as_str()]), None);
+        let limit = "x".repeat(SUGGEST_LENGTH_MAX);
+        let near_limit = format!("{limit}y");
+        assert_eq!(did_you_mean(&limit, [near_limit.as_str()]), Some(near_limit.as_str()));
+        // 2 characters longer than allowed (7 / 3 = 2): skipped.
+        assert_eq!(did_you_mean("purchse", ["purchsexyz"]), None);
     }
 }

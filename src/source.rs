@@ -53,6 +53,13 @@ pub struct SourceFile {
     /// Path as given by the user (used in diagnostics).
     pub path: PathBuf,
     pub text: String,
+    /// For a file that is not valid UTF-8: the byte offset of the first
+    /// invalid byte. `text` is then the file with invalid bytes replaced
+    /// (identical up to that offset), and the checker reports it (E0008).
+    pub not_utf8_at: Option<usize>,
+    /// Byte offset of the start of each line, built on first use: line and
+    /// column by binary search, so rendering N diagnostics stays linear.
+    line_starts: std::sync::OnceLock<Vec<u32>>,
 }
 
 /// All files of a workspace, addressed by [`FileId`].
@@ -77,8 +84,25 @@ impl SourceMap {
         self.files.push(SourceFile {
             path: path.into(),
             text: text.into(),
+            not_utf8_at: None,
+            line_starts: std::sync::OnceLock::new(),
         });
         FileId((self.files.len() - 1) as u32)
+    }
+
+    /// Adds a file read as bytes: one that is not UTF-8 is kept (with the
+    /// invalid bytes replaced) and marked, so it gets a diagnostic with its
+    /// path and the byte offset instead of stopping the whole load.
+    pub fn add_bytes(&mut self, path: impl Into<PathBuf>, bytes: Vec<u8>) -> FileId {
+        match String::from_utf8(bytes) {
+            Ok(text) => self.add(path, text),
+            Err(error) => {
+                let at = error.utf8_error().valid_up_to();
+                let id = self.add(path, String::from_utf8_lossy(error.as_bytes()).into_owned());
+                self.files[id.0 as usize].not_utf8_at = Some(at);
+                id
+            }
+        }
     }
 
     pub fn get(&self, id: FileId) -> &SourceFile {
@@ -104,14 +128,27 @@ impl SourceMap {
 
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_column(&self, file: FileId, offset: u32) -> LineColumn {
-        let text = &self.get(file).text;
-        let offset = (offset as usize).min(text.len());
-        let before = &text[..floor_char_boundary(text, offset)];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let column = before[line_start..].chars().count() + 1;
+        let source = self.get(file);
+        let text = &source.text;
+        let offset = floor_char_boundary(text, (offset as usize).min(text.len()));
+        let starts = source.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(memchr_newlines(text).map(|at| at as u32 + 1))
+                .collect()
+        });
+        // The last line starting at or before `offset`.
+        let line = starts.partition_point(|start| *start as usize <= offset);
+        let line_start = starts[line - 1] as usize;
+        let column = text[line_start..offset].chars().count() + 1;
         LineColumn { line, column }
     }
+}
+
+fn memchr_newlines(text: &str) -> impl Iterator<Item = usize> + '_ {
+    text.bytes()
+        .enumerate()
+        .filter(|(_, byte)| *byte == b'\n')
+        .map(|(at, _)| at)
 }
 
 /// The nearest char boundary at or before `offset`.
@@ -134,5 +171,18 @@ mod tests {
         assert_eq!(map.line_column(id, 3), LineColumn { line: 2, column: 1 });
         // 'ç' is two bytes: the 'd' after it is column 2.
         assert_eq!(map.line_column(id, 5), LineColumn { line: 2, column: 2 });
+        // The end of the text, right after the last newline, is a new line.
+        assert_eq!(map.line_column(id, 7), LineColumn { line: 3, column: 1 });
+        assert_eq!(map.line_column(id, 99), LineColumn { line: 3, column: 1 });
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_kept_with_the_offset_of_its_first_bad_byte() {
+        let mut map = SourceMap::new();
+        let id = map.add_bytes("bad.journey", b"event e\n\xff\xfe".to_vec());
+        assert_eq!(map.get(id).not_utf8_at, Some(8));
+        assert!(map.get(id).text.starts_with("event e\n"));
+        let good = map.add_bytes("good.journey", b"event e\n".to_vec());
+        assert_eq!(map.get(good).not_utf8_at, None);
     }
 }

@@ -98,11 +98,12 @@ pub fn load(paths: &[PathBuf]) -> Result<SourceMap, LoadError> {
     }
     let mut sources = SourceMap::new();
     for path in found {
-        let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+        // Bytes, not text: a file that is not UTF-8 gets a diagnostic (E0008).
+        let bytes = std::fs::read(&path).map_err(|source| LoadError::Io {
             path: path.clone(),
             source,
         })?;
-        sources.add(path, text);
+        sources.add_bytes(path, bytes);
     }
     Ok(sources)
 }

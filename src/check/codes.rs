@@ -30,6 +30,8 @@ codes! {
     DURATION_TOO_LONG = "E0005", "duration too long";
     NUMBER_INVALID = "E0006", "number too large or invalid";
     TIME_INVALID = "E0007", "invalid time literal";
+    NOT_UTF8 = "E0008", "file is not UTF-8";
+    TOO_MANY_DIAGNOSTICS = "E0009", "more diagnostics in one file than are shown";
 
     DUPLICATE_NAME = "E0101", "duplicate name";
     DUPLICATE_CUSTOMER = "E0102", "more than one customer block";
@@ -76,6 +78,7 @@ codes! {
     SETTING_NOT_ALLOWED = "E0317", "setting not allowed in the settings block";
     DUPLICATE_SPLIT = "E0318", "two splits with the same name in a journey";
     EMPTY_QUIET_HOURS = "E0319", "quiet hours that start and end at the same time";
+    DURATION_OVER_MAX = "E0320", "duration or journey bound longer than 100 years";
 
     TEMPLATE_SYNTAX = "E0401", "template syntax error";
     TEMPLATE_ATTRIBUTE = "E0402", "template refers to an unknown customer attribute";

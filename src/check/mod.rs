@@ -221,6 +221,64 @@ pub(crate) struct Checker<'a> {
 /// declarations of that file are unknown, so name errors elsewhere would
 /// be noise.
 pub fn check_workspace(sources: &SourceMap, files: &dyn Files) -> CheckOutcome {
+    let mut outcome = check_all(sources, files);
+    cap_per_file(&mut outcome.diagnostics);
+    outcome
+}
+
+/// The longest duration a journey may write, and the longest its static
+/// bound may be: 100 years of 365 days (E0320).
+pub const DURATION_MAX_SECONDS: i64 = 36_500 * 86_400;
+
+/// The most diagnostics reported per file; the rest are summed up in one
+/// final E0009 ("and N more"), so a file full of one mistake renders fast.
+pub const DIAGNOSTICS_PER_FILE_MAX: usize = 100;
+
+/// Keeps the first [`DIAGNOSTICS_PER_FILE_MAX`] diagnostics of each file
+/// (they are sorted by file and position) and adds an E0009 after them,
+/// an error when any omitted one is (so the outcome still has errors).
+fn cap_per_file(diagnostics: &mut Vec<Diagnostic>) {
+    let mut kept: Vec<Diagnostic> = Vec::with_capacity(diagnostics.len().min(1024));
+    let mut omitted: Vec<Diagnostic> = Vec::new();
+    let flush = |kept: &mut Vec<Diagnostic>, omitted: &mut Vec<Diagnostic>| {
+        let Some(last) = omitted.last() else {
+            return;
+        };
+        let errors = omitted.iter().filter(|d| d.is_error()).count();
+        let warnings = omitted.len() - errors;
+        let message = format!(
+            "and {} more in this file ({errors} error(s), {warnings} warning(s)) not shown",
+            omitted.len()
+        );
+        let label = format!("the first {DIAGNOSTICS_PER_FILE_MAX} are shown; the last omitted one is here");
+        let summary = if errors > 0 {
+            Diagnostic::error(codes::TOO_MANY_DIAGNOSTICS, message, last.primary.span, label)
+        } else {
+            Diagnostic::warning(codes::TOO_MANY_DIAGNOSTICS, message, last.primary.span, label)
+        };
+        kept.push(summary.with_help("fix the first ones and check again"));
+        omitted.clear();
+    };
+    let mut file = None;
+    let mut in_file = 0;
+    for diagnostic in diagnostics.drain(..) {
+        if file != Some(diagnostic.primary.span.file) {
+            flush(&mut kept, &mut omitted);
+            file = Some(diagnostic.primary.span.file);
+            in_file = 0;
+        }
+        in_file += 1;
+        if in_file <= DIAGNOSTICS_PER_FILE_MAX {
+            kept.push(diagnostic);
+        } else {
+            omitted.push(diagnostic);
+        }
+    }
+    flush(&mut kept, &mut omitted);
+    *diagnostics = kept;
+}
+
+fn check_all(sources: &SourceMap, files: &dyn Files) -> CheckOutcome {
     let mut diagnostics = Vec::new();
     let mut parsed = Vec::new();
     for result in parse_all(sources) {
@@ -252,7 +310,10 @@ fn parse_all(sources: &SourceMap) -> Vec<Result<ast::File, Vec<Diagnostic>>> {
     let files: Vec<(crate::source::FileId, &str)> = sources.files().map(|(id, f)| (id, f.text.as_str())).collect();
     let parse_part = |part: &[(crate::source::FileId, &str)]| -> Vec<_> {
         part.iter()
-            .map(|(id, text)| crate::syntax::parse_file(*id, text))
+            .map(|(id, text)| match sources.get(*id).not_utf8_at {
+                Some(at) => Err(vec![not_utf8(*id, at)]),
+                None => crate::syntax::parse_file(*id, text),
+            })
             .collect()
     };
     let bytes: usize = files.iter().map(|(_, text)| text.len()).sum();
@@ -289,6 +350,18 @@ fn parse_all(sources: &SourceMap) -> Vec<Result<ast::File, Vec<Diagnostic>>> {
     })
 }
 
+/// A file that is not UTF-8 is not parsed: one diagnostic at its first
+/// invalid byte, counted like a syntax error.
+fn not_utf8(file: crate::source::FileId, at: usize) -> Diagnostic {
+    Diagnostic::error(
+        codes::NOT_UTF8,
+        format!("this file is not valid UTF-8 (the first invalid byte is at byte offset {at})"),
+        crate::source::Span::new(file, at, at),
+        format!("byte offset {at}: not UTF-8"),
+    )
+    .with_help("save the file as UTF-8")
+}
+
 /// Checks files that all parsed (`parsed[i]` is the file with id `i`): the
 /// part of [`check_workspace`] after parsing, for callers that keep parsed
 /// files between checks (the language server re-parses only what changed).
@@ -312,6 +385,25 @@ pub fn check_parsed(sources: &SourceMap, files: &dyn Files, parsed: Vec<ast::Fil
     let sends = checker.check_journeys();
     checker.check_send_sites(&messages, &sends);
     checker.report_unused();
+    for journey in checker.decls.journeys.values() {
+        let bound = journey_bounds(journey, checker.decls.settings).max_duration_seconds;
+        if bound > DURATION_MAX_SECONDS {
+            checker.diagnostics.push(
+                Diagnostic::error(
+                    codes::DURATION_OVER_MAX,
+                    format!(
+                        "journey `{}` can keep a customer for more than 100 years",
+                        journey.name.name
+                    ),
+                    journey.name.span,
+                    format!("its longest stay is {}", format_duration(bound)),
+                )
+                .with_help(
+                    "every enrollment must end within 100 years (36500d): shorten the waits or the `repeat` counts",
+                ),
+            );
+        }
+    }
 
     let mut diagnostics = std::mem::take(&mut checker.diagnostics);
     crate::diagnostic::sort(&mut diagnostics);

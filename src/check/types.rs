@@ -139,7 +139,10 @@ impl<'a> Checker<'a> {
             ExprKind::Int(_) => Ty::Int,
             ExprKind::Number(_) => Ty::Number,
             ExprKind::Bool(_) => Ty::Bool,
-            ExprKind::Duration(_) => Ty::Duration,
+            ExprKind::Duration(seconds) => {
+                self.duration_within_max(*seconds, expr.span, "a duration");
+                Ty::Duration
+            }
             ExprKind::Time(_) | ExprKind::Now => Ty::Time,
             ExprKind::Path { root, root_span, field } => self.path(*root, *root_span, field, scope),
             ExprKind::Segment(name) => {
@@ -414,6 +417,24 @@ impl<'a> Checker<'a> {
                     "zero duration",
                 )
                 .with_help("write a positive duration such as 1h or 3d"),
+            );
+        }
+        self.duration_within_max(seconds, span, what);
+    }
+
+    /// Refuses a duration literal over [`super::DURATION_MAX_SECONDS`]: the
+    /// runtime's times stay far inside their range, and nothing waits for
+    /// more than a lifetime.
+    pub(super) fn duration_within_max(&mut self, seconds: i64, span: crate::source::Span, what: &str) {
+        if seconds > super::DURATION_MAX_SECONDS {
+            self.diagnostics.push(
+                Diagnostic::error(
+                    codes::DURATION_OVER_MAX,
+                    format!("{what} can be at most 100 years (36500d)"),
+                    span,
+                    format!("{} is longer", super::format_duration(seconds)),
+                )
+                .with_help("write a duration of at most 36500d"),
             );
         }
     }
