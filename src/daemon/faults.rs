@@ -17,6 +17,7 @@
 //! has not been applied since; while it has one, none of its inputs is
 //! applied outside a retry, and its timer entry is the record's `retry_at`.
 
+use super::commit::Interpreter;
 use super::store::{StoreError, StoreResult};
 use crate::runtime::{ApplyError, CustomerState, Input, Millis};
 use serde::{Deserialize, Serialize};
@@ -134,6 +135,60 @@ impl Fault {
             "held_inputs": self.held.len(),
             "dropped_inputs": self.dropped,
         })
+    }
+}
+
+/// Fault injection for tests of this machinery through the real binary:
+/// `JOURNEYC_INJECT_FAULTS="ID:N,…"` makes the first N inputs applied for
+/// customer ID fail with an internal error (counted per process). A checked
+/// workspace gives the interpreter nothing that fails (arithmetic is
+/// checked, every wait and loop is bounded), so without it the daemon's
+/// handling of a failure could only be tested with a fake interpreter.
+pub const INJECT_FAULTS_ENV: &str = "JOURNEYC_INJECT_FAULTS";
+
+/// Wraps the interpreter when [`INJECT_FAULTS_ENV`] is set; else returns it.
+pub fn with_injected_faults(inner: std::sync::Arc<dyn Interpreter>) -> std::sync::Arc<dyn Interpreter> {
+    static TABLE: std::sync::OnceLock<Option<Remaining>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let spec = std::env::var(INJECT_FAULTS_ENV).ok()?;
+        let table = (spec.split(','))
+            .filter_map(|item| item.rsplit_once(':'))
+            .filter_map(|(id, n)| Some((id.to_string(), n.parse().ok()?)))
+            .collect();
+        tracing::warn!(%spec, "fault injection is on ({INJECT_FAULTS_ENV})");
+        Some(std::sync::Arc::new(std::sync::Mutex::new(table)))
+    });
+    match table {
+        Some(remaining) => std::sync::Arc::new(Injecting {
+            inner,
+            remaining: remaining.clone(),
+        }),
+        None => inner,
+    }
+}
+
+/// Injected failures left per customer, shared by every runtime built.
+type Remaining = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>;
+
+struct Injecting {
+    inner: std::sync::Arc<dyn Interpreter>,
+    remaining: Remaining,
+}
+
+impl Interpreter for Injecting {
+    fn apply(&self, state: &mut CustomerState, input: &Input) -> Result<crate::runtime::Effects, ApplyError> {
+        {
+            let mut remaining = self.remaining.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(left) = remaining.get_mut(&state.id).filter(|left| **left > 0) {
+                *left -= 1;
+                return Err(ApplyError::Internal("injected fault".into()));
+            }
+        }
+        self.inner.apply(state, input)
+    }
+
+    fn migrate(&self, state: &mut CustomerState, now: Millis) -> usize {
+        self.inner.migrate(state, now)
     }
 }
 

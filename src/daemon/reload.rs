@@ -39,7 +39,7 @@ pub fn load_bundle(workspace: &Path) -> Result<Bundle, String> {
 
 /// Builds the engine for `bundle`, keeping `retained` bundles for pinned enrollments.
 pub fn make_engine(bundle: Arc<Bundle>, retained: &[Arc<Bundle>]) -> Arc<dyn Interpreter> {
-    Arc::new(Engine::with_retained(bundle, retained.to_vec()))
+    super::faults::with_injected_faults(Arc::new(Engine::with_retained(bundle, retained.to_vec())))
 }
 
 /// Stores `bundle` and builds the runtime for it with every stored bundle retained.

@@ -70,6 +70,10 @@ impl Env {
     pub fn start(&self, extra: &[&str]) -> Daemon {
         Daemon::start(&self.workspace(), &self.data(), extra)
     }
+    /// [`Env::start`] with extra environment variables.
+    pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with_env(&self.workspace(), &self.data(), extra, env)
+    }
 }
 
 pub struct Daemon {
@@ -79,6 +83,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(workspace: &Path, data: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(workspace, data, extra, &[])
+    }
+
+    pub fn start_with_env(workspace: &Path, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         std::fs::create_dir_all(data).expect("mkdir data");
         let _ = std::fs::remove_file(data.join("addr"));
         let log = std::fs::OpenOptions::new()
@@ -94,6 +102,7 @@ impl Daemon {
             .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
