@@ -6,7 +6,7 @@
 //! `jsonl:DATA/sends.jsonl`).
 
 use crate::daemon::server::HttpOptions;
-use crate::daemon::sinks::{SinkSpec, WebhookOptions};
+use crate::daemon::sinks::{parse_webhook_secret, SinkSpec, WebhookOptions};
 use crate::daemon::store::StoreOptions;
 use crate::daemon::{Config, DaemonError};
 use serde::Deserialize;
@@ -40,6 +40,9 @@ pub struct Args {
     /// Webhook: requests per second per sink
     #[arg(long)]
     pub webhook_rate: Option<f64>,
+    /// Webhook: Standard Webhooks signing secret, `whsec_<base64>`; signs every request
+    #[arg(long, env = "JOURNEYC_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     /// sled page cache size in MiB
     #[arg(long)]
     pub cache_mib: Option<u64>,
@@ -76,6 +79,7 @@ struct FileConfig {
     webhook_attempts: Option<u32>,
     webhook_retry_ms: Option<u64>,
     webhook_rate: Option<f64>,
+    webhook_secret: Option<String>,
     cache_mib: Option<u64>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
@@ -118,6 +122,10 @@ fn settle(args: Args) -> Result<Config, String> {
             .webhook_rate
             .or(file.webhook_rate)
             .unwrap_or(defaults.rate_per_second),
+        secret: match args.webhook_secret.or(file.webhook_secret) {
+            Some(text) => Some(parse_webhook_secret(&text).map_err(|e| format!("--webhook-secret: {e}"))?),
+            None => None,
+        },
         ..defaults
     };
     if webhook.rate_per_second.is_nan() || webhook.rate_per_second <= 0.0 {

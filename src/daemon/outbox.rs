@@ -13,7 +13,7 @@
 //! at-least-once; its `Idempotency-Key` header makes that effectively once.
 
 use super::metrics::Metrics;
-use super::sinks::{JsonlSink, SinkSpec, WebhookOptions};
+use super::sinks::{webhook_signature, JsonlSink, SinkSpec, WebhookOptions};
 use super::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -250,6 +250,8 @@ async fn deliver_webhook(
         .and_then(|i| i.as_str())
         .unwrap_or_default()
         .to_string();
+    // The bytes that are signed are the bytes that are sent.
+    let body = serde_json::to_vec(record).expect("a JSON value always serializes");
     let mut last_error = String::new();
     for attempt in 1..=options.attempts_max.max(1) {
         if attempt > 1 {
@@ -266,12 +268,20 @@ async fn deliver_webhook(
         }
         *next_slot = tokio::time::Instant::now().max(*next_slot) + interval;
         let started = Instant::now();
-        let response = client
+        let mut request = client
             .post(url)
             .header("Idempotency-Key", &key)
-            .json(record)
-            .send()
-            .await;
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(secret) = &options.secret {
+            // Standard Webhooks: the id stays across retries, the timestamp
+            // and signature are of this attempt.
+            let timestamp = chrono::Utc::now().timestamp();
+            request = request
+                .header("webhook-id", &key)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", webhook_signature(secret, &key, timestamp, &body));
+        }
+        let response = request.body(body.clone()).send().await;
         match response {
             Ok(response) if response.status().is_success() => {
                 metrics.delivery_latency.observe(started.elapsed());

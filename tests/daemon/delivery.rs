@@ -60,3 +60,24 @@ fn unsubscribed_event_suppresses_the_channel_until_identify_sets_it_back() {
     assert_eq!(refused.status, 422, "{}", refused.body);
     assert!(refused.body.contains("traits.email_subscribe"), "{}", refused.body);
 }
+
+/// A webhook secret that is not `whsec_<base64>` stops `serve` at start-up
+/// with a message naming the flag.
+#[test]
+fn a_malformed_webhook_secret_is_refused_at_start() {
+    let env = Env::new(WORKSPACE);
+    let output = std::process::Command::new(binary())
+        .arg("serve")
+        .arg(env.workspace())
+        .arg("--data")
+        .arg(env.data())
+        .args(["--listen", "127.0.0.1:0", "--webhook-secret", "hunter2"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--webhook-secret") && stderr.contains("whsec_"),
+        "{stderr}"
+    );
+}

@@ -11,6 +11,36 @@ use std::sync::{Arc, Mutex};
 struct Receiver {
     attempts: BTreeMap<String, u32>,
     accepted: Vec<(String, serde_json::Value)>,
+    /// Per attempt: whether `webhook-id` was the idempotency key and the
+    /// Standard Webhooks signature verified against [`SECRET`].
+    verified: Vec<bool>,
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Verifies a request as a Standard Webhooks receiver does: HMAC-SHA256
+/// under the secret's bytes of `{webhook-id}.{webhook-timestamp}.{body}`,
+/// among the space-separated `v1,` signatures, timestamp within 5 minutes.
+fn verify(headers: &HeaderMap, body: &str) -> bool {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .expect("secret");
+    let timestamp: i64 = header("webhook-timestamp").parse().unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("key");
+    mac.update(format!("{}.{}.{}", header("webhook-id"), timestamp, body).as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    (now - timestamp).abs() < 300
+        && header("webhook-id") == header("idempotency-key")
+        && header("webhook-signature")
+            .split(' ')
+            .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
 }
 
 /// Fails the first two attempts of every send; always fails customer `dead`.
@@ -42,6 +72,8 @@ fn start_receiver() -> (
                             .to_string();
                         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                         let mut seen = state.lock().expect("lock");
+                        let verified = verify(&headers, &body);
+                        seen.verified.push(verified);
                         let attempts = seen.attempts.entry(key.clone()).or_insert(0);
                         *attempts += 1;
                         if json["customer"] == "dead" || *attempts <= 2 {
@@ -81,6 +113,8 @@ fn webhook_retries_with_idempotency_key_and_dead_letters() {
         "4",
         "--webhook-retry-ms",
         "20",
+        "--webhook-secret",
+        SECRET,
     ]);
     assert_eq!(daemon.post("/v1/track", &ping("alive", "m1", 1)).status, 200);
     assert_eq!(daemon.post("/v1/track", &ping("dead", "m2", 1)).status, 200);
@@ -96,6 +130,9 @@ fn webhook_retries_with_idempotency_key_and_dead_letters() {
     assert_eq!(key, send_line["id"].as_str().expect("id"));
     assert_eq!(body["message"], "hello");
     assert_eq!(seen.lock().expect("lock").attempts.get(&key), Some(&3));
+    // Every attempt, retries included, was signed with the same webhook-id.
+    let verified = seen.lock().expect("lock").verified.clone();
+    assert!(verified.len() >= 3 && verified.iter().all(|ok| *ok), "{verified:?}");
     // The dead one is parked after 4 attempts, visible in stats and metrics.
     let stats = eventually("a dead letter in stats", || {
         let stats = daemon.get("/v1/journeys/pinger/stats").json();
