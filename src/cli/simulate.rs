@@ -1,9 +1,18 @@
-//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--summary]`
+//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--summary [--format json]]`
 
-use crate::runtime::stats::Funnel;
+use crate::runtime::stats::{Document, Tally};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A readable funnel per journey.
+    #[default]
+    Human,
+    /// One JSON document: `{"journeys": [...]}`.
+    Json,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,9 +25,13 @@ pub struct Args {
     /// Stop the virtual clock at this time (RFC 3339).
     #[arg(long, value_parser = super::common::parse_time_arg)]
     pub until: Option<crate::runtime::Millis>,
-    /// Print a funnel table per journey instead of the trace.
+    /// Print the readout of every journey (a funnel) instead of the trace.
     #[arg(long)]
     pub summary: bool,
+    /// The summary's format: a readable funnel, or the JSON document the
+    /// daemon's `/v1/journeys/NAME/stats` returns per journey.
+    #[arg(long, value_enum, default_value_t = Format::Human, requires = "summary")]
+    pub format: Format,
 }
 
 pub fn run(args: Args) -> u8 {
@@ -43,7 +56,7 @@ pub fn run(args: Args) -> u8 {
     let options = crate::simulate::Options { until: args.until };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut funnel = Funnel::default();
+    let mut tally = Tally::default();
     let mut written: std::io::Result<()> = Ok(());
     let bundle = Arc::new(bundle);
     let mut failed = 0usize;
@@ -55,7 +68,7 @@ pub fn run(args: Args) -> u8 {
             }
         }
         if args.summary {
-            funnel.add(record);
+            tally.add(record);
         } else if written.is_ok() {
             written = serde_json::to_writer(&mut out, record)
                 .map_err(std::io::Error::from)
@@ -63,8 +76,16 @@ pub fn run(args: Args) -> u8 {
         }
     });
     if args.summary && written.is_ok() {
-        states.iter().for_each(|state| funnel.add_waiting(&bundle, state));
-        written = out.write_all(funnel.render().as_bytes());
+        states.iter().for_each(|state| tally.add_waiting(state));
+        let journeys = tally.readouts(&bundle);
+        written = match args.format {
+            Format::Human => journeys
+                .iter()
+                .try_for_each(|readout| out.write_all(readout.render().as_bytes())),
+            Format::Json => serde_json::to_writer_pretty(&mut out, &Document { journeys })
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n")),
+        };
     }
     // The process ends here: handing the states' memory back piece by
     // piece would only cost time (a tenth of a large run).

@@ -585,11 +585,12 @@ impl CommitThread {
             *group.stat_deltas.entry(faults::STAT_FAILING.to_string()).or_insert(0) += failing;
             *group.stat_deltas.entry(faults::STAT_PARKED.to_string()).or_insert(0) += parked;
         }
-        for ((customer, journey), arm) in &group.arms {
+        for ((customer, journey), groups) in &group.groups {
             let key = store::arm_key(customer, journey);
-            match arm {
-                Some(arm) => batch.insert(key, arm.as_bytes()),
-                None => batch.remove(key),
+            if groups.is_empty() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, stats::encode_groups(groups));
             }
         }
         // Outbox sequence numbers in group order.
@@ -813,7 +814,7 @@ struct Changes {
     records: Vec<(usize, String)>,
     writes: Vec<CustomerWrite>,
     stat_deltas: HashMap<String, i64>,
-    arms: BTreeMap<(String, String), Option<String>>,
+    groups: BTreeMap<(String, String), crate::runtime::stats::Groups>,
     erased: Vec<String>,
     /// Fault records to write (`Some`) or remove (`None`).
     faults: Vec<(String, Option<Fault>)>,
@@ -828,7 +829,7 @@ impl Changes {
         self.writes.append(&mut other.writes);
         self.erased.append(&mut other.erased);
         self.faults.append(&mut other.faults);
-        self.arms.append(&mut other.arms);
+        self.groups.append(&mut other.groups);
         self.answers.append(&mut other.answers);
         for (name, delta) in other.stat_deltas {
             *self.stat_deltas.entry(name).or_insert(0) += delta;
@@ -906,7 +907,7 @@ impl LaneContext<'_> {
                     fresh = true;
                     // This lane's records are the last ones so far.
                     changes.records.truncate(records_start);
-                    changes.arms.retain(|(who, _), _| who != customer);
+                    changes.groups.retain(|(who, _), _| who != customer);
                     changes.erased.push(customer.to_string());
                     continue;
                 }
@@ -1018,14 +1019,6 @@ impl LaneContext<'_> {
         item: Item,
         changes: &mut Changes,
     ) -> Result<Result<(), ApplyError>, CommitError> {
-        // The enrollments before the step matter only to attribute a goal of
-        // a holdout enrollment that ends in the same step; skip the copy
-        // when there is none.
-        let before = if state.enrollments.values().any(|e| e.holdout) {
-            state.enrollments.clone()
-        } else {
-            BTreeMap::new()
-        };
         self.metrics.steps_executed.inc();
         let effects = match self.runtime.interpreter.apply(state, input) {
             Ok(effects) => effects,
@@ -1036,10 +1029,8 @@ impl LaneContext<'_> {
         };
         let mut context = stats::RecordContext {
             customer: &state.id,
-            before: &before,
-            after: &state.enrollments,
             deltas: &mut changes.stat_deltas,
-            arms: &mut changes.arms,
+            groups: &mut changes.groups,
             store: self.store,
         };
         context.count(&effects.records)?;

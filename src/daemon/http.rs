@@ -7,11 +7,11 @@ use super::rejected::{RejectedStore, Rejection};
 use super::reload::Reloader;
 pub use super::reply::{error, error_with};
 use super::server::HttpOptions;
-use super::stats;
 use super::store::{self, Store};
 use super::timers::now_ms;
 use crate::compile::bytecode::{Bundle, Program, Value};
 use crate::runtime::input::{parse_received_call, Call};
+use crate::runtime::stats::Readout;
 use crate::runtime::trace::format_time;
 use crate::runtime::CustomerState;
 use crate::syntax::ast::Channel;
@@ -860,12 +860,14 @@ async fn journeys(State(state): State<AppState>) -> Response {
 
 async fn journey_stats(State(state): State<AppState>, PathParam(name): PathParam) -> Response {
     let runtime = current(&state.runtime);
-    if runtime.bundle.journey(&name).is_none() {
+    let Some(program) = runtime.bundle.journey(&name) else {
         return error(StatusCode::NOT_FOUND, "name", format!("no journey {name:?}"));
-    }
-    let counters = state.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let describe = |version: &str, pc: u32| describe_step(&runtime, version, pc);
-    let mut body = stats::journey_stats(&name, &counters, &describe);
+    };
+    let readout = {
+        let counters = state.stats.lock().unwrap_or_else(|p| p.into_inner());
+        Readout::build(&runtime.bundle, program, counters.iter())
+    };
+    let mut body = serde_json::to_value(readout).expect("a readout always serializes");
     let dead: Vec<serde_json::Value> = state
         .store
         .dead_letters(10_000)

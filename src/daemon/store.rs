@@ -14,7 +14,7 @@
 //! | `k`    | sink name                            | last sequence number delivered (u64 BE)|
 //! | `d`    | sink name + `0x00` + sequence (u64 BE) | dead letter: JSON with the error    |
 //! | `s`    | counter name (`j/JOURNEY/…`, `g/…`)  | i64 BE                                |
-//! | `a`    | customer id + `0x00` + journey       | split arm chosen (`split/arm`), for stats |
+//! | `a`    | customer id + `0x00` + journey       | JSON `runtime::stats::Groups` of the latest enrollment (holdout group, split arms, converted), for stats |
 //! | `b`    | bundle key (hex SHA-256 of its postcard bytes) | postcard [`Bundle`]         |
 //! | `r`, `R` | refusal id; customer + `0x00` + refusal id | the rejected store (`daemon/rejected.rs`) |
 //! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number / store format |
@@ -388,11 +388,14 @@ impl Store {
         Ok(self.db.get(META_SEQ)?.map(|v| decode_u64(&v)))
     }
 
-    pub fn arm(&self, customer: &str, journey: &str) -> StoreResult<Option<String>> {
+    /// What the statistics remember of the customer's latest enrollment in
+    /// the journey (see `daemon::stats`).
+    pub fn groups(&self, customer: &str, journey: &str) -> StoreResult<crate::runtime::stats::Groups> {
         Ok(self
             .db
             .get(arm_key(customer, journey))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .map(|v| super::stats::decode_groups(&v))
+            .unwrap_or_default())
     }
 
     /// Stores a bundle under its content key (idempotent); returns the key.

@@ -1,230 +1,711 @@
-//! Funnel statistics of journeys, folded from trace records: what
-//! `journeyc simulate --summary` prints and the daemon's stats report.
+//! The statistics of journeys: one definition, used by `journeyc simulate
+//! --summary`, the daemon's `/v1/journeys/NAME/stats` and anything else that
+//! reports numbers (definitions in `docs/analytics.md`).
+//!
+//! Two halves, both pure:
+//! - [`count`] folds trace records into named counters. It is the only
+//!   place that decides what a record adds. What it must remember about a
+//!   customer's latest enrollment in a journey (its holdout group, the split
+//!   arms it took, whether it converted) is a [`Groups`] value the caller
+//!   keeps: [`Tally`] in memory for the simulator, the store for the daemon.
+//! - [`Readout::build`] turns the counters of one journey into the report,
+//!   with rows in the journey's step order, rates and 95% intervals.
+//!
+//! Counter names (journey, message, split, arm and goal names are
+//! identifiers, reasons are words, so `/` never appears inside a part):
+//!
+//! | name | counts |
+//! | --- | --- |
+//! | `j/J/entered` | enrollments |
+//! | `j/J/converted` | enrollments that reached a goal |
+//! | `j/J/goal/GOAL` | enrollments that reached that goal |
+//! | `j/J/exits/REASON` | enrollments that ended, by reason |
+//! | `j/J/sent/MESSAGE` | send records |
+//! | `j/J/skipped/MESSAGE/REASON` | skip records |
+//! | `j/J/group/GROUP/entered`, `…/converted` | holdout (`holdout`, `treatment`) |
+//! | `j/J/arm/SPLIT/ARM/entered`, `…/converted` | split arms, treatment enrollments only |
+//! | `j/J/at/VERSION/PC` | gauge: active enrollments at that instruction |
 
 use super::trace::{Kind, TraceRecord};
-use serde::Serialize;
+use super::CustomerState;
+use crate::compile::bytecode::{Bundle, Instr, Program};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
-/// Entered and converted counts of one group (a split arm, the holdout).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// The holdout group of an enrollment that receives nothing.
+pub const HOLDOUT: &str = "holdout";
+/// The other group of a journey with a holdout.
+pub const TREATMENT: &str = "treatment";
+
+/// What the statistics remember of a customer's latest enrollment in one
+/// journey. Kept after the enrollment ends, so that a goal reached later
+/// (within its window) is attributed to the groups it was in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Groups {
+    /// [`HOLDOUT`] or [`TREATMENT`], for journeys with a holdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `(split, arm)` taken, in order; treatment enrollments only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arms: Vec<(String, String)>,
+    /// Whether this enrollment has reached a goal already.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub converted: bool,
+}
+
+impl Groups {
+    /// Nothing worth remembering (callers need not keep it).
+    pub fn is_empty(&self) -> bool {
+        self.group.is_none() && self.arms.is_empty() && !self.converted
+    }
+
+    pub fn held_out(&self) -> bool {
+        self.group.as_deref() == Some(HOLDOUT)
+    }
+}
+
+/// Adds what one trace record counts: `bump(counter, delta)`. `groups` is
+/// the caller's memory of this record's customer and journey.
+pub fn count(record: &TraceRecord, groups: &mut Groups, bump: &mut dyn FnMut(String, i64)) {
+    let journey = &record.journey;
+    match record.kind {
+        Kind::Enter => {
+            bump(format!("j/{journey}/entered"), 1);
+            // The interpreter names the holdout draw on the enter record.
+            *groups = Groups {
+                group: record.arm.clone(),
+                ..Groups::default()
+            };
+            if let Some(group) = &groups.group {
+                bump(format!("j/{journey}/group/{group}/entered"), 1);
+            }
+        }
+        Kind::Send => {
+            let message = record.message.as_deref().unwrap_or_default();
+            bump(format!("j/{journey}/sent/{message}"), 1);
+        }
+        Kind::Skip => {
+            let message = record.message.as_deref().unwrap_or_default();
+            let reason = record.reason.as_deref().unwrap_or("unknown");
+            bump(format!("j/{journey}/skipped/{message}/{reason}"), 1);
+        }
+        Kind::Split => {
+            // Held-out enrollments pass the split but receive nothing:
+            // counting them would dilute the comparison between arms.
+            if groups.held_out() {
+                return;
+            }
+            let split = record.split.clone().unwrap_or_default();
+            let arm = record.arm.clone().unwrap_or_default();
+            bump(format!("j/{journey}/arm/{split}/{arm}/entered"), 1);
+            groups.arms.push((split, arm));
+        }
+        Kind::Goal => {
+            let goal = record.goal.as_deref().unwrap_or_default();
+            bump(format!("j/{journey}/goal/{goal}"), 1);
+            if groups.converted {
+                return;
+            }
+            groups.converted = true;
+            bump(format!("j/{journey}/converted"), 1);
+            if let Some(group) = &groups.group {
+                bump(format!("j/{journey}/group/{group}/converted"), 1);
+            }
+            for (split, arm) in &groups.arms {
+                bump(format!("j/{journey}/arm/{split}/{arm}/converted"), 1);
+            }
+        }
+        Kind::Exit => {
+            let reason = record.reason.as_deref().unwrap_or("end");
+            bump(format!("j/{journey}/exits/{reason}"), 1);
+        }
+        Kind::Set | Kind::Error => {}
+    }
+}
+
+/// Position gauge names (`j/J/at/VERSION/PC`) for every active enrollment
+/// of a customer.
+pub fn positions(state: &CustomerState) -> Vec<String> {
+    state
+        .enrollments
+        .iter()
+        .map(|(journey, e)| format!("j/{journey}/at/{}/{}", e.version, e.pc))
+        .collect()
+}
+
+/// Counters folded in memory: the simulator's [`count`] memory.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    pub counters: BTreeMap<String, i64>,
+    groups: HashMap<(String, String), Groups>,
+}
+
+impl Tally {
+    pub fn add(&mut self, record: &TraceRecord) {
+        let key = (record.customer.clone(), record.journey.clone());
+        let mut groups = self.groups.remove(&key).unwrap_or_default();
+        let counters = &mut self.counters;
+        count(record, &mut groups, &mut |name, delta| {
+            *counters.entry(name).or_insert(0) += delta
+        });
+        if !groups.is_empty() {
+            self.groups.insert(key, groups);
+        }
+    }
+
+    /// Adds the position gauges of a customer's final state.
+    pub fn add_waiting(&mut self, state: &CustomerState) {
+        for name in positions(state) {
+            *self.counters.entry(name).or_insert(0) += 1;
+        }
+    }
+
+    /// The readout of every journey of the bundle, in bundle order.
+    pub fn readouts(&self, bundle: &Bundle) -> Vec<Readout> {
+        bundle
+            .journeys
+            .iter()
+            .map(|program| Readout::build(bundle, program, &self.counters))
+            .collect()
+    }
+}
+
+/// The `{"journeys": […]}` document of `journeyc simulate --summary --format json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub journeys: Vec<Readout>,
+}
+
+/// The report of one journey (definitions in `docs/analytics.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Readout {
+    pub journey: String,
+    /// The current version's content hash.
+    pub version: String,
+    pub entered: u64,
+    /// Enrollments in the journey now (all versions).
+    pub active: u64,
+    /// Enrollments that reached a goal within its window.
+    pub converted: u64,
+    /// converted / entered.
+    pub rate: Option<f64>,
+    /// By reason: `end`, `exit_rule`, `exit_statement`.
+    pub exits: IndexMap<String, u64>,
+    /// Enrollments that reached each goal, in declaration order.
+    pub goals: IndexMap<String, u64>,
+    /// Per message, in the order the journey first sends it.
+    pub messages: IndexMap<String, MessageStats>,
+    /// The current version's steps, in program order.
+    pub steps: Vec<StepStats>,
+    /// split → arm → group, in program order.
+    pub splits: IndexMap<String, IndexMap<String, GroupStats>>,
+    /// For journeys with a holdout.
+    pub holdout: Option<Holdout>,
+    /// Versions with active enrollments (the current one always listed).
+    pub versions: Vec<VersionStats>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessageStats {
+    pub sent: u64,
+    /// Skip records by reason.
+    pub skipped: IndexMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    pub pc: u32,
+    pub line: u32,
+    pub label: Option<String>,
+    /// `send`, `wait`, `wait_until`, `wait_for`, `split`, `set`, `exit`.
+    pub kind: String,
+    /// The message of a send, the event of a `wait for`, the split's name.
+    pub name: Option<String>,
+    /// Enrollments of the current version waiting here now.
+    pub waiting: u64,
+}
+
+/// Entered and converted counts of one group, with the rate and its Wilson
+/// 95% interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupStats {
     pub entered: u64,
-    /// Enrollments of this group that reached at least one goal.
     pub converted: u64,
+    pub rate: Option<f64>,
+    pub ci95: Option<[f64; 2]>,
 }
 
 impl GroupStats {
-    pub fn goal_rate(&self) -> f64 {
-        if self.entered == 0 {
-            0.0
-        } else {
-            self.converted as f64 / self.entered as f64
+    pub fn new(entered: u64, converted: u64) -> GroupStats {
+        GroupStats {
+            entered,
+            converted,
+            rate: (entered > 0).then(|| round(converted as f64 / entered as f64)),
+            ci95: wilson(converted, entered).map(|(low, high)| [round(low), round(high)]),
         }
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct JourneyStats {
-    pub entered: u64,
-    /// Enrollments still in the journey.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Holdout {
+    pub control: GroupStats,
+    pub treatment: GroupStats,
+    /// Treatment rate minus control rate.
+    pub lift: Option<f64>,
+    /// Newcombe's hybrid score interval for the lift.
+    pub ci95: Option<[f64; 2]>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionStats {
+    pub version: String,
     pub active: u64,
-    pub sends: BTreeMap<String, u64>,
-    /// By reason.
-    pub skips: BTreeMap<String, u64>,
-    /// By goal name.
-    pub goals: BTreeMap<String, u64>,
-    /// Exits by reason.
-    pub exits: BTreeMap<String, u64>,
-    /// `split` → arm → group.
-    pub splits: BTreeMap<String, BTreeMap<String, GroupStats>>,
-    /// `holdout` and `treatment`, for journeys with a holdout.
-    pub holdout: BTreeMap<String, GroupStats>,
-    /// Active enrollments by the step they wait at (`line N: instruction`).
-    pub waiting: BTreeMap<String, u64>,
+    pub current: bool,
 }
 
-/// Folds trace records into per-journey statistics.
-#[derive(Clone, Debug, Default)]
-pub struct Funnel {
-    pub journeys: BTreeMap<String, JourneyStats>,
-    /// Per (customer, journey): the groups of the current enrollment and
-    /// whether it has converted yet.
-    current: HashMap<(String, String), CurrentEnrollment>,
+/// z for a two-sided 95% interval.
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// Wilson's score interval for `successes` out of `trials` at 95%; `None`
+/// without trials.
+pub fn wilson(successes: u64, trials: u64) -> Option<(f64, f64)> {
+    if trials == 0 {
+        return None;
+    }
+    let n = trials as f64;
+    let p = successes as f64 / n;
+    let z2 = Z95 * Z95;
+    let denominator = 1.0 + z2 / n;
+    let center = (p + z2 / (2.0 * n)) / denominator;
+    let half = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denominator;
+    Some(((center - half).max(0.0), (center + half).min(1.0)))
 }
 
-/// The `(split, arm)` pairs taken, the holdout group, and whether converted.
-type CurrentEnrollment = (Vec<(String, String)>, Option<String>, bool);
+/// Newcombe's hybrid score interval (his method 10, from two Wilson
+/// intervals) for the difference of two independent rates, `a − b`, at 95%.
+pub fn newcombe(a_successes: u64, a_trials: u64, b_successes: u64, b_trials: u64) -> Option<(f64, f64)> {
+    let (l1, u1) = wilson(a_successes, a_trials)?;
+    let (l2, u2) = wilson(b_successes, b_trials)?;
+    let p1 = a_successes as f64 / a_trials as f64;
+    let p2 = b_successes as f64 / b_trials as f64;
+    let d = p1 - p2;
+    let low = d - ((p1 - l1).powi(2) + (u2 - p2).powi(2)).sqrt();
+    let high = d + ((u1 - p1).powi(2) + (p2 - l2).powi(2)).sqrt();
+    Some((low, high))
+}
 
-impl Funnel {
-    pub fn add(&mut self, record: &TraceRecord) {
-        let stats = self.journeys.entry(record.journey.clone()).or_default();
-        let key = (record.customer.clone(), record.journey.clone());
-        match record.kind {
-            Kind::Enter => {
-                stats.entered += 1;
-                stats.active += 1;
-                if let Some(group) = &record.arm {
-                    stats.holdout.entry(group.clone()).or_default().entered += 1;
+/// Four decimals: figures stay readable and the document stable.
+fn round(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+/// Orders exit reasons as the spec lists them, others after.
+fn exit_order(reason: &str) -> usize {
+    ["end", "exit_rule", "exit_statement"]
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(3)
+}
+
+impl Readout {
+    /// The readout of `program` (the current version) from counters.
+    pub fn build<'a>(
+        bundle: &Bundle,
+        program: &Program,
+        counters: impl IntoIterator<Item = (&'a String, &'a i64)>,
+    ) -> Readout {
+        let journey = bundle.name(program.name).to_string();
+        let prefix = format!("j/{journey}/");
+        let get = |value: i64| value.max(0) as u64;
+        let mut entered = 0;
+        let mut converted = 0;
+        let mut exits: Vec<(String, u64)> = Vec::new();
+        let mut goals: IndexMap<String, u64> = program
+            .goals
+            .iter()
+            .map(|g| (bundle.name(g.name).to_string(), 0))
+            .collect();
+        let mut messages: IndexMap<String, MessageStats> = IndexMap::new();
+        let mut splits: IndexMap<String, IndexMap<String, GroupStats>> = IndexMap::new();
+        let mut steps = Vec::new();
+        for (pc, instr) in program.code.iter().enumerate() {
+            let (kind, name) = match instr {
+                Instr::Send { message } => {
+                    let name = bundle.name(bundle.messages[message.0 as usize].name).to_string();
+                    messages.entry(name.clone()).or_default();
+                    ("send", Some(name))
                 }
-                self.current.insert(key, (Vec::new(), record.arm.clone(), false));
-            }
-            Kind::Send => {
-                *stats
-                    .sends
-                    .entry(record.message.clone().unwrap_or_default())
-                    .or_default() += 1
-            }
-            Kind::Skip => {
-                *stats
-                    .skips
-                    .entry(record.reason.clone().unwrap_or_default())
-                    .or_default() += 1
-            }
-            Kind::Split => {
-                // Held-out customers get no sends: counting them would dilute
-                // the comparison between arms.
-                let held_out = self
-                    .current
-                    .get(&key)
-                    .is_some_and(|(_, group, _)| group.as_deref() == Some("holdout"));
-                if held_out {
-                    return;
+                Instr::Wait { .. } => ("wait", None),
+                Instr::WaitUntilTime { .. } | Instr::WaitUntil { .. } => ("wait_until", None),
+                Instr::WaitFor { event, .. } => ("wait_for", Some(bundle.name(*event).to_string())),
+                Instr::Split { split, arms } => {
+                    let name = bundle.name(*split).to_string();
+                    let arms = arms
+                        .iter()
+                        .map(|arm| (bundle.name(arm.name).to_string(), GroupStats::new(0, 0)))
+                        .collect();
+                    splits.insert(name.clone(), arms);
+                    ("split", Some(name))
                 }
-                let split = record.split.clone().unwrap_or_default();
-                let arm = record.arm.clone().unwrap_or_default();
-                stats
-                    .splits
-                    .entry(split.clone())
-                    .or_default()
-                    .entry(arm.clone())
-                    .or_default()
-                    .entered += 1;
-                if let Some((groups, _, _)) = self.current.get_mut(&key) {
-                    groups.push((split, arm));
+                Instr::Set { attribute, .. } => ("set", Some(bundle.name(*attribute).to_string())),
+                Instr::Exit => ("exit", None),
+                _ => continue,
+            };
+            let pc = pc as u32;
+            steps.push(StepStats {
+                pc,
+                line: program.lines.get(pc as usize).copied().unwrap_or(0),
+                label: program
+                    .labels
+                    .iter()
+                    .find(|(_, at)| *at == pc)
+                    .map(|(name, _)| bundle.name(*name).to_string()),
+                kind: kind.to_string(),
+                name,
+                waiting: 0,
+            });
+        }
+        let mut arms: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        let mut groups: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+        for (name, value) in counters {
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let value = get(*value);
+            match rest.split('/').collect::<Vec<_>>().as_slice() {
+                ["entered"] => entered = value,
+                ["converted"] => converted = value,
+                ["goal", goal] => *goals.entry(goal.to_string()).or_default() = value,
+                ["exits", reason] => exits.push((reason.to_string(), value)),
+                ["sent", message] => messages.entry(message.to_string()).or_default().sent = value,
+                ["skipped", message, reason] => {
+                    messages
+                        .entry(message.to_string())
+                        .or_default()
+                        .skipped
+                        .insert(reason.to_string(), value);
                 }
-            }
-            Kind::Goal => {
-                *stats.goals.entry(record.goal.clone().unwrap_or_default()).or_default() += 1;
-                if let Some((groups, holdout, converted)) = self.current.get_mut(&key) {
-                    if !*converted {
-                        *converted = true;
-                        for (split, arm) in groups.iter() {
-                            if let Some(group) = stats.splits.get_mut(split).and_then(|arms| arms.get_mut(arm)) {
-                                group.converted += 1;
-                            }
-                        }
-                        if let Some(group) = holdout.as_ref().and_then(|h| stats.holdout.get_mut(h)) {
-                            group.converted += 1;
+                ["group", group, "entered"] => groups.entry(group.to_string()).or_default().0 = value,
+                ["group", group, "converted"] => groups.entry(group.to_string()).or_default().1 = value,
+                ["arm", split, arm, "entered"] => {
+                    arms.entry((split.to_string(), arm.to_string())).or_default().0 = value
+                }
+                ["arm", split, arm, "converted"] => {
+                    arms.entry((split.to_string(), arm.to_string())).or_default().1 = value
+                }
+                ["at", version, pc] if value > 0 => {
+                    *versions.entry(version.to_string()).or_default() += value;
+                    if *version == program.hash {
+                        let pc: u32 = pc.parse().unwrap_or(u32::MAX);
+                        if let Some(step) = steps.iter_mut().find(|s| s.pc == pc) {
+                            step.waiting += value;
                         }
                     }
                 }
+                _ => {}
             }
-            Kind::Exit => {
-                stats.active = stats.active.saturating_sub(1);
-                *stats
-                    .exits
-                    .entry(record.reason.clone().unwrap_or_default())
-                    .or_default() += 1;
-                self.current.remove(&key);
-            }
-            Kind::Set | Kind::Error => {}
         }
-    }
-
-    /// Counts where the customers' active enrollments wait, by journey and
-    /// step (source line and instruction kind).
-    pub fn add_waiting(&mut self, bundle: &crate::compile::bytecode::Bundle, state: &crate::runtime::CustomerState) {
-        for (journey, enrollment) in &state.enrollments {
-            let program = bundle.journeys.iter().find(|p| p.hash == enrollment.version);
-            let step = match program {
-                Some(program) => step_name(program, enrollment.pc),
-                None => format!(
-                    "pc {} of version {}",
-                    enrollment.pc,
-                    &enrollment.version[..12.min(enrollment.version.len())]
-                ),
-            };
-            *self
-                .journeys
-                .entry(journey.clone())
+        for ((split, arm), (entered, converted)) in arms {
+            // Arms of older versions come after the current version's.
+            splits
+                .entry(split)
                 .or_default()
-                .waiting
-                .entry(step)
-                .or_default() += 1;
+                .insert(arm, GroupStats::new(entered, converted));
+        }
+        for message in messages.values_mut() {
+            message.skipped.sort_by(|a, _, b, _| a.cmp(b));
+        }
+        exits.sort_by(|(a, _), (b, _)| exit_order(a).cmp(&exit_order(b)).then(a.cmp(b)));
+        let holdout = (program.holdout_basis_points > 0 || !groups.is_empty()).then(|| {
+            let pair = |name: &str| groups.get(name).copied().unwrap_or_default();
+            let (control, treatment) = (pair(HOLDOUT), pair(TREATMENT));
+            let control = GroupStats::new(control.0, control.1);
+            let treatment = GroupStats::new(treatment.0, treatment.1);
+            let lift = match (treatment.rate, control.rate) {
+                (Some(t), Some(c)) => Some(round(t - c)),
+                _ => None,
+            };
+            let ci95 = newcombe(
+                treatment.converted,
+                treatment.entered,
+                control.converted,
+                control.entered,
+            )
+            .map(|(low, high)| [round(low), round(high)]);
+            Holdout {
+                control,
+                treatment,
+                lift,
+                ci95,
+            }
+        });
+        let active = versions.values().sum();
+        let mut version_rows: Vec<VersionStats> = vec![VersionStats {
+            version: program.hash.clone(),
+            active: versions.remove(&program.hash).unwrap_or(0),
+            current: true,
+        }];
+        version_rows.extend(versions.into_iter().map(|(version, active)| VersionStats {
+            version,
+            active,
+            current: false,
+        }));
+        Readout {
+            journey,
+            version: program.hash.clone(),
+            entered,
+            active,
+            converted,
+            rate: (entered > 0).then(|| round(converted as f64 / entered as f64)),
+            exits: exits.into_iter().collect(),
+            goals,
+            messages,
+            steps,
+            splits,
+            holdout,
+            versions: version_rows,
         }
     }
 
-    /// A plain-text table per journey.
+    /// The readout as a readable funnel (the same numbers as the JSON).
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
-        for (journey, stats) in &self.journeys {
-            let _ = writeln!(out, "journey {journey}");
-            let _ = writeln!(out, "  entered             {:>8}", stats.entered);
-            let _ = writeln!(out, "  still active        {:>8}", stats.active);
-            for (message, count) in &stats.sends {
-                let _ = writeln!(out, "  send {:<15}{:>8}", message, count);
-            }
-            for (reason, count) in &stats.skips {
-                let _ = writeln!(out, "  skip {:<15}{:>8}", reason, count);
-            }
-            for (goal, count) in &stats.goals {
-                let _ = writeln!(
-                    out,
-                    "  goal {:<15}{:>8}  ({:.1}% of entered)",
-                    goal,
-                    count,
-                    percent(*count, stats.entered)
-                );
-            }
-            for (reason, count) in &stats.exits {
-                let _ = writeln!(out, "  exit {:<15}{:>8}", reason, count);
-            }
-            for (step, count) in &stats.waiting {
-                let _ = writeln!(out, "  waiting at {step:<30}{count:>8}");
-            }
-            for (split, arms) in &stats.splits {
-                for (arm, group) in arms {
-                    let _ = writeln!(
-                        out,
-                        "  split {split}/{arm:<10} entered {:>6}  goal rate {:.1}%",
-                        group.entered,
-                        group.goal_rate() * 100.0
-                    );
+        let _ = writeln!(out, "journey {} (version {})", self.journey, short(&self.version));
+        let _ = writeln!(out, "  entered             {:>8}", self.entered);
+        let _ = writeln!(out, "  still active        {:>8}", self.active);
+        let _ = writeln!(out, "  steps");
+        let mut shown = std::collections::BTreeSet::new();
+        for step in &self.steps {
+            let what = match (&step.label, &step.name) {
+                (Some(label), Some(name)) => format!("{label}: {} {name}", step.kind),
+                (Some(label), None) => format!("{label}: {}", step.kind),
+                (None, Some(name)) => format!("{} {name}", step.kind),
+                (None, None) => step.kind.clone(),
+            };
+            let mut figures = Vec::new();
+            if let (Some(name), "send") = (&step.name, step.kind.as_str()) {
+                if let Some(stats) = self.messages.get(name) {
+                    figures.push(format!("sent {}", stats.sent));
+                    figures.extend(stats.skipped.iter().map(|(reason, n)| format!("skip {reason} {n}")));
                 }
+                shown.insert(name.clone());
             }
-            for (name, group) in &stats.holdout {
-                let _ = writeln!(
-                    out,
-                    "  {name:<19} entered {:>6}  goal rate {:.1}%",
-                    group.entered,
-                    group.goal_rate() * 100.0
-                );
+            if step.waiting > 0 {
+                figures.push(format!("waiting {}", step.waiting));
             }
+            let row = format!("    line {:>4}  {what:<28}{}", step.line, figures.join("  "));
+            let _ = writeln!(out, "{}", row.trim_end());
+        }
+        // Messages only older versions send.
+        for (message, stats) in self.messages.iter().filter(|(m, _)| !shown.contains(*m)) {
+            let mut figures = vec![format!("sent {}", stats.sent)];
+            figures.extend(stats.skipped.iter().map(|(reason, n)| format!("skip {reason} {n}")));
+            let _ = writeln!(
+                out,
+                "    (older)    {:<28}{}",
+                format!("send {message}"),
+                figures.join("  ")
+            );
+        }
+        for (goal, count) in &self.goals {
+            let _ = writeln!(
+                out,
+                "  goal {:<15}{:>8}  ({} of entered)",
+                goal,
+                count,
+                percent(Some(ratio(*count, self.entered)))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  converted           {:>8}  ({} of entered)",
+            self.converted,
+            percent(self.rate)
+        );
+        for (reason, count) in &self.exits {
+            let _ = writeln!(out, "  exit {:<15}{:>8}", reason, count);
+        }
+        let header = |out: &mut String, title: &str| {
+            let _ = writeln!(
+                out,
+                "  {title:<19} {:>8} {:>9} {:>7}  95% interval",
+                "entered", "converted", "rate"
+            );
+        };
+        let row = |out: &mut String, name: &str, group: &GroupStats| {
+            let _ = writeln!(
+                out,
+                "    {name:<17} {:>8} {:>9} {:>7}  {}",
+                group.entered,
+                group.converted,
+                percent(group.rate),
+                interval(group.ci95)
+            );
+        };
+        for (split, arms) in &self.splits {
+            header(&mut out, &format!("split {split}"));
+            for (arm, group) in arms {
+                row(&mut out, arm, group);
+            }
+        }
+        if let Some(holdout) = &self.holdout {
+            header(&mut out, "holdout");
+            row(&mut out, "control", &holdout.control);
+            row(&mut out, "treatment", &holdout.treatment);
+            let _ = writeln!(
+                out,
+                "    {:<17} {:>8} {:>9} {:>7}  {}",
+                "lift",
+                "",
+                "",
+                holdout.lift.map(points).unwrap_or_else(|| "-".into()),
+                match holdout.ci95 {
+                    Some([low, high]) => format!("[{}, {}]", points(low), points(high)),
+                    None => "-".into(),
+                }
+            );
+        }
+        for version in self.versions.iter().filter(|v| !v.current) {
+            let _ = writeln!(out, "  pinned to {}  {:>8}", short(&version.version), version.active);
         }
         out
     }
 }
 
-fn percent(part: u64, whole: u64) -> f64 {
+fn short(version: &str) -> &str {
+    &version[..12.min(version.len())]
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {
-        part as f64 * 100.0 / whole as f64
+        part as f64 / whole as f64
     }
 }
 
-/// `line 12: wait` for the instruction at `pc`.
-fn step_name(program: &crate::compile::bytecode::Program, pc: u32) -> String {
-    use crate::compile::bytecode::Instr;
-    let kind = match program.code.get(pc as usize) {
-        Some(Instr::Send { .. }) => "send (quiet hours)",
-        Some(Instr::Wait { .. }) => "wait",
-        Some(Instr::WaitUntilTime { .. }) => "wait until (time of day)",
-        Some(Instr::WaitUntil { .. }) => "wait until",
-        Some(Instr::WaitFor { .. }) => "wait for",
-        _ => "step",
-    };
-    let line = program.lines.get(pc as usize).copied().unwrap_or(0);
-    format!("line {line}: {kind}")
+fn percent(rate: Option<f64>) -> String {
+    rate.map(|r| format!("{:.1}%", r * 100.0)).unwrap_or_else(|| "-".into())
+}
+
+/// A difference of rates in percentage points.
+fn points(d: f64) -> String {
+    format!("{:+.1}pp", d * 100.0)
+}
+
+fn interval(ci: Option<[f64; 2]>) -> String {
+    match ci {
+        Some([low, high]) => format!("[{:.1}%, {:.1}%]", low * 100.0, high * 100.0),
+        None => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(actual: (f64, f64), expected: (f64, f64)) {
+        assert!(
+            (actual.0 - expected.0).abs() < 5e-5 && (actual.1 - expected.1).abs() < 5e-5,
+            "{actual:?} != {expected:?}"
+        );
+    }
+
+    #[test]
+    fn wilson_matches_newcombes_published_examples() {
+        // Newcombe (1998), "Two-sided confidence intervals for the single
+        // proportion", table I: 81/263 → 0.2553–0.3662, 15/148 → 0.0624–0.1605,
+        // 0/20 → 0–0.1611, 1/29 → 0.0061–0.1718.
+        close(wilson(81, 263).expect("trials"), (0.2553, 0.3662));
+        close(wilson(15, 148).expect("trials"), (0.0624, 0.1605));
+        close(wilson(0, 20).expect("trials"), (0.0, 0.1611));
+        close(wilson(1, 29).expect("trials"), (0.0061, 0.1718));
+        assert_eq!(wilson(0, 0), None);
+    }
+
+    #[test]
+    fn wilson_by_hand() {
+        // 40/400: p = 0.1, z² = 3.841459, z²/n = 0.0096036;
+        // center = (0.1 + 0.0048018) / 1.0096036 = 0.103805;
+        // half = 1.959964 · √(0.000225 + 0.0000060023) / 1.0096036 = 0.029506.
+        close(wilson(40, 400).expect("trials"), (0.074299, 0.133311));
+    }
+
+    #[test]
+    fn newcombe_matches_his_published_example() {
+        // Newcombe (1998), "Interval estimation for the difference between
+        // independent proportions", method 10: 56/70 − 48/80 → +0.0524 to +0.3339,
+        // and 9/10 − 3/10 → +0.1705 to +0.8090.
+        close(newcombe(56, 70, 48, 80).expect("trials"), (0.0524, 0.3339));
+        close(newcombe(9, 10, 3, 10).expect("trials"), (0.1705, 0.8090));
+        assert_eq!(newcombe(1, 2, 0, 0), None);
+    }
+
+    fn record(customer: &str, kind: Kind) -> TraceRecord {
+        TraceRecord::new(0, customer, "j", kind)
+    }
+
+    #[test]
+    fn counts_arms_over_treatment_only_and_conversion_once() {
+        let mut tally = Tally::default();
+        let mut enter = |customer: &str, group: &str, arm: &str, goals: usize| {
+            let mut r = record(customer, Kind::Enter);
+            r.arm = Some(group.into());
+            tally.add(&r);
+            let mut r = record(customer, Kind::Split);
+            r.split = Some("offer".into());
+            r.arm = Some(arm.into());
+            tally.add(&r);
+            for _ in 0..goals {
+                let mut r = record(customer, Kind::Goal);
+                r.goal = Some("purchase".into());
+                tally.add(&r);
+            }
+            let mut r = record(customer, Kind::Exit);
+            r.reason = Some("end".into());
+            tally.add(&r);
+        };
+        enter("c1", TREATMENT, "a", 2);
+        enter("c2", TREATMENT, "a", 0);
+        enter("c3", TREATMENT, "b", 1);
+        enter("c4", HOLDOUT, "a", 1);
+        enter("c5", HOLDOUT, "b", 0);
+        let c = &tally.counters;
+        assert_eq!(c["j/j/entered"], 5);
+        assert_eq!(c["j/j/arm/offer/a/entered"], 2, "the held-out c4 is not in arm a");
+        assert_eq!(c["j/j/arm/offer/a/converted"], 1, "c1 converts once");
+        assert_eq!(c["j/j/arm/offer/b/entered"], 1);
+        assert_eq!(c["j/j/arm/offer/b/converted"], 1);
+        assert_eq!(c["j/j/group/holdout/entered"], 2);
+        assert_eq!(c["j/j/group/holdout/converted"], 1);
+        assert_eq!(c["j/j/group/treatment/converted"], 2);
+        assert_eq!(c["j/j/goal/purchase"], 4, "every goal record");
+        assert_eq!(c["j/j/converted"], 3);
+        assert_eq!(c["j/j/exits/end"], 5);
+    }
+
+    #[test]
+    fn a_goal_after_the_exit_counts_for_the_groups_of_that_enrollment() {
+        let mut tally = Tally::default();
+        let mut r = record("c1", Kind::Enter);
+        r.arm = Some(TREATMENT.into());
+        tally.add(&r);
+        tally.add(&record("c1", Kind::Exit));
+        let mut r = record("c1", Kind::Goal);
+        r.goal = Some("purchase".into());
+        tally.add(&r);
+        assert_eq!(tally.counters["j/j/group/treatment/converted"], 1);
+        // Re-entry starts a new enrollment with nothing converted.
+        let mut r = record("c1", Kind::Enter);
+        r.arm = Some(TREATMENT.into());
+        tally.add(&r);
+        let mut r = record("c1", Kind::Goal);
+        r.goal = Some("purchase".into());
+        tally.add(&r);
+        assert_eq!(tally.counters["j/j/group/treatment/converted"], 2);
+        assert_eq!(tally.counters["j/j/converted"], 2);
+    }
 }

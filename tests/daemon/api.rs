@@ -170,12 +170,20 @@ fn customers_journeys_stats_erasure_and_metrics() {
 
     let stats = daemon.get("/v1/journeys/pinger/stats").json();
     assert_eq!(stats["entered"], 2, "{stats}");
-    assert_eq!(stats["sends"], 2, "{stats}");
+    assert_eq!(stats["messages"]["hello"]["sent"], 2, "{stats}");
     assert_eq!(stats["active"], 0, "{stats}");
     assert_eq!(stats["exits"]["end"], 2, "{stats}");
     let delayed = daemon.get("/v1/journeys/delayed/stats").json();
     assert_eq!(delayed["active"], 1, "{delayed}");
-    assert_eq!(delayed["at_step"][0]["label"], "pause", "{delayed}");
+    let waiting: Vec<&serde_json::Value> = delayed["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter(|step| step["waiting"] == 1)
+        .collect();
+    assert_eq!(waiting.len(), 1, "{delayed}");
+    assert_eq!(waiting[0]["label"], "pause", "{delayed}");
+    assert_eq!(waiting[0]["kind"], "wait", "{delayed}");
     assert_eq!(daemon.get("/v1/journeys/nope/stats").status, 404);
 
     // Sends reach the sink with ids.

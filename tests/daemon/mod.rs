@@ -8,5 +8,6 @@ mod faults;
 mod harness;
 mod http;
 mod lifecycle;
+mod readout;
 mod rejected;
 mod webhook;

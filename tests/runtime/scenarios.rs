@@ -8,7 +8,7 @@
 //! snapshot; send ids are kept, they are the runtime's idempotency keys.
 
 use super::properties::{simulate_dir, simulate_text};
-use journeyc::runtime::stats::Funnel;
+use journeyc::runtime::stats::Tally;
 use journeyc::runtime::{Kind, TraceRecord};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -327,9 +327,10 @@ fn split_and_holdout_shares() {
         .count();
     assert_eq!(skipped, holdout * 2);
 
-    let mut funnel = Funnel::default();
-    trace.iter().for_each(|record| funnel.add(record));
-    insta::assert_snapshot!("split_and_holdout_shares", funnel.render());
+    let mut tally = Tally::default();
+    trace.iter().for_each(|record| tally.add(record));
+    let readout = tally.readouts(&bundle(SPLIT_JOURNEY)).remove(0);
+    insta::assert_snapshot!("split_and_holdout_shares", readout.render());
 }
 
 // --------------------------------------------------------------- migration
