@@ -1082,6 +1082,7 @@ mod tests {
                     );
                     let mut send = TraceRecord::new(at, &state.id, "j", Kind::Send);
                     send.id = Some(format!("{}-1", state.id));
+                    send.message = Some("m".into());
                     effects.records.push(send);
                 }
                 Input::Wake { .. } => {
@@ -1191,7 +1192,7 @@ mod tests {
             );
             assert_eq!(store.counter(store::STAT_TIMERS).expect("counter"), 3);
             assert_eq!(store.counter("j/j/at/v1/1").expect("counter"), 3);
-            assert_eq!(store.counter("j/j/sends").expect("counter"), 3);
+            assert_eq!(store.counter("j/j/sent/m").expect("counter"), 3);
             // A panicking input fails alone; nothing of it is stored.
             let (bad, good) = tokio::join!(
                 committer.ingest(vec![track("boom", 1)]),
@@ -1290,7 +1291,7 @@ mod tests {
         assert_eq!(sent_to, expected);
         assert!(outbox.windows(2).all(|pair| pair[0].0 < pair[1].0));
         assert!(harness.store.customer("c007").expect("get").is_none());
-        assert_eq!(harness.store.counter("j/j/sends").expect("counter"), 800);
+        assert_eq!(harness.store.counter("j/j/sent/m").expect("counter"), 800);
         assert_eq!(harness.store.counter("j/j/at/v1/1").expect("counter"), 399);
         assert_eq!(harness.store.counter(store::STAT_TIMERS).expect("counter"), 399);
     }
