@@ -1125,4 +1125,149 @@ mod tests {
         headers.insert(header::AUTHORIZATION, format!("Basic {basic}").parse().expect("header"));
         assert!(authorized(&headers, "s3cret"));
     }
+
+    /// Hostile JSON built from the fields intake reads, with values of
+    /// every kind: ids with control characters and of every length, times
+    /// far in the past and future, extreme numbers, nesting.
+    fn hostile_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let text = prop_oneof![
+            Just(String::new()),
+            "[a-z]{1,8}",
+            "[\\x00-\\x1f\\x7f a-z\\u{80}-\\u{10ffff}]{0,12}",
+            (250usize..262).prop_map(|n| "u".repeat(n)),
+            (8180usize..8200).prop_map(|n| "s".repeat(n)),
+            Just("purchase".to_string()),
+            Just("track".to_string()),
+            Just("identify".to_string()),
+            Just("plan".to_string()),
+            Just("pro".to_string()),
+            Just("amount".to_string()),
+            (-2000i64..12000, 0u32..13, 0u32..32).prop_map(|(y, m, d)| format!("{y:04}-{m:02}-{d:02}T00:00:00Z")),
+            Just("9999-12-31T23:59:59Z".to_string()),
+            Just("1969-12-31T23:59:59.999Z".to_string()),
+            Just("2026-03-01T12:00:00+14:00".to_string()),
+        ];
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(
+                |f| serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number)
+            ),
+            text.clone().prop_map(serde_json::Value::from),
+        ];
+        let key = prop_oneof![
+            Just("type".to_string()),
+            Just("userId".to_string()),
+            Just("anonymousId".to_string()),
+            Just("event".to_string()),
+            Just("properties".to_string()),
+            Just("traits".to_string()),
+            Just("timestamp".to_string()),
+            Just("sentAt".to_string()),
+            Just("receivedAt".to_string()),
+            Just("messageId".to_string()),
+            Just("batch".to_string()),
+            text,
+        ];
+        leaf.prop_recursive(4, 48, 8, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                proptest::collection::vec((key.clone(), inner), 0..8)
+                    .prop_map(|pairs| serde_json::Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A few fields of a call (by the names intake reads), each with a
+    /// hostile value: the mutations of a valid call.
+    fn hostile_fields() -> impl proptest::strategy::Strategy<Value = Vec<(String, serde_json::Value)>> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("userId"),
+            Just("messageId"),
+            Just("timestamp"),
+            Just("sentAt"),
+            Just("receivedAt"),
+            Just("event"),
+            Just("type"),
+            Just("properties"),
+            Just("traits"),
+        ]
+        .prop_map(str::to_string);
+        let value = prop_oneof![
+            3 => "[\\x00-\\x1f\\x7f a-z\\u{80}-\\u{10ffff}]{0,12}".prop_map(serde_json::Value::from),
+            3 => (250usize..262).prop_map(|n| serde_json::Value::from("u".repeat(n))),
+            3 => (-2000i64..12000, 1u32..13, 1u32..29, 0i64..86_400_000).prop_map(|(y, m, d, ms)| {
+                serde_json::Value::from(format!("{y:04}-{m:02}-{d:02}T00:00:00Z").replace("T00:00:00Z", &{
+                    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+                    format!("T{h:02}:{:02}:{:02}.{:03}Z", rest / 60_000, rest % 60_000 / 1000, rest % 1000)
+                }))
+            }),
+            1 => any::<i64>().prop_map(serde_json::Value::from),
+            1 => hostile_value(),
+            1 => Just(json!({"amount": "x"})),
+            1 => (8180usize..8200).prop_map(|n| json!({"plan": "pro", "amount": 1, "name": "s".repeat(n)})),
+        ];
+        proptest::collection::vec((key, value), 1..4)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 1024, failure_persistence: None, ..Default::default() })]
+
+        /// `validate` never panics on any body; what it accepts obeys every
+        /// limit; what it refuses is a 4xx naming a reason.
+        #[test]
+        fn validate_holds_its_limits_on_hostile_input(
+            value in hostile_value(),
+            wrap in 0u8..4,
+            fields in hostile_fields(),
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            use crate::runtime::input::{ID_BYTES_MAX, TIME_MIN};
+            let now = crate::runtime::trace::parse_time("2026-03-01T12:00:00Z").expect("time");
+            // A valid call with some of its fields replaced by hostile ones.
+            let mut mutated = json!({"type": "track", "userId": "a", "event": "purchase",
+                "properties": {"amount": 1}, "timestamp": "2026-03-01T11:00:00Z", "messageId": "m1"});
+            if let Some(call) = mutated.as_object_mut() {
+                for (key, field) in fields {
+                    call.insert(key, field);
+                }
+            }
+            let body = match wrap {
+                0 => value,
+                1 => json!({"batch": [value.clone(), mutated.clone(), value]}),
+                2 => json!({"batch": value}),
+                _ => mutated,
+            };
+            let bytes = serde_json::to_vec(&body).expect("serializes");
+            let bundle = bundle();
+            for endpoint in [Endpoint::Track, Endpoint::Identify, Endpoint::Batch] {
+                for input in [&bytes, &raw] {
+                    match validate(endpoint, input, &bundle, now, DAY_MS) {
+                        Ok(validated) => {
+                            for call in &validated.calls {
+                                proptest::prop_assert!(!call.customer.is_empty() && call.customer.len() <= ID_BYTES_MAX);
+                                proptest::prop_assert!(!call.customer.chars().any(char::is_control));
+                                let at = call.input.at();
+                                proptest::prop_assert!((TIME_MIN..=now + DAY_MS).contains(&at), "{at}");
+                                if let Some(id) = call.input.message_id() {
+                                    proptest::prop_assert!(id.len() <= ID_BYTES_MAX && !id.chars().any(char::is_control));
+                                }
+                            }
+                            for refused in &validated.refused {
+                                proptest::prop_assert!(!refused.reason.is_empty());
+                            }
+                        }
+                        Err(refusal) => {
+                            proptest::prop_assert!(refusal.status.is_client_error(), "{refusal:?}");
+                            proptest::prop_assert!(!refusal.reason.is_empty());
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
