@@ -9,4 +9,5 @@ mod harness;
 mod http;
 mod lifecycle;
 mod rejected;
+mod stream;
 mod webhook;
