@@ -52,6 +52,10 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/track", post(track))
         .route("/v1/identify", post(identify))
+        .route("/v1/page", post(page))
+        .route("/v1/screen", post(screen))
+        .route("/v1/group", post(group))
+        .route("/v1/alias", post(alias))
         .route("/v1/batch", post(batch))
         .route("/v1/rejected", get(list_rejected))
         .route("/v1/rejected/replay", post(replay_rejected))
@@ -172,15 +176,28 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
 enum Endpoint {
     Track,
     Identify,
+    Page,
+    Screen,
+    Group,
+    Alias,
     Batch,
 }
 
-async fn track(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    intake(state, Endpoint::Track, headers, body).await
+macro_rules! single_call_endpoints {
+    ($($handler:ident => $endpoint:ident,)*) => {$(
+        async fn $handler(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+            intake(state, Endpoint::$endpoint, headers, body).await
+        }
+    )*};
 }
 
-async fn identify(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    intake(state, Endpoint::Identify, headers, body).await
+single_call_endpoints! {
+    track => Track,
+    identify => Identify,
+    page => Page,
+    screen => Screen,
+    group => Group,
+    alias => Alias,
 }
 
 async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -357,6 +374,10 @@ impl Endpoint {
         match self {
             Endpoint::Track => "track",
             Endpoint::Identify => "identify",
+            Endpoint::Page => "page",
+            Endpoint::Screen => "screen",
+            Endpoint::Group => "group",
+            Endpoint::Alias => "alias",
             Endpoint::Batch => "batch",
         }
     }
@@ -402,11 +423,7 @@ fn validate(
     };
     let mut validated = Validated::default();
     for (index, mut item) in items.into_iter().enumerate() {
-        let implied = match endpoint {
-            Endpoint::Track => Some("track"),
-            Endpoint::Identify => Some("identify"),
-            Endpoint::Batch => None,
-        };
+        let implied = (endpoint != Endpoint::Batch).then(|| endpoint.name());
         if let (Some(implied), Some(object)) = (implied, item.as_object_mut()) {
             match object.get("type").and_then(|t| t.as_str()) {
                 None => {

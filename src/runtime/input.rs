@@ -157,15 +157,26 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
     };
     let kind = match &raw.kind {
         Some(Scalar::Str(kind)) => kind.as_ref(),
-        _ => return Err(InputError::new("type", "missing; expected \"identify\" or \"track\"")),
+        _ => {
+            return Err(InputError::new(
+                "type",
+                format!("missing; expected one of {CALL_TYPES}"),
+            ))
+        }
     };
-    let customer = match raw.user_id {
-        Some(Scalar::Str(id)) if !id.is_empty() => id.into_owned(),
-        Some(number @ (Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_))) => number.to_string(),
-        Some(_) => return Err(InputError::new("userId", "must be a non-empty string")),
-        None => return Err(InputError::new("userId", "missing (anonymous calls are not accepted)")),
+    // The profile is keyed by `userId`, else by `anonymousId`.
+    let id = |field: &str, value: Option<Scalar>| match value {
+        Some(Scalar::Str(id)) if !id.is_empty() => Ok(Some(id.into_owned())),
+        Some(number @ (Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_))) => Ok(Some(number.to_string())),
+        Some(Scalar::Null) | None => Ok(None),
+        Some(_) => Err(InputError::new(field, "must be a non-empty string")),
     };
-    check_id("userId", &customer)?;
+    let (field, customer) = match (id("userId", raw.user_id)?, id("anonymousId", raw.anonymous_id)?) {
+        (Some(user), _) => ("userId", user),
+        (None, Some(anonymous)) => ("anonymousId", anonymous),
+        (None, None) => return Err(InputError::new("userId", "missing: a call names userId or anonymousId")),
+    };
+    check_id(field, &customer)?;
     let timestamp = time_field("timestamp", raw.timestamp)?;
     let sent_at = time_field("sentAt", raw.sent_at)?;
     // The daemon's clock is the receive time; a call's own `receivedAt`
@@ -189,57 +200,96 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
         Some(Scalar::Null) | None => None,
         Some(_) => return Err(InputError::new("messageId", "must be a string")),
     };
-    let input = match kind {
-        "identify" => {
-            let names = schema.field_names(None);
-            let (subscriptions, traits) = subscription_traits(raw.traits, &schema.customer, names)?;
-            let traits = fields(traits, "traits", &schema.customer, names, FieldsMode::Partial)?;
-            Input::Identify {
-                traits,
-                subscriptions,
-                at,
-                message_id,
+    let input =
+        match kind {
+            "identify" => {
+                let names = schema.field_names(None);
+                // RudderStack's SDK sends identify traits only in `context.traits`.
+                let given = match raw.traits {
+                    None | Some(Fields::Null) => raw.context_traits,
+                    traits => traits,
+                };
+                let (subscriptions, traits) = subscription_traits(given, &schema.customer, names)?;
+                let traits = fields(traits, "traits", &schema.customer, names, FieldsMode::Partial)?;
+                Input::Identify {
+                    traits,
+                    subscriptions,
+                    at,
+                    message_id,
+                }
             }
-        }
-        "track" => {
-            let Some(Scalar::Str(event)) = &raw.event else {
-                return Err(InputError::new("event", "missing; a track call names its event"));
-            };
-            if event.as_ref() == UNSUBSCRIBED_EVENT && schema.event_on_wire(UNSUBSCRIBED_EVENT).is_none() {
-                return Ok(Call {
-                    customer,
-                    input: Input::Track {
-                        event: UNSUBSCRIBED_EVENT.to_string(),
-                        properties: unsubscribed_properties(raw.properties)?,
+            "track" => {
+                let Some(Scalar::Str(event)) = &raw.event else {
+                    return Err(InputError::new("event", "missing; a track call names its event"));
+                };
+                if event.as_ref() == UNSUBSCRIBED_EVENT && schema.event_on_wire(UNSUBSCRIBED_EVENT).is_none() {
+                    return Ok(Call {
+                        customer,
+                        input: Input::Track {
+                            event: UNSUBSCRIBED_EVENT.to_string(),
+                            properties: unsubscribed_properties(raw.properties)?,
+                            at,
+                            message_id,
+                        },
+                    });
+                }
+                let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
+                    let known: Vec<&str> = schema.events.keys().map(|e| schema.event_wire_name(e)).collect();
+                    let mut reason = format!("event `{event}` is not declared in the workspace");
+                    if let Some(best) = crate::diagnostic::did_you_mean(event, known) {
+                        reason.push_str(&format!(" (did you mean `{best}`?)"));
+                    }
+                    InputError::new("event", reason)
+                })?;
+                let names = schema.field_names(Some(event));
+                let properties = fields(raw.properties, "properties", declared, names, FieldsMode::Complete)?;
+                Input::Track {
+                    event: event.clone(),
+                    properties,
+                    at,
+                    message_id,
+                }
+            }
+            "page" | "screen" => match schema.event_on_wire(kind) {
+                // Declared: an event like any other, with the call's `name` and
+                // `category` as properties when the event declares them.
+                Some((event, declared)) => {
+                    let names = schema.field_names(Some(event));
+                    let mut given = match raw.properties {
+                        None | Some(Fields::Null) => Vec::new(),
+                        Some(Fields::Object(pairs)) => pairs,
+                        Some(Fields::Other) => return Err(InputError::new("properties", "must be an object")),
+                    };
+                    for (key, value) in [("name", raw.name), ("category", raw.category)] {
+                        let declares = names.identifier(key).is_some_and(|name| declared.contains_key(name));
+                        if let (true, Some(value)) = (declares, value) {
+                            if !given.iter().any(|(k, _)| k == key) {
+                                given.push((Cow::Borrowed(key), value));
+                            }
+                        }
+                    }
+                    let given = Some(Fields::Object(given));
+                    Input::Track {
+                        event: event.clone(),
+                        properties: fields(given, "properties", declared, names, FieldsMode::Complete)?,
                         at,
                         message_id,
-                    },
-                });
-            }
-            let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
-                let known: Vec<&str> = schema.events.keys().map(|e| schema.event_wire_name(e)).collect();
-                let mut reason = format!("event `{event}` is not declared in the workspace");
-                if let Some(best) = crate::diagnostic::did_you_mean(event, known) {
-                    reason.push_str(&format!(" (did you mean `{best}`?)"));
+                    }
                 }
-                InputError::new("event", reason)
-            })?;
-            let names = schema.field_names(Some(event));
-            let properties = fields(raw.properties, "properties", declared, names, FieldsMode::Complete)?;
-            Input::Track {
-                event: event.clone(),
-                properties,
-                at,
-                message_id,
-            }
-        }
-        other => {
-            return Err(InputError::new(
+                None => activity(kind, at, message_id),
+            },
+            "group" => activity(kind, at, message_id),
+            "alias" => return Err(InputError::new(
                 "type",
-                format!("`{other}` is not supported; expected \"identify\" or \"track\""),
-            ))
-        }
-    };
+                "`alias` (merging previousId into userId) is not supported yet; the call is kept and can be replayed",
+            )),
+            other => {
+                return Err(InputError::new(
+                    "type",
+                    format!("`{other}` is not a Segment call type; expected one of {CALL_TYPES}"),
+                ))
+            }
+        };
     Ok(Call { customer, input })
 }
 
@@ -384,6 +434,22 @@ fn unsubscribed_properties(given: Option<Fields>) -> Result<BTreeMap<String, Val
     Ok(out)
 }
 
+/// The call types intake knows, for messages.
+const CALL_TYPES: &str = "\"track\", \"identify\", \"page\", \"screen\", \"group\", \"alias\"";
+
+/// A call that is activity and nothing more (an undeclared `page` or
+/// `screen`, a `group`): recorded as an event under its call type, a name
+/// no journey or segment can use (undeclared), so it moves the customer's
+/// last-seen time (`inactive` triggers without `since`) and enrols no one.
+fn activity(kind: &str, at: Millis, message_id: Option<String>) -> Input {
+    Input::Track {
+        event: kind.to_string(),
+        properties: BTreeMap::new(),
+        at,
+        message_id,
+    }
+}
+
 #[derive(PartialEq)]
 enum FieldsMode {
     /// `identify`: merge what is given.
@@ -517,6 +583,12 @@ enum RawCall<'a> {
 struct RawFields<'a> {
     kind: Option<Scalar<'a>>,
     user_id: Option<Scalar<'a>>,
+    anonymous_id: Option<Scalar<'a>>,
+    /// `page` and `screen`.
+    name: Option<Scalar<'a>>,
+    category: Option<Scalar<'a>>,
+    /// `context.traits`.
+    context_traits: Option<Fields<'a>>,
     timestamp: Option<Scalar<'a>>,
     sent_at: Option<Scalar<'a>>,
     received_at: Option<Scalar<'a>>,
@@ -710,6 +782,10 @@ impl<'de> FromJson<'de> for RawCall<'de> {
             match key.as_ref() {
                 "type" => raw.kind = Some(map.next_value()?),
                 "userId" => raw.user_id = Some(map.next_value()?),
+                "anonymousId" => raw.anonymous_id = Some(map.next_value()?),
+                "name" => raw.name = Some(map.next_value()?),
+                "category" => raw.category = Some(map.next_value()?),
+                "context" => raw.context_traits = map.next_value::<Context>()?.traits,
                 "timestamp" => raw.timestamp = Some(map.next_value()?),
                 "sentAt" => raw.sent_at = Some(map.next_value()?),
                 "receivedAt" => raw.received_at = Some(map.next_value()?),
@@ -726,6 +802,30 @@ impl<'de> FromJson<'de> for RawCall<'de> {
     }
 }
 
+/// `context`, as far as intake reads it.
+#[derive(Default)]
+struct Context<'a> {
+    traits: Option<Fields<'a>>,
+}
+
+impl<'de> FromJson<'de> for Context<'de> {
+    fn scalar(_: Scalar<'de>) -> Self {
+        Context::default()
+    }
+    fn map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut context = Context::default();
+        while let Some(Text(key)) = map.next_key::<Text>()? {
+            match key.as_ref() {
+                "traits" => context.traits = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(context)
+    }
+}
+
 macro_rules! deserialize_any {
     ($($ty:ident),*) => {$(
         impl<'de> Deserialize<'de> for $ty<'de> {
@@ -735,7 +835,7 @@ macro_rules! deserialize_any {
         }
     )*};
 }
-deserialize_any!(Scalar, Fields, RawCall);
+deserialize_any!(Scalar, Fields, RawCall, Context);
 
 #[cfg(test)]
 mod tests {
@@ -979,5 +1079,92 @@ mod tests {
         };
         assert!(subscriptions.is_empty());
         assert_eq!(traits["email_subscribe"], Value::Bool(true));
+    }
+
+    /// `anonymousId` keys the profile when there is no `userId`;
+    /// `context.traits` stand in for missing top-level traits.
+    #[test]
+    fn anonymous_calls_and_context_traits() {
+        let schema = schema();
+        let call = |text: &str| parse_call_str(text, &schema, None).expect("valid");
+        let anonymous = call(
+            r#"{"type":"track","anonymousId":"anon-1","event":"order","properties":{"items":1,"total":2},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        );
+        assert_eq!(anonymous.customer, "anon-1");
+        let both = call(
+            r#"{"type":"track","userId":"u1","anonymousId":"anon-1","event":"order","properties":{"items":1,"total":2},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        );
+        assert_eq!(both.customer, "u1");
+        let rudder = call(
+            r#"{"type":"identify","userId":"u1","context":{"traits":{"plan":"pro"},"library":{"name":"rudder"}},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        );
+        let Input::Identify { traits, .. } = rudder.input else {
+            panic!("identify")
+        };
+        assert_eq!(traits["plan"], Value::String("pro".into()));
+        // Top-level traits win over context.traits.
+        let both = call(
+            r#"{"type":"identify","userId":"u1","traits":{"plan":"free"},"context":{"traits":{"plan":"pro"}},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        );
+        let Input::Identify { traits, .. } = both.input else {
+            panic!("identify")
+        };
+        assert_eq!(traits["plan"], Value::String("free".into()));
+        let Err(CallError::Input(error)) = parse_call_str(
+            r#"{"type":"track","event":"order","timestamp":"2026-01-05T10:00:00Z"}"#,
+            &schema,
+            None,
+        ) else {
+            panic!("refused")
+        };
+        assert_eq!(error.field, "userId");
+    }
+
+    /// `page` and `screen` are events when declared (with `name` and
+    /// `category`), activity otherwise; `group` is activity; `alias` is
+    /// refused with a reason.
+    #[test]
+    fn every_call_type() {
+        let mut schema = schema();
+        let text = || FieldType {
+            ty: Type::String,
+            optional: true,
+        };
+        let mut page = BTreeMap::new();
+        page.insert("name".into(), text());
+        page.insert("url".into(), text());
+        schema.events.insert("page".into(), page);
+        let call = |text: &str| parse_call_str(text, &schema, None);
+        let page = call(r#"{"type":"page","userId":"u1","name":"Pricing","category":"Docs","properties":{"url":"/pricing"},"timestamp":"2026-01-05T10:00:00Z"}"#).expect("valid");
+        let Input::Track { event, properties, .. } = page.input else {
+            panic!("track")
+        };
+        assert_eq!(event, "page");
+        assert_eq!(properties["name"], Value::String("Pricing".into()));
+        assert_eq!(properties["url"], Value::String("/pricing".into()));
+        assert!(!properties.contains_key("category"), "not declared, so not taken");
+        for kind in ["screen", "group"] {
+            let activity = call(&format!(r#"{{"type":"{kind}","userId":"u1","name":"Home","groupId":"g1","traits":{{"x":1}},"timestamp":"2026-01-05T10:00:00Z"}}"#)).expect("valid");
+            assert_eq!(activity.input, activity_input(kind));
+        }
+        let Err(CallError::Input(error)) =
+            call(r#"{"type":"alias","userId":"u1","previousId":"anon-1","timestamp":"2026-01-05T10:00:00Z"}"#)
+        else {
+            panic!("alias is refused")
+        };
+        assert_eq!(error.field, "type");
+        let Err(CallError::Input(error)) = call(r#"{"type":"flush","userId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#)
+        else {
+            panic!("refused")
+        };
+        assert!(error.reason.contains("\"screen\""), "{}", error.reason);
+    }
+
+    fn activity_input(kind: &str) -> Input {
+        activity(
+            kind,
+            crate::runtime::trace::parse_time("2026-01-05T10:00:00Z").expect("time"),
+            None,
+        )
     }
 }

@@ -10,4 +10,5 @@ mod http;
 mod lifecycle;
 mod readout;
 mod rejected;
+mod stream;
 mod webhook;

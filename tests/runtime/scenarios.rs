@@ -214,6 +214,13 @@ scenarios! {
     ///   ("Thanks Ada, 42.5 received"); o-2 (5) is filtered out.
     /// - bob: opted out (`emailOptIn` false) → skip `consent` at 12:00.
     wire_names,
+    /// `trigger inactive 3d` (no `since`: any event) with CDP-shaped calls:
+    /// - anon-1: only an undeclared `screen` (anonymousId) 05-01T10:00 → nudge
+    ///   "Hi there" 05-04T10:00.
+    /// - u1: identify with context.traits only (Ada) 05-01; an undeclared
+    ///   `page` 05-03T10:00 is activity → nudge "Hi Ada" 05-06T10:00.
+    /// - u2: identify 05-01; a `group` call 05-02T10:00 is activity → 05-05T10:00.
+    cdp_stream,
     /// `exit when unsubscribed` and `exit when churned` (a segment):
     /// - unsub: day0, day1, exit_rule 05-02T22:00.
     /// - churn: plan cancelled at 22:00 → exit_rule then.
