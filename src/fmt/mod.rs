@@ -353,6 +353,8 @@ fn render(text: &str, tokens: &[Token]) -> String {
     // The forced blank line before a declaration was put before the
     // comments that lead it.
     let mut blank_given = false;
+    // Where each trailing comment starts in `out`.
+    let mut trailing = Vec::new();
     for (index, token) in tokens.iter().enumerate() {
         let newlines = text
             .get(read_to..token.start)
@@ -363,7 +365,10 @@ fn render(text: &str, tokens: &[Token]) -> String {
         }
         let after_open = last.is_some_and(|t| t.class == Class::Open);
         match (token.class, token.brk) {
-            (Class::Comment, _) if last.is_some() && newlines == 0 => out.push(' '),
+            (Class::Comment, _) if last.is_some() && newlines == 0 => {
+                out.push(' ');
+                trailing.push(out.len());
+            }
             (Class::Comment, _) => {
                 let next = tokens[index + 1..]
                     .iter()
@@ -420,7 +425,60 @@ fn render(text: &str, tokens: &[Token]) -> String {
     if !out.is_empty() {
         out.push('\n');
     }
-    out
+    align_trailing_comments(&out, &trailing)
+}
+
+/// Trailing comments on consecutive lines start in one column, one space
+/// after the longest of those lines' code (as `gofmt` does).
+fn align_trailing_comments(out: &str, trailing: &[usize]) -> String {
+    if trailing.is_empty() {
+        return out.to_string();
+    }
+    // (code, comment) of each line; comment empty when there is none.
+    let mut lines: Vec<(&str, &str)> = Vec::new();
+    let mut starts = trailing.iter().peekable();
+    let mut line_start = 0;
+    for line in out.split_inclusive('\n') {
+        let line_end = line_start + line.len();
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        match starts.next_if(|&&at| at < line_end) {
+            Some(&at) => {
+                let cut = at - line_start;
+                lines.push((line[..cut].trim_end(), &line[cut..]));
+            }
+            None => lines.push((line, "")),
+        }
+        line_start = line_end;
+    }
+    let mut result = String::with_capacity(out.len() + out.len() / 8);
+    let mut index = 0;
+    while index < lines.len() {
+        let run = lines[index..]
+            .iter()
+            .take_while(|(_, comment)| !comment.is_empty())
+            .count();
+        if run == 0 {
+            result.push_str(lines[index].0);
+            result.push('\n');
+            index += 1;
+            continue;
+        }
+        let column = lines[index..index + run]
+            .iter()
+            .map(|(code, _)| code.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (code, comment) in &lines[index..index + run] {
+            result.push_str(code);
+            for _ in code.chars().count()..=column {
+                result.push(' ');
+            }
+            result.push_str(comment);
+            result.push('\n');
+        }
+        index += run;
+    }
+    result
 }
 
 #[cfg(test)]
@@ -457,6 +515,14 @@ mod tests {
         assert_eq!(
             fmt(text),
             "// head\n\n// more\nevent e // trailing\n\njourney j { // on the brace\n  trigger e\n\n  // before send\n  send m // after send\n  // last in block\n}\n// tail\n"
+        );
+    }
+
+    #[test]
+    fn trailing_comments_on_consecutive_lines_line_up() {
+        assert_eq!(
+            fmt("settings {\n  timezone \"UTC\" // a\n  cap 5 sends per 1d // b\n\n  quiet hours 21:00 - 08:00 // c\n}"),
+            "settings {\n  timezone \"UTC\"     // a\n  cap 5 sends per 1d // b\n\n  quiet hours 21:00 - 08:00 // c\n}\n"
         );
     }
 

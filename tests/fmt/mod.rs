@@ -251,6 +251,47 @@ fn repository_journeys_keep_their_meaning_and_format_idempotently() {
     assert!(parsed > 40, "only {parsed} files parse");
 }
 
+/// The examples in the documentation that are whole files (fenced blocks
+/// that parse) are in the canonical layout.
+#[test]
+fn documentation_examples_are_formatted() {
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(root().join("docs"))
+        .expect("docs")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    pages.push(root().join("README.md"));
+    pages.sort();
+    let mut checked = 0;
+    for page in pages {
+        let text = std::fs::read_to_string(&page).expect("readable");
+        let mut lines = text.lines().enumerate();
+        while let Some((start, line)) = lines.next() {
+            let Some(language) = line.strip_prefix("```") else {
+                continue;
+            };
+            let block: Vec<&str> = lines.by_ref().map(|(_, l)| l).take_while(|l| *l != "```").collect();
+            if !(language.is_empty() || language == "journey") {
+                continue;
+            }
+            let block = format!("{}\n", block.join("\n"));
+            let Ok(formatted) = journeyc::fmt::format(FileId(0), &block) else {
+                continue;
+            };
+            assert_eq!(
+                formatted,
+                block,
+                "{}:{}: the example is not formatted",
+                page.display(),
+                start + 1
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} examples");
+}
+
 #[test]
 fn files_that_do_not_parse_are_refused_with_the_diagnostic() {
     let error = journeyc::fmt::format(FileId(0), "journey j {\n  trigger e\n  send\n}\n").expect_err("refused");
