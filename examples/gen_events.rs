@@ -46,15 +46,15 @@ fn main() {
                 let body = match next(8) {
                     0 => "\"event\":\"signed_up\",\"properties\":{\"source\":\"ads\"}".to_string(),
                     1 => format!(
-                        "\"event\":\"purchase\",\"properties\":{{\"amount\":{},\"sku\":\"s1\"}}",
+                        "\"event\":\"order_completed\",\"properties\":{{\"order_id\":\"m{message}\",\"total\":{}}}",
                         next(100)
                     ),
-                    2 | 3 => "\"event\":\"login\"".to_string(),
+                    2 | 3 => "\"event\":\"signed_in\"".to_string(),
                     4 => format!(
-                        "\"event\":\"cart_abandoned\",\"properties\":{{\"value\":{},\"items\":2}}",
+                        "\"event\":\"checkout_started\",\"properties\":{{\"order_id\":\"m{message}\",\"value\":{}}}",
                         next(100)
                     ),
-                    5 => "\"event\":\"checkout\",\"properties\":{\"value\":30}".to_string(),
+                    5 => format!("\"event\":\"nps_answered\",\"properties\":{{\"score\":{}}}", next(11)),
                     _ => "\"event\":\"project_created\",\"properties\":{\"name\":\"p\"}".to_string(),
                 };
                 format!("{{\"type\":\"track\",\"userId\":\"c{customer}\",{body},\"timestamp\":\"{at}\",\"messageId\":\"m{message}\"}}")

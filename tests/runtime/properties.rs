@@ -134,18 +134,20 @@ pub fn generated_events(schema: &journeyc::check::Schema, customers: usize) -> S
         ));
         for _ in 0..next(12) {
             at += next(86_400 * 4) as i64;
-            let line = match next(6) {
+            let line = match next(8) {
                 0 => "\"event\":\"signed_up\",\"properties\":{\"source\":\"ads\"}".to_string(),
                 1 => format!(
-                    "\"event\":\"purchase\",\"properties\":{{\"amount\":{},\"sku\":\"s1\"}}",
-                    next(100)
+                    "\"event\":\"order_completed\",\"properties\":{{\"order_id\":\"o{customer}\",\"total\":{}}}",
+                    next(300)
                 ),
-                2 => "\"event\":\"login\"".to_string(),
+                2 => "\"event\":\"signed_in\"".to_string(),
                 3 => format!(
-                    "\"event\":\"cart_abandoned\",\"properties\":{{\"value\":{},\"items\":2}}",
+                    "\"event\":\"checkout_started\",\"properties\":{{\"order_id\":\"o{customer}\",\"value\":{}}}",
                     next(100)
                 ),
-                4 => "\"event\":\"checkout\",\"properties\":{\"value\":30}".to_string(),
+                4 => format!("\"event\":\"nps_answered\",\"properties\":{{\"score\":{}}}", next(11)),
+                5 => "\"event\":\"survey_answered\",\"properties\":{\"reason\":\"price\"}".to_string(),
+                6 => "\"event\":\"referral_completed\",\"properties\":{\"role\":\"referrer\"}".to_string(),
                 _ => "\"event\":\"project_created\",\"properties\":{\"name\":\"p\"}".to_string(),
             };
             out.push_str(&format!(
