@@ -35,7 +35,7 @@ fn main() {
             let at = time(*clock);
             let line = if round == 0 {
                 format!(
-                    "{{\"type\":\"identify\",\"userId\":\"c{customer}\",\"traits\":{{\"email\":\"c{customer}@example.com\",\"plan\":\"{}\",\"timezone\":\"{}\",\"lifetime_value\":{},\"points\":0,\"signed_up_at\":\"{at}\",\"email_opt_in\":{},\"push_opt_in\":{}}},\"timestamp\":\"{at}\",\"messageId\":\"m{message}\"}}",
+                    "{{\"type\":\"identify\",\"userId\":\"c{customer}\",\"traits\":{{\"email\":\"c{customer}@example.com\",\"plan\":\"{}\",\"timezone\":\"{}\",\"lifetime_value\":{},\"points\":0,\"createdAt\":\"{at}\",\"email_opt_in\":{},\"push_opt_in\":{}}},\"timestamp\":\"{at}\",\"messageId\":\"m{message}\"}}",
                     plans[next(3) as usize],
                     zones[next(5) as usize],
                     next(1000),
@@ -44,18 +44,18 @@ fn main() {
                 )
             } else {
                 let body = match next(8) {
-                    0 => "\"event\":\"signed_up\",\"properties\":{\"source\":\"ads\"}".to_string(),
+                    0 => "\"event\":\"Signed Up\",\"properties\":{\"source\":\"ads\"}".to_string(),
                     1 => format!(
-                        "\"event\":\"purchase\",\"properties\":{{\"amount\":{},\"sku\":\"s1\"}}",
+                        "\"event\":\"Order Completed\",\"properties\":{{\"order_id\":\"m{message}\",\"total\":{}}}",
                         next(100)
                     ),
-                    2 | 3 => "\"event\":\"login\"".to_string(),
+                    2 | 3 => "\"event\":\"Signed In\"".to_string(),
                     4 => format!(
-                        "\"event\":\"cart_abandoned\",\"properties\":{{\"value\":{},\"items\":2}}",
+                        "\"event\":\"Checkout Started\",\"properties\":{{\"order_id\":\"m{message}\",\"value\":{}}}",
                         next(100)
                     ),
-                    5 => "\"event\":\"checkout\",\"properties\":{\"value\":30}".to_string(),
-                    _ => "\"event\":\"project_created\",\"properties\":{\"name\":\"p\"}".to_string(),
+                    5 => format!("\"event\":\"NPS Answered\",\"properties\":{{\"score\":{}}}", next(11)),
+                    _ => "\"event\":\"Project Created\",\"properties\":{\"name\":\"p\"}".to_string(),
                 };
                 format!("{{\"type\":\"track\",\"userId\":\"c{customer}\",{body},\"timestamp\":\"{at}\",\"messageId\":\"m{message}\"}}")
             };

@@ -45,12 +45,51 @@ fn example_journeys_check_clean() {
         render_human(&sources, &outcome.diagnostics, false)
     );
     let checked = outcome.checked.expect("checked");
-    for journey in ["onboarding", "cart_recovery", "winback", "weekly_digest"] {
+    for journey in [
+        "onboarding",
+        "engagement",
+        "churn_prevention",
+        "reactivation",
+        "referral_invite",
+        "referral_reward",
+        "loyalty",
+        "cart_abandonment",
+        "weekly_digest",
+        "nps_survey",
+        "nps_answer",
+    ] {
         assert!(checked.bounds.contains_key(journey), "{journey} has bounds");
     }
     let welcome = &checked.messages["welcome"];
     assert!(welcome.body.as_deref().is_some_and(|b| b.contains("Welcome")));
     assert_eq!(welcome.body_variants.keys().collect::<Vec<_>>(), ["fa", "fa-IR"]);
+}
+
+/// Every email of the example workspace has a template file with a Persian
+/// variant, and the Persian HTML reads right to left.
+#[test]
+fn example_emails_have_persian_right_to_left_variants() {
+    let (_, outcome) = check_path(Path::new("journeys"));
+    let checked = outcome.checked.expect("journeys/ checks clean");
+    let emails: Vec<_> = checked
+        .messages
+        .iter()
+        .filter(|(_, message)| message.channel == journeyc::syntax::ast::Channel::Email)
+        .collect();
+    assert!(emails.len() >= 20, "{} emails", emails.len());
+    for (name, message) in emails {
+        assert!(
+            matches!(message.decl.body, Some(journeyc::syntax::ast::Body::File(..))),
+            "{name} has a template file"
+        );
+        let english = message.body.as_deref().unwrap_or_default();
+        assert!(english.contains(r#"<html lang="en">"#), "{name}: {english}");
+        let persian = message
+            .body_variants
+            .get("fa")
+            .unwrap_or_else(|| panic!("{name} has a fa variant"));
+        assert!(persian.contains(r#"<html lang="fa" dir="rtl">"#), "{name}: {persian}");
+    }
 }
 
 #[test]

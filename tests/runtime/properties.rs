@@ -129,24 +129,26 @@ pub fn generated_events(schema: &journeyc::check::Schema, customers: usize) -> S
         let mut at = start + next(86_400 * 3) as i64;
         let plan = ["free", "pro", "team"][next(3) as usize];
         out.push_str(&format!(
-            "{{\"type\":\"identify\",\"userId\":\"c{customer}\",\"traits\":{{\"email\":\"c{customer}@example.com\",\"plan\":\"{plan}\",\"timezone\":\"{}\",\"lifetime_value\":{},\"points\":0,\"signed_up_at\":\"{}\",\"email_opt_in\":{},\"push_opt_in\":{}}},\"timestamp\":\"{}\"}}\n",
+            "{{\"type\":\"identify\",\"userId\":\"c{customer}\",\"traits\":{{\"email\":\"c{customer}@example.com\",\"plan\":\"{plan}\",\"timezone\":\"{}\",\"lifetime_value\":{},\"points\":0,\"createdAt\":\"{}\",\"email_opt_in\":{},\"push_opt_in\":{}}},\"timestamp\":\"{}\"}}\n",
             zones[next(5) as usize], next(1000), time(at), next(4) > 0, next(2) > 0, time(at)
         ));
         for _ in 0..next(12) {
             at += next(86_400 * 4) as i64;
-            let line = match next(6) {
-                0 => "\"event\":\"signed_up\",\"properties\":{\"source\":\"ads\"}".to_string(),
+            let line = match next(8) {
+                0 => "\"event\":\"Signed Up\",\"properties\":{\"source\":\"ads\"}".to_string(),
                 1 => format!(
-                    "\"event\":\"purchase\",\"properties\":{{\"amount\":{},\"sku\":\"s1\"}}",
-                    next(100)
+                    "\"event\":\"Order Completed\",\"properties\":{{\"order_id\":\"o{customer}\",\"total\":{}}}",
+                    next(300)
                 ),
-                2 => "\"event\":\"login\"".to_string(),
+                2 => "\"event\":\"Signed In\"".to_string(),
                 3 => format!(
-                    "\"event\":\"cart_abandoned\",\"properties\":{{\"value\":{},\"items\":2}}",
+                    "\"event\":\"Checkout Started\",\"properties\":{{\"order_id\":\"o{customer}\",\"value\":{}}}",
                     next(100)
                 ),
-                4 => "\"event\":\"checkout\",\"properties\":{\"value\":30}".to_string(),
-                _ => "\"event\":\"project_created\",\"properties\":{\"name\":\"p\"}".to_string(),
+                4 => format!("\"event\":\"NPS Answered\",\"properties\":{{\"score\":{}}}", next(11)),
+                5 => "\"event\":\"Survey Answered\",\"properties\":{\"reason\":\"price\"}".to_string(),
+                6 => "\"event\":\"Referral Completed\",\"properties\":{\"role\":\"referrer\"}".to_string(),
+                _ => "\"event\":\"Project Created\",\"properties\":{\"name\":\"p\"}".to_string(),
             };
             out.push_str(&format!(
                 "{{\"type\":\"track\",\"userId\":\"c{customer}\",{line},\"timestamp\":\"{}\"}}\n",
