@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use bounds::{format_duration, journey_bounds, WAIT_UNTIL_EXPR_MAX_SECONDS};
+pub use templates::locale_variants;
 
 /// The type of a customer attribute or event property.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use super::{Checker, Message};
 use crate::diagnostic::Diagnostic;
 use crate::source::Span;
 use crate::syntax::ast::{self, Body, Channel};
+use crate::workspace::Files;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -114,7 +115,7 @@ impl<'a> Checker<'a> {
                                 &mut event_references,
                             );
                             body = Some(text);
-                            for (locale, variant_path) in self.variants(&path) {
+                            for (locale, variant_path) in locale_variants(self.files, &path) {
                                 match self.files.read_to_string(&variant_path) {
                                     Ok(text) => {
                                         self.template(
@@ -157,40 +158,6 @@ impl<'a> Checker<'a> {
     fn resolve(&self, literal: &ast::StringLit) -> PathBuf {
         let declaring = self.sources.path(literal.span.file);
         declaring.parent().unwrap_or(Path::new("")).join(&literal.value)
-    }
-
-    /// Locale variants beside a body file: `welcome.html` → `welcome.fa.html`,
-    /// `welcome.fa-IR.html` (tag → path), in name order.
-    fn variants(&self, path: &Path) -> Vec<(String, PathBuf)> {
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            return Vec::new();
-        };
-        let (stem, extension) = match name.rsplit_once('.') {
-            Some((stem, extension)) if !stem.is_empty() => (stem, Some(extension)),
-            _ => (name, None),
-        };
-        let directory = path.parent().unwrap_or(Path::new(""));
-        let Ok(names) = self.files.list_dir(directory) else {
-            return Vec::new();
-        };
-        let mut found = Vec::new();
-        for candidate in names {
-            let Some(rest) = candidate.strip_prefix(stem).and_then(|r| r.strip_prefix('.')) else {
-                continue;
-            };
-            let tag = match extension {
-                Some(extension) => match rest.strip_suffix(extension).and_then(|r| r.strip_suffix('.')) {
-                    Some(tag) => tag,
-                    None => continue,
-                },
-                None => rest,
-            };
-            if !tag.contains('.') && crate::syntax::is_bcp47(tag) {
-                found.push((tag.to_string(), directory.join(&candidate)));
-            }
-        }
-        found.sort();
-        found
     }
 
     fn body_file_error(&mut self, literal: &ast::StringLit, path: &Path, error: &std::io::Error) {
@@ -328,4 +295,38 @@ impl<'a> Checker<'a> {
             }
         }
     }
+}
+
+/// Locale variants beside a body file: `welcome.html` → `welcome.fa.html`,
+/// `welcome.fa-IR.html` (tag → path), in name order.
+pub fn locale_variants(files: &dyn Files, path: &Path) -> Vec<(String, PathBuf)> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
+    let (stem, extension) = match name.rsplit_once('.') {
+        Some((stem, extension)) if !stem.is_empty() => (stem, Some(extension)),
+        _ => (name, None),
+    };
+    let directory = path.parent().unwrap_or(Path::new(""));
+    let Ok(names) = files.list_dir(directory) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for candidate in names {
+        let Some(rest) = candidate.strip_prefix(stem).and_then(|r| r.strip_prefix('.')) else {
+            continue;
+        };
+        let tag = match extension {
+            Some(extension) => match rest.strip_suffix(extension).and_then(|r| r.strip_suffix('.')) {
+                Some(tag) => tag,
+                None => continue,
+            },
+            None => rest,
+        };
+        if !tag.contains('.') && crate::syntax::is_bcp47(tag) {
+            found.push((tag.to_string(), directory.join(&candidate)));
+        }
+    }
+    found.sort();
+    found
 }

@@ -1,13 +1,15 @@
 //! The requests: hover, navigation, rename, symbols, formatting, semantic
 //! tokens, inlay hints (journey bounds) and quick fixes.
 
-use super::index::{normalize_duration, Occurrence, Symbol};
+use super::index::{normalize_duration, template_names, Occurrence, Symbol};
+use super::text::LineIndex;
 use super::{Doc, Server};
 use crate::check::format_duration;
 use crate::source::{FileId, Span};
 use crate::syntax::ast;
 use lsp_types::*;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 
 /// Words that cannot be renamed: keywords and built-in names.
 const RESERVED: &[&str] = &[
@@ -155,14 +157,61 @@ pub fn definition(server: &Server, params: GotoDefinitionParams) -> Option<GotoD
 pub fn references(server: &Server, params: ReferenceParams) -> Option<Vec<Location>> {
     let occurrence = occurrence(server, &params.text_document_position)?;
     let include = params.context.include_declaration;
-    Some(
-        server
-            .index
-            .references(&occurrence.symbol)
-            .filter(|o| include || !o.declaration)
-            .filter_map(|o| server.location(o.span))
-            .collect(),
-    )
+    let mut locations: Vec<Location> = server
+        .index
+        .references(&occurrence.symbol)
+        .filter(|o| include || !o.declaration)
+        .filter_map(|o| server.location(o.span))
+        .collect();
+    locations.extend(body_file_references(server, &occurrence.symbol));
+    Some(locations)
+}
+
+/// Uses of an attribute (`customer.NAME`) or a property (`event.NAME`, when
+/// the message is sent with that event in scope) in the messages' `body
+/// file` templates and their locale variants. They are read from disk when
+/// asked: templates are not journey documents, and a keystroke never
+/// reads them.
+fn body_file_references(server: &Server, symbol: &Symbol) -> Vec<Location> {
+    let (root, name, event) = match symbol {
+        Symbol::Attribute(name) => (ast::PathRoot::Customer, name, None),
+        Symbol::Property(event, name) => (ast::PathRoot::Event, name, Some(event)),
+        _ => return Vec::new(),
+    };
+    let mut read = BTreeSet::new();
+    let mut locations = Vec::new();
+    for body in &server.index.body_files {
+        let sent_with_event = |event: &String| {
+            server
+                .index
+                .sent_with
+                .get(&body.message)
+                .is_some_and(|events| events.contains(event))
+        };
+        if event.is_some_and(|event| !sent_with_event(event)) {
+            continue;
+        }
+        let Some(doc) = server.docs.get(body.file.0 as usize) else {
+            continue;
+        };
+        let path = doc.path.parent().unwrap_or(Path::new("")).join(&body.path);
+        let variants = crate::check::locale_variants(&crate::workspace::DiskFiles, &path);
+        for path in std::iter::once(path).chain(variants.into_iter().map(|(_, path)| path)) {
+            if !read.insert(path.clone()) {
+                continue;
+            }
+            let (Ok(text), Ok(uri)) = (std::fs::read_to_string(&path), Url::from_file_path(&path)) else {
+                continue;
+            };
+            let lines = LineIndex::new(&text);
+            for (found, range) in template_names(&text) {
+                if found == root && text[range.clone()] == **name {
+                    locations.push(Location::new(uri.clone(), lines.range(&text, range.start, range.end)));
+                }
+            }
+        }
+    }
+    locations
 }
 
 fn word_at(doc: &Doc, offset: usize) -> &str {
@@ -221,13 +270,15 @@ pub fn rename(server: &Server, params: RenameParams) -> Result<Option<WorkspaceE
         return Err(format!("`{name}` is a keyword or a built-in name"));
     }
     let mut changes: HashMap<Url, Vec<TextEdit>> = HashMap::new();
-    for reference in server.index.references(&occurrence.symbol) {
-        if let Some(location) = server.location(reference.span) {
-            changes
-                .entry(location.uri)
-                .or_default()
-                .push(TextEdit::new(location.range, name.to_string()));
-        }
+    let in_journeys = server
+        .index
+        .references(&occurrence.symbol)
+        .filter_map(|reference| server.location(reference.span));
+    for location in in_journeys.chain(body_file_references(server, &occurrence.symbol)) {
+        changes
+            .entry(location.uri)
+            .or_default()
+            .push(TextEdit::new(location.range, name.to_string()));
     }
     Ok(Some(WorkspaceEdit {
         changes: Some(changes),
@@ -674,6 +725,7 @@ pub fn code_actions(server: &Server, params: CodeActionParams) -> Option<CodeAct
         }
         let occurrence = server.index.at(file, start);
         let wrong = doc.slice(Span::new(file, start as usize, end as usize)).to_string();
+        let suggested = server.index.suggested_types.get(&(file, start)).copied();
         match code.as_str() {
             "E0106" => {
                 if let Some(fix) = declare_event(server, file, &wrong) {
@@ -681,7 +733,7 @@ pub fn code_actions(server: &Server, params: CodeActionParams) -> Option<CodeAct
                 }
             }
             "E0109" => {
-                if let Some(fix) = declare_field(server, server.index.customer_block, &wrong) {
+                if let Some(fix) = declare_field(server, server.index.customer_block, &wrong, suggested) {
                     actions.push(action(format!("declare customer attribute `{wrong}`"), diagnostic, fix));
                 }
             }
@@ -694,7 +746,7 @@ pub fn code_actions(server: &Server, params: CodeActionParams) -> Option<CodeAct
                     .as_ref()
                     .and_then(|e| server.index.declarations.get(&Symbol::Event(e.clone())));
                 if let (Some(event), Some(declaration)) = (event, declaration) {
-                    if let Some(fix) = declare_field(server, Some(declaration.whole), &wrong) {
+                    if let Some(fix) = declare_field(server, Some(declaration.whole), &wrong, suggested) {
                         actions.push(action(
                             format!("declare property `{wrong}` of event `{event}`"),
                             diagnostic,
@@ -760,9 +812,16 @@ fn declare_event(server: &Server, here: FileId, name: &str) -> Option<WorkspaceE
     Some(edit(&doc.uri, Range::new(end, end), format!("{prefix}event {name}\n")))
 }
 
-/// `NAME: string` added to a `customer` or `event` declaration.
-fn declare_field(server: &Server, declaration: Option<Span>, name: &str) -> Option<WorkspaceEdit> {
+/// `NAME: TYPE` added to a `customer` or `event` declaration: the type the
+/// use suggests (`event.total > 100` → `int`), else `string`.
+fn declare_field(
+    server: &Server,
+    declaration: Option<Span>,
+    name: &str,
+    suggested: Option<&str>,
+) -> Option<WorkspaceEdit> {
     let span = declaration?;
+    let kind = suggested.unwrap_or("string");
     let doc = server.docs.get(span.file.0 as usize)?;
     let source = doc.slice(span);
     if source.trim_end().ends_with('}') {
@@ -771,9 +830,9 @@ fn declare_field(server: &Server, declaration: Option<Span>, name: &str) -> Opti
         let one_line = !doc.text[span.start as usize..close].contains('\n');
         let (at, text) = if one_line {
             let separator = if before.ends_with('{') { " " } else { ", " };
-            (before.len(), format!("{separator}{name}: string"))
+            (before.len(), format!("{separator}{name}: {kind}"))
         } else {
-            (before.len(), format!("\n  {name}: string"))
+            (before.len(), format!("\n  {name}: {kind}"))
         };
         let position = doc.lines.position(&doc.text, at);
         Some(edit(&doc.uri, Range::new(position, position), text))
@@ -782,7 +841,7 @@ fn declare_field(server: &Server, declaration: Option<Span>, name: &str) -> Opti
         Some(edit(
             &doc.uri,
             Range::new(position, position),
-            format!(" {{ {name}: string }}"),
+            format!(" {{ {name}: {kind} }}"),
         ))
     }
 }

@@ -81,6 +81,67 @@ pub struct Index {
     pub missing_within: Vec<MissingWithin>,
     /// Each `customer { … }` block's span, and each event's (for "declare").
     pub customer_block: Option<Span>,
+    /// Per message, the events in scope at its `send`s: what `event.NAME`
+    /// in its templates refers to.
+    pub sent_with: BTreeMap<String, BTreeSet<String>>,
+    /// The messages whose body is a file (read on demand, never per keystroke).
+    pub body_files: Vec<BodyFile>,
+    /// The type a `customer.NAME` or `event.NAME` use suggests, by the start
+    /// of NAME: from the literal it is compared or combined with, or `bool`
+    /// where it is a condition. "Declare this …" quick fixes use it.
+    pub suggested_types: BTreeMap<(FileId, u32), &'static str>,
+}
+
+/// A message's `body file "PATH"`, relative to the declaring file.
+#[derive(Clone, Debug)]
+pub struct BodyFile {
+    pub message: String,
+    pub path: String,
+    pub file: FileId,
+}
+
+/// The type of a literal that `op` combines with a path: `x == 3` makes `x`
+/// an `int`, `x + 1d` (x a time) a `time`, `x < now` a `time`.
+fn literal_type(other: &Expr, op: BinaryOp) -> Option<&'static str> {
+    let arithmetic = matches!(op, BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div);
+    match &other.kind {
+        ExprKind::String(_) if !arithmetic => Some("string"),
+        ExprKind::Int(_) => Some("int"),
+        ExprKind::Number(_) => Some("number"),
+        ExprKind::Bool(_) if !arithmetic => Some("bool"),
+        ExprKind::Time(_) | ExprKind::Now if !arithmetic => Some("time"),
+        ExprKind::Duration(_) if matches!(op, BinaryOp::Add | BinaryOp::Sub) => Some("time"),
+        ExprKind::Duration(_) if !arithmetic => Some("duration"),
+        _ => None,
+    }
+}
+
+/// The `customer.NAME` and `event.NAME` inside the `{{ }}` and `{% %}` of a
+/// template's text: which root, and the byte range of NAME.
+pub fn template_names(source: &str) -> Vec<(PathRoot, std::ops::Range<usize>)> {
+    let mut found = Vec::new();
+    for (root, prefix) in [(PathRoot::Customer, "customer."), (PathRoot::Event, "event.")] {
+        for (at, _) in source.match_indices(prefix) {
+            let inside = source[..at].rfind("{{").max(source[..at].rfind("{%"));
+            let closed = source[..at].rfind("}}").max(source[..at].rfind("%}"));
+            let preceded = source[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if inside.is_none() || closed > inside || preceded {
+                continue;
+            }
+            let name_start = at + prefix.len();
+            let name_len = source[name_start..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(source.len() - name_start);
+            if name_len > 0 {
+                found.push((root, name_start..name_start + name_len));
+            }
+        }
+    }
+    found.sort_by_key(|(_, range)| range.start);
+    found
 }
 
 impl Index {
@@ -99,13 +160,29 @@ impl Index {
             events,
             journey: String::new(),
             split: None,
+            template_properties: Vec::new(),
         };
         for (file, text) in files {
             for item in &file.items {
                 builder.item(item);
                 if let Item::Message(message) = item {
-                    builder.template_attributes(message, text);
+                    builder.templates(message, text);
                 }
+            }
+        }
+        // `event.NAME` in a template is a property of each event in scope
+        // where the message is sent.
+        for (message, ident) in std::mem::take(&mut builder.template_properties) {
+            let events: Vec<String> = builder
+                .index
+                .sent_with
+                .get(&message)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            for event in events {
+                builder.add(&ident, Symbol::Property(event, ident.name.clone()), None);
             }
         }
         let mut index = builder.index;
@@ -152,6 +229,8 @@ struct Builder {
     events: BTreeSet<String>,
     journey: String,
     split: Option<String>,
+    /// `event.NAME` in inline templates, by message, resolved at the end.
+    template_properties: Vec<(String, Ident)>,
 }
 
 impl Builder {
@@ -210,7 +289,7 @@ impl Builder {
                     Symbol::Segment(segment.name.name.clone()),
                     Some(segment.span),
                 );
-                self.expr(&segment.condition, None);
+                self.condition_expr(&segment.condition, None);
             }
             Item::Message(message) => {
                 self.add(
@@ -219,7 +298,7 @@ impl Builder {
                     Some(message.span),
                 );
                 if let Some(consent) = &message.consent {
-                    self.expr(consent, None);
+                    self.condition_expr(consent, None);
                 }
             }
             Item::Settings(settings) => {
@@ -246,40 +325,35 @@ impl Builder {
         }
     }
 
-    /// `customer.NAME` inside the `{{ }}` and `{% %}` of a message's inline
-    /// subject and body, so that renaming an attribute edits its templates.
-    fn template_attributes(&mut self, message: &MessageDecl, text: &str) {
-        let inline = [
-            message.subject.as_ref(),
-            match &message.body {
-                Some(Body::Inline(body)) => Some(body),
-                _ => None,
-            },
-        ];
+    /// `customer.NAME` and `event.NAME` inside the `{{ }}` and `{% %}` of a
+    /// message's inline subject and body, so that renaming an attribute or a
+    /// property edits its templates; a `body file` is remembered, and read
+    /// only when references are asked for ([`Index::body_files`]).
+    fn templates(&mut self, message: &MessageDecl, text: &str) {
+        let mut inline = vec![message.subject.as_ref()];
+        match &message.body {
+            Some(Body::Inline(body)) => inline.push(Some(body)),
+            Some(Body::File(path)) => self.index.body_files.push(BodyFile {
+                message: message.name.name.clone(),
+                path: path.value.clone(),
+                file: path.span.file,
+            }),
+            None => {}
+        }
         for literal in inline.into_iter().flatten() {
             let start = literal.span.start as usize;
             let Some(source) = text.get(start..literal.span.end as usize) else {
                 continue;
             };
-            for (at, _) in source.match_indices("customer.") {
-                let inside = source[..at].rfind("{{").max(source[..at].rfind("{%"));
-                let closed = source[..at].rfind("}}").max(source[..at].rfind("%}"));
-                if inside.is_none() || closed > inside {
-                    continue;
-                }
-                let name_start = at + "customer.".len();
-                let name_len = source[name_start..]
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(source.len() - name_start);
-                if name_len == 0 {
-                    continue;
-                }
-                let from = start + name_start;
+            for (root, range) in template_names(source) {
                 let ident = Ident {
-                    name: source[name_start..name_start + name_len].to_string(),
-                    span: Span::new(literal.span.file, from, from + name_len),
+                    name: source[range.clone()].to_string(),
+                    span: Span::new(literal.span.file, start + range.start, start + range.end),
                 };
-                self.add(&ident, Symbol::Attribute(ident.name.clone()), None);
+                match root {
+                    PathRoot::Customer => self.add(&ident, Symbol::Attribute(ident.name.clone()), None),
+                    PathRoot::Event => self.template_properties.push((message.name.name.clone(), ident)),
+                }
             }
         }
     }
@@ -293,12 +367,12 @@ impl Builder {
         if self.events.contains(&condition.name.name) {
             self.event_ref(&condition.name);
             if let Some(filter) = &condition.filter {
-                self.expr(filter, Some(&condition.name.name.clone()));
+                self.condition_expr(filter, Some(&condition.name.name.clone()));
             }
         } else {
             self.add(&condition.name, Symbol::Segment(condition.name.name.clone()), None);
             if let Some(filter) = &condition.filter {
-                self.expr(filter, None);
+                self.condition_expr(filter, None);
             }
         }
     }
@@ -309,7 +383,7 @@ impl Builder {
                 TriggerKind::Event { event, filter } => {
                     self.event_ref(event);
                     if let Some(filter) = filter {
-                        self.expr(filter, Some(&event.name.clone()));
+                        self.condition_expr(filter, Some(&event.name.clone()));
                     }
                 }
                 TriggerKind::Entered { segment } | TriggerKind::Left { segment } => {
@@ -317,7 +391,7 @@ impl Builder {
                 }
                 TriggerKind::Every {
                     filter: Some(filter), ..
-                } => self.expr(filter, None),
+                } => self.condition_expr(filter, None),
                 TriggerKind::Inactive { duration, since } => {
                     self.duration(duration);
                     if let Some(since) = since {
@@ -355,7 +429,16 @@ impl Builder {
 
     fn statement(&mut self, kind: &StatementKind, span: Span, scope: Option<&str>) {
         match kind {
-            StatementKind::Send { message } => self.add(message, Symbol::Message(message.name.clone()), None),
+            StatementKind::Send { message } => {
+                self.add(message, Symbol::Message(message.name.clone()), None);
+                if let Some(event) = scope {
+                    self.index
+                        .sent_with
+                        .entry(message.name.clone())
+                        .or_default()
+                        .insert(event.to_string());
+                }
+            }
             StatementKind::Wait { duration } => self.duration(duration),
             StatementKind::WaitUntilTime { .. } | StatementKind::Exit => {}
             StatementKind::WaitUntilExpr { time } => self.expr(time, scope),
@@ -369,7 +452,7 @@ impl Builder {
                 self.event_ref(event);
                 let inner = event.name.clone();
                 if let Some(filter) = filter {
-                    self.expr(filter, Some(&inner));
+                    self.condition_expr(filter, Some(&inner));
                 }
                 match within {
                     Some(within) => self.duration(within),
@@ -385,7 +468,7 @@ impl Builder {
             }
             StatementKind::If { branches, otherwise } => {
                 for (condition, block) in branches {
-                    self.expr(condition, scope);
+                    self.condition_expr(condition, scope);
                     self.block(block, scope);
                 }
                 if let Some(otherwise) = otherwise {
@@ -415,6 +498,22 @@ impl Builder {
         }
     }
 
+    /// Remembers the type a use of `customer.NAME` / `event.NAME` suggests.
+    fn suggest(&mut self, expr: &Expr, suggested: Option<&'static str>) {
+        if let (ExprKind::Path { field, .. }, Some(suggested)) = (&expr.kind, suggested) {
+            self.index
+                .suggested_types
+                .entry((field.span.file, field.span.start))
+                .or_insert(suggested);
+        }
+    }
+
+    /// A condition (`if`, `when`, a segment): a bare path in it is a `bool`.
+    fn condition_expr(&mut self, expr: &Expr, scope: Option<&str>) {
+        self.suggest(expr, Some("bool"));
+        self.expr(expr, scope);
+    }
+
     fn expr(&mut self, expr: &Expr, scope: Option<&str>) {
         match &expr.kind {
             ExprKind::Path { root, field, .. } => match root {
@@ -426,12 +525,25 @@ impl Builder {
                 }
             },
             ExprKind::Segment(ident) => self.add(ident, Symbol::Segment(ident.name.clone()), None),
-            ExprKind::Unary { operand, .. } => self.expr(operand, scope),
-            ExprKind::Binary { lhs, rhs, .. } => {
+            ExprKind::Unary { operand, op } => {
+                if *op == UnaryOp::Not {
+                    self.suggest(operand, Some("bool"));
+                }
+                self.expr(operand, scope)
+            }
+            ExprKind::Binary { lhs, rhs, op } => {
+                if matches!(op, BinaryOp::And | BinaryOp::Or) {
+                    self.suggest(lhs, Some("bool"));
+                    self.suggest(rhs, Some("bool"));
+                } else {
+                    self.suggest(lhs, literal_type(rhs, *op));
+                    self.suggest(rhs, literal_type(lhs, *op));
+                }
                 self.expr(lhs, scope);
                 self.expr(rhs, scope);
             }
             ExprKind::In { value, list } => {
+                self.suggest(value, list.first().and_then(|item| literal_type(item, BinaryOp::Eq)));
                 self.expr(value, scope);
                 for item in list {
                     self.expr(item, scope);

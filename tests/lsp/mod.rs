@@ -237,6 +237,75 @@ fn definition_references_and_rename_work_across_files_and_from_the_declaration()
     client.shutdown();
 }
 
+/// Renaming a property or an attribute edits the templates that use it:
+/// inline ones, a `body file` and its locale variant; a template of a
+/// message sent with another event in scope is left alone.
+#[test]
+fn rename_edits_inline_and_body_file_templates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let journeys = r#"customer { plan: string }
+
+event purchase { amount: number }
+event refund { amount: number }
+
+message thanks email { subject "Thanks for {{ event.amount }}" body file "thanks.html" }
+message sorry email { subject "Refund of {{ event.amount }}" body "Sorry, {{ customer.plan }}" }
+
+journey after_purchase {
+  trigger purchase
+  send thanks
+}
+
+journey after_refund {
+  trigger refund
+  send sorry
+}
+"#;
+    let html = "<p>{{ event.amount }} for {{ customer.plan }}</p>\n";
+    let persian = "<p dir=\"rtl\">{{ event.amount }} / {{ customer.plan }} / {{ event.amount }}</p>\n";
+    let main = dir.path().join("main.journey");
+    std::fs::write(&main, journeys).expect("write");
+    std::fs::write(dir.path().join("thanks.html"), html).expect("write");
+    std::fs::write(dir.path().join("thanks.fa.html"), persian).expect("write");
+    let mut client = Client::start(dir.path());
+    client.open(&main, journeys);
+    let edits_of = |edit: &Value, path: &Path| -> Vec<Value> {
+        edit["changes"][uri(path)].as_array().cloned().unwrap_or_default()
+    };
+
+    let mut params = at(&main, find(journeys, "amount", 0, 1));
+    params["newName"] = json!("total");
+    let edit = client.request("textDocument/rename", params);
+    // The declaration and the subject of `thanks`, not `sorry`'s (refund).
+    assert_eq!(edits_of(&edit, &main).len(), 2, "{edit}");
+    let html_edits = edits_of(&edit, &dir.path().join("thanks.html"));
+    assert_eq!(html_edits.len(), 1, "{edit}");
+    assert_eq!(html_edits[0]["range"], range((0, 12), (0, 18)));
+    assert_eq!(html_edits[0]["newText"], "total");
+    assert_eq!(edits_of(&edit, &dir.path().join("thanks.fa.html")).len(), 2, "{edit}");
+
+    let mut params = at(&main, find(journeys, "plan", 0, 1));
+    params["context"] = json!({ "includeDeclaration": true });
+    let references = client.request("textDocument/references", params.clone());
+    let files: Vec<&str> = references
+        .as_array()
+        .expect("references")
+        .iter()
+        .filter_map(|r| r["uri"].as_str())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            uri(&main),
+            uri(&main),
+            uri(&dir.path().join("thanks.html")),
+            uri(&dir.path().join("thanks.fa.html"))
+        ],
+        "{references}"
+    );
+    client.shutdown();
+}
+
 fn labels(result: &Value) -> Vec<String> {
     let items = result
         .as_array()
@@ -348,6 +417,56 @@ fn quick_fixes_apply_did_you_mean_and_declare() {
         .expect("declare");
     let schema_edits = &declare["edit"]["changes"][&uri(&workspace.path("schema.journey"))];
     assert_eq!(schema_edits[0]["newText"], "event refund\n");
+    client.shutdown();
+}
+
+/// "Declare this property/attribute" gives the type the use suggests.
+#[test]
+fn declare_fixes_take_the_type_the_use_suggests() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = r#"customer { plan: string }
+
+event purchase { amount: number }
+
+journey big_orders {
+  trigger purchase where event.items > 2 and event.gift
+  if customer.vip == true or customer.since < now {
+    exit
+  }
+}
+"#;
+    let main = dir.path().join("main.journey");
+    std::fs::write(&main, text).expect("write");
+    let mut client = Client::start(dir.path());
+    client.open(&main, text);
+    let diagnostics = client.diagnostics(&uri(&main));
+    let declared = |client: &mut Client, name: &str| -> String {
+        let (line, column) = find(text, name, 0, 0);
+        let diagnostic = diagnostics
+            .iter()
+            .find(|d| d["range"]["start"] == position(line, column))
+            .cloned()
+            .unwrap_or_else(|| panic!("a diagnostic at {name}: {diagnostics:?}"));
+        let actions = client.request(
+            "textDocument/codeAction",
+            json!({ "textDocument": { "uri": uri(&main) }, "range": diagnostic["range"], "context": { "diagnostics": [diagnostic] } }),
+        );
+        let declare = actions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["title"].as_str().is_some_and(|t| t.starts_with("declare")))
+            .cloned()
+            .unwrap_or_else(|| panic!("a declare fix for {name}: {actions}"));
+        declare["edit"]["changes"][&uri(&main)][0]["newText"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(declared(&mut client, "items"), ", items: int");
+    assert_eq!(declared(&mut client, "gift"), ", gift: bool");
+    assert_eq!(declared(&mut client, "vip"), ", vip: bool");
+    assert_eq!(declared(&mut client, "since"), ", since: time");
     client.shutdown();
 }
 
