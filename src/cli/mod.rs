@@ -12,6 +12,7 @@ mod export;
 mod fmt;
 mod graph;
 mod import;
+mod import_customers;
 mod inspect;
 mod lsp;
 mod serve;
@@ -52,6 +53,8 @@ enum Command {
     Export(export::Args),
     /// Restore an export into an empty data directory.
     Import(import::Args),
+    /// Load customers from a CSV or JSONL file into a data directory (daemon stopped).
+    ImportCustomers(import_customers::Args),
 }
 
 /// Exit code: success.
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
+        Command::ImportCustomers(args) => import_customers::run(args),
     };
     ExitCode::from(code)
 }

@@ -32,6 +32,9 @@ use std::time::Instant;
 pub const BODY_BYTES_MAX: usize = 512 * 1024;
 /// The most events in one `/v1/batch` request.
 pub const BATCH_EVENTS_MAX: usize = 1000;
+/// Rows per `POST /v1/import` (larger files: several requests, or
+/// `journeyc import-customers` offline).
+pub const IMPORT_ROWS_MAX: usize = 10_000;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -57,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/group", post(group))
         .route("/v1/alias", post(alias))
         .route("/v1/batch", post(batch))
+        .route("/v1/import", post(import))
         .route("/v1/rejected", get(list_rejected))
         .route("/v1/rejected/replay", post(replay_rejected))
         .route("/v1/customers/{id}", get(get_customer).delete(delete_customer))
@@ -181,6 +185,8 @@ enum Endpoint {
     Group,
     Alias,
     Batch,
+    /// `POST /v1/import`: customers as CSV or JSONL rows.
+    Import,
 }
 
 macro_rules! single_call_endpoints {
@@ -202,6 +208,10 @@ single_call_endpoints! {
 
 async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     intake(state, Endpoint::Batch, headers, body).await
+}
+
+async fn import(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    intake(state, Endpoint::Import, headers, body).await
 }
 
 /// After an over-limit body is refused, at most this much more of it is read
@@ -379,6 +389,7 @@ impl Endpoint {
             Endpoint::Group => "group",
             Endpoint::Alias => "alias",
             Endpoint::Batch => "batch",
+            Endpoint::Import => "import",
         }
     }
 }
@@ -393,6 +404,9 @@ fn validate(
     received_at: i64,
     future_max_ms: i64,
 ) -> Result<Validated, Refusal> {
+    if endpoint == Endpoint::Import {
+        return validate_import(bytes, bundle, received_at, future_max_ms);
+    }
     let json: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, "", format!("invalid JSON: {e}"), 1))?;
     let items: Vec<serde_json::Value> = match (endpoint, json) {
@@ -455,6 +469,44 @@ fn validate(
     Ok(validated)
 }
 
+/// Rows of customers (CSV with a header, or JSONL: `runtime::import`),
+/// each an identify call validated on its own; a refused row's `index` is
+/// its 1-based row number.
+fn validate_import(bytes: &[u8], bundle: &Bundle, received_at: i64, future_max_ms: i64) -> Result<Validated, Refusal> {
+    use crate::runtime::import::{rows, Format};
+    let rows = rows(Format::sniff(bytes), bytes, &bundle.schema)
+        .map_err(|e| refuse(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.reason, 1))?;
+    if rows.len() > IMPORT_ROWS_MAX {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body",
+            format!("{} rows; at most {IMPORT_ROWS_MAX} per request", rows.len()),
+            rows.len(),
+        ));
+    }
+    let mut validated = Validated::default();
+    for row in rows {
+        let refused = match row.call {
+            Ok(call) => match parse_received_call(&call, &bundle.schema, received_at, future_max_ms) {
+                Ok(call) => {
+                    validated.calls.push(call);
+                    continue;
+                }
+                Err(e) => (e.field, e.reason, call),
+            },
+            Err(e) => (e.field, e.reason, json!({ "row": e.text })),
+        };
+        let (field, reason, call) = refused;
+        validated.refused.push(Refused {
+            index: row.number,
+            field,
+            reason,
+            call,
+        });
+    }
+    Ok(validated)
+}
+
 /// Keeps refused calls in the rejected store and makes them durable
 /// (when valid calls go to the commit thread too, its flush does that).
 async fn keep_rejected(state: &AppState, rejections: Vec<Rejection>, flush: bool) -> Result<(), Response> {
@@ -508,15 +560,23 @@ async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         }
     };
     let Validated { calls, refused } = validated;
-    let batch = endpoint == Endpoint::Batch;
+    // Batches and imports answer per call (`index`) or per row (`row`).
+    let (batch, position) = match endpoint {
+        Endpoint::Batch => (true, "index"),
+        Endpoint::Import => (true, "row"),
+        _ => (false, "index"),
+    };
     let answers: Vec<serde_json::Value> = refused
         .iter()
-        .map(|r| json!({"index": r.index, "field": r.field, "reason": r.reason}))
+        .map(|r| json!({position: r.index, "field": r.field, "reason": r.reason}))
         .collect();
     let first = refused.first().map(|r| match (batch, r.field.is_empty()) {
         (false, _) => (r.field.clone(), r.reason.clone()),
-        (true, true) => (format!("batch[{}]", r.index), r.reason.clone()),
-        (true, false) => (format!("batch[{}].{}", r.index, r.field), r.reason.clone()),
+        (true, true) => (format!("{}[{}]", endpoint.name(), r.index), r.reason.clone()),
+        (true, false) => (
+            format!("{}[{}].{}", endpoint.name(), r.index, r.field),
+            r.reason.clone(),
+        ),
     });
     let kept: Vec<Rejection> = refused
         .into_iter()

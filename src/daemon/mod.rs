@@ -14,6 +14,7 @@
 //! effect of the request (state, timer, outbox records) is on disk; a record
 //! reaches a sink only after it is on disk.
 
+pub mod bulk;
 pub mod commit;
 pub mod erasure;
 pub mod export;
@@ -149,34 +150,13 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         }
     }
     let next_seq = store.next_seq()?.unwrap_or(1).max(highest_seen + 1);
-    let next_timer_chunk = store.next_timer_chunk()?;
-    let committed_now = store.last_outbox_seq()?.unwrap_or(0);
-
-    let metrics = Arc::new(Metrics::default());
-    let (committed_sender, committed_receiver) = watch::channel(committed_now);
-    let stats: HashMap<String, i64> = store.counters()?.into_iter().collect();
-    let published = Published {
-        committed_seq: Arc::new(committed_sender),
-        stats: Arc::new(Mutex::new(stats)),
-        timers_changed: Arc::new(tokio::sync::Notify::new()),
-        metrics: metrics.clone(),
-    };
-    let (job_sender, job_receiver) = tokio::sync::mpsc::channel(commit::JOB_CHANNEL_CAPACITY);
-    let committer = Committer { sender: job_sender };
-    let commit_thread = {
-        let thread = CommitThread::new(
-            store.clone(),
-            shared_runtime.clone(),
-            published.clone(),
-            next_seq,
-            next_timer_chunk,
-        )
-        .with_fault_policy(config.faults);
-        std::thread::Builder::new()
-            .name("journeyc-commit".into())
-            .spawn(move || thread.run(job_receiver))
-            .map_err(|e| DaemonError::Io(e.to_string()))?
-    };
+    let Commits {
+        committer,
+        published,
+        committed: committed_receiver,
+        thread: commit_thread,
+    } = start_commits(&store, &shared_runtime, next_seq, config.faults)?;
+    let metrics = published.metrics.clone();
     if needs_install {
         let migrated = committer
             .install(loaded.clone())
@@ -272,6 +252,56 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     let erasures_pending = !erasure::pending(&store)?.is_empty();
     tracing::info!("stopped");
     Ok(erasures_pending)
+}
+
+/// The commit thread, its handle, and what it publishes.
+pub(crate) struct Commits {
+    pub committer: Committer,
+    pub published: Published,
+    /// The highest durable outbox sequence number, for the sinks.
+    pub committed: watch::Receiver<u64>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the commit thread on an open store: `serve` and the offline
+/// customer import ([`bulk`]) both commit through it. `next_seq` is the
+/// next unused outbox sequence number.
+pub(crate) fn start_commits(
+    store: &Store,
+    runtime: &SharedRuntime,
+    next_seq: u64,
+    faults: faults::FaultPolicy,
+) -> Result<Commits, DaemonError> {
+    let next_timer_chunk = store.next_timer_chunk()?;
+    let committed_now = store.last_outbox_seq()?.unwrap_or(0);
+    let (committed_sender, committed) = watch::channel(committed_now);
+    let stats: HashMap<String, i64> = store.counters()?.into_iter().collect();
+    let published = Published {
+        committed_seq: Arc::new(committed_sender),
+        stats: Arc::new(Mutex::new(stats)),
+        timers_changed: Arc::new(tokio::sync::Notify::new()),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let (job_sender, job_receiver) = tokio::sync::mpsc::channel(commit::JOB_CHANNEL_CAPACITY);
+    let committer = Committer { sender: job_sender };
+    let commit_thread = CommitThread::new(
+        store.clone(),
+        runtime.clone(),
+        published.clone(),
+        next_seq,
+        next_timer_chunk,
+    )
+    .with_fault_policy(faults);
+    let thread = std::thread::Builder::new()
+        .name("journeyc-commit".into())
+        .spawn(move || commit_thread.run(job_receiver))
+        .map_err(|e| DaemonError::Io(e.to_string()))?;
+    Ok(Commits {
+        committer,
+        published,
+        committed,
+        thread,
+    })
 }
 
 async fn reload_on_hangup(reloader: Arc<reload::Reloader>) {

@@ -60,7 +60,7 @@ pub fn subscribe_trait(channel: Channel) -> String {
 }
 
 /// The channel whose subscription trait `name` is.
-fn subscribe_trait_channel(name: &str) -> Option<Channel> {
+pub fn subscribe_trait_channel(name: &str) -> Option<Channel> {
     name.strip_suffix("_subscribe").and_then(Channel::parse)
 }
 

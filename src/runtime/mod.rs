@@ -7,6 +7,7 @@
 //! through it.
 
 mod eval;
+pub mod import;
 pub mod input;
 pub mod interpreter;
 pub mod local_time;
