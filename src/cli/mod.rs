@@ -14,6 +14,7 @@ mod graph;
 mod import;
 mod inspect;
 mod lsp;
+mod outbox;
 mod serve;
 mod simulate;
 mod test;
@@ -52,6 +53,8 @@ enum Command {
     Export(export::Args),
     /// Restore an export into an empty data directory.
     Import(import::Args),
+    /// Dead letters of a stopped daemon: `outbox retry` queues them for delivery again.
+    Outbox(outbox::Args),
 }
 
 /// Exit code: success.
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
+        Command::Outbox(args) => outbox::run(args),
     };
     ExitCode::from(code)
 }
