@@ -11,4 +11,5 @@ mod lifecycle;
 mod readout;
 mod rejected;
 mod stream;
+mod tls;
 mod webhook;
