@@ -270,3 +270,59 @@ pub fn run(args: Args) -> u8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syntax::ast::Channel;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn settle_with(flags: &[&str]) -> Result<Config, String> {
+        let args = Wrapper::try_parse_from([&["serve"][..], flags].concat())
+            .map_err(|e| e.to_string())?
+            .args;
+        settle(args)
+    }
+
+    #[test]
+    fn rates_and_ca_file_come_from_the_config_file_unless_flags_say_otherwise() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let certificate = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        std::fs::write(&ca, certificate.pem()).expect("write CA");
+        let config = dir.path().join("serve.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "ca_file = {:?}\nrate = {{ email = \"50/s\", sms = \"600/m\" }}\n",
+                ca.display().to_string()
+            ),
+        )
+        .expect("write config");
+        let path = config.to_str().expect("path");
+        let from_file = settle_with(&["--config", path]).expect("settle");
+        assert_eq!(from_file.rates.len(), 2);
+        assert_eq!(
+            from_file.rates[&Channel::Sms].interval(),
+            std::time::Duration::from_millis(100)
+        );
+        assert_eq!(from_file.webhook.ca_pem, certificate.pem().into_bytes());
+        // Flags replace the file's rates as a whole.
+        let flagged = settle_with(&["--config", path, "--rate", "push=5/s"]).expect("settle");
+        assert_eq!(flagged.rates.keys().collect::<Vec<_>>(), vec![&Channel::Push]);
+        assert!(settle_with(&[]).expect("defaults").rates.is_empty());
+        std::fs::write(&config, "rate = { fax = \"1/s\" }\n").expect("write config");
+        let refusal = settle_with(&["--config", path]).err().unwrap_or_default();
+        assert!(refusal.starts_with("rate: unknown channel \"fax\""), "{refusal}");
+    }
+}
