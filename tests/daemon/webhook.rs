@@ -394,14 +394,24 @@ fn dead_letters_are_listed_erased_and_requeued_offline() {
     let listed = daemon.get("/v1/outbox/dead").json();
     assert_eq!(listed["total"], 1, "{listed}");
     assert_eq!(listed["dead_letters"][0]["customer"], "kept");
+    let outbox_retry = || {
+        std::process::Command::new(binary())
+            .args(["outbox", "retry", "--data"])
+            .arg(env.data())
+            .output()
+            .expect("journeyc outbox retry")
+    };
+    // Not while the daemon holds the store.
+    let output = outbox_retry();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("stop it first"),
+        "{output:?}"
+    );
     assert_eq!(daemon.terminate(), Some(0));
 
     // Offline: queued while stopped, delivered at the next start with the same id.
-    let output = std::process::Command::new(binary())
-        .args(["outbox", "retry", "--data"])
-        .arg(env.data())
-        .output()
-        .expect("journeyc outbox retry");
+    let output = outbox_retry();
     assert!(output.status.success(), "{output:?}");
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("requeued 1 dead letters"),
