@@ -15,6 +15,7 @@ mod import;
 mod import_customers;
 mod inspect;
 mod lsp;
+mod outbox;
 mod serve;
 mod simulate;
 mod test;
@@ -55,6 +56,8 @@ enum Command {
     Import(import::Args),
     /// Load customers from a CSV or JSONL file into a data directory (daemon stopped).
     ImportCustomers(import_customers::Args),
+    /// Dead letters of a stopped daemon: `outbox retry` queues them for delivery again.
+    Outbox(outbox::Args),
 }
 
 /// Exit code: success.
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
         Command::ImportCustomers(args) => import_customers::run(args),
+        Command::Outbox(args) => outbox::run(args),
     };
     ExitCode::from(code)
 }

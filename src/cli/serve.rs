@@ -5,6 +5,7 @@
 //! `journeys/`, data `./data`, listen `127.0.0.1:8080`, sink
 //! `jsonl:DATA/sends.jsonl`).
 
+use crate::daemon::rate::{insert_rate, parse_channel_rate, Rates};
 use crate::daemon::server::HttpOptions;
 use crate::daemon::sinks::{parse_webhook_secret, SinkSpec, WebhookOptions};
 use crate::daemon::store::StoreOptions;
@@ -28,7 +29,7 @@ pub struct Args {
     /// API token for `Authorization: Bearer` (or Basic auth user name)
     #[arg(long, env = "JOURNEYC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// A TOML file with the same settings (workspace, data, listen, sinks, token, webhook_*)
+    /// A TOML file with the same settings (workspace, data, listen, sinks, token, webhook_*, ca_file, rate)
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Webhook: attempts per send before it is dead-lettered
@@ -43,6 +44,12 @@ pub struct Args {
     /// Webhook: Standard Webhooks signing secret, `whsec_<base64>`; signs every request
     #[arg(long, env = "JOURNEYC_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Webhook: a PEM file of private CA certificates trusted for https:// besides the web roots
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// A channel's rate limit per delivering sink, `CHANNEL=N/s` (or /m, /h); repeatable
+    #[arg(long = "rate")]
+    pub rates: Vec<String>,
     /// sled page cache size in MiB
     #[arg(long)]
     pub cache_mib: Option<u64>,
@@ -80,6 +87,10 @@ struct FileConfig {
     webhook_retry_ms: Option<u64>,
     webhook_rate: Option<f64>,
     webhook_secret: Option<String>,
+    ca_file: Option<PathBuf>,
+    /// `rate = { email = "50/s", sms = "10/s" }`
+    #[serde(default)]
+    rate: std::collections::BTreeMap<String, String>,
     cache_mib: Option<u64>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
@@ -126,8 +137,22 @@ fn settle(args: Args) -> Result<Config, String> {
             Some(text) => Some(parse_webhook_secret(&text).map_err(|e| format!("--webhook-secret: {e}"))?),
             None => None,
         },
+        ca_pem: match args.ca_file.or(file.ca_file) {
+            Some(path) => read_ca_file(&path)?,
+            None => Vec::new(),
+        },
         ..defaults
     };
+    let mut rates = Rates::new();
+    if args.rates.is_empty() {
+        for (channel, rate) in &file.rate {
+            insert_rate(channel, rate, &mut rates).map_err(|e| format!("rate: {e}"))?;
+        }
+    } else {
+        for text in &args.rates {
+            parse_channel_rate(text, &mut rates).map_err(|e| format!("--rate: {e}"))?;
+        }
+    }
     if webhook.rate_per_second.is_nan() || webhook.rate_per_second <= 0.0 {
         return Err("--webhook-rate must be above 0".into());
     }
@@ -196,10 +221,18 @@ fn settle(args: Args) -> Result<Config, String> {
         sinks,
         token: args.token.or(file.token).filter(|t| !t.is_empty()),
         webhook,
+        rates,
         store,
         http,
         faults,
     })
+}
+
+/// Reads `--ca-file`: a PEM bundle with at least one certificate.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+    crate::daemon::outbox::ca_certificates(&pem).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+    Ok(pem)
 }
 
 pub fn init_logging() {
@@ -235,5 +268,61 @@ pub fn run(args: Args) -> u8 {
             eprintln!("error: {error}");
             super::EXIT_USAGE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syntax::ast::Channel;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn settle_with(flags: &[&str]) -> Result<Config, String> {
+        let args = Wrapper::try_parse_from([&["serve"][..], flags].concat())
+            .map_err(|e| e.to_string())?
+            .args;
+        settle(args)
+    }
+
+    #[test]
+    fn rates_and_ca_file_come_from_the_config_file_unless_flags_say_otherwise() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let certificate = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        std::fs::write(&ca, certificate.pem()).expect("write CA");
+        let config = dir.path().join("serve.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "ca_file = {:?}\nrate = {{ email = \"50/s\", sms = \"600/m\" }}\n",
+                ca.display().to_string()
+            ),
+        )
+        .expect("write config");
+        let path = config.to_str().expect("path");
+        let from_file = settle_with(&["--config", path]).expect("settle");
+        assert_eq!(from_file.rates.len(), 2);
+        assert_eq!(
+            from_file.rates[&Channel::Sms].interval(),
+            std::time::Duration::from_millis(100)
+        );
+        assert_eq!(from_file.webhook.ca_pem, certificate.pem().into_bytes());
+        // Flags replace the file's rates as a whole.
+        let flagged = settle_with(&["--config", path, "--rate", "push=5/s"]).expect("settle");
+        assert_eq!(flagged.rates.keys().collect::<Vec<_>>(), vec![&Channel::Push]);
+        assert!(settle_with(&[]).expect("defaults").rates.is_empty());
+        std::fs::write(&config, "rate = { fax = \"1/s\" }\n").expect("write config");
+        let refusal = settle_with(&["--config", path]).err().unwrap_or_default();
+        assert!(refusal.starts_with("rate: unknown channel \"fax\""), "{refusal}");
     }
 }

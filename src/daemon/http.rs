@@ -49,6 +49,8 @@ pub struct AppState {
     pub reloader: Arc<Reloader>,
     pub http: Arc<HttpOptions>,
     pub rejected: Arc<RejectedStore>,
+    /// Bumped after dead letters are requeued, to wake the sink loops.
+    pub dead_retry: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -68,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/journeys", get(journeys))
         .route("/v1/journeys/{name}/stats", get(journey_stats))
         .route("/v1/reload", post(reload))
+        .route("/v1/outbox/dead", get(list_dead_letters))
+        .route("/v1/outbox/retry", post(retry_dead_letters))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -974,6 +978,109 @@ async fn reload(State(state): State<AppState>) -> Response {
     }
 }
 
+/// The most dead letters one `GET /v1/outbox/dead` lists.
+pub const DEAD_LIST_MAX: usize = 1000;
+
+/// `GET /v1/outbox/dead[?limit=N]`: the dead letters, oldest sink key first.
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let mut limit = 100;
+    for pair in query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("limit", value)) => match value.parse::<usize>() {
+                Ok(n) if (1..=DEAD_LIST_MAX).contains(&n) => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "limit",
+                        format!("expected a whole number from 1 to {DEAD_LIST_MAX}, got {value:?}"),
+                    )
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "query",
+                    format!("unknown parameter {pair:?}; only limit"),
+                )
+            }
+        }
+    }
+    let store = state.store.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        Ok::<_, store::StoreError>((super::dead::list(&store, limit)?, super::dead::count(&store)))
+    })
+    .await;
+    match listed {
+        Ok(Ok((letters, total))) => {
+            (StatusCode::OK, Json(json!({"total": total, "dead_letters": letters}))).into_response()
+        }
+        Ok(Err(failure)) => error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+    }
+}
+
+/// `POST /v1/outbox/retry` with no body (or `{}`) requeues every dead
+/// letter; `{"seq": [N, …]}` those with these sequence numbers.
+async fn retry_dead_letters(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let only: Option<Vec<u64>> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let value: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(value) => value,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "", format!("the body is not JSON: {e}")),
+        };
+        let Some(object) = value.as_object() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "",
+                "expected an object like {\"seq\": [12, 15]}",
+            );
+        };
+        if let Some(other) = object.keys().find(|k| k.as_str() != "seq") {
+            return error(StatusCode::BAD_REQUEST, other, "unknown field; only seq");
+        }
+        match object.get("seq") {
+            None => None,
+            Some(serde_json::Value::Array(items)) => {
+                let seqs: Option<Vec<u64>> = items.iter().map(serde_json::Value::as_u64).collect();
+                match seqs {
+                    Some(seqs) => Some(seqs),
+                    None => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "seq",
+                            "expected whole numbers (outbox sequence numbers)",
+                        )
+                    }
+                }
+            }
+            Some(_) => return error(StatusCode::BAD_REQUEST, "seq", "expected a list of sequence numbers"),
+        }
+    };
+    let store = state.store.clone();
+    let requeued = tokio::task::spawn_blocking(move || super::dead::requeue(&store, only.as_deref())).await;
+    match requeued {
+        Ok(Ok((requeued, missing))) => {
+            state.dead_retry.send_modify(|generation| *generation += 1);
+            (
+                StatusCode::OK,
+                Json(json!({"success": true, "requeued": requeued, "not_found": missing})),
+            )
+                .into_response()
+        }
+        Ok(Err(failure)) => error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+    }
+}
+
 async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }
@@ -1003,6 +1110,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         outbox_depth,
         customers_failing,
         customers_parked,
+        dead_letters: super::dead::count(&state.store),
     });
     (
         StatusCode::OK,

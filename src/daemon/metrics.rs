@@ -77,6 +77,10 @@ pub struct Metrics {
     pub records_delivered: Counter,
     pub delivery_failures: Counter,
     pub dead_letters: Counter,
+    /// Dead letters removed to keep the store's bound (the oldest first).
+    pub dead_letters_dropped: Counter,
+    /// Delivery requests that waited for a rate limit's slot.
+    pub rate_limited: Counter,
     pub panics: Counter,
     pub customer_errors: Counter,
     pub reloads: Counter,
@@ -93,12 +97,14 @@ pub struct Gauges {
     /// Customers with a fault record, and those of them parked.
     pub customers_failing: i64,
     pub customers_parked: i64,
+    /// Dead letters in the store (parked or queued for another try).
+    pub dead_letters: usize,
 }
 
 impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 15] = [
             (
                 "journeyc_events_accepted_total",
                 "Events durably accepted.",
@@ -145,6 +151,16 @@ impl Metrics {
                 &self.dead_letters,
             ),
             (
+                "journeyc_dead_letters_dropped_total",
+                "Oldest dead letters removed because the store holds at most DEAD_LETTERS_MAX.",
+                &self.dead_letters_dropped,
+            ),
+            (
+                "journeyc_rate_limited_total",
+                "Delivery requests that waited for their channel's or sink's rate limit.",
+                &self.rate_limited,
+            ),
+            (
                 "journeyc_internal_errors_total",
                 "Requests refused because applying them panicked outside the interpreter.",
                 &self.panics,
@@ -188,6 +204,11 @@ impl Metrics {
             "# HELP journeyc_customers_parked Failing customers that are no longer retried on their own.\n# TYPE journeyc_customers_parked gauge\njourneyc_customers_parked {}",
             gauges.customers_parked
         );
+        let _ = writeln!(
+            out,
+            "# HELP journeyc_outbox_dead_letters Deliveries given up and kept for `POST /v1/outbox/retry`.\n# TYPE journeyc_outbox_dead_letters gauge\njourneyc_outbox_dead_letters {}",
+            gauges.dead_letters
+        );
         self.intake_latency.render(
             &mut out,
             "journeyc_intake_latency_seconds",
@@ -221,6 +242,7 @@ mod tests {
             outbox_depth: 1,
             customers_failing: 3,
             customers_parked: 1,
+            dead_letters: 4,
         });
         assert!(text.contains("journeyc_events_accepted_total 3"));
         assert!(text.contains("journeyc_intake_latency_seconds_bucket{le=\"0.005\"} 1"));
@@ -228,5 +250,6 @@ mod tests {
         assert!(text.contains("journeyc_timers_pending 2"));
         assert!(text.contains("journeyc_customers_failing 3"));
         assert!(text.contains("journeyc_customers_parked 1"));
+        assert!(text.contains("journeyc_outbox_dead_letters 4"));
     }
 }

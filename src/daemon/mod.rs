@@ -16,12 +16,14 @@
 
 pub mod bulk;
 pub mod commit;
+pub mod dead;
 pub mod erasure;
 pub mod export;
 pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod rate;
 pub mod rejected;
 pub mod reload;
 pub mod reply;
@@ -51,6 +53,8 @@ pub struct Config {
     pub sinks: Vec<SinkSpec>,
     pub token: Option<String>,
     pub webhook: WebhookOptions,
+    /// `--rate CHANNEL=N/s`: per delivering sink, per channel.
+    pub rates: rate::Rates,
     pub store: StoreOptions,
     pub http: server::HttpOptions,
     /// Retries of a customer whose input failed, before it is parked.
@@ -169,12 +173,14 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     // deliver everything committed before the process exits.
     let (stop_sender, stop_receiver) = watch::channel(false);
     let (sinks_stop_sender, sinks_stop_receiver) = watch::channel(false);
+    let (dead_retry_sender, dead_retry_receiver) = watch::channel(0u64);
     let context = outbox::DispatchContext {
         store: store.clone(),
         committed: committed_receiver,
         stopping: sinks_stop_receiver,
         sink_names: sink_names.clone(),
         metrics: metrics.clone(),
+        dead_retry: dead_retry_receiver,
     };
     let mut sink_tasks = Vec::new();
     for (sink, tail) in jsonl_sinks {
@@ -191,6 +197,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
                 context.clone(),
                 url.clone(),
                 config.webhook.clone(),
+                config.rates.clone(),
                 cursor,
             )));
         }
@@ -223,6 +230,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         reloader,
         http: Arc::new(config.http.clone()),
         rejected: Arc::new(rejected::RejectedStore::open(store.clone())?),
+        dead_retry: Arc::new(dead_retry_sender),
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -11,8 +11,13 @@
 //! delivery resumes after it. Sequence numbers are never reused (`m/seq` is
 //! written in the same batch as the records). The webhook sink is
 //! at-least-once; its `Idempotency-Key` header makes that effectively once.
+//! A send it gives up on is parked as a dead letter ([`super::dead`]) and
+//! delivered again, with the same id, once requeued; rate limits per sink
+//! and per channel ([`super::rate`]) space its requests in order.
 
+use super::dead;
 use super::metrics::Metrics;
+use super::rate::{ChannelLimiters, Limiter, Rates};
 use super::sinks::{webhook_signature, JsonlSink, SinkSpec, WebhookOptions};
 use super::store::Store;
 use std::sync::Arc;
@@ -63,6 +68,9 @@ pub struct DispatchContext {
     pub stopping: watch::Receiver<bool>,
     pub sink_names: Arc<Vec<String>>,
     pub metrics: Arc<Metrics>,
+    /// Bumped by `POST /v1/outbox/retry`: webhook sinks look for requeued
+    /// dead letters.
+    pub dead_retry: watch::Receiver<u64>,
 }
 
 /// Runs the JSONL sink until `stopping` (after a final drain).
@@ -147,25 +155,46 @@ fn deliver_jsonl_round(
 }
 
 /// Runs a webhook sink until `stopping`.
-pub async fn run_webhook(context: DispatchContext, url: String, options: WebhookOptions, mut cursor: u64) {
+pub async fn run_webhook(
+    context: DispatchContext,
+    url: String,
+    options: WebhookOptions,
+    rates: Rates,
+    mut cursor: u64,
+) {
     let name = SinkSpec::Webhook(url.clone()).name();
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_millis(options.timeout_ms))
-        .build()
-    {
+    let client = match webhook_client(&options) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "cannot build the webhook client");
             return;
         }
     };
+    let mut sender = WebhookSender {
+        client,
+        url,
+        sink_rate: Limiter::new(Duration::from_secs_f64(1.0 / options.rate_per_second.max(0.001))),
+        channel_rates: ChannelLimiters::new(&rates),
+        options,
+        metrics: context.metrics.clone(),
+    };
     let mut committed = context.committed.clone();
     let mut stopping = context.stopping.clone();
-    let interval = Duration::from_secs_f64(1.0 / options.rate_per_second.max(0.001));
-    let mut next_slot = tokio::time::Instant::now();
+    let mut retries = context.dead_retry.clone();
+    // Letters queued while the daemon was stopped (`journeyc outbox retry`).
+    let mut retry_pending = true;
+    let mut retries_open = true;
     loop {
         if *stopping.borrow() {
             return;
+        }
+        if retry_pending {
+            retry_pending = false;
+            retries.borrow_and_update();
+            if redeliver(&context, &name, &mut sender, &mut stopping).await.is_err() {
+                return;
+            }
+            continue;
         }
         let target = *committed.borrow_and_update();
         if cursor < target {
@@ -183,29 +212,23 @@ pub async fn run_webhook(context: DispatchContext, url: String, options: Webhook
                     continue;
                 };
                 if record.get("kind").and_then(|k| k.as_str()) == Some("send") {
-                    let delivered = deliver_webhook(
-                        &client,
-                        &url,
-                        &record,
-                        &options,
-                        interval,
-                        &mut next_slot,
-                        &mut stopping,
-                        &context.metrics,
-                    )
-                    .await;
-                    match delivered {
+                    match sender.deliver(&record, &mut stopping).await {
                         Delivery::Done => context.metrics.records_delivered.inc(),
                         Delivery::Stopped => return,
-                        Delivery::GaveUp { error, attempts } => {
-                            context.metrics.dead_letters.inc();
-                            tracing::warn!(sink = %name, seq, %error, attempts, "webhook delivery parked as a dead letter");
-                            let letter = serde_json::json!({
-                                "sink": name, "seq": seq, "attempts": attempts, "error": error, "record": record,
-                            });
-                            if let Err(error) = context.store.add_dead_letter(&name, *seq, &letter) {
-                                tracing::error!(%error, "could not store a dead letter");
-                            }
+                        Delivery::GaveUp {
+                            reason,
+                            error,
+                            attempts,
+                        } => {
+                            let failure = dead::Failure {
+                                sink: &name,
+                                seq: *seq,
+                                record: &record,
+                                reason,
+                                error: &error,
+                                attempts,
+                            };
+                            park(&context, &failure);
                         }
                     }
                 }
@@ -224,89 +247,210 @@ pub async fn run_webhook(context: DispatchContext, url: String, options: Webhook
         tokio::select! {
             changed = committed.changed() => if changed.is_err() { return; },
             _ = stopping.changed() => {},
+            changed = retries.changed(), if retries_open => match changed {
+                Ok(()) => retry_pending = true,
+                Err(_) => retries_open = false,
+            },
         }
     }
+}
+
+/// The webhook client: rustls with the bundled web roots, plus the private
+/// CA roots of `--ca-file`.
+pub fn webhook_client(options: &WebhookOptions) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_millis(options.timeout_ms));
+    for certificate in ca_certificates(&options.ca_pem)? {
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder.build().map_err(|e| error_chain(&e))
+}
+
+/// The certificates of a PEM bundle; none when it is empty.
+pub fn ca_certificates(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
+    if pem.is_empty() {
+        return Ok(Vec::new());
+    }
+    let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| error_chain(&e))?;
+    if certificates.is_empty() {
+        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into());
+    }
+    Ok(certificates)
+}
+
+/// An error with its causes: reqwest's own text names only the URL, the
+/// cause says why (refused, unknown issuer, timed out).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Stores a send the sink gave up on, within the store's bound.
+fn park(context: &DispatchContext, failure: &dead::Failure) {
+    context.metrics.dead_letters.inc();
+    tracing::warn!(
+        sink = %failure.sink, seq = failure.seq, error = %failure.error, attempts = failure.attempts,
+        reason = failure.reason.as_str(), "webhook delivery parked as a dead letter"
+    );
+    match dead::park(&context.store, failure, dead::DEAD_LETTERS_MAX) {
+        Ok(dropped) => context.metrics.dead_letters_dropped.add(dropped as u64),
+        Err(error) => tracing::error!(%error, "could not store a dead letter"),
+    }
+}
+
+/// Tries the sink's requeued dead letters once more, oldest first. `Err`
+/// when the daemon stops meanwhile.
+async fn redeliver(
+    context: &DispatchContext,
+    name: &str,
+    sender: &mut WebhookSender,
+    stopping: &mut watch::Receiver<bool>,
+) -> Result<(), ()> {
+    let letters = match dead::requeued(&context.store, name) {
+        Ok(letters) => letters,
+        Err(error) => {
+            tracing::error!(%error, "reading the dead letters failed");
+            return Ok(());
+        }
+    };
+    for letter in letters {
+        let outcome = match sender.deliver(letter.record(), stopping).await {
+            Delivery::Stopped => return Err(()),
+            Delivery::Done => {
+                context.metrics.records_delivered.inc();
+                tracing::info!(sink = %name, seq = letter.seq, "dead letter delivered on retry");
+                dead::settle(&context.store, &letter, None)
+            }
+            Delivery::GaveUp {
+                reason,
+                error,
+                attempts,
+            } => {
+                context.metrics.dead_letters.inc();
+                tracing::warn!(sink = %name, seq = letter.seq, %error, "dead letter failed again; parked");
+                dead::settle(&context.store, &letter, Some((reason, &error, attempts)))
+            }
+        };
+        if let Err(error) = outcome {
+            tracing::error!(%error, "could not update a dead letter");
+        }
+    }
+    Ok(())
 }
 
 enum Delivery {
     Done,
     Stopped,
-    GaveUp { error: String, attempts: u32 },
+    GaveUp {
+        reason: dead::Reason,
+        error: String,
+        attempts: u32,
+    },
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn deliver_webhook(
-    client: &reqwest::Client,
-    url: &str,
-    record: &serde_json::Value,
-    options: &WebhookOptions,
-    interval: Duration,
-    next_slot: &mut tokio::time::Instant,
-    stopping: &mut watch::Receiver<bool>,
-    metrics: &Metrics,
-) -> Delivery {
-    let key = record
-        .get("id")
-        .and_then(|i| i.as_str())
-        .unwrap_or_default()
-        .to_string();
-    // The bytes that are signed are the bytes that are sent.
-    let body = serde_json::to_vec(record).expect("a JSON value always serializes");
-    let mut last_error = String::new();
-    for attempt in 1..=options.attempts_max.max(1) {
-        if attempt > 1 {
-            let delay = options.backoff(attempt - 1);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {},
-                _ = stopping.changed() => return Delivery::Stopped,
-            }
-        }
-        // Per-sink rate limit: one request per interval.
+/// One webhook sink's client, options and rate limiters.
+struct WebhookSender {
+    client: reqwest::Client,
+    url: String,
+    options: WebhookOptions,
+    /// `--webhook-rate`: all requests of this sink.
+    sink_rate: Limiter,
+    /// `--rate CHANNEL=…`: the requests of each channel.
+    channel_rates: ChannelLimiters,
+    metrics: Arc<Metrics>,
+}
+
+impl WebhookSender {
+    /// Waits for the sink's and the channel's next slot.
+    async fn wait_for_slot(&mut self, channel: &str, stopping: &mut watch::Receiver<bool>) -> bool {
         let now = tokio::time::Instant::now();
-        if *next_slot > now {
-            tokio::time::sleep_until(*next_slot).await;
+        let sink_wait = self.sink_rate.reserve(now.into_std());
+        let wait = sink_wait + self.channel_rates.reserve(channel, (now + sink_wait).into_std());
+        if wait.is_zero() {
+            return true;
         }
-        *next_slot = tokio::time::Instant::now().max(*next_slot) + interval;
-        let started = Instant::now();
-        let mut request = client
-            .post(url)
-            .header("Idempotency-Key", &key)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Some(secret) = &options.secret {
-            // Standard Webhooks: the id stays across retries, the timestamp
-            // and signature are of this attempt.
-            let timestamp = chrono::Utc::now().timestamp();
-            request = request
-                .header("webhook-id", &key)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", webhook_signature(secret, &key, timestamp, &body));
-        }
-        let response = request.body(body.clone()).send().await;
-        match response {
-            Ok(response) if response.status().is_success() => {
-                metrics.delivery_latency.observe(started.elapsed());
-                return Delivery::Done;
-            }
-            Ok(response) => {
-                metrics.delivery_failures.inc();
-                let status = response.status();
-                last_error = format!("HTTP {status}");
-                // A client error other than timeout / rate limit will not get better.
-                if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
-                    return Delivery::GaveUp {
-                        error: last_error,
-                        attempts: attempt,
-                    };
-                }
-            }
-            Err(error) => {
-                metrics.delivery_failures.inc();
-                last_error = error.to_string();
-            }
+        self.metrics.rate_limited.inc();
+        tokio::select! {
+            _ = tokio::time::sleep_until(now + wait) => true,
+            _ = stopping.changed() => false,
         }
     }
-    Delivery::GaveUp {
-        error: last_error,
-        attempts: options.attempts_max.max(1),
+
+    /// Sends one record, retrying with backoff: the same body, `webhook-id`
+    /// and `Idempotency-Key` on every attempt.
+    async fn deliver(&mut self, record: &serde_json::Value, stopping: &mut watch::Receiver<bool>) -> Delivery {
+        let key = record
+            .get("id")
+            .and_then(|i| i.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let channel = record.get("channel").and_then(|c| c.as_str()).unwrap_or_default();
+        // The bytes that are signed are the bytes that are sent.
+        let body = serde_json::to_vec(record).expect("a JSON value always serializes");
+        let attempts_max = self.options.attempts_max.max(1);
+        let mut last_error = String::new();
+        for attempt in 1..=attempts_max {
+            if attempt > 1 {
+                let delay = self.options.backoff(attempt - 1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {},
+                    _ = stopping.changed() => return Delivery::Stopped,
+                }
+            }
+            if !self.wait_for_slot(channel, stopping).await {
+                return Delivery::Stopped;
+            }
+            let started = Instant::now();
+            let mut request = self
+                .client
+                .post(&self.url)
+                .header("Idempotency-Key", &key)
+                .header(reqwest::header::CONTENT_TYPE, "application/json");
+            if let Some(secret) = &self.options.secret {
+                // Standard Webhooks: the id stays across retries, the timestamp
+                // and signature are of this attempt.
+                let timestamp = chrono::Utc::now().timestamp();
+                request = request
+                    .header("webhook-id", &key)
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header("webhook-signature", webhook_signature(secret, &key, timestamp, &body));
+            }
+            match request.body(body.clone()).send().await {
+                Ok(response) if response.status().is_success() => {
+                    self.metrics.delivery_latency.observe(started.elapsed());
+                    return Delivery::Done;
+                }
+                Ok(response) => {
+                    self.metrics.delivery_failures.inc();
+                    let status = response.status();
+                    last_error = format!("HTTP {status}");
+                    // A client error other than timeout / rate limit will not get better.
+                    if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+                        return Delivery::GaveUp {
+                            reason: dead::Reason::Refused,
+                            error: last_error,
+                            attempts: attempt,
+                        };
+                    }
+                }
+                Err(error) => {
+                    self.metrics.delivery_failures.inc();
+                    last_error = error_chain(&error);
+                }
+            }
+        }
+        Delivery::GaveUp {
+            reason: dead::Reason::AttemptsExhausted,
+            error: last_error,
+            attempts: attempts_max,
+        }
     }
 }

@@ -54,6 +54,9 @@ pub struct WebhookOptions {
     /// The Standard Webhooks signing secret (the bytes of `whsec_<base64>`):
     /// when set, every request is signed.
     pub secret: Option<Vec<u8>>,
+    /// PEM certificates of private CAs trusted besides the bundled web
+    /// roots (`--ca-file`); empty for none.
+    pub ca_pem: Vec<u8>,
 }
 
 impl Default for WebhookOptions {
@@ -65,6 +68,7 @@ impl Default for WebhookOptions {
             rate_per_second: 100.0,
             timeout_ms: 10_000,
             secret: None,
+            ca_pem: Vec::new(),
         }
     }
 }
