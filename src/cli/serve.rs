@@ -71,6 +71,9 @@ pub struct Args {
     /// A customer whose input fails: first retry delay in milliseconds (doubles per retry) [default: 1000]
     #[arg(long)]
     pub fault_retry_ms: Option<u64>,
+    /// Require the token for the dashboard and the aggregates too (/ui, /v1/journeys…, /metrics)
+    #[arg(long)]
+    pub protect_ui: bool,
 }
 
 /// The optional config file.
@@ -98,6 +101,7 @@ struct FileConfig {
     max_future: Option<String>,
     fault_retries: Option<u32>,
     fault_retry_ms: Option<u64>,
+    protect_ui: Option<bool>,
 }
 
 /// Merges flags, config file and defaults.
@@ -194,6 +198,7 @@ fn settle(args: Args) -> Result<Config, String> {
         )?
         .as_millis()
         .min(i64::MAX as u128) as i64,
+        protect_ui: args.protect_ui || file.protect_ui.unwrap_or(false),
     };
     let mut store = StoreOptions::default();
     if let Some(mib) = args.cache_mib.or(file.cache_mib) {

@@ -13,9 +13,12 @@ use std::fmt::Write as _;
 pub enum GraphFormat {
     Mermaid,
     Dot,
+    /// Nodes and edges as data (the daemon's dashboard draws them).
+    Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 enum Shape {
     Start,
     Step,
@@ -26,14 +29,17 @@ enum Shape {
     Note,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 struct Node {
     id: String,
+    /// The step's instruction (none for the start and the note).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pc: Option<Pc>,
     lines: Vec<String>,
     shape: Shape,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 struct Edge {
     from: String,
     to: String,
@@ -41,7 +47,7 @@ struct Edge {
     dotted: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 struct Graph {
     nodes: Vec<Node>,
     edges: Vec<Edge>,
@@ -67,6 +73,14 @@ pub fn render_graph(bundle: &Bundle, journeys: &[&Program], format: GraphFormat)
     match format {
         GraphFormat::Mermaid => mermaid(&graphs, single),
         GraphFormat::Dot => dot(&graphs, single),
+        GraphFormat::Json => {
+            let journeys: Vec<serde_json::Value> = graphs
+                .iter()
+                .map(|(name, graph)| serde_json::json!({"journey": name, "nodes": graph.nodes, "edges": graph.edges}))
+                .collect();
+            serde_json::to_string_pretty(&serde_json::json!({ "journeys": journeys })).expect("a graph serializes")
+                + "\n"
+        }
     }
 }
 
@@ -89,6 +103,7 @@ fn journey_graph(bundle: &Bundle, program: &Program, prefix: &str) -> Graph {
     let mut graph = Graph::default();
     graph.nodes.push(Node {
         id: start_id.clone(),
+        pc: None,
         lines: vec![
             format!("trigger {}", trigger(bundle, &program.trigger)),
             format!("entry {}", entry(program.entry)),
@@ -122,6 +137,7 @@ fn journey_graph(bundle: &Bundle, program: &Program, prefix: &str) -> Graph {
         let notes_id = format!("{prefix}notes");
         graph.nodes.push(Node {
             id: notes_id.clone(),
+            pc: None,
             lines: notes,
             shape: Shape::Note,
         });
@@ -168,6 +184,7 @@ fn journey_graph(bundle: &Bundle, program: &Program, prefix: &str) -> Graph {
         }
         let node = Node {
             id: id(pc),
+            pc: Some(pc),
             lines,
             shape,
         };

@@ -10,6 +10,7 @@ use super::server::HttpOptions;
 use super::store::{self, Store};
 use super::timers::now_ms;
 use crate::compile::bytecode::{Bundle, Program, Value};
+use crate::compile::graph::GraphFormat;
 use crate::runtime::input::{parse_received_call, Call};
 use crate::runtime::stats::Readout;
 use crate::runtime::trace::format_time;
@@ -67,16 +68,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rejected/replay", post(replay_rejected))
         .route("/v1/customers/{id}", get(get_customer).delete(delete_customer))
         .route("/v1/customers/{id}/retry", post(retry_customer))
-        .route("/v1/journeys", get(journeys))
-        .route("/v1/journeys/{name}/stats", get(journey_stats))
         .route("/v1/reload", post(reload))
         .route("/v1/outbox/dead", get(list_dead_letters))
         .route("/v1/outbox/retry", post(retry_dead_letters))
-        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    // Read-only aggregates with no customer data: open unless `--protect-ui`.
+    let aggregates = Router::new()
+        .route("/ui", get(super::ui::page))
+        .route("/ui/{asset}", get(super::ui::asset))
+        .route("/v1/journeys", get(journeys))
+        .route("/v1/journeys/{name}/stats", get(journey_stats))
+        .route("/v1/journeys/{name}/graph", get(journey_graph))
+        .route("/metrics", get(metrics));
+    let aggregates = match state.http.protect_ui {
+        true => aggregates.route_layer(middleware::from_fn_with_state(state.clone(), authenticate)),
+        false => aggregates,
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .merge(api)
+        .merge(aggregates)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "path", "no such endpoint") })
         .method_not_allowed_fallback(|request: Request| async move {
             error(
@@ -174,6 +185,12 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            // Basic too, so that a browser asks for the token (as the user
+            // name) on the dashboard behind `--protect-ui`.
+            response.headers_mut().append(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"journeyc\""),
+            );
             return response;
         }
     }
@@ -939,7 +956,21 @@ async fn journeys(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn journey_stats(State(state): State<AppState>, PathParam(name): PathParam) -> Response {
+/// `GET /v1/journeys/{name}/graph`: the journey's flow chart as nodes and
+/// edges (`journeyc graph --format json`), for the dashboard.
+async fn journey_graph(State(state): State<AppState>, PathParam(name): PathParam) -> Response {
+    let runtime = current(&state.runtime);
+    let Some(program) = runtime.bundle.journey(&name) else {
+        return error(StatusCode::NOT_FOUND, "name", format!("no journey {name:?}"));
+    };
+    let text = crate::compile::graph::render_graph(&runtime.bundle, &[program], GraphFormat::Json);
+    let mut graph: serde_json::Value = serde_json::from_str(&text).expect("the graph is JSON");
+    (StatusCode::OK, Json(graph["journeys"][0].take())).into_response()
+}
+
+/// `GET /v1/journeys/{name}/stats`: the readout, and the count of dead
+/// letters; their samples (which hold customer data) only with the token.
+async fn journey_stats(State(state): State<AppState>, headers: HeaderMap, PathParam(name): PathParam) -> Response {
     let runtime = current(&state.runtime);
     let Some(program) = runtime.bundle.journey(&name) else {
         return error(StatusCode::NOT_FOUND, "name", format!("no journey {name:?}"));
@@ -956,8 +987,11 @@ async fn journey_stats(State(state): State<AppState>, PathParam(name): PathParam
         .into_iter()
         .filter(|d| d.pointer("/record/journey").and_then(|j| j.as_str()) == Some(name.as_str()))
         .collect();
+    let with_token = state.token.as_deref().is_none_or(|token| authorized(&headers, token));
     if let Some(object) = body.as_object_mut() {
         object.insert("dead_letters".into(), json!(dead.len()));
+    }
+    if let (Some(object), true) = (body.as_object_mut(), with_token) {
         object.insert(
             "dead_letter_samples".into(),
             json!(dead.into_iter().take(20).collect::<Vec<_>>()),

@@ -32,6 +32,7 @@ pub mod sinks;
 pub mod stats;
 pub mod store;
 pub mod timers;
+pub mod ui;
 
 use commit::{CommitThread, Committer, Published, SharedRuntime};
 use metrics::Metrics;

@@ -25,6 +25,9 @@ pub struct HttpOptions {
     pub connections_max: usize,
     /// How far ahead of the daemon's clock an event's time may be.
     pub future_max_ms: i64,
+    /// The read-only aggregates (`/ui`, `/v1/journeys…`, `/metrics`) need
+    /// the token too (`--protect-ui`); by default they are open.
+    pub protect_ui: bool,
 }
 
 impl Default for HttpOptions {
@@ -34,6 +37,7 @@ impl Default for HttpOptions {
             body_timeout: Duration::from_secs(30),
             connections_max: 1024,
             future_max_ms: 24 * 3_600_000,
+            protect_ui: false,
         }
     }
 }

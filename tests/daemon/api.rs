@@ -15,8 +15,17 @@ fn auth_is_required_except_for_healthz() {
             .status,
         401
     );
-    assert_eq!(daemon.request_with("GET", "/v1/journeys", None, None).status, 401);
-    assert_eq!(daemon.request_with("GET", "/metrics", None, None).status, 401);
+    // The read-only aggregates are open, unless `--protect-ui`.
+    for open in [
+        "/v1/journeys",
+        "/v1/journeys/pinger/stats",
+        "/v1/journeys/pinger/graph",
+        "/metrics",
+        "/ui",
+    ] {
+        assert_eq!(daemon.request_with("GET", open, None, None).status, 200, "{open}");
+    }
+    assert_eq!(daemon.request_with("GET", "/v1/rejected", None, None).status, 401);
     let unauthorized = daemon.request_with("GET", "/v1/customers/a1", None, None);
     assert_eq!(unauthorized.json()["error"]["field"], "authorization");
     assert_eq!(daemon.request_with("GET", "/healthz", None, None).status, 200);
@@ -25,6 +34,59 @@ fn auth_is_required_except_for_healthz() {
     let response = daemon.request_with("POST", "/v1/track", Some(&body), Some(&format!("Basic {basic}")));
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(daemon.post("/v1/track", &ping("a2", "m2", 1)).status, 200);
+    daemon.terminate();
+
+    let protected = env.start(&["--protect-ui"]);
+    for closed in [
+        "/v1/journeys",
+        "/v1/journeys/pinger/stats",
+        "/metrics",
+        "/ui",
+        "/ui/app.js",
+    ] {
+        assert_eq!(
+            protected.request_with("GET", closed, None, None).status,
+            401,
+            "{closed}"
+        );
+        assert_eq!(protected.get(closed).status, 200, "{closed}");
+    }
+    assert_eq!(protected.request_with("GET", "/healthz", None, None).status, 200);
+}
+
+/// The stats of a journey without the token: aggregates only, no samples
+/// of dead letters (they hold customer data); the graph is the compiled
+/// program's flow chart.
+#[test]
+fn aggregates_without_the_token_hold_no_customer_data() {
+    let env = Env::new(WORKSPACE);
+    let daemon = env.start(&[]);
+    let open = daemon
+        .request_with("GET", "/v1/journeys/delayed/stats", None, None)
+        .json();
+    assert!(open.get("dead_letters").is_some(), "{open}");
+    assert!(open.get("dead_letter_samples").is_none(), "{open}");
+    assert!(daemon
+        .get("/v1/journeys/delayed/stats")
+        .json()
+        .get("dead_letter_samples")
+        .is_some());
+    let graph = daemon
+        .request_with("GET", "/v1/journeys/delayed/graph", None, None)
+        .json();
+    let lines: Vec<String> = graph["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["lines"][0].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(lines[0], "trigger bought");
+    assert!(lines.contains(&"pause:".to_string()), "{lines:?}");
+    assert!(graph["edges"].as_array().is_some_and(|e| !e.is_empty()), "{graph}");
+    let page = daemon.request_with("GET", "/ui", None, None);
+    assert!(page.body.contains("<script src=\"/ui/app.js\""), "{}", page.body);
+    assert_eq!(daemon.request_with("GET", "/ui/nothing.js", None, None).status, 404);
+    daemon.terminate();
 }
 
 #[test]

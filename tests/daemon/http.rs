@@ -30,7 +30,7 @@ fn every_error_is_json_with_code_message_field_and_reason() {
     );
     assert_error_shape(&daemon.post("/v1/track", "{"), 400, "bad_request", "");
     assert_error_shape(
-        &daemon.request_with("GET", "/v1/journeys", None, None),
+        &daemon.request_with("GET", "/v1/rejected", None, None),
         401,
         "unauthorized",
         "authorization",
