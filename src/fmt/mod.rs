@@ -55,7 +55,7 @@ enum Class {
     /// No space before: `,` `)` `]` `:` `?`.
     Tight,
     /// No space after: `(` `[`, unary `-`, `customer.` in `set`, and the
-    /// words `exists`, `count`, `seen` before their `(`.
+    /// words `exists`, `count`, `seen`, `opened`, … before their `(`.
     Prefix,
     /// A separator the layout owns; dropped.
     Elided,
@@ -163,6 +163,8 @@ impl<'a> Layout<'a> {
             Rule::close => Class::Close,
             Rule::close_paren | Rule::optional_mark => Class::Tight,
             Rule::negate | Rule::set_target => Class::Prefix,
+            // `opened(welcome)`, but `wait for opened welcome`.
+            Rule::engagement if self.text[span.end()..].trim_start().starts_with('(') => Class::Prefix,
             _ => Class::Word,
         };
         self.push(span.start(), span.end(), class);

@@ -52,6 +52,18 @@ impl Engagement {
     }
 }
 
+/// The event name a `wait for ENGAGEMENT MESSAGE` waits on in the bytecode:
+/// `opened(welcome)`, which no declared event can be named.
+pub fn wait_name(engagement: Engagement, message: &str) -> String {
+    format!("{}({message})", engagement.as_str())
+}
+
+/// The engagement and message of a [`wait_name`].
+pub fn parse_wait_name(name: &str) -> Option<(Engagement, &str)> {
+    let (word, rest) = name.split_once('(')?;
+    Some((Engagement::parse(word)?, rest.strip_suffix(')')?))
+}
+
 /// One engagement event of the Segment specs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngagementEvent {
@@ -191,5 +203,8 @@ mod tests {
             Some(Engagement::Opened)
         );
         assert_eq!(event_named("email opened"), None);
+        let name = wait_name(Engagement::Clicked, "welcome");
+        assert_eq!(parse_wait_name(&name), Some((Engagement::Clicked, "welcome")));
+        assert_eq!(parse_wait_name("welcome"), None);
     }
 }

@@ -504,6 +504,7 @@ impl Run<'_, '_> {
             profile: &self.state.profile,
             event,
             history: &self.state.history,
+            enrollment: None,
         }
     }
 
@@ -765,6 +766,21 @@ impl Run<'_, '_> {
         true
     }
 
+    /// The scope of a step's expressions: with the enrollment, for
+    /// `opened(MESSAGE)`.
+    fn step_scope<'a>(
+        &'a self,
+        bundle: &'a Bundle,
+        t: Millis,
+        journey: &'a str,
+        enrollment: &'a Enrollment,
+    ) -> Scope<'a> {
+        Scope {
+            enrollment: Some((&*self.state, journey, enrollment.entered_at)),
+            ..self.scope_in(bundle, t, enrollment.events.last())
+        }
+    }
+
     fn scope_in<'a>(
         &'a self,
         bundle: &'a Bundle,
@@ -777,6 +793,7 @@ impl Run<'_, '_> {
             profile: &self.state.profile,
             event,
             history: &self.state.history,
+            enrollment: None,
         }
     }
 
@@ -1009,7 +1026,7 @@ impl Run<'_, '_> {
                     }
                 }
                 Instr::WaitUntil { time } => {
-                    let scope = self.scope_in(bundle, t, enrollment.events.last());
+                    let scope = self.step_scope(bundle, t, journey, enrollment);
                     match scope.eval(time) {
                         Value::Time(due) if due > t => {
                             return self.suspend(enrollment, due.min(t.saturating_add(WAIT_UNTIL_MAX_MS)))
@@ -1017,7 +1034,19 @@ impl Run<'_, '_> {
                         _ => enrollment.pc = next,
                     }
                 }
-                Instr::WaitFor { within_seconds, .. } => {
+                Instr::WaitFor {
+                    event, within_seconds, ..
+                } => {
+                    // `wait for opened welcome` goes on at once when it
+                    // already happened in this enrollment.
+                    let engaged = engagement::parse_wait_name(bundle.name(*event)).is_some_and(|(kind, message)| {
+                        self.state.engaged(journey, enrollment.entered_at, message, kind)
+                    });
+                    if engaged {
+                        enrollment.events.push(BTreeMap::new());
+                        enrollment.pc = next;
+                        continue;
+                    }
                     let until = self.later(t, *within_seconds);
                     return self.suspend(enrollment, until);
                 }
@@ -1029,7 +1058,7 @@ impl Run<'_, '_> {
                 }
                 Instr::Jump { target } => enrollment.pc = *target,
                 Instr::JumpUnless { condition, target } => {
-                    let holds = self.scope_in(bundle, t, enrollment.events.last()).holds(condition);
+                    let holds = self.step_scope(bundle, t, journey, enrollment).holds(condition);
                     enrollment.pc = if holds { next } else { *target };
                 }
                 Instr::Split { split, arms } => {
@@ -1046,7 +1075,7 @@ impl Run<'_, '_> {
                     enrollment.pc = arm.target;
                 }
                 Instr::Set { attribute, value } => {
-                    let value = self.scope_in(bundle, t, enrollment.events.last()).eval(value);
+                    let value = self.step_scope(bundle, t, journey, enrollment).eval(value);
                     let name = bundle.name(*attribute).to_string();
                     let record = self.record(t, journey, Kind::Set);
                     record.attribute = Some(name.clone());
@@ -1307,6 +1336,7 @@ impl Run<'_, '_> {
         if send.is_none() && kind == Engagement::Unsubscribed {
             return;
         }
+        let counted = sent.clone().filter(|_| reason.is_none());
         let record = self.record(
             t,
             sent.as_ref().map_or("", |sent| sent.journey.as_str()),
@@ -1323,6 +1353,31 @@ impl Run<'_, '_> {
                 record.split = Some(split);
                 record.arm = Some(arm);
             }
+        }
+        if let Some(sent) = counted {
+            self.engaged_wait(&sent, kind, t);
+        }
+    }
+
+    /// Resumes the enrollment that sent `sent` if it waits for this
+    /// engagement with that message (`wait for opened welcome`).
+    fn engaged_wait(&mut self, sent: &Sent, engagement: Engagement, t: Millis) {
+        let Some(mut enrollment) = self.state.enrollments.remove(&sent.journey) else {
+            return;
+        };
+        let waits = enrollment.suspended
+            && enrollment.entered_at <= sent.at
+            && self.engine.versions.get(&enrollment.version).is_some_and(|(loaded, index)| {
+                let program = &loaded.bundle.journeys[*index];
+                matches!(
+                    program.code.get(enrollment.pc as usize),
+                    Some(Instr::WaitFor { event, .. })
+                        if engagement::parse_wait_name(loaded.bundle.name(*event)) == Some((engagement, sent.message.as_str()))
+                )
+            });
+        let active = !waits || self.resume(&sent.journey, &mut enrollment, t, Resume::Event(&BTreeMap::new()));
+        if active {
+            self.state.enrollments.insert(sent.journey.clone(), enrollment);
         }
     }
 

@@ -254,6 +254,14 @@ impl CustomerState {
         self.sent.iter_mut().rev().find(|sent| sent.id == id)
     }
 
+    /// Whether a send of `message` by the enrollment in `journey` that
+    /// entered at `entered_at` has `engagement` (`opened(welcome)`).
+    pub fn engaged(&self, journey: &str, entered_at: Millis, message: &str, engagement: Engagement) -> bool {
+        self.sent
+            .iter()
+            .any(|s| s.at >= entered_at && s.journey == journey && s.message == message && s.has(engagement))
+    }
+
     /// Remembers a send, forgetting the oldest beyond [`SENT_MAX`].
     pub fn remember_sent(&mut self, sent: Sent) {
         self.sent.push_back(sent);

@@ -300,3 +300,141 @@ fn a_hard_bounce_or_a_complaint_suppresses_the_channel_and_a_soft_bounce_does_no
     assert_eq!(readout.messages["tips"].skipped.get("bounced"), Some(&1));
     assert_eq!(readout.messages["tips"].skipped.get("complained"), Some(&1));
 }
+
+// ------------------------------------------------ engagement in the language
+
+const ACTION_PATHS: &str = r#"
+event signed_up
+message welcome email { subject "Welcome" body "Hello" }
+message welcome_resend email { subject "Welcome again" body "Hello again" }
+message tips email { subject "Tips" body "Try this" }
+message nudge email { subject "Nudge" body "Have a look" }
+message later email { subject "Later" body "One day on" }
+
+journey onboard {
+  trigger signed_up
+  send welcome
+  wait for opened welcome within 2d {
+    if clicked(welcome) {
+      send tips
+    } else {
+      send nudge
+    }
+  } timeout {
+    send welcome_resend
+  }
+}
+
+journey patient {
+  trigger signed_up
+  send later
+  wait 1d
+  wait for opened later within 1d {
+    send tips
+  } timeout {
+    send nudge
+  }
+}
+"#;
+
+/// What `customer` was sent, in order: `(time, journey, message)`.
+fn sends<'t>(trace: &'t [TraceRecord], customer: &str) -> Vec<(String, &'t str, &'t str)> {
+    trace
+        .iter()
+        .filter(|r| r.kind == Kind::Send && r.customer == customer)
+        .map(|r| {
+            (
+                journeyc::runtime::trace::format_time(r.at),
+                r.journey.as_str(),
+                r.message.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn at(day: u32, hour: u32) -> String {
+    format!("2026-05-{day:02}T{hour:02}:00:00Z")
+}
+
+/// An engagement event at 2026-05-`day`T`hour`:00Z.
+fn engagement_on(customer: &str, event: &str, email_id: &str, day: u32, hour: u32) -> String {
+    serde_json::json!({
+        "type": "track", "userId": customer, "event": event, "properties": {"email_id": email_id},
+        "timestamp": at(day, hour),
+    })
+    .to_string()
+}
+
+/// Sign-ups at 05-01T10:00. `wait for opened welcome within 2d`:
+/// - clicked: a click at 11:00 (not what the wait waits for), the open at
+///   12:00 ends the wait, and `clicked(welcome)` holds: `tips` at 12:00;
+/// - opened: the open at 12:00 without a click: `nudge` at 12:00;
+/// - silent: no event: the timeout at 05-03T10:00 sends `welcome_resend`;
+/// - late: the open at 05-04 comes after the timeout (it is still counted);
+/// - stranger: an open naming no send of ours is ignored: timeout.
+/// `patient` waits a day, then for the open of `later`, which came an hour
+/// after it was sent: it goes on at once (05-02T10:00) for those who opened.
+#[test]
+fn a_journey_waits_for_and_branches_on_engagement() {
+    let workspace = Workspace::new(ACTION_PATHS);
+    let customers = ["clicked", "opened", "silent", "late", "stranger"];
+    let first: Vec<String> = customers.iter().map(|c| signed_up(c)).collect();
+    let before = workspace.simulate(&first);
+    let welcome = |customer: &str| send_id(&before, customer, "welcome");
+    let later = |customer: &str| send_id(&before, customer, "later");
+    let mut events = first.clone();
+    events.push(engagement_on(
+        "clicked",
+        "Email Link Clicked",
+        &welcome("clicked"),
+        1,
+        11,
+    ));
+    events.push(engagement_on("clicked", "Email Opened", &welcome("clicked"), 1, 12));
+    events.push(engagement_on("clicked", "Email Opened", &later("clicked"), 1, 11));
+    events.push(engagement_on("opened", "Email Opened", &welcome("opened"), 1, 12));
+    events.push(engagement_on("late", "Email Opened", &welcome("late"), 4, 9));
+    events.push(engagement_on("stranger", "Email Opened", "not-ours", 1, 12));
+    let trace = workspace.simulate(&events);
+
+    assert_eq!(
+        sends(&trace, "clicked"),
+        [
+            (at(1, 10), "onboard", "welcome"),
+            (at(1, 10), "patient", "later"),
+            (at(1, 12), "onboard", "tips"),
+            (at(2, 10), "patient", "tips"),
+        ]
+    );
+    assert_eq!(
+        sends(&trace, "opened"),
+        [
+            (at(1, 10), "onboard", "welcome"),
+            (at(1, 10), "patient", "later"),
+            (at(1, 12), "onboard", "nudge"),
+            (at(3, 10), "patient", "nudge"),
+        ]
+    );
+    for customer in ["silent", "late", "stranger"] {
+        assert_eq!(
+            sends(&trace, customer),
+            [
+                (at(1, 10), "onboard", "welcome"),
+                (at(1, 10), "patient", "later"),
+                (at(3, 10), "onboard", "welcome_resend"),
+                (at(3, 10), "patient", "nudge"),
+            ],
+            "{customer}"
+        );
+    }
+    let (readout, tally) = workspace.readout(&trace);
+    assert_eq!(readout.messages["welcome"].opened, 3, "clicked, opened, late");
+    assert_eq!(readout.messages["welcome"].clicked, 1);
+    assert_eq!(tally.counters.get("unattributed/opened"), Some(&1));
+    let wait = readout
+        .steps
+        .iter()
+        .find(|s| s.kind == "wait_for")
+        .expect("the wait step");
+    assert_eq!(wait.name.as_deref(), Some("opened(welcome)"));
+}
