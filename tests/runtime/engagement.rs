@@ -372,6 +372,7 @@ fn engagement_on(customer: &str, event: &str, email_id: &str, day: u32, hour: u3
 /// - silent: no event: the timeout at 05-03T10:00 sends `welcome_resend`;
 /// - late: the open at 05-04 comes after the timeout (it is still counted);
 /// - stranger: an open naming no send of ours is ignored: timeout.
+///
 /// `patient` waits a day, then for the open of `later`, which came an hour
 /// after it was sent: it goes on at once (05-02T10:00) for those who opened.
 #[test]
