@@ -93,6 +93,9 @@ pub struct Gauges {
     /// Customers with a fault record, and those of them parked.
     pub customers_failing: i64,
     pub customers_parked: i64,
+    /// Engagement events naming no remembered send, by engagement
+    /// (`runtime::stats::unattributed`).
+    pub unattributed: std::collections::BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -188,6 +191,16 @@ impl Metrics {
             "# HELP journeyc_customers_parked Failing customers that are no longer retried on their own.\n# TYPE journeyc_customers_parked gauge\njourneyc_customers_parked {}",
             gauges.customers_parked
         );
+        let _ = writeln!(
+            out,
+            "# HELP journeyc_engagement_unattributed_total Engagement events naming no remembered send, by engagement.\n# TYPE journeyc_engagement_unattributed_total counter"
+        );
+        for (engagement, count) in &gauges.unattributed {
+            let _ = writeln!(
+                out,
+                "journeyc_engagement_unattributed_total{{engagement=\"{engagement}\"}} {count}"
+            );
+        }
         self.intake_latency.render(
             &mut out,
             "journeyc_intake_latency_seconds",
@@ -221,6 +234,7 @@ mod tests {
             outbox_depth: 1,
             customers_failing: 3,
             customers_parked: 1,
+            unattributed: std::collections::BTreeMap::from([("opened".to_string(), 4)]),
         });
         assert!(text.contains("journeyc_events_accepted_total 3"));
         assert!(text.contains("journeyc_intake_latency_seconds_bucket{le=\"0.005\"} 1"));
@@ -228,5 +242,6 @@ mod tests {
         assert!(text.contains("journeyc_timers_pending 2"));
         assert!(text.contains("journeyc_customers_failing 3"));
         assert!(text.contains("journeyc_customers_parked 1"));
+        assert!(text.contains("journeyc_engagement_unattributed_total{engagement=\"opened\"} 4"));
     }
 }

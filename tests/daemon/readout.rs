@@ -251,6 +251,11 @@ fn engagement_events_posted_over_http_are_counted_in_the_stats() {
     assert_eq!(welcome["bounced"], 1);
     assert_eq!(welcome["complained"], 1);
     assert_eq!(welcome["unsubscribed"], 0);
+    let metrics = daemon.get("/metrics").body;
+    assert!(
+        metrics.contains("journeyc_engagement_unattributed_total{engagement=\"opened\"} 1"),
+        "{metrics}"
+    );
 
     // The simulator's summary of the same events agrees, and after the
     // hour the bounced and the complaining customer's `tips` are skipped.
