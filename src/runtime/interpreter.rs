@@ -1331,9 +1331,10 @@ impl Run<'_, '_> {
                 .unwrap_or(Channel::Email);
             self.state.set_subscription(channel, Some(suppressed), t, send.clone());
         }
-        // An `Unsubscribed` that names no send (a preference centre) is a
-        // subscription change and nothing more.
-        if send.is_none() && kind == Engagement::Unsubscribed {
+        // An event that names no send (an `Unsubscribed` from a preference
+        // centre, a click a workspace tracks by campaign) writes no line:
+        // there is nothing to attribute it to.
+        if send.is_none() {
             return;
         }
         let counted = sent.clone().filter(|_| reason.is_none());

@@ -209,6 +209,13 @@ fn an_event_naming_an_unknown_send_is_ignored_and_counted() {
         serde_json::json!({"email_id": "not-ours", "type": "soft"}),
         12,
     ));
+    // An event that names no send at all writes nothing.
+    events.push(engagement(
+        "c1",
+        "Email Opened",
+        serde_json::json!({"email_subject": "Hi"}),
+        12,
+    ));
     // An event of a customer never seen before.
     events.push(engagement(
         "c9",
