@@ -504,6 +504,14 @@ mod tests {
     }
 
     #[test]
+    fn engagement_calls_are_tight_and_the_wait_word_is_not() {
+        assert_eq!(
+            fmt("journey j{trigger e\nsend m\nwait   for opened  m within 2d{if clicked ( m ) or opened(m){send m}}}"),
+            "journey j {\n  trigger e\n  send m\n  wait for opened m within 2d {\n    if clicked(m) or opened(m) {\n      send m\n    }\n  }\n}\n"
+        );
+    }
+
+    #[test]
     fn events_fit_on_a_line_and_customers_do_not() {
         assert_eq!(
             fmt("event e {a:int,b:\"x\"|\"y\"?}\nevent f\ncustomer{a:int,b:int}"),

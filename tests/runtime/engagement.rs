@@ -446,3 +446,44 @@ fn a_journey_waits_for_and_branches_on_engagement() {
         .expect("the wait step");
     assert_eq!(wait.name.as_deref(), Some("opened(welcome)"));
 }
+
+/// `wait for opened within 1d` still waits for an event named `opened`, and
+/// a segment named `clicked` is still a segment: only a message after the
+/// word, or a parenthesis, makes it engagement.
+#[test]
+fn an_event_or_segment_named_like_an_engagement_keeps_its_meaning() {
+    let workspace = Workspace::new(
+        r#"
+customer {
+  plan: string?
+}
+event signed_up
+event opened
+segment clicked = customer.plan == "pro"
+message m email { subject "M" body "m" }
+
+journey j {
+  trigger signed_up
+  send m
+  wait for opened within 1d {
+    if clicked and not opened(m) {
+      send m
+    }
+  }
+}
+"#,
+    );
+    let events = [
+        r#"{"type":"identify","userId":"c1","traits":{"plan":"pro"},"timestamp":"2026-05-01T09:00:00Z"}"#.to_string(),
+        signed_up("c1"),
+        r#"{"type":"track","userId":"c1","event":"opened","properties":{},"timestamp":"2026-05-01T11:00:00Z"}"#
+            .to_string(),
+    ];
+    let trace = workspace.simulate(&events);
+    let times: Vec<String> = trace
+        .iter()
+        .filter(|r| r.kind == Kind::Send)
+        .map(|r| journeyc::runtime::trace::format_time(r.at))
+        .collect();
+    assert_eq!(times, [at(1, 10), at(1, 11)], "the event `opened` ended the wait");
+}
