@@ -247,6 +247,11 @@ impl Expectation {
             Kind::Exit => vec![record.reason.as_ref()],
             Kind::Split => vec![record.split.as_ref(), record.arm.as_ref()],
             Kind::Set => vec![record.attribute.as_ref()],
+            Kind::Engagement => vec![
+                record.message.as_ref(),
+                record.engagement.as_ref(),
+                record.reason.as_ref(),
+            ],
             Kind::Error => vec![record.error.as_ref()],
         };
         Expectation {

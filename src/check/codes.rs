@@ -79,6 +79,7 @@ codes! {
     DUPLICATE_SPLIT = "E0318", "two splits with the same name in a journey";
     EMPTY_QUIET_HOURS = "E0319", "quiet hours that start and end at the same time";
     DURATION_OVER_MAX = "E0320", "duration or journey bound longer than 100 years";
+    ENGAGEMENT_NOT_SENT = "E0321", "engagement with a message not sent earlier on the path";
 
     TEMPLATE_SYNTAX = "E0401", "template syntax error";
     TEMPLATE_ATTRIBUTE = "E0402", "template refers to an unknown customer attribute";

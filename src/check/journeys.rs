@@ -9,10 +9,10 @@ use super::Checker;
 use crate::diagnostic::Diagnostic;
 use crate::source::Span;
 use crate::syntax::ast::{
-    Block, Condition, Days, Expr, ExprKind, JourneyDecl, Setting, SettingKind, Statement, StatementKind, TimeOfDay,
-    Trigger, TriggerKind,
+    Block, Condition, Days, Engagement, Expr, ExprKind, Ident, JourneyDecl, Setting, SettingKind, Statement,
+    StatementKind, TimeOfDay, Trigger, TriggerKind,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// `repeat N` allows 1 to this many iterations.
 pub const REPEAT_TIMES_MAX: i64 = 1_000;
@@ -301,7 +301,9 @@ impl<'a> Checker<'a> {
             };
             self.settings(&journey.settings);
             let mut walk = Walk::default();
+            self.sent_before = Some(BTreeSet::new());
             self.block(&journey.body, scope, &mut walk);
+            self.sent_before = None;
             sends.append(&mut walk.sends);
         }
         sends
@@ -377,6 +379,9 @@ impl<'a> Checker<'a> {
                 if self.decls.messages.contains_key(message.name.as_str()) {
                     self.used_messages.insert(message.name.clone());
                     walk.sends.push(SendSite { message, scope });
+                    if let Some(sent) = &mut self.sent_before {
+                        sent.insert(message.name.clone());
+                    }
                 } else {
                     let diagnostic = Diagnostic::error(
                         codes::UNKNOWN_MESSAGE,
@@ -423,49 +428,73 @@ impl<'a> Checker<'a> {
                 false
             }
             StatementKind::WaitFor {
+                engagement,
                 event,
                 filter,
                 within,
                 body,
                 timeout,
             } => {
-                self.event_reference(event);
-                let inner = self.event_scope(event);
+                // Engagement binds no event: `event.*` is not in scope in the body.
+                let inner = match engagement {
+                    Some((engagement, span)) => {
+                        self.engaged_message(*engagement, event, *span);
+                        EventScope::None
+                    }
+                    None => {
+                        self.event_reference(event);
+                        self.event_scope(event)
+                    }
+                };
                 if let Some(filter) = filter {
                     self.condition(filter, inner, "a `where` filter");
                 }
+                let what = match engagement {
+                    Some((engagement, _)) => format!("{} {}", engagement.as_str(), event.name),
+                    None => event.name.clone(),
+                };
                 match within {
                     Some(within) => self.positive_duration(within.seconds, within.span, "the `within` window"),
                     None => self.diagnostics.push(
                         Diagnostic::error(
                             codes::WAIT_FOR_WITHOUT_WITHIN,
-                            format!("`wait for {}` needs `within DUR`", event.name),
+                            format!("`wait for {what}` needs `within DUR`"),
                             event.span,
                             "waits for ever if the event never comes",
                         )
                         .with_help(format!(
-                            "every wait is bounded: write `wait for {} within 3d {{ … }} timeout {{ … }}`",
-                            event.name
+                            "every wait is bounded: write `wait for {what} within 3d {{ … }} timeout {{ … }}`"
                         )),
                     ),
                 }
+                let before = self.sent_before.clone();
                 let body_exits = self.block(body, inner, walk);
+                let after_body = std::mem::replace(&mut self.sent_before, before);
                 let timeout_exits = match timeout {
                     Some(timeout) => self.block(timeout, scope, walk),
                     None => false,
                 };
+                self.join_sent(after_body);
                 body_exits && timeout_exits
             }
             StatementKind::If { branches, otherwise } => {
                 let mut all_exit = true;
+                let before = self.sent_before.clone();
+                let mut after = before.clone();
                 for (condition, branch) in branches {
+                    // A condition sees what was sent before the `if`.
+                    self.sent_before.clone_from(&before);
                     self.condition(condition, scope, "an `if` condition");
                     all_exit &= self.block(branch, scope, walk);
+                    union(&mut after, self.sent_before.take());
                 }
-                match otherwise {
+                self.sent_before = before;
+                let exits = match otherwise {
                     Some(otherwise) => self.block(otherwise, scope, walk) && all_exit,
                     None => false,
-                }
+                };
+                self.join_sent(after);
+                exits
             }
             StatementKind::Split { name, arms } => {
                 if let Some(first) = walk.splits.get(name.name.as_str()) {
@@ -516,9 +545,14 @@ impl<'a> Checker<'a> {
                     self.diagnostics.push(diagnostic);
                 }
                 let mut all_exit = !arms.is_empty();
+                let before = self.sent_before.clone();
+                let mut after = before.clone();
                 for arm in arms {
+                    self.sent_before.clone_from(&before);
                     all_exit &= self.block(&arm.body, scope, walk);
+                    union(&mut after, self.sent_before.take());
                 }
+                self.sent_before = after;
                 all_exit
             }
             StatementKind::Set { attribute, value } => {
@@ -559,6 +593,10 @@ impl<'a> Checker<'a> {
                         .with_help("every loop is bounded: write e.g. `repeat 3 { … }`"),
                     );
                 }
+                // A later round can see what an earlier one sent.
+                if let Some(sent) = &mut self.sent_before {
+                    sends_in(body, sent);
+                }
                 let exits = self.block(body, scope, walk);
                 if !always_waits(body) {
                     self.diagnostics.push(
@@ -575,6 +613,62 @@ impl<'a> Checker<'a> {
             }
             StatementKind::Exit => true,
         }
+    }
+
+    /// Joins the messages sent on another path into those sent on this one.
+    fn join_sent(&mut self, other: Option<BTreeSet<String>>) {
+        let mut sent = self.sent_before.take();
+        union(&mut sent, other);
+        self.sent_before = sent;
+    }
+
+    /// `opened(MESSAGE)`, `wait for opened MESSAGE`: the message must be
+    /// declared and can have been sent earlier on this path (E0321).
+    pub(super) fn engaged_message(&mut self, engagement: Engagement, message: &Ident, span: Span) {
+        let word = engagement.as_str();
+        if !self.decls.messages.contains_key(message.name.as_str()) {
+            self.diagnostics.push(
+                Diagnostic::error(
+                    codes::UNKNOWN_MESSAGE,
+                    format!("unknown message `{}`", message.name),
+                    message.span,
+                    "not a declared message",
+                )
+                .with_suggestion(&message.name, self.decls.messages.keys().copied())
+                .with_help_if_none(format!("`{word}` asks about a message the journey sends")),
+            );
+            return;
+        }
+        let Some(sent) = &self.sent_before else {
+            self.diagnostics.push(
+                Diagnostic::error(
+                    codes::ENGAGEMENT_NOT_SENT,
+                    format!("`{word}` of `{}` can only be asked in a journey's steps", message.name),
+                    span.to(message.span),
+                    "no send comes before this",
+                )
+                .with_help(format!(
+                    "ask after the send, in the journey: `if {word}({}) {{ … }}`",
+                    message.name
+                )),
+            );
+            return;
+        };
+        if sent.contains(message.name.as_str()) {
+            return;
+        }
+        let diagnostic = Diagnostic::error(
+            codes::ENGAGEMENT_NOT_SENT,
+            format!("`{}` is not sent earlier on this path", message.name),
+            message.span,
+            format!("`{word}` would never be true"),
+        )
+        .with_suggestion(&message.name, sent.iter().map(String::as_str))
+        .with_help_if_none(format!(
+            "send it first: `send {}` earlier on a path that leads here",
+            message.name
+        ));
+        self.diagnostics.push(diagnostic);
     }
 
     // ------------------------------------------------------------- unused
@@ -685,4 +779,37 @@ fn find_cycle<'g>(
     path.pop();
     state.insert(node, 2);
     None
+}
+
+/// Adds `other` into `into` (a path that was not walked adds nothing).
+fn union(into: &mut Option<BTreeSet<String>>, other: Option<BTreeSet<String>>) {
+    if let (Some(into), Some(other)) = (into, other) {
+        into.extend(other);
+    }
+}
+
+/// Every message a block sends, at any depth.
+fn sends_in(block: &Block, out: &mut BTreeSet<String>) {
+    for statement in &block.statements {
+        match &statement.kind {
+            StatementKind::Send { message } => {
+                out.insert(message.name.clone());
+            }
+            StatementKind::WaitFor { body, timeout, .. } => {
+                sends_in(body, out);
+                if let Some(timeout) = timeout {
+                    sends_in(timeout, out);
+                }
+            }
+            StatementKind::If { branches, otherwise } => {
+                branches.iter().for_each(|(_, block)| sends_in(block, out));
+                if let Some(otherwise) = otherwise {
+                    sends_in(otherwise, out);
+                }
+            }
+            StatementKind::Split { arms, .. } => arms.iter().for_each(|arm| sends_in(&arm.body, out)),
+            StatementKind::Repeat { body, .. } => sends_in(body, out),
+            _ => {}
+        }
+    }
 }

@@ -213,6 +213,10 @@ pub(crate) struct Checker<'a> {
     event_types: BTreeMap<String, BTreeMap<String, types::Ty>>,
     used_segments: BTreeSet<String>,
     used_messages: BTreeSet<String>,
+    /// In a journey's steps: the messages that can have been sent earlier
+    /// on the path being checked (for `opened(M)`, `wait for opened M`);
+    /// `None` elsewhere.
+    sent_before: Option<BTreeSet<String>>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -377,6 +381,7 @@ pub fn check_parsed(sources: &SourceMap, files: &dyn Files, parsed: Vec<ast::Fil
         event_types: BTreeMap::new(),
         used_segments: BTreeSet::new(),
         used_messages: BTreeSet::new(),
+        sent_before: None,
         diagnostics,
     };
     let schema = checker.build_schema();

@@ -212,6 +212,10 @@ impl<'a> Checker<'a> {
                 }
                 Ty::Bool
             }
+            ExprKind::Engaged { engagement, message } => {
+                self.engaged_message(*engagement, message, expr.span);
+                Ty::Bool
+            }
             ExprKind::Count { event, within } | ExprKind::Seen { event, within } => {
                 self.event_reference(event);
                 self.positive_duration(within.seconds, within.span, "the window");

@@ -82,9 +82,15 @@ pub fn run(args: Args) -> u8 {
             Format::Human => journeys
                 .iter()
                 .try_for_each(|readout| out.write_all(readout.render().as_bytes())),
-            Format::Json => serde_json::to_writer_pretty(&mut out, &Document { journeys })
-                .map_err(std::io::Error::from)
-                .and_then(|()| out.write_all(b"\n")),
+            Format::Json => serde_json::to_writer_pretty(
+                &mut out,
+                &Document {
+                    journeys,
+                    unattributed: crate::runtime::stats::unattributed(&tally.counters),
+                },
+            )
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n")),
         };
     }
     // The process ends here: handing the states' memory back piece by

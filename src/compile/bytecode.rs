@@ -257,6 +257,12 @@ pub enum Op {
     In {
         len: u32,
     },
+    /// Pushes whether a send of the message named `message` in this
+    /// enrollment has `engagement` (`opened(welcome)`); false outside one.
+    Engaged {
+        engagement: crate::runtime::engagement::Engagement,
+        message: NameId,
+    },
 }
 
 /// A run-time value.

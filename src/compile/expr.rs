@@ -82,6 +82,10 @@ fn emit(context: &mut Context<'_>, expr: &Expr, ops: &mut Vec<Op>) {
                 within_seconds: within.seconds,
             });
         }
+        ExprKind::Engaged { engagement, message } => ops.push(Op::Engaged {
+            engagement: *engagement,
+            message: context.intern(&message.name),
+        }),
     }
 }
 
@@ -140,6 +144,10 @@ pub fn render(bundle: &Bundle, code: &Code) -> String {
             ),
             Op::Seen { event, within_seconds } => (
                 format!("seen({} within {})", name_of(bundle, *event), duration(*within_seconds)),
+                PRECEDENCE_ATOM,
+            ),
+            Op::Engaged { engagement, message } => (
+                format!("{}({})", engagement.as_str(), name_of(bundle, *message)),
                 PRECEDENCE_ATOM,
             ),
             Op::Not => {

@@ -99,6 +99,7 @@ pub fn visit_code(code: &mut Code, visitor: &mut impl IdVisitor) {
                 visitor.name(name)
             }
             Op::Count { event, .. } | Op::Seen { event, .. } => visitor.name(event),
+            Op::Engaged { message, .. } => visitor.name(message),
             Op::InSegment(segment) => visitor.segment(segment),
             Op::Const(_) | Op::Now | Op::Not | Op::Negate | Op::Binary(_) | Op::In { .. } => {}
         }

@@ -482,13 +482,19 @@ impl CodeBuilder<'_, '_> {
                 self.emit(Instr::WaitUntil { time }, line);
             }
             ast::StatementKind::WaitFor {
+                engagement,
                 event,
                 filter,
                 within,
                 body,
                 timeout,
             } => {
-                let event = self.context.intern(&event.name);
+                let event = match engagement {
+                    Some((engagement, _)) => self
+                        .context
+                        .intern(&crate::runtime::engagement::wait_name(*engagement, &event.name)),
+                    None => self.context.intern(&event.name),
+                };
                 let filter = filter.as_ref().map(|filter| expr::compile(self.context, filter));
                 let wait = self.emit(
                     Instr::WaitFor {

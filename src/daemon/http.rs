@@ -1127,6 +1127,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let timers_pending = gauge(store::STAT_TIMERS);
     let customers_failing = gauge(super::faults::STAT_FAILING);
     let customers_parked = gauge(super::faults::STAT_PARKED);
+    let unattributed = {
+        let stats = state.stats.lock().unwrap_or_else(|p| p.into_inner());
+        crate::runtime::stats::unattributed(stats.iter())
+    };
     let outbox_depth = match (state.store.first_outbox_seq(), state.store.last_outbox_seq()) {
         (Ok(Some(first)), Ok(Some(last))) => {
             let lowest = state
@@ -1145,6 +1149,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         customers_failing,
         customers_parked,
         dead_letters: super::dead::count(&state.store),
+        unattributed,
     });
     (
         StatusCode::OK,

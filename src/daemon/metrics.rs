@@ -99,6 +99,9 @@ pub struct Gauges {
     pub customers_parked: i64,
     /// Dead letters in the store (parked or queued for another try).
     pub dead_letters: usize,
+    /// Engagement events naming no remembered send, by engagement
+    /// (`runtime::stats::unattributed`).
+    pub unattributed: std::collections::BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -209,6 +212,16 @@ impl Metrics {
             "# HELP journeyc_outbox_dead_letters Deliveries given up and kept for `POST /v1/outbox/retry`.\n# TYPE journeyc_outbox_dead_letters gauge\njourneyc_outbox_dead_letters {}",
             gauges.dead_letters
         );
+        let _ = writeln!(
+            out,
+            "# HELP journeyc_engagement_unattributed_total Engagement events naming no remembered send, by engagement.\n# TYPE journeyc_engagement_unattributed_total counter"
+        );
+        for (engagement, count) in &gauges.unattributed {
+            let _ = writeln!(
+                out,
+                "journeyc_engagement_unattributed_total{{engagement=\"{engagement}\"}} {count}"
+            );
+        }
         self.intake_latency.render(
             &mut out,
             "journeyc_intake_latency_seconds",
@@ -243,6 +256,7 @@ mod tests {
             customers_failing: 3,
             customers_parked: 1,
             dead_letters: 4,
+            unattributed: std::collections::BTreeMap::from([("opened".to_string(), 4)]),
         });
         assert!(text.contains("journeyc_events_accepted_total 3"));
         assert!(text.contains("journeyc_intake_latency_seconds_bucket{le=\"0.005\"} 1"));
@@ -251,5 +265,6 @@ mod tests {
         assert!(text.contains("journeyc_customers_failing 3"));
         assert!(text.contains("journeyc_customers_parked 1"));
         assert!(text.contains("journeyc_outbox_dead_letters 4"));
+        assert!(text.contains("journeyc_engagement_unattributed_total{engagement=\"opened\"} 4"));
     }
 }

@@ -56,11 +56,12 @@ pub const META_FORMAT: &[u8] = b"mformat";
 
 /// The store format this build writes: 2 has timer chunks named by customer
 /// records; 3 adds subscriptions and remembered sends to the customer
-/// state. A store without the mark (format 1: one timer key per customer)
-/// or marked 2 has its customer records rewritten when it is opened
-/// ([`Store::open`]); a store marked newer is refused, since this build
-/// could misread it.
-pub const STORE_FORMAT: u64 = 3;
+/// state; 4 adds to each remembered send its version, step, split arm and
+/// the engagements seen for it. A store without the mark (format 1: one
+/// timer key per customer) or marked 2 or 3 has its customer records
+/// rewritten when it is opened ([`Store::open`]); a store marked newer is
+/// refused, since this build could misread it.
+pub const STORE_FORMAT: u64 = 4;
 
 /// The most customers in one timer chunk (bounds the rewrite when one of
 /// them moves).
@@ -122,16 +123,23 @@ impl Store {
             return Err(StoreError::NewerFormat { found });
         }
         let store = Store { db };
-        if found.is_none_or(|found| found < 3) {
-            store.upgrade_customers()?;
+        match found {
+            None | Some(..=2) => store.upgrade_customers::<StateV2>()?,
+            Some(3) => store.upgrade_customers::<StateV3>()?,
+            Some(_) => {}
         }
         Ok(store)
     }
 
-    /// Rewrites every customer record of format 1 or 2 (a state without
-    /// subscriptions and remembered sends) in format 3, in one batch, and
-    /// marks the store 3 (an unmarked store is new or older than marks).
-    fn upgrade_customers(&self) -> StoreResult<()> {
+    /// Rewrites every customer record of an older format (`Old`: format 1
+    /// or 2, a state without subscriptions and remembered sends; format 3,
+    /// remembered sends without attribution) in [`STORE_FORMAT`], in one
+    /// batch, and marks the store (an unmarked store is new or older than
+    /// marks).
+    fn upgrade_customers<Old>(&self) -> StoreResult<()>
+    where
+        Old: serde::de::DeserializeOwned + Into<CustomerState>,
+    {
         let mut batch = sled::Batch::default();
         for item in self.db.scan_prefix([PREFIX_CUSTOMER]) {
             let (key, value) = item?;
@@ -139,8 +147,7 @@ impl Store {
                 key: String::from_utf8_lossy(&key).into_owned(),
                 reason,
             };
-            let (old, rest): (StateV2, &[u8]) =
-                postcard::take_from_bytes(&value).map_err(|e| corrupt(e.to_string()))?;
+            let (old, rest): (Old, &[u8]) = postcard::take_from_bytes(&value).map_err(|e| corrupt(e.to_string()))?;
             let chunk = match rest.len() {
                 0 => None,
                 8 => Some(decode_u64(rest)),
@@ -149,7 +156,7 @@ impl Store {
             batch.insert(&key, encode_customer(encode_state(&old.into()), chunk));
         }
         // Marked even when empty: whatever this build writes from now on is
-        // format 3, and must not be upgraded again.
+        // the current format, and must not be upgraded again.
         batch.insert(META_FORMAT, &STORE_FORMAT.to_be_bytes());
         self.db.apply_batch(batch)?;
         self.db.flush()?;
@@ -766,6 +773,53 @@ impl From<StateV2> for CustomerState {
     }
 }
 
+/// A customer state as stores of format 3 hold it (remembered sends
+/// without attribution): read only to upgrade them. postcard writes a
+/// struct as its fields one after the other, so format 2's fields nest.
+#[derive(serde::Deserialize)]
+struct StateV3 {
+    v2: StateV2,
+    subscriptions: BTreeMap<crate::syntax::ast::Channel, crate::runtime::state::Subscription>,
+    sent: std::collections::VecDeque<SentV3>,
+}
+
+/// A remembered send of format 3.
+#[derive(serde::Deserialize)]
+struct SentV3 {
+    at: Millis,
+    id: String,
+    journey: String,
+    message: String,
+    channel: crate::syntax::ast::Channel,
+}
+
+impl From<StateV3> for CustomerState {
+    fn from(old: StateV3) -> CustomerState {
+        let sent = old
+            .sent
+            .into_iter()
+            .map(|sent| crate::runtime::state::Sent {
+                at: sent.at,
+                id: sent.id,
+                journey: sent.journey,
+                message: sent.message,
+                channel: sent.channel,
+                // Unknown: engagement with it is counted for the message,
+                // under no version and no arm.
+                version: String::new(),
+                pc: 0,
+                arm: None,
+                engaged: 0,
+            })
+            .collect();
+        CustomerState {
+            subscriptions: old.subscriptions,
+            sent,
+            ..old.v2.into()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -884,28 +938,30 @@ mod tests {
         assert_eq!(store.first_outbox_seq().expect("first"), None);
     }
 
+    /// A customer state of format 2, as it was written.
+    #[derive(Default, serde::Serialize)]
+    struct V2<'a> {
+        id: &'a str,
+        profile: BTreeMap<String, crate::compile::bytecode::Value>,
+        first_seen: Option<Millis>,
+        clock: Millis,
+        last_event: Option<Millis>,
+        last_event_by_name: BTreeMap<String, Millis>,
+        history: BTreeMap<String, Vec<Millis>>,
+        sends: Vec<(Millis, String)>,
+        segments: BTreeMap<String, bool>,
+        enrollments: BTreeMap<String, crate::runtime::state::Enrollment>,
+        entries: BTreeMap<String, crate::runtime::state::EntryHistory>,
+        schedules: BTreeMap<String, Millis>,
+        segment_check: Option<Millis>,
+        message_ids: Vec<(Millis, String)>,
+    }
+
     /// A format-2 record (the state without subscriptions and sends, then
     /// its chunk) reads back whole after the store is opened.
     #[test]
     fn a_format_2_store_is_upgraded_when_opened() {
         use std::collections::VecDeque;
-        #[derive(serde::Serialize)]
-        struct V2<'a> {
-            id: &'a str,
-            profile: BTreeMap<String, crate::compile::bytecode::Value>,
-            first_seen: Option<Millis>,
-            clock: Millis,
-            last_event: Option<Millis>,
-            last_event_by_name: BTreeMap<String, Millis>,
-            history: BTreeMap<String, Vec<Millis>>,
-            sends: Vec<(Millis, String)>,
-            segments: BTreeMap<String, bool>,
-            enrollments: BTreeMap<String, crate::runtime::state::Enrollment>,
-            entries: BTreeMap<String, crate::runtime::state::EntryHistory>,
-            schedules: BTreeMap<String, Millis>,
-            segment_check: Option<Millis>,
-            message_ids: Vec<(Millis, String)>,
-        }
         let old = V2 {
             id: "ann",
             profile: BTreeMap::from([("plan".into(), crate::compile::bytecode::Value::String("pro".into()))]),
@@ -941,7 +997,65 @@ mod tests {
         assert_eq!(state.schedules, old.schedules);
         assert_eq!(state.message_ids.len(), 1);
         assert!(state.subscriptions.is_empty() && state.sent.is_empty());
-        assert_eq!(store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)), Some(3));
+        assert_eq!(
+            store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)),
+            Some(STORE_FORMAT)
+        );
+    }
+
+    /// A format-3 record (remembered sends without attribution) reads back
+    /// whole, its sends with nothing engaged yet.
+    #[test]
+    fn a_format_3_store_is_upgraded_when_opened() {
+        use crate::runtime::state::{Subscription, Suppression};
+        use crate::syntax::ast::Channel;
+        #[derive(serde::Serialize)]
+        struct V3<'a> {
+            v2: V2<'a>,
+            subscriptions: BTreeMap<Channel, Subscription>,
+            sent: Vec<(Millis, &'a str, &'a str, &'a str, Channel)>,
+        }
+        let subscription = Subscription {
+            suppressed: Some(Suppression::Bounced),
+            since: 8,
+            send: Some("s0".into()),
+        };
+        let old = V3 {
+            v2: V2 {
+                id: "ann",
+                clock: 9,
+                sends: vec![(7, "welcome".into())],
+                ..V2::default()
+            },
+            subscriptions: BTreeMap::from([(Channel::Sms, subscription.clone())]),
+            sent: vec![(7, "s1", "onboard", "welcome", Channel::Email)],
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+            store.db.insert(META_FORMAT, &3u64.to_be_bytes()).expect("insert");
+            let bytes = postcard::to_allocvec(&old).expect("encode");
+            store
+                .db
+                .insert(customer_key("ann"), encode_customer(bytes, None))
+                .expect("insert");
+            store.flush().expect("flush");
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        let (state, chunk) = store.customer_record("ann").expect("read").expect("ann");
+        assert_eq!(chunk, None);
+        assert_eq!(state.clock, 9);
+        assert_eq!(state.subscriptions, BTreeMap::from([(Channel::Sms, subscription)]));
+        let sent = state.sent("s1").expect("the send is remembered");
+        assert_eq!(
+            (sent.journey.as_str(), sent.message.as_str(), sent.channel, sent.engaged),
+            ("onboard", "welcome", Channel::Email, 0)
+        );
+        assert_eq!(store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)), Some(4));
+        // Opened again, it is not upgraded twice.
+        drop(store);
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        assert_eq!(store.customer("ann").expect("read").expect("ann"), state);
     }
 
     #[test]

@@ -55,7 +55,7 @@ enum Class {
     /// No space before: `,` `)` `]` `:` `?`.
     Tight,
     /// No space after: `(` `[`, unary `-`, `customer.` in `set`, and the
-    /// words `exists`, `count`, `seen` before their `(`.
+    /// words `exists`, `count`, `seen`, `opened`, … before their `(`.
     Prefix,
     /// A separator the layout owns; dropped.
     Elided,
@@ -163,6 +163,8 @@ impl<'a> Layout<'a> {
             Rule::close => Class::Close,
             Rule::close_paren | Rule::optional_mark => Class::Tight,
             Rule::negate | Rule::set_target => Class::Prefix,
+            // `opened(welcome)`, but `wait for opened welcome`.
+            Rule::engagement if self.text[span.end()..].trim_start().starts_with('(') => Class::Prefix,
             _ => Class::Word,
         };
         self.push(span.start(), span.end(), class);
@@ -498,6 +500,14 @@ mod tests {
         assert_eq!(
             fmt("journey j{trigger e\nif customer.x in [ \"a\" , \"b\", ] { exit } else {send m}}"),
             "journey j {\n  trigger e\n  if customer.x in [\"a\", \"b\"] {\n    exit\n  } else {\n    send m\n  }\n}\n"
+        );
+    }
+
+    #[test]
+    fn engagement_calls_are_tight_and_the_wait_word_is_not() {
+        assert_eq!(
+            fmt("journey j{trigger e\nsend m\nwait   for opened  m within 2d{if clicked ( m ) or opened(m){send m}}}"),
+            "journey j {\n  trigger e\n  send m\n  wait for opened m within 2d {\n    if clicked(m) or opened(m) {\n      send m\n    }\n  }\n}\n"
         );
     }
 

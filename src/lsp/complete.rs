@@ -34,6 +34,9 @@ const EXPRESSION_WORDS: &[&str] = &[
     "exists(",
     "count(",
     "seen(",
+    "opened(",
+    "clicked(",
+    "delivered(",
     "now",
     "true",
     "false",
@@ -156,6 +159,25 @@ fn items(server: &Server, before: &str, line: &str) -> Vec<CompletionItem> {
     if trimmed.ends_with("count(") || trimmed.ends_with("seen(") {
         return events(server);
     }
+    let messages = || {
+        names(
+            server,
+            |s| matches!(s, Symbol::Message(_)),
+            CompletionItemKind::FUNCTION,
+        )
+    };
+    // `opened(`, `wait for clicked `: a message.
+    let engagement = |word: &str| crate::runtime::engagement::Engagement::parse(word).is_some();
+    if trimmed
+        .strip_suffix('(')
+        .and_then(|rest| rest.rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next())
+        .is_some_and(engagement)
+    {
+        return messages();
+    }
+    if head.ends_with(' ') && previous_two.len() == 2 && engagement(previous_two[0]) && previous_two[1] == "for" {
+        return messages();
+    }
     match last {
         "trigger" => {
             let mut out = events(server);
@@ -165,7 +187,11 @@ fn items(server: &Server, before: &str, line: &str) -> Vec<CompletionItem> {
             ));
             return out;
         }
-        "for" if previous_two.get(1) == Some(&"wait") => return events(server),
+        "for" if previous_two.get(1) == Some(&"wait") => {
+            let mut out = events(server);
+            out.extend(words(&["opened", "clicked", "delivered"], CompletionItemKind::KEYWORD));
+            return out;
+        }
         "entered" | "left" => return segments(server),
         "since" => return events(server),
         "when" | "goal" => {
@@ -173,13 +199,7 @@ fn items(server: &Server, before: &str, line: &str) -> Vec<CompletionItem> {
             out.extend(segments(server));
             return out;
         }
-        "send" => {
-            return names(
-                server,
-                |s| matches!(s, Symbol::Message(_)),
-                CompletionItemKind::FUNCTION,
-            )
-        }
+        "send" => return messages(),
         "on" | "every" => return words(DAYS, CompletionItemKind::ENUM_MEMBER),
         "entry" => return words(&["once", "every", "always"], CompletionItemKind::KEYWORD),
         _ => {}

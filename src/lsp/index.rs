@@ -443,16 +443,26 @@ impl Builder {
             StatementKind::WaitUntilTime { .. } | StatementKind::Exit => {}
             StatementKind::WaitUntilExpr { time } => self.expr(time, scope),
             StatementKind::WaitFor {
+                engagement,
                 event,
                 filter,
                 within,
                 body,
                 timeout,
             } => {
-                self.event_ref(event);
-                let inner = event.name.clone();
+                // `wait for opened welcome`: a message, and no event in scope.
+                let inner = match engagement {
+                    Some(_) => {
+                        self.add(event, Symbol::Message(event.name.clone()), None);
+                        None
+                    }
+                    None => {
+                        self.event_ref(event);
+                        Some(event.name.clone())
+                    }
+                };
                 if let Some(filter) = filter {
-                    self.condition_expr(filter, Some(&inner));
+                    self.condition_expr(filter, inner.as_deref());
                 }
                 match within {
                     Some(within) => self.duration(within),
@@ -461,7 +471,7 @@ impl Builder {
                         insert_at: filter.as_ref().map_or(event.span, |f| f.span),
                     }),
                 }
-                self.block(body, Some(&inner));
+                self.block(body, inner.as_deref());
                 if let Some(timeout) = timeout {
                     self.block(timeout, scope);
                 }
@@ -554,6 +564,7 @@ impl Builder {
                 self.event_ref(event);
                 self.duration(within);
             }
+            ExprKind::Engaged { message, .. } => self.add(message, Symbol::Message(message.name.clone()), None),
             ExprKind::Duration(seconds) => {
                 self.index
                     .durations

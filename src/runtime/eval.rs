@@ -10,7 +10,7 @@
 //! non-finite `number`, a time outside the representable range) is absent
 //! too, so no input can make an expression panic or wrap around.
 
-use super::Millis;
+use super::{CustomerState, Millis};
 use crate::compile::bytecode::{Bundle, Code, NameId, Op, SegmentId, Value};
 use crate::syntax::ast::{BinaryOp, UnaryOp};
 use std::collections::{BTreeMap, VecDeque};
@@ -26,6 +26,9 @@ pub struct Scope<'a> {
     pub profile: &'a BTreeMap<String, Value>,
     pub event: Option<&'a BTreeMap<String, Value>>,
     pub history: &'a BTreeMap<String, VecDeque<Millis>>,
+    /// In a journey's steps: the customer and the enrollment's journey and
+    /// entry time, for `opened(MESSAGE)`.
+    pub enrollment: Option<(&'a CustomerState, &'a str, Millis)>,
 }
 
 impl Scope<'_> {
@@ -85,6 +88,12 @@ impl Scope<'_> {
                 Op::InSegment(segment) => Value::Bool(self.segment_at_depth(*segment, depth)),
                 Op::Count { event, within_seconds } => Value::Int(self.count(*event, *within_seconds) as i64),
                 Op::Seen { event, within_seconds } => Value::Bool(self.count(*event, *within_seconds) > 0),
+                Op::Engaged { engagement, message } => {
+                    let message = self.bundle.name(*message);
+                    Value::Bool(self.enrollment.is_some_and(|(state, journey, entered_at)| {
+                        state.engaged(journey, entered_at, message, *engagement)
+                    }))
+                }
                 Op::Not => {
                     let operand = stack.pop().unwrap_or(Value::Absent);
                     unary(UnaryOp::Not, operand)

@@ -48,11 +48,6 @@ impl Input {
     }
 }
 
-/// The Segment email spec's event for an unsubscribe: understood without
-/// being declared, it suppresses the channel of the send its `email_id`
-/// names (or its `channel`).
-pub const UNSUBSCRIBED_EVENT: &str = "Unsubscribed";
-
 /// The identify trait that sets a channel's subscription (`email_subscribe`),
 /// unless the workspace declares an attribute of that name.
 pub fn subscribe_trait(channel: Channel) -> String {
@@ -222,12 +217,13 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
                 let Some(Scalar::Str(event)) = &raw.event else {
                     return Err(InputError::new("event", "missing; a track call names its event"));
                 };
-                if event.as_ref() == UNSUBSCRIBED_EVENT && schema.event_on_wire(UNSUBSCRIBED_EVENT).is_none() {
+                let engagement = super::engagement::event_named(event.as_ref());
+                if let Some(engagement) = engagement.filter(|e| schema.event_on_wire(e.name).is_none()) {
                     return Ok(Call {
                         customer,
                         input: Input::Track {
-                            event: UNSUBSCRIBED_EVENT.to_string(),
-                            properties: unsubscribed_properties(raw.properties)?,
+                            event: engagement.name.to_string(),
+                            properties: engagement_properties(raw.properties)?,
                             at,
                             message_id,
                         },
@@ -395,11 +391,13 @@ fn subscription_traits<'a>(
     Ok((subscriptions, Some(Fields::Object(rest))))
 }
 
-/// The properties of an undeclared `Unsubscribed` event that the runtime
-/// reads: `email_id` (the send) and `channel`, both strings; the Segment
-/// email spec's other properties (`email_subject`, `list_id`, …) are
-/// accepted and not kept.
-fn unsubscribed_properties(given: Option<Fields>) -> Result<BTreeMap<String, Value>, InputError> {
+/// The properties of an undeclared engagement event (`Unsubscribed`,
+/// `Email Opened`, …, [`super::engagement::EVENTS`]) that the runtime
+/// reads ([`super::engagement::PROPERTIES`]: the send's `email_id` or
+/// `message_id`, a `channel`, a bounce's `type` or `bounce_type`), all
+/// strings; the specs' other properties (`email_subject`, `link_url`, …)
+/// are accepted and not kept.
+fn engagement_properties(given: Option<Fields>) -> Result<BTreeMap<String, Value>, InputError> {
     let given = match given {
         None | Some(Fields::Null) => Vec::new(),
         Some(Fields::Object(pairs)) => pairs,
@@ -407,28 +405,33 @@ fn unsubscribed_properties(given: Option<Fields>) -> Result<BTreeMap<String, Val
     };
     let mut out = BTreeMap::new();
     for (name, json) in given {
-        match (name.as_ref(), json) {
-            ("email_id" | "channel", Scalar::Null) => {}
-            ("email_id", Scalar::Str(id)) => {
-                out.insert("email_id".to_string(), Value::String(id.into_owned()));
-            }
-            ("channel", Scalar::Str(channel)) if Channel::parse(&channel).is_some() => {
-                out.insert("channel".to_string(), Value::String(channel.into_owned()));
-            }
-            ("channel", other) => {
+        let Some(name) = super::engagement::PROPERTIES.into_iter().find(|p| *p == name.as_ref()) else {
+            continue;
+        };
+        match (name, json) {
+            (_, Scalar::Null) => {}
+            ("channel", Scalar::Str(channel)) if Channel::parse(&channel).is_none() => {
                 let channels: Vec<String> = Channel::ALL.iter().map(|c| format!("{:?}", c.as_str())).collect();
                 return Err(InputError::new(
                     "properties.channel",
-                    format!("expected one of {}, got {}", channels.join(", "), other.describe()),
+                    format!("expected one of {}, got {:?}", channels.join(", "), channel.as_ref()),
                 ));
             }
-            ("email_id", other) => {
+            (_, Scalar::Str(text)) => {
+                out.insert(name.to_string(), Value::String(text.into_owned()));
+            }
+            ("email_id" | "message_id", other) => {
                 return Err(InputError::new(
-                    "properties.email_id",
+                    format!("properties.{name}"),
                     format!("expected a send id (a string), got {}", other.describe()),
                 ))
             }
-            _ => {}
+            (_, other) => {
+                return Err(InputError::new(
+                    format!("properties.{name}"),
+                    format!("expected a string, got {}", other.describe()),
+                ))
+            }
         }
     }
     Ok(out)

@@ -11,13 +11,13 @@
 //! A timer due at the same instant as an event fires after it, so an event
 //! at the very end of a `within` window still counts.
 
+use super::engagement::{self, Engagement, EngagementEvent};
 use super::eval::Scope;
-use super::input::UNSUBSCRIBED_EVENT;
 use super::local_time::{is_local_time, next_local_time, quiet_until};
 use super::state::{CustomerState, Enrollment, Sent, Suppression, MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS};
 use super::trace::{Kind, TraceRecord};
 use super::{ApplyError, Effects, Input, Millis};
-use crate::compile::bytecode::{Bundle, Condition, Entry, Instr, Program, SegmentId, Trigger, Value};
+use crate::compile::bytecode::{Bundle, Condition, Entry, Instr, NameId, Program, SegmentId, Trigger, Value};
 use crate::syntax::ast::Channel;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -504,6 +504,7 @@ impl Run<'_, '_> {
             profile: &self.state.profile,
             event,
             history: &self.state.history,
+            enrollment: None,
         }
     }
 
@@ -681,8 +682,8 @@ impl Run<'_, '_> {
     // ---------------------------------------------------------- events
 
     fn track(&mut self, event: &str, properties: &BTreeMap<String, Value>, t: Millis) {
-        if self.bundle().schema.event_wire_name(event) == UNSUBSCRIBED_EVENT {
-            self.unsubscribe(event, properties, t);
+        if let Some(engagement) = engagement::event_named(self.bundle().schema.event_wire_name(event)) {
+            self.engage(engagement, event, properties, t);
         }
         self.state.last_event = Some(t);
         self.state.last_event_by_name.insert(event.to_string(), t);
@@ -765,6 +766,21 @@ impl Run<'_, '_> {
         true
     }
 
+    /// The scope of a step's expressions: with the enrollment, for
+    /// `opened(MESSAGE)`.
+    fn step_scope<'a>(
+        &'a self,
+        bundle: &'a Bundle,
+        t: Millis,
+        journey: &'a str,
+        enrollment: &'a Enrollment,
+    ) -> Scope<'a> {
+        Scope {
+            enrollment: Some((&*self.state, journey, enrollment.entered_at)),
+            ..self.scope_in(bundle, t, enrollment.events.last())
+        }
+    }
+
     fn scope_in<'a>(
         &'a self,
         bundle: &'a Bundle,
@@ -777,6 +793,7 @@ impl Run<'_, '_> {
             profile: &self.state.profile,
             event,
             history: &self.state.history,
+            enrollment: None,
         }
     }
 
@@ -1009,7 +1026,7 @@ impl Run<'_, '_> {
                     }
                 }
                 Instr::WaitUntil { time } => {
-                    let scope = self.scope_in(bundle, t, enrollment.events.last());
+                    let scope = self.step_scope(bundle, t, journey, enrollment);
                     match scope.eval(time) {
                         Value::Time(due) if due > t => {
                             return self.suspend(enrollment, due.min(t.saturating_add(WAIT_UNTIL_MAX_MS)))
@@ -1017,7 +1034,19 @@ impl Run<'_, '_> {
                         _ => enrollment.pc = next,
                     }
                 }
-                Instr::WaitFor { within_seconds, .. } => {
+                Instr::WaitFor {
+                    event, within_seconds, ..
+                } => {
+                    // `wait for opened welcome` goes on at once when it
+                    // already happened in this enrollment.
+                    let engaged = engagement::parse_wait_name(bundle.name(*event)).is_some_and(|(kind, message)| {
+                        self.state.engaged(journey, enrollment.entered_at, message, kind)
+                    });
+                    if engaged {
+                        enrollment.events.push(BTreeMap::new());
+                        enrollment.pc = next;
+                        continue;
+                    }
                     let until = self.later(t, *within_seconds);
                     return self.suspend(enrollment, until);
                 }
@@ -1029,7 +1058,7 @@ impl Run<'_, '_> {
                 }
                 Instr::Jump { target } => enrollment.pc = *target,
                 Instr::JumpUnless { condition, target } => {
-                    let holds = self.scope_in(bundle, t, enrollment.events.last()).holds(condition);
+                    let holds = self.step_scope(bundle, t, journey, enrollment).holds(condition);
                     enrollment.pc = if holds { next } else { *target };
                 }
                 Instr::Split { split, arms } => {
@@ -1046,7 +1075,7 @@ impl Run<'_, '_> {
                     enrollment.pc = arm.target;
                 }
                 Instr::Set { attribute, value } => {
-                    let value = self.scope_in(bundle, t, enrollment.events.last()).eval(value);
+                    let value = self.step_scope(bundle, t, journey, enrollment).eval(value);
                     let name = bundle.name(*attribute).to_string();
                     let record = self.record(t, journey, Kind::Set);
                     record.attribute = Some(name.clone());
@@ -1174,6 +1203,11 @@ impl Run<'_, '_> {
                     journey: journey.to_string(),
                     message: name.clone(),
                     channel: definition.channel,
+                    version: program.hash.clone(),
+                    pc: enrollment.pc,
+                    arm: enclosing_arm(program, enrollment.pc)
+                        .map(|(split, arm)| (bundle.name(split).to_string(), bundle.name(arm).to_string())),
+                    engaged: 0,
                 });
                 let record = self.record(t, journey, Kind::Send);
                 record.message = Some(name);
@@ -1244,25 +1278,108 @@ impl Run<'_, '_> {
         Ok((subject, body, locale))
     }
 
-    /// An `Unsubscribed` event suppresses its `channel`, else the channel of
-    /// the send its `email_id` names, else email (the Segment email spec's
-    /// channel, also for a send no longer remembered).
+    /// An engagement event (`Email Opened`, `Unsubscribed`, …): an
+    /// `engagement` record attributed to the send it names, counted once per
+    /// send, and for a hard bounce, a spam complaint or an unsubscribe, the
+    /// channel suppressed (`docs/analytics.md`, "Engagement").
+    ///
+    /// The channel suppressed is an `Unsubscribed` event's `channel`, else
+    /// the named send's, else the event's own (email for `Unsubscribed`, the
+    /// Segment email spec's channel, also for a send no longer remembered).
     /// Properties are read by their names on the wire (a workspace that
     /// declares the event may give them other identifiers).
-    fn unsubscribe(&mut self, event: &str, properties: &BTreeMap<String, Value>, t: Millis) {
+    fn engage(&mut self, engagement: &EngagementEvent, event: &str, properties: &BTreeMap<String, Value>, t: Millis) {
         let names = self.engine.current.bundle.schema.field_names(Some(event));
         let text = |wire: &str| match names.identifier(wire).and_then(|name| properties.get(name)) {
-            Some(Value::String(text)) => Some(text.as_str()),
+            Some(Value::String(text)) => Some(text.clone()),
             _ => None,
         };
-        let send = text("email_id");
-        let channel = text("channel")
-            .and_then(Channel::parse)
-            .or_else(|| send.and_then(|id| self.state.sent(id)).map(|sent| sent.channel))
-            .unwrap_or(Channel::Email);
-        let send = send.map(str::to_string);
-        self.state
-            .set_subscription(channel, Some(Suppression::Unsubscribed), t, send);
+        let other = if engagement.id_property == "email_id" {
+            "message_id"
+        } else {
+            "email_id"
+        };
+        let send = text(engagement.id_property).or_else(|| text(other));
+        let kind = engagement.engagement;
+        let suppression = match kind {
+            Engagement::Bounced if engagement::hard_bounce(text("type").or_else(|| text("bounce_type")).as_deref()) => {
+                Some(Suppression::Bounced)
+            }
+            Engagement::Complained => Some(Suppression::Complained),
+            Engagement::Unsubscribed => Some(Suppression::Unsubscribed),
+            _ => None,
+        };
+        let sent = send.as_deref().and_then(|id| self.state.sent_mut(id));
+        let reason = match (&sent, suppression) {
+            (None, _) => Some("unknown_send"),
+            (Some(_), None) if kind == Engagement::Bounced => Some("soft_bounce"),
+            (Some(sent), _) if sent.has(kind) => Some("repeat"),
+            (Some(_), _) => None,
+        };
+        let sent = sent.map(|sent| {
+            if reason.is_none() {
+                sent.engaged |= kind.bit();
+            }
+            sent.clone()
+        });
+        if let Some(suppressed) = suppression {
+            let channel = (kind == Engagement::Unsubscribed)
+                .then(|| text("channel").as_deref().and_then(Channel::parse))
+                .flatten()
+                .or(sent.as_ref().map(|sent| sent.channel))
+                .or(engagement.channel)
+                .unwrap_or(Channel::Email);
+            self.state.set_subscription(channel, Some(suppressed), t, send.clone());
+        }
+        // An event that names no send (an `Unsubscribed` from a preference
+        // centre, a click a workspace tracks by campaign) writes no line:
+        // there is nothing to attribute it to.
+        if send.is_none() {
+            return;
+        }
+        let counted = sent.clone().filter(|_| reason.is_none());
+        let record = self.record(
+            t,
+            sent.as_ref().map_or("", |sent| sent.journey.as_str()),
+            Kind::Engagement,
+        );
+        record.engagement = Some(kind.as_str().to_string());
+        record.id = send;
+        record.reason = reason.map(str::to_string);
+        if let Some(sent) = sent {
+            record.version = Some(sent.version);
+            record.message = Some(sent.message);
+            record.channel = Some(sent.channel.as_str().to_string());
+            if let Some((split, arm)) = sent.arm {
+                record.split = Some(split);
+                record.arm = Some(arm);
+            }
+        }
+        if let Some(sent) = counted {
+            self.engaged_wait(&sent, kind, t);
+        }
+    }
+
+    /// Resumes the enrollment that sent `sent` if it waits for this
+    /// engagement with that message (`wait for opened welcome`).
+    fn engaged_wait(&mut self, sent: &Sent, engagement: Engagement, t: Millis) {
+        let Some(mut enrollment) = self.state.enrollments.remove(&sent.journey) else {
+            return;
+        };
+        let waits = enrollment.suspended
+            && enrollment.entered_at <= sent.at
+            && self.engine.versions.get(&enrollment.version).is_some_and(|(loaded, index)| {
+                let program = &loaded.bundle.journeys[*index];
+                matches!(
+                    program.code.get(enrollment.pc as usize),
+                    Some(Instr::WaitFor { event, .. })
+                        if engagement::parse_wait_name(loaded.bundle.name(*event)) == Some((engagement, sent.message.as_str()))
+                )
+            });
+        let active = !waits || self.resume(&sent.journey, &mut enrollment, t, Resume::Event(&BTreeMap::new()));
+        if active {
+            self.state.enrollments.insert(sent.journey.clone(), enrollment);
+        }
     }
 
     // ------------------------------------------------------- versions
@@ -1347,6 +1464,36 @@ pub fn stable_bucket(customer: &str, journey: &str, key: &str) -> u32 {
 }
 
 /// The stable idempotency key of a send.
+/// The innermost split arm whose code holds `pc`: `(split, arm)`. Arm `i`
+/// of a split runs from its target to the next arm's; the last one to where
+/// every arm's closing jump goes.
+fn enclosing_arm(program: &Program, pc: u32) -> Option<(NameId, NameId)> {
+    let mut found = None;
+    for instr in &program.code[..pc as usize] {
+        let Instr::Split { split, arms } = instr else {
+            continue;
+        };
+        let end = arms.get(1).and_then(
+            |second| match program.code.get(second.target.checked_sub(1)? as usize) {
+                Some(Instr::Jump { target }) => Some(*target),
+                _ => None,
+            },
+        );
+        let Some(end) = end else {
+            continue;
+        };
+        let within = arms.iter().enumerate().find(|(index, arm)| {
+            let until = arms.get(index + 1).map_or(end, |next| next.target);
+            arm.target <= pc && pc < until
+        });
+        if let Some((_, arm)) = within {
+            // Later splits that hold `pc` are nested in this one.
+            found = Some((*split, arm.name));
+        }
+    }
+    found
+}
+
 fn send_id(customer: &str, journey: &str, ordinal: u32, step: u32) -> String {
     let digest = customer_digest(customer, journey, &[&ordinal.to_be_bytes(), &step.to_be_bytes()]);
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -12,6 +12,7 @@
 //! hold at most one entry per channel. The other maps are keyed by names the
 //! workspace declares.
 
+use super::engagement::Engagement;
 use super::Millis;
 use crate::compile::bytecode::Value;
 use crate::syntax::ast::Channel;
@@ -119,7 +120,8 @@ pub struct Subscription {
     pub send: Option<String>,
 }
 
-/// A send the customer was sent: its id and what it was.
+/// A send the customer was sent: its id and what it was, so that the
+/// engagement events naming it are attributed to it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sent {
     pub at: Millis,
@@ -127,6 +129,25 @@ pub struct Sent {
     pub journey: String,
     pub message: String,
     pub channel: Channel,
+    /// The content hash of the journey version that sent it.
+    #[serde(default)]
+    pub version: String,
+    /// The send instruction.
+    #[serde(default)]
+    pub pc: u32,
+    /// The innermost split arm the send is in: `(split, arm)`.
+    #[serde(default)]
+    pub arm: Option<(String, String)>,
+    /// Engagements already seen for it ([`Engagement::bit`]): each counts once.
+    #[serde(default)]
+    pub engaged: u8,
+}
+
+impl Sent {
+    /// Whether `engagement` was already seen for this send.
+    pub fn has(&self, engagement: Engagement) -> bool {
+        self.engaged & engagement.bit() != 0
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -226,6 +247,19 @@ impl CustomerState {
     /// The remembered send with this id.
     pub fn sent(&self, id: &str) -> Option<&Sent> {
         self.sent.iter().rev().find(|sent| sent.id == id)
+    }
+
+    /// The remembered send with this id, to note an engagement.
+    pub fn sent_mut(&mut self, id: &str) -> Option<&mut Sent> {
+        self.sent.iter_mut().rev().find(|sent| sent.id == id)
+    }
+
+    /// Whether a send of `message` by the enrollment in `journey` that
+    /// entered at `entered_at` has `engagement` (`opened(welcome)`).
+    pub fn engaged(&self, journey: &str, entered_at: Millis, message: &str, engagement: Engagement) -> bool {
+        self.sent
+            .iter()
+            .any(|s| s.at >= entered_at && s.journey == journey && s.message == message && s.has(engagement))
     }
 
     /// Remembers a send, forgetting the oldest beyond [`SENT_MAX`].

@@ -22,10 +22,13 @@
 //! | `j/J/exits/REASON` | enrollments that ended, by reason |
 //! | `j/J/sent/MESSAGE` | send records |
 //! | `j/J/skipped/MESSAGE/REASON` | skip records |
+//! | `j/J/ENGAGEMENT/MESSAGE` | counted `engagement` records (`delivered`, `opened`, `clicked`, `bounced`, `complained`, `unsubscribed`): sends with that engagement |
+//! | `unattributed/ENGAGEMENT` | `engagement` records naming no remembered send |
 //! | `j/J/group/GROUP/entered`, `…/converted` | holdout (`holdout`, `treatment`) |
 //! | `j/J/arm/SPLIT/ARM/entered`, `…/converted` | split arms, treatment enrollments only |
 //! | `j/J/at/VERSION/PC` | gauge: active enrollments at that instruction |
 
+use super::engagement::Engagement;
 use super::trace::{Kind, TraceRecord};
 use super::CustomerState;
 use crate::compile::bytecode::{Bundle, Instr, Program};
@@ -37,6 +40,11 @@ use std::collections::{BTreeMap, HashMap};
 pub const HOLDOUT: &str = "holdout";
 /// The other group of a journey with a holdout.
 pub const TREATMENT: &str = "treatment";
+/// The `reason` of an `engagement` record naming no remembered send.
+pub const UNKNOWN_SEND: &str = "unknown_send";
+/// The prefix of the counters of engagement events naming no remembered
+/// send (`unattributed/opened`): they belong to no journey.
+pub const UNATTRIBUTED: &str = "unattributed";
 
 /// What the statistics remember of a customer's latest enrollment in one
 /// journey. Kept after the enrollment ends, so that a goal reached later
@@ -120,6 +128,18 @@ pub fn count(record: &TraceRecord, groups: &mut Groups, bump: &mut dyn FnMut(Str
             let reason = record.reason.as_deref().unwrap_or("end");
             bump(format!("j/{journey}/exits/{reason}"), 1);
         }
+        Kind::Engagement => {
+            let engagement = record.engagement.as_deref().unwrap_or_default();
+            match record.reason.as_deref() {
+                None => {
+                    let message = record.message.as_deref().unwrap_or_default();
+                    bump(format!("j/{journey}/{engagement}/{message}"), 1);
+                }
+                Some(UNKNOWN_SEND) => bump(format!("{UNATTRIBUTED}/{engagement}"), 1),
+                // A repeat or a soft bounce: not counted.
+                Some(_) => {}
+            }
+        }
         Kind::Set | Kind::Error => {}
     }
 }
@@ -175,6 +195,19 @@ impl Tally {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Document {
     pub journeys: Vec<Readout>,
+    /// Engagement events naming no remembered send, by engagement
+    /// (`opened`: 3); left out when there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unattributed: BTreeMap<String, u64>,
+}
+
+/// The `unattributed/ENGAGEMENT` counters, by engagement.
+pub fn unattributed<'a>(counters: impl IntoIterator<Item = (&'a String, &'a i64)>) -> BTreeMap<String, u64> {
+    let prefix = format!("{UNATTRIBUTED}/");
+    counters
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.strip_prefix(&prefix)?.to_string(), (*value).max(0) as u64)))
+        .collect()
 }
 
 /// The report of one journey (definitions in `docs/analytics.md`).
@@ -211,6 +244,59 @@ pub struct MessageStats {
     pub sent: u64,
     /// Skip records by reason.
     pub skipped: IndexMap<String, u64>,
+    /// Sends delivered (`Email Delivered`, `Push Notification Received`).
+    #[serde(default)]
+    pub delivered: u64,
+    /// Sends opened (`Email Opened`, `Push Notification Tapped`).
+    #[serde(default)]
+    pub opened: u64,
+    /// Sends with a link clicked (`Email Link Clicked`).
+    #[serde(default)]
+    pub clicked: u64,
+    /// Sends that bounced hard (`Email Bounced`, `Push Notification Bounced`).
+    #[serde(default)]
+    pub bounced: u64,
+    /// Sends marked as spam (`Email Marked as Spam`).
+    #[serde(default)]
+    pub complained: u64,
+    /// Sends the customer unsubscribed from (`Unsubscribed` naming them).
+    #[serde(default)]
+    pub unsubscribed: u64,
+}
+
+impl MessageStats {
+    /// The counter of one engagement.
+    pub fn engagement_mut(&mut self, engagement: Engagement) -> &mut u64 {
+        match engagement {
+            Engagement::Delivered => &mut self.delivered,
+            Engagement::Opened => &mut self.opened,
+            Engagement::Clicked => &mut self.clicked,
+            Engagement::Bounced => &mut self.bounced,
+            Engagement::Complained => &mut self.complained,
+            Engagement::Unsubscribed => &mut self.unsubscribed,
+        }
+    }
+
+    /// The count of one engagement.
+    pub fn engagement(&self, engagement: Engagement) -> u64 {
+        match engagement {
+            Engagement::Delivered => self.delivered,
+            Engagement::Opened => self.opened,
+            Engagement::Clicked => self.clicked,
+            Engagement::Bounced => self.bounced,
+            Engagement::Complained => self.complained,
+            Engagement::Unsubscribed => self.unsubscribed,
+        }
+    }
+
+    /// Engagement counts that are not zero, in [`Engagement::ALL`] order.
+    pub fn engagements(&self) -> Vec<(Engagement, u64)> {
+        Engagement::ALL
+            .into_iter()
+            .map(|e| (e, self.engagement(e)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -387,6 +473,13 @@ impl Readout {
                         .skipped
                         .insert(reason.to_string(), value);
                 }
+                [engagement, message] if Engagement::parse(engagement).is_some() => {
+                    let engagement = Engagement::parse(engagement).expect("just parsed");
+                    *messages
+                        .entry(message.to_string())
+                        .or_default()
+                        .engagement_mut(engagement) = value;
+                }
                 ["group", group, "entered"] => groups.entry(group.to_string()).or_default().0 = value,
                 ["group", group, "converted"] => groups.entry(group.to_string()).or_default().1 = value,
                 ["arm", split, arm, "entered"] => {
@@ -488,8 +581,7 @@ impl Readout {
             let mut figures = Vec::new();
             if let (Some(name), "send") = (&step.name, step.kind.as_str()) {
                 if let Some(stats) = self.messages.get(name) {
-                    figures.push(format!("sent {}", stats.sent));
-                    figures.extend(stats.skipped.iter().map(|(reason, n)| format!("skip {reason} {n}")));
+                    figures.extend(message_figures(stats));
                 }
                 shown.insert(name.clone());
             }
@@ -501,8 +593,7 @@ impl Readout {
         }
         // Messages only older versions send.
         for (message, stats) in self.messages.iter().filter(|(m, _)| !shown.contains(*m)) {
-            let mut figures = vec![format!("sent {}", stats.sent)];
-            figures.extend(stats.skipped.iter().map(|(reason, n)| format!("skip {reason} {n}")));
+            let figures = message_figures(stats);
             let _ = writeln!(
                 out,
                 "    (older)    {:<28}{}",
@@ -573,6 +664,20 @@ impl Readout {
         }
         out
     }
+}
+
+/// A message's figures in the funnel: sent, skips by reason, then the
+/// engagements that happened.
+fn message_figures(stats: &MessageStats) -> Vec<String> {
+    let mut figures = vec![format!("sent {}", stats.sent)];
+    figures.extend(stats.skipped.iter().map(|(reason, n)| format!("skip {reason} {n}")));
+    figures.extend(
+        stats
+            .engagements()
+            .into_iter()
+            .map(|(engagement, n)| format!("{} {n}", engagement.as_str())),
+    );
+    figures
 }
 
 fn short(version: &str) -> &str {

@@ -13,6 +13,9 @@ pub enum Kind {
     Exit,
     Split,
     Set,
+    /// An engagement event (`Email Opened`, …) about a send (`engagement`
+    /// says which; `reason` is set when it is not counted).
+    Engagement,
     /// An input could not be applied to this customer (`error` says why);
     /// the simulator skips the customer from then on.
     Error,
@@ -37,6 +40,9 @@ pub struct TraceRecord {
     /// A send's stable idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// What an `engagement` record reports: `delivered`, `opened`, ….
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engagement: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +76,7 @@ impl TraceRecord {
             message: None,
             channel: None,
             id: None,
+            engagement: None,
             subject: None,
             body: None,
             locale: None,

@@ -4,6 +4,7 @@
 //! from. The AST is what was written, nothing more: names are unresolved and
 //! types unknown until the checker runs (`check::Checked`).
 
+pub use crate::runtime::engagement::Engagement;
 use crate::source::{FileId, Span};
 
 /// A name as written, with where it was written.
@@ -351,9 +352,12 @@ pub enum StatementKind {
     WaitUntilTime { at: TimeOfDay, days: Option<Days> },
     /// `wait until EXPR` (a time expression)
     WaitUntilExpr { time: Expr },
-    /// `wait for EVENT [where EXPR] [within DUR] { … } [timeout { … }]`;
-    /// `within` is required by the checker.
+    /// `wait for EVENT [where EXPR] [within DUR] { … } [timeout { … }]`,
+    /// or `wait for ENGAGEMENT MESSAGE [within DUR] { … } [timeout { … }]`
+    /// (then `event` names the message); `within` is required by the
+    /// checker.
     WaitFor {
+        engagement: Option<(Engagement, Span)>,
         event: Ident,
         filter: Option<Expr>,
         within: Option<DurationLit>,
@@ -435,6 +439,12 @@ pub enum ExprKind {
     Seen {
         event: Ident,
         within: DurationLit,
+    },
+    /// `opened(MESSAGE)`, `clicked(MESSAGE)`, …: whether a send of the
+    /// message in this enrollment has that engagement.
+    Engaged {
+        engagement: Engagement,
+        message: Ident,
     },
 }
 

@@ -578,7 +578,15 @@ impl Lower {
                 time: self.expr(next(&mut parts))?,
             },
             Rule::wait_for => {
-                let event = self.ident(next(&mut parts));
+                let mut first = next(&mut parts);
+                let engagement = if first.as_rule() == Rule::engagement {
+                    let engagement = (engagement(first.as_str()), self.span(&first));
+                    first = next(&mut parts);
+                    Some(engagement)
+                } else {
+                    None
+                };
+                let event = self.ident(first);
                 let mut filter = None;
                 let mut within = None;
                 let mut body = None;
@@ -597,6 +605,7 @@ impl Lower {
                     }
                 }
                 StatementKind::WaitFor {
+                    engagement,
                     event,
                     filter,
                     within,
@@ -781,6 +790,14 @@ impl Lower {
                     ExprKind::Count { event, within }
                 } else {
                     ExprKind::Seen { event, within }
+                }
+            }
+            Rule::engagement_call => {
+                let mut inner = pair.into_children();
+                let word = next(&mut inner);
+                ExprKind::Engaged {
+                    engagement: engagement(word.as_str()),
+                    message: self.ident(next(&mut inner)),
                 }
             }
             Rule::path => {
@@ -1100,6 +1117,7 @@ fn is_operand_start(rule: Rule) -> bool {
             | Rule::exists_call
             | Rule::count_call
             | Rule::seen_call
+            | Rule::engagement_call
             | Rule::time_literal
             | Rule::duration
             | Rule::number
@@ -1213,4 +1231,9 @@ fn token_before(text: &str, offset: usize) -> Option<String> {
     } else {
         Some(last.to_string())
     }
+}
+
+/// The engagement a keyword of the `engagement` rule names.
+fn engagement(word: &str) -> crate::syntax::ast::Engagement {
+    crate::syntax::ast::Engagement::parse(word).expect("the grammar admits only engagement words")
 }

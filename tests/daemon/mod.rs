@@ -3,6 +3,7 @@
 mod api;
 mod crash;
 mod delivery;
+mod engagement;
 mod erasure;
 mod faults;
 mod harness;

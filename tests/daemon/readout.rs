@@ -133,3 +133,139 @@ fn the_daemon_and_the_simulator_report_the_same_readout() {
     let ci = &holdout["treatment"]["ci95"];
     assert!(ci[0].as_f64().expect("low") <= rate && rate <= ci[1].as_f64().expect("high"));
 }
+
+const ENGAGEMENT: &str = r#"
+customer {
+  email: string?
+}
+
+event signed_up {}
+
+message welcome email { subject "Welcome" body "Hello" }
+message tips email { subject "Tips" body "Try this" }
+
+journey onboard {
+  trigger signed_up
+  send welcome
+  wait 1h
+  send tips
+}
+"#;
+
+/// Engagement events (not declared in the workspace) posted to the daemon
+/// over HTTP name the sends of a simulated run of the same sign-ups: the
+/// daemon's stats count them per message, once per send, like the
+/// simulator's summary of the same events, and a hard bounce skips the
+/// next email.
+#[test]
+fn engagement_events_posted_over_http_are_counted_in_the_stats() {
+    let env = Env::new(ENGAGEMENT);
+    let start = chrono::Utc::now() - chrono::Duration::minutes(30);
+    let at =
+        |minutes: i64| (start + chrono::Duration::minutes(minutes)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let customers = 12;
+    let sign_ups: Vec<String> = (0..customers)
+        .map(|index| {
+            format!(
+                r#"{{"type":"track","userId":"c{index:02}","event":"signed_up","properties":{{}},"timestamp":"{}","messageId":"s{index}"}}"#,
+                at(0)
+            )
+        })
+        .collect();
+    let file = env.root.path().join("events.jsonl");
+    let simulate = |lines: &[String], args: &[&str]| -> Vec<u8> {
+        std::fs::write(&file, lines.join("\n") + "\n").expect("write events");
+        let output = Command::new(binary())
+            .arg("simulate")
+            .arg(env.workspace())
+            .arg("--events")
+            .arg(&file)
+            .args(args)
+            .output()
+            .expect("journeyc simulate runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        output.stdout
+    };
+    // The send ids of `welcome`, from the trace.
+    let trace = String::from_utf8(simulate(&sign_ups, &["--until", &at(40)])).expect("UTF-8");
+    let mut ids = std::collections::BTreeMap::new();
+    for line in trace.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("a trace line");
+        if record["kind"] == "send" && record["message"] == "welcome" {
+            ids.insert(
+                record["customer"].as_str().expect("customer").to_string(),
+                record["id"].clone(),
+            );
+        }
+    }
+    assert_eq!(ids.len(), customers);
+
+    // Everyone's welcome is delivered; c00–c05 open it (c00 twice), c00
+    // and c01 click; c02 bounces hard, c03 marks it as spam; and one open
+    // names a send that is not ours.
+    let mut engagement = Vec::new();
+    let mut event = |customer: &str, name: &str, minute: i64, extra: &str, number: usize| {
+        let id = &ids[customer];
+        engagement.push(format!(
+            r#"{{"type":"track","userId":"{customer}","event":"{name}","properties":{{"email_id":{id}{extra}}},"timestamp":"{}","messageId":"e{number}"}}"#,
+            at(minute)
+        ));
+    };
+    let mut number = 0;
+    for customer in ids.keys() {
+        number += 1;
+        event(customer, "Email Delivered", 1, "", number);
+    }
+    for (index, customer) in ["c00", "c00", "c01", "c02", "c03", "c04", "c05"].iter().enumerate() {
+        event(customer, "Email Opened", 2 + index as i64, "", 100 + index);
+    }
+    event(
+        "c00",
+        "Email Link Clicked",
+        10,
+        r#","link_url":"https://example.com""#,
+        200,
+    );
+    event("c01", "Email Link Clicked", 10, "", 201);
+    event("c02", "Email Bounced", 11, r#","type":"hard""#, 202);
+    event("c03", "Email Marked as Spam", 11, "", 203);
+    engagement.push(format!(
+        r#"{{"type":"track","userId":"c04","event":"Email Opened","properties":{{"email_id":"not-ours"}},"timestamp":"{}","messageId":"e300"}}"#,
+        at(12)
+    ));
+
+    let daemon = env.start(&[]);
+    for line in sign_ups.iter().chain(&engagement) {
+        let response = daemon.post("/v1/track", line);
+        assert_eq!(response.status, 200, "{line}: {}", response.body);
+    }
+    // `tips` is due an hour after the sign-up (30 minutes from now): the
+    // suppression shows as soon as it is sent, so the stats are read now
+    // and the skips are checked in the simulator's summary below.
+    let stats = daemon.get("/v1/journeys/onboard/stats").json();
+    let welcome = &stats["messages"]["welcome"];
+    assert_eq!(welcome["sent"], customers as u64, "{stats}");
+    assert_eq!(welcome["delivered"], customers as u64);
+    assert_eq!(welcome["opened"], 6, "c00's second open counts once: {stats}");
+    assert_eq!(welcome["clicked"], 2);
+    assert_eq!(welcome["bounced"], 1);
+    assert_eq!(welcome["complained"], 1);
+    assert_eq!(welcome["unsubscribed"], 0);
+    let metrics = daemon.get("/metrics").body;
+    assert!(
+        metrics.contains("journeyc_engagement_unattributed_total{engagement=\"opened\"} 1"),
+        "{metrics}"
+    );
+
+    // The simulator's summary of the same events agrees, and after the
+    // hour the bounced and the complaining customer's `tips` are skipped.
+    let all: Vec<String> = sign_ups.iter().chain(&engagement).cloned().collect();
+    let output = simulate(&all, &["--until", &at(90), "--summary", "--format", "json"]);
+    let simulated: serde_json::Value = serde_json::from_slice(&output).expect("JSON");
+    let summary = &simulated["journeys"][0];
+    assert_eq!(&summary["messages"]["welcome"], welcome);
+    assert_eq!(summary["messages"]["tips"]["skipped"]["bounced"], 1, "{summary}");
+    assert_eq!(summary["messages"]["tips"]["skipped"]["complained"], 1);
+    assert_eq!(summary["messages"]["tips"]["sent"], customers as u64 - 2);
+    assert_eq!(simulated["unattributed"]["opened"], 1);
+}

@@ -345,7 +345,10 @@ fn completion_follows_the_context() {
     let properties = complete(&mut client, "if event.", "");
     assert_eq!(properties, ["amount", "note"]);
     let events = complete(&mut client, "wait for ", "");
-    assert_eq!(events, ["purchase", "signed_up"]);
+    assert_eq!(events, ["purchase", "signed_up", "opened", "clicked", "delivered"]);
+    // Engagement with a message: the messages.
+    assert_eq!(complete(&mut client, "wait for opened ", ""), ["welcome"]);
+    assert_eq!(complete(&mut client, "if clicked(", ""), ["welcome"]);
     let counted = complete(&mut client, "if count(", "");
     assert_eq!(counted, ["purchase", "signed_up"]);
     let days = complete(&mut client, "wait until 09:00 on ", "");

@@ -3,6 +3,7 @@
 
 mod bounds;
 mod cli;
+mod engagement;
 mod examples;
 pub mod isolation;
 mod properties;

@@ -100,6 +100,22 @@ test("Persian text in strings and templates, wire names, time literals", async (
   has(tokens, "// جدید", "comment.line.double-slash.journey");
 });
 
+test("engagement: wait for opened MESSAGE, clicked(MESSAGE); an event named opened stays an event", async () => {
+  const tokens = await tokenize(
+    [
+      "  wait for opened welcome within 2d {",
+      "    if clicked(welcome) {",
+      "  wait for opened within 1d {}",
+    ].join("\n"),
+  );
+  const scopes = (line, text) => tokens.find((t) => t.line === line && t.text === text).scopes;
+  assert.ok(scopes(0, "opened").includes("support.function.engagement.journey"), scopes(0, "opened").join(" "));
+  assert.ok(scopes(0, "wait").includes("keyword.control.journey"));
+  assert.ok(scopes(1, "clicked").includes("support.function.journey"), scopes(1, "clicked").join(" "));
+  const event = tokens.find((t) => t.line === 2 && t.text.includes("opened"));
+  assert.ok(!event.scopes.some((s) => s.startsWith("support.function")), event.scopes.join(" "));
+});
+
 test("every .journey file of the repository: comments scoped, no string crosses a line", async () => {
   const files = [];
   const walk = (dir) => {
