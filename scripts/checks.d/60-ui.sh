@@ -1,6 +1,7 @@
 # The dashboard (/ui) in headless Chromium: a daemon on journeys/ fed the
 # example events, then the page checked against the stats API; screenshots
-# go to target/ui/. Then the same behind --protect-ui.
+# go to target/ui/. Then the same behind --protect-ui, and the static
+# report of a simulation.
 set -euo pipefail
 cargo build --locked --quiet --bin journeyc
 journeyc="$PWD/target/debug/journeyc"
@@ -29,3 +30,8 @@ node tests/ui/dashboard.mjs "http://$addr" ui-token target/ui
 
 addr="$(start "$work/protected" --protect-ui)"
 node tests/ui/dashboard.mjs "http://$addr" ui-token target/ui --protected
+
+# The same page, static, from a simulation (journeyc simulate --report).
+"$journeyc" simulate journeys --events examples/events.jsonl --report "$work/report.html" >/dev/null
+"$journeyc" simulate journeys --events examples/events.jsonl --summary --format json >"$work/summary.json"
+node tests/ui/dashboard.mjs "file://$work/report.html" "$work/summary.json" target/ui --report

@@ -1,4 +1,4 @@
-//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--summary [--format json]]`
+//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--summary [--format json]] [--report FILE.html]`
 
 use crate::runtime::stats::{Document, Tally};
 use std::io::Write as _;
@@ -32,6 +32,10 @@ pub struct Args {
     /// daemon's `/v1/journeys/NAME/stats` returns per journey.
     #[arg(long, value_enum, default_value_t = Format::Human, requires = "summary")]
     pub format: Format,
+    /// Also write the daemon's dashboard for this run as one static HTML
+    /// file (flow charts with counts, messages, splits), e.g. for code review.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> u8 {
@@ -60,6 +64,7 @@ pub fn run(args: Args) -> u8 {
     let mut written: std::io::Result<()> = Ok(());
     let bundle = Arc::new(bundle);
     let mut failed = 0usize;
+    let tallying = args.summary || args.report.is_some();
     let states = crate::simulate::run_streaming(bundle.clone(), calls, options, |record| {
         if record.kind == crate::runtime::Kind::Error {
             failed += 1;
@@ -67,16 +72,28 @@ pub fn run(args: Args) -> u8 {
                 eprintln!("error: {}", record.to_json_line());
             }
         }
-        if args.summary {
+        if tallying {
             tally.add(record);
-        } else if written.is_ok() {
+        }
+        if !args.summary && written.is_ok() {
             written = serde_json::to_writer(&mut out, record)
                 .map_err(std::io::Error::from)
                 .and_then(|()| out.write_all(b"\n"));
         }
     });
-    if args.summary && written.is_ok() {
+    if tallying {
         states.iter().for_each(|state| tally.add_waiting(state));
+    }
+    if let Some(path) = &args.report {
+        let key = crate::daemon::store::bundle_key_of(&postcard::to_allocvec(&*bundle).expect("a bundle serializes"));
+        let list = crate::daemon::ui::journey_list(&bundle, &key, &tally.counters);
+        let page = crate::daemon::ui::report(&bundle, list, &tally.readouts(&bundle));
+        if let Err(error) = std::fs::write(path, page) {
+            eprintln!("error: {}: {error}", path.display());
+            return super::EXIT_USAGE;
+        }
+    }
+    if args.summary && written.is_ok() {
         let journeys = tally.readouts(&bundle);
         written = match args.format {
             Format::Human => journeys

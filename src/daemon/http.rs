@@ -10,7 +10,6 @@ use super::server::HttpOptions;
 use super::store::{self, Store};
 use super::timers::now_ms;
 use crate::compile::bytecode::{Bundle, Program, Value};
-use crate::compile::graph::GraphFormat;
 use crate::runtime::input::{parse_received_call, Call};
 use crate::runtime::stats::Readout;
 use crate::runtime::trace::format_time;
@@ -919,41 +918,8 @@ async fn retry_customer(State(state): State<AppState>, PathParam(id): PathParam)
 async fn journeys(State(state): State<AppState>) -> Response {
     let runtime = current(&state.runtime);
     let counters = state.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let list: Vec<serde_json::Value> = runtime
-        .bundle
-        .journeys
-        .iter()
-        .map(|program| {
-            let name = runtime.bundle.name(program.name);
-            // Versions with enrollments still waiting, from the position gauges.
-            let prefix = format!("j/{name}/at/");
-            let mut waiting: std::collections::BTreeMap<String, i64> = Default::default();
-            for (key, value) in &counters {
-                if let Some(rest) = key.strip_prefix(&prefix) {
-                    if let Some((version, _)) = rest.split_once('/') {
-                        *waiting.entry(version.to_string()).or_insert(0) += value;
-                    }
-                }
-            }
-            let versions: Vec<serde_json::Value> = waiting
-                .into_iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(version, n)| json!({"version": version, "active": n, "current": version == program.hash}))
-                .collect();
-            json!({
-                "name": name,
-                "version": program.hash,
-                "migrate_on_update": program.migrate_on_update,
-                "trigger": format!("{:?}", program.trigger).split([' ', '{', '(']).next().unwrap_or_default().to_lowercase(),
-                "versions": versions,
-            })
-        })
-        .collect();
-    (
-        StatusCode::OK,
-        Json(json!({"bundle": runtime.bundle_key, "journeys": list})),
-    )
-        .into_response()
+    let list = super::ui::journey_list(&runtime.bundle, &runtime.bundle_key, &counters);
+    (StatusCode::OK, Json(list)).into_response()
 }
 
 /// `GET /v1/journeys/{name}/graph`: the journey's flow chart as nodes and
@@ -963,9 +929,7 @@ async fn journey_graph(State(state): State<AppState>, PathParam(name): PathParam
     let Some(program) = runtime.bundle.journey(&name) else {
         return error(StatusCode::NOT_FOUND, "name", format!("no journey {name:?}"));
     };
-    let text = crate::compile::graph::render_graph(&runtime.bundle, &[program], GraphFormat::Json);
-    let mut graph: serde_json::Value = serde_json::from_str(&text).expect("the graph is JSON");
-    (StatusCode::OK, Json(graph["journeys"][0].take())).into_response()
+    (StatusCode::OK, Json(super::ui::journey_graph(&runtime.bundle, program))).into_response()
 }
 
 /// `GET /v1/journeys/{name}/stats`: the readout, and the count of dead

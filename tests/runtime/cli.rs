@@ -66,3 +66,40 @@ fn simulate_summary_prints_a_table() {
     assert!(text.contains("skip global_cap"), "{text}");
     assert!(!text.contains("\"kind\""), "the summary is not the trace: {text}");
 }
+
+/// `--report` writes the dashboard as one self-contained file whose
+/// embedded readouts are the `--summary --format json` ones, while the
+/// trace still goes to standard output.
+#[test]
+fn simulate_report_embeds_the_readouts_in_one_page() {
+    let directory = scenario("caps");
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = out.path().join("report.html");
+    let trace = simulate(&directory, &["--report", report.to_str().expect("UTF-8 path")]);
+    assert_eq!(trace, simulate(&directory, &[]), "the trace is unchanged");
+    let page = std::fs::read_to_string(&report).expect("the report");
+    assert!(
+        !page.contains("src=\"/ui/") && !page.contains("href=\"/ui/"),
+        "no asset is fetched"
+    );
+    let start = page
+        .find(r#"<script type="application/json" id="data">"#)
+        .expect("embedded data")
+        + r#"<script type="application/json" id="data">"#.len();
+    let end = start + page[start..].find("</script>").expect("closed");
+    let data: serde_json::Value = serde_json::from_str(&page[start..end]).expect("JSON data");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&simulate(&directory, &["--summary", "--format", "json"])).expect("summary JSON");
+    for readout in summary["journeys"].as_array().expect("journeys") {
+        let name = readout["journey"].as_str().expect("name");
+        assert_eq!(&data[format!("/v1/journeys/{name}/stats")], readout, "{name}");
+        assert!(data[format!("/v1/journeys/{name}/graph")]["nodes"].is_array(), "{name}");
+    }
+    let names: Vec<&str> = data["/v1/journeys"]["journeys"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|j| j["name"].as_str())
+        .collect();
+    assert_eq!(names, ["alpha", "beta"]);
+}

@@ -2,13 +2,16 @@
 // playwright-core, against a daemon started by scripts/checks.d/60-ui.sh.
 //
 //   node dashboard.mjs http://ADDR TOKEN OUT_DIR [--protected]
+//   node dashboard.mjs file:///…/report.html SUMMARY.json OUT_DIR --report
 //
 // It asserts that the page shows every journey with the counts the stats
 // API gives, draws the selected journey's flow chart with its send counts,
-// fits a phone's width, and (with --protected) asks for the token.
+// fits a phone's width, and (with --protected) asks for the token. With
+// --report, the page is `journeyc simulate --report`'s file, checked
+// against `journeyc simulate --summary --format json` of the same run.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 
 const [base, token, out, mode] = process.argv.slice(2);
 mkdirSync(out, { recursive: true });
@@ -39,19 +42,30 @@ try {
     assert.ok(names.length > 0, "journeys listed behind the token");
     console.log(`protected dashboard: ${names.length} journeys behind the token`);
   } else {
-    const list = await api("/v1/journeys");
+    const report = mode === "--report";
+    const list = { journeys: [] };
     const stats = new Map();
-    for (const j of list.journeys) stats.set(j.name, await api(`/v1/journeys/${encodeURIComponent(j.name)}/stats`));
-    // Aggregates need no token by default; customer data does.
-    assert.equal((await fetch(`${base}/v1/journeys`)).status, 200);
-    assert.equal((await fetch(`${base}/v1/customers/nobody`)).status, 401);
+    if (report) {
+      const summary = JSON.parse(readFileSync(token, "utf8"));
+      for (const readout of summary.journeys) {
+        list.journeys.push({ name: readout.journey });
+        stats.set(readout.journey, readout);
+      }
+    } else {
+      list.journeys = (await api("/v1/journeys")).journeys;
+      for (const j of list.journeys) stats.set(j.name, await api(`/v1/journeys/${encodeURIComponent(j.name)}/stats`));
+      // Aggregates need no token by default; customer data does.
+      assert.equal((await fetch(`${base}/v1/journeys`)).status, 200);
+      assert.equal((await fetch(`${base}/v1/customers/nobody`)).status, 401);
+    }
+    const shot = report ? "report" : "dashboard";
 
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const page = await context.newPage();
     const errors = [];
     page.on("pageerror", (e) => errors.push(String(e)));
     page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
-    await page.goto(`${base}/ui`);
+    await page.goto(report ? base : `${base}/ui`);
     await page.waitForSelector("body[data-loaded=true]", { timeout: 30000 });
 
     // Every journey, with the stats API's entered and active counts.
@@ -86,15 +100,15 @@ try {
     }
     const nodes = await page.$$eval("#chart g.node", (gs) => gs.length);
     assert.ok(nodes >= busiest.steps.length, `${nodes} nodes for ${busiest.steps.length} steps`);
-    await page.screenshot({ path: `${out}/dashboard.png`, fullPage: true });
+    await page.screenshot({ path: `${out}/${shot}.png`, fullPage: true });
 
     // A phone: the page does not overflow sideways (wide tables scroll inside).
     await page.setViewportSize({ width: 390, height: 844 });
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 1, `the page is ${overflow}px wider than a phone`);
-    await page.screenshot({ path: `${out}/dashboard-phone.png`, fullPage: false });
+    await page.screenshot({ path: `${out}/${shot}-phone.png`, fullPage: false });
     assert.deepEqual(errors, [], "no script errors");
-    console.log(`dashboard: ${rows.length} journeys; ${busiest.journey} entered ${busiest.entered}, ` +
+    console.log(`${shot}: ${rows.length} journeys; ${busiest.journey} entered ${busiest.entered}, ` +
       `${sendStep.name} sent ${sent}; screenshots in ${out}`);
   }
 } finally {

@@ -6,6 +6,9 @@ const REFRESH_MS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
 const graphs = new Map(); // "name@version" -> graph
 let selected = decodeURIComponent(location.hash.slice(1)) || null;
+// A static report (`journeyc simulate --report`) carries its answers.
+const embedded = document.getElementById("data");
+const EMBEDDED = embedded ? JSON.parse(embedded.textContent) : null;
 
 function element(tag, attributes = {}, text) {
   const node = document.createElement(tag);
@@ -22,6 +25,10 @@ function svgElement(tag, attributes = {}, text) {
 }
 
 async function getJSON(path) {
+  if (EMBEDDED) {
+    if (!(path in EMBEDDED)) throw new Error(`${path}: not in the report`);
+    return EMBEDDED[path];
+  }
   const response = await fetch(path, { credentials: "same-origin", cache: "no-store" });
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
@@ -245,7 +252,9 @@ async function refresh() {
       if (!graphs.has(key)) graphs.set(key, await getJSON(`/v1/journeys/${encodeURIComponent(journey.name)}/graph`));
       renderDetail(journey, readouts[index], graphs.get(key));
     }
-    document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    document.getElementById("updated").textContent = EMBEDDED
+      ? "a simulation (journeyc simulate --report)"
+      : `updated ${new Date().toLocaleTimeString()}`;
     document.getElementById("error").hidden = true;
     document.body.dataset.loaded = "true";
   } catch (error) {
@@ -260,4 +269,4 @@ window.addEventListener("hashchange", () => {
   refresh();
 });
 refresh();
-setInterval(refresh, REFRESH_MS);
+if (!EMBEDDED) setInterval(refresh, REFRESH_MS);
