@@ -6,7 +6,7 @@
 //! `jsonl:DATA/sends.jsonl`).
 
 use crate::daemon::server::HttpOptions;
-use crate::daemon::sinks::{parse_webhook_secret, SinkSpec, WebhookOptions};
+use crate::daemon::sinks::{parse_webhook_secret, Sink, SinkSpec, WebhookOptions};
 use crate::daemon::store::StoreOptions;
 use crate::daemon::{Config, DaemonError};
 use serde::Deserialize;
@@ -22,9 +22,13 @@ pub struct Args {
     /// Address to listen on; port 0 picks a free port (written to DATA/addr) [default: 127.0.0.1:8080]
     #[arg(long)]
     pub listen: Option<String>,
-    /// A sink, `jsonl:PATH` or `webhook:URL`; repeatable [default: jsonl:DATA/sends.jsonl]
+    /// A sink, `[CHANNEL=]SPEC` with SPEC `jsonl:PATH`, `webhook:URL`, `smtp://…` or `smtps://…`;
+    /// without CHANNEL it takes every channel; repeatable [default: jsonl:DATA/sends.jsonl]
     #[arg(long = "sink")]
     pub sinks: Vec<String>,
+    /// The daemon's address as recipients reach it, for unsubscribe links [default: http://LISTEN]
+    #[arg(long)]
+    pub public_url: Option<String>,
     /// API token for `Authorization: Bearer` (or Basic auth user name)
     #[arg(long, env = "JOURNEYC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -75,6 +79,7 @@ struct FileConfig {
     listen: Option<String>,
     #[serde(default)]
     sinks: Vec<String>,
+    public_url: Option<String>,
     token: Option<String>,
     webhook_attempts: Option<u32>,
     webhook_retry_ms: Option<u64>,
@@ -102,11 +107,27 @@ fn settle(args: Args) -> Result<Config, String> {
     let sink_texts = if args.sinks.is_empty() { file.sinks } else { args.sinks };
     let mut sinks = sink_texts
         .iter()
-        .map(|s| SinkSpec::parse(s))
+        .map(|s| Sink::parse(s).map_err(|e| format!("--sink: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     if sinks.is_empty() {
-        sinks.push(SinkSpec::Jsonl(data.join("sends.jsonl")));
+        sinks.push(Sink {
+            channel: None,
+            spec: SinkSpec::Jsonl(data.join("sends.jsonl")),
+        });
     }
+    let mut names = std::collections::BTreeSet::new();
+    for sink in &sinks {
+        if !names.insert(sink.name()) {
+            return Err(format!("--sink: {} is given twice", sink.name()));
+        }
+    }
+    let public_url = match args.public_url.or(file.public_url) {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(url.trim_end_matches('/').to_string())
+        }
+        Some(url) => return Err(format!("--public-url: expected an http(s) URL, got {url:?}")),
+        None => None,
+    };
     let defaults = WebhookOptions::default();
     let webhook = WebhookOptions {
         attempts_max: args
@@ -194,6 +215,7 @@ fn settle(args: Args) -> Result<Config, String> {
         data,
         listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
         sinks,
+        public_url,
         token: args.token.or(file.token).filter(|t| !t.is_empty()),
         webhook,
         store,

@@ -46,6 +46,8 @@ pub struct AppState {
     pub reloader: Arc<Reloader>,
     pub http: Arc<HttpOptions>,
     pub rejected: Arc<RejectedStore>,
+    /// One-click unsubscribe links (`/u/TOKEN`).
+    pub links: Arc<super::unsubscribe::Links>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -68,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(super::unsubscribe::routes())
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "path", "no such endpoint") })
         .method_not_allowed_fallback(|request: Request| async move {

@@ -26,13 +26,15 @@ pub mod reload;
 pub mod reply;
 pub mod server;
 pub mod sinks;
+pub mod smtp;
 pub mod stats;
 pub mod store;
 pub mod timers;
+pub mod unsubscribe;
 
 use commit::{CommitThread, Committer, Published, SharedRuntime};
 use metrics::Metrics;
-use sinks::{JsonlSink, SinkSpec, WebhookOptions};
+use sinks::{JsonlSink, Sink, SinkSpec, WebhookOptions};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,7 +49,10 @@ pub struct Config {
     pub workspace: PathBuf,
     pub data: PathBuf,
     pub listen: String,
-    pub sinks: Vec<SinkSpec>,
+    pub sinks: Vec<Sink>,
+    /// Where recipients reach the daemon (unsubscribe links); `None`: the
+    /// address it listens on.
+    pub public_url: Option<String>,
     pub token: Option<String>,
     pub webhook: WebhookOptions,
     pub store: StoreOptions,
@@ -76,6 +81,11 @@ pub fn store_dir(data: &std::path::Path) -> PathBuf {
     data.join("db")
 }
 
+/// The specs of the sinks (erasure redacts the JSONL files among them).
+fn sink_specs(sinks: &[Sink]) -> Vec<SinkSpec> {
+    sinks.iter().map(|sink| sink.spec.clone()).collect()
+}
+
 /// Runs the daemon until SIGTERM / ctrl-c.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -83,7 +93,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Io(format!("cannot start the async runtime: {e}")))?;
-    let (dir, options, sinks) = (store_dir(&config.data), config.store.clone(), config.sinks.clone());
+    let (dir, options) = (store_dir(&config.data), config.store.clone());
+    let sinks = sink_specs(&config.sinks);
     let erasures_pending = runtime.block_on(serve(config))?;
     // Every task (and with them every handle of the store) ends here.
     runtime.shutdown_timeout(Duration::from_secs(5));
@@ -109,7 +120,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     let store = {
         let dir = store_dir(&config.data);
         let options = config.store.clone();
-        let sinks = config.sinks.clone();
+        let sinks = sink_specs(&config.sinks);
         tokio::task::spawn_blocking(move || -> Result<Store, DaemonError> {
             erasure::recover_swap(&dir).map_err(|e| DaemonError::Io(format!("{}: {e}", dir.display())))?;
             let store = Store::open(&dir, &options).map_err(|e| match e {
@@ -125,8 +136,27 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         .map_err(|e| DaemonError::Io(e.to_string()))??
     };
     store.mark_format()?;
+    // An SMTP sink needs an address for every email and skips the customers
+    // without one (`no_address`).
+    let email_address_required = config.sinks.iter().any(|sink| matches!(sink.spec, SinkSpec::Smtp(_)));
+    if email_address_required {
+        if let Some(problem) = smtp::email_attribute_problem(&bundle) {
+            return Err(DaemonError::Io(problem));
+        }
+    }
+    // Bound before the commit thread starts: the default public URL (in
+    // every send's unsubscribe link) is the address actually bound.
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| DaemonError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+    let address: SocketAddr = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
+    let links = Arc::new(
+        unsubscribe::Links::open(&config.data, &public_url)
+            .map_err(|e| DaemonError::Io(format!("the unsubscribe key: {e}")))?,
+    );
     let previous_key = store.current_bundle_key()?;
-    let loaded = reload::build_runtime(&store, bundle)?;
+    let loaded = reload::build_runtime(&store, bundle, email_address_required)?;
     let needs_install = previous_key.as_deref() != Some(loaded.bundle_key.as_str());
     let loaded = Arc::new(loaded);
     let shared_runtime: SharedRuntime = Arc::new(RwLock::new(loaded.clone()));
@@ -134,18 +164,18 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     // Sinks first: the JSONL tails take part in choosing the next sequence number.
     let mut jsonl_sinks = Vec::new();
     let mut highest_seen = store.last_outbox_seq()?.unwrap_or(0);
-    let sink_names: Arc<Vec<String>> = Arc::new(config.sinks.iter().map(SinkSpec::name).collect());
-    for spec in &config.sinks {
-        if let Some(cursor) = store.cursor(&spec.name())? {
+    let sink_names: Arc<Vec<String>> = Arc::new(config.sinks.iter().map(Sink::name).collect());
+    for route in &config.sinks {
+        if let Some(cursor) = store.cursor(&route.name())? {
             highest_seen = highest_seen.max(cursor);
         }
-        if let SinkSpec::Jsonl(path) = spec {
+        if let SinkSpec::Jsonl(path) = &route.spec {
             let (sink, tail) =
                 JsonlSink::open(path).map_err(|e| DaemonError::Io(format!("JSONL sink {}: {e}", path.display())))?;
             if let Some(tail) = tail {
                 highest_seen = highest_seen.max(tail);
             }
-            jsonl_sinks.push((sink, tail));
+            jsonl_sinks.push((route.clone(), sink, tail));
         }
     }
     let next_seq = store.next_seq()?.unwrap_or(1).max(highest_seen + 1);
@@ -171,7 +201,8 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
             next_seq,
             next_timer_chunk,
         )
-        .with_fault_policy(config.faults);
+        .with_fault_policy(config.faults)
+        .with_links(links.clone());
         std::thread::Builder::new()
             .name("journeyc-commit".into())
             .spawn(move || thread.run(job_receiver))
@@ -197,22 +228,34 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         metrics: metrics.clone(),
     };
     let mut sink_tasks = Vec::new();
-    for (sink, tail) in jsonl_sinks {
-        let name = SinkSpec::Jsonl(sink.path().to_path_buf()).name();
-        let cursor = outbox::start_cursor(&store, &name, tail);
-        tracing::info!(sink = %name, cursor, "JSONL sink ready");
-        sink_tasks.push(tokio::spawn(outbox::run_jsonl(context.clone(), sink, cursor)));
+    for (route, sink, tail) in jsonl_sinks {
+        let cursor = outbox::start_cursor(&store, &route.name(), tail);
+        tracing::info!(sink = %route.name(), cursor, "JSONL sink ready");
+        sink_tasks.push(tokio::spawn(outbox::run_jsonl(context.clone(), route, sink, cursor)));
     }
-    for spec in &config.sinks {
-        if let SinkSpec::Webhook(url) = spec {
-            let cursor = outbox::start_cursor(&store, &spec.name(), None);
-            tracing::info!(sink = %spec.name(), cursor, "webhook sink ready");
-            sink_tasks.push(tokio::spawn(outbox::run_webhook(
-                context.clone(),
-                url.clone(),
-                config.webhook.clone(),
-                cursor,
-            )));
+    for route in &config.sinks {
+        let cursor = outbox::start_cursor(&store, &route.name(), None);
+        match &route.spec {
+            SinkSpec::Jsonl(_) => {}
+            SinkSpec::Webhook(_) => {
+                tracing::info!(sink = %route.name(), cursor, "webhook sink ready");
+                sink_tasks.push(tokio::spawn(outbox::run_webhook(
+                    context.clone(),
+                    route.clone(),
+                    config.webhook.clone(),
+                    cursor,
+                )));
+            }
+            SinkSpec::Smtp(smtp) => {
+                tracing::info!(sink = %route.name(), cursor, "SMTP sink ready");
+                sink_tasks.push(tokio::spawn(smtp::run(
+                    context.clone(),
+                    route.name(),
+                    smtp.clone(),
+                    config.webhook.clone(),
+                    cursor,
+                )));
+            }
         }
     }
     let timer_task = tokio::spawn(timers::run(
@@ -230,6 +273,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         runtime: shared_runtime.clone(),
         metrics: metrics.clone(),
         lock: tokio::sync::Mutex::new(()),
+        email_address_required,
     });
     let hangup_task = tokio::spawn(reload_on_hangup(reloader.clone()));
     let state = http::AppState {
@@ -243,11 +287,8 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         reloader,
         http: Arc::new(config.http.clone()),
         rejected: Arc::new(rejected::RejectedStore::open(store.clone())?),
+        links,
     };
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| DaemonError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
-    let address: SocketAddr = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
     // Tests and scripts find the port here (listen on :0 picks a free one).
     let _ = std::fs::write(config.data.join("addr"), address.to_string());
     println!("journeyc serve: listening on http://{address}");

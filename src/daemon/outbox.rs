@@ -13,7 +13,7 @@
 //! at-least-once; its `Idempotency-Key` header makes that effectively once.
 
 use super::metrics::Metrics;
-use super::sinks::{webhook_signature, JsonlSink, SinkSpec, WebhookOptions};
+use super::sinks::{webhook_signature, JsonlSink, Sink, SinkSpec, WebhookOptions};
 use super::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,8 +66,9 @@ pub struct DispatchContext {
 }
 
 /// Runs the JSONL sink until `stopping` (after a final drain).
-pub async fn run_jsonl(context: DispatchContext, sink: JsonlSink, mut cursor: u64) {
-    let name = SinkSpec::Jsonl(sink.path().to_path_buf()).name();
+pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, mut cursor: u64) {
+    let name = route.name();
+    let route = Arc::new(route);
     let mut committed = context.committed.clone();
     let mut stopping = context.stopping.clone();
     let mut sink = Some(sink);
@@ -79,8 +80,9 @@ pub async fn run_jsonl(context: DispatchContext, sink: JsonlSink, mut cursor: u6
             let metrics = context.metrics.clone();
             let names = context.sink_names.clone();
             let sink_name = name.clone();
+            let route = route.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let outcome = deliver_jsonl_round(&store, &mut owned, cursor, target, &metrics);
+                let outcome = deliver_jsonl_round(&store, &route, &mut owned, cursor, target, &metrics);
                 if let Ok(new_cursor) = &outcome {
                     if let Err(error) = store.set_cursor(&sink_name, *new_cursor) {
                         tracing::warn!(%error, "could not store the JSONL cursor");
@@ -123,6 +125,7 @@ pub async fn run_jsonl(context: DispatchContext, sink: JsonlSink, mut cursor: u6
 
 fn deliver_jsonl_round(
     store: &Store,
+    route: &Sink,
     sink: &mut JsonlSink,
     cursor: u64,
     target: u64,
@@ -132,23 +135,33 @@ fn deliver_jsonl_round(
         .outbox_range(cursor + 1, target, CHUNK_RECORDS_MAX)
         .map_err(|e| e.to_string())?;
     let complete = records.len() < CHUNK_RECORDS_MAX;
+    let last_seq = records.last().map(|(seq, _)| *seq);
+    let mut records = records;
+    if route.channel.is_some() {
+        records.retain(|(_, line)| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|record| route.takes(&record))
+        });
+    }
     if !records.is_empty() {
         let started = Instant::now();
         sink.append(&records).map_err(|e| e.to_string())?;
         metrics.delivery_latency.observe(started.elapsed());
         metrics.records_delivered.add(records.len() as u64);
     }
-    // Gaps (records of erased customers) are skipped over.
+    // Gaps (records of erased customers, records of other channels) are skipped over.
     Ok(if complete {
         target
     } else {
-        records.last().map_or(target, |(seq, _)| *seq)
+        last_seq.map_or(target, |seq| seq)
     })
 }
 
 /// Runs a webhook sink until `stopping`.
-pub async fn run_webhook(context: DispatchContext, url: String, options: WebhookOptions, mut cursor: u64) {
-    let name = SinkSpec::Webhook(url.clone()).name();
+pub async fn run_webhook(context: DispatchContext, route: Sink, options: WebhookOptions, mut cursor: u64) {
+    let name = route.name();
+    let SinkSpec::Webhook(url) = route.spec.clone() else {
+        unreachable!("run_webhook runs webhook sinks");
+    };
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_millis(options.timeout_ms))
         .build()
@@ -182,7 +195,7 @@ pub async fn run_webhook(context: DispatchContext, url: String, options: Webhook
                 let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
                     continue;
                 };
-                if record.get("kind").and_then(|k| k.as_str()) == Some("send") {
+                if record.get("kind").and_then(|k| k.as_str()) == Some("send") && route.takes(&record) {
                     let delivered = deliver_webhook(
                         &client,
                         &url,
@@ -198,14 +211,7 @@ pub async fn run_webhook(context: DispatchContext, url: String, options: Webhook
                         Delivery::Done => context.metrics.records_delivered.inc(),
                         Delivery::Stopped => return,
                         Delivery::GaveUp { error, attempts } => {
-                            context.metrics.dead_letters.inc();
-                            tracing::warn!(sink = %name, seq, %error, attempts, "webhook delivery parked as a dead letter");
-                            let letter = serde_json::json!({
-                                "sink": name, "seq": seq, "attempts": attempts, "error": error, "record": record,
-                            });
-                            if let Err(error) = context.store.add_dead_letter(&name, *seq, &letter) {
-                                tracing::error!(%error, "could not store a dead letter");
-                            }
+                            park_dead_letter(&context, &name, *seq, &record, &error, attempts);
                         }
                     }
                 }
@@ -225,6 +231,25 @@ pub async fn run_webhook(context: DispatchContext, url: String, options: Webhook
             changed = committed.changed() => if changed.is_err() { return; },
             _ = stopping.changed() => {},
         }
+    }
+}
+
+/// Keeps a record a sink gave up on in the dead-letter store.
+pub fn park_dead_letter(
+    context: &DispatchContext,
+    sink: &str,
+    seq: u64,
+    record: &serde_json::Value,
+    error: &str,
+    attempts: u32,
+) {
+    context.metrics.dead_letters.inc();
+    tracing::warn!(sink, seq, %error, attempts, "delivery parked as a dead letter");
+    let letter = serde_json::json!({
+        "sink": sink, "seq": seq, "attempts": attempts, "error": error, "record": record,
+    });
+    if let Err(error) = context.store.add_dead_letter(sink, seq, &letter) {
+        tracing::error!(%error, "could not store a dead letter");
     }
 }
 

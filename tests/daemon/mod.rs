@@ -10,5 +10,6 @@ mod http;
 mod lifecycle;
 mod readout;
 mod rejected;
+mod smtp;
 mod stream;
 mod webhook;
