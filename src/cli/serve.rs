@@ -259,3 +259,52 @@ pub fn run(args: Args) -> u8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syntax::ast::Channel;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn settle_from(arguments: &[&str]) -> Result<Config, String> {
+        let command = Command::try_parse_from(std::iter::once("serve").chain(arguments.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        settle(command.args)
+    }
+
+    #[test]
+    fn sinks_take_a_channel_in_flags_and_in_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("journeyc.toml");
+        std::fs::write(
+            &config,
+            "sinks = [\"email=smtp://127.0.0.1:2525?from=news@shop.example&tls=none\", \"sms=webhook:https://sms.example/send\", \"jsonl:all.jsonl\"]\npublic_url = \"https://mail.shop.example/\"\n",
+        )
+        .expect("write");
+        let settled = settle_from(&["--config", config.to_str().expect("path")]).expect("settles");
+        let channels: Vec<Option<Channel>> = settled.sinks.iter().map(|s| s.channel).collect();
+        assert_eq!(channels, [Some(Channel::Email), Some(Channel::Sms), None]);
+        assert!(matches!(settled.sinks[0].spec, SinkSpec::Smtp(_)));
+        assert_eq!(settled.public_url.as_deref(), Some("https://mail.shop.example"));
+        // Flags win over the file.
+        let flags = settle_from(&[
+            "--config",
+            config.to_str().expect("path"),
+            "--sink",
+            "push=jsonl:push.jsonl",
+        ])
+        .expect("settles");
+        assert_eq!(flags.sinks.len(), 1);
+        assert_eq!(flags.sinks[0].name(), "push=jsonl:push.jsonl");
+        let twice = settle_from(&["--sink", "jsonl:a.jsonl", "--sink", "jsonl:a.jsonl"]).expect_err("refused");
+        assert!(twice.contains("twice"), "{twice}");
+        let url = settle_from(&["--public-url", "mail.example"]).expect_err("refused");
+        assert!(url.contains("--public-url"), "{url}");
+    }
+}

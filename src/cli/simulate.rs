@@ -1,4 +1,4 @@
-//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--summary [--format json]]`
+//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--require-email-address] [--summary [--format json]]`
 
 use crate::runtime::stats::{Document, Tally};
 use std::io::Write as _;
@@ -32,6 +32,10 @@ pub struct Args {
     /// daemon's `/v1/journeys/NAME/stats` returns per journey.
     #[arg(long, value_enum, default_value_t = Format::Human, requires = "summary")]
     pub format: Format,
+    /// Skip email sends to customers without an `email` attribute (reason
+    /// `no_address`), as `serve` does when an SMTP sink delivers email.
+    #[arg(long)]
+    pub require_email_address: bool,
 }
 
 pub fn run(args: Args) -> u8 {
@@ -53,7 +57,10 @@ pub fn run(args: Args) -> u8 {
             return super::EXIT_ERRORS;
         }
     };
-    let options = crate::simulate::Options { until: args.until };
+    let options = crate::simulate::Options {
+        until: args.until,
+        email_address_required: args.require_email_address,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut tally = Tally::default();
