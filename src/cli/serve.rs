@@ -1,4 +1,4 @@
-//! `journeyc serve [WORKSPACE] --data DIR --listen ADDR --sink SPEC… [--token TOKEN] [--config FILE]`
+//! `journeyc serve [WORKSPACE] --data DIR --listen ADDR --sink [CHANNEL=]SPEC… [--public-url URL] [--token TOKEN] [--config FILE]`
 //!
 //! Raw flags here; validated settings are a [`crate::daemon::Config`]. Flags
 //! win over the TOML config file, which wins over the defaults (workspace
