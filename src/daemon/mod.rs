@@ -144,6 +144,11 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
             return Err(DaemonError::Io(problem));
         }
     }
+    for sink in &config.sinks {
+        if let SinkSpec::Smtp(spec) = &sink.spec {
+            smtp::check(spec).map_err(|e| DaemonError::Io(format!("SMTP sink {}: {e}", sink.name())))?;
+        }
+    }
     // Bound before the commit thread starts: the default public URL (in
     // every send's unsubscribe link) is the address actually bound.
     let listener = tokio::net::TcpListener::bind(&config.listen)

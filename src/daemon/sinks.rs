@@ -141,6 +141,9 @@ pub struct SmtpSpec {
     /// The `From` mailbox, `addr@domain` or `Name <addr@domain>`.
     pub from: String,
     pub tls: SmtpTls,
+    /// `ca=PATH`: a PEM file of certificates trusted besides the public
+    /// roots (a private CA, a self-signed relay).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SmtpSpec {
@@ -189,12 +192,14 @@ impl SmtpSpec {
             return Err(format!("SMTP sink {:?} has no host", redacted(text)));
         }
         let mut from = None;
+        let mut ca_file = None;
         let mut tls = if implicit { SmtpTls::Implicit } else { SmtpTls::Starttls };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = percent_decode(value)?;
             match key {
                 "from" => from = Some(value),
+                "ca" => ca_file = Some(PathBuf::from(value)),
                 "tls" if implicit => return Err("smtps:// is always TLS; `tls=` is for smtp://".into()),
                 "tls" => {
                     tls = match value.as_str() {
@@ -203,7 +208,11 @@ impl SmtpSpec {
                         other => return Err(format!("SMTP tls={other:?}: expected starttls or none")),
                     }
                 }
-                other => return Err(format!("unknown SMTP sink parameter {other:?}: expected from or tls")),
+                other => {
+                    return Err(format!(
+                        "unknown SMTP sink parameter {other:?}: expected from, tls or ca"
+                    ))
+                }
             }
         }
         let from = from.ok_or("an SMTP sink needs a sender: ?from=ADDRESS")?;
@@ -216,6 +225,7 @@ impl SmtpSpec {
             password,
             from,
             tls,
+            ca_file,
         })
     }
 
@@ -505,6 +515,9 @@ mod tests {
         assert!(!smtp.name().contains("p@ss") && !format!("{smtp:?}").contains("p@ss"));
         let plain = SmtpSpec::parse("smtp://127.0.0.1:2525?from=a@b.example&tls=none").expect("smtp");
         assert_eq!((plain.port, plain.tls, plain.user), (2525, SmtpTls::None, None));
+        let private = SmtpSpec::parse("smtp://relay.internal?from=a@b.example&ca=/etc/ca%20files/ca.pem").expect("ca");
+        assert_eq!(private.ca_file, Some(PathBuf::from("/etc/ca files/ca.pem")));
+        assert_eq!((private.port, private.tls), (587, SmtpTls::Starttls));
         assert!(SinkSpec::parse("smtp://h:25").expect_err("refused").contains("from="));
         assert!(SinkSpec::parse("smtp://h:25?from=nobody")
             .expect_err("refused")

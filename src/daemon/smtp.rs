@@ -25,6 +25,7 @@ use crate::syntax::ast::Channel;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::time::{Duration, Instant};
@@ -143,21 +144,35 @@ pub fn message(spec: &SmtpSpec, record: &serde_json::Value) -> Result<Message, S
 }
 
 fn transport(spec: &SmtpSpec, timeout_ms: u64) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-    let builder = match spec.tls {
-        SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(&spec.host).map_err(|e| e.to_string())?,
-        SmtpTls::Starttls => {
-            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&spec.host).map_err(|e| e.to_string())?
+    let parameters = || -> Result<TlsParameters, String> {
+        let mut builder = TlsParameters::builder(spec.host.clone());
+        if let Some(path) = &spec.ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("ca={}: {e}", path.display()))?;
+            let certificate =
+                Certificate::from_pem(&pem).map_err(|e| format!("ca={}: not PEM certificates: {e}", path.display()))?;
+            builder = builder.add_root_certificate(certificate);
         }
-        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&spec.host),
+        builder.build_rustls().map_err(|e| e.to_string())
     };
-    let mut builder = builder
+    let tls = match spec.tls {
+        SmtpTls::Implicit => Tls::Wrapper(parameters()?),
+        SmtpTls::Starttls => Tls::Required(parameters()?),
+        SmtpTls::None => Tls::None,
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&spec.host)
         .port(spec.port)
+        .tls(tls)
         .timeout(Some(Duration::from_millis(timeout_ms)))
         .pool_config(PoolConfig::new().max_size(POOL_CONNECTIONS_MAX));
     if let (Some(user), Some(password)) = (&spec.user, &spec.password) {
         builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
     }
     Ok(builder.build())
+}
+
+/// Checks what can be checked before the daemon starts: the `ca=` file.
+pub fn check(spec: &SmtpSpec) -> Result<(), String> {
+    transport(spec, 1_000).map(|_| ())
 }
 
 enum Outcome {

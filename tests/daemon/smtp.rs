@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_rustls::rustls;
 
 const SMTP_WORKSPACE: &str = r#"
 customer {
@@ -42,6 +43,8 @@ const HELLO_FA_HTML: &str = "<div dir=\"rtl\"><p>سلام <b>دوست عزیز</
 struct Mail {
     to: Vec<String>,
     data: String,
+    /// Whether it came over TLS.
+    secure: bool,
 }
 
 impl Mail {
@@ -135,6 +138,32 @@ fn decode_words(value: &str) -> String {
 /// What the server answers at the end of DATA: `None` is 250.
 type Verdict = dyn Fn(&Mail, usize) -> Option<&'static str> + Send + Sync;
 
+/// How the server offers TLS.
+#[derive(Clone)]
+enum ServerTls {
+    None,
+    /// `STARTTLS` after EHLO.
+    Starttls(Arc<rustls::ServerConfig>),
+    /// TLS from the first byte (`smtps://`).
+    Implicit(Arc<rustls::ServerConfig>),
+}
+
+/// A self-signed certificate for 127.0.0.1 / localhost: the server's TLS
+/// configuration and the certificate's PEM (what a client must trust).
+fn self_signed() -> (Arc<rustls::ServerConfig>, String) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("rcgen");
+    let pem = certified.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+    (Arc::new(config), pem)
+}
+
 /// A loopback SMTP server. `verdict(mail, attempt)` (attempt 1 for the
 /// first time a Message-ID arrives) can refuse a mail; `delay` is waited
 /// before each answer to DATA.
@@ -143,18 +172,33 @@ struct SmtpServer {
     accepted: Arc<Mutex<Vec<Mail>>>,
 }
 
+struct Shared {
+    delay: Duration,
+    accepted: Arc<Mutex<Vec<Mail>>>,
+    attempts: Mutex<BTreeMap<String, usize>>,
+    verdict: Arc<Verdict>,
+}
+
 impl SmtpServer {
     fn start(delay: Duration, verdict: Arc<Verdict>) -> SmtpServer {
+        SmtpServer::start_with_tls(delay, verdict, ServerTls::None)
+    }
+
+    fn start_with_tls(delay: Duration, verdict: Arc<Verdict>, tls: ServerTls) -> SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let accepted: Arc<Mutex<Vec<Mail>>> = Arc::default();
-        let attempts: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
-        let shared = accepted.clone();
+        let shared = Arc::new(Shared {
+            delay,
+            accepted: accepted.clone(),
+            attempts: Mutex::default(),
+            verdict,
+        });
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (accepted, attempts, verdict) = (shared.clone(), attempts.clone(), verdict.clone());
+                let (shared, tls) = (shared.clone(), tls.clone());
                 std::thread::spawn(move || {
-                    let _ = serve_connection(stream, delay, &accepted, &attempts, &*verdict);
+                    let _ = serve_connection(stream, &tls, &shared);
                 });
             }
         });
@@ -173,45 +217,75 @@ impl SmtpServer {
     }
 }
 
-fn serve_connection(
-    stream: TcpStream,
-    delay: Duration,
-    accepted: &Mutex<Vec<Mail>>,
-    attempts: &Mutex<BTreeMap<String, usize>>,
-    verdict: &Verdict,
-) -> std::io::Result<()> {
-    let mut writer = stream.try_clone()?;
+fn serve_connection(stream: TcpStream, tls: &ServerTls, shared: &Shared) -> std::io::Result<()> {
+    let wrap = |config: &Arc<rustls::ServerConfig>, stream: TcpStream| -> std::io::Result<_> {
+        let connection = rustls::ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
+        Ok(rustls::StreamOwned::new(connection, stream))
+    };
+    match tls {
+        ServerTls::None => session(stream, Stage::Plain, shared).map(|_| ()),
+        ServerTls::Implicit(config) => session(wrap(config, stream)?, Stage::Implicit, shared).map(|_| ()),
+        ServerTls::Starttls(config) => {
+            if let Some(plain) = session(stream, Stage::OffersStarttls, shared)? {
+                session(wrap(config, plain)?, Stage::Upgraded, shared)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Where a session is: what it greets with, offers and is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Plain,
+    OffersStarttls,
+    /// After STARTTLS: no new greeting.
+    Upgraded,
+    Implicit,
+}
+
+/// Speaks SMTP on `stream` until QUIT; answers the stream back when the
+/// client asks for STARTTLS (offered in [`Stage::OffersStarttls`]).
+fn session<S: std::io::Read + Write>(stream: S, stage: Stage, shared: &Shared) -> std::io::Result<Option<S>> {
+    let secure = matches!(stage, Stage::Upgraded | Stage::Implicit);
+    let starttls = stage == Stage::OffersStarttls;
     let mut reader = BufReader::new(stream);
-    writer.write_all(b"220 test.local ESMTP\r\n")?;
+    if stage != Stage::Upgraded {
+        reader.get_mut().write_all(b"220 test.local ESMTP\r\n")?;
+    }
     let mut to = Vec::new();
     let mut line = String::new();
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let command = line.trim_end().to_ascii_uppercase();
-        if command.starts_with("EHLO") {
-            writer.write_all(b"250-test.local\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")?;
+        let reply: String = if command.starts_with("EHLO") {
+            let offer = if starttls { "250-STARTTLS\r\n" } else { "" };
+            format!("250-test.local\r\n{offer}250-8BITMIME\r\n250 SMTPUTF8\r\n")
+        } else if command == "STARTTLS" && starttls {
+            reader.get_mut().write_all(b"220 go ahead\r\n")?;
+            return Ok(Some(reader.into_inner()));
         } else if command.starts_with("HELO") || command.starts_with("NOOP") {
-            writer.write_all(b"250 ok\r\n")?;
+            "250 ok\r\n".into()
         } else if command.starts_with("MAIL FROM") || command.starts_with("RSET") {
             to.clear();
-            writer.write_all(b"250 ok\r\n")?;
+            "250 ok\r\n".into()
         } else if command.starts_with("RCPT TO") {
             let address = line.trim_end()[8..]
                 .trim()
                 .trim_matches(|c| c == '<' || c == '>')
                 .to_string();
             to.push(address);
-            writer.write_all(b"250 ok\r\n")?;
+            "250 ok\r\n".into()
         } else if command == "DATA" {
-            writer.write_all(b"354 go on\r\n")?;
+            reader.get_mut().write_all(b"354 go on\r\n")?;
             let mut data = String::new();
             loop {
                 line.clear();
                 if reader.read_line(&mut line)? == 0 {
-                    return Ok(());
+                    return Ok(None);
                 }
                 if line == ".\r\n" {
                     break;
@@ -221,28 +295,31 @@ fn serve_connection(
             let mail = Mail {
                 to: std::mem::take(&mut to),
                 data,
+                secure,
             };
             let id = mail.header("Message-ID").unwrap_or_default();
             let attempt = {
-                let mut attempts = attempts.lock().expect("lock");
+                let mut attempts = shared.attempts.lock().expect("lock");
                 let count = attempts.entry(id).or_default();
                 *count += 1;
                 *count
             };
-            std::thread::sleep(delay);
-            match verdict(&mail, attempt) {
+            std::thread::sleep(shared.delay);
+            match (shared.verdict)(&mail, attempt) {
                 None => {
-                    accepted.lock().expect("lock").push(mail);
-                    writer.write_all(b"250 queued\r\n")?;
+                    shared.accepted.lock().expect("lock").push(mail);
+                    "250 queued\r\n".into()
                 }
-                Some(reply) => writer.write_all(format!("{reply}\r\n").as_bytes())?,
+                Some(reply) => format!("{reply}\r\n"),
             }
         } else if command == "QUIT" {
-            writer.write_all(b"221 bye\r\n")?;
-            return Ok(());
+            reader.get_mut().write_all(b"221 bye\r\n")?;
+            return Ok(None);
         } else {
-            writer.write_all(b"502 not implemented\r\n")?;
-        }
+            "502 not implemented\r\n".into()
+        };
+        reader.get_mut().write_all(reply.as_bytes())?;
+        reader.get_mut().flush()?;
     }
 }
 
@@ -556,4 +633,48 @@ fn sigkill_during_smtp_delivery_loses_no_mail_and_keeps_message_ids() {
         mails.len()
     );
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// STARTTLS and implicit TLS against a self-signed certificate trusted
+/// through `ca=`: the mail arrives, over TLS.
+#[test]
+fn smtp_over_starttls_and_implicit_tls_with_a_private_ca() {
+    let (config, pem) = self_signed();
+    let env = smtp_env();
+    let ca = env.root.path().join("ca.pem");
+    std::fs::write(&ca, &pem).expect("write");
+    for (tls, scheme) in [
+        (ServerTls::Starttls(config.clone()), "smtp"),
+        (ServerTls::Implicit(config.clone()), "smtps"),
+    ] {
+        let server = SmtpServer::start_with_tls(Duration::ZERO, always_accept(), tls);
+        let port = server.addr.rsplit(':').next().expect("port");
+        let sink = format!(
+            "email={scheme}://127.0.0.1:{port}?from=news@shop.example&ca={}",
+            ca.display()
+        );
+        let daemon = env.start(&["--sink", &sink]);
+        let customer = format!("t-{scheme}");
+        let traits = format!(r#"{{"email":"{customer}@example.org"}}"#);
+        assert_eq!(daemon.post("/v1/identify", &identify(&customer, &traits)).status, 200);
+        assert_eq!(
+            daemon
+                .post("/v1/track", &ping(&customer, &format!("p-{scheme}"), 1))
+                .status,
+            200
+        );
+        let mail = eventually("the mail over TLS", || server.accepted().into_iter().next());
+        assert!(mail.secure, "{scheme}: not over TLS");
+        assert_eq!(mail.to, vec![format!("{customer}@example.org")]);
+        assert_eq!(daemon.terminate(), Some(0));
+    }
+    let (code, stderr) = serve_refused(
+        &env,
+        &[
+            "--sink",
+            "email=smtps://127.0.0.1:1?from=a@b.example&ca=/nonexistent.pem",
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("ca=/nonexistent.pem"), "{stderr}");
 }
