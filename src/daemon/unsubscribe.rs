@@ -158,6 +158,15 @@ pub fn outbox_line(record: &TraceRecord, state: &CustomerState, links: Option<&L
     serde_json::to_string(&line).expect("a JSON value always serializes")
 }
 
+/// Whether a POST body is RFC 8058's `List-Unsubscribe=One-Click`, sent
+/// as `application/x-www-form-urlencoded` or as `multipart/form-data`.
+fn is_one_click(body: &[u8]) -> bool {
+    let body = String::from_utf8_lossy(body);
+    let urlencoded = body.split('&').any(|pair| pair.trim() == ONE_CLICK_BODY);
+    let multipart = body.contains("name=\"List-Unsubscribe\"") && body.lines().any(|line| line.trim() == "One-Click");
+    urlencoded || multipart
+}
+
 /// `/u/{token}`: outside the API's authentication.
 pub fn routes() -> Router<AppState> {
     Router::new().route("/u/{token}", get(confirm_page).post(one_click))
@@ -198,13 +207,19 @@ async fn one_click(State(state): State<AppState>, token: super::http::PathParam,
     let Some((customer, channel)) = state.links.verify(&token.0) else {
         return unknown_link();
     };
-    let body = String::from_utf8_lossy(&body);
-    if !body.split('&').any(|pair| pair.trim() == ONE_CLICK_BODY) {
+    if !is_one_click(&body) {
         return error(
             StatusCode::BAD_REQUEST,
             "body",
             format!("a one-click unsubscribe posts the body {ONE_CLICK_BODY}"),
         );
+    }
+    match state.store.customer(&customer) {
+        // Erased (or never stored): nothing to unsubscribe, and no record
+        // is made again for the customer.
+        Ok(None) => return unsubscribed_page(),
+        Ok(Some(_)) => {}
+        Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
     }
     let received_at = super::timers::now_ms();
     let call = serde_json::json!({
@@ -222,6 +237,10 @@ async fn one_click(State(state): State<AppState>, token: super::http::PathParam,
         return error(StatusCode::SERVICE_UNAVAILABLE, "", failure.to_string());
     }
     tracing::info!(customer = %customer, channel = channel.as_str(), "unsubscribed by one-click link");
+    unsubscribed_page()
+}
+
+fn unsubscribed_page() -> Response {
     Html(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head>\n\
          <body style=\"font-family:sans-serif;max-width:30em;margin:3em auto\"><h1>You are unsubscribed</h1></body></html>\n",
@@ -249,6 +268,16 @@ mod tests {
         assert_eq!(links.verify(&forged), None);
         assert_eq!(links.verify(payload), None);
         assert_eq!(links.verify("not-a-token"), None);
+    }
+
+    #[test]
+    fn one_click_bodies() {
+        assert!(is_one_click(b"List-Unsubscribe=One-Click"));
+        assert!(is_one_click(b"List-Unsubscribe=One-Click\r\n"));
+        let multipart =
+            b"--b\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--b--\r\n";
+        assert!(is_one_click(multipart));
+        assert!(!is_one_click(b"List-Unsubscribe=Later") && !is_one_click(b""));
     }
 
     #[test]

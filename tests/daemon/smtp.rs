@@ -482,6 +482,11 @@ fn one_click_unsubscribe_with_a_good_and_a_tampered_token() {
     });
     assert_eq!(skip["reason"], "unsubscribed");
     assert_eq!(server.accepted().len(), 1, "no second mail");
+    // An erased customer's link answers, and makes no record again.
+    assert_eq!(daemon.request("DELETE", "/v1/customers/ana", None).status, 200);
+    let again = daemon.request_with("POST", path, Some("List-Unsubscribe=One-Click"), None);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(daemon.get("/v1/customers/ana").status, 404);
     assert_eq!(daemon.terminate(), Some(0));
 }
 
