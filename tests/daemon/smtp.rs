@@ -683,3 +683,82 @@ fn smtp_over_starttls_and_implicit_tls_with_a_private_ca() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("ca=/nonexistent.pem"), "{stderr}");
 }
+
+/// A blocking HTTP receiver on loopback: answers 200 to every request and
+/// keeps the bodies.
+fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let bodies: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            if std::io::Read::read_exact(&mut reader, &mut body).is_ok() {
+                if let Ok(json) = serde_json::from_slice(&body) {
+                    kept.lock().expect("lock").push(json);
+                }
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (addr, bodies)
+}
+
+/// An `sms=` webhook gets the SMS sends alone, each with the customer's
+/// E.164 `phone` and its unsubscribe link; intake refuses a phone that is
+/// not E.164, naming the trait.
+#[test]
+fn an_sms_webhook_gets_the_phone_and_the_unsubscribe_url() {
+    let env = Env::new(
+        "customer { phone: string? }\nevent ping { n: int }\nmessage code sms { body \"your code\" }\n\
+         message hi email { subject \"Hi\" body \"hi\" }\n\
+         journey j {\n  trigger ping\n  entry always\n  send hi\n  send code\n}\n",
+    );
+    let (addr, bodies) = webhook_receiver();
+    let sink = format!("sms=webhook:http://{addr}/sms");
+    let all_sink = format!("jsonl:{}", env.sends().display());
+    let daemon = env.start(&["--sink", &sink, "--sink", &all_sink]);
+    let refused = daemon.post("/v1/identify", &identify("p1", r#"{"phone":"0415 555 0123"}"#));
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["field"], "traits.phone", "{}", refused.body);
+    assert_eq!(
+        daemon
+            .post("/v1/identify", &identify("p1", r#"{"phone":"+14155550123"}"#))
+            .status,
+        200
+    );
+    assert_eq!(daemon.post("/v1/track", &ping("p1", "t1", 1)).status, 200);
+    let body = eventually("the SMS at the webhook", || {
+        bodies.lock().expect("lock").first().cloned()
+    });
+    assert_eq!(body["channel"], "sms");
+    assert_eq!(body["phone"], "+14155550123");
+    assert_eq!(body["body"], "your code");
+    let url = body["unsubscribe_url"].as_str().expect("unsubscribe_url");
+    assert!(url.starts_with(&format!("http://{}/u/", daemon.addr)), "{url}");
+    // The email went to the JSONL sink only.
+    eventually("the email in the JSONL sink", || {
+        sends(&env, "p1").into_iter().find(|l| l["channel"] == "email")
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!(
+        bodies.lock().expect("lock").len(),
+        1,
+        "{:?}",
+        bodies.lock().expect("lock")
+    );
+}
