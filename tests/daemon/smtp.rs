@@ -535,6 +535,37 @@ fn serve_refuses_an_smtp_sink_without_an_email_attribute() {
     );
 }
 
+/// With an SMTP sink running, a reload to a workspace without the `email`
+/// attribute is refused and the running version keeps delivering.
+#[test]
+fn a_reload_that_drops_the_email_attribute_is_refused_with_an_smtp_sink() {
+    let server = SmtpServer::start(Duration::ZERO, always_accept());
+    let env = smtp_env();
+    let daemon = env.start(&["--sink", &server.sink()]);
+    let file = env.workspace().join("test.journey");
+    std::fs::write(&file, SMTP_WORKSPACE.replace("  email: string?\n", "")).expect("write");
+    let refused = daemon.post("/v1/reload", "");
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.json()["diagnostics"]
+            .as_str()
+            .is_some_and(|d| d.contains("email: string")),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        daemon
+            .post("/v1/identify", &identify("r1", r#"{"email":"r1@example.org"}"#))
+            .status,
+        200
+    );
+    assert_eq!(daemon.post("/v1/track", &ping("r1", "p1", 1)).status, 200);
+    eventually("a mail from the running version", || {
+        server.accepted().into_iter().next()
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// A 4xx is retried (same Message-ID) until accepted; a 5xx becomes a dead
 /// letter at once, and the mails after it still go out.
 #[test]
