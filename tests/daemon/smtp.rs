@@ -340,6 +340,25 @@ fn identify(customer: &str, traits: &str) -> String {
     format!(r#"{{"type":"identify","userId":"{customer}","traits":{traits},"messageId":"i-{customer}"}}"#)
 }
 
+/// Gives `customer` the address `CUSTOMER@example.org` and pings it;
+/// answers the address.
+fn address_and_ping(daemon: &Daemon, customer: &str) -> String {
+    let address = format!("{customer}@example.org");
+    let traits = format!(r#"{{"email":"{address}"}}"#);
+    assert_eq!(daemon.post("/v1/identify", &identify(customer, &traits)).status, 200);
+    let track = ping(customer, &format!("p-{customer}"), 1);
+    assert_eq!(daemon.post("/v1/track", &track).status, 200);
+    address
+}
+
+/// [`address_and_ping`], then waits for the customer's mail at `server`.
+fn mail_for(daemon: &Daemon, server: &SmtpServer, customer: &str) -> Mail {
+    let address = address_and_ping(daemon, customer);
+    eventually("the mail", || {
+        server.accepted().into_iter().find(|mail| mail.to == [address.clone()])
+    })
+}
+
 fn sends(env: &Env, customer: &str) -> Vec<serde_json::Value> {
     sink_lines(&env.sends())
         .into_iter()
@@ -424,14 +443,7 @@ fn one_click_unsubscribe_with_a_good_and_a_tampered_token() {
     let env = smtp_env();
     let all_sink = format!("jsonl:{}", env.sends().display());
     let daemon = env.start(&["--sink", &server.sink(), "--sink", &all_sink]);
-    assert_eq!(
-        daemon
-            .post("/v1/identify", &identify("ana", r#"{"email":"ana@example.org"}"#))
-            .status,
-        200
-    );
-    assert_eq!(daemon.post("/v1/track", &ping("ana", "p1", 1)).status, 200);
-    let mail = eventually("the mail", || server.accepted().into_iter().next());
+    let mail = mail_for(&daemon, &server, "ana");
     let link = mail.header("List-Unsubscribe").expect("List-Unsubscribe");
     let url = link.trim_matches(|c| c == '<' || c == '>');
     let path = &url[url.find("/u/").expect("/u/")..];
@@ -553,16 +565,7 @@ fn a_reload_that_drops_the_email_attribute_is_refused_with_an_smtp_sink() {
         "{}",
         refused.body
     );
-    assert_eq!(
-        daemon
-            .post("/v1/identify", &identify("r1", r#"{"email":"r1@example.org"}"#))
-            .status,
-        200
-    );
-    assert_eq!(daemon.post("/v1/track", &ping("r1", "p1", 1)).status, 200);
-    eventually("a mail from the running version", || {
-        server.accepted().into_iter().next()
-    });
+    mail_for(&daemon, &server, "r1");
     assert_eq!(daemon.terminate(), Some(0));
 }
 
@@ -591,14 +594,7 @@ fn transient_smtp_errors_are_retried_and_permanent_ones_dead_lettered() {
         "20",
     ]);
     for customer in ["gone", "kept"] {
-        let traits = format!(r#"{{"email":"{customer}@example.org"}}"#);
-        assert_eq!(daemon.post("/v1/identify", &identify(customer, &traits)).status, 200);
-        assert_eq!(
-            daemon
-                .post("/v1/track", &ping(customer, &format!("p-{customer}"), 1))
-                .status,
-            200
-        );
+        address_and_ping(&daemon, customer);
     }
     let mail = eventually("the retried mail", || server.accepted().into_iter().next());
     assert_eq!(mail.to, vec!["kept@example.org".to_string()]);
@@ -690,18 +686,8 @@ fn smtp_over_starttls_and_implicit_tls_with_a_private_ca() {
             ca.display()
         );
         let daemon = env.start(&["--sink", &sink]);
-        let customer = format!("t-{scheme}");
-        let traits = format!(r#"{{"email":"{customer}@example.org"}}"#);
-        assert_eq!(daemon.post("/v1/identify", &identify(&customer, &traits)).status, 200);
-        assert_eq!(
-            daemon
-                .post("/v1/track", &ping(&customer, &format!("p-{scheme}"), 1))
-                .status,
-            200
-        );
-        let mail = eventually("the mail over TLS", || server.accepted().into_iter().next());
+        let mail = mail_for(&daemon, &server, &format!("t-{scheme}"));
         assert!(mail.secure, "{scheme}: not over TLS");
-        assert_eq!(mail.to, vec![format!("{customer}@example.org")]);
         assert_eq!(daemon.terminate(), Some(0));
     }
     let (code, stderr) = serve_refused(
