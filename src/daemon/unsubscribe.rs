@@ -136,26 +136,31 @@ fn create_key(path: &Path) -> io::Result<Vec<u8>> {
 /// channel's address attribute, when the customer has one) and its
 /// unsubscribe link; every other record is the trace line as it is.
 pub fn outbox_line(record: &TraceRecord, state: &CustomerState, links: Option<&Links>) -> String {
+    let line = record.to_json_line();
     let channel = record.channel.as_deref().and_then(Channel::parse);
     let (Kind::Send, Some(channel)) = (record.kind, channel) else {
-        return record.to_json_line();
+        return line;
     };
-    let mut line = serde_json::to_value(record).expect("a trace record always serializes");
-    let Some(object) = line.as_object_mut() else {
-        return record.to_json_line();
-    };
+    let mut extra = Vec::new();
     if let Some(attribute) = address_attribute(channel) {
         if let Some(Value::String(address)) = state.profile.get(attribute) {
-            object.insert(attribute.to_string(), serde_json::Value::String(address.clone()));
+            extra.push((attribute, address.clone()));
         }
     }
     if let Some(links) = links {
-        object.insert(
-            "unsubscribe_url".to_string(),
-            serde_json::Value::String(links.url(&record.customer, channel)),
-        );
+        extra.push(("unsubscribe_url", links.url(&record.customer, channel)));
     }
-    serde_json::to_string(&line).expect("a JSON value always serializes")
+    // Appended after the trace fields, as `seq` is by the JSONL sink.
+    let mut line = line;
+    if line.ends_with('}') && !extra.is_empty() {
+        line.pop();
+        for (name, value) in extra {
+            let value = serde_json::to_string(&value).expect("a string always serializes");
+            line.push_str(&format!(",\"{name}\":{value}"));
+        }
+        line.push('}');
+    }
+    line
 }
 
 /// Whether a POST body is RFC 8058's `List-Unsubscribe=One-Click`, sent
@@ -268,6 +273,37 @@ mod tests {
         assert_eq!(links.verify(&forged), None);
         assert_eq!(links.verify(payload), None);
         assert_eq!(links.verify("not-a-token"), None);
+    }
+
+    #[test]
+    fn a_send_line_gets_its_recipient_and_link_and_other_lines_stay() {
+        let links = Links::with_key(vec![1; KEY_BYTES], "https://m.example");
+        let mut state = CustomerState::new("c\"1");
+        state
+            .profile
+            .insert("email".into(), Value::String("a\"b@example.org".into()));
+        state
+            .profile
+            .insert("phone".into(), Value::String("+14155550123".into()));
+        let mut send = TraceRecord::new(0, "c\"1", "j", Kind::Send);
+        send.channel = Some("email".into());
+        let line: serde_json::Value = serde_json::from_str(&outbox_line(&send, &state, Some(&links))).expect("JSON");
+        assert_eq!(line["email"], "a\"b@example.org");
+        assert!(line.get("phone").is_none(), "only the channel's address");
+        assert_eq!(line["unsubscribe_url"], links.url("c\"1", Channel::Email));
+        assert_eq!(line["kind"], "send");
+        let enter = TraceRecord::new(0, "c\"1", "j", Kind::Enter);
+        assert_eq!(outbox_line(&enter, &state, Some(&links)), enter.to_json_line());
+        let mut skip = TraceRecord::new(0, "c\"1", "j", Kind::Skip);
+        skip.channel = Some("sms".into());
+        assert_eq!(outbox_line(&skip, &state, Some(&links)), skip.to_json_line());
+        let mut push = send.clone();
+        push.channel = Some("push".into());
+        assert_eq!(
+            outbox_line(&push, &state, None),
+            push.to_json_line(),
+            "no token, no link"
+        );
     }
 
     #[test]
