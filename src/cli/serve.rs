@@ -115,10 +115,16 @@ fn settle(args: Args) -> Result<Config, String> {
             spec: SinkSpec::Jsonl(data.join("sends.jsonl")),
         });
     }
-    let mut names = std::collections::BTreeSet::new();
+    let (mut names, mut files) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
     for sink in &sinks {
         if !names.insert(sink.name()) {
             return Err(format!("--sink: {} is given twice", sink.name()));
+        }
+        // One writer per file: its tail is the authority for what it has.
+        if let SinkSpec::Jsonl(path) = &sink.spec {
+            if !files.insert(path.clone()) {
+                return Err(format!("--sink: two JSONL sinks write {}", path.display()));
+            }
         }
     }
     let public_url = match args.public_url.or(file.public_url) {
@@ -304,6 +310,8 @@ mod tests {
         assert_eq!(flags.sinks[0].name(), "push=jsonl:push.jsonl");
         let twice = settle_from(&["--sink", "jsonl:a.jsonl", "--sink", "jsonl:a.jsonl"]).expect_err("refused");
         assert!(twice.contains("twice"), "{twice}");
+        let same_file = settle_from(&["--sink", "jsonl:a.jsonl", "--sink", "sms=jsonl:a.jsonl"]).expect_err("refused");
+        assert!(same_file.contains("two JSONL sinks"), "{same_file}");
         let url = settle_from(&["--public-url", "mail.example"]).expect_err("refused");
         assert!(url.contains("--public-url"), "{url}");
     }
