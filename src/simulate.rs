@@ -188,6 +188,9 @@ pub struct Options {
     /// Stop the virtual clock here: later events are ignored and nothing due
     /// later fires.
     pub until: Option<Millis>,
+    /// Email sends to customers without an `email` are skipped
+    /// `no_address`, as in a daemon that delivers email over SMTP.
+    pub email_address_required: bool,
 }
 
 /// The instant after which recurring, time-driven triggers stop being
@@ -238,6 +241,11 @@ pub fn run_streaming(
     } = events;
     let last_event = inputs.iter().map(|input| input.at).max().unwrap_or(0);
     let engine = Engine::new(bundle);
+    let engine = if options.email_address_required {
+        engine.requiring_email_address()
+    } else {
+        engine
+    };
     let horizon = options.until.unwrap_or_else(|| default_horizon(&engine, last_event));
     if let Some(until) = options.until {
         inputs.retain(|input| input.at <= until);

@@ -23,6 +23,12 @@ pub struct Args {
     /// The file's format, when its extension does not say
     #[arg(long, value_parser = ["csv", "jsonl"])]
     pub format: Option<String>,
+    /// The daemon's --public-url: sends the rows cause carry unsubscribe links under it
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// As `serve` with an SMTP sink: an email to a customer without `email` is skipped `no_address`
+    #[arg(long)]
+    pub require_email_address: bool,
 }
 
 pub fn run(args: Args) -> u8 {
@@ -114,7 +120,11 @@ pub fn run(args: Args) -> u8 {
         bundle,
         &args.data,
         rows,
-        crate::daemon::server::HttpOptions::default().future_max_ms,
+        &bulk::Options {
+            future_max_ms: crate::daemon::server::HttpOptions::default().future_max_ms,
+            public_url: args.public_url.clone(),
+            email_address_required: args.require_email_address,
+        },
         &mut keep,
         |done| bar.set_message(format!("{done} rows")),
     );

@@ -1,4 +1,4 @@
-//! `journeyc serve [WORKSPACE] --data DIR --listen ADDR --sink SPEC… [--token TOKEN] [--config FILE]`
+//! `journeyc serve [WORKSPACE] --data DIR --listen ADDR --sink [CHANNEL=]SPEC… [--public-url URL] [--token TOKEN] [--config FILE]`
 //!
 //! Raw flags here; validated settings are a [`crate::daemon::Config`]. Flags
 //! win over the TOML config file, which wins over the defaults (workspace
@@ -7,7 +7,7 @@
 
 use crate::daemon::rate::{insert_rate, parse_channel_rate, Rates};
 use crate::daemon::server::HttpOptions;
-use crate::daemon::sinks::{parse_webhook_secret, SinkSpec, WebhookOptions};
+use crate::daemon::sinks::{parse_webhook_secret, Sink, SinkSpec, WebhookOptions};
 use crate::daemon::store::StoreOptions;
 use crate::daemon::{Config, DaemonError};
 use serde::Deserialize;
@@ -23,9 +23,13 @@ pub struct Args {
     /// Address to listen on; port 0 picks a free port (written to DATA/addr) [default: 127.0.0.1:8080]
     #[arg(long)]
     pub listen: Option<String>,
-    /// A sink, `jsonl:PATH` or `webhook:URL`; repeatable [default: jsonl:DATA/sends.jsonl]
+    /// A sink, `[CHANNEL=]SPEC` with SPEC `jsonl:PATH`, `webhook:URL`, `smtp://…` or `smtps://…`;
+    /// without CHANNEL it takes every channel; repeatable [default: jsonl:DATA/sends.jsonl]
     #[arg(long = "sink")]
     pub sinks: Vec<String>,
+    /// The daemon's address as recipients reach it, for unsubscribe links [default: http://LISTEN]
+    #[arg(long)]
+    pub public_url: Option<String>,
     /// API token for `Authorization: Bearer` (or Basic auth user name)
     #[arg(long, env = "JOURNEYC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -85,6 +89,7 @@ struct FileConfig {
     listen: Option<String>,
     #[serde(default)]
     sinks: Vec<String>,
+    public_url: Option<String>,
     token: Option<String>,
     webhook_attempts: Option<u32>,
     webhook_retry_ms: Option<u64>,
@@ -117,11 +122,33 @@ fn settle(args: Args) -> Result<Config, String> {
     let sink_texts = if args.sinks.is_empty() { file.sinks } else { args.sinks };
     let mut sinks = sink_texts
         .iter()
-        .map(|s| SinkSpec::parse(s))
+        .map(|s| Sink::parse(s).map_err(|e| format!("--sink: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     if sinks.is_empty() {
-        sinks.push(SinkSpec::Jsonl(data.join("sends.jsonl")));
+        sinks.push(Sink {
+            channel: None,
+            spec: SinkSpec::Jsonl(data.join("sends.jsonl")),
+        });
     }
+    let (mut names, mut files) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for sink in &sinks {
+        if !names.insert(sink.name()) {
+            return Err(format!("--sink: {} is given twice", sink.name()));
+        }
+        // One writer per file: its tail is the authority for what it has.
+        if let SinkSpec::Jsonl(path) = &sink.spec {
+            if !files.insert(path.clone()) {
+                return Err(format!("--sink: two JSONL sinks write {}", path.display()));
+            }
+        }
+    }
+    let public_url = match args.public_url.or(file.public_url) {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(url.trim_end_matches('/').to_string())
+        }
+        Some(url) => return Err(format!("--public-url: expected an http(s) URL, got {url:?}")),
+        None => None,
+    };
     let defaults = WebhookOptions::default();
     let webhook = WebhookOptions {
         attempts_max: args
@@ -224,6 +251,7 @@ fn settle(args: Args) -> Result<Config, String> {
         data,
         listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
         sinks,
+        public_url,
         token: args.token.or(file.token).filter(|t| !t.is_empty()),
         webhook,
         rates,
@@ -329,5 +357,37 @@ mod tests {
         std::fs::write(&config, "rate = { fax = \"1/s\" }\n").expect("write config");
         let refusal = settle_with(&["--config", path]).err().unwrap_or_default();
         assert!(refusal.starts_with("rate: unknown channel \"fax\""), "{refusal}");
+    }
+
+    #[test]
+    fn sinks_take_a_channel_in_flags_and_in_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("journeyc.toml");
+        std::fs::write(
+            &config,
+            "sinks = [\"email=smtp://127.0.0.1:2525?from=news@shop.example&tls=none\", \"sms=webhook:https://sms.example/send\", \"jsonl:all.jsonl\"]\npublic_url = \"https://mail.shop.example/\"\n",
+        )
+        .expect("write");
+        let settled = settle_with(&["--config", config.to_str().expect("path")]).expect("settles");
+        let channels: Vec<Option<Channel>> = settled.sinks.iter().map(|s| s.channel).collect();
+        assert_eq!(channels, [Some(Channel::Email), Some(Channel::Sms), None]);
+        assert!(matches!(settled.sinks[0].spec, SinkSpec::Smtp(_)));
+        assert_eq!(settled.public_url.as_deref(), Some("https://mail.shop.example"));
+        // Flags win over the file.
+        let flags = settle_with(&[
+            "--config",
+            config.to_str().expect("path"),
+            "--sink",
+            "push=jsonl:push.jsonl",
+        ])
+        .expect("settles");
+        assert_eq!(flags.sinks.len(), 1);
+        assert_eq!(flags.sinks[0].name(), "push=jsonl:push.jsonl");
+        let twice = settle_with(&["--sink", "jsonl:a.jsonl", "--sink", "jsonl:a.jsonl"]).expect_err("refused");
+        assert!(twice.contains("twice"), "{twice}");
+        let same_file = settle_with(&["--sink", "jsonl:a.jsonl", "--sink", "sms=jsonl:a.jsonl"]).expect_err("refused");
+        assert!(same_file.contains("two JSONL sinks"), "{same_file}");
+        let url = settle_with(&["--public-url", "mail.example"]).expect_err("refused");
+        assert!(url.contains("--public-url"), "{url}");
     }
 }

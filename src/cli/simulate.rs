@@ -1,4 +1,4 @@
-//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--summary [--format json]] [--report FILE.html]`
+//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--require-email-address] [--summary [--format json]] [--report FILE.html]`
 
 use crate::runtime::stats::{Document, Tally};
 use std::io::Write as _;
@@ -36,6 +36,10 @@ pub struct Args {
     /// file (flow charts with counts, messages, splits), e.g. for code review.
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
+    /// Skip email sends to customers without an `email` attribute (reason
+    /// `no_address`), as `serve` does when an SMTP sink delivers email.
+    #[arg(long)]
+    pub require_email_address: bool,
 }
 
 pub fn run(args: Args) -> u8 {
@@ -57,7 +61,10 @@ pub fn run(args: Args) -> u8 {
             return super::EXIT_ERRORS;
         }
     };
-    let options = crate::simulate::Options { until: args.until };
+    let options = crate::simulate::Options {
+        until: args.until,
+        email_address_required: args.require_email_address,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut tally = Tally::default();

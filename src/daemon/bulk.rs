@@ -40,6 +40,18 @@ pub struct Summary {
     pub refused: usize,
 }
 
+/// How the rows' sends are made: as `serve` with the same flags makes them.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Events stamped further ahead of the clock are refused (`--max-future`).
+    pub future_max_ms: i64,
+    /// The daemon's `--public-url`: sends carry unsubscribe links under it.
+    pub public_url: Option<String>,
+    /// An email to a customer without `email` is a `no_address` skip, as
+    /// when `serve` has an SMTP sink.
+    pub email_address_required: bool,
+}
+
 /// Imports rows into the data directory `data` under the workspace's
 /// compiled `bundle` (installed first if the store runs another version):
 /// `refused` hears of every row that is not imported, `progress` of how
@@ -48,7 +60,7 @@ pub fn import(
     bundle: crate::compile::bytecode::Bundle,
     data: &Path,
     rows: impl Iterator<Item = Row>,
-    future_max_ms: i64,
+    options: &Options,
     mut refused: impl FnMut(Refusal),
     mut progress: impl FnMut(usize),
 ) -> Result<Summary, DaemonError> {
@@ -65,8 +77,15 @@ pub fn import(
     })?;
     store.mark_format()?;
     let schema = bundle.schema.clone();
+    let links = match &options.public_url {
+        Some(url) => Some(Arc::new(
+            super::unsubscribe::Links::open(data, url).map_err(|e| DaemonError::Io(format!("the unsubscribe key: {e}")))?,
+        )),
+        None => None,
+    };
+    let future_max_ms = options.future_max_ms;
     let previous_key = store.current_bundle_key()?;
-    let loaded = Arc::new(reload::build_runtime(&store, bundle)?);
+    let loaded = Arc::new(reload::build_runtime(&store, bundle, options.email_address_required)?);
     let needs_install = previous_key.as_deref() != Some(loaded.bundle_key.as_str());
     let shared: SharedRuntime = Arc::new(RwLock::new(loaded.clone()));
     let next_seq = store
@@ -74,7 +93,7 @@ pub fn import(
         .unwrap_or(1)
         .max(store.last_outbox_seq()?.unwrap_or(0) + 1);
     let Commits { committer, thread, .. } =
-        start_commits(&store, &shared, next_seq, super::faults::FaultPolicy::default())?;
+        start_commits(&store, &shared, next_seq, super::faults::FaultPolicy::default(), links)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -225,6 +225,8 @@ pub struct CommitThread {
     /// parked: lanes read a customer's record only when it is listed here.
     faulted: HashMap<String, bool>,
     fault_policy: FaultPolicy,
+    /// Unsubscribe links for send records (none in tests without a data dir).
+    links: Option<Arc<super::unsubscribe::Links>>,
     /// Groups applied but not yet flushed go to the flusher thread.
     flusher: Option<std::sync::mpsc::SyncSender<Flush>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
@@ -335,6 +337,7 @@ impl CommitThread {
             counters,
             faulted,
             fault_policy: FaultPolicy::default(),
+            links: None,
             flusher: Some(sender),
             flusher_thread: Some(flusher_thread),
         }
@@ -343,6 +346,12 @@ impl CommitThread {
     /// How failing customers are retried (the default: [`FaultPolicy::default`]).
     pub fn with_fault_policy(mut self, policy: FaultPolicy) -> CommitThread {
         self.fault_policy = policy;
+        self
+    }
+
+    /// Send records carry an unsubscribe link made by `links`.
+    pub fn with_links(mut self, links: Arc<super::unsubscribe::Links>) -> CommitThread {
+        self.links = Some(links);
         self
     }
 
@@ -507,6 +516,7 @@ impl CommitThread {
             metrics: &self.published.metrics,
             faulted: &self.faulted,
             policy: &self.fault_policy,
+            links: self.links.as_deref(),
             now: super::timers::now_ms(),
         };
         let steps: usize = lanes.iter().map(|lane| lane.steps.len()).sum();
@@ -803,6 +813,7 @@ struct LaneContext<'a> {
     metrics: &'a Metrics,
     faulted: &'a HashMap<String, bool>,
     policy: &'a FaultPolicy,
+    links: Option<&'a super::unsubscribe::Links>,
     /// The wall clock when the group started (fault times, retry times).
     now: Millis,
 }
@@ -1038,7 +1049,10 @@ impl LaneContext<'_> {
             if record.kind == Kind::Send {
                 self.metrics.sends_enqueued.inc();
             }
-            changes.records.push((item.order, record.to_json_line()));
+            // The recipient as the customer's state has it at the send.
+            changes
+                .records
+                .push((item.order, super::unsubscribe::outbox_line(record, state, self.links)));
         }
         Ok(Ok(()))
     }

@@ -51,6 +51,8 @@ pub struct AppState {
     pub rejected: Arc<RejectedStore>,
     /// Bumped after dead letters are requeued, to wake the sink loops.
     pub dead_retry: Arc<tokio::sync::watch::Sender<u64>>,
+    /// One-click unsubscribe links (`/u/TOKEN`).
+    pub links: Arc<super::unsubscribe::Links>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -85,6 +87,7 @@ pub fn router(state: AppState) -> Router {
     };
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(super::unsubscribe::routes())
         .merge(api)
         .merge(aggregates)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "path", "no such endpoint") })

@@ -29,14 +29,16 @@ pub mod reload;
 pub mod reply;
 pub mod server;
 pub mod sinks;
+pub mod smtp;
 pub mod stats;
 pub mod store;
 pub mod timers;
 pub mod ui;
+pub mod unsubscribe;
 
 use commit::{CommitThread, Committer, Published, SharedRuntime};
 use metrics::Metrics;
-use sinks::{JsonlSink, SinkSpec, WebhookOptions};
+use sinks::{JsonlSink, Sink, SinkSpec, WebhookOptions};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,7 +53,10 @@ pub struct Config {
     pub workspace: PathBuf,
     pub data: PathBuf,
     pub listen: String,
-    pub sinks: Vec<SinkSpec>,
+    pub sinks: Vec<Sink>,
+    /// Where recipients reach the daemon (unsubscribe links); `None`: the
+    /// address it listens on.
+    pub public_url: Option<String>,
     pub token: Option<String>,
     pub webhook: WebhookOptions,
     /// `--rate CHANNEL=N/s`: per delivering sink, per channel.
@@ -82,6 +87,11 @@ pub fn store_dir(data: &std::path::Path) -> PathBuf {
     data.join("db")
 }
 
+/// The specs of the sinks (erasure redacts the JSONL files among them).
+fn sink_specs(sinks: &[Sink]) -> Vec<SinkSpec> {
+    sinks.iter().map(|sink| sink.spec.clone()).collect()
+}
+
 /// Runs the daemon until SIGTERM / ctrl-c.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -89,7 +99,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Io(format!("cannot start the async runtime: {e}")))?;
-    let (dir, options, sinks) = (store_dir(&config.data), config.store.clone(), config.sinks.clone());
+    let (dir, options) = (store_dir(&config.data), config.store.clone());
+    let sinks = sink_specs(&config.sinks);
     let erasures_pending = runtime.block_on(serve(config))?;
     // Every task (and with them every handle of the store) ends here.
     runtime.shutdown_timeout(Duration::from_secs(5));
@@ -115,7 +126,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     let store = {
         let dir = store_dir(&config.data);
         let options = config.store.clone();
-        let sinks = config.sinks.clone();
+        let sinks = sink_specs(&config.sinks);
         tokio::task::spawn_blocking(move || -> Result<Store, DaemonError> {
             erasure::recover_swap(&dir).map_err(|e| DaemonError::Io(format!("{}: {e}", dir.display())))?;
             let store = Store::open(&dir, &options).map_err(|e| match e {
@@ -131,8 +142,32 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         .map_err(|e| DaemonError::Io(e.to_string()))??
     };
     store.mark_format()?;
+    // An SMTP sink needs an address for every email and skips the customers
+    // without one (`no_address`).
+    let email_address_required = config.sinks.iter().any(|sink| matches!(sink.spec, SinkSpec::Smtp(_)));
+    if email_address_required {
+        if let Some(problem) = smtp::email_attribute_problem(&bundle) {
+            return Err(DaemonError::Io(problem));
+        }
+    }
+    for sink in &config.sinks {
+        if let SinkSpec::Smtp(spec) = &sink.spec {
+            smtp::check(spec).map_err(|e| DaemonError::Io(format!("SMTP sink {}: {e}", sink.name())))?;
+        }
+    }
+    // Bound before the commit thread starts: the default public URL (in
+    // every send's unsubscribe link) is the address actually bound.
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| DaemonError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+    let address: SocketAddr = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
+    let links = Arc::new(
+        unsubscribe::Links::open(&config.data, &public_url)
+            .map_err(|e| DaemonError::Io(format!("the unsubscribe key: {e}")))?,
+    );
     let previous_key = store.current_bundle_key()?;
-    let loaded = reload::build_runtime(&store, bundle)?;
+    let loaded = reload::build_runtime(&store, bundle, email_address_required)?;
     let needs_install = previous_key.as_deref() != Some(loaded.bundle_key.as_str());
     let loaded = Arc::new(loaded);
     let shared_runtime: SharedRuntime = Arc::new(RwLock::new(loaded.clone()));
@@ -140,18 +175,18 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     // Sinks first: the JSONL tails take part in choosing the next sequence number.
     let mut jsonl_sinks = Vec::new();
     let mut highest_seen = store.last_outbox_seq()?.unwrap_or(0);
-    let sink_names: Arc<Vec<String>> = Arc::new(config.sinks.iter().map(SinkSpec::name).collect());
-    for spec in &config.sinks {
-        if let Some(cursor) = store.cursor(&spec.name())? {
+    let sink_names: Arc<Vec<String>> = Arc::new(config.sinks.iter().map(Sink::name).collect());
+    for route in &config.sinks {
+        if let Some(cursor) = store.cursor(&route.name())? {
             highest_seen = highest_seen.max(cursor);
         }
-        if let SinkSpec::Jsonl(path) = spec {
+        if let SinkSpec::Jsonl(path) = &route.spec {
             let (sink, tail) =
                 JsonlSink::open(path).map_err(|e| DaemonError::Io(format!("JSONL sink {}: {e}", path.display())))?;
             if let Some(tail) = tail {
                 highest_seen = highest_seen.max(tail);
             }
-            jsonl_sinks.push((sink, tail));
+            jsonl_sinks.push((route.clone(), sink, tail));
         }
     }
     let next_seq = store.next_seq()?.unwrap_or(1).max(highest_seen + 1);
@@ -160,7 +195,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         published,
         committed: committed_receiver,
         thread: commit_thread,
-    } = start_commits(&store, &shared_runtime, next_seq, config.faults)?;
+    } = start_commits(&store, &shared_runtime, next_seq, config.faults, Some(links.clone()))?;
     let metrics = published.metrics.clone();
     if needs_install {
         let migrated = committer
@@ -184,23 +219,36 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         dead_retry: dead_retry_receiver,
     };
     let mut sink_tasks = Vec::new();
-    for (sink, tail) in jsonl_sinks {
-        let name = SinkSpec::Jsonl(sink.path().to_path_buf()).name();
-        let cursor = outbox::start_cursor(&store, &name, tail);
-        tracing::info!(sink = %name, cursor, "JSONL sink ready");
-        sink_tasks.push(tokio::spawn(outbox::run_jsonl(context.clone(), sink, cursor)));
+    for (route, sink, tail) in jsonl_sinks {
+        let cursor = outbox::start_cursor(&store, &route.name(), tail);
+        tracing::info!(sink = %route.name(), cursor, "JSONL sink ready");
+        sink_tasks.push(tokio::spawn(outbox::run_jsonl(context.clone(), route, sink, cursor)));
     }
-    for spec in &config.sinks {
-        if let SinkSpec::Webhook(url) = spec {
-            let cursor = outbox::start_cursor(&store, &spec.name(), None);
-            tracing::info!(sink = %spec.name(), cursor, "webhook sink ready");
-            sink_tasks.push(tokio::spawn(outbox::run_webhook(
-                context.clone(),
-                url.clone(),
-                config.webhook.clone(),
-                config.rates.clone(),
-                cursor,
-            )));
+    for route in &config.sinks {
+        let cursor = outbox::start_cursor(&store, &route.name(), None);
+        match &route.spec {
+            SinkSpec::Jsonl(_) => {}
+            SinkSpec::Webhook(_) => {
+                tracing::info!(sink = %route.name(), cursor, "webhook sink ready");
+                sink_tasks.push(tokio::spawn(outbox::run_webhook(
+                    context.clone(),
+                    route.clone(),
+                    config.webhook.clone(),
+                    config.rates.clone(),
+                    cursor,
+                )));
+            }
+            SinkSpec::Smtp(smtp) => {
+                tracing::info!(sink = %route.name(), cursor, "SMTP sink ready");
+                sink_tasks.push(tokio::spawn(smtp::run(
+                    context.clone(),
+                    route.name(),
+                    smtp.clone(),
+                    config.webhook.clone(),
+                    config.rates.clone(),
+                    cursor,
+                )));
+            }
         }
     }
     let timer_task = tokio::spawn(timers::run(
@@ -218,6 +266,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         runtime: shared_runtime.clone(),
         metrics: metrics.clone(),
         lock: tokio::sync::Mutex::new(()),
+        email_address_required,
     });
     let hangup_task = tokio::spawn(reload_on_hangup(reloader.clone()));
     let state = http::AppState {
@@ -232,11 +281,8 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         http: Arc::new(config.http.clone()),
         rejected: Arc::new(rejected::RejectedStore::open(store.clone())?),
         dead_retry: Arc::new(dead_retry_sender),
+        links,
     };
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| DaemonError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
-    let address: SocketAddr = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
     // Tests and scripts find the port here (listen on :0 picks a free one).
     let _ = std::fs::write(config.data.join("addr"), address.to_string());
     println!("journeyc serve: listening on http://{address}");
@@ -280,6 +326,7 @@ pub(crate) fn start_commits(
     runtime: &SharedRuntime,
     next_seq: u64,
     faults: faults::FaultPolicy,
+    links: Option<Arc<unsubscribe::Links>>,
 ) -> Result<Commits, DaemonError> {
     let next_timer_chunk = store.next_timer_chunk()?;
     let committed_now = store.last_outbox_seq()?.unwrap_or(0);
@@ -293,7 +340,7 @@ pub(crate) fn start_commits(
     };
     let (job_sender, job_receiver) = tokio::sync::mpsc::channel(commit::JOB_CHANNEL_CAPACITY);
     let committer = Committer { sender: job_sender };
-    let commit_thread = CommitThread::new(
+    let mut commit_thread = CommitThread::new(
         store.clone(),
         runtime.clone(),
         published.clone(),
@@ -301,6 +348,9 @@ pub(crate) fn start_commits(
         next_timer_chunk,
     )
     .with_fault_policy(faults);
+    if let Some(links) = links {
+        commit_thread = commit_thread.with_links(links);
+    }
     let thread = std::thread::Builder::new()
         .name("journeyc-commit".into())
         .spawn(move || commit_thread.run(job_receiver))

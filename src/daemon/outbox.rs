@@ -18,7 +18,7 @@
 use super::dead;
 use super::metrics::Metrics;
 use super::rate::{ChannelLimiters, Limiter, Rates};
-use super::sinks::{webhook_signature, JsonlSink, SinkSpec, WebhookOptions};
+use super::sinks::{webhook_signature, JsonlSink, Sink, SinkSpec, WebhookOptions};
 use super::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,8 +74,9 @@ pub struct DispatchContext {
 }
 
 /// Runs the JSONL sink until `stopping` (after a final drain).
-pub async fn run_jsonl(context: DispatchContext, sink: JsonlSink, mut cursor: u64) {
-    let name = SinkSpec::Jsonl(sink.path().to_path_buf()).name();
+pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, mut cursor: u64) {
+    let name = route.name();
+    let route = Arc::new(route);
     let mut committed = context.committed.clone();
     let mut stopping = context.stopping.clone();
     let mut sink = Some(sink);
@@ -87,8 +88,9 @@ pub async fn run_jsonl(context: DispatchContext, sink: JsonlSink, mut cursor: u6
             let metrics = context.metrics.clone();
             let names = context.sink_names.clone();
             let sink_name = name.clone();
+            let route = route.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let outcome = deliver_jsonl_round(&store, &mut owned, cursor, target, &metrics);
+                let outcome = deliver_jsonl_round(&store, &route, &mut owned, cursor, target, &metrics);
                 if let Ok(new_cursor) = &outcome {
                     if let Err(error) = store.set_cursor(&sink_name, *new_cursor) {
                         tracing::warn!(%error, "could not store the JSONL cursor");
@@ -131,6 +133,7 @@ pub async fn run_jsonl(context: DispatchContext, sink: JsonlSink, mut cursor: u6
 
 fn deliver_jsonl_round(
     store: &Store,
+    route: &Sink,
     sink: &mut JsonlSink,
     cursor: u64,
     target: u64,
@@ -140,29 +143,33 @@ fn deliver_jsonl_round(
         .outbox_range(cursor + 1, target, CHUNK_RECORDS_MAX)
         .map_err(|e| e.to_string())?;
     let complete = records.len() < CHUNK_RECORDS_MAX;
+    let last_seq = records.last().map(|(seq, _)| *seq);
+    let mut records = records;
+    if route.channel.is_some() {
+        records.retain(|(_, line)| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|record| route.takes(&record))
+        });
+    }
     if !records.is_empty() {
         let started = Instant::now();
         sink.append(&records).map_err(|e| e.to_string())?;
         metrics.delivery_latency.observe(started.elapsed());
         metrics.records_delivered.add(records.len() as u64);
     }
-    // Gaps (records of erased customers) are skipped over.
+    // Gaps (records of erased customers, records of other channels) are skipped over.
     Ok(if complete {
         target
     } else {
-        records.last().map_or(target, |(seq, _)| *seq)
+        last_seq.map_or(target, |seq| seq)
     })
 }
 
 /// Runs a webhook sink until `stopping`.
-pub async fn run_webhook(
-    context: DispatchContext,
-    url: String,
-    options: WebhookOptions,
-    rates: Rates,
-    mut cursor: u64,
-) {
-    let name = SinkSpec::Webhook(url.clone()).name();
+pub async fn run_webhook(context: DispatchContext, route: Sink, options: WebhookOptions, rates: Rates, mut cursor: u64) {
+    let name = route.name();
+    let SinkSpec::Webhook(url) = route.spec.clone() else {
+        unreachable!("run_webhook runs webhook sinks");
+    };
     let client = match webhook_client(&options) {
         Ok(client) => client,
         Err(error) => {
@@ -211,7 +218,7 @@ pub async fn run_webhook(
                 let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
                     continue;
                 };
-                if record.get("kind").and_then(|k| k.as_str()) == Some("send") {
+                if record.get("kind").and_then(|k| k.as_str()) == Some("send") && route.takes(&record) {
                     match sender.deliver(&record, &mut stopping).await {
                         Delivery::Done => context.metrics.records_delivered.inc(),
                         Delivery::Stopped => return,
@@ -298,7 +305,7 @@ fn park(context: &DispatchContext, failure: &dead::Failure) {
     context.metrics.dead_letters.inc();
     tracing::warn!(
         sink = %failure.sink, seq = failure.seq, error = %failure.error, attempts = failure.attempts,
-        reason = failure.reason.as_str(), "webhook delivery parked as a dead letter"
+        reason = failure.reason.as_str(), "delivery parked as a dead letter"
     );
     match dead::park(&context.store, failure, dead::DEAD_LETTERS_MAX) {
         Ok(dropped) => context.metrics.dead_letters_dropped.add(dropped as u64),
@@ -344,6 +351,29 @@ async fn redeliver(
         }
     }
     Ok(())
+}
+
+/// Keeps a send a sink other than a webhook (SMTP) gave up on.
+pub fn park_dead_letter(
+    context: &DispatchContext,
+    sink: &str,
+    seq: u64,
+    record: &serde_json::Value,
+    reason: dead::Reason,
+    error: &str,
+    attempts: u32,
+) {
+    park(
+        context,
+        &dead::Failure {
+            sink,
+            seq,
+            record,
+            reason,
+            error,
+            attempts,
+        },
+    );
 }
 
 enum Delivery {

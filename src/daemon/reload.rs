@@ -38,12 +38,24 @@ pub fn load_bundle(workspace: &Path) -> Result<Bundle, String> {
 }
 
 /// Builds the engine for `bundle`, keeping `retained` bundles for pinned enrollments.
-pub fn make_engine(bundle: Arc<Bundle>, retained: &[Arc<Bundle>]) -> Arc<dyn Interpreter> {
-    super::faults::with_injected_faults(Arc::new(Engine::with_retained(bundle, retained.to_vec())))
+/// `email_address_required`: email sends to customers without an address
+/// are skipped `no_address` (an SMTP sink delivers email).
+pub fn make_engine(
+    bundle: Arc<Bundle>,
+    retained: &[Arc<Bundle>],
+    email_address_required: bool,
+) -> Arc<dyn Interpreter> {
+    let engine = Engine::with_retained(bundle, retained.to_vec());
+    let engine = if email_address_required {
+        engine.requiring_email_address()
+    } else {
+        engine
+    };
+    super::faults::with_injected_faults(Arc::new(engine))
 }
 
 /// Stores `bundle` and builds the runtime for it with every stored bundle retained.
-pub fn build_runtime(store: &Store, bundle: Bundle) -> Result<Runtime, StoreError> {
+pub fn build_runtime(store: &Store, bundle: Bundle, email_address_required: bool) -> Result<Runtime, StoreError> {
     assert_eq!(
         bundle.format_version,
         crate::compile::bytecode::FORMAT_VERSION,
@@ -58,7 +70,7 @@ pub fn build_runtime(store: &Store, bundle: Bundle) -> Result<Runtime, StoreErro
         .map(|(_, b)| Arc::new(b))
         .collect();
     Ok(Runtime {
-        interpreter: make_engine(bundle.clone(), &retained),
+        interpreter: make_engine(bundle.clone(), &retained, email_address_required),
         bundle,
         bundle_key: key,
         retained,
@@ -73,6 +85,8 @@ pub struct Reloader {
     pub runtime: SharedRuntime,
     pub metrics: Arc<Metrics>,
     pub lock: tokio::sync::Mutex<()>,
+    /// See [`make_engine`].
+    pub email_address_required: bool,
 }
 
 impl Reloader {
@@ -94,8 +108,15 @@ impl Reloader {
                 return Err(diagnostics);
             }
         };
+        if self.email_address_required {
+            if let Some(problem) = super::smtp::email_attribute_problem(&bundle) {
+                self.metrics.reloads_refused.inc();
+                tracing::error!(%problem, "reload refused; the running version is kept");
+                return Err(problem);
+            }
+        }
         let previous = current(&self.runtime);
-        let runtime = build_runtime(&self.store, bundle).map_err(|e| e.to_string())?;
+        let runtime = build_runtime(&self.store, bundle, self.email_address_required).map_err(|e| e.to_string())?;
         if runtime.bundle_key == previous.bundle_key {
             return Ok(serde_json::json!({"success": true, "changed": false, "bundle": runtime.bundle_key}));
         }

@@ -7,11 +7,14 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A sink as configured: `jsonl:PATH` or `webhook:URL`.
+use crate::syntax::ast::Channel;
+
+/// A sink as configured: `jsonl:PATH`, `webhook:URL`, `smtp://…` or `smtps://…`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SinkSpec {
     Jsonl(PathBuf),
     Webhook(String),
+    Smtp(SmtpSpec),
 }
 
 impl SinkSpec {
@@ -26,18 +29,249 @@ impl SinkSpec {
                 return Err(format!("webhook sink needs an http(s) URL, got {url:?}"));
             }
             Ok(SinkSpec::Webhook(url.to_string()))
+        } else if text.starts_with("smtp://") || text.starts_with("smtps://") {
+            SmtpSpec::parse(text).map(SinkSpec::Smtp)
         } else {
-            Err(format!("unknown sink {text:?}: expected jsonl:PATH or webhook:URL"))
+            Err(format!(
+                "unknown sink {text:?}: expected jsonl:PATH, webhook:URL, smtp://HOST:PORT?from=ADDRESS or smtps://…"
+            ))
         }
     }
 
-    /// The sink's name: its delivery cursor is stored under it.
+    /// The sink's name: its delivery cursor is stored under it. Never
+    /// carries a password.
     pub fn name(&self) -> String {
         match self {
             SinkSpec::Jsonl(path) => format!("jsonl:{}", path.display()),
             SinkSpec::Webhook(url) => format!("webhook:{url}"),
+            SinkSpec::Smtp(smtp) => smtp.name(),
         }
     }
+}
+
+/// A configured sink and the channel it serves (`[CHANNEL=]SPEC`); without
+/// a channel it serves every channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sink {
+    pub channel: Option<Channel>,
+    pub spec: SinkSpec,
+}
+
+impl Sink {
+    /// Reads `[CHANNEL=]SPEC`. A prefix before `=` is a channel only when it
+    /// is a plain word (so `jsonl:a=b.jsonl` stays a path).
+    pub fn parse(text: &str) -> Result<Sink, String> {
+        let channel = match text.split_once('=') {
+            Some((prefix, _)) if !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                Some(Channel::parse(prefix).ok_or_else(|| {
+                    format!("unknown channel {prefix:?} in sink {text:?}: expected one of email, sms, push, in_app, webhook")
+                })?)
+            }
+            _ => None,
+        };
+        let spec_text = match channel {
+            Some(channel) => &text[channel.as_str().len() + 1..],
+            None => text,
+        };
+        let spec = SinkSpec::parse(spec_text)?;
+        if let (SinkSpec::Smtp(_), Some(other)) = (&spec, channel) {
+            if other != Channel::Email {
+                return Err(format!(
+                    "an SMTP sink delivers email; it cannot serve the {} channel",
+                    other.as_str()
+                ));
+            }
+        }
+        Ok(Sink { channel, spec })
+    }
+
+    /// The sink's name, its cursor's key: the spec's name, after `CHANNEL=`
+    /// for a sink of one channel (a sink of every channel keeps the name it
+    /// had before channels existed).
+    pub fn name(&self) -> String {
+        match self.channel {
+            Some(channel) => format!("{}={}", channel.as_str(), self.spec.name()),
+            None => self.spec.name(),
+        }
+    }
+
+    /// The channels whose sends this sink delivers: an SMTP sink only email.
+    pub fn serves(&self, channel: Channel) -> bool {
+        match (&self.spec, self.channel) {
+            (_, Some(own)) => own == channel,
+            (SinkSpec::Smtp(_), None) => channel == Channel::Email,
+            (_, None) => true,
+        }
+    }
+
+    /// Whether this sink takes an outbox record: a sink of every channel
+    /// takes every record; a sink of one channel only the records of that
+    /// channel (sends and skips).
+    pub fn takes(&self, record: &serde_json::Value) -> bool {
+        if self.channel.is_none() && !matches!(self.spec, SinkSpec::Smtp(_)) {
+            return true;
+        }
+        record
+            .get("channel")
+            .and_then(|c| c.as_str())
+            .and_then(Channel::parse)
+            .is_some_and(|channel| self.serves(channel))
+    }
+}
+
+/// How an SMTP sink talks to its server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SmtpTls {
+    /// `smtp://…` (default): plain connection upgraded with STARTTLS, required.
+    Starttls,
+    /// `smtp://…?tls=none`: no encryption (a relay on localhost).
+    None,
+    /// `smtps://…`: TLS from the first byte.
+    Implicit,
+}
+
+/// `smtp://[user:pass@]host:port?from=ADDRESS[&tls=starttls|none]` or
+/// `smtps://[user:pass@]host:port?from=ADDRESS`.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SmtpSpec {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// The `From` mailbox, `addr@domain` or `Name <addr@domain>`.
+    pub from: String,
+    pub tls: SmtpTls,
+    /// `ca=PATH`: a PEM file of certificates trusted besides the public
+    /// roots (a private CA, a self-signed relay).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SmtpSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password never reaches a log line.
+        write!(f, "SmtpSpec({})", self.name())
+    }
+}
+
+impl SmtpSpec {
+    pub fn parse(text: &str) -> Result<SmtpSpec, String> {
+        let (implicit, rest) = match text.strip_prefix("smtps://") {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                text.strip_prefix("smtp://")
+                    .ok_or("an SMTP sink starts with smtp:// or smtps://")?,
+            ),
+        };
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let authority = authority.trim_end_matches('/');
+        let (credentials, address) = match authority.rsplit_once('@') {
+            Some((credentials, address)) => (Some(credentials), address),
+            None => (None, authority),
+        };
+        let (user, password) = match credentials {
+            Some(credentials) => {
+                let (user, password) = credentials
+                    .split_once(':')
+                    .ok_or("SMTP credentials are user:password@ (percent-encode `@` and `:` in them)")?;
+                (Some(percent_decode(user)?), Some(percent_decode(password)?))
+            }
+            None => (None, None),
+        };
+        let default_port = if implicit { 465 } else { 587 };
+        let (host, port) = match address.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("SMTP port {port:?} is not a number from 1 to 65535"))?,
+            ),
+            _ => (address, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("SMTP sink {:?} has no host", redacted(text)));
+        }
+        let mut from = None;
+        let mut ca_file = None;
+        let mut tls = if implicit { SmtpTls::Implicit } else { SmtpTls::Starttls };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value)?;
+            match key {
+                "from" => from = Some(value),
+                "ca" => ca_file = Some(PathBuf::from(value)),
+                "tls" if implicit => return Err("smtps:// is always TLS; `tls=` is for smtp://".into()),
+                "tls" => {
+                    tls = match value.as_str() {
+                        "starttls" => SmtpTls::Starttls,
+                        "none" => SmtpTls::None,
+                        other => return Err(format!("SMTP tls={other:?}: expected starttls or none")),
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown SMTP sink parameter {other:?}: expected from, tls or ca"
+                    ))
+                }
+            }
+        }
+        let from = from.ok_or("an SMTP sink needs a sender: ?from=ADDRESS")?;
+        from.parse::<lettre::message::Mailbox>()
+            .map_err(|e| format!("SMTP from={from:?} is not a mail address: {e}"))?;
+        Ok(SmtpSpec {
+            host: host.to_string(),
+            port,
+            user,
+            password,
+            from,
+            tls,
+            ca_file,
+        })
+    }
+
+    /// `smtp://host:port?from=…` without the credentials.
+    pub fn name(&self) -> String {
+        let scheme = if self.tls == SmtpTls::Implicit { "smtps" } else { "smtp" };
+        let tls = if self.tls == SmtpTls::None { "&tls=none" } else { "" };
+        format!("{scheme}://{}:{}?from={}{tls}", self.host, self.port, self.from)
+    }
+
+    /// The domain of the sender's address: the right side of every Message-ID.
+    pub fn from_domain(&self) -> String {
+        self.from
+            .parse::<lettre::message::Mailbox>()
+            .map(|mailbox| mailbox.email.domain().to_string())
+            .unwrap_or_else(|_| self.host.clone())
+    }
+}
+
+/// The spec text with any password replaced, for error messages.
+fn redacted(text: &str) -> String {
+    match (text.find("://"), text.rfind('@')) {
+        (Some(start), Some(at)) if at > start => format!("{}***{}", &text[..start + 3], &text[at..]),
+        _ => text.to_string(),
+    }
+}
+
+/// Decodes `%XX` escapes (URL userinfo and query values).
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = text
+                .get(index + 1..index + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("a bad %-escape in the SMTP sink URL")?;
+            decoded.push(hex);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| "the SMTP sink URL decodes to invalid UTF-8".to_string())
 }
 
 /// Settings of webhook delivery.
@@ -269,7 +503,57 @@ mod tests {
             Ok(SinkSpec::Webhook("http://127.0.0.1:9/x".into()))
         );
         assert!(SinkSpec::parse("kafka:x").is_err());
+        let smtp = SinkSpec::parse("smtps://apikey:p%40ss@smtp.example.com?from=Shop%20%3Cshop@example.com%3E")
+            .expect("smtps");
+        let SinkSpec::Smtp(smtp) = smtp else { panic!("not smtp") };
+        assert_eq!(
+            (smtp.host.as_str(), smtp.port, smtp.tls),
+            ("smtp.example.com", 465, SmtpTls::Implicit)
+        );
+        assert_eq!(
+            (smtp.user.as_deref(), smtp.password.as_deref()),
+            (Some("apikey"), Some("p@ss"))
+        );
+        assert_eq!(smtp.from, "Shop <shop@example.com>");
+        assert_eq!(smtp.from_domain(), "example.com");
+        assert!(!smtp.name().contains("p@ss") && !format!("{smtp:?}").contains("p@ss"));
+        let plain = SmtpSpec::parse("smtp://127.0.0.1:2525?from=a@b.example&tls=none").expect("smtp");
+        assert_eq!((plain.port, plain.tls, plain.user), (2525, SmtpTls::None, None));
+        let private = SmtpSpec::parse("smtp://relay.internal?from=a@b.example&ca=/etc/ca%20files/ca.pem").expect("ca");
+        assert_eq!(private.ca_file, Some(PathBuf::from("/etc/ca files/ca.pem")));
+        assert_eq!((private.port, private.tls), (587, SmtpTls::Starttls));
+        assert!(SinkSpec::parse("smtp://h:25").expect_err("refused").contains("from="));
+        assert!(SinkSpec::parse("smtp://h:25?from=nobody")
+            .expect_err("refused")
+            .contains("not a mail address"));
+        assert!(SinkSpec::parse("smtp://h:25?from=a@b.c&tls=maybe")
+            .expect_err("refused")
+            .contains("starttls or none"));
+        assert!(SinkSpec::parse("smtp://h:x?from=a@b.c")
+            .expect_err("refused")
+            .contains("port"));
         assert!(SinkSpec::parse("webhook:ftp://x").is_err());
+    }
+
+    #[test]
+    fn routes_sinks_by_channel() {
+        let email = Sink::parse("email=webhook:http://127.0.0.1:9/mail").expect("email sink");
+        assert_eq!(email.channel, Some(Channel::Email));
+        assert_eq!(email.name(), "email=webhook:http://127.0.0.1:9/mail");
+        let send = |channel: &str| serde_json::json!({"kind": "send", "channel": channel});
+        assert!(email.takes(&send("email")) && !email.takes(&send("sms")));
+        assert!(!email.takes(&serde_json::json!({"kind": "enter"})));
+        let every = Sink::parse("jsonl:a=b.jsonl").expect("a path with =");
+        assert_eq!((every.channel, every.name()), (None, "jsonl:a=b.jsonl".to_string()));
+        assert!(every.takes(&serde_json::json!({"kind": "enter"})) && every.takes(&send("push")));
+        let smtp = Sink::parse("smtp://h:25?from=a@b.example").expect("smtp");
+        assert!(smtp.takes(&send("email")) && !smtp.takes(&send("sms")));
+        assert!(Sink::parse("fax=jsonl:x")
+            .expect_err("refused")
+            .contains("unknown channel"));
+        assert!(Sink::parse("sms=smtp://h:25?from=a@b.example")
+            .expect_err("refused")
+            .contains("delivers email"));
     }
 
     #[test]

@@ -92,6 +92,44 @@ pub fn parse_call(json: &serde_json::Value, schema: &Schema, received_at: Option
     validate(raw, schema, received_at)
 }
 
+/// The customer attribute holding an SMS recipient's number, E.164.
+pub const PHONE_ATTRIBUTE: &str = "phone";
+
+/// E.164: `+`, then 8 to 15 digits, the first not 0.
+pub fn is_e164(text: &str) -> bool {
+    let Some(digits) = text.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
+}
+
+/// A declared `phone` trait must be an E.164 number: the SMS sink sends
+/// to it as it is. (The daemon's intake only; the simulator takes inputs
+/// as they were recorded.)
+fn check_phone(call: &Call, schema: &Schema) -> Result<(), InputError> {
+    let Input::Identify { traits, .. } = &call.input else {
+        return Ok(());
+    };
+    if !schema.customer.contains_key(PHONE_ATTRIBUTE) {
+        return Ok(());
+    }
+    match traits.get(PHONE_ATTRIBUTE) {
+        Some(Value::String(number)) if !is_e164(number) => {
+            let wire = schema
+                .wire
+                .customer
+                .iter()
+                .find(|(_, identifier)| identifier.as_str() == PHONE_ATTRIBUTE)
+                .map_or(PHONE_ATTRIBUTE, |(wire, _)| wire.as_str());
+            Err(InputError::new(
+                format!("traits.{wire}"),
+                format!("{number:?} is not an E.164 phone number: `+`, the country code and the number, digits only (e.g. +14155550123)"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// [`parse_call`] for a call received at `received_at` by the daemon's
 /// clock: also refuses an event time (after the skew correction) more
 /// than `future_max_ms` ahead of it, which would strand the customer in
@@ -103,6 +141,7 @@ pub fn parse_received_call(
     future_max_ms: Millis,
 ) -> Result<Call, InputError> {
     let call = parse_call(json, schema, Some(received_at))?;
+    check_phone(&call, schema)?;
     let ahead = call.input.at().saturating_sub(received_at);
     if ahead > future_max_ms {
         return Err(InputError::new(
@@ -859,6 +898,35 @@ mod tests {
         order.insert("wait".into(), field(Type::Duration, true));
         schema.events.insert("order".into(), order);
         schema
+    }
+
+    #[test]
+    fn a_declared_phone_must_be_e164_at_intake() {
+        let identify = |phone: &str| serde_json::json!({"type": "identify", "userId": "u1", "traits": {"phone": phone}, "timestamp": "2026-01-05T10:00:00Z"});
+        let now = parse_time("2026-01-05T10:00:00Z").expect("time");
+        let received = |schema: &Schema, phone: &str| parse_received_call(&identify(phone), schema, now, 0);
+        let mut declared = schema();
+        declared.customer.insert(
+            "phone".into(),
+            FieldType {
+                ty: Type::String,
+                optional: true,
+            },
+        );
+        assert!(received(&declared, "+989121234567").is_ok());
+        let refusal = received(&declared, "0912 123 4567").expect_err("refused");
+        assert_eq!(refusal.field, "traits.phone");
+        assert!(refusal.reason.contains("E.164"), "{}", refusal.reason);
+        for bad in [
+            "14155550123",
+            "+0123456789",
+            "+1 415 555",
+            "+1234567",
+            "+1234567890123456",
+            "+",
+        ] {
+            assert!(!is_e164(bad), "{bad}");
+        }
     }
 
     /// The text path and the `serde_json::Value` path accept and refuse

@@ -113,6 +113,10 @@ pub struct Engine {
     /// Time-driven triggers (`every`, `inactive`, segment windows) are not
     /// scheduled after this instant (the simulator's horizon).
     recurring_until: Option<Millis>,
+    /// Whether an email send to a customer without an `email` attribute is
+    /// a `skip` with reason `no_address` (off by default: a workspace
+    /// whose sinks need no address sends as before).
+    email_address_required: bool,
 }
 
 impl Engine {
@@ -168,7 +172,16 @@ impl Engine {
             segment_conditions,
             cap_window_ms,
             recurring_until: None,
+            email_address_required: false,
         }
+    }
+
+    /// The same engine, skipping email sends with reason `no_address` for
+    /// customers without a non-empty string `email` attribute (the daemon
+    /// turns this on when an SMTP sink delivers email).
+    pub fn requiring_email_address(mut self) -> Engine {
+        self.email_address_required = true;
+        self
     }
 
     /// The same engine, scheduling no time-driven trigger after `horizon`.
@@ -1163,6 +1176,11 @@ impl Run<'_, '_> {
             Some("holdout")
         } else if let Some(suppression) = self.state.suppression(definition.channel) {
             Some(suppression.as_str())
+        } else if self.engine.email_address_required
+            && definition.channel == Channel::Email
+            && !matches!(self.state.profile.get("email"), Some(Value::String(address)) if !address.trim().is_empty())
+        {
+            Some("no_address")
         } else if definition
             .consent
             .as_ref()

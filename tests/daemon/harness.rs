@@ -238,6 +238,24 @@ fn dechunk(mut rest: &str) -> String {
     out
 }
 
+/// Runs `journeyc serve` on `env` with `args` to the end (a start that is
+/// refused): the exit code and stderr.
+pub fn serve_refused(env: &Env, args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(binary())
+        .arg("serve")
+        .arg(env.workspace())
+        .arg("--data")
+        .arg(env.data())
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .expect("run journeyc serve");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// The JSONL sink's lines, parsed (a torn last line is ignored).
 pub fn sink_lines(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -12,6 +12,7 @@ mod import;
 mod lifecycle;
 mod readout;
 mod rejected;
+mod smtp;
 mod stream;
 mod tls;
 mod webhook;

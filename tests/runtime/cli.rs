@@ -103,3 +103,50 @@ fn simulate_report_embeds_the_readouts_in_one_page() {
         .collect();
     assert_eq!(names, ["alpha", "beta"]);
 }
+
+/// `--require-email-address` skips the email of a customer without an
+/// address (`no_address`) and changes nothing else; without the flag the
+/// trace is as before.
+#[test]
+fn simulate_can_require_an_email_address() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        directory.path().join("ws.journey"),
+        "customer { email: string? }\nevent ping {}\nmessage hi email { subject \"Hi\" body \"hello\" }\n\
+         message buzz push { body \"buzz\" }\njourney j {\n  trigger ping\n  entry always\n  send hi\n  send buzz\n}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        directory.path().join("events.jsonl"),
+        "{\"type\":\"identify\",\"userId\":\"a\",\"traits\":{\"email\":\"a@example.org\"},\"timestamp\":\"2026-01-05T10:00:00Z\"}\n\
+         {\"type\":\"track\",\"userId\":\"a\",\"event\":\"ping\",\"timestamp\":\"2026-01-05T10:00:01Z\"}\n\
+         {\"type\":\"track\",\"userId\":\"b\",\"event\":\"ping\",\"timestamp\":\"2026-01-05T10:00:01Z\"}\n",
+    )
+    .expect("write");
+    let lines = |extra: &[&str]| -> Vec<serde_json::Value> {
+        String::from_utf8(simulate(directory.path(), extra))
+            .expect("UTF-8")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("JSON"))
+            .collect()
+    };
+    let plain = lines(&[]);
+    let required = lines(&["--require-email-address"]);
+    let email_of = |trace: &[serde_json::Value], customer: &str| {
+        trace
+            .iter()
+            .find(|l| l["customer"] == customer && l["channel"] == "email")
+            .cloned()
+            .expect("an email record")
+    };
+    assert_eq!(email_of(&plain, "b")["kind"], "send");
+    let skipped = email_of(&required, "b");
+    assert_eq!(
+        (&skipped["kind"], &skipped["reason"]),
+        (&"skip".into(), &"no_address".into())
+    );
+    assert_eq!(email_of(&required, "a"), email_of(&plain, "a"));
+    assert_eq!(plain.len(), required.len());
+    let differing = plain.iter().zip(&required).filter(|(p, r)| p != r).count();
+    assert_eq!(differing, 1, "only b's email changes");
+}
