@@ -79,7 +79,8 @@ pub fn import(
     let schema = bundle.schema.clone();
     let links = match &options.public_url {
         Some(url) => Some(Arc::new(
-            super::unsubscribe::Links::open(data, url).map_err(|e| DaemonError::Io(format!("the unsubscribe key: {e}")))?,
+            super::unsubscribe::Links::open(data, url)
+                .map_err(|e| DaemonError::Io(format!("the unsubscribe key: {e}")))?,
         )),
         None => None,
     };

@@ -165,7 +165,13 @@ fn deliver_jsonl_round(
 }
 
 /// Runs a webhook sink until `stopping`.
-pub async fn run_webhook(context: DispatchContext, route: Sink, options: WebhookOptions, rates: Rates, mut cursor: u64) {
+pub async fn run_webhook(
+    context: DispatchContext,
+    route: Sink,
+    options: WebhookOptions,
+    rates: Rates,
+    mut cursor: u64,
+) {
     let name = route.name();
     let SinkSpec::Webhook(url) = route.spec.clone() else {
         unreachable!("run_webhook runs webhook sinks");

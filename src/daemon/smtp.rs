@@ -218,7 +218,10 @@ pub async fn run(
         if retry_pending {
             retry_pending = false;
             retries.borrow_and_update();
-            if redeliver(&context, &name, &mailer, &spec, &options, &mut stopping).await.is_err() {
+            if redeliver(&context, &name, &mailer, &spec, &options, &mut stopping)
+                .await
+                .is_err()
+            {
                 return;
             }
             continue;
@@ -250,7 +253,11 @@ pub async fn run(
                     match deliver(&mailer, &spec, &record, &options, &mut stopping, &context).await {
                         Outcome::Sent => context.metrics.records_delivered.inc(),
                         Outcome::Stopped => return,
-                        Outcome::GaveUp { reason, error, attempts } => {
+                        Outcome::GaveUp {
+                            reason,
+                            error,
+                            attempts,
+                        } => {
                             super::outbox::park_dead_letter(&context, &name, *seq, &record, reason, &error, attempts);
                         }
                     }
@@ -302,7 +309,11 @@ async fn redeliver(
                 context.metrics.records_delivered.inc();
                 dead::settle(&context.store, &letter, None)
             }
-            Outcome::GaveUp { reason, error, attempts } => {
+            Outcome::GaveUp {
+                reason,
+                error,
+                attempts,
+            } => {
                 context.metrics.dead_letters.inc();
                 dead::settle(&context.store, &letter, Some((reason, &error, attempts)))
             }
