@@ -1107,6 +1107,7 @@ mod tests {
                 at,
                 message_id: None,
             },
+            merge: None,
         }
     }
 

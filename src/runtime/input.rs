@@ -87,6 +87,11 @@ impl InputError {
 pub struct Call {
     pub customer: String,
     pub input: Input,
+    /// Another id of the same person to merge into `customer` before the
+    /// input (the `anonymousId` of a call that also names a `userId`, the
+    /// `previousId` of an `alias`): see `runtime::merge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<String>,
 }
 
 /// Parses and validates one Segment call (`type` `identify` or `track`).
@@ -171,12 +176,24 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
         Some(Scalar::Null) | None => Ok(None),
         Some(_) => Err(InputError::new(field, "must be a non-empty string")),
     };
-    let (field, customer) = match (id("userId", raw.user_id)?, id("anonymousId", raw.anonymous_id)?) {
-        (Some(user), _) => ("userId", user),
-        (None, Some(anonymous)) => ("anonymousId", anonymous),
+    let (field, customer, mut merge) = match (id("userId", raw.user_id)?, id("anonymousId", raw.anonymous_id)?) {
+        (Some(user), anonymous) => ("userId", user, anonymous),
+        (None, Some(anonymous)) => ("anonymousId", anonymous, None),
+        (None, None) if kind == "alias" => return Err(InputError::new("userId", "missing: an alias names the userId the previousId merges into")),
         (None, None) => return Err(InputError::new("userId", "missing: a call names userId or anonymousId")),
     };
     check_id(field, &customer)?;
+    if let Some(anonymous) = &merge {
+        check_id("anonymousId", anonymous)?;
+    }
+    if kind == "alias" {
+        merge = match id("previousId", raw.previous_id)? {
+            Some(previous) => Some(previous),
+            None => return Err(InputError::new("previousId", "missing: an alias names the previousId to merge")),
+        };
+        check_id("previousId", merge.as_deref().unwrap_or_default())?;
+    }
+    let merge = merge.filter(|other| *other != customer);
     let timestamp = time_field("timestamp", raw.timestamp)?;
     let sent_at = time_field("sentAt", raw.sent_at)?;
     // The daemon's clock is the receive time; a call's own `receivedAt`
@@ -231,6 +248,7 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
                             at,
                             message_id,
                         },
+                        merge,
                     });
                 }
                 let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
@@ -279,10 +297,14 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
                 None => activity(kind, at, message_id),
             },
             "group" => activity(kind, at, message_id),
-            "alias" => return Err(InputError::new(
-                "type",
-                "`alias` (merging previousId into userId) is not supported yet; the call is kept and can be replayed",
-            )),
+            // The merge is the call; what is applied after it is an
+            // identify without traits (activity, as any call).
+            "alias" => Input::Identify {
+                traits: BTreeMap::new(),
+                subscriptions: BTreeMap::new(),
+                at,
+                message_id,
+            },
             other => {
                 return Err(InputError::new(
                     "type",
@@ -290,7 +312,7 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
                 ))
             }
         };
-    Ok(Call { customer, input })
+    Ok(Call { customer, input, merge })
 }
 
 /// The longest id (`userId`, `anonymousId`, `messageId`) accepted, in bytes.
@@ -584,6 +606,8 @@ struct RawFields<'a> {
     kind: Option<Scalar<'a>>,
     user_id: Option<Scalar<'a>>,
     anonymous_id: Option<Scalar<'a>>,
+    /// `alias`: the id merged into `userId`.
+    previous_id: Option<Scalar<'a>>,
     /// `page` and `screen`.
     name: Option<Scalar<'a>>,
     category: Option<Scalar<'a>>,
@@ -783,6 +807,7 @@ impl<'de> FromJson<'de> for RawCall<'de> {
                 "type" => raw.kind = Some(map.next_value()?),
                 "userId" => raw.user_id = Some(map.next_value()?),
                 "anonymousId" => raw.anonymous_id = Some(map.next_value()?),
+                "previousId" => raw.previous_id = Some(map.next_value()?),
                 "name" => raw.name = Some(map.next_value()?),
                 "category" => raw.category = Some(map.next_value()?),
                 "context" => raw.context_traits = map.next_value::<Context>()?.traits,
@@ -1094,7 +1119,8 @@ mod tests {
         let both = call(
             r#"{"type":"track","userId":"u1","anonymousId":"anon-1","event":"order","properties":{"items":1,"total":2},"timestamp":"2026-01-05T10:00:00Z"}"#,
         );
-        assert_eq!(both.customer, "u1");
+        assert_eq!((both.customer.as_str(), both.merge.as_deref()), ("u1", Some("anon-1")));
+        assert_eq!(anonymous.merge, None);
         let rudder = call(
             r#"{"type":"identify","userId":"u1","context":{"traits":{"plan":"pro"},"library":{"name":"rudder"}},"timestamp":"2026-01-05T10:00:00Z"}"#,
         );
@@ -1121,8 +1147,8 @@ mod tests {
     }
 
     /// `page` and `screen` are events when declared (with `name` and
-    /// `category`), activity otherwise; `group` is activity; `alias` is
-    /// refused with a reason.
+    /// `category`), activity otherwise; `group` is activity; `alias` names
+    /// the id to merge.
     #[test]
     fn every_call_type() {
         let mut schema = schema();
@@ -1147,12 +1173,25 @@ mod tests {
             let activity = call(&format!(r#"{{"type":"{kind}","userId":"u1","name":"Home","groupId":"g1","traits":{{"x":1}},"timestamp":"2026-01-05T10:00:00Z"}}"#)).expect("valid");
             assert_eq!(activity.input, activity_input(kind));
         }
-        let Err(CallError::Input(error)) =
-            call(r#"{"type":"alias","userId":"u1","previousId":"anon-1","timestamp":"2026-01-05T10:00:00Z"}"#)
-        else {
-            panic!("alias is refused")
-        };
-        assert_eq!(error.field, "type");
+        let alias = call(r#"{"type":"alias","userId":"u1","previousId":"anon-1","timestamp":"2026-01-05T10:00:00Z"}"#)
+            .expect("valid");
+        assert_eq!((alias.customer.as_str(), alias.merge.as_deref()), ("u1", Some("anon-1")));
+        assert!(matches!(&alias.input, Input::Identify { traits, .. } if traits.is_empty()));
+        for (text, field) in [
+            (r#"{"type":"alias","userId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#, "previousId"),
+            (r#"{"type":"alias","previousId":"a","timestamp":"2026-01-05T10:00:00Z"}"#, "userId"),
+            (r#"{"type":"alias","userId":"u1","previousId":["a"],"timestamp":"2026-01-05T10:00:00Z"}"#, "previousId"),
+        ] {
+            match call(text) {
+                Err(CallError::Input(error)) => assert_eq!(error.field, field, "{text}"),
+                Err(CallError::Json(_)) => assert_eq!(field, "", "{text}"),
+                Ok(call) => panic!("{text}: accepted as {call:?}"),
+            }
+        }
+        // The same id twice is no merge.
+        let same = call(r#"{"type":"alias","userId":"u1","previousId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#)
+            .expect("valid");
+        assert_eq!(same.merge, None);
         let Err(CallError::Input(error)) = call(r#"{"type":"flush","userId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#)
         else {
             panic!("refused")

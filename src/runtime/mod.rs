@@ -10,6 +10,7 @@ mod eval;
 pub mod input;
 pub mod interpreter;
 pub mod local_time;
+pub mod merge;
 pub mod state;
 pub mod stats;
 pub mod trace;
