@@ -179,7 +179,12 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
     let (field, customer, mut merge) = match (id("userId", raw.user_id)?, id("anonymousId", raw.anonymous_id)?) {
         (Some(user), anonymous) => ("userId", user, anonymous),
         (None, Some(anonymous)) => ("anonymousId", anonymous, None),
-        (None, None) if kind == "alias" => return Err(InputError::new("userId", "missing: an alias names the userId the previousId merges into")),
+        (None, None) if kind == "alias" => {
+            return Err(InputError::new(
+                "userId",
+                "missing: an alias names the userId the previousId merges into",
+            ))
+        }
         (None, None) => return Err(InputError::new("userId", "missing: a call names userId or anonymousId")),
     };
     check_id(field, &customer)?;
@@ -189,7 +194,12 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
     if kind == "alias" {
         merge = match id("previousId", raw.previous_id)? {
             Some(previous) => Some(previous),
-            None => return Err(InputError::new("previousId", "missing: an alias names the previousId to merge")),
+            None => {
+                return Err(InputError::new(
+                    "previousId",
+                    "missing: an alias names the previousId to merge",
+                ))
+            }
         };
         check_id("previousId", merge.as_deref().unwrap_or_default())?;
     }
@@ -217,101 +227,100 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
         Some(Scalar::Null) | None => None,
         Some(_) => return Err(InputError::new("messageId", "must be a string")),
     };
-    let input =
-        match kind {
-            "identify" => {
-                let names = schema.field_names(None);
-                // RudderStack's SDK sends identify traits only in `context.traits`.
-                let given = match raw.traits {
-                    None | Some(Fields::Null) => raw.context_traits,
-                    traits => traits,
-                };
-                let (subscriptions, traits) = subscription_traits(given, &schema.customer, names)?;
-                let traits = fields(traits, "traits", &schema.customer, names, FieldsMode::Partial)?;
-                Input::Identify {
-                    traits,
-                    subscriptions,
-                    at,
-                    message_id,
-                }
-            }
-            "track" => {
-                let Some(Scalar::Str(event)) = &raw.event else {
-                    return Err(InputError::new("event", "missing; a track call names its event"));
-                };
-                if event.as_ref() == UNSUBSCRIBED_EVENT && schema.event_on_wire(UNSUBSCRIBED_EVENT).is_none() {
-                    return Ok(Call {
-                        customer,
-                        input: Input::Track {
-                            event: UNSUBSCRIBED_EVENT.to_string(),
-                            properties: unsubscribed_properties(raw.properties)?,
-                            at,
-                            message_id,
-                        },
-                        merge,
-                    });
-                }
-                let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
-                    let known: Vec<&str> = schema.events.keys().map(|e| schema.event_wire_name(e)).collect();
-                    let mut reason = format!("event `{event}` is not declared in the workspace");
-                    if let Some(best) = crate::diagnostic::did_you_mean(event, known) {
-                        reason.push_str(&format!(" (did you mean `{best}`?)"));
-                    }
-                    InputError::new("event", reason)
-                })?;
-                let names = schema.field_names(Some(event));
-                let properties = fields(raw.properties, "properties", declared, names, FieldsMode::Complete)?;
-                Input::Track {
-                    event: event.clone(),
-                    properties,
-                    at,
-                    message_id,
-                }
-            }
-            "page" | "screen" => match schema.event_on_wire(kind) {
-                // Declared: an event like any other, with the call's `name` and
-                // `category` as properties when the event declares them.
-                Some((event, declared)) => {
-                    let names = schema.field_names(Some(event));
-                    let mut given = match raw.properties {
-                        None | Some(Fields::Null) => Vec::new(),
-                        Some(Fields::Object(pairs)) => pairs,
-                        Some(Fields::Other) => return Err(InputError::new("properties", "must be an object")),
-                    };
-                    for (key, value) in [("name", raw.name), ("category", raw.category)] {
-                        let declares = names.identifier(key).is_some_and(|name| declared.contains_key(name));
-                        if let (true, Some(value)) = (declares, value) {
-                            if !given.iter().any(|(k, _)| k == key) {
-                                given.push((Cow::Borrowed(key), value));
-                            }
-                        }
-                    }
-                    let given = Some(Fields::Object(given));
-                    Input::Track {
-                        event: event.clone(),
-                        properties: fields(given, "properties", declared, names, FieldsMode::Complete)?,
-                        at,
-                        message_id,
-                    }
-                }
-                None => activity(kind, at, message_id),
-            },
-            "group" => activity(kind, at, message_id),
-            // The merge is the call; what is applied after it is an
-            // identify without traits (activity, as any call).
-            "alias" => Input::Identify {
-                traits: BTreeMap::new(),
-                subscriptions: BTreeMap::new(),
+    let input = match kind {
+        "identify" => {
+            let names = schema.field_names(None);
+            // RudderStack's SDK sends identify traits only in `context.traits`.
+            let given = match raw.traits {
+                None | Some(Fields::Null) => raw.context_traits,
+                traits => traits,
+            };
+            let (subscriptions, traits) = subscription_traits(given, &schema.customer, names)?;
+            let traits = fields(traits, "traits", &schema.customer, names, FieldsMode::Partial)?;
+            Input::Identify {
+                traits,
+                subscriptions,
                 at,
                 message_id,
-            },
-            other => {
-                return Err(InputError::new(
-                    "type",
-                    format!("`{other}` is not a Segment call type; expected one of {CALL_TYPES}"),
-                ))
             }
-        };
+        }
+        "track" => {
+            let Some(Scalar::Str(event)) = &raw.event else {
+                return Err(InputError::new("event", "missing; a track call names its event"));
+            };
+            if event.as_ref() == UNSUBSCRIBED_EVENT && schema.event_on_wire(UNSUBSCRIBED_EVENT).is_none() {
+                return Ok(Call {
+                    customer,
+                    input: Input::Track {
+                        event: UNSUBSCRIBED_EVENT.to_string(),
+                        properties: unsubscribed_properties(raw.properties)?,
+                        at,
+                        message_id,
+                    },
+                    merge,
+                });
+            }
+            let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
+                let known: Vec<&str> = schema.events.keys().map(|e| schema.event_wire_name(e)).collect();
+                let mut reason = format!("event `{event}` is not declared in the workspace");
+                if let Some(best) = crate::diagnostic::did_you_mean(event, known) {
+                    reason.push_str(&format!(" (did you mean `{best}`?)"));
+                }
+                InputError::new("event", reason)
+            })?;
+            let names = schema.field_names(Some(event));
+            let properties = fields(raw.properties, "properties", declared, names, FieldsMode::Complete)?;
+            Input::Track {
+                event: event.clone(),
+                properties,
+                at,
+                message_id,
+            }
+        }
+        "page" | "screen" => match schema.event_on_wire(kind) {
+            // Declared: an event like any other, with the call's `name` and
+            // `category` as properties when the event declares them.
+            Some((event, declared)) => {
+                let names = schema.field_names(Some(event));
+                let mut given = match raw.properties {
+                    None | Some(Fields::Null) => Vec::new(),
+                    Some(Fields::Object(pairs)) => pairs,
+                    Some(Fields::Other) => return Err(InputError::new("properties", "must be an object")),
+                };
+                for (key, value) in [("name", raw.name), ("category", raw.category)] {
+                    let declares = names.identifier(key).is_some_and(|name| declared.contains_key(name));
+                    if let (true, Some(value)) = (declares, value) {
+                        if !given.iter().any(|(k, _)| k == key) {
+                            given.push((Cow::Borrowed(key), value));
+                        }
+                    }
+                }
+                let given = Some(Fields::Object(given));
+                Input::Track {
+                    event: event.clone(),
+                    properties: fields(given, "properties", declared, names, FieldsMode::Complete)?,
+                    at,
+                    message_id,
+                }
+            }
+            None => activity(kind, at, message_id),
+        },
+        "group" => activity(kind, at, message_id),
+        // The merge is the call; what is applied after it is an
+        // identify without traits (activity, as any call).
+        "alias" => Input::Identify {
+            traits: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
+            at,
+            message_id,
+        },
+        other => {
+            return Err(InputError::new(
+                "type",
+                format!("`{other}` is not a Segment call type; expected one of {CALL_TYPES}"),
+            ))
+        }
+    };
     Ok(Call { customer, input, merge })
 }
 
@@ -1175,12 +1184,24 @@ mod tests {
         }
         let alias = call(r#"{"type":"alias","userId":"u1","previousId":"anon-1","timestamp":"2026-01-05T10:00:00Z"}"#)
             .expect("valid");
-        assert_eq!((alias.customer.as_str(), alias.merge.as_deref()), ("u1", Some("anon-1")));
+        assert_eq!(
+            (alias.customer.as_str(), alias.merge.as_deref()),
+            ("u1", Some("anon-1"))
+        );
         assert!(matches!(&alias.input, Input::Identify { traits, .. } if traits.is_empty()));
         for (text, field) in [
-            (r#"{"type":"alias","userId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#, "previousId"),
-            (r#"{"type":"alias","previousId":"a","timestamp":"2026-01-05T10:00:00Z"}"#, "userId"),
-            (r#"{"type":"alias","userId":"u1","previousId":["a"],"timestamp":"2026-01-05T10:00:00Z"}"#, "previousId"),
+            (
+                r#"{"type":"alias","userId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#,
+                "previousId",
+            ),
+            (
+                r#"{"type":"alias","previousId":"a","timestamp":"2026-01-05T10:00:00Z"}"#,
+                "userId",
+            ),
+            (
+                r#"{"type":"alias","userId":"u1","previousId":["a"],"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "previousId",
+            ),
         ] {
             match call(text) {
                 Err(CallError::Input(error)) => assert_eq!(error.field, field, "{text}"),

@@ -241,7 +241,10 @@ mod tests {
         assert_eq!(records.len(), 1);
         let exit = &records[0];
         assert_eq!((exit.customer.as_str(), exit.journey.as_str()), ("a", "welcome"));
-        assert_eq!((exit.kind, exit.reason.as_deref(), exit.at), (Kind::Exit, Some(MERGED_REASON), 300));
+        assert_eq!(
+            (exit.kind, exit.reason.as_deref(), exit.at),
+            (Kind::Exit, Some(MERGED_REASON), 300)
+        );
         // The user's own enrollment is untouched.
         assert_eq!(user.enrollments["welcome"].wake_at, Some(500));
         // The anonymous one goes on, with its timer, numbered after the user's.
@@ -273,7 +276,10 @@ mod tests {
     fn history_and_dedupe_memory_are_unioned_within_bounds() {
         let mut user = CustomerState::new("u");
         let mut anonymous = CustomerState::new("a");
-        user.history.insert("order".into(), (0..HISTORY_PER_EVENT_MAX as Millis).map(|t| t * 2).collect());
+        user.history.insert(
+            "order".into(),
+            (0..HISTORY_PER_EVENT_MAX as Millis).map(|t| t * 2).collect(),
+        );
         anonymous.history.insert("order".into(), VecDeque::from([1, 3, 5_000]));
         anonymous.history.insert("page".into(), VecDeque::from([7]));
         assert!(user.remember_message_id("m1", 10));
@@ -291,7 +297,10 @@ mod tests {
         merge(&mut user, anonymous, 6_000);
         let orders = &user.history["order"];
         assert_eq!(orders.len(), HISTORY_PER_EVENT_MAX);
-        assert!(orders.iter().zip(orders.iter().skip(1)).all(|(a, b)| a <= b), "in time order");
+        assert!(
+            orders.iter().zip(orders.iter().skip(1)).all(|(a, b)| a <= b),
+            "in time order"
+        );
         assert_eq!(orders.back(), Some(&5_000));
         assert_eq!(user.history["page"], VecDeque::from([7]));
         assert_eq!(user.last_event_by_name["order"], 5_000);

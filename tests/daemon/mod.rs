@@ -7,6 +7,7 @@ mod erasure;
 mod faults;
 mod harness;
 mod http;
+mod identity;
 mod lifecycle;
 mod readout;
 mod rejected;

@@ -67,9 +67,13 @@ fn a_cdp_stream_lands_as_sent() {
         let response = daemon.post(path, body);
         assert_eq!(response.status, 200, "{path}: {}", response.body);
     }
+    // `alias` merges the anonymous visitor into the user.
     let alias = daemon.post("/v1/alias", r#"{"userId":"u3","previousId":"anon-8"}"#);
+    assert_eq!(alias.status, 200, "{}", alias.body);
+    assert_eq!(daemon.get("/v1/customers/anon-8").json()["id"], "u3");
+    let alias = daemon.post("/v1/alias", r#"{"userId":"u3"}"#);
     assert_eq!(alias.status, 422, "{}", alias.body);
-    assert_eq!(alias.json()["error"]["field"], "type");
+    assert_eq!(alias.json()["error"]["field"], "previousId");
     let page = daemon.post("/v1/page", r#"{"type":"track","userId":"u3"}"#);
     assert_eq!(page.status, 422, "{}", page.body);
 

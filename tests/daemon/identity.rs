@@ -1,0 +1,163 @@
+//! Identity over real HTTP: an anonymous visitor identified later (`userId`
+//! with `anonymousId`), `alias`, two enrollments in one journey, a merge
+//! racing the anonymous profile's timers, erasure of the merged ids.
+
+use super::harness::*;
+
+const IDENTITY_WORKSPACE: &str = r#"
+customer { first_name "firstName": string? }
+event viewed "Product Viewed" { sku: string }
+message nudge email { subject "Still looking, {{ customer.first_name | default('there') }}?" body "{{ event.sku }}" }
+journey browse {
+  trigger viewed
+  entry always
+  wait 2s
+  send nudge
+}
+"#;
+
+fn viewed(id_field: &str, id: &str, sku: &str, message_id: &str) -> String {
+    format!(
+        r#"{{"type":"track","{id_field}":"{id}","event":"Product Viewed","properties":{{"sku":"{sku}"}},"messageId":"{message_id}"}}"#
+    )
+}
+
+fn lines_of<'a>(lines: &'a [serde_json::Value], customer: &str, kind: &str) -> Vec<&'a serde_json::Value> {
+    (lines.iter())
+        .filter(|l| l["customer"] == customer && l["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn an_anonymous_visitor_identified_later_goes_on_as_the_user() {
+    let env = Env::new(IDENTITY_WORKSPACE);
+    let daemon = env.start(&["--sink", &format!("jsonl:{}", env.sends().display())]);
+    let track = daemon.post("/v1/track", &viewed("anonymousId", "anon-1", "A1", "m1"));
+    assert_eq!(track.status, 200, "{}", track.body);
+    let identify = r#"{"userId":"u1","anonymousId":"anon-1","traits":{"firstName":"Ada"},"messageId":"m2"}"#;
+    assert_eq!(daemon.post("/v1/identify", identify).status, 200);
+    // The enrollment is the user's now, and the anonymous id names the user.
+    let user = daemon.get("/v1/customers/u1").json();
+    assert_eq!(user["enrollments"][0]["journey"], "browse", "{user}");
+    assert_eq!(user["aliases"], serde_json::json!(["anon-1"]), "{user}");
+    let by_alias = daemon.get("/v1/customers/anon-1").json();
+    assert_eq!(by_alias["id"], "u1", "{by_alias}");
+    let lines = eventually("the nudge, sent to the user", || {
+        let lines = sink_lines(&env.sends());
+        (!lines_of(&lines, "u1", "exit").is_empty()).then_some(lines)
+    });
+    let sends = lines_of(&lines, "u1", "send");
+    assert_eq!(sends.len(), 1, "{lines:?}");
+    assert_eq!(sends[0]["subject"], "Still looking, Ada?");
+    assert_eq!(sends[0]["body"], "A1");
+    assert!(lines_of(&lines, "anon-1", "send").is_empty(), "{lines:?}");
+    // Later calls with only the anonymous id are the user's: its seen
+    // messageIds came along (m1 is a duplicate), a new one enrols the user.
+    assert_eq!(
+        daemon
+            .post("/v1/track", &viewed("anonymousId", "anon-1", "A1", "m1"))
+            .status,
+        200
+    );
+    assert_eq!(
+        daemon.get("/v1/customers/u1").json()["enrollments"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        daemon
+            .post("/v1/track", &viewed("anonymousId", "anon-1", "A2", "m3"))
+            .status,
+        200
+    );
+    let user = daemon.get("/v1/customers/u1").json();
+    assert_eq!(user["enrollments"][0]["ordinal"], 2, "{user}");
+    eventually("the second nudge", || {
+        let lines = sink_lines(&env.sends());
+        (lines_of(&lines, "u1", "send").len() == 2).then_some(())
+    });
+}
+
+#[test]
+fn an_alias_keeps_the_users_enrollment_and_ends_the_anonymous_one() {
+    let env = Env::new(IDENTITY_WORKSPACE);
+    let daemon = env.start(&["--sink", &format!("jsonl:{}", env.sends().display())]);
+    let batch = format!(
+        r#"{{"batch":[{},{},{{"type":"alias","userId":"u2","previousId":"anon-2","messageId":"n3"}}]}}"#,
+        viewed("userId", "u2", "B1", "n1"),
+        viewed("anonymousId", "anon-2", "B2", "n2"),
+    );
+    let response = daemon.post("/v1/batch", &batch);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.json()["accepted"], 3, "{}", response.body);
+    let lines = eventually("the user's nudge", || {
+        let lines = sink_lines(&env.sends());
+        (!lines_of(&lines, "u2", "exit").is_empty()).then_some(lines)
+    });
+    let merged = lines_of(&lines, "anon-2", "exit");
+    assert_eq!(merged.len(), 1, "{lines:?}");
+    assert_eq!(merged[0]["reason"], "merged");
+    let sends = lines_of(&lines, "u2", "send");
+    assert_eq!(sends.len(), 1, "{lines:?}");
+    assert_eq!(sends[0]["body"], "B1", "the user's own enrollment is kept");
+    assert!(lines_of(&lines, "anon-2", "send").is_empty(), "{lines:?}");
+    assert_eq!(daemon.get("/v1/customers/anon-2").json()["id"], "u2");
+    // An alias that is already an alias stays with its first customer.
+    let again = daemon.post("/v1/alias", r#"{"userId":"u9","previousId":"anon-2"}"#);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(daemon.get("/v1/customers/anon-2").json()["id"], "u2");
+    // Erasing the user erases the ids merged into it.
+    let erased = daemon.request("DELETE", "/v1/customers/u2", None);
+    assert_eq!(erased.status, 200, "{}", erased.body);
+    assert_eq!(daemon.get("/v1/customers/anon-2").status, 404);
+    assert_eq!(daemon.get("/v1/customers/u2").status, 404);
+    // The anonymous id is free again: a new visitor of its own.
+    assert_eq!(
+        daemon
+            .post("/v1/track", &viewed("anonymousId", "anon-2", "B3", "n4"))
+            .status,
+        200
+    );
+    assert_eq!(daemon.get("/v1/customers/anon-2").json()["id"], "anon-2");
+}
+
+/// Anonymous visitors whose wait is due around the moment they are
+/// identified: each nudge is sent exactly once, under one id, whichever
+/// of the timer and the merge is committed first.
+#[test]
+fn a_merge_racing_a_due_timer_sends_once() {
+    let env = Env::new(IDENTITY_WORKSPACE);
+    let daemon = env.start(&["--sink", &format!("jsonl:{}", env.sends().display())]);
+    const VISITORS: usize = 12;
+    for n in 0..VISITORS {
+        let track = viewed("anonymousId", &format!("race-a{n}"), &format!("R{n}"), &format!("r{n}"));
+        assert_eq!(daemon.post("/v1/track", &track).status, 200);
+    }
+    // Identify them one by one across the instant their timers are due.
+    let started = std::time::Instant::now();
+    for n in 0..VISITORS {
+        let due = std::time::Duration::from_millis(1_400 + 100 * n as u64);
+        std::thread::sleep(due.saturating_sub(started.elapsed()));
+        let identify = format!(r#"{{"userId":"race-u{n}","anonymousId":"race-a{n}","traits":{{"firstName":"N{n}"}}}}"#);
+        assert_eq!(daemon.post("/v1/identify", &identify).status, 200);
+    }
+    let lines = eventually("every visitor's journey to end", || {
+        let lines = sink_lines(&env.sends());
+        (0..VISITORS)
+            .all(|n| {
+                let ended = |id: String| !lines_of(&lines, &id, "exit").is_empty();
+                ended(format!("race-u{n}")) || ended(format!("race-a{n}"))
+            })
+            .then_some(lines)
+    });
+    for n in 0..VISITORS {
+        let user = lines_of(&lines, &format!("race-u{n}"), "send");
+        let anonymous = lines_of(&lines, &format!("race-a{n}"), "send");
+        assert_eq!(user.len() + anonymous.len(), 1, "visitor {n}: {lines:?}");
+        let send = user.first().or(anonymous.first()).expect("one send");
+        assert_eq!(send["body"], format!("R{n}"));
+        // Nothing is left waiting under either id.
+        let state = daemon.get(&format!("/v1/customers/race-u{n}")).json();
+        assert_eq!(state["id"], format!("race-u{n}"), "{state}");
+        assert_eq!(state["next_wake"], serde_json::Value::Null, "{state}");
+    }
+}
