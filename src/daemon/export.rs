@@ -93,7 +93,8 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
                 let journey = text(parts.next().unwrap_or_default());
                 json!({"type": "arm", "customer": customer, "journey": journey, "arm": text(&value)})
             }
-            // Bundles and meta were written first.
+            store::PREFIX_ALIAS => json!({"type": "alias", "alias": text(rest), "customer": text(&value)}),
+            // Bundles and meta were written first; `L` is the index of `l`.
             _ => continue,
         };
         emit(line, out)?;
@@ -219,6 +220,11 @@ pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportErr
             "arm" => {
                 let key = store::arm_key(as_str(&value, "customer", number)?, as_str(&value, "journey", number)?);
                 batch.insert(key, as_str(&value, "arm", number)?.as_bytes());
+            }
+            "alias" => {
+                let (alias, customer) = (as_str(&value, "alias", number)?, as_str(&value, "customer", number)?);
+                batch.insert(store::alias_key(alias), customer.as_bytes());
+                batch.insert(store::aliases_of_key(customer, alias), &[][..]);
             }
             other => return Err(bad(format!("unknown record type {other:?}"))),
         }

@@ -161,3 +161,124 @@ fn a_merge_racing_a_due_timer_sends_once() {
         assert_eq!(state["next_wake"], serde_json::Value::Null, "{state}");
     }
 }
+
+/// SIGKILL while merges are committed: after the restart, each visitor is
+/// merged whole or not at all (one record, its enrollment on it, the alias
+/// exactly when the anonymous record is gone), and every acknowledged
+/// merge is there.
+#[test]
+fn sigkill_never_leaves_half_a_merge() {
+    let env = Env::new(&IDENTITY_WORKSPACE.replace("wait 2s", "wait 1h"));
+    const VISITORS: usize = 300;
+    let daemon = env.start(&[]);
+    let tracks: Vec<String> = (0..VISITORS)
+        .map(|n| viewed("anonymousId", &format!("k-a{n}"), "K", &format!("k{n}")))
+        .collect();
+    for chunk in tracks.chunks(100) {
+        let response = daemon.post("/v1/batch", &format!(r#"{{"batch":[{}]}}"#, chunk.join(",")));
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let poster = {
+        let addr = daemon.addr.clone();
+        let acknowledged = acknowledged.clone();
+        std::thread::spawn(move || {
+            for first in (0..VISITORS).step_by(5) {
+                let calls: Vec<String> = (first..first + 5)
+                    .map(|n| format!(r#"{{"type":"identify","userId":"k-u{n}","anonymousId":"k-a{n}","traits":{{}}}}"#))
+                    .collect();
+                let body = format!(r#"{{"batch":[{}]}}"#, calls.join(","));
+                match request(
+                    &addr,
+                    "POST",
+                    "/v1/batch",
+                    Some(&body),
+                    Some(&format!("Bearer {TOKEN}")),
+                ) {
+                    Ok(response) if response.status == 200 => {
+                        acknowledged.lock().expect("lock").extend(first..first + 5)
+                    }
+                    Ok(response) => panic!("refused: {} {}", response.status, response.body),
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    eventually("some merges acknowledged", || {
+        (acknowledged.lock().expect("lock").len() >= 20).then_some(())
+    });
+    daemon.kill();
+    poster.join().expect("poster");
+    let export = std::process::Command::new(binary())
+        .args(["export", "--data"])
+        .arg(env.data())
+        .output()
+        .expect("journeyc export");
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an export line"))
+        .collect();
+    let customers: std::collections::HashMap<String, &serde_json::Value> = (lines.iter())
+        .filter(|l| l["type"] == "customer")
+        .map(|l| (l["state"]["id"].as_str().unwrap_or_default().to_string(), &l["state"]))
+        .collect();
+    let aliases: std::collections::HashMap<&str, &str> = (lines.iter())
+        .filter(|l| l["type"] == "alias")
+        .map(|l| {
+            (
+                l["alias"].as_str().unwrap_or_default(),
+                l["customer"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let timers: Vec<&str> = (lines.iter())
+        .filter(|l| l["type"] == "timer")
+        .map(|l| l["customer"].as_str().unwrap_or_default())
+        .collect();
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    let mut merged = 0;
+    for n in 0..VISITORS {
+        let (anonymous, user) = (format!("k-a{n}"), format!("k-u{n}"));
+        let holder = match (customers.get(&anonymous), customers.get(&user)) {
+            (Some(_), None) => {
+                assert!(
+                    !aliases.contains_key(anonymous.as_str()),
+                    "{anonymous}: an alias beside its record"
+                );
+                assert!(
+                    !acknowledged.contains(&n),
+                    "{anonymous}: an acknowledged merge was lost"
+                );
+                &anonymous
+            }
+            (None, Some(_)) => {
+                assert_eq!(
+                    aliases.get(anonymous.as_str()),
+                    Some(&user.as_str()),
+                    "{anonymous}: merged without its alias"
+                );
+                merged += 1;
+                &user
+            }
+            other => panic!("{anonymous}: half a merge: {other:?}"),
+        };
+        let state = customers[holder];
+        assert!(state["enrollments"]["browse"].is_object(), "{holder}: {state}");
+        assert_eq!(
+            timers.iter().filter(|c| **c == holder.as_str()).count(),
+            1,
+            "{holder}: its timer"
+        );
+        let other = if holder == &anonymous { &user } else { &anonymous };
+        assert!(!timers.contains(&other.as_str()), "{other}: a timer without a record");
+    }
+    assert!(
+        merged >= acknowledged.len(),
+        "{merged} merged, {} acknowledged",
+        acknowledged.len()
+    );
+    // The store is whole: it opens, and an alias still resolves.
+    let daemon = env.start(&[]);
+    assert_eq!(daemon.get("/v1/customers/k-a0").json()["id"], "k-u0");
+}
