@@ -114,6 +114,8 @@ struct Pending {
     message_id: Option<Box<str>>,
     /// Another id of the customer to merge first ([`Call::merge`]).
     merge: Option<u32>,
+    /// Attributes the call's context fills ([`Call::fill`]).
+    fill: Box<[(u32, Value)]>,
 }
 
 impl Pending {
@@ -167,6 +169,9 @@ impl Events {
             .map(|(name, value)| (self.names.number(name), value))
             .collect();
         let merge = call.merge.map(|id| self.customers.number(id));
+        let fill = (call.fill.into_iter())
+            .map(|(name, value)| (self.names.number(name), value))
+            .collect();
         self.inputs.push(Pending {
             customer: self.customers.number(call.customer),
             at,
@@ -175,6 +180,7 @@ impl Events {
             subscriptions: subscriptions.into_iter().collect(),
             message_id: message_id.map(String::into_boxed_str),
             merge,
+            fill,
         });
     }
 }
@@ -273,7 +279,17 @@ pub fn run_streaming(
         if let Some(other) = pending.merge {
             clock.merge(rank[other as usize], customer, pending.at);
         }
-        clock.step(customer, &pending.input(&names));
+        let input = pending.input(&names);
+        if !pending.fill.is_empty() {
+            let fill = (pending.fill.iter())
+                .map(|(name, value)| (names.get(*name), value.clone()))
+                .collect();
+            let profile = &clock.states[customer].profile;
+            if let Some(identify) = crate::runtime::input::context_fill(profile, &fill, &input) {
+                clock.step(customer, &identify);
+            }
+        }
+        clock.step(customer, &input);
     }
     clock.fire_timers(|due| options.until.is_none_or(|until| due <= until));
     clock.states

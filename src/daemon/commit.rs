@@ -841,6 +841,12 @@ enum Step<'g> {
         anonymous: &'g str,
         at: Millis,
     },
+    /// Fill what the profile lacks from the call's context before `input`
+    /// ([`crate::runtime::input::context_fill`]).
+    Fill {
+        fill: &'g BTreeMap<String, crate::compile::bytecode::Value>,
+        input: &'g Input,
+    },
     /// The customer is listed in a timer entry (`chunk`, or its own key)
     /// handed in by a wake job.
     Wake {
@@ -889,6 +895,10 @@ fn lanes<'g>(jobs: &'g [Job]) -> Vec<Lane<'g>> {
                     if let Some(anonymous) = &call.merge {
                         let at = call.input.at();
                         push(&call.customer, job, Step::Merge { anonymous, at });
+                    }
+                    if !call.fill.is_empty() {
+                        let (fill, input) = (&call.fill, &call.input);
+                        push(&call.customer, job, Step::Fill { fill, input });
                     }
                     push(&call.customer, job, Step::Input(&call.input));
                 }
@@ -1027,6 +1037,16 @@ impl LaneContext<'_> {
         for (item, step) in &lane.steps {
             let input = match step {
                 Step::Input(input) => Cow::Borrowed(*input),
+                Step::Fill { fill, input } => {
+                    let profile = match erased {
+                        true => &BTreeMap::new(),
+                        false => &state.profile,
+                    };
+                    match crate::runtime::input::context_fill(profile, fill, input) {
+                        Some(identify) => Cow::Owned(identify),
+                        None => continue,
+                    }
+                }
                 Step::Wake { due, chunk } => {
                     // The entry was read before this group: if the customer
                     // has moved out of it since (or it was handed over
@@ -1359,6 +1379,7 @@ mod tests {
                 message_id: None,
             },
             merge: None,
+            fill: Default::default(),
         }
     }
 

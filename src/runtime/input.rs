@@ -92,6 +92,52 @@ pub struct Call {
     /// `previousId` of an `alias`): see `runtime::merge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge: Option<String>,
+    /// Attributes from the call's `context` (`timezone`, `locale`) that
+    /// fill the profile where it has none: see [`context_fill`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fill: BTreeMap<String, Value>,
+}
+
+/// The `context` fields that fill an attribute of the same name, when the
+/// workspace declares it and the profile has none.
+pub const CONTEXT_ATTRIBUTES: [&str; 2] = ["timezone", "locale"];
+
+/// The identify to apply before `input` so that the call's context fills
+/// the attributes the profile lacks. Precedence: the call's own traits,
+/// then the profile as it is, then the context (`docs/daemon.md`,
+/// "Context"). `None` when there is nothing to fill.
+pub fn context_fill(profile: &BTreeMap<String, Value>, fill: &BTreeMap<String, Value>, input: &Input) -> Option<Input> {
+    let explicit = match input {
+        Input::Identify { traits, .. } => Some(traits),
+        _ => None,
+    };
+    let traits: BTreeMap<String, Value> = (fill.iter())
+        .filter(|(name, _)| !profile.get(*name).is_some_and(|v| *v != Value::Absent))
+        .filter(|(name, _)| !explicit.is_some_and(|traits| traits.contains_key(*name)))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    (!traits.is_empty()).then(|| Input::Identify {
+        traits,
+        subscriptions: BTreeMap::new(),
+        at: input.at(),
+        message_id: None,
+    })
+}
+
+/// The attributes a call's `context` can fill: those of
+/// [`CONTEXT_ATTRIBUTES`] the workspace declares, with a valid value (an
+/// invalid one is ignored: the context is a hint, not the customer's word).
+fn context_attributes(given: [(&str, Option<Scalar>); 2], schema: &Schema) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for (name, value) in given {
+        let (Some(value), Some(declared)) = (value, schema.customer.get(name)) else {
+            continue;
+        };
+        if let Ok(value @ Value::String(_)) = convert(value, declared) {
+            out.insert(name.to_string(), value);
+        }
+    }
+    out
 }
 
 /// Parses and validates one Segment call (`type` `identify` or `track`).
@@ -204,6 +250,10 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
         check_id("previousId", merge.as_deref().unwrap_or_default())?;
     }
     let merge = merge.filter(|other| *other != customer);
+    let fill = context_attributes(
+        [("timezone", raw.context_timezone), ("locale", raw.context_locale)],
+        schema,
+    );
     let timestamp = time_field("timestamp", raw.timestamp)?;
     let sent_at = time_field("sentAt", raw.sent_at)?;
     // The daemon's clock is the receive time; a call's own `receivedAt`
@@ -258,6 +308,7 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
                         message_id,
                     },
                     merge,
+                    fill,
                 });
             }
             let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
@@ -321,7 +372,12 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
             ))
         }
     };
-    Ok(Call { customer, input, merge })
+    Ok(Call {
+        customer,
+        input,
+        merge,
+        fill,
+    })
 }
 
 /// The longest id (`userId`, `anonymousId`, `messageId`) accepted, in bytes.
@@ -622,6 +678,9 @@ struct RawFields<'a> {
     category: Option<Scalar<'a>>,
     /// `context.traits`.
     context_traits: Option<Fields<'a>>,
+    /// `context.timezone` and `context.locale`.
+    context_timezone: Option<Scalar<'a>>,
+    context_locale: Option<Scalar<'a>>,
     timestamp: Option<Scalar<'a>>,
     sent_at: Option<Scalar<'a>>,
     received_at: Option<Scalar<'a>>,
@@ -819,7 +878,12 @@ impl<'de> FromJson<'de> for RawCall<'de> {
                 "previousId" => raw.previous_id = Some(map.next_value()?),
                 "name" => raw.name = Some(map.next_value()?),
                 "category" => raw.category = Some(map.next_value()?),
-                "context" => raw.context_traits = map.next_value::<Context>()?.traits,
+                "context" => {
+                    let context = map.next_value::<Context>()?;
+                    raw.context_traits = context.traits;
+                    raw.context_timezone = context.timezone;
+                    raw.context_locale = context.locale;
+                }
                 "timestamp" => raw.timestamp = Some(map.next_value()?),
                 "sentAt" => raw.sent_at = Some(map.next_value()?),
                 "receivedAt" => raw.received_at = Some(map.next_value()?),
@@ -840,6 +904,8 @@ impl<'de> FromJson<'de> for RawCall<'de> {
 #[derive(Default)]
 struct Context<'a> {
     traits: Option<Fields<'a>>,
+    timezone: Option<Scalar<'a>>,
+    locale: Option<Scalar<'a>>,
 }
 
 impl<'de> FromJson<'de> for Context<'de> {
@@ -851,6 +917,8 @@ impl<'de> FromJson<'de> for Context<'de> {
         while let Some(Text(key)) = map.next_key::<Text>()? {
             match key.as_ref() {
                 "traits" => context.traits = Some(map.next_value()?),
+                "timezone" => context.timezone = Some(map.next_value()?),
+                "locale" => context.locale = Some(map.next_value()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -1218,6 +1286,54 @@ mod tests {
             panic!("refused")
         };
         assert!(error.reason.contains("\"screen\""), "{}", error.reason);
+    }
+
+    /// `context.timezone` and `context.locale` fill declared attributes
+    /// the profile lacks; the call's traits and the profile win.
+    #[test]
+    fn context_fills_what_the_profile_lacks() {
+        let mut schema = schema();
+        let optional = |ty| FieldType { ty, optional: true };
+        schema.customer.insert("timezone".into(), optional(Type::Timezone));
+        schema.customer.insert("locale".into(), optional(Type::Locale));
+        let call = |text: &str| parse_call_str(text, &schema, None).expect("valid");
+        let track = call(
+            r#"{"type":"track","userId":"u1","event":"order","properties":{"items":1,"total":2},"context":{"timezone":"Asia/Tehran","locale":"fa-IR"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        );
+        let expected = BTreeMap::from([
+            ("locale".to_string(), Value::String("fa-IR".into())),
+            ("timezone".to_string(), Value::String("Asia/Tehran".into())),
+        ]);
+        assert_eq!(track.fill, expected);
+        let mut profile = BTreeMap::new();
+        let Some(Input::Identify { traits, at, .. }) = context_fill(&profile, &track.fill, &track.input) else {
+            panic!("an identify first")
+        };
+        assert_eq!((traits, at), (expected.clone(), track.input.at()));
+        // The profile wins over the context.
+        profile.insert("timezone".to_string(), Value::String("Europe/Berlin".into()));
+        let Some(Input::Identify { traits, .. }) = context_fill(&profile, &track.fill, &track.input) else {
+            panic!("the locale is still filled")
+        };
+        assert_eq!(traits.keys().collect::<Vec<_>>(), ["locale"]);
+        // The call's own traits win over both.
+        let identify = call(
+            r#"{"type":"identify","userId":"u1","traits":{"locale":"en-GB"},"context":{"locale":"fa-IR"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        );
+        assert_eq!(context_fill(&BTreeMap::new(), &identify.fill, &identify.input), None);
+        // Invalid values and undeclared attributes are not taken, and the
+        // call is not refused for them.
+        let odd = call(
+            r#"{"type":"identify","userId":"u1","context":{"timezone":"Mars/Olympus","locale":7},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        );
+        assert!(odd.fill.is_empty());
+        let plain = parse_call_str(
+            r#"{"type":"identify","userId":"u1","context":{"timezone":"Asia/Tehran"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            &self::schema(),
+            None,
+        )
+        .expect("valid");
+        assert!(plain.fill.is_empty(), "the workspace declares no timezone");
     }
 
     fn activity_input(kind: &str) -> Input {

@@ -82,3 +82,29 @@ fn a_cdp_stream_lands_as_sent() {
     assert!(log.contains("call refused"), "{log}");
     assert!(log.contains("Order Refunded"), "{log}");
 }
+
+/// `context.timezone` and `context.locale` fill the profile where it has
+/// none; the profile and the call's own traits win.
+#[test]
+fn the_context_fills_timezone_and_locale() {
+    let workspace = "customer { timezone: timezone?, locale: locale? }\nevent ping\n";
+    let env = Env::new(workspace);
+    let daemon = env.start(&[]);
+    let calls = [
+        r#"{"type":"track","userId":"c1","event":"ping","context":{"timezone":"Asia/Tehran","locale":"fa-IR"}}"#,
+        r#"{"type":"identify","userId":"c2","traits":{"timezone":"Europe/Berlin"},"context":{"timezone":"Asia/Tehran"}}"#,
+        r#"{"type":"track","userId":"c2","event":"ping","context":{"timezone":"Asia/Tokyo","locale":"de-DE"}}"#,
+    ];
+    let response = daemon.post("/v1/batch", &format!(r#"{{"batch":[{}]}}"#, calls.join(",")));
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.json()["accepted"], 3, "{}", response.body);
+    let profile = |id: &str| daemon.get(&format!("/v1/customers/{id}")).json()["profile"].clone();
+    assert_eq!(
+        profile("c1"),
+        serde_json::json!({"timezone": "Asia/Tehran", "locale": "fa-IR"})
+    );
+    assert_eq!(
+        profile("c2"),
+        serde_json::json!({"timezone": "Europe/Berlin", "locale": "de-DE"})
+    );
+}

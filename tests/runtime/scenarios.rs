@@ -233,6 +233,15 @@ scenarios! {
     /// - u4 subscribed, anon-4 unsubscribed → merged, the suppression
     ///   wins: skip `unsubscribed`.
     identity_merge,
+    /// `context.timezone` / `context.locale` fill what the profile lacks;
+    /// `wait until 09:00` is customer-local:
+    /// - c1: only the context (Tokyo, ja-JP) → 09:00 JST = 05-02T00:00Z.
+    /// - c2: profile New York wins over the context's Tokyo → 09:00 EDT =
+    ///   05-01T13:00Z; the locale (en-US) was missing, so it is filled.
+    /// - c3: the identify's own trait (London) wins over its context →
+    ///   09:00 BST = 05-02T08:00Z.
+    /// - c4: an invalid context zone is ignored → UTC, 05-02T09:00Z.
+    context_fill,
     /// `exit when unsubscribed` and `exit when churned` (a segment):
     /// - unsub: day0, day1, exit_rule 05-02T22:00.
     /// - churn: plan cancelled at 22:00 → exit_rule then.
