@@ -503,7 +503,8 @@ impl CommitThread {
         let aliases = self.identities(jobs)?;
         let jobs: &[Job] = jobs;
         let mut lanes = lanes(jobs);
-        let merging = !aliases.is_empty();
+        let merging = (jobs.iter())
+            .any(|job| matches!(job, Job::Ingest { calls, .. } if calls.iter().any(|c| c.merge.is_some())));
         if merging {
             // A merge reads the other id's state as its lane left it: those
             // lanes run first, on this thread.
@@ -620,11 +621,45 @@ impl CommitThread {
                                 local.remove(&alias);
                             }
                         }
+                        // The anonymous id's groups go to the user (the
+                        // user's own record of a group wins).
+                        for (key, record) in self.pending_groups(&writes, &anonymous)? {
+                            writes.insert(key, None);
+                            let id = record["id"].as_str().unwrap_or_default();
+                            if !self
+                                .pending_groups(&writes, &user)?
+                                .contains_key(&store::group_key(&user, id))
+                            {
+                                self.put_group(&mut writes, &user, record)?;
+                            }
+                        }
                         counts.insert(user, count);
                         call.merge = Some(anonymous);
                     }
+                    for call in calls.iter() {
+                        let Some(group) = &call.group else { continue };
+                        let key = store::group_key(&call.customer, &group.id);
+                        let mut record = (self.pending_groups(&writes, &call.customer)?.remove(&key))
+                            .unwrap_or_else(|| serde_json::json!({"id": group.id, "traits": {}}));
+                        if let Some(traits) = record["traits"].as_object_mut() {
+                            for (name, value) in &group.traits {
+                                let known = traits.contains_key(name);
+                                if known || traits.len() < crate::runtime::input::GROUP_TRAITS_MAX {
+                                    traits.insert(name.clone(), value.clone());
+                                }
+                            }
+                        }
+                        record["at"] = serde_json::json!(call.input.at());
+                        self.put_group(&mut writes, &call.customer, record)?;
+                    }
                 }
-                Job::Erase { customer, .. } => *customer = resolve(&local, customer)?,
+                Job::Erase { customer, .. } => {
+                    *customer = resolve(&local, customer)?;
+                    // Nothing this group was to write for it survives.
+                    let erased = customer.as_str();
+                    writes.retain(|key, value| !side_key_of(key, value.as_deref(), erased));
+                    local.retain(|_, user| user != erased);
+                }
                 Job::Retry { customers, .. } => {
                     for customer in customers.iter_mut() {
                         *customer = resolve(&local, customer)?;
@@ -634,6 +669,50 @@ impl CommitThread {
             }
         }
         Ok(writes)
+    }
+
+    /// A customer's groups as the group's writes so far leave them.
+    fn pending_groups(
+        &self,
+        writes: &AliasWrites,
+        customer: &str,
+    ) -> Result<BTreeMap<Vec<u8>, serde_json::Value>, CommitError> {
+        let prefix = store::group_key(customer, "");
+        let mut groups = self.store.groups_of(customer)?;
+        for (key, value) in writes
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+        {
+            match value {
+                Some(value) => groups.insert(key.clone(), serde_json::from_slice(value).unwrap_or_default()),
+                None => groups.remove(key),
+            };
+        }
+        Ok(groups)
+    }
+
+    /// Writes one group record of a customer, dropping the group updated
+    /// longest ago beyond [`store::GROUPS_MAX`].
+    fn put_group(
+        &self,
+        writes: &mut AliasWrites,
+        customer: &str,
+        record: serde_json::Value,
+    ) -> Result<(), CommitError> {
+        let key = store::group_key(customer, record["id"].as_str().unwrap_or_default());
+        let mut groups = self.pending_groups(writes, customer)?;
+        writes.insert(key.clone(), Some(serde_json::to_vec(&record).expect("JSON serializes")));
+        groups.insert(key.clone(), record);
+        while groups.len() > store::GROUPS_MAX {
+            let oldest = (groups.iter())
+                .filter(|(other, _)| **other != key)
+                .min_by_key(|(_, record)| record["at"].as_i64().unwrap_or(i64::MIN))
+                .map(|(key, _)| key.clone());
+            let Some(oldest) = oldest else { break };
+            groups.remove(&oldest);
+            writes.insert(oldest, None);
+        }
+        Ok(())
     }
 
     /// Writes the group as one batch, flushes, publishes.
@@ -743,12 +822,10 @@ impl CommitThread {
             // The mark that has the store compacted and the sinks redacted at
             // the next stop or start (`erasure.rs`).
             batch.insert(super::erasure::erased_key(id), &[][..]);
-            for item in self
-                .store
-                .db
-                .scan_prefix([&[store::PREFIX_ARM][..], id.as_bytes(), &[0]].concat())
-            {
-                batch.remove(item.map_err(StoreError::from)?.0);
+            for prefix in [store::PREFIX_ARM, store::PREFIX_GROUP] {
+                for item in self.store.db.scan_prefix([&[prefix][..], id.as_bytes(), &[0]].concat()) {
+                    batch.remove(item.map_err(StoreError::from)?.0);
+                }
             }
         }
         let customer_of = |line: &str| {
@@ -828,9 +905,23 @@ struct CustomerWrite {
     value: Option<Vec<u8>>,
 }
 
-/// Alias keys a group writes (`None` removes), the last write of a key
+/// Keys a group writes beside the customer records, decided before the
+/// lanes run: aliases and groups (`None` removes), the last write of a key
 /// counting.
 type AliasWrites = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Whether a side key (alias or group) is `customer`'s: its groups, its
+/// aliases' index, an alias that resolves to it.
+fn side_key_of(key: &[u8], value: Option<&[u8]>, customer: &str) -> bool {
+    let owned = |prefix: u8| {
+        key.first() == Some(&prefix)
+            && key[1..].starts_with(customer.as_bytes())
+            && key.get(1 + customer.len()) == Some(&0)
+    };
+    owned(store::PREFIX_GROUP)
+        || owned(store::PREFIX_ALIASES_OF)
+        || (key.first() == Some(&store::PREFIX_ALIAS) && value == Some(customer.as_bytes()))
+}
 
 /// One input of a group, for one customer.
 enum Step<'g> {
@@ -1380,6 +1471,7 @@ mod tests {
             },
             merge: None,
             fill: Default::default(),
+            group: None,
         }
     }
 

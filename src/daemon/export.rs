@@ -94,6 +94,11 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
                 json!({"type": "arm", "customer": customer, "journey": journey, "arm": text(&value)})
             }
             store::PREFIX_ALIAS => json!({"type": "alias", "alias": text(rest), "customer": text(&value)}),
+            store::PREFIX_GROUP => {
+                let customer = text(rest.split(|b| *b == 0).next().unwrap_or_default());
+                let group: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
+                json!({"type": "group", "customer": customer, "group": group})
+            }
             // Bundles and meta were written first; `L` is the index of `l`.
             _ => continue,
         };
@@ -220,6 +225,12 @@ pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportErr
             "arm" => {
                 let key = store::arm_key(as_str(&value, "customer", number)?, as_str(&value, "journey", number)?);
                 batch.insert(key, as_str(&value, "arm", number)?.as_bytes());
+            }
+            "group" => {
+                let group = field(&value, "group", number)?;
+                let id = as_str(group, "id", number)?;
+                let key = store::group_key(as_str(&value, "customer", number)?, id);
+                batch.insert(key, serde_json::to_vec(group).expect("JSON serializes"));
             }
             "alias" => {
                 let (alias, customer) = (as_str(&value, "alias", number)?, as_str(&value, "customer", number)?);

@@ -790,6 +790,19 @@ async fn get_customer(State(state): State<AppState>, PathParam(id): PathParam) -
                 Ok(aliases) => body["aliases"] = json!(aliases),
                 Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
             }
+            // `group` calls: each group with its traits and last update.
+            match state.store.groups_of(&id) {
+                Ok(groups) => {
+                    let groups: Vec<serde_json::Value> = (groups.into_values())
+                        .map(|mut group| {
+                            group["at"] = group["at"].as_i64().map_or(serde_json::Value::Null, time_json);
+                            group
+                        })
+                        .collect();
+                    body["groups"] = json!(groups);
+                }
+                Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+            }
             // A failing customer: what failed, and the retry (see `faults`).
             match super::faults::read(&state.store.db, &id) {
                 Ok(fault) => body["fault"] = fault.map_or(serde_json::Value::Null, |f| f.to_json()),

@@ -19,6 +19,7 @@
 //! | `r`, `R` | refusal id; customer + `0x00` + refusal id | the rejected store (`daemon/rejected.rs`) |
 //! | `l`    | an id merged into another customer (an alias) | the customer id it resolves to (UTF-8) |
 //! | `L`    | customer id + `0x00` + alias         | empty: the aliases of a customer (bounds, erasure) |
+//! | `G`    | customer id + `0x00` + group id      | JSON `{id, traits, at}`: a group the customer is in (`group` calls) |
 //! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number / store format |
 //!
 //! The timer index keeps many customers under one key, so firing a burst of
@@ -30,7 +31,7 @@
 //! `Some(at)` names a chunk `t/at/N` that lists `ID` (or, if it names none, a
 //! key `t/at/ID` exists), and no other timer entry lists that customer. Chunks
 //! only shrink after they are written: new entries always go into new chunks.
-//! Only the commit thread writes `c`, `t`, `o`, `s`, `a`, `l`, `L`, `m`; sinks write
+//! Only the commit thread writes `c`, `t`, `o`, `s`, `a`, `l`, `L`, `G`, `m`; sinks write
 //! `k`, `d` and delete delivered `o` entries; the HTTP handlers write `r` and `R` (refused calls).
 
 use crate::compile::bytecode::Bundle;
@@ -50,6 +51,10 @@ pub const PREFIX_BUNDLE: u8 = b'b';
 pub const PREFIX_META: u8 = b'm';
 pub const PREFIX_ALIAS: u8 = b'l';
 pub const PREFIX_ALIASES_OF: u8 = b'L';
+pub const PREFIX_GROUP: u8 = b'G';
+/// The most groups kept per customer: beyond, the one updated longest ago
+/// is dropped.
+pub const GROUPS_MAX: usize = 20;
 
 pub const META_SEQ: &[u8] = b"mseq";
 pub const META_CURRENT: &[u8] = b"mcurrent";
@@ -209,6 +214,16 @@ impl Store {
             .map(|item| item.map(|(key, _)| String::from_utf8_lossy(&key[prefix.len()..]).into_owned()))
             .collect::<Result<_, _>>()
             .map_err(StoreError::from)
+    }
+
+    /// The groups of `customer` (`group` calls), keyed by their store key.
+    pub fn groups_of(&self, customer: &str) -> StoreResult<BTreeMap<Vec<u8>, serde_json::Value>> {
+        let mut groups = BTreeMap::new();
+        for item in self.db.scan_prefix(group_key(customer, "")) {
+            let (key, value) = item?;
+            groups.insert(key.to_vec(), serde_json::from_slice(&value).unwrap_or_default());
+        }
+        Ok(groups)
     }
 
     pub fn counter(&self, name: &str) -> StoreResult<i64> {
@@ -483,6 +498,12 @@ pub fn customer_key(id: &str) -> Vec<u8> {
 
 pub fn alias_key(id: &str) -> Vec<u8> {
     [&[PREFIX_ALIAS][..], id.as_bytes()].concat()
+}
+
+/// `G` + customer + `0x00` + group id; with an empty group id, the prefix
+/// of a customer's groups.
+pub fn group_key(customer: &str, group: &str) -> Vec<u8> {
+    [&[PREFIX_GROUP][..], customer.as_bytes(), &[0], group.as_bytes()].concat()
 }
 
 /// `L` + customer + `0x00` + alias; with an empty alias, the prefix of a

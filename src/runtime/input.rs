@@ -96,6 +96,61 @@ pub struct Call {
     /// fill the profile where it has none: see [`context_fill`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fill: BTreeMap<String, Value>,
+    /// A `group` call's group, to store with the customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+}
+
+/// A `group` call's `groupId` and its scalar `traits` (nested objects and
+/// arrays are not kept), as JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub traits: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The most traits kept of one `group` call.
+pub const GROUP_TRAITS_MAX: usize = 64;
+
+fn group_call(group_id: Option<Scalar>, traits: Option<Fields>) -> Result<Option<Group>, InputError> {
+    let id = match group_id {
+        Some(Scalar::Str(id)) if !id.is_empty() => id.into_owned(),
+        Some(number @ (Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_))) => number.to_string(),
+        Some(Scalar::Null) | None => return Ok(None),
+        Some(_) => return Err(InputError::new("groupId", "must be a non-empty string")),
+    };
+    check_id("groupId", &id)?;
+    let pairs = match traits {
+        None | Some(Fields::Null) => Vec::new(),
+        Some(Fields::Object(pairs)) => pairs,
+        Some(Fields::Other) => return Err(InputError::new("traits", "must be an object")),
+    };
+    if pairs.len() > GROUP_TRAITS_MAX {
+        return Err(InputError::new(
+            "traits",
+            format!("{} group traits; at most {GROUP_TRAITS_MAX}", pairs.len()),
+        ));
+    }
+    let mut out = serde_json::Map::new();
+    for (name, value) in pairs {
+        check_id(&format!("traits.{name}"), &name)?;
+        let json = match value {
+            Scalar::Str(text) if text.len() > STRING_BYTES_MAX => {
+                return Err(InputError::new(
+                    format!("traits.{name}"),
+                    format!("{} bytes; at most {STRING_BYTES_MAX}", text.len()),
+                ))
+            }
+            Scalar::Str(text) => serde_json::Value::String(text.into_owned()),
+            Scalar::Bool(b) => serde_json::Value::Bool(b),
+            Scalar::Int(i) => serde_json::Value::from(i),
+            Scalar::UInt(u) => serde_json::Value::from(u),
+            Scalar::Float(f) => serde_json::Value::from(f),
+            Scalar::Null | Scalar::Array | Scalar::Object => continue,
+        };
+        out.insert(name.into_owned(), json);
+    }
+    Ok(Some(Group { id, traits: out }))
 }
 
 /// The `context` fields that fill an attribute of the same name, when the
@@ -250,6 +305,7 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
         check_id("previousId", merge.as_deref().unwrap_or_default())?;
     }
     let merge = merge.filter(|other| *other != customer);
+    let mut group = None;
     let fill = context_attributes(
         [("timezone", raw.context_timezone), ("locale", raw.context_locale)],
         schema,
@@ -309,6 +365,7 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
                     },
                     merge,
                     fill,
+                    group: None,
                 });
             }
             let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
@@ -356,7 +413,10 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
             }
             None => activity(kind, at, message_id),
         },
-        "group" => activity(kind, at, message_id),
+        "group" => {
+            group = group_call(raw.group_id, raw.traits)?;
+            activity(kind, at, message_id)
+        }
         // The merge is the call; what is applied after it is an
         // identify without traits (activity, as any call).
         "alias" => Input::Identify {
@@ -377,6 +437,7 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
         input,
         merge,
         fill,
+        group,
     })
 }
 
@@ -673,6 +734,8 @@ struct RawFields<'a> {
     anonymous_id: Option<Scalar<'a>>,
     /// `alias`: the id merged into `userId`.
     previous_id: Option<Scalar<'a>>,
+    /// `group`.
+    group_id: Option<Scalar<'a>>,
     /// `page` and `screen`.
     name: Option<Scalar<'a>>,
     category: Option<Scalar<'a>>,
@@ -876,6 +939,7 @@ impl<'de> FromJson<'de> for RawCall<'de> {
                 "userId" => raw.user_id = Some(map.next_value()?),
                 "anonymousId" => raw.anonymous_id = Some(map.next_value()?),
                 "previousId" => raw.previous_id = Some(map.next_value()?),
+                "groupId" => raw.group_id = Some(map.next_value()?),
                 "name" => raw.name = Some(map.next_value()?),
                 "category" => raw.category = Some(map.next_value()?),
                 "context" => {
@@ -1334,6 +1398,41 @@ mod tests {
         )
         .expect("valid");
         assert!(plain.fill.is_empty(), "the workspace declares no timezone");
+    }
+
+    /// A `group` call names its group: scalar traits kept, bounds refused.
+    #[test]
+    fn group_calls_carry_their_group() {
+        let schema = schema();
+        let call = |text: &str| parse_call_str(text, &schema, None);
+        let group = call(r#"{"type":"group","userId":"u1","groupId":"acme","traits":{"name":"Acme","seats":4,"paid":true,"address":{"city":"x"},"tags":["a"],"gone":null},"timestamp":"2026-01-05T10:00:00Z"}"#)
+            .expect("valid");
+        let expected = serde_json::json!({"name": "Acme", "seats": 4, "paid": true});
+        assert_eq!(group.group.as_ref().map(|g| g.id.as_str()), Some("acme"));
+        assert_eq!(group.group.map(|g| serde_json::Value::Object(g.traits)), Some(expected));
+        let numeric =
+            call(r#"{"type":"group","userId":"u1","groupId":42,"timestamp":"2026-01-05T10:00:00Z"}"#).expect("valid");
+        assert_eq!(numeric.group.map(|g| g.id), Some("42".to_string()));
+        let none = call(r#"{"type":"group","userId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#).expect("valid");
+        assert_eq!(none.group, None, "no groupId: activity only");
+        let traits: Vec<String> = (0..=GROUP_TRAITS_MAX).map(|n| format!(r#""t{n}":1"#)).collect();
+        let refused = |text: &str| match call(text) {
+            Err(CallError::Input(error)) => error.field,
+            other => panic!("{text}: {other:?}"),
+        };
+        let many = format!(
+            r#"{{"type":"group","userId":"u1","groupId":"g","traits":{{{}}},"timestamp":"2026-01-05T10:00:00Z"}}"#,
+            traits.join(",")
+        );
+        assert_eq!(refused(&many), "traits");
+        assert_eq!(
+            refused(r#"{"type":"group","userId":"u1","groupId":{"a":1},"timestamp":"2026-01-05T10:00:00Z"}"#),
+            "groupId"
+        );
+        assert_eq!(
+            refused(r#"{"type":"group","userId":"u1","groupId":"g\u0000","timestamp":"2026-01-05T10:00:00Z"}"#),
+            "groupId"
+        );
     }
 
     fn activity_input(kind: &str) -> Input {

@@ -282,3 +282,73 @@ fn sigkill_never_leaves_half_a_merge() {
     let daemon = env.start(&[]);
     assert_eq!(daemon.get("/v1/customers/k-a0").json()["id"], "k-u0");
 }
+
+/// `group` calls are stored with the customer (`groups` in `GET
+/// /v1/customers/ID`): traits merged per group, at most 20 groups, moved by
+/// a merge, erased with the customer.
+#[test]
+fn group_traits_are_stored_bounded_and_follow_a_merge() {
+    let env = Env::new(IDENTITY_WORKSPACE);
+    let daemon = env.start(&[]);
+    let group = |id: &str, group: &str, traits: &str, at: &str| {
+        format!(r#"{{"type":"group","anonymousId":"{id}","groupId":"{group}","traits":{traits},"timestamp":"{at}"}}"#)
+    };
+    let calls = [
+        group(
+            "g-anon",
+            "acme",
+            r#"{"name":"Acme","plan":"pro","address":{"city":"x"}}"#,
+            "2026-05-01T10:00:00Z",
+        ),
+        group(
+            "g-anon",
+            "acme",
+            r#"{"plan":"enterprise","seats":40}"#,
+            "2026-05-01T11:00:00Z",
+        ),
+    ];
+    let response = daemon.post("/v1/batch", &format!(r#"{{"batch":[{}]}}"#, calls.join(",")));
+    assert_eq!(response.status, 200, "{}", response.body);
+    let groups = daemon.get("/v1/customers/g-anon").json()["groups"].clone();
+    assert_eq!(
+        groups,
+        serde_json::json!([{"id": "acme", "traits": {"name": "Acme", "plan": "enterprise", "seats": 40}, "at": "2026-05-01T11:00:00Z"}]),
+        "nested traits are not kept; later values win"
+    );
+    // Bounded: the group updated longest ago goes.
+    let many: Vec<String> = (0..20)
+        .map(|n| {
+            group(
+                "g-anon",
+                &format!("team-{n:02}"),
+                "{}",
+                &format!("2026-05-02T10:{n:02}:00Z"),
+            )
+        })
+        .collect();
+    let response = daemon.post("/v1/batch", &format!(r#"{{"batch":[{}]}}"#, many.join(",")));
+    assert_eq!(response.status, 200, "{}", response.body);
+    let groups = daemon.get("/v1/customers/g-anon").json()["groups"].clone();
+    let ids: Vec<&str> = groups
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter_map(|g| g["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 20, "{groups}");
+    assert!(!ids.contains(&"acme"), "{groups}");
+    // A bad groupId is refused with its field.
+    let bad = daemon.post("/v1/group", r#"{"userId":"u","groupId":["acme"]}"#);
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert_eq!(bad.json()["error"]["field"], "groupId");
+    // Merged: the groups are the user's now; erased with the user.
+    let identify = r#"{"type":"identify","userId":"g-user","anonymousId":"g-anon","traits":{}}"#;
+    assert_eq!(daemon.post("/v1/identify", identify).status, 200);
+    let user = daemon.get("/v1/customers/g-user").json();
+    assert_eq!(user["groups"].as_array().map(Vec::len), Some(20), "{user}");
+    assert_eq!(daemon.request("DELETE", "/v1/customers/g-user", None).status, 200);
+    let again = group("g-user", "acme", "{}", "2026-05-03T10:00:00Z").replace("anonymousId", "userId");
+    assert_eq!(daemon.post("/v1/group", &again).status, 200);
+    let user = daemon.get("/v1/customers/g-user").json();
+    assert_eq!(user["groups"].as_array().map(Vec::len), Some(1), "{user}");
+}
