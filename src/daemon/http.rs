@@ -770,17 +770,21 @@ pub fn customer_json(state: &CustomerState, runtime: &Runtime) -> serde_json::Va
 }
 
 /// The customer an id names: itself, or the one it was merged into.
-fn resolve(store: &super::store::Store, id: String) -> Result<String, Response> {
+fn resolve(store: &super::store::Store, id: String) -> Result<String, Box<Response>> {
     match store.alias(&id) {
         Ok(user) => Ok(user.unwrap_or(id)),
-        Err(failure) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string())),
+        Err(failure) => Err(Box::new(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "",
+            failure.to_string(),
+        ))),
     }
 }
 
 async fn get_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
     let id = match resolve(&state.store, id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match state.store.customer(&id) {
         Ok(Some(customer)) => {
@@ -820,7 +824,7 @@ async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam
     // resolves it the same way); the ids merged into it go with it.
     let id = match resolve(&state.store, id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let aliases = match state.store.aliases_of(&id) {
         Ok(aliases) => aliases,
