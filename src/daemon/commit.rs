@@ -1029,12 +1029,20 @@ fn order_merges(lanes: &mut [Lane<'_>]) {
         })
         .collect();
     let mut depth: HashMap<&str, usize> = HashMap::new();
-    // Chains (a into b, b into c) are at most as long as the merges.
+    // Until nothing deepens: one round per link of the longest chain (a
+    // into b, b into c), which is at most as long as the merges.
     for _ in 0..merges.len() {
+        let mut deepened = false;
         for (from, into) in &merges {
             let below = depth.get(from).copied().unwrap_or(0) + 1;
             let entry = depth.entry(into).or_insert(0);
-            *entry = (*entry).max(below);
+            if below > *entry {
+                *entry = below;
+                deepened = true;
+            }
+        }
+        if !deepened {
+            break;
         }
     }
     lanes.sort_by_key(|lane| depth.get(lane.customer).copied().unwrap_or(0));
@@ -1724,5 +1732,44 @@ mod tests {
         });
         harness.thread.join().expect("commit thread");
         assert_eq!(store.counter(store::STAT_TIMERS).expect("counter"), 1);
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    fn lane<'g>(customer: &'g str, merges: &[&'g str]) -> Lane<'g> {
+        let item = Item { job: 0, order: 0 };
+        let steps = (merges.iter())
+            .map(|anonymous| (item, Step::Merge { anonymous, at: 0 }))
+            .collect();
+        Lane { customer, steps }
+    }
+
+    /// A lane runs after the lanes of the ids merged into it, chains too;
+    /// the others keep their order.
+    #[test]
+    fn merged_lanes_run_first() {
+        let mut lanes = vec![
+            lane("c", &["b"]),
+            lane("x", &[]),
+            lane("b", &["a"]),
+            lane("a", &[]),
+            lane("y", &[]),
+        ];
+        order_merges(&mut lanes);
+        let order: Vec<&str> = lanes.iter().map(|lane| lane.customer).collect();
+        assert_eq!(order, ["x", "a", "y", "b", "c"]);
+    }
+
+    #[test]
+    fn side_keys_belong_to_their_customer_alone() {
+        assert!(side_key_of(&store::group_key("u1", "acme"), None, "u1"));
+        assert!(!side_key_of(&store::group_key("u10", "acme"), None, "u1"));
+        assert!(side_key_of(&store::aliases_of_key("u1", "a"), None, "u1"));
+        assert!(side_key_of(&store::alias_key("a"), Some(b"u1"), "u1"));
+        assert!(!side_key_of(&store::alias_key("a"), Some(b"u10"), "u1"));
+        assert!(!side_key_of(&store::arm_key("u1", "j"), None, "u1"));
     }
 }

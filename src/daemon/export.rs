@@ -295,6 +295,13 @@ mod tests {
         batch.insert(store::stat_key("j/onboarding/entered"), &1i64.to_be_bytes());
         batch.insert(store::arm_key("c1", "onboarding"), b"cta/short".to_vec());
         batch.insert(store::META_SEQ, &8u64.to_be_bytes());
+        batch.insert(store::alias_key("anon-1"), b"c1".to_vec());
+        batch.insert(store::aliases_of_key("c1", "anon-1"), &[]);
+        let group = json!({"id": "acme", "traits": {"seats": 4}, "at": 1_000});
+        batch.insert(
+            store::group_key("c1", "acme"),
+            serde_json::to_vec(&group).expect("json"),
+        );
         source.db.apply_batch(batch).expect("batch");
         source
             .add_dead_letter("webhook:http://x", 5, &json!({"record": {"customer": "c1"}}))
@@ -302,7 +309,7 @@ mod tests {
 
         let mut first = Vec::new();
         let lines = export(&source, &mut first).expect("export");
-        assert_eq!(lines, 8);
+        assert_eq!(lines, 10);
         let target_dir = tempfile::tempdir().expect("tempdir");
         let target = Store::open(target_dir.path(), &StoreOptions::default()).expect("open");
         import(&target, &mut first.as_slice()).expect("import");
@@ -310,6 +317,16 @@ mod tests {
         export(&target, &mut second).expect("export again");
         assert_eq!(String::from_utf8_lossy(&first), String::from_utf8_lossy(&second));
         assert_eq!(target.customer("c1").expect("get"), Some(state));
+        assert_eq!(target.alias("anon-1").expect("alias"), Some("c1".to_string()));
+        assert_eq!(target.aliases_of("c1").expect("aliases"), vec!["anon-1".to_string()]);
+        assert_eq!(
+            target
+                .groups_of("c1")
+                .expect("groups")
+                .into_values()
+                .collect::<Vec<_>>(),
+            vec![group]
+        );
         assert!(
             import(&target, &mut first.as_slice()).is_err(),
             "import refuses a non-empty store"
