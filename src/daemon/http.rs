@@ -867,6 +867,10 @@ async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam
 
 /// Retries a failing (or parked) customer's held inputs now.
 async fn retry_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
+    let id = match resolve(&state.store, id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
     match state.committer.retry(id.clone()).await {
         Ok(None) => error(StatusCode::NOT_FOUND, "id", format!("customer {id:?} is not failing")),
         Ok(Some(recovered)) => {

@@ -28,6 +28,14 @@ fn lines_of<'a>(lines: &'a [serde_json::Value], customer: &str, kind: &str) -> V
         .collect()
 }
 
+/// The sink's lines once `customer` has left a journey.
+fn until_exit(env: &Env, customer: &str) -> Vec<serde_json::Value> {
+    eventually(&format!("{customer}'s exit"), || {
+        let lines = sink_lines(&env.sends());
+        (!lines_of(&lines, customer, "exit").is_empty()).then_some(lines)
+    })
+}
+
 #[test]
 fn an_anonymous_visitor_identified_later_goes_on_as_the_user() {
     let env = Env::new(IDENTITY_WORKSPACE);
@@ -42,10 +50,7 @@ fn an_anonymous_visitor_identified_later_goes_on_as_the_user() {
     assert_eq!(user["aliases"], serde_json::json!(["anon-1"]), "{user}");
     let by_alias = daemon.get("/v1/customers/anon-1").json();
     assert_eq!(by_alias["id"], "u1", "{by_alias}");
-    let lines = eventually("the nudge, sent to the user", || {
-        let lines = sink_lines(&env.sends());
-        (!lines_of(&lines, "u1", "exit").is_empty()).then_some(lines)
-    });
+    let lines = until_exit(&env, "u1");
     let sends = lines_of(&lines, "u1", "send");
     assert_eq!(sends.len(), 1, "{lines:?}");
     assert_eq!(sends[0]["subject"], "Still looking, Ada?");
@@ -89,10 +94,7 @@ fn an_alias_keeps_the_users_enrollment_and_ends_the_anonymous_one() {
     let response = daemon.post("/v1/batch", &batch);
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(response.json()["accepted"], 3, "{}", response.body);
-    let lines = eventually("the user's nudge", || {
-        let lines = sink_lines(&env.sends());
-        (!lines_of(&lines, "u2", "exit").is_empty()).then_some(lines)
-    });
+    let lines = until_exit(&env, "u2");
     let merged = lines_of(&lines, "anon-2", "exit");
     assert_eq!(merged.len(), 1, "{lines:?}");
     assert_eq!(merged[0]["reason"], "merged");
