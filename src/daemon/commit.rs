@@ -548,6 +548,14 @@ impl CommitThread {
             group.absorb(part);
         }
         group.aliases = aliases;
+        for anonymous in std::mem::take(&mut group.unmerged) {
+            let alias = store::alias_key(&anonymous);
+            let indexed = [&[0][..], anonymous.as_bytes()].concat();
+            group.aliases.retain(|key, value| {
+                let index = key.first() == Some(&store::PREFIX_ALIASES_OF) && key.ends_with(&indexed);
+                *key != alias && !(index && value.is_some())
+            });
+        }
         // Group order (each input's records are in one part, in order).
         group.records.sort_by_key(|(order, _)| *order);
         let mut answers = vec![0; jobs.len()];
@@ -584,7 +592,7 @@ impl CommitThread {
                         };
                         let user = call.customer.clone();
                         let merged_before = resolve(&local, &anonymous)? != anonymous;
-                        let failing = self.faulted.contains_key(&anonymous) || self.faulted.contains_key(&user);
+                        let failing = self.faulted.contains_key(&anonymous);
                         if merged_before || anonymous == user || failing {
                             continue;
                         }
@@ -1081,6 +1089,8 @@ struct Changes {
     answers: Vec<(usize, usize)>,
     /// Alias keys of the group's merges (set once, by `prepare`).
     aliases: AliasWrites,
+    /// Ids whose merge was not done after all (they failed in this group).
+    unmerged: Vec<String>,
 }
 
 impl Changes {
@@ -1092,6 +1102,7 @@ impl Changes {
         self.faults.append(&mut other.faults);
         self.groups.append(&mut other.groups);
         self.answers.append(&mut other.answers);
+        self.unmerged.append(&mut other.unmerged);
         for (name, delta) in other.stat_deltas {
             *self.stat_deltas.entry(name).or_insert(0) += delta;
         }
@@ -1187,10 +1198,8 @@ impl LaneContext<'_> {
                         erased = false;
                         state = CustomerState::new(customer);
                     }
-                    // A customer failing since the group began merges nothing.
-                    if fault.is_some() {
-                        continue;
-                    }
+                    // A failing customer merges too: its held inputs are
+                    // retried on the merged state.
                     let Some(other) = self.take_merged(anonymous, changes)? else {
                         continue;
                     };
@@ -1316,6 +1325,8 @@ impl LaneContext<'_> {
             .iter()
             .any(|(who, fault)| who == anonymous && fault.is_some())
         {
+            // Failing since the group began: it stays itself, not an alias.
+            changes.unmerged.push(anonymous.to_string());
             return Ok(None);
         }
         if let Some(write) = changes.writes.iter_mut().rev().find(|w| w.customer == anonymous) {

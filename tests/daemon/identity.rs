@@ -354,3 +354,35 @@ fn group_traits_are_stored_bounded_and_follow_a_merge() {
     let user = daemon.get("/v1/customers/g-user").json();
     assert_eq!(user["groups"].as_array().map(Vec::len), Some(1), "{user}");
 }
+
+/// A failing anonymous profile is not merged (its held inputs are its
+/// own): whether it failed in an earlier request or earlier in the same
+/// batch, it stays itself and becomes no alias; the user goes on.
+#[test]
+fn a_failing_anonymous_profile_is_not_merged() {
+    let env = Env::new(crate::runtime::isolation::WORKSPACE);
+    let daemon = env.start_with_env(&[], &[("JOURNEYC_INJECT_FAULTS", "sick-a1:1000,sick-a2:1000")]);
+    let ping = |id: &str, n: i64| {
+        format!(r#"{{"type":"track","anonymousId":"{id}","event":"ping","properties":{{"n":{n}}}}}"#)
+    };
+    let identify =
+        |user: &str, id: &str| format!(r#"{{"type":"identify","userId":"{user}","anonymousId":"{id}","traits":{{}}}}"#);
+    // Failing since an earlier request.
+    assert_eq!(daemon.post("/v1/track", &ping("sick-a1", 1)).status, 200);
+    assert_eq!(daemon.post("/v1/identify", &identify("sick-u1", "sick-a1")).status, 200);
+    // Failing earlier in the same batch.
+    let batch = format!(
+        r#"{{"batch":[{},{}]}}"#,
+        ping("sick-a2", 2),
+        identify("sick-u2", "sick-a2")
+    );
+    assert_eq!(daemon.post("/v1/batch", &batch).status, 200);
+    for n in 1..=2 {
+        let anonymous = daemon.get(&format!("/v1/customers/sick-a{n}")).json();
+        assert_eq!(anonymous["id"], format!("sick-a{n}"), "{anonymous}");
+        assert!(anonymous["fault"].is_object(), "{anonymous}");
+        let user = daemon.get(&format!("/v1/customers/sick-u{n}")).json();
+        assert_eq!(user["aliases"], serde_json::json!([]), "{user}");
+        assert_eq!(user["fault"], serde_json::Value::Null, "{user}");
+    }
+}
