@@ -112,6 +112,10 @@ struct Pending {
     /// An identify's subscription traits.
     subscriptions: Box<[(Channel, bool)]>,
     message_id: Option<Box<str>>,
+    /// Another id of the customer to merge first ([`Call::merge`]).
+    merge: Option<u32>,
+    /// Attributes the call's context fills ([`Call::fill`]).
+    fill: Box<[(u32, Value)]>,
 }
 
 impl Pending {
@@ -164,6 +168,10 @@ impl Events {
         let fields = (fields.into_iter())
             .map(|(name, value)| (self.names.number(name), value))
             .collect();
+        let merge = call.merge.map(|id| self.customers.number(id));
+        let fill = (call.fill.into_iter())
+            .map(|(name, value)| (self.names.number(name), value))
+            .collect();
         self.inputs.push(Pending {
             customer: self.customers.number(call.customer),
             at,
@@ -171,6 +179,8 @@ impl Events {
             fields,
             subscriptions: subscriptions.into_iter().collect(),
             message_id: message_id.map(String::into_boxed_str),
+            merge,
+            fill,
         });
     }
 }
@@ -267,12 +277,27 @@ pub fn run_streaming(
         timers: BinaryHeap::new(),
         pushed: vec![None; rank.len()],
         failed: vec![false; rank.len()],
+        aliases: Aliases::new(rank.len()),
         emit,
     };
     // By value: each input's memory is free for customer state once it ran.
     for pending in inputs {
         clock.fire_timers(|due| due < pending.at);
-        clock.step(rank[pending.customer as usize], &pending.input(&names));
+        let customer = clock.aliases.resolve(rank[pending.customer as usize]);
+        if let Some(other) = pending.merge {
+            clock.merge(rank[other as usize], customer, pending.at);
+        }
+        let input = pending.input(&names);
+        if !pending.fill.is_empty() {
+            let fill = (pending.fill.iter())
+                .map(|(name, value)| (names.get(*name), value.clone()))
+                .collect();
+            let profile = &clock.states[customer].profile;
+            if let Some(identify) = crate::runtime::input::context_fill(profile, &fill, &input) {
+                clock.step(customer, &identify);
+            }
+        }
+        clock.step(customer, &input);
     }
     clock.fire_timers(|due| options.until.is_none_or(|until| due <= until));
     clock.states
@@ -289,7 +314,46 @@ struct VirtualClock<F> {
     pushed: Vec<Option<Millis>>,
     /// Customers an input failed for: skipped from then on.
     failed: Vec<bool>,
+    aliases: Aliases,
     emit: F,
+}
+
+/// Which customers were merged into which (by rank): the simulator's alias
+/// map, with the rules of the daemon's (`docs/daemon.md`, "Identity").
+struct Aliases {
+    /// The customer an id was merged into.
+    of: Vec<Option<usize>>,
+    /// The ids merged into a customer.
+    merged: HashMap<usize, Vec<usize>>,
+}
+
+impl Aliases {
+    fn new(customers: usize) -> Aliases {
+        Aliases {
+            of: vec![None; customers],
+            merged: HashMap::new(),
+        }
+    }
+
+    fn resolve(&self, customer: usize) -> usize {
+        self.of[customer].unwrap_or(customer)
+    }
+
+    /// Records `anonymous` (and what was merged into it) as merged into
+    /// `user`, within [`crate::runtime::merge::ALIASES_MAX`] per customer.
+    fn add(&mut self, anonymous: usize, user: usize) {
+        let mut moved = self.merged.remove(&anonymous).unwrap_or_default();
+        moved.push(anonymous);
+        let list = self.merged.entry(user).or_default();
+        for id in moved {
+            if list.len() < crate::runtime::merge::ALIASES_MAX {
+                list.push(id);
+                self.of[id] = Some(user);
+            } else {
+                self.of[id] = None;
+            }
+        }
+    }
 }
 
 impl<F: FnMut(&TraceRecord)> VirtualClock<F> {
@@ -318,6 +382,29 @@ impl<F: FnMut(&TraceRecord)> VirtualClock<F> {
                 self.timers.push(Reverse((due, customer)));
             }
             self.pushed[customer] = effects.wake_at;
+        }
+    }
+
+    /// Merges `anonymous` into `user` before an input at `at`
+    /// ([`crate::runtime::merge::merge`]), unless it is already an alias
+    /// or one of the two failed: its timers go on under `user`.
+    fn merge(&mut self, anonymous: usize, user: usize, at: Millis) {
+        let anonymous_resolved = self.aliases.resolve(anonymous);
+        if anonymous_resolved != anonymous || anonymous == user || self.failed[anonymous] || self.failed[user] {
+            return;
+        }
+        let id = self.states[anonymous].id.clone();
+        let state = std::mem::replace(&mut self.states[anonymous], CustomerState::new(id));
+        let records = crate::runtime::merge::merge(&mut self.states[user], state, at);
+        records.iter().for_each(&mut self.emit);
+        self.aliases.add(anonymous, user);
+        self.pushed[anonymous] = None;
+        let wake = self.states[user].next_wake();
+        if wake != self.pushed[user] {
+            if let Some(due) = wake {
+                self.timers.push(Reverse((due, user)));
+            }
+            self.pushed[user] = wake;
         }
     }
 

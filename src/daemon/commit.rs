@@ -405,7 +405,7 @@ impl CommitThread {
         }
     }
 
-    fn commit_group(&mut self, jobs: Vec<Job>) {
+    fn commit_group(&mut self, mut jobs: Vec<Job>) {
         // An Install job migrates the whole store in its own pass.
         if jobs.iter().any(|j| matches!(j, Job::Install { .. })) {
             for job in jobs {
@@ -415,7 +415,7 @@ impl CommitThread {
         }
         let started = Instant::now();
         let seq_before = self.next_seq;
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.prepare(&jobs)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.prepare(&mut jobs)));
         match outcome {
             Ok(Ok((group, answers))) => match self.write(&jobs, group, answers) {
                 Ok(applied) => {
@@ -507,9 +507,18 @@ impl CommitThread {
     /// Applies the jobs: their inputs are sorted into one [`Lane`] per
     /// customer, and the lanes run on up to two threads (customers are
     /// independent; one customer's inputs stay in order on one thread).
-    fn prepare(&mut self, jobs: &[Job]) -> Result<(Changes, Vec<usize>), CommitError> {
+    fn prepare(&mut self, jobs: &mut [Job]) -> Result<(Changes, Vec<usize>), CommitError> {
         let runtime = current(&self.runtime);
-        let lanes = lanes(jobs);
+        let aliases = self.identities(jobs)?;
+        let jobs: &[Job] = jobs;
+        let mut lanes = lanes(jobs);
+        let merging = (jobs.iter())
+            .any(|job| matches!(job, Job::Ingest { calls, .. } if calls.iter().any(|c| c.merge.is_some())));
+        if merging {
+            // A merge reads the other id's state as its lane left it: those
+            // lanes run first, on this thread.
+            order_merges(&mut lanes);
+        }
         let context = LaneContext {
             store: &self.store,
             runtime: &runtime,
@@ -520,7 +529,7 @@ impl CommitThread {
             now: super::timers::now_ms(),
         };
         let steps: usize = lanes.iter().map(|lane| lane.steps.len()).sum();
-        let mut parts = if steps >= PARALLEL_STEPS_MIN && lanes.len() > 1 {
+        let mut parts = if steps >= PARALLEL_STEPS_MIN && lanes.len() > 1 && !merging {
             // Split where half of the steps are on each side.
             let mut seen = 0;
             let middle = lanes
@@ -548,6 +557,15 @@ impl CommitThread {
         for part in parts {
             group.absorb(part);
         }
+        group.aliases = aliases;
+        for anonymous in std::mem::take(&mut group.unmerged) {
+            let alias = store::alias_key(&anonymous);
+            let indexed = [&[0][..], anonymous.as_bytes()].concat();
+            group.aliases.retain(|key, value| {
+                let index = key.first() == Some(&store::PREFIX_ALIASES_OF) && key.ends_with(&indexed);
+                *key != alias && !(index && value.is_some())
+            });
+        }
         // Group order (each input's records are in one part, in order).
         group.records.sort_by_key(|(order, _)| *order);
         let mut answers = vec![0; jobs.len()];
@@ -555,6 +573,164 @@ impl CommitThread {
             answers[job] += answer;
         }
         Ok((group, answers))
+    }
+
+    /// Resolves ids through the alias map and decides the group's merges
+    /// (`docs/daemon.md`, "Identity"): every call, erase and retry naming
+    /// an alias is for the customer it resolves to; a call's `merge` is
+    /// kept only when it is to be done: the other id is not an alias
+    /// already, and neither customer is failing. Returns the alias keys
+    /// the merges write (`None` removes), for the group's batch.
+    fn identities(&self, jobs: &mut [Job]) -> Result<AliasWrites, CommitError> {
+        let mut writes = AliasWrites::new();
+        // Decided in this group: alias → customer, and aliases per customer.
+        let mut local: HashMap<String, String> = HashMap::new();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        let resolve = |local: &HashMap<String, String>, id: &str| -> Result<String, CommitError> {
+            Ok(match local.get(id) {
+                Some(user) => user.clone(),
+                None => self.store.alias(id)?.unwrap_or_else(|| id.to_string()),
+            })
+        };
+        for job in jobs.iter_mut() {
+            match job {
+                Job::Ingest { calls, .. } => {
+                    for call in calls.iter_mut() {
+                        call.customer = resolve(&local, &call.customer)?;
+                        let Some(anonymous) = call.merge.take() else {
+                            continue;
+                        };
+                        let user = call.customer.clone();
+                        let merged_before = resolve(&local, &anonymous)? != anonymous;
+                        let failing = self.faulted.contains_key(&anonymous);
+                        if merged_before || anonymous == user || failing {
+                            continue;
+                        }
+                        // What was merged into the anonymous id follows it.
+                        let mut moved = self.store.aliases_of(&anonymous)?;
+                        moved.retain(|alias| !local.contains_key(alias));
+                        moved.extend(
+                            local
+                                .iter()
+                                .filter(|(_, to)| **to == anonymous)
+                                .map(|(alias, _)| alias.clone()),
+                        );
+                        moved.sort();
+                        moved.dedup();
+                        moved.push(anonymous.clone());
+                        let count = match counts.get(&user) {
+                            Some(count) => *count,
+                            None => self.store.aliases_of(&user)?.len(),
+                        };
+                        let mut count = count;
+                        for alias in moved {
+                            writes.insert(store::aliases_of_key(&anonymous, &alias), None);
+                            if count < crate::runtime::merge::ALIASES_MAX {
+                                count += 1;
+                                writes.insert(store::alias_key(&alias), Some(user.clone().into_bytes()));
+                                writes.insert(store::aliases_of_key(&user, &alias), Some(Vec::new()));
+                                local.insert(alias, user.clone());
+                            } else {
+                                tracing::warn!(
+                                    aliases = crate::runtime::merge::ALIASES_MAX,
+                                    "a customer has the most aliases kept; a merged id is not remembered"
+                                );
+                                writes.insert(store::alias_key(&alias), None);
+                                local.remove(&alias);
+                            }
+                        }
+                        // The anonymous id's groups go to the user (the
+                        // user's own record of a group wins).
+                        for (key, record) in self.pending_groups(&writes, &anonymous)? {
+                            writes.insert(key, None);
+                            let id = record["id"].as_str().unwrap_or_default();
+                            if !self
+                                .pending_groups(&writes, &user)?
+                                .contains_key(&store::group_key(&user, id))
+                            {
+                                self.put_group(&mut writes, &user, record)?;
+                            }
+                        }
+                        counts.insert(user, count);
+                        call.merge = Some(anonymous);
+                    }
+                    for call in calls.iter() {
+                        let Some(group) = &call.group else { continue };
+                        let key = store::group_key(&call.customer, &group.id);
+                        let mut record = (self.pending_groups(&writes, &call.customer)?.remove(&key))
+                            .unwrap_or_else(|| serde_json::json!({"id": group.id, "traits": {}}));
+                        if let Some(traits) = record["traits"].as_object_mut() {
+                            for (name, value) in &group.traits {
+                                let known = traits.contains_key(name);
+                                if known || traits.len() < crate::runtime::input::GROUP_TRAITS_MAX {
+                                    traits.insert(name.clone(), value.clone());
+                                }
+                            }
+                        }
+                        record["at"] = serde_json::json!(call.input.at());
+                        self.put_group(&mut writes, &call.customer, record)?;
+                    }
+                }
+                Job::Erase { customer, .. } => {
+                    *customer = resolve(&local, customer)?;
+                    // Nothing this group was to write for it survives.
+                    let erased = customer.as_str();
+                    writes.retain(|key, value| !side_key_of(key, value.as_deref(), erased));
+                    local.retain(|_, user| user != erased);
+                }
+                Job::Retry { customers, .. } => {
+                    for customer in customers.iter_mut() {
+                        *customer = resolve(&local, customer)?;
+                    }
+                }
+                Job::Wake { .. } | Job::Install { .. } | Job::Stop { .. } => {}
+            }
+        }
+        Ok(writes)
+    }
+
+    /// A customer's groups as the group's writes so far leave them.
+    fn pending_groups(
+        &self,
+        writes: &AliasWrites,
+        customer: &str,
+    ) -> Result<BTreeMap<Vec<u8>, serde_json::Value>, CommitError> {
+        let prefix = store::group_key(customer, "");
+        let mut groups = self.store.groups_of(customer)?;
+        for (key, value) in writes
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+        {
+            match value {
+                Some(value) => groups.insert(key.clone(), serde_json::from_slice(value).unwrap_or_default()),
+                None => groups.remove(key),
+            };
+        }
+        Ok(groups)
+    }
+
+    /// Writes one group record of a customer, dropping the group updated
+    /// longest ago beyond [`store::GROUPS_MAX`].
+    fn put_group(
+        &self,
+        writes: &mut AliasWrites,
+        customer: &str,
+        record: serde_json::Value,
+    ) -> Result<(), CommitError> {
+        let key = store::group_key(customer, record["id"].as_str().unwrap_or_default());
+        let mut groups = self.pending_groups(writes, customer)?;
+        writes.insert(key.clone(), Some(serde_json::to_vec(&record).expect("JSON serializes")));
+        groups.insert(key.clone(), record);
+        while groups.len() > store::GROUPS_MAX {
+            let oldest = (groups.iter())
+                .filter(|(other, _)| **other != key)
+                .min_by_key(|(_, record)| record["at"].as_i64().unwrap_or(i64::MIN))
+                .map(|(key, _)| key.clone());
+            let Some(oldest) = oldest else { break };
+            groups.remove(&oldest);
+            writes.insert(oldest, None);
+        }
+        Ok(())
     }
 
     /// Writes the group as one batch, flushes, publishes.
@@ -570,6 +746,12 @@ impl CommitThread {
         }
         for erased in &group.erased {
             self.erase_outside_group(&mut batch, erased)?;
+        }
+        for (key, value) in std::mem::take(&mut group.aliases) {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
         }
         for write in group.writes.drain(..) {
             let id = &write.customer;
@@ -644,16 +826,25 @@ impl CommitThread {
 
     /// Removes an erased customer's pending outbox entries and dead letters
     /// that were committed by earlier groups.
+    /// The ids merged into the customer go with it: their alias keys,
+    /// their records in the outbox and dead letters, their marks.
     fn erase_outside_group(&self, batch: &mut sled::Batch, customer: &str) -> Result<(), CommitError> {
-        // The mark that has the store compacted and the sinks redacted at
-        // the next stop or start (`erasure.rs`).
-        batch.insert(super::erasure::erased_key(customer), &[][..]);
-        for item in self
-            .store
-            .db
-            .scan_prefix([&[store::PREFIX_ARM][..], customer.as_bytes(), &[0]].concat())
-        {
-            batch.remove(item.map_err(StoreError::from)?.0);
+        let aliases = self.store.aliases_of(customer)?;
+        let mut ids: std::collections::HashSet<&str> = aliases.iter().map(String::as_str).collect();
+        ids.insert(customer);
+        for alias in &aliases {
+            batch.remove(store::alias_key(alias));
+            batch.remove(store::aliases_of_key(customer, alias));
+        }
+        for id in &ids {
+            // The mark that has the store compacted and the sinks redacted at
+            // the next stop or start (`erasure.rs`).
+            batch.insert(super::erasure::erased_key(id), &[][..]);
+            for prefix in [store::PREFIX_ARM, store::PREFIX_GROUP] {
+                for item in self.store.db.scan_prefix([&[prefix][..], id.as_bytes(), &[0]].concat()) {
+                    batch.remove(item.map_err(StoreError::from)?.0);
+                }
+            }
         }
         let customer_of = |line: &str| {
             serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| {
@@ -664,7 +855,7 @@ impl CommitThread {
         for (key, records) in self.store.outbox_chunks()? {
             let kept: Vec<(u64, String)> = records
                 .iter()
-                .filter(|(_, line)| customer_of(line).as_deref() != Some(customer))
+                .filter(|(_, line)| !customer_of(line).is_some_and(|c| ids.contains(c.as_str())))
                 .cloned()
                 .collect();
             if kept.len() == records.len() {
@@ -680,7 +871,7 @@ impl CommitThread {
         }
         for item in self.store.db.scan_prefix([store::PREFIX_DEAD]) {
             let (key, value) = item.map_err(StoreError::from)?;
-            if customer_of(&String::from_utf8_lossy(&value)).as_deref() == Some(customer) {
+            if customer_of(&String::from_utf8_lossy(&value)).is_some_and(|c| ids.contains(c.as_str())) {
                 batch.remove(key);
             }
         }
@@ -732,9 +923,39 @@ struct CustomerWrite {
     value: Option<Vec<u8>>,
 }
 
+/// Keys a group writes beside the customer records, decided before the
+/// lanes run: aliases and groups (`None` removes), the last write of a key
+/// counting.
+type AliasWrites = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Whether a side key (alias or group) is `customer`'s: its groups, its
+/// aliases' index, an alias that resolves to it.
+fn side_key_of(key: &[u8], value: Option<&[u8]>, customer: &str) -> bool {
+    let owned = |prefix: u8| {
+        key.first() == Some(&prefix)
+            && key[1..].starts_with(customer.as_bytes())
+            && key.get(1 + customer.len()) == Some(&0)
+    };
+    owned(store::PREFIX_GROUP)
+        || owned(store::PREFIX_ALIASES_OF)
+        || (key.first() == Some(&store::PREFIX_ALIAS) && value == Some(customer.as_bytes()))
+}
+
 /// One input of a group, for one customer.
 enum Step<'g> {
     Input(&'g Input),
+    /// Merge this other id of the customer into it, as of `at`
+    /// ([`crate::runtime::merge::merge`]).
+    Merge {
+        anonymous: &'g str,
+        at: Millis,
+    },
+    /// Fill what the profile lacks from the call's context before `input`
+    /// ([`crate::runtime::input::context_fill`]).
+    Fill {
+        fill: &'g BTreeMap<String, crate::compile::bytecode::Value>,
+        input: &'g Input,
+    },
     /// The customer is listed in a timer entry (`chunk`, or its own key)
     /// handed in by a wake job.
     Wake {
@@ -780,6 +1001,14 @@ fn lanes<'g>(jobs: &'g [Job]) -> Vec<Lane<'g>> {
         match request {
             Job::Ingest { calls, .. } => {
                 for call in calls {
+                    if let Some(anonymous) = &call.merge {
+                        let at = call.input.at();
+                        push(&call.customer, job, Step::Merge { anonymous, at });
+                    }
+                    if !call.fill.is_empty() {
+                        let (fill, input) = (&call.fill, &call.input);
+                        push(&call.customer, job, Step::Fill { fill, input });
+                    }
                     push(&call.customer, job, Step::Input(&call.input));
                 }
             }
@@ -804,6 +1033,44 @@ fn lanes<'g>(jobs: &'g [Job]) -> Vec<Lane<'g>> {
         }
     }
     lanes
+}
+
+/// Puts the lane of every id merged in the group before the lane it is
+/// merged into (stable otherwise): a merge takes the state that lane left.
+fn order_merges(lanes: &mut [Lane<'_>]) {
+    let merges: Vec<(&str, &str)> = (lanes.iter())
+        .flat_map(|lane| {
+            lane.steps.iter().filter_map(move |(_, step)| match step {
+                Step::Merge { anonymous, .. } => Some((*anonymous, lane.customer)),
+                _ => None,
+            })
+        })
+        .collect();
+    let mut depth: HashMap<&str, usize> = HashMap::new();
+    // Until nothing deepens: one round per link of the longest chain (a
+    // into b, b into c), which is at most as long as the merges.
+    for _ in 0..merges.len() {
+        let mut deepened = false;
+        for (from, into) in &merges {
+            let below = depth.get(from).copied().unwrap_or(0) + 1;
+            let entry = depth.entry(into).or_insert(0);
+            if below > *entry {
+                *entry = below;
+                deepened = true;
+            }
+        }
+        if !deepened {
+            break;
+        }
+    }
+    lanes.sort_by_key(|lane| depth.get(lane.customer).copied().unwrap_or(0));
+}
+
+/// What a lane has done to its state since it was loaded, to do again
+/// after a failed input.
+enum Done<'g> {
+    Input(Cow<'g, Input>),
+    Merge(Box<CustomerState>, Millis),
 }
 
 /// What lanes read: shared by the lane threads.
@@ -831,6 +1098,10 @@ struct Changes {
     faults: Vec<(String, Option<Fault>)>,
     /// `(job, contribution)`: wake-ups fired, or whether an erased customer existed.
     answers: Vec<(usize, usize)>,
+    /// Alias keys of the group's merges (set once, by `prepare`).
+    aliases: AliasWrites,
+    /// Ids whose merge was not done after all (they failed in this group).
+    unmerged: Vec<String>,
 }
 
 impl Changes {
@@ -842,6 +1113,7 @@ impl Changes {
         self.faults.append(&mut other.faults);
         self.groups.append(&mut other.groups);
         self.answers.append(&mut other.answers);
+        self.unmerged.append(&mut other.unmerged);
         for (name, delta) in other.stat_deltas {
             *self.stat_deltas.entry(name).or_insert(0) += delta;
         }
@@ -881,11 +1153,21 @@ impl LaneContext<'_> {
         let mut dirty = false;
         // The inputs applied since the state was loaded, or since it was
         // erased (then `fresh`).
-        let mut applied: Vec<Cow<'_, Input>> = Vec::new();
+        let mut applied: Vec<Done<'_>> = Vec::new();
         let mut fresh = false;
         for (item, step) in &lane.steps {
             let input = match step {
                 Step::Input(input) => Cow::Borrowed(*input),
+                Step::Fill { fill, input } => {
+                    let profile = match erased {
+                        true => &BTreeMap::new(),
+                        false => &state.profile,
+                    };
+                    match crate::runtime::input::context_fill(profile, fill, input) {
+                        Some(identify) => Cow::Owned(identify),
+                        None => continue,
+                    }
+                }
                 Step::Wake { due, chunk } => {
                     // The entry was read before this group: if the customer
                     // has moved out of it since (or it was handed over
@@ -920,6 +1202,21 @@ impl LaneContext<'_> {
                     changes.records.truncate(records_start);
                     changes.groups.retain(|(who, _), _| who != customer);
                     changes.erased.push(customer.to_string());
+                    continue;
+                }
+                Step::Merge { anonymous, at } => {
+                    if erased {
+                        erased = false;
+                        state = CustomerState::new(customer);
+                    }
+                    // A failing customer merges too: its held inputs are
+                    // retried on the merged state.
+                    let Some(other) = self.take_merged(anonymous, changes)? else {
+                        continue;
+                    };
+                    dirty = true;
+                    self.merge(&mut state, other.clone(), *at, *item, changes)?;
+                    applied.push(Done::Merge(Box::new(other), *at));
                     continue;
                 }
                 Step::Retry => {
@@ -960,12 +1257,19 @@ impl LaneContext<'_> {
                 .unwrap_or_else(|| CustomerState::new(customer));
                 for earlier in &applied {
                     // These succeeded a moment ago on the same state.
-                    let _ = self.runtime.interpreter.apply(&mut state, earlier);
+                    match earlier {
+                        Done::Input(input) => {
+                            let _ = self.runtime.interpreter.apply(&mut state, input);
+                        }
+                        Done::Merge(other, at) => {
+                            crate::runtime::merge::merge(&mut state, (**other).clone(), *at);
+                        }
+                    }
                 }
                 fault = Some(Fault::new(error, input.into_owned(), self.now, self.policy));
                 continue;
             }
-            applied.push(input);
+            applied.push(Done::Input(input));
         }
         if dirty {
             let (new_wake, value, now_positions) = if erased {
@@ -1001,7 +1305,7 @@ impl LaneContext<'_> {
         fault: &mut Fault,
         item: Item,
         changes: &mut Changes,
-        applied: &mut Vec<Cow<'_, Input>>,
+        applied: &mut Vec<Done<'_>>,
     ) -> Result<bool, CommitError> {
         let mut held = std::mem::take(&mut fault.held).into_iter();
         while let Some(input) = held.next() {
@@ -1015,10 +1319,87 @@ impl LaneContext<'_> {
                 }
                 return Ok(false);
             }
-            applied.push(Cow::Owned(input));
+            applied.push(Done::Input(Cow::Owned(input)));
         }
         tracing::info!(customer = %state.id, "failing customer recovered");
         Ok(true)
+    }
+
+    /// The state of an id being merged, taken out of the store: as its lane
+    /// left it earlier in this group (its write becomes a removal), else as
+    /// stored (a removal is added, which also takes it out of the timer
+    /// index). `None` when there is nothing to merge: no record, erased in
+    /// this group, or failing.
+    fn take_merged(&self, anonymous: &str, changes: &mut Changes) -> Result<Option<CustomerState>, CommitError> {
+        if changes
+            .faults
+            .iter()
+            .any(|(who, fault)| who == anonymous && fault.is_some())
+        {
+            // Failing since the group began: it stays itself, not an alias.
+            changes.unmerged.push(anonymous.to_string());
+            return Ok(None);
+        }
+        if let Some(write) = changes.writes.iter_mut().rev().find(|w| w.customer == anonymous) {
+            let Some(value) = write.value.take() else {
+                return Ok(None);
+            };
+            write.new_wake = None;
+            return Ok(Some(store::decode_state(&store::customer_key(anonymous), &value)?));
+        }
+        let Some((state, chunk)) = self.store.customer_record(anonymous)? else {
+            return Ok(None);
+        };
+        changes.writes.push(CustomerWrite {
+            customer: anonymous.to_string(),
+            original_timer: Fault::wake(None, &state).map(|due| (due, chunk)),
+            new_wake: None,
+            value: None,
+        });
+        Ok(Some(state))
+    }
+
+    /// Merges `other` into `state` and moves what the store keeps beside a
+    /// state: the other id's position gauges, and the stats groups of the enrollments
+    /// that go on under the customer; the exits of those that do not are
+    /// counted and written as the other id's records.
+    fn merge(
+        &self,
+        state: &mut CustomerState,
+        other: CustomerState,
+        at: Millis,
+        item: Item,
+        changes: &mut Changes,
+    ) -> Result<(), CommitError> {
+        let other_id = other.id.clone();
+        // The lane counts the customer's own positions from its stored
+        // state to its new one; the other id's leave with it.
+        stats::positions_delta(&stats::positions(&other), &[], &mut changes.stat_deltas);
+        let moved: Vec<String> = (other.enrollments.keys())
+            .filter(|journey| !state.enrollments.contains_key(*journey))
+            .cloned()
+            .collect();
+        let records = crate::runtime::merge::merge(state, other, at);
+        for journey in moved {
+            let key = (other_id.clone(), journey.clone());
+            let groups = match changes.groups.get(&key) {
+                Some(groups) => groups.clone(),
+                None => self.store.groups(&other_id, &journey)?,
+            };
+            changes.groups.insert(key, Default::default());
+            changes.groups.insert((state.id.clone(), journey), groups);
+        }
+        let mut context = stats::RecordContext {
+            customer: &other_id,
+            deltas: &mut changes.stat_deltas,
+            groups: &mut changes.groups,
+            store: self.store,
+        };
+        context.count(&records)?;
+        for record in &records {
+            changes.records.push((item.order, record.to_json_line()));
+        }
+        Ok(())
     }
 
     /// Applies one input and collects its records and counters; an input
@@ -1121,6 +1502,9 @@ mod tests {
                 at,
                 message_id: None,
             },
+            merge: None,
+            fill: Default::default(),
+            group: None,
         }
     }
 
@@ -1373,5 +1757,44 @@ mod tests {
         });
         harness.thread.join().expect("commit thread");
         assert_eq!(store.counter(store::STAT_TIMERS).expect("counter"), 1);
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    fn lane<'g>(customer: &'g str, merges: &[&'g str]) -> Lane<'g> {
+        let item = Item { job: 0, order: 0 };
+        let steps = (merges.iter())
+            .map(|anonymous| (item, Step::Merge { anonymous, at: 0 }))
+            .collect();
+        Lane { customer, steps }
+    }
+
+    /// A lane runs after the lanes of the ids merged into it, chains too;
+    /// the others keep their order.
+    #[test]
+    fn merged_lanes_run_first() {
+        let mut lanes = vec![
+            lane("c", &["b"]),
+            lane("x", &[]),
+            lane("b", &["a"]),
+            lane("a", &[]),
+            lane("y", &[]),
+        ];
+        order_merges(&mut lanes);
+        let order: Vec<&str> = lanes.iter().map(|lane| lane.customer).collect();
+        assert_eq!(order, ["x", "a", "y", "b", "c"]);
+    }
+
+    #[test]
+    fn side_keys_belong_to_their_customer_alone() {
+        assert!(side_key_of(&store::group_key("u1", "acme"), None, "u1"));
+        assert!(!side_key_of(&store::group_key("u10", "acme"), None, "u1"));
+        assert!(side_key_of(&store::aliases_of_key("u1", "a"), None, "u1"));
+        assert!(side_key_of(&store::alias_key("a"), Some(b"u1"), "u1"));
+        assert!(!side_key_of(&store::alias_key("a"), Some(b"u10"), "u1"));
+        assert!(!side_key_of(&store::arm_key("u1", "j"), None, "u1"));
     }
 }

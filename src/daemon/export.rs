@@ -93,7 +93,13 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
                 let journey = text(parts.next().unwrap_or_default());
                 json!({"type": "arm", "customer": customer, "journey": journey, "arm": text(&value)})
             }
-            // Bundles and meta were written first.
+            store::PREFIX_ALIAS => json!({"type": "alias", "alias": text(rest), "customer": text(&value)}),
+            store::PREFIX_GROUP => {
+                let customer = text(rest.split(|b| *b == 0).next().unwrap_or_default());
+                let group: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
+                json!({"type": "group", "customer": customer, "group": group})
+            }
+            // Bundles and meta were written first; `L` is the index of `l`.
             _ => continue,
         };
         emit(line, out)?;
@@ -220,6 +226,17 @@ pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportErr
                 let key = store::arm_key(as_str(&value, "customer", number)?, as_str(&value, "journey", number)?);
                 batch.insert(key, as_str(&value, "arm", number)?.as_bytes());
             }
+            "group" => {
+                let group = field(&value, "group", number)?;
+                let id = as_str(group, "id", number)?;
+                let key = store::group_key(as_str(&value, "customer", number)?, id);
+                batch.insert(key, serde_json::to_vec(group).expect("JSON serializes"));
+            }
+            "alias" => {
+                let (alias, customer) = (as_str(&value, "alias", number)?, as_str(&value, "customer", number)?);
+                batch.insert(store::alias_key(alias), customer.as_bytes());
+                batch.insert(store::aliases_of_key(customer, alias), &[][..]);
+            }
             other => return Err(bad(format!("unknown record type {other:?}"))),
         }
         count += 1;
@@ -278,6 +295,13 @@ mod tests {
         batch.insert(store::stat_key("j/onboarding/entered"), &1i64.to_be_bytes());
         batch.insert(store::arm_key("c1", "onboarding"), b"cta/short".to_vec());
         batch.insert(store::META_SEQ, &8u64.to_be_bytes());
+        batch.insert(store::alias_key("anon-1"), b"c1".to_vec());
+        batch.insert(store::aliases_of_key("c1", "anon-1"), &[]);
+        let group = json!({"id": "acme", "traits": {"seats": 4}, "at": 1_000});
+        batch.insert(
+            store::group_key("c1", "acme"),
+            serde_json::to_vec(&group).expect("json"),
+        );
         source.db.apply_batch(batch).expect("batch");
         source
             .add_dead_letter("webhook:http://x", 5, &json!({"record": {"customer": "c1"}}))
@@ -285,7 +309,7 @@ mod tests {
 
         let mut first = Vec::new();
         let lines = export(&source, &mut first).expect("export");
-        assert_eq!(lines, 8);
+        assert_eq!(lines, 10);
         let target_dir = tempfile::tempdir().expect("tempdir");
         let target = Store::open(target_dir.path(), &StoreOptions::default()).expect("open");
         import(&target, &mut first.as_slice()).expect("import");
@@ -293,6 +317,16 @@ mod tests {
         export(&target, &mut second).expect("export again");
         assert_eq!(String::from_utf8_lossy(&first), String::from_utf8_lossy(&second));
         assert_eq!(target.customer("c1").expect("get"), Some(state));
+        assert_eq!(target.alias("anon-1").expect("alias"), Some("c1".to_string()));
+        assert_eq!(target.aliases_of("c1").expect("aliases"), vec!["anon-1".to_string()]);
+        assert_eq!(
+            target
+                .groups_of("c1")
+                .expect("groups")
+                .into_values()
+                .collect::<Vec<_>>(),
+            vec![group]
+        );
         assert!(
             import(&target, &mut first.as_slice()).is_err(),
             "import refuses a non-empty store"

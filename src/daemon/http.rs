@@ -852,11 +852,44 @@ pub fn customer_json(state: &CustomerState, runtime: &Runtime) -> serde_json::Va
     })
 }
 
+/// The customer an id names: itself, or the one it was merged into.
+fn resolve(store: &super::store::Store, id: String) -> Result<String, Box<Response>> {
+    match store.alias(&id) {
+        Ok(user) => Ok(user.unwrap_or(id)),
+        Err(failure) => Err(Box::new(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "",
+            failure.to_string(),
+        ))),
+    }
+}
+
 async fn get_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
+    let id = match resolve(&state.store, id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
     match state.store.customer(&id) {
         Ok(Some(customer)) => {
             let runtime = current(&state.runtime);
             let mut body = customer_json(&customer, &runtime);
+            match state.store.aliases_of(&id) {
+                Ok(aliases) => body["aliases"] = json!(aliases),
+                Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+            }
+            // `group` calls: each group with its traits and last update.
+            match state.store.groups_of(&id) {
+                Ok(groups) => {
+                    let groups: Vec<serde_json::Value> = (groups.into_values())
+                        .map(|mut group| {
+                            group["at"] = group["at"].as_i64().map_or(serde_json::Value::Null, time_json);
+                            group
+                        })
+                        .collect();
+                    body["groups"] = json!(groups);
+                }
+                Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+            }
             // A failing customer: what failed, and the retry (see `faults`).
             match super::faults::read(&state.store.db, &id) {
                 Ok(fault) => body["fault"] = fault.map_or(serde_json::Value::Null, |f| f.to_json()),
@@ -870,15 +903,28 @@ async fn get_customer(State(state): State<AppState>, PathParam(id): PathParam) -
 }
 
 async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
+    // An alias names the customer it was merged into (the commit thread
+    // resolves it the same way); the ids merged into it go with it.
+    let id = match resolve(&state.store, id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
+    let aliases = match state.store.aliases_of(&id) {
+        Ok(aliases) => aliases,
+        Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+    };
     let known = match state.committer.erase(id.clone()).await {
         Ok(known) => known,
         Err(failure) => return commit_error(failure),
     };
-    // Its refused calls go too (they hold its data).
-    let rejected = match state.rejected.erase_customer(&id) {
-        Ok(rejected) => rejected,
-        Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
-    };
+    // Its refused calls go too (they hold its data), and those of its aliases.
+    let mut rejected = 0;
+    for who in std::iter::once(&id).chain(&aliases) {
+        match state.rejected.erase_customer(who) {
+            Ok(n) => rejected += n,
+            Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+        }
+    }
     if rejected > 0 {
         // Their old bytes leave the disk with the erasure compaction, which
         // the mark asks for (the erase job writes it only for a known customer).
@@ -904,6 +950,10 @@ async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam
 
 /// Retries a failing (or parked) customer's held inputs now.
 async fn retry_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
+    let id = match resolve(&state.store, id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
     match state.committer.retry(id.clone()).await {
         Ok(None) => error(StatusCode::NOT_FOUND, "id", format!("customer {id:?} is not failing")),
         Ok(Some(recovered)) => {

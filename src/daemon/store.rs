@@ -17,6 +17,9 @@
 //! | `a`    | customer id + `0x00` + journey       | JSON `runtime::stats::Groups` of the latest enrollment (holdout group, split arms, converted), for stats |
 //! | `b`    | bundle key (hex SHA-256 of its postcard bytes) | postcard [`Bundle`]         |
 //! | `r`, `R` | refusal id; customer + `0x00` + refusal id | the rejected store (`daemon/rejected.rs`) |
+//! | `l`    | an id merged into another customer (an alias) | the customer id it resolves to (UTF-8) |
+//! | `L`    | customer id + `0x00` + alias         | empty: the aliases of a customer (bounds, erasure) |
+//! | `G`    | customer id + `0x00` + group id      | JSON `{id, traits, at}`: a group the customer is in (`group` calls) |
 //! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number / store format |
 //!
 //! The timer index keeps many customers under one key, so firing a burst of
@@ -28,7 +31,7 @@
 //! `Some(at)` names a chunk `t/at/N` that lists `ID` (or, if it names none, a
 //! key `t/at/ID` exists), and no other timer entry lists that customer. Chunks
 //! only shrink after they are written: new entries always go into new chunks.
-//! Only the commit thread writes `c`, `t`, `o`, `s`, `a`, `m`; sinks write
+//! Only the commit thread writes `c`, `t`, `o`, `s`, `a`, `l`, `L`, `G`, `m`; sinks write
 //! `k`, `d` and delete delivered `o` entries; the HTTP handlers write `r` and `R` (refused calls).
 
 use crate::compile::bytecode::Bundle;
@@ -46,6 +49,12 @@ pub const PREFIX_STAT: u8 = b's';
 pub const PREFIX_ARM: u8 = b'a';
 pub const PREFIX_BUNDLE: u8 = b'b';
 pub const PREFIX_META: u8 = b'm';
+pub const PREFIX_ALIAS: u8 = b'l';
+pub const PREFIX_ALIASES_OF: u8 = b'L';
+pub const PREFIX_GROUP: u8 = b'G';
+/// The most groups kept per customer: beyond, the one updated longest ago
+/// is dropped.
+pub const GROUPS_MAX: usize = 20;
 
 pub const META_SEQ: &[u8] = b"mseq";
 pub const META_CURRENT: &[u8] = b"mcurrent";
@@ -197,6 +206,31 @@ impl Store {
             None => Ok(None),
             Some(bytes) => decode_customer(&key, &bytes).map(Some),
         }
+    }
+
+    /// The customer `id` was merged into, if it is an alias.
+    pub fn alias(&self, id: &str) -> StoreResult<Option<String>> {
+        let value = self.db.get(alias_key(id))?;
+        Ok(value.map(|user| String::from_utf8_lossy(&user).into_owned()))
+    }
+
+    /// The ids merged into `customer`, in id order.
+    pub fn aliases_of(&self, customer: &str) -> StoreResult<Vec<String>> {
+        let prefix = aliases_of_key(customer, "");
+        (self.db.scan_prefix(&prefix))
+            .map(|item| item.map(|(key, _)| String::from_utf8_lossy(&key[prefix.len()..]).into_owned()))
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The groups of `customer` (`group` calls), keyed by their store key.
+    pub fn groups_of(&self, customer: &str) -> StoreResult<BTreeMap<Vec<u8>, serde_json::Value>> {
+        let mut groups = BTreeMap::new();
+        for item in self.db.scan_prefix(group_key(customer, "")) {
+            let (key, value) = item?;
+            groups.insert(key.to_vec(), serde_json::from_slice(&value).unwrap_or_default());
+        }
+        Ok(groups)
     }
 
     pub fn counter(&self, name: &str) -> StoreResult<i64> {
@@ -467,6 +501,22 @@ pub fn customer_key(id: &str) -> Vec<u8> {
     key.push(PREFIX_CUSTOMER);
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+pub fn alias_key(id: &str) -> Vec<u8> {
+    [&[PREFIX_ALIAS][..], id.as_bytes()].concat()
+}
+
+/// `G` + customer + `0x00` + group id; with an empty group id, the prefix
+/// of a customer's groups.
+pub fn group_key(customer: &str, group: &str) -> Vec<u8> {
+    [&[PREFIX_GROUP][..], customer.as_bytes(), &[0], group.as_bytes()].concat()
+}
+
+/// `L` + customer + `0x00` + alias; with an empty alias, the prefix of a
+/// customer's aliases.
+pub fn aliases_of_key(customer: &str, alias: &str) -> Vec<u8> {
+    [&[PREFIX_ALIASES_OF][..], customer.as_bytes(), &[0], alias.as_bytes()].concat()
 }
 
 /// Maps i64 milliseconds to bytes whose lexicographic order is numeric order.

@@ -82,6 +82,112 @@ impl InputError {
 pub struct Call {
     pub customer: String,
     pub input: Input,
+    /// Another id of the same person to merge into `customer` before the
+    /// input (the `anonymousId` of a call that also names a `userId`, the
+    /// `previousId` of an `alias`): see `runtime::merge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<String>,
+    /// Attributes from the call's `context` (`timezone`, `locale`) that
+    /// fill the profile where it has none: see [`context_fill`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fill: BTreeMap<String, Value>,
+    /// A `group` call's group, to store with the customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+}
+
+/// A `group` call's `groupId` and its scalar `traits` (nested objects and
+/// arrays are not kept), as JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub traits: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The most traits kept of one `group` call.
+pub const GROUP_TRAITS_MAX: usize = 64;
+
+fn group_call(group_id: Option<Scalar>, traits: Option<Fields>) -> Result<Option<Group>, InputError> {
+    let id = match group_id {
+        Some(Scalar::Str(id)) if !id.is_empty() => id.into_owned(),
+        Some(number @ (Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_))) => number.to_string(),
+        Some(Scalar::Null) | None => return Ok(None),
+        Some(_) => return Err(InputError::new("groupId", "must be a non-empty string")),
+    };
+    check_id("groupId", &id)?;
+    let pairs = match traits {
+        None | Some(Fields::Null) => Vec::new(),
+        Some(Fields::Object(pairs)) => pairs,
+        Some(Fields::Other) => return Err(InputError::new("traits", "must be an object")),
+    };
+    if pairs.len() > GROUP_TRAITS_MAX {
+        return Err(InputError::new(
+            "traits",
+            format!("{} group traits; at most {GROUP_TRAITS_MAX}", pairs.len()),
+        ));
+    }
+    let mut out = serde_json::Map::new();
+    for (name, value) in pairs {
+        check_id(&format!("traits.{name}"), &name)?;
+        let json = match value {
+            Scalar::Str(text) if text.len() > STRING_BYTES_MAX => {
+                return Err(InputError::new(
+                    format!("traits.{name}"),
+                    format!("{} bytes; at most {STRING_BYTES_MAX}", text.len()),
+                ))
+            }
+            Scalar::Str(text) => serde_json::Value::String(text.into_owned()),
+            Scalar::Bool(b) => serde_json::Value::Bool(b),
+            Scalar::Int(i) => serde_json::Value::from(i),
+            Scalar::UInt(u) => serde_json::Value::from(u),
+            Scalar::Float(f) => serde_json::Value::from(f),
+            Scalar::Null | Scalar::Array | Scalar::Object => continue,
+        };
+        out.insert(name.into_owned(), json);
+    }
+    Ok(Some(Group { id, traits: out }))
+}
+
+/// The `context` fields that fill an attribute of the same name, when the
+/// workspace declares it and the profile has none.
+pub const CONTEXT_ATTRIBUTES: [&str; 2] = ["timezone", "locale"];
+
+/// The identify to apply before `input` so that the call's context fills
+/// the attributes the profile lacks. Precedence: the call's own traits,
+/// then the profile as it is, then the context (`docs/daemon.md`,
+/// "Context"). `None` when there is nothing to fill.
+pub fn context_fill(profile: &BTreeMap<String, Value>, fill: &BTreeMap<String, Value>, input: &Input) -> Option<Input> {
+    let explicit = match input {
+        Input::Identify { traits, .. } => Some(traits),
+        _ => None,
+    };
+    let traits: BTreeMap<String, Value> = (fill.iter())
+        .filter(|(name, _)| !profile.get(*name).is_some_and(|v| *v != Value::Absent))
+        .filter(|(name, _)| !explicit.is_some_and(|traits| traits.contains_key(*name)))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    (!traits.is_empty()).then(|| Input::Identify {
+        traits,
+        subscriptions: BTreeMap::new(),
+        at: input.at(),
+        message_id: None,
+    })
+}
+
+/// The attributes a call's `context` can fill: those of
+/// [`CONTEXT_ATTRIBUTES`] the workspace declares, with a valid value (an
+/// invalid one is ignored: the context is a hint, not the customer's word).
+fn context_attributes(given: [(&str, Option<Scalar>); 2], schema: &Schema) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for (name, value) in given {
+        let (Some(value), Some(declared)) = (value, schema.customer.get(name)) else {
+            continue;
+        };
+        if let Ok(value @ Value::String(_)) = convert(value, declared) {
+            out.insert(name.to_string(), value);
+        }
+    }
+    out
 }
 
 /// Parses and validates one Segment call (`type` `identify` or `track`).
@@ -205,12 +311,39 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
         Some(Scalar::Null) | None => Ok(None),
         Some(_) => Err(InputError::new(field, "must be a non-empty string")),
     };
-    let (field, customer) = match (id("userId", raw.user_id)?, id("anonymousId", raw.anonymous_id)?) {
-        (Some(user), _) => ("userId", user),
-        (None, Some(anonymous)) => ("anonymousId", anonymous),
+    let (field, customer, mut merge) = match (id("userId", raw.user_id)?, id("anonymousId", raw.anonymous_id)?) {
+        (Some(user), anonymous) => ("userId", user, anonymous),
+        (None, Some(anonymous)) => ("anonymousId", anonymous, None),
+        (None, None) if kind == "alias" => {
+            return Err(InputError::new(
+                "userId",
+                "missing: an alias names the userId the previousId merges into",
+            ))
+        }
         (None, None) => return Err(InputError::new("userId", "missing: a call names userId or anonymousId")),
     };
     check_id(field, &customer)?;
+    if let Some(anonymous) = &merge {
+        check_id("anonymousId", anonymous)?;
+    }
+    if kind == "alias" {
+        merge = match id("previousId", raw.previous_id)? {
+            Some(previous) => Some(previous),
+            None => {
+                return Err(InputError::new(
+                    "previousId",
+                    "missing: an alias names the previousId to merge",
+                ))
+            }
+        };
+        check_id("previousId", merge.as_deref().unwrap_or_default())?;
+    }
+    let merge = merge.filter(|other| *other != customer);
+    let mut group = None;
+    let fill = context_attributes(
+        [("timezone", raw.context_timezone), ("locale", raw.context_locale)],
+        schema,
+    );
     let timestamp = time_field("timestamp", raw.timestamp)?;
     let sent_at = time_field("sentAt", raw.sent_at)?;
     // The daemon's clock is the receive time; a call's own `receivedAt`
@@ -234,98 +367,113 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
         Some(Scalar::Null) | None => None,
         Some(_) => return Err(InputError::new("messageId", "must be a string")),
     };
-    let input =
-        match kind {
-            "identify" => {
-                let names = schema.field_names(None);
-                // RudderStack's SDK sends identify traits only in `context.traits`.
-                let given = match raw.traits {
-                    None | Some(Fields::Null) => raw.context_traits,
-                    traits => traits,
-                };
-                let (subscriptions, traits) = subscription_traits(given, &schema.customer, names)?;
-                let traits = fields(traits, "traits", &schema.customer, names, FieldsMode::Partial)?;
-                Input::Identify {
-                    traits,
-                    subscriptions,
-                    at,
-                    message_id,
-                }
+    let input = match kind {
+        "identify" => {
+            let names = schema.field_names(None);
+            // RudderStack's SDK sends identify traits only in `context.traits`.
+            let given = match raw.traits {
+                None | Some(Fields::Null) => raw.context_traits,
+                traits => traits,
+            };
+            let (subscriptions, traits) = subscription_traits(given, &schema.customer, names)?;
+            let traits = fields(traits, "traits", &schema.customer, names, FieldsMode::Partial)?;
+            Input::Identify {
+                traits,
+                subscriptions,
+                at,
+                message_id,
             }
-            "track" => {
-                let Some(Scalar::Str(event)) = &raw.event else {
-                    return Err(InputError::new("event", "missing; a track call names its event"));
-                };
-                let engagement = super::engagement::event_named(event.as_ref());
-                if let Some(engagement) = engagement.filter(|e| schema.event_on_wire(e.name).is_none()) {
-                    return Ok(Call {
-                        customer,
-                        input: Input::Track {
-                            event: engagement.name.to_string(),
-                            properties: engagement_properties(raw.properties)?,
-                            at,
-                            message_id,
-                        },
-                    });
-                }
-                let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
-                    let known: Vec<&str> = schema.events.keys().map(|e| schema.event_wire_name(e)).collect();
-                    let mut reason = format!("event `{event}` is not declared in the workspace");
-                    if let Some(best) = crate::diagnostic::did_you_mean(event, known) {
-                        reason.push_str(&format!(" (did you mean `{best}`?)"));
-                    }
-                    InputError::new("event", reason)
-                })?;
-                let names = schema.field_names(Some(event));
-                let properties = fields(raw.properties, "properties", declared, names, FieldsMode::Complete)?;
-                Input::Track {
-                    event: event.clone(),
-                    properties,
-                    at,
-                    message_id,
-                }
-            }
-            "page" | "screen" => match schema.event_on_wire(kind) {
-                // Declared: an event like any other, with the call's `name` and
-                // `category` as properties when the event declares them.
-                Some((event, declared)) => {
-                    let names = schema.field_names(Some(event));
-                    let mut given = match raw.properties {
-                        None | Some(Fields::Null) => Vec::new(),
-                        Some(Fields::Object(pairs)) => pairs,
-                        Some(Fields::Other) => return Err(InputError::new("properties", "must be an object")),
-                    };
-                    for (key, value) in [("name", raw.name), ("category", raw.category)] {
-                        let declares = names.identifier(key).is_some_and(|name| declared.contains_key(name));
-                        if let (true, Some(value)) = (declares, value) {
-                            if !given.iter().any(|(k, _)| k == key) {
-                                given.push((Cow::Borrowed(key), value));
-                            }
-                        }
-                    }
-                    let given = Some(Fields::Object(given));
-                    Input::Track {
-                        event: event.clone(),
-                        properties: fields(given, "properties", declared, names, FieldsMode::Complete)?,
+        }
+        "track" => {
+            let Some(Scalar::Str(event)) = &raw.event else {
+                return Err(InputError::new("event", "missing; a track call names its event"));
+            };
+            let engagement = super::engagement::event_named(event.as_ref());
+            if let Some(engagement) = engagement.filter(|e| schema.event_on_wire(e.name).is_none()) {
+                return Ok(Call {
+                    customer,
+                    input: Input::Track {
+                        event: engagement.name.to_string(),
+                        properties: engagement_properties(raw.properties)?,
                         at,
                         message_id,
+                    },
+                    merge,
+                    fill,
+                    group: None,
+                });
+            }
+            let (event, declared) = schema.event_on_wire(event.as_ref()).ok_or_else(|| {
+                let known: Vec<&str> = schema.events.keys().map(|e| schema.event_wire_name(e)).collect();
+                let mut reason = format!("event `{event}` is not declared in the workspace");
+                if let Some(best) = crate::diagnostic::did_you_mean(event, known) {
+                    reason.push_str(&format!(" (did you mean `{best}`?)"));
+                }
+                InputError::new("event", reason)
+            })?;
+            let names = schema.field_names(Some(event));
+            let properties = fields(raw.properties, "properties", declared, names, FieldsMode::Complete)?;
+            Input::Track {
+                event: event.clone(),
+                properties,
+                at,
+                message_id,
+            }
+        }
+        "page" | "screen" => match schema.event_on_wire(kind) {
+            // Declared: an event like any other, with the call's `name` and
+            // `category` as properties when the event declares them.
+            Some((event, declared)) => {
+                let names = schema.field_names(Some(event));
+                let mut given = match raw.properties {
+                    None | Some(Fields::Null) => Vec::new(),
+                    Some(Fields::Object(pairs)) => pairs,
+                    Some(Fields::Other) => return Err(InputError::new("properties", "must be an object")),
+                };
+                for (key, value) in [("name", raw.name), ("category", raw.category)] {
+                    let declares = names.identifier(key).is_some_and(|name| declared.contains_key(name));
+                    if let (true, Some(value)) = (declares, value) {
+                        if !given.iter().any(|(k, _)| k == key) {
+                            given.push((Cow::Borrowed(key), value));
+                        }
                     }
                 }
-                None => activity(kind, at, message_id),
-            },
-            "group" => activity(kind, at, message_id),
-            "alias" => return Err(InputError::new(
-                "type",
-                "`alias` (merging previousId into userId) is not supported yet; the call is kept and can be replayed",
-            )),
-            other => {
-                return Err(InputError::new(
-                    "type",
-                    format!("`{other}` is not a Segment call type; expected one of {CALL_TYPES}"),
-                ))
+                let given = Some(Fields::Object(given));
+                Input::Track {
+                    event: event.clone(),
+                    properties: fields(given, "properties", declared, names, FieldsMode::Complete)?,
+                    at,
+                    message_id,
+                }
             }
-        };
-    Ok(Call { customer, input })
+            None => activity(kind, at, message_id),
+        },
+        "group" => {
+            group = group_call(raw.group_id, raw.traits)?;
+            activity(kind, at, message_id)
+        }
+        // The merge is the call; what is applied after it is an
+        // identify without traits (activity, as any call).
+        "alias" => Input::Identify {
+            traits: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
+            at,
+            message_id,
+        },
+        other => {
+            return Err(InputError::new(
+                "type",
+                format!("`{other}` is not a Segment call type; expected one of {CALL_TYPES}"),
+            ))
+        }
+    };
+    Ok(Call {
+        customer,
+        input,
+        merge,
+        fill,
+        group,
+    })
 }
 
 /// The longest id (`userId`, `anonymousId`, `messageId`) accepted, in bytes.
@@ -626,11 +774,18 @@ struct RawFields<'a> {
     kind: Option<Scalar<'a>>,
     user_id: Option<Scalar<'a>>,
     anonymous_id: Option<Scalar<'a>>,
+    /// `alias`: the id merged into `userId`.
+    previous_id: Option<Scalar<'a>>,
+    /// `group`.
+    group_id: Option<Scalar<'a>>,
     /// `page` and `screen`.
     name: Option<Scalar<'a>>,
     category: Option<Scalar<'a>>,
     /// `context.traits`.
     context_traits: Option<Fields<'a>>,
+    /// `context.timezone` and `context.locale`.
+    context_timezone: Option<Scalar<'a>>,
+    context_locale: Option<Scalar<'a>>,
     timestamp: Option<Scalar<'a>>,
     sent_at: Option<Scalar<'a>>,
     received_at: Option<Scalar<'a>>,
@@ -825,9 +980,16 @@ impl<'de> FromJson<'de> for RawCall<'de> {
                 "type" => raw.kind = Some(map.next_value()?),
                 "userId" => raw.user_id = Some(map.next_value()?),
                 "anonymousId" => raw.anonymous_id = Some(map.next_value()?),
+                "previousId" => raw.previous_id = Some(map.next_value()?),
+                "groupId" => raw.group_id = Some(map.next_value()?),
                 "name" => raw.name = Some(map.next_value()?),
                 "category" => raw.category = Some(map.next_value()?),
-                "context" => raw.context_traits = map.next_value::<Context>()?.traits,
+                "context" => {
+                    let context = map.next_value::<Context>()?;
+                    raw.context_traits = context.traits;
+                    raw.context_timezone = context.timezone;
+                    raw.context_locale = context.locale;
+                }
                 "timestamp" => raw.timestamp = Some(map.next_value()?),
                 "sentAt" => raw.sent_at = Some(map.next_value()?),
                 "receivedAt" => raw.received_at = Some(map.next_value()?),
@@ -848,6 +1010,8 @@ impl<'de> FromJson<'de> for RawCall<'de> {
 #[derive(Default)]
 struct Context<'a> {
     traits: Option<Fields<'a>>,
+    timezone: Option<Scalar<'a>>,
+    locale: Option<Scalar<'a>>,
 }
 
 impl<'de> FromJson<'de> for Context<'de> {
@@ -859,6 +1023,8 @@ impl<'de> FromJson<'de> for Context<'de> {
         while let Some(Text(key)) = map.next_key::<Text>()? {
             match key.as_ref() {
                 "traits" => context.traits = Some(map.next_value()?),
+                "timezone" => context.timezone = Some(map.next_value()?),
+                "locale" => context.locale = Some(map.next_value()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -1165,7 +1331,8 @@ mod tests {
         let both = call(
             r#"{"type":"track","userId":"u1","anonymousId":"anon-1","event":"order","properties":{"items":1,"total":2},"timestamp":"2026-01-05T10:00:00Z"}"#,
         );
-        assert_eq!(both.customer, "u1");
+        assert_eq!((both.customer.as_str(), both.merge.as_deref()), ("u1", Some("anon-1")));
+        assert_eq!(anonymous.merge, None);
         let rudder = call(
             r#"{"type":"identify","userId":"u1","context":{"traits":{"plan":"pro"},"library":{"name":"rudder"}},"timestamp":"2026-01-05T10:00:00Z"}"#,
         );
@@ -1192,8 +1359,8 @@ mod tests {
     }
 
     /// `page` and `screen` are events when declared (with `name` and
-    /// `category`), activity otherwise; `group` is activity; `alias` is
-    /// refused with a reason.
+    /// `category`), activity otherwise; `group` is activity; `alias` names
+    /// the id to merge.
     #[test]
     fn every_call_type() {
         let mut schema = schema();
@@ -1218,17 +1385,125 @@ mod tests {
             let activity = call(&format!(r#"{{"type":"{kind}","userId":"u1","name":"Home","groupId":"g1","traits":{{"x":1}},"timestamp":"2026-01-05T10:00:00Z"}}"#)).expect("valid");
             assert_eq!(activity.input, activity_input(kind));
         }
-        let Err(CallError::Input(error)) =
-            call(r#"{"type":"alias","userId":"u1","previousId":"anon-1","timestamp":"2026-01-05T10:00:00Z"}"#)
-        else {
-            panic!("alias is refused")
-        };
-        assert_eq!(error.field, "type");
+        let alias = call(r#"{"type":"alias","userId":"u1","previousId":"anon-1","timestamp":"2026-01-05T10:00:00Z"}"#)
+            .expect("valid");
+        assert_eq!(
+            (alias.customer.as_str(), alias.merge.as_deref()),
+            ("u1", Some("anon-1"))
+        );
+        assert!(matches!(&alias.input, Input::Identify { traits, .. } if traits.is_empty()));
+        for (text, field) in [
+            (
+                r#"{"type":"alias","userId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#,
+                "previousId",
+            ),
+            (
+                r#"{"type":"alias","previousId":"a","timestamp":"2026-01-05T10:00:00Z"}"#,
+                "userId",
+            ),
+            (
+                r#"{"type":"alias","userId":"u1","previousId":["a"],"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "previousId",
+            ),
+        ] {
+            match call(text) {
+                Err(CallError::Input(error)) => assert_eq!(error.field, field, "{text}"),
+                Err(CallError::Json(_)) => assert_eq!(field, "", "{text}"),
+                Ok(call) => panic!("{text}: accepted as {call:?}"),
+            }
+        }
+        // The same id twice is no merge.
+        let same = call(r#"{"type":"alias","userId":"u1","previousId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#)
+            .expect("valid");
+        assert_eq!(same.merge, None);
         let Err(CallError::Input(error)) = call(r#"{"type":"flush","userId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#)
         else {
             panic!("refused")
         };
         assert!(error.reason.contains("\"screen\""), "{}", error.reason);
+    }
+
+    /// `context.timezone` and `context.locale` fill declared attributes
+    /// the profile lacks; the call's traits and the profile win.
+    #[test]
+    fn context_fills_what_the_profile_lacks() {
+        let mut schema = schema();
+        let optional = |ty| FieldType { ty, optional: true };
+        schema.customer.insert("timezone".into(), optional(Type::Timezone));
+        schema.customer.insert("locale".into(), optional(Type::Locale));
+        let call = |text: &str| parse_call_str(text, &schema, None).expect("valid");
+        let track = call(
+            r#"{"type":"track","userId":"u1","event":"order","properties":{"items":1,"total":2},"context":{"timezone":"Asia/Tehran","locale":"fa-IR"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        );
+        let expected = BTreeMap::from([
+            ("locale".to_string(), Value::String("fa-IR".into())),
+            ("timezone".to_string(), Value::String("Asia/Tehran".into())),
+        ]);
+        assert_eq!(track.fill, expected);
+        let mut profile = BTreeMap::new();
+        let Some(Input::Identify { traits, at, .. }) = context_fill(&profile, &track.fill, &track.input) else {
+            panic!("an identify first")
+        };
+        assert_eq!((traits, at), (expected.clone(), track.input.at()));
+        // The profile wins over the context.
+        profile.insert("timezone".to_string(), Value::String("Europe/Berlin".into()));
+        let Some(Input::Identify { traits, .. }) = context_fill(&profile, &track.fill, &track.input) else {
+            panic!("the locale is still filled")
+        };
+        assert_eq!(traits.keys().collect::<Vec<_>>(), ["locale"]);
+        // The call's own traits win over both.
+        let identify = call(
+            r#"{"type":"identify","userId":"u1","traits":{"locale":"en-GB"},"context":{"locale":"fa-IR"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        );
+        assert_eq!(context_fill(&BTreeMap::new(), &identify.fill, &identify.input), None);
+        // Invalid values and undeclared attributes are not taken, and the
+        // call is not refused for them.
+        let odd = call(
+            r#"{"type":"identify","userId":"u1","context":{"timezone":"Mars/Olympus","locale":7},"timestamp":"2026-01-05T10:00:00Z"}"#,
+        );
+        assert!(odd.fill.is_empty());
+        let plain = parse_call_str(
+            r#"{"type":"identify","userId":"u1","context":{"timezone":"Asia/Tehran"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+            &self::schema(),
+            None,
+        )
+        .expect("valid");
+        assert!(plain.fill.is_empty(), "the workspace declares no timezone");
+    }
+
+    /// A `group` call names its group: scalar traits kept, bounds refused.
+    #[test]
+    fn group_calls_carry_their_group() {
+        let schema = schema();
+        let call = |text: &str| parse_call_str(text, &schema, None);
+        let group = call(r#"{"type":"group","userId":"u1","groupId":"acme","traits":{"name":"Acme","seats":4,"paid":true,"address":{"city":"x"},"tags":["a"],"gone":null},"timestamp":"2026-01-05T10:00:00Z"}"#)
+            .expect("valid");
+        let expected = serde_json::json!({"name": "Acme", "seats": 4, "paid": true});
+        assert_eq!(group.group.as_ref().map(|g| g.id.as_str()), Some("acme"));
+        assert_eq!(group.group.map(|g| serde_json::Value::Object(g.traits)), Some(expected));
+        let numeric =
+            call(r#"{"type":"group","userId":"u1","groupId":42,"timestamp":"2026-01-05T10:00:00Z"}"#).expect("valid");
+        assert_eq!(numeric.group.map(|g| g.id), Some("42".to_string()));
+        let none = call(r#"{"type":"group","userId":"u1","timestamp":"2026-01-05T10:00:00Z"}"#).expect("valid");
+        assert_eq!(none.group, None, "no groupId: activity only");
+        let traits: Vec<String> = (0..=GROUP_TRAITS_MAX).map(|n| format!(r#""t{n}":1"#)).collect();
+        let refused = |text: &str| match call(text) {
+            Err(CallError::Input(error)) => error.field,
+            other => panic!("{text}: {other:?}"),
+        };
+        let many = format!(
+            r#"{{"type":"group","userId":"u1","groupId":"g","traits":{{{}}},"timestamp":"2026-01-05T10:00:00Z"}}"#,
+            traits.join(",")
+        );
+        assert_eq!(refused(&many), "traits");
+        assert_eq!(
+            refused(r#"{"type":"group","userId":"u1","groupId":{"a":1},"timestamp":"2026-01-05T10:00:00Z"}"#),
+            "groupId"
+        );
+        assert_eq!(
+            refused(r#"{"type":"group","userId":"u1","groupId":"g\u0000","timestamp":"2026-01-05T10:00:00Z"}"#),
+            "groupId"
+        );
     }
 
     fn activity_input(kind: &str) -> Input {

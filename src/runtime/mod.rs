@@ -12,6 +12,7 @@ pub mod import;
 pub mod input;
 pub mod interpreter;
 pub mod local_time;
+pub mod merge;
 pub mod state;
 pub mod stats;
 pub mod trace;

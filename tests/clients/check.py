@@ -98,9 +98,11 @@ for prefix, first_name, plan in [("py", "Ada", "pro"), ("rs", "Rhea", "free"), (
     expect(f"{prefix}: camelCase traits land under their identifiers", u1["profile"].get("first_name") == first_name)
     expect(f"{prefix}: planTier → plan", u1["profile"].get("plan") == plan)
     expect(f"{prefix}: the Title Case event landed", u1["last_event"] is not None)
-    expect(f"{prefix}: the anonymous visitor has a profile", customer(f"{prefix}-anon") is not None)
     u2 = customer(f"{prefix}-u2")
     expect(f"{prefix}: the visitor identified later has a profile", u2 is not None and "first_name" in u2["profile"])
+    anonymous = customer(f"{prefix}-anon")
+    expect(f"{prefix}: the anonymous visitor was merged into the user",
+           anonymous is not None and anonymous["id"] == f"{prefix}-u2" and f"{prefix}-anon" in u2["aliases"])
 
 sends = eventually("receipts sent", lambda: [
     line for line in map(json.loads, Path(WORKSPACE.parent.parent / "data" / "sends.jsonl").read_text().splitlines())

@@ -112,3 +112,59 @@ fn an_erased_customer_leaves_no_byte_in_the_data_directory() {
             .then_some(())
     });
 }
+
+/// The ids merged into a customer are erased with it, asked by any of its
+/// ids: their alias keys, their trace lines from before the merge, their
+/// refused calls.
+#[test]
+fn erasing_a_customer_erases_the_ids_merged_into_it() {
+    let env = Env::new(ERASE_WORKSPACE);
+    let data = env.data();
+    let daemon = env.start(&[]);
+    let identify = r#"{"anonymousId":"ghost-anon-5d1","traits":{"email":"gina@example.org"}}"#;
+    assert_eq!(daemon.post("/v1/identify", identify).status, 200);
+    let ping_anonymous =
+        |message_id: &str, n: i64| ping("ghost-anon-5d1", message_id, n).replace("\"userId\"", "\"anonymousId\"");
+    assert_eq!(daemon.post("/v1/track", &ping_anonymous("g1", 616_161)).status, 200);
+    let refused = r#"{"anonymousId":"ghost-anon-5d1","event":"ping","properties":{"n":"SQUID-41"}}"#;
+    assert_eq!(daemon.post("/v1/track", refused).status, 422);
+    let merge = r#"{"userId":"ghost-user-5d1","anonymousId":"ghost-anon-5d1","traits":{}}"#;
+    assert_eq!(daemon.post("/v1/identify", merge).status, 200);
+    assert_eq!(daemon.post("/v1/track", &ping_anonymous("g2", 626_262)).status, 200);
+    customer_with_a_send(&daemon, &env, "keeper-2", "kim@example.org", 777_002);
+    eventually("both sends", || {
+        let lines = sink_lines(&env.sends());
+        let sent = |who: &str| lines.iter().any(|l| l["customer"] == who && l["kind"] == "send");
+        (sent("ghost-anon-5d1") && sent("ghost-user-5d1")).then_some(())
+    });
+    let needles = [
+        "ghost-anon-5d1",
+        "ghost-user-5d1",
+        "gina@example.org",
+        "ZEBRA-616161",
+        "ZEBRA-626262",
+        "SQUID-41",
+    ];
+    for needle in needles {
+        assert!(
+            !files_containing(&data, needle).is_empty(),
+            "{needle} was never written"
+        );
+    }
+    // Asked by the anonymous id: the customer it names is erased.
+    let response = daemon.request("DELETE", "/v1/customers/ghost-anon-5d1", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.json()["rejected_erased"], 1, "{}", response.body);
+    assert_eq!(daemon.terminate(), Some(0));
+    for needle in needles {
+        assert_eq!(
+            files_containing(&data, needle),
+            Vec::<String>::new(),
+            "{needle} left after a clean stop"
+        );
+    }
+    assert!(
+        !files_containing(&data, "ZEBRA-777002").is_empty(),
+        "another customer's data was lost"
+    );
+}

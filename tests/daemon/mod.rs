@@ -8,6 +8,7 @@ mod erasure;
 mod faults;
 mod harness;
 mod http;
+mod identity;
 mod import;
 mod lifecycle;
 mod readout;

@@ -67,9 +67,13 @@ fn a_cdp_stream_lands_as_sent() {
         let response = daemon.post(path, body);
         assert_eq!(response.status, 200, "{path}: {}", response.body);
     }
+    // `alias` merges the anonymous visitor into the user.
     let alias = daemon.post("/v1/alias", r#"{"userId":"u3","previousId":"anon-8"}"#);
+    assert_eq!(alias.status, 200, "{}", alias.body);
+    assert_eq!(daemon.get("/v1/customers/anon-8").json()["id"], "u3");
+    let alias = daemon.post("/v1/alias", r#"{"userId":"u3"}"#);
     assert_eq!(alias.status, 422, "{}", alias.body);
-    assert_eq!(alias.json()["error"]["field"], "type");
+    assert_eq!(alias.json()["error"]["field"], "previousId");
     let page = daemon.post("/v1/page", r#"{"type":"track","userId":"u3"}"#);
     assert_eq!(page.status, 422, "{}", page.body);
 
@@ -77,4 +81,30 @@ fn a_cdp_stream_lands_as_sent() {
     let log = std::fs::read_to_string(env.data().join("daemon.log")).expect("log");
     assert!(log.contains("call refused"), "{log}");
     assert!(log.contains("Order Refunded"), "{log}");
+}
+
+/// `context.timezone` and `context.locale` fill the profile where it has
+/// none; the profile and the call's own traits win.
+#[test]
+fn the_context_fills_timezone_and_locale() {
+    let workspace = "customer { timezone: timezone?, locale: locale? }\nevent ping\n";
+    let env = Env::new(workspace);
+    let daemon = env.start(&[]);
+    let calls = [
+        r#"{"type":"track","userId":"c1","event":"ping","context":{"timezone":"Asia/Tehran","locale":"fa-IR"}}"#,
+        r#"{"type":"identify","userId":"c2","traits":{"timezone":"Europe/Berlin"},"context":{"timezone":"Asia/Tehran"}}"#,
+        r#"{"type":"track","userId":"c2","event":"ping","context":{"timezone":"Asia/Tokyo","locale":"de-DE"}}"#,
+    ];
+    let response = daemon.post("/v1/batch", &format!(r#"{{"batch":[{}]}}"#, calls.join(",")));
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.json()["accepted"], 3, "{}", response.body);
+    let profile = |id: &str| daemon.get(&format!("/v1/customers/{id}")).json()["profile"].clone();
+    assert_eq!(
+        profile("c1"),
+        serde_json::json!({"timezone": "Asia/Tehran", "locale": "fa-IR"})
+    );
+    assert_eq!(
+        profile("c2"),
+        serde_json::json!({"timezone": "Europe/Berlin", "locale": "de-DE"})
+    );
 }

@@ -221,6 +221,27 @@ scenarios! {
     ///   `page` 05-03T10:00 is activity → nudge "Hi Ada" 05-06T10:00.
     /// - u2: identify 05-01; a `group` call 05-02T10:00 is activity → 05-05T10:00.
     cdp_stream,
+    /// Anonymous profiles merged into identified ones (`runtime::merge`):
+    /// - anon-1 enters browse 05-01T10:00; identify u1 + anon-1 at 12:00
+    ///   (firstName Ada) → the enrollment goes on as u1: "Hi Ada, A1"
+    ///   05-02T10:00. Later calls with only anon-1 are u1's: A2 enters
+    ///   05-03 (ordinal 2), the repeated messageId m1 is a duplicate.
+    /// - u2 (05-01T09:00) and anon-2 (10:00) both in browse; alias at
+    ///   11:00 → the user's is kept, anon-2's exits `merged`; one send.
+    /// - anon-3's wait is due 05-02T10:00, the instant u3 + anon-3 is
+    ///   identified → it fires once, as u3 ("Hi Cy").
+    /// - u4 subscribed, anon-4 unsubscribed → merged, the suppression
+    ///   wins: skip `unsubscribed`.
+    identity_merge,
+    /// `context.timezone` / `context.locale` fill what the profile lacks;
+    /// `wait until 09:00` is customer-local:
+    /// - c1: only the context (Tokyo, ja-JP) → 09:00 JST = 05-02T00:00Z.
+    /// - c2: profile New York wins over the context's Tokyo → 09:00 EDT =
+    ///   05-01T13:00Z; the locale (en-US) was missing, so it is filled.
+    /// - c3: the identify's own trait (London) wins over its context →
+    ///   09:00 BST = 05-02T08:00Z.
+    /// - c4: an invalid context zone is ignored → UTC, 05-02T09:00Z.
+    context_fill,
     /// `exit when unsubscribed` and `exit when churned` (a segment):
     /// - unsub: day0, day1, exit_rule 05-02T22:00.
     /// - churn: plan cancelled at 22:00 → exit_rule then.
