@@ -31,18 +31,31 @@ pub enum Input {
     },
     /// A timer fired: advance every enrollment due at or before `at`.
     Wake { at: Millis },
+    /// Enter the journey `journey` (`trigger api { … }`) with these
+    /// properties as `event.*`: `POST /v1/journeys/NAME/trigger`, or a
+    /// `{"type": "trigger", …}` line of an event file.
+    Trigger {
+        journey: String,
+        properties: BTreeMap<String, Value>,
+        at: Millis,
+        message_id: Option<String>,
+    },
 }
 
 impl Input {
     pub fn at(&self) -> Millis {
         match self {
-            Input::Identify { at, .. } | Input::Track { at, .. } | Input::Wake { at } => *at,
+            Input::Identify { at, .. } | Input::Track { at, .. } | Input::Trigger { at, .. } | Input::Wake { at } => {
+                *at
+            }
         }
     }
 
     pub fn message_id(&self) -> Option<&str> {
         match self {
-            Input::Identify { message_id, .. } | Input::Track { message_id, .. } => message_id.as_deref(),
+            Input::Identify { message_id, .. }
+            | Input::Track { message_id, .. }
+            | Input::Trigger { message_id, .. } => message_id.as_deref(),
             Input::Wake { .. } => None,
         }
     }
@@ -279,6 +292,25 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
                 None => activity(kind, at, message_id),
             },
             "group" => activity(kind, at, message_id),
+            "trigger" => {
+                let Some(Scalar::Str(journey)) = &raw.journey else {
+                    return Err(InputError::new("journey", "missing; a trigger call names its journey"));
+                };
+                let Some((journey, declared, names)) = schema.api_trigger(journey) else {
+                    let known: Vec<&str> = schema.api.keys().map(String::as_str).collect();
+                    let mut reason = format!("no journey `{journey}` with `trigger api` in the workspace");
+                    if let Some(best) = crate::diagnostic::did_you_mean(journey, known) {
+                        reason.push_str(&format!(" (did you mean `{best}`?)"));
+                    }
+                    return Err(InputError::new("journey", reason));
+                };
+                Input::Trigger {
+                    journey: journey.clone(),
+                    properties: fields(raw.properties, "properties", declared, names, FieldsMode::Complete)?,
+                    at,
+                    message_id,
+                }
+            }
             "alias" => return Err(InputError::new(
                 "type",
                 "`alias` (merging previousId into userId) is not supported yet; the call is kept and can be replayed",
@@ -594,6 +626,8 @@ struct RawFields<'a> {
     received_at: Option<Scalar<'a>>,
     message_id: Option<Scalar<'a>>,
     event: Option<Scalar<'a>>,
+    /// `trigger`: the journey entered.
+    journey: Option<Scalar<'a>>,
     properties: Option<Fields<'a>>,
     traits: Option<Fields<'a>>,
 }
@@ -791,6 +825,7 @@ impl<'de> FromJson<'de> for RawCall<'de> {
                 "receivedAt" => raw.received_at = Some(map.next_value()?),
                 "messageId" => raw.message_id = Some(map.next_value()?),
                 "event" => raw.event = Some(map.next_value()?),
+                "journey" => raw.journey = Some(map.next_value()?),
                 "properties" => raw.properties = Some(map.next_value()?),
                 "traits" => raw.traits = Some(map.next_value()?),
                 _ => {
