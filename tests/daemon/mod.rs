@@ -12,4 +12,5 @@ mod lifecycle;
 mod readout;
 mod rejected;
 mod stream;
+mod trigger;
 mod webhook;
