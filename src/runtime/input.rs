@@ -958,6 +958,69 @@ mod tests {
         assert_eq!(properties["total"], Value::Number(3.0));
     }
 
+    /// A trigger call names a journey with `trigger api`; its properties are
+    /// checked against the trigger's list like an event's.
+    #[test]
+    fn trigger_calls_name_an_api_journey() {
+        let mut schema = schema();
+        let mut coupon = BTreeMap::new();
+        coupon.insert(
+            "code".into(),
+            FieldType {
+                ty: Type::String,
+                optional: false,
+            },
+        );
+        coupon.insert(
+            "amount".into(),
+            FieldType {
+                ty: Type::Number,
+                optional: true,
+            },
+        );
+        schema.api.insert("coupon_drop".into(), coupon);
+        let parse = |text: &str| parse_call_str(text, &schema, None).map_err(|e| e.to_string());
+        let call = parse(r#"{"type":"trigger","journey":"coupon_drop","userId":"c1","properties":{"code":"X","amount":2},"timestamp":"2026-01-05T10:00:00Z","messageId":"t1"}"#)
+            .expect("valid");
+        let Input::Trigger {
+            journey,
+            properties,
+            message_id,
+            ..
+        } = call.input
+        else {
+            panic!("a trigger call");
+        };
+        assert_eq!((journey.as_str(), message_id.as_deref()), ("coupon_drop", Some("t1")));
+        assert_eq!(properties["code"], Value::String("X".into()));
+        assert_eq!(properties["amount"], Value::Number(2.0));
+        let refused = [
+            (
+                r#"{"type":"trigger","userId":"c1","properties":{"code":"X"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "journey: missing; a trigger call names its journey",
+            ),
+            (
+                r#"{"type":"trigger","journey":"coupon_dorp","userId":"c1","properties":{"code":"X"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "journey: no journey `coupon_dorp` with `trigger api` in the workspace (did you mean `coupon_drop`?)",
+            ),
+            (
+                r#"{"type":"trigger","journey":"order","userId":"c1","properties":{},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "journey: no journey `order` with `trigger api` in the workspace",
+            ),
+            (
+                r#"{"type":"trigger","journey":"coupon_drop","userId":"c1","properties":{"amount":1},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "properties.code: required property is missing",
+            ),
+            (
+                r#"{"type":"trigger","journey":"coupon_drop","userId":"c1","properties":{"code":"X","cde":1},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "properties.cde: not declared in the schema (did you mean `code`?)",
+            ),
+        ];
+        for (text, reason) in refused {
+            assert_eq!(parse(text).err().as_deref(), Some(reason), "{text}");
+        }
+    }
+
     fn wire_schema() -> Schema {
         let mut schema = schema();
         schema.customer.insert(
