@@ -103,11 +103,19 @@ impl Interner {
     }
 }
 
+#[derive(Clone, Copy)]
+enum PendingKind {
+    Identify,
+    /// The event's name.
+    Track(u32),
+    /// The journey's name.
+    Trigger(u32),
+}
+
 struct Pending {
     customer: u32,
     at: Millis,
-    /// The event's name for a `track`; `None` for an `identify`.
-    event: Option<u32>,
+    kind: PendingKind,
     fields: Box<[(u32, Value)]>,
     /// An identify's subscription traits.
     subscriptions: Box<[(Channel, bool)]>,
@@ -124,15 +132,21 @@ impl Pending {
             .map(|(name, value)| (names.get(*name), value.clone()))
             .collect();
         let message_id = self.message_id.as_deref().map(str::to_string);
-        match self.event {
-            None => Input::Identify {
+        match self.kind {
+            PendingKind::Identify => Input::Identify {
                 traits: fields,
                 subscriptions: self.subscriptions.iter().copied().collect(),
                 at: self.at,
                 message_id,
             },
-            Some(event) => Input::Track {
+            PendingKind::Track(event) => Input::Track {
                 event: names.get(event),
+                properties: fields,
+                at: self.at,
+                message_id,
+            },
+            PendingKind::Trigger(journey) => Input::Trigger {
+                journey: names.get(journey),
                 properties: fields,
                 at: self.at,
                 message_id,
@@ -143,20 +157,32 @@ impl Pending {
 
 impl Events {
     pub fn push(&mut self, call: Call) {
-        let (event, fields, subscriptions, at, message_id) = match call.input {
+        let (kind, fields, subscriptions, at, message_id) = match call.input {
             Input::Identify {
                 traits,
                 subscriptions,
                 at,
                 message_id,
-            } => (None, traits, subscriptions, at, message_id),
+            } => (PendingKind::Identify, traits, subscriptions, at, message_id),
             Input::Track {
                 event,
                 properties,
                 at,
                 message_id,
             } => (
-                Some(self.names.number(event)),
+                PendingKind::Track(self.names.number(event)),
+                properties,
+                BTreeMap::new(),
+                at,
+                message_id,
+            ),
+            Input::Trigger {
+                journey,
+                properties,
+                at,
+                message_id,
+            } => (
+                PendingKind::Trigger(self.names.number(journey)),
                 properties,
                 BTreeMap::new(),
                 at,
@@ -175,7 +201,7 @@ impl Events {
         self.inputs.push(Pending {
             customer: self.customers.number(call.customer),
             at,
-            event,
+            kind,
             fields,
             subscriptions: subscriptions.into_iter().collect(),
             message_id: message_id.map(String::into_boxed_str),

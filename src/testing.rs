@@ -63,6 +63,10 @@ pub struct EventSpec {
     /// Traits to merge into the profile (an identify call) instead of an event.
     #[serde(default)]
     pub identify: Option<toml::Table>,
+    /// A journey with `trigger api` to enter (a trigger call, its
+    /// `properties` those of the trigger) instead of an event.
+    #[serde(default)]
+    pub trigger: Option<String>,
     #[serde(default, rename = "messageId")]
     pub message_id: Option<String>,
 }
@@ -102,8 +106,8 @@ fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
     for (index, spec) in test.events.iter().enumerate() {
         let at = parse_at(&spec.at, start).map_err(|e| format!("events[{index}].at: {e}"))?;
         let empty = toml::Table::new();
-        let input = match (&spec.event, &spec.identify) {
-            (Some(event), None) => call(
+        let input = match (&spec.event, &spec.identify, &spec.trigger) {
+            (Some(event), None, None) => call(
                 bundle,
                 &customer,
                 "track",
@@ -112,7 +116,7 @@ fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
                 at,
                 spec.message_id.as_deref(),
             ),
-            (None, Some(traits)) => call(
+            (None, Some(traits), None) => call(
                 bundle,
                 &customer,
                 "identify",
@@ -121,7 +125,15 @@ fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
                 at,
                 spec.message_id.as_deref(),
             ),
-            _ => Err("give either `event` or `identify`".to_string()),
+            (None, None, Some(journey)) => trigger_call(
+                bundle,
+                &customer,
+                journey,
+                spec.properties.as_ref().unwrap_or(&empty),
+                at,
+                spec.message_id.as_deref(),
+            ),
+            _ => Err("give one of `event`, `identify` or `trigger`".to_string()),
         }
         .map_err(|e| format!("events[{index}]: {e}"))?;
         inputs.push(input);
@@ -193,14 +205,7 @@ fn call(
         })
         .collect::<Result<_, String>>()?;
     let fields = serde_json::Value::Object(fields);
-    let mut json = serde_json::json!({
-        "type": kind,
-        "userId": customer,
-        "timestamp": format_time(at),
-    });
-    if let Some(id) = message_id {
-        json["messageId"] = serde_json::Value::from(id);
-    }
+    let mut json = envelope(kind, customer, at, message_id);
     match event {
         Some(event) => {
             json["event"] = serde_json::Value::from(event);
@@ -211,6 +216,36 @@ fn call(
     parse_call(&json, &bundle.schema, None)
         .map(|call| call.input)
         .map_err(|e| e.to_string())
+}
+
+/// A trigger call entering `journey` (its properties by identifier).
+fn trigger_call(
+    bundle: &Bundle,
+    customer: &str,
+    journey: &str,
+    properties: &toml::Table,
+    at: Millis,
+    message_id: Option<&str>,
+) -> Result<Input, String> {
+    let mut json = envelope("trigger", customer, at, message_id);
+    json["journey"] = serde_json::Value::from(journey);
+    json["properties"] = serde_json::to_value(properties).map_err(|e| e.to_string())?;
+    parse_call(&json, &bundle.schema, None)
+        .map(|call| call.input)
+        .map_err(|e| e.to_string())
+}
+
+/// The fields every call of a test has.
+fn envelope(kind: &str, customer: &str, at: Millis, message_id: Option<&str>) -> serde_json::Value {
+    let mut json = serde_json::json!({
+        "type": kind,
+        "userId": customer,
+        "timestamp": format_time(at),
+    });
+    if let Some(id) = message_id {
+        json["messageId"] = serde_json::Value::from(id);
+    }
+    json
 }
 
 /// `+1d2h` (after `start`) or an RFC 3339 time.

@@ -49,6 +49,7 @@ codes! {
     SEGMENT_CYCLE = "E0114", "segment defined in terms of itself";
     DUPLICATE_WIRE_NAME = "E0115", "two declarations with the same name on the wire";
     EMPTY_WIRE_NAME = "E0116", "empty wire name";
+    API_WIRE_NAME = "E0117", "wire name on an API trigger property";
 
     TYPE_MISMATCH = "E0201", "operand types do not fit the operator";
     NOT_BOOL = "E0202", "condition is not a bool";

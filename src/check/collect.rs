@@ -178,7 +178,54 @@ impl Checker<'_> {
             self.event_types.insert(name.to_string(), types);
         }
         schema.wire = self.wire_names();
+        schema.api = self.api_schema();
         schema
+    }
+
+    /// The properties of each journey's `trigger api { … }` (its first
+    /// trigger; a second one is reported by the journey checks).
+    fn api_schema(&mut self) -> BTreeMap<String, BTreeMap<String, FieldType>> {
+        let mut api = BTreeMap::new();
+        let journeys: Vec<&ast::JourneyDecl> = self.decls.journeys.values().copied().collect();
+        for journey in journeys {
+            let events = &self.decls.events;
+            let Some(fields) = journey
+                .triggers()
+                .next()
+                .and_then(|t| t.api_properties(|name| events.contains_key(name)))
+            else {
+                continue;
+            };
+            check_fields(fields, "property", &mut self.diagnostics);
+            let (mut properties, mut types) = (BTreeMap::new(), BTreeMap::new());
+            for field in fields {
+                if let Some(wire) = &field.wire {
+                    self.diagnostics.push(
+                        Diagnostic::error(
+                            codes::API_WIRE_NAME,
+                            format!("the API trigger property `{}` has a wire name", field.name.name),
+                            wire.span,
+                            "a wire name here",
+                        )
+                        .with_help("API trigger properties are sent by their identifiers; remove the string"),
+                    );
+                }
+                match self.field_type(field) {
+                    Some(field_type) => {
+                        types
+                            .entry(field.name.name.clone())
+                            .or_insert_with(|| Ty::from_type(&field_type.ty));
+                        properties.entry(field.name.name.clone()).or_insert(field_type);
+                    }
+                    None => {
+                        types.entry(field.name.name.clone()).or_insert(Ty::Error);
+                    }
+                }
+            }
+            self.api_types.insert(journey.name.name.clone(), types);
+            api.insert(journey.name.name.clone(), properties);
+        }
+        api
     }
 
     /// The wire names that differ from identifiers, reporting empty ones

@@ -294,7 +294,12 @@ impl<'a> Checker<'a> {
             for trigger in &triggers {
                 self.trigger(trigger);
             }
+            let events = &self.decls.events;
+            let api = triggers
+                .first()
+                .is_some_and(|t| t.api_properties(|name| events.contains_key(name)).is_some());
             let scope = match triggers.first().map(|t| &t.kind) {
+                _ if api => EventScope::Api(&journey.name.name),
                 Some(TriggerKind::Event { event, .. }) => self.event_scope(event),
                 Some(_) => EventScope::None,
                 None => EventScope::Unknown,
@@ -310,6 +315,11 @@ impl<'a> Checker<'a> {
     }
 
     fn trigger(&mut self, trigger: &'a Trigger) {
+        let events = &self.decls.events;
+        if trigger.api_properties(|name| events.contains_key(name)).is_some() {
+            // Its properties are checked with the schema.
+            return;
+        }
         match &trigger.kind {
             TriggerKind::Event { event, filter } => {
                 self.event_reference(event);
@@ -318,6 +328,7 @@ impl<'a> Checker<'a> {
                     self.condition(filter, scope, "a `where` filter");
                 }
             }
+            TriggerKind::Api { .. } => {}
             TriggerKind::Entered { segment } | TriggerKind::Left { segment } => self.segment_reference(segment),
             TriggerKind::Every { days, at, filter } => {
                 self.days(days);

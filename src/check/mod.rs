@@ -62,6 +62,11 @@ pub struct Schema {
     pub customer: BTreeMap<String, FieldType>,
     /// Each declared event and its properties.
     pub events: BTreeMap<String, BTreeMap<String, FieldType>>,
+    /// Journeys entered by API (`trigger api { … }`) and the properties
+    /// their trigger calls carry (absent from exports written before API
+    /// triggers existed).
+    #[serde(default)]
+    pub api: BTreeMap<String, BTreeMap<String, FieldType>>,
     /// The names on the wire that differ from the identifiers (absent from
     /// exports written before wire names existed).
     #[serde(default)]
@@ -101,6 +106,13 @@ impl Schema {
             None => &self.wire.customer,
             Some(event) => self.wire.properties.get(event).unwrap_or(&NO_NAMES),
         })
+    }
+
+    /// A journey entered by API and its trigger's properties (known on the
+    /// wire by their identifiers).
+    pub fn api_trigger(&self, journey: &str) -> Option<(&String, &BTreeMap<String, FieldType>, Names<'_>)> {
+        let (name, properties) = self.api.get_key_value(journey)?;
+        Some((name, properties, Names(&NO_NAMES)))
     }
 
     /// The wire names of the event names.
@@ -211,6 +223,8 @@ pub(crate) struct Checker<'a> {
     /// Attribute types; `Ty::Error` for attributes of an unknown type.
     customer_types: BTreeMap<String, types::Ty>,
     event_types: BTreeMap<String, BTreeMap<String, types::Ty>>,
+    /// Journey → the property types of its `trigger api { … }`.
+    api_types: BTreeMap<String, BTreeMap<String, types::Ty>>,
     used_segments: BTreeSet<String>,
     used_messages: BTreeSet<String>,
     /// In a journey's steps: the messages that can have been sent earlier
@@ -379,6 +393,7 @@ pub fn check_parsed(sources: &SourceMap, files: &dyn Files, parsed: Vec<ast::Fil
         decls,
         customer_types: BTreeMap::new(),
         event_types: BTreeMap::new(),
+        api_types: BTreeMap::new(),
         used_segments: BTreeSet::new(),
         used_messages: BTreeSet::new(),
         sent_before: None,

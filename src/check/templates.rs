@@ -269,20 +269,24 @@ impl<'a> Checker<'a> {
                         .with_label(*template_span, format!("uses event.{property}"))
                         .with_help("send it from a journey with an event trigger or inside `wait for EVENT { … }`"),
                     ),
-                    EventScope::Known(event) => {
-                        let properties = self.event_types.get(event);
+                    EventScope::Known(_) | EventScope::Api(_) => {
+                        let (properties, described, _, _) = self.scope_properties(site.scope);
                         if properties.is_some_and(|p| p.contains_key(property)) {
                             continue;
                         }
+                        let short = match site.scope {
+                            EventScope::Known(event) => format!("where the event is `{event}`"),
+                            _ => "where the properties are those of the API trigger".to_string(),
+                        };
                         self.diagnostics.push(
                             Diagnostic::error(
                                 codes::TEMPLATE_PROPERTY,
                                 format!(
-                                    "the message `{}` uses `event.{property}`, but the event `{event}` in scope here has no such property",
+                                    "the message `{}` uses `event.{property}`, but {described} in scope here has no such property",
                                     site.message.name
                                 ),
                                 site.message.span,
-                                format!("sent here, where the event is `{event}`"),
+                                format!("sent here, {short}"),
                             )
                             .with_label(*template_span, format!("uses event.{property}"))
                             .with_suggestion(

@@ -7,6 +7,7 @@ use super::collect::HelpIfNone;
 use super::{Checker, Type};
 use crate::diagnostic::Diagnostic;
 use crate::syntax::ast::{BinaryOp, Expr, ExprKind, Ident, PathRoot, UnaryOp};
+use std::collections::BTreeMap;
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +104,8 @@ pub(super) enum EventScope<'a> {
     None,
     /// This declared event.
     Known(&'a str),
+    /// The properties of this journey's `trigger api { … }`.
+    Api(&'a str),
     /// An event that is not declared (already reported): anything goes.
     Unknown,
 }
@@ -114,6 +117,39 @@ impl<'a> Checker<'a> {
             EventScope::Known(&event.name)
         } else {
             EventScope::Unknown
+        }
+    }
+
+    /// The property types of an event scope, how to name it in a message
+    /// ("the event `e`", "the API trigger of `j`"), in short (`` `e` ``,
+    /// "the API trigger"), and where it is declared.
+    pub(super) fn scope_properties(
+        &self,
+        scope: EventScope<'a>,
+    ) -> (
+        Option<&BTreeMap<String, Ty>>,
+        String,
+        String,
+        Option<crate::source::Span>,
+    ) {
+        match scope {
+            EventScope::Known(event) => (
+                self.event_types.get(event),
+                format!("the event `{event}`"),
+                format!("`{event}`"),
+                self.decls.events.get(event).map(|decl| decl.name.span),
+            ),
+            EventScope::Api(journey) => (
+                self.api_types.get(journey),
+                format!("the API trigger of `{journey}`"),
+                "the API trigger".to_string(),
+                self.decls
+                    .journeys
+                    .get(journey)
+                    .and_then(|j| j.triggers().next())
+                    .map(|t| t.span),
+            ),
+            EventScope::None | EventScope::Unknown => (None, String::new(), String::new(), None),
         }
     }
 
@@ -254,8 +290,8 @@ impl<'a> Checker<'a> {
                     );
                     Ty::Error
                 }
-                EventScope::Known(event) => {
-                    let properties = self.event_types.get(event);
+                EventScope::Known(_) | EventScope::Api(_) => {
+                    let (properties, described, short, declared) = self.scope_properties(scope);
                     match properties.and_then(|p| p.get(&field.name)) {
                         Some(ty) => ty.clone(),
                         None => {
@@ -264,15 +300,13 @@ impl<'a> Checker<'a> {
                                 .unwrap_or_default();
                             let diagnostic = Diagnostic::error(
                                 codes::UNKNOWN_PROPERTY,
-                                format!("the event `{event}` has no property `{}`", field.name),
+                                format!("{described} has no property `{}`", field.name),
                                 field.span,
-                                format!("not a property of `{event}`"),
+                                format!("not a property of {short}"),
                             )
                             .with_suggestion(&field.name, candidates.iter().copied());
-                            let diagnostic = match self.decls.events.get(event) {
-                                Some(decl) => {
-                                    diagnostic.with_label(decl.name.span, format!("`{event}` is declared here"))
-                                }
+                            let diagnostic = match declared {
+                                Some(span) => diagnostic.with_label(span, format!("{short} is declared here")),
                                 None => diagnostic,
                             };
                             self.diagnostics.push(diagnostic);

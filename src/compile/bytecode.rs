@@ -11,9 +11,10 @@ use crate::syntax::ast::{BinaryOp, Channel};
 use serde::{Deserialize, Serialize};
 
 /// Version of the serialized form of [`Bundle`]: 2 added wire names to the
-/// schema (`Schema::wire`). Stores keep format-1 bundles readable
+/// schema (`Schema::wire`), 3 API triggers (`Schema::api`, `Trigger::Api`).
+/// Stores keep format-1 and format-2 bundles readable
 /// ([`super::format::decode_stored`]).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// An index into [`Bundle::names`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -134,6 +135,10 @@ pub enum Trigger {
         seconds: i64,
         since: Option<NameId>,
     },
+    /// `trigger api { … }`: entered by a trigger call (`Input::Trigger`; last, so
+    /// that the other variants keep their encoding);
+    /// its properties are in `Schema::api`.
+    Api,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

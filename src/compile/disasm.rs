@@ -172,6 +172,7 @@ fn filter_text(bundle: &Bundle, filter: &Option<Code>) -> String {
 pub fn trigger(bundle: &Bundle, trigger: &Trigger) -> String {
     match trigger {
         Trigger::Event { event, filter } => format!("{}{}", name_of(bundle, *event), filter_text(bundle, filter)),
+        Trigger::Api => "api".to_string(),
         Trigger::Entered { segment } => format!("entered {}", segment_name(bundle, *segment)),
         Trigger::Left { segment } => format!("left {}", segment_name(bundle, *segment)),
         Trigger::Every {

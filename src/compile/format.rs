@@ -76,38 +76,30 @@ pub fn read_bundle(bytes: &[u8]) -> Result<Bundle, BundleError> {
 }
 
 /// Decodes the postcard bytes of a bundle (no file header: the daemon's
-/// store), format 1 included: a format-1 bundle is the same but for a
-/// schema without wire names, and is read as one with none.
+/// store), older formats included: a format-1 bundle is the same but for a
+/// schema without wire names or API triggers, a format-2 one without API
+/// triggers; they are read as having none.
 pub fn decode_stored(bytes: &[u8]) -> Result<Bundle, BundleError> {
     let decode = |error: postcard::Error| BundleError::Decode(error.to_string());
     let (version, _) = postcard::take_from_bytes::<u32>(bytes).map_err(decode)?;
-    if version != 1 {
-        return postcard::from_bytes(bytes).map_err(decode);
+    match version {
+        1 => Ok(postcard::from_bytes::<OldBundle<SchemaV1>>(bytes)
+            .map_err(decode)?
+            .upgrade()),
+        2 => Ok(postcard::from_bytes::<OldBundle<SchemaV2>>(bytes)
+            .map_err(decode)?
+            .upgrade()),
+        _ => postcard::from_bytes(bytes).map_err(decode),
     }
-    let v1: BundleV1 = postcard::from_bytes(bytes).map_err(decode)?;
-    Ok(Bundle {
-        format_version: FORMAT_VERSION,
-        names: v1.names,
-        schema: crate::check::Schema {
-            customer: v1.schema.customer,
-            events: v1.schema.events,
-            wire: Default::default(),
-        },
-        segments: v1.segments,
-        messages: v1.messages,
-        settings: v1.settings,
-        journeys: v1.journeys,
-        history_window_seconds: v1.history_window_seconds,
-    })
 }
 
-/// [`Bundle`] as format 1 wrote it.
+/// [`Bundle`] as formats 1 and 2 wrote it, with their schema `S`.
 #[derive(serde::Deserialize)]
-struct BundleV1 {
+struct OldBundle<S> {
     #[allow(dead_code)]
     format_version: u32,
     names: Vec<String>,
-    schema: SchemaV1,
+    schema: S,
     segments: Vec<SegmentDef>,
     messages: Vec<MessageDef>,
     settings: SettingsDef,
@@ -115,11 +107,57 @@ struct BundleV1 {
     history_window_seconds: i64,
 }
 
+impl<S: Into<crate::check::Schema>> OldBundle<S> {
+    fn upgrade(self) -> Bundle {
+        Bundle {
+            format_version: FORMAT_VERSION,
+            names: self.names,
+            schema: self.schema.into(),
+            segments: self.segments,
+            messages: self.messages,
+            settings: self.settings,
+            journeys: self.journeys,
+            history_window_seconds: self.history_window_seconds,
+        }
+    }
+}
+
+type Properties = std::collections::BTreeMap<String, crate::check::FieldType>;
+
 /// `check::Schema` as format 1 wrote it (no wire names).
 #[derive(serde::Deserialize)]
 struct SchemaV1 {
-    customer: std::collections::BTreeMap<String, crate::check::FieldType>,
-    events: std::collections::BTreeMap<String, std::collections::BTreeMap<String, crate::check::FieldType>>,
+    customer: Properties,
+    events: std::collections::BTreeMap<String, Properties>,
+}
+
+impl From<SchemaV1> for crate::check::Schema {
+    fn from(old: SchemaV1) -> Self {
+        crate::check::Schema {
+            customer: old.customer,
+            events: old.events,
+            ..Default::default()
+        }
+    }
+}
+
+/// `check::Schema` as format 2 wrote it (no API triggers).
+#[derive(serde::Deserialize)]
+struct SchemaV2 {
+    customer: Properties,
+    events: std::collections::BTreeMap<String, Properties>,
+    wire: crate::check::WireNames,
+}
+
+impl From<SchemaV2> for crate::check::Schema {
+    fn from(old: SchemaV2) -> Self {
+        crate::check::Schema {
+            customer: old.customer,
+            events: old.events,
+            wire: old.wire,
+            ..Default::default()
+        }
+    }
 }
 
 /// Checks what the runtime relies on: known format version, ids and jump

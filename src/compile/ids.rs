@@ -25,6 +25,7 @@ pub fn visit_program(program: &mut Program, visitor: &mut impl IdVisitor) {
         }
         Trigger::Entered { segment } | Trigger::Left { segment } => visitor.segment(segment),
         Trigger::Every { filter, .. } => visit_optional_code(filter, visitor),
+        Trigger::Api => {}
         Trigger::Inactive { since, .. } => {
             if let Some(since) = since {
                 visitor.name(since);

@@ -386,7 +386,12 @@ fn compile_journey(
 }
 
 fn compile_trigger(context: &mut Context<'_>, trigger: &ast::Trigger) -> Trigger {
+    let events = &context.checked.schema.events;
+    if trigger.api_properties(|name| events.contains_key(name)).is_some() {
+        return Trigger::Api;
+    }
     match &trigger.kind {
+        ast::TriggerKind::Api { .. } => Trigger::Api,
         ast::TriggerKind::Event { event, filter } => Trigger::Event {
             event: context.intern(&event.name),
             filter: filter.as_ref().map(|filter| expr::compile(context, filter)),

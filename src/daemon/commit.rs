@@ -1486,7 +1486,7 @@ mod tests {
                     exit.reason = Some("end".into());
                     effects.records.push(exit);
                 }
-                Input::Identify { .. } => {}
+                Input::Identify { .. } | Input::Trigger { .. } => {}
             }
             effects.wake_at = state.next_wake();
             Ok(effects)

@@ -9,7 +9,7 @@ pub use super::reply::{error, error_with};
 use super::server::HttpOptions;
 use super::store::{self, Store};
 use super::timers::now_ms;
-use crate::compile::bytecode::{Bundle, Program, Value};
+use crate::compile::bytecode::{Bundle, Program, Trigger, Value};
 use crate::runtime::input::{parse_received_call, Call};
 use crate::runtime::stats::Readout;
 use crate::runtime::trace::format_time;
@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rejected/replay", post(replay_rejected))
         .route("/v1/customers/{id}", get(get_customer).delete(delete_customer))
         .route("/v1/customers/{id}/retry", post(retry_customer))
+        .route("/v1/journeys/{name}/trigger", post(trigger_journey))
         .route("/v1/reload", post(reload))
         .route("/v1/outbox/dead", get(list_dead_letters))
         .route("/v1/outbox/retry", post(retry_dead_letters))
@@ -210,6 +211,8 @@ enum Endpoint {
     Batch,
     /// `POST /v1/import`: customers as CSV or JSONL rows.
     Import,
+    /// `POST /v1/journeys/NAME/trigger`: customers entering by API.
+    Trigger,
 }
 
 macro_rules! single_call_endpoints {
@@ -235,6 +238,42 @@ async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
 
 async fn import(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     intake(state, Endpoint::Import, headers, body).await
+}
+
+/// `POST /v1/journeys/NAME/trigger`: `{"userId": …, "properties": {…}}` or
+/// `{"customers": [{…}, …]}` enter a journey with `trigger api`, each
+/// customer a trigger call validated on its own (answered like a batch).
+async fn trigger_journey(
+    State(state): State<AppState>,
+    PathParam(name): PathParam,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let runtime = current(&state.runtime);
+    let Some(program) = runtime.bundle.journey(&name) else {
+        return error(StatusCode::NOT_FOUND, "journey", format!("no journey {name:?}"));
+    };
+    if program.trigger != Trigger::Api {
+        return error(
+            StatusCode::CONFLICT,
+            "journey",
+            format!(
+                "`{name}` is entered by `trigger {}`, not by API; only a journey with `trigger api` is",
+                crate::compile::disasm::trigger(&runtime.bundle, &program.trigger)
+            ),
+        );
+    }
+    drop(runtime);
+    intake_with(
+        state,
+        Endpoint::Trigger,
+        headers,
+        body,
+        move |bytes, bundle, received_at, future_max_ms| {
+            validate_trigger(&name, bytes, bundle, received_at, future_max_ms)
+        },
+    )
+    .await
 }
 
 /// After an over-limit body is refused, at most this much more of it is read
@@ -413,6 +452,7 @@ impl Endpoint {
             Endpoint::Alias => "alias",
             Endpoint::Batch => "batch",
             Endpoint::Import => "import",
+            Endpoint::Trigger => "trigger",
         }
     }
 }
@@ -458,9 +498,21 @@ fn validate(
         }
         (_, json) => vec![json],
     };
+    let implied = (endpoint != Endpoint::Batch).then(|| endpoint.name());
+    Ok(validate_items(items, implied, bundle, received_at, future_max_ms))
+}
+
+/// Validates calls one by one; `implied` is the call type of a single-call
+/// endpoint (given to a call without one, and refused on any other).
+fn validate_items(
+    items: Vec<serde_json::Value>,
+    implied: Option<&str>,
+    bundle: &Bundle,
+    received_at: i64,
+    future_max_ms: i64,
+) -> Validated {
     let mut validated = Validated::default();
     for (index, mut item) in items.into_iter().enumerate() {
-        let implied = (endpoint != Endpoint::Batch).then(|| endpoint.name());
         if let (Some(implied), Some(object)) = (implied, item.as_object_mut()) {
             match object.get("type").and_then(|t| t.as_str()) {
                 None => {
@@ -489,7 +541,62 @@ fn validate(
             }),
         }
     }
-    Ok(validated)
+    validated
+}
+
+/// The body of `POST /v1/journeys/NAME/trigger` as trigger calls: one
+/// customer (`userId` or `anonymousId`, `properties`, optional `timestamp`
+/// and `messageId`) or `{"customers": [...]}`; the journey is the path's.
+fn validate_trigger(
+    journey: &str,
+    bytes: &[u8],
+    bundle: &Bundle,
+    received_at: i64,
+    future_max_ms: i64,
+) -> Result<Validated, Refusal> {
+    let json: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "", format!("invalid JSON: {e}"), 1))?;
+    let serde_json::Value::Object(mut object) = json else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "",
+            "expected a JSON object {\"userId\": …, \"properties\": {…}} or {\"customers\": [...]}",
+            1,
+        ));
+    };
+    if object.contains_key("segment") {
+        return Err(refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "segment",
+            "broadcasts to a segment are not supported; list the customers in `customers`",
+            1,
+        ));
+    }
+    let mut items = match object.remove("customers") {
+        Some(serde_json::Value::Array(items)) if items.len() > BATCH_EVENTS_MAX => {
+            return Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "customers",
+                format!("{} customers; at most {BATCH_EVENTS_MAX} per request", items.len()),
+                items.len(),
+            ))
+        }
+        Some(serde_json::Value::Array(items)) => items,
+        Some(_) => return Err(refuse(StatusCode::BAD_REQUEST, "customers", "must be an array", 1)),
+        None => vec![serde_json::Value::Object(object)],
+    };
+    for item in &mut items {
+        if let Some(call) = item.as_object_mut() {
+            call.insert("journey".into(), json!(journey));
+        }
+    }
+    Ok(validate_items(
+        items,
+        Some("trigger"),
+        bundle,
+        received_at,
+        future_max_ms,
+    ))
 }
 
 /// Rows of customers (CSV with a header, or JSONL: `runtime::import`),
@@ -552,6 +659,25 @@ async fn keep_rejected(state: &AppState, rejections: Vec<Rejection>, flush: bool
 }
 
 async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+    intake_with(
+        state,
+        endpoint,
+        headers,
+        body,
+        move |bytes, bundle, received_at, future_max_ms| validate(endpoint, bytes, bundle, received_at, future_max_ms),
+    )
+    .await
+}
+
+/// Reads a body, validates it with `check` (bytes, bundle, receive time,
+/// future bound), keeps the refused calls and commits the others.
+async fn intake_with(
+    state: AppState,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+    check: impl FnOnce(&[u8], &Bundle, i64, i64) -> Result<Validated, Refusal>,
+) -> Response {
     let started = Instant::now();
     let received_at = now_ms();
     let bytes = match read_body(&headers, body, &state.http).await {
@@ -566,7 +692,7 @@ async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         }
     };
     let runtime = current(&state.runtime);
-    let validated = match validate(endpoint, &bytes, &runtime.bundle, received_at, state.http.future_max_ms) {
+    let validated = match check(&bytes, &runtime.bundle, received_at, state.http.future_max_ms) {
         Ok(validated) => validated,
         Err(refusal) => {
             state.metrics.requests_rejected.inc();
@@ -585,7 +711,7 @@ async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
     let Validated { calls, refused } = validated;
     // Batches and imports answer per call (`index`) or per row (`row`).
     let (batch, position) = match endpoint {
-        Endpoint::Batch => (true, "index"),
+        Endpoint::Batch | Endpoint::Trigger => (true, "index"),
         Endpoint::Import => (true, "row"),
         _ => (false, "index"),
     };

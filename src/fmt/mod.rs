@@ -217,7 +217,7 @@ impl<'a> Layout<'a> {
     fn walk(&mut self, pair: Pair<'a, Rule>) {
         match pair.as_rule() {
             Rule::string | Rule::path | Rule::label => self.token(&pair),
-            Rule::event_decl => self.event(pair),
+            Rule::event_decl | Rule::trigger_api => self.event(pair),
             Rule::customer_decl
             | Rule::message_decl
             | Rule::settings_decl
@@ -295,8 +295,8 @@ impl<'a> Layout<'a> {
         // Commas up to the `}` belong to the list too (`token` ends that).
     }
 
-    /// `event NAME { … }`: on one line when it fits and holds no comment,
-    /// else one field per line.
+    /// `event NAME { … }` (and `api { … }` of a trigger): on one line when
+    /// it fits and holds no comment, else one field per line.
     fn event(&mut self, pair: Pair<'a, Rule>) {
         let (start, cursor, pending) = (self.tokens.len(), self.cursor, self.pending);
         for child in pair.clone().into_inner() {

@@ -182,7 +182,7 @@ fn items(server: &Server, before: &str, line: &str) -> Vec<CompletionItem> {
         "trigger" => {
             let mut out = events(server);
             out.extend(words(
-                &["entered", "left", "every", "inactive"],
+                &["entered", "left", "every", "inactive", "api"],
                 CompletionItemKind::KEYWORD,
             ));
             return out;

@@ -386,6 +386,7 @@ impl Builder {
                         self.condition_expr(filter, Some(&event.name.clone()));
                     }
                 }
+                TriggerKind::Api { .. } => {}
                 TriggerKind::Entered { segment } | TriggerKind::Left { segment } => {
                     self.add(segment, Symbol::Segment(segment.name.clone()), None)
                 }

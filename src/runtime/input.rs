@@ -31,18 +31,31 @@ pub enum Input {
     },
     /// A timer fired: advance every enrollment due at or before `at`.
     Wake { at: Millis },
+    /// Enter the journey `journey` (`trigger api { … }`) with these
+    /// properties as `event.*`: `POST /v1/journeys/NAME/trigger`, or a
+    /// `{"type": "trigger", …}` line of an event file.
+    Trigger {
+        journey: String,
+        properties: BTreeMap<String, Value>,
+        at: Millis,
+        message_id: Option<String>,
+    },
 }
 
 impl Input {
     pub fn at(&self) -> Millis {
         match self {
-            Input::Identify { at, .. } | Input::Track { at, .. } | Input::Wake { at } => *at,
+            Input::Identify { at, .. } | Input::Track { at, .. } | Input::Trigger { at, .. } | Input::Wake { at } => {
+                *at
+            }
         }
     }
 
     pub fn message_id(&self) -> Option<&str> {
         match self {
-            Input::Identify { message_id, .. } | Input::Track { message_id, .. } => message_id.as_deref(),
+            Input::Identify { message_id, .. }
+            | Input::Track { message_id, .. }
+            | Input::Trigger { message_id, .. } => message_id.as_deref(),
             Input::Wake { .. } => None,
         }
     }
@@ -448,6 +461,25 @@ fn validate(raw: RawCall, schema: &Schema, received_at: Option<Millis>) -> Resul
             }
             None => activity(kind, at, message_id),
         },
+        "trigger" => {
+            let Some(Scalar::Str(journey)) = &raw.journey else {
+                return Err(InputError::new("journey", "missing; a trigger call names its journey"));
+            };
+            let Some((journey, declared, names)) = schema.api_trigger(journey) else {
+                let known: Vec<&str> = schema.api.keys().map(String::as_str).collect();
+                let mut reason = format!("no journey `{journey}` with `trigger api` in the workspace");
+                if let Some(best) = crate::diagnostic::did_you_mean(journey, known) {
+                    reason.push_str(&format!(" (did you mean `{best}`?)"));
+                }
+                return Err(InputError::new("journey", reason));
+            };
+            Input::Trigger {
+                journey: journey.clone(),
+                properties: fields(raw.properties, "properties", declared, names, FieldsMode::Complete)?,
+                at,
+                message_id,
+            }
+        }
         "group" => {
             group = group_call(raw.group_id, raw.traits)?;
             activity(kind, at, message_id)
@@ -791,6 +823,8 @@ struct RawFields<'a> {
     received_at: Option<Scalar<'a>>,
     message_id: Option<Scalar<'a>>,
     event: Option<Scalar<'a>>,
+    /// `trigger`: the journey entered.
+    journey: Option<Scalar<'a>>,
     properties: Option<Fields<'a>>,
     traits: Option<Fields<'a>>,
 }
@@ -995,6 +1029,7 @@ impl<'de> FromJson<'de> for RawCall<'de> {
                 "receivedAt" => raw.received_at = Some(map.next_value()?),
                 "messageId" => raw.message_id = Some(map.next_value()?),
                 "event" => raw.event = Some(map.next_value()?),
+                "journey" => raw.journey = Some(map.next_value()?),
                 "properties" => raw.properties = Some(map.next_value()?),
                 "traits" => raw.traits = Some(map.next_value()?),
                 _ => {
@@ -1158,6 +1193,69 @@ mod tests {
         };
         assert_eq!(properties["items"], Value::Int(2));
         assert_eq!(properties["total"], Value::Number(3.0));
+    }
+
+    /// A trigger call names a journey with `trigger api`; its properties are
+    /// checked against the trigger's list like an event's.
+    #[test]
+    fn trigger_calls_name_an_api_journey() {
+        let mut schema = schema();
+        let mut coupon = BTreeMap::new();
+        coupon.insert(
+            "code".into(),
+            FieldType {
+                ty: Type::String,
+                optional: false,
+            },
+        );
+        coupon.insert(
+            "amount".into(),
+            FieldType {
+                ty: Type::Number,
+                optional: true,
+            },
+        );
+        schema.api.insert("coupon_drop".into(), coupon);
+        let parse = |text: &str| parse_call_str(text, &schema, None).map_err(|e| e.to_string());
+        let call = parse(r#"{"type":"trigger","journey":"coupon_drop","userId":"c1","properties":{"code":"X","amount":2},"timestamp":"2026-01-05T10:00:00Z","messageId":"t1"}"#)
+            .expect("valid");
+        let Input::Trigger {
+            journey,
+            properties,
+            message_id,
+            ..
+        } = call.input
+        else {
+            panic!("a trigger call");
+        };
+        assert_eq!((journey.as_str(), message_id.as_deref()), ("coupon_drop", Some("t1")));
+        assert_eq!(properties["code"], Value::String("X".into()));
+        assert_eq!(properties["amount"], Value::Number(2.0));
+        let refused = [
+            (
+                r#"{"type":"trigger","userId":"c1","properties":{"code":"X"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "journey: missing; a trigger call names its journey",
+            ),
+            (
+                r#"{"type":"trigger","journey":"coupon_dorp","userId":"c1","properties":{"code":"X"},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "journey: no journey `coupon_dorp` with `trigger api` in the workspace (did you mean `coupon_drop`?)",
+            ),
+            (
+                r#"{"type":"trigger","journey":"order","userId":"c1","properties":{},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "journey: no journey `order` with `trigger api` in the workspace",
+            ),
+            (
+                r#"{"type":"trigger","journey":"coupon_drop","userId":"c1","properties":{"amount":1},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "properties.code: required property is missing",
+            ),
+            (
+                r#"{"type":"trigger","journey":"coupon_drop","userId":"c1","properties":{"code":"X","cde":1},"timestamp":"2026-01-05T10:00:00Z"}"#,
+                "properties.cde: not declared in the schema (did you mean `code`?)",
+            ),
+        ];
+        for (text, reason) in refused {
+            assert_eq!(parse(text).err().as_deref(), Some(reason), "{text}");
+        }
     }
 
     fn wire_schema() -> Schema {

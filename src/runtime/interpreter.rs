@@ -332,6 +332,9 @@ impl Engine {
                 run.reschedule(at);
             }
             Input::Track { event, properties, .. } => run.track(event, properties, at),
+            Input::Trigger {
+                journey, properties, ..
+            } => run.trigger(journey, properties, at),
             Input::Wake { .. } => {}
         }
         if first_input {
@@ -727,6 +730,20 @@ impl Run<'_, '_> {
             }
         }
         self.reschedule(t);
+    }
+
+    /// A trigger call: enters the journey if the current workspace has it
+    /// with `trigger api` (entry rules apply as for an event trigger). It is
+    /// no activity of the customer's: no event history, no `last_seen`.
+    fn trigger(&mut self, journey: &str, properties: &BTreeMap<String, Value>, t: Millis) {
+        let bundle = self.engine.current.bundle.clone();
+        let found = bundle
+            .journeys
+            .iter()
+            .position(|p| bundle.name(p.name) == journey && p.trigger == Trigger::Api);
+        if let Some(index) = found {
+            self.enroll(index, t, Some(properties.clone()));
+        }
     }
 
     /// An active enrollment sees an event: goals, exit rules, `wait for`.

@@ -258,10 +258,32 @@ pub struct Trigger {
     pub span: Span,
 }
 
+impl Trigger {
+    /// The properties of an API trigger: `trigger api { … }`, or a bare
+    /// `trigger api` (no properties) when no event `api` is declared (a
+    /// workspace that declares one keeps its event trigger).
+    pub fn api_properties(&self, is_event: impl Fn(&str) -> bool) -> Option<&[Field]> {
+        match &self.kind {
+            TriggerKind::Api { properties } => Some(properties),
+            TriggerKind::Event { event, filter: None } if event.name == API_TRIGGER && !is_event(API_TRIGGER) => {
+                Some(&[])
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The word of the API trigger, `trigger api`.
+pub const API_TRIGGER: &str = "api";
+
 #[derive(Clone, Debug)]
 pub enum TriggerKind {
     /// `trigger EVENT [where EXPR]`
     Event { event: Ident, filter: Option<Expr> },
+    /// `trigger api { NAME: TYPE, … }`: entered through the HTTP API, the
+    /// listed properties in scope as `event.*`. A bare `trigger api` parses
+    /// as an event trigger; see [`Trigger::api_properties`].
+    Api { properties: Vec<Field> },
     /// `trigger entered SEGMENT`
     Entered { segment: Ident },
     /// `trigger left SEGMENT`

@@ -473,6 +473,9 @@ impl Lower {
                 let filter = inner.next().map(|w| self.where_clause(w)).transpose()?;
                 TriggerKind::Event { event, filter }
             }
+            Rule::trigger_api => TriggerKind::Api {
+                properties: self.field_list(next(&mut inner))?,
+            },
             Rule::trigger_entered => TriggerKind::Entered {
                 segment: self.ident(next(&mut inner)),
             },
@@ -841,6 +844,7 @@ fn is_keyword(rule: Rule) -> bool {
     matches!(
         rule,
         Rule::k_always
+            | Rule::k_api
             | Rule::k_at
             | Rule::k_body
             | Rule::k_cap

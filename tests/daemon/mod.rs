@@ -16,4 +16,5 @@ mod rejected;
 mod smtp;
 mod stream;
 mod tls;
+mod trigger;
 mod webhook;

@@ -242,6 +242,16 @@ scenarios! {
     ///   09:00 BST = 05-02T08:00Z.
     /// - c4: an invalid context zone is ignored → UTC, 05-02T09:00Z.
     context_fill,
+    /// `trigger api { coupon: string, amount: number? }`, `entry every 7d`:
+    /// - ada: trigger 05-01T10:00 (amount 25) → big_coupon "SPRING: 25 off,
+    ///   Ada", reminder 05-02T10:00; the same messageId again is dropped; the
+    ///   trigger of 05-04 is refused by `entry every 7d` (no enter); 05-09 (5)
+    ///   → small_coupon "LATER for you", reminder 05-10. The trigger calls are
+    ///   no activity: `inactive 3d` fires 05-04T09:00, 3d after the identify.
+    /// - bob: known by his trigger call only (05-02T12:00, no amount) →
+    ///   small_coupon, reminder 05-03T12:00; inactive 3d from that first
+    ///   appearance → 05-05T12:00.
+    api_trigger,
     /// `exit when unsubscribed` and `exit when churned` (a segment):
     /// - unsub: day0, day1, exit_rule 05-02T22:00.
     /// - churn: plan cancelled at 22:00 → exit_rule then.
@@ -567,16 +577,27 @@ journey relocate {
 /// by wire name.
 #[test]
 fn wire_names_in_journey_tests() {
-    let dir = directory("wire_names");
+    journey_tests_pass("wire_names", "wire.jtest", 2);
+}
+
+/// `journeyc test` enters a journey by API with `trigger = "JOURNEY"`.
+#[test]
+fn api_trigger_in_journey_tests() {
+    journey_tests_pass("api_trigger", "coupon.jtest", 2);
+}
+
+/// Runs the `.jtest` file of a scenario: `count` tests, all passing.
+fn journey_tests_pass(scenario: &str, file: &str, count: usize) {
+    let dir = directory(scenario);
     let sources = journeyc::workspace::load(std::slice::from_ref(&dir)).expect("workspace loads");
     let checked = journeyc::check::check_workspace(&sources, &journeyc::workspace::DiskFiles)
         .checked
         .expect("checks");
     let bundle = std::sync::Arc::new(journeyc::compile::compile(&checked));
-    let text = std::fs::read_to_string(dir.join("wire.jtest")).expect("test file");
+    let text = std::fs::read_to_string(dir.join(file)).expect("test file");
     let file = journeyc::testing::parse(&text).expect("parses");
     let outcomes = journeyc::testing::run_file(&bundle, &file);
-    assert_eq!(outcomes.len(), 2);
+    assert_eq!(outcomes.len(), count);
     for outcome in outcomes {
         assert!(outcome.failure.is_none(), "{}: {:?}", outcome.name, outcome.failure);
     }

@@ -116,6 +116,18 @@ test("engagement: wait for opened MESSAGE, clicked(MESSAGE); an event named open
   assert.ok(!event.scopes.some((s) => s.startsWith("support.function")), event.scopes.join(" "));
 });
 
+test("an API trigger: the keyword and its typed properties", async () => {
+  const tokens = await tokenize(
+    ["journey coupon_drop {", "  trigger api { coupon: string, amount: number? }", "  send coupon_ready", "}"].join("\n"),
+  );
+  has(tokens, "trigger", "keyword.other.setting.journey");
+  has(tokens, "api", "keyword.other.setting.journey");
+  has(tokens, "coupon", "variable.other.property.journey");
+  has(tokens, "amount", "variable.other.property.journey");
+  has(tokens, "number", "support.type.journey");
+  has(tokens, "?", "keyword.operator.optional.journey");
+});
+
 test("every .journey file of the repository: comments scoped, no string crosses a line", async () => {
   const files = [];
   const walk = (dir) => {
