@@ -74,7 +74,10 @@ fn describe(server: &Server, symbol: &Symbol) -> Option<String> {
                 return Some(format!("`{name}`: not declared"));
             };
             let owner = match symbol {
-                Symbol::Property(event, _) => format!("property of event `{event}`"),
+                Symbol::Property(event, _) => match event.strip_prefix("trigger api of ") {
+                    Some(journey) => format!("property of the API trigger of journey `{journey}`"),
+                    None => format!("property of event `{event}`"),
+                },
                 _ => "customer attribute".to_string(),
             };
             let mut text = format!("{owner}\n\n{}", code(source_of(server, declaration.whole)));

@@ -100,6 +100,12 @@ pub struct BodyFile {
     pub file: FileId,
 }
 
+/// What `event.*` names in a journey entered by `trigger api { … }`: the
+/// trigger's properties, as if of an event of that name (shown in hovers).
+pub fn api_scope(journey: &str) -> String {
+    format!("trigger api of {journey}")
+}
+
 /// The type of a literal that `op` combines with a path: `x == 3` makes `x`
 /// an `int`, `x + 1d` (x a time) a `time`, `x < now` a `time`.
 fn literal_type(other: &Expr, op: BinaryOp) -> Option<&'static str> {
@@ -311,12 +317,28 @@ impl Builder {
                 self.add(&journey.name, Symbol::Journey(self.journey.clone()), Some(journey.span));
                 let mut scope = None;
                 for setting in &journey.settings {
-                    if let SettingKind::Trigger(Trigger {
-                        kind: TriggerKind::Event { event, .. },
-                        ..
-                    }) = &setting.kind
-                    {
-                        scope = Some(event.name.clone());
+                    match &setting.kind {
+                        SettingKind::Trigger(Trigger {
+                            kind: TriggerKind::Event { event, .. },
+                            ..
+                        }) => scope = Some(event.name.clone()),
+                        // `trigger api { … }`: its properties are `event.*`
+                        // of this journey alone.
+                        SettingKind::Trigger(Trigger {
+                            kind: TriggerKind::Api { properties },
+                            ..
+                        }) => {
+                            let event = api_scope(&self.journey);
+                            for field in properties {
+                                self.add(
+                                    &field.name,
+                                    Symbol::Property(event.clone(), field.name.name.clone()),
+                                    Some(field.span),
+                                );
+                            }
+                            scope = Some(event);
+                        }
+                        _ => {}
                     }
                     self.setting(setting);
                 }

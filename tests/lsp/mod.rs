@@ -423,6 +423,41 @@ fn quick_fixes_apply_did_you_mean_and_declare() {
     client.shutdown();
 }
 
+/// The properties of `trigger api { … }` are `event.*` of that journey:
+/// hover, definition and rename reach them, in templates too.
+#[test]
+fn api_trigger_properties_are_navigable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = r#"message coupon_ready email { subject "Your code {{ event.coupon }}" body "Use {{ event.coupon }}" }
+
+journey coupon_drop {
+  trigger api { coupon: string, amount: number? }
+  if event.amount > 10 {
+    send coupon_ready
+  }
+}
+"#;
+    let main = dir.path().join("main.journey");
+    std::fs::write(&main, text).expect("write");
+    let mut client = Client::start(dir.path());
+    client.open(&main, text);
+    let hover = client.request("textDocument/hover", at(&main, find(text, "amount > 10", 0, 1)));
+    let value = hover["contents"]["value"].as_str().unwrap_or_default();
+    assert!(
+        value.contains("API trigger of journey `coupon_drop`") && value.contains("amount: number?"),
+        "{hover}"
+    );
+    let definition = client.request("textDocument/definition", at(&main, find(text, "amount > 10", 0, 1)));
+    let (line, column) = find(text, "amount:", 0, 0);
+    assert_eq!(definition["range"]["start"], position(line, column), "{definition}");
+    let mut params = at(&main, find(text, "coupon:", 0, 1));
+    params["newName"] = json!("code");
+    let edit = client.request("textDocument/rename", params);
+    // The declaration, and both template uses (the message is sent in the journey).
+    assert_eq!(edit["changes"][uri(&main)].as_array().map(Vec::len), Some(3), "{edit}");
+    client.shutdown();
+}
+
 /// "Declare this property/attribute" gives the type the use suggests.
 #[test]
 fn declare_fixes_take_the_type_the_use_suggests() {
