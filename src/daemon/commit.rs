@@ -642,8 +642,8 @@ impl CommitThread {
         })
     }
 
-    /// Removes an erased customer's pending outbox entries and dead letters
-    /// that were committed by earlier groups.
+    /// Removes an erased customer's pending outbox entries, dead letters and
+    /// sends waiting for a retry that were committed by earlier groups.
     fn erase_outside_group(&self, batch: &mut sled::Batch, customer: &str) -> Result<(), CommitError> {
         // The mark that has the store compacted and the sinks redacted at
         // the next stop or start (`erasure.rs`).
@@ -678,10 +678,13 @@ impl CommitThread {
                 batch.insert(key, store::encode_chunk(&kept));
             }
         }
-        for item in self.store.db.scan_prefix([store::PREFIX_DEAD]) {
-            let (key, value) = item.map_err(StoreError::from)?;
-            if customer_of(&String::from_utf8_lossy(&value)).as_deref() == Some(customer) {
-                batch.remove(key);
+        // Dead letters and sends waiting for a retry both carry the record.
+        for prefix in [store::PREFIX_DEAD, store::PREFIX_RETRY] {
+            for item in self.store.db.scan_prefix([prefix]) {
+                let (key, value) = item.map_err(StoreError::from)?;
+                if customer_of(&String::from_utf8_lossy(&value)).as_deref() == Some(customer) {
+                    batch.remove(key);
+                }
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ mod faults;
 mod harness;
 mod http;
 mod import;
+mod isolation;
 mod lifecycle;
 mod readout;
 mod rejected;
