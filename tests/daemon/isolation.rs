@@ -148,3 +148,25 @@ fn sends_waiting_for_a_retry_survive_a_kill() {
     assert_eq!(accepted_ids(&receiver, 7).len(), 3 + b_seen.len());
     assert_eq!(metric(&daemon, "journeyc_outbox_dead_letters"), 0);
 }
+
+#[test]
+fn erasing_a_customer_empties_its_retry_set() {
+    let receiver = start_receiver(Receiver {
+        fail_customer: Some("a".into()),
+        ..Receiver::default()
+    });
+    let env = Env::new(WORKSPACE);
+    let daemon = start(&env, &flags(&env, &receiver, "30", "200"));
+    assert_eq!(daemon.post("/v1/batch", &batch_of_pings("a", 2)).status, 200);
+    eventually("A's sends in the retry set", || {
+        (metric(&daemon, "journeyc_outbox_retry_waiting") == 2).then_some(())
+    });
+    assert_eq!(daemon.request("DELETE", "/v1/customers/a", None).status, 200);
+    assert_eq!(metric(&daemon, "journeyc_outbox_retry_waiting"), 0);
+    // Accepting A now delivers nothing of it: its sends are gone.
+    receiver.seen().fail_customer = None;
+    assert_eq!(daemon.post("/v1/batch", &batch_of_pings("b", 2)).status, 200);
+    eventually("B's sends", || (accepted_of(&receiver, "b").len() >= 2).then_some(()));
+    assert_eq!(accepted_of(&receiver, "a"), Vec::<String>::new());
+    assert_eq!(metric(&daemon, "journeyc_outbox_dead_letters"), 0);
+}
