@@ -91,6 +91,10 @@ impl Entry {
     fn record(&self) -> &Value {
         &self.value["record"]
     }
+    /// Attempts of a requeued dead letter before it was requeued.
+    fn before(&self) -> u32 {
+        self.value["before"].as_u64().unwrap_or(0) as u32
+    }
 }
 
 fn entry_value(seq: u64, record: &Value, attempts: u32, due_ms: u64, error: &str) -> Value {
@@ -149,7 +153,8 @@ pub fn count(store: &super::store::Store) -> usize {
 }
 
 /// Runs a delivering sink until `stopping`: the main line in outbox order,
-/// the retry set between rounds, and the requeued dead letters when asked.
+/// the retry set between rounds, and the requeued dead letters (moved into
+/// the retry set) when asked.
 pub async fn run<S: Sender>(
     context: DispatchContext,
     name: String,
@@ -171,12 +176,7 @@ pub async fn run<S: Sender>(
         if retry_pending {
             retry_pending = false;
             retries.borrow_and_update();
-            if redeliver(&context, &name, &mut sender, &options, &mut stopping)
-                .await
-                .is_err()
-            {
-                return;
-            }
+            adopt_requeued(&context, &name);
             continue;
         }
         let customers = match waiting(&context.store, &name) {
@@ -308,6 +308,7 @@ async fn retry_due<S: Sender>(
         for entry in entries {
             let attempts = entry.attempts() + 1;
             let outcome = sender.attempt(entry.record(), stopping).await;
+            let permanent = matches!(outcome, Attempt::Permanent(_));
             let (replace, go_on) = match outcome {
                 Attempt::Stopped => return Err(()),
                 Attempt::Done => {
@@ -315,27 +316,21 @@ async fn retry_due<S: Sender>(
                     tracing::info!(sink = %name, seq = entry.seq, attempts, "delivered on retry");
                     (None, true)
                 }
-                Attempt::Permanent(error) => {
-                    park_dead_letter(
-                        context,
-                        name,
-                        entry.seq,
-                        entry.record(),
-                        Reason::Refused,
-                        &error,
-                        attempts,
-                    );
-                    (None, true)
-                }
-                Attempt::Transient(error) if attempts >= attempts_max => {
-                    let reason = Reason::AttemptsExhausted;
-                    park_dead_letter(context, name, entry.seq, entry.record(), reason, &error, attempts);
-                    (None, true)
-                }
-                Attempt::Transient(error) => {
+                Attempt::Transient(error) if attempts < attempts_max => {
                     let due = now_ms() + options.backoff(attempts).as_millis() as u64;
-                    let again = entry_value(entry.seq, entry.record(), attempts, due, &error);
+                    let mut again = entry_value(entry.seq, entry.record(), attempts, due, &error);
+                    again["before"] = json!(entry.before());
                     (Some(again.to_string().into_bytes()), false)
+                }
+                Attempt::Transient(error) | Attempt::Permanent(error) => {
+                    let reason = if permanent {
+                        Reason::Refused
+                    } else {
+                        Reason::AttemptsExhausted
+                    };
+                    let total = entry.before() + attempts;
+                    park_dead_letter(context, name, entry.seq, entry.record(), reason, &error, total);
+                    (None, true)
                 }
             };
             // A failed swap: erased meanwhile; left as is.
@@ -354,62 +349,28 @@ async fn retry_due<S: Sender>(
     Ok(())
 }
 
-/// Tries the sink's requeued dead letters once more, oldest first, each up
-/// to `attempts_max` times in line. `Err` when the daemon stops meanwhile.
-async fn redeliver<S: Sender>(
-    context: &DispatchContext,
-    name: &str,
-    sender: &mut S,
-    options: &WebhookOptions,
-    stopping: &mut watch::Receiver<bool>,
-) -> Result<(), ()> {
+/// Moves the sink's requeued dead letters into its retry set, due at once,
+/// where they are tried like any other waiting send, ahead of their
+/// customer's later ones; a letter that fails again is parked again with
+/// its attempts added up.
+fn adopt_requeued(context: &DispatchContext, name: &str) {
     let letters = match dead::requeued(&context.store, name) {
         Ok(letters) => letters,
         Err(error) => {
             tracing::error!(%error, "reading the dead letters failed");
-            return Ok(());
+            return;
         }
     };
-    let attempts_max = options.attempts_max.max(1);
     for letter in letters {
-        let mut failed = None;
-        for attempt in 1..=attempts_max {
-            if attempt > 1 {
-                tokio::select! {
-                    _ = tokio::time::sleep(options.backoff(attempt - 1)) => {},
-                    _ = stopping.changed() => return Err(()),
-                }
-            }
-            match sender.attempt(letter.record(), stopping).await {
-                Attempt::Stopped => return Err(()),
-                Attempt::Done => {
-                    failed = None;
-                    break;
-                }
-                Attempt::Permanent(error) => {
-                    failed = Some((Reason::Refused, error, attempt));
-                    break;
-                }
-                Attempt::Transient(error) => failed = Some((Reason::AttemptsExhausted, error, attempt)),
-            }
-        }
-        let outcome = match &failed {
-            None => {
-                context.metrics.records_delivered.inc();
-                tracing::info!(sink = %name, seq = letter.seq, "dead letter delivered on retry");
-                dead::settle(&context.store, &letter, None)
-            }
-            Some((reason, error, attempts)) => {
-                context.metrics.dead_letters.inc();
-                tracing::warn!(sink = %name, seq = letter.seq, %error, "dead letter failed again; parked");
-                dead::settle(&context.store, &letter, Some((*reason, error, *attempts)))
-            }
-        };
-        if let Err(error) = outcome {
-            tracing::error!(%error, "could not update a dead letter");
+        let mut value = entry_value(letter.seq, letter.record(), 0, 0, "");
+        value["before"] = letter.letter.get("attempts").cloned().unwrap_or(json!(0));
+        let key = retry_key(name, letter.seq);
+        match dead::move_to(&context.store, &letter, &key, value.to_string().into_bytes()) {
+            Ok(true) => tracing::info!(sink = %name, seq = letter.seq, "dead letter requeued for a retry"),
+            Ok(false) => {}
+            Err(error) => tracing::error!(%error, "could not requeue a dead letter"),
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -170,3 +170,38 @@ fn erasing_a_customer_empties_its_retry_set() {
     assert_eq!(accepted_of(&receiver, "a"), Vec::<String>::new());
     assert_eq!(metric(&daemon, "journeyc_outbox_dead_letters"), 0);
 }
+
+#[test]
+fn a_requeued_dead_letter_waits_in_the_retry_set_not_in_line() {
+    // The receiver fails every send of customer `dead`.
+    let receiver = start_receiver(Receiver::default());
+    let env = Env::new(WORKSPACE);
+    let daemon = start(&env, &flags(&env, &receiver, "3", "2000"));
+    assert_eq!(daemon.post("/v1/track", &ping("dead", "d-1", 1)).status, 200);
+    let dead_id = send_ids(&env, "dead", 1).remove(0);
+    eventually("the dead letter", || {
+        (daemon.get("/v1/outbox/dead").json()["total"] == 1).then_some(())
+    });
+    let retried = daemon.post("/v1/outbox/retry", "").json();
+    assert_eq!(retried["requeued"], 1, "{retried}");
+    // Taken into the retry set: tried again there while B's sends go by.
+    eventually("the letter in the retry set", || {
+        (metric(&daemon, "journeyc_outbox_retry_waiting") == 1).then_some(())
+    });
+    assert_eq!(daemon.post("/v1/batch", &batch_of_pings("b", 10)).status, 200);
+    let b_ids = send_ids(&env, "b", 10);
+    eventually("B's sends", || (accepted_of(&receiver, "b").len() >= 10).then_some(()));
+    assert_eq!(accepted_of(&receiver, "b"), b_ids);
+    assert_eq!(daemon.get("/v1/outbox/dead").json()["total"], 0);
+    // Failing again, it is parked again with its attempts added up.
+    let listed = eventually("the letter parked again", || {
+        let listed = daemon.get("/v1/outbox/dead").json();
+        (listed["total"] == 1).then_some(listed)
+    });
+    let letter = &listed["dead_letters"][0];
+    assert_eq!(letter["id"], dead_id.as_str());
+    assert_eq!(letter["attempts"], 6);
+    assert_eq!(letter["requeued"], false);
+    assert_eq!(receiver.seen().attempts.get(&dead_id), Some(&6));
+    assert_eq!(metric(&daemon, "journeyc_outbox_retry_waiting"), 0);
+}
