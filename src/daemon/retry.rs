@@ -216,7 +216,6 @@ pub async fn run<S: Sender>(
             let complete = records.len() < CHUNK_RECORDS_MAX;
             let mut stopped_early = false;
             for (seq, line) in &records {
-                let mut new_waiting = false;
                 let Ok(record) = serde_json::from_str::<Value>(line) else {
                     continue;
                 };
@@ -240,7 +239,6 @@ pub async fn run<S: Sender>(
                             Attempt::Transient(error) => {
                                 tracing::debug!(sink = %name, seq, %error, "delivery failed; waiting for a retry");
                                 held.insert(customer, 1);
-                                new_waiting = true;
                                 let due = now_ms() + options.backoff(1).as_millis() as u64;
                                 entry = Some(entry_value(*seq, &record, 1, due, &error));
                             }
@@ -259,12 +257,6 @@ pub async fn run<S: Sender>(
                 }
                 if in_set >= RETRY_RECORDS_MAX {
                     tracing::warn!(sink = %name, "the retry set is full ({RETRY_RECORDS_MAX}); the sink waits for it");
-                    stopped_early = true;
-                    break;
-                }
-                if new_waiting {
-                    // A new waiting customer: its due time may come before
-                    // the rest of this chunk is through.
                     stopped_early = true;
                     break;
                 }
