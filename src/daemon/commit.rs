@@ -824,10 +824,10 @@ impl CommitThread {
         })
     }
 
-    /// Removes an erased customer's pending outbox entries and dead letters
-    /// that were committed by earlier groups.
+    /// Removes an erased customer's pending outbox entries, dead letters and
+    /// sends waiting for a retry that were committed by earlier groups.
     /// The ids merged into the customer go with it: their alias keys,
-    /// their records in the outbox and dead letters, their marks.
+    /// their records in the outbox, dead letters and retry set, their marks.
     fn erase_outside_group(&self, batch: &mut sled::Batch, customer: &str) -> Result<(), CommitError> {
         let aliases = self.store.aliases_of(customer)?;
         let mut ids: std::collections::HashSet<&str> = aliases.iter().map(String::as_str).collect();
@@ -869,10 +869,13 @@ impl CommitThread {
                 batch.insert(key, store::encode_chunk(&kept));
             }
         }
-        for item in self.store.db.scan_prefix([store::PREFIX_DEAD]) {
-            let (key, value) = item.map_err(StoreError::from)?;
-            if customer_of(&String::from_utf8_lossy(&value)).is_some_and(|c| ids.contains(c.as_str())) {
-                batch.remove(key);
+        // Dead letters and sends waiting for a retry both carry the record.
+        for prefix in [store::PREFIX_DEAD, store::PREFIX_RETRY] {
+            for item in self.store.db.scan_prefix([prefix]) {
+                let (key, value) = item.map_err(StoreError::from)?;
+                if customer_of(&String::from_utf8_lossy(&value)).is_some_and(|c| ids.contains(c.as_str())) {
+                    batch.remove(key);
+                }
             }
         }
         Ok(())

@@ -5,9 +5,10 @@
 //! same record again: same send id, same `webhook-id`, same body.
 //!
 //! A letter is JSON: `{sink, seq, id, reason, attempts, error, at, record}`
-//! and `requeued: true` while it waits for its sink to try again. The sink
-//! loop finds requeued letters of its own sink; on success it removes the
-//! letter, on failure it parks it again with the attempts added up.
+//! and `requeued: true` until its sink takes it back. The sink loop moves
+//! the requeued letters of its own sink into its retry set
+//! ([`super::retry`]), in one transaction, where they are tried again; one
+//! that fails again is parked again with the attempts added up.
 //!
 //! Every change after the letter is written is a compare-and-swap against
 //! the bytes last read, so an erasure of the customer (which removes its
@@ -210,24 +211,24 @@ pub fn requeued(store: &Store, sink: &str) -> StoreResult<Vec<Requeued>> {
     Ok(out)
 }
 
-/// The outcome of another try: `None` delivered (the letter goes), else the
-/// failure (the letter is parked again, attempts added up). Nothing changes
-/// when the letter was erased or changed meanwhile.
-pub fn settle(store: &Store, letter: &Requeued, failed: Option<(Reason, &str, u32)>) -> StoreResult<()> {
-    let new = failed.map(|(reason, error, attempts)| {
-        let mut again = letter.letter.clone();
-        let before = again.get("attempts").and_then(Value::as_u64).unwrap_or(0);
-        again["attempts"] = json!(before + u64::from(attempts));
-        again["reason"] = json!(reason.as_str());
-        again["error"] = json!(error);
-        again["at"] = json!(now_text());
-        if let Some(object) = again.as_object_mut() {
-            object.remove("requeued");
-        }
-        again.to_string().into_bytes()
-    });
-    let _ = store.db.compare_and_swap(&letter.key, Some(&letter.bytes), new)?;
-    Ok(())
+/// Moves a requeued letter to `key` (its sink's retry set) as `value`, in
+/// one transaction; `false` when the letter was erased or changed meanwhile.
+pub fn move_to(store: &Store, letter: &Requeued, key: &[u8], value: Vec<u8>) -> StoreResult<bool> {
+    let moved = store
+        .db
+        .transaction(|tx| -> sled::transaction::ConflictableTransactionResult<bool> {
+            if tx.get(&letter.key)?.as_ref() != Some(&letter.bytes) {
+                return Ok(false);
+            }
+            tx.remove(&letter.key)?;
+            tx.insert(key, value.clone())?;
+            Ok(true)
+        })
+        .map_err(|e| match e {
+            sled::transaction::TransactionError::Abort(()) => unreachable!("nothing aborts"),
+            sled::transaction::TransactionError::Storage(e) => e,
+        })?;
+    Ok(moved)
 }
 
 /// `journeyc outbox retry --data DIR`: queues the dead letters of a stopped
@@ -293,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn requeue_then_settle() {
+    fn requeue_then_move() {
         let (_dir, store) = store();
         let record = json!({"id": "s1", "customer": "c1"});
         for seq in [1, 2, 3] {
@@ -305,21 +306,18 @@ mod tests {
         let queued = requeued(&store, "webhook:a").expect("queued");
         assert_eq!(queued.iter().map(|q| q.seq).collect::<Vec<_>>(), vec![2]);
         assert_eq!(queued[0].record()["id"], "s1");
-        // A failed try parks it again with the attempts added up.
-        settle(&store, &queued[0], Some((Reason::Refused, "HTTP 410 Gone", 2))).expect("settle");
-        let again = list(&store, 10).expect("list");
-        assert_eq!(again[1]["attempts"], 5);
-        assert_eq!(again[1]["reason"], "refused");
-        assert_eq!(again[1]["requeued"], false);
-        // A delivered one goes; so does nothing else.
-        assert_eq!(requeue(&store, None).expect("requeue all"), (4, vec![]));
-        let queued = requeued(&store, "webhook:a").expect("queued");
-        assert_eq!(queued.len(), 3);
-        settle(&store, &queued[0], None).expect("delivered");
+        assert_eq!(queued[0].letter["attempts"], 3);
+        // Moved: the letter goes, the new key holds the value.
+        assert!(move_to(&store, &queued[0], b"moved-2", b"v".to_vec()).expect("move"));
         assert_eq!(count(&store), 3);
-        // A letter erased meanwhile is not brought back by its try.
-        store.db.remove(&queued[1].key).expect("erase");
-        settle(&store, &queued[1], Some((Reason::Refused, "x", 1))).expect("settle");
+        assert_eq!(store.db.get(b"moved-2").expect("get").as_deref(), Some(&b"v"[..]));
+        // A letter erased meanwhile is not brought back by its move.
+        assert_eq!(requeue(&store, None).expect("requeue all"), (3, vec![]));
+        let queued = requeued(&store, "webhook:a").expect("queued");
+        assert_eq!(queued.len(), 2);
+        store.db.remove(&queued[0].key).expect("erase");
+        assert!(!move_to(&store, &queued[0], b"moved-1", b"v".to_vec()).expect("move"));
+        assert_eq!(store.db.get(b"moved-1").expect("get"), None);
         assert_eq!(count(&store), 2);
     }
 }

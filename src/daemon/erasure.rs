@@ -3,7 +3,7 @@
 //!
 //! The erase job (commit thread) removes every key of the customer in the
 //! same batch as its record: state, timer entries, pending outbox records,
-//! dead letters, split-arm memory; any store kept per customer later must be
+//! dead letters, sends waiting for a retry, split-arm memory; any store kept per customer later must be
 //! removed there too (`CommitThread::erase_outside_group`). It also writes an
 //! *erasure mark* `x/ID`. Removed values still sit in sled's log segments
 //! until sled reuses them, and the JSONL sinks still hold the lines already

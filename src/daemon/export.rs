@@ -3,7 +3,8 @@
 //! One object per line, told apart by `type`: `meta`, `bundle`, `customer`
 //! (profile, aggregates, enrollments: the whole [`CustomerState`]), `timer`,
 //! `outbox` (records not yet delivered to every sink), `cursor`,
-//! `dead_letter`, `counter`, `arm`. Import writes them into an empty data
+//! `dead_letter` and `retry` (by sink and sequence number), `counter`,
+//! `arm`, `alias`, `group`. Import writes them into an empty data
 //! directory; exporting the result gives the same lines.
 
 use super::store::{self, Store, StoreError};
@@ -29,6 +30,15 @@ pub enum ExportError {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The sink name and sequence number of a `d` or `w` key's rest: the sink,
+/// a 0 byte, the sequence number (u64 BE).
+fn sink_and_seq(rest: &[u8]) -> (String, u64) {
+    match rest.len().checked_sub(9) {
+        Some(at) if rest[at] == 0 => (text(&rest[..at]), store::decode_u64(&rest[at + 1..])),
+        _ => (text(rest), 0),
+    }
 }
 
 /// Writes every record of the store. Returns the number of lines.
@@ -84,7 +94,13 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
             store::PREFIX_CURSOR => json!({"type": "cursor", "sink": text(rest), "seq": store::decode_u64(&value)}),
             store::PREFIX_DEAD => {
                 let letter: serde_json::Value = serde_json::from_slice(&value).unwrap_or_else(|_| json!(text(&value)));
-                json!({"type": "dead_letter", "key": text(rest), "letter": letter})
+                let (sink, seq) = sink_and_seq(rest);
+                json!({"type": "dead_letter", "sink": sink, "seq": seq, "letter": letter})
+            }
+            store::PREFIX_RETRY => {
+                let entry: serde_json::Value = serde_json::from_slice(&value).unwrap_or_else(|_| json!(text(&value)));
+                let (sink, seq) = sink_and_seq(rest);
+                json!({"type": "retry", "sink": sink, "seq": seq, "entry": entry})
             }
             store::PREFIX_STAT => json!({"type": "counter", "name": text(rest), "value": store::decode_i64(&value)}),
             store::PREFIX_ARM => {
@@ -213,8 +229,17 @@ pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportErr
                 batch.insert(store::cursor_key(as_str(&value, "sink", number)?), &seq.to_be_bytes());
             }
             "dead_letter" => {
-                let key = [&[store::PREFIX_DEAD][..], as_str(&value, "key", number)?.as_bytes()].concat();
+                // `sink` and `seq`; exports written before them give `key`
+                // (the sink, a 0 byte and the sequence number's bytes).
+                let key = match value.get("sink") {
+                    Some(_) => store::dead_key(as_str(&value, "sink", number)?, as_u64(&value, "seq", number)?),
+                    None => [&[store::PREFIX_DEAD][..], as_str(&value, "key", number)?.as_bytes()].concat(),
+                };
                 batch.insert(key, field(&value, "letter", number)?.to_string().into_bytes());
+            }
+            "retry" => {
+                let key = super::retry::retry_key(as_str(&value, "sink", number)?, as_u64(&value, "seq", number)?);
+                batch.insert(key, field(&value, "entry", number)?.to_string().into_bytes());
             }
             "counter" => {
                 let counter = field(&value, "value", number)?
@@ -303,13 +328,22 @@ mod tests {
             serde_json::to_vec(&group).expect("json"),
         );
         source.db.apply_batch(batch).expect("batch");
+        // A sequence number whose bytes are not UTF-8 (200 = 0xC8) survives.
         source
-            .add_dead_letter("webhook:http://x", 5, &json!({"record": {"customer": "c1"}}))
+            .add_dead_letter("webhook:http://x", 200, &json!({"record": {"customer": "c1"}}))
             .expect("dead");
+        let waiting = json!({"seq": 7, "customer": "c1", "attempts": 1, "due_ms": 5, "error": "503", "record": {"customer": "c1"}});
+        source
+            .db
+            .insert(
+                super::super::retry::retry_key("webhook:http://x", 7),
+                serde_json::to_vec(&waiting).expect("json"),
+            )
+            .expect("retry entry");
 
         let mut first = Vec::new();
         let lines = export(&source, &mut first).expect("export");
-        assert_eq!(lines, 10);
+        assert_eq!(lines, 11);
         let target_dir = tempfile::tempdir().expect("tempdir");
         let target = Store::open(target_dir.path(), &StoreOptions::default()).expect("open");
         import(&target, &mut first.as_slice()).expect("import");
@@ -318,6 +352,16 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&first), String::from_utf8_lossy(&second));
         assert_eq!(target.customer("c1").expect("get"), Some(state));
         assert_eq!(target.alias("anon-1").expect("alias"), Some("c1".to_string()));
+        assert!(target
+            .db
+            .get(store::dead_key("webhook:http://x", 200))
+            .expect("get")
+            .is_some());
+        assert!(target
+            .db
+            .get(super::super::retry::retry_key("webhook:http://x", 7))
+            .expect("get")
+            .is_some());
         assert_eq!(target.aliases_of("c1").expect("aliases"), vec!["anon-1".to_string()]);
         assert_eq!(
             target

@@ -1292,6 +1292,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         customers_failing,
         customers_parked,
         dead_letters: super::dead::count(&state.store),
+        retry_waiting: super::retry::count(&state.store),
         unattributed,
     });
     (

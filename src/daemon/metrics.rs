@@ -99,6 +99,8 @@ pub struct Gauges {
     pub customers_parked: i64,
     /// Dead letters in the store (parked or queued for another try).
     pub dead_letters: usize,
+    /// Sends waiting in the sinks' retry sets (`retry.rs`), held-back ones included.
+    pub retry_waiting: usize,
     /// Engagement events naming no remembered send, by engagement
     /// (`runtime::stats::unattributed`).
     pub unattributed: std::collections::BTreeMap<String, u64>,
@@ -214,6 +216,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP journeyc_outbox_retry_waiting Sends waiting in a sink's retry set, held-back ones of the same customer included.\n# TYPE journeyc_outbox_retry_waiting gauge\njourneyc_outbox_retry_waiting {}",
+            gauges.retry_waiting
+        );
+        let _ = writeln!(
+            out,
             "# HELP journeyc_engagement_unattributed_total Engagement events naming no remembered send, by engagement.\n# TYPE journeyc_engagement_unattributed_total counter"
         );
         for (engagement, count) in &gauges.unattributed {
@@ -256,6 +263,7 @@ mod tests {
             customers_failing: 3,
             customers_parked: 1,
             dead_letters: 4,
+            retry_waiting: 2,
             unattributed: std::collections::BTreeMap::from([("opened".to_string(), 4)]),
         });
         assert!(text.contains("journeyc_events_accepted_total 3"));
@@ -265,6 +273,7 @@ mod tests {
         assert!(text.contains("journeyc_customers_failing 3"));
         assert!(text.contains("journeyc_customers_parked 1"));
         assert!(text.contains("journeyc_outbox_dead_letters 4"));
+        assert!(text.contains("journeyc_outbox_retry_waiting 2"));
         assert!(text.contains("journeyc_engagement_unattributed_total{engagement=\"opened\"} 4"));
     }
 }

@@ -27,6 +27,7 @@ pub mod rate;
 pub mod rejected;
 pub mod reload;
 pub mod reply;
+pub mod retry;
 pub mod server;
 pub mod sinks;
 pub mod smtp;

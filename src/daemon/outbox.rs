@@ -11,13 +11,16 @@
 //! delivery resumes after it. Sequence numbers are never reused (`m/seq` is
 //! written in the same batch as the records). The webhook sink is
 //! at-least-once; its `Idempotency-Key` header makes that effectively once.
-//! A send it gives up on is parked as a dead letter ([`super::dead`]) and
-//! delivered again, with the same id, once requeued; rate limits per sink
-//! and per channel ([`super::rate`]) space its requests in order.
+//! A send that fails waits in the sink's retry set ([`super::retry`]) while
+//! the other customers' sends go on; one it gives up on is parked as a dead
+//! letter ([`super::dead`]) and delivered again, with the same id, once
+//! requeued; rate limits per sink and per channel ([`super::rate`]) space
+//! its requests in order.
 
 use super::dead;
 use super::metrics::Metrics;
 use super::rate::{ChannelLimiters, Limiter, Rates};
+use super::retry::{self, Attempt, Sender};
 use super::sinks::{webhook_signature, JsonlSink, Sink, SinkSpec, WebhookOptions};
 use super::store::Store;
 use std::sync::Arc;
@@ -165,13 +168,7 @@ fn deliver_jsonl_round(
 }
 
 /// Runs a webhook sink until `stopping`.
-pub async fn run_webhook(
-    context: DispatchContext,
-    route: Sink,
-    options: WebhookOptions,
-    rates: Rates,
-    mut cursor: u64,
-) {
+pub async fn run_webhook(context: DispatchContext, route: Sink, options: WebhookOptions, rates: Rates, cursor: u64) {
     let name = route.name();
     let SinkSpec::Webhook(url) = route.spec.clone() else {
         unreachable!("run_webhook runs webhook sinks");
@@ -183,89 +180,16 @@ pub async fn run_webhook(
             return;
         }
     };
-    let mut sender = WebhookSender {
+    let sender = WebhookSender {
         client,
         url,
+        route,
         sink_rate: Limiter::new(Duration::from_secs_f64(1.0 / options.rate_per_second.max(0.001))),
         channel_rates: ChannelLimiters::new(&rates),
-        options,
+        options: options.clone(),
         metrics: context.metrics.clone(),
     };
-    let mut committed = context.committed.clone();
-    let mut stopping = context.stopping.clone();
-    let mut retries = context.dead_retry.clone();
-    // Letters queued while the daemon was stopped (`journeyc outbox retry`).
-    let mut retry_pending = true;
-    let mut retries_open = true;
-    loop {
-        if *stopping.borrow() {
-            return;
-        }
-        if retry_pending {
-            retry_pending = false;
-            retries.borrow_and_update();
-            if redeliver(&context, &name, &mut sender, &mut stopping).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let target = *committed.borrow_and_update();
-        if cursor < target {
-            let records = match context.store.outbox_range(cursor + 1, target, 256) {
-                Ok(records) => records,
-                Err(error) => {
-                    tracing::error!(%error, "reading the outbox failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let complete = records.len() < 256;
-            for (seq, line) in &records {
-                let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
-                    continue;
-                };
-                if record.get("kind").and_then(|k| k.as_str()) == Some("send") && route.takes(&record) {
-                    match sender.deliver(&record, &mut stopping).await {
-                        Delivery::Done => context.metrics.records_delivered.inc(),
-                        Delivery::Stopped => return,
-                        Delivery::GaveUp {
-                            reason,
-                            error,
-                            attempts,
-                        } => {
-                            let failure = dead::Failure {
-                                sink: &name,
-                                seq: *seq,
-                                record: &record,
-                                reason,
-                                error: &error,
-                                attempts,
-                            };
-                            park(&context, &failure);
-                        }
-                    }
-                }
-                cursor = *seq;
-                if let Err(error) = context.store.set_cursor(&name, cursor) {
-                    tracing::warn!(%error, "could not store the webhook cursor");
-                }
-            }
-            if complete {
-                cursor = target;
-                let _ = context.store.set_cursor(&name, cursor);
-            }
-            collect_garbage(&context.store, &context.sink_names);
-            continue;
-        }
-        tokio::select! {
-            changed = committed.changed() => if changed.is_err() { return; },
-            _ = stopping.changed() => {},
-            changed = retries.changed(), if retries_open => match changed {
-                Ok(()) => retry_pending = true,
-                Err(_) => retries_open = false,
-            },
-        }
-    }
+    retry::run(context, name, sender, options, cursor).await;
 }
 
 /// The webhook client: rustls with the bundled web roots, plus the private
@@ -319,47 +243,7 @@ fn park(context: &DispatchContext, failure: &dead::Failure) {
     }
 }
 
-/// Tries the sink's requeued dead letters once more, oldest first. `Err`
-/// when the daemon stops meanwhile.
-async fn redeliver(
-    context: &DispatchContext,
-    name: &str,
-    sender: &mut WebhookSender,
-    stopping: &mut watch::Receiver<bool>,
-) -> Result<(), ()> {
-    let letters = match dead::requeued(&context.store, name) {
-        Ok(letters) => letters,
-        Err(error) => {
-            tracing::error!(%error, "reading the dead letters failed");
-            return Ok(());
-        }
-    };
-    for letter in letters {
-        let outcome = match sender.deliver(letter.record(), stopping).await {
-            Delivery::Stopped => return Err(()),
-            Delivery::Done => {
-                context.metrics.records_delivered.inc();
-                tracing::info!(sink = %name, seq = letter.seq, "dead letter delivered on retry");
-                dead::settle(&context.store, &letter, None)
-            }
-            Delivery::GaveUp {
-                reason,
-                error,
-                attempts,
-            } => {
-                context.metrics.dead_letters.inc();
-                tracing::warn!(sink = %name, seq = letter.seq, %error, "dead letter failed again; parked");
-                dead::settle(&context.store, &letter, Some((reason, &error, attempts)))
-            }
-        };
-        if let Err(error) = outcome {
-            tracing::error!(%error, "could not update a dead letter");
-        }
-    }
-    Ok(())
-}
-
-/// Keeps a send a sink other than a webhook (SMTP) gave up on.
+/// Keeps a send a delivering sink gave up on.
 pub fn park_dead_letter(
     context: &DispatchContext,
     sink: &str,
@@ -382,20 +266,11 @@ pub fn park_dead_letter(
     );
 }
 
-enum Delivery {
-    Done,
-    Stopped,
-    GaveUp {
-        reason: dead::Reason,
-        error: String,
-        attempts: u32,
-    },
-}
-
 /// One webhook sink's client, options and rate limiters.
 struct WebhookSender {
     client: reqwest::Client,
     url: String,
+    route: Sink,
     options: WebhookOptions,
     /// `--webhook-rate`: all requests of this sink.
     sink_rate: Limiter,
@@ -420,9 +295,9 @@ impl WebhookSender {
         }
     }
 
-    /// Sends one record, retrying with backoff: the same body, `webhook-id`
-    /// and `Idempotency-Key` on every attempt.
-    async fn deliver(&mut self, record: &serde_json::Value, stopping: &mut watch::Receiver<bool>) -> Delivery {
+    /// Sends one record once: the same body, `webhook-id` and
+    /// `Idempotency-Key` on every try.
+    async fn send(&mut self, record: &serde_json::Value, stopping: &mut watch::Receiver<bool>) -> Attempt {
         let key = record
             .get("id")
             .and_then(|i| i.as_str())
@@ -431,62 +306,58 @@ impl WebhookSender {
         let channel = record.get("channel").and_then(|c| c.as_str()).unwrap_or_default();
         // The bytes that are signed are the bytes that are sent.
         let body = serde_json::to_vec(record).expect("a JSON value always serializes");
-        let attempts_max = self.options.attempts_max.max(1);
-        let mut last_error = String::new();
-        for attempt in 1..=attempts_max {
-            if attempt > 1 {
-                let delay = self.options.backoff(attempt - 1);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {},
-                    _ = stopping.changed() => return Delivery::Stopped,
+        if !self.wait_for_slot(channel, stopping).await {
+            return Attempt::Stopped;
+        }
+        let started = Instant::now();
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header("Idempotency-Key", &key)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(secret) = &self.options.secret {
+            // Standard Webhooks: the id stays across retries, the timestamp
+            // and signature are of this attempt.
+            let timestamp = chrono::Utc::now().timestamp();
+            request = request
+                .header("webhook-id", &key)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", webhook_signature(secret, &key, timestamp, &body));
+        }
+        match request.body(body).send().await {
+            Ok(response) if response.status().is_success() => {
+                self.metrics.delivery_latency.observe(started.elapsed());
+                Attempt::Done
+            }
+            Ok(response) => {
+                self.metrics.delivery_failures.inc();
+                let status = response.status();
+                let error = format!("HTTP {status}");
+                // A client error other than timeout / rate limit will not get better.
+                if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+                    Attempt::Permanent(error)
+                } else {
+                    Attempt::Transient(error)
                 }
             }
-            if !self.wait_for_slot(channel, stopping).await {
-                return Delivery::Stopped;
-            }
-            let started = Instant::now();
-            let mut request = self
-                .client
-                .post(&self.url)
-                .header("Idempotency-Key", &key)
-                .header(reqwest::header::CONTENT_TYPE, "application/json");
-            if let Some(secret) = &self.options.secret {
-                // Standard Webhooks: the id stays across retries, the timestamp
-                // and signature are of this attempt.
-                let timestamp = chrono::Utc::now().timestamp();
-                request = request
-                    .header("webhook-id", &key)
-                    .header("webhook-timestamp", timestamp.to_string())
-                    .header("webhook-signature", webhook_signature(secret, &key, timestamp, &body));
-            }
-            match request.body(body.clone()).send().await {
-                Ok(response) if response.status().is_success() => {
-                    self.metrics.delivery_latency.observe(started.elapsed());
-                    return Delivery::Done;
-                }
-                Ok(response) => {
-                    self.metrics.delivery_failures.inc();
-                    let status = response.status();
-                    last_error = format!("HTTP {status}");
-                    // A client error other than timeout / rate limit will not get better.
-                    if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
-                        return Delivery::GaveUp {
-                            reason: dead::Reason::Refused,
-                            error: last_error,
-                            attempts: attempt,
-                        };
-                    }
-                }
-                Err(error) => {
-                    self.metrics.delivery_failures.inc();
-                    last_error = error_chain(&error);
-                }
+            Err(error) => {
+                self.metrics.delivery_failures.inc();
+                Attempt::Transient(error_chain(&error))
             }
         }
-        Delivery::GaveUp {
-            reason: dead::Reason::AttemptsExhausted,
-            error: last_error,
-            attempts: attempts_max,
-        }
+    }
+}
+
+impl Sender for WebhookSender {
+    fn takes(&self, record: &serde_json::Value) -> bool {
+        record.get("kind").and_then(|k| k.as_str()) == Some("send") && self.route.takes(record)
+    }
+
+    fn attempt(
+        &mut self,
+        record: &serde_json::Value,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = Attempt> + Send {
+        self.send(record, stopping)
     }
 }

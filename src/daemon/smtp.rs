@@ -11,15 +11,16 @@
 //! `Content-Language` the locale variant the runtime chose. lettre encodes
 //! non-ASCII subjects per RFC 2047.
 //!
-//! A transient failure (a 4xx reply, a lost connection) is retried with
-//! the webhook backoff; a permanent one (a 5xx reply) or the last failed
-//! attempt parks the record as a dead letter. The cursor moves after each
-//! record, so a crash between the server's 250 and the cursor sends that
-//! one message again, with its Message-ID.
+//! A transient failure (a 4xx reply, a lost connection) puts the record in
+//! the sink's retry set ([`super::retry`]), tried again with the webhook
+//! backoff while other customers' mail goes on; a permanent one (a 5xx
+//! reply) or the last failed attempt parks the record as a dead letter. The
+//! cursor moves after each record, so a crash between the server's 250 and
+//! the cursor sends that one message again, with its Message-ID.
 
-use super::dead::{self, Reason};
 use super::outbox::DispatchContext;
 use super::rate::{ChannelLimiters, Rates};
+use super::retry::{self, Attempt, Sender};
 use super::sinks::{SmtpSpec, SmtpTls, WebhookOptions};
 use crate::check::Type;
 use crate::compile::bytecode::Bundle;
@@ -32,8 +33,6 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::time::{Duration, Instant};
 
-/// Records read from the store per round.
-const CHUNK_RECORDS_MAX: usize = 256;
 /// Open connections to the server at most.
 const POOL_CONNECTIONS_MAX: u32 = 4;
 /// Wrap width of the text part.
@@ -177,16 +176,6 @@ pub fn check(spec: &SmtpSpec) -> Result<(), String> {
     transport(spec, 1_000).map(|_| ())
 }
 
-enum Outcome {
-    Sent,
-    Stopped,
-    GaveUp {
-        reason: Reason,
-        error: String,
-        attempts: u32,
-    },
-}
-
 /// Runs an SMTP sink until `stopping`.
 pub async fn run(
     context: DispatchContext,
@@ -194,10 +183,8 @@ pub async fn run(
     spec: SmtpSpec,
     options: WebhookOptions,
     rates: Rates,
-    mut cursor: u64,
+    cursor: u64,
 ) {
-    // `--rate email=N/s`: one slot per mail, taken in outbox order.
-    let mut limiter = ChannelLimiters::new(&rates);
     let mailer = match transport(&spec, options.timeout_ms) {
         Ok(mailer) => mailer,
         Err(error) => {
@@ -205,178 +192,72 @@ pub async fn run(
             return;
         }
     };
-    let mut committed = context.committed.clone();
-    let mut stopping = context.stopping.clone();
-    let mut retries = context.dead_retry.clone();
-    // Letters queued while the daemon was stopped (`journeyc outbox retry`).
-    let mut retry_pending = true;
-    let mut retries_open = true;
-    loop {
-        if *stopping.borrow() {
-            return;
-        }
-        if retry_pending {
-            retry_pending = false;
-            retries.borrow_and_update();
-            if redeliver(&context, &name, &mailer, &spec, &options, &mut stopping)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            continue;
-        }
-        let target = *committed.borrow_and_update();
-        if cursor < target {
-            let records = match context.store.outbox_range(cursor + 1, target, CHUNK_RECORDS_MAX) {
-                Ok(records) => records,
-                Err(error) => {
-                    tracing::error!(%error, "reading the outbox failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let complete = records.len() < CHUNK_RECORDS_MAX;
-            for (seq, line) in &records {
-                let record = serde_json::from_str::<serde_json::Value>(line).unwrap_or_default();
-                let email = record.get("kind").and_then(|k| k.as_str()) == Some("send")
-                    && record.get("channel").and_then(|c| c.as_str()) == Some(Channel::Email.as_str());
-                if email {
-                    let wait = limiter.reserve(Channel::Email.as_str(), Instant::now());
-                    if !wait.is_zero() {
-                        context.metrics.rate_limited.inc();
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {},
-                            _ = stopping.changed() => return,
-                        }
-                    }
-                    match deliver(&mailer, &spec, &record, &options, &mut stopping, &context).await {
-                        Outcome::Sent => context.metrics.records_delivered.inc(),
-                        Outcome::Stopped => return,
-                        Outcome::GaveUp {
-                            reason,
-                            error,
-                            attempts,
-                        } => {
-                            super::outbox::park_dead_letter(&context, &name, *seq, &record, reason, &error, attempts);
-                        }
-                    }
-                }
-                cursor = *seq;
-                if let Err(error) = context.store.set_cursor(&name, cursor) {
-                    tracing::warn!(%error, "could not store the SMTP cursor");
-                }
-            }
-            if complete {
-                cursor = target;
-                let _ = context.store.set_cursor(&name, cursor);
-            }
-            super::outbox::collect_garbage(&context.store, &context.sink_names);
-            continue;
-        }
-        tokio::select! {
-            changed = committed.changed() => if changed.is_err() { return; },
-            _ = stopping.changed() => {},
-            changed = retries.changed(), if retries_open => match changed {
-                Ok(()) => retry_pending = true,
-                Err(_) => retries_open = false,
-            },
-        }
-    }
+    let sender = SmtpSender {
+        mailer,
+        spec,
+        limiter: ChannelLimiters::new(&rates),
+        context: context.clone(),
+    };
+    retry::run(context, name, sender, options, cursor).await;
 }
 
-/// Mails the sink's requeued dead letters once more, oldest first (the same
-/// Message-ID: it is the send id). `Err` when the daemon stops meanwhile.
-async fn redeliver(
-    context: &DispatchContext,
-    name: &str,
-    mailer: &AsyncSmtpTransport<Tokio1Executor>,
-    spec: &SmtpSpec,
-    options: &WebhookOptions,
-    stopping: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<(), ()> {
-    let letters = match dead::requeued(&context.store, name) {
-        Ok(letters) => letters,
-        Err(error) => {
-            tracing::error!(%error, "reading the dead letters failed");
-            return Ok(());
-        }
-    };
-    for letter in letters {
-        let outcome = match deliver(mailer, spec, letter.record(), options, stopping, context).await {
-            Outcome::Stopped => return Err(()),
-            Outcome::Sent => {
-                context.metrics.records_delivered.inc();
-                dead::settle(&context.store, &letter, None)
-            }
-            Outcome::GaveUp {
-                reason,
-                error,
-                attempts,
-            } => {
-                context.metrics.dead_letters.inc();
-                dead::settle(&context.store, &letter, Some((reason, &error, attempts)))
-            }
+/// One SMTP sink's connection pool and rate limiter.
+struct SmtpSender {
+    mailer: AsyncSmtpTransport<Tokio1Executor>,
+    spec: SmtpSpec,
+    /// `--rate email=N/s`: one slot per try, taken in order.
+    limiter: ChannelLimiters,
+    context: DispatchContext,
+}
+
+impl SmtpSender {
+    /// Mails one record once (its Message-ID is the send id, the same on
+    /// every try).
+    async fn send(&mut self, record: &serde_json::Value, stopping: &mut tokio::sync::watch::Receiver<bool>) -> Attempt {
+        let mail = match message(&self.spec, record) {
+            Ok(mail) => mail,
+            Err(error) => return Attempt::Permanent(error),
         };
-        if let Err(error) = outcome {
-            tracing::error!(%error, "could not update a dead letter");
-        }
-    }
-    Ok(())
-}
-
-async fn deliver(
-    mailer: &AsyncSmtpTransport<Tokio1Executor>,
-    spec: &SmtpSpec,
-    record: &serde_json::Value,
-    options: &WebhookOptions,
-    stopping: &mut tokio::sync::watch::Receiver<bool>,
-    context: &DispatchContext,
-) -> Outcome {
-    let mail = match message(spec, record) {
-        Ok(mail) => mail,
-        Err(error) => {
-            return Outcome::GaveUp {
-                reason: Reason::Refused,
-                error,
-                attempts: 0,
-            }
-        }
-    };
-    let mut last_error = String::new();
-    let attempts_max = options.attempts_max.max(1);
-    for attempt in 1..=attempts_max {
-        if attempt > 1 {
+        let wait = self.limiter.reserve(Channel::Email.as_str(), Instant::now());
+        if !wait.is_zero() {
+            self.context.metrics.rate_limited.inc();
             tokio::select! {
-                _ = tokio::time::sleep(options.backoff(attempt - 1)) => {},
-                _ = stopping.changed() => return Outcome::Stopped,
+                _ = tokio::time::sleep(wait) => {},
+                _ = stopping.changed() => return Attempt::Stopped,
             }
         }
         let started = Instant::now();
-        match mailer.send(mail.clone()).await {
+        match self.mailer.send(mail).await {
             Ok(_) => {
-                context.metrics.delivery_latency.observe(started.elapsed());
-                return Outcome::Sent;
+                self.context.metrics.delivery_latency.observe(started.elapsed());
+                Attempt::Done
             }
             Err(error) => {
-                context.metrics.delivery_failures.inc();
-                last_error = error.to_string();
+                self.context.metrics.delivery_failures.inc();
                 // A 5xx reply will not get better by asking again.
                 if error.is_permanent() {
-                    return Outcome::GaveUp {
-                        reason: Reason::Refused,
-                        error: last_error,
-                        attempts: attempt,
-                    };
+                    Attempt::Permanent(error.to_string())
+                } else {
+                    tracing::debug!(%error, "SMTP delivery failed");
+                    Attempt::Transient(error.to_string())
                 }
-                tracing::debug!(%error, attempt, "SMTP delivery failed; retrying");
             }
         }
     }
-    Outcome::GaveUp {
-        reason: Reason::AttemptsExhausted,
-        error: last_error,
-        attempts: attempts_max,
+}
+
+impl Sender for SmtpSender {
+    fn takes(&self, record: &serde_json::Value) -> bool {
+        record.get("kind").and_then(|k| k.as_str()) == Some("send")
+            && record.get("channel").and_then(|c| c.as_str()) == Some(Channel::Email.as_str())
+    }
+
+    fn attempt(
+        &mut self,
+        record: &serde_json::Value,
+        stopping: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = Attempt> + Send {
+        self.send(record, stopping)
     }
 }
 

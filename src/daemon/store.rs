@@ -45,6 +45,8 @@ pub const PREFIX_TIMER: u8 = b't';
 pub const PREFIX_OUTBOX: u8 = b'o';
 pub const PREFIX_CURSOR: u8 = b'k';
 pub const PREFIX_DEAD: u8 = b'd';
+/// Sends waiting for a retry, per sink (`retry.rs`).
+pub const PREFIX_RETRY: u8 = b'w';
 pub const PREFIX_STAT: u8 = b's';
 pub const PREFIX_ARM: u8 = b'a';
 pub const PREFIX_BUNDLE: u8 = b'b';

@@ -10,6 +10,7 @@ mod harness;
 mod http;
 mod identity;
 mod import;
+mod isolation;
 mod lifecycle;
 mod readout;
 mod rejected;

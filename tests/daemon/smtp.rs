@@ -609,6 +609,62 @@ fn transient_smtp_errors_are_retried_and_permanent_ones_dead_lettered() {
     assert_eq!(daemon.terminate(), Some(0));
 }
 
+/// A mailbox that keeps answering 451 holds back only its own customer's
+/// mail: the others' arrive while it waits in the retry set, and it
+/// arrives once the server takes it.
+#[test]
+fn a_failing_mailbox_does_not_hold_back_other_customers_mail() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = failing.clone();
+    let verdict: Arc<Verdict> = Arc::new(move |mail: &Mail, _: usize| {
+        let slow = mail.to.iter().any(|t| t.starts_with("slow@"));
+        (slow && flag.load(std::sync::atomic::Ordering::SeqCst)).then_some("451 4.2.2 mailbox busy")
+    });
+    let server = SmtpServer::start(Duration::ZERO, verdict);
+    let env = smtp_env();
+    let all_sink = format!("jsonl:{}", env.sends().display());
+    let daemon = env.start(&[
+        "--sink",
+        &server.sink(),
+        "--sink",
+        &all_sink,
+        "--webhook-attempts",
+        "30",
+        "--webhook-retry-ms",
+        "500",
+    ]);
+    address_and_ping(&daemon, "slow");
+    eventually("the slow mailbox's first failure", || {
+        (super::webhook::metric(&daemon, "journeyc_outbox_retry_waiting") == 1).then_some(())
+    });
+    let others: Vec<String> = (1..=5).map(|n| address_and_ping(&daemon, &format!("b{n}"))).collect();
+    let arrived = eventually("the other customers' mail", || {
+        let to: Vec<String> = server.accepted().iter().flat_map(|mail| mail.to.clone()).collect();
+        (to.len() >= 5).then_some(to)
+    });
+    assert_eq!(arrived, others);
+    assert_eq!(super::webhook::metric(&daemon, "journeyc_outbox_retry_waiting"), 1);
+    assert_eq!(super::webhook::metric(&daemon, "journeyc_outbox_dead_letters"), 0);
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mail = eventually("the slow mailbox's mail", || {
+        server
+            .accepted()
+            .into_iter()
+            .find(|mail| mail.to == ["slow@example.org".to_string()])
+    });
+    let send = sends(&env, "slow").remove(0);
+    let id = send["id"].as_str().expect("id");
+    assert_eq!(
+        mail.header("Message-ID").as_deref(),
+        Some(format!("<{id}@shop.example>").as_str())
+    );
+    eventually("an empty retry set", || {
+        (super::webhook::metric(&daemon, "journeyc_outbox_retry_waiting") == 0).then_some(())
+    });
+    assert_eq!(server.accepted().len(), 6);
+    assert_eq!(daemon.terminate(), Some(0));
+}
+
 /// SIGKILL while mails are being delivered (the server is slow to answer
 /// DATA); after a restart every send reached the server, and a mail that
 /// arrived twice has the same Message-ID both times.

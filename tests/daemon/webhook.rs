@@ -20,6 +20,8 @@ pub struct Receiver {
     pub ids: Vec<String>,
     /// Fails (503) the first this many attempts of every send.
     pub fail_first: u32,
+    /// Fails (503) every send of this customer while set.
+    pub fail_customer: Option<String>,
     /// While set, refuses every send with a 410, which is not retried.
     pub refuse: bool,
     /// TLS handshakes that failed (the HTTPS receiver only).
@@ -78,9 +80,11 @@ pub fn receiver_app(seen: Arc<Mutex<Receiver>>) -> axum::Router {
                 if seen.refuse {
                     return StatusCode::GONE;
                 }
+                let failing =
+                    seen.fail_customer.is_some() && seen.fail_customer.as_deref() == json["customer"].as_str();
                 let attempts = seen.attempts.entry(key.clone()).or_insert(0);
                 *attempts += 1;
-                if json["customer"] == "dead" || *attempts <= fail_first {
+                if json["customer"] == "dead" || failing || *attempts <= fail_first {
                     return StatusCode::SERVICE_UNAVAILABLE;
                 }
                 seen.accepted.push((key, json));
@@ -216,7 +220,7 @@ fn webhook_retries_with_idempotency_key_and_dead_letters() {
 }
 
 /// Pings of one customer in one batch request, so they commit together.
-fn batch_of_pings(customer: &str, count: usize) -> String {
+pub fn batch_of_pings(customer: &str, count: usize) -> String {
     let calls: Vec<String> = (1..=count)
         .map(|n| ping(customer, &format!("{customer}-{n}"), n as i64))
         .collect();
@@ -224,7 +228,7 @@ fn batch_of_pings(customer: &str, count: usize) -> String {
 }
 
 /// The ids of a customer's sends in the JSONL sink, in outbox order.
-fn send_ids(env: &Env, customer: &str, count: usize) -> Vec<String> {
+pub fn send_ids(env: &Env, customer: &str, count: usize) -> Vec<String> {
     eventually("the sends in the JSONL sink", || {
         let ids: Vec<String> = sink_lines(&env.sends())
             .iter()
@@ -235,14 +239,14 @@ fn send_ids(env: &Env, customer: &str, count: usize) -> Vec<String> {
     })
 }
 
-fn accepted_ids(receiver: &Running, count: usize) -> Vec<String> {
+pub fn accepted_ids(receiver: &Running, count: usize) -> Vec<String> {
     eventually("the webhook deliveries", || {
         let ids: Vec<String> = receiver.seen().accepted.iter().map(|(key, _)| key.clone()).collect();
         (ids.len() >= count).then_some(ids)
     })
 }
 
-fn metric(daemon: &Daemon, name: &str) -> u64 {
+pub fn metric(daemon: &Daemon, name: &str) -> u64 {
     let text = daemon.get("/metrics").body;
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
