@@ -329,9 +329,9 @@ fn parse_expectation(line: &str, start: Millis, journey_given: bool) -> Result<E
     };
     let kind_word = words
         .next()
-        .ok_or("missing the kind (enter, send, skip, goal, exit, split, set)")?;
+        .ok_or("missing the kind (enter, send, skip, goal, exit, split, set, engagement, error)")?;
     let kind: Kind = serde_json::from_value(serde_json::Value::from(kind_word))
-        .map_err(|_| format!("unknown kind `{kind_word}` (enter, send, skip, goal, exit, split, set)"))?;
+        .map_err(|_| format!("unknown kind `{kind_word}` (enter, send, skip, goal, exit, split, set, engagement, error)"))?;
     Ok(Expectation {
         at,
         journey,
