@@ -21,6 +21,8 @@
 //! - subscriptions: per channel a suppression wins over subscribed (a
 //!   person who unsubscribed as a visitor did not opt back in by logging
 //!   in), and between two of the same kind the later one;
+//! - open goal windows of ended enrollments: the anonymous one is kept in
+//!   a journey where the user has neither an enrollment nor a window;
 //! - clocks: the later clock, the earlier first-seen time, the later
 //!   last-event times.
 
@@ -61,6 +63,7 @@ pub fn merge(user: &mut CustomerState, anonymous: CustomerState, at: Millis) -> 
         message_id_index: _,
         subscriptions,
         sent,
+        attributions,
     } = anonymous;
     let mut records = Vec::new();
     for (name, value) in profile {
@@ -139,6 +142,11 @@ pub fn merge(user: &mut CustomerState, anonymous: CustomerState, at: Millis) -> 
         }
     }
     user.sent = union_by(std::mem::take(&mut user.sent), sent, |s| s.at, SENT_MAX);
+    for (journey, attribution) in attributions {
+        if !user.enrollments.contains_key(&journey) && !user.attributions.contains_key(&journey) {
+            user.attributions.insert(journey, attribution);
+        }
+    }
     records
 }
 

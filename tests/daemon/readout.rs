@@ -269,3 +269,64 @@ fn engagement_events_posted_over_http_are_counted_in_the_stats() {
     assert_eq!(summary["messages"]["tips"]["sent"], customers as u64 - 2);
     assert_eq!(simulated["unattributed"]["opened"], 1);
 }
+
+const QUICK: &str = r#"
+event signed_up {}
+event purchase {}
+
+message welcome email { subject "Welcome" body "Hello" }
+
+journey quick {
+  trigger signed_up
+  goal purchase within 3d
+  send welcome
+}
+"#;
+
+/// A journey that ends right after its send still counts a purchase inside
+/// its goal window, also across a kill -9 between the two (the open window
+/// is part of the customer's stored state).
+#[test]
+fn a_goal_after_the_end_is_counted_by_the_daemon_across_a_crash() {
+    let env = Env::new(QUICK);
+    let start = chrono::Utc::now() - chrono::Duration::hours(2);
+    let at =
+        |minutes: i64| (start + chrono::Duration::minutes(minutes)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let track = |customer: &str, event: &str, minutes: i64| {
+        format!(
+            r#"{{"type":"track","userId":"{customer}","event":"{event}","properties":{{}},"timestamp":"{}","messageId":"{customer}-{event}"}}"#,
+            at(minutes)
+        )
+    };
+    let daemon = env.start(&[]);
+    for customer in ["ann", "bob", "cy"] {
+        let response = daemon.post("/v1/track", &track(customer, "signed_up", 0));
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let ended = eventually("the enrollments end", || {
+        let stats = daemon.get("/v1/journeys/quick/stats").json();
+        (stats["exits"]["end"] == 3).then_some(stats)
+    });
+    assert_eq!(ended["converted"], 0);
+    daemon.kill();
+
+    let daemon = env.start(&[]);
+    // An hour after the end: ann and bob buy (bob twice), cy does not.
+    for (customer, minutes) in [("ann", 60), ("bob", 61)] {
+        let response = daemon.post("/v1/track", &track(customer, "purchase", minutes));
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let again = format!(
+        r#"{{"type":"track","userId":"bob","event":"purchase","properties":{{}},"timestamp":"{}","messageId":"bob-purchase-2"}}"#,
+        at(62)
+    );
+    assert_eq!(daemon.post("/v1/track", &again).status, 200);
+    let stats = eventually("the goals are counted", || {
+        let stats = daemon.get("/v1/journeys/quick/stats").json();
+        (stats["converted"] == 2).then_some(stats)
+    });
+    assert_eq!(stats["entered"], 3);
+    assert_eq!(stats["active"], 0);
+    assert_eq!(stats["goals"]["purchase"], 2, "once per enrollment: {stats}");
+    assert_eq!(stats["exits"]["end"], 3);
+}

@@ -268,6 +268,18 @@ scenarios! {
     /// - c2 (UTC): the purchase precedes the entry → no goal; welcome
     ///   05-02T07:00Z, day1 05-03T07:00Z.
     out_of_order,
+    /// Goals after the end (`quick` ends right after its send; `trial`
+    /// splits, with a holdout, and ends):
+    /// - late: purchase a day after the end → goal purchase 05-02T10:00;
+    ///   the second purchase 05-03 makes it a repeat_buyer → goal
+    ///   repeat_buyer (a segment goal), and no second purchase goal.
+    /// - boundary: purchase at exactly 3d → counts (the window is inclusive).
+    /// - too_late: one second after 3d → nothing.
+    /// - reentered: a second enrollment 05-02T10:00 closes the first one's
+    ///   window; the purchase at 12:00 is the second's goal, once.
+    /// - t0…t9 upgrade a day after the end (twice, counted once each);
+    ///   t_late one second after its 2d window → nothing.
+    goals_after_end,
 }
 
 // ------------------------------------------------------------------ splits
@@ -624,4 +636,69 @@ journey farewell {
             ("hello".to_string(), Kind::Skip, Some("unsubscribed".to_string())),
         ]
     );
+}
+
+/// The readout of `goals_after_end`: goals reached after the end count for
+/// the enrollment, its holdout group and its split arm.
+#[test]
+fn goals_after_the_end_count_for_their_enrollment_group_and_arm() {
+    let trace = simulate_dir(&directory("goals_after_end"));
+    let mut tally = Tally::default();
+    trace.iter().for_each(|record| tally.add(record));
+    let c = |name: &str| tally.counters.get(name).copied().unwrap_or(0);
+    // late, boundary, too_late, reentered twice.
+    assert_eq!(c("j/quick/entered"), 5);
+    // late, boundary, reentered's second enrollment.
+    assert_eq!(c("j/quick/converted"), 3);
+    assert_eq!(c("j/quick/goal/purchase"), 3);
+    assert_eq!(c("j/quick/goal/repeat_buyer"), 2);
+    assert_eq!(c("j/quick/exits/end"), 5);
+
+    // t0…t9 converted, t_late did not; each in its own group and arm.
+    assert_eq!(c("j/trial/entered"), 11);
+    assert_eq!(c("j/trial/converted"), 10);
+    let group_of = |customer: &str| {
+        trace
+            .iter()
+            .find(|r| r.kind == Kind::Enter && r.customer == customer)
+            .and_then(|r| r.arm.clone())
+            .expect("a holdout journey names the group")
+    };
+    let arm_of = |customer: &str| {
+        trace
+            .iter()
+            .find(|r| r.kind == Kind::Split && r.customer == customer)
+            .and_then(|r| r.arm.clone())
+            .expect("every trial customer takes the split")
+    };
+    let mut groups: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut arms: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for index in 0..11 {
+        let customer = if index < 10 {
+            format!("t{index}")
+        } else {
+            "t_late".to_string()
+        };
+        let converted = i64::from(index < 10);
+        let group = groups.entry(group_of(&customer)).or_default();
+        group.0 += 1;
+        group.1 += converted;
+        if group_of(&customer) == "treatment" {
+            let arm = arms.entry(arm_of(&customer)).or_default();
+            arm.0 += 1;
+            arm.1 += converted;
+        }
+    }
+    assert!(
+        groups.contains_key("holdout") && groups.contains_key("treatment"),
+        "{groups:?}"
+    );
+    for (group, (entered, converted)) in &groups {
+        assert_eq!(c(&format!("j/trial/group/{group}/entered")), *entered, "{group}");
+        assert_eq!(c(&format!("j/trial/group/{group}/converted")), *converted, "{group}");
+    }
+    for (arm, (entered, converted)) in &arms {
+        assert_eq!(c(&format!("j/trial/arm/offer/{arm}/entered")), *entered, "{arm}");
+        assert_eq!(c(&format!("j/trial/arm/offer/{arm}/converted")), *converted, "{arm}");
+    }
 }
