@@ -1036,6 +1036,23 @@ impl Run<'_, '_> {
         self.record(t, journey, Kind::Exit).reason = Some(reason.to_string());
     }
 
+    /// Names the step (`version`, `pc`) on the step's records, from index
+    /// `from` on (`send`, `skip`, `split`, `set`, `exit`), for the per-step
+    /// counts of the statistics.
+    fn mark_step(&mut self, from: usize, version: &str, pc: u32) {
+        for record in self.records.iter_mut().skip(from) {
+            if matches!(
+                record.kind,
+                Kind::Send | Kind::Skip | Kind::Split | Kind::Set | Kind::Exit
+            ) {
+                record.step = Some(super::trace::Step {
+                    version: version.to_string(),
+                    pc,
+                });
+            }
+        }
+    }
+
     /// Ends an enrollment: its exit record, and, while one of its goals
     /// with a `within` window is not reached and the window is open, what
     /// those goals need to still count for it.
@@ -1104,7 +1121,9 @@ impl Run<'_, '_> {
             };
             enrollment.steps += 1;
             self.steps += 1;
-            let next = enrollment.pc + 1;
+            let pc = enrollment.pc;
+            let next = pc + 1;
+            let first_record = self.records.len();
             match instruction {
                 Instr::Send { message } => {
                     if let Some(quiet) = program.quiet_hours {
@@ -1115,6 +1134,7 @@ impl Run<'_, '_> {
                         }
                     }
                     self.send(&loaded, program, journey, enrollment, *message, t);
+                    self.mark_step(first_record, &enrollment.version, pc);
                     enrollment.pc = next;
                 }
                 Instr::Wait { seconds } => {
@@ -1176,6 +1196,7 @@ impl Run<'_, '_> {
                     let record = self.record(t, journey, Kind::Split);
                     record.split = Some(split_name.to_string());
                     record.arm = Some(bundle.name(arm.name).to_string());
+                    self.mark_step(first_record, &enrollment.version, pc);
                     enrollment.pc = arm.target;
                 }
                 Instr::Set { attribute, value } => {
@@ -1184,6 +1205,7 @@ impl Run<'_, '_> {
                     let record = self.record(t, journey, Kind::Set);
                     record.attribute = Some(name.clone());
                     record.value = Some(to_json(&value));
+                    self.mark_step(first_record, &enrollment.version, pc);
                     self.customer_zone.set(None);
                     self.zone_changed |= name == "timezone";
                     if value == Value::Absent {
@@ -1212,6 +1234,7 @@ impl Run<'_, '_> {
                 }
                 Instr::Exit => {
                     self.end(journey, enrollment, t, "exit_statement");
+                    self.mark_step(first_record, &enrollment.version, pc);
                     return false;
                 }
                 Instr::End => {

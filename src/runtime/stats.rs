@@ -26,6 +26,7 @@
 //! | `unattributed/ENGAGEMENT` | `engagement` records naming no remembered send |
 //! | `j/J/group/GROUP/entered`, `…/converted` | holdout (`holdout`, `treatment`) |
 //! | `j/J/arm/SPLIT/ARM/entered`, `…/converted` | split arms, treatment enrollments only |
+//! | `j/J/reached/VERSION/PC` | records of that step (`send` or `skip` of a send, `split`, `set`, `exit` of an `exit` statement): arrivals at it |
 //! | `j/J/at/VERSION/PC` | gauge: active enrollments at that instruction |
 
 use super::engagement::Engagement;
@@ -77,6 +78,10 @@ impl Groups {
 /// the caller's memory of this record's customer and journey.
 pub fn count(record: &TraceRecord, groups: &mut Groups, bump: &mut dyn FnMut(String, i64)) {
     let journey = &record.journey;
+    if let Some(step) = &record.step {
+        // Held-out enrollments reach their steps too (their sends are skips).
+        bump(format!("j/{journey}/reached/{}/{}", step.version, step.pc), 1);
+    }
     match record.kind {
         Kind::Enter => {
             bump(format!("j/{journey}/entered"), 1);
@@ -308,6 +313,13 @@ pub struct StepStats {
     pub kind: String,
     /// The message of a send, the event of a `wait for`, the split's name.
     pub name: Option<String>,
+    /// Arrivals of enrollments of the current version at the step, from
+    /// its trace records: a send's `send` and `skip` lines, a split's
+    /// `split` lines, a `set`'s `set` lines, an `exit` statement's `exit`
+    /// lines. A step in a `repeat` counts each round. Waits make no trace
+    /// line, so they have none (`waiting` counts them now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached: Option<u64>,
     /// Enrollments of the current version waiting here now.
     pub waiting: u64,
 }
@@ -447,6 +459,7 @@ impl Readout {
                     .iter()
                     .find(|(_, at)| *at == pc)
                     .map(|(name, _)| bundle.name(*name).to_string()),
+                reached: matches!(kind, "send" | "split" | "set" | "exit").then_some(0),
                 kind: kind.to_string(),
                 name,
                 waiting: 0,
@@ -487,6 +500,12 @@ impl Readout {
                 }
                 ["arm", split, arm, "converted"] => {
                     arms.entry((split.to_string(), arm.to_string())).or_default().1 = value
+                }
+                ["reached", version, pc] if *version == program.hash => {
+                    let pc: u32 = pc.parse().unwrap_or(u32::MAX);
+                    if let Some(reached) = steps.iter_mut().find(|s| s.pc == pc).and_then(|s| s.reached.as_mut()) {
+                        *reached += value;
+                    }
                 }
                 ["at", version, pc] if value > 0 => {
                     *versions.entry(version.to_string()).or_default() += value;
@@ -578,7 +597,7 @@ impl Readout {
                 (None, Some(name)) => format!("{} {name}", step.kind),
                 (None, None) => step.kind.clone(),
             };
-            let mut figures = Vec::new();
+            let mut figures: Vec<String> = step.reached.iter().map(|n| format!("reached {n}")).collect();
             if let (Some(name), "send") = (&step.name, step.kind.as_str()) {
                 if let Some(stats) = self.messages.get(name) {
                     figures.extend(message_figures(stats));
@@ -812,5 +831,65 @@ mod tests {
         tally.add(&r);
         assert_eq!(tally.counters["j/j/group/treatment/converted"], 2);
         assert_eq!(tally.counters["j/j/converted"], 2);
+    }
+
+    fn compiled(source: &str) -> Bundle {
+        use crate::workspace::{load, DiskFiles};
+        let workspace = tempfile::tempdir().expect("temp dir");
+        std::fs::write(workspace.path().join("w.journey"), source).expect("write journey");
+        let sources = load(&[workspace.path().to_path_buf()]).expect("workspace loads");
+        let outcome = crate::check::check_workspace(&sources, &DiskFiles);
+        let checked = outcome.checked.expect("the workspace checks");
+        crate::compile::compile(&checked)
+    }
+
+    #[test]
+    fn steps_count_the_records_they_made_for_the_current_version() {
+        let bundle = compiled(
+            "event go\nmessage a push { body \"a\" }\nmessage b push { body \"b\" }\n\
+             journey j {\n  trigger go\n  split s {\n    x 50% { send a }\n    y 50% { send b }\n  }\n  \
+             wait 1d\n  send a\n}\n",
+        );
+        let program = &bundle.journeys[0];
+        let empty = BTreeMap::new();
+        let steps = Readout::build(&bundle, program, &empty).steps;
+        let pc = |kind: &str, nth: usize| steps.iter().filter(|s| s.kind == kind).nth(nth).expect("the step").pc;
+        let (split, send_a, send_b, last_a) = (pc("split", 0), pc("send", 0), pc("send", 1), pc("send", 2));
+        let mut tally = Tally::default();
+        let mut add = |customer: &str, kind: Kind, version: &str, pc: u32| {
+            let mut r = record(customer, kind);
+            r.message = Some("a".into());
+            r.step = Some(crate::runtime::trace::Step {
+                version: version.into(),
+                pc,
+            });
+            tally.add(&r);
+        };
+        let current = program.hash.as_str();
+        // c1 and c3 take arm x (a sent), c2 arm y (b skipped); c1 alone
+        // gets past the wait; c4 is on an older version.
+        for (customer, arm) in [("c1", send_a), ("c2", send_b), ("c3", send_a)] {
+            add(customer, Kind::Split, current, split);
+            add(
+                customer,
+                if customer == "c2" { Kind::Skip } else { Kind::Send },
+                current,
+                arm,
+            );
+        }
+        add("c1", Kind::Send, current, last_a);
+        add("c4", Kind::Split, "older", split);
+        let readout = Readout::build(&bundle, program, &tally.counters);
+        let reached: Vec<(String, Option<u64>)> = readout.steps.iter().map(|s| (s.kind.clone(), s.reached)).collect();
+        let expected = [
+            ("split", Some(3)),
+            ("send", Some(2)),
+            ("send", Some(1)),
+            ("wait", None),
+            ("send", Some(1)),
+        ];
+        let expected: Vec<(String, Option<u64>)> = expected.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+        assert_eq!(reached, expected);
+        assert!(readout.render().contains("reached 3"), "{}", readout.render());
     }
 }

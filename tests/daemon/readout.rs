@@ -98,20 +98,21 @@ fn the_daemon_and_the_simulator_report_the_same_readout() {
     let converted = holdout["control"]["converted"].as_u64().expect("count")
         + holdout["treatment"]["converted"].as_u64().expect("count");
     assert_eq!(converted, 20);
-    let reached: u64 = ["offer_a", "offer_b"]
-        .iter()
-        .map(|m| {
-            let stats = &r["messages"][*m];
-            let skipped: u64 = stats["skipped"]
-                .as_object()
-                .expect("skips")
-                .values()
-                .filter_map(|v| v.as_u64())
-                .sum();
-            stats["sent"].as_u64().expect("count") + skipped
-        })
-        .sum();
-    assert_eq!(reached, 60, "every enrollment reaches one offer: {r}");
+    let sent_or_skipped = |message: &str| {
+        let stats = &r["messages"][message];
+        let skipped: u64 = stats["skipped"]
+            .as_object()
+            .expect("skips")
+            .values()
+            .filter_map(|v| v.as_u64())
+            .sum();
+        stats["sent"].as_u64().expect("count") + skipped
+    };
+    assert_eq!(
+        sent_or_skipped("offer_a") + sent_or_skipped("offer_b"),
+        60,
+        "every enrollment reaches one offer: {r}"
+    );
     let skipped_holdout = r["messages"]["offer_a"]["skipped"]["holdout"].as_u64().unwrap_or(0)
         + r["messages"]["offer_b"]["skipped"]["holdout"].as_u64().unwrap_or(0);
     assert_eq!(skipped_holdout, control);
@@ -129,6 +130,19 @@ fn the_daemon_and_the_simulator_report_the_same_readout() {
         .find(|s| s["label"] == "nudge")
         .expect("the nudge step");
     assert_eq!(nudge["waiting"], 60);
+    assert!(nudge.get("reached").is_none(), "a wait makes no trace line: {nudge}");
+    let steps = r["steps"].as_array().expect("steps");
+    let reached = |kind: &str, name: &str| {
+        steps
+            .iter()
+            .find(|s| s["kind"] == kind && s["name"] == name)
+            .and_then(|s| s["reached"].as_u64())
+            .expect("a step with a count")
+    };
+    assert_eq!(reached("split", "offer"), 60, "held-out enrollments pass the split too");
+    assert_eq!(reached("send", "offer_a") + reached("send", "offer_b"), 60);
+    assert_eq!(reached("send", "offer_a"), sent_or_skipped("offer_a"));
+    assert_eq!(reached("send", "reminder"), 0, "nobody is past the wait");
     let rate = holdout["treatment"]["rate"].as_f64().expect("rate");
     let ci = &holdout["treatment"]["ci95"];
     assert!(ci[0].as_f64().expect("low") <= rate && rate <= ci[1].as_f64().expect("high"));
