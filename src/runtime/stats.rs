@@ -834,11 +834,9 @@ mod tests {
     }
 
     fn compiled(source: &str) -> Bundle {
-        use crate::workspace::{load, DiskFiles};
-        let workspace = tempfile::tempdir().expect("temp dir");
-        std::fs::write(workspace.path().join("w.journey"), source).expect("write journey");
-        let sources = load(&[workspace.path().to_path_buf()]).expect("workspace loads");
-        let outcome = crate::check::check_workspace(&sources, &DiskFiles);
+        let mut sources = crate::source::SourceMap::new();
+        sources.add("w.journey", source);
+        let outcome = crate::check::check_workspace(&sources, &crate::workspace::MemoryFiles::default());
         let checked = outcome.checked.expect("the workspace checks");
         crate::compile::compile(&checked)
     }
