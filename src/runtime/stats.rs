@@ -22,6 +22,7 @@
 //! | `j/J/exits/REASON` | enrollments that ended, by reason |
 //! | `j/J/sent/MESSAGE` | send records |
 //! | `j/J/skipped/MESSAGE/REASON` | skip records |
+//! | `j/J/skipped_customers/MESSAGE` | customers with at least one skip record of the message |
 //! | `j/J/ENGAGEMENT/MESSAGE` | counted `engagement` records (`delivered`, `opened`, `clicked`, `bounced`, `complained`, `unsubscribed`): sends with that engagement |
 //! | `unattributed/ENGAGEMENT` | `engagement` records naming no remembered send |
 //! | `j/J/group/GROUP/entered`, `…/converted` | holdout (`holdout`, `treatment`) |
@@ -61,12 +62,17 @@ pub struct Groups {
     /// Whether this enrollment has reached a goal already.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub converted: bool,
+    /// Messages of the journey this customer was ever skipped for (any
+    /// enrollment, kept across re-entry): each counts the customer once in
+    /// `skipped_customers`. Bounded by the journey's messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 impl Groups {
     /// Nothing worth remembering (callers need not keep it).
     pub fn is_empty(&self) -> bool {
-        self.group.is_none() && self.arms.is_empty() && !self.converted
+        self.group.is_none() && self.arms.is_empty() && !self.converted && self.skipped.is_empty()
     }
 
     pub fn held_out(&self) -> bool {
@@ -88,6 +94,7 @@ pub fn count(record: &TraceRecord, groups: &mut Groups, bump: &mut dyn FnMut(Str
             // The interpreter names the holdout draw on the enter record.
             *groups = Groups {
                 group: record.arm.clone(),
+                skipped: std::mem::take(&mut groups.skipped),
                 ..Groups::default()
             };
             if let Some(group) = &groups.group {
@@ -102,6 +109,10 @@ pub fn count(record: &TraceRecord, groups: &mut Groups, bump: &mut dyn FnMut(Str
             let message = record.message.as_deref().unwrap_or_default();
             let reason = record.reason.as_deref().unwrap_or("unknown");
             bump(format!("j/{journey}/skipped/{message}/{reason}"), 1);
+            if !groups.skipped.iter().any(|m| m == message) {
+                groups.skipped.push(message.to_string());
+                bump(format!("j/{journey}/skipped_customers/{message}"), 1);
+            }
         }
         Kind::Split => {
             // Held-out enrollments pass the split but receive nothing:
@@ -249,6 +260,9 @@ pub struct MessageStats {
     pub sent: u64,
     /// Skip records by reason.
     pub skipped: IndexMap<String, u64>,
+    /// Customers skipped at least once (any reason, any enrollment).
+    #[serde(default)]
+    pub skipped_customers: u64,
     /// Sends delivered (`Email Delivered`, `Push Notification Received`).
     #[serde(default)]
     pub delivered: u64,
@@ -486,6 +500,9 @@ impl Readout {
                         .skipped
                         .insert(reason.to_string(), value);
                 }
+                ["skipped_customers", message] => {
+                    messages.entry(message.to_string()).or_default().skipped_customers = value
+                }
                 [engagement, message] if Engagement::parse(engagement).is_some() => {
                     let engagement = Engagement::parse(engagement).expect("just parsed");
                     *messages
@@ -690,6 +707,9 @@ impl Readout {
 fn message_figures(stats: &MessageStats) -> Vec<String> {
     let mut figures = vec![format!("sent {}", stats.sent)];
     figures.extend(stats.skipped.iter().map(|(reason, n)| format!("skip {reason} {n}")));
+    if stats.skipped_customers > 0 {
+        figures.push(format!("({} customers skipped)", stats.skipped_customers));
+    }
     figures.extend(
         stats
             .engagements()
@@ -831,6 +851,40 @@ mod tests {
         tally.add(&r);
         assert_eq!(tally.counters["j/j/group/treatment/converted"], 2);
         assert_eq!(tally.counters["j/j/converted"], 2);
+    }
+
+    #[test]
+    fn skipped_customers_count_each_customer_once_per_message_across_enrollments() {
+        let mut tally = Tally::default();
+        let skip = |tally: &mut Tally, customer: &str, message: &str, reason: &str| {
+            let mut r = record(customer, Kind::Skip);
+            r.message = Some(message.into());
+            r.reason = Some(reason.into());
+            tally.add(&r);
+        };
+        skip(&mut tally, "c1", "welcome", "consent");
+        skip(&mut tally, "c1", "welcome", "consent");
+        skip(&mut tally, "c2", "welcome", "consent");
+        skip(&mut tally, "c2", "tips", "consent");
+        tally.add(&record("c1", Kind::Exit));
+        tally.add(&record("c1", Kind::Enter));
+        // A second enrollment of c1, skipped for another reason.
+        skip(&mut tally, "c1", "welcome", "cap");
+        let c = &tally.counters;
+        assert_eq!(c["j/j/skipped/welcome/consent"], 3);
+        assert_eq!(c["j/j/skipped/welcome/cap"], 1);
+        assert_eq!(c["j/j/skipped_customers/welcome"], 2, "c1 and c2");
+        assert_eq!(c["j/j/skipped_customers/tips"], 1);
+        let figures = message_figures(&MessageStats {
+            sent: 4,
+            skipped: IndexMap::from([("cap".to_string(), 1), ("consent".to_string(), 3)]),
+            skipped_customers: 2,
+            ..MessageStats::default()
+        });
+        assert_eq!(
+            figures,
+            ["sent 4", "skip cap 1", "skip consent 3", "(2 customers skipped)"]
+        );
     }
 
     fn compiled(source: &str) -> Bundle {
