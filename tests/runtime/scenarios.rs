@@ -579,16 +579,25 @@ journey relocate {
 /// by wire name.
 #[test]
 fn wire_names_in_journey_tests() {
-    let dir = directory("wire_names");
-    let sources = journeyc::workspace::load(std::slice::from_ref(&dir)).expect("workspace loads");
+    journey_tests_pass("wire_names", "wire.jtest", 2);
+}
+
+/// The compiled workspace of a scenario directory.
+fn scenario_bundle(name: &str) -> std::sync::Arc<journeyc::compile::bytecode::Bundle> {
+    let sources = journeyc::workspace::load(&[directory(name)]).expect("workspace loads");
     let checked = journeyc::check::check_workspace(&sources, &journeyc::workspace::DiskFiles)
         .checked
         .expect("checks");
-    let bundle = std::sync::Arc::new(journeyc::compile::compile(&checked));
-    let text = std::fs::read_to_string(dir.join("wire.jtest")).expect("test file");
+    std::sync::Arc::new(journeyc::compile::compile(&checked))
+}
+
+/// Runs a scenario's `.jtest` file: it has `count` tests, all passing.
+fn journey_tests_pass(name: &str, test_file: &str, count: usize) {
+    let bundle = scenario_bundle(name);
+    let text = std::fs::read_to_string(directory(name).join(test_file)).expect("test file");
     let file = journeyc::testing::parse(&text).expect("parses");
     let outcomes = journeyc::testing::run_file(&bundle, &file);
-    assert_eq!(outcomes.len(), 2);
+    assert_eq!(outcomes.len(), count);
     for outcome in outcomes {
         assert!(outcome.failure.is_none(), "{}: {:?}", outcome.name, outcome.failure);
     }
@@ -701,4 +710,64 @@ fn goals_after_the_end_count_for_their_enrollment_group_and_arm() {
         assert_eq!(c(&format!("j/trial/arm/offer/{arm}/entered")), *entered, "{arm}");
         assert_eq!(c(&format!("j/trial/arm/offer/{arm}/converted")), *converted, "{arm}");
     }
+}
+
+/// `journeyc test` asserts readout numbers (`stats`), over every customer
+/// of the test, with the numbers of `runtime::stats`.
+#[test]
+fn journey_tests_assert_the_readout() {
+    journey_tests_pass("goals_after_end", "readout.jtest", 2);
+}
+
+/// A readout that differs fails, with one line per difference naming its
+/// path; a journey the workspace lacks is an error in the test.
+#[test]
+fn a_journey_test_fails_on_a_readout_number_that_differs() {
+    let bundle = scenario_bundle("goals_after_end");
+    let run = |stats: &str| {
+        let text = format!(
+            r#"
+[[test]]
+name = "numbers"
+start = "2026-05-01T10:00:00Z"
+events = [
+  {{ at = "+0", event = "signed_up", customer = "a" }},
+  {{ at = "+1d", event = "purchase", properties = {{ amount = 1 }}, customer = "a" }},
+  {{ at = "+0", event = "signed_up", customer = "b" }},
+]
+stats = {stats}
+"#
+        );
+        let file = journeyc::testing::parse(&text).expect("parses");
+        journeyc::testing::run_file(&bundle, &file).remove(0).failure
+    };
+    assert_eq!(run("{ quick = { entered = 2, converted = 1, rate = 0.5 } }"), None);
+    let failure = run(
+        "{ quick = { entered = 3, messages = { welcome = { sent = 2, opened = 1 } }, nope = 1, \
+         steps = [{ kind = \"wait\" }] } }",
+    )
+    .expect("it fails");
+    assert!(
+        failure.contains("stats.quick.entered: expected 3, actual 2"),
+        "{failure}"
+    );
+    assert!(
+        failure.contains("stats.quick.messages.welcome.opened: expected 1, actual 0"),
+        "{failure}"
+    );
+    assert!(!failure.contains("welcome.sent"), "sent is right: {failure}");
+    assert!(failure.contains("stats.quick.nope: not in the readout"), "{failure}");
+    assert!(
+        failure.contains("stats.quick.steps[0]: expected an element like"),
+        "{failure}"
+    );
+    let failure = run("{ missing = { entered = 0 } }").expect("it fails");
+    assert!(
+        failure.contains("stats: no journey `missing` (journeys: quick, trial)"),
+        "{failure}"
+    );
+    let text = "[[test]]\nname = \"nothing\"\nevents = []\n";
+    let file = journeyc::testing::parse(text).expect("parses");
+    let failure = journeyc::testing::run_file(&bundle, &file).remove(0).failure;
+    assert_eq!(failure.as_deref(), Some("give `expect`, `stats` or both"));
 }
