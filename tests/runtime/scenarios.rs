@@ -771,3 +771,72 @@ stats = {stats}
     let failure = journeyc::testing::run_file(&bundle, &file).remove(0).failure;
     assert_eq!(failure.as_deref(), Some("give `expect`, `stats` or both"));
 }
+
+/// The open goal window of an ended enrollment is part of the state while
+/// the window is open, sets no timer, and is forgotten at the first input
+/// after it closes, or once its goal is reached.
+#[test]
+fn an_ended_enrollment_keeps_its_goal_window_only_while_it_is_open() {
+    use journeyc::runtime::{CustomerState, Engine, Input};
+    let engine = Engine::new(bundle(
+        r#"
+event signed_up
+event purchase
+event login
+message welcome push { body "hello" }
+journey quick {
+  trigger signed_up
+  goal purchase within 3d
+  send welcome
+}
+"#,
+    ));
+    let at = |text: &str| journeyc::runtime::trace::parse_time(text).expect("time");
+    let track = |event: &str, time: &str| Input::Track {
+        event: event.to_string(),
+        properties: BTreeMap::new(),
+        at: at(time),
+        message_id: None,
+    };
+    let kinds = |records: &[TraceRecord]| records.iter().map(|r| r.kind).collect::<Vec<_>>();
+
+    let mut state = CustomerState::new("c1");
+    let entered = engine
+        .apply(&mut state, &track("signed_up", "2026-05-01T10:00:00Z"))
+        .expect("applies");
+    assert_eq!(kinds(&entered.records), [Kind::Enter, Kind::Send, Kind::Exit]);
+    assert_eq!(entered.wake_at, None, "an open window sets no timer");
+    let window = state.attributions.get("quick").expect("the window is open");
+    assert_eq!(window.until, at("2026-05-04T10:00:00Z"));
+    let login = engine
+        .apply(&mut state, &track("login", "2026-05-04T10:00:00Z"))
+        .expect("applies");
+    assert!(login.records.is_empty());
+    assert!(
+        state.attributions.contains_key("quick"),
+        "open through its last instant"
+    );
+    engine
+        .apply(&mut state, &track("login", "2026-05-04T10:00:01Z"))
+        .expect("applies");
+    assert!(state.attributions.is_empty(), "closed, forgotten");
+    let late = engine
+        .apply(&mut state, &track("purchase", "2026-05-04T10:00:02Z"))
+        .expect("applies");
+    assert!(late.records.is_empty(), "{:#?}", late.records);
+
+    // Reached: counted once and forgotten.
+    let mut state = CustomerState::new("c2");
+    engine
+        .apply(&mut state, &track("signed_up", "2026-05-01T10:00:00Z"))
+        .expect("applies");
+    let goal = engine
+        .apply(&mut state, &track("purchase", "2026-05-02T10:00:00Z"))
+        .expect("applies");
+    assert_eq!(kinds(&goal.records), [Kind::Goal]);
+    assert!(state.attributions.is_empty());
+    let again = engine
+        .apply(&mut state, &track("purchase", "2026-05-02T11:00:00Z"))
+        .expect("applies");
+    assert!(again.records.is_empty());
+}
