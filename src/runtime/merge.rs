@@ -223,6 +223,28 @@ mod tests {
     }
 
     #[test]
+    fn an_open_goal_window_moves_where_the_user_has_none_and_no_enrollment() {
+        let window = |entered_at: Millis| crate::runtime::state::Attribution {
+            version: "v".into(),
+            entered_at,
+            until: entered_at + 1_000,
+            goals_reached: vec![false],
+        };
+        let mut user = CustomerState::new("u");
+        user.attributions.insert("mine".into(), window(1));
+        user.enrollments.insert("busy".into(), enrollment(1, None));
+        let mut anonymous = CustomerState::new("a");
+        for journey in ["mine", "busy", "theirs"] {
+            anonymous.attributions.insert(journey.into(), window(2));
+        }
+        assert!(merge(&mut user, anonymous, 80).is_empty());
+        let kept: Vec<(&str, Millis)> = (user.attributions.iter())
+            .map(|(journey, w)| (journey.as_str(), w.entered_at))
+            .collect();
+        assert_eq!(kept, [("mine", 1), ("theirs", 2)]);
+    }
+
+    #[test]
     fn enrollments_move_unless_the_user_is_in_the_journey() {
         let mut user = CustomerState::new("u");
         user.enrollments.insert("welcome".into(), enrollment(1, Some(500)));
