@@ -451,6 +451,17 @@ impl<F: FnMut(&TraceRecord)> VirtualClock<F> {
 
 /// One customer's inputs, then its timers until none is left (or `until`).
 pub fn run_customer(engine: &Engine, customer: &str, inputs: &[Input], until: Option<Millis>) -> Vec<TraceRecord> {
+    run_customer_to_end(engine, customer, inputs, until).0
+}
+
+/// [`run_customer`], with the customer's state at the end (for the
+/// position gauges of the statistics).
+pub fn run_customer_to_end(
+    engine: &Engine,
+    customer: &str,
+    inputs: &[Input],
+    until: Option<Millis>,
+) -> (Vec<TraceRecord>, CustomerState) {
     let mut state = CustomerState::new(customer);
     let mut records = Vec::new();
     // The first failure ends the customer's run with an `error` record.
@@ -467,7 +478,7 @@ pub fn run_customer(engine: &Engine, customer: &str, inputs: &[Input], until: Op
         };
     for input in inputs {
         if !apply(&mut state, input, &mut records) {
-            return records;
+            return (records, state);
         }
     }
     let mut previous: Option<Millis> = None;
@@ -485,5 +496,5 @@ pub fn run_customer(engine: &Engine, customer: &str, inputs: &[Input], until: Op
             break;
         }
     }
-    records
+    (records, state)
 }

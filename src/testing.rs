@@ -1,6 +1,8 @@
 //! Journey unit tests (`journeyc test`): a customer's profile, a timeline of
 //! events, and the enters, sends, skips, goals and exits expected at given
-//! times, run on the simulator's virtual clock. The format is documented in
+//! times, run on the simulator's virtual clock; and numbers of the readout
+//! (`stats`), computed by [`crate::runtime::stats`] as `journeyc simulate
+//! --summary --format json` does. The format is documented in
 //! `docs/testing.md`.
 //!
 //! Pure: test files come in as text; the CLI reads them and the workspace.
@@ -49,7 +51,11 @@ pub struct TestCase {
     #[serde(default)]
     pub journey: Option<String>,
     /// `"+1h send welcome"`, `"+1d skip pro_tips consent"`, … (see docs/testing.md).
-    pub expect: Vec<String>,
+    #[serde(default)]
+    pub expect: Option<Vec<String>>,
+    /// Per journey, a part of its readout that must match (see docs/testing.md).
+    #[serde(default)]
+    pub stats: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +75,10 @@ pub struct EventSpec {
     pub trigger: Option<String>,
     #[serde(default, rename = "messageId")]
     pub message_id: Option<String>,
+    /// Another customer's call (default: the test's customer). `expect`
+    /// compares the test's customer; `stats` count everyone.
+    #[serde(default)]
+    pub customer: Option<String>,
 }
 
 /// The result of one test.
@@ -98,18 +108,25 @@ pub fn run_file(bundle: &Arc<Bundle>, file: &TestFile) -> Vec<Outcome> {
 fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
     let start = parse_time(test.start.as_deref().unwrap_or(DEFAULT_START))
         .ok_or_else(|| format!("start: not an RFC 3339 time: {:?}", test.start))?;
+    if test.expect.is_none() && test.stats.is_none() {
+        return Err("give `expect`, `stats` or both".to_string());
+    }
     let customer = test.customer.clone().unwrap_or_else(|| "customer".to_string());
-    let mut inputs = Vec::new();
+    // Inputs per customer; the test's customer first.
+    let mut inputs_of: Vec<(String, Vec<Input>)> = vec![(customer.clone(), Vec::new())];
     if let Some(profile) = &test.profile {
-        inputs.push(call(bundle, &customer, "identify", None, profile, start, None)?);
+        inputs_of[0]
+            .1
+            .push(call(bundle, &customer, "identify", None, profile, start, None)?);
     }
     for (index, spec) in test.events.iter().enumerate() {
         let at = parse_at(&spec.at, start).map_err(|e| format!("events[{index}].at: {e}"))?;
+        let customer = spec.customer.as_deref().unwrap_or(&customer);
         let empty = toml::Table::new();
         let input = match (&spec.event, &spec.identify, &spec.trigger) {
             (Some(event), None, None) => call(
                 bundle,
-                &customer,
+                customer,
                 "track",
                 Some(event),
                 spec.properties.as_ref().unwrap_or(&empty),
@@ -118,7 +135,7 @@ fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
             ),
             (None, Some(traits), None) => call(
                 bundle,
-                &customer,
+                customer,
                 "identify",
                 None,
                 traits,
@@ -136,22 +153,63 @@ fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
             _ => Err("give one of `event`, `identify` or `trigger`".to_string()),
         }
         .map_err(|e| format!("events[{index}]: {e}"))?;
-        inputs.push(input);
+        match inputs_of.iter_mut().find(|(id, _)| id == customer) {
+            Some((_, inputs)) => inputs.push(input),
+            None => inputs_of.push((customer.to_string(), vec![input])),
+        }
     }
-    inputs.sort_by_key(Input::at);
     let until = test
         .until
         .as_deref()
         .map(|u| parse_at(u, start).map_err(|e| format!("until: {e}")))
         .transpose()?;
-    let last = inputs.iter().map(Input::at).max().unwrap_or(start);
+    let last = (inputs_of.iter().flat_map(|(_, inputs)| inputs.iter().map(Input::at)))
+        .max()
+        .unwrap_or(start);
     let engine = Engine::new(bundle.clone());
     let horizon = until.unwrap_or_else(|| crate::simulate::default_horizon(&engine, last));
     let engine = engine.with_horizon(horizon);
-    let records = crate::simulate::run_customer(&engine, &customer, &inputs, until);
+    let mut tally = crate::runtime::stats::Tally::default();
+    let mut records = Vec::new();
+    for (id, mut inputs) in inputs_of {
+        inputs.sort_by_key(Input::at);
+        let (mine, state) = crate::simulate::run_customer_to_end(&engine, &id, &inputs, until);
+        mine.iter().for_each(|record| tally.add(record));
+        // A customer that failed is not counted as waiting (as in `simulate`).
+        if !mine.iter().any(|record| record.kind == Kind::Error) {
+            tally.add_waiting(&state);
+        }
+        if id == customer {
+            records = mine;
+        }
+    }
 
-    let expected: Vec<Expectation> = test
-        .expect
+    let mut failures = Vec::new();
+    if let Some(expect) = &test.expect {
+        if let Some(failure) = compare_trace(test, expect, &records, start)? {
+            failures.push(failure);
+        }
+    }
+    if let Some(stats) = &test.stats {
+        if let Some(failure) = compare_stats(bundle, &tally, stats)? {
+            failures.push(failure);
+        }
+    }
+    match failures.is_empty() {
+        true => Ok(()),
+        false => Err(failures.concat()),
+    }
+}
+
+/// The trace comparison of `expect`: `None` when it holds, else the side
+/// by side failure.
+fn compare_trace(
+    test: &TestCase,
+    expect: &[String],
+    records: &[TraceRecord],
+    start: Millis,
+) -> Result<Option<String>, String> {
+    let expected: Vec<Expectation> = expect
         .iter()
         .enumerate()
         .map(|(index, line)| {
@@ -166,10 +224,81 @@ fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
         .filter(|r| test.journey.as_ref().is_none_or(|j| *j == r.journey))
         .map(|r| Expectation::of(r, test.journey.is_none()))
         .collect();
-    if actual == expected {
-        Ok(())
-    } else {
-        Err(side_by_side(&expected, &actual, start))
+    Ok((actual != expected).then(|| side_by_side(&expected, &actual, start)))
+}
+
+/// The `stats` comparison: every journey named must be in the workspace,
+/// and its table must be a part of that journey's readout (the JSON of
+/// `journeyc simulate --summary --format json`). `None` when it holds,
+/// else one line per difference.
+fn compare_stats(
+    bundle: &Bundle,
+    tally: &crate::runtime::stats::Tally,
+    stats: &toml::Table,
+) -> Result<Option<String>, String> {
+    let readouts = tally.readouts(bundle);
+    let mut differences = Vec::new();
+    for (journey, expected) in stats {
+        let Some(readout) = readouts.iter().find(|r| r.journey == *journey) else {
+            let names: Vec<&str> = readouts.iter().map(|r| r.journey.as_str()).collect();
+            return Err(format!(
+                "stats: no journey `{journey}` (journeys: {})",
+                names.join(", ")
+            ));
+        };
+        let expected = serde_json::to_value(expected).map_err(|e| format!("stats.{journey}: {e}"))?;
+        let actual = serde_json::to_value(readout).expect("a readout serializes");
+        subset(&expected, &actual, &format!("stats.{journey}"), &mut differences);
+    }
+    if differences.is_empty() {
+        return Ok(None);
+    }
+    let mut out = String::new();
+    for difference in differences {
+        let _ = writeln!(out, "  ! {difference}");
+    }
+    Ok(Some(out))
+}
+
+/// Notes where `expected` is not a part of `actual`: objects by key (keys
+/// `expected` leaves out are not compared), arrays as an ordered
+/// subsequence (each expected element matches a later actual one), numbers
+/// by value (`1` is `1.0`), anything else by equality.
+fn subset(expected: &serde_json::Value, actual: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (expected, actual) {
+        (Value::Object(expected), Value::Object(actual)) => {
+            for (key, value) in expected {
+                let path = format!("{path}.{key}");
+                match actual.get(key) {
+                    Some(found) => subset(value, found, &path, out),
+                    None => {
+                        let keys: Vec<&str> = actual.keys().map(String::as_str).collect();
+                        out.push(format!("{path}: not in the readout (there: {})", keys.join(", ")));
+                    }
+                }
+            }
+        }
+        (Value::Array(expected), Value::Array(actual)) => {
+            let mut rest = actual.iter().enumerate();
+            for (index, value) in expected.iter().enumerate() {
+                let matched = rest.by_ref().any(|(_, candidate)| {
+                    let mut differences = Vec::new();
+                    subset(value, candidate, path, &mut differences);
+                    differences.is_empty()
+                });
+                if !matched {
+                    out.push(format!(
+                        "{path}[{index}]: expected an element like {value}, in order; actual {}",
+                        Value::Array(actual.clone())
+                    ));
+                    return;
+                }
+            }
+        }
+        (Value::Number(e), Value::Number(a)) if e.as_f64() == a.as_f64() => {}
+        (e, a) if e == a => {}
+        (e, a) => out.push(format!("{path}: expected {e}, actual {a}")),
     }
 }
 
@@ -330,8 +459,9 @@ fn parse_expectation(line: &str, start: Millis, journey_given: bool) -> Result<E
     let kind_word = words
         .next()
         .ok_or("missing the kind (enter, send, skip, goal, exit, split, set, engagement, error)")?;
-    let kind: Kind = serde_json::from_value(serde_json::Value::from(kind_word))
-        .map_err(|_| format!("unknown kind `{kind_word}` (enter, send, skip, goal, exit, split, set, engagement, error)"))?;
+    let kind: Kind = serde_json::from_value(serde_json::Value::from(kind_word)).map_err(|_| {
+        format!("unknown kind `{kind_word}` (enter, send, skip, goal, exit, split, set, engagement, error)")
+    })?;
     Ok(Expectation {
         at,
         journey,

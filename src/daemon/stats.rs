@@ -86,6 +86,7 @@ mod tests {
             group: Some("treatment".into()),
             arms: vec![("offer".into(), "a".into())],
             converted: true,
+            skipped: vec!["welcome".into()],
         };
         assert_eq!(decode_groups(&encode_groups(&groups)), groups);
         assert_eq!(decode_groups(b"cta/short").arms, vec![("cta".into(), "short".into())]);

@@ -68,11 +68,12 @@ pub const META_FORMAT: &[u8] = b"mformat";
 /// The store format this build writes: 2 has timer chunks named by customer
 /// records; 3 adds subscriptions and remembered sends to the customer
 /// state; 4 adds to each remembered send its version, step, split arm and
-/// the engagements seen for it. A store without the mark (format 1: one
-/// timer key per customer) or marked 2 or 3 has its customer records
+/// the engagements seen for it; 5 adds the ended enrollments whose goal
+/// windows are still open. A store without the mark (format 1: one
+/// timer key per customer) or marked 2, 3 or 4 has its customer records
 /// rewritten when it is opened ([`Store::open`]); a store marked newer is
 /// refused, since this build could misread it.
-pub const STORE_FORMAT: u64 = 4;
+pub const STORE_FORMAT: u64 = 5;
 
 /// The most customers in one timer chunk (bounds the rewrite when one of
 /// them moves).
@@ -137,6 +138,7 @@ impl Store {
         match found {
             None | Some(..=2) => store.upgrade_customers::<StateV2>()?,
             Some(3) => store.upgrade_customers::<StateV3>()?,
+            Some(4) => store.upgrade_customers::<StateV4>()?,
             Some(_) => {}
         }
         Ok(store)
@@ -144,7 +146,8 @@ impl Store {
 
     /// Rewrites every customer record of an older format (`Old`: format 1
     /// or 2, a state without subscriptions and remembered sends; format 3,
-    /// remembered sends without attribution) in [`STORE_FORMAT`], in one
+    /// remembered sends without attribution; format 4, no open goal
+    /// windows of ended enrollments) in [`STORE_FORMAT`], in one
     /// batch, and marks the store (an unmarked store is new or older than
     /// marks).
     fn upgrade_customers<Old>(&self) -> StoreResult<()>
@@ -872,6 +875,26 @@ impl From<StateV3> for CustomerState {
     }
 }
 
+/// A customer state as stores of format 4 hold it (no open goal windows of
+/// ended enrollments): read only to upgrade them.
+#[derive(serde::Deserialize)]
+struct StateV4 {
+    v2: StateV2,
+    subscriptions: BTreeMap<crate::syntax::ast::Channel, crate::runtime::state::Subscription>,
+    sent: std::collections::VecDeque<crate::runtime::state::Sent>,
+}
+
+impl From<StateV4> for CustomerState {
+    fn from(old: StateV4) -> CustomerState {
+        // Enrollments that ended before the upgrade count no later goal.
+        CustomerState {
+            subscriptions: old.subscriptions,
+            sent: old.sent,
+            ..old.v2.into()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1103,7 +1126,82 @@ mod tests {
             (sent.journey.as_str(), sent.message.as_str(), sent.channel, sent.engaged),
             ("onboard", "welcome", Channel::Email, 0)
         );
-        assert_eq!(store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)), Some(4));
+        assert_eq!(
+            store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)),
+            Some(STORE_FORMAT)
+        );
+        // Opened again, it is not upgraded twice.
+        drop(store);
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        assert_eq!(store.customer("ann").expect("read").expect("ann"), state);
+    }
+
+    /// A format-4 record (remembered sends with attribution, no open goal
+    /// windows) reads back whole, with an active enrollment and its sends,
+    /// and no window of an ended one.
+    #[test]
+    fn a_format_4_store_is_upgraded_when_opened() {
+        use crate::runtime::state::{Enrollment, Sent};
+        use crate::syntax::ast::Channel;
+        #[derive(serde::Serialize)]
+        struct V4<'a> {
+            v2: V2<'a>,
+            subscriptions: BTreeMap<Channel, crate::runtime::state::Subscription>,
+            sent: Vec<Sent>,
+        }
+        let enrollment = Enrollment {
+            version: "v1".into(),
+            entered_at: 5,
+            ordinal: 1,
+            pc: 2,
+            suspended: true,
+            wake_at: Some(86_400_005),
+            loop_counters: Vec::new(),
+            events: vec![BTreeMap::new()],
+            goals_reached: vec![false],
+            holdout: false,
+            steps: 2,
+        };
+        let sent = Sent {
+            at: 5,
+            id: "s1".into(),
+            journey: "onboard".into(),
+            message: "welcome".into(),
+            channel: Channel::Email,
+            version: "v1".into(),
+            pc: 1,
+            arm: Some(("offer".into(), "a".into())),
+            engaged: 2,
+        };
+        let old = V4 {
+            v2: V2 {
+                id: "ann",
+                clock: 9,
+                enrollments: BTreeMap::from([("onboard".into(), enrollment.clone())]),
+                ..V2::default()
+            },
+            subscriptions: BTreeMap::new(),
+            sent: vec![sent.clone()],
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+            store.db.insert(META_FORMAT, &4u64.to_be_bytes()).expect("insert");
+            let bytes = postcard::to_allocvec(&old).expect("encode");
+            store
+                .db
+                .insert(customer_key("ann"), encode_customer(bytes, Some(3)))
+                .expect("insert");
+            store.flush().expect("flush");
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        let (state, chunk) = store.customer_record("ann").expect("read").expect("ann");
+        assert_eq!(chunk, Some(3));
+        assert_eq!(state.clock, 9);
+        assert_eq!(state.enrollments.get("onboard").map(|e| &**e), Some(&enrollment));
+        assert_eq!(state.sent("s1"), Some(&sent));
+        assert!(state.attributions.is_empty());
+        assert_eq!(store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)), Some(5));
         // Opened again, it is not upgraded twice.
         drop(store);
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");

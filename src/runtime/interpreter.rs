@@ -14,7 +14,9 @@
 use super::engagement::{self, Engagement, EngagementEvent};
 use super::eval::Scope;
 use super::local_time::{is_local_time, next_local_time, quiet_until};
-use super::state::{CustomerState, Enrollment, Sent, Suppression, MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS};
+use super::state::{
+    Attribution, CustomerState, Enrollment, Sent, Suppression, MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS,
+};
 use super::trace::{Kind, TraceRecord};
 use super::{ApplyError, Effects, Input, Millis};
 use crate::compile::bytecode::{Bundle, Condition, Entry, Instr, NameId, Program, SegmentId, Trigger, Value};
@@ -410,6 +412,26 @@ impl Loaded {
     }
 }
 
+/// Whether `condition` is an event condition met by `event` with `properties`.
+fn event_hits(
+    run: &Run<'_, '_>,
+    bundle: &Bundle,
+    condition: &Condition,
+    event: &str,
+    properties: &BTreeMap<String, Value>,
+    t: Millis,
+) -> bool {
+    match condition {
+        Condition::Event { event: name, filter } => {
+            bundle.name(*name) == event
+                && filter
+                    .as_ref()
+                    .is_none_or(|f| run.scope_in(bundle, t, Some(properties)).holds(f))
+        }
+        Condition::InSegment { .. } => false,
+    }
+}
+
 /// Whether a program has a segment goal or exit rule.
 fn watches_segments(program: &Program) -> bool {
     program
@@ -710,6 +732,9 @@ impl Run<'_, '_> {
             times.pop_front();
         }
 
+        // Ended enrollments with an open goal window, as they were before
+        // this event (one that ends now has seen it already).
+        let ended: Vec<String> = self.state.attributions.keys().cloned().collect();
         let journeys: Vec<String> = self.state.enrollments.keys().cloned().collect();
         for journey in journeys {
             let Some(mut enrollment) = self.state.enrollments.remove(&journey) else {
@@ -719,6 +744,9 @@ impl Run<'_, '_> {
                 self.state.enrollments.insert(journey, enrollment);
             }
         }
+        self.watch_ended(&ended, t, &|run, bundle, condition| {
+            event_hits(run, bundle, condition, event, properties, t)
+        });
         let bundle = self.engine.current.bundle.clone();
         for (index, program) in bundle.journeys.iter().enumerate() {
             if let Trigger::Event { event: trigger, filter } = &program.trigger {
@@ -761,22 +789,19 @@ impl Run<'_, '_> {
         };
         let bundle = &loaded.bundle;
         let program = &bundle.journeys[index];
-        let matches = |run: &Self, condition: &Condition| match condition {
-            Condition::Event { event: name, filter } => {
-                bundle.name(*name) == event
-                    && filter
-                        .as_ref()
-                        .is_none_or(|f| run.scope_in(bundle, t, Some(properties)).holds(f))
-            }
-            Condition::InSegment { .. } => false,
-        };
-        for (goal_index, goal) in program.goals.iter().enumerate() {
-            if !enrollment.goals_reached[goal_index] && matches(self, &goal.condition) {
-                self.reach_goal(journey, enrollment, goal_index, program, t);
-            }
-        }
+        let matches = |run: &Self, condition: &Condition| event_hits(run, bundle, condition, event, properties, t);
+        let version = (loaded.clone(), index);
+        let entered_at = enrollment.entered_at;
+        self.reach_goals(
+            journey,
+            &version,
+            entered_at,
+            &mut enrollment.goals_reached,
+            t,
+            &matches,
+        );
         if program.exit_rules.iter().any(|rule| matches(self, rule)) {
-            self.exit(journey, t, "exit_rule");
+            self.end(journey, enrollment, t, "exit_rule");
             return false;
         }
         if enrollment.suspended {
@@ -827,28 +852,57 @@ impl Run<'_, '_> {
         }
     }
 
-    fn reach_goal(
+    /// Reaches the goals of one enrollment of `version` (active or ended)
+    /// whose condition `hits`: each once, within its window from
+    /// `entered_at`.
+    fn reach_goals(
         &mut self,
         journey: &str,
-        enrollment: &mut Enrollment,
-        goal_index: usize,
-        program: &Program,
+        version: &(Arc<Loaded>, usize),
+        entered_at: Millis,
+        goals_reached: &mut [bool],
         t: Millis,
+        hits: &dyn Fn(&Self, &Condition) -> bool,
     ) {
-        let goal = &program.goals[goal_index];
-        if let Some(within) = goal.within_seconds {
-            if t.saturating_sub(enrollment.entered_at) > within.saturating_mul(1000) {
-                return;
+        let bundle = &version.0.bundle;
+        for (goal_index, goal) in bundle.journeys[version.1].goals.iter().enumerate() {
+            if goals_reached.get(goal_index) != Some(&false) || !hits(self, &goal.condition) {
+                continue;
+            }
+            if let Some(within) = goal.within_seconds {
+                if t.saturating_sub(entered_at) > within.saturating_mul(1000) {
+                    continue;
+                }
+            }
+            goals_reached[goal_index] = true;
+            self.record(t, journey, Kind::Goal).goal = Some(bundle.name(goal.name).to_string());
+        }
+    }
+
+    /// The goals of the ended enrollments of `journeys` whose windows are
+    /// still open (`hits` is given the bundle of the enrollment's version).
+    /// One whose goals are all reached, or whose version is gone, is forgotten.
+    fn watch_ended(&mut self, journeys: &[String], t: Millis, hits: &dyn Fn(&Self, &Bundle, &Condition) -> bool) {
+        for journey in journeys {
+            let Some(mut attribution) = self.state.attributions.remove(journey) else {
+                continue;
+            };
+            let Some(version) = self.engine.versions.get(&attribution.version).cloned() else {
+                continue;
+            };
+            if t > attribution.until {
+                continue;
+            }
+            let bundle = version.0.bundle.clone();
+            let entered_at = attribution.entered_at;
+            let goals_reached = &mut attribution.goals_reached;
+            self.reach_goals(journey, &version, entered_at, goals_reached, t, &|run, condition| {
+                hits(run, &bundle, condition)
+            });
+            if attribution.goals_reached.contains(&false) {
+                self.state.attributions.insert(journey.clone(), attribution);
             }
         }
-        enrollment.goals_reached[goal_index] = true;
-        let name = self
-            .engine
-            .versions
-            .get(&enrollment.version)
-            .map(|(loaded, _)| loaded.bundle.name(goal.name).to_string())
-            .unwrap_or_default();
-        self.record(t, journey, Kind::Goal).goal = Some(name);
     }
 
     /// Re-evaluates tracked segments at `t`: segment goals and exit rules of
@@ -885,9 +939,15 @@ impl Run<'_, '_> {
 
     /// Segment goals and exit rules of every active enrollment.
     fn segment_conditions(&mut self, t: Millis) {
-        if !self.engine.segment_conditions || self.state.enrollments.is_empty() {
+        if !self.engine.segment_conditions || (self.state.enrollments.is_empty() && self.state.attributions.is_empty())
+        {
             return;
         }
+        let ended: Vec<String> = self.state.attributions.keys().cloned().collect();
+        self.watch_ended(&ended, t, &|run, bundle, condition| match condition {
+            Condition::InSegment { segment } => run.scope_in(bundle, t, None).in_segment(*segment),
+            Condition::Event { .. } => false,
+        });
         let watching = |enrollment: &Enrollment| {
             self.engine
                 .versions
@@ -911,13 +971,18 @@ impl Run<'_, '_> {
                 Condition::InSegment { segment } => run.scope_in(&loaded.bundle, t, None).in_segment(*segment),
                 Condition::Event { .. } => false,
             };
-            for (goal_index, goal) in program.goals.iter().enumerate() {
-                if !enrollment.goals_reached[goal_index] && in_segment(self, &goal.condition) {
-                    self.reach_goal(&journey, &mut enrollment, goal_index, program, t);
-                }
-            }
+            let version = (loaded.clone(), index);
+            let entered_at = enrollment.entered_at;
+            self.reach_goals(
+                &journey,
+                &version,
+                entered_at,
+                &mut enrollment.goals_reached,
+                t,
+                &in_segment,
+            );
             if program.exit_rules.iter().any(|rule| in_segment(self, rule)) {
-                self.exit(&journey, t, "exit_rule");
+                self.end(&journey, &enrollment, t, "exit_rule");
             } else {
                 self.state.enrollments.insert(journey, enrollment);
             }
@@ -947,6 +1012,8 @@ impl Run<'_, '_> {
         history.count += 1;
         history.last_entered = t;
         let ordinal = history.count;
+        // A new enrollment takes over: the window of the previous one closes.
+        self.state.attributions.remove(&journey);
         let holdout = program.holdout_basis_points > 0
             && stable_bucket(&self.state.id, &journey, "holdout") < program.holdout_basis_points;
         let mut enrollment = Box::new(Enrollment {
@@ -974,7 +1041,7 @@ impl Run<'_, '_> {
             Condition::Event { .. } => false,
         });
         if exits_at_once {
-            self.exit(&journey, t, "exit_rule");
+            self.end(&journey, &enrollment, t, "exit_rule");
             return;
         }
         if self.execute(&journey, &mut enrollment, t) {
@@ -984,6 +1051,47 @@ impl Run<'_, '_> {
 
     fn exit(&mut self, journey: &str, t: Millis, reason: &str) {
         self.record(t, journey, Kind::Exit).reason = Some(reason.to_string());
+    }
+
+    /// Names the step (`version`, `pc`) on the step's records, from index
+    /// `from` on (`send`, `skip`, `split`, `set`, `exit`), for the per-step
+    /// counts of the statistics.
+    fn mark_step(&mut self, from: usize, version: &str, pc: u32) {
+        for record in self.records.iter_mut().skip(from) {
+            if matches!(
+                record.kind,
+                Kind::Send | Kind::Skip | Kind::Split | Kind::Set | Kind::Exit
+            ) {
+                record.step = Some(super::trace::Step {
+                    version: version.to_string(),
+                    pc,
+                });
+            }
+        }
+    }
+
+    /// Ends an enrollment: its exit record, and, while one of its goals
+    /// with a `within` window is not reached and the window is open, what
+    /// those goals need to still count for it.
+    fn end(&mut self, journey: &str, enrollment: &Enrollment, t: Millis, reason: &str) {
+        self.exit(journey, t, reason);
+        let Some((loaded, index)) = self.engine.versions.get(&enrollment.version) else {
+            return;
+        };
+        let until = (loaded.bundle.journeys[*index].goals.iter().enumerate())
+            .filter(|(goal_index, _)| enrollment.goals_reached.get(*goal_index) == Some(&false))
+            .filter_map(|(_, goal)| goal.within_seconds)
+            .map(|within| enrollment.entered_at.saturating_add(within.saturating_mul(1000)))
+            .max();
+        if let Some(until) = until.filter(|until| *until >= t) {
+            let attribution = Attribution {
+                version: enrollment.version.clone(),
+                entered_at: enrollment.entered_at,
+                until,
+                goals_reached: enrollment.goals_reached.clone(),
+            };
+            self.state.attributions.insert(journey.to_string(), attribution);
+        }
     }
 
     /// Wakes a suspended enrollment. Returns whether it is still active.
@@ -1025,12 +1133,14 @@ impl Run<'_, '_> {
         let program = &bundle.journeys[index];
         for _ in 0..STEPS_PER_RUN_MAX {
             let Some(instruction) = program.code.get(enrollment.pc as usize) else {
-                self.exit(journey, t, "end");
+                self.end(journey, enrollment, t, "end");
                 return false;
             };
             enrollment.steps += 1;
             self.steps += 1;
-            let next = enrollment.pc + 1;
+            let pc = enrollment.pc;
+            let next = pc + 1;
+            let first_record = self.records.len();
             match instruction {
                 Instr::Send { message } => {
                     if let Some(quiet) = program.quiet_hours {
@@ -1041,6 +1151,7 @@ impl Run<'_, '_> {
                         }
                     }
                     self.send(&loaded, program, journey, enrollment, *message, t);
+                    self.mark_step(first_record, &enrollment.version, pc);
                     enrollment.pc = next;
                 }
                 Instr::Wait { seconds } => {
@@ -1102,6 +1213,7 @@ impl Run<'_, '_> {
                     let record = self.record(t, journey, Kind::Split);
                     record.split = Some(split_name.to_string());
                     record.arm = Some(bundle.name(arm.name).to_string());
+                    self.mark_step(first_record, &enrollment.version, pc);
                     enrollment.pc = arm.target;
                 }
                 Instr::Set { attribute, value } => {
@@ -1110,6 +1222,7 @@ impl Run<'_, '_> {
                     let record = self.record(t, journey, Kind::Set);
                     record.attribute = Some(name.clone());
                     record.value = Some(to_json(&value));
+                    self.mark_step(first_record, &enrollment.version, pc);
                     self.customer_zone.set(None);
                     self.zone_changed |= name == "timezone";
                     if value == Value::Absent {
@@ -1137,11 +1250,12 @@ impl Run<'_, '_> {
                     enrollment.pc = if remaining > 0 { *target } else { next };
                 }
                 Instr::Exit => {
-                    self.exit(journey, t, "exit_statement");
+                    self.end(journey, enrollment, t, "exit_statement");
+                    self.mark_step(first_record, &enrollment.version, pc);
                     return false;
                 }
                 Instr::End => {
-                    self.exit(journey, t, "end");
+                    self.end(journey, enrollment, t, "end");
                     return false;
                 }
             }
@@ -1444,6 +1558,7 @@ impl Run<'_, '_> {
         self.state
             .forget_message_ids(now.saturating_sub(MESSAGE_ID_RETENTION_MS));
         self.state.forget_sent(now.saturating_sub(SENT_RETENTION_MS));
+        self.state.forget_attributions(now);
     }
 }
 

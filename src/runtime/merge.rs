@@ -21,6 +21,8 @@
 //! - subscriptions: per channel a suppression wins over subscribed (a
 //!   person who unsubscribed as a visitor did not opt back in by logging
 //!   in), and between two of the same kind the later one;
+//! - open goal windows of ended enrollments: the anonymous one is kept in
+//!   a journey where the user has neither an enrollment nor a window;
 //! - clocks: the later clock, the earlier first-seen time, the later
 //!   last-event times.
 
@@ -61,6 +63,7 @@ pub fn merge(user: &mut CustomerState, anonymous: CustomerState, at: Millis) -> 
         message_id_index: _,
         subscriptions,
         sent,
+        attributions,
     } = anonymous;
     let mut records = Vec::new();
     for (name, value) in profile {
@@ -139,6 +142,11 @@ pub fn merge(user: &mut CustomerState, anonymous: CustomerState, at: Millis) -> 
         }
     }
     user.sent = union_by(std::mem::take(&mut user.sent), sent, |s| s.at, SENT_MAX);
+    for (journey, attribution) in attributions {
+        if !user.enrollments.contains_key(&journey) && !user.attributions.contains_key(&journey) {
+            user.attributions.insert(journey, attribution);
+        }
+    }
     records
 }
 
@@ -212,6 +220,28 @@ mod tests {
         assert_eq!(user.profile["country"], string("IR"));
         assert_eq!((user.first_seen, user.clock), (Some(5), 70));
         assert_eq!(user.id, "u");
+    }
+
+    #[test]
+    fn an_open_goal_window_moves_where_the_user_has_none_and_no_enrollment() {
+        let window = |entered_at: Millis| crate::runtime::state::Attribution {
+            version: "v".into(),
+            entered_at,
+            until: entered_at + 1_000,
+            goals_reached: vec![false],
+        };
+        let mut user = CustomerState::new("u");
+        user.attributions.insert("mine".into(), window(1));
+        user.enrollments.insert("busy".into(), enrollment(1, None));
+        let mut anonymous = CustomerState::new("a");
+        for journey in ["mine", "busy", "theirs"] {
+            anonymous.attributions.insert(journey.into(), window(2));
+        }
+        assert!(merge(&mut user, anonymous, 80).is_empty());
+        let kept: Vec<(&str, Millis)> = (user.attributions.iter())
+            .map(|(journey, w)| (journey.as_str(), w.entered_at))
+            .collect();
+        assert_eq!(kept, [("mine", 1), ("theirs", 2)]);
     }
 
     #[test]

@@ -83,6 +83,26 @@ pub struct CustomerState {
     /// Recent sends, oldest first: which send an id names.
     #[serde(default)]
     pub sent: VecDeque<Sent>,
+    /// Per journey, the latest ended enrollment while one of its goal
+    /// windows is still open: a goal reached then still counts for it.
+    /// At most one per journey; dropped when its windows close or the
+    /// customer enters the journey again.
+    #[serde(default)]
+    pub attributions: BTreeMap<String, Attribution>,
+}
+
+/// What is kept of an ended enrollment for its goals: enough to tell
+/// whether a goal is still inside its window and not counted yet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attribution {
+    /// Content hash of the program version the enrollment ran.
+    pub version: String,
+    pub entered_at: Millis,
+    /// The last instant a goal of it can still be reached (the end of its
+    /// longest open `within` window).
+    pub until: Millis,
+    /// Goals already reached (by goal index).
+    pub goals_reached: Vec<bool>,
 }
 
 /// Why a channel is not sent to. The reason is the `reason` of the `skip`
@@ -268,6 +288,11 @@ impl CustomerState {
         while self.sent.len() > SENT_MAX {
             self.sent.pop_front();
         }
+    }
+
+    /// Forgets the ended enrollments whose goal windows all closed before `now`.
+    pub fn forget_attributions(&mut self, now: Millis) {
+        self.attributions.retain(|_, attribution| attribution.until >= now);
     }
 
     /// Forgets sends made at or before `before`.

@@ -22,10 +22,12 @@
 //! | `j/J/exits/REASON` | enrollments that ended, by reason |
 //! | `j/J/sent/MESSAGE` | send records |
 //! | `j/J/skipped/MESSAGE/REASON` | skip records |
+//! | `j/J/skipped_customers/MESSAGE` | customers with at least one skip record of the message |
 //! | `j/J/ENGAGEMENT/MESSAGE` | counted `engagement` records (`delivered`, `opened`, `clicked`, `bounced`, `complained`, `unsubscribed`): sends with that engagement |
 //! | `unattributed/ENGAGEMENT` | `engagement` records naming no remembered send |
 //! | `j/J/group/GROUP/entered`, `…/converted` | holdout (`holdout`, `treatment`) |
 //! | `j/J/arm/SPLIT/ARM/entered`, `…/converted` | split arms, treatment enrollments only |
+//! | `j/J/reached/VERSION/PC` | records of that step (`send` or `skip` of a send, `split`, `set`, `exit` of an `exit` statement): arrivals at it |
 //! | `j/J/at/VERSION/PC` | gauge: active enrollments at that instruction |
 
 use super::engagement::Engagement;
@@ -60,12 +62,17 @@ pub struct Groups {
     /// Whether this enrollment has reached a goal already.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub converted: bool,
+    /// Messages of the journey this customer was ever skipped for (any
+    /// enrollment, kept across re-entry): each counts the customer once in
+    /// `skipped_customers`. Bounded by the journey's messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 impl Groups {
     /// Nothing worth remembering (callers need not keep it).
     pub fn is_empty(&self) -> bool {
-        self.group.is_none() && self.arms.is_empty() && !self.converted
+        self.group.is_none() && self.arms.is_empty() && !self.converted && self.skipped.is_empty()
     }
 
     pub fn held_out(&self) -> bool {
@@ -77,12 +84,17 @@ impl Groups {
 /// the caller's memory of this record's customer and journey.
 pub fn count(record: &TraceRecord, groups: &mut Groups, bump: &mut dyn FnMut(String, i64)) {
     let journey = &record.journey;
+    if let Some(step) = &record.step {
+        // Held-out enrollments reach their steps too (their sends are skips).
+        bump(format!("j/{journey}/reached/{}/{}", step.version, step.pc), 1);
+    }
     match record.kind {
         Kind::Enter => {
             bump(format!("j/{journey}/entered"), 1);
             // The interpreter names the holdout draw on the enter record.
             *groups = Groups {
                 group: record.arm.clone(),
+                skipped: std::mem::take(&mut groups.skipped),
                 ..Groups::default()
             };
             if let Some(group) = &groups.group {
@@ -97,6 +109,10 @@ pub fn count(record: &TraceRecord, groups: &mut Groups, bump: &mut dyn FnMut(Str
             let message = record.message.as_deref().unwrap_or_default();
             let reason = record.reason.as_deref().unwrap_or("unknown");
             bump(format!("j/{journey}/skipped/{message}/{reason}"), 1);
+            if !groups.skipped.iter().any(|m| m == message) {
+                groups.skipped.push(message.to_string());
+                bump(format!("j/{journey}/skipped_customers/{message}"), 1);
+            }
         }
         Kind::Split => {
             // Held-out enrollments pass the split but receive nothing:
@@ -244,6 +260,9 @@ pub struct MessageStats {
     pub sent: u64,
     /// Skip records by reason.
     pub skipped: IndexMap<String, u64>,
+    /// Customers skipped at least once (any reason, any enrollment).
+    #[serde(default)]
+    pub skipped_customers: u64,
     /// Sends delivered (`Email Delivered`, `Push Notification Received`).
     #[serde(default)]
     pub delivered: u64,
@@ -308,6 +327,13 @@ pub struct StepStats {
     pub kind: String,
     /// The message of a send, the event of a `wait for`, the split's name.
     pub name: Option<String>,
+    /// Arrivals of enrollments of the current version at the step, from
+    /// its trace records: a send's `send` and `skip` lines, a split's
+    /// `split` lines, a `set`'s `set` lines, an `exit` statement's `exit`
+    /// lines. A step in a `repeat` counts each round. Waits make no trace
+    /// line, so they have none (`waiting` counts them now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached: Option<u64>,
     /// Enrollments of the current version waiting here now.
     pub waiting: u64,
 }
@@ -447,6 +473,7 @@ impl Readout {
                     .iter()
                     .find(|(_, at)| *at == pc)
                     .map(|(name, _)| bundle.name(*name).to_string()),
+                reached: matches!(kind, "send" | "split" | "set" | "exit").then_some(0),
                 kind: kind.to_string(),
                 name,
                 waiting: 0,
@@ -473,6 +500,9 @@ impl Readout {
                         .skipped
                         .insert(reason.to_string(), value);
                 }
+                ["skipped_customers", message] => {
+                    messages.entry(message.to_string()).or_default().skipped_customers = value
+                }
                 [engagement, message] if Engagement::parse(engagement).is_some() => {
                     let engagement = Engagement::parse(engagement).expect("just parsed");
                     *messages
@@ -487,6 +517,12 @@ impl Readout {
                 }
                 ["arm", split, arm, "converted"] => {
                     arms.entry((split.to_string(), arm.to_string())).or_default().1 = value
+                }
+                ["reached", version, pc] if *version == program.hash => {
+                    let pc: u32 = pc.parse().unwrap_or(u32::MAX);
+                    if let Some(reached) = steps.iter_mut().find(|s| s.pc == pc).and_then(|s| s.reached.as_mut()) {
+                        *reached += value;
+                    }
                 }
                 ["at", version, pc] if value > 0 => {
                     *versions.entry(version.to_string()).or_default() += value;
@@ -578,7 +614,7 @@ impl Readout {
                 (None, Some(name)) => format!("{} {name}", step.kind),
                 (None, None) => step.kind.clone(),
             };
-            let mut figures = Vec::new();
+            let mut figures: Vec<String> = step.reached.iter().map(|n| format!("reached {n}")).collect();
             if let (Some(name), "send") = (&step.name, step.kind.as_str()) {
                 if let Some(stats) = self.messages.get(name) {
                     figures.extend(message_figures(stats));
@@ -671,6 +707,9 @@ impl Readout {
 fn message_figures(stats: &MessageStats) -> Vec<String> {
     let mut figures = vec![format!("sent {}", stats.sent)];
     figures.extend(stats.skipped.iter().map(|(reason, n)| format!("skip {reason} {n}")));
+    if stats.skipped_customers > 0 {
+        figures.push(format!("({} customers skipped)", stats.skipped_customers));
+    }
     figures.extend(
         stats
             .engagements()
@@ -812,5 +851,97 @@ mod tests {
         tally.add(&r);
         assert_eq!(tally.counters["j/j/group/treatment/converted"], 2);
         assert_eq!(tally.counters["j/j/converted"], 2);
+    }
+
+    #[test]
+    fn skipped_customers_count_each_customer_once_per_message_across_enrollments() {
+        let mut tally = Tally::default();
+        let skip = |tally: &mut Tally, customer: &str, message: &str, reason: &str| {
+            let mut r = record(customer, Kind::Skip);
+            r.message = Some(message.into());
+            r.reason = Some(reason.into());
+            tally.add(&r);
+        };
+        skip(&mut tally, "c1", "welcome", "consent");
+        skip(&mut tally, "c1", "welcome", "consent");
+        skip(&mut tally, "c2", "welcome", "consent");
+        skip(&mut tally, "c2", "tips", "consent");
+        tally.add(&record("c1", Kind::Exit));
+        tally.add(&record("c1", Kind::Enter));
+        // A second enrollment of c1, skipped for another reason.
+        skip(&mut tally, "c1", "welcome", "cap");
+        let c = &tally.counters;
+        assert_eq!(c["j/j/skipped/welcome/consent"], 3);
+        assert_eq!(c["j/j/skipped/welcome/cap"], 1);
+        assert_eq!(c["j/j/skipped_customers/welcome"], 2, "c1 and c2");
+        assert_eq!(c["j/j/skipped_customers/tips"], 1);
+        let figures = message_figures(&MessageStats {
+            sent: 4,
+            skipped: IndexMap::from([("cap".to_string(), 1), ("consent".to_string(), 3)]),
+            skipped_customers: 2,
+            ..MessageStats::default()
+        });
+        assert_eq!(
+            figures,
+            ["sent 4", "skip cap 1", "skip consent 3", "(2 customers skipped)"]
+        );
+    }
+
+    fn compiled(source: &str) -> Bundle {
+        let mut sources = crate::source::SourceMap::new();
+        sources.add("w.journey", source);
+        let outcome = crate::check::check_workspace(&sources, &crate::workspace::MemoryFiles::default());
+        let checked = outcome.checked.expect("the workspace checks");
+        crate::compile::compile(&checked)
+    }
+
+    #[test]
+    fn steps_count_the_records_they_made_for_the_current_version() {
+        let bundle = compiled(
+            "event go\nmessage a push { body \"a\" }\nmessage b push { body \"b\" }\n\
+             journey j {\n  trigger go\n  split s {\n    x 50% { send a }\n    y 50% { send b }\n  }\n  \
+             wait 1d\n  send a\n}\n",
+        );
+        let program = &bundle.journeys[0];
+        let empty = BTreeMap::new();
+        let steps = Readout::build(&bundle, program, &empty).steps;
+        let pc = |kind: &str, nth: usize| steps.iter().filter(|s| s.kind == kind).nth(nth).expect("the step").pc;
+        let (split, send_a, send_b, last_a) = (pc("split", 0), pc("send", 0), pc("send", 1), pc("send", 2));
+        let mut tally = Tally::default();
+        let mut add = |customer: &str, kind: Kind, version: &str, pc: u32| {
+            let mut r = record(customer, kind);
+            r.message = Some("a".into());
+            r.step = Some(crate::runtime::trace::Step {
+                version: version.into(),
+                pc,
+            });
+            tally.add(&r);
+        };
+        let current = program.hash.as_str();
+        // c1 and c3 take arm x (a sent), c2 arm y (b skipped); c1 alone
+        // gets past the wait; c4 is on an older version.
+        for (customer, arm) in [("c1", send_a), ("c2", send_b), ("c3", send_a)] {
+            add(customer, Kind::Split, current, split);
+            add(
+                customer,
+                if customer == "c2" { Kind::Skip } else { Kind::Send },
+                current,
+                arm,
+            );
+        }
+        add("c1", Kind::Send, current, last_a);
+        add("c4", Kind::Split, "older", split);
+        let readout = Readout::build(&bundle, program, &tally.counters);
+        let reached: Vec<(String, Option<u64>)> = readout.steps.iter().map(|s| (s.kind.clone(), s.reached)).collect();
+        let expected = [
+            ("split", Some(3)),
+            ("send", Some(2)),
+            ("send", Some(1)),
+            ("wait", None),
+            ("send", Some(1)),
+        ];
+        let expected: Vec<(String, Option<u64>)> = expected.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+        assert_eq!(reached, expected);
+        assert!(readout.render().contains("reached 3"), "{}", readout.render());
     }
 }

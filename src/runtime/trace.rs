@@ -63,6 +63,18 @@ pub struct TraceRecord {
     pub attribute: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<serde_json::Value>,
+    /// The step that made the record (`send`, `skip`, `split`, `set`, and
+    /// `exit` by an `exit` statement), for the statistics' per-step counts.
+    /// Not part of the trace line: the trace stays as spec §9 has it.
+    #[serde(skip)]
+    pub step: Option<Step>,
+}
+
+/// A step of one journey version: its content hash and instruction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub version: String,
+    pub pc: u32,
 }
 
 impl TraceRecord {
@@ -87,6 +99,7 @@ impl TraceRecord {
             arm: None,
             attribute: None,
             value: None,
+            step: None,
         }
     }
 

@@ -98,20 +98,21 @@ fn the_daemon_and_the_simulator_report_the_same_readout() {
     let converted = holdout["control"]["converted"].as_u64().expect("count")
         + holdout["treatment"]["converted"].as_u64().expect("count");
     assert_eq!(converted, 20);
-    let reached: u64 = ["offer_a", "offer_b"]
-        .iter()
-        .map(|m| {
-            let stats = &r["messages"][*m];
-            let skipped: u64 = stats["skipped"]
-                .as_object()
-                .expect("skips")
-                .values()
-                .filter_map(|v| v.as_u64())
-                .sum();
-            stats["sent"].as_u64().expect("count") + skipped
-        })
-        .sum();
-    assert_eq!(reached, 60, "every enrollment reaches one offer: {r}");
+    let sent_or_skipped = |message: &str| {
+        let stats = &r["messages"][message];
+        let skipped: u64 = stats["skipped"]
+            .as_object()
+            .expect("skips")
+            .values()
+            .filter_map(|v| v.as_u64())
+            .sum();
+        stats["sent"].as_u64().expect("count") + skipped
+    };
+    assert_eq!(
+        sent_or_skipped("offer_a") + sent_or_skipped("offer_b"),
+        60,
+        "every enrollment reaches one offer: {r}"
+    );
     let skipped_holdout = r["messages"]["offer_a"]["skipped"]["holdout"].as_u64().unwrap_or(0)
         + r["messages"]["offer_b"]["skipped"]["holdout"].as_u64().unwrap_or(0);
     assert_eq!(skipped_holdout, control);
@@ -129,6 +130,19 @@ fn the_daemon_and_the_simulator_report_the_same_readout() {
         .find(|s| s["label"] == "nudge")
         .expect("the nudge step");
     assert_eq!(nudge["waiting"], 60);
+    assert!(nudge.get("reached").is_none(), "a wait makes no trace line: {nudge}");
+    let steps = r["steps"].as_array().expect("steps");
+    let reached = |kind: &str, name: &str| {
+        steps
+            .iter()
+            .find(|s| s["kind"] == kind && s["name"] == name)
+            .and_then(|s| s["reached"].as_u64())
+            .expect("a step with a count")
+    };
+    assert_eq!(reached("split", "offer"), 60, "held-out enrollments pass the split too");
+    assert_eq!(reached("send", "offer_a") + reached("send", "offer_b"), 60);
+    assert_eq!(reached("send", "offer_a"), sent_or_skipped("offer_a"));
+    assert_eq!(reached("send", "reminder"), 0, "nobody is past the wait");
     let rate = holdout["treatment"]["rate"].as_f64().expect("rate");
     let ci = &holdout["treatment"]["ci95"];
     assert!(ci[0].as_f64().expect("low") <= rate && rate <= ci[1].as_f64().expect("high"));
@@ -268,4 +282,65 @@ fn engagement_events_posted_over_http_are_counted_in_the_stats() {
     assert_eq!(summary["messages"]["tips"]["skipped"]["complained"], 1);
     assert_eq!(summary["messages"]["tips"]["sent"], customers as u64 - 2);
     assert_eq!(simulated["unattributed"]["opened"], 1);
+}
+
+const QUICK: &str = r#"
+event signed_up {}
+event purchase {}
+
+message welcome email { subject "Welcome" body "Hello" }
+
+journey quick {
+  trigger signed_up
+  goal purchase within 3d
+  send welcome
+}
+"#;
+
+/// A journey that ends right after its send still counts a purchase inside
+/// its goal window, also across a kill -9 between the two (the open window
+/// is part of the customer's stored state).
+#[test]
+fn a_goal_after_the_end_is_counted_by_the_daemon_across_a_crash() {
+    let env = Env::new(QUICK);
+    let start = chrono::Utc::now() - chrono::Duration::hours(2);
+    let at =
+        |minutes: i64| (start + chrono::Duration::minutes(minutes)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let track = |customer: &str, event: &str, minutes: i64| {
+        format!(
+            r#"{{"type":"track","userId":"{customer}","event":"{event}","properties":{{}},"timestamp":"{}","messageId":"{customer}-{event}"}}"#,
+            at(minutes)
+        )
+    };
+    let daemon = env.start(&[]);
+    for customer in ["ann", "bob", "cy"] {
+        let response = daemon.post("/v1/track", &track(customer, "signed_up", 0));
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let ended = eventually("the enrollments end", || {
+        let stats = daemon.get("/v1/journeys/quick/stats").json();
+        (stats["exits"]["end"] == 3).then_some(stats)
+    });
+    assert_eq!(ended["converted"], 0);
+    daemon.kill();
+
+    let daemon = env.start(&[]);
+    // An hour after the end: ann and bob buy (bob twice), cy does not.
+    for (customer, minutes) in [("ann", 60), ("bob", 61)] {
+        let response = daemon.post("/v1/track", &track(customer, "purchase", minutes));
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let again = format!(
+        r#"{{"type":"track","userId":"bob","event":"purchase","properties":{{}},"timestamp":"{}","messageId":"bob-purchase-2"}}"#,
+        at(62)
+    );
+    assert_eq!(daemon.post("/v1/track", &again).status, 200);
+    let stats = eventually("the goals are counted", || {
+        let stats = daemon.get("/v1/journeys/quick/stats").json();
+        (stats["converted"] == 2).then_some(stats)
+    });
+    assert_eq!(stats["entered"], 3);
+    assert_eq!(stats["active"], 0);
+    assert_eq!(stats["goals"]["purchase"], 2, "once per enrollment: {stats}");
+    assert_eq!(stats["exits"]["end"], 3);
 }

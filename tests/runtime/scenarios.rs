@@ -278,6 +278,18 @@ scenarios! {
     /// - c2 (UTC): the purchase precedes the entry → no goal; welcome
     ///   05-02T07:00Z, day1 05-03T07:00Z.
     out_of_order,
+    /// Goals after the end (`quick` ends right after its send; `trial`
+    /// splits, with a holdout, and ends):
+    /// - late: purchase a day after the end → goal purchase 05-02T10:00;
+    ///   the second purchase 05-03 makes it a repeat_buyer → goal
+    ///   repeat_buyer (a segment goal), and no second purchase goal.
+    /// - boundary: purchase at exactly 3d → counts (the window is inclusive).
+    /// - too_late: one second after 3d → nothing.
+    /// - reentered: a second enrollment 05-02T10:00 closes the first one's
+    ///   window; the purchase at 12:00 is the second's goal, once.
+    /// - t0…t9 upgrade a day after the end (twice, counted once each);
+    ///   t_late one second after its 2d window → nothing.
+    goals_after_end,
 }
 
 // ------------------------------------------------------------------ splits
@@ -586,15 +598,19 @@ fn api_trigger_in_journey_tests() {
     journey_tests_pass("api_trigger", "coupon.jtest", 2);
 }
 
-/// Runs the `.jtest` file of a scenario: `count` tests, all passing.
-fn journey_tests_pass(scenario: &str, file: &str, count: usize) {
-    let dir = directory(scenario);
-    let sources = journeyc::workspace::load(std::slice::from_ref(&dir)).expect("workspace loads");
+/// The compiled workspace of a scenario directory.
+fn scenario_bundle(name: &str) -> std::sync::Arc<journeyc::compile::bytecode::Bundle> {
+    let sources = journeyc::workspace::load(&[directory(name)]).expect("workspace loads");
     let checked = journeyc::check::check_workspace(&sources, &journeyc::workspace::DiskFiles)
         .checked
         .expect("checks");
-    let bundle = std::sync::Arc::new(journeyc::compile::compile(&checked));
-    let text = std::fs::read_to_string(dir.join(file)).expect("test file");
+    std::sync::Arc::new(journeyc::compile::compile(&checked))
+}
+
+/// Runs a scenario's `.jtest` file: it has `count` tests, all passing.
+fn journey_tests_pass(name: &str, test_file: &str, count: usize) {
+    let bundle = scenario_bundle(name);
+    let text = std::fs::read_to_string(directory(name).join(test_file)).expect("test file");
     let file = journeyc::testing::parse(&text).expect("parses");
     let outcomes = journeyc::testing::run_file(&bundle, &file);
     assert_eq!(outcomes.len(), count);
@@ -645,4 +661,198 @@ journey farewell {
             ("hello".to_string(), Kind::Skip, Some("unsubscribed".to_string())),
         ]
     );
+}
+
+/// The readout of `goals_after_end`: goals reached after the end count for
+/// the enrollment, its holdout group and its split arm.
+#[test]
+fn goals_after_the_end_count_for_their_enrollment_group_and_arm() {
+    let trace = simulate_dir(&directory("goals_after_end"));
+    let mut tally = Tally::default();
+    trace.iter().for_each(|record| tally.add(record));
+    let c = |name: &str| tally.counters.get(name).copied().unwrap_or(0);
+    // late, boundary, too_late, reentered twice.
+    assert_eq!(c("j/quick/entered"), 5);
+    // late, boundary, reentered's second enrollment.
+    assert_eq!(c("j/quick/converted"), 3);
+    assert_eq!(c("j/quick/goal/purchase"), 3);
+    assert_eq!(c("j/quick/goal/repeat_buyer"), 2);
+    assert_eq!(c("j/quick/exits/end"), 5);
+
+    // t0…t9 converted, t_late did not; each in its own group and arm.
+    assert_eq!(c("j/trial/entered"), 11);
+    assert_eq!(c("j/trial/converted"), 10);
+    let group_of = |customer: &str| {
+        trace
+            .iter()
+            .find(|r| r.kind == Kind::Enter && r.customer == customer)
+            .and_then(|r| r.arm.clone())
+            .expect("a holdout journey names the group")
+    };
+    let arm_of = |customer: &str| {
+        trace
+            .iter()
+            .find(|r| r.kind == Kind::Split && r.customer == customer)
+            .and_then(|r| r.arm.clone())
+            .expect("every trial customer takes the split")
+    };
+    let mut groups: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut arms: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for index in 0..11 {
+        let customer = if index < 10 {
+            format!("t{index}")
+        } else {
+            "t_late".to_string()
+        };
+        let converted = i64::from(index < 10);
+        let group = groups.entry(group_of(&customer)).or_default();
+        group.0 += 1;
+        group.1 += converted;
+        if group_of(&customer) == "treatment" {
+            let arm = arms.entry(arm_of(&customer)).or_default();
+            arm.0 += 1;
+            arm.1 += converted;
+        }
+    }
+    assert!(
+        groups.contains_key("holdout") && groups.contains_key("treatment"),
+        "{groups:?}"
+    );
+    for (group, (entered, converted)) in &groups {
+        assert_eq!(c(&format!("j/trial/group/{group}/entered")), *entered, "{group}");
+        assert_eq!(c(&format!("j/trial/group/{group}/converted")), *converted, "{group}");
+    }
+    for (arm, (entered, converted)) in &arms {
+        assert_eq!(c(&format!("j/trial/arm/offer/{arm}/entered")), *entered, "{arm}");
+        assert_eq!(c(&format!("j/trial/arm/offer/{arm}/converted")), *converted, "{arm}");
+    }
+}
+
+/// `journeyc test` asserts readout numbers (`stats`), over every customer
+/// of the test, with the numbers of `runtime::stats`.
+#[test]
+fn journey_tests_assert_the_readout() {
+    journey_tests_pass("goals_after_end", "readout.jtest", 2);
+}
+
+/// A readout that differs fails, with one line per difference naming its
+/// path; a journey the workspace lacks is an error in the test.
+#[test]
+fn a_journey_test_fails_on_a_readout_number_that_differs() {
+    let bundle = scenario_bundle("goals_after_end");
+    let run = |stats: &str| {
+        let text = format!(
+            r#"
+[[test]]
+name = "numbers"
+start = "2026-05-01T10:00:00Z"
+events = [
+  {{ at = "+0", event = "signed_up", customer = "a" }},
+  {{ at = "+1d", event = "purchase", properties = {{ amount = 1 }}, customer = "a" }},
+  {{ at = "+0", event = "signed_up", customer = "b" }},
+]
+stats = {stats}
+"#
+        );
+        let file = journeyc::testing::parse(&text).expect("parses");
+        journeyc::testing::run_file(&bundle, &file).remove(0).failure
+    };
+    assert_eq!(run("{ quick = { entered = 2, converted = 1, rate = 0.5 } }"), None);
+    let failure = run(
+        "{ quick = { entered = 3, messages = { welcome = { sent = 2, opened = 1 } }, nope = 1, \
+         steps = [{ kind = \"wait\" }] } }",
+    )
+    .expect("it fails");
+    assert!(
+        failure.contains("stats.quick.entered: expected 3, actual 2"),
+        "{failure}"
+    );
+    assert!(
+        failure.contains("stats.quick.messages.welcome.opened: expected 1, actual 0"),
+        "{failure}"
+    );
+    assert!(!failure.contains("welcome.sent"), "sent is right: {failure}");
+    assert!(failure.contains("stats.quick.nope: not in the readout"), "{failure}");
+    assert!(
+        failure.contains("stats.quick.steps[0]: expected an element like"),
+        "{failure}"
+    );
+    let failure = run("{ missing = { entered = 0 } }").expect("it fails");
+    assert!(
+        failure.contains("stats: no journey `missing` (journeys: quick, trial)"),
+        "{failure}"
+    );
+    let text = "[[test]]\nname = \"nothing\"\nevents = []\n";
+    let file = journeyc::testing::parse(text).expect("parses");
+    let failure = journeyc::testing::run_file(&bundle, &file).remove(0).failure;
+    assert_eq!(failure.as_deref(), Some("give `expect`, `stats` or both"));
+}
+
+/// The open goal window of an ended enrollment is part of the state while
+/// the window is open, sets no timer, and is forgotten at the first input
+/// after it closes, or once its goal is reached.
+#[test]
+fn an_ended_enrollment_keeps_its_goal_window_only_while_it_is_open() {
+    use journeyc::runtime::{CustomerState, Engine, Input};
+    let engine = Engine::new(bundle(
+        r#"
+event signed_up
+event purchase
+event login
+message welcome push { body "hello" }
+journey quick {
+  trigger signed_up
+  goal purchase within 3d
+  send welcome
+}
+"#,
+    ));
+    let at = |text: &str| journeyc::runtime::trace::parse_time(text).expect("time");
+    let track = |event: &str, time: &str| Input::Track {
+        event: event.to_string(),
+        properties: BTreeMap::new(),
+        at: at(time),
+        message_id: None,
+    };
+    let kinds = |records: &[TraceRecord]| records.iter().map(|r| r.kind).collect::<Vec<_>>();
+
+    let mut state = CustomerState::new("c1");
+    let entered = engine
+        .apply(&mut state, &track("signed_up", "2026-05-01T10:00:00Z"))
+        .expect("applies");
+    assert_eq!(kinds(&entered.records), [Kind::Enter, Kind::Send, Kind::Exit]);
+    assert_eq!(entered.wake_at, None, "an open window sets no timer");
+    let window = state.attributions.get("quick").expect("the window is open");
+    assert_eq!(window.until, at("2026-05-04T10:00:00Z"));
+    let login = engine
+        .apply(&mut state, &track("login", "2026-05-04T10:00:00Z"))
+        .expect("applies");
+    assert!(login.records.is_empty());
+    assert!(
+        state.attributions.contains_key("quick"),
+        "open through its last instant"
+    );
+    engine
+        .apply(&mut state, &track("login", "2026-05-04T10:00:01Z"))
+        .expect("applies");
+    assert!(state.attributions.is_empty(), "closed, forgotten");
+    let late = engine
+        .apply(&mut state, &track("purchase", "2026-05-04T10:00:02Z"))
+        .expect("applies");
+    assert!(late.records.is_empty(), "{:#?}", late.records);
+
+    // Reached: counted once and forgotten.
+    let mut state = CustomerState::new("c2");
+    engine
+        .apply(&mut state, &track("signed_up", "2026-05-01T10:00:00Z"))
+        .expect("applies");
+    let goal = engine
+        .apply(&mut state, &track("purchase", "2026-05-02T10:00:00Z"))
+        .expect("applies");
+    assert_eq!(kinds(&goal.records), [Kind::Goal]);
+    assert!(state.attributions.is_empty());
+    let again = engine
+        .apply(&mut state, &track("purchase", "2026-05-02T11:00:00Z"))
+        .expect("applies");
+    assert!(again.records.is_empty());
 }

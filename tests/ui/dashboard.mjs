@@ -91,6 +91,7 @@ try {
     const node = await page.textContent(`#chart g[data-pc="${sendStep.pc}"]`);
     const sent = busiest.messages[sendStep.name].sent;
     assert.ok(node.includes(`send ${sendStep.name}`) && node.includes(`sent ${sent.toLocaleString("en-US")}`), node);
+    assert.ok(node.includes(`reached ${sendStep.reached.toLocaleString("en-US")}`), node);
     // The messages table has the same numbers.
     const messageRows = await page.$$eval("#messages tbody tr", (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
     for (const [name, m] of Object.entries(busiest.messages)) {

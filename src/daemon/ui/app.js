@@ -209,7 +209,8 @@ function renderDetail(journey, readout, graph) {
   document.getElementById("title").textContent = `${journey.name} · version ${short(readout.version)}`;
   drawChart(graph, readout);
   fill("messages", Object.entries(readout.messages || {}).map(([name, m]) => {
-    const skipped = Object.entries(m.skipped || {}).map(([reason, n]) => `${reason} ${n}`).join(", ") || "0";
+    const reasons = Object.entries(m.skipped || {}).map(([reason, n]) => `${reason} ${n}`).join(", ") || "0";
+    const skipped = m.skipped_customers ? `${reasons} (${number(m.skipped_customers)} customers)` : reasons;
     return row([name, number(m.sent), skipped, number(m.delivered), number(m.opened), number(m.clicked),
       number(m.bounced), number(m.complained), number(m.unsubscribed)], [1, 3, 4, 5, 6, 7, 8]);
   }));
