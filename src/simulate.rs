@@ -9,6 +9,7 @@
 use crate::compile::bytecode::Value;
 use crate::compile::bytecode::{Bundle, Trigger};
 use crate::runtime::input::{parse_call_str, Call};
+use crate::runtime::trace::Step;
 use crate::runtime::{CustomerState, Engine, Input, Millis, TraceRecord};
 use crate::syntax::ast::Channel;
 use std::cmp::Reverse;
@@ -270,6 +271,18 @@ pub fn run_streaming(
     options: Options,
     emit: impl FnMut(&TraceRecord),
 ) -> Vec<CustomerState> {
+    run_streaming_with_arrivals(bundle, events, options, emit, |_, _| {})
+}
+
+/// [`run_streaming`], also handing every arrival at a wait step (which no
+/// trace line marks) to `arrive`, for the statistics' per-step `reached`.
+pub fn run_streaming_with_arrivals(
+    bundle: Arc<Bundle>,
+    events: Events,
+    options: Options,
+    emit: impl FnMut(&TraceRecord),
+    arrive: impl FnMut(&str, &Step),
+) -> Vec<CustomerState> {
     let Events {
         customers,
         names,
@@ -305,6 +318,7 @@ pub fn run_streaming(
         failed: vec![false; rank.len()],
         aliases: Aliases::new(rank.len()),
         emit,
+        arrive,
     };
     // By value: each input's memory is free for customer state once it ran.
     for pending in inputs {
@@ -330,7 +344,7 @@ pub fn run_streaming(
 }
 
 /// The simulator's clock: customers' states and a heap of their wake-ups.
-struct VirtualClock<F> {
+struct VirtualClock<F, A> {
     engine: Engine,
     states: Vec<CustomerState>,
     /// `(due, customer)`; an entry is stale when the customer's next
@@ -342,6 +356,7 @@ struct VirtualClock<F> {
     failed: Vec<bool>,
     aliases: Aliases,
     emit: F,
+    arrive: A,
 }
 
 /// Which customers were merged into which (by rank): the simulator's alias
@@ -382,7 +397,7 @@ impl Aliases {
     }
 }
 
-impl<F: FnMut(&TraceRecord)> VirtualClock<F> {
+impl<F: FnMut(&TraceRecord), A: FnMut(&str, &Step)> VirtualClock<F, A> {
     fn step(&mut self, customer: usize, input: &Input) {
         if self.failed[customer] {
             return;
@@ -403,6 +418,9 @@ impl<F: FnMut(&TraceRecord)> VirtualClock<F> {
             }
         };
         effects.records.iter().for_each(&mut self.emit);
+        for (journey, step) in &effects.arrivals {
+            (self.arrive)(journey, step);
+        }
         if effects.wake_at != self.pushed[customer] {
             if let Some(due) = effects.wake_at {
                 self.timers.push(Reverse((due, customer)));
@@ -451,24 +469,29 @@ impl<F: FnMut(&TraceRecord)> VirtualClock<F> {
 
 /// One customer's inputs, then its timers until none is left (or `until`).
 pub fn run_customer(engine: &Engine, customer: &str, inputs: &[Input], until: Option<Millis>) -> Vec<TraceRecord> {
-    run_customer_to_end(engine, customer, inputs, until).0
+    run_customer_to_end(engine, customer, inputs, until, &mut |_, _| {}).0
 }
 
 /// [`run_customer`], with the customer's state at the end (for the
-/// position gauges of the statistics).
+/// position gauges of the statistics), handing arrivals at wait steps to
+/// `arrive`.
 pub fn run_customer_to_end(
     engine: &Engine,
     customer: &str,
     inputs: &[Input],
     until: Option<Millis>,
+    arrive: &mut dyn FnMut(&str, &Step),
 ) -> (Vec<TraceRecord>, CustomerState) {
     let mut state = CustomerState::new(customer);
     let mut records = Vec::new();
     // The first failure ends the customer's run with an `error` record.
-    let apply =
+    let mut apply =
         |state: &mut CustomerState, input: &Input, records: &mut Vec<TraceRecord>| match engine.apply(state, input) {
             Ok(effects) => {
                 records.extend(effects.records);
+                for (journey, step) in &effects.arrivals {
+                    arrive(journey, step);
+                }
                 true
             }
             Err(error) => {

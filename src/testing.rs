@@ -144,7 +144,7 @@ fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
             ),
             (None, None, Some(journey)) => trigger_call(
                 bundle,
-                &customer,
+                customer,
                 journey,
                 spec.properties.as_ref().unwrap_or(&empty),
                 at,
@@ -173,8 +173,12 @@ fn run_test(bundle: &Arc<Bundle>, test: &TestCase) -> Result<(), String> {
     let mut records = Vec::new();
     for (id, mut inputs) in inputs_of {
         inputs.sort_by_key(Input::at);
-        let (mine, state) = crate::simulate::run_customer_to_end(&engine, &id, &inputs, until);
+        let mut arrivals = Vec::new();
+        let (mine, state) = crate::simulate::run_customer_to_end(&engine, &id, &inputs, until, &mut |journey, step| {
+            arrivals.push((journey.to_string(), step.clone()))
+        });
         mine.iter().for_each(|record| tally.add(record));
+        tally.add_arrivals(&arrivals);
         // A customer that failed is not counted as waiting (as in `simulate`).
         if !mine.iter().any(|record| record.kind == Kind::Error) {
             tally.add_waiting(&state);

@@ -72,24 +72,41 @@ pub fn run(args: Args) -> u8 {
     let bundle = Arc::new(bundle);
     let mut failed = 0usize;
     let tallying = args.summary || args.report.is_some();
-    let states = crate::simulate::run_streaming(bundle.clone(), calls, options, |record| {
-        if record.kind == crate::runtime::Kind::Error {
-            failed += 1;
-            if args.summary {
-                eprintln!("error: {}", record.to_json_line());
+    // Arrivals at wait steps (their `reached`), added to the tally after the run.
+    let mut arrivals: std::collections::HashMap<String, i64> = Default::default();
+    let states = crate::simulate::run_streaming_with_arrivals(
+        bundle.clone(),
+        calls,
+        options,
+        |record| {
+            if record.kind == crate::runtime::Kind::Error {
+                failed += 1;
+                if args.summary {
+                    eprintln!("error: {}", record.to_json_line());
+                }
             }
-        }
-        if tallying {
-            tally.add(record);
-        }
-        if !args.summary && written.is_ok() {
-            written = serde_json::to_writer(&mut out, record)
-                .map_err(std::io::Error::from)
-                .and_then(|()| out.write_all(b"\n"));
-        }
-    });
+            if tallying {
+                tally.add(record);
+            }
+            if !args.summary && written.is_ok() {
+                written = serde_json::to_writer(&mut out, record)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"));
+            }
+        },
+        |journey, step| {
+            if tallying {
+                crate::runtime::stats::count_arrival(journey, step, &mut |name, delta| {
+                    *arrivals.entry(name).or_insert(0) += delta
+                });
+            }
+        },
+    );
     if tallying {
         states.iter().for_each(|state| tally.add_waiting(state));
+        for (name, delta) in arrivals {
+            *tally.counters.entry(name).or_insert(0) += delta;
+        }
     }
     if let Some(path) = &args.report {
         let key = crate::daemon::store::bundle_key_of(&postcard::to_allocvec(&*bundle).expect("a bundle serializes"));

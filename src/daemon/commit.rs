@@ -1429,6 +1429,7 @@ impl LaneContext<'_> {
             store: self.store,
         };
         context.count(&effects.records)?;
+        context.count_arrivals(&effects.arrivals);
         for record in &effects.records {
             if record.kind == Kind::Send {
                 self.metrics.sends_enqueued.inc();

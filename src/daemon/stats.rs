@@ -56,6 +56,16 @@ pub struct RecordContext<'a> {
 }
 
 impl RecordContext<'_> {
+    /// Arrivals at wait steps, which no record marks (their `reached`).
+    pub fn count_arrivals(&mut self, arrivals: &[(String, crate::runtime::trace::Step)]) {
+        let deltas = &mut *self.deltas;
+        for (journey, step) in arrivals {
+            stats::count_arrival(journey, step, &mut |name, delta| {
+                *deltas.entry(name).or_insert(0) += delta
+            });
+        }
+    }
+
     pub fn count(&mut self, records: &[TraceRecord]) -> Result<(), StoreError> {
         for record in records {
             let key = (self.customer.to_string(), record.journey.clone());

@@ -1130,9 +1130,10 @@ mod tests {
             store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)),
             Some(STORE_FORMAT)
         );
-        // Opened again, it is not upgraded twice.
+        // Opened again, it is not upgraded twice. (sled's flusher thread
+        // may hold the directory's lock for a moment after the drop.)
         drop(store);
-        let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        let store = reopen(dir.path());
         assert_eq!(store.customer("ann").expect("read").expect("ann"), state);
     }
 
@@ -1202,10 +1203,22 @@ mod tests {
         assert_eq!(state.sent("s1"), Some(&sent));
         assert!(state.attributions.is_empty());
         assert_eq!(store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)), Some(5));
-        // Opened again, it is not upgraded twice.
+        // Opened again, it is not upgraded twice. (sled's flusher thread
+        // may hold the directory's lock for a moment after the drop.)
         drop(store);
-        let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        let store = reopen(dir.path());
         assert_eq!(store.customer("ann").expect("read").expect("ann"), state);
+    }
+
+    /// Opens a store just closed, waiting for sled to let go of its lock.
+    fn reopen(dir: &Path) -> Store {
+        (0..100)
+            .find_map(|_| {
+                Store::open(dir, &StoreOptions::default())
+                    .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(20)))
+                    .ok()
+            })
+            .expect("reopen")
     }
 
     #[test]

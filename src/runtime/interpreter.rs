@@ -291,6 +291,7 @@ impl Engine {
             engine: self,
             state,
             records: Vec::new(),
+            arrivals: Vec::new(),
             steps: 0,
             customer_zone: std::cell::Cell::new(None),
             zone_changed: false,
@@ -300,6 +301,7 @@ impl Engine {
             if !run.state.remember_message_id(id, at) {
                 return Ok(Effects {
                     records: Vec::new(),
+                    arrivals: Vec::new(),
                     wake_at: run.state.next_wake(),
                     steps: 0,
                 });
@@ -356,6 +358,7 @@ impl Engine {
             wake_at: run.state.next_wake(),
             steps: run.steps,
             records: run.records,
+            arrivals: run.arrivals,
         })
     }
 }
@@ -478,6 +481,8 @@ struct Run<'e, 's> {
     engine: &'e Engine,
     state: &'s mut CustomerState,
     records: Vec<TraceRecord>,
+    /// Wait steps reached ([`Effects::arrivals`]).
+    arrivals: Vec<(String, super::trace::Step)>,
     steps: u64,
     /// `customer.timezone` parsed, once per input (cleared when the
     /// profile changes).
@@ -1141,6 +1146,18 @@ impl Run<'_, '_> {
             let pc = enrollment.pc;
             let next = pc + 1;
             let first_record = self.records.len();
+            if matches!(
+                instruction,
+                Instr::Wait { .. } | Instr::WaitUntilTime { .. } | Instr::WaitUntil { .. } | Instr::WaitFor { .. }
+            ) {
+                self.arrivals.push((
+                    journey.to_string(),
+                    super::trace::Step {
+                        version: enrollment.version.clone(),
+                        pc,
+                    },
+                ));
+            }
             match instruction {
                 Instr::Send { message } => {
                     if let Some(quiet) = program.quiet_hours {

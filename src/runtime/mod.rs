@@ -52,6 +52,9 @@ pub enum ApplyError {
 pub struct Effects {
     /// Trace records in causal order (sends among them carry rendered content).
     pub records: Vec<TraceRecord>,
+    /// Wait steps enrollments arrived at (no trace line marks them): the
+    /// journey and step, for the per-step `reached` of the statistics.
+    pub arrivals: Vec<(String, trace::Step)>,
     /// When the customer next needs a [`Input::Wake`], if ever.
     pub wake_at: Option<Millis>,
     /// Instructions executed (for metrics).

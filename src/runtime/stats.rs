@@ -27,11 +27,11 @@
 //! | `unattributed/ENGAGEMENT` | `engagement` records naming no remembered send |
 //! | `j/J/group/GROUP/entered`, `…/converted` | holdout (`holdout`, `treatment`) |
 //! | `j/J/arm/SPLIT/ARM/entered`, `…/converted` | split arms, treatment enrollments only |
-//! | `j/J/reached/VERSION/PC` | records of that step (`send` or `skip` of a send, `split`, `set`, `exit` of an `exit` statement): arrivals at it |
+//! | `j/J/reached/VERSION/PC` | arrivals at that step: its records (`send` or `skip` of a send, `split`, `set`, `exit` of an `exit` statement), or for a wait the arrivals the interpreter reports beside the trace ([`count_arrival`]) |
 //! | `j/J/at/VERSION/PC` | gauge: active enrollments at that instruction |
 
 use super::engagement::Engagement;
-use super::trace::{Kind, TraceRecord};
+use super::trace::{Kind, Step, TraceRecord};
 use super::CustomerState;
 use crate::compile::bytecode::{Bundle, Instr, Program};
 use indexmap::IndexMap;
@@ -78,6 +78,12 @@ impl Groups {
     pub fn held_out(&self) -> bool {
         self.group.as_deref() == Some(HOLDOUT)
     }
+}
+
+/// Counts an enrollment's arrival at a wait step ([`crate::runtime::Effects::arrivals`]),
+/// which no trace line marks: its `reached`.
+pub fn count_arrival(journey: &str, step: &Step, bump: &mut dyn FnMut(String, i64)) {
+    bump(format!("j/{journey}/reached/{}/{}", step.version, step.pc), 1);
 }
 
 /// Adds what one trace record counts: `bump(counter, delta)`. `groups` is
@@ -187,6 +193,16 @@ impl Tally {
         });
         if !groups.is_empty() {
             self.groups.insert(key, groups);
+        }
+    }
+
+    /// Adds arrivals at wait steps ([`crate::runtime::Effects::arrivals`]).
+    pub fn add_arrivals(&mut self, arrivals: &[(String, Step)]) {
+        let counters = &mut self.counters;
+        for (journey, step) in arrivals {
+            count_arrival(journey, step, &mut |name, delta| {
+                *counters.entry(name).or_insert(0) += delta
+            });
         }
     }
 
@@ -473,7 +489,11 @@ impl Readout {
                     .iter()
                     .find(|(_, at)| *at == pc)
                     .map(|(name, _)| bundle.name(*name).to_string()),
-                reached: matches!(kind, "send" | "split" | "set" | "exit").then_some(0),
+                reached: matches!(
+                    kind,
+                    "send" | "split" | "set" | "exit" | "wait" | "wait_until" | "wait_for"
+                )
+                .then_some(0),
                 kind: kind.to_string(),
                 name,
                 waiting: 0,
@@ -931,13 +951,26 @@ mod tests {
         }
         add("c1", Kind::Send, current, last_a);
         add("c4", Kind::Split, "older", split);
+        // All three arrived at the wait (no record marks it; the
+        // interpreter reports the arrivals beside the trace).
+        let wait = pc("wait", 0);
+        let arrivals: Vec<(String, crate::runtime::trace::Step)> = (0..3)
+            .map(|_| {
+                let step = crate::runtime::trace::Step {
+                    version: current.into(),
+                    pc: wait,
+                };
+                ("j".to_string(), step)
+            })
+            .collect();
+        tally.add_arrivals(&arrivals);
         let readout = Readout::build(&bundle, program, &tally.counters);
         let reached: Vec<(String, Option<u64>)> = readout.steps.iter().map(|s| (s.kind.clone(), s.reached)).collect();
         let expected = [
             ("split", Some(3)),
             ("send", Some(2)),
             ("send", Some(1)),
-            ("wait", None),
+            ("wait", Some(3)),
             ("send", Some(1)),
         ];
         let expected: Vec<(String, Option<u64>)> = expected.iter().map(|(k, n)| (k.to_string(), *n)).collect();

@@ -17,6 +17,15 @@ pub fn simulate_dir(directory: &Path) -> Vec<TraceRecord> {
 }
 
 pub fn simulate_text(directory: &Path, events: &str) -> Vec<TraceRecord> {
+    simulate_text_with_arrivals(directory, events).0
+}
+
+/// [`simulate_text`], with the arrivals at wait steps (for the readout's
+/// per-step `reached`).
+pub fn simulate_text_with_arrivals(
+    directory: &Path,
+    events: &str,
+) -> (Vec<TraceRecord>, Vec<(String, journeyc::runtime::trace::Step)>) {
     let sources = load(&[directory.to_path_buf()]).expect("workspace loads");
     let outcome = check_workspace(&sources, &DiskFiles);
     let checked = outcome
@@ -24,7 +33,15 @@ pub fn simulate_text(directory: &Path, events: &str) -> Vec<TraceRecord> {
         .unwrap_or_else(|| panic!("workspace has errors: {:#?}", outcome.diagnostics));
     let bundle = compile(&checked);
     let calls = parse_events(events, &bundle).expect("events parse");
-    run(Arc::new(bundle), calls, Options::default())
+    let (mut trace, mut arrivals) = (Vec::new(), Vec::new());
+    journeyc::simulate::run_streaming_with_arrivals(
+        Arc::new(bundle),
+        calls.into(),
+        Options::default(),
+        |record| trace.push(record.clone()),
+        |journey, step| arrivals.push((journey.to_string(), step.clone())),
+    );
+    (trace, arrivals)
 }
 
 fn lines(trace: &[TraceRecord]) -> String {

@@ -7,7 +7,7 @@
 //! redacted so that a change of the hash function does not churn every
 //! snapshot; send ids are kept, they are the runtime's idempotency keys.
 
-use super::properties::{simulate_dir, simulate_text};
+use super::properties::{simulate_dir, simulate_text, simulate_text_with_arrivals};
 use journeyc::runtime::stats::Tally;
 use journeyc::runtime::{Kind, TraceRecord};
 use std::collections::BTreeMap;
@@ -340,7 +340,7 @@ fn split_events() -> String {
 fn split_and_holdout_shares() {
     let workspace = tempfile::tempdir().expect("temp dir");
     std::fs::write(workspace.path().join("w.journey"), SPLIT_JOURNEY).expect("write journey");
-    let trace = simulate_text(workspace.path(), &split_events());
+    let (trace, arrivals) = simulate_text_with_arrivals(workspace.path(), &split_events());
 
     let mut arms: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -379,6 +379,7 @@ fn split_and_holdout_shares() {
 
     let mut tally = Tally::default();
     trace.iter().for_each(|record| tally.add(record));
+    tally.add_arrivals(&arrivals);
     let readout = tally.readouts(&bundle(SPLIT_JOURNEY)).remove(0);
     insta::assert_snapshot!("split_and_holdout_shares", readout.render());
 }
