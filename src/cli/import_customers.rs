@@ -3,8 +3,8 @@
 //! stopped), with a progress bar; refused rows go to a file with reasons.
 
 use crate::daemon::bulk::{self, Refusal};
-use crate::runtime::import::{jsonl_call, CsvRows, Format, Row};
-use std::io::{BufRead, BufReader, Write};
+use crate::runtime::import::{jsonl_rows, CsvRows, Format, Row};
+use std::io::{BufReader, Write};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -77,23 +77,7 @@ pub fn run(args: Args) -> u8 {
                 return super::EXIT_ERRORS;
             }
         },
-        Format::Jsonl => Box::new(
-            BufReader::new(reader)
-                .lines()
-                .enumerate()
-                .filter(|(_, line)| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
-                .map(|(index, line)| Row {
-                    number: index + 1,
-                    call: match line {
-                        Ok(line) => jsonl_call(&line),
-                        Err(error) => Err(crate::runtime::import::RowError {
-                            field: "row".into(),
-                            reason: format!("cannot be read: {error}"),
-                            text: String::new(),
-                        }),
-                    },
-                }),
-        ),
+        Format::Jsonl => Box::new(jsonl_rows(BufReader::new(reader))),
     };
 
     let rejected_path = args

@@ -230,20 +230,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Stores a send the sink gave up on, within the store's bound.
-fn park(context: &DispatchContext, failure: &dead::Failure) {
-    context.metrics.dead_letters.inc();
-    tracing::warn!(
-        sink = %failure.sink, seq = failure.seq, error = %failure.error, attempts = failure.attempts,
-        reason = failure.reason.as_str(), "delivery parked as a dead letter"
-    );
-    match dead::park(&context.store, failure, dead::DEAD_LETTERS_MAX) {
-        Ok(dropped) => context.metrics.dead_letters_dropped.add(dropped as u64),
-        Err(error) => tracing::error!(%error, "could not store a dead letter"),
-    }
-}
-
-/// Keeps a send a delivering sink gave up on.
+/// Keeps a send a delivering sink gave up on, within the dead-letter bound.
 pub fn park_dead_letter(
     context: &DispatchContext,
     sink: &str,
@@ -253,17 +240,22 @@ pub fn park_dead_letter(
     error: &str,
     attempts: u32,
 ) {
-    park(
-        context,
-        &dead::Failure {
-            sink,
-            seq,
-            record,
-            reason,
-            error,
-            attempts,
-        },
+    context.metrics.dead_letters.inc();
+    tracing::warn!(
+        sink, seq, %error, attempts, reason = reason.as_str(), "delivery parked as a dead letter"
     );
+    let failure = dead::Failure {
+        sink,
+        seq,
+        record,
+        reason,
+        error,
+        attempts,
+    };
+    match dead::park(&context.store, &failure, dead::DEAD_LETTERS_MAX) {
+        Ok(dropped) => context.metrics.dead_letters_dropped.add(dropped as u64),
+        Err(error) => tracing::error!(%error, "could not store a dead letter"),
+    }
 }
 
 /// One webhook sink's client, options and rate limiters.

@@ -298,6 +298,26 @@ pub fn jsonl_call(line: &str) -> Result<Value, RowError> {
     Ok(Value::Object(call))
 }
 
+/// The rows of a JSONL file, read a line at a time: blank lines are
+/// skipped, numbers are line numbers.
+pub fn jsonl_rows(reader: impl std::io::BufRead) -> impl Iterator<Item = Row> {
+    reader
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
+        .map(|(index, line)| Row {
+            number: index + 1,
+            call: match line {
+                Ok(line) => jsonl_call(&line),
+                Err(error) => Err(RowError {
+                    field: "row".into(),
+                    reason: format!("cannot be read: {error}"),
+                    text: String::new(),
+                }),
+            },
+        })
+}
+
 /// Every row of a whole file held in memory (an HTTP body).
 pub fn rows(format: Format, bytes: &[u8], schema: &Schema) -> Result<Vec<Row>, FileError> {
     match format {
@@ -307,15 +327,7 @@ pub fn rows(format: Format, bytes: &[u8], schema: &Schema) -> Result<Vec<Row>, F
                 field: "body".into(),
                 reason: format!("not UTF-8: {e}"),
             })?;
-            Ok(text
-                .lines()
-                .enumerate()
-                .filter(|(_, line)| !line.trim().is_empty())
-                .map(|(index, line)| Row {
-                    number: index + 1,
-                    call: jsonl_call(line),
-                })
-                .collect())
+            Ok(jsonl_rows(text.as_bytes()).collect())
         }
     }
 }
