@@ -6,6 +6,7 @@
 //! memory) and the daemon (real clock, sled) run every line of journey logic
 //! through it.
 
+pub mod broadcast;
 pub mod engagement;
 mod eval;
 pub mod import;
