@@ -75,6 +75,9 @@ pub struct Args {
     /// A customer whose input fails: first retry delay in milliseconds (doubles per retry) [default: 1000]
     #[arg(long)]
     pub fault_retry_ms: Option<u64>,
+    /// Customers a segment broadcast visits per commit, between other work [default: 256, at most 10000]
+    #[arg(long)]
+    pub broadcast_batch: Option<usize>,
     /// Require the token for the dashboard and the aggregates too (/ui, /v1/journeys…, /metrics)
     #[arg(long)]
     pub protect_ui: bool,
@@ -106,6 +109,7 @@ struct FileConfig {
     max_future: Option<String>,
     fault_retries: Option<u32>,
     fault_retry_ms: Option<u64>,
+    broadcast_batch: Option<usize>,
     protect_ui: Option<bool>,
 }
 
@@ -258,6 +262,7 @@ fn settle(args: Args) -> Result<Config, String> {
         store,
         http,
         faults,
+        broadcast_batch: crate::daemon::broadcast::batch_customers(args.broadcast_batch.or(file.broadcast_batch)),
     })
 }
 

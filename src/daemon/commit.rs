@@ -134,6 +134,16 @@ pub enum Job {
     },
     /// Commit what came before, then stop the thread.
     Stop { reply: oneshot::Sender<()> },
+    /// The next step of a segment broadcast (`broadcast.rs`), committed
+    /// alone: up to `batch` customers visited, the members entered and the
+    /// record advanced in one batch. `step` is decided by the commit thread.
+    /// Answers whether the broadcast is still running.
+    Broadcast {
+        id: u64,
+        batch: usize,
+        step: Option<super::broadcast::Step>,
+        reply: oneshot::Sender<Result<bool, CommitError>>,
+    },
 }
 
 /// Asks the commit thread to finish what it has and stop.
@@ -185,6 +195,18 @@ impl Committer {
             1 => None,
             _ => Some(true),
         })
+    }
+
+    /// Commits the next step of broadcast `id`; answers whether it is still running.
+    pub async fn broadcast(&self, id: u64, batch: usize) -> Result<bool, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Broadcast {
+            id,
+            batch,
+            step: None,
+            reply,
+        };
+        self.send(job, answer).await
     }
 
     pub async fn install(&self, runtime: Arc<Runtime>) -> Result<usize, CommitError> {
@@ -413,6 +435,18 @@ impl CommitThread {
             }
             return;
         }
+        // A broadcast step is a batch of its own, after the rest.
+        if jobs.len() > 1 && jobs.iter().any(|j| matches!(j, Job::Broadcast { .. })) {
+            let (steps, rest): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|j| matches!(j, Job::Broadcast { .. }));
+            if !rest.is_empty() {
+                self.commit_group(rest);
+            }
+            for step in steps {
+                self.commit_group(vec![step]);
+            }
+            return;
+        }
         let started = Instant::now();
         let seq_before = self.next_seq;
         let outcome = catch_unwind(AssertUnwindSafe(|| self.prepare(&mut jobs)));
@@ -510,6 +544,12 @@ impl CommitThread {
     fn prepare(&mut self, jobs: &mut [Job]) -> Result<(Changes, Vec<usize>), CommitError> {
         let runtime = current(&self.runtime);
         let aliases = self.identities(jobs)?;
+        let now = super::timers::now_ms();
+        for job in jobs.iter_mut() {
+            if let Job::Broadcast { id, batch, step, .. } = job {
+                *step = super::broadcast::next_step(&self.store, &runtime.bundle, *id, *batch, now)?;
+            }
+        }
         let jobs: &[Job] = jobs;
         let mut lanes = lanes(jobs);
         let merging = (jobs.iter())
@@ -526,7 +566,7 @@ impl CommitThread {
             faulted: &self.faulted,
             policy: &self.fault_policy,
             links: self.links.as_deref(),
-            now: super::timers::now_ms(),
+            now,
         };
         let steps: usize = lanes.iter().map(|lane| lane.steps.len()).sum();
         let mut parts = if steps >= PARALLEL_STEPS_MIN && lanes.len() > 1 && !merging {
@@ -571,6 +611,11 @@ impl CommitThread {
         let mut answers = vec![0; jobs.len()];
         for (job, answer) in group.answers.drain(..) {
             answers[job] += answer;
+        }
+        for (answer, job) in answers.iter_mut().zip(jobs) {
+            if let Job::Broadcast { step: Some(step), .. } = job {
+                *answer = usize::from(step.record.state == super::broadcast::Progress::Running);
+            }
         }
         Ok((group, answers))
     }
@@ -683,7 +728,7 @@ impl CommitThread {
                         *customer = resolve(&local, customer)?;
                     }
                 }
-                Job::Wake { .. } | Job::Install { .. } | Job::Stop { .. } => {}
+                Job::Wake { .. } | Job::Install { .. } | Job::Stop { .. } | Job::Broadcast { .. } => {}
             }
         }
         Ok(writes)
@@ -746,6 +791,13 @@ impl CommitThread {
         }
         for erased in &group.erased {
             self.erase_outside_group(&mut batch, erased)?;
+        }
+        super::broadcast::forget(&self.store, &mut batch, &group.erased)?;
+        for job in jobs {
+            if let Job::Broadcast { step: Some(step), .. } = job {
+                let (key, record) = super::broadcast::finish_step(step, &group.records);
+                batch.insert(key, record);
+            }
         }
         for (key, value) in std::mem::take(&mut group.aliases) {
             match value {
@@ -888,7 +940,7 @@ impl Job {
             Job::Ingest { calls, .. } => calls.len(),
             Job::Wake { timers, .. } => timers.iter().map(|entry| entry.customers.len()).sum(),
             Job::Retry { customers, .. } => customers.len(),
-            Job::Erase { .. } | Job::Install { .. } | Job::Stop { .. } => 1,
+            Job::Erase { .. } | Job::Install { .. } | Job::Stop { .. } | Job::Broadcast { .. } => 1,
         }
     }
 
@@ -908,6 +960,9 @@ impl Job {
             }
             Job::Stop { reply } => {
                 let _ = reply.send(());
+            }
+            Job::Broadcast { reply, .. } => {
+                let _ = reply.send(result.map(|running| running > 0));
             }
         }
     }
@@ -1030,6 +1085,11 @@ fn lanes<'g>(jobs: &'g [Job]) -> Vec<Lane<'g>> {
             Job::Retry { customers, .. } => {
                 for customer in customers {
                     push(customer, job, Step::Retry);
+                }
+            }
+            Job::Broadcast { step, .. } => {
+                for call in step.iter().flat_map(|step| &step.calls) {
+                    push(&call.customer, job, Step::Input(&call.input));
                 }
             }
             Job::Install { .. } | Job::Stop { .. } => unreachable!("committed alone"),

@@ -70,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}", get(get_customer).delete(delete_customer))
         .route("/v1/customers/{id}/retry", post(retry_customer))
         .route("/v1/journeys/{name}/trigger", post(trigger_journey))
+        .route("/v1/broadcasts", get(super::broadcast::list_broadcasts))
+        .route("/v1/broadcasts/{id}", get(super::broadcast::get_broadcast))
         .route("/v1/reload", post(reload))
         .route("/v1/outbox/dead", get(list_dead_letters))
         .route("/v1/outbox/retry", post(retry_dead_letters))
@@ -439,6 +441,8 @@ pub struct Refused {
 pub struct Validated {
     pub calls: Vec<Call>,
     pub refused: Vec<Refused>,
+    /// A trigger request naming a segment: a broadcast to start instead.
+    pub broadcast: Option<crate::runtime::broadcast::Broadcast>,
 }
 
 impl Endpoint {
@@ -565,12 +569,14 @@ fn validate_trigger(
         ));
     };
     if object.contains_key("segment") {
-        return Err(refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "segment",
-            "broadcasts to a segment are not supported; list the customers in `customers`",
-            1,
-        ));
+        object.insert("journey".into(), json!(journey));
+        let json = serde_json::Value::Object(object);
+        let broadcast = crate::runtime::broadcast::parse(&json, bundle, Some(received_at))
+            .map_err(|e| refuse(StatusCode::UNPROCESSABLE_ENTITY, e.field, e.reason, 1))?;
+        return Ok(Validated {
+            broadcast: Some(broadcast),
+            ..Validated::default()
+        });
     }
     let mut items = match object.remove("customers") {
         Some(serde_json::Value::Array(items)) if items.len() > BATCH_EVENTS_MAX => {
@@ -708,7 +714,10 @@ async fn intake_with(
             return error(refusal.status, &refusal.field, refusal.reason);
         }
     };
-    let Validated { calls, refused } = validated;
+    if let Some(broadcast) = validated.broadcast {
+        return super::broadcast::started(&state, broadcast, &runtime.bundle_key, received_at).await;
+    }
+    let Validated { calls, refused, .. } = validated;
     // Batches and imports answer per call (`index`) or per row (`row`).
     let (batch, position) = match endpoint {
         Endpoint::Batch | Endpoint::Trigger => (true, "index"),
@@ -1286,7 +1295,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         }
         _ => 0,
     };
-    let text = state.metrics.render(&Gauges {
+    let mut text = state.metrics.render(&Gauges {
         timers_pending,
         outbox_depth,
         customers_failing,
@@ -1295,6 +1304,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         retry_waiting: super::retry::count(&state.store),
         unattributed,
     });
+    text.push_str(&super::broadcast::metrics_text(&state.store));
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -14,6 +14,7 @@
 //! effect of the request (state, timer, outbox records) is on disk; a record
 //! reaches a sink only after it is on disk.
 
+pub mod broadcast;
 pub mod bulk;
 pub mod commit;
 pub mod dead;
@@ -66,6 +67,8 @@ pub struct Config {
     pub http: server::HttpOptions,
     /// Retries of a customer whose input failed, before it is parked.
     pub faults: faults::FaultPolicy,
+    /// Customers a segment broadcast visits per commit (`broadcast.rs`).
+    pub broadcast_batch: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +255,12 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
             }
         }
     }
+    let broadcast_task = tokio::spawn(broadcast::run(
+        store.clone(),
+        committer.clone(),
+        config.broadcast_batch,
+        stop_receiver.clone(),
+    ));
     let timer_task = tokio::spawn(timers::run(
         store.clone(),
         committer.clone(),
@@ -294,6 +303,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     hangup_task.abort();
     let _ = stop_sender.send(true);
     let _ = timer_task.await;
+    let _ = broadcast_task.await;
     // Let the commit thread finish what it has, then stop.
     commit::stop(&committer).await;
     drop(committer);
