@@ -1,6 +1,7 @@
 //! Tests of the daemon stage: the real `journeyc serve` binary over loopback.
 
 mod api;
+mod broadcast;
 mod crash;
 mod delivery;
 mod engagement;
