@@ -8,6 +8,7 @@
 
 use crate::compile::bytecode::Value;
 use crate::compile::bytecode::{Bundle, Trigger};
+use crate::runtime::broadcast::{self as broadcasts, Broadcast};
 use crate::runtime::input::{parse_call_str, Call};
 use crate::runtime::trace::Step;
 use crate::runtime::{CustomerState, Engine, Input, Millis, TraceRecord};
@@ -26,9 +27,19 @@ pub struct EventError {
 
 /// Parses a JSON-lines event file (Segment `identify`/`track` calls),
 /// validating each against the schema. Blank lines are skipped.
+/// Segment broadcasts need the whole timeline: use [`read_events`].
 pub fn parse_events(text: &str, bundle: &Bundle) -> Result<Vec<Call>, EventError> {
     let mut calls = Vec::new();
-    for_each_call(text.as_bytes(), bundle, |call| calls.push(call))?;
+    let mut broadcast_line = None;
+    for_each_call(text.as_bytes(), bundle, |call| calls.push(call), |line, _| {
+        broadcast_line.get_or_insert(line);
+    })?;
+    if let Some(line) = broadcast_line {
+        return Err(EventError {
+            line,
+            message: "a segment broadcast is not a call of one customer; simulate the file".to_string(),
+        });
+    }
     Ok(calls)
 }
 
@@ -37,14 +48,21 @@ pub fn parse_events(text: &str, bundle: &Bundle) -> Result<Vec<Call>, EventError
 /// never held whole, nor every call as a [`Call`].
 pub fn read_events(reader: impl std::io::BufRead, bundle: &Bundle) -> Result<Events, EventError> {
     let mut events = Events::default();
-    for_each_call(reader, bundle, |call| events.push(call))?;
+    let mut broadcasts = Vec::new();
+    for_each_call(reader, bundle, |call| events.push(call), |line, broadcast| {
+        broadcasts.push((line, broadcast))
+    })?;
+    events.broadcasts = broadcasts;
     Ok(events)
 }
 
+/// Calls each line's call, or its segment broadcast (a trigger line naming
+/// a `segment`: [`crate::runtime::broadcast::parse`]) with its line number.
 fn for_each_call(
     mut reader: impl std::io::BufRead,
     bundle: &Bundle,
     mut each: impl FnMut(Call),
+    mut each_broadcast: impl FnMut(usize, Broadcast),
 ) -> Result<(), EventError> {
     let mut line = String::new();
     for number in 1.. {
@@ -58,6 +76,17 @@ fn for_each_call(
         }
         if line.trim().is_empty() {
             continue;
+        }
+        if line.contains("\"segment\"") {
+            let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+            if let Some(json) = json.filter(|json| json.get("segment").is_some() && json["type"] == "trigger") {
+                let broadcast = broadcasts::parse(&json, bundle, None).map_err(|error| EventError {
+                    line: number,
+                    message: error.to_string(),
+                })?;
+                each_broadcast(number, broadcast);
+                continue;
+            }
         }
         let call = parse_call_str(&line, &bundle.schema, None).map_err(|error| EventError {
             line: number,
@@ -79,6 +108,8 @@ pub struct Events {
     /// Event and field names.
     names: Interner,
     inputs: Vec<Pending>,
+    /// Segment broadcasts with their line numbers.
+    broadcasts: Vec<(usize, Broadcast)>,
 }
 
 /// Strings numbered in order of first appearance.
@@ -287,8 +318,12 @@ pub fn run_streaming_with_arrivals(
         customers,
         names,
         mut inputs,
+        broadcasts: mut pending_broadcasts,
     } = events;
-    let last_event = inputs.iter().map(|input| input.at).max().unwrap_or(0);
+    let last_event = (inputs.iter().map(|input| input.at))
+        .chain(pending_broadcasts.iter().map(|(_, b)| b.at))
+        .max()
+        .unwrap_or(0);
     let engine = Engine::new(bundle);
     let engine = if options.email_address_required {
         engine.requiring_email_address()
@@ -298,7 +333,11 @@ pub fn run_streaming_with_arrivals(
     let horizon = options.until.unwrap_or_else(|| default_horizon(&engine, last_event));
     if let Some(until) = options.until {
         inputs.retain(|input| input.at <= until);
+        pending_broadcasts.retain(|(_, broadcast)| broadcast.at <= until);
     }
+    // A broadcast runs after the inputs of its instant, in file order.
+    pending_broadcasts.sort_by_key(|(line, broadcast)| (broadcast.at, *line));
+    let mut pending_broadcasts = pending_broadcasts.into_iter().peekable();
     // Customers are ranked in id order, so ties between customers never
     // depend on the order of the file.
     let mut by_id: Vec<(String, u32)> = customers.strings.into_iter().zip(0..).collect();
@@ -322,6 +361,10 @@ pub fn run_streaming_with_arrivals(
     };
     // By value: each input's memory is free for customer state once it ran.
     for pending in inputs {
+        while let Some((line, broadcast)) = pending_broadcasts.next_if(|(_, b)| b.at < pending.at) {
+            clock.fire_timers(|due| due < broadcast.at);
+            clock.broadcast(line, &broadcast);
+        }
         clock.fire_timers(|due| due < pending.at);
         let customer = clock.aliases.resolve(rank[pending.customer as usize]);
         if let Some(other) = pending.merge {
@@ -338,6 +381,10 @@ pub fn run_streaming_with_arrivals(
             }
         }
         clock.step(customer, &input);
+    }
+    for (line, broadcast) in pending_broadcasts {
+        clock.fire_timers(|due| due < broadcast.at);
+        clock.broadcast(line, &broadcast);
     }
     clock.fire_timers(|due| options.until.is_none_or(|until| due <= until));
     clock.states
@@ -449,6 +496,28 @@ impl<F: FnMut(&TraceRecord), A: FnMut(&str, &Step)> VirtualClock<F, A> {
                 self.timers.push(Reverse((due, user)));
             }
             self.pushed[user] = wake;
+        }
+    }
+
+    /// A segment broadcast (on line `line`): every customer seen so far who
+    /// is in the segment at its time enters, in id order (the daemon's
+    /// order: `runtime::broadcast`). Its id is its `messageId`, else the line.
+    fn broadcast(&mut self, line: usize, broadcast: &Broadcast) {
+        let bundle = self.engine.bundle().clone();
+        let Some(segment) = broadcasts::segment_id(&bundle, &broadcast.segment) else {
+            return;
+        };
+        let id = broadcast.message_id.clone().unwrap_or_else(|| format!("line-{line}"));
+        debug_assert!((self.states.windows(2)).all(|w| broadcasts::visits_before(&w[0].id, &w[1].id)));
+        for customer in 0..self.states.len() {
+            if self.aliases.of[customer].is_some() || self.failed[customer] {
+                continue;
+            }
+            let state = &self.states[customer];
+            if broadcasts::is_known(state) && broadcasts::is_member(&bundle, state, segment, broadcast.at) {
+                let input = broadcasts::input(&id, &broadcast.journey, &broadcast.properties, broadcast.at);
+                self.step(customer, &input);
+            }
         }
     }
 

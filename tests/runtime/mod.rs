@@ -2,6 +2,7 @@
 //! reviewed traces, properties of the simulator and the command line.
 
 mod bounds;
+mod broadcast;
 mod cli;
 mod engagement;
 mod examples;
