@@ -25,7 +25,7 @@ use crate::compile::bytecode::Bundle;
 use crate::runtime::input::Call;
 use crate::runtime::{ApplyError, CustomerState, Effects, Engine, Input, Kind, Millis};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -1044,6 +1044,17 @@ fn lanes<'g>(jobs: &'g [Job]) -> Vec<Lane<'g>> {
     let mut lanes: Vec<Lane<'g>> = Vec::new();
     let mut lane_of: HashMap<&'g str, usize> = HashMap::new();
     let mut order = 0;
+    // Ids merged into another customer in this group: their due wake-ups
+    // go with their enrollments and fire under the customer they merge
+    // into (at its next input or its own timer entry), never under the
+    // merged-away id.
+    let merged: HashSet<&str> = (jobs.iter())
+        .filter_map(|job| match job {
+            Job::Ingest { calls, .. } => Some(calls.iter().filter_map(|call| call.merge.as_deref())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
     let mut push = |customer: &'g str, job: usize, step: Step<'g>| {
         let lane = *lane_of.entry(customer).or_insert_with(|| {
             lanes.push(Lane {
@@ -1072,7 +1083,7 @@ fn lanes<'g>(jobs: &'g [Job]) -> Vec<Lane<'g>> {
             }
             Job::Wake { timers, .. } => {
                 for entry in timers {
-                    for customer in &entry.customers {
+                    for customer in entry.customers.iter().filter(|c| !merged.contains(c.as_str())) {
                         let step = Step::Wake {
                             due: entry.due,
                             chunk: entry.chunk,
@@ -1582,9 +1593,7 @@ mod tests {
         tokio: tokio::runtime::Runtime,
     }
 
-    fn start(interpreter: Arc<dyn Interpreter>) -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+    fn fake_runtime(interpreter: Arc<dyn Interpreter>) -> SharedRuntime {
         let bundle = Arc::new(Bundle {
             format_version: crate::compile::bytecode::FORMAT_VERSION,
             names: vec![],
@@ -1595,12 +1604,18 @@ mod tests {
             journeys: vec![],
             history_window_seconds: 0,
         });
-        let runtime: SharedRuntime = Arc::new(RwLock::new(Arc::new(Runtime {
+        Arc::new(RwLock::new(Arc::new(Runtime {
             bundle,
             bundle_key: "k".into(),
             interpreter,
             retained: vec![],
-        })));
+        })))
+    }
+
+    fn start(interpreter: Arc<dyn Interpreter>) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        let runtime = fake_runtime(interpreter);
         let published = Published {
             committed_seq: Arc::new(watch::channel(0).0),
             stats: Arc::default(),
@@ -1698,6 +1713,74 @@ mod tests {
         handle.join().expect("commit thread");
         // Sequence numbers continue after a restart.
         assert_eq!(store.next_seq().expect("seq"), Some(7));
+    }
+
+    /// A wake-up of an anonymous id handed in by the timer task in the same
+    /// group as the call that merges the id into a user: it fires under the
+    /// user, once, and never under the anonymous id.
+    #[test]
+    fn a_due_wake_up_of_an_id_merged_in_the_same_group_fires_under_the_user() {
+        let Harness {
+            _dir,
+            store,
+            committer,
+            published,
+            thread,
+            tokio,
+        } = start(Arc::new(Fake));
+        tokio.block_on(async {
+            committer.ingest(vec![track("anon", 1_000)]).await.expect("track");
+            stop(&committer).await;
+        });
+        thread.join().expect("commit thread");
+        // The same store, with one group made by hand: the wake-up first.
+        let mut commits = CommitThread::new(
+            store.clone(),
+            fake_runtime(Arc::new(Fake)),
+            published,
+            store.next_seq().expect("seq").unwrap_or(1),
+            store.next_timer_chunk().expect("chunk"),
+        );
+        let due = store.due_timers_after(None, 5_000, 100).expect("due");
+        assert_eq!(due.iter().flat_map(|e| e.customers.clone()).collect::<Vec<_>>(), ["anon"]);
+        let mut identify = track("user", 3_000);
+        identify.input = Input::Identify {
+            traits: Default::default(),
+            subscriptions: Default::default(),
+            at: 3_000,
+            message_id: None,
+        };
+        identify.merge = Some("anon".into());
+        commits.commit_group(vec![
+            Job::Wake {
+                timers: due,
+                reply: oneshot::channel().0,
+            },
+            Job::Ingest {
+                calls: vec![identify],
+                reply: oneshot::channel().0,
+            },
+        ]);
+        commits.drain_flusher();
+        let exits = |store: &Store| -> Vec<String> {
+            let outbox = store.outbox_range(0, u64::MAX, 100).expect("outbox");
+            (outbox.iter())
+                .filter_map(|(_, line)| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|line| line["kind"] == "exit")
+                .map(|line| line["customer"].as_str().unwrap_or("").to_string())
+                .collect()
+        };
+        assert_eq!(exits(&store), Vec::<String>::new(), "nothing fired under the anonymous id");
+        assert!(store.customer("anon").expect("get").is_none());
+        assert_eq!(store.due_timers(i64::MAX, 10).expect("timers"), vec![(2_000, "user".into())]);
+        let due = store.due_timers_after(None, 5_000, 100).expect("due");
+        commits.commit_group(vec![Job::Wake {
+            timers: due,
+            reply: oneshot::channel().0,
+        }]);
+        commits.drain_flusher();
+        assert_eq!(exits(&store), ["user"], "the wake-up fired once, under the user");
+        assert_eq!(store.due_timers(i64::MAX, 10).expect("timers"), vec![]);
     }
 
     /// [`Fake`], noting the threads it ran on.
