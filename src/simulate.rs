@@ -31,9 +31,14 @@ pub struct EventError {
 pub fn parse_events(text: &str, bundle: &Bundle) -> Result<Vec<Call>, EventError> {
     let mut calls = Vec::new();
     let mut broadcast_line = None;
-    for_each_call(text.as_bytes(), bundle, |call| calls.push(call), |line, _| {
-        broadcast_line.get_or_insert(line);
-    })?;
+    for_each_call(
+        text.as_bytes(),
+        bundle,
+        |call| calls.push(call),
+        |line, _| {
+            broadcast_line.get_or_insert(line);
+        },
+    )?;
     if let Some(line) = broadcast_line {
         return Err(EventError {
             line,
@@ -49,9 +54,12 @@ pub fn parse_events(text: &str, bundle: &Bundle) -> Result<Vec<Call>, EventError
 pub fn read_events(reader: impl std::io::BufRead, bundle: &Bundle) -> Result<Events, EventError> {
     let mut events = Events::default();
     let mut broadcasts = Vec::new();
-    for_each_call(reader, bundle, |call| events.push(call), |line, broadcast| {
-        broadcasts.push((line, broadcast))
-    })?;
+    for_each_call(
+        reader,
+        bundle,
+        |call| events.push(call),
+        |line, broadcast| broadcasts.push((line, broadcast)),
+    )?;
     events.broadcasts = broadcasts;
     Ok(events)
 }

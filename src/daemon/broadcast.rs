@@ -88,8 +88,9 @@ pub struct Record {
 impl Record {
     /// As `GET /v1/broadcasts/ID` shows it (no cursor: it names a customer).
     pub fn to_json(&self) -> serde_json::Value {
-        let properties: serde_json::Map<String, serde_json::Value> =
-            (self.properties.iter()).map(|(k, v)| (k.clone(), value_json(v))).collect();
+        let properties: serde_json::Map<String, serde_json::Value> = (self.properties.iter())
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect();
         json!({
             "broadcast": self.id.to_string(),
             "journey": self.journey,
@@ -152,12 +153,7 @@ pub enum StartError {
 
 /// Writes a new broadcast's record (and drops the oldest finished ones
 /// beyond [`BROADCASTS_KEPT_MAX`]) in one batch, flushed before returning.
-pub async fn start(
-    store: &Store,
-    broadcast: Broadcast,
-    workspace: String,
-    now: Millis,
-) -> Result<Record, StartError> {
+pub async fn start(store: &Store, broadcast: Broadcast, workspace: String, now: Millis) -> Result<Record, StartError> {
     let existing = list(store)?;
     if existing.iter().filter(|r| r.state == Progress::Running).count() >= BROADCASTS_RUNNING_MAX {
         return Err(StartError::TooMany);
@@ -214,7 +210,13 @@ pub struct Step {
 /// the cursor, in key order, each a member or not as its stored state is
 /// now. `None` when the broadcast is gone or done. A step that reaches the
 /// last customer finishes the broadcast.
-pub fn next_step(store: &Store, bundle: &Bundle, id: u64, batch: usize, now: Millis) -> Result<Option<Step>, StoreError> {
+pub fn next_step(
+    store: &Store,
+    bundle: &Bundle,
+    id: u64,
+    batch: usize,
+    now: Millis,
+) -> Result<Option<Step>, StoreError> {
     let Some(mut record) = read(store, id)? else {
         return Ok(None);
     };
@@ -298,7 +300,9 @@ pub fn forget(store: &Store, batch: &mut sled::Batch, erased: &[String]) -> Resu
             continue;
         }
         let mut before = None;
-        let range = store.db.range(vec![store::PREFIX_CUSTOMER]..store::customer_key(&cursor));
+        let range = store
+            .db
+            .range(vec![store::PREFIX_CUSTOMER]..store::customer_key(&cursor));
         for item in range.rev() {
             let (key, _) = item?;
             let id = String::from_utf8_lossy(&key[1..]).into_owned();
@@ -316,12 +320,7 @@ pub fn forget(store: &Store, batch: &mut sled::Batch, erased: &[String]) -> Resu
 /// The driver: while broadcasts are running, hands the commit thread one
 /// step of each in turn; a step is one job in the commit queue, behind
 /// whatever intake and timers queued meanwhile, so they are never starved.
-pub async fn run(
-    store: Store,
-    committer: Committer,
-    batch: usize,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn run(store: Store, committer: Committer, batch: usize, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         if *stop.borrow() {
             return;
@@ -464,7 +463,11 @@ mod tests {
         let second = next_step(&store, &bundle, 1, 2, 10).expect("reads").expect("running");
         let members: Vec<&str> = second.calls.iter().map(|c| c.customer.as_str()).collect();
         assert_eq!(members, ["c", "d"]);
-        assert_eq!(second.record.state, Progress::Running, "a full step may not be the last");
+        assert_eq!(
+            second.record.state,
+            Progress::Running,
+            "a full step may not be the last"
+        );
         store.db.insert(key(1), encode(&second.record)).expect("insert");
         let last = next_step(&store, &bundle, 1, 2, 10).expect("reads").expect("running");
         assert!(last.calls.is_empty());
@@ -485,7 +488,10 @@ mod tests {
         let mut batch = sled::Batch::default();
         forget(&store, &mut batch, &["c".to_string(), "b".to_string()]).expect("forget");
         store.db.apply_batch(batch).expect("apply");
-        assert_eq!(read(&store, 1).expect("reads").expect("kept").cursor.as_deref(), Some("a"));
+        assert_eq!(
+            read(&store, 1).expect("reads").expect("kept").cursor.as_deref(),
+            Some("a")
+        );
         let mut batch = sled::Batch::default();
         forget(&store, &mut batch, &["a".to_string()]).expect("forget");
         store.db.apply_batch(batch).expect("apply");
@@ -493,6 +499,10 @@ mod tests {
         let mut batch = sled::Batch::default();
         forget(&store, &mut batch, &["b".to_string()]).expect("forget");
         store.db.apply_batch(batch).expect("apply");
-        assert_eq!(read(&store, 1).expect("reads").expect("kept").cursor, None, "other cursors stay");
+        assert_eq!(
+            read(&store, 1).expect("reads").expect("kept").cursor,
+            None,
+            "other cursors stay"
+        );
     }
 }

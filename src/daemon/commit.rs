@@ -141,7 +141,7 @@ pub enum Job {
     Broadcast {
         id: u64,
         batch: usize,
-        step: Option<super::broadcast::Step>,
+        step: Option<Box<super::broadcast::Step>>,
         reply: oneshot::Sender<Result<bool, CommitError>>,
     },
 }
@@ -547,7 +547,7 @@ impl CommitThread {
         let now = super::timers::now_ms();
         for job in jobs.iter_mut() {
             if let Job::Broadcast { id, batch, step, .. } = job {
-                *step = super::broadcast::next_step(&self.store, &runtime.bundle, *id, *batch, now)?;
+                *step = super::broadcast::next_step(&self.store, &runtime.bundle, *id, *batch, now)?.map(Box::new);
             }
         }
         let jobs: &[Job] = jobs;
@@ -1742,7 +1742,10 @@ mod tests {
             store.next_timer_chunk().expect("chunk"),
         );
         let due = store.due_timers_after(None, 5_000, 100).expect("due");
-        assert_eq!(due.iter().flat_map(|e| e.customers.clone()).collect::<Vec<_>>(), ["anon"]);
+        assert_eq!(
+            due.iter().flat_map(|e| e.customers.clone()).collect::<Vec<_>>(),
+            ["anon"]
+        );
         let mut identify = track("user", 3_000);
         identify.input = Input::Identify {
             traits: Default::default(),
@@ -1770,9 +1773,16 @@ mod tests {
                 .map(|line| line["customer"].as_str().unwrap_or("").to_string())
                 .collect()
         };
-        assert_eq!(exits(&store), Vec::<String>::new(), "nothing fired under the anonymous id");
+        assert_eq!(
+            exits(&store),
+            Vec::<String>::new(),
+            "nothing fired under the anonymous id"
+        );
         assert!(store.customer("anon").expect("get").is_none());
-        assert_eq!(store.due_timers(i64::MAX, 10).expect("timers"), vec![(2_000, "user".into())]);
+        assert_eq!(
+            store.due_timers(i64::MAX, 10).expect("timers"),
+            vec![(2_000, "user".into())]
+        );
         let due = store.due_timers_after(None, 5_000, 100).expect("due");
         commits.commit_group(vec![Job::Wake {
             timers: due,

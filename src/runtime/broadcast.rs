@@ -161,11 +161,16 @@ journey coupon {
         assert_eq!(broadcast.properties.get("code"), Some(&Value::String("X".into())));
         let refused = |json: serde_json::Value| parse(&json, &bundle, None).expect_err("refused").to_string();
         assert_eq!(
-            refused(serde_json::json!({"journey": "coupon", "segment": "payin", "properties": {"code": "X"}, "timestamp": "2026-01-05T10:00:00Z"})),
+            refused(
+                serde_json::json!({"journey": "coupon", "segment": "payin", "properties": {"code": "X"}, "timestamp": "2026-01-05T10:00:00Z"})
+            ),
             "segment: no segment `payin` in the workspace (did you mean `paying`?)"
         );
         assert!(refused(serde_json::json!({"journey": "coupon", "segment": "paying", "properties": {}, "timestamp": "2026-01-05T10:00:00Z"})).starts_with("properties.code"));
-        assert!(refused(serde_json::json!({"journey": "coupon", "segment": "paying", "userId": "c1", "properties": {"code": "X"}})).starts_with("userId:"));
+        assert!(refused(
+            serde_json::json!({"journey": "coupon", "segment": "paying", "userId": "c1", "properties": {"code": "X"}})
+        )
+        .starts_with("userId:"));
         assert!(refused(serde_json::json!({"journey": "coupn", "segment": "paying", "properties": {"code": "X"}, "timestamp": "2026-01-05T10:00:00Z"})).starts_with("journey:"));
     }
 
@@ -178,6 +183,9 @@ journey coupon {
         state.profile.insert("plan".into(), Value::String("pro".into()));
         assert!(is_member(&bundle, &state, segment, 0));
         assert!(visits_before("a", "b") && visits_before("B", "a") && !visits_before("b", "b"));
-        assert_eq!(input("7", "coupon", &BTreeMap::new(), 5).message_id(), Some("broadcast:7"));
+        assert_eq!(
+            input("7", "coupon", &BTreeMap::new(), 5).message_id(),
+            Some("broadcast:7")
+        );
     }
 }

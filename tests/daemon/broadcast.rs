@@ -31,7 +31,10 @@ fn add_customers(daemon: &Daemon, count: usize) {
             .iter()
             .map(|n| {
                 let plan = if n % 2 == 0 { "pro" } else { "free" };
-                format!(r#"{{"type":"identify","userId":"{}","traits":{{"plan":"{plan}"}}}}"#, id(*n))
+                format!(
+                    r#"{{"type":"identify","userId":"{}","traits":{{"plan":"{plan}"}}}}"#,
+                    id(*n)
+                )
             })
             .collect();
         let response = daemon.post("/v1/batch", &format!(r#"{{"batch":[{}]}}"#, calls.join(",")));
@@ -71,7 +74,9 @@ fn offers(env: &Env) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for line in sink_lines(&env.sends()) {
         if line["kind"] == "send" && line["message"] == "offer_mail" {
-            *counts.entry(line["customer"].as_str().unwrap_or("").to_string()).or_insert(0) += 1;
+            *counts
+                .entry(line["customer"].as_str().unwrap_or("").to_string())
+                .or_insert(0) += 1;
         }
     }
     counts
@@ -116,7 +121,11 @@ fn a_broadcast_enrols_the_segment_once_and_reports_its_progress() {
         let sent = offers(&env);
         (sent.len() == 15).then_some(sent)
     });
-    assert_eq!(sent.keys().cloned().collect::<Vec<_>>(), members, "only the pro customers");
+    assert_eq!(
+        sent.keys().cloned().collect::<Vec<_>>(),
+        members,
+        "only the pro customers"
+    );
     assert!(sent.values().all(|n| *n == 1), "{sent:?}");
     let subject = sink_lines(&env.sends())
         .into_iter()
@@ -139,7 +148,10 @@ fn a_broadcast_enrols_the_segment_once_and_reports_its_progress() {
     assert_eq!(ids, [second.as_str(), first.as_str()], "newest first");
     let metrics = daemon.get("/metrics").body;
     assert!(metrics.contains("journeyc_broadcasts{state=\"done\"} 2"), "{metrics}");
-    assert!(metrics.contains("journeyc_broadcast_customers{count=\"enrolled\"} 15"), "{metrics}");
+    assert!(
+        metrics.contains("journeyc_broadcast_customers{count=\"enrolled\"} 15"),
+        "{metrics}"
+    );
     // Intake went on meanwhile, and nothing more was sent.
     let ping = daemon.post("/v1/identify", r#"{"userId":"c0001","traits":{"plan":"pro"}}"#);
     assert_eq!(ping.status, 200, "{}", ping.body);
@@ -156,7 +168,10 @@ fn a_broadcast_killed_midway_resumes_and_sends_each_member_exactly_once() {
     let broadcast = start_broadcast(&daemon, "CRASH");
     eventually("the broadcast to be under way", || {
         let json = progress(&daemon, &broadcast);
-        assert_eq!(json["state"], "running", "the broadcast should still be running: {json}");
+        assert_eq!(
+            json["state"], "running",
+            "the broadcast should still be running: {json}"
+        );
         (json["visited"].as_u64().unwrap_or(0) >= 30).then_some(())
     });
     daemon.kill();
@@ -170,7 +185,11 @@ fn a_broadcast_killed_midway_resumes_and_sends_each_member_exactly_once() {
         (sent.len() == customers / 2).then_some(sent)
     });
     let members: Vec<String> = (0..customers).step_by(2).map(id).collect();
-    assert_eq!(sent.keys().cloned().collect::<Vec<_>>(), members, "none missing, no free customer");
+    assert_eq!(
+        sent.keys().cloned().collect::<Vec<_>>(),
+        members,
+        "none missing, no free customer"
+    );
     let twice: Vec<_> = sent.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "sent more than once: {twice:?}");
     daemon.kill();
@@ -199,12 +218,23 @@ fn customers_erased_during_a_broadcast_leave_no_trace_and_the_rest_are_enrolled_
         erased.push(last);
     }
     let done = finished(&daemon, &broadcast);
-    let members: Vec<String> = (0..customers).step_by(2).map(id).filter(|c| !erased.contains(c)).collect();
+    let members: Vec<String> = (0..customers)
+        .step_by(2)
+        .map(id)
+        .filter(|c| !erased.contains(c))
+        .collect();
     // Erased members the broadcast reached before their erasure count too.
     let enrolled = done["enrolled"].as_u64().expect("enrolled") as usize;
-    assert!((members.len()..=members.len() + erased.len()).contains(&enrolled), "{done}");
+    assert!(
+        (members.len()..=members.len() + erased.len()).contains(&enrolled),
+        "{done}"
+    );
     for customer in &erased {
-        assert_eq!(daemon.get(&format!("/v1/customers/{customer}")).status, 404, "{customer} came back");
+        assert_eq!(
+            daemon.get(&format!("/v1/customers/{customer}")).status,
+            404,
+            "{customer} came back"
+        );
     }
     let sent = eventually("the offers in the sink", || {
         let sent = offers(&env);

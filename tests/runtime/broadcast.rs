@@ -38,7 +38,9 @@ fn identify(customer: &str, plan: &str, at: &str) -> String {
 }
 
 fn broadcast(code: &str, at: &str) -> String {
-    format!(r#"{{"type":"trigger","journey":"offer","segment":"pro","properties":{{"code":"{code}"}},"timestamp":"{at}"}}"#)
+    format!(
+        r#"{{"type":"trigger","journey":"offer","segment":"pro","properties":{{"code":"{code}"}},"timestamp":"{at}"}}"#
+    )
 }
 
 fn sends(trace: &[TraceRecord]) -> Vec<(String, String)> {
@@ -64,7 +66,11 @@ fn a_broadcast_enters_the_members_seen_so_far_in_id_order_and_entry_once_holds()
     ];
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let trace = simulate(&lines);
-    let at = |hour: u32| journeyc::runtime::trace::format_time(journeyc::runtime::trace::parse_time(&format!("2026-03-01T{hour}:00:00Z")).expect("a time"));
+    let at = |hour: u32| {
+        journeyc::runtime::trace::format_time(
+            journeyc::runtime::trace::parse_time(&format!("2026-03-01T{hour}:00:00Z")).expect("a time"),
+        )
+    };
     assert_eq!(
         sends(&trace),
         [
@@ -83,10 +89,19 @@ fn a_broadcast_enters_the_members_seen_so_far_in_id_order_and_entry_once_holds()
 fn a_broadcast_line_is_validated_like_a_trigger_call() {
     let bundle = bundle();
     let unknown = r#"{"type":"trigger","journey":"offer","segment":"pr","properties":{"code":"X"},"timestamp":"2026-03-01T10:00:00Z"}"#;
-    let error = read_events(unknown.as_bytes(), &bundle).err().expect("refused").to_string();
-    assert_eq!(error, "line 1: segment: no segment `pr` in the workspace (did you mean `pro`?)");
+    let error = read_events(unknown.as_bytes(), &bundle)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert_eq!(
+        error,
+        "line 1: segment: no segment `pr` in the workspace (did you mean `pro`?)"
+    );
     let untyped = r#"{"type":"trigger","journey":"offer","segment":"pro","properties":{"code":1},"timestamp":"2026-03-01T10:00:00Z"}"#;
-    let error = read_events(untyped.as_bytes(), &bundle).err().expect("refused").to_string();
+    let error = read_events(untyped.as_bytes(), &bundle)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(error.starts_with("line 1: properties.code"), "{error}");
     let error = journeyc::simulate::parse_events(&broadcast("X", "2026-03-01T10:00:00Z"), &bundle)
         .expect_err("not a call of one customer")
