@@ -56,6 +56,16 @@ fn start_broadcast(daemon: &Daemon, code: &str) -> String {
     json["broadcast"].as_str().expect("an id").to_string()
 }
 
+/// A daemon visiting `batch` customers a step, with `customers`
+/// customers, and a broadcast of `code` to the pro ones just started.
+fn broadcasting(batch: &str, customers: usize, code: &str) -> (Env, Daemon, String) {
+    let env = Env::new(OFFERS);
+    let daemon = env.start(&["--broadcast-batch", batch]);
+    add_customers(&daemon, customers);
+    let broadcast = start_broadcast(&daemon, code);
+    (env, daemon, broadcast)
+}
+
 fn progress(daemon: &Daemon, broadcast: &str) -> serde_json::Value {
     let response = daemon.get(&format!("/v1/broadcasts/{broadcast}"));
     assert_eq!(response.status, 200, "{}", response.body);
@@ -161,11 +171,8 @@ fn a_broadcast_enrols_the_segment_once_and_reports_its_progress() {
 
 #[test]
 fn a_broadcast_killed_midway_resumes_and_sends_each_member_exactly_once() {
-    let env = Env::new(OFFERS);
-    let daemon = env.start(&["--broadcast-batch", "3"]);
     let customers = 1200;
-    add_customers(&daemon, customers);
-    let broadcast = start_broadcast(&daemon, "CRASH");
+    let (env, daemon, broadcast) = broadcasting("3", customers, "CRASH");
     eventually("the broadcast to be under way", || {
         let json = progress(&daemon, &broadcast);
         assert_eq!(
@@ -197,11 +204,8 @@ fn a_broadcast_killed_midway_resumes_and_sends_each_member_exactly_once() {
 
 #[test]
 fn customers_erased_during_a_broadcast_leave_no_trace_and_the_rest_are_enrolled_once() {
-    let env = Env::new(OFFERS);
-    let daemon = env.start(&["--broadcast-batch", "1"]);
     let customers = 400;
-    add_customers(&daemon, customers);
-    let broadcast = start_broadcast(&daemon, "ERASE");
+    let (env, daemon, broadcast) = broadcasting("1", customers, "ERASE");
     // Erase the customer the cursor names as often as we can catch it,
     // and one far ahead that the broadcast has not reached.
     let mut erased = vec![id(customers - 2)];
