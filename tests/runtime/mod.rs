@@ -5,6 +5,7 @@ mod bounds;
 mod cli;
 mod engagement;
 mod examples;
+mod intake_fuzz;
 pub mod isolation;
 mod properties;
 mod purity;
