@@ -25,11 +25,7 @@ journey greet {
 "#;
 
 fn engine() -> Engine {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("w.journey"), WORKSPACE).expect("write");
-    let sources = load(&[dir.path().to_path_buf()]).expect("load");
-    let checked = check_workspace(&sources, &DiskFiles).checked.expect("checks");
-    Engine::new(Arc::new(compile(&checked)))
+    engine_for(WORKSPACE)
 }
 
 #[test]
@@ -107,7 +103,8 @@ journey weekly_at_most {
 }
 "#;
 
-fn engine_for(source: &str) -> Engine {
+/// The engine of a one-file workspace.
+pub fn engine_for(source: &str) -> Engine {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("w.journey"), source).expect("write");
     let sources = load(&[dir.path().to_path_buf()]).expect("load");

@@ -4,17 +4,13 @@
 //! wrong types) never panic; whatever is accepted is within every limit
 //! the runtime documents; the text and the `Value` entry points agree.
 
-use journeyc::check::check_workspace;
-use journeyc::compile::compile;
 use journeyc::runtime::input::{
     parse_call, parse_call_str, parse_received_call, CallError, Input, ID_BYTES_MAX, TIME_MAX, TIME_MIN,
 };
 use journeyc::runtime::trace::format_time;
 use journeyc::runtime::Engine;
-use journeyc::workspace::{load, DiskFiles};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 const WORKSPACE: &str = r#"
 customer { email: string?  phone: string?  plan: string? }
@@ -26,14 +22,6 @@ journey greet {
   send hi
 }
 "#;
-
-fn engine() -> Engine {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("w.journey"), WORKSPACE).expect("write");
-    let sources = load(&[dir.path().to_path_buf()]).expect("load");
-    let checked = check_workspace(&sources, &DiskFiles).checked.expect("checks");
-    Engine::new(Arc::new(compile(&checked)))
-}
 
 /// The daemon's clock for these calls: 2026-03-04T00:00:00Z.
 const RECEIVED: i64 = 1_772_582_400_000;
@@ -165,5 +153,5 @@ proptest! {
 
 fn engine_cached() -> &'static Engine {
     static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
-    ENGINE.get_or_init(engine)
+    ENGINE.get_or_init(|| super::bounds::engine_for(WORKSPACE))
 }
