@@ -351,6 +351,7 @@ impl Engine {
             run.reschedule(at);
         }
         run.prune(at);
+        run.skip_spent_occurrences();
         if let Some(failure) = run.failure.take() {
             return Err(failure);
         }
@@ -685,6 +686,56 @@ impl Run<'_, '_> {
             };
         }
         moved
+    }
+
+    /// With a horizon (the simulator, which loads no other version): an
+    /// `every` journey whose `entry once` is used never enters again, and
+    /// one under `entry every DUR` not before the period ends, whatever the
+    /// inputs; when no instant can change segments, their occurrences until
+    /// then change nothing, so the schedule moves past them now instead of
+    /// waking the customer for each.
+    fn skip_spent_occurrences(&mut self) {
+        let Some(horizon) = self.engine.recurring_until else {
+            return;
+        };
+        if self.zone_changed || !self.engine.tracked_segments.is_empty() || self.engine.segment_conditions {
+            return;
+        }
+        let bundle = self.engine.current.bundle.clone();
+        for program in &bundle.journeys {
+            let Trigger::Every {
+                days, minute_of_day, ..
+            } = &program.trigger
+            else {
+                continue;
+            };
+            let journey = bundle.name(program.name);
+            let (Some(at), Some(history)) = (
+                self.state.schedules.get(journey).copied(),
+                self.state.entries.get(journey),
+            ) else {
+                continue;
+            };
+            if history.count == 0 {
+                continue;
+            }
+            let until = match program.entry {
+                Entry::Once => Millis::MAX,
+                Entry::Every { seconds } => history.last_entered.saturating_add(seconds.saturating_mul(1000)),
+                Entry::Always => continue,
+            };
+            if at >= until {
+                continue;
+            }
+            let next = match until > horizon {
+                true => None,
+                false => Some(next_local_time(until, self.zone(program), *minute_of_day, *days)),
+            };
+            match next.filter(|due| *due <= horizon) {
+                Some(next) => self.state.schedules.insert(journey.to_string(), next),
+                None => self.state.schedules.remove(journey),
+            };
+        }
     }
 
     /// Recomputes the recurring triggers' next due times and the next

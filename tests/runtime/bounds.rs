@@ -170,3 +170,22 @@ fn a_600_year_gap_skips_occurrences_that_cannot_enter() {
         Some(&parse_time("2626-03-05T10:00:00Z").expect("time"))
     );
 }
+
+/// With a horizon (the simulator), a spent `every` journey asks for no
+/// wake-up per day: `entry once` used leaves no schedule, and `entry every
+/// 7d` is next due when its period ends, so a customer is woken once a week
+/// through the horizon instead of once a day.
+#[test]
+fn the_simulator_wakes_no_one_for_spent_occurrences() {
+    let horizon = parse_time("2626-03-05T00:00:00Z").expect("time");
+    let engine = engine_for(EVERY_DAY).with_horizon(horizon);
+    let mut state = CustomerState::new("far");
+    engine.apply(&mut state, &login("2026-03-04T00:00:00Z", "a")).expect("first input");
+    let effects = engine
+        .apply(&mut state, &login("2026-03-04T12:00:00Z", "b"))
+        .expect("same day");
+    assert_eq!(state.schedules.get("once_daily"), None);
+    let week_later = parse_time("2026-03-11T10:00:00Z").expect("time");
+    assert_eq!(state.schedules.get("weekly_at_most"), Some(&week_later));
+    assert_eq!(effects.wake_at, Some(week_later));
+}
