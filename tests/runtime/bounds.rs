@@ -180,7 +180,9 @@ fn the_simulator_wakes_no_one_for_spent_occurrences() {
     let horizon = parse_time("2626-03-05T00:00:00Z").expect("time");
     let engine = engine_for(EVERY_DAY).with_horizon(horizon);
     let mut state = CustomerState::new("far");
-    engine.apply(&mut state, &login("2026-03-04T00:00:00Z", "a")).expect("first input");
+    engine
+        .apply(&mut state, &login("2026-03-04T00:00:00Z", "a"))
+        .expect("first input");
     let effects = engine
         .apply(&mut state, &login("2026-03-04T12:00:00Z", "b"))
         .expect("same day");
