@@ -37,6 +37,8 @@ pub mod store;
 pub mod timers;
 pub mod ui;
 pub mod unsubscribe;
+#[cfg(test)]
+mod vopr;
 
 use commit::{CommitThread, Committer, Published, SharedRuntime};
 use metrics::Metrics;

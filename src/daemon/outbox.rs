@@ -95,10 +95,7 @@ pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, m
             let result = tokio::task::spawn_blocking(move || {
                 let outcome = deliver_jsonl_round(&store, &route, &mut owned, cursor, target, &metrics);
                 if let Ok(new_cursor) = &outcome {
-                    if let Err(error) = store.set_cursor(&sink_name, *new_cursor) {
-                        tracing::warn!(%error, "could not store the JSONL cursor");
-                    }
-                    collect_garbage(&store, &names);
+                    store_jsonl_cursor(&store, &sink_name, &names, *new_cursor);
                 }
                 (owned, outcome)
             })
@@ -134,7 +131,17 @@ pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, m
     }
 }
 
-fn deliver_jsonl_round(
+/// After a round: the sink's cursor, then the records every sink has go.
+pub(crate) fn store_jsonl_cursor(store: &Store, sink_name: &str, names: &[String], new_cursor: u64) {
+    if let Err(error) = store.set_cursor(sink_name, new_cursor) {
+        tracing::warn!(%error, "could not store the JSONL cursor");
+    }
+    collect_garbage(store, names);
+}
+
+/// One delivery round: appends (and syncs) the records after `cursor` up
+/// to `target`; answers the new cursor, not yet stored.
+pub(crate) fn deliver_jsonl_round(
     store: &Store,
     route: &Sink,
     sink: &mut JsonlSink,

@@ -351,6 +351,7 @@ impl Engine {
             run.reschedule(at);
         }
         run.prune(at);
+        run.skip_spent_occurrences();
         if let Some(failure) = run.failure.take() {
             return Err(failure);
         }
@@ -565,6 +566,9 @@ impl Run<'_, '_> {
             if due > limit || (due == limit && !inclusive) {
                 return;
             }
+            if self.skip_idle_occurrences(due, limit) {
+                continue;
+            }
             self.process_instant(due);
         }
         self.fail(ApplyError::DueWorkLimit {
@@ -605,6 +609,133 @@ impl Run<'_, '_> {
             self.state.segment_check = None;
         }
         self.settle(t);
+    }
+
+    /// Moves every pending `every` occurrence that cannot enter its journey
+    /// (entry `once` used, the journey already entered, or an `entry every
+    /// DUR` period not over) straight to its first occurrence at or after
+    /// the earliest instant where something else can happen: `limit`, other
+    /// due work, or the end of an `entry every` period. Processing those
+    /// occurrences one by one would change nothing but the count of rounds,
+    /// so the result is the same as stepping, and one far-future input costs
+    /// one calendar computation instead of one round per day. Only when no
+    /// instant can change segments (no tracked segment, no segment goal or
+    /// exit rule being watched). Returns whether any occurrence moved.
+    fn skip_idle_occurrences(&mut self, due: Millis, limit: Millis) -> bool {
+        if self.zone_changed
+            || !self.engine.tracked_segments.is_empty()
+            || self.state.segment_check.is_some()
+            || (self.engine.segment_conditions
+                && !(self.state.enrollments.is_empty() && self.state.attributions.is_empty()))
+        {
+            return false;
+        }
+        let bundle = self.engine.current.bundle.clone();
+        // Idle `every` schedules with the instant each stays idle until.
+        let mut idle: Vec<(String, Millis, Millis)> = Vec::new();
+        let mut target = limit;
+        for (journey, at) in &self.state.schedules {
+            let program = bundle.journeys.iter().find(|p| bundle.name(p.name) == journey);
+            let until = match program.map(|p| (&p.trigger, &p.entry)) {
+                Some((Trigger::Every { .. }, _)) if self.state.enrollments.contains_key(journey) => Some(Millis::MAX),
+                Some((Trigger::Every { .. }, entry)) => {
+                    let history = self.state.entries.get(journey).filter(|h| h.count > 0);
+                    match (entry, history) {
+                        (Entry::Once, Some(_)) => Some(Millis::MAX),
+                        (Entry::Every { seconds }, Some(h)) => {
+                            Some(h.last_entered.saturating_add(seconds.saturating_mul(1000)))
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            match until {
+                Some(until) => {
+                    target = target.min(until);
+                    idle.push((journey.clone(), *at, until));
+                }
+                None => target = target.min(*at),
+            }
+        }
+        if let Some(wake) = self.state.enrollments.values().filter_map(|e| e.wake_at).min() {
+            target = target.min(wake);
+        }
+        if due >= target {
+            return false;
+        }
+        let mut moved = false;
+        for (journey, at, _) in idle {
+            if at >= target {
+                continue;
+            }
+            let Some(program) = bundle.journeys.iter().find(|p| bundle.name(p.name) == journey) else {
+                continue;
+            };
+            let Trigger::Every {
+                days, minute_of_day, ..
+            } = &program.trigger
+            else {
+                continue;
+            };
+            let next = next_local_time(target, self.zone(program), *minute_of_day, *days);
+            moved = true;
+            match Some(next).filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
+                Some(next) => self.state.schedules.insert(journey, next),
+                None => self.state.schedules.remove(&journey),
+            };
+        }
+        moved
+    }
+
+    /// With a horizon (the simulator, which loads no other version): an
+    /// `every` journey whose `entry once` is used never enters again, and
+    /// one under `entry every DUR` not before the period ends, whatever the
+    /// inputs; when no instant can change segments, their occurrences until
+    /// then change nothing, so the schedule moves past them now instead of
+    /// waking the customer for each.
+    fn skip_spent_occurrences(&mut self) {
+        let Some(horizon) = self.engine.recurring_until else {
+            return;
+        };
+        if self.zone_changed || !self.engine.tracked_segments.is_empty() || self.engine.segment_conditions {
+            return;
+        }
+        let bundle = self.engine.current.bundle.clone();
+        for program in &bundle.journeys {
+            let Trigger::Every {
+                days, minute_of_day, ..
+            } = &program.trigger
+            else {
+                continue;
+            };
+            let journey = bundle.name(program.name);
+            let (Some(at), Some(history)) = (
+                self.state.schedules.get(journey).copied(),
+                self.state.entries.get(journey),
+            ) else {
+                continue;
+            };
+            if history.count == 0 {
+                continue;
+            }
+            let until = match program.entry {
+                Entry::Once => Millis::MAX,
+                Entry::Every { seconds } => history.last_entered.saturating_add(seconds.saturating_mul(1000)),
+                Entry::Always => continue,
+            };
+            if at >= until {
+                continue;
+            }
+            let next = match until > horizon {
+                true => None,
+                false => Some(next_local_time(until, self.zone(program), *minute_of_day, *days)),
+            };
+            match next.filter(|due| *due <= horizon) {
+                Some(next) => self.state.schedules.insert(journey.to_string(), next),
+                None => self.state.schedules.remove(journey),
+            };
+        }
     }
 
     /// Recomputes the recurring triggers' next due times and the next

@@ -25,11 +25,7 @@ journey greet {
 "#;
 
 fn engine() -> Engine {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("w.journey"), WORKSPACE).expect("write");
-    let sources = load(&[dir.path().to_path_buf()]).expect("load");
-    let checked = check_workspace(&sources, &DiskFiles).checked.expect("checks");
-    Engine::new(Arc::new(compile(&checked)))
+    engine_for(WORKSPACE)
 }
 
 #[test]
@@ -89,4 +85,109 @@ fn the_simulator_corrects_clock_skew_and_refuses_unrepresentable_times() {
         panic!("a time before 1970 is refused");
     };
     assert_eq!(error.field, "timestamp");
+}
+
+const EVERY_DAY: &str = r#"
+event login
+message hi push { body "hi" }
+journey once_daily {
+  trigger every day at 09:00
+  timezone "Europe/Berlin"
+  entry once
+  send hi
+}
+journey weekly_at_most {
+  trigger every day at 10:00
+  entry every 7d
+  send hi
+}
+"#;
+
+/// The engine of a one-file workspace.
+pub fn engine_for(source: &str) -> Engine {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("w.journey"), source).expect("write");
+    let sources = load(&[dir.path().to_path_buf()]).expect("load");
+    let checked = check_workspace(&sources, &DiskFiles).checked.expect("checks");
+    Engine::new(Arc::new(compile(&checked)))
+}
+
+fn login(at: &str, id: &str) -> Input {
+    Input::Track {
+        event: "login".into(),
+        properties: BTreeMap::new(),
+        at: parse_time(at).expect("time"),
+        message_id: Some(id.into()),
+    }
+}
+
+/// An `every` occurrence that cannot enter its journey is not processed day
+/// by day: 600 years between two inputs are 219,000 daily occurrences, more
+/// than the interpreter's bound on rounds of due work (80,000), so stepping
+/// fails with `DueWorkLimit` where computing the next occurrence succeeds.
+#[test]
+fn a_600_year_gap_skips_occurrences_that_cannot_enter() {
+    let engine = engine_for(EVERY_DAY);
+    let mut state = CustomerState::new("far");
+    engine
+        .apply(&mut state, &login("2026-03-04T00:00:00Z", "a"))
+        .expect("first input");
+    // Fire the first occurrences of both journeys (the `once` one is used up).
+    engine
+        .apply(&mut state, &login("2026-03-04T12:00:00Z", "b"))
+        .expect("same day");
+    let effects = engine
+        .apply(&mut state, &login("2626-03-04T12:00:00Z", "c"))
+        .expect("600 years later");
+    // The `once` journey entered only on the first day.
+    let entered: Vec<_> = effects.records.iter().filter(|r| r.journey == "once_daily").collect();
+    assert!(entered.is_empty(), "{entered:?}");
+    // `entry every 7d` entered every seventh day at 10:00 UTC: 600 years of
+    // weeks after the entry of 2026-03-04.
+    let weekly: Vec<_> = (effects.records.iter())
+        .filter(|r| r.journey == "weekly_at_most" && r.kind == journeyc::runtime::trace::Kind::Enter)
+        .map(|r| r.at)
+        .collect();
+    let first = parse_time("2026-03-11T10:00:00Z").expect("time");
+    assert_eq!(weekly.first(), Some(&first));
+    assert!(
+        weekly.windows(2).all(|w| w[1] - w[0] == 7 * 86_400_000),
+        "weekly entries"
+    );
+    let last = *weekly.last().expect("entries");
+    assert!(last <= parse_time("2626-03-04T12:00:00Z").expect("time"));
+    assert!(last + 7 * 86_400_000 > parse_time("2626-03-04T12:00:00Z").expect("time"));
+    // The next occurrence of the `once` journey is the next Berlin 09:00
+    // (08:00 UTC in March), as stepping would have left it.
+    assert_eq!(
+        state.schedules.get("once_daily"),
+        Some(&parse_time("2626-03-05T08:00:00Z").expect("time"))
+    );
+    // Stepping leaves the `entry every` journey at its next daily
+    // occurrence too, whether or not it can enter then.
+    assert_eq!(
+        state.schedules.get("weekly_at_most"),
+        Some(&parse_time("2626-03-05T10:00:00Z").expect("time"))
+    );
+}
+
+/// With a horizon (the simulator), a spent `every` journey asks for no
+/// wake-up per day: `entry once` used leaves no schedule, and `entry every
+/// 7d` is next due when its period ends, so a customer is woken once a week
+/// through the horizon instead of once a day.
+#[test]
+fn the_simulator_wakes_no_one_for_spent_occurrences() {
+    let horizon = parse_time("2626-03-05T00:00:00Z").expect("time");
+    let engine = engine_for(EVERY_DAY).with_horizon(horizon);
+    let mut state = CustomerState::new("far");
+    engine
+        .apply(&mut state, &login("2026-03-04T00:00:00Z", "a"))
+        .expect("first input");
+    let effects = engine
+        .apply(&mut state, &login("2026-03-04T12:00:00Z", "b"))
+        .expect("same day");
+    assert_eq!(state.schedules.get("once_daily"), None);
+    let week_later = parse_time("2026-03-11T10:00:00Z").expect("time");
+    assert_eq!(state.schedules.get("weekly_at_most"), Some(&week_later));
+    assert_eq!(effects.wake_at, Some(week_later));
 }

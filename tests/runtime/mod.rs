@@ -6,6 +6,7 @@ mod broadcast;
 mod cli;
 mod engagement;
 mod examples;
+mod intake_fuzz;
 pub mod isolation;
 mod properties;
 mod purity;
