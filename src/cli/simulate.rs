@@ -69,6 +69,8 @@ pub fn run(args: Args) -> u8 {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut tally = Tally::default();
     let mut written: std::io::Result<()> = Ok(());
+    // One line's bytes, reused for every record.
+    let mut line = Vec::with_capacity(512);
     let bundle = Arc::new(bundle);
     let mut failed = 0usize;
     let tallying = args.summary || args.report.is_some();
@@ -89,9 +91,10 @@ pub fn run(args: Args) -> u8 {
                 tally.add(record);
             }
             if !args.summary && written.is_ok() {
-                written = serde_json::to_writer(&mut out, record)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| out.write_all(b"\n"));
+                line.clear();
+                crate::runtime::trace_json::write_line(record, &mut line);
+                line.push(b'\n');
+                written = out.write_all(&line);
             }
         },
         |journey, step| {

@@ -1794,11 +1794,5 @@ fn enclosing_arm(program: &Program, pc: u32) -> Option<(NameId, NameId)> {
 
 fn send_id(customer: &str, journey: &str, ordinal: u32, step: u32) -> String {
     let digest = customer_digest(customer, journey, &[&ordinal.to_be_bytes(), &step.to_be_bytes()]);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(32);
-    for byte in &digest[..16] {
-        id.push(char::from(HEX[usize::from(byte >> 4)]));
-        id.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
-    id
+    super::state::hex(&digest[..16])
 }

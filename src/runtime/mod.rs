@@ -17,6 +17,7 @@ pub mod merge;
 pub mod state;
 pub mod stats;
 pub mod trace;
+pub mod trace_json;
 
 pub use input::{Input, InputError};
 pub use interpreter::Engine;

@@ -34,7 +34,18 @@ pub const SENDS_MAX: usize = 1_000;
 pub fn message_id_digest(id: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(id.as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&digest[..16])
+}
+
+/// Lower-case hex of `bytes`, two digits a byte, in one allocation.
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    text
 }
 /// How long a send's id is remembered, so that an `Unsubscribed` event
 /// naming it finds its channel (30 days).

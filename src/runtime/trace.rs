@@ -116,17 +116,18 @@ impl TraceRecord {
 
     /// The record as one JSON line (no trailing newline).
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).expect("a trace record always serializes")
+        let mut out = Vec::with_capacity(256);
+        super::trace_json::write_line(self, &mut out);
+        String::from_utf8(out).expect("the trace writer writes UTF-8")
     }
 }
 
 /// Formats milliseconds as RFC 3339 UTC with a `Z`, with fractional seconds
 /// only when there are any (`2026-01-05T10:00:00Z`).
 pub fn format_time(at: Millis) -> String {
-    match chrono::DateTime::from_timestamp_millis(at) {
-        Some(time) => time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-        None => at.to_string(),
-    }
+    let mut out = Vec::with_capacity(24);
+    super::trace_json::write_time(at, &mut out);
+    String::from_utf8(out).expect("a time is ASCII")
 }
 
 pub fn parse_time(text: &str) -> Option<Millis> {
