@@ -59,9 +59,9 @@ fn is_root() -> bool {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+        .expect("bind a loopback port")
         .local_addr()
-        .unwrap()
+        .expect("local address")
         .port()
 }
 
@@ -69,7 +69,7 @@ impl Postgres {
     /// Starts a fresh server and creates `database` in it.
     pub fn start(database: &str) -> Postgres {
         let bin = bin_dir();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
         let root = is_root();
         let user = if root { "postgres".to_string() } else { whoami() };
         if root {
@@ -166,7 +166,7 @@ impl Postgres {
 
 fn whoami() -> String {
     std::env::var("USER").unwrap_or_else(|_| {
-        let out = Command::new("id").arg("-un").output().unwrap();
+        let out = Command::new("id").arg("-un").output().expect("id -un");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     })
 }
