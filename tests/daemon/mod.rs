@@ -13,6 +13,7 @@ mod identity;
 mod import;
 mod isolation;
 mod lifecycle;
+mod pg;
 mod readout;
 mod rejected;
 mod smtp;
