@@ -567,6 +567,11 @@ impl CommitThread {
             policy: &self.fault_policy,
             links: self.links.as_deref(),
             now,
+            incarnation: match self.counters.get(store::STAT_ERASURES).copied().unwrap_or(0) {
+                0 => 0,
+                _ => self.next_seq.max(1),
+            },
+            reborn: self.next_seq.max(1),
         };
         let steps: usize = lanes.iter().map(|lane| lane.steps.len()).sum();
         let mut parts = if steps >= PARALLEL_STEPS_MIN && lanes.len() > 1 && !merging {
@@ -791,6 +796,9 @@ impl CommitThread {
         }
         for erased in &group.erased {
             self.erase_outside_group(&mut batch, erased)?;
+        }
+        if !group.erased.is_empty() {
+            *group.stat_deltas.entry(store::STAT_ERASURES.to_string()).or_insert(0) += group.erased.len() as i64;
         }
         super::broadcast::forget(&self.store, &mut batch, &group.erased)?;
         for job in jobs {
@@ -1157,6 +1165,12 @@ struct LaneContext<'a> {
     links: Option<&'a super::unsubscribe::Links>,
     /// The wall clock when the group started (fault times, retry times).
     now: Millis,
+    /// The incarnation of a profile this group makes: 0 while the store
+    /// never erased anyone, else the group's first outbox sequence.
+    incarnation: u64,
+    /// The incarnation of a profile made after its id was erased in this
+    /// group (the group's first outbox sequence, never 0).
+    reborn: u64,
 }
 
 /// What some lanes will write: one thread's lanes, then (merged) the group's.
@@ -1210,11 +1224,22 @@ impl LaneContext<'_> {
     /// goes back to the stored state and applies again the inputs that
     /// succeeded (the interpreter is deterministic), and the failed input
     /// and every later one are held in a [`Fault`] record.
+    /// A profile for an id the store has none of; `reborn`: the id was
+    /// erased earlier in this group.
+    fn new_profile(&self, customer: &str, reborn: bool) -> CustomerState {
+        let mut state = CustomerState::new(customer);
+        state.incarnation = match reborn {
+            true => self.reborn,
+            false => self.incarnation,
+        };
+        state
+    }
+
     fn run_lane(&self, lane: &Lane<'_>, changes: &mut Changes) -> Result<(), CommitError> {
         let customer = lane.customer;
         let stored = self.store.customer_record(customer)?;
         let existed = stored.is_some();
-        let (mut state, original_chunk) = stored.unwrap_or_else(|| (CustomerState::new(customer), None));
+        let (mut state, original_chunk) = stored.unwrap_or_else(|| (self.new_profile(customer, false), None));
         let mut fault = match self.faulted.contains_key(customer) {
             true => faults::read(&self.store.db, customer)?,
             false => None,
@@ -1268,7 +1293,7 @@ impl LaneContext<'_> {
                         .push((item.job, usize::from(existed && !erased || dirty)));
                     erased = true;
                     dirty = true;
-                    state = CustomerState::new(customer);
+                    state = self.new_profile(customer, true);
                     fault = None;
                     applied.clear();
                     fresh = true;
@@ -1281,7 +1306,7 @@ impl LaneContext<'_> {
                 Step::Merge { anonymous, at } => {
                     if erased {
                         erased = false;
-                        state = CustomerState::new(customer);
+                        state = self.new_profile(customer, true);
                     }
                     // A failing customer merges too: its held inputs are
                     // retried on the merged state.
@@ -1313,7 +1338,7 @@ impl LaneContext<'_> {
             if erased {
                 // Erased earlier in this group; the customer starts afresh.
                 erased = false;
-                state = CustomerState::new(customer);
+                state = self.new_profile(customer, true);
             }
             dirty = true;
             if let Some(failing) = fault.as_mut() {
@@ -1328,7 +1353,7 @@ impl LaneContext<'_> {
                     true => None,
                     false => self.store.customer_record(customer)?.map(|(state, _)| state),
                 }
-                .unwrap_or_else(|| CustomerState::new(customer));
+                .unwrap_or_else(|| self.new_profile(customer, fresh));
                 for earlier in &applied {
                     // These succeeded a moment ago on the same state.
                     match earlier {

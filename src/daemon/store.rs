@@ -69,11 +69,12 @@ pub const META_FORMAT: &[u8] = b"mformat";
 /// records; 3 adds subscriptions and remembered sends to the customer
 /// state; 4 adds to each remembered send its version, step, split arm and
 /// the engagements seen for it; 5 adds the ended enrollments whose goal
-/// windows are still open. A store without the mark (format 1: one
-/// timer key per customer) or marked 2, 3 or 4 has its customer records
+/// windows are still open; 6 adds the profile's incarnation
+/// ([`CustomerState::incarnation`]). A store without the mark (format 1: one
+/// timer key per customer) or marked 2 to 5 has its customer records
 /// rewritten when it is opened ([`Store::open`]); a store marked newer is
 /// refused, since this build could misread it.
-pub const STORE_FORMAT: u64 = 5;
+pub const STORE_FORMAT: u64 = 6;
 
 /// The most customers in one timer chunk (bounds the rewrite when one of
 /// them moves).
@@ -81,6 +82,9 @@ pub const TIMER_CHUNK_MAX: usize = 512;
 
 /// Counter: customers waiting on a timer.
 pub const STAT_TIMERS: &str = "g/timers";
+/// Store counter: customers erased so far (while non-zero, new profiles
+/// get an incarnation; see [`CustomerState::incarnation`]).
+pub const STAT_ERASURES: &str = "g/erasures";
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -135,10 +139,18 @@ impl Store {
             return Err(StoreError::NewerFormat { found });
         }
         let store = Store { db };
+        if found.is_some_and(|found| found < 6) || found.is_none() && store.db.iter().next().is_some() {
+            // Formats before 6 did not count erasures: assume there were
+            // some, so no profile made from now on repeats an erased one's
+            // send ids.
+            let erasures = store.counter(STAT_ERASURES)?.max(1);
+            store.db.insert(stat_key(STAT_ERASURES), &erasures.to_be_bytes())?;
+        }
         match found {
             None | Some(..=2) => store.upgrade_customers::<StateV2>()?,
             Some(3) => store.upgrade_customers::<StateV3>()?,
             Some(4) => store.upgrade_customers::<StateV4>()?,
+            Some(5) => store.upgrade_customers::<StateV5>()?,
             Some(_) => {}
         }
         Ok(store)
@@ -147,7 +159,7 @@ impl Store {
     /// Rewrites every customer record of an older format (`Old`: format 1
     /// or 2, a state without subscriptions and remembered sends; format 3,
     /// remembered sends without attribution; format 4, no open goal
-    /// windows of ended enrollments) in [`STORE_FORMAT`], in one
+    /// windows of ended enrollments; format 5, no incarnation) in [`STORE_FORMAT`], in one
     /// batch, and marks the store (an unmarked store is new or older than
     /// marks).
     fn upgrade_customers<Old>(&self) -> StoreResult<()>
@@ -884,6 +896,23 @@ struct StateV4 {
     sent: std::collections::VecDeque<crate::runtime::state::Sent>,
 }
 
+/// A customer state as stores of format 5 hold it (no incarnation): read
+/// only to upgrade them.
+#[derive(serde::Deserialize)]
+struct StateV5 {
+    v4: StateV4,
+    attributions: BTreeMap<String, crate::runtime::state::Attribution>,
+}
+
+impl From<StateV5> for CustomerState {
+    fn from(old: StateV5) -> CustomerState {
+        CustomerState {
+            attributions: old.attributions,
+            ..old.v4.into()
+        }
+    }
+}
+
 impl From<StateV4> for CustomerState {
     fn from(old: StateV4) -> CustomerState {
         // Enrollments that ended before the upgrade count no later goal.
@@ -1064,7 +1093,7 @@ mod tests {
                 .expect("insert");
             store.flush().expect("flush");
         }
-        let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        let store = reopen(dir.path());
         let (state, chunk) = store.customer_record("ann").expect("read").expect("ann");
         assert_eq!(chunk, Some(42));
         assert_eq!(state.profile, old.profile);
@@ -1116,7 +1145,7 @@ mod tests {
                 .expect("insert");
             store.flush().expect("flush");
         }
-        let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        let store = reopen(dir.path());
         let (state, chunk) = store.customer_record("ann").expect("read").expect("ann");
         assert_eq!(chunk, None);
         assert_eq!(state.clock, 9);
@@ -1195,19 +1224,78 @@ mod tests {
                 .expect("insert");
             store.flush().expect("flush");
         }
-        let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        let store = reopen(dir.path());
         let (state, chunk) = store.customer_record("ann").expect("read").expect("ann");
         assert_eq!(chunk, Some(3));
         assert_eq!(state.clock, 9);
         assert_eq!(state.enrollments.get("onboard").map(|e| &**e), Some(&enrollment));
         assert_eq!(state.sent("s1"), Some(&sent));
         assert!(state.attributions.is_empty());
-        assert_eq!(store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)), Some(5));
+        assert_eq!(
+            store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)),
+            Some(STORE_FORMAT)
+        );
         // Opened again, it is not upgraded twice. (sled's flusher thread
         // may hold the directory's lock for a moment after the drop.)
         drop(store);
         let store = reopen(dir.path());
         assert_eq!(store.customer("ann").expect("read").expect("ann"), state);
+    }
+
+    /// A format-5 record (no incarnation) reads back whole with
+    /// incarnation 0, and the upgraded store counts an erasure, so the
+    /// profiles it makes from then on have an incarnation of their own.
+    #[test]
+    fn a_format_5_store_is_upgraded_when_opened() {
+        use crate::runtime::state::Attribution;
+        #[derive(serde::Serialize)]
+        struct V5<'a> {
+            v2: V2<'a>,
+            subscriptions: BTreeMap<crate::syntax::ast::Channel, crate::runtime::state::Subscription>,
+            sent: Vec<crate::runtime::state::Sent>,
+            attributions: BTreeMap<String, Attribution>,
+        }
+        let attribution = Attribution {
+            version: "v1".into(),
+            entered_at: 5,
+            until: 99,
+            goals_reached: vec![false],
+        };
+        let old = V5 {
+            v2: V2 {
+                id: "ann",
+                clock: 9,
+                ..V2::default()
+            },
+            subscriptions: BTreeMap::new(),
+            sent: Vec::new(),
+            attributions: BTreeMap::from([("onboard".into(), attribution.clone())]),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+            assert_eq!(
+                store.counter(STAT_ERASURES).expect("counter"),
+                0,
+                "a new store erased no one"
+            );
+            store.db.insert(META_FORMAT, &5u64.to_be_bytes()).expect("insert");
+            let bytes = postcard::to_allocvec(&old).expect("encode");
+            store
+                .db
+                .insert(customer_key("ann"), encode_customer(bytes, None))
+                .expect("insert");
+            store.flush().expect("flush");
+        }
+        let store = reopen(dir.path());
+        let state = store.customer("ann").expect("read").expect("ann");
+        assert_eq!((state.clock, state.incarnation), (9, 0));
+        assert_eq!(state.attributions.get("onboard"), Some(&attribution));
+        assert_eq!(store.counter(STAT_ERASURES).expect("counter"), 1);
+        assert_eq!(
+            store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)),
+            Some(STORE_FORMAT)
+        );
     }
 
     /// Opens a store just closed, waiting for sled to let go of its lock.
@@ -1230,7 +1318,7 @@ mod tests {
             store.flush().expect("flush");
         }
         {
-            let store = Store::open(dir.path(), &StoreOptions::default()).expect("reopen");
+            let store = reopen(dir.path());
             store
                 .db
                 .insert(META_FORMAT, &(STORE_FORMAT + 1).to_be_bytes())

@@ -459,24 +459,16 @@ impl Simulation {
         for (seq, record) in self.sends() {
             let id = record["id"].as_str().unwrap_or_default().to_string();
             let customer = record["customer"].as_str().unwrap_or_default().to_string();
-            // A customer's sends from before its erasure are left out: a
-            // customer that comes back after an erasure numbers its
-            // enrollments from 1 again, so its send ids repeat those of
-            // the erased one (docs/testing.md, "Known").
-            if self
-                .model
-                .erased_through
-                .get(&customer)
-                .is_some_and(|through| seq <= *through)
-            {
-                continue;
-            }
+            // A customer's sends from before its erasure count for the ids
+            // (a customer that comes back must not repeat them) but not for
+            // its greetings since.
+            let before_erasure = (self.model.erased_through.get(&customer)).is_some_and(|through| seq <= *through);
             if let Some((first, earlier)) = ids.insert(id.clone(), (seq, record.clone())) {
                 self.fail(format!(
                     "send id {id} twice: seq {first} {earlier} and seq {seq} {record}"
                 ));
             }
-            if record["journey"] == "greet" {
+            if record["journey"] == "greet" && !before_erasure {
                 *greets.entry(customer).or_default() += 1;
             }
         }

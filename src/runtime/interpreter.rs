@@ -1489,7 +1489,13 @@ impl Run<'_, '_> {
         }
         match self.render(loaded, message, event) {
             Ok((subject, body, locale)) => {
-                let id = send_id(&self.state.id, journey, enrollment.ordinal, enrollment.steps);
+                let id = send_id(
+                    &self.state.id,
+                    self.state.incarnation,
+                    journey,
+                    enrollment.ordinal,
+                    enrollment.steps,
+                );
                 self.state.sends.push_back((t, journey.to_string()));
                 while self.state.sends.len() > super::state::SENDS_MAX {
                     self.state.sends.pop_front();
@@ -1792,7 +1798,14 @@ fn enclosing_arm(program: &Program, pc: u32) -> Option<(NameId, NameId)> {
     found
 }
 
-fn send_id(customer: &str, journey: &str, ordinal: u32, step: u32) -> String {
-    let digest = customer_digest(customer, journey, &[&ordinal.to_be_bytes(), &step.to_be_bytes()]);
+/// A send's id: a digest of (customer, journey, enrollment ordinal, step),
+/// and of the profile's incarnation when it is not the first (see
+/// [`CustomerState::incarnation`](super::state::CustomerState::incarnation)).
+fn send_id(customer: &str, incarnation: u64, journey: &str, ordinal: u32, step: u32) -> String {
+    let (ordinal, step) = (ordinal.to_be_bytes(), step.to_be_bytes());
+    let digest = match incarnation {
+        0 => customer_digest(customer, journey, &[&ordinal, &step]),
+        n => customer_digest(customer, journey, &[&ordinal, &step, &n.to_be_bytes()]),
+    };
     super::state::hex(&digest[..16])
 }

@@ -64,6 +64,8 @@ pub fn merge(user: &mut CustomerState, anonymous: CustomerState, at: Millis) -> 
         subscriptions,
         sent,
         attributions,
+        // The user's life of the id goes on.
+        incarnation: _,
     } = anonymous;
     let mut records = Vec::new();
     for (name, value) in profile {

@@ -100,6 +100,15 @@ pub struct CustomerState {
     /// customer enters the journey again.
     #[serde(default)]
     pub attributions: BTreeMap<String, Attribution>,
+    /// Which life of this customer id the profile is: 0 unless the store
+    /// that made the profile had erased a customer before (the simulator
+    /// never erases). The daemon gives a profile made after an erasure the
+    /// outbox sequence of the group that made it, so a customer who comes
+    /// back after `DELETE /v1/customers/ID` never repeats a send id of the
+    /// erased profile (send ids count enrollments from 1 again). Part of
+    /// every send id when non-zero.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// What is kept of an ended enrollment for its goals: enough to tell
