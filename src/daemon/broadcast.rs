@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const PREFIX_BROADCAST: u8 = b'B';
@@ -46,8 +47,9 @@ pub const BATCH_CUSTOMERS_MAX: usize = 10_000;
 pub const BROADCASTS_KEPT_MAX: usize = 1_000;
 /// Broadcasts running at once at most; more are refused (409).
 pub const BROADCASTS_RUNNING_MAX: usize = 64;
-/// How often the driver looks for new broadcasts when none is running.
-const IDLE_POLL: Duration = Duration::from_millis(200);
+/// How often the driver looks for broadcasts when none is running and it
+/// was not woken (a fallback: starting one wakes it).
+const IDLE_POLL: Duration = Duration::from_secs(10);
 /// The pause after a step that failed to commit.
 const FAILED_STEP_PAUSE: Duration = Duration::from_secs(1);
 
@@ -189,6 +191,7 @@ pub async fn start(store: &Store, broadcast: Broadcast, workspace: String, now: 
 pub async fn started(state: &AppState, broadcast: Broadcast, workspace: &str, now: Millis) -> Response {
     match start(&state.store, broadcast, workspace.to_string(), now).await {
         Ok(record) => {
+            state.broadcast_started.notify_one();
             tracing::info!(broadcast = record.id, journey = %record.journey, segment = %record.segment, "broadcast started");
             let mut answer = record.to_json();
             answer["success"] = json!(true);
@@ -320,7 +323,13 @@ pub fn forget(store: &Store, batch: &mut sled::Batch, erased: &[String]) -> Resu
 /// The driver: while broadcasts are running, hands the commit thread one
 /// step of each in turn; a step is one job in the commit queue, behind
 /// whatever intake and timers queued meanwhile, so they are never starved.
-pub async fn run(store: Store, committer: Committer, batch: usize, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    store: Store,
+    committer: Committer,
+    batch: usize,
+    started: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         if *stop.borrow() {
             return;
@@ -337,6 +346,7 @@ pub async fn run(store: Store, committer: Committer, batch: usize, mut stop: tok
         };
         if running.is_empty() {
             tokio::select! {
+                _ = started.notified() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
                 _ = stop.changed() => {}
             }

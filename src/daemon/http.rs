@@ -53,6 +53,8 @@ pub struct AppState {
     pub dead_retry: Arc<tokio::sync::watch::Sender<u64>>,
     /// One-click unsubscribe links (`/u/TOKEN`).
     pub links: Arc<super::unsubscribe::Links>,
+    /// Notified when a broadcast is started, to wake its driver.
+    pub broadcast_started: Arc<tokio::sync::Notify>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -257,10 +257,12 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
             }
         }
     }
+    let broadcast_started = Arc::new(tokio::sync::Notify::new());
     let broadcast_task = tokio::spawn(broadcast::run(
         store.clone(),
         committer.clone(),
         config.broadcast_batch,
+        broadcast_started.clone(),
         stop_receiver.clone(),
     ));
     let timer_task = tokio::spawn(timers::run(
@@ -294,6 +296,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         rejected: Arc::new(rejected::RejectedStore::open(store.clone())?),
         dead_retry: Arc::new(dead_retry_sender),
         links,
+        broadcast_started,
     };
     // Tests and scripts find the port here (listen on :0 picks a free one).
     let _ = std::fs::write(config.data.join("addr"), address.to_string());

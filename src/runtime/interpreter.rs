@@ -15,7 +15,7 @@ use super::engagement::{self, Engagement, EngagementEvent};
 use super::eval::Scope;
 use super::local_time::{is_local_time, next_local_time, quiet_until};
 use super::state::{
-    Attribution, CustomerState, Enrollment, Sent, Suppression, MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS,
+    Attribution, CustomerState, Enrollment, EntryHistory, Sent, Suppression, MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS,
 };
 use super::trace::{Kind, TraceRecord};
 use super::{ApplyError, Effects, Input, Millis};
@@ -631,29 +631,28 @@ impl Run<'_, '_> {
             return false;
         }
         let bundle = self.engine.current.bundle.clone();
-        // Idle `every` schedules with the instant each stays idle until.
-        let mut idle: Vec<(String, Millis, Millis)> = Vec::new();
+        // Idle `every` schedules with their programs.
+        let mut idle: Vec<(&Program, String, Millis)> = Vec::new();
         let mut target = limit;
         for (journey, at) in &self.state.schedules {
             let program = bundle.journeys.iter().find(|p| bundle.name(p.name) == journey);
-            let until = match program.map(|p| (&p.trigger, &p.entry)) {
-                Some((Trigger::Every { .. }, _)) if self.state.enrollments.contains_key(journey) => Some(Millis::MAX),
-                Some((Trigger::Every { .. }, entry)) => {
-                    let history = self.state.entries.get(journey).filter(|h| h.count > 0);
-                    match (entry, history) {
-                        (Entry::Once, Some(_)) => Some(Millis::MAX),
-                        (Entry::Every { seconds }, Some(h)) => {
-                            Some(h.last_entered.saturating_add(seconds.saturating_mul(1000)))
-                        }
-                        _ => None,
-                    }
+            let until = match program {
+                Some(
+                    program @ Program {
+                        trigger: Trigger::Every { .. },
+                        ..
+                    },
+                ) => match self.state.enrollments.contains_key(journey) {
+                    true => Some(Millis::MAX),
+                    false => entry_closed_until(&program.entry, self.state.entries.get(journey)),
                 }
+                .map(|until| (program, until)),
                 _ => None,
             };
             match until {
-                Some(until) => {
+                Some((program, until)) => {
                     target = target.min(until);
-                    idle.push((journey.clone(), *at, until));
+                    idle.push((program, journey.clone(), *at));
                 }
                 None => target = target.min(*at),
             }
@@ -665,13 +664,10 @@ impl Run<'_, '_> {
             return false;
         }
         let mut moved = false;
-        for (journey, at, _) in idle {
+        for (program, journey, at) in idle {
             if at >= target {
                 continue;
             }
-            let Some(program) = bundle.journeys.iter().find(|p| bundle.name(p.name) == journey) else {
-                continue;
-            };
             let Trigger::Every {
                 days, minute_of_day, ..
             } = &program.trigger
@@ -710,19 +706,11 @@ impl Run<'_, '_> {
                 continue;
             };
             let journey = bundle.name(program.name);
-            let (Some(at), Some(history)) = (
-                self.state.schedules.get(journey).copied(),
-                self.state.entries.get(journey),
-            ) else {
+            let Some(at) = self.state.schedules.get(journey).copied() else {
                 continue;
             };
-            if history.count == 0 {
+            let Some(until) = entry_closed_until(&program.entry, self.state.entries.get(journey)) else {
                 continue;
-            }
-            let until = match program.entry {
-                Entry::Once => Millis::MAX,
-                Entry::Every { seconds } => history.last_entered.saturating_add(seconds.saturating_mul(1000)),
-                Entry::Always => continue,
             };
             if at >= until {
                 continue;
@@ -1796,6 +1784,18 @@ fn enclosing_arm(program: &Program, pc: u32) -> Option<(NameId, NameId)> {
         }
     }
     found
+}
+
+/// Until when a journey's entry rule keeps the customer out, whatever the
+/// inputs: forever once `entry once` is used, to the end of the period
+/// under `entry every DUR` once entered; `None` when it may enter now.
+fn entry_closed_until(entry: &Entry, history: Option<&EntryHistory>) -> Option<Millis> {
+    let history = history.filter(|h| h.count > 0)?;
+    match entry {
+        Entry::Once => Some(Millis::MAX),
+        Entry::Every { seconds } => Some(history.last_entered.saturating_add(seconds.saturating_mul(1000))),
+        Entry::Always => None,
+    }
 }
 
 /// A send's id: a digest of (customer, journey, enrollment ordinal, step),
