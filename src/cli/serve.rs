@@ -78,6 +78,10 @@ pub struct Args {
     /// Customers a segment broadcast visits per commit, between other work [default: 256, at most 10000]
     #[arg(long)]
     pub broadcast_batch: Option<usize>,
+    /// The longest an erased customer's bytes stay in the data directory while the daemon runs
+    /// (an online compaction pauses intake and delivery briefly); `off`: only at the next stop or start [default: 1h]
+    #[arg(long)]
+    pub erasure_within: Option<String>,
     /// Require the token for the dashboard and the aggregates too (/ui, /v1/journeys…, /metrics)
     #[arg(long)]
     pub protect_ui: bool,
@@ -111,6 +115,7 @@ struct FileConfig {
     fault_retry_ms: Option<u64>,
     broadcast_batch: Option<usize>,
     protect_ui: Option<bool>,
+    erasure_within: Option<String>,
 }
 
 /// Merges flags, config file and defaults.
@@ -231,6 +236,15 @@ fn settle(args: Args) -> Result<Config, String> {
         .min(i64::MAX as u128) as i64,
         protect_ui: args.protect_ui || file.protect_ui.unwrap_or(false),
     };
+    let erasure_within = match args.erasure_within.or(file.erasure_within) {
+        Some(text) if text == "off" => None,
+        Some(text) if text == "0" => Some(std::time::Duration::ZERO),
+        given => Some(duration(
+            "--erasure-within",
+            given,
+            crate::daemon::erasure::WITHIN_DEFAULT,
+        )?),
+    };
     let mut store = StoreOptions::default();
     if let Some(mib) = args.cache_mib.or(file.cache_mib) {
         store.cache_bytes = mib.max(1) * 1024 * 1024;
@@ -263,6 +277,7 @@ fn settle(args: Args) -> Result<Config, String> {
         http,
         faults,
         broadcast_batch: crate::daemon::broadcast::batch_customers(args.broadcast_batch.or(file.broadcast_batch)),
+        erasure_within,
     })
 }
 

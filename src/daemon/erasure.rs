@@ -46,6 +46,24 @@ pub fn pending(store: &Store) -> Result<Vec<String>, StoreError> {
         .map_err(StoreError::from)
 }
 
+/// `--erasure-within`'s default: an hour.
+pub const WITHIN_DEFAULT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Completes when an online compaction is due: half of `within` after the
+/// first erasure of the round (`erased` is notified once per acknowledged
+/// erasure), or after the round's start when `pending` (marks already in the
+/// store). With
+/// `within` `None` (`--erasure-within off`), never.
+pub async fn due(erased: std::sync::Arc<tokio::sync::Notify>, within: Option<std::time::Duration>, pending: bool) {
+    let Some(within) = within else {
+        return std::future::pending().await;
+    };
+    if !pending {
+        erased.notified().await;
+    }
+    tokio::time::sleep(within / 2).await;
+}
+
 /// What a compaction did (logged, and measured in `docs/performance.md`).
 #[derive(Debug, Default)]
 pub struct Compaction {

@@ -55,6 +55,9 @@ pub struct AppState {
     pub links: Arc<super::unsubscribe::Links>,
     /// Notified when a broadcast is started, to wake its driver.
     pub broadcast_started: Arc<tokio::sync::Notify>,
+    /// Notified by every acknowledged erasure: it starts the clock of the
+    /// online compaction (`--erasure-within`, `erasure::due`).
+    pub erasures: Arc<tokio::sync::Notify>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -1075,6 +1078,7 @@ async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam
     if known || rejected > 0 {
         // Not naming the customer: logs are out of erasure's reach.
         tracing::info!(rejected, "customer erased");
+        state.erasures.notify_one();
         (
             StatusCode::OK,
             Json(json!({"success": true, "erased": id, "rejected_erased": rejected})),

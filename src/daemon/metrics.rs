@@ -85,6 +85,10 @@ pub struct Metrics {
     pub customer_errors: Counter,
     pub reloads: Counter,
     pub reloads_refused: Counter,
+    /// Online erasure compactions (`--erasure-within`), and the milliseconds
+    /// intake and delivery were paused for them in all.
+    pub erasure_compactions: Counter,
+    pub erasure_pause_ms: Counter,
     pub intake_latency: Histogram,
     pub commit_latency: Histogram,
     pub delivery_latency: Histogram,
@@ -109,7 +113,7 @@ pub struct Gauges {
 impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 15] = [
+        let counters: [(&str, &str, &Counter); 17] = [
             (
                 "journeyc_events_accepted_total",
                 "Events durably accepted.",
@@ -180,6 +184,16 @@ impl Metrics {
                 "journeyc_reloads_refused_total",
                 "Workspace reloads refused (check errors).",
                 &self.reloads_refused,
+            ),
+            (
+                "journeyc_erasure_compactions_total",
+                "Erasure compactions run while the daemon kept running (--erasure-within).",
+                &self.erasure_compactions,
+            ),
+            (
+                "journeyc_erasure_pause_milliseconds_total",
+                "Time intake and delivery waited for those compactions.",
+                &self.erasure_pause_ms,
             ),
         ];
         for (name, help, counter) in counters {

@@ -71,6 +71,11 @@ pub struct Config {
     pub faults: faults::FaultPolicy,
     /// Customers a segment broadcast visits per commit (`broadcast.rs`).
     pub broadcast_batch: usize,
+    /// `--erasure-within`: the longest an erased customer's bytes stay in
+    /// the data directory while the daemon runs (an online compaction starts
+    /// half of it after the first erasure); `None` (`off`): only at the next
+    /// stop or start.
+    pub erasure_within: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,153 +181,307 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     let loaded = reload::build_runtime(&store, bundle, email_address_required)?;
     let needs_install = previous_key.as_deref() != Some(loaded.bundle_key.as_str());
     let loaded = Arc::new(loaded);
-    let shared_runtime: SharedRuntime = Arc::new(RwLock::new(loaded.clone()));
-
-    // Sinks first: the JSONL tails take part in choosing the next sequence number.
-    let mut jsonl_sinks = Vec::new();
-    let mut highest_seen = store.last_outbox_seq()?.unwrap_or(0);
-    let sink_names: Arc<Vec<String>> = Arc::new(config.sinks.iter().map(Sink::name).collect());
-    for route in &config.sinks {
-        if let Some(cursor) = store.cursor(&route.name())? {
-            highest_seen = highest_seen.max(cursor);
-        }
-        if let SinkSpec::Jsonl(path) = &route.spec {
-            let (sink, tail) =
-                JsonlSink::open(path).map_err(|e| DaemonError::Io(format!("JSONL sink {}: {e}", path.display())))?;
-            if let Some(tail) = tail {
-                highest_seen = highest_seen.max(tail);
-            }
-            jsonl_sinks.push((route.clone(), sink, tail));
-        }
-    }
-    let next_seq = store.next_seq()?.unwrap_or(1).max(highest_seen + 1);
-    let Commits {
-        committer,
-        published,
-        committed: committed_receiver,
-        thread: commit_thread,
-    } = start_commits(&store, &shared_runtime, next_seq, config.faults, Some(links.clone()))?;
-    let metrics = published.metrics.clone();
+    let shared = Shared {
+        runtime: Arc::new(RwLock::new(loaded.clone())),
+        links,
+        metrics: Arc::new(Metrics::default()),
+        sink_names: Arc::new(config.sinks.iter().map(Sink::name).collect()),
+        email_address_required,
+    };
+    let mut round = Round::start(&config, &shared, store)?;
     if needs_install {
-        let migrated = committer
+        let migrated = round
+            .committer
             .install(loaded.clone())
             .await
             .map_err(|e| DaemonError::Io(e.to_string()))?;
         tracing::info!(bundle = %loaded.bundle_key, migrated, "workspace version installed");
     }
-
-    // Timers stop with intake; sinks only after the last commit, so they
-    // deliver everything committed before the process exits.
-    let (stop_sender, stop_receiver) = watch::channel(false);
-    let (sinks_stop_sender, sinks_stop_receiver) = watch::channel(false);
-    let (dead_retry_sender, dead_retry_receiver) = watch::channel(0u64);
-    let context = outbox::DispatchContext {
-        store: store.clone(),
-        committed: committed_receiver,
-        stopping: sinks_stop_receiver,
-        sink_names: sink_names.clone(),
-        metrics: metrics.clone(),
-        dead_retry: dead_retry_receiver,
-    };
-    let mut sink_tasks = Vec::new();
-    for (route, sink, tail) in jsonl_sinks {
-        let cursor = outbox::start_cursor(&store, &route.name(), tail);
-        tracing::info!(sink = %route.name(), cursor, "JSONL sink ready");
-        sink_tasks.push(tokio::spawn(outbox::run_jsonl(context.clone(), route, sink, cursor)));
-    }
-    for route in &config.sinks {
-        let cursor = outbox::start_cursor(&store, &route.name(), None);
-        match &route.spec {
-            SinkSpec::Jsonl(_) => {}
-            SinkSpec::Webhook(_) => {
-                tracing::info!(sink = %route.name(), cursor, "webhook sink ready");
-                sink_tasks.push(tokio::spawn(outbox::run_webhook(
-                    context.clone(),
-                    route.clone(),
-                    config.webhook.clone(),
-                    config.rates.clone(),
-                    cursor,
-                )));
-            }
-            SinkSpec::Smtp(smtp) => {
-                tracing::info!(sink = %route.name(), cursor, "SMTP sink ready");
-                sink_tasks.push(tokio::spawn(smtp::run(
-                    context.clone(),
-                    route.name(),
-                    smtp.clone(),
-                    config.webhook.clone(),
-                    config.rates.clone(),
-                    cursor,
-                )));
-            }
-        }
-    }
-    let broadcast_started = Arc::new(tokio::sync::Notify::new());
-    let broadcast_task = tokio::spawn(broadcast::run(
-        store.clone(),
-        committer.clone(),
-        config.broadcast_batch,
-        broadcast_started.clone(),
-        stop_receiver.clone(),
-    ));
-    let timer_task = tokio::spawn(timers::run(
-        store.clone(),
-        committer.clone(),
-        published.timers_changed.clone(),
-        metrics.clone(),
-        stop_receiver.clone(),
-    ));
-
-    let reloader = Arc::new(reload::Reloader {
-        workspace: config.workspace.clone(),
-        store: store.clone(),
-        committer: committer.clone(),
-        runtime: shared_runtime.clone(),
-        metrics: metrics.clone(),
-        lock: tokio::sync::Mutex::new(()),
-        email_address_required,
+    let front: server::Front = Arc::new(tokio::sync::RwLock::new(Some(http::router(round.state.clone()))));
+    let reloader = Arc::new(Mutex::new(round.state.reloader.clone()));
+    let hangup_task = tokio::spawn(reload_on_hangup(front.clone(), reloader.clone()));
+    let (stopping_sender, stopping) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stopping_sender.send(true);
     });
-    let hangup_task = tokio::spawn(reload_on_hangup(reloader.clone()));
-    let state = http::AppState {
-        store: store.clone(),
-        committer: committer.clone(),
-        runtime: shared_runtime.clone(),
-        stats: published.stats.clone(),
-        metrics: metrics.clone(),
-        token: config.token.as_deref().map(Arc::from),
-        sink_names,
-        reloader,
-        http: Arc::new(config.http.clone()),
-        rejected: Arc::new(rejected::RejectedStore::open(store.clone())?),
-        dead_retry: Arc::new(dead_retry_sender),
-        links,
-        broadcast_started,
-    };
     // Tests and scripts find the port here (listen on :0 picks a free one).
     let _ = std::fs::write(config.data.join("addr"), address.to_string());
     println!("journeyc serve: listening on http://{address}");
     tracing::info!(%address, ready_ms = started.elapsed().as_millis() as u64, "listening");
 
-    server::serve(listener, http::router(state), &config.http, shutdown_signal()).await;
-    tracing::info!("stopping: intake closed, finishing in-flight work");
-    hangup_task.abort();
-    let _ = stop_sender.send(true);
-    let _ = timer_task.await;
-    let _ = broadcast_task.await;
-    // Let the commit thread finish what it has, then stop.
-    commit::stop(&committer).await;
-    drop(committer);
-    let _ = tokio::task::spawn_blocking(move || commit_thread.join()).await;
-    let _ = sinks_stop_sender.send(true);
-    for task in sink_tasks {
-        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
-            tracing::warn!("a sink did not stop in time");
+    let server_task = {
+        let (front, http, mut stopping) = (front.clone(), config.http.clone(), stopping.clone());
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            server::serve(listener, front, &http, stopped).await;
+        })
+    };
+    loop {
+        let mut stop = stopping.clone();
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break,
+            () = erasure::due(round.erasures.clone(), config.erasure_within, round.erasures_pending) => {
+                round = compact_online(&config, &shared, &front, &reloader, round).await?;
+            }
         }
     }
+    let _ = server_task.await;
+    tracing::info!("stopping: intake closed, finishing in-flight work");
+    hangup_task.abort();
+    *front.write().await = None;
+    let store = round.stop().await;
     store.flush()?;
     let erasures_pending = !erasure::pending(&store)?.is_empty();
     tracing::info!("stopped");
     Ok(erasures_pending)
+}
+
+/// What the rounds of one daemon share: a round is the pipeline on one
+/// store, between the start (or an online erasure compaction) and the next
+/// compaction (or the stop).
+struct Shared {
+    runtime: SharedRuntime,
+    links: Arc<unsubscribe::Links>,
+    metrics: Arc<Metrics>,
+    sink_names: Arc<Vec<String>>,
+    email_address_required: bool,
+}
+
+/// The pipeline on one open store: the commit thread, the sinks, the
+/// timers, the broadcast driver, and the HTTP state over them.
+struct Round {
+    store: Store,
+    committer: Committer,
+    commit_thread: std::thread::JoinHandle<()>,
+    stop_sender: watch::Sender<bool>,
+    sinks_stop_sender: watch::Sender<bool>,
+    sink_tasks: Vec<tokio::task::JoinHandle<()>>,
+    timer_task: tokio::task::JoinHandle<()>,
+    broadcast_task: tokio::task::JoinHandle<()>,
+    state: http::AppState,
+    /// Notified by every acknowledged erasure (`DELETE /v1/customers/ID`).
+    erasures: Arc<tokio::sync::Notify>,
+    /// Erasure marks were in the store when the round started.
+    erasures_pending: bool,
+}
+
+impl Round {
+    fn start(config: &Config, shared: &Shared, store: Store) -> Result<Round, DaemonError> {
+        // Sinks first: the JSONL tails take part in choosing the next sequence number.
+        let mut jsonl_sinks = Vec::new();
+        let mut highest_seen = store.last_outbox_seq()?.unwrap_or(0);
+        for route in &config.sinks {
+            if let Some(cursor) = store.cursor(&route.name())? {
+                highest_seen = highest_seen.max(cursor);
+            }
+            if let SinkSpec::Jsonl(path) = &route.spec {
+                let (sink, tail) = JsonlSink::open(path)
+                    .map_err(|e| DaemonError::Io(format!("JSONL sink {}: {e}", path.display())))?;
+                if let Some(tail) = tail {
+                    highest_seen = highest_seen.max(tail);
+                }
+                jsonl_sinks.push((route.clone(), sink, tail));
+            }
+        }
+        let next_seq = store.next_seq()?.unwrap_or(1).max(highest_seen + 1);
+        let Commits {
+            committer,
+            published,
+            committed: committed_receiver,
+            thread: commit_thread,
+        } = start_commits(
+            &store,
+            &shared.runtime,
+            next_seq,
+            config.faults,
+            Some(shared.links.clone()),
+            shared.metrics.clone(),
+        )?;
+        let metrics = published.metrics.clone();
+
+        // Timers stop with intake; sinks only after the last commit, so they
+        // deliver everything committed before the round ends.
+        let (stop_sender, stop_receiver) = watch::channel(false);
+        let (sinks_stop_sender, sinks_stop_receiver) = watch::channel(false);
+        let (dead_retry_sender, dead_retry_receiver) = watch::channel(0u64);
+        let context = outbox::DispatchContext {
+            store: store.clone(),
+            committed: committed_receiver,
+            stopping: sinks_stop_receiver,
+            sink_names: shared.sink_names.clone(),
+            metrics: metrics.clone(),
+            dead_retry: dead_retry_receiver,
+        };
+        let mut sink_tasks = Vec::new();
+        for (route, sink, tail) in jsonl_sinks {
+            let cursor = outbox::start_cursor(&store, &route.name(), tail);
+            tracing::info!(sink = %route.name(), cursor, "JSONL sink ready");
+            sink_tasks.push(tokio::spawn(outbox::run_jsonl(context.clone(), route, sink, cursor)));
+        }
+        for route in &config.sinks {
+            let cursor = outbox::start_cursor(&store, &route.name(), None);
+            match &route.spec {
+                SinkSpec::Jsonl(_) => {}
+                SinkSpec::Webhook(_) => {
+                    tracing::info!(sink = %route.name(), cursor, "webhook sink ready");
+                    sink_tasks.push(tokio::spawn(outbox::run_webhook(
+                        context.clone(),
+                        route.clone(),
+                        config.webhook.clone(),
+                        config.rates.clone(),
+                        cursor,
+                    )));
+                }
+                SinkSpec::Smtp(smtp) => {
+                    tracing::info!(sink = %route.name(), cursor, "SMTP sink ready");
+                    sink_tasks.push(tokio::spawn(smtp::run(
+                        context.clone(),
+                        route.name(),
+                        smtp.clone(),
+                        config.webhook.clone(),
+                        config.rates.clone(),
+                        cursor,
+                    )));
+                }
+            }
+        }
+        let broadcast_started = Arc::new(tokio::sync::Notify::new());
+        let broadcast_task = tokio::spawn(broadcast::run(
+            store.clone(),
+            committer.clone(),
+            config.broadcast_batch,
+            broadcast_started.clone(),
+            stop_receiver.clone(),
+        ));
+        let timer_task = tokio::spawn(timers::run(
+            store.clone(),
+            committer.clone(),
+            published.timers_changed.clone(),
+            metrics.clone(),
+            stop_receiver.clone(),
+        ));
+        let reloader = Arc::new(reload::Reloader {
+            workspace: config.workspace.clone(),
+            store: store.clone(),
+            committer: committer.clone(),
+            runtime: shared.runtime.clone(),
+            metrics: metrics.clone(),
+            lock: tokio::sync::Mutex::new(()),
+            email_address_required: shared.email_address_required,
+        });
+        let erasures = Arc::new(tokio::sync::Notify::new());
+        let state = http::AppState {
+            store: store.clone(),
+            committer: committer.clone(),
+            runtime: shared.runtime.clone(),
+            stats: published.stats.clone(),
+            metrics,
+            token: config.token.as_deref().map(Arc::from),
+            sink_names: shared.sink_names.clone(),
+            reloader,
+            http: Arc::new(config.http.clone()),
+            rejected: Arc::new(rejected::RejectedStore::open(store.clone())?),
+            dead_retry: Arc::new(dead_retry_sender),
+            links: shared.links.clone(),
+            broadcast_started,
+            erasures: erasures.clone(),
+        };
+        let erasures_pending = !erasure::pending(&store)?.is_empty();
+        Ok(Round {
+            store,
+            committer,
+            commit_thread,
+            stop_sender,
+            sinks_stop_sender,
+            sink_tasks,
+            timer_task,
+            broadcast_task,
+            state,
+            erasures,
+            erasures_pending,
+        })
+    }
+
+    /// Stops the round as a graceful stop does (timers and broadcasts, then
+    /// the commit thread after the jobs it has, then the sinks once they
+    /// have delivered what was committed) and gives back its store, of which
+    /// no other handle is left. The HTTP front must no longer route to it.
+    async fn stop(self) -> Store {
+        let Round {
+            store,
+            committer,
+            commit_thread,
+            stop_sender,
+            sinks_stop_sender,
+            sink_tasks,
+            timer_task,
+            broadcast_task,
+            state,
+            ..
+        } = self;
+        drop(state);
+        let _ = stop_sender.send(true);
+        let _ = timer_task.await;
+        let _ = broadcast_task.await;
+        // Let the commit thread finish what it has, then stop.
+        commit::stop(&committer).await;
+        drop(committer);
+        let _ = tokio::task::spawn_blocking(move || commit_thread.join()).await;
+        let _ = sinks_stop_sender.send(true);
+        for mut task in sink_tasks {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+                // Still retrying a sink that does not answer: what it has not
+                // recorded as delivered is sent again (same send ids), as
+                // after a crash.
+                tracing::warn!("a sink did not stop in time");
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        store
+    }
+}
+
+/// The online erasure compaction (`--erasure-within`): with the HTTP front
+/// held (requests wait), the round is stopped as at a graceful stop, the
+/// JSONL sinks are redacted and the store rewritten
+/// ([`erasure::compact_if_pending`]), and a new round starts on the new
+/// store. Nothing acknowledged is lost (every commit is on disk before the
+/// copy) and nothing is sent twice (the sinks' cursors and JSONL tails are
+/// carried over like at a restart). A failure here stops the daemon; the
+/// next start recovers as after a crash.
+async fn compact_online(
+    config: &Config,
+    shared: &Shared,
+    front: &server::Front,
+    reloader: &Mutex<Arc<reload::Reloader>>,
+    round: Round,
+) -> Result<Round, DaemonError> {
+    let mut front = front.write().await;
+    let paused = std::time::Instant::now();
+    *front = None;
+    let store = round.stop().await;
+    let (dir, options, sinks) = (store_dir(&config.data), config.store.clone(), sink_specs(&config.sinks));
+    let compacted = tokio::task::spawn_blocking(move || erasure::compact_if_pending(store, &dir, &options, &sinks))
+        .await
+        .map_err(|e| DaemonError::Io(e.to_string()))?;
+    let (store, _) = compacted.map_err(|e| {
+        tracing::error!(error = %e, "online erasure compaction failed; stopping (the next start finishes it)");
+        e
+    })?;
+    let round = Round::start(config, shared, store)?;
+    *front = Some(http::router(round.state.clone()));
+    if let Ok(mut current) = reloader.lock() {
+        *current = round.state.reloader.clone();
+    }
+    let pause = paused.elapsed();
+    shared.metrics.erasure_compactions.inc();
+    shared.metrics.erasure_pause_ms.add(pause.as_millis() as u64);
+    tracing::info!(pause_ms = pause.as_millis() as u64, "online erasure compaction done");
+    Ok(round)
 }
 
 /// The commit thread, its handle, and what it publishes.
@@ -343,6 +502,7 @@ pub(crate) fn start_commits(
     next_seq: u64,
     faults: faults::FaultPolicy,
     links: Option<Arc<unsubscribe::Links>>,
+    metrics: Arc<Metrics>,
 ) -> Result<Commits, DaemonError> {
     let next_timer_chunk = store.next_timer_chunk()?;
     let committed_now = store.last_outbox_seq()?.unwrap_or(0);
@@ -352,7 +512,7 @@ pub(crate) fn start_commits(
         committed_seq: Arc::new(committed_sender),
         stats: Arc::new(Mutex::new(stats)),
         timers_changed: Arc::new(tokio::sync::Notify::new()),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
     };
     let (job_sender, job_receiver) = tokio::sync::mpsc::channel(commit::JOB_CHANNEL_CAPACITY);
     let committer = Committer { sender: job_sender };
@@ -379,7 +539,10 @@ pub(crate) fn start_commits(
     })
 }
 
-async fn reload_on_hangup(reloader: Arc<reload::Reloader>) {
+/// Reloads on SIGHUP, through the current round's reloader; holding the
+/// HTTP front (shared) keeps an online compaction from switching rounds
+/// meanwhile.
+async fn reload_on_hangup(front: server::Front, reloader: Arc<Mutex<Arc<reload::Reloader>>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -388,12 +551,16 @@ async fn reload_on_hangup(reloader: Arc<reload::Reloader>) {
         };
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the workspace");
-            let _ = reloader.reload().await;
+            let _front = front.read().await;
+            let current = reloader.lock().map(|current| current.clone()).ok();
+            if let Some(current) = current {
+                let _ = current.reload().await;
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = reloader;
+        let _ = (front, reloader);
         std::future::pending::<()>().await;
     }
 }

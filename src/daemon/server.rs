@@ -2,6 +2,13 @@
 //! hyper's HTTP/1.1 connection (header read timeout, which also closes idle
 //! keep-alive connections), and stops gracefully. The router (`http.rs`)
 //! bounds the body's size and read time.
+//!
+//! Requests go through a [`Front`]: the current router behind a lock that
+//! each request holds (shared) while its handler runs. The online erasure
+//! compaction (`mod.rs`) takes it exclusively to stop the pipeline, rewrite
+//! the store and start it again on the new one: requests that arrive
+//! meanwhile wait, on their open connections, and are then served by the new
+//! router.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -42,12 +49,35 @@ impl Default for HttpOptions {
     }
 }
 
+/// The router requests are served by, swappable (see the module's note);
+/// `None` only while it is being replaced.
+pub type Front = Arc<tokio::sync::RwLock<Option<Router>>>;
+
+/// Serves one request with the current router.
+async fn through_front(
+    front: Front,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<axum::response::Response, std::convert::Infallible> {
+    let current = front.read().await;
+    match current.as_ref() {
+        Some(router) => {
+            let service = TowerToHyperService::new(router.clone());
+            hyper::service::Service::call(&service, request).await
+        }
+        None => Ok(super::reply::error(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "shutting down",
+        )),
+    }
+}
+
 /// How long a graceful stop waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish (idle connections are closed at once).
-pub async fn serve(listener: TcpListener, router: Router, options: &HttpOptions, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, front: Front, options: &HttpOptions, shutdown: impl Future<Output = ()>) {
     let slots = Arc::new(Semaphore::new(options.connections_max.max(1)));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -78,7 +108,8 @@ pub async fn serve(listener: TcpListener, router: Router, options: &HttpOptions,
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let front = front.clone();
+        let service = hyper::service::service_fn(move |request| through_front(front.clone(), request));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {

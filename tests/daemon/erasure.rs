@@ -168,3 +168,100 @@ fn erasing_a_customer_erases_the_ids_merged_into_it() {
         "another customer's data was lost"
     );
 }
+
+/// The metric of online compactions, read from `/metrics`.
+fn online_compactions(daemon: &Daemon) -> u64 {
+    let text = daemon.get("/metrics").body;
+    text.lines()
+        .find_map(|l| l.strip_prefix("journeyc_erasure_compactions_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("journeyc_erasure_compactions_total in /metrics")
+}
+
+/// With `--erasure-within`, the bytes of an erased customer leave the data
+/// directory while the daemon keeps running, and intake that goes on across
+/// the compaction loses nothing and sends nothing twice.
+#[test]
+fn erasure_within_a_bound_while_the_daemon_runs() {
+    let env = Env::new(ERASE_WORKSPACE);
+    let data = env.data();
+    let daemon = env.start(&["--erasure-within", "2s"]);
+    customer_with_a_send(&daemon, &env, "online-erase-4b2e", "olga@example.org", 434_343);
+    customer_with_a_send(&daemon, &env, "keeper-3", "kim@example.org", 777_003);
+    let refused = r#"{"userId":"online-erase-4b2e","event":"ping","properties":{"n":"WALRUS-51"}}"#;
+    assert_eq!(daemon.post("/v1/track", refused).status, 422);
+    let needles = ["online-erase-4b2e", "olga@example.org", "ZEBRA-434343", "WALRUS-51"];
+    for needle in needles {
+        assert!(
+            !files_containing(&data, needle).is_empty(),
+            "{needle} was never written"
+        );
+    }
+    assert_eq!(online_compactions(&daemon), 0);
+    let response = daemon.request("DELETE", "/v1/customers/online-erase-4b2e", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    // Intake goes on while the compaction is waited for, runs and is over:
+    // events are posted until 20 after the compaction was counted.
+    let mut acked = Vec::new();
+    let mut after = None;
+    for i in 0..100_000i64 {
+        let n = 900_000 + i;
+        let response = daemon.post("/v1/track", &ping("keeper-3", &format!("k3-{i}"), n));
+        assert_eq!(response.status, 200, "{}", response.body);
+        acked.push(n);
+        if after.is_none() && i % 5 == 0 && online_compactions(&daemon) > 0 {
+            after = Some(i);
+        }
+        if after.is_some_and(|at| i >= at + 20) {
+            break;
+        }
+    }
+    assert!(after.is_some_and(|at| at > 0), "no online compaction while posting");
+    // The erased customer's bytes are gone, the daemon still running.
+    for needle in needles {
+        assert_eq!(
+            files_containing(&data, needle),
+            Vec::<String>::new(),
+            "{needle} left while the daemon runs"
+        );
+    }
+    assert!(daemon.child.id() > 0);
+    assert_eq!(daemon.get("/v1/customers/online-erase-4b2e").status, 404);
+    assert_eq!(daemon.get("/v1/customers/keeper-3").status, 200);
+    // Every acknowledged event is sent once, before and after the swap.
+    let last = *acked.last().expect("acked");
+    eventually("the sends of every acknowledged event", || {
+        let text = std::fs::read_to_string(env.sends()).unwrap_or_default();
+        text.contains(&format!("ZEBRA-{last}")).then_some(())
+    });
+    let text = std::fs::read_to_string(env.sends()).expect("sends");
+    for n in &acked {
+        let needle = format!("ZEBRA-{n}");
+        let times = text.lines().filter(|l| l.contains(&needle)).count();
+        assert_eq!(times, 1, "{needle} sent {times} times");
+    }
+    let lines = sink_lines(&env.sends());
+    let seqs: Vec<u64> = lines.iter().filter_map(|l| l["seq"].as_u64()).collect();
+    assert_eq!(seqs.len(), lines.len());
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    // A second erasure in the same run gets its own compaction.
+    customer_with_a_send(&daemon, &env, "online-erase-2nd", "otto@example.org", 454_545);
+    let response = daemon.request("DELETE", "/v1/customers/online-erase-2nd", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    eventually("the second compaction", || (online_compactions(&daemon) == 2).then_some(()));
+    for needle in ["online-erase-2nd", "otto@example.org", "ZEBRA-454545"] {
+        assert_eq!(
+            files_containing(&data, needle),
+            Vec::<String>::new(),
+            "{needle} left while the daemon runs"
+        );
+    }
+    assert_eq!(daemon.post("/v1/track", &ping("keeper-3", "k3-end", 999_999)).status, 200);
+    eventually("a send after the second compaction", || {
+        let text = std::fs::read_to_string(env.sends()).unwrap_or_default();
+        text.contains("ZEBRA-999999").then_some(())
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+}
