@@ -93,15 +93,14 @@ pub fn import(
         .next_seq()?
         .unwrap_or(1)
         .max(store.last_outbox_seq()?.unwrap_or(0) + 1);
-    let Commits { committer, thread, .. } =
-        start_commits(
-            &store,
-            &shared,
-            next_seq,
-            super::faults::FaultPolicy::default(),
-            links,
-            Default::default(),
-        )?;
+    let Commits { committer, thread, .. } = start_commits(
+        &store,
+        &shared,
+        next_seq,
+        super::faults::FaultPolicy::default(),
+        links,
+        Default::default(),
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

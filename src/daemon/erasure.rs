@@ -1,5 +1,7 @@
 //! Erasure on disk: after `DELETE /v1/customers/ID`, no byte of the customer
-//! stays in the data directory past the next stop or start of the daemon.
+//! stays in the data directory longer than `--erasure-within` while the
+//! daemon runs (an online compaction, [`due`] and `compact_online` in
+//! `mod.rs`), nor past the next stop or start of the daemon.
 //!
 //! The erase job (commit thread) removes every key of the customer in the
 //! same batch as its record: state, timer entries, pending outbox records,
@@ -7,8 +9,9 @@
 //! removed there too (`CommitThread::erase_outside_group`). It also writes an
 //! *erasure mark* `x/ID`. Removed values still sit in sled's log segments
 //! until sled reuses them, and the JSONL sinks still hold the lines already
-//! delivered. So, while any mark exists, at a graceful stop (and at the next
-//! start, after a crash) [`compact_if_pending`]:
+//! delivered. So, while any mark exists, online (the pipeline stopped and
+//! started around it), at a graceful stop and at the next start (after a
+//! crash), [`compact_if_pending`]:
 //!
 //! 1. rewrites every JSONL sink, replacing each line of a marked customer by
 //!    `{"kind":"erased","seq":N}` (the `seq` keeps the file tail the

@@ -98,8 +98,15 @@ fn open(data: &Path, workspace: &Path) -> Pipeline {
     // As the daemon chooses it: after every number the store or a sink has seen.
     let highest_seen = store.last_outbox_seq().expect("last seq").unwrap_or(0).max(cursor);
     let next_seq = store.next_seq().expect("next seq").unwrap_or(1).max(highest_seen + 1);
-    let commits = start_commits(&store, &runtime, next_seq, faults::FaultPolicy::default(), None, Default::default())
-        .expect("commits");
+    let commits = start_commits(
+        &store,
+        &runtime,
+        next_seq,
+        faults::FaultPolicy::default(),
+        None,
+        Default::default(),
+    )
+    .expect("commits");
     Pipeline {
         store,
         committer: commits.committer,

@@ -252,7 +252,9 @@ fn erasure_within_a_bound_while_the_daemon_runs() {
     customer_with_a_send(&daemon, &env, "online-erase-2nd", "otto@example.org", 454_545);
     let response = daemon.request("DELETE", "/v1/customers/online-erase-2nd", None);
     assert_eq!(response.status, 200, "{}", response.body);
-    eventually("the second compaction", || (online_compactions(&daemon) == 2).then_some(()));
+    eventually("the second compaction", || {
+        (online_compactions(&daemon) == 2).then_some(())
+    });
     for needle in ["online-erase-2nd", "otto@example.org", "ZEBRA-454545"] {
         assert_eq!(
             files_containing(&data, needle),
@@ -260,7 +262,10 @@ fn erasure_within_a_bound_while_the_daemon_runs() {
             "{needle} left while the daemon runs"
         );
     }
-    assert_eq!(daemon.post("/v1/track", &ping("keeper-3", "k3-end", 999_999)).status, 200);
+    assert_eq!(
+        daemon.post("/v1/track", &ping("keeper-3", "k3-end", 999_999)).status,
+        200
+    );
     eventually("a send after the second compaction", || {
         let text = std::fs::read_to_string(env.sends()).unwrap_or_default();
         text.contains("ZEBRA-999999").then_some(())
