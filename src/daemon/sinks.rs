@@ -364,6 +364,16 @@ pub fn webhook_signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> S
 pub struct JsonlSink {
     path: PathBuf,
     file: File,
+    /// The file's length after the last append that succeeded.
+    length: u64,
+    /// An append failed (part of it may be in the file): the next one first
+    /// cuts the file back to `length`, so a retried round leaves no record
+    /// twice and no torn line between two.
+    failed: bool,
+    /// Tests: the next append writes this many bytes of its records and then
+    /// fails, as a full disk or an I/O error would.
+    #[cfg(test)]
+    pub(crate) fail_next: Option<usize>,
 }
 
 impl JsonlSink {
@@ -382,11 +392,15 @@ impl JsonlSink {
             .truncate(false)
             .open(path)?;
         let last_seq = recover_tail(&mut file)?;
-        file.seek(SeekFrom::End(0))?;
+        let length = file.seek(SeekFrom::End(0))?;
         Ok((
             JsonlSink {
                 path: path.to_path_buf(),
                 file,
+                length,
+                failed: false,
+                #[cfg(test)]
+                fail_next: None,
             },
             last_seq,
         ))
@@ -396,15 +410,48 @@ impl JsonlSink {
         &self.path
     }
 
-    /// Appends records (`(seq, JSON line)`) and syncs the file.
+    /// Appends records (`(seq, JSON line)`) and syncs the file. When that
+    /// fails, what it may have written is cut off (at once, or before the
+    /// next append if cutting failed too).
     pub fn append(&mut self, records: &[(u64, String)]) -> io::Result<()> {
+        if self.failed {
+            self.cut_back()?;
+        }
         let mut buffer = String::with_capacity(records.iter().map(|(_, l)| l.len() + 24).sum());
         for (seq, line) in records {
             buffer.push_str(&with_seq(line, *seq));
             buffer.push('\n');
         }
-        self.file.write_all(buffer.as_bytes())?;
+        match self.write_synced(buffer.as_bytes()) {
+            Ok(()) => {
+                self.length += buffer.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                self.failed = true;
+                let _ = self.cut_back();
+                Err(error)
+            }
+        }
+    }
+
+    fn write_synced(&mut self, bytes: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(written) = self.fail_next.take() {
+            self.file.write_all(&bytes[..written.min(bytes.len())])?;
+            return Err(io::Error::other("injected sink error"));
+        }
+        self.file.write_all(bytes)?;
         self.file.sync_data()
+    }
+
+    /// Cuts the file back to its length after the last good append.
+    fn cut_back(&mut self) -> io::Result<()> {
+        self.file.set_len(self.length)?;
+        self.file.seek(SeekFrom::Start(self.length))?;
+        self.file.sync_data()?;
+        self.failed = false;
+        Ok(())
     }
 }
 

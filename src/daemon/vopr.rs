@@ -399,6 +399,9 @@ impl Simulation {
             return;
         }
         let (cursor, name) = (pipeline.cursor, pipeline.route.name());
+        // A sink error: the append fails after writing part of the round.
+        let sink_error = (self.rng.gen_range(0..5) == 0).then(|| self.rng.gen_range(0..4096));
+        pipeline.sink.fail_next = sink_error;
         let round = outbox::deliver_jsonl_round(
             &pipeline.store,
             &pipeline.route,
@@ -407,8 +410,20 @@ impl Simulation {
             target,
             &pipeline.metrics,
         );
+        // Still set: the round had nothing to append.
+        let injected = sink_error.is_some() && pipeline.sink.fail_next.take().is_none();
         let new_cursor = match round {
-            Ok(new_cursor) => new_cursor,
+            Ok(new_cursor) if !injected => new_cursor,
+            Ok(_) => self.fail("an injected sink error was not reported".into()),
+            // The cursor stays: a later round delivers these records again.
+            Err(_) if injected => {
+                self.log.push(format!(
+                    "sink error after {} bytes of {}..={target}",
+                    sink_error.unwrap_or(0),
+                    cursor + 1
+                ));
+                return;
+            }
             Err(error) => self.fail(format!("JSONL delivery failed: {error}")),
         };
         self.log.push(format!("deliver {}..={new_cursor}", cursor + 1));
@@ -436,7 +451,10 @@ impl Simulation {
         let file = std::fs::read_to_string(self.root.path().join("data/sends.jsonl")).unwrap_or_default();
         let mut last = 0;
         for line in file.lines() {
-            let record: serde_json::Value = serde_json::from_str(line).expect("a JSONL line");
+            let record: serde_json::Value = match serde_json::from_str(line) {
+                Ok(record) => record,
+                Err(error) => self.fail(format!("the JSONL file has a line that is not JSON ({error}): {line}")),
+            };
             let seq = record["seq"].as_u64().expect("seq");
             if seq <= last {
                 self.fail(format!("the JSONL file has seq {seq} after {last}"));
