@@ -623,6 +623,24 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_append_leaves_nothing_and_its_retry_writes_each_record_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sends.jsonl");
+        let (mut sink, _) = JsonlSink::open(&path).expect("open");
+        sink.append(&[(1, "{\"a\":1}".into())]).expect("append");
+        let round = [(2, "{\"a\":2}".to_string()), (3, "{\"a\":3}".to_string())];
+        // Part of the round reaches the file (one whole line and a torn one), then the write fails.
+        sink.fail_next = Some(22);
+        assert!(sink.append(&round).is_err());
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "{\"a\":1,\"seq\":1}\n");
+        sink.append(&round).expect("retry");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "{\"a\":1,\"seq\":1}\n{\"a\":2,\"seq\":2}\n{\"a\":3,\"seq\":3}\n"
+        );
+    }
+
+    #[test]
     fn fully_torn_file_is_emptied() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sends.jsonl");
