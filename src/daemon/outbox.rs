@@ -108,6 +108,12 @@ pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, m
                 Ok((owned, Err(error))) => {
                     sink = Some(owned);
                     context.metrics.delivery_failures.inc();
+                    if *stopping.borrow() {
+                        // Stopping: the cursor stays where it is; the next
+                        // start (or round) retries.
+                        tracing::error!(%error, sink = %name, "JSONL delivery failed; stopping");
+                        return;
+                    }
                     tracing::error!(%error, sink = %name, "JSONL delivery failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
