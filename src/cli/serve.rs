@@ -344,6 +344,19 @@ mod tests {
     }
 
     #[test]
+    fn erasure_within_is_a_duration_off_or_zero() {
+        let within = |flags: &[&str]| settle_with(flags).map(|config| config.erasure_within);
+        assert_eq!(within(&[]), Ok(Some(std::time::Duration::from_secs(3600))));
+        assert_eq!(
+            within(&["--erasure-within", "10m"]),
+            Ok(Some(std::time::Duration::from_secs(600)))
+        );
+        assert_eq!(within(&["--erasure-within", "0"]), Ok(Some(std::time::Duration::ZERO)));
+        assert_eq!(within(&["--erasure-within", "off"]), Ok(None));
+        assert!(within(&["--erasure-within", "soon"]).is_err());
+    }
+
+    #[test]
     fn rates_and_ca_file_come_from_the_config_file_unless_flags_say_otherwise() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("ca.pem");
