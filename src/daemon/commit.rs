@@ -850,10 +850,11 @@ impl CommitThread {
         self.next_seq += group.records.len() as u64;
         let committed_seq = (!group.records.is_empty()).then(|| self.next_seq - 1);
         if !group.records.is_empty() {
-            let records: Vec<(u64, String)> = (first_seq..)
-                .zip(group.records.drain(..).map(|(_, line)| line))
-                .collect();
-            batch.insert(store::outbox_key(first_seq), store::encode_chunk(&records));
+            let lines = group.records.iter().map(|(_, line)| line.as_str());
+            batch.insert(
+                store::outbox_key(first_seq),
+                store::encode_numbered_chunk(first_seq, lines),
+            );
         }
         batch.insert(store::META_SEQ, &self.next_seq.to_be_bytes());
         if timer_delta != 0 {
@@ -1181,6 +1182,8 @@ struct Changes {
     writes: Vec<CustomerWrite>,
     stat_deltas: HashMap<String, i64>,
     groups: BTreeMap<(String, String), crate::runtime::stats::Groups>,
+    /// Groups read from the store by this thread's lanes (never written).
+    stored_groups: HashMap<(String, String), crate::runtime::stats::Groups>,
     erased: Vec<String>,
     /// Fault records to write (`Some`) or remove (`None`).
     faults: Vec<(String, Option<Fault>)>,
@@ -1492,6 +1495,7 @@ impl LaneContext<'_> {
             customer: &other_id,
             deltas: &mut changes.stat_deltas,
             groups: &mut changes.groups,
+            stored: &mut changes.stored_groups,
             store: self.store,
         };
         context.count(&records)?;
@@ -1522,6 +1526,7 @@ impl LaneContext<'_> {
             customer: &state.id,
             deltas: &mut changes.stat_deltas,
             groups: &mut changes.groups,
+            stored: &mut changes.stored_groups,
             store: self.store,
         };
         context.count(&effects.records)?;

@@ -52,6 +52,9 @@ pub struct RecordContext<'a> {
     pub deltas: &'a mut HashMap<String, i64>,
     /// Groups per (customer, journey) written by this group of requests.
     pub groups: &'a mut BTreeMap<(String, String), Groups>,
+    /// Groups per (customer, journey) as stored, read once per group of
+    /// requests (the store does not change while a group is applied).
+    pub stored: &'a mut HashMap<(String, String), Groups>,
     pub store: &'a Store,
 }
 
@@ -69,9 +72,13 @@ impl RecordContext<'_> {
     pub fn count(&mut self, records: &[TraceRecord]) -> Result<(), StoreError> {
         for record in records {
             let key = (self.customer.to_string(), record.journey.clone());
-            let mut groups = match self.groups.get(&key) {
-                Some(groups) => groups.clone(),
-                None => self.store.groups(self.customer, &record.journey)?,
+            let mut groups = match (self.groups.get(&key), self.stored.get(&key)) {
+                (Some(groups), _) | (None, Some(groups)) => groups.clone(),
+                (None, None) => {
+                    let groups = self.store.groups(self.customer, &record.journey)?;
+                    self.stored.insert(key.clone(), groups.clone());
+                    groups
+                }
             };
             let before = groups.clone();
             let deltas = &mut *self.deltas;

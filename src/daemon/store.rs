@@ -325,9 +325,17 @@ impl Store {
         let mut out = Vec::new();
         for item in self.db.range(start..=outbox_key(to)) {
             let (key, value) = item?;
-            for (seq, line) in decode_chunk(&key, &value)? {
-                if seq >= from && seq <= to {
-                    out.push((seq, line));
+            // A group commit's chunk may hold many more records than are
+            // asked for: the others are stepped over, not decoded, and the
+            // walk stops at the first record past them (records ascend).
+            for record in ChunkRecords::new(&key, &value)? {
+                let (seq, line) = record?;
+                if seq > to {
+                    return Ok(out);
+                }
+                if seq >= from {
+                    let line = std::str::from_utf8(line).map_err(|e| chunk_corrupt(&key, e))?;
+                    out.push((seq, line.to_string()));
                     if out.len() >= limit {
                         return Ok(out);
                     }
@@ -343,7 +351,7 @@ impl Store {
             None => Ok(None),
             Some(item) => {
                 let (key, value) = item?;
-                Ok(decode_chunk(&key, &value)?.last().map(|(seq, _)| *seq))
+                Ok(decode_chunk_borrowed(&key, &value)?.last().map(|(seq, _)| *seq))
             }
         }
     }
@@ -353,7 +361,7 @@ impl Store {
             None => Ok(None),
             Some(item) => {
                 let (key, value) = item?;
-                Ok(decode_chunk(&key, &value)?.first().map(|(seq, _)| *seq))
+                Ok(decode_chunk_borrowed(&key, &value)?.first().map(|(seq, _)| *seq))
             }
         }
     }
@@ -407,7 +415,7 @@ impl Store {
         // The last chunk is checked by decoding it.
         if let Some(previous) = previous {
             if let Some(value) = self.db.get(&previous)? {
-                if decode_chunk(&previous, &value)?
+                if decode_chunk_borrowed(&previous, &value)?
                     .last()
                     .is_none_or(|(last, _)| *last <= seq)
                 {
@@ -735,11 +743,72 @@ pub fn encode_chunk(records: &[(u64, String)]) -> Vec<u8> {
     postcard::to_allocvec(records).expect("outbox records always serialize")
 }
 
+/// The chunk of a group commit's records, numbered from `first`, without
+/// copying the lines into a list first (the same bytes as [`encode_chunk`]).
+pub fn encode_numbered_chunk<'a, I>(first: u64, lines: I) -> Vec<u8>
+where
+    I: ExactSizeIterator<Item = &'a str> + Clone,
+{
+    struct Numbered<I>(u64, I);
+    impl<'a, I: ExactSizeIterator<Item = &'a str> + Clone> serde::Serialize for Numbered<I> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_seq((self.0..).zip(self.1.clone()))
+        }
+    }
+    postcard::to_allocvec(&Numbered(first, lines)).expect("outbox records always serialize")
+}
+
 pub fn decode_chunk(key: &[u8], bytes: &[u8]) -> StoreResult<Vec<(u64, String)>> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+    postcard::from_bytes(bytes).map_err(|e| chunk_corrupt(key, e))
+}
+
+/// A chunk's records with their lines borrowed from `bytes`.
+pub fn decode_chunk_borrowed<'b>(key: &[u8], bytes: &'b [u8]) -> StoreResult<Vec<(u64, &'b str)>> {
+    postcard::from_bytes(bytes).map_err(|e| chunk_corrupt(key, e))
+}
+
+fn chunk_corrupt(key: &[u8], error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+        reason: error.to_string(),
+    }
+}
+
+/// The records of an outbox chunk one at a time, each line as its bytes
+/// (not checked as UTF-8): the postcard `Vec<(u64, String)>` read element
+/// by element.
+struct ChunkRecords<'b> {
+    key: &'b [u8],
+    rest: &'b [u8],
+    left: usize,
+}
+
+impl<'b> ChunkRecords<'b> {
+    fn new(key: &'b [u8], bytes: &'b [u8]) -> StoreResult<ChunkRecords<'b>> {
+        let (left, rest) = postcard::take_from_bytes::<usize>(bytes).map_err(|e| chunk_corrupt(key, e))?;
+        Ok(ChunkRecords { key, rest, left })
+    }
+}
+
+impl<'b> Iterator for ChunkRecords<'b> {
+    type Item = StoreResult<(u64, &'b [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        Some(match postcard::take_from_bytes::<(u64, &[u8])>(self.rest) {
+            Ok((record, rest)) => {
+                self.rest = rest;
+                Ok(record)
+            }
+            Err(error) => {
+                self.left = 0;
+                Err(chunk_corrupt(self.key, error))
+            }
+        })
+    }
 }
 
 pub fn cursor_key(sink: &str) -> Vec<u8> {
@@ -1010,6 +1079,34 @@ mod tests {
         assert!(due.contains(&(200, "c0".to_string())) && due.contains(&(200, "old".to_string())));
         assert!(due.contains(&(100, "c1".to_string())) && !due.contains(&(100, "c0".to_string())));
         assert_eq!(store.first_timer().expect("first"), Some(100));
+    }
+
+    #[test]
+    fn numbered_chunks_are_the_bytes_of_listed_ones() {
+        let lines = ["{\"a\":1}", "", "{\"b\":\"é\"}"];
+        let listed: Vec<(u64, String)> = (41..).zip(lines.iter().map(|l| l.to_string())).collect();
+        let bytes = encode_numbered_chunk(41, lines.iter().copied());
+        assert_eq!(bytes, encode_chunk(&listed));
+        let borrowed = decode_chunk_borrowed(b"o", &bytes).expect("decode");
+        assert_eq!(
+            borrowed,
+            listed.iter().map(|(s, l)| (*s, l.as_str())).collect::<Vec<_>>()
+        );
+        assert!(decode_chunk_borrowed(b"o", &bytes[..bytes.len() - 1]).is_err());
+        // Read through the store: from the middle of the chunk, and a line
+        // that is not UTF-8 is refused when it is read, not when stepped over.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        store.db.insert(outbox_key(41), bytes).expect("insert");
+        let range = store.outbox_range(42, 43, 10).expect("range");
+        assert_eq!(range, listed[1..].to_vec());
+        let torn = postcard::to_allocvec(&vec![(50u64, vec![b'{']), (51, vec![0xff])]).expect("encode");
+        store.db.insert(outbox_key(50), torn).expect("insert");
+        assert_eq!(
+            store.outbox_range(50, 50, 10).expect("range"),
+            vec![(50, "{".to_string())]
+        );
+        assert!(store.outbox_range(50, 51, 10).is_err());
     }
 
     #[test]
