@@ -22,6 +22,7 @@ pub mod erasure;
 pub mod export;
 pub mod faults;
 pub mod http;
+pub mod kv;
 pub mod metrics;
 pub mod outbox;
 pub mod rate;

@@ -123,7 +123,7 @@ impl Default for StoreOptions {
 /// The sled database with typed accessors. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pub db: sled::Db,
+    pub db: crate::daemon::kv::Kv,
 }
 
 impl Store {
@@ -138,7 +138,9 @@ impl Store {
         if let Some(found) = found.filter(|found| *found > STORE_FORMAT) {
             return Err(StoreError::NewerFormat { found });
         }
-        let store = Store { db };
+        let store = Store {
+            db: crate::daemon::kv::Kv::Sled(db),
+        };
         if found.is_some_and(|found| found < 6) || found.is_none() && store.db.iter().next().is_some() {
             // Formats before 6 did not count erasures: assume there were
             // some, so no profile made from now on repeats an erased one's
@@ -166,7 +168,7 @@ impl Store {
     where
         Old: serde::de::DeserializeOwned + Into<CustomerState>,
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         for item in self.db.scan_prefix([PREFIX_CUSTOMER]) {
             let (key, value) = item?;
             let corrupt = |reason: String| StoreError::Corrupt {
@@ -237,7 +239,6 @@ impl Store {
         (self.db.scan_prefix(&prefix))
             .map(|item| item.map(|(key, _)| String::from_utf8_lossy(&key[prefix.len()..]).into_owned()))
             .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
     }
 
     /// The groups of `customer` (`group` calls), keyed by their store key.
@@ -380,9 +381,9 @@ impl Store {
     /// Deletes outbox chunks whose records all have a sequence number up to
     /// `seq` (every sink has them).
     pub fn remove_outbox_through(&self, seq: u64) -> StoreResult<usize> {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         let mut removed = 0;
-        let mut previous: Option<sled::IVec> = None;
+        let mut previous: Option<crate::daemon::kv::Bytes> = None;
         for item in self.db.range(vec![PREFIX_OUTBOX]..) {
             let (key, _) = item?;
             if key.first() != Some(&PREFIX_OUTBOX) {
@@ -419,7 +420,7 @@ impl Store {
         self.finish_removal(batch, removed)
     }
 
-    fn finish_removal(&self, batch: sled::Batch, removed: usize) -> StoreResult<usize> {
+    fn finish_removal(&self, batch: crate::daemon::kv::Batch, removed: usize) -> StoreResult<usize> {
         if removed > 0 {
             self.db.apply_batch(batch)?;
         }
@@ -687,7 +688,7 @@ impl TimerChanges {
 
     /// Puts the changes into `batch` (reading the chunks customers leave).
     /// Returns the next unused chunk number.
-    pub fn write(self, store: &Store, batch: &mut sled::Batch) -> StoreResult<u64> {
+    pub fn write(self, store: &Store, batch: &mut crate::daemon::kv::Batch) -> StoreResult<u64> {
         for key in self.fired.into_iter().chain(self.removed) {
             batch.remove(key);
         }
@@ -973,7 +974,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
         let write = |changes: TimerChanges| {
-            let mut batch = sled::Batch::default();
+            let mut batch = crate::daemon::kv::Batch::default();
             let next = changes.write(&store, &mut batch).expect("write");
             store.db.apply_batch(batch).expect("apply");
             next
