@@ -19,7 +19,9 @@
 
 use super::store::{StoreError, StoreResult};
 use std::collections::BTreeMap;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
+
+pub mod pg;
 
 /// Bytes of a key or value: sled's cheaply cloned buffer, which every
 /// backend hands out.
@@ -29,6 +31,7 @@ pub type Bytes = sled::IVec;
 #[derive(Clone)]
 pub enum Kv {
     Sled(sled::Db),
+    Postgres(pg::Pg),
 }
 
 /// Writes applied atomically by [`Kv::apply_batch`]: all or none after a
@@ -68,6 +71,14 @@ impl Batch {
     }
 }
 
+fn owned(bound: Bound<&[u8]>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key.to_vec()),
+        Bound::Excluded(key) => Bound::Excluded(key.to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
 /// The first key after every key that starts with `prefix` (`None`: no such
 /// key, the prefix is all `0xff`).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -85,6 +96,7 @@ impl Kv {
     pub fn get<K: AsRef<[u8]>>(&self, key: K) -> StoreResult<Option<Bytes>> {
         match self {
             Kv::Sled(db) => Ok(db.get(key)?),
+            Kv::Postgres(pg) => pg.get(key.as_ref()),
         }
     }
 
@@ -98,6 +110,11 @@ impl Kv {
                 db.insert(key, value)?;
                 Ok(())
             }
+            Kv::Postgres(_) => {
+                let mut batch = Batch::default();
+                batch.insert(key.as_ref(), value);
+                self.apply_batch(batch)
+            }
         }
     }
 
@@ -107,6 +124,11 @@ impl Kv {
                 db.remove(key)?;
                 Ok(())
             }
+            Kv::Postgres(_) => {
+                let mut batch = Batch::default();
+                batch.remove(key.as_ref());
+                self.apply_batch(batch)
+            }
         }
     }
 
@@ -114,6 +136,7 @@ impl Kv {
     pub fn apply_batch(&self, batch: Batch) -> StoreResult<()> {
         match self {
             Kv::Sled(db) => Ok(db.apply_batch(batch.into_sled())?),
+            Kv::Postgres(pg) => pg.apply(None, batch).map(|_| ()),
         }
     }
 
@@ -135,6 +158,7 @@ impl Kv {
                     sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
                 })
             }
+            Kv::Postgres(pg) => pg.apply(Some((key, expected)), batch),
         }
     }
 
@@ -154,6 +178,7 @@ impl Kv {
     pub fn generate_id(&self) -> StoreResult<u64> {
         match self {
             Kv::Sled(db) => Ok(db.generate_id()?),
+            Kv::Postgres(pg) => pg.generate_id(),
         }
     }
 
@@ -164,6 +189,8 @@ impl Kv {
                 db.flush()?;
                 Ok(())
             }
+            // Each batch was durable when its transaction committed.
+            Kv::Postgres(_) => Ok(()),
         }
     }
 
@@ -174,6 +201,7 @@ impl Kv {
                 db.flush_async().await?;
                 Ok(())
             }
+            Kv::Postgres(_) => Ok(()),
         }
     }
 
@@ -186,6 +214,14 @@ impl Kv {
     pub fn scan_prefix<P: AsRef<[u8]>>(&self, prefix: P) -> Iter {
         match self {
             Kv::Sled(db) => Iter::Sled(db.scan_prefix(prefix)),
+            Kv::Postgres(_) => {
+                let prefix = prefix.as_ref();
+                let end = match prefix_end(prefix) {
+                    Some(end) => Bound::Excluded(end),
+                    None => Bound::Unbounded,
+                };
+                self.range_owned(Bound::Included(prefix.to_vec()), end)
+            }
         }
     }
 
@@ -193,6 +229,17 @@ impl Kv {
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
         match self {
             Kv::Sled(db) => Iter::Sled(db.range(range)),
+            Kv::Postgres(_) => self.range_owned(
+                owned(range.start_bound().map(AsRef::as_ref)),
+                owned(range.end_bound().map(AsRef::as_ref)),
+            ),
+        }
+    }
+
+    fn range_owned(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Iter {
+        match self {
+            Kv::Sled(db) => Iter::Sled(db.range((start, end))),
+            Kv::Postgres(pg) => Iter::Postgres(pg.scan(start, end)),
         }
     }
 }
@@ -200,6 +247,7 @@ impl Kv {
 /// An ordered scan, from either end.
 pub enum Iter {
     Sled(sled::Iter),
+    Postgres(pg::Scan),
 }
 
 impl Iter {
@@ -218,6 +266,7 @@ impl Iterator for Iter {
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Iter::Sled(iter) => iter.next().map(|item| item.map_err(StoreError::from)),
+            Iter::Postgres(scan) => scan.next(),
         }
     }
 }
@@ -226,6 +275,7 @@ impl DoubleEndedIterator for Iter {
     fn next_back(&mut self) -> Option<Self::Item> {
         match self {
             Iter::Sled(iter) => iter.next_back().map(|item| item.map_err(StoreError::from)),
+            Iter::Postgres(scan) => scan.next_back(),
         }
     }
 }

@@ -91,6 +91,8 @@ pub const STAT_ERASURES: &str = "g/erasures";
 pub enum StoreError {
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     #[error("corrupt record under key {key:?}: {reason}")]
     Corrupt { key: String, reason: String },
     #[error(
@@ -106,6 +108,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub cache_bytes: u64,
+    /// `--store postgres://…`: the records in PostgreSQL instead of sled
+    /// under the data directory (`daemon/kv/pg.rs`).
+    pub postgres: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -116,6 +121,7 @@ impl Default for StoreOptions {
         // less CPU than with 16 (docs/performance.md, "Daemon").
         StoreOptions {
             cache_bytes: 32 * 1024 * 1024,
+            postgres: None,
         }
     }
 }
@@ -127,20 +133,25 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens the store: sled under `dir`, or the PostgreSQL database of
+    /// `options.postgres`.
     pub fn open(dir: &Path, options: &StoreOptions) -> StoreResult<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(options.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        let db = match &options.postgres {
+            Some(url) => crate::daemon::kv::Kv::Postgres(crate::daemon::kv::pg::Pg::open(url)?),
+            None => crate::daemon::kv::Kv::Sled(
+                sled::Config::new()
+                    .path(dir)
+                    .cache_capacity(options.cache_bytes)
+                    .mode(sled::Mode::HighThroughput)
+                    .flush_every_ms(Some(1000))
+                    .open()?,
+            ),
+        };
         let found = db.get(META_FORMAT)?.map(|v| decode_u64(&v));
         if let Some(found) = found.filter(|found| *found > STORE_FORMAT) {
             return Err(StoreError::NewerFormat { found });
         }
-        let store = Store {
-            db: crate::daemon::kv::Kv::Sled(db),
-        };
+        let store = Store { db };
         if found.is_some_and(|found| found < 6) || found.is_none() && store.db.iter().next().is_some() {
             // Formats before 6 did not count erasures: assume there were
             // some, so no profile made from now on repeats an erased one's

@@ -11,9 +11,9 @@ const ROUNDS: usize = 4;
 const EVENTS_PER_BATCH: usize = 40;
 const POSTERS: usize = 3;
 
-#[test]
-fn sigkill_loses_no_acknowledged_event_and_repeats_no_send() {
-    let env = Env::new(WORKSPACE);
+crate::on_both_stores!(sigkill_loses_no_acknowledged_event_and_repeats_no_send);
+fn sigkill_loses_no_acknowledged_event_and_repeats_no_send(backend: Backend) {
+    let env = Env::on(WORKSPACE, backend);
     let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     for round in 0..ROUNDS {
