@@ -80,9 +80,9 @@ fn enrollment(daemon: &Daemon, customer: &str, journey: &str) -> serde_json::Val
         .unwrap_or_else(|| panic!("no {journey} enrollment in {customer}"))
 }
 
-#[test]
-fn reload_refuses_errors_pins_versions_and_migrates_by_label() {
-    let env = Env::new(RELOAD_WORKSPACE);
+crate::on_both_stores!(reload_refuses_errors_pins_versions_and_migrates_by_label);
+fn reload_refuses_errors_pins_versions_and_migrates_by_label(backend: Backend) {
+    let env = Env::on(RELOAD_WORKSPACE, backend);
     let daemon = env.start(&[]);
     assert_eq!(daemon.post("/v1/track", &bought("r1", "m1")).status, 200);
     let migrating_before = enrollment(&daemon, "r1", "migrating");
