@@ -44,6 +44,8 @@ pub const PARTITION_NONE: i32 = -1;
 const SCAN_PAGE: i64 = 512;
 /// The advisory lock a daemon holds on its database (`"journeyc"` in ASCII).
 const LOCK_DAEMON: i64 = 0x6a6f_7572_6e65_7963;
+/// Tries of the daemon's lock, 100 ms apart, before a start is refused.
+const LOCK_TRIES: usize = 50;
 /// The advisory lock under which migrations run.
 const LOCK_MIGRATE: i64 = LOCK_DAEMON + 1;
 
@@ -358,11 +360,20 @@ async fn connection(pool: &deadpool_postgres::Pool) -> StoreResult<deadpool_post
 /// Migrates, settles the partition count and takes the daemon's lock.
 async fn start(pool: &deadpool_postgres::Pool) -> StoreResult<(i32, deadpool_postgres::Object)> {
     let lock = connection(pool).await?;
-    let locked: bool = lock
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_DAEMON])
-        .await
-        .map_err(|e| error("lock", e))?
-        .get(0);
+    // A daemon that just exited holds the lock until the server has seen
+    // its connection close: wait a moment before refusing.
+    let mut locked = false;
+    for _ in 0..LOCK_TRIES {
+        locked = lock
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_DAEMON])
+            .await
+            .map_err(|e| error("lock", e))?
+            .get(0);
+        if locked {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     if !locked {
         return Err(StoreError::Postgres(
             "another journeyc daemon is running on this database (it holds the daemon's advisory lock)".into(),
