@@ -20,6 +20,10 @@ pub struct Args {
     /// Data directory (store, sink files, `addr`) [default: ./data]
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Keep the store in PostgreSQL, `postgres://USER@HOST:PORT/DB`, instead of sled under DATA
+    /// (DATA still holds the sink files, `addr` and the unsubscribe key)
+    #[arg(long, env = "JOURNEYC_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Address to listen on; port 0 picks a free port (written to DATA/addr) [default: 127.0.0.1:8080]
     #[arg(long)]
     pub listen: Option<String>,
@@ -93,6 +97,7 @@ pub struct Args {
 struct FileConfig {
     workspace: Option<PathBuf>,
     data: Option<PathBuf>,
+    store: Option<String>,
     listen: Option<String>,
     #[serde(default)]
     sinks: Vec<String>,
@@ -248,6 +253,12 @@ fn settle(args: Args) -> Result<Config, String> {
     let mut store = StoreOptions::default();
     if let Some(mib) = args.cache_mib.or(file.cache_mib) {
         store.cache_bytes = mib.max(1) * 1024 * 1024;
+    }
+    store.postgres = args.store.or(file.store).filter(|url| !url.is_empty());
+    if let Some(url) = &store.postgres {
+        if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(format!("--store: expected postgres://USER@HOST:PORT/DB, got {url:?}"));
+        }
     }
     let fault_defaults = crate::daemon::faults::FaultPolicy::default();
     let faults = crate::daemon::faults::FaultPolicy {

@@ -160,13 +160,13 @@ pub async fn start(store: &Store, broadcast: Broadcast, workspace: String, now: 
     if existing.iter().filter(|r| r.state == Progress::Running).count() >= BROADCASTS_RUNNING_MAX {
         return Err(StartError::TooMany);
     }
-    let mut batch = sled::Batch::default();
+    let mut batch = crate::daemon::kv::Batch::default();
     let done: Vec<&Record> = existing.iter().filter(|r| r.state == Progress::Done).collect();
     for old in done.iter().take((done.len() + 1).saturating_sub(BROADCASTS_KEPT_MAX)) {
         batch.remove(key(old.id));
     }
     let record = Record {
-        id: store.db.generate_id().map_err(StoreError::from)? + 1,
+        id: store.db.generate_id()? + 1,
         journey: broadcast.journey,
         segment: broadcast.segment,
         properties: broadcast.properties,
@@ -181,8 +181,8 @@ pub async fn start(store: &Store, broadcast: Broadcast, workspace: String, now: 
         enrolled: 0,
     };
     batch.insert(key(record.id), encode(&record));
-    store.db.apply_batch(batch).map_err(StoreError::from)?;
-    store.db.flush_async().await.map_err(StoreError::from)?;
+    store.db.apply_batch(batch)?;
+    store.db.flush_async().await?;
     Ok(record)
 }
 
@@ -287,7 +287,7 @@ pub fn finish_step(step: &Step, lines: &[(usize, String)]) -> (Vec<u8>, Vec<u8>)
 /// Moves the cursor of every running broadcast that names an erased
 /// customer (or an id merged into one) back to the greatest customer id
 /// before it that stays stored, in the erasing batch.
-pub fn forget(store: &Store, batch: &mut sled::Batch, erased: &[String]) -> Result<(), StoreError> {
+pub fn forget(store: &Store, batch: &mut crate::daemon::kv::Batch, erased: &[String]) -> Result<(), StoreError> {
     if erased.is_empty() {
         return Ok(());
     }
@@ -495,18 +495,18 @@ mod tests {
             put(&store, id, "pro");
         }
         store.db.insert(key(1), encode(&record(Some("c")))).expect("insert");
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         forget(&store, &mut batch, &["c".to_string(), "b".to_string()]).expect("forget");
         store.db.apply_batch(batch).expect("apply");
         assert_eq!(
             read(&store, 1).expect("reads").expect("kept").cursor.as_deref(),
             Some("a")
         );
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         forget(&store, &mut batch, &["a".to_string()]).expect("forget");
         store.db.apply_batch(batch).expect("apply");
         assert_eq!(read(&store, 1).expect("reads").expect("kept").cursor, None);
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         forget(&store, &mut batch, &["b".to_string()]).expect("forget");
         store.db.apply_batch(batch).expect("apply");
         assert_eq!(

@@ -785,7 +785,7 @@ impl CommitThread {
 
     /// Writes the group as one batch, flushes, publishes.
     fn write(&mut self, jobs: &[Job], mut group: Changes, answers: Vec<usize>) -> Result<Applied, CommitError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         let mut timers = TimerChanges::new(self.next_timer_chunk);
         for job in jobs {
             if let Job::Wake { timers: entries, .. } = job {
@@ -889,7 +889,7 @@ impl CommitThread {
     /// sends waiting for a retry that were committed by earlier groups.
     /// The ids merged into the customer go with it: their alias keys,
     /// their records in the outbox, dead letters and retry set, their marks.
-    fn erase_outside_group(&self, batch: &mut sled::Batch, customer: &str) -> Result<(), CommitError> {
+    fn erase_outside_group(&self, batch: &mut crate::daemon::kv::Batch, customer: &str) -> Result<(), CommitError> {
         let aliases = self.store.aliases_of(customer)?;
         let mut ids: std::collections::HashSet<&str> = aliases.iter().map(String::as_str).collect();
         ids.insert(customer);
@@ -903,7 +903,7 @@ impl CommitThread {
             batch.insert(super::erasure::erased_key(id), &[][..]);
             for prefix in [store::PREFIX_ARM, store::PREFIX_GROUP] {
                 for item in self.store.db.scan_prefix([&[prefix][..], id.as_bytes(), &[0]].concat()) {
-                    batch.remove(item.map_err(StoreError::from)?.0);
+                    batch.remove(item?.0);
                 }
             }
         }
@@ -933,7 +933,7 @@ impl CommitThread {
         // Dead letters and sends waiting for a retry both carry the record.
         for prefix in [store::PREFIX_DEAD, store::PREFIX_RETRY] {
             for item in self.store.db.scan_prefix([prefix]) {
-                let (key, value) = item.map_err(StoreError::from)?;
+                let (key, value) = item?;
                 if customer_of(&String::from_utf8_lossy(&value)).is_some_and(|c| ids.contains(c.as_str())) {
                     batch.remove(key);
                 }

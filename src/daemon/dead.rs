@@ -74,7 +74,7 @@ fn now_text() -> String {
 /// `max` letters; answers how many old letters were removed for it.
 pub fn park(store: &Store, failure: &Failure, max: usize) -> StoreResult<usize> {
     let mut dropped = 0;
-    let mut keys: Vec<sled::IVec> = Vec::new();
+    let mut keys: Vec<crate::daemon::kv::Bytes> = Vec::new();
     for item in store.db.scan_prefix([PREFIX_DEAD]).keys() {
         keys.push(item?);
     }
@@ -157,9 +157,9 @@ pub fn requeue(store: &Store, only: Option<&[u64]>) -> StoreResult<(usize, Vec<u
         letter["requeued"] = json!(true);
         let swapped = store
             .db
-            .compare_and_swap(&key, Some(&value), Some(letter.to_string().into_bytes()))?;
+            .compare_and_swap(&key, &value, Some(letter.to_string().into_bytes()))?;
         // A failed swap: erased or changed by its sink meanwhile; left as is.
-        if swapped.is_ok() {
+        if swapped {
             queued += 1;
         }
     }
@@ -174,8 +174,8 @@ pub fn requeue(store: &Store, only: Option<&[u64]>) -> StoreResult<(usize, Vec<u
 
 /// A requeued letter as its sink reads it.
 pub struct Requeued {
-    key: sled::IVec,
-    bytes: sled::IVec,
+    key: crate::daemon::kv::Bytes,
+    bytes: crate::daemon::kv::Bytes,
     pub seq: u64,
     pub letter: Value,
 }
@@ -214,20 +214,10 @@ pub fn requeued(store: &Store, sink: &str) -> StoreResult<Vec<Requeued>> {
 /// Moves a requeued letter to `key` (its sink's retry set) as `value`, in
 /// one transaction; `false` when the letter was erased or changed meanwhile.
 pub fn move_to(store: &Store, letter: &Requeued, key: &[u8], value: Vec<u8>) -> StoreResult<bool> {
-    let moved = store
-        .db
-        .transaction(|tx| -> sled::transaction::ConflictableTransactionResult<bool> {
-            if tx.get(&letter.key)?.as_ref() != Some(&letter.bytes) {
-                return Ok(false);
-            }
-            tx.remove(&letter.key)?;
-            tx.insert(key, value.clone())?;
-            Ok(true)
-        })
-        .map_err(|e| match e {
-            sled::transaction::TransactionError::Abort(()) => unreachable!("nothing aborts"),
-            sled::transaction::TransactionError::Storage(e) => e,
-        })?;
+    let mut batch = crate::daemon::kv::Batch::default();
+    batch.remove(&letter.key);
+    batch.insert(key, value);
+    let moved = store.db.apply_if(&letter.key, &letter.bytes, batch)?;
     Ok(moved)
 }
 

@@ -46,7 +46,6 @@ pub fn pending(store: &Store) -> Result<Vec<String>, StoreError> {
         .scan_prefix([PREFIX_ERASED])
         .map(|item| item.map(|(key, _)| String::from_utf8_lossy(&key[1..]).into_owned()))
         .collect::<Result<_, _>>()
-        .map_err(StoreError::from)
 }
 
 /// `--erasure-within`'s default: an hour.
@@ -140,11 +139,13 @@ pub fn compact_if_pending(
             .flush_every_ms(None)
             .open()
             .map_err(StoreError::from)?;
-        let fresh = Store { db: fresh };
-        let mut batch = sled::Batch::default();
+        let fresh = Store {
+            db: crate::daemon::kv::Kv::Sled(fresh),
+        };
+        let mut batch = crate::daemon::kv::Batch::default();
         let mut in_batch = 0usize;
         for item in store.db.iter() {
-            let (key, value) = item.map_err(StoreError::from)?;
+            let (key, value) = item?;
             if key.first() == Some(&PREFIX_ERASED) {
                 continue;
             }
@@ -153,14 +154,11 @@ pub fn compact_if_pending(
             batch.insert(key, value);
             in_batch += 1;
             if in_batch == 4096 {
-                fresh
-                    .db
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(StoreError::from)?;
+                fresh.db.apply_batch(std::mem::take(&mut batch))?;
                 in_batch = 0;
             }
         }
-        fresh.db.apply_batch(batch).map_err(StoreError::from)?;
+        fresh.db.apply_batch(batch)?;
         fresh.flush()?;
     }
     store.flush()?;

@@ -61,7 +61,7 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
     let mut due_now: Option<Millis> = None;
     let mut timers: Vec<String> = Vec::new();
     for item in store.db.iter() {
-        let (key, value) = item.map_err(StoreError::from)?;
+        let (key, value) = item?;
         if key.first() != Some(&store::PREFIX_TIMER) {
             emit_timers(&mut due_now, &mut timers, out, &mut emit)?;
         }
@@ -170,7 +170,7 @@ pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportErr
             "the data directory is not empty; import restores into an empty one".into(),
         ));
     }
-    let mut batch = sled::Batch::default();
+    let mut batch = crate::daemon::kv::Batch::default();
     let mut in_batch = 0;
     let mut count = 0;
     for (index, line) in input.lines().enumerate() {
@@ -267,14 +267,11 @@ pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportErr
         count += 1;
         in_batch += 1;
         if in_batch >= IMPORT_BATCH_LINES {
-            store
-                .db
-                .apply_batch(std::mem::take(&mut batch))
-                .map_err(StoreError::from)?;
+            store.db.apply_batch(std::mem::take(&mut batch))?;
             in_batch = 0;
         }
     }
-    store.db.apply_batch(batch).map_err(StoreError::from)?;
+    store.db.apply_batch(batch)?;
     store.flush()?;
     Ok(count)
 }
@@ -309,7 +306,7 @@ mod tests {
                 steps: 4,
             }),
         );
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         batch.insert(store::customer_key("c1"), store::encode_state(&state));
         batch.insert(store::timer_key(90_000, "c1"), &[]);
         batch.insert(

@@ -211,7 +211,7 @@ pub fn decode(key: &[u8], bytes: &[u8]) -> StoreResult<Fault> {
 }
 
 /// The fault record of `customer`, if it is failing.
-pub fn read(db: &sled::Db, customer: &str) -> StoreResult<Option<Fault>> {
+pub fn read(db: &crate::daemon::kv::Kv, customer: &str) -> StoreResult<Option<Fault>> {
     let key = fault_key(customer);
     match db.get(&key)? {
         Some(bytes) => decode(&key, &bytes).map(Some),
@@ -220,7 +220,7 @@ pub fn read(db: &sled::Db, customer: &str) -> StoreResult<Option<Fault>> {
 }
 
 /// Every failing customer, with whether it is parked (read at startup).
-pub fn all(db: &sled::Db) -> StoreResult<std::collections::HashMap<String, bool>> {
+pub fn all(db: &crate::daemon::kv::Kv) -> StoreResult<std::collections::HashMap<String, bool>> {
     let mut faults = std::collections::HashMap::new();
     for item in db.scan_prefix([PREFIX_FAULT]) {
         let (key, value) = item?;

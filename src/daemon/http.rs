@@ -659,12 +659,7 @@ async fn keep_rejected(state: &AppState, rejections: Vec<Rejection>, flush: bool
         |failure: super::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
     state.rejected.put(rejections).map_err(store_failed)?;
     if flush {
-        state
-            .store
-            .db
-            .flush_async()
-            .await
-            .map_err(|failure| store_failed(failure.into()))?;
+        state.store.db.flush_async().await.map_err(store_failed)?;
     }
     Ok(())
 }

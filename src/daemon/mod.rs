@@ -22,6 +22,7 @@ pub mod erasure;
 pub mod export;
 pub mod faults;
 pub mod http;
+pub mod kv;
 pub mod metrics;
 pub mod outbox;
 pub mod rate;
@@ -103,6 +104,40 @@ fn sink_specs(sinks: &[Sink]) -> Vec<SinkSpec> {
     sinks.iter().map(|sink| sink.spec.clone()).collect()
 }
 
+/// Removes what erased customers left behind, if anything: on sled the
+/// compaction of `erasure.rs` (JSONL sinks redacted, the store copied without
+/// the erased bytes); on PostgreSQL the JSONL sinks redacted, the table
+/// rewritten (`VACUUM FULL`, which drops the deleted rows' old versions),
+/// then the marks removed, so a crash in between does it again.
+fn finish_erasures(
+    store: Store,
+    dir: &std::path::Path,
+    options: &StoreOptions,
+    sinks: &[SinkSpec],
+) -> Result<Store, DaemonError> {
+    let kv::Kv::Postgres(pg) = &store.db else {
+        return Ok(erasure::compact_if_pending(store, dir, options, sinks)?.0);
+    };
+    let erased: std::collections::HashSet<String> = erasure::pending(&store)?.into_iter().collect();
+    if erased.is_empty() {
+        return Ok(store);
+    }
+    for sink in sinks {
+        if let SinkSpec::Jsonl(path) = sink {
+            erasure::redact_jsonl(path, &erased)
+                .map_err(|e| DaemonError::Io(format!("erasure: {}: {e}", path.display())))?;
+        }
+    }
+    pg.compact()?;
+    let mut marks = kv::Batch::default();
+    for customer in &erased {
+        marks.remove(erasure::erased_key(customer));
+    }
+    store.db.apply_batch(marks)?;
+    tracing::info!(customers = erased.len(), "erasure finished");
+    Ok(store)
+}
+
 /// Runs the daemon until SIGTERM / ctrl-c.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -117,7 +152,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     if erasures_pending {
         let store = Store::open(&dir, &options)?;
-        erasure::compact_if_pending(store, &dir, &options, &sinks)?;
+        finish_erasures(store, &dir, &options, &sinks)?;
     }
     Ok(())
 }
@@ -147,7 +182,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
                 )),
             })?;
             // Erasures that a crash kept from being finished at the last stop.
-            Ok(erasure::compact_if_pending(store, &dir, &options, &sinks)?.0)
+            finish_erasures(store, &dir, &options, &sinks)
         })
         .await
         .map_err(|e| DaemonError::Io(e.to_string()))??

@@ -186,7 +186,7 @@ impl RejectedStore {
     /// answers after one.
     pub fn put(&self, rejections: Vec<Rejection>) -> StoreResult<()> {
         let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         for mut rejection in rejections {
             self.warnings.warn(&rejection);
             rejection.id = self.store.db.generate_id()?;
@@ -214,8 +214,8 @@ impl RejectedStore {
         Ok(())
     }
 
-    fn removal(rejections: &[Rejection]) -> sled::Batch {
-        let mut batch = sled::Batch::default();
+    fn removal(rejections: &[Rejection]) -> crate::daemon::kv::Batch {
+        let mut batch = crate::daemon::kv::Batch::default();
         for rejection in rejections {
             batch.remove(key(rejection.id));
             if let Some(customer) = &rejection.customer {

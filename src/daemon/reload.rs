@@ -158,12 +158,12 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
     let mut moved = 0;
     if migrating {
         let now = super::timers::now_ms();
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         let mut timers = TimerChanges::new(store.next_timer_chunk()?);
         let mut in_batch = 0;
         let mut deltas: HashMap<String, i64> = HashMap::new();
         for item in store.db.scan_prefix([store::PREFIX_CUSTOMER]) {
-            let (key, value) = item.map_err(StoreError::from)?;
+            let (key, value) = item?;
             let (mut state, chunk) = store::decode_customer(&key, &value)?;
             let before = stats::positions(&state);
             let wake_before = state.next_wake();
@@ -194,7 +194,7 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
 /// Returns the next unused timer chunk number.
 fn write_changes(
     store: &Store,
-    batch: &mut sled::Batch,
+    batch: &mut crate::daemon::kv::Batch,
     deltas: &mut HashMap<String, i64>,
     timers: TimerChanges,
 ) -> Result<u64, StoreError> {

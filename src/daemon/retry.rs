@@ -75,8 +75,8 @@ fn now_ms() -> u64 {
 
 /// One record in a retry set, as read.
 struct Entry {
-    key: sled::IVec,
-    bytes: sled::IVec,
+    key: crate::daemon::kv::Bytes,
+    bytes: crate::daemon::kv::Bytes,
     seq: u64,
     value: Value,
 }
@@ -246,7 +246,7 @@ pub async fn run<S: Sender>(
                     }
                 }
                 cursor = *seq;
-                let mut batch = sled::Batch::default();
+                let mut batch = crate::daemon::kv::Batch::default();
                 if let Some(entry) = &entry {
                     batch.insert(retry_key(&name, *seq), entry.to_string().into_bytes());
                     in_set += 1;
@@ -326,11 +326,7 @@ async fn retry_due<S: Sender>(
                 }
             };
             // A failed swap: erased meanwhile; left as is.
-            if let Err(error) = context
-                .store
-                .db
-                .compare_and_swap(&entry.key, Some(&entry.bytes), replace)
-            {
+            if let Err(error) = context.store.db.compare_and_swap(&entry.key, &entry.bytes, replace) {
                 tracing::error!(%error, "could not update the retry set");
             }
             if !go_on {

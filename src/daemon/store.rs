@@ -91,6 +91,8 @@ pub const STAT_ERASURES: &str = "g/erasures";
 pub enum StoreError {
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     #[error("corrupt record under key {key:?}: {reason}")]
     Corrupt { key: String, reason: String },
     #[error(
@@ -106,6 +108,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub cache_bytes: u64,
+    /// `--store postgres://…`: the records in PostgreSQL instead of sled
+    /// under the data directory (`daemon/kv/pg.rs`).
+    pub postgres: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -116,6 +121,7 @@ impl Default for StoreOptions {
         // less CPU than with 16 (docs/performance.md, "Daemon").
         StoreOptions {
             cache_bytes: 32 * 1024 * 1024,
+            postgres: None,
         }
     }
 }
@@ -123,17 +129,24 @@ impl Default for StoreOptions {
 /// The sled database with typed accessors. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pub db: sled::Db,
+    pub db: crate::daemon::kv::Kv,
 }
 
 impl Store {
+    /// Opens the store: sled under `dir`, or the PostgreSQL database of
+    /// `options.postgres`.
     pub fn open(dir: &Path, options: &StoreOptions) -> StoreResult<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(options.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        let db = match &options.postgres {
+            Some(url) => crate::daemon::kv::Kv::Postgres(crate::daemon::kv::pg::Pg::open(url)?),
+            None => crate::daemon::kv::Kv::Sled(
+                sled::Config::new()
+                    .path(dir)
+                    .cache_capacity(options.cache_bytes)
+                    .mode(sled::Mode::HighThroughput)
+                    .flush_every_ms(Some(1000))
+                    .open()?,
+            ),
+        };
         let found = db.get(META_FORMAT)?.map(|v| decode_u64(&v));
         if let Some(found) = found.filter(|found| *found > STORE_FORMAT) {
             return Err(StoreError::NewerFormat { found });
@@ -166,7 +179,7 @@ impl Store {
     where
         Old: serde::de::DeserializeOwned + Into<CustomerState>,
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         for item in self.db.scan_prefix([PREFIX_CUSTOMER]) {
             let (key, value) = item?;
             let corrupt = |reason: String| StoreError::Corrupt {
@@ -237,7 +250,6 @@ impl Store {
         (self.db.scan_prefix(&prefix))
             .map(|item| item.map(|(key, _)| String::from_utf8_lossy(&key[prefix.len()..]).into_owned()))
             .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
     }
 
     /// The groups of `customer` (`group` calls), keyed by their store key.
@@ -388,9 +400,9 @@ impl Store {
     /// Deletes outbox chunks whose records all have a sequence number up to
     /// `seq` (every sink has them).
     pub fn remove_outbox_through(&self, seq: u64) -> StoreResult<usize> {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::daemon::kv::Batch::default();
         let mut removed = 0;
-        let mut previous: Option<sled::IVec> = None;
+        let mut previous: Option<crate::daemon::kv::Bytes> = None;
         for item in self.db.range(vec![PREFIX_OUTBOX]..) {
             let (key, _) = item?;
             if key.first() != Some(&PREFIX_OUTBOX) {
@@ -427,7 +439,7 @@ impl Store {
         self.finish_removal(batch, removed)
     }
 
-    fn finish_removal(&self, batch: sled::Batch, removed: usize) -> StoreResult<usize> {
+    fn finish_removal(&self, batch: crate::daemon::kv::Batch, removed: usize) -> StoreResult<usize> {
         if removed > 0 {
             self.db.apply_batch(batch)?;
         }
@@ -695,7 +707,7 @@ impl TimerChanges {
 
     /// Puts the changes into `batch` (reading the chunks customers leave).
     /// Returns the next unused chunk number.
-    pub fn write(self, store: &Store, batch: &mut sled::Batch) -> StoreResult<u64> {
+    pub fn write(self, store: &Store, batch: &mut crate::daemon::kv::Batch) -> StoreResult<u64> {
         for key in self.fired.into_iter().chain(self.removed) {
             batch.remove(key);
         }
@@ -1042,7 +1054,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
         let write = |changes: TimerChanges| {
-            let mut batch = sled::Batch::default();
+            let mut batch = crate::daemon::kv::Batch::default();
             let next = changes.write(&store, &mut batch).expect("write");
             store.db.apply_batch(batch).expect("apply");
             next

@@ -89,9 +89,9 @@ fn aggregates_without_the_token_hold_no_customer_data() {
     daemon.terminate();
 }
 
-#[test]
-fn invalid_input_is_refused_with_field_and_reason_and_nothing_is_stored() {
-    let env = Env::new(WORKSPACE);
+crate::on_both_stores!(invalid_input_is_refused_with_field_and_reason_and_nothing_is_stored);
+fn invalid_input_is_refused_with_field_and_reason_and_nothing_is_stored(backend: Backend) {
+    let env = Env::on(WORKSPACE, backend);
     let daemon = env.start(&[]);
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("/v1/track", "{\"userId\":".to_string(), 400, ""),
@@ -183,9 +183,9 @@ fn invalid_input_is_refused_with_field_and_reason_and_nothing_is_stored() {
     assert!(!metrics.contains("journeyc_events_rejected_total 0"), "{metrics}");
 }
 
-#[test]
-fn customers_journeys_stats_erasure_and_metrics() {
-    let env = Env::new(WORKSPACE);
+crate::on_both_stores!(customers_journeys_stats_erasure_and_metrics);
+fn customers_journeys_stats_erasure_and_metrics(backend: Backend) {
+    let env = Env::on(WORKSPACE, backend);
     let daemon = env.start(&[]);
     let identify = r#"{"userId":"c1","traits":{"plan":"pro"},"messageId":"i1"}"#;
     assert_eq!(daemon.post("/v1/identify", identify).status, 200);

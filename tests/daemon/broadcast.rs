@@ -96,9 +96,9 @@ fn counts(json: &serde_json::Value) -> [u64; 4] {
     ["visited", "members", "enrolled", "skipped"].map(|name| json[name].as_u64().expect(name))
 }
 
-#[test]
-fn a_broadcast_enrols_the_segment_once_and_reports_its_progress() {
-    let env = Env::new(OFFERS);
+crate::on_both_stores!(a_broadcast_enrols_the_segment_once_and_reports_its_progress);
+fn a_broadcast_enrols_the_segment_once_and_reports_its_progress(backend: Backend) {
+    let env = Env::on(OFFERS, backend);
     let daemon = env.start(&["--broadcast-batch", "4"]);
     add_customers(&daemon, 30);
 

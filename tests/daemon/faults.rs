@@ -30,9 +30,9 @@ fn metric(daemon: &Daemon, name: &str) -> Option<i64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-#[test]
-fn a_failing_customer_is_retried_then_parked_while_others_go_on() {
-    let env = Env::new(&workspace());
+crate::on_both_stores!(a_failing_customer_is_retried_then_parked_while_others_go_on);
+fn a_failing_customer_is_retried_then_parked_while_others_go_on(backend: Backend) {
+    let env = Env::on(&workspace(), backend);
     // Fails 4 times: the input, two retries (then parked), the admin retry.
     let daemon = env.start_with_env(
         &["--fault-retries", "2", "--fault-retry-ms", "100"],

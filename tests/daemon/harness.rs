@@ -46,17 +46,63 @@ pub fn binary() -> String {
     std::env::var("JOURNEYC_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_journeyc").to_string())
 }
 
-/// A temp directory with the workspace and a data directory.
+/// Which store the daemons of an [`Env`] keep their records in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// sled under the data directory (the default).
+    Sled,
+    /// A PostgreSQL server of the test's own (`pg.rs`), through `--store`.
+    Postgres,
+}
+
+/// Runs a test body once on sled and once on PostgreSQL, as two tests
+/// `NAME::sled` and `NAME::postgres` (the latter skipped only with
+/// `JOURNEYC_SKIP_PG=1`).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn sled() {
+                super::$name($crate::daemon::harness::Backend::Sled);
+            }
+            #[test]
+            fn postgres() {
+                if $crate::daemon::pg::skip_requested() {
+                    eprintln!("JOURNEYC_SKIP_PG=1: PostgreSQL test skipped");
+                    return;
+                }
+                super::$name($crate::daemon::harness::Backend::Postgres);
+            }
+        }
+    };
+}
+
+/// A temp directory with the workspace and a data directory, and the
+/// PostgreSQL server when the store is there.
 pub struct Env {
     pub root: tempfile::TempDir,
+    pub postgres: Option<super::pg::Postgres>,
 }
 
 impl Env {
     pub fn new(workspace: &str) -> Env {
+        Env::on(workspace, Backend::Sled)
+    }
+    /// [`Env::new`] with the store on `backend`.
+    pub fn on(workspace: &str, backend: Backend) -> Env {
         let root = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(root.path().join("ws")).expect("mkdir");
         std::fs::write(root.path().join("ws/test.journey"), workspace).expect("write workspace");
-        Env { root }
+        let postgres = (backend == Backend::Postgres).then(|| super::pg::Postgres::start("journeyc"));
+        Env { root, postgres }
+    }
+    /// The `--store` flag of this environment's daemons (none on sled).
+    pub fn store_args(&self) -> Vec<String> {
+        match &self.postgres {
+            Some(pg) => vec!["--store".into(), pg.url()],
+            None => Vec::new(),
+        }
     }
     pub fn workspace(&self) -> PathBuf {
         self.root.path().join("ws")
@@ -68,11 +114,13 @@ impl Env {
         self.data().join("sends.jsonl")
     }
     pub fn start(&self, extra: &[&str]) -> Daemon {
-        Daemon::start(&self.workspace(), &self.data(), extra)
+        self.start_with_env(extra, &[])
     }
     /// [`Env::start`] with extra environment variables.
     pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_with_env(&self.workspace(), &self.data(), extra, env)
+        let store = self.store_args();
+        let args: Vec<&str> = store.iter().map(String::as_str).chain(extra.iter().copied()).collect();
+        Daemon::start_with_env(&self.workspace(), &self.data(), &args, env)
     }
 }
 

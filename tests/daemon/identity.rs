@@ -36,9 +36,9 @@ fn until_exit(env: &Env, customer: &str) -> Vec<serde_json::Value> {
     })
 }
 
-#[test]
-fn an_anonymous_visitor_identified_later_goes_on_as_the_user() {
-    let env = Env::new(IDENTITY_WORKSPACE);
+crate::on_both_stores!(an_anonymous_visitor_identified_later_goes_on_as_the_user);
+fn an_anonymous_visitor_identified_later_goes_on_as_the_user(backend: Backend) {
+    let env = Env::on(IDENTITY_WORKSPACE, backend);
     let daemon = env.start(&["--sink", &format!("jsonl:{}", env.sends().display())]);
     let track = daemon.post("/v1/track", &viewed("anonymousId", "anon-1", "A1", "m1"));
     assert_eq!(track.status, 200, "{}", track.body);

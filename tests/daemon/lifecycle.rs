@@ -14,9 +14,9 @@ fn sends_of(env: &Env, message: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn timers_fire_on_time_and_survive_a_restart() {
-    let env = Env::new(WORKSPACE);
+crate::on_both_stores!(timers_fire_on_time_and_survive_a_restart);
+fn timers_fire_on_time_and_survive_a_restart(backend: Backend) {
+    let env = Env::on(WORKSPACE, backend);
     let daemon = env.start(&[]);
     assert_eq!(daemon.post("/v1/track", &bought("t1", "m1")).status, 200);
     // Fires after 2 s with the real clock.
@@ -80,9 +80,9 @@ fn enrollment(daemon: &Daemon, customer: &str, journey: &str) -> serde_json::Val
         .unwrap_or_else(|| panic!("no {journey} enrollment in {customer}"))
 }
 
-#[test]
-fn reload_refuses_errors_pins_versions_and_migrates_by_label() {
-    let env = Env::new(RELOAD_WORKSPACE);
+crate::on_both_stores!(reload_refuses_errors_pins_versions_and_migrates_by_label);
+fn reload_refuses_errors_pins_versions_and_migrates_by_label(backend: Backend) {
+    let env = Env::on(RELOAD_WORKSPACE, backend);
     let daemon = env.start(&[]);
     assert_eq!(daemon.post("/v1/track", &bought("r1", "m1")).status, 200);
     let migrating_before = enrollment(&daemon, "r1", "migrating");

@@ -14,6 +14,7 @@ mod import;
 mod isolation;
 mod lifecycle;
 mod pg;
+mod postgres;
 mod readout;
 mod rejected;
 mod smtp;

@@ -17,9 +17,9 @@ fn ids(list: &serde_json::Value) -> Vec<(Option<String>, String)> {
         .collect()
 }
 
-#[test]
-fn a_bad_call_does_not_sink_its_batch_and_is_kept_for_replay() {
-    let env = Env::new(WORKSPACE);
+crate::on_both_stores!(a_bad_call_does_not_sink_its_batch_and_is_kept_for_replay);
+fn a_bad_call_does_not_sink_its_batch_and_is_kept_for_replay(backend: Backend) {
+    let env = Env::on(WORKSPACE, backend);
     let daemon = env.start(&[]);
     // An undeclared event and a mistyped property among valid calls.
     let batch = format!(

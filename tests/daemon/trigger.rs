@@ -53,9 +53,9 @@ fn sent(customer: &str, message: &str, text: &str) -> (String, String, String) {
     (customer.to_string(), message.to_string(), text.to_string())
 }
 
-#[test]
-fn post_trigger_enrols_customers_with_their_properties_and_lists_the_refused_ones() {
-    let env = Env::new(COUPONS);
+crate::on_both_stores!(post_trigger_enrols_customers_with_their_properties_and_lists_the_refused_ones);
+fn post_trigger_enrols_customers_with_their_properties_and_lists_the_refused_ones(backend: Backend) {
+    let env = Env::on(COUPONS, backend);
     let daemon = env.start(&[]);
     let path = "/v1/journeys/coupon_drop/trigger";
 

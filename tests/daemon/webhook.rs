@@ -163,14 +163,14 @@ pub fn start_receiver(receiver: Receiver) -> Running {
     })
 }
 
-#[test]
-fn webhook_retries_with_idempotency_key_and_dead_letters() {
+crate::on_both_stores!(webhook_retries_with_idempotency_key_and_dead_letters);
+fn webhook_retries_with_idempotency_key_and_dead_letters(backend: Backend) {
     let receiver = start_receiver(Receiver {
         fail_first: 2,
         ..Receiver::default()
     });
     let (url, seen) = (receiver.url.clone(), receiver.seen.clone());
-    let env = Env::new(WORKSPACE);
+    let env = Env::on(WORKSPACE, backend);
     let jsonl = format!("jsonl:{}", env.sends().display());
     let webhook = format!("webhook:{url}");
     let daemon = env.start(&[
@@ -253,13 +253,13 @@ pub fn metric(daemon: &Daemon, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
 
-#[test]
-fn webhook_retries_keep_one_id_and_one_customers_order() {
+crate::on_both_stores!(webhook_retries_keep_one_id_and_one_customers_order);
+fn webhook_retries_keep_one_id_and_one_customers_order(backend: Backend) {
     let receiver = start_receiver(Receiver {
         fail_first: 2,
         ..Receiver::default()
     });
-    let env = Env::new(WORKSPACE);
+    let env = Env::on(WORKSPACE, backend);
     let jsonl = format!("jsonl:{}", env.sends().display());
     let webhook = format!("webhook:{}", receiver.url);
     let daemon = env.start(&[
