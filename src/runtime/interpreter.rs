@@ -108,6 +108,9 @@ pub struct Engine {
     versions: Arc<HashMap<String, (Arc<Loaded>, usize)>>,
     /// Segments whose membership changes matter (triggers, goals, exits).
     tracked_segments: Arc<Vec<SegmentId>>,
+    /// The `count`/`seen` windows of the tracked segments, each once
+    /// (segments share windows): where [`Run::next_segment_flip`] looks.
+    tracked_windows: Arc<Vec<Window>>,
     /// Whether any journey version has a segment goal or exit rule.
     segment_conditions: bool,
     /// The longest cap window of any journey or the workspace, in ms.
@@ -167,10 +170,15 @@ impl Engine {
             .map(|cap| cap.per_seconds * 1000)
             .max()
             .unwrap_or(0);
+        let tracked_windows: BTreeSet<Window> = tracked
+            .iter()
+            .flat_map(|segment| current.segment_windows[segment.0 as usize].iter().cloned())
+            .collect();
         Engine {
             current,
             versions: Arc::new(versions),
             tracked_segments: Arc::new(tracked.into_iter().collect()),
+            tracked_windows: Arc::new(tracked_windows.into_iter().collect()),
             segment_conditions,
             cap_window_ms,
             recurring_until: None,
@@ -333,7 +341,7 @@ impl Engine {
                 }
                 // `every` triggers run in customer-local time: a new
                 // `timezone` trait moves the pending occurrence.
-                run.reschedule(at);
+                run.reschedule_triggers(at);
             }
             Input::Track { event, properties, .. } => run.track(event, properties, at),
             Input::Trigger {
@@ -538,7 +546,7 @@ impl Run<'_, '_> {
             let member = self.scope(at, None).in_segment(*segment);
             self.state.segments.insert(name, member);
         }
-        self.reschedule(at);
+        self.reschedule_triggers(at);
     }
 
     fn scope<'a>(&'a self, now: Millis, event: Option<&'a BTreeMap<String, Value>>) -> Scope<'a> {
@@ -729,6 +737,14 @@ impl Run<'_, '_> {
     /// Recomputes the recurring triggers' next due times and the next
     /// instant a time window can change a tracked segment.
     fn reschedule(&mut self, now: Millis) {
+        self.reschedule_triggers(now);
+        self.state.segment_check = self.next_segment_flip(now);
+    }
+
+    /// Recomputes the recurring triggers' next due times only: for the
+    /// callers that [`Run::settle`] follows before anything reads
+    /// `segment_check` (it recomputes the flip from the settled segments).
+    fn reschedule_triggers(&mut self, now: Millis) {
         let bundle = self.engine.current.bundle.clone();
         for program in &bundle.journeys {
             let journey = bundle.name(program.name);
@@ -780,31 +796,27 @@ impl Run<'_, '_> {
                 }
             }
         }
-        self.state.segment_check = self.next_segment_flip(now);
     }
 
     /// The next instant an event leaves a `count`/`seen` window that a
     /// tracked segment depends on.
     fn next_segment_flip(&self, now: Millis) -> Option<Millis> {
-        let loaded = &self.engine.current;
         let mut next: Option<Millis> = None;
-        for segment in self.engine.tracked_segments.iter() {
-            for window in &loaded.segment_windows[segment.0 as usize] {
-                let Some(times) = self.state.history.get(&window.event) else {
-                    continue;
-                };
-                let window_ms = window.seconds.saturating_mul(1000);
-                let first = match window.latest_only {
-                    true => times
-                        .len()
-                        .saturating_sub(1)
-                        .max(times.partition_point(|t| t.saturating_add(window_ms) <= now)),
-                    false => times.partition_point(|t| t.saturating_add(window_ms) <= now),
-                };
-                if let Some(t) = times.get(first) {
-                    let flip = t.saturating_add(window_ms);
-                    next = Some(next.map_or(flip, |n: Millis| n.min(flip)));
-                }
+        for window in self.engine.tracked_windows.iter() {
+            let Some(times) = self.state.history.get(&window.event) else {
+                continue;
+            };
+            let window_ms = window.seconds.saturating_mul(1000);
+            let first = match window.latest_only {
+                true => times
+                    .len()
+                    .saturating_sub(1)
+                    .max(times.partition_point(|t| t.saturating_add(window_ms) <= now)),
+                false => times.partition_point(|t| t.saturating_add(window_ms) <= now),
+            };
+            if let Some(t) = times.get(first) {
+                let flip = t.saturating_add(window_ms);
+                next = Some(next.map_or(flip, |n: Millis| n.min(flip)));
             }
         }
         next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h))
@@ -838,7 +850,7 @@ impl Run<'_, '_> {
             }
             _ => {}
         }
-        self.reschedule(t);
+        self.reschedule_triggers(t);
     }
 
     // ---------------------------------------------------------- events
@@ -881,7 +893,7 @@ impl Run<'_, '_> {
                 }
             }
         }
-        self.reschedule(t);
+        self.reschedule_triggers(t);
     }
 
     /// A trigger call: enters the journey if the current workspace has it
