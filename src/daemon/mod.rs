@@ -106,9 +106,11 @@ fn sink_specs(sinks: &[Sink]) -> Vec<SinkSpec> {
 
 /// Removes what erased customers left behind, if anything: on sled the
 /// compaction of `erasure.rs` (JSONL sinks redacted, the store copied without
-/// the erased bytes); on PostgreSQL the JSONL sinks redacted, the table
-/// rewritten (`VACUUM FULL`, which drops the deleted rows' old versions),
-/// then the marks removed, so a crash in between does it again.
+/// the erased bytes); on PostgreSQL the JSONL sinks redacted, then the marks
+/// removed in one batch with `mvacuum` set, then the table rewritten
+/// (`VACUUM FULL`, which drops the old versions of deleted rows, the marks'
+/// among them), then `mvacuum` removed. A crash before the marks go redoes
+/// everything; a crash after vacuums again (`mvacuum` names no customer).
 fn finish_erasures(
     store: Store,
     dir: &std::path::Path,
@@ -119,21 +121,24 @@ fn finish_erasures(
         return Ok(erasure::compact_if_pending(store, dir, options, sinks)?.0);
     };
     let erased: std::collections::HashSet<String> = erasure::pending(&store)?.into_iter().collect();
-    if erased.is_empty() {
+    if !erased.is_empty() {
+        for sink in sinks {
+            if let SinkSpec::Jsonl(path) = sink {
+                erasure::redact_jsonl(path, &erased)
+                    .map_err(|e| DaemonError::Io(format!("erasure: {}: {e}", path.display())))?;
+            }
+        }
+        let mut marks = kv::Batch::default();
+        for customer in &erased {
+            marks.remove(erasure::erased_key(customer));
+        }
+        marks.insert(store::META_VACUUM_PENDING.to_vec(), Vec::new());
+        store.db.apply_batch(marks)?;
+    } else if store.db.get(store::META_VACUUM_PENDING)?.is_none() {
         return Ok(store);
     }
-    for sink in sinks {
-        if let SinkSpec::Jsonl(path) = sink {
-            erasure::redact_jsonl(path, &erased)
-                .map_err(|e| DaemonError::Io(format!("erasure: {}: {e}", path.display())))?;
-        }
-    }
     pg.compact()?;
-    let mut marks = kv::Batch::default();
-    for customer in &erased {
-        marks.remove(erasure::erased_key(customer));
-    }
-    store.db.apply_batch(marks)?;
+    store.db.remove(store::META_VACUUM_PENDING)?;
     tracing::info!(customers = erased.len(), "erasure finished");
     Ok(store)
 }
@@ -482,8 +487,8 @@ impl Round {
 
 /// The online erasure compaction (`--erasure-within`): with the HTTP front
 /// held (requests wait), the round is stopped as at a graceful stop, the
-/// JSONL sinks are redacted and the store rewritten
-/// ([`erasure::compact_if_pending`]), and a new round starts on the new
+/// JSONL sinks are redacted and the store rewritten ([`finish_erasures`]:
+/// the sled copy, or `VACUUM FULL` on PostgreSQL), and a new round starts on the new
 /// store. Nothing acknowledged is lost (every commit is on disk before the
 /// copy) and nothing is sent twice (the sinks' cursors and JSONL tails are
 /// carried over like at a restart). A failure here stops the daemon; the
@@ -500,10 +505,10 @@ async fn compact_online(
     *front = None;
     let store = round.stop().await;
     let (dir, options, sinks) = (store_dir(&config.data), config.store.clone(), sink_specs(&config.sinks));
-    let compacted = tokio::task::spawn_blocking(move || erasure::compact_if_pending(store, &dir, &options, &sinks))
+    let compacted = tokio::task::spawn_blocking(move || finish_erasures(store, &dir, &options, &sinks))
         .await
         .map_err(|e| DaemonError::Io(e.to_string()))?;
-    let (store, _) = compacted.map_err(|e| {
+    let store = compacted.map_err(|e| {
         tracing::error!(error = %e, "online erasure compaction failed; stopping (the next start finishes it)");
         e
     })?;

@@ -64,6 +64,10 @@ pub const META_CURRENT: &[u8] = b"mcurrent";
 pub const META_TIMER_CHUNK: &[u8] = b"mtimerchunk";
 /// The store format (u64 BE), written by the daemon when it starts.
 pub const META_FORMAT: &[u8] = b"mformat";
+/// On PostgreSQL: present (empty) between the removal of erasure marks and
+/// the end of the `VACUUM FULL` that drops their rows, so a crash in between
+/// vacuums again at the next start. Names no customer.
+pub const META_VACUUM_PENDING: &[u8] = b"mvacuum";
 
 /// The store format this build writes: 2 has timer chunks named by customer
 /// records; 3 adds subscriptions and remembered sends to the customer

@@ -124,6 +124,10 @@ impl Postgres {
     }
 
     /// The connection URL `journeyc serve --store` takes.
+    /// The server's data directory (`base/` holds the tables' files).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
     pub fn url(&self) -> String {
         format!("postgres://{}@127.0.0.1:{}/{}", self.user, self.port, self.database)
     }
