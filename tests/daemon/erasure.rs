@@ -178,11 +178,11 @@ fn online_compactions(daemon: &Daemon) -> u64 {
         .expect("journeyc_erasure_compactions_total in /metrics")
 }
 
+crate::on_both_stores!(erasure_within_a_bound_while_the_daemon_runs);
+
 /// With `--erasure-within`, the bytes of an erased customer leave the data
 /// directory while the daemon keeps running, and intake that goes on across
 /// the compaction loses nothing and sends nothing twice.
-crate::on_both_stores!(erasure_within_a_bound_while_the_daemon_runs);
-
 /// On PostgreSQL the table's files (`base/`) are searched too: `VACUUM FULL`
 /// must leave none of the erased rows there (the write-ahead log is the
 /// database's to recycle, `docs/scale-out.md`).
