@@ -298,6 +298,10 @@ struct Round {
     commit_thread: std::thread::JoinHandle<()>,
     stop_sender: watch::Sender<bool>,
     sinks_stop_sender: watch::Sender<bool>,
+    /// The JSONL sinks' tasks: only local file writes, so a stop waits for
+    /// them (a round cut off mid-append would race the compaction's copy).
+    jsonl_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The webhook and SMTP sinks' tasks: a stop cancels them after 5 s.
     sink_tasks: Vec<tokio::task::JoinHandle<()>>,
     timer_task: tokio::task::JoinHandle<()>,
     broadcast_task: tokio::task::JoinHandle<()>,
@@ -355,11 +359,12 @@ impl Round {
             metrics: metrics.clone(),
             dead_retry: dead_retry_receiver,
         };
+        let mut jsonl_tasks = Vec::new();
         let mut sink_tasks = Vec::new();
         for (route, sink, tail) in jsonl_sinks {
             let cursor = outbox::start_cursor(&store, &route.name(), tail);
             tracing::info!(sink = %route.name(), cursor, "JSONL sink ready");
-            sink_tasks.push(tokio::spawn(outbox::run_jsonl(context.clone(), route, sink, cursor)));
+            jsonl_tasks.push(tokio::spawn(outbox::run_jsonl(context.clone(), route, sink, cursor)));
         }
         for route in &config.sinks {
             let cursor = outbox::start_cursor(&store, &route.name(), None);
@@ -436,6 +441,7 @@ impl Round {
             commit_thread,
             stop_sender,
             sinks_stop_sender,
+            jsonl_tasks,
             sink_tasks,
             timer_task,
             broadcast_task,
@@ -456,6 +462,7 @@ impl Round {
             commit_thread,
             stop_sender,
             sinks_stop_sender,
+            jsonl_tasks,
             sink_tasks,
             timer_task,
             broadcast_task,
@@ -471,6 +478,11 @@ impl Round {
         drop(committer);
         let _ = tokio::task::spawn_blocking(move || commit_thread.join()).await;
         let _ = sinks_stop_sender.send(true);
+        // A JSONL round is never cut off: it returns once it has written
+        // and recorded what was committed, or at its first failed append.
+        for task in jsonl_tasks {
+            let _ = task.await;
+        }
         for mut task in sink_tasks {
             if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
                 // Still retrying a sink that does not answer: what it has not
