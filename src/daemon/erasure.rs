@@ -101,6 +101,40 @@ pub fn recover_swap(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes what erased customers left behind, if anything: on sled the
+/// compaction of `erasure.rs` (JSONL sinks redacted, the store copied without
+/// the erased bytes); on PostgreSQL the JSONL sinks redacted, then the marks
+/// removed in one batch with `mvacuum` set, then the table rewritten
+/// (`VACUUM FULL`, which drops the old versions of deleted rows, the marks'
+/// among them), then `mvacuum` removed. A crash before the marks go redoes
+/// everything; a crash after vacuums again (`mvacuum` names no customer).
+pub fn finish(store: Store, dir: &Path, options: &StoreOptions, sinks: &[SinkSpec]) -> Result<Store, DaemonError> {
+    let super::kv::Kv::Postgres(pg) = &store.db else {
+        return Ok(compact_if_pending(store, dir, options, sinks)?.0);
+    };
+    let erased: HashSet<String> = pending(&store)?.into_iter().collect();
+    if !erased.is_empty() {
+        for sink in sinks {
+            if let SinkSpec::Jsonl(path) = sink {
+                redact_jsonl(path, &erased)
+                    .map_err(|e| DaemonError::Io(format!("erasure: {}: {e}", path.display())))?;
+            }
+        }
+        let mut marks = super::kv::Batch::default();
+        for customer in &erased {
+            marks.remove(erased_key(customer));
+        }
+        marks.insert(super::store::META_VACUUM_PENDING.to_vec(), Vec::new());
+        store.db.apply_batch(marks)?;
+    } else if store.db.get(super::store::META_VACUUM_PENDING)?.is_none() {
+        return Ok(store);
+    }
+    pg.compact()?;
+    store.db.remove(super::store::META_VACUUM_PENDING)?;
+    tracing::info!(customers = erased.len(), "erasure finished");
+    Ok(store)
+}
+
 /// If customers were erased since the last compaction, redacts the JSONL
 /// sinks and rewrites the store without their old bytes; returns the store
 /// to go on with (reopened when it was rewritten). `store` must be the only

@@ -104,45 +104,6 @@ fn sink_specs(sinks: &[Sink]) -> Vec<SinkSpec> {
     sinks.iter().map(|sink| sink.spec.clone()).collect()
 }
 
-/// Removes what erased customers left behind, if anything: on sled the
-/// compaction of `erasure.rs` (JSONL sinks redacted, the store copied without
-/// the erased bytes); on PostgreSQL the JSONL sinks redacted, then the marks
-/// removed in one batch with `mvacuum` set, then the table rewritten
-/// (`VACUUM FULL`, which drops the old versions of deleted rows, the marks'
-/// among them), then `mvacuum` removed. A crash before the marks go redoes
-/// everything; a crash after vacuums again (`mvacuum` names no customer).
-fn finish_erasures(
-    store: Store,
-    dir: &std::path::Path,
-    options: &StoreOptions,
-    sinks: &[SinkSpec],
-) -> Result<Store, DaemonError> {
-    let kv::Kv::Postgres(pg) = &store.db else {
-        return Ok(erasure::compact_if_pending(store, dir, options, sinks)?.0);
-    };
-    let erased: std::collections::HashSet<String> = erasure::pending(&store)?.into_iter().collect();
-    if !erased.is_empty() {
-        for sink in sinks {
-            if let SinkSpec::Jsonl(path) = sink {
-                erasure::redact_jsonl(path, &erased)
-                    .map_err(|e| DaemonError::Io(format!("erasure: {}: {e}", path.display())))?;
-            }
-        }
-        let mut marks = kv::Batch::default();
-        for customer in &erased {
-            marks.remove(erasure::erased_key(customer));
-        }
-        marks.insert(store::META_VACUUM_PENDING.to_vec(), Vec::new());
-        store.db.apply_batch(marks)?;
-    } else if store.db.get(store::META_VACUUM_PENDING)?.is_none() {
-        return Ok(store);
-    }
-    pg.compact()?;
-    store.db.remove(store::META_VACUUM_PENDING)?;
-    tracing::info!(customers = erased.len(), "erasure finished");
-    Ok(store)
-}
-
 /// Runs the daemon until SIGTERM / ctrl-c.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -157,7 +118,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     if erasures_pending {
         let store = Store::open(&dir, &options)?;
-        finish_erasures(store, &dir, &options, &sinks)?;
+        erasure::finish(store, &dir, &options, &sinks)?;
     }
     Ok(())
 }
@@ -187,7 +148,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
                 )),
             })?;
             // Erasures that a crash kept from being finished at the last stop.
-            finish_erasures(store, &dir, &options, &sinks)
+            erasure::finish(store, &dir, &options, &sinks)
         })
         .await
         .map_err(|e| DaemonError::Io(e.to_string()))??
@@ -499,7 +460,7 @@ impl Round {
 
 /// The online erasure compaction (`--erasure-within`): with the HTTP front
 /// held (requests wait), the round is stopped as at a graceful stop, the
-/// JSONL sinks are redacted and the store rewritten ([`finish_erasures`]:
+/// JSONL sinks are redacted and the store rewritten ([`erasure::finish`]:
 /// the sled copy, or `VACUUM FULL` on PostgreSQL), and a new round starts on the new
 /// store. Nothing acknowledged is lost (every commit is on disk before the
 /// copy) and nothing is sent twice (the sinks' cursors and JSONL tails are
@@ -517,7 +478,7 @@ async fn compact_online(
     *front = None;
     let store = round.stop().await;
     let (dir, options, sinks) = (store_dir(&config.data), config.store.clone(), sink_specs(&config.sinks));
-    let compacted = tokio::task::spawn_blocking(move || finish_erasures(store, &dir, &options, &sinks))
+    let compacted = tokio::task::spawn_blocking(move || erasure::finish(store, &dir, &options, &sinks))
         .await
         .map_err(|e| DaemonError::Io(e.to_string()))?;
     let store = compacted.map_err(|e| {
