@@ -23,7 +23,7 @@ journey offer {
 }
 "#;
 
-/// Customers `c0000` … as identify calls, the even ones `pro`, in batches.
+/// Customers `user0000` … as identify calls, the even ones `pro`, in batches.
 fn add_customers(daemon: &Daemon, count: usize) {
     let ids: Vec<usize> = (0..count).collect();
     for chunk in ids.chunks(500) {
@@ -42,8 +42,11 @@ fn add_customers(daemon: &Daemon, count: usize) {
     }
 }
 
+/// A customer id with letters outside hex, so the byte search for an
+/// erased customer cannot match inside another customer's send id (a hex
+/// digest: `c0024`'s offer id contains `c0031`).
 fn id(n: usize) -> String {
-    format!("c{n:04}")
+    format!("user{n:04}")
 }
 
 fn start_broadcast(daemon: &Daemon, code: &str) -> String {
@@ -111,7 +114,10 @@ fn a_broadcast_enrols_the_segment_once_and_reports_its_progress(backend: Backend
     let untyped = daemon.post(path, r#"{"segment":"pro","properties":{"code":5}}"#);
     assert_eq!(untyped.status, 422, "{}", untyped.body);
     assert_eq!(untyped.json()["error"]["field"], "properties.code");
-    let both = daemon.post(path, r#"{"segment":"pro","userId":"c0000","properties":{"code":"A"}}"#);
+    let both = daemon.post(
+        path,
+        r#"{"segment":"pro","userId":"user0000","properties":{"code":"A"}}"#,
+    );
     assert_eq!(both.status, 422, "{}", both.body);
     let anonymous = daemon.request_with("GET", "/v1/broadcasts", None, None);
     assert_eq!(anonymous.status, 401, "{}", anonymous.body);
@@ -163,7 +169,7 @@ fn a_broadcast_enrols_the_segment_once_and_reports_its_progress(backend: Backend
         "{metrics}"
     );
     // Intake went on meanwhile, and nothing more was sent.
-    let ping = daemon.post("/v1/identify", r#"{"userId":"c0001","traits":{"plan":"pro"}}"#);
+    let ping = daemon.post("/v1/identify", r#"{"userId":"user0001","traits":{"plan":"pro"}}"#);
     assert_eq!(ping.status, 200, "{}", ping.body);
     assert_eq!(offers(&env).values().sum::<usize>(), 15);
     daemon.kill();
