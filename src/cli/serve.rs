@@ -61,6 +61,10 @@ pub struct Args {
     /// sled page cache size in MiB
     #[arg(long)]
     pub cache_mib: Option<u64>,
+    /// With --store: seconds the store's lease lasts unrenewed (renewed every second) before a
+    /// standby node takes over, 1 to 10 [default: 10]
+    #[arg(long)]
+    pub lease_seconds: Option<u64>,
     /// Time a client has to send a request's head; also the idle keep-alive limit [default: 10s]
     #[arg(long)]
     pub header_timeout: Option<String>,
@@ -112,6 +116,7 @@ struct FileConfig {
     #[serde(default)]
     rate: std::collections::BTreeMap<String, String>,
     cache_mib: Option<u64>,
+    lease_seconds: Option<u64>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
     max_connections: Option<usize>,
@@ -255,6 +260,12 @@ fn settle(args: Args) -> Result<Config, String> {
         store.cache_bytes = mib.max(1) * 1024 * 1024;
     }
     store.postgres = args.store.or(file.store).filter(|url| !url.is_empty());
+    if let Some(seconds) = args.lease_seconds.or(file.lease_seconds) {
+        if !(1..=10).contains(&seconds) {
+            return Err(format!("--lease-seconds: expected 1 to 10, got {seconds}"));
+        }
+        store.lease = std::time::Duration::from_secs(seconds);
+    }
     if let Some(url) = &store.postgres {
         if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(format!("--store: expected postgres://USER@HOST:PORT/DB, got {url:?}"));

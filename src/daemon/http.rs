@@ -1268,6 +1268,32 @@ async fn retry_dead_letters(State(state): State<AppState>, body: axum::body::Byt
     }
 }
 
+/// What a standby node (another one holds the PostgreSQL store's lease)
+/// serves while it waits: `/healthz` says so and names the owner; every
+/// other request gets 503, as nothing may be written here.
+pub fn standby_router(pg: super::kv::pg::Pg) -> Router {
+    Router::new()
+        .route("/healthz", get(standby_healthz))
+        .fallback(|| async {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "",
+                "standby: another node holds the store's lease; this one takes over when it expires",
+            )
+        })
+        .with_state(pg)
+}
+
+async fn standby_healthz(State(pg): State<super::kv::pg::Pg>) -> Response {
+    let mut body = json!({"status": "standby", "node": pg.node()});
+    if let Ok(Some((owner, epoch, expired))) = pg.lease_holder() {
+        body["owner"] = json!(owner);
+        body["epoch"] = json!(epoch);
+        body["expired"] = json!(expired);
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
 async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }

@@ -93,6 +93,22 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Kv {
+    /// Opens sled under `dir`, or the PostgreSQL database of
+    /// `options.postgres` (as owner or standby, see [`pg::Pg::open`]).
+    pub fn open(dir: &std::path::Path, options: &super::store::StoreOptions) -> StoreResult<Kv> {
+        Ok(match &options.postgres {
+            Some(url) => Kv::Postgres(pg::Pg::open(url, options.lease)?),
+            None => Kv::Sled(
+                sled::Config::new()
+                    .path(dir)
+                    .cache_capacity(options.cache_bytes)
+                    .mode(sled::Mode::HighThroughput)
+                    .flush_every_ms(Some(1000))
+                    .open()?,
+            ),
+        })
+    }
+
     pub fn get<K: AsRef<[u8]>>(&self, key: K) -> StoreResult<Option<Bytes>> {
         match self {
             Kv::Sled(db) => Ok(db.get(key)?),

@@ -113,10 +113,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Io(format!("cannot start the async runtime: {e}")))?;
     let (dir, options) = (store_dir(&config.data), config.store.clone());
     let sinks = sink_specs(&config.sinks);
-    let erasures_pending = runtime.block_on(serve(config))?;
-    // Every task (and with them every handle of the store) ends here.
+    let served = runtime.block_on(serve(config));
+    // Every task (and with them every handle of the store) ends here, also
+    // after a failure (a lost lease: nothing it could still do commits).
     runtime.shutdown_timeout(Duration::from_secs(5));
-    if erasures_pending {
+    if served? {
         let store = Store::open(&dir, &options)?;
         erasure::finish(store, &dir, &options, &sinks)?;
     }
@@ -135,17 +136,64 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
             .map_err(|e| DaemonError::Io(e.to_string()))?
             .map_err(DaemonError::Workspace)?
     };
+    let db = {
+        let dir = store_dir(&config.data);
+        let options = config.store.clone();
+        tokio::task::spawn_blocking(move || -> Result<kv::Kv, DaemonError> {
+            erasure::recover_swap(&dir).map_err(|e| DaemonError::Io(format!("{}: {e}", dir.display())))?;
+            kv::Kv::open(&dir, &options).map_err(|e| {
+                DaemonError::Io(format!(
+                    "cannot open the store (is another daemon running on this data dir?): {e}"
+                ))
+            })
+        })
+        .await
+        .map_err(|e| DaemonError::Io(e.to_string()))??
+    };
+    let (stopping_sender, stopping) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stopping_sender.send(true);
+    });
+    // The router requests go through; empty (503) until the pipeline runs.
+    let front: server::Front = Arc::new(tokio::sync::RwLock::new(None));
+    let mut serving = None;
+    if let kv::Kv::Postgres(pg) = &db {
+        if !matches!(pg.lease(), kv::pg::LeaseState::Held(_)) {
+            let listener = bind(&config.listen).await?;
+            let address = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
+            *front.write().await = Some(http::standby_router(pg.clone()));
+            let server_task = start_server(listener, front.clone(), &config, stopping.clone());
+            let _ = std::fs::write(config.data.join("addr"), address.to_string());
+            println!("journeyc serve: standby on http://{address}, waiting for the store's lease");
+            tracing::info!(%address, node = %pg.node(), "standby: another node holds the store's lease");
+            let mut lease = pg.lease_changes();
+            let mut stop = stopping.clone();
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => {
+                    let _ = server_task.await;
+                    tracing::info!("stopped as a standby");
+                    return Ok(false);
+                }
+                _ = lease.wait_for(|state| !matches!(state, kv::pg::LeaseState::Standby)) => {}
+            }
+            if let kv::pg::LeaseState::Lost(reason) = pg.lease() {
+                return Err(DaemonError::Io(reason));
+            }
+            tracing::info!(node = %pg.node(), "took over the store");
+            serving = Some((server_task, address));
+            // Until the pipeline runs, requests get 503.
+            *front.write().await = None;
+        }
+    }
     let store = {
         let dir = store_dir(&config.data);
         let options = config.store.clone();
         let sinks = sink_specs(&config.sinks);
         tokio::task::spawn_blocking(move || -> Result<Store, DaemonError> {
-            erasure::recover_swap(&dir).map_err(|e| DaemonError::Io(format!("{}: {e}", dir.display())))?;
-            let store = Store::open(&dir, &options).map_err(|e| match e {
+            let store = Store::on(db).map_err(|e| match e {
                 StoreError::NewerFormat { .. } => DaemonError::Io(e.to_string()),
-                e => DaemonError::Io(format!(
-                    "cannot open the store (is another daemon running on this data dir?): {e}"
-                )),
+                e => DaemonError::Io(format!("cannot open the store: {e}")),
             })?;
             // Erasures that a crash kept from being finished at the last stop.
             erasure::finish(store, &dir, &options, &sinks)
@@ -169,10 +217,14 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     }
     // Bound before the commit thread starts: the default public URL (in
     // every send's unsubscribe link) is the address actually bound.
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| DaemonError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
-    let address: SocketAddr = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
+    let (listener, address) = match &serving {
+        Some((_, address)) => (None, *address),
+        None => {
+            let listener = bind(&config.listen).await?;
+            let address: SocketAddr = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
+            (Some(listener), address)
+        }
+    };
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
     let links = Arc::new(
         unsubscribe::Links::open(&config.data, &public_url)
@@ -198,27 +250,18 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
             .map_err(|e| DaemonError::Io(e.to_string()))?;
         tracing::info!(bundle = %loaded.bundle_key, migrated, "workspace version installed");
     }
-    let front: server::Front = Arc::new(tokio::sync::RwLock::new(Some(http::router(round.state.clone()))));
+    *front.write().await = Some(http::router(round.state.clone()));
     let reloader = Arc::new(Mutex::new(round.state.reloader.clone()));
     let hangup_task = tokio::spawn(reload_on_hangup(front.clone(), reloader.clone()));
-    let (stopping_sender, stopping) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stopping_sender.send(true);
-    });
     // Tests and scripts find the port here (listen on :0 picks a free one).
     let _ = std::fs::write(config.data.join("addr"), address.to_string());
     println!("journeyc serve: listening on http://{address}");
     tracing::info!(%address, ready_ms = started.elapsed().as_millis() as u64, "listening");
 
-    let server_task = {
-        let (front, http, mut stopping) = (front.clone(), config.http.clone(), stopping.clone());
-        tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-            };
-            server::serve(listener, front, &http, stopped).await;
-        })
+    let server_task = match (serving, listener) {
+        (Some((server_task, _)), _) => server_task,
+        (None, Some(listener)) => start_server(listener, front.clone(), &config, stopping.clone()),
+        (None, None) => unreachable!("a listener is bound unless the standby's server runs"),
     };
     loop {
         let mut stop = stopping.clone();
@@ -226,6 +269,12 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
             _ = stop.wait_for(|stop| *stop) => break,
             () = erasure::due(round.erasures.clone(), config.erasure_within, round.erasures_pending) => {
                 round = compact_online(&config, &shared, &front, &reloader, round).await?;
+            }
+            reason = lease_lost(&round.store) => {
+                // Another node owns the store now: every write of this one
+                // is refused, so stop (the in-flight requests get errors).
+                tracing::error!(%reason, "stopping: this node lost the store's lease");
+                return Err(DaemonError::Io(reason));
             }
         }
     }
@@ -236,8 +285,69 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     let store = round.stop().await;
     store.flush()?;
     let erasures_pending = !erasure::pending(&store)?.is_empty();
+    if let kv::Kv::Postgres(pg) = &store.db {
+        // Finished here while the lease is held (PostgreSQL needs no closed
+        // store), then the lease given up for the next node.
+        let pg = pg.clone();
+        let (dir, options, sinks) = (store_dir(&config.data), config.store.clone(), sink_specs(&config.sinks));
+        tokio::task::spawn_blocking(move || -> Result<(), DaemonError> {
+            if erasures_pending {
+                erasure::finish(store, &dir, &options, &sinks)?;
+            }
+            Ok(pg.release()?)
+        })
+        .await
+        .map_err(|e| DaemonError::Io(e.to_string()))??;
+        tracing::info!("stopped");
+        return Ok(false);
+    }
     tracing::info!("stopped");
     Ok(erasures_pending)
+}
+
+async fn bind(listen: &str) -> Result<tokio::net::TcpListener, DaemonError> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| DaemonError::Io(format!("cannot listen on {listen}: {e}")))
+}
+
+/// Serves `front` on `listener` until `stopping` turns true.
+fn start_server(
+    listener: tokio::net::TcpListener,
+    front: server::Front,
+    config: &Config,
+    mut stopping: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let http = config.http.clone();
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        server::serve(listener, front, &http, stopped).await;
+    })
+}
+
+/// Completes with the reason once this node has lost the PostgreSQL store's
+/// lease; never on sled.
+async fn lease_lost(store: &Store) -> String {
+    let kv::Kv::Postgres(pg) = &store.db else {
+        return std::future::pending().await;
+    };
+    let mut lease = pg.lease_changes();
+    let lost = match lease
+        .wait_for(|state| matches!(state, kv::pg::LeaseState::Lost(_)))
+        .await
+    {
+        Ok(state) => match &*state {
+            kv::pg::LeaseState::Lost(reason) => Some(reason.clone()),
+            _ => None,
+        },
+        Err(_) => None,
+    };
+    match lost {
+        Some(reason) => reason,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the rounds of one daemon share: a round is the pipeline on one

@@ -115,6 +115,9 @@ pub struct StoreOptions {
     /// `--store postgres://…`: the records in PostgreSQL instead of sled
     /// under the data directory (`daemon/kv/pg.rs`).
     pub postgres: Option<String>,
+    /// `--lease-seconds`: how long the PostgreSQL store's lease lasts
+    /// unrenewed before a standby takes over (`kv/pg.rs`).
+    pub lease: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -126,9 +129,13 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 32 * 1024 * 1024,
             postgres: None,
+            lease: LEASE_DEFAULT,
         }
     }
 }
+
+/// The PostgreSQL store's lease unless `--lease-seconds` says otherwise.
+pub const LEASE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The sled database with typed accessors. Cheap to clone.
 #[derive(Clone)]
@@ -138,19 +145,19 @@ pub struct Store {
 
 impl Store {
     /// Opens the store: sled under `dir`, or the PostgreSQL database of
-    /// `options.postgres`.
+    /// `options.postgres` once this process holds its lease (waiting at
+    /// most for the lease to expire, then refused).
     pub fn open(dir: &Path, options: &StoreOptions) -> StoreResult<Store> {
-        let db = match &options.postgres {
-            Some(url) => crate::daemon::kv::Kv::Postgres(crate::daemon::kv::pg::Pg::open(url)?),
-            None => crate::daemon::kv::Kv::Sled(
-                sled::Config::new()
-                    .path(dir)
-                    .cache_capacity(options.cache_bytes)
-                    .mode(sled::Mode::HighThroughput)
-                    .flush_every_ms(Some(1000))
-                    .open()?,
-            ),
-        };
+        let db = crate::daemon::kv::Kv::open(dir, options)?;
+        if let crate::daemon::kv::Kv::Postgres(pg) = &db {
+            pg.wait_for_lease(options.lease + std::time::Duration::from_secs(2))?;
+        }
+        Store::on(db)
+    }
+
+    /// The store on an open backend (on PostgreSQL, one whose lease this
+    /// process holds): a store of an older format is upgraded here.
+    pub fn on(db: crate::daemon::kv::Kv) -> StoreResult<Store> {
         let found = db.get(META_FORMAT)?.map(|v| decode_u64(&v));
         if let Some(found) = found.filter(|found| *found > STORE_FORMAT) {
             return Err(StoreError::NewerFormat { found });

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub const TOKEN: &str = "test-token";
 /// Generous: a debug build on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(40);
+/// The PostgreSQL store's lease in tests (`--lease-seconds`).
+pub const LEASE_SECONDS: u64 = 2;
 
 pub const WORKSPACE: &str = r#"
 customer {
@@ -97,10 +99,17 @@ impl Env {
         let postgres = (backend == Backend::Postgres).then(|| super::pg::Postgres::start("journeyc"));
         Env { root, postgres }
     }
-    /// The `--store` flag of this environment's daemons (none on sled).
+    /// The `--store` flag of this environment's daemons (none on sled),
+    /// with a lease of [`LEASE_SECONDS`] so that a start after a kill -9
+    /// waits briefly for the killed daemon's lease to expire.
     pub fn store_args(&self) -> Vec<String> {
         match &self.postgres {
-            Some(pg) => vec!["--store".into(), pg.url()],
+            Some(pg) => vec![
+                "--store".into(),
+                pg.url(),
+                "--lease-seconds".into(),
+                LEASE_SECONDS.to_string(),
+            ],
             None => Vec::new(),
         }
     }
@@ -120,7 +129,13 @@ impl Env {
     pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let store = self.store_args();
         let args: Vec<&str> = store.iter().map(String::as_str).chain(extra.iter().copied()).collect();
-        Daemon::start_with_env(&self.workspace(), &self.data(), &args, env)
+        let daemon = Daemon::start_with_env(&self.workspace(), &self.data(), &args, env);
+        if self.postgres.is_some() {
+            // Restarted after a kill -9, it is a standby until the killed
+            // one's lease has expired.
+            daemon.wait_until_owner();
+        }
+        daemon
     }
 }
 
@@ -191,6 +206,29 @@ impl Daemon {
 
     pub fn get(&self, path: &str) -> Response {
         self.request("GET", path, None)
+    }
+
+    /// What `/healthz` says this node is: `ok` (serving) or `standby`.
+    pub fn role(&self) -> Option<String> {
+        let health = request(&self.addr, "GET", "/healthz", None, None).ok()?;
+        let health: serde_json::Value = serde_json::from_str(&health.body).ok()?;
+        health["status"].as_str().map(str::to_string)
+    }
+
+    /// Waits until this node serves as the store's owner.
+    pub fn wait_until_owner(&self) {
+        eventually("the daemon to own the store", || {
+            (self.role().as_deref() == Some("ok")).then_some(())
+        });
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the daemon's process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
     }
 
     /// SIGKILL: no chance to clean up.

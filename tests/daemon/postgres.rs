@@ -1,11 +1,9 @@
 //! The daemon on PostgreSQL (`journeyc serve --store postgres://…`): what
-//! lands in the database, and the one-daemon-per-database lock. The shared
+//! lands in the database, and a second daemon as a standby. The shared
 //! suite (`on_both_stores!` in `harness.rs`) runs intake, GET, DELETE,
 //! timers, the outbox and kill -9 on both stores.
 
 use super::harness::*;
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
 #[test]
 fn records_land_in_partitioned_rows_after_the_migrations() {
@@ -23,9 +21,9 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     }
     // Acked means committed: visible to another session at once.
     assert_eq!(
-        pg.psql("SELECT version FROM journeyc_migrations ORDER BY version")
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM journeyc_migrations")
             .trim(),
-        "1"
+        "1,2"
     );
     assert_eq!(
         pg.psql("SELECT value FROM journeyc_settings WHERE name = 'partitions'")
@@ -58,39 +56,48 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
         "-1"
     );
 
-    // A second daemon on the same database is refused while the first runs.
+    // A second daemon on the same database is a standby while the first
+    // runs: its health names the owner, it refuses every other request.
     let other = tempfile::tempdir().expect("tempdir");
-    let mut second = Command::new(binary())
-        .arg("serve")
-        .arg(env.workspace())
-        .arg("--data")
-        .arg(other.path())
-        .args(["--store", &pg.url(), "--listen", "127.0.0.1:0", "--token", TOKEN])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start a second daemon");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = second.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = second.kill();
-            panic!("a second daemon on the same database kept running");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut stderr).expect("read");
-    assert_eq!(status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("another journeyc daemon"), "{stderr}");
+    let second = Daemon::start(
+        &env.workspace(),
+        other.path(),
+        &env.store_args().iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let health = second.request_with("GET", "/healthz", None, None);
+    assert_eq!(health.status, 200, "{}", health.body);
+    let health = health.json();
+    assert_eq!(health["status"], "standby", "{health}");
+    assert_eq!(health["epoch"], 1, "{health}");
+    let owner = pg.psql("SELECT owner FROM journeyc_leases WHERE partition = -1");
+    assert_eq!(health["owner"].as_str(), Some(owner.trim()), "{health}");
+    assert_ne!(health["node"], health["owner"], "{health}");
+    assert_eq!(second.post("/v1/track", &ping("u3", "m3", 1)).status, 503);
+    assert_eq!(second.get("/v1/customers/u2").status, 503);
 
-    // Stopped and started again: migrations are not applied twice, the
-    // customers are there.
+    // The owner stops (releasing the lease): the standby takes over at
+    // epoch 2 and serves what the first one committed.
     assert_eq!(daemon.terminate(), Some(0));
+    eventually("the standby's takeover", || {
+        let health = second.request_with("GET", "/healthz", None, None);
+        (health.status == 200 && health.json()["status"] == "ok").then_some(())
+    });
+    assert_eq!(
+        pg.psql("SELECT epoch FROM journeyc_leases WHERE partition = -1").trim(),
+        "2"
+    );
+    assert_ne!(pg.psql("SELECT owner FROM journeyc_leases").trim(), owner.trim());
+    assert_eq!(second.get("/v1/customers/u2").status, 200);
+    assert_eq!(second.terminate(), Some(0));
+
+    // Started again: migrations are not applied twice, the customers are
+    // there, the lease is taken at the next epoch.
     let daemon = env.start(&[]);
-    assert_eq!(pg.psql("SELECT count(*) FROM journeyc_migrations").trim(), "1");
+    assert_eq!(pg.psql("SELECT count(*) FROM journeyc_migrations").trim(), "2");
     assert_eq!(daemon.get("/v1/customers/u2").status, 200);
+    assert_eq!(
+        pg.psql("SELECT epoch FROM journeyc_leases WHERE partition = -1").trim(),
+        "3"
+    );
     assert_eq!(daemon.terminate(), Some(0));
 }

@@ -23,11 +23,18 @@
 //! it has committed (PostgreSQL's `synchronous_commit` decides what that
 //! means on disk; its default waits for the WAL flush).
 //!
-//! **One daemon per database (for now).** The store holds a session-level
-//! advisory lock on a connection of its own while open, so a second daemon
-//! on the same database is refused at start, as a second one on a sled
-//! directory is. Leases and epochs for several daemons are the next layer
-//! (`docs/scale-out.md`).
+//! **One owner at a time: a lease fenced by an epoch.** Several daemons may
+//! open one database; the one holding the lease row of `journeyc_leases`
+//! (partition [`LEASE_STORE`], the whole store) writes, the others are
+//! standbys ([`LeaseState`]). A background task renews the lease every
+//! second (or a third of its duration, if shorter); a standby takes it over
+//! once it has expired, raising its epoch by one. Every write transaction
+//! ([`Pg::apply`], which the compare-and-write also goes through) first
+//! reads the lease row `FOR SHARE` and rolls back unless this node still
+//! owns it at the epoch it acquired, so an owner that was paused or cut off
+//! past its lease can never commit after a takeover: the takeover's update
+//! of the row waits for its transactions in flight, and its later ones see
+//! the new owner. Expiry is judged by the database's clock alone.
 
 use super::{Batch, Bytes};
 use crate::daemon::store::{StoreError, StoreResult};
@@ -42,18 +49,22 @@ pub const PARTITIONS_DEFAULT: i32 = 256;
 pub const PARTITION_NONE: i32 = -1;
 /// Records fetched per round trip by a scan.
 const SCAN_PAGE: i64 = 512;
-/// The advisory lock a daemon holds on its database (`"journeyc"` in ASCII).
-const LOCK_DAEMON: i64 = 0x6a6f_7572_6e65_7963;
-/// Tries of the daemon's lock, 100 ms apart, before a start is refused.
-const LOCK_TRIES: usize = 50;
-/// The advisory lock under which migrations run.
-const LOCK_MIGRATE: i64 = LOCK_DAEMON + 1;
+/// The advisory lock under which migrations run (`"journeyc"` in ASCII, plus
+/// one: the value once held by a daemon for its whole run).
+const LOCK_MIGRATE: i64 = 0x6a6f_7572_6e65_7964;
+/// The lease row that covers the whole store (partition-level leases would
+/// add rows by partition; today every node-wide record has partition -1).
+pub const LEASE_STORE: i32 = PARTITION_NONE;
+/// The longest time between two renewals of a held lease, and between two
+/// tries of a standby.
+const LEASE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The schema, one step per version, applied in order and never edited
 /// once released (a change is a new step).
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE journeyc_settings (name text PRIMARY KEY, value bigint NOT NULL);
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE journeyc_settings (name text PRIMARY KEY, value bigint NOT NULL);
      CREATE TABLE journeyc_kv (
          partition integer NOT NULL,
          key bytea NOT NULL,
@@ -62,7 +73,17 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
      );
      CREATE INDEX journeyc_kv_by_key ON journeyc_kv (key);
      CREATE SEQUENCE journeyc_ids MINVALUE 0 START 0;",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE journeyc_leases (
+         partition integer PRIMARY KEY,
+         owner text NOT NULL,
+         epoch bigint NOT NULL,
+         expires_at timestamptz NOT NULL
+     );",
+    ),
+];
 
 fn error(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Postgres(format!("{what}: {e}"))
@@ -96,14 +117,68 @@ pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
     (hash % partitions.max(1) as u64) as i32
 }
 
+/// Where this node stands with the store's lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Another node holds it: reads only, waiting for it to expire.
+    Standby,
+    /// This node owns the store at this epoch.
+    Held(i64),
+    /// This node held it and no longer does (taken over, or released at a
+    /// stop); it never writes again.
+    Lost(String),
+}
+
+/// This node's side of the lease, shared with the futures that check it.
+struct Lease {
+    /// Unique per process: `journeyc-PID@HOST#ID`.
+    node: String,
+    duration: std::time::Duration,
+    state: tokio::sync::watch::Sender<LeaseState>,
+}
+
+impl Lease {
+    /// The epoch this node writes under, or why it may not write.
+    fn epoch(&self) -> StoreResult<i64> {
+        match &*self.state.borrow() {
+            LeaseState::Held(epoch) => Ok(*epoch),
+            LeaseState::Standby => Err(StoreError::Postgres(
+                "this node is a standby: another node holds the store's lease".into(),
+            )),
+            LeaseState::Lost(reason) => Err(StoreError::Postgres(reason.clone())),
+        }
+    }
+
+    fn lose(&self, reason: &str) {
+        self.state.send_replace(LeaseState::Lost(reason.to_string()));
+    }
+
+    fn millis(&self) -> i64 {
+        self.duration.as_millis().min(i64::MAX as u128) as i64
+    }
+}
+
 struct Inner {
     pool: deadpool_postgres::Pool,
     handle: tokio::runtime::Handle,
     partitions: i32,
-    /// The connection holding [`LOCK_DAEMON`], kept out of the pool.
-    _lock: Option<deadpool_postgres::Object>,
+    lease: Arc<Lease>,
     /// Dropped with the store: stops the runtime's thread.
     _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drop for Inner {
+    /// Releases a held lease, so that the next node (or this one restarted)
+    /// takes over at once instead of after the expiry.
+    fn drop(&mut self) {
+        // The release runs on the backend's own thread: never wait for it
+        // from there.
+        if std::thread::current().name() == Some("journeyc-postgres") {
+            return;
+        }
+        let (pool, lease) = (self.pool.clone(), self.lease.clone());
+        let _ = block(&self.handle, async move { release(&pool, &lease).await });
+    }
 }
 
 /// A handle on the database. Cheap to clone.
@@ -114,9 +189,10 @@ pub struct Pg {
 
 impl Pg {
     /// Connects to `url` (`postgres://user@host:port/db`), applies the
-    /// migrations, reads (or at the first start writes) the partition count
-    /// and takes the daemon's lock.
-    pub fn open(url: &str) -> StoreResult<Pg> {
+    /// migrations, reads (or at the first start writes) the partition count,
+    /// tries once to take the store's lease (valid for `lease`) and starts
+    /// the task that renews it, or as a standby keeps trying.
+    pub fn open(url: &str, lease: std::time::Duration) -> StoreResult<Pg> {
         let config: tokio_postgres::Config = url.parse().map_err(|e| error("the PostgreSQL URL", e))?;
         let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -157,19 +233,95 @@ impl Pg {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| error("the PostgreSQL pool", e))?;
-        let (partitions, lock) = block(&handle, {
+        let (partitions, node) = block(&handle, {
             let pool = pool.clone();
             async move { start(&pool).await }
+        })??;
+        let (state, _) = tokio::sync::watch::channel(LeaseState::Standby);
+        let lease = Arc::new(Lease {
+            node,
+            duration: lease.max(std::time::Duration::from_millis(300)),
+            state,
+        });
+        block(&handle, {
+            let (pool, lease) = (pool.clone(), lease.clone());
+            async move {
+                let client = connection(&pool).await?;
+                if let Some(epoch) = acquire(&client, &lease).await? {
+                    lease.state.send_replace(LeaseState::Held(epoch));
+                }
+                tokio::spawn(keep_lease(client, lease));
+                Ok::<_, StoreError>(())
+            }
         })??;
         Ok(Pg {
             inner: Arc::new(Inner {
                 pool,
                 handle,
                 partitions,
-                _lock: Some(lock),
+                lease,
                 _stop: stop,
             }),
         })
+    }
+
+    /// This node's name in `journeyc_leases.owner`.
+    pub fn node(&self) -> &str {
+        &self.inner.lease.node
+    }
+
+    /// Where this node stands with the lease now.
+    pub fn lease(&self) -> LeaseState {
+        self.inner.lease.state.borrow().clone()
+    }
+
+    /// Follows [`Pg::lease`] as it changes.
+    pub fn lease_changes(&self) -> tokio::sync::watch::Receiver<LeaseState> {
+        self.inner.lease.state.subscribe()
+    }
+
+    /// The lease row as the database has it: owner, epoch, and whether it
+    /// has expired.
+    pub fn lease_holder(&self) -> StoreResult<Option<(String, i64, bool)>> {
+        self.run(|pool, _| async move {
+            let client = connection(&pool).await?;
+            let row = client
+                .query_opt(
+                    "SELECT owner, epoch, expires_at < now() FROM journeyc_leases WHERE partition = $1",
+                    &[&LEASE_STORE],
+                )
+                .await
+                .map_err(|e| error("read the lease", e))?;
+            Ok(row.map(|row| (row.get(0), row.get(1), row.get(2))))
+        })
+    }
+
+    /// Waits until this node holds the lease (at most `limit`), and answers
+    /// its epoch; a standby past the limit is refused.
+    pub fn wait_for_lease(&self, limit: std::time::Duration) -> StoreResult<i64> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.lease() {
+                LeaseState::Held(epoch) => return Ok(epoch),
+                LeaseState::Lost(reason) => return Err(StoreError::Postgres(reason)),
+                LeaseState::Standby if started.elapsed() >= limit => {
+                    let holder = self
+                        .lease_holder()?
+                        .map_or_else(String::new, |(owner, epoch, _)| format!(" ({owner} at epoch {epoch})"));
+                    return Err(StoreError::Postgres(format!(
+                        "another journeyc node holds the store's lease{holder}"
+                    )));
+                }
+                LeaseState::Standby => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Gives the lease up (a stop): this node writes no more, and another
+    /// takes over at once.
+    pub fn release(&self) -> StoreResult<()> {
+        let lease = self.inner.lease.clone();
+        self.run(|pool, _| async move { release(&pool, &lease).await })
     }
 
     /// The number of partitions, fixed at the database's first start.
@@ -203,12 +355,31 @@ impl Pg {
 
     /// Applies `batch` in one transaction; with `condition` `(key,
     /// expected)`, only if `key` holds `expected` then (the row locked
-    /// until the commit). Answers whether it applied.
+    /// until the commit). Answers whether it applied. The transaction
+    /// commits only if this node still holds the lease at its epoch
+    /// (checked inside it, see the module's note); otherwise it is rolled
+    /// back, the lease is lost for good, and the error says who owns it.
     pub fn apply(&self, condition: Option<(&[u8], &[u8])>, batch: Batch) -> StoreResult<bool> {
         let condition = condition.map(|(key, expected)| (key.to_vec(), expected.to_vec()));
+        let lease = self.inner.lease.clone();
+        let epoch = lease.epoch()?;
         self.run(|pool, partitions| async move {
             let mut client = connection(&pool).await?;
             let tx = client.transaction().await.map_err(|e| error("begin", e))?;
+            let statement = tx
+                .prepare_cached("SELECT owner, epoch FROM journeyc_leases WHERE partition = $1 FOR SHARE")
+                .await
+                .map_err(|e| error("check the lease", e))?;
+            let holder = tx
+                .query_opt(&statement, &[&LEASE_STORE])
+                .await
+                .map_err(|e| error("check the lease", e))?
+                .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)));
+            if holder.as_ref() != Some(&(lease.node.clone(), epoch)) {
+                let reason = lost(&lease, epoch, holder);
+                lease.lose(&reason);
+                return Err(StoreError::Postgres(reason));
+            }
             if let Some((key, expected)) = condition {
                 let row = tx
                     .query_opt(
@@ -281,6 +452,7 @@ impl Pg {
     /// Rewrites the table without the old versions of changed and deleted
     /// rows (erasure: `VACUUM FULL`, which cannot run inside a transaction).
     pub fn compact(&self) -> StoreResult<()> {
+        self.inner.lease.epoch()?;
         self.run(|pool, _| async move {
             let client = connection(&pool).await?;
             client
@@ -357,28 +529,113 @@ async fn connection(pool: &deadpool_postgres::Pool) -> StoreResult<deadpool_post
     pool.get().await.map_err(|e| error("cannot connect to PostgreSQL", e))
 }
 
-/// Migrates, settles the partition count and takes the daemon's lock.
-async fn start(pool: &deadpool_postgres::Pool) -> StoreResult<(i32, deadpool_postgres::Object)> {
-    let lock = connection(pool).await?;
-    // A daemon that just exited holds the lock until the server has seen
-    // its connection close: wait a moment before refusing.
-    let mut locked = false;
-    for _ in 0..LOCK_TRIES {
-        locked = lock
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_DAEMON])
-            .await
-            .map_err(|e| error("lock", e))?
-            .get(0);
-        if locked {
-            break;
+/// The message of a lost lease: who holds it now.
+fn lost(lease: &Lease, epoch: i64, holder: Option<(String, i64)>) -> String {
+    let now = match holder {
+        Some((owner, epoch)) => format!("now owned by {owner} at epoch {epoch}"),
+        None => "now owned by no node".to_string(),
+    };
+    format!(
+        "lease lost: partition {LEASE_STORE} (the whole store) {now}; this node ({}) held epoch {epoch} and \
+         commits nothing more",
+        lease.node
+    )
+}
+
+/// Takes the lease if no node holds it or its holder's has expired:
+/// answers the new epoch, or `None` while another node holds it.
+async fn acquire(client: &deadpool_postgres::Object, lease: &Lease) -> StoreResult<Option<i64>> {
+    let row = client
+        .query_opt(
+            "INSERT INTO journeyc_leases (partition, owner, epoch, expires_at) \
+             VALUES ($1, $2, 1, now() + $3::bigint * interval '1 millisecond') \
+             ON CONFLICT (partition) DO UPDATE \
+             SET owner = EXCLUDED.owner, epoch = journeyc_leases.epoch + 1, expires_at = EXCLUDED.expires_at \
+             WHERE journeyc_leases.expires_at < now() \
+             RETURNING epoch",
+            &[&LEASE_STORE, &lease.node, &lease.millis()],
+        )
+        .await
+        .map_err(|e| error("take the lease", e))?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Renews a held lease, or as a standby tries to take it, every tick
+/// until it is lost. A renewal that finds another owner loses the lease;
+/// one that fails (the database unreachable) is retried at the next tick,
+/// the writes' own check keeping the fence meanwhile.
+async fn keep_lease(client: deadpool_postgres::Object, lease: Arc<Lease>) {
+    let tick = LEASE_TICK.min(lease.duration / 3);
+    loop {
+        tokio::time::sleep(tick).await;
+        let state = lease.state.borrow().clone();
+        match state {
+            LeaseState::Lost(_) => return,
+            LeaseState::Standby => match acquire(&client, &lease).await {
+                Ok(Some(epoch)) => {
+                    tracing::info!(node = %lease.node, epoch, "took the store's lease");
+                    lease.state.send_replace(LeaseState::Held(epoch));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "trying for the store's lease failed"),
+            },
+            LeaseState::Held(epoch) => {
+                let renewed = client
+                    .execute(
+                        "UPDATE journeyc_leases SET expires_at = now() + $4::bigint * interval '1 millisecond' \
+                         WHERE partition = $1 AND owner = $2 AND epoch = $3",
+                        &[&LEASE_STORE, &lease.node, &epoch, &lease.millis()],
+                    )
+                    .await;
+                match renewed {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        let holder = client
+                            .query_opt(
+                                "SELECT owner, epoch FROM journeyc_leases WHERE partition = $1",
+                                &[&LEASE_STORE],
+                            )
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)));
+                        let reason = lost(&lease, epoch, holder);
+                        tracing::error!(%reason, "the store's lease was taken over");
+                        lease.lose(&reason);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renewing the store's lease failed"),
+                }
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    if !locked {
-        return Err(StoreError::Postgres(
-            "another journeyc daemon is running on this database (it holds the daemon's advisory lock)".into(),
-        ));
-    }
+}
+
+/// Gives a held lease up: no write of this node after it, and its row
+/// expired so that a standby takes over at its next try.
+async fn release(pool: &deadpool_postgres::Pool, lease: &Lease) -> StoreResult<()> {
+    let LeaseState::Held(epoch) = lease.state.borrow().clone() else {
+        return Ok(());
+    };
+    lease.lose(&format!(
+        "lease released: this node ({}) gave up epoch {epoch} at its stop",
+        lease.node
+    ));
+    let client = connection(pool).await?;
+    client
+        .execute(
+            "UPDATE journeyc_leases SET expires_at = now() - interval '1 millisecond' \
+             WHERE partition = $1 AND owner = $2 AND epoch = $3",
+            &[&LEASE_STORE, &lease.node, &epoch],
+        )
+        .await
+        .map_err(|e| error("release the lease", e))?;
+    Ok(())
+}
+
+/// Migrates and settles the partition count; answers it and this node's
+/// unique name.
+async fn start(pool: &deadpool_postgres::Pool) -> StoreResult<(i32, String)> {
     let mut client = connection(pool).await?;
     let tx = client.transaction().await.map_err(|e| error("begin", e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_MIGRATE])
@@ -422,12 +679,22 @@ async fn start(pool: &deadpool_postgres::Pool) -> StoreResult<(i32, deadpool_pos
         .await
         .map_err(|e| error("settings", e))?
         .get(0);
+    let id: i64 = tx
+        .query_one("SELECT nextval('journeyc_ids')", &[])
+        .await
+        .map_err(|e| error("generate an id", e))?
+        .get(0);
     tx.commit().await.map_err(|e| error("commit", e))?;
     let partitions = i32::try_from(partitions)
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| StoreError::Postgres(format!("journeyc_settings: {partitions} partitions")))?;
-    Ok((partitions, lock))
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = match host.trim() {
+        "" => "localhost",
+        host => host,
+    };
+    Ok((partitions, format!("journeyc-{}@{host}#{id}", std::process::id())))
 }
 
 /// A scan of [`Pg::scan`]: pages from the front ascend, pages from the back
