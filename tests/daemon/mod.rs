@@ -17,6 +17,7 @@ mod pg;
 mod postgres;
 mod readout;
 mod rejected;
+mod scaleout;
 mod smtp;
 mod stream;
 mod tls;

@@ -1,0 +1,346 @@
+//! Several daemons on one PostgreSQL database: the store's lease, its epoch
+//! fencing and failover, on a real server (`pg.rs`) with real child
+//! processes paused (SIGSTOP) and killed (SIGKILL).
+
+use super::harness::*;
+use journeyc::daemon::kv::pg::{LeaseState, Pg};
+use journeyc::daemon::kv::Batch;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn skip() -> bool {
+    let skip = super::pg::skip_requested();
+    if skip {
+        eprintln!("JOURNEYC_SKIP_PG=1: PostgreSQL test skipped");
+    }
+    skip
+}
+
+fn bought(customer: &str) -> String {
+    format!(
+        r#"{{"type":"track","userId":"{customer}","event":"bought","properties":{{"amount":1}},"messageId":"m-{customer}"}}"#
+    )
+}
+
+/// Another node on `env`'s database, with a data directory (sink file,
+/// `addr`) of its own; it comes up as a standby while another one owns.
+fn node(env: &Env, name: &str) -> (Daemon, PathBuf) {
+    let data = env.root.path().join(name);
+    (start_on(env, &data), data)
+}
+
+/// A daemon on `env`'s database with `data` as its data directory.
+fn start_on(env: &Env, data: &Path) -> Daemon {
+    let args = env.store_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::start(&env.workspace(), data, &args)
+}
+
+/// Waits for the daemon to exit on its own; its exit code.
+fn exit_code(daemon: &mut Daemon) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = daemon.child.try_wait().expect("wait") {
+            return status.code();
+        }
+        assert!(started.elapsed() < DEADLINE, "the daemon kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The sends in `data`'s JSONL sink.
+fn sends(data: &Path) -> Vec<serde_json::Value> {
+    sink_lines(&data.join("sends.jsonl"))
+        .into_iter()
+        .filter(|l| l["kind"] == "send")
+        .collect()
+}
+
+/// Across every node's sink: each (customer, message) went out under one
+/// send id and one outbox sequence number (a record delivered again by the
+/// next owner repeats both; a state change applied twice would not), and
+/// no node's own file holds an id twice. Answers the (customer, message)
+/// pairs sent.
+fn one_id_per_message(nodes: &[&Path]) -> BTreeSet<(String, String)> {
+    let mut ids: BTreeMap<(String, String), BTreeSet<(String, u64)>> = BTreeMap::new();
+    let mut owners: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for data in nodes {
+        let mut own = BTreeSet::new();
+        for line in sends(data) {
+            let id = line["id"].as_str().expect("send id").to_string();
+            let seq = line["seq"].as_u64().expect("seq");
+            assert!(own.insert(id.clone()), "{}: send id {id} twice", data.display());
+            let key = (
+                line["customer"].as_str().expect("customer").to_string(),
+                line["message"].as_str().expect("message").to_string(),
+            );
+            let previous = owners.insert(id.clone(), key.clone());
+            assert!(previous.is_none_or(|p| p == key), "send id {id} names two messages");
+            ids.entry(key).or_default().insert((id, seq));
+        }
+    }
+    for (key, sent) in &ids {
+        assert_eq!(sent.len(), 1, "{key:?} went out as {sent:?}");
+    }
+    ids.into_keys().collect()
+}
+
+#[test]
+fn a_write_after_a_takeover_is_refused_inside_its_transaction() {
+    if skip() {
+        return;
+    }
+    let server = super::pg::Postgres::start("journeyc");
+    let owner = Pg::open(&server.url(), Duration::from_secs(10)).expect("open");
+    assert_eq!(owner.lease(), LeaseState::Held(1));
+    let standby = Pg::open(&server.url(), Duration::from_secs(10)).expect("open a second node");
+    assert_eq!(standby.lease(), LeaseState::Standby);
+    let write = |key: &str| {
+        let mut batch = Batch::default();
+        batch.insert(key.as_bytes(), &b"1"[..]);
+        batch
+    };
+    let refused = standby
+        .apply(None, write("mstandby"))
+        .expect_err("a standby writes nothing");
+    assert!(refused.to_string().contains("standby"), "{refused}");
+    owner.apply(None, write("mbefore")).expect("the owner writes");
+
+    // Another node takes the lease over, as a standby does after expiry.
+    server.psql("UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1");
+    let refused = owner
+        .apply(None, write("mafter"))
+        .expect_err("no write after a takeover");
+    assert!(
+        refused
+            .to_string()
+            .contains("lease lost: partition -1 (the whole store) now owned by journeyc-other at epoch 2; this node"),
+        "{refused}"
+    );
+    assert!(matches!(owner.lease(), LeaseState::Lost(_)), "{:?}", owner.lease());
+    // The compare-and-write is fenced too, and nothing came through.
+    let refused = owner
+        .apply(Some((b"mbefore", b"1")), write("mswap"))
+        .expect_err("no compare-and-write after a takeover");
+    assert!(refused.to_string().contains("lease lost"), "{refused}");
+    assert_eq!(
+        server
+            .psql("SELECT string_agg(convert_from(key, 'UTF8'), ',' ORDER BY key) FROM journeyc_kv")
+            .trim(),
+        "mbefore"
+    );
+}
+
+#[test]
+fn a_paused_owner_commits_nothing_after_a_standby_took_over() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let mut first = env.start(&[]);
+    let (second, second_data) = node(&env, "second");
+    assert_eq!(second.role().as_deref(), Some("standby"));
+    let second_node = request(&second.addr, "GET", "/healthz", None, None)
+        .expect("healthz")
+        .json()["node"]
+        .as_str()
+        .expect("node")
+        .to_string();
+
+    // Acked by the first node, each with a timer due in 2 s; paused at once,
+    // so those timers fall due while it cannot run.
+    let customers: Vec<String> = (0..5).map(|i| format!("paused{i}")).collect();
+    for customer in &customers {
+        assert_eq!(first.post("/v1/track", &bought(customer)).status, 200);
+    }
+    first.signal("STOP");
+    second.wait_until_owner();
+    assert_eq!(
+        pg.psql("SELECT owner || ' ' || epoch FROM journeyc_leases WHERE partition = -1")
+            .trim(),
+        format!("{second_node} 2")
+    );
+
+    // A request waits in the paused node's socket; then it runs again.
+    let addr = first.addr.clone();
+    let late = std::thread::spawn(move || {
+        let auth = format!("Bearer {TOKEN}");
+        request(&addr, "POST", "/v1/track", Some(&bought("fenced")), Some(&auth)).map(|r| r.status)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    first.signal("CONT");
+    assert_eq!(
+        exit_code(&mut first),
+        Some(2),
+        "a node that lost its lease stops with an error"
+    );
+    let log = std::fs::read_to_string(env.data().join("daemon.log")).expect("log");
+    assert!(
+        log.contains("lease lost: partition -1 (the whole store) now owned by"),
+        "{log}"
+    );
+    let late = late.join().expect("late request");
+    assert!(
+        !matches!(late, Ok(200)),
+        "the paused node acked a write after the takeover: {late:?}"
+    );
+
+    // The new owner fired the timers that fell due; the old one committed
+    // none of them and nothing of the late request.
+    eventually("the new owner's timer sends", || {
+        let later: BTreeSet<String> = sends(&second_data)
+            .iter()
+            .filter(|l| l["message"] == "later")
+            .filter_map(|l| l["customer"].as_str().map(str::to_string))
+            .collect();
+        customers.iter().all(|c| later.contains(c)).then_some(())
+    });
+    assert_eq!(second.get("/v1/customers/fenced").status, 404);
+    assert_eq!(second.terminate(), Some(0));
+    let first_sends = sends(&env.data());
+    assert!(
+        first_sends
+            .iter()
+            .all(|l| l["message"] != "later" && l["customer"] != "fenced"),
+        "the paused node committed after the takeover: {first_sends:?}"
+    );
+    let sent = one_id_per_message(&[&env.data(), &second_data]);
+    for customer in &customers {
+        for message in ["hello", "later"] {
+            assert!(
+                sent.contains(&(customer.clone(), message.to_string())),
+                "{customer} {message}"
+            );
+        }
+    }
+    assert!(sent.iter().all(|(customer, _)| customer != "fenced"));
+}
+
+#[test]
+fn a_standby_takes_over_from_a_killed_owner_and_loses_no_acked_event() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let first = env.start(&[]);
+    let (second, second_data) = node(&env, "second");
+    let (third, third_data) = node(&env, "third");
+    assert_eq!(second.role().as_deref(), Some("standby"));
+    assert_eq!(third.role().as_deref(), Some("standby"));
+    let addrs = Arc::new(Mutex::new(vec![
+        first.addr.clone(),
+        second.addr.clone(),
+        third.addr.clone(),
+    ]));
+
+    // Clients post to whichever node takes the batch, moving on at a
+    // refusal (a standby) or a cut connection (the killed owner).
+    let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let posters: Vec<_> = (0..2)
+        .map(|poster| {
+            let (addrs, acknowledged, stop) = (addrs.clone(), acknowledged.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut batch_number, mut at) = (0, 0);
+                while !stop.load(Ordering::Relaxed) && batch_number < 400 {
+                    let customers: Vec<String> = (0..10).map(|i| format!("p{poster}b{batch_number}e{i}")).collect();
+                    let events: Vec<String> = customers.iter().map(|c| bought(c)).collect();
+                    let body = format!("{{\"batch\":[{}]}}", events.join(","));
+                    let addr = {
+                        let addrs = addrs.lock().expect("lock");
+                        addrs[at % addrs.len()].clone()
+                    };
+                    let auth = format!("Bearer {TOKEN}");
+                    match request(&addr, "POST", "/v1/batch", Some(&body), Some(&auth)) {
+                        Ok(response) if response.status == 200 => {
+                            acknowledged.lock().expect("lock").extend(customers);
+                            batch_number += 1;
+                        }
+                        _ => {
+                            at += 1;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let root = env.root.path().to_path_buf();
+    let acked_more_than = |n: usize| {
+        let started = Instant::now();
+        while acknowledged.lock().expect("lock").len() <= n {
+            if started.elapsed() > DEADLINE {
+                for name in ["data", "second", "third"] {
+                    eprintln!(
+                        "== {name}\n{}",
+                        std::fs::read_to_string(root.join(name).join("daemon.log")).unwrap_or_default()
+                    );
+                }
+                panic!("timed out waiting for more acknowledged batches");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    };
+    acked_more_than(60);
+
+    // kill -9 the owner with timers pending (each event's is due 2 s on)
+    // and batches in flight; a standby takes over.
+    first.kill();
+    let killed_at = acknowledged.lock().expect("lock").len();
+    eventually("a standby's takeover", || {
+        [&second, &third]
+            .into_iter()
+            .any(|node| node.role().as_deref() == Some("ok"))
+            .then_some(())
+    });
+    acked_more_than(killed_at + 60);
+    // The killed node comes back, as a standby now.
+    let restarted = start_on(&env, &env.data());
+    assert_eq!(restarted.role().as_deref(), Some("standby"));
+    addrs.lock().expect("lock")[0] = restarted.addr.clone();
+    let restarted_at = acknowledged.lock().expect("lock").len();
+    acked_more_than(restarted_at + 20);
+    stop.store(true, Ordering::Relaxed);
+    for poster in posters {
+        poster.join().expect("poster");
+    }
+
+    // Every acked event's send and its timer's send, exactly once.
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    let nodes = [env.data(), second_data, third_data];
+    let all_sent = || {
+        let mut sent = BTreeSet::new();
+        for data in &nodes {
+            for line in sends(data) {
+                if let (Some(customer), Some(message)) = (line["customer"].as_str(), line["message"].as_str()) {
+                    sent.insert((customer.to_string(), message.to_string()));
+                }
+            }
+        }
+        sent
+    };
+    eventually("every acknowledged event's sends", || {
+        let sent = all_sent();
+        acknowledged
+            .iter()
+            .all(|c| sent.contains(&(c.clone(), "hello".into())) && sent.contains(&(c.clone(), "later".into())))
+            .then_some(())
+    });
+    for node in [restarted, second, third] {
+        assert_eq!(node.terminate(), Some(0), "graceful stop exits 0");
+    }
+    let nodes: Vec<&Path> = nodes.iter().map(PathBuf::as_path).collect();
+    let sent = one_id_per_message(&nodes);
+    for customer in &acknowledged {
+        for message in ["hello", "later"] {
+            assert!(
+                sent.contains(&(customer.clone(), message.to_string())),
+                "{customer} {message}"
+            );
+        }
+    }
+}
