@@ -1000,20 +1000,24 @@ fn resolve(store: &super::store::Store, id: String) -> Result<String, Box<Respon
 }
 
 async fn get_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
-    let id = match resolve(&state.store, id) {
+    customer_response(&state.store, &current(&state.runtime), id)
+}
+
+/// `GET /v1/customers/ID` on the owner or a standby.
+fn customer_response(store: &Store, runtime: &Runtime, id: String) -> Response {
+    let id = match resolve(store, id) {
         Ok(id) => id,
         Err(response) => return *response,
     };
-    match state.store.customer(&id) {
+    match store.customer(&id) {
         Ok(Some(customer)) => {
-            let runtime = current(&state.runtime);
-            let mut body = customer_json(&customer, &runtime);
-            match state.store.aliases_of(&id) {
+            let mut body = customer_json(&customer, runtime);
+            match store.aliases_of(&id) {
                 Ok(aliases) => body["aliases"] = json!(aliases),
                 Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
             }
             // `group` calls: each group with its traits and last update.
-            match state.store.groups_of(&id) {
+            match store.groups_of(&id) {
                 Ok(groups) => {
                     let groups: Vec<serde_json::Value> = (groups.into_values())
                         .map(|mut group| {
@@ -1026,7 +1030,7 @@ async fn get_customer(State(state): State<AppState>, PathParam(id): PathParam) -
                 Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
             }
             // A failing customer: what failed, and the retry (see `faults`).
-            match super::faults::read(&state.store.db, &id) {
+            match super::faults::read(&store.db, &id) {
                 Ok(fault) => body["fault"] = fault.map_or(serde_json::Value::Null, |f| f.to_json()),
                 Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
             }
@@ -1269,11 +1273,13 @@ async fn retry_dead_letters(State(state): State<AppState>, body: axum::body::Byt
 }
 
 /// What a standby node (another one holds the PostgreSQL store's lease)
-/// serves while it waits: `/healthz` says so and names the owner; every
-/// other request gets 503, as nothing may be written here.
-pub fn standby_router(pg: super::kv::pg::Pg) -> Router {
+/// serves while it waits: `/healthz` says so and names the owner, `GET
+/// /v1/customers/ID` reads the store (with the token, as on the owner);
+/// every other request gets 503, as nothing may be written here.
+pub fn standby_router(standby: Standby) -> Router {
     Router::new()
         .route("/healthz", get(standby_healthz))
+        .route("/v1/customers/{id}", get(standby_customer))
         .fallback(|| async {
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1281,17 +1287,40 @@ pub fn standby_router(pg: super::kv::pg::Pg) -> Router {
                 "standby: another node holds the store's lease; this one takes over when it expires",
             )
         })
-        .with_state(pg)
+        .with_state(Arc::new(standby))
 }
 
-async fn standby_healthz(State(pg): State<super::kv::pg::Pg>) -> Response {
-    let mut body = json!({"status": "standby", "node": pg.node()});
-    if let Ok(Some((owner, epoch, expired))) = pg.lease_holder() {
+/// What a standby's router reads with.
+pub struct Standby {
+    pub pg: super::kv::pg::Pg,
+    /// The store over `pg`, only read.
+    pub store: Store,
+    /// The workspace as this node loaded it (its bundle not stored).
+    pub runtime: Runtime,
+    pub token: Option<String>,
+}
+
+async fn standby_healthz(State(standby): State<Arc<Standby>>) -> Response {
+    let mut body = json!({"status": "standby", "node": standby.pg.node()});
+    if let Ok(Some((owner, epoch, expired))) = standby.pg.lease_holder() {
         body["owner"] = json!(owner);
         body["epoch"] = json!(epoch);
         body["expired"] = json!(expired);
     }
     (StatusCode::OK, Json(body)).into_response()
+}
+
+async fn standby_customer(
+    State(standby): State<Arc<Standby>>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> Response {
+    if let Some(token) = &standby.token {
+        if !authorized(&headers, token) {
+            return error(StatusCode::UNAUTHORIZED, "authorization", "missing or wrong token");
+        }
+    }
+    customer_response(&standby.store, &standby.runtime, id)
 }
 
 async fn healthz() -> Response {

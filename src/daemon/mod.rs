@@ -162,7 +162,19 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         if !matches!(pg.lease(), kv::pg::LeaseState::Held(_)) {
             let listener = bind(&config.listen).await?;
             let address = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
-            *front.write().await = Some(http::standby_router(pg.clone()));
+            let standby = {
+                let store = Store { db: db.clone() };
+                let (bundle, email) = (bundle.clone(), email_address_required(&config));
+                tokio::task::spawn_blocking(move || reload::reading_runtime(&store, bundle, email).map(|r| (store, r)))
+                    .await
+                    .map_err(|e| DaemonError::Io(e.to_string()))??
+            };
+            *front.write().await = Some(http::standby_router(http::Standby {
+                pg: pg.clone(),
+                store: standby.0,
+                runtime: standby.1,
+                token: config.token.clone(),
+            }));
             let server_task = start_server(listener, front.clone(), &config, stopping.clone());
             let _ = std::fs::write(config.data.join("addr"), address.to_string());
             println!("journeyc serve: standby on http://{address}, waiting for the store's lease");
@@ -202,9 +214,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         .map_err(|e| DaemonError::Io(e.to_string()))??
     };
     store.mark_format()?;
-    // An SMTP sink needs an address for every email and skips the customers
-    // without one (`no_address`).
-    let email_address_required = config.sinks.iter().any(|sink| matches!(sink.spec, SinkSpec::Smtp(_)));
+    let email_address_required = email_address_required(&config);
     if email_address_required {
         if let Some(problem) = smtp::email_attribute_problem(&bundle) {
             return Err(DaemonError::Io(problem));
@@ -303,6 +313,12 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     }
     tracing::info!("stopped");
     Ok(erasures_pending)
+}
+
+/// An SMTP sink needs an address for every email and skips the customers
+/// without one (`no_address`).
+fn email_address_required(config: &Config) -> bool {
+    config.sinks.iter().any(|sink| matches!(sink.spec, SinkSpec::Smtp(_)))
 }
 
 async fn bind(listen: &str) -> Result<tokio::net::TcpListener, DaemonError> {

@@ -62,6 +62,23 @@ pub fn build_runtime(store: &Store, bundle: Bundle, email_address_required: bool
         "the compiler produced a bundle of another format"
     );
     let key = store.put_bundle(&bundle)?;
+    runtime_with_key(store, bundle, key, email_address_required)
+}
+
+/// [`build_runtime`] without storing the bundle: for a standby node, which
+/// may not write (`docs/scale-out.md`) and only reads customers with it.
+pub fn reading_runtime(store: &Store, bundle: Bundle, email_address_required: bool) -> Result<Runtime, StoreError> {
+    let bytes = postcard::to_allocvec(&bundle).expect("a bundle always serializes");
+    let key = super::store::bundle_key_of(&bytes);
+    runtime_with_key(store, bundle, key, email_address_required)
+}
+
+fn runtime_with_key(
+    store: &Store,
+    bundle: Bundle,
+    key: String,
+    email_address_required: bool,
+) -> Result<Runtime, StoreError> {
     let bundle = Arc::new(bundle);
     let retained: Vec<Arc<Bundle>> = store
         .bundles()?

@@ -57,7 +57,8 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     );
 
     // A second daemon on the same database is a standby while the first
-    // runs: its health names the owner, it refuses every other request.
+    // runs: its health names the owner, it reads customers, it refuses
+    // every other request.
     let other = tempfile::tempdir().expect("tempdir");
     let second = Daemon::start(
         &env.workspace(),
@@ -73,7 +74,17 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     assert_eq!(health["owner"].as_str(), Some(owner.trim()), "{health}");
     assert_ne!(health["node"], health["owner"], "{health}");
     assert_eq!(second.post("/v1/track", &ping("u3", "m3", 1)).status, 503);
-    assert_eq!(second.get("/v1/customers/u2").status, 503);
+    let read = second.get("/v1/customers/u2");
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json(), daemon.get("/v1/customers/u2").json());
+    assert_eq!(second.get("/v1/customers/nobody").status, 404);
+    assert_eq!(
+        second
+            .request_with("GET", "/v1/customers/u2", None, Some("Bearer wrong"))
+            .status,
+        401
+    );
+    assert_eq!(second.get("/v1/journeys").status, 503);
 
     // The owner stops (releasing the lease): the standby takes over at
     // epoch 2 and serves what the first one committed.
