@@ -3,11 +3,12 @@
 //! the same run (`examples/raw_sled.rs`, run as its own process).
 //!
 //! ```text
-//! cargo build --release --bin journeyc --example loadgen --example raw_sled
+//! cargo build --release --bin journeyc --example loadgen --example raw_sled --example raw_pg
 //! target/release/examples/loadgen --bin target/release/journeyc [--bin OTHER …] \
 //!     [--intake 200000] [--timers 200000] [--waiting 1000000] [--latency-seconds 10] \
 //!     [--latency-rate 2000] [--serve-arg --cache-mib --serve-arg 32] [--rounds 1] \
-//!     [--phases raw,intake,timers,waiting,latency] [--perf-timers perf.data]
+//!     [--phases raw,intake,timers,waiting,latency] [--perf-timers perf.data] \
+//!     [--store postgres://USER@HOST:PORT/DB | --pg-server]
 //! ```
 //!
 //! Phases: (1) raw sled rate, 1000 keys of 100 bytes per batch; (2) intake
@@ -22,6 +23,19 @@
 //!
 //! With several `--bin`s, each phase runs once per binary, in turn, and
 //! `--rounds N` repeats the intake and timer phases: a same-run comparison.
+//!
+//! With `--store postgres://USER@HOST:PORT/DB` (an existing server; DB is
+//! only used to create and drop a fresh database per phase) or
+//! `--pg-server` (a server of its own in a temporary directory, with the
+//! server's default settings: `support/pg_server.rs`), every daemon phase
+//! runs on PostgreSQL, and the raw baseline is `examples/raw_pg.rs` (a
+//! multi-row `INSERT … ; COMMIT` loop on the same server): once at 1000
+//! rows of 100 B, and after each intake and timer phase shaped as that
+//! phase wrote (its rows changed per write transaction and the mean value
+//! size of the rows it left, both read from the database), which that
+//! phase's rate is divided by. Each phase also prints what it cost in the
+//! database: rows changed, write transactions and WAL bytes per event, and
+//! the size of `journeyc_kv` with its indexes per customer.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -31,6 +45,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "support/pg_server.rs"]
+mod pg_server;
 
 const TOKEN: &str = "bench";
 const BATCH_EVENTS: usize = 1000;
@@ -78,6 +95,11 @@ struct Args {
     rounds: usize,
     /// `perf record -g` the daemon while the timers fire, into this file.
     perf_timers: Option<PathBuf>,
+    /// Run the daemon phases on this PostgreSQL server (`postgres://USER@HOST:PORT/DB`),
+    /// a fresh database per phase, against the raw PostgreSQL baseline.
+    store: Option<String>,
+    /// As `store`, on a server of the benchmark's own (`support/pg_server.rs`).
+    pg_server: bool,
 }
 
 impl Args {
@@ -98,6 +120,8 @@ fn parse_args() -> Args {
         phases: Vec::new(),
         rounds: 1,
         perf_timers: None,
+        store: None,
+        pg_server: false,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -119,6 +143,11 @@ fn parse_args() -> Args {
             "--phases" => args.phases = value.split(',').map(str::to_string).collect(),
             "--rounds" => args.rounds = number().max(1),
             "--perf-timers" => args.perf_timers = Some(PathBuf::from(&value)),
+            "--store" => args.store = Some(value.clone()),
+            "--pg-server" => {
+                args.pg_server = true;
+                i -= 1;
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -135,7 +164,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(bin: &Path, args: &Args, workspace: &Path, data: &Path) -> (Daemon, Duration) {
+    /// Starts `bin serve` on `data`, and on PostgreSQL at `store` if given.
+    fn start(bin: &Path, args: &Args, workspace: &Path, data: &Path, store: Option<&str>) -> (Daemon, Duration) {
         let _ = std::fs::remove_file(data.join("addr"));
         std::fs::create_dir_all(data).expect("data dir");
         let log = std::fs::OpenOptions::new()
@@ -151,6 +181,7 @@ impl Daemon {
             .arg(data)
             .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
             .args(&args.serve_args)
+            .args(store.map(|url| ["--store", url]).into_iter().flatten())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -188,12 +219,12 @@ impl Daemon {
 
     /// CPU time (user + system) the daemon used so far, in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the `(comm)`: state is the 3rd field; utime, stime the 14th, 15th.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
+        // utime and stime, the 14th and 15th fields of the line.
+        let fields = proc_stat(self.child.id()).unwrap_or_default();
+        (11..=12)
+            .filter_map(|i| fields.get(i)?.parse::<f64>().ok())
+            .sum::<f64>()
+            / 100.0
     }
 
     fn terminate(mut self) {
@@ -275,28 +306,330 @@ fn post_batches(addr: &str, total: usize, event: Arc<dyn Fn(usize) -> String + S
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Runs the raw sled baseline (`examples/raw_sled.rs`, built beside this
-/// program) in a fresh `dir`: keys/s, and the line it printed.
-fn raw_sled(dir: &Path, value_bytes: usize, batch_keys: usize) -> (f64, String) {
-    let program = std::env::current_exe().expect("own path").with_file_name("raw_sled");
-    let _ = std::fs::remove_dir_all(dir);
+/// Runs a baseline program built beside this one (`examples/raw_sled.rs`,
+/// `examples/raw_pg.rs`) with `args`: the line it printed and its first number.
+fn run_baseline(name: &str, args: &[String]) -> (f64, String) {
+    let program = std::env::current_exe().expect("own path").with_file_name(name);
     let output = Command::new(&program)
-        .arg(dir)
-        .args(["--value-bytes", &value_bytes.to_string()])
-        .args(["--batch-keys", &batch_keys.to_string()])
+        .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("run {}: {e} (build it with --example raw_sled)", program.display()));
+        .unwrap_or_else(|e| panic!("run {}: {e} (build it with --example {name})", program.display()));
     assert!(
         output.status.success(),
-        "raw_sled failed: {}",
+        "{name} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let _ = std::fs::remove_dir_all(dir);
     let line = String::from_utf8_lossy(&output.stdout).trim().to_string();
     let rate = (line.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("raw_sled printed {line:?}"));
+        .unwrap_or_else(|| panic!("{name} printed {line:?}"));
     (rate, line)
+}
+
+/// Runs the raw sled baseline (`examples/raw_sled.rs`) in a fresh `dir`:
+/// keys/s, and the line it printed.
+fn raw_sled(dir: &Path, value_bytes: usize, batch_keys: usize) -> (f64, String) {
+    let _ = std::fs::remove_dir_all(dir);
+    let args = [
+        dir.display().to_string(),
+        "--value-bytes".into(),
+        value_bytes.to_string(),
+        "--batch-keys".into(),
+        batch_keys.to_string(),
+    ];
+    let result = run_baseline("raw_sled", &args);
+    let _ = std::fs::remove_dir_all(dir);
+    result
+}
+
+/// PostgreSQL for the daemon phases (`--store URL` or `--pg-server`): the
+/// server, and a fresh database per phase on it, dropped after the phase.
+struct Pg {
+    /// The URL given (or of the server started); its database is used only
+    /// to create and drop the phases' databases.
+    admin: String,
+    _server: Option<pg_server::PgServer>,
+    /// The server's main process, when it runs on this machine (for its CPU time).
+    postmaster: Option<u32>,
+    runtime: tokio::runtime::Runtime,
+    created: std::cell::Cell<usize>,
+}
+
+/// The server's counters at one moment: the next transaction id (so the
+/// difference counts the transactions that wrote, since only those take an
+/// id), the WAL position, and the rows inserted, updated and deleted in
+/// `journeyc_kv` so far (from the statistics, flushed by a backend once it
+/// has been idle ≥ 1 s, or at its exit).
+#[derive(Clone, Copy)]
+struct Counters {
+    xid: f64,
+    wal: f64,
+    rows: f64,
+    /// Transactions committed in the database, reads included.
+    commits: f64,
+    /// The server's CPU seconds ([`Pg::server_cpu`]).
+    cpu: f64,
+}
+
+/// What a phase cost in the database, between two [`Counters`], and what it
+/// left in `journeyc_kv` (read after the daemon stopped).
+struct DbCost {
+    commits: f64,
+    server_cpu: f64,
+    write_transactions: f64,
+    rows_changed: f64,
+    wal_bytes: f64,
+    live_rows: f64,
+    live_value_bytes: f64,
+    customers: f64,
+    table_bytes: f64,
+}
+
+impl DbCost {
+    fn rows_per_transaction(&self) -> f64 {
+        self.rows_changed / self.write_transactions.max(1.0)
+    }
+
+    fn mean_value_bytes(&self) -> f64 {
+        self.live_value_bytes / self.live_rows.max(1.0)
+    }
+
+    /// One line for the report, per operation (`events` of them).
+    fn describe(&self, events: usize) -> String {
+        let n = events as f64;
+        format!(
+            "{:.2} rows changed, {:.4} write transactions and {:.2} transactions in all (reads too) per event \
+             ({:.0} rows per write transaction), {:.0} WAL bytes and {:.0} µs of server CPU per event; left {:.0} rows ({:.0} customer records, mean value {:.0} B), \
+             journeyc_kv with its indexes {:.1} MiB = {:.0} B per customer",
+            self.rows_changed / n,
+            self.write_transactions / n,
+            self.commits / n,
+            self.rows_per_transaction(),
+            self.wal_bytes / n,
+            self.server_cpu * 1e6 / n,
+            self.live_rows,
+            self.customers,
+            self.mean_value_bytes(),
+            self.table_bytes / 1048576.0,
+            self.table_bytes / self.customers.max(1.0),
+        )
+    }
+}
+
+impl Pg {
+    fn new(args: &Args) -> Option<Pg> {
+        let server = args.pg_server.then(pg_server::PgServer::start);
+        let admin = server.as_ref().map(|s| s.url.clone()).or_else(|| args.store.clone())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut pg = Pg {
+            admin,
+            _server: server,
+            postmaster: None,
+            runtime,
+            created: std::cell::Cell::new(0),
+        };
+        let backend = pg.numbers(&pg.admin, "SELECT pg_backend_pid()")[0] as u32;
+        pg.postmaster = proc_stat(backend).and_then(|fields| fields.get(1)?.parse().ok());
+        Some(pg)
+    }
+
+    /// CPU seconds the server used so far: its main process with the
+    /// children it reaped (backends that exited), and its live children.
+    fn server_cpu(&self) -> f64 {
+        let Some(postmaster) = self.postmaster else {
+            return f64::NAN;
+        };
+        let ticks = |fields: &[String], from: usize, to: usize| -> f64 {
+            (from..=to)
+                .filter_map(|i| fields.get(i)?.parse::<f64>().ok())
+                .sum::<f64>()
+                / 100.0
+        };
+        let mut seconds = proc_stat(postmaster).map_or(0.0, |f| ticks(&f, 11, 14));
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(fields) = proc_stat(pid).filter(|f| f.get(1).is_some_and(|p| *p == postmaster.to_string())) {
+                seconds += ticks(&fields, 11, 12);
+            }
+        }
+        seconds
+    }
+
+    /// Runs `sql` (one or more statements) on `url`; the text of every cell.
+    fn sql(&self, url: &str, sql: &str) -> Vec<Vec<String>> {
+        self.runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+            tokio::spawn(connection);
+            let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        Some((0..row.len()).map(|i| row.get(i).unwrap_or("").to_string()).collect())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    /// The first row of `sql` as numbers.
+    fn numbers(&self, url: &str, sql: &str) -> Vec<f64> {
+        let rows = self.sql(url, sql);
+        let row = rows.first().unwrap_or_else(|| panic!("{sql}: no row"));
+        row.iter()
+            .map(|cell| cell.parse().unwrap_or_else(|_| panic!("{sql}: {cell:?}")))
+            .collect()
+    }
+
+    /// A new, empty database for one phase: its URL.
+    fn create(&self, phase: &str) -> String {
+        self.created.set(self.created.get() + 1);
+        let name = format!("journeyc_bench_{phase}_{}", self.created.get());
+        self.sql(&self.admin, &format!("DROP DATABASE IF EXISTS {name}"));
+        self.sql(&self.admin, &format!("CREATE DATABASE {name}"));
+        let (server, _) = self.admin.rsplit_once('/').expect("postgres://USER@HOST:PORT/DB");
+        format!("{server}/{name}")
+    }
+
+    fn drop_database(&self, url: &str) {
+        let name = url.rsplit_once('/').map_or(url, |(_, name)| name);
+        self.sql(&self.admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    }
+
+    /// The settings every figure depends on, as `name=value` pairs.
+    fn settings(&self) -> String {
+        let names = [
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "wal_sync_method",
+            "shared_buffers",
+            "max_wal_size",
+        ];
+        let show: Vec<String> = names
+            .iter()
+            .map(|name| format!("{name}={}", self.sql(&self.admin, &format!("SHOW {name}"))[0][0]))
+            .collect();
+        show.join(", ")
+    }
+
+    fn counters(&self, url: &str) -> Counters {
+        let row = &self.sql(
+            url,
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text, pg_current_wal_lsn()::text, \
+             coalesce((SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables \
+                       WHERE relname = 'journeyc_kv'), 0)::text, \
+             (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())::text",
+        )[0];
+        let (high, low) = row[1].split_once('/').expect("an LSN");
+        let hex = |h: &str| u64::from_str_radix(h, 16).expect("hex") as f64;
+        Counters {
+            xid: row[0].parse().expect("xid"),
+            wal: hex(high) * 4294967296.0 + hex(low),
+            rows: row[2].parse().expect("rows"),
+            // Less this query's own transaction.
+            commits: row[3].parse::<f64>().expect("commits") - 1.0,
+            cpu: self.server_cpu(),
+        }
+    }
+
+    /// Waits until no other session is connected to `url`'s database (the
+    /// stopped daemon's backends have exited and flushed their statistics).
+    fn wait_idle(&self, url: &str) {
+        let started = Instant::now();
+        while self.numbers(
+            url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )[0] > 0.0
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the daemon's sessions did not end"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    /// The cost between `before` and `after`, and what `journeyc_kv` holds now.
+    fn cost(&self, url: &str, before: Counters, after: Counters) -> DbCost {
+        let live = self.numbers(
+            url,
+            "SELECT count(*), coalesce(sum(octet_length(value)), 0), \
+             count(*) FILTER (WHERE get_byte(key, 0) = 99), pg_total_relation_size('journeyc_kv') FROM journeyc_kv",
+        );
+        DbCost {
+            commits: after.commits - before.commits,
+            server_cpu: after.cpu - before.cpu,
+            write_transactions: after.xid - before.xid,
+            rows_changed: after.rows - before.rows,
+            wal_bytes: after.wal - before.wal,
+            live_rows: live[0],
+            live_value_bytes: live[1],
+            customers: live[2],
+            table_bytes: live[3],
+        }
+    }
+
+    /// The raw PostgreSQL baseline (`examples/raw_pg.rs`) in a fresh
+    /// database: rows/s, transactions/s and the line it printed.
+    fn raw(&self, value_bytes: usize, batch_rows: usize) -> (f64, f64, String) {
+        let url = self.create("raw");
+        let args = [
+            url.clone(),
+            "--value-bytes".into(),
+            value_bytes.to_string(),
+            "--batch-rows".into(),
+            batch_rows.to_string(),
+        ];
+        let (rows, line) = run_baseline("raw_pg", &args);
+        self.drop_database(&url);
+        let transactions = (line.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("raw_pg printed {line:?}"));
+        (rows, transactions, line)
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the command name (state, ppid, …).
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// A daemon phase on PostgreSQL read against the raw baseline shaped as
+/// that phase wrote (its rows per write transaction, its mean value size),
+/// run right after it.
+fn against_raw_pg(pg: &Pg, what: &str, rate: f64, events: usize, cost: &DbCost, say: &mut Say) -> f64 {
+    let (value_bytes, batch_rows) = (
+        cost.mean_value_bytes().round() as usize,
+        cost.rows_per_transaction().round() as usize,
+    );
+    let (raw_rows, raw_transactions, line) = pg.raw(value_bytes.max(1), batch_rows.max(1));
+    say(
+        &format!("raw PostgreSQL INSERT+COMMIT shaped as the {what} ({value_bytes} B values, {batch_rows} rows per transaction)"),
+        line,
+    );
+    let seconds = events as f64 / rate;
+    let ratio = rate / raw_rows;
+    say(
+        &format!("{what} on PostgreSQL ÷ raw PostgreSQL"),
+        format!(
+            "{ratio:.3} (events/s ÷ raw rows/s); rows written/s {:.2} and write transactions/s {:.2} of raw",
+            cost.rows_changed / seconds / raw_rows,
+            cost.write_transactions / seconds / raw_transactions
+        ),
+    );
+    ratio
 }
 
 /// The mean size of the customer records (`c…` keys) of a stopped daemon's store.
@@ -353,9 +686,13 @@ fn label(bin: &Path, round: usize, args: &Args) -> String {
 }
 
 /// Intake: `pinger` events posted in batches by [`CLIENTS`] clients; events/s.
-fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mut Say) -> f64 {
+/// On PostgreSQL also what it cost in the database, and the ratio to raw
+/// PostgreSQL shaped as it wrote.
+fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Option<&Pg>, say: &mut Say) -> f64 {
     let _ = std::fs::remove_dir_all(data);
-    let (daemon, ready) = Daemon::start(bin, args, workspace, data);
+    let store = pg.as_ref().map(|pg| pg.create("intake"));
+    let (daemon, ready) = Daemon::start(bin, args, workspace, data, store.as_deref());
+    let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| pg.counters(url));
     say(
         &format!("cold start to ready (empty store), {}", bin.display()),
         format!("{} ms", ready.as_millis()),
@@ -379,6 +716,16 @@ fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mu
         ),
     );
     daemon.terminate();
+    if let (Some(pg), Some(url), Some(before)) = (pg, store, before) {
+        pg.wait_idle(&url);
+        let cost = pg.cost(&url, before, pg.counters(&url));
+        say(
+            &format!("intake on PostgreSQL, in the database, {}", bin.display()),
+            cost.describe(args.intake),
+        );
+        pg.drop_database(&url);
+        against_raw_pg(pg, "intake", rate, args.intake, &cost, say);
+    }
     let _ = std::fs::remove_dir_all(data);
     rate
 }
@@ -396,11 +743,21 @@ struct Fired {
 /// Timer firing: every `ticker` enrollment due at the same instant, a few
 /// seconds after ingestion completes (`wait until event.due`), each sending
 /// when it wakes; from that instant to the last send line in the JSONL sink.
-fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mut Say) -> Fired {
+/// On PostgreSQL also what the firing cost in the database (from just
+/// before the due instant, at least 2 s after the last event was acked so
+/// the statistics were flushed, to the daemon's stop), and the ratio to raw
+/// PostgreSQL shaped as the firing wrote.
+fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Option<&Pg>, say: &mut Say) -> Fired {
     let _ = std::fs::remove_dir_all(data);
-    let (daemon, _) = Daemon::start(bin, args, workspace, data);
-    // Ingest estimate: leave enough margin so all are armed before the due time.
-    let margin_s = (args.timers as f64 / 10_000.0).ceil() as i64 + 5;
+    let store = pg.as_ref().map(|pg| pg.create("timers"));
+    let (daemon, _) = Daemon::start(bin, args, workspace, data, store.as_deref());
+    // Ingest estimate: leave enough margin so all are armed before the due
+    // time (PostgreSQL takes them more slowly, and its statistics need a
+    // second of quiet).
+    let margin_s = match store {
+        None => (args.timers as f64 / 10_000.0).ceil() as i64 + 5,
+        Some(_) => (args.timers as f64 / 1_500.0).ceil() as i64 + 8,
+    };
     let due_at = chrono::Utc::now() + chrono::Duration::seconds(margin_s);
     let due_text = due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let due_instant = Instant::now() + Duration::from_secs(margin_s as u64);
@@ -417,6 +774,14 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mu
     let pending = daemon.metric("journeyc_timers_pending");
     let groups_before = daemon.metric("journeyc_commit_latency_seconds_count");
     let last_send = watch_lines(data.join("sends.jsonl"), "\"kind\":\"send\"", args.timers);
+    let quiet_since = Instant::now();
+    let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| {
+        std::thread::sleep(due_instant.saturating_duration_since(Instant::now() + Duration::from_millis(200)));
+        if quiet_since.elapsed() < Duration::from_secs(2) {
+            eprintln!("note: less than 2 s between the last ack and the due time: statistics may lag");
+        }
+        pg.counters(url)
+    });
     while Instant::now() < due_instant {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -462,7 +827,20 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mu
         ),
     );
     daemon.terminate();
-    let record_bytes = mean_customer_record_bytes(data);
+    let record_bytes = match (pg, store, before) {
+        (Some(pg), Some(url), Some(before)) => {
+            pg.wait_idle(&url);
+            let cost = pg.cost(&url, before, pg.counters(&url));
+            say(
+                &format!("timer firing on PostgreSQL, in the database, {}", bin.display()),
+                cost.describe(args.timers),
+            );
+            pg.drop_database(&url);
+            against_raw_pg(pg, "timer firing", rate, args.timers, &cost, say);
+            cost.mean_value_bytes()
+        }
+        _ => mean_customer_record_bytes(data),
+    };
     let _ = std::fs::remove_dir_all(data);
     Fired {
         rate,
@@ -471,10 +849,13 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mu
     }
 }
 
-/// Enrollments waiting on timers: intake rate, RSS, restart-to-ready.
-fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mut Say) {
+/// Enrollments waiting on timers: intake rate, RSS, restart-to-ready; on
+/// PostgreSQL also what they occupy in the database.
+fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Option<&Pg>, say: &mut Say) {
     let _ = std::fs::remove_dir_all(data);
-    let (daemon, _) = Daemon::start(bin, args, workspace, data);
+    let store = pg.as_ref().map(|pg| pg.create("waiting"));
+    let (daemon, _) = Daemon::start(bin, args, workspace, data, store.as_deref());
+    let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| pg.counters(url));
     let rate = post_batches(
         &daemon.addr,
         args.waiting,
@@ -494,7 +875,15 @@ fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &m
         format!("{:.0} MiB", daemon.rss_mib()),
     );
     daemon.terminate();
-    let (daemon, ready) = Daemon::start(bin, args, workspace, data);
+    if let (Some(pg), Some(url), Some(before)) = (&pg, &store, before) {
+        pg.wait_idle(url);
+        let cost = pg.cost(url, before, pg.counters(url));
+        say(
+            &format!("{pending} waiting on PostgreSQL, in the database, {}", bin.display()),
+            cost.describe(args.waiting),
+        );
+    }
+    let (daemon, ready) = Daemon::start(bin, args, workspace, data, store.as_deref());
     say(
         &format!("restart to ready (healthz 200) with {pending} waiting"),
         format!("{} ms", ready.as_millis()),
@@ -502,6 +891,9 @@ fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &m
     std::thread::sleep(Duration::from_secs(2));
     say("RSS after restart, idle", format!("{:.0} MiB", daemon.rss_mib()));
     daemon.terminate();
+    if let (Some(pg), Some(url)) = (pg, store) {
+        pg.drop_database(&url);
+    }
     let _ = std::fs::remove_dir_all(data);
 }
 
@@ -531,14 +923,25 @@ fn main() {
         report.push((name.to_string(), value));
     };
 
+    let pg = Pg::new(&args);
+    if let Some(pg) = &pg {
+        say("PostgreSQL", pg.settings());
+    }
     if args.runs("raw") {
-        // 1. Raw sled, the shape earlier figures were read against.
-        let (_, line) = raw_sled(&root.path().join("raw"), 100, 1000);
-        say("raw sled Batch+flush, 1000 keys of 100 B per batch", line);
+        // 1. The raw baseline in the shape earlier figures were read against.
+        if let Some(pg) = &pg {
+            let (_, _, line) = pg.raw(100, 1000);
+            say("raw PostgreSQL INSERT+COMMIT, 1000 rows of 100 B per transaction", line);
+        } else {
+            let (_, line) = raw_sled(&root.path().join("raw"), 100, 1000);
+            say("raw sled Batch+flush, 1000 keys of 100 B per batch", line);
+        }
     }
 
     // 2. and 3. Intake and timer firing, each binary in turn; then raw sled
     // as the daemon wrote (the first timer run's record size and batch size).
+    // On PostgreSQL each phase is read against raw PostgreSQL shaped as it
+    // wrote, run right after it, instead.
     let mut intake = Vec::new();
     let mut timers = Vec::new();
     let mut shape = None;
@@ -546,12 +949,16 @@ fn main() {
     for round in 0..args.rounds {
         for bin in &args.bins {
             if args.runs("intake") {
-                let rate = intake_phase(bin, &args, &workspace, &root.path().join("data"), &mut say);
+                let data = root.path().join("data");
+                let rate = intake_phase(bin, &args, &workspace, &data, pg.as_ref(), &mut say);
                 intake.push((label(bin, round, &args), rate));
             }
             if args.runs("timers") {
-                let fired = timers_phase(bin, &args, &workspace, &root.path().join("timers"), &mut say);
-                shape.get_or_insert((fired.record_bytes, fired.keys_per_batch));
+                let data = root.path().join("timers");
+                let fired = timers_phase(bin, &args, &workspace, &data, pg.as_ref(), &mut say);
+                if pg.is_none() {
+                    shape.get_or_insert((fired.record_bytes, fired.keys_per_batch));
+                }
                 timers.push((label(bin, round, &args), fired.rate));
             }
         }
@@ -584,14 +991,22 @@ fn main() {
     for bin in &args.bins {
         if args.runs("waiting") {
             // 4. Enrollments waiting on timers: RSS and restart-to-ready.
-            waiting_phase(bin, &args, &workspace, &root.path().join("waiting"), &mut say);
+            waiting_phase(
+                bin,
+                &args,
+                &workspace,
+                &root.path().join("waiting"),
+                pg.as_ref(),
+                &mut say,
+            );
         }
     }
 
     if args.runs("latency") {
         // 5. Latency: /v1/track 200 → line in the JSONL sink, at a fixed rate.
         let latency_data = root.path().join("latency");
-        let (daemon, _) = Daemon::start(&args.bins[0], &args, &workspace, &latency_data);
+        let store = pg.as_ref().map(|pg| pg.create("latency"));
+        let (daemon, _) = Daemon::start(&args.bins[0], &args, &workspace, &latency_data, store.as_deref());
         let sink = latency_data.join("sends.jsonl");
         let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let total = (args.latency_rate * args.latency_seconds) as usize;
@@ -686,6 +1101,9 @@ fn main() {
             ),
         );
         daemon.terminate();
+        if let (Some(pg), Some(url)) = (&pg, store) {
+            pg.drop_database(&url);
+        }
     }
 
     println!("\n| measure | result |\n|---|---|");
