@@ -8,7 +8,7 @@
 //!     [--intake 200000] [--timers 200000] [--waiting 1000000] [--latency-seconds 10] \
 //!     [--latency-rate 2000] [--serve-arg --cache-mib --serve-arg 32] [--rounds 1] \
 //!     [--phases raw,intake,timers,waiting,latency] [--perf-timers perf.data] \
-//!     [--store postgres://USER@HOST:PORT/DB | --pg-server]
+//!     [--store postgres://USER@HOST:PORT/DB | --pg-server] [--nodes 1]
 //! ```
 //!
 //! Phases: (1) raw sled rate, 1000 keys of 100 bytes per batch; (2) intake
@@ -35,7 +35,9 @@
 //! size of the rows it left, both read from the database), which that
 //! phase's rate is divided by. Each phase also prints what it cost in the
 //! database: rows changed, write transactions and WAL bytes per event, and
-//! the size of `journeyc_kv` with its indexes per customer.
+//! the size of `journeyc_kv` with its indexes per customer. `--nodes N`
+//! runs the intake and timer phases with N daemons on the one database,
+//! the clients spread over them, metrics summed and every sink watched.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -100,6 +102,9 @@ struct Args {
     store: Option<String>,
     /// As `store`, on a server of the benchmark's own (`support/pg_server.rs`).
     pg_server: bool,
+    /// Daemons sharing the database in the intake and timer phases
+    /// (PostgreSQL only; the clients' batches are spread over them).
+    nodes: usize,
 }
 
 impl Args {
@@ -122,6 +127,7 @@ fn parse_args() -> Args {
         perf_timers: None,
         store: None,
         pg_server: false,
+        nodes: 1,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -144,6 +150,7 @@ fn parse_args() -> Args {
             "--rounds" => args.rounds = number().max(1),
             "--perf-timers" => args.perf_timers = Some(PathBuf::from(&value)),
             "--store" => args.store = Some(value.clone()),
+            "--nodes" => args.nodes = number().max(1),
             "--pg-server" => {
                 args.pg_server = true;
                 i -= 1;
@@ -155,6 +162,10 @@ fn parse_args() -> Args {
     if args.bins.is_empty() {
         args.bins.push(PathBuf::from("target/release/journeyc"));
     }
+    assert!(
+        args.nodes == 1 || args.store.is_some() || args.pg_server,
+        "--nodes needs PostgreSQL (--store or --pg-server): daemons on sled share nothing"
+    );
     args
 }
 
@@ -199,7 +210,12 @@ impl Daemon {
                 }
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("daemon exited with {status}; see {}", data.join("daemon.log").display());
+                let log = std::fs::read_to_string(data.join("daemon.log")).unwrap_or_default();
+                panic!(
+                    "daemon exited with {status}; {}: {}",
+                    data.join("daemon.log").display(),
+                    log.lines().last().unwrap_or("")
+                );
             }
             assert!(started.elapsed() < Duration::from_secs(120), "daemon did not come up");
             std::thread::sleep(Duration::from_millis(2));
@@ -251,6 +267,59 @@ impl Drop for Daemon {
     }
 }
 
+/// The daemons of a phase: one, or `--nodes` on the same database, each
+/// with a data directory (sink files) of its own.
+struct Cluster {
+    nodes: Vec<Daemon>,
+    data: Vec<PathBuf>,
+}
+
+impl Cluster {
+    /// Starts the daemons one after another; the slowest start to ready.
+    fn start(bin: &Path, args: &Args, workspace: &Path, data: &Path, store: Option<&str>) -> (Cluster, Duration) {
+        let data: Vec<PathBuf> = match args.nodes {
+            1 => vec![data.to_path_buf()],
+            n => (0..n).map(|i| data.join(format!("node{i}"))).collect(),
+        };
+        let mut ready = Duration::ZERO;
+        let mut nodes = Vec::new();
+        for dir in &data {
+            let (daemon, took) = Daemon::start(bin, args, workspace, dir, store);
+            nodes.push(daemon);
+            ready = ready.max(took);
+        }
+        (Cluster { nodes, data }, ready)
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|d| d.addr.clone()).collect()
+    }
+
+    /// A metric summed over the nodes.
+    fn metric(&self, name: &str) -> f64 {
+        self.nodes.iter().map(|d| d.metric(name)).sum()
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        self.nodes.iter().map(Daemon::cpu_seconds).sum()
+    }
+
+    fn pids(&self) -> String {
+        let pids: Vec<String> = self.nodes.iter().map(|d| d.child.id().to_string()).collect();
+        pids.join(",")
+    }
+
+    fn sinks(&self) -> Vec<PathBuf> {
+        self.data.iter().map(|d| d.join("sends.jsonl")).collect()
+    }
+
+    fn terminate(self) {
+        for daemon in self.nodes {
+            daemon.terminate();
+        }
+    }
+}
+
 fn request(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
@@ -279,12 +348,13 @@ fn track(customer: &str, event: &str, properties: &str) -> String {
     )
 }
 
-fn post_batches(addr: &str, total: usize, event: Arc<dyn Fn(usize) -> String + Send + Sync>) -> f64 {
+/// Client `c` posts to `addrs[c % addrs.len()]`.
+fn post_batches(addrs: &[String], total: usize, event: Arc<dyn Fn(usize) -> String + Send + Sync>) -> f64 {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let addr = addr.to_string();
+        .map(|client| {
+            let addr = addrs[client % addrs.len()].clone();
             let next = next.clone();
             let event = event.clone();
             std::thread::spawn(move || loop {
@@ -648,19 +718,23 @@ fn mean_customer_record_bytes(data: &Path) -> f64 {
     bytes as f64 / records.max(1) as f64
 }
 
-/// Waits, on a thread, until the JSONL file at `path` has `total` lines
-/// containing `needle`; answers when that was first seen.
-fn watch_lines(path: PathBuf, needle: &'static str, total: usize) -> std::thread::JoinHandle<Option<Instant>> {
+/// Waits, on a thread, until the JSONL files at `paths` have `total` lines
+/// containing `needle` between them; answers when that was first seen.
+fn watch_lines(paths: Vec<PathBuf>, needle: &'static str, total: usize) -> std::thread::JoinHandle<Option<Instant>> {
     std::thread::spawn(move || {
-        let (mut offset, mut seen, mut partial) = (0u64, 0usize, Vec::new());
+        let mut seen = 0usize;
+        let mut read_so_far: Vec<(u64, Vec<u8>)> = vec![(0, Vec::new()); paths.len()];
         let deadline = Instant::now() + Duration::from_secs(900);
         while Instant::now() < deadline {
-            if let Ok(mut file) = std::fs::File::open(&path) {
-                let _ = file.seek(SeekFrom::Start(offset));
+            for (path, (offset, partial)) in paths.iter().zip(&mut read_so_far) {
+                let Ok(mut file) = std::fs::File::open(path) else {
+                    continue;
+                };
+                let _ = file.seek(SeekFrom::Start(*offset));
                 let mut chunk = Vec::new();
                 if let Ok(read) = file.read_to_end(&mut chunk) {
                     let now = Instant::now();
-                    offset += read as u64;
+                    *offset += read as u64;
                     partial.extend_from_slice(&chunk);
                     let complete = partial.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
                     let lines = String::from_utf8_lossy(&partial[..complete]);
@@ -685,13 +759,21 @@ fn label(bin: &Path, round: usize, args: &Args) -> String {
     }
 }
 
+/// `"N daemons, "` when the phase runs several.
+fn nodes(args: &Args) -> String {
+    match args.nodes {
+        1 => String::new(),
+        n => format!("{n} daemons, "),
+    }
+}
+
 /// Intake: `pinger` events posted in batches by [`CLIENTS`] clients; events/s.
 /// On PostgreSQL also what it cost in the database, and the ratio to raw
 /// PostgreSQL shaped as it wrote.
 fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Option<&Pg>, say: &mut Say) -> f64 {
     let _ = std::fs::remove_dir_all(data);
     let store = pg.as_ref().map(|pg| pg.create("intake"));
-    let (daemon, ready) = Daemon::start(bin, args, workspace, data, store.as_deref());
+    let (daemon, ready) = Cluster::start(bin, args, workspace, data, store.as_deref());
     let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| pg.counters(url));
     say(
         &format!("cold start to ready (empty store), {}", bin.display()),
@@ -699,14 +781,15 @@ fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
     );
     let cpu_before = daemon.cpu_seconds();
     let rate = post_batches(
-        &daemon.addr,
+        &daemon.addrs(),
         args.intake,
         Arc::new(|i| track(&format!("p{i}"), "ping", r#"{"n":1}"#)),
     );
     say(
         &format!(
-            "intake /v1/batch, {} events (enter+send+exit each), {CLIENTS} clients, {}",
+            "intake /v1/batch, {} events (enter+send+exit each), {CLIENTS} clients, {}{}",
             args.intake,
+            nodes(args),
             bin.display()
         ),
         format!(
@@ -750,7 +833,7 @@ struct Fired {
 fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Option<&Pg>, say: &mut Say) -> Fired {
     let _ = std::fs::remove_dir_all(data);
     let store = pg.as_ref().map(|pg| pg.create("timers"));
-    let (daemon, _) = Daemon::start(bin, args, workspace, data, store.as_deref());
+    let (daemon, _) = Cluster::start(bin, args, workspace, data, store.as_deref());
     // Ingest estimate: leave enough margin so all are armed before the due
     // time (PostgreSQL takes them more slowly, and its statistics need a
     // second of quiet).
@@ -763,7 +846,7 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
     let due_instant = Instant::now() + Duration::from_secs(margin_s as u64);
     let text = due_text.clone();
     post_batches(
-        &daemon.addr,
+        &daemon.addrs(),
         args.timers,
         Arc::new(move |i| track(&format!("t{i}"), "tick", &format!(r#"{{"due":"{text}"}}"#))),
     );
@@ -773,7 +856,7 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
     );
     let pending = daemon.metric("journeyc_timers_pending");
     let groups_before = daemon.metric("journeyc_commit_latency_seconds_count");
-    let last_send = watch_lines(data.join("sends.jsonl"), "\"kind\":\"send\"", args.timers);
+    let last_send = watch_lines(daemon.sinks(), "\"kind\":\"send\"", args.timers);
     let quiet_since = Instant::now();
     let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| {
         std::thread::sleep(due_instant.saturating_duration_since(Instant::now() + Duration::from_millis(200)));
@@ -789,7 +872,7 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
         Command::new("perf")
             .args(["record", "-F", "499", "--call-graph", "dwarf,32768", "-o"])
             .arg(file)
-            .args(["-p", &daemon.child.id().to_string()])
+            .args(["-p", &daemon.pids()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -818,7 +901,11 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
     let to_sink = last_send.saturating_duration_since(due_instant).as_secs_f64();
     let rate = args.timers as f64 / to_sink;
     say(
-        &format!("timer firing, {pending} wake-ups all due at one instant, each sending, {}", bin.display()),
+        &format!(
+            "timer firing, {pending} wake-ups all due at one instant, each sending, {}{}",
+            nodes(args),
+            bin.display()
+        ),
         format!(
             "{rate:.0} wake-ups/s ({to_sink:.2} s from due time to the last send in the sink, {:.2} s to the last fired; \
              {groups:.0} group commits; daemon CPU {:.0} µs/wake-up)",
@@ -857,7 +944,7 @@ fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opt
     let (daemon, _) = Daemon::start(bin, args, workspace, data, store.as_deref());
     let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| pg.counters(url));
     let rate = post_batches(
-        &daemon.addr,
+        &[daemon.addr.clone()],
         args.waiting,
         Arc::new(|i| track(&format!("w{i}"), "park", r#"{"n":1}"#)),
     );
