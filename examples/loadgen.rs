@@ -944,7 +944,7 @@ fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opt
     let (daemon, _) = Daemon::start(bin, args, workspace, data, store.as_deref());
     let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| pg.counters(url));
     let rate = post_batches(
-        &[daemon.addr.clone()],
+        std::slice::from_ref(&daemon.addr),
         args.waiting,
         Arc::new(|i| track(&format!("w{i}"), "park", r#"{"n":1}"#)),
     );
