@@ -3,11 +3,12 @@
 //! the same run (`examples/raw_sled.rs`, run as its own process).
 //!
 //! ```text
-//! cargo build --release --bin journeyc --example loadgen --example raw_sled
+//! cargo build --release --bin journeyc --example loadgen --example raw_sled --example raw_pg
 //! target/release/examples/loadgen --bin target/release/journeyc [--bin OTHER …] \
 //!     [--intake 200000] [--timers 200000] [--waiting 1000000] [--latency-seconds 10] \
 //!     [--latency-rate 2000] [--serve-arg --cache-mib --serve-arg 32] [--rounds 1] \
-//!     [--phases raw,intake,timers,waiting,latency] [--perf-timers perf.data]
+//!     [--phases raw,intake,timers,waiting,latency] [--perf-timers perf.data] \
+//!     [--store postgres://USER@HOST:PORT/DB | --pg-server] [--nodes 1]
 //! ```
 //!
 //! Phases: (1) raw sled rate, 1000 keys of 100 bytes per batch; (2) intake
@@ -22,6 +23,21 @@
 //!
 //! With several `--bin`s, each phase runs once per binary, in turn, and
 //! `--rounds N` repeats the intake and timer phases: a same-run comparison.
+//!
+//! With `--store postgres://USER@HOST:PORT/DB` (an existing server; DB is
+//! only used to create and drop a fresh database per phase) or
+//! `--pg-server` (a server of its own in a temporary directory, with the
+//! server's default settings: `support/pg_server.rs`), every daemon phase
+//! runs on PostgreSQL, and the raw baseline is `examples/raw_pg.rs` (a
+//! multi-row `INSERT … ; COMMIT` loop on the same server): once at 1000
+//! rows of 100 B, and after each intake and timer phase shaped as that
+//! phase wrote (its rows changed per write transaction and the mean value
+//! size of the rows it left, both read from the database), which that
+//! phase's rate is divided by. Each phase also prints what it cost in the
+//! database: rows changed, write transactions and WAL bytes per event, and
+//! the size of `journeyc_kv` with its indexes per customer. `--nodes N`
+//! runs the intake and timer phases with N daemons on the one database,
+//! the clients spread over them, metrics summed and every sink watched.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -31,6 +47,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "support/pg_server.rs"]
+mod pg_server;
 
 const TOKEN: &str = "bench";
 const BATCH_EVENTS: usize = 1000;
@@ -78,6 +97,14 @@ struct Args {
     rounds: usize,
     /// `perf record -g` the daemon while the timers fire, into this file.
     perf_timers: Option<PathBuf>,
+    /// Run the daemon phases on this PostgreSQL server (`postgres://USER@HOST:PORT/DB`),
+    /// a fresh database per phase, against the raw PostgreSQL baseline.
+    store: Option<String>,
+    /// As `store`, on a server of the benchmark's own (`support/pg_server.rs`).
+    pg_server: bool,
+    /// Daemons sharing the database in the intake and timer phases
+    /// (PostgreSQL only; the clients' batches are spread over them).
+    nodes: usize,
 }
 
 impl Args {
@@ -98,6 +125,9 @@ fn parse_args() -> Args {
         phases: Vec::new(),
         rounds: 1,
         perf_timers: None,
+        store: None,
+        pg_server: false,
+        nodes: 1,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -119,6 +149,12 @@ fn parse_args() -> Args {
             "--phases" => args.phases = value.split(',').map(str::to_string).collect(),
             "--rounds" => args.rounds = number().max(1),
             "--perf-timers" => args.perf_timers = Some(PathBuf::from(&value)),
+            "--store" => args.store = Some(value.clone()),
+            "--nodes" => args.nodes = number().max(1),
+            "--pg-server" => {
+                args.pg_server = true;
+                i -= 1;
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -126,6 +162,10 @@ fn parse_args() -> Args {
     if args.bins.is_empty() {
         args.bins.push(PathBuf::from("target/release/journeyc"));
     }
+    assert!(
+        args.nodes == 1 || args.store.is_some() || args.pg_server,
+        "--nodes needs PostgreSQL (--store or --pg-server): daemons on sled share nothing"
+    );
     args
 }
 
@@ -135,7 +175,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(bin: &Path, args: &Args, workspace: &Path, data: &Path) -> (Daemon, Duration) {
+    /// Starts `bin serve` on `data`, and on PostgreSQL at `store` if given.
+    fn start(bin: &Path, args: &Args, workspace: &Path, data: &Path, store: Option<&str>) -> (Daemon, Duration) {
         let _ = std::fs::remove_file(data.join("addr"));
         std::fs::create_dir_all(data).expect("data dir");
         let log = std::fs::OpenOptions::new()
@@ -151,6 +192,7 @@ impl Daemon {
             .arg(data)
             .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
             .args(&args.serve_args)
+            .args(store.map(|url| ["--store", url]).into_iter().flatten())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -168,7 +210,12 @@ impl Daemon {
                 }
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("daemon exited with {status}; see {}", data.join("daemon.log").display());
+                let log = std::fs::read_to_string(data.join("daemon.log")).unwrap_or_default();
+                panic!(
+                    "daemon exited with {status}; {}: {}",
+                    data.join("daemon.log").display(),
+                    log.lines().last().unwrap_or("")
+                );
             }
             assert!(started.elapsed() < Duration::from_secs(120), "daemon did not come up");
             std::thread::sleep(Duration::from_millis(2));
@@ -188,12 +235,12 @@ impl Daemon {
 
     /// CPU time (user + system) the daemon used so far, in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the `(comm)`: state is the 3rd field; utime, stime the 14th, 15th.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
+        // utime and stime, the 14th and 15th fields of the line.
+        let fields = proc_stat(self.child.id()).unwrap_or_default();
+        (11..=12)
+            .filter_map(|i| fields.get(i)?.parse::<f64>().ok())
+            .sum::<f64>()
+            / 100.0
     }
 
     fn terminate(mut self) {
@@ -217,6 +264,59 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The daemons of a phase: one, or `--nodes` on the same database, each
+/// with a data directory (sink files) of its own.
+struct Cluster {
+    nodes: Vec<Daemon>,
+    data: Vec<PathBuf>,
+}
+
+impl Cluster {
+    /// Starts the daemons one after another; the slowest start to ready.
+    fn start(bin: &Path, args: &Args, workspace: &Path, data: &Path, store: Option<&str>) -> (Cluster, Duration) {
+        let data: Vec<PathBuf> = match args.nodes {
+            1 => vec![data.to_path_buf()],
+            n => (0..n).map(|i| data.join(format!("node{i}"))).collect(),
+        };
+        let mut ready = Duration::ZERO;
+        let mut nodes = Vec::new();
+        for dir in &data {
+            let (daemon, took) = Daemon::start(bin, args, workspace, dir, store);
+            nodes.push(daemon);
+            ready = ready.max(took);
+        }
+        (Cluster { nodes, data }, ready)
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|d| d.addr.clone()).collect()
+    }
+
+    /// A metric summed over the nodes.
+    fn metric(&self, name: &str) -> f64 {
+        self.nodes.iter().map(|d| d.metric(name)).sum()
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        self.nodes.iter().map(Daemon::cpu_seconds).sum()
+    }
+
+    fn pids(&self) -> String {
+        let pids: Vec<String> = self.nodes.iter().map(|d| d.child.id().to_string()).collect();
+        pids.join(",")
+    }
+
+    fn sinks(&self) -> Vec<PathBuf> {
+        self.data.iter().map(|d| d.join("sends.jsonl")).collect()
+    }
+
+    fn terminate(self) {
+        for daemon in self.nodes {
+            daemon.terminate();
+        }
     }
 }
 
@@ -248,12 +348,13 @@ fn track(customer: &str, event: &str, properties: &str) -> String {
     )
 }
 
-fn post_batches(addr: &str, total: usize, event: Arc<dyn Fn(usize) -> String + Send + Sync>) -> f64 {
+/// Client `c` posts to `addrs[c % addrs.len()]`.
+fn post_batches(addrs: &[String], total: usize, event: Arc<dyn Fn(usize) -> String + Send + Sync>) -> f64 {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let addr = addr.to_string();
+        .map(|client| {
+            let addr = addrs[client % addrs.len()].clone();
             let next = next.clone();
             let event = event.clone();
             std::thread::spawn(move || loop {
@@ -275,28 +376,330 @@ fn post_batches(addr: &str, total: usize, event: Arc<dyn Fn(usize) -> String + S
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Runs the raw sled baseline (`examples/raw_sled.rs`, built beside this
-/// program) in a fresh `dir`: keys/s, and the line it printed.
-fn raw_sled(dir: &Path, value_bytes: usize, batch_keys: usize) -> (f64, String) {
-    let program = std::env::current_exe().expect("own path").with_file_name("raw_sled");
-    let _ = std::fs::remove_dir_all(dir);
+/// Runs a baseline program built beside this one (`examples/raw_sled.rs`,
+/// `examples/raw_pg.rs`) with `args`: the line it printed and its first number.
+fn run_baseline(name: &str, args: &[String]) -> (f64, String) {
+    let program = std::env::current_exe().expect("own path").with_file_name(name);
     let output = Command::new(&program)
-        .arg(dir)
-        .args(["--value-bytes", &value_bytes.to_string()])
-        .args(["--batch-keys", &batch_keys.to_string()])
+        .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("run {}: {e} (build it with --example raw_sled)", program.display()));
+        .unwrap_or_else(|e| panic!("run {}: {e} (build it with --example {name})", program.display()));
     assert!(
         output.status.success(),
-        "raw_sled failed: {}",
+        "{name} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let _ = std::fs::remove_dir_all(dir);
     let line = String::from_utf8_lossy(&output.stdout).trim().to_string();
     let rate = (line.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("raw_sled printed {line:?}"));
+        .unwrap_or_else(|| panic!("{name} printed {line:?}"));
     (rate, line)
+}
+
+/// Runs the raw sled baseline (`examples/raw_sled.rs`) in a fresh `dir`:
+/// keys/s, and the line it printed.
+fn raw_sled(dir: &Path, value_bytes: usize, batch_keys: usize) -> (f64, String) {
+    let _ = std::fs::remove_dir_all(dir);
+    let args = [
+        dir.display().to_string(),
+        "--value-bytes".into(),
+        value_bytes.to_string(),
+        "--batch-keys".into(),
+        batch_keys.to_string(),
+    ];
+    let result = run_baseline("raw_sled", &args);
+    let _ = std::fs::remove_dir_all(dir);
+    result
+}
+
+/// PostgreSQL for the daemon phases (`--store URL` or `--pg-server`): the
+/// server, and a fresh database per phase on it, dropped after the phase.
+struct Pg {
+    /// The URL given (or of the server started); its database is used only
+    /// to create and drop the phases' databases.
+    admin: String,
+    _server: Option<pg_server::PgServer>,
+    /// The server's main process, when it runs on this machine (for its CPU time).
+    postmaster: Option<u32>,
+    runtime: tokio::runtime::Runtime,
+    created: std::cell::Cell<usize>,
+}
+
+/// The server's counters at one moment: the next transaction id (so the
+/// difference counts the transactions that wrote, since only those take an
+/// id), the WAL position, and the rows inserted, updated and deleted in
+/// `journeyc_kv` so far (from the statistics, flushed by a backend once it
+/// has been idle ≥ 1 s, or at its exit).
+#[derive(Clone, Copy)]
+struct Counters {
+    xid: f64,
+    wal: f64,
+    rows: f64,
+    /// Transactions committed in the database, reads included.
+    commits: f64,
+    /// The server's CPU seconds ([`Pg::server_cpu`]).
+    cpu: f64,
+}
+
+/// What a phase cost in the database, between two [`Counters`], and what it
+/// left in `journeyc_kv` (read after the daemon stopped).
+struct DbCost {
+    commits: f64,
+    server_cpu: f64,
+    write_transactions: f64,
+    rows_changed: f64,
+    wal_bytes: f64,
+    live_rows: f64,
+    live_value_bytes: f64,
+    customers: f64,
+    table_bytes: f64,
+}
+
+impl DbCost {
+    fn rows_per_transaction(&self) -> f64 {
+        self.rows_changed / self.write_transactions.max(1.0)
+    }
+
+    fn mean_value_bytes(&self) -> f64 {
+        self.live_value_bytes / self.live_rows.max(1.0)
+    }
+
+    /// One line for the report, per operation (`events` of them).
+    fn describe(&self, events: usize) -> String {
+        let n = events as f64;
+        format!(
+            "{:.2} rows changed, {:.4} write transactions and {:.2} transactions in all (reads too) per event \
+             ({:.0} rows per write transaction), {:.0} WAL bytes and {:.0} µs of server CPU per event; left {:.0} rows ({:.0} customer records, mean value {:.0} B), \
+             journeyc_kv with its indexes {:.1} MiB = {:.0} B per customer",
+            self.rows_changed / n,
+            self.write_transactions / n,
+            self.commits / n,
+            self.rows_per_transaction(),
+            self.wal_bytes / n,
+            self.server_cpu * 1e6 / n,
+            self.live_rows,
+            self.customers,
+            self.mean_value_bytes(),
+            self.table_bytes / 1048576.0,
+            self.table_bytes / self.customers.max(1.0),
+        )
+    }
+}
+
+impl Pg {
+    fn new(args: &Args) -> Option<Pg> {
+        let server = args.pg_server.then(pg_server::PgServer::start);
+        let admin = server.as_ref().map(|s| s.url.clone()).or_else(|| args.store.clone())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut pg = Pg {
+            admin,
+            _server: server,
+            postmaster: None,
+            runtime,
+            created: std::cell::Cell::new(0),
+        };
+        let backend = pg.numbers(&pg.admin, "SELECT pg_backend_pid()")[0] as u32;
+        pg.postmaster = proc_stat(backend).and_then(|fields| fields.get(1)?.parse().ok());
+        Some(pg)
+    }
+
+    /// CPU seconds the server used so far: its main process with the
+    /// children it reaped (backends that exited), and its live children.
+    fn server_cpu(&self) -> f64 {
+        let Some(postmaster) = self.postmaster else {
+            return f64::NAN;
+        };
+        let ticks = |fields: &[String], from: usize, to: usize| -> f64 {
+            (from..=to)
+                .filter_map(|i| fields.get(i)?.parse::<f64>().ok())
+                .sum::<f64>()
+                / 100.0
+        };
+        let mut seconds = proc_stat(postmaster).map_or(0.0, |f| ticks(&f, 11, 14));
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(fields) = proc_stat(pid).filter(|f| f.get(1).is_some_and(|p| *p == postmaster.to_string())) {
+                seconds += ticks(&fields, 11, 12);
+            }
+        }
+        seconds
+    }
+
+    /// Runs `sql` (one or more statements) on `url`; the text of every cell.
+    fn sql(&self, url: &str, sql: &str) -> Vec<Vec<String>> {
+        self.runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+            tokio::spawn(connection);
+            let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        Some((0..row.len()).map(|i| row.get(i).unwrap_or("").to_string()).collect())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    /// The first row of `sql` as numbers.
+    fn numbers(&self, url: &str, sql: &str) -> Vec<f64> {
+        let rows = self.sql(url, sql);
+        let row = rows.first().unwrap_or_else(|| panic!("{sql}: no row"));
+        row.iter()
+            .map(|cell| cell.parse().unwrap_or_else(|_| panic!("{sql}: {cell:?}")))
+            .collect()
+    }
+
+    /// A new, empty database for one phase: its URL.
+    fn create(&self, phase: &str) -> String {
+        self.created.set(self.created.get() + 1);
+        let name = format!("journeyc_bench_{phase}_{}", self.created.get());
+        self.sql(&self.admin, &format!("DROP DATABASE IF EXISTS {name}"));
+        self.sql(&self.admin, &format!("CREATE DATABASE {name}"));
+        let (server, _) = self.admin.rsplit_once('/').expect("postgres://USER@HOST:PORT/DB");
+        format!("{server}/{name}")
+    }
+
+    fn drop_database(&self, url: &str) {
+        let name = url.rsplit_once('/').map_or(url, |(_, name)| name);
+        self.sql(&self.admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    }
+
+    /// The settings every figure depends on, as `name=value` pairs.
+    fn settings(&self) -> String {
+        let names = [
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "wal_sync_method",
+            "shared_buffers",
+            "max_wal_size",
+        ];
+        let show: Vec<String> = names
+            .iter()
+            .map(|name| format!("{name}={}", self.sql(&self.admin, &format!("SHOW {name}"))[0][0]))
+            .collect();
+        show.join(", ")
+    }
+
+    fn counters(&self, url: &str) -> Counters {
+        let row = &self.sql(
+            url,
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text, pg_current_wal_lsn()::text, \
+             coalesce((SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables \
+                       WHERE relname = 'journeyc_kv'), 0)::text, \
+             (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())::text",
+        )[0];
+        let (high, low) = row[1].split_once('/').expect("an LSN");
+        let hex = |h: &str| u64::from_str_radix(h, 16).expect("hex") as f64;
+        Counters {
+            xid: row[0].parse().expect("xid"),
+            wal: hex(high) * 4294967296.0 + hex(low),
+            rows: row[2].parse().expect("rows"),
+            // Less this query's own transaction.
+            commits: row[3].parse::<f64>().expect("commits") - 1.0,
+            cpu: self.server_cpu(),
+        }
+    }
+
+    /// Waits until no other session is connected to `url`'s database (the
+    /// stopped daemon's backends have exited and flushed their statistics).
+    fn wait_idle(&self, url: &str) {
+        let started = Instant::now();
+        while self.numbers(
+            url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )[0] > 0.0
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the daemon's sessions did not end"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    /// The cost between `before` and `after`, and what `journeyc_kv` holds now.
+    fn cost(&self, url: &str, before: Counters, after: Counters) -> DbCost {
+        let live = self.numbers(
+            url,
+            "SELECT count(*), coalesce(sum(octet_length(value)), 0), \
+             count(*) FILTER (WHERE get_byte(key, 0) = 99), pg_total_relation_size('journeyc_kv') FROM journeyc_kv",
+        );
+        DbCost {
+            commits: after.commits - before.commits,
+            server_cpu: after.cpu - before.cpu,
+            write_transactions: after.xid - before.xid,
+            rows_changed: after.rows - before.rows,
+            wal_bytes: after.wal - before.wal,
+            live_rows: live[0],
+            live_value_bytes: live[1],
+            customers: live[2],
+            table_bytes: live[3],
+        }
+    }
+
+    /// The raw PostgreSQL baseline (`examples/raw_pg.rs`) in a fresh
+    /// database: rows/s, transactions/s and the line it printed.
+    fn raw(&self, value_bytes: usize, batch_rows: usize) -> (f64, f64, String) {
+        let url = self.create("raw");
+        let args = [
+            url.clone(),
+            "--value-bytes".into(),
+            value_bytes.to_string(),
+            "--batch-rows".into(),
+            batch_rows.to_string(),
+        ];
+        let (rows, line) = run_baseline("raw_pg", &args);
+        self.drop_database(&url);
+        let transactions = (line.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("raw_pg printed {line:?}"));
+        (rows, transactions, line)
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the command name (state, ppid, …).
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// A daemon phase on PostgreSQL read against the raw baseline shaped as
+/// that phase wrote (its rows per write transaction, its mean value size),
+/// run right after it.
+fn against_raw_pg(pg: &Pg, what: &str, rate: f64, events: usize, cost: &DbCost, say: &mut Say) -> f64 {
+    let (value_bytes, batch_rows) = (
+        cost.mean_value_bytes().round() as usize,
+        cost.rows_per_transaction().round() as usize,
+    );
+    let (raw_rows, raw_transactions, line) = pg.raw(value_bytes.max(1), batch_rows.max(1));
+    say(
+        &format!("raw PostgreSQL INSERT+COMMIT shaped as the {what} ({value_bytes} B values, {batch_rows} rows per transaction)"),
+        line,
+    );
+    let seconds = events as f64 / rate;
+    let ratio = rate / raw_rows;
+    say(
+        &format!("{what} on PostgreSQL ÷ raw PostgreSQL"),
+        format!(
+            "{ratio:.3} (events/s ÷ raw rows/s); rows written/s {:.2} and write transactions/s {:.2} of raw",
+            cost.rows_changed / seconds / raw_rows,
+            cost.write_transactions / seconds / raw_transactions
+        ),
+    );
+    ratio
 }
 
 /// The mean size of the customer records (`c…` keys) of a stopped daemon's store.
@@ -315,19 +718,23 @@ fn mean_customer_record_bytes(data: &Path) -> f64 {
     bytes as f64 / records.max(1) as f64
 }
 
-/// Waits, on a thread, until the JSONL file at `path` has `total` lines
-/// containing `needle`; answers when that was first seen.
-fn watch_lines(path: PathBuf, needle: &'static str, total: usize) -> std::thread::JoinHandle<Option<Instant>> {
+/// Waits, on a thread, until the JSONL files at `paths` have `total` lines
+/// containing `needle` between them; answers when that was first seen.
+fn watch_lines(paths: Vec<PathBuf>, needle: &'static str, total: usize) -> std::thread::JoinHandle<Option<Instant>> {
     std::thread::spawn(move || {
-        let (mut offset, mut seen, mut partial) = (0u64, 0usize, Vec::new());
+        let mut seen = 0usize;
+        let mut read_so_far: Vec<(u64, Vec<u8>)> = vec![(0, Vec::new()); paths.len()];
         let deadline = Instant::now() + Duration::from_secs(900);
         while Instant::now() < deadline {
-            if let Ok(mut file) = std::fs::File::open(&path) {
-                let _ = file.seek(SeekFrom::Start(offset));
+            for (path, (offset, partial)) in paths.iter().zip(&mut read_so_far) {
+                let Ok(mut file) = std::fs::File::open(path) else {
+                    continue;
+                };
+                let _ = file.seek(SeekFrom::Start(*offset));
                 let mut chunk = Vec::new();
                 if let Ok(read) = file.read_to_end(&mut chunk) {
                     let now = Instant::now();
-                    offset += read as u64;
+                    *offset += read as u64;
                     partial.extend_from_slice(&chunk);
                     let complete = partial.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
                     let lines = String::from_utf8_lossy(&partial[..complete]);
@@ -352,24 +759,37 @@ fn label(bin: &Path, round: usize, args: &Args) -> String {
     }
 }
 
+/// `"N daemons, "` when the phase runs several.
+fn nodes(args: &Args) -> String {
+    match args.nodes {
+        1 => String::new(),
+        n => format!("{n} daemons, "),
+    }
+}
+
 /// Intake: `pinger` events posted in batches by [`CLIENTS`] clients; events/s.
-fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mut Say) -> f64 {
+/// On PostgreSQL also what it cost in the database, and the ratio to raw
+/// PostgreSQL shaped as it wrote.
+fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Option<&Pg>, say: &mut Say) -> f64 {
     let _ = std::fs::remove_dir_all(data);
-    let (daemon, ready) = Daemon::start(bin, args, workspace, data);
+    let store = pg.as_ref().map(|pg| pg.create("intake"));
+    let (daemon, ready) = Cluster::start(bin, args, workspace, data, store.as_deref());
+    let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| pg.counters(url));
     say(
         &format!("cold start to ready (empty store), {}", bin.display()),
         format!("{} ms", ready.as_millis()),
     );
     let cpu_before = daemon.cpu_seconds();
     let rate = post_batches(
-        &daemon.addr,
+        &daemon.addrs(),
         args.intake,
         Arc::new(|i| track(&format!("p{i}"), "ping", r#"{"n":1}"#)),
     );
     say(
         &format!(
-            "intake /v1/batch, {} events (enter+send+exit each), {CLIENTS} clients, {}",
+            "intake /v1/batch, {} events (enter+send+exit each), {CLIENTS} clients, {}{}",
             args.intake,
+            nodes(args),
             bin.display()
         ),
         format!(
@@ -379,6 +799,16 @@ fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mu
         ),
     );
     daemon.terminate();
+    if let (Some(pg), Some(url), Some(before)) = (pg, store, before) {
+        pg.wait_idle(&url);
+        let cost = pg.cost(&url, before, pg.counters(&url));
+        say(
+            &format!("intake on PostgreSQL, in the database, {}", bin.display()),
+            cost.describe(args.intake),
+        );
+        pg.drop_database(&url);
+        against_raw_pg(pg, "intake", rate, args.intake, &cost, say);
+    }
     let _ = std::fs::remove_dir_all(data);
     rate
 }
@@ -396,17 +826,27 @@ struct Fired {
 /// Timer firing: every `ticker` enrollment due at the same instant, a few
 /// seconds after ingestion completes (`wait until event.due`), each sending
 /// when it wakes; from that instant to the last send line in the JSONL sink.
-fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mut Say) -> Fired {
+/// On PostgreSQL also what the firing cost in the database (from just
+/// before the due instant, at least 2 s after the last event was acked so
+/// the statistics were flushed, to the daemon's stop), and the ratio to raw
+/// PostgreSQL shaped as the firing wrote.
+fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Option<&Pg>, say: &mut Say) -> Fired {
     let _ = std::fs::remove_dir_all(data);
-    let (daemon, _) = Daemon::start(bin, args, workspace, data);
-    // Ingest estimate: leave enough margin so all are armed before the due time.
-    let margin_s = (args.timers as f64 / 10_000.0).ceil() as i64 + 5;
+    let store = pg.as_ref().map(|pg| pg.create("timers"));
+    let (daemon, _) = Cluster::start(bin, args, workspace, data, store.as_deref());
+    // Ingest estimate: leave enough margin so all are armed before the due
+    // time (PostgreSQL takes them more slowly, and its statistics need a
+    // second of quiet).
+    let margin_s = match store {
+        None => (args.timers as f64 / 10_000.0).ceil() as i64 + 5,
+        Some(_) => (args.timers as f64 / 1_500.0).ceil() as i64 + 8,
+    };
     let due_at = chrono::Utc::now() + chrono::Duration::seconds(margin_s);
     let due_text = due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let due_instant = Instant::now() + Duration::from_secs(margin_s as u64);
     let text = due_text.clone();
     post_batches(
-        &daemon.addr,
+        &daemon.addrs(),
         args.timers,
         Arc::new(move |i| track(&format!("t{i}"), "tick", &format!(r#"{{"due":"{text}"}}"#))),
     );
@@ -416,7 +856,15 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mu
     );
     let pending = daemon.metric("journeyc_timers_pending");
     let groups_before = daemon.metric("journeyc_commit_latency_seconds_count");
-    let last_send = watch_lines(data.join("sends.jsonl"), "\"kind\":\"send\"", args.timers);
+    let last_send = watch_lines(daemon.sinks(), "\"kind\":\"send\"", args.timers);
+    let quiet_since = Instant::now();
+    let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| {
+        std::thread::sleep(due_instant.saturating_duration_since(Instant::now() + Duration::from_millis(200)));
+        if quiet_since.elapsed() < Duration::from_secs(2) {
+            eprintln!("note: less than 2 s between the last ack and the due time: statistics may lag");
+        }
+        pg.counters(url)
+    });
     while Instant::now() < due_instant {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -424,7 +872,7 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mu
         Command::new("perf")
             .args(["record", "-F", "499", "--call-graph", "dwarf,32768", "-o"])
             .arg(file)
-            .args(["-p", &daemon.child.id().to_string()])
+            .args(["-p", &daemon.pids()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -453,7 +901,11 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mu
     let to_sink = last_send.saturating_duration_since(due_instant).as_secs_f64();
     let rate = args.timers as f64 / to_sink;
     say(
-        &format!("timer firing, {pending} wake-ups all due at one instant, each sending, {}", bin.display()),
+        &format!(
+            "timer firing, {pending} wake-ups all due at one instant, each sending, {}{}",
+            nodes(args),
+            bin.display()
+        ),
         format!(
             "{rate:.0} wake-ups/s ({to_sink:.2} s from due time to the last send in the sink, {:.2} s to the last fired; \
              {groups:.0} group commits; daemon CPU {:.0} µs/wake-up)",
@@ -462,7 +914,20 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mu
         ),
     );
     daemon.terminate();
-    let record_bytes = mean_customer_record_bytes(data);
+    let record_bytes = match (pg, store, before) {
+        (Some(pg), Some(url), Some(before)) => {
+            pg.wait_idle(&url);
+            let cost = pg.cost(&url, before, pg.counters(&url));
+            say(
+                &format!("timer firing on PostgreSQL, in the database, {}", bin.display()),
+                cost.describe(args.timers),
+            );
+            pg.drop_database(&url);
+            against_raw_pg(pg, "timer firing", rate, args.timers, &cost, say);
+            cost.mean_value_bytes()
+        }
+        _ => mean_customer_record_bytes(data),
+    };
     let _ = std::fs::remove_dir_all(data);
     Fired {
         rate,
@@ -471,12 +936,15 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mu
     }
 }
 
-/// Enrollments waiting on timers: intake rate, RSS, restart-to-ready.
-fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &mut Say) {
+/// Enrollments waiting on timers: intake rate, RSS, restart-to-ready; on
+/// PostgreSQL also what they occupy in the database.
+fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Option<&Pg>, say: &mut Say) {
     let _ = std::fs::remove_dir_all(data);
-    let (daemon, _) = Daemon::start(bin, args, workspace, data);
+    let store = pg.as_ref().map(|pg| pg.create("waiting"));
+    let (daemon, _) = Daemon::start(bin, args, workspace, data, store.as_deref());
+    let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| pg.counters(url));
     let rate = post_batches(
-        &daemon.addr,
+        std::slice::from_ref(&daemon.addr),
         args.waiting,
         Arc::new(|i| track(&format!("w{i}"), "park", r#"{"n":1}"#)),
     );
@@ -494,7 +962,15 @@ fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &m
         format!("{:.0} MiB", daemon.rss_mib()),
     );
     daemon.terminate();
-    let (daemon, ready) = Daemon::start(bin, args, workspace, data);
+    if let (Some(pg), Some(url), Some(before)) = (&pg, &store, before) {
+        pg.wait_idle(url);
+        let cost = pg.cost(url, before, pg.counters(url));
+        say(
+            &format!("{pending} waiting on PostgreSQL, in the database, {}", bin.display()),
+            cost.describe(args.waiting),
+        );
+    }
+    let (daemon, ready) = Daemon::start(bin, args, workspace, data, store.as_deref());
     say(
         &format!("restart to ready (healthz 200) with {pending} waiting"),
         format!("{} ms", ready.as_millis()),
@@ -502,6 +978,9 @@ fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, say: &m
     std::thread::sleep(Duration::from_secs(2));
     say("RSS after restart, idle", format!("{:.0} MiB", daemon.rss_mib()));
     daemon.terminate();
+    if let (Some(pg), Some(url)) = (pg, store) {
+        pg.drop_database(&url);
+    }
     let _ = std::fs::remove_dir_all(data);
 }
 
@@ -531,14 +1010,25 @@ fn main() {
         report.push((name.to_string(), value));
     };
 
+    let pg = Pg::new(&args);
+    if let Some(pg) = &pg {
+        say("PostgreSQL", pg.settings());
+    }
     if args.runs("raw") {
-        // 1. Raw sled, the shape earlier figures were read against.
-        let (_, line) = raw_sled(&root.path().join("raw"), 100, 1000);
-        say("raw sled Batch+flush, 1000 keys of 100 B per batch", line);
+        // 1. The raw baseline in the shape earlier figures were read against.
+        if let Some(pg) = &pg {
+            let (_, _, line) = pg.raw(100, 1000);
+            say("raw PostgreSQL INSERT+COMMIT, 1000 rows of 100 B per transaction", line);
+        } else {
+            let (_, line) = raw_sled(&root.path().join("raw"), 100, 1000);
+            say("raw sled Batch+flush, 1000 keys of 100 B per batch", line);
+        }
     }
 
     // 2. and 3. Intake and timer firing, each binary in turn; then raw sled
     // as the daemon wrote (the first timer run's record size and batch size).
+    // On PostgreSQL each phase is read against raw PostgreSQL shaped as it
+    // wrote, run right after it, instead.
     let mut intake = Vec::new();
     let mut timers = Vec::new();
     let mut shape = None;
@@ -546,12 +1036,16 @@ fn main() {
     for round in 0..args.rounds {
         for bin in &args.bins {
             if args.runs("intake") {
-                let rate = intake_phase(bin, &args, &workspace, &root.path().join("data"), &mut say);
+                let data = root.path().join("data");
+                let rate = intake_phase(bin, &args, &workspace, &data, pg.as_ref(), &mut say);
                 intake.push((label(bin, round, &args), rate));
             }
             if args.runs("timers") {
-                let fired = timers_phase(bin, &args, &workspace, &root.path().join("timers"), &mut say);
-                shape.get_or_insert((fired.record_bytes, fired.keys_per_batch));
+                let data = root.path().join("timers");
+                let fired = timers_phase(bin, &args, &workspace, &data, pg.as_ref(), &mut say);
+                if pg.is_none() {
+                    shape.get_or_insert((fired.record_bytes, fired.keys_per_batch));
+                }
                 timers.push((label(bin, round, &args), fired.rate));
             }
         }
@@ -584,14 +1078,22 @@ fn main() {
     for bin in &args.bins {
         if args.runs("waiting") {
             // 4. Enrollments waiting on timers: RSS and restart-to-ready.
-            waiting_phase(bin, &args, &workspace, &root.path().join("waiting"), &mut say);
+            waiting_phase(
+                bin,
+                &args,
+                &workspace,
+                &root.path().join("waiting"),
+                pg.as_ref(),
+                &mut say,
+            );
         }
     }
 
     if args.runs("latency") {
         // 5. Latency: /v1/track 200 → line in the JSONL sink, at a fixed rate.
         let latency_data = root.path().join("latency");
-        let (daemon, _) = Daemon::start(&args.bins[0], &args, &workspace, &latency_data);
+        let store = pg.as_ref().map(|pg| pg.create("latency"));
+        let (daemon, _) = Daemon::start(&args.bins[0], &args, &workspace, &latency_data, store.as_deref());
         let sink = latency_data.join("sends.jsonl");
         let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let total = (args.latency_rate * args.latency_seconds) as usize;
@@ -686,6 +1188,9 @@ fn main() {
             ),
         );
         daemon.terminate();
+        if let (Some(pg), Some(url)) = (&pg, store) {
+            pg.drop_database(&url);
+        }
     }
 
     println!("\n| measure | result |\n|---|---|");
