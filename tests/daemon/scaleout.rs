@@ -88,6 +88,36 @@ fn one_id_per_message(nodes: &[&Path]) -> BTreeSet<(String, String)> {
     ids.into_keys().collect()
 }
 
+/// Waits until every acknowledged customer's `hello` and timer `later`
+/// sends are in some node's sink, then stops `nodes`, then checks
+/// [`one_id_per_message`] and that each of those sends is there.
+fn every_send_once(data: &[PathBuf], acknowledged: &BTreeSet<String>, nodes: Vec<Daemon>) {
+    let expected = || {
+        acknowledged
+            .iter()
+            .flat_map(|c| [(c.clone(), "hello".to_string()), (c.clone(), "later".to_string())])
+    };
+    eventually("every acknowledged event's sends", || {
+        let mut sent = BTreeSet::new();
+        for data in data {
+            for line in sends(data) {
+                if let (Some(customer), Some(message)) = (line["customer"].as_str(), line["message"].as_str()) {
+                    sent.insert((customer.to_string(), message.to_string()));
+                }
+            }
+        }
+        expected().all(|send| sent.contains(&send)).then_some(())
+    });
+    for node in nodes {
+        assert_eq!(node.terminate(), Some(0), "graceful stop exits 0");
+    }
+    let data: Vec<&Path> = data.iter().map(PathBuf::as_path).collect();
+    let sent = one_id_per_message(&data);
+    for send in expected() {
+        assert!(sent.contains(&send), "{send:?}");
+    }
+}
+
 #[test]
 fn a_write_after_a_takeover_is_refused_inside_its_transaction() {
     if skip() {
@@ -315,38 +345,11 @@ fn a_standby_takes_over_from_a_killed_owner_and_loses_no_acked_event() {
 
     // Every acked event's send and its timer's send, exactly once.
     let acknowledged = acknowledged.lock().expect("lock").clone();
-    let nodes = [env.data(), second_data, third_data];
-    let all_sent = || {
-        let mut sent = BTreeSet::new();
-        for data in &nodes {
-            for line in sends(data) {
-                if let (Some(customer), Some(message)) = (line["customer"].as_str(), line["message"].as_str()) {
-                    sent.insert((customer.to_string(), message.to_string()));
-                }
-            }
-        }
-        sent
-    };
-    eventually("every acknowledged event's sends", || {
-        let sent = all_sent();
-        acknowledged
-            .iter()
-            .all(|c| sent.contains(&(c.clone(), "hello".into())) && sent.contains(&(c.clone(), "later".into())))
-            .then_some(())
-    });
-    for node in [restarted, second, third] {
-        assert_eq!(node.terminate(), Some(0), "graceful stop exits 0");
-    }
-    let nodes: Vec<&Path> = nodes.iter().map(PathBuf::as_path).collect();
-    let sent = one_id_per_message(&nodes);
-    for customer in &acknowledged {
-        for message in ["hello", "later"] {
-            assert!(
-                sent.contains(&(customer.clone(), message.to_string())),
-                "{customer} {message}"
-            );
-        }
-    }
+    every_send_once(
+        &[env.data(), second_data, third_data],
+        &acknowledged,
+        vec![restarted, second, third],
+    );
 }
 
 #[test]
@@ -441,27 +444,6 @@ fn calls_posted_to_a_standby_are_applied_by_the_owner_exactly_once_across_a_kill
     poster.join().expect("poster");
 
     let acknowledged = acknowledged.lock().expect("lock").clone();
-    let nodes = [env.data(), standby_data];
-    eventually("every acknowledged call's sends", || {
-        let mut sent = BTreeSet::new();
-        for data in &nodes {
-            for line in sends(data) {
-                if let (Some(c), Some(m)) = (line["customer"].as_str(), line["message"].as_str()) {
-                    sent.insert((c.to_string(), m.to_string()));
-                }
-            }
-        }
-        acknowledged
-            .iter()
-            .all(|c| sent.contains(&(c.clone(), "hello".into())) && sent.contains(&(c.clone(), "later".into())))
-            .then_some(())
-    });
-    assert_eq!(inbox_rows(), "0");
-    assert_eq!(restarted.terminate(), Some(0));
-    assert_eq!(standby.terminate(), Some(0));
-    let nodes: Vec<&Path> = nodes.iter().map(PathBuf::as_path).collect();
-    let sent = one_id_per_message(&nodes);
-    for customer in &acknowledged {
-        assert!(sent.contains(&(customer.clone(), "hello".to_string())), "{customer}");
-    }
+    eventually("an empty inbox", || (inbox_rows() == "0").then_some(()));
+    every_send_once(&[env.data(), standby_data], &acknowledged, vec![restarted, standby]);
 }
