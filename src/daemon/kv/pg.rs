@@ -195,7 +195,22 @@ impl Pg {
     /// tries once to take the store's lease (valid for `lease`) and starts
     /// the task that renews it, or as a standby keeps trying.
     pub fn open(url: &str, lease: std::time::Duration) -> StoreResult<Pg> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| error("the PostgreSQL URL", e))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| error("the PostgreSQL URL", e))?;
+        // A node paused in the middle of a transaction keeps its locks,
+        // the lease row's among them, which would hold a takeover up for
+        // as long as the pause: the server ends such a session (rolling
+        // its transaction back) once it has been idle in it for the
+        // lease's duration. No transaction of the store waits on its
+        // client otherwise.
+        let idle = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            lease.max(std::time::Duration::from_millis(300)).as_millis()
+        );
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {idle}"),
+            None => idle,
+        };
+        config.options(&options);
         let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
