@@ -379,6 +379,15 @@ mod tests {
     }
 
     #[test]
+    fn the_lease_is_1_to_10_seconds() {
+        let lease = |flags: &[&str]| settle_with(flags).map(|config| config.store.lease);
+        assert_eq!(lease(&[]), Ok(crate::daemon::store::LEASE_DEFAULT));
+        assert_eq!(lease(&["--lease-seconds", "2"]), Ok(std::time::Duration::from_secs(2)));
+        assert!(lease(&["--lease-seconds", "0"]).is_err());
+        assert!(lease(&["--lease-seconds", "11"]).is_err());
+    }
+
+    #[test]
     fn rates_and_ca_file_come_from_the_config_file_unless_flags_say_otherwise() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("ca.pem");

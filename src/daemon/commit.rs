@@ -107,6 +107,9 @@ pub enum Job {
     /// Validated Segment calls (one HTTP request): all or nothing.
     Ingest {
         calls: Vec<Call>,
+        /// The inbox record the calls were taken from (`inbox.rs`), removed
+        /// in the same batch as their effects.
+        inbox: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<(), CommitError>>,
     },
     /// Due timer entries found by the timer task, oldest first.
@@ -163,7 +166,16 @@ pub struct Committer {
 impl Committer {
     pub async fn ingest(&self, calls: Vec<Call>) -> Result<(), CommitError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Job::Ingest { calls, reply }, answer).await
+        let inbox = None;
+        self.send(Job::Ingest { calls, inbox, reply }, answer).await
+    }
+
+    /// [`Committer::ingest`] of calls taken from the inbox record `key`,
+    /// which the same batch removes (`inbox.rs`).
+    pub async fn ingest_from_inbox(&self, calls: Vec<Call>, key: Vec<u8>) -> Result<(), CommitError> {
+        let (reply, answer) = oneshot::channel();
+        let inbox = Some(key);
+        self.send(Job::Ingest { calls, inbox, reply }, answer).await
     }
 
     pub async fn wake(&self, timers: Vec<TimerEntry>) -> Result<usize, CommitError> {
@@ -792,6 +804,11 @@ impl CommitThread {
                 for entry in entries {
                     timers.fired(entry);
                 }
+            }
+        }
+        for job in jobs {
+            if let Job::Ingest { inbox: Some(key), .. } = job {
+                batch.remove(key.as_slice());
             }
         }
         for erased in &group.erased {
@@ -1791,6 +1808,7 @@ mod tests {
             },
             Job::Ingest {
                 calls: vec![identify],
+                inbox: None,
                 reply: oneshot::channel().0,
             },
         ]);

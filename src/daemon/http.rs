@@ -1280,6 +1280,16 @@ pub fn standby_router(standby: Standby) -> Router {
     Router::new()
         .route("/healthz", get(standby_healthz))
         .route("/v1/customers/{id}", get(standby_customer))
+        .route("/v1/track", post(|s, h, b| standby_intake(s, Endpoint::Track, h, b)))
+        .route(
+            "/v1/identify",
+            post(|s, h, b| standby_intake(s, Endpoint::Identify, h, b)),
+        )
+        .route("/v1/page", post(|s, h, b| standby_intake(s, Endpoint::Page, h, b)))
+        .route("/v1/screen", post(|s, h, b| standby_intake(s, Endpoint::Screen, h, b)))
+        .route("/v1/group", post(|s, h, b| standby_intake(s, Endpoint::Group, h, b)))
+        .route("/v1/alias", post(|s, h, b| standby_intake(s, Endpoint::Alias, h, b)))
+        .route("/v1/batch", post(|s, h, b| standby_intake(s, Endpoint::Batch, h, b)))
         .fallback(|| async {
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1298,6 +1308,54 @@ pub struct Standby {
     /// The workspace as this node loaded it (its bundle not stored).
     pub runtime: Runtime,
     pub token: Option<String>,
+    pub http: HttpOptions,
+}
+
+/// Intake on a standby: the request validated as on the owner, its calls
+/// written to the inbox in one transaction (then acked) for the owner to
+/// apply (`inbox.rs`). A request with refused calls, or none at all, is
+/// answered 503 instead: keeping refusals is a write of the owner's.
+async fn standby_intake(
+    State(standby): State<Arc<Standby>>,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(token) = &standby.token {
+        if !authorized(&headers, token) {
+            return error(StatusCode::UNAUTHORIZED, "authorization", "missing or wrong token");
+        }
+    }
+    let received_at = now_ms();
+    let bytes = match read_body(&headers, body, &standby.http).await {
+        Ok(bytes) => bytes,
+        Err(refusal) => return error(refusal.status, &refusal.field, refusal.reason),
+    };
+    let bundle = &standby.runtime.bundle;
+    let validated = match validate(endpoint, &bytes, bundle, received_at, standby.http.future_max_ms) {
+        Ok(validated) if validated.refused.is_empty() && !validated.calls.is_empty() => validated,
+        _ => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "",
+                "standby: this request has refused calls; the node that holds the store's lease takes it",
+            )
+        }
+    };
+    let accepted = validated.calls.len();
+    let written = standby.store.db.generate_id().and_then(|id| {
+        standby
+            .pg
+            .put_unfenced(&super::inbox::key(id), &super::inbox::encode(&validated.calls))
+    });
+    if let Err(failure) = written {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
+    }
+    let mut answer = json!({"success": true, "accepted": accepted});
+    if endpoint == Endpoint::Batch {
+        answer["rejected"] = json!([]);
+    }
+    (StatusCode::OK, Json(answer)).into_response()
 }
 
 async fn standby_healthz(State(standby): State<Arc<Standby>>) -> Response {

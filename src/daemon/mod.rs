@@ -22,6 +22,7 @@ pub mod erasure;
 pub mod export;
 pub mod faults;
 pub mod http;
+pub mod inbox;
 pub mod kv;
 pub mod metrics;
 pub mod outbox;
@@ -174,6 +175,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
                 store: standby.0,
                 runtime: standby.1,
                 token: config.token.clone(),
+                http: config.http.clone(),
             }));
             let server_task = start_server(listener, front.clone(), &config, stopping.clone());
             let _ = std::fs::write(config.data.join("addr"), address.to_string());
@@ -391,6 +393,8 @@ struct Round {
     /// The webhook and SMTP sinks' tasks: a stop cancels them after 5 s.
     sink_tasks: Vec<tokio::task::JoinHandle<()>>,
     timer_task: tokio::task::JoinHandle<()>,
+    /// On PostgreSQL: applies what standbys wrote to the inbox.
+    inbox_task: Option<tokio::task::JoinHandle<()>>,
     broadcast_task: tokio::task::JoinHandle<()>,
     state: http::AppState,
     /// Notified by every acknowledged erasure (`DELETE /v1/customers/ID`).
@@ -495,6 +499,8 @@ impl Round {
             metrics.clone(),
             stop_receiver.clone(),
         ));
+        let inbox_task = matches!(store.db, kv::Kv::Postgres(_))
+            .then(|| tokio::spawn(inbox::drain(store.clone(), committer.clone(), stop_receiver.clone())));
         let reloader = Arc::new(reload::Reloader {
             workspace: config.workspace.clone(),
             store: store.clone(),
@@ -531,6 +537,7 @@ impl Round {
             jsonl_tasks,
             sink_tasks,
             timer_task,
+            inbox_task,
             broadcast_task,
             state,
             erasures,
@@ -552,6 +559,7 @@ impl Round {
             jsonl_tasks,
             sink_tasks,
             timer_task,
+            inbox_task,
             broadcast_task,
             state,
             ..
@@ -559,6 +567,9 @@ impl Round {
         drop(state);
         let _ = stop_sender.send(true);
         let _ = timer_task.await;
+        if let Some(task) = inbox_task {
+            let _ = task.await;
+        }
         let _ = broadcast_task.await;
         // Let the commit thread finish what it has, then stop.
         commit::stop(&committer).await;

@@ -57,8 +57,8 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     );
 
     // A second daemon on the same database is a standby while the first
-    // runs: its health names the owner, it reads customers, it refuses
-    // every other request.
+    // runs: its health names the owner, it reads customers, it takes
+    // intake into the inbox, it refuses every other request.
     let other = tempfile::tempdir().expect("tempdir");
     let second = Daemon::start(
         &env.workspace(),
@@ -73,7 +73,11 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     let owner = pg.psql("SELECT owner FROM journeyc_leases WHERE partition = -1");
     assert_eq!(health["owner"].as_str(), Some(owner.trim()), "{health}");
     assert_ne!(health["node"], health["owner"], "{health}");
-    assert_eq!(second.post("/v1/track", &ping("u3", "m3", 1)).status, 503);
+    // Intake at the standby goes through the inbox to the owner.
+    assert_eq!(second.post("/v1/track", &ping("u3", "m3", 1)).status, 200);
+    eventually("the standby's call applied by the owner", || {
+        (daemon.get("/v1/customers/u3").status == 200).then_some(())
+    });
     let read = second.get("/v1/customers/u2");
     assert_eq!(read.status, 200, "{}", read.body);
     assert_eq!(read.json(), daemon.get("/v1/customers/u2").json());

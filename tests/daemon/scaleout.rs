@@ -88,6 +88,36 @@ fn one_id_per_message(nodes: &[&Path]) -> BTreeSet<(String, String)> {
     ids.into_keys().collect()
 }
 
+/// Waits until every acknowledged customer's `hello` and timer `later`
+/// sends are in some node's sink, then stops `nodes`, then checks
+/// [`one_id_per_message`] and that each of those sends is there.
+fn every_send_once(data: &[PathBuf], acknowledged: &BTreeSet<String>, nodes: Vec<Daemon>) {
+    let expected = || {
+        acknowledged
+            .iter()
+            .flat_map(|c| [(c.clone(), "hello".to_string()), (c.clone(), "later".to_string())])
+    };
+    eventually("every acknowledged event's sends", || {
+        let mut sent = BTreeSet::new();
+        for data in data {
+            for line in sends(data) {
+                if let (Some(customer), Some(message)) = (line["customer"].as_str(), line["message"].as_str()) {
+                    sent.insert((customer.to_string(), message.to_string()));
+                }
+            }
+        }
+        expected().all(|send| sent.contains(&send)).then_some(())
+    });
+    for node in nodes {
+        assert_eq!(node.terminate(), Some(0), "graceful stop exits 0");
+    }
+    let data: Vec<&Path> = data.iter().map(PathBuf::as_path).collect();
+    let sent = one_id_per_message(&data);
+    for send in expected() {
+        assert!(sent.contains(&send), "{send:?}");
+    }
+}
+
 #[test]
 fn a_write_after_a_takeover_is_refused_inside_its_transaction() {
     if skip() {
@@ -237,8 +267,8 @@ fn a_standby_takes_over_from_a_killed_owner_and_loses_no_acked_event() {
         third.addr.clone(),
     ]));
 
-    // Clients post to whichever node takes the batch, moving on at a
-    // refusal (a standby) or a cut connection (the killed owner).
+    // Clients post to every node in turn (a standby writes to the inbox),
+    // moving on at a refusal or a cut connection (the killed owner).
     let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let posters: Vec<_> = (0..2)
@@ -246,7 +276,7 @@ fn a_standby_takes_over_from_a_killed_owner_and_loses_no_acked_event() {
             let (addrs, acknowledged, stop) = (addrs.clone(), acknowledged.clone(), stop.clone());
             std::thread::spawn(move || {
                 let (mut batch_number, mut at) = (0, 0);
-                while !stop.load(Ordering::Relaxed) && batch_number < 400 {
+                while !stop.load(Ordering::Relaxed) && batch_number < 5000 {
                     let customers: Vec<String> = (0..10).map(|i| format!("p{poster}b{batch_number}e{i}")).collect();
                     let events: Vec<String> = customers.iter().map(|c| bought(c)).collect();
                     let body = format!("{{\"batch\":[{}]}}", events.join(","));
@@ -259,6 +289,7 @@ fn a_standby_takes_over_from_a_killed_owner_and_loses_no_acked_event() {
                         Ok(response) if response.status == 200 => {
                             acknowledged.lock().expect("lock").extend(customers);
                             batch_number += 1;
+                            std::thread::sleep(Duration::from_millis(10));
                         }
                         _ => {
                             at += 1;
@@ -280,7 +311,10 @@ fn a_standby_takes_over_from_a_killed_owner_and_loses_no_acked_event() {
                         std::fs::read_to_string(root.join(name).join("daemon.log")).unwrap_or_default()
                     );
                 }
-                panic!("timed out waiting for more acknowledged batches");
+                panic!(
+                    "timed out waiting for more than {n} acknowledged calls ({})",
+                    acknowledged.lock().expect("lock").len()
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -311,36 +345,105 @@ fn a_standby_takes_over_from_a_killed_owner_and_loses_no_acked_event() {
 
     // Every acked event's send and its timer's send, exactly once.
     let acknowledged = acknowledged.lock().expect("lock").clone();
-    let nodes = [env.data(), second_data, third_data];
-    let all_sent = || {
-        let mut sent = BTreeSet::new();
-        for data in &nodes {
-            for line in sends(data) {
-                if let (Some(customer), Some(message)) = (line["customer"].as_str(), line["message"].as_str()) {
-                    sent.insert((customer.to_string(), message.to_string()));
-                }
-            }
-        }
-        sent
+    every_send_once(
+        &[env.data(), second_data, third_data],
+        &acknowledged,
+        vec![restarted, second, third],
+    );
+}
+
+#[test]
+fn calls_posted_to_a_standby_are_applied_by_the_owner_exactly_once_across_a_kill() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, standby_data) = node(&env, "standby");
+    assert_eq!(standby.role().as_deref(), Some("standby"));
+    let inbox_rows = || {
+        pg.psql("SELECT count(*) FROM journeyc_kv WHERE get_byte(key, 0) = 105")
+            .trim()
+            .to_string()
     };
-    eventually("every acknowledged event's sends", || {
-        let sent = all_sent();
-        acknowledged
+
+    // Acked by the standby, applied by the owner.
+    for i in 0..10 {
+        let response = standby.post("/v1/track", &bought(&format!("s{i}")));
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let refused = standby.post(
+        "/v1/track",
+        r#"{"userId":"x","event":"bought","properties":{"amount":"no"}}"#,
+    );
+    assert_eq!(
+        refused.status, 503,
+        "a refused call is left to the owner: {}",
+        refused.body
+    );
+    eventually("the owner's sends of the standby's calls", || {
+        let sent: BTreeSet<String> = sends(&env.data())
             .iter()
-            .all(|c| sent.contains(&(c.clone(), "hello".into())) && sent.contains(&(c.clone(), "later".into())))
-            .then_some(())
+            .filter(|l| l["message"] == "hello")
+            .filter_map(|l| l["customer"].as_str().map(str::to_string))
+            .collect();
+        (0..10).all(|i| sent.contains(&format!("s{i}"))).then_some(())
     });
-    for node in [restarted, second, third] {
-        assert_eq!(node.terminate(), Some(0), "graceful stop exits 0");
-    }
-    let nodes: Vec<&Path> = nodes.iter().map(PathBuf::as_path).collect();
-    let sent = one_id_per_message(&nodes);
-    for customer in &acknowledged {
-        for message in ["hello", "later"] {
-            assert!(
-                sent.contains(&(customer.clone(), message.to_string())),
-                "{customer} {message}"
-            );
-        }
-    }
+    assert_eq!(owner.get("/v1/customers/s3").status, 200);
+    eventually("an empty inbox", || (inbox_rows() == "0").then_some(()));
+    // The owner listens for the inbox's notifications.
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN journeyc_inbox'")
+            .trim(),
+        "1"
+    );
+
+    // Batches keep coming to the standby while the owner is killed -9 in
+    // the middle of applying them; the standby then takes over and applies
+    // the rest itself, the restarted one takes intake as a standby.
+    let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = Arc::new(Mutex::new(standby.addr.clone()));
+    let poster = {
+        let (acknowledged, stop, addr) = (acknowledged.clone(), stop.clone(), addr.clone());
+        std::thread::spawn(move || {
+            let mut batch_number = 0;
+            while !stop.load(Ordering::Relaxed) && batch_number < 5000 {
+                let customers: Vec<String> = (0..10).map(|i| format!("k{batch_number}e{i}")).collect();
+                let events: Vec<String> = customers.iter().map(|c| bought(c)).collect();
+                let body = format!("{{\"batch\":[{}]}}", events.join(","));
+                let auth = format!("Bearer {TOKEN}");
+                let to = addr.lock().expect("lock").clone();
+                if let Ok(response) = request(&to, "POST", "/v1/batch", Some(&body), Some(&auth)) {
+                    if response.status == 200 {
+                        acknowledged.lock().expect("lock").extend(customers);
+                    }
+                }
+                batch_number += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let acked_more_than = |n: usize| {
+        eventually("more acknowledged batches", || {
+            (acknowledged.lock().expect("lock").len() > n).then_some(())
+        })
+    };
+    acked_more_than(50);
+    owner.kill();
+    let killed_at = acknowledged.lock().expect("lock").len();
+    standby.wait_until_owner();
+    acked_more_than(killed_at + 50);
+    let restarted = start_on(&env, &env.data());
+    assert_eq!(restarted.role().as_deref(), Some("standby"));
+    *addr.lock().expect("lock") = restarted.addr.clone();
+    let restarted_at = acknowledged.lock().expect("lock").len();
+    acked_more_than(restarted_at + 50);
+    stop.store(true, Ordering::Relaxed);
+    poster.join().expect("poster");
+
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    eventually("an empty inbox", || (inbox_rows() == "0").then_some(()));
+    every_send_once(&[env.data(), standby_data], &acknowledged, vec![restarted, standby]);
 }

@@ -160,6 +160,8 @@ impl Lease {
 
 struct Inner {
     pool: deadpool_postgres::Pool,
+    /// Where the pool connects, for the inbox's listening connection.
+    config: tokio_postgres::Config,
     handle: tokio::runtime::Handle,
     partitions: i32,
     lease: Arc<Lease>,
@@ -193,7 +195,22 @@ impl Pg {
     /// tries once to take the store's lease (valid for `lease`) and starts
     /// the task that renews it, or as a standby keeps trying.
     pub fn open(url: &str, lease: std::time::Duration) -> StoreResult<Pg> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| error("the PostgreSQL URL", e))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| error("the PostgreSQL URL", e))?;
+        // A node paused in the middle of a transaction keeps its locks,
+        // the lease row's among them, which would hold a takeover up for
+        // as long as the pause: the server ends such a session (rolling
+        // its transaction back) once it has been idle in it for the
+        // lease's duration. No transaction of the store waits on its
+        // client otherwise.
+        let idle = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            lease.max(std::time::Duration::from_millis(300)).as_millis()
+        );
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {idle}"),
+            None => idle,
+        };
+        config.options(&options);
         let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -222,7 +239,7 @@ impl Pg {
             .map_err(|e| error("the PostgreSQL thread", e))?
             .map_err(|e| error("cannot start the PostgreSQL runtime", e))?;
         let manager = deadpool_postgres::Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
@@ -257,6 +274,7 @@ impl Pg {
         Ok(Pg {
             inner: Arc::new(Inner {
                 pool,
+                config,
                 handle,
                 partitions,
                 lease,
@@ -438,6 +456,45 @@ impl Pg {
         })
     }
 
+    /// Writes one record outside the lease, from any node: only for
+    /// records that no owner holds in memory and that only their writer
+    /// names (the inbox, `daemon/inbox.rs`). One statement, one
+    /// transaction: durable when it returns.
+    pub fn put_unfenced(&self, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        self.run(|pool, partitions| async move {
+            let mut client = connection(&pool).await?;
+            let tx = client.transaction().await.map_err(|e| error("begin", e))?;
+            tx.execute(
+                "INSERT INTO journeyc_kv (partition, key, value) VALUES ($1, $2, $3) \
+                 ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&partition_of(&key, partitions), &key, &value],
+            )
+            .await
+            .map_err(|e| error("write", e))?;
+            tx.batch_execute(&format!("NOTIFY {CHANNEL_INBOX}"))
+                .await
+                .map_err(|e| error("notify", e))?;
+            tx.commit().await.map_err(|e| error("commit", e))
+        })
+    }
+
+    /// Notified whenever a node writes to the inbox ([`Pg::put_unfenced`]
+    /// sends `NOTIFY journeyc_inbox` in the same transaction): a connection
+    /// of its own `LISTEN`s. If it cannot connect or drops, the caller's
+    /// polling is left to find the records.
+    pub fn inbox_wakeups(&self) -> Arc<tokio::sync::Notify> {
+        let wakeups = Arc::new(tokio::sync::Notify::new());
+        let config = self.inner.config.clone();
+        let notify = wakeups.clone();
+        self.inner.handle.spawn(async move {
+            if let Err(e) = listen(config, notify).await {
+                tracing::warn!(error = %e, "listening for the inbox failed; polling it only");
+            }
+        });
+        wakeups
+    }
+
     pub fn generate_id(&self) -> StoreResult<u64> {
         self.run(|pool, _| async move {
             let client = connection(&pool).await?;
@@ -510,6 +567,52 @@ impl Pg {
                 .collect())
         })
     }
+}
+
+/// The channel of the inbox's notifications.
+const CHANNEL_INBOX: &str = "journeyc_inbox";
+
+/// `LISTEN`s on [`CHANNEL_INBOX`] and wakes `notify` at each notification,
+/// until the connection ends.
+async fn listen(config: tokio_postgres::Config, notify: Arc<tokio::sync::Notify>) -> StoreResult<()> {
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| error("cannot connect to PostgreSQL", e))?;
+    // The connection's messages (notifications among them) arrive only
+    // while it is polled; the client's LISTEN needs it polled too.
+    let (sender, mut messages) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(message)) => {
+                    if sender.send(message).is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the inbox's listening connection failed");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL_INBOX}"))
+        .await
+        .map_err(|e| error("listen", e))?;
+    while let Some(message) = messages.recv().await {
+        if Arc::strong_count(&notify) == 1 {
+            // Nobody waits any more (the round that listened has ended).
+            return Ok(());
+        }
+        if let tokio_postgres::AsyncMessage::Notification(_) = message {
+            notify.notify_one();
+        }
+    }
+    drop(client);
+    Err(StoreError::Postgres("the inbox's listening connection closed".into()))
 }
 
 /// Waits on the calling thread for `work`, run on the backend's runtime.
