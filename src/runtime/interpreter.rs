@@ -21,8 +21,9 @@ use super::trace::{Kind, TraceRecord};
 use super::{ApplyError, Effects, Input, Millis};
 use crate::compile::bytecode::{Bundle, Condition, Entry, Instr, NameId, Program, SegmentId, Trigger, Value};
 use crate::syntax::ast::Channel;
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// The longest a `wait until EXPR` waits (365 days): every enrollment ends.
@@ -105,7 +106,9 @@ impl Reads {
 pub struct Engine {
     current: Arc<Loaded>,
     /// Program hash → (workspace version, index of the program in it).
-    versions: Arc<HashMap<String, (Arc<Loaded>, usize)>>,
+    /// (Fx-hashed: looked up on every step of every enrollment, and the
+    /// keys are long hex digests that SipHash is slow on.)
+    versions: Arc<FxHashMap<String, (Arc<Loaded>, usize)>>,
     /// Segments whose membership changes matter (triggers, goals, exits).
     tracked_segments: Arc<Vec<SegmentId>>,
     /// The `count`/`seen` windows of the tracked segments, each once
@@ -133,7 +136,7 @@ impl Engine {
     /// programs of `retained` (older) workspace versions.
     pub fn with_retained(current: Arc<Bundle>, retained: Vec<Arc<Bundle>>) -> Engine {
         let current = Arc::new(Loaded::new(current));
-        let mut versions = HashMap::new();
+        let mut versions = FxHashMap::default();
         for old in retained {
             let old = Arc::new(Loaded::new(old));
             for (index, program) in old.bundle.journeys.iter().enumerate() {
@@ -443,6 +446,12 @@ fn event_hits(
         }
         Condition::InSegment { .. } => false,
     }
+}
+
+/// Whether a goal of `program` not reached yet (by `goals_reached`) `holds`.
+fn unreached_goal_holds(program: &Program, goals_reached: &[bool], holds: impl Fn(&Condition) -> bool) -> bool {
+    (program.goals.iter().enumerate())
+        .any(|(index, goal)| goals_reached.get(index) == Some(&false) && holds(&goal.condition))
 }
 
 /// Whether a program has a segment goal or exit rule.
@@ -1159,19 +1168,46 @@ impl Run<'_, '_> {
         {
             return;
         }
-        let ended: Vec<String> = self.state.attributions.keys().cloned().collect();
-        self.watch_ended(&ended, t, &|run, bundle, condition| match condition {
+        let in_segment = |run: &Self, bundle: &Bundle, condition: &Condition| match condition {
             Condition::InSegment { segment } => run.member(bundle, *segment, t),
             Condition::Event { .. } => false,
-        });
-        let watching = |enrollment: &Enrollment| {
+        };
+        // Only the ended and active enrollments this instant changes are
+        // taken out and put back: looking first is cheap (memberships are
+        // memoized), and for the others visiting would change nothing.
+        let ended: Vec<String> = (self.state.attributions.iter())
+            .filter(
+                |(_, attribution)| match self.engine.versions.get(&attribution.version) {
+                    // Forgotten by `watch_ended`.
+                    None => true,
+                    Some((loaded, index)) => {
+                        t > attribution.until
+                            || !attribution.goals_reached.contains(&false)
+                            || unreached_goal_holds(&loaded.bundle.journeys[*index], &attribution.goals_reached, |c| {
+                                in_segment(self, &loaded.bundle, c)
+                            })
+                    }
+                },
+            )
+            .map(|(journey, _)| journey.clone())
+            .collect();
+        if !ended.is_empty() {
+            self.watch_ended(&ended, t, &in_segment);
+        }
+        let changes = |enrollment: &Enrollment| {
             self.engine
                 .versions
                 .get(&enrollment.version)
-                .is_some_and(|(loaded, index)| watches_segments(&loaded.bundle.journeys[*index]))
+                .is_some_and(|(loaded, index)| {
+                    let program = &loaded.bundle.journeys[*index];
+                    let holds = |condition: &Condition| in_segment(self, &loaded.bundle, condition);
+                    watches_segments(program)
+                        && (unreached_goal_holds(program, &enrollment.goals_reached, holds)
+                            || program.exit_rules.iter().any(holds))
+                })
         };
         let journeys: Vec<String> = (self.state.enrollments.iter())
-            .filter(|(_, enrollment)| watching(enrollment))
+            .filter(|(_, enrollment)| changes(enrollment))
             .map(|(journey, _)| journey.clone())
             .collect();
         for journey in journeys {
