@@ -21,8 +21,9 @@ use super::trace::{Kind, TraceRecord};
 use super::{ApplyError, Effects, Input, Millis};
 use crate::compile::bytecode::{Bundle, Condition, Entry, Instr, NameId, Program, SegmentId, Trigger, Value};
 use crate::syntax::ast::Channel;
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// The longest a `wait until EXPR` waits (365 days): every enrollment ends.
@@ -105,7 +106,9 @@ impl Reads {
 pub struct Engine {
     current: Arc<Loaded>,
     /// Program hash → (workspace version, index of the program in it).
-    versions: Arc<HashMap<String, (Arc<Loaded>, usize)>>,
+    /// (Fx-hashed: looked up on every step of every enrollment, and the
+    /// keys are long hex digests that SipHash is slow on.)
+    versions: Arc<FxHashMap<String, (Arc<Loaded>, usize)>>,
     /// Segments whose membership changes matter (triggers, goals, exits).
     tracked_segments: Arc<Vec<SegmentId>>,
     /// The `count`/`seen` windows of the tracked segments, each once
@@ -133,7 +136,7 @@ impl Engine {
     /// programs of `retained` (older) workspace versions.
     pub fn with_retained(current: Arc<Bundle>, retained: Vec<Arc<Bundle>>) -> Engine {
         let current = Arc::new(Loaded::new(current));
-        let mut versions = HashMap::new();
+        let mut versions = FxHashMap::default();
         for old in retained {
             let old = Arc::new(Loaded::new(old));
             for (index, program) in old.bundle.journeys.iter().enumerate() {
@@ -302,6 +305,7 @@ impl Engine {
             arrivals: Vec::new(),
             steps: 0,
             customer_zone: std::cell::Cell::new(None),
+            memo: std::cell::Cell::new(Memo::EMPTY),
             zone_changed: false,
             failure: None,
         };
@@ -330,7 +334,7 @@ impl Engine {
                     let suppressed = (!subscribed).then_some(Suppression::Unsubscribed);
                     run.state.set_subscription(*channel, suppressed, at, None);
                 }
-                run.customer_zone.set(None);
+                run.profile_changed();
                 run.zone_changed |= traits.contains_key("timezone");
                 for (name, value) in traits {
                     if *value == Value::Absent {
@@ -444,6 +448,12 @@ fn event_hits(
     }
 }
 
+/// Whether a goal of `program` not reached yet (by `goals_reached`) `holds`.
+fn unreached_goal_holds(program: &Program, goals_reached: &[bool], holds: impl Fn(&Condition) -> bool) -> bool {
+    (program.goals.iter().enumerate())
+        .any(|(index, goal)| goals_reached.get(index) == Some(&false) && holds(&goal.condition))
+}
+
 /// Whether a program has a segment goal or exit rule.
 fn watches_segments(program: &Program) -> bool {
     program
@@ -485,6 +495,44 @@ enum Resume<'a> {
     Event(&'a BTreeMap<String, Value>),
 }
 
+/// What a [`Run`] already evaluated at one instant, of the current
+/// version's segments: a segment's membership (without an event or an
+/// enrollment in scope) reads only the profile, the event history and the
+/// instant, so while those stay the same it is looked up, not evaluated
+/// again. A wake-up settles before and after its due work at the same
+/// instant, and the second settle reads what the first one evaluated.
+#[derive(Clone, Copy)]
+struct Memo {
+    /// The instant of the memoized values; `None` when nothing is memoized.
+    at: Option<Millis>,
+    /// Bit `i`: segment `i` was evaluated (segments 0 to 63 only).
+    known: u64,
+    /// Bit `i`: segment `i`'s membership, when known.
+    members: u64,
+    /// [`Run::next_segment_flip`] at `at`, when computed.
+    flip: Option<Option<Millis>>,
+}
+
+impl Memo {
+    const EMPTY: Memo = Memo {
+        at: None,
+        known: 0,
+        members: 0,
+        flip: None,
+    };
+
+    /// The memo for instant `t`: this one if it is of `t`, else an empty one.
+    fn at(self, t: Millis) -> Memo {
+        match self.at == Some(t) {
+            true => self,
+            false => Memo {
+                at: Some(t),
+                ..Memo::EMPTY
+            },
+        }
+    }
+}
+
 /// One `apply` in progress.
 struct Run<'e, 's> {
     engine: &'e Engine,
@@ -496,6 +544,9 @@ struct Run<'e, 's> {
     /// `customer.timezone` parsed, once per input (cleared when the
     /// profile changes).
     customer_zone: std::cell::Cell<Option<Option<chrono_tz::Tz>>>,
+    /// Segment memberships and the next segment flip as evaluated at one
+    /// instant, while neither the profile nor the event history changed.
+    memo: std::cell::Cell<Memo>,
     /// Whether this input changed `customer.timezone`.
     zone_changed: bool,
     /// The first thing that went wrong: `apply` returns it, and due work
@@ -506,6 +557,32 @@ struct Run<'e, 's> {
 impl Run<'_, '_> {
     fn bundle(&self) -> &Bundle {
         &self.engine.current.bundle
+    }
+
+    /// The profile changed: what was derived from it is read again.
+    fn profile_changed(&self) {
+        self.customer_zone.set(None);
+        self.memo.set(Memo::EMPTY);
+    }
+
+    /// Whether the customer is in `segment` of `bundle` at `t` (no event,
+    /// no enrollment in scope), memoized for the current version ([`Memo`]).
+    fn member(&self, bundle: &Bundle, segment: SegmentId, t: Millis) -> bool {
+        let bit = 1u64.checked_shl(segment.0).unwrap_or(0);
+        if bit == 0 || !std::ptr::eq(bundle, &*self.engine.current.bundle) {
+            return self.scope_in(bundle, t, None).in_segment(segment);
+        }
+        let mut memo = self.memo.get().at(t);
+        if memo.known & bit != 0 {
+            return memo.members & bit != 0;
+        }
+        let member = self.scope_in(bundle, t, None).in_segment(segment);
+        memo.known |= bit;
+        if member {
+            memo.members |= bit;
+        }
+        self.memo.set(memo);
+        member
     }
 
     /// Notes the first failure of this input.
@@ -543,7 +620,7 @@ impl Run<'_, '_> {
                 .bundle()
                 .name(self.bundle().segments[segment.0 as usize].name)
                 .to_string();
-            let member = self.scope(at, None).in_segment(*segment);
+            let member = self.member(&self.engine.current.bundle, *segment, at);
             self.state.segments.insert(name, member);
         }
         self.reschedule_triggers(at);
@@ -801,6 +878,17 @@ impl Run<'_, '_> {
     /// The next instant an event leaves a `count`/`seen` window that a
     /// tracked segment depends on.
     fn next_segment_flip(&self, now: Millis) -> Option<Millis> {
+        let mut memo = self.memo.get().at(now);
+        if let Some(flip) = memo.flip {
+            return flip;
+        }
+        let flip = self.next_segment_flip_uncached(now);
+        memo.flip = Some(flip);
+        self.memo.set(memo);
+        flip
+    }
+
+    fn next_segment_flip_uncached(&self, now: Millis) -> Option<Millis> {
         let mut next: Option<Millis> = None;
         for window in self.engine.tracked_windows.iter() {
             let Some(times) = self.state.history.get(&window.event) else {
@@ -861,6 +949,7 @@ impl Run<'_, '_> {
         }
         self.state.last_event = Some(t);
         self.state.last_event_by_name.insert(event.to_string(), t);
+        self.memo.set(Memo::EMPTY);
         let times = self.state.history.entry(event.to_string()).or_default();
         let position = times.partition_point(|x| *x <= t);
         times.insert(position, t);
@@ -1049,7 +1138,7 @@ impl Run<'_, '_> {
             let mut changed = Vec::new();
             for segment in self.engine.tracked_segments.iter() {
                 let name = bundle.name(bundle.segments[segment.0 as usize].name);
-                let member = self.scope(t, None).in_segment(*segment);
+                let member = self.member(&bundle, *segment, t);
                 if self.state.segments.get(name) != Some(&member) {
                     self.state.segments.insert(name.to_string(), member);
                     changed.push((*segment, member));
@@ -1079,19 +1168,46 @@ impl Run<'_, '_> {
         {
             return;
         }
-        let ended: Vec<String> = self.state.attributions.keys().cloned().collect();
-        self.watch_ended(&ended, t, &|run, bundle, condition| match condition {
-            Condition::InSegment { segment } => run.scope_in(bundle, t, None).in_segment(*segment),
+        let in_segment = |run: &Self, bundle: &Bundle, condition: &Condition| match condition {
+            Condition::InSegment { segment } => run.member(bundle, *segment, t),
             Condition::Event { .. } => false,
-        });
-        let watching = |enrollment: &Enrollment| {
+        };
+        // Only the ended and active enrollments this instant changes are
+        // taken out and put back: looking first is cheap (memberships are
+        // memoized), and for the others visiting would change nothing.
+        let ended: Vec<String> = (self.state.attributions.iter())
+            .filter(
+                |(_, attribution)| match self.engine.versions.get(&attribution.version) {
+                    // Forgotten by `watch_ended`.
+                    None => true,
+                    Some((loaded, index)) => {
+                        t > attribution.until
+                            || !attribution.goals_reached.contains(&false)
+                            || unreached_goal_holds(&loaded.bundle.journeys[*index], &attribution.goals_reached, |c| {
+                                in_segment(self, &loaded.bundle, c)
+                            })
+                    }
+                },
+            )
+            .map(|(journey, _)| journey.clone())
+            .collect();
+        if !ended.is_empty() {
+            self.watch_ended(&ended, t, &in_segment);
+        }
+        let changes = |enrollment: &Enrollment| {
             self.engine
                 .versions
                 .get(&enrollment.version)
-                .is_some_and(|(loaded, index)| watches_segments(&loaded.bundle.journeys[*index]))
+                .is_some_and(|(loaded, index)| {
+                    let program = &loaded.bundle.journeys[*index];
+                    let holds = |condition: &Condition| in_segment(self, &loaded.bundle, condition);
+                    watches_segments(program)
+                        && (unreached_goal_holds(program, &enrollment.goals_reached, holds)
+                            || program.exit_rules.iter().any(holds))
+                })
         };
         let journeys: Vec<String> = (self.state.enrollments.iter())
-            .filter(|(_, enrollment)| watching(enrollment))
+            .filter(|(_, enrollment)| changes(enrollment))
             .map(|(journey, _)| journey.clone())
             .collect();
         for journey in journeys {
@@ -1104,7 +1220,7 @@ impl Run<'_, '_> {
             };
             let program = &loaded.bundle.journeys[index];
             let in_segment = |run: &Self, condition: &Condition| match condition {
-                Condition::InSegment { segment } => run.scope_in(&loaded.bundle, t, None).in_segment(*segment),
+                Condition::InSegment { segment } => run.member(&loaded.bundle, *segment, t),
                 Condition::Event { .. } => false,
             };
             let version = (loaded.clone(), index);
@@ -1173,7 +1289,7 @@ impl Run<'_, '_> {
         // Exit rules are watched from the first instant: a customer already
         // in an exit segment leaves before the first step runs.
         let exits_at_once = program.exit_rules.iter().any(|rule| match rule {
-            Condition::InSegment { segment } => self.scope(t, None).in_segment(*segment),
+            Condition::InSegment { segment } => self.member(&bundle, *segment, t),
             Condition::Event { .. } => false,
         });
         if exits_at_once {
@@ -1371,7 +1487,7 @@ impl Run<'_, '_> {
                     record.attribute = Some(name.clone());
                     record.value = Some(to_json(&value));
                     self.mark_step(first_record, &enrollment.version, pc);
-                    self.customer_zone.set(None);
+                    self.profile_changed();
                     self.zone_changed |= name == "timezone";
                     if value == Value::Absent {
                         self.state.profile.remove(&name);
@@ -1694,6 +1810,7 @@ impl Run<'_, '_> {
     /// Drops history no expression can read any more.
     fn prune(&mut self, now: Millis) {
         let window_ms = self.bundle().history_window_seconds.saturating_mul(1000);
+        self.memo.set(Memo::EMPTY);
         for times in self.state.history.values_mut() {
             while times.front().is_some_and(|t| *t <= now.saturating_sub(window_ms)) {
                 times.pop_front();

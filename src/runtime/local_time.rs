@@ -12,10 +12,38 @@ pub const ALL_DAYS: u8 = 0b0111_1111;
 /// on one of `days`. A local time that does not exist (DST gap) means the
 /// first valid instant after it; one that exists twice (DST overlap) means
 /// the earlier.
+///
+/// The answer is the earliest of the occurrences of that local time at or
+/// after `now`, so for `now` anywhere in `[from, answer]` it is the same as
+/// for `from`: each thread remembers the latest answer per (zone, time,
+/// days) with the instant it was computed for ([`Recent`]), and customers
+/// of one zone waiting for the same Monday 09:00 cost one calendar
+/// computation, not one each.
 pub fn next_local_time(now: Millis, zone: Tz, minute_of_day: u16, days: u8) -> Millis {
     let days = if days & ALL_DAYS == 0 { ALL_DAYS } else { days };
+    Recent::with(zone, minute_of_day, days, |recent| {
+        if recent.from <= now && now <= recent.next {
+            return recent.next;
+        }
+        match next_local_time_computed(now, zone, minute_of_day, days) {
+            Some(next) => {
+                (recent.from, recent.next) = (now, next);
+                next
+            }
+            None => now.saturating_add(86_400_000),
+        }
+    })
+    .unwrap_or_else(|| {
+        next_local_time_computed(now, zone, minute_of_day, days).unwrap_or(now.saturating_add(86_400_000))
+    })
+}
+
+/// [`next_local_time`] by the calendar; `None` only where no day of `days`
+/// came up (unreachable for a non-empty day set), which the caller turns
+/// into a day later.
+fn next_local_time_computed(now: Millis, zone: Tz, minute_of_day: u16, days: u8) -> Option<Millis> {
     let Some(now_utc) = chrono::DateTime::from_timestamp_millis(now) else {
-        return now;
+        return Some(now);
     };
     let today = now_utc.with_timezone(&zone).date_naive();
     // Start a day early: the local date of `now` may be ahead of the instant
@@ -27,11 +55,66 @@ pub fn next_local_time(now: Millis, zone: Tz, minute_of_day: u16, days: u8) -> M
         }
         let instant = resolve(zone, date, minute_of_day);
         if instant >= now {
-            return instant;
+            return Some(instant);
         }
     }
-    // Unreachable for a non-empty day set; stay well-defined regardless.
-    now + 86_400_000
+    None
+}
+
+/// One thread's latest answers of [`next_local_time`] and
+/// [`is_local_time`] for one (zone, minute of day, days): a pure
+/// function's results, so the cache changes no outcome.
+#[derive(Clone, Copy)]
+struct Recent {
+    zone: Tz,
+    minute_of_day: u16,
+    days: u8,
+    /// `next_local_time(t) == next` for every `t` in `from..=next`
+    /// (empty while `from > next`).
+    from: Millis,
+    next: Millis,
+    /// `is_local_time(checked) == is_local` (none yet while `checked` is
+    /// `Millis::MIN`).
+    checked: Millis,
+    is_local: bool,
+}
+
+/// Slots of [`RECENT`], each holding one (zone, minute, days).
+const RECENT_SLOTS: usize = 64;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<[Option<Recent>; RECENT_SLOTS]> =
+        const { std::cell::RefCell::new([None; RECENT_SLOTS]) };
+}
+
+impl Recent {
+    /// Runs `f` on the thread's slot for (zone, minute, days), emptied first
+    /// if it held another key; `None` if the slot is unavailable (a thread
+    /// being torn down).
+    fn with<T>(zone: Tz, minute_of_day: u16, days: u8, f: impl FnOnce(&mut Recent) -> T) -> Option<T> {
+        let key = (zone as u32) ^ (u32::from(minute_of_day) << 10) ^ (u32::from(days) << 21);
+        let slot = (key.wrapping_mul(0x9E37_79B9) >> 26) as usize % RECENT_SLOTS;
+        RECENT
+            .try_with(|recent| {
+                let mut recent = recent.borrow_mut();
+                let entry = &mut recent[slot];
+                let fresh = Recent {
+                    zone,
+                    minute_of_day,
+                    days,
+                    from: Millis::MAX,
+                    next: Millis::MIN,
+                    checked: Millis::MIN,
+                    is_local: false,
+                };
+                let entry = match entry {
+                    Some(held) if held.zone == zone && held.minute_of_day == minute_of_day && held.days == days => held,
+                    _ => entry.insert(fresh),
+                };
+                f(entry)
+            })
+            .ok()
+    }
 }
 
 /// Whether `at` is local `minute_of_day` (to the second) on one of `days`
@@ -39,6 +122,17 @@ pub fn next_local_time(now: Millis, zone: Tz, minute_of_day: u16, days: u8) -> M
 /// arguments without a DST shift.
 pub fn is_local_time(at: Millis, zone: Tz, minute_of_day: u16, days: u8) -> bool {
     let days = if days & ALL_DAYS == 0 { ALL_DAYS } else { days };
+    Recent::with(zone, minute_of_day, days, |recent| {
+        if recent.checked != at || at == Millis::MIN {
+            (recent.checked, recent.is_local) = (at, is_local_time_computed(at, zone, minute_of_day, days));
+        }
+        recent.is_local
+    })
+    .unwrap_or_else(|| is_local_time_computed(at, zone, minute_of_day, days))
+}
+
+/// [`is_local_time`] by the calendar.
+fn is_local_time_computed(at: Millis, zone: Tz, minute_of_day: u16, days: u8) -> bool {
     let Some(utc) = chrono::DateTime::from_timestamp_millis(at) else {
         return false;
     };
@@ -145,6 +239,34 @@ mod tests {
         // A DST-gap instant is not the local time asked for: callers recompute.
         let gap = next_local_time(at("2026-03-29T00:00:00Z"), berlin, 2 * 60 + 30, ALL_DAYS);
         assert!(!is_local_time(gap, berlin, 2 * 60 + 30, ALL_DAYS));
+    }
+
+    #[test]
+    fn remembered_answers_are_the_calendar_answers() {
+        // Minute by minute over Berlin's spring and autumn shifts, on a
+        // time inside a gap and one inside an overlap, and forwards then
+        // backwards (the remembered window must not answer for earlier
+        // instants), every answer equals the computed one.
+        for (start, minute_of_day) in [
+            ("2026-03-27T00:00:00Z", 2 * 60 + 30),
+            ("2026-10-23T00:00:00Z", 2 * 60 + 30),
+        ] {
+            for days in [ALL_DAYS, 0b0100_0000, 0b0000_0001] {
+                let start = at(start);
+                let minutes: Vec<Millis> = (0..4 * 24 * 60).map(|m| start + m * 60_000 + 17).collect();
+                for now in minutes.iter().chain(minutes.iter().rev()) {
+                    let zone = Tz::Europe__Berlin;
+                    let expected = next_local_time_computed(*now, zone, minute_of_day, days).expect("a day");
+                    assert_eq!(next_local_time(*now, zone, minute_of_day, days), expected, "{now}");
+                    let local = is_local_time_computed(expected, zone, minute_of_day, days);
+                    assert_eq!(is_local_time(expected, zone, minute_of_day, days), local);
+                    assert_eq!(
+                        is_local_time(now - 17, zone, minute_of_day, days),
+                        is_local_time_computed(now - 17, zone, minute_of_day, days)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
