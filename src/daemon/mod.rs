@@ -110,8 +110,8 @@ fn sink_specs(sinks: &[Sink]) -> Vec<SinkSpec> {
 /// Transparent huge pages for the daemon's heap: off unless `keep`
 /// (`--huge-pages`). mimalloc advises huge pages (`MADV_HUGEPAGE`) for its
 /// arenas, so every thread's first small allocations fault in whole 2 MiB
-/// pages: 55 MiB more on an empty store, and 1M waiting customers above the
-/// 150 MiB budget, for about a tenth less CPU per wake-up
+/// pages: 52 MiB more on an empty store and 30–40 MiB more with 1M
+/// customers waiting, for about a tenth less CPU per wake-up
 /// (docs/performance.md, "Daemon memory"). Called before any thread starts;
 /// the kernel's flag holds for the whole process and every later fault.
 fn huge_pages(keep: bool) {
