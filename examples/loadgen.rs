@@ -224,10 +224,15 @@ impl Daemon {
     }
 
     fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
+    /// A size field of `/proc/PID/status` (`VmRSS:`, `VmHWM:` the peak), in MiB.
+    fn status_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
+            .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|kb| kb.parse::<f64>().ok())
             .map_or(0.0, |kb| kb / 1024.0)
@@ -960,6 +965,10 @@ fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opt
     say(
         &format!("RSS with {pending} enrollments waiting on timers (after intake)"),
         format!("{:.0} MiB", daemon.rss_mib()),
+    );
+    say(
+        "RSS peak during that intake (VmHWM)",
+        format!("{:.0} MiB", daemon.status_mib("VmHWM:")),
     );
     daemon.terminate();
     if let (Some(pg), Some(url), Some(before)) = (&pg, &store, before) {

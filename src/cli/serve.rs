@@ -65,6 +65,9 @@ pub struct Args {
     /// standby node takes over, 1 to 10 [default: 10]
     #[arg(long)]
     pub lease_seconds: Option<u64>,
+    /// Keep transparent huge pages for the heap: about a tenth less CPU per wake-up, 30–50 MiB more memory
+    #[arg(long)]
+    pub huge_pages: bool,
     /// Time a client has to send a request's head; also the idle keep-alive limit [default: 10s]
     #[arg(long)]
     pub header_timeout: Option<String>,
@@ -117,6 +120,7 @@ struct FileConfig {
     rate: std::collections::BTreeMap<String, String>,
     cache_mib: Option<u64>,
     lease_seconds: Option<u64>,
+    huge_pages: Option<bool>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
     max_connections: Option<usize>,
@@ -300,6 +304,7 @@ fn settle(args: Args) -> Result<Config, String> {
         faults,
         broadcast_batch: crate::daemon::broadcast::batch_customers(args.broadcast_batch.or(file.broadcast_batch)),
         erasure_within,
+        huge_pages: args.huge_pages || file.huge_pages.unwrap_or(false),
     })
 }
 

@@ -250,3 +250,38 @@ fn a_data_directory_from_a_newer_build_is_refused() {
         assert!(stderr.contains("newer journeyc"), "{args:?}: {stderr}");
     }
 }
+
+/// The kernel's transparent-huge-pages flag of a process, from
+/// `/proc/PID/status` (kernels from 6.3 on show it).
+#[cfg(target_os = "linux")]
+fn thp_enabled(pid: &str) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("THP_enabled:"))?;
+    Some(line.split_whitespace().nth(1)? == "1")
+}
+
+/// The daemon turns transparent huge pages off for its heap (RSS:
+/// docs/performance.md, "Daemon memory") unless `--huge-pages` or
+/// `huge_pages = true` keeps them.
+#[cfg(target_os = "linux")]
+#[test]
+fn huge_pages_are_off_unless_kept() {
+    if thp_enabled("self") != Some(true) {
+        eprintln!("skipped: this kernel does not show THP_enabled, or this process has huge pages off already");
+        return;
+    }
+    let env = Env::new(WORKSPACE);
+    let config = env.root.path().join("serve.toml");
+    std::fs::write(&config, "huge_pages = true\n").expect("config");
+    let config = config.to_string_lossy().into_owned();
+    for (args, kept) in [
+        (vec![], false),
+        (vec!["--huge-pages"], true),
+        (vec!["--config", config.as_str()], true),
+    ] {
+        let daemon = env.start(&args);
+        assert_eq!(daemon.get("/healthz").status, 200);
+        assert_eq!(thp_enabled(&daemon.child.id().to_string()), Some(kept), "{args:?}");
+        daemon.terminate();
+    }
+}
