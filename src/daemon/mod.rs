@@ -183,43 +183,10 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     let mut serving = None;
     if let kv::Kv::Postgres(pg) = &db {
         if !matches!(pg.lease(), kv::pg::LeaseState::Held(_)) {
-            let listener = bind(&config.listen).await?;
-            let address = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
-            let standby = {
-                let store = Store { db: db.clone() };
-                let (bundle, email) = (bundle.clone(), email_address_required(&config));
-                tokio::task::spawn_blocking(move || reload::reading_runtime(&store, bundle, email).map(|r| (store, r)))
-                    .await
-                    .map_err(|e| DaemonError::Io(e.to_string()))??
-            };
-            *front.write().await = Some(http::standby_router(http::Standby {
-                pg: pg.clone(),
-                store: standby.0,
-                runtime: standby.1,
-                token: config.token.clone(),
-                http: config.http.clone(),
-            }));
-            let server_task = start_server(listener, front.clone(), &config, stopping.clone());
-            let _ = std::fs::write(config.data.join("addr"), address.to_string());
-            println!("journeyc serve: standby on http://{address}, waiting for the store's lease");
-            tracing::info!(%address, node = %pg.node(), "standby: another node holds the store's lease");
-            let mut lease = pg.lease_changes();
-            let mut stop = stopping.clone();
-            tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => {
-                    let _ = server_task.await;
-                    tracing::info!("stopped as a standby");
-                    return Ok(false);
-                }
-                _ = lease.wait_for(|state| !matches!(state, kv::pg::LeaseState::Standby)) => {}
+            match stand_by(&config, pg, &db, &bundle, &front, &stopping).await? {
+                Some(taken_over) => serving = Some(taken_over),
+                None => return Ok(false),
             }
-            if let kv::pg::LeaseState::Lost(reason) = pg.lease() {
-                return Err(DaemonError::Io(reason));
-            }
-            tracing::info!(node = %pg.node(), "took over the store");
-            serving = Some((server_task, address));
-            // Until the pipeline runs, requests get 503.
-            *front.write().await = None;
         }
     }
     let store = {
@@ -352,6 +319,57 @@ async fn bind(listen: &str) -> Result<tokio::net::TcpListener, DaemonError> {
 }
 
 /// Serves `front` on `listener` until `stopping` turns true.
+/// A node that does not hold the PostgreSQL store's lease: serves the
+/// standby's router (health, customer reads, intake into the inbox) until
+/// the lease is this node's, then empties the front (503 until the pipeline
+/// runs) and answers the server's task and address; `None` when stopped as
+/// a standby.
+async fn stand_by(
+    config: &Config,
+    pg: &kv::pg::Pg,
+    db: &kv::Kv,
+    bundle: &crate::compile::bytecode::Bundle,
+    front: &server::Front,
+    stopping: &watch::Receiver<bool>,
+) -> Result<Option<(tokio::task::JoinHandle<()>, SocketAddr)>, DaemonError> {
+    let listener = bind(&config.listen).await?;
+    let address = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
+    let standby = {
+        let store = Store { db: db.clone() };
+        let (bundle, email) = (bundle.clone(), email_address_required(config));
+        tokio::task::spawn_blocking(move || reload::reading_runtime(&store, bundle, email).map(|r| (store, r)))
+            .await
+            .map_err(|e| DaemonError::Io(e.to_string()))??
+    };
+    *front.write().await = Some(http::standby_router(http::Standby {
+        pg: pg.clone(),
+        store: standby.0,
+        runtime: standby.1,
+        token: config.token.clone(),
+        http: config.http.clone(),
+    }));
+    let server_task = start_server(listener, front.clone(), config, stopping.clone());
+    let _ = std::fs::write(config.data.join("addr"), address.to_string());
+    println!("journeyc serve: standby on http://{address}, waiting for the store's lease");
+    tracing::info!(%address, node = %pg.node(), "standby: another node holds the store's lease");
+    let mut lease = pg.lease_changes();
+    let mut stop = stopping.clone();
+    tokio::select! {
+        _ = stop.wait_for(|stop| *stop) => {
+            let _ = server_task.await;
+            tracing::info!("stopped as a standby");
+            return Ok(None);
+        }
+        _ = lease.wait_for(|state| !matches!(state, kv::pg::LeaseState::Standby)) => {}
+    }
+    if let kv::pg::LeaseState::Lost(reason) = pg.lease() {
+        return Err(DaemonError::Io(reason));
+    }
+    tracing::info!(node = %pg.node(), "took over the store");
+    *front.write().await = None;
+    Ok(Some((server_task, address)))
+}
+
 fn start_server(
     listener: tokio::net::TcpListener,
     front: server::Front,
