@@ -3,7 +3,7 @@
 //! processes paused (SIGSTOP) and killed (SIGKILL).
 
 use super::harness::*;
-use journeyc::daemon::kv::pg::{LeaseState, Pg};
+use journeyc::daemon::kv::pg::{partition_of, LeaseState, Pg};
 use journeyc::daemon::kv::Batch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -162,6 +162,183 @@ fn a_write_after_a_takeover_is_refused_inside_its_transaction() {
             .trim(),
         "mbefore"
     );
+}
+
+/// Two customer ids in different partitions of 256.
+fn two_partitions() -> ((String, i32), (String, i32)) {
+    let p = |id: &str| partition_of(format!("c{id}").as_bytes(), 256);
+    let first = "taken".to_string();
+    let other = (0..)
+        .map(|i| format!("other{i}"))
+        .find(|id| p(id) != p(&first))
+        .expect("another partition");
+    let (pf, po) = (p(&first), p(&other));
+    ((first, pf), (other, po))
+}
+
+#[test]
+fn a_batch_touching_a_partition_taken_over_is_refused_and_the_other_partitions_commit() {
+    if skip() {
+        return;
+    }
+    let server = super::pg::Postgres::start("journeyc");
+    let owner = Pg::open(&server.url(), Duration::from_secs(2)).expect("open");
+    // The one node holds the store's lease and all 256 partition leases.
+    assert_eq!(owner.lease(), LeaseState::Held(1));
+    let owned = owner.owned();
+    assert_eq!(owned.keys().copied().collect::<Vec<_>>(), (0..256).collect::<Vec<_>>());
+    assert!(owned.values().all(|epoch| *epoch == 1), "{owned:?}");
+    assert_eq!(
+        server
+            .psql(
+                "SELECT count(*) || ' ' || count(DISTINCT owner) || ' ' || min(partition) || ' ' || max(partition) \
+                 FROM journeyc_leases"
+            )
+            .trim(),
+        "257 1 -1 255"
+    );
+    let ((taken, p), (other, q)) = two_partitions();
+    let customer = |id: &str| format!("c{id}");
+    let write = |keys: &[&str]| {
+        let mut batch = Batch::default();
+        for key in keys {
+            batch.insert(key.as_bytes(), &b"1"[..]);
+        }
+        batch
+    };
+
+    // Another node takes partition p over (its row updated by another session).
+    server.psql(&format!(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition = {p}"
+    ));
+    let refused = owner
+        .apply(None, write(&[&customer(&taken), &customer(&other), "mcount"]))
+        .expect_err("no write to a partition taken over");
+    assert!(
+        refused.to_string().contains(&format!(
+            "lease lost: partition {p} now owned by journeyc-other at epoch 2; this node ({}) held epoch 1",
+            owner.node()
+        )),
+        "{refused}"
+    );
+    let keys = || {
+        server
+            .psql("SELECT coalesce(string_agg(convert_from(key, 'UTF8'), ',' ORDER BY key), '') FROM journeyc_kv")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(keys(), "", "nothing of the refused batch landed");
+    assert!(!owner.owned().contains_key(&p));
+    assert_eq!(owner.owned().len(), 255);
+    // The node goes on: the store's lease and the other partitions commit.
+    assert_eq!(owner.lease(), LeaseState::Held(1));
+    owner
+        .apply(None, write(&[&customer(&other), "mcount"]))
+        .expect("a batch of the other partitions commits");
+    assert_eq!(keys(), format!("c{other},mcount"));
+    // p stays refused across renewals (a tick is a third of the 2 s lease),
+    // the compare-and-write too.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!owner.owned().contains_key(&p), "{:?}", owner.owned());
+    let refused = owner
+        .apply(None, write(&[&customer(&taken)]))
+        .expect_err("still not owned");
+    assert!(
+        refused
+            .to_string()
+            .contains(&format!("partition {p} is not owned by this node")),
+        "{refused}"
+    );
+    let refused = owner
+        .apply(Some((customer(&taken).as_bytes(), b"1")), write(&[&customer(&other)]))
+        .expect_err("a compare-and-write naming p");
+    assert!(refused.to_string().contains(&format!("partition {p}")), "{refused}");
+    assert_eq!(
+        server
+            .psql(&format!(
+                "SELECT owner || ' ' || epoch FROM journeyc_leases WHERE partition = {q}"
+            ))
+            .trim(),
+        format!("{} 1", owner.node())
+    );
+
+    // The other node's lease on p expires: the node claims p at the next epoch.
+    server.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    eventually("p claimed again", || (owner.owned().get(&p) == Some(&3)).then_some(()));
+    owner.apply(None, write(&[&customer(&taken)])).expect("p commits again");
+    assert_eq!(keys(), format!("c{other},c{taken},mcount"));
+    assert_eq!(
+        server
+            .psql(&format!(
+                "SELECT owner || ' ' || epoch FROM journeyc_leases WHERE partition = {p}"
+            ))
+            .trim(),
+        format!("{} 3", owner.node())
+    );
+    // A stop releases every row of the node.
+    owner.release().expect("release");
+    assert_eq!(
+        server
+            .psql("SELECT count(*) FROM journeyc_leases WHERE expires_at >= now()")
+            .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn a_daemon_refuses_calls_of_a_partition_taken_over_and_serves_the_others() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let daemon = env.start(&[]);
+    let ((taken, p), (other, _)) = two_partitions();
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition = {p}"
+    ));
+    let refused = daemon.post("/v1/track", &ping(&taken, "m1", 1));
+    assert_eq!(refused.status, 500, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains(&format!("lease lost: partition {p} now owned by journeyc-other")),
+        "{}",
+        refused.body
+    );
+    assert_eq!(daemon.get(&format!("/v1/customers/{taken}")).status, 404);
+    // The other partitions' customers are served meanwhile, and stay served.
+    for n in 0..3 {
+        let accepted = daemon.post("/v1/track", &ping(&other, &format!("m{n}"), n));
+        assert_eq!(accepted.status, 200, "{}", accepted.body);
+        let refused = daemon.post("/v1/track", &ping(&taken, &format!("m{n}"), n));
+        assert_eq!(refused.status, 500, "{}", refused.body);
+    }
+    assert_eq!(daemon.get(&format!("/v1/customers/{other}")).status, 200);
+    let health = daemon.get("/healthz");
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.json()["status"], "ok", "{}", health.body);
+
+    // The other node's lease expires: this one claims p back and applies it.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    eventually("the partition claimed back", || {
+        (daemon.post("/v1/track", &ping(&taken, "m9", 9)).status == 200).then_some(())
+    });
+    assert_eq!(daemon.get(&format!("/v1/customers/{taken}")).status, 200);
+    eventually("the sends of both customers", || {
+        let sent: BTreeSet<String> = sends(&env.data())
+            .iter()
+            .filter_map(|l| l["customer"].as_str().map(str::to_string))
+            .collect();
+        (sent.contains(&taken) && sent.contains(&other)).then_some(())
+    });
+    assert_eq!(daemon.terminate(), Some(0));
 }
 
 #[test]

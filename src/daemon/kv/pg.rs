@@ -23,22 +23,31 @@
 //! it has committed (PostgreSQL's `synchronous_commit` decides what that
 //! means on disk; its default waits for the WAL flush).
 //!
-//! **One owner at a time: a lease fenced by an epoch.** Several daemons may
-//! open one database; the one holding the lease row of `journeyc_leases`
-//! (partition [`LEASE_STORE`], the whole store) writes, the others are
-//! standbys ([`LeaseState`]). A background task renews the lease every
-//! second (or a third of its duration, if shorter); a standby takes it over
-//! once it has expired, raising its epoch by one. Every write transaction
-//! ([`Pg::apply`], which the compare-and-write also goes through) first
-//! reads the lease row `FOR SHARE` and rolls back unless this node still
-//! owns it at the epoch it acquired, so an owner that was paused or cut off
-//! past its lease can never commit after a takeover: the takeover's update
-//! of the row waits for its transactions in flight, and its later ones see
-//! the new owner. Expiry is judged by the database's clock alone.
+//! **One owner at a time: leases fenced by epochs.** Several daemons may
+//! open one database. `journeyc_leases` has one row per partition (0..P)
+//! and the store's row (partition [`LEASE_STORE`]: the records that name no
+//! customer). The node holding the store's row applies (today one node
+//! does all the applying, `docs/scale-out.md`); the others are standbys
+//! ([`LeaseState`]). The holder of the store's lease also claims every
+//! partition lease that is free or expired, each at its own epoch
+//! ([`Owned`], [`Pg::owned`]). A background task renews all held rows
+//! every second (or a third of the lease, if shorter); a standby takes the
+//! store's lease over once it has expired, raising its epoch by one, then
+//! the partitions. Every write transaction ([`Pg::apply`], which the
+//! compare-and-write also goes through) first reads the lease rows of the
+//! partitions its batch touches `FOR SHARE` and rolls back unless this
+//! node still owns each at the epoch it acquired, so an owner that was
+//! paused or cut off past its lease can never commit after a takeover: the
+//! takeover's update of a row waits for the transactions in flight that
+//! share it, and later ones see the new owner. A partition lost that way
+//! (or at a renewal) is dropped from the held set and refused from then on,
+//! while batches of the other partitions go on committing; the store's
+//! lease lost is lost for good. Expiry is judged by the database's clock
+//! alone.
 
 use super::{Batch, Bytes};
 use crate::daemon::store::{StoreError, StoreResult};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -52,8 +61,8 @@ const SCAN_PAGE: i64 = 512;
 /// The advisory lock under which migrations run (`"journeyc"` in ASCII, plus
 /// one: the value once held by a daemon for its whole run).
 const LOCK_MIGRATE: i64 = 0x6a6f_7572_6e65_7964;
-/// The lease row that covers the whole store (partition-level leases would
-/// add rows by partition; today every node-wide record has partition -1).
+/// The lease row of the records that name no customer (partition -1),
+/// held by the node that applies; the partitions 0..P have a row each.
 pub const LEASE_STORE: i32 = PARTITION_NONE;
 /// The longest time between two renewals of a held lease, and between two
 /// tries of a standby.
@@ -129,12 +138,21 @@ pub enum LeaseState {
     Lost(String),
 }
 
-/// This node's side of the lease, shared with the futures that check it.
+/// The partition leases a node holds: partition (0..P) → the epoch it
+/// acquired it at.
+pub type Owned = BTreeMap<i32, i64>;
+
+/// This node's side of the leases, shared with the futures that check them.
 struct Lease {
     /// Unique per process: `journeyc-PID@HOST#ID`.
     node: String,
     duration: std::time::Duration,
+    /// The store's lease (partition -1: the records that name no customer).
     state: tokio::sync::watch::Sender<LeaseState>,
+    /// The partition leases held, claimed while the store's lease is.
+    partitions: tokio::sync::watch::Sender<Owned>,
+    /// P, the number of partitions.
+    count: i32,
 }
 
 impl Lease {
@@ -149,8 +167,44 @@ impl Lease {
         }
     }
 
+    /// The epoch this node writes `partition`'s records under ([`LEASE_STORE`]:
+    /// the store's lease), or why it may not.
+    fn epoch_of(&self, partition: i32) -> StoreResult<i64> {
+        if partition == LEASE_STORE {
+            return self.epoch();
+        }
+        let held = self.partitions.borrow().get(&partition).copied();
+        match held {
+            Some(epoch) => {
+                // Written only under the store's lease too (today's one
+                // applying node; see `docs/scale-out.md`).
+                self.epoch()?;
+                Ok(epoch)
+            }
+            None => Err(StoreError::Postgres(format!(
+                "partition {partition} is not owned by this node ({}): its lease is held by another node or \
+                 expired; it commits nothing to it until it takes the lease again",
+                self.node
+            ))),
+        }
+    }
+
     fn lose(&self, reason: &str) {
         self.state.send_replace(LeaseState::Lost(reason.to_string()));
+        self.partitions.send_replace(Owned::new());
+    }
+
+    /// Drops `partition` from the held set if it is still held at `epoch`
+    /// (a newer claim of it stays).
+    fn drop_partition(&self, partition: i32, epoch: i64) {
+        self.partitions.send_if_modified(|owned| {
+            if owned.get(&partition) == Some(&epoch) {
+                owned.remove(&partition);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     fn millis(&self) -> i64 {
@@ -255,16 +309,20 @@ impl Pg {
             async move { start(&pool).await }
         })??;
         let (state, _) = tokio::sync::watch::channel(LeaseState::Standby);
+        let (owned, _) = tokio::sync::watch::channel(Owned::new());
         let lease = Arc::new(Lease {
             node,
             duration: lease.max(std::time::Duration::from_millis(300)),
             state,
+            partitions: owned,
+            count: partitions,
         });
         block(&handle, {
             let (pool, lease) = (pool.clone(), lease.clone());
             async move {
                 let client = connection(&pool).await?;
                 if let Some(epoch) = acquire(&client, &lease).await? {
+                    claim(&client, &lease).await?;
                     lease.state.send_replace(LeaseState::Held(epoch));
                 }
                 tokio::spawn(keep_lease(client, lease));
@@ -296,6 +354,16 @@ impl Pg {
     /// Follows [`Pg::lease`] as it changes.
     pub fn lease_changes(&self) -> tokio::sync::watch::Receiver<LeaseState> {
         self.inner.lease.state.subscribe()
+    }
+
+    /// The partition leases this node holds now, each at its epoch.
+    pub fn owned(&self) -> Owned {
+        self.inner.lease.partitions.borrow().clone()
+    }
+
+    /// Follows [`Pg::owned`] as partitions are claimed, lost and released.
+    pub fn ownership_changes(&self) -> tokio::sync::watch::Receiver<Owned> {
+        self.inner.lease.partitions.subscribe()
     }
 
     /// The lease row as the database has it: owner, epoch, and whether it
@@ -374,28 +442,59 @@ impl Pg {
     /// Applies `batch` in one transaction; with `condition` `(key,
     /// expected)`, only if `key` holds `expected` then (the row locked
     /// until the commit). Answers whether it applied. The transaction
-    /// commits only if this node still holds the lease at its epoch
-    /// (checked inside it, see the module's note); otherwise it is rolled
-    /// back, the lease is lost for good, and the error says who owns it.
+    /// commits only if this node still holds the lease of every partition
+    /// the batch touches at the epoch it acquired it (checked inside it,
+    /// see the module's note); otherwise it is rolled back and the error
+    /// says who owns the first such partition now. A lost partition is
+    /// dropped from the held set ([`Pg::owned`]); the store's lease
+    /// (partition -1) lost is lost for good.
     pub fn apply(&self, condition: Option<(&[u8], &[u8])>, batch: Batch) -> StoreResult<bool> {
         let condition = condition.map(|(key, expected)| (key.to_vec(), expected.to_vec()));
         let lease = self.inner.lease.clone();
-        let epoch = lease.epoch()?;
+        let partitions = self.inner.partitions;
+        let mut touched: BTreeSet<i32> = batch.writes().map(|(key, _)| partition_of(key, partitions)).collect();
+        if let Some((key, _)) = &condition {
+            touched.insert(partition_of(key, partitions));
+        }
+        if touched.is_empty() {
+            touched.insert(LEASE_STORE);
+        }
+        let (fenced, epochs): (Vec<i32>, Vec<i64>) = touched
+            .iter()
+            .map(|partition| Ok((*partition, lease.epoch_of(*partition)?)))
+            .collect::<StoreResult<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         self.run(|pool, partitions| async move {
             let mut client = connection(&pool).await?;
             let tx = client.transaction().await.map_err(|e| error("begin", e))?;
+            // In partition order, as the renewal locks them: no deadlock.
             let statement = tx
-                .prepare_cached("SELECT owner, epoch FROM journeyc_leases WHERE partition = $1 FOR SHARE")
+                .prepare_cached(
+                    "SELECT partition, owner, epoch FROM journeyc_leases WHERE partition = ANY($1) \
+                     ORDER BY partition FOR SHARE",
+                )
                 .await
-                .map_err(|e| error("check the lease", e))?;
-            let holder = tx
-                .query_opt(&statement, &[&LEASE_STORE])
+                .map_err(|e| error("check the leases", e))?;
+            let holders: BTreeMap<i32, (String, i64)> = tx
+                .query(&statement, &[&fenced])
                 .await
-                .map_err(|e| error("check the lease", e))?
-                .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)));
-            if holder.as_ref() != Some(&(lease.node.clone(), epoch)) {
-                let reason = lost(&lease, epoch, holder);
-                lease.lose(&reason);
+                .map_err(|e| error("check the leases", e))?
+                .into_iter()
+                .map(|row| (row.get(0), (row.get(1), row.get(2))))
+                .collect();
+            for (partition, epoch) in fenced.iter().zip(&epochs) {
+                let holder = holders.get(partition).cloned();
+                if holder.as_ref() == Some(&(lease.node.clone(), *epoch)) {
+                    continue;
+                }
+                let reason = lost(&lease, *partition, *epoch, holder);
+                if *partition == LEASE_STORE {
+                    lease.lose(&reason);
+                } else {
+                    tracing::error!(%reason, "a partition's lease was taken over");
+                    lease.drop_partition(*partition, *epoch);
+                }
                 return Err(StoreError::Postgres(reason));
             }
             if let Some((key, expected)) = condition {
@@ -632,21 +731,29 @@ async fn connection(pool: &deadpool_postgres::Pool) -> StoreResult<deadpool_post
     pool.get().await.map_err(|e| error("cannot connect to PostgreSQL", e))
 }
 
-/// The message of a lost lease: who holds it now.
-fn lost(lease: &Lease, epoch: i64, holder: Option<(String, i64)>) -> String {
+/// The message of a lost lease: who holds `partition` now.
+fn lost(lease: &Lease, partition: i32, epoch: i64, holder: Option<(String, i64)>) -> String {
     let now = match holder {
         Some((owner, epoch)) => format!("now owned by {owner} at epoch {epoch}"),
         None => "now owned by no node".to_string(),
     };
-    format!(
-        "lease lost: partition {LEASE_STORE} (the whole store) {now}; this node ({}) held epoch {epoch} and \
-         commits nothing more",
-        lease.node
-    )
+    if partition == LEASE_STORE {
+        format!(
+            "lease lost: partition {LEASE_STORE} (the whole store) {now}; this node ({}) held epoch {epoch} and \
+             commits nothing more",
+            lease.node
+        )
+    } else {
+        format!(
+            "lease lost: partition {partition} {now}; this node ({}) held epoch {epoch} and commits nothing more \
+             to it",
+            lease.node
+        )
+    }
 }
 
-/// Takes the lease if no node holds it or its holder's has expired:
-/// answers the new epoch, or `None` while another node holds it.
+/// Takes the store's lease if no node holds it or its holder's has
+/// expired: answers the new epoch, or `None` while another node holds it.
 async fn acquire(client: &deadpool_postgres::Object, lease: &Lease) -> StoreResult<Option<i64>> {
     let row = client
         .query_opt(
@@ -663,10 +770,81 @@ async fn acquire(client: &deadpool_postgres::Object, lease: &Lease) -> StoreResu
     Ok(row.map(|row| row.get(0)))
 }
 
-/// Renews a held lease, or as a standby tries to take it, every tick
-/// until it is lost. A renewal that finds another owner loses the lease;
-/// one that fails (the database unreachable) is retried at the next tick,
-/// the writes' own check keeping the fence meanwhile.
+/// Claims every partition lease (0..P) that no node holds or whose
+/// holder's has expired, each at its next epoch, and adds them to the held
+/// set. Rows held and unexpired are not touched (nor locked), so in the
+/// steady state this writes nothing.
+async fn claim(client: &deadpool_postgres::Object, lease: &Lease) -> StoreResult<()> {
+    let rows = client
+        .query(
+            "INSERT INTO journeyc_leases (partition, owner, epoch, expires_at) \
+             SELECT p, $1, 1, now() + $2::bigint * interval '1 millisecond' \
+             FROM generate_series(0, $3::integer - 1) AS p \
+             WHERE NOT EXISTS (SELECT 1 FROM journeyc_leases AS l WHERE l.partition = p AND l.expires_at >= now()) \
+             ORDER BY p \
+             ON CONFLICT (partition) DO UPDATE \
+             SET owner = EXCLUDED.owner, epoch = journeyc_leases.epoch + 1, expires_at = EXCLUDED.expires_at \
+             WHERE journeyc_leases.expires_at < now() \
+             RETURNING partition, epoch",
+            &[&lease.node, &lease.millis(), &lease.count],
+        )
+        .await
+        .map_err(|e| error("claim partitions", e))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let claimed: Vec<(i32, i64)> = rows.into_iter().map(|row| (row.get(0), row.get(1))).collect();
+    tracing::info!(node = %lease.node, partitions = claimed.len(), "claimed partition leases");
+    lease.partitions.send_modify(|owned| owned.extend(claimed));
+    Ok(())
+}
+
+/// Renews the store's lease (at `epoch`) and every partition lease held,
+/// in one statement that locks the rows in partition order (as the
+/// writes' check does, so neither waits on the other in a cycle). Answers
+/// the partitions renewed; one held and not among them was taken over.
+async fn renew(client: &deadpool_postgres::Object, lease: &Lease, epoch: i64) -> StoreResult<BTreeSet<i32>> {
+    let held = lease.partitions.borrow().clone();
+    let mut partitions = vec![LEASE_STORE];
+    let mut epochs = vec![epoch];
+    partitions.extend(held.keys());
+    epochs.extend(held.values());
+    let rows = client
+        .query(
+            "WITH mine AS MATERIALIZED ( \
+                 SELECT partition FROM journeyc_leases \
+                 WHERE owner = $1 AND (partition, epoch) IN (SELECT * FROM unnest($2::integer[], $3::bigint[])) \
+                 ORDER BY partition FOR UPDATE) \
+             UPDATE journeyc_leases AS l SET expires_at = now() + $4::bigint * interval '1 millisecond' \
+             FROM mine WHERE l.partition = mine.partition RETURNING l.partition",
+            &[&lease.node, &partitions, &epochs, &lease.millis()],
+        )
+        .await
+        .map_err(|e| error("renew the leases", e))?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
+}
+
+/// Who holds `partition`'s lease now, as far as one read can tell.
+async fn holder(client: &deadpool_postgres::Object, partition: i32) -> Option<(String, i64)> {
+    client
+        .query_opt(
+            "SELECT owner, epoch FROM journeyc_leases WHERE partition = $1",
+            &[&partition],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)))
+}
+
+/// Renews the held leases, or as a standby tries to take the store's,
+/// every tick until it is lost; while the store's lease is held, claims
+/// the partitions that are free or expired. A renewal that finds another
+/// owner of the store's lease loses it; a partition taken over is dropped
+/// from the held set (the writes' check refuses it from then on, and the
+/// node goes on with the others). A renewal that fails (the database
+/// unreachable) is retried at the next tick, the writes' own check keeping
+/// the fence meanwhile.
 async fn keep_lease(client: deadpool_postgres::Object, lease: Arc<Lease>) {
     let tick = LEASE_TICK.min(lease.duration / 3);
     loop {
@@ -676,6 +854,9 @@ async fn keep_lease(client: deadpool_postgres::Object, lease: Arc<Lease>) {
             LeaseState::Lost(_) => return,
             LeaseState::Standby => match acquire(&client, &lease).await {
                 Ok(Some(epoch)) => {
+                    if let Err(e) = claim(&client, &lease).await {
+                        tracing::warn!(error = %e, "claiming partitions failed; trying again at the next tick");
+                    }
                     tracing::info!(node = %lease.node, epoch, "took the store's lease");
                     lease.state.send_replace(LeaseState::Held(epoch));
                 }
@@ -683,39 +864,33 @@ async fn keep_lease(client: deadpool_postgres::Object, lease: Arc<Lease>) {
                 Err(e) => tracing::warn!(error = %e, "trying for the store's lease failed"),
             },
             LeaseState::Held(epoch) => {
-                let renewed = client
-                    .execute(
-                        "UPDATE journeyc_leases SET expires_at = now() + $4::bigint * interval '1 millisecond' \
-                         WHERE partition = $1 AND owner = $2 AND epoch = $3",
-                        &[&LEASE_STORE, &lease.node, &epoch, &lease.millis()],
-                    )
-                    .await;
-                match renewed {
-                    Ok(1) => {}
-                    Ok(_) => {
-                        let holder = client
-                            .query_opt(
-                                "SELECT owner, epoch FROM journeyc_leases WHERE partition = $1",
-                                &[&LEASE_STORE],
-                            )
-                            .await
-                            .ok()
-                            .flatten()
-                            .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)));
-                        let reason = lost(&lease, epoch, holder);
+                let held = lease.partitions.borrow().clone();
+                match renew(&client, &lease, epoch).await {
+                    Ok(renewed) if !renewed.contains(&LEASE_STORE) => {
+                        let reason = lost(&lease, LEASE_STORE, epoch, holder(&client, LEASE_STORE).await);
                         tracing::error!(%reason, "the store's lease was taken over");
                         lease.lose(&reason);
                         return;
                     }
-                    Err(e) => tracing::warn!(error = %e, "renewing the store's lease failed"),
+                    Ok(renewed) => {
+                        for (partition, epoch) in held.into_iter().filter(|(p, _)| !renewed.contains(p)) {
+                            let reason = lost(&lease, partition, epoch, holder(&client, partition).await);
+                            tracing::error!(%reason, "a partition's lease was taken over");
+                            lease.drop_partition(partition, epoch);
+                        }
+                        if let Err(e) = claim(&client, &lease).await {
+                            tracing::warn!(error = %e, "claiming partitions failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renewing the leases failed"),
                 }
             }
         }
     }
 }
 
-/// Gives a held lease up: no write of this node after it, and its row
-/// expired so that a standby takes over at its next try.
+/// Gives the held leases up: no write of this node after it, and their
+/// rows expired so that another node takes over at its next try.
 async fn release(pool: &deadpool_postgres::Pool, lease: &Lease) -> StoreResult<()> {
     let LeaseState::Held(epoch) = lease.state.borrow().clone() else {
         return Ok(());
@@ -727,12 +902,14 @@ async fn release(pool: &deadpool_postgres::Pool, lease: &Lease) -> StoreResult<(
     let client = connection(pool).await?;
     client
         .execute(
-            "UPDATE journeyc_leases SET expires_at = now() - interval '1 millisecond' \
-             WHERE partition = $1 AND owner = $2 AND epoch = $3",
-            &[&LEASE_STORE, &lease.node, &epoch],
+            "WITH mine AS MATERIALIZED ( \
+                 SELECT partition FROM journeyc_leases WHERE owner = $1 ORDER BY partition FOR UPDATE) \
+             UPDATE journeyc_leases AS l SET expires_at = now() - interval '1 millisecond' \
+             FROM mine WHERE l.partition = mine.partition",
+            &[&lease.node],
         )
         .await
-        .map_err(|e| error("release the lease", e))?;
+        .map_err(|e| error("release the leases", e))?;
     Ok(())
 }
 
