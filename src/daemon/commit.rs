@@ -16,6 +16,10 @@
 //! trace records are numbered in the order of the inputs that made them, as
 //! if every input were applied one after another. Nothing of a job is written
 //! unless all of it is.
+//!
+//! A group refused because it touched a partition this node does not own
+//! (PostgreSQL, [`CommitError::PartitionNotOwned`]) is committed again job
+//! by job, so only the jobs touching that partition fail.
 
 use super::faults::{self, Fault, FaultPolicy};
 use super::metrics::Metrics;
@@ -84,6 +88,11 @@ pub fn current(runtime: &SharedRuntime) -> Arc<Runtime> {
 pub enum CommitError {
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The store refused a partition this node does not own (PostgreSQL,
+    /// `kv/pg.rs`): nothing of the job was stored; jobs of other
+    /// partitions are not held up by it.
+    #[error("storage failed: {0}")]
+    PartitionNotOwned(String),
     #[error("internal error while applying the input (nothing was stored)")]
     Panicked,
     #[error("the daemon is shutting down")]
@@ -98,7 +107,10 @@ impl From<sled::Error> for CommitError {
 
 impl From<StoreError> for CommitError {
     fn from(error: StoreError) -> Self {
-        CommitError::Storage(error.to_string())
+        match error {
+            StoreError::PartitionNotOwned { .. } => CommitError::PartitionNotOwned(error.to_string()),
+            error => CommitError::Storage(error.to_string()),
+        }
     }
 }
 
@@ -488,6 +500,14 @@ impl CommitThread {
                         .counters()
                         .map(|c| c.into_iter().collect())
                         .unwrap_or_default();
+                    if matches!(error, CommitError::PartitionNotOwned(_)) && jobs.len() > 1 {
+                        // A partition this node does not own: commit the
+                        // jobs one by one, so only those touching it fail.
+                        for job in jobs {
+                            self.commit_group(vec![job]);
+                        }
+                        return;
+                    }
                     tracing::error!(%error, "group commit failed");
                     for job in jobs {
                         job.answer(Err(error.clone()));

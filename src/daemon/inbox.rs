@@ -63,7 +63,7 @@ pub async fn drain(store: Store, committer: Committer, mut stopping: watch::Rece
             match committer.ingest_from_inbox(calls, key.to_vec()).await {
                 Ok(()) => taken += 1,
                 Err(CommitError::ShuttingDown) => return,
-                Err(CommitError::Storage(error)) => {
+                Err(CommitError::Storage(error) | CommitError::PartitionNotOwned(error)) => {
                     // Kept: taken again at the next look.
                     tracing::warn!(%error, "applying an inbox record failed");
                     break;

@@ -98,6 +98,11 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    /// A batch touched a partition whose lease this node does not hold (any
+    /// more): nothing of it was written; batches of other partitions may
+    /// still commit (`kv/pg.rs`).
+    #[error("PostgreSQL: {reason}")]
+    PartitionNotOwned { partition: i32, reason: String },
     #[error("corrupt record under key {key:?}: {reason}")]
     Corrupt { key: String, reason: String },
     #[error(

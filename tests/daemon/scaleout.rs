@@ -318,6 +318,30 @@ fn a_daemon_refuses_calls_of_a_partition_taken_over_and_serves_the_others() {
         let refused = daemon.post("/v1/track", &ping(&taken, &format!("m{n}"), n));
         assert_eq!(refused.status, 500, "{}", refused.body);
     }
+    // Concurrent requests share group commits: a group with a call of p is
+    // committed job by job, so no other customer's call fails with it.
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (addr, taken, other) = (daemon.addr.clone(), taken.clone(), other.clone());
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {TOKEN}");
+                let mut answers = Vec::new();
+                for n in 0..15 {
+                    for (customer, expected) in [(&taken, 500), (&other, 200)] {
+                        let body = ping(customer, &format!("k{client}-{n}"), n);
+                        let response = request(&addr, "POST", "/v1/track", Some(&body), Some(&auth)).expect("request");
+                        answers.push((customer.clone(), response.status, expected, response.body));
+                    }
+                }
+                answers
+            })
+        })
+        .collect();
+    for client in clients {
+        for (customer, status, expected, body) in client.join().expect("client") {
+            assert_eq!(status, expected, "{customer}: {body}");
+        }
+    }
     assert_eq!(daemon.get(&format!("/v1/customers/{other}")).status, 200);
     let health = daemon.get("/healthz");
     assert_eq!(health.status, 200, "{}", health.body);

@@ -181,11 +181,14 @@ impl Lease {
                 self.epoch()?;
                 Ok(epoch)
             }
-            None => Err(StoreError::Postgres(format!(
-                "partition {partition} is not owned by this node ({}): its lease is held by another node or \
-                 expired; it commits nothing to it until it takes the lease again",
-                self.node
-            ))),
+            None => Err(StoreError::PartitionNotOwned {
+                partition,
+                reason: format!(
+                    "partition {partition} is not owned by this node ({}): its lease is held by another node or \
+                     expired; it commits nothing to it until it takes the lease again",
+                    self.node
+                ),
+            }),
         }
     }
 
@@ -491,11 +494,14 @@ impl Pg {
                 let reason = lost(&lease, *partition, *epoch, holder);
                 if *partition == LEASE_STORE {
                     lease.lose(&reason);
-                } else {
-                    tracing::error!(%reason, "a partition's lease was taken over");
-                    lease.drop_partition(*partition, *epoch);
+                    return Err(StoreError::Postgres(reason));
                 }
-                return Err(StoreError::Postgres(reason));
+                tracing::error!(%reason, "a partition's lease was taken over");
+                lease.drop_partition(*partition, *epoch);
+                return Err(StoreError::PartitionNotOwned {
+                    partition: *partition,
+                    reason,
+                });
             }
             if let Some((key, expected)) = condition {
                 let row = tx
@@ -607,10 +613,46 @@ impl Pg {
 
     /// Rewrites the table without the old versions of changed and deleted
     /// rows (erasure: `VACUUM FULL`, which cannot run inside a transaction).
+    ///
+    /// `VACUUM FULL` keeps a deleted row's old version while any snapshot
+    /// taken before its deletion committed is still in use, e.g. a lease
+    /// renewal that waited on the row locks of the batch that deleted it.
+    /// So it first waits (at most the lease's duration) until no client
+    /// transaction of the database that began before this call is left.
     pub fn compact(&self) -> StoreResult<()> {
         self.inner.lease.epoch()?;
-        self.run(|pool, _| async move {
+        let limit = self.inner.lease.duration;
+        self.run(move |pool, _| async move {
             let client = connection(&pool).await?;
+            let since: String = client
+                .query_one("SELECT clock_timestamp()::text", &[])
+                .await
+                .map_err(|e| error("VACUUM FULL", e))?
+                .get(0);
+            let started = std::time::Instant::now();
+            loop {
+                let older: i64 = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                         AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
+                         AND xact_start < $1::text::timestamptz",
+                        &[&since],
+                    )
+                    .await
+                    .map_err(|e| error("VACUUM FULL", e))?
+                    .get(0);
+                if older == 0 {
+                    break;
+                }
+                if started.elapsed() >= limit {
+                    tracing::warn!(
+                        transactions = older,
+                        "transactions older than the erasure still run; VACUUM FULL may keep rows they can see"
+                    );
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             client
                 .batch_execute("VACUUM FULL journeyc_kv")
                 .await
