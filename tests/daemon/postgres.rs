@@ -71,6 +71,7 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     assert_eq!(health["status"], "standby", "{health}");
     assert_eq!(health["epoch"], 1, "{health}");
     let owner = pg.psql("SELECT owner FROM journeyc_leases WHERE partition = -1");
+    assert_eq!(partitions_held_with_the_store(pg), "256 1 1");
     assert_eq!(health["owner"].as_str(), Some(owner.trim()), "{health}");
     assert_ne!(health["node"], health["owner"], "{health}");
     // Intake at the standby goes through the inbox to the owner.
@@ -101,6 +102,8 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
         pg.psql("SELECT epoch FROM journeyc_leases WHERE partition = -1").trim(),
         "2"
     );
+    // With the store's lease it took every partition's, each at epoch 2.
+    assert_eq!(partitions_held_with_the_store(pg), "256 2 2");
     assert_ne!(
         pg.psql("SELECT owner FROM journeyc_leases WHERE partition = -1").trim(),
         owner.trim()
@@ -117,5 +120,17 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
         pg.psql("SELECT epoch FROM journeyc_leases WHERE partition = -1").trim(),
         "3"
     );
+    assert_eq!(partitions_held_with_the_store(pg), "256 3 3");
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// How many partition leases (0..P) the holder of the store's lease holds,
+/// and their lowest and highest epochs.
+fn partitions_held_with_the_store(pg: &super::pg::Postgres) -> String {
+    pg.psql(
+        "SELECT count(*) || ' ' || min(epoch) || ' ' || max(epoch) FROM journeyc_leases \
+         WHERE partition >= 0 AND owner = (SELECT owner FROM journeyc_leases WHERE partition = -1)",
+    )
+    .trim()
+    .to_string()
 }
