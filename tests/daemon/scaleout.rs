@@ -533,6 +533,18 @@ fn a_standby_takes_over_from_a_killed_owner_and_loses_no_acked_event() {
             .then_some(())
     });
     acked_more_than(killed_at + 60);
+    // The new owner took every partition's lease too (they expired with the
+    // killed node's lease of the store), each at epoch 2, and no other node
+    // holds any.
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) || ' ' || count(DISTINCT owner) || ' ' || min(epoch) || ' ' || max(epoch) \
+             FROM journeyc_leases"
+        )
+        .trim(),
+        "257 1 2 2"
+    );
     // The killed node comes back, as a standby now.
     let restarted = start_on(&env, &env.data());
     assert_eq!(restarted.role().as_deref(), Some("standby"));
