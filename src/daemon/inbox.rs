@@ -9,9 +9,15 @@
 //! transaction, so each record is applied exactly once, also across a kill
 //! -9 of either node, and one customer's calls keep their order. The
 //! owner is woken by `LISTEN`/`NOTIFY` (the write notifies in its
-//! transaction), and looks every second anyway.
+//! transaction), and looks every second anyway. A standby's request with
+//! refused calls has them kept (`r`/`R`, `rejected.rs`) in the same
+//! transaction as its inbox record. A record the owner cannot apply (it
+//! does not decode, or the interpreter panics on it) is not dropped: it
+//! moves to the refused calls ([`kept_refused`]).
 
 use super::commit::{CommitError, Committer};
+use super::kv::Batch;
+use super::rejected::{RejectedStore, Rejection};
 use super::store::Store;
 use crate::runtime::input::Call;
 use std::time::Duration;
@@ -55,8 +61,8 @@ pub async fn drain(store: Store, committer: Committer, mut stopping: watch::Rece
             let calls: Vec<Call> = match serde_json::from_slice(&value) {
                 Ok(calls) => calls,
                 Err(error) => {
-                    tracing::error!(%error, key = ?key, "an unreadable inbox record is dropped");
-                    let _ = store.db.remove(&key);
+                    let reason = format!("an inbox record this node cannot read: {error}");
+                    kept_refused(&store, &key, &value, &reason);
                     continue;
                 }
             };
@@ -69,10 +75,9 @@ pub async fn drain(store: Store, committer: Committer, mut stopping: watch::Rece
                     break;
                 }
                 Err(CommitError::Panicked) => {
-                    // As the owner refuses such a request with a 500; kept,
-                    // it would stop every record after it.
-                    tracing::error!(key = ?key, "an inbox record made the interpreter fail; dropped");
-                    let _ = store.db.remove(&key);
+                    // As the owner refuses such a request with a 500; left
+                    // in the inbox, it would stop every record after it.
+                    kept_refused(&store, &key, &value, "the interpreter failed on this inbox record");
                 }
             }
         }
@@ -86,5 +91,38 @@ pub async fn drain(store: Store, committer: Committer, mut stopping: watch::Rece
                 () = tokio::time::sleep(POLL) => {}
             }
         }
+    }
+}
+
+/// An inbox record the owner cannot apply (it does not decode, or the
+/// interpreter panicked on it) moves to the refused calls, its removal from
+/// the inbox in the same batch: what a standby acked is not lost, and
+/// `GET /v1/rejected` shows it with `endpoint` `inbox`. Each call of a
+/// record that is a JSON array is kept on its own, naming its customer
+/// (so erasing the customer erases it); anything else is kept as a body.
+/// A failure to write leaves the record for the next look.
+fn kept_refused(store: &Store, key: &[u8], value: &[u8], reason: &str) {
+    let received_at = super::timers::now_ms();
+    let rejections: Vec<Rejection> = match serde_json::from_slice::<Vec<serde_json::Value>>(value) {
+        Ok(calls) => calls
+            .into_iter()
+            .enumerate()
+            .map(|(index, call)| {
+                let customer = call.get("customer").and_then(|c| c.as_str()).map(str::to_string);
+                let mut rejection = Rejection::of_call("inbox", Some(index), call, "", reason, received_at);
+                if rejection.customer.is_none() {
+                    rejection.customer = customer;
+                }
+                rejection
+            })
+            .collect(),
+        Err(_) => vec![Rejection::of_body("inbox", value, "", reason, received_at)],
+    };
+    let mut removal = Batch::default();
+    removal.remove(key.to_vec());
+    let kept = RejectedStore::open(store.clone()).and_then(|rejected| rejected.put_with(rejections, removal));
+    match kept {
+        Ok(()) => tracing::error!(key = ?key, %reason, "an inbox record kept as refused calls (GET /v1/rejected)"),
+        Err(error) => tracing::warn!(%error, "keeping an unusable inbox record as refused failed; kept in the inbox"),
     }
 }
