@@ -1437,8 +1437,8 @@ pub struct Standby {
     /// Refusals, written unfenced.
     pub rejected: RejectedStore,
     pub sink_names: Arc<Vec<String>>,
-    /// `POST /v1/reload` here.
-    pub publisher: super::reload::Publisher,
+    /// `POST /v1/reload` (and SIGHUP) here.
+    pub publisher: Arc<super::reload::Publisher>,
 }
 
 impl Standby {

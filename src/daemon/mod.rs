@@ -364,6 +364,15 @@ async fn stand_by(
     let runtime: SharedRuntime = Arc::new(RwLock::new(Arc::new(runtime)));
     let metrics = Arc::new(Metrics::default());
     let following = tokio::spawn(reload::keep_following(store.clone(), runtime.clone(), email));
+    let publisher = Arc::new(reload::Publisher {
+        workspace: config.workspace.clone(),
+        store: store.clone(),
+        pg: pg.clone(),
+        runtime: runtime.clone(),
+        metrics: metrics.clone(),
+        email_address_required: email,
+        lock: tokio::sync::Mutex::new(()),
+    });
     *front.write().await = Some(http::standby_router(http::Standby {
         pg: pg.clone(),
         store: store.clone(),
@@ -373,16 +382,9 @@ async fn stand_by(
         metrics: metrics.clone(),
         rejected,
         sink_names: Arc::new(config.sinks.iter().map(Sink::name).collect()),
-        publisher: reload::Publisher {
-            workspace: config.workspace.clone(),
-            store,
-            pg: pg.clone(),
-            runtime,
-            metrics,
-            email_address_required: email,
-            lock: tokio::sync::Mutex::new(()),
-        },
+        publisher: publisher.clone(),
     }));
+    let hangups = tokio::spawn(publish_on_hangup(publisher));
     let server_task = start_server(listener, front.clone(), config, stopping.clone());
     let _ = std::fs::write(config.data.join("addr"), address.to_string());
     println!("journeyc serve: standby on http://{address}, waiting for the store's lease");
@@ -392,6 +394,7 @@ async fn stand_by(
     tokio::select! {
         _ = stop.wait_for(|stop| *stop) => {
             following.abort();
+            hangups.abort();
             let _ = server_task.await;
             tracing::info!("stopped as a standby");
             return Ok(None);
@@ -399,6 +402,7 @@ async fn stand_by(
         _ = lease.wait_for(|state| !matches!(state, kv::pg::LeaseState::Standby)) => {}
     }
     following.abort();
+    hangups.abort();
     if let kv::pg::LeaseState::Lost(reason) = pg.lease() {
         return Err(DaemonError::Io(reason));
     }
@@ -797,6 +801,30 @@ async fn reload_on_hangup(front: server::Front, reloader: Arc<Mutex<Arc<reload::
     #[cfg(not(unix))]
     {
         let _ = (front, reloader);
+        std::future::pending::<()>().await;
+    }
+}
+
+/// SIGHUP on a standby: its workspace published as `POST /v1/reload` on
+/// it would (`reload::Publisher`).
+async fn publish_on_hangup(publisher: Arc<reload::Publisher>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: publishing this standby's workspace");
+            // A refused workspace is logged by the check.
+            if let Ok(answer) = publisher.reload().await {
+                tracing::info!(status = answer.status, answer = %answer.body, "reload handed to the owner");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = publisher;
         std::future::pending::<()>().await;
     }
 }

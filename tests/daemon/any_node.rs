@@ -145,6 +145,22 @@ fn a_reload_on_any_node_rolls_every_node_to_the_new_version() {
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.json()["changed"], false, "{}", again.body);
 
+    // SIGHUP on the standby publishes its workspace too.
+    write_workspace(
+        &standby_workspace,
+        &RELOAD_WORKSPACE
+            .replace("pause: wait 1h", "pause: wait 4h")
+            .replace("hold: wait 1h", "hold: wait 2h"),
+    );
+    standby.signal("HUP");
+    eventually("the owner running the standby's workspace after SIGHUP", || {
+        (bundle_of(&owner) != second).then_some(())
+    });
+    assert_eq!(standby.role().as_deref(), Some("standby"));
+    eventually("the standby running it too", || {
+        (bundle_of(&standby) == bundle_of(&owner)).then_some(())
+    });
+
     // The reverse: a reload on the owner, the standby follows.
     write_workspace(
         &env.workspace(),
@@ -164,7 +180,7 @@ fn a_reload_on_any_node_rolls_every_node_to_the_new_version() {
     assert_eq!(enrollment(&owner, "r1", "pinned")["version"], pinned_before["version"]);
 
     // The owner stops: the standby takes over and keeps running the
-    // database's version, not its own workspace's (the second one).
+    // database's version, not its own workspace's (the SIGHUP one).
     assert_eq!(owner.terminate(), Some(0));
     standby.wait_until_owner();
     assert_eq!(bundle_of(&standby), third);
