@@ -21,6 +21,11 @@
 //! again) changes nothing: an erased customer is erased, a current version
 //! current (the second answer may differ, e.g. a 404 for the erasure).
 //!
+//! A command waits for the inbox records written before it (smaller ids
+//! of the same sequence): a call acked by a standby and then its
+//! customer's `DELETE` posted there are applied in that order, as on the
+//! owner.
+//!
 //! An erasure's command and answer name the customer: the command is
 //! removed before the owner acknowledges, and the answer as soon as the
 //! standby has read it, both before the erasure's compaction rewrites the
@@ -44,6 +49,11 @@ pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 const ANSWER_POLL: Duration = Duration::from_millis(25);
 /// How often the owner looks for commands when no notification came.
 const POLL: Duration = Duration::from_secs(1);
+/// Commands taken per look.
+const TAKE: usize = 64;
+/// How soon the owner looks again at a command that waits for the inbox
+/// records written before it.
+const INBOX_FIRST_POLL: Duration = Duration::from_millis(20);
 
 /// What a standby hands to the owner.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,7 +177,8 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
         super::kv::Kv::Sled(_) => return,
     };
     loop {
-        let records: Vec<_> = state.store.db.scan_prefix([PREFIX_COMMAND]).take(64).collect();
+        let records: Vec<_> = state.store.db.scan_prefix([PREFIX_COMMAND]).take(TAKE).collect();
+        let (mut answered, mut deferred) = (0, false);
         for record in records {
             let (record_key, value) = match record {
                 Ok(record) => record,
@@ -176,6 +187,13 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
                     break;
                 }
             };
+            if earlier_inbox_records(&state.store, &record_key) {
+                // Calls acked before the command are applied first (a
+                // `track` then a `DELETE` posted to a standby erases what
+                // the track did): looked at again shortly.
+                deferred = true;
+                break;
+            }
             let answer = match serde_json::from_slice::<Command>(&value) {
                 Ok(command) => apply(&state, command).await,
                 Err(error) => Answer::error(
@@ -198,16 +216,36 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
                 tracing::warn!(%error, "answering a command failed");
                 break;
             }
+            answered += 1;
         }
         if *stopping.borrow() {
             return;
         }
+        if answered == TAKE {
+            // More may be waiting: look again at once.
+            continue;
+        }
+        let pause = if deferred { INBOX_FIRST_POLL } else { POLL };
         tokio::select! {
             _ = stopping.wait_for(|stop| *stop) => return,
             () = wakeups.notified() => {}
-            () = tokio::time::sleep(POLL) => {}
+            () = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// Whether inbox records older than the command `record_key` names (a
+/// smaller id of the same sequence: written before it) are still waiting.
+fn earlier_inbox_records(store: &Store, record_key: &[u8]) -> bool {
+    let Some(id) = record_key.get(1..9).and_then(|id| <[u8; 8]>::try_from(id).ok()) else {
+        return false;
+    };
+    let id = u64::from_be_bytes(id);
+    store
+        .db
+        .range(super::inbox::key(0)..super::inbox::key(id))
+        .next()
+        .is_some_and(|first| first.is_ok())
 }
 
 async fn apply(state: &AppState, command: Command) -> Answer {

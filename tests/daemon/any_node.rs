@@ -318,6 +318,34 @@ fn a_standby_serves_stats_refusals_and_erasure_as_the_owner_does() {
     let again = standby.request("DELETE", "/v1/customers/e1", None);
     assert_eq!(again.status, 404, "{}", again.body);
     assert_eq!(again.json(), owner.request("DELETE", "/v1/customers/e1", None).json());
+    // A call acked by the standby, then its customer's DELETE there: the
+    // erasure comes after the call is applied, as on the owner, also
+    // behind a backlog of other inbox records.
+    for round in 0..3 {
+        for chunk in 0..3 {
+            let calls: Vec<String> = (0..500)
+                .map(|i| {
+                    ping(
+                        &format!("busy-{round}-{chunk}-{i}"),
+                        &format!("b{round}-{chunk}-{i}"),
+                        1,
+                    )
+                })
+                .collect();
+            let backlog = standby.post("/v1/batch", &format!(r#"{{"batch":[{}]}}"#, calls.join(",")));
+            assert_eq!(backlog.status, 200, "{}", backlog.body);
+        }
+        let customer = format!("late-{round}");
+        assert_eq!(
+            standby
+                .post("/v1/track", &ping(&customer, &format!("l{round}"), 20))
+                .status,
+            200
+        );
+        let erased = standby.request("DELETE", &format!("/v1/customers/{customer}"), None);
+        assert_eq!(erased.status, 200, "{customer}: {}", erased.body);
+        assert_eq!(owner.get(&format!("/v1/customers/{customer}")).status, 404);
+    }
     // Without the token, as on the owner.
     assert_eq!(
         standby
