@@ -265,6 +265,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
             .await
             .map_err(|e| DaemonError::Io(e.to_string()))?;
         tracing::info!(bundle = %loaded.bundle_key, migrated, "workspace version installed");
+        reload::announce_version(&round.store);
     }
     *front.write().await = Some(http::router(round.state.clone()));
     let reloader = Arc::new(Mutex::new(round.state.reloader.clone()));

@@ -150,6 +150,7 @@ impl Reloader {
             .map_err(|e| e.to_string())?;
         self.metrics.reloads.inc();
         tracing::info!(bundle = %key, ?changed, migrated, "workspace reloaded");
+        announce_version(&self.store);
         Ok(
             serde_json::json!({"success": true, "changed": true, "bundle": key, "journeys_changed": changed, "enrollments_migrated": migrated}),
         )
@@ -256,14 +257,33 @@ pub fn follow(store: &Store, runtime: &SharedRuntime, email_address_required: bo
     Ok(true)
 }
 
-/// How often a standby looks whether the store's current version changed.
+/// On PostgreSQL: tells the standbys that the current version changed
+/// (`NOTIFY journeyc_version`), so they follow at once rather than at
+/// their next look. A failure is only logged: they look every second.
+pub fn announce_version(store: &Store) {
+    if let super::kv::Kv::Postgres(pg) = &store.db {
+        if let Err(error) = pg.notify(super::kv::pg::CHANNEL_VERSION) {
+            tracing::warn!(%error, "telling the standbys of the new version failed; they find it within a second");
+        }
+    }
+}
+
+/// How often a standby looks whether the store's current version changed
+/// when no notification came.
 pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// [`follow`] every [`FOLLOW_EVERY`], for as long as the task runs (a
-/// standby's life).
+/// [`follow`] at each `NOTIFY journeyc_version` and every [`FOLLOW_EVERY`]
+/// anyway, for as long as the task runs (a standby's life).
 pub async fn keep_following(store: Store, runtime: SharedRuntime, email_address_required: bool) {
+    let wakeups = match &store.db {
+        super::kv::Kv::Postgres(pg) => pg.wakeups(super::kv::pg::CHANNEL_VERSION),
+        super::kv::Kv::Sled(_) => return,
+    };
     loop {
-        tokio::time::sleep(FOLLOW_EVERY).await;
+        tokio::select! {
+            () = wakeups.notified() => {}
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
         let (store, runtime) = (store.clone(), runtime.clone());
         match tokio::task::spawn_blocking(move || follow(&store, &runtime, email_address_required)).await {
             Ok(Err(error)) => tracing::warn!(%error, "reading the store's current version failed"),

@@ -175,6 +175,13 @@ fn a_reload_on_any_node_rolls_every_node_to_the_new_version() {
     eventually("the standby following the owner's reload", || {
         (bundle_of(&standby) == third).then_some(())
     });
+    // Woken by the owner's notification (and looking every second anyway).
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN journeyc_version'")
+            .trim(),
+        "1"
+    );
     assert_eq!(standby.get("/v1/journeys").json(), owner.get("/v1/journeys").json());
     assert_eq!(enrollment(&owner, "r1", "migrating")["label"], "pause");
     assert_eq!(enrollment(&owner, "r1", "pinned")["version"], pinned_before["version"]);

@@ -524,6 +524,19 @@ impl Pg {
         })
     }
 
+    /// Sends `NOTIFY channel` (no data written, so from any node): the
+    /// owner's word to the standbys that the store's current version
+    /// changed ([`CHANNEL_VERSION`]).
+    pub fn notify(&self, channel: &'static str) -> StoreResult<()> {
+        self.run(|pool, _| async move {
+            let client = connection(&pool).await?;
+            client
+                .batch_execute(&format!("NOTIFY {channel}"))
+                .await
+                .map_err(|e| error("notify", e))
+        })
+    }
+
     /// Notified whenever a node writes to the inbox ([`Pg::put_unfenced`]
     /// sends `NOTIFY journeyc_inbox` in the same transaction): a connection
     /// of its own `LISTEN`s. If it cannot connect or drops, the caller's
@@ -625,6 +638,9 @@ pub const CHANNEL_INBOX: &str = "journeyc_inbox";
 /// The channel of the commands standbys hand to the owner
 /// (`daemon/command.rs`).
 pub const CHANNEL_COMMANDS: &str = "journeyc_commands";
+/// The channel on which the owner says the store's current version
+/// (`mcurrent`) changed; standbys follow it (`daemon/reload.rs`).
+pub const CHANNEL_VERSION: &str = "journeyc_version";
 
 /// `LISTEN`s on `channel` and wakes `notify` at each notification,
 /// until the connection ends.
