@@ -8,7 +8,7 @@
 //! named by its writer alone, held in memory by no owner) with `NOTIFY
 //! journeyc_commands` in the same transaction. The owner's [`run`] takes
 //! the records in key order, does what the owner's own endpoint does with
-//! the same code (the erasure of `http::erase_customer`, the install of
+//! the same code (the erasure of `http::erase`, the install of
 //! [`super::reload::Reloader::install_stored`]), then writes, in one
 //! fenced batch, the removal of the command and `Q` + id → the [`Answer`]
 //! (status and body, as the owner's endpoint would answer). The standby
@@ -26,10 +26,12 @@
 //! customer's `DELETE` posted there are applied in that order, as on the
 //! owner.
 //!
-//! An erasure's command and answer name the customer: the command is
-//! removed before the owner acknowledges, and the answer as soon as the
-//! standby has read it, both before the erasure's compaction rewrites the
-//! table (`erasure.rs`).
+//! An erasure's command names the customer; it is removed in the batch
+//! that writes the answer, before the erasure's compaction rewrites the
+//! table (`erasure.rs`). Its answer names no customer (what the erasure
+//! found, [`http::Erased`]; the standby builds the owner's reply from it
+//! with the id it asked for), so an answer left unread (the standby
+//! answered 202, or died) holds none of the customer's bytes.
 
 use super::http::{self, AppState};
 use super::kv::pg::{Pg, CHANNEL_COMMANDS};
@@ -250,7 +252,12 @@ fn earlier_inbox_records(store: &Store, record_key: &[u8]) -> bool {
 
 async fn apply(state: &AppState, command: Command) -> Answer {
     match command {
-        Command::Erase { customer } => http::erase_answer(state, customer).await,
+        // What the erasure found, not naming the customer: an answer no
+        // standby reads (it answered 202) must hold no byte of it.
+        Command::Erase { customer } => match http::erase(state, customer).await {
+            Ok(erased) => Answer::ok(serde_json::to_value(erased).expect("an outcome serializes")),
+            Err(failure) => failure,
+        },
         Command::Reload { bundle } => {
             tracing::info!(%bundle, "a standby's reload");
             reload_answer(state.reloader.install_stored(&bundle).await)

@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -1123,45 +1124,60 @@ async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam
         Ok(id) => id,
         Err(response) => return *response,
     };
-    erase_answer(&state, id).await.into_response()
+    match erase(&state, id.clone()).await {
+        Ok(erased) => erase_reply(&id, erased).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// What an erasure found.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Erased {
+    /// The customer existed.
+    pub known: bool,
+    /// Its refused calls erased.
+    pub rejected_erased: usize,
 }
 
 /// Erases customer `id` (already resolved through aliases) with the ids
 /// merged into it and its refused calls: the owner's `DELETE
-/// /v1/customers/ID`, and a standby's handed over (`command.rs`).
-pub(crate) async fn erase_answer(state: &AppState, id: String) -> Answer {
+/// /v1/customers/ID`, and a standby's handed over (`command.rs`). `Err`:
+/// the failure's answer.
+pub(crate) async fn erase(state: &AppState, id: String) -> Result<Erased, Answer> {
     let failed = |failure: super::store::StoreError| Answer::failed(failure.to_string());
-    let aliases = match state.store.aliases_of(&id) {
-        Ok(aliases) => aliases,
-        Err(failure) => return failed(failure),
-    };
-    let known = match state.committer.erase(id.clone()).await {
-        Ok(known) => known,
-        Err(failure) => return commit_answer(failure),
-    };
+    let aliases = state.store.aliases_of(&id).map_err(failed)?;
+    let known = state.committer.erase(id.clone()).await.map_err(commit_answer)?;
     // Its refused calls go too (they hold its data), and those of its aliases.
     let mut rejected = 0;
     for who in std::iter::once(&id).chain(&aliases) {
-        match state.rejected.erase_customer(who) {
-            Ok(n) => rejected += n,
-            Err(failure) => return failed(failure),
-        }
+        rejected += state.rejected.erase_customer(who).map_err(failed)?;
     }
     if rejected > 0 {
         // Their old bytes leave the disk with the erasure compaction, which
         // the mark asks for (the erase job writes it only for a known customer).
-        if let Err(failure) = state.store.db.insert(super::erasure::erased_key(&id), &[][..]) {
-            return failed(failure);
-        }
-        if let Err(failure) = state.store.db.flush_async().await {
-            return failed(failure);
-        }
+        state
+            .store
+            .db
+            .insert(super::erasure::erased_key(&id), &[][..])
+            .map_err(failed)?;
+        state.store.db.flush_async().await.map_err(failed)?;
     }
     if known || rejected > 0 {
         // Not naming the customer: logs are out of erasure's reach.
         tracing::info!(rejected, "customer erased");
         state.erasures.notify_one();
-        Answer::ok(json!({"success": true, "erased": id, "rejected_erased": rejected}))
+    }
+    Ok(Erased {
+        known,
+        rejected_erased: rejected,
+    })
+}
+
+/// The answer to `DELETE /v1/customers/ID` (on the owner, and a standby's
+/// from the owner's [`Erased`], which names no customer).
+pub(crate) fn erase_reply(id: &str, erased: Erased) -> Answer {
+    if erased.known || erased.rejected_erased > 0 {
+        Answer::ok(json!({"success": true, "erased": id, "rejected_erased": erased.rejected_erased}))
     } else {
         Answer::error(StatusCode::NOT_FOUND, "id", &format!("no customer {id:?}"))
     }
@@ -1502,10 +1518,12 @@ async fn standby_delete_customer(State(standby): State<Arc<Standby>>, PathParam(
         Ok(id) => id,
         Err(response) => return *response,
     };
-    let command = super::command::Command::Erase { customer: id };
-    super::command::submit(&standby.pg, &standby.store, &command)
-        .await
-        .into_response()
+    let command = super::command::Command::Erase { customer: id.clone() };
+    let answer = super::command::submit(&standby.pg, &standby.store, &command).await;
+    match (answer.status, serde_json::from_value::<Erased>(answer.body.clone())) {
+        (200, Ok(erased)) => erase_reply(&id, erased).into_response(),
+        _ => answer.into_response(),
+    }
 }
 
 async fn standby_reload(State(standby): State<Arc<Standby>>) -> Response {
