@@ -126,3 +126,59 @@ fn kept_refused(store: &Store, key: &[u8], value: &[u8], reason: &str) {
         Err(error) => tracing::warn!(%error, "keeping an unusable inbox record as refused failed; kept in the inbox"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::store::StoreOptions;
+
+    /// A record of calls (as a standby wrote it) that the interpreter
+    /// failed on is kept call by call with its customers, one that is no
+    /// JSON as a body; each leaves the inbox in the same batch.
+    #[test]
+    fn an_unusable_record_moves_to_the_refused_calls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        let call = |customer: &str| Call {
+            customer: customer.into(),
+            input: crate::runtime::input::Input::Identify {
+                traits: Default::default(),
+                subscriptions: Default::default(),
+                at: 5,
+                message_id: None,
+            },
+            merge: None,
+            fill: Default::default(),
+            group: None,
+        };
+        let written = encode(&[call("p1"), call("p2")]);
+        store.db.insert(key(7), written).expect("insert");
+        store.db.insert(key(8), &b"\xff not json"[..]).expect("insert");
+        kept_refused(
+            &store,
+            &key(7),
+            &store.db.get(key(7)).expect("get").expect("record"),
+            "panicked",
+        );
+        kept_refused(&store, &key(8), b"\xff not json", "unreadable");
+        assert_eq!(store.db.scan_prefix([PREFIX_INBOX]).count(), 0);
+        let kept = RejectedStore::open(store.clone())
+            .expect("open")
+            .list(None, 10)
+            .expect("list");
+        let customers: Vec<Option<&str>> = kept.iter().map(|r| r.customer.as_deref()).collect();
+        assert_eq!(customers, vec![Some("p1"), Some("p2"), None], "{kept:?}");
+        assert_eq!(kept[1].call.as_ref().map(|c| c["customer"].clone()), Some("p2".into()));
+        assert!(kept.iter().all(|r| r.endpoint == "inbox"), "{kept:?}");
+        let last = kept.last().expect("the unreadable one");
+        assert_eq!((last.reason.as_str(), last.customer.as_deref()), ("unreadable", None));
+        assert!(last.body.as_deref().is_some_and(|b| b.contains("not json")), "{last:?}");
+        assert_eq!(
+            RejectedStore::open(store.clone())
+                .expect("open")
+                .erase_customer("p1")
+                .expect("erase"),
+            1
+        );
+    }
+}

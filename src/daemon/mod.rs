@@ -9,6 +9,8 @@
 //! [`timers`] hands due wake-ups back to [`commit`] → [`outbox`] moves
 //! committed records to the [`sinks`]. [`store`] describes the key layout;
 //! [`reload`] swaps workspaces; [`export`] dumps and restores a data dir.
+//! On PostgreSQL, [`inbox`] and [`command`] carry what a standby takes
+//! (intake, erasures, reloads) to the node that owns the store.
 //!
 //! **Architecture invariant:** a 200 from an intake endpoint means every
 //! effect of the request (state, timer, outbox records) is on disk; a record
