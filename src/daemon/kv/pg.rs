@@ -458,25 +458,12 @@ impl Pg {
 
     /// Writes one record outside the lease, from any node: only for
     /// records that no owner holds in memory and that only their writer
-    /// names (the inbox, `daemon/inbox.rs`). One statement, one
-    /// transaction: durable when it returns.
+    /// names (the inbox, `daemon/inbox.rs`), with `NOTIFY journeyc_inbox`
+    /// in its transaction: durable when it returns.
     pub fn put_unfenced(&self, key: &[u8], value: &[u8]) -> StoreResult<()> {
-        let (key, value) = (key.to_vec(), value.to_vec());
-        self.run(|pool, partitions| async move {
-            let mut client = connection(&pool).await?;
-            let tx = client.transaction().await.map_err(|e| error("begin", e))?;
-            tx.execute(
-                "INSERT INTO journeyc_kv (partition, key, value) VALUES ($1, $2, $3) \
-                 ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
-                &[&partition_of(&key, partitions), &key, &value],
-            )
-            .await
-            .map_err(|e| error("write", e))?;
-            tx.batch_execute(&format!("NOTIFY {CHANNEL_INBOX}"))
-                .await
-                .map_err(|e| error("notify", e))?;
-            tx.commit().await.map_err(|e| error("commit", e))
-        })
+        let mut batch = Batch::default();
+        batch.insert(key.to_vec(), value.to_vec());
+        self.apply_unfenced(batch, Some(CHANNEL_INBOX))
     }
 
     /// [`Pg::put_unfenced`] for a whole batch, in one transaction that
