@@ -16,7 +16,9 @@
 //! it: the same status and body as the owner gives. When no answer came
 //! within [`ANSWER_WITHIN`], the standby answers 202 with the command's id:
 //! the command is durable and the owner applies it (after a takeover, the
-//! next owner). Both commands are idempotent, so a crash of the owner
+//! next owner); and at once when this node itself takes the lease over
+//! (its takeover waits for the requests in flight, and it then applies the
+//! command itself). Both commands are idempotent, so a crash of the owner
 //! between the work and the batch that removes the command (which runs it
 //! again) changes nothing: an erased customer is erased, a current version
 //! current (the second answer may differ, e.g. a 404 for the erasure).
@@ -143,6 +145,11 @@ async fn submit_within(pg: &Pg, store: &Store, command: &Command, within: Durati
     pg.apply_unfenced(batch, Some(CHANNEL_COMMANDS))?;
     let answer_key = key(PREFIX_ANSWER, id);
     let started = std::time::Instant::now();
+    // This node taking the lease over ends the wait: its takeover waits for
+    // the requests in flight (`server.rs`), and it applies the command
+    // itself once it owns the store.
+    let mut lease = pg.lease_changes();
+    let mut taking_over = false;
     loop {
         if let Some(value) = store.db.get(&answer_key)? {
             let mut batch = Batch::default();
@@ -152,21 +159,23 @@ async fn submit_within(pg: &Pg, store: &Store, command: &Command, within: Durati
                 Answer::failed(format!("the owner's answer to command {id} cannot be read: {e}"))
             }));
         }
-        if started.elapsed() >= within {
+        if taking_over || started.elapsed() >= within {
+            let reason = match taking_over {
+                true => "kept for the node that holds the store's lease: this one is taking it over and applies it".to_string(),
+                false => format!(
+                    "handed to the node that holds the store's lease, which has not applied it within {} s; it is kept and will be",
+                    within.as_secs()
+                ),
+            };
             return Ok(Answer {
                 status: 202,
-                body: serde_json::json!({
-                    "success": true,
-                    "pending": true,
-                    "command": id,
-                    "reason": format!(
-                        "handed to the node that holds the store's lease, which has not applied it within {} s; it is kept and will be",
-                        within.as_secs()
-                    ),
-                }),
+                body: serde_json::json!({"success": true, "pending": true, "command": id, "reason": reason}),
             });
         }
-        tokio::time::sleep(ANSWER_POLL).await;
+        tokio::select! {
+            () = tokio::time::sleep(ANSWER_POLL) => {}
+            _ = lease.wait_for(|state| !matches!(state, super::kv::pg::LeaseState::Standby)) => taking_over = true,
+        }
     }
 }
 

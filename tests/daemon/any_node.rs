@@ -405,3 +405,46 @@ fn an_unreadable_inbox_record_is_kept_as_refused() {
     assert_eq!(erased.json()["rejected_erased"], 1, "{}", erased.body);
     assert_eq!(owner.terminate(), Some(0));
 }
+
+/// The owner is killed -9: a `DELETE` posted to the standby meanwhile is
+/// kept, answered 202 when the standby takes the lease over (its takeover
+/// is not held up by the waiting request), and applied by it as the new
+/// owner; the answer left unread names no customer.
+#[test]
+fn a_handed_over_erasure_outlives_the_owner() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = standby_with(&env, "standby", WORKSPACE);
+    assert_eq!(owner.post("/v1/track", &ping("doomed-71", "d1", 1)).status, 200);
+    assert_eq!(owner.post("/v1/track", &ping("kept-72", "k1", 2)).status, 200);
+    owner.kill();
+    let erased = standby.request("DELETE", "/v1/customers/doomed-71", None);
+    assert_eq!(erased.status, 202, "{}", erased.body);
+    let erased = erased.json();
+    assert_eq!(erased["pending"], true, "{erased}");
+    // Answered at the takeover, not after the 30 s bound.
+    assert!(
+        erased["reason"].as_str().is_some_and(|r| r.contains("taking it over")),
+        "{erased}"
+    );
+    standby.wait_until_owner();
+    eventually("the erasure applied by the new owner", || {
+        (standby.get("/v1/customers/doomed-71").status == 404).then_some(())
+    });
+    assert_eq!(standby.get("/v1/customers/kept-72").status, 200);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM journeyc_kv WHERE get_byte(key, 0) = 113")
+            .trim(),
+        "0",
+        "the command is gone"
+    );
+    let answers = pg.psql("SELECT convert_from(value, 'UTF8') FROM journeyc_kv WHERE get_byte(key, 0) = 81");
+    assert_eq!(answers.trim().lines().count(), 1, "{answers}");
+    assert!(answers.contains("\"known\":true"), "{answers}");
+    assert!(!answers.contains("doomed"), "{answers}");
+    assert_eq!(standby.terminate(), Some(0));
+}
