@@ -101,15 +101,18 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(aggregates)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "path", "no such endpoint") })
-        .method_not_allowed_fallback(|request: Request| async move {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method",
-                format!("{} is not allowed on {}", request.method(), request.uri().path()),
-            )
-        })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(limit_uri))
         .with_state(state)
+}
+
+/// The JSON 405 of a method a path does not take.
+async fn method_not_allowed(request: Request) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method",
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
 }
 
 /// The longest request target (path and query) accepted. Longer ones get a
@@ -1434,6 +1437,7 @@ pub fn standby_router(standby: Standby) -> Router {
         .merge(api)
         .merge(aggregates)
         .fallback(|| async { error(StatusCode::SERVICE_UNAVAILABLE, "", STANDBY_UNAVAILABLE) })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(limit_uri))
         .with_state(standby)
 }

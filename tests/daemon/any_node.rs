@@ -261,6 +261,12 @@ fn a_standby_serves_stats_refusals_and_erasure_as_the_owner_does() {
         Some("1")
     );
     assert_eq!(standby.get("/v1/no-such").status, 503);
+    let wrong_method = standby.request("PUT", "/v1/customers/a1", None);
+    assert_eq!(wrong_method.status, 405, "{}", wrong_method.body);
+    assert_eq!(
+        wrong_method.json(),
+        owner.request("PUT", "/v1/customers/a1", None).json()
+    );
 
     // A batch with one bad call: answered as the owner answers it, the
     // valid calls applied by the owner, the bad one kept.
