@@ -1,6 +1,7 @@
 //! The HTTP API (axum): Segment-compatible intake and the operator endpoints.
 //! See `docs/daemon.md` for the contract.
 
+use super::command::Answer;
 use super::commit::{current, CommitError, Committer, Runtime, SharedRuntime};
 use super::metrics::{Gauges, Metrics};
 use super::rejected::{RejectedStore, Rejection};
@@ -23,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -99,15 +101,18 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(aggregates)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "path", "no such endpoint") })
-        .method_not_allowed_fallback(|request: Request| async move {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method",
-                format!("{} is not allowed on {}", request.method(), request.uri().path()),
-            )
-        })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(limit_uri))
         .with_state(state)
+}
+
+/// The JSON 405 of a method a path does not take.
+async fn method_not_allowed(request: Request) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method",
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
 }
 
 /// The longest request target (path and query) accepted. Longer ones get a
@@ -149,11 +154,15 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
 }
 
 fn commit_error(failure: CommitError) -> Response {
+    commit_answer(failure).into_response()
+}
+
+fn commit_answer(failure: CommitError) -> Answer {
     let status = match failure {
         CommitError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error(status, "", failure.to_string())
+    Answer::error(status, "", &failure.to_string())
 }
 
 /// Compares without an early exit, so timing does not leak the token.
@@ -187,24 +196,29 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
     if let Some(token) = &state.token {
         if !authorized(request.headers(), token) {
             state.metrics.requests_rejected.inc();
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
-                "authorization",
-                "missing or wrong token: send `Authorization: Bearer TOKEN` (or Basic auth with the token as user name)",
-            );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            // Basic too, so that a browser asks for the token (as the user
-            // name) on the dashboard behind `--protect-ui`.
-            response.headers_mut().append(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Basic realm=\"journeyc\""),
-            );
-            return response;
+            return unauthorized();
         }
     }
     next.run(request).await
+}
+
+/// The 401 of a missing or wrong token.
+fn unauthorized() -> Response {
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "authorization",
+        "missing or wrong token: send `Authorization: Bearer TOKEN` (or Basic auth with the token as user name)",
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    // Basic too, so that a browser asks for the token (as the user
+    // name) on the dashboard behind `--protect-ui`.
+    response.headers_mut().append(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"journeyc\""),
+    );
+    response
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -648,20 +662,72 @@ fn validate_import(bytes: &[u8], bundle: &Bundle, received_at: i64, future_max_m
     Ok(validated)
 }
 
-/// Keeps refused calls in the rejected store and makes them durable
-/// (when valid calls go to the commit thread too, its flush does that).
-async fn keep_rejected(state: &AppState, rejections: Vec<Rejection>, flush: bool) -> Result<(), Response> {
-    if rejections.is_empty() {
-        return Ok(());
+/// The node an intake request came to: the owner commits the valid calls
+/// through its commit thread; a standby writes them to the inbox, in the
+/// same unfenced transaction as the request's refusals (`inbox.rs`).
+/// Everything else (reading, validating, the answers) is one code for both.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Owner(&'a AppState),
+    Standby(&'a Standby),
+}
+
+impl Node<'_> {
+    fn metrics(&self) -> &Metrics {
+        match self {
+            Node::Owner(state) => &state.metrics,
+            Node::Standby(standby) => &standby.metrics,
+        }
     }
-    state.metrics.events_rejected.add(rejections.len() as u64);
-    let store_failed =
-        |failure: super::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
-    state.rejected.put(rejections).map_err(store_failed)?;
-    if flush {
-        state.store.db.flush_async().await.map_err(store_failed)?;
+
+    fn http(&self) -> &HttpOptions {
+        match self {
+            Node::Owner(state) => &state.http,
+            Node::Standby(standby) => &standby.http,
+        }
     }
-    Ok(())
+
+    fn runtime(&self) -> Arc<Runtime> {
+        match self {
+            Node::Owner(state) => current(&state.runtime),
+            Node::Standby(standby) => current(&standby.runtime),
+        }
+    }
+
+    /// Keeps `rejections` and takes `calls`, durable when it answers:
+    /// on the owner the refusals flushed (or with the commit of the calls);
+    /// on a standby both in one transaction.
+    async fn take(&self, rejections: Vec<Rejection>, calls: Vec<Call>) -> Result<(), Response> {
+        let store_failed =
+            |failure: super::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
+        let refused = rejections.len();
+        match self {
+            Node::Owner(state) => {
+                if !rejections.is_empty() {
+                    state.rejected.put(rejections).map_err(store_failed)?;
+                    if calls.is_empty() {
+                        state.store.db.flush_async().await.map_err(store_failed)?;
+                    }
+                }
+                self.metrics().events_rejected.add(refused as u64);
+                if !calls.is_empty() {
+                    state.committer.ingest(calls).await.map_err(commit_error)?;
+                }
+            }
+            Node::Standby(standby) => {
+                let mut inbox = super::kv::Batch::default();
+                if !calls.is_empty() {
+                    let id = standby.store.db.generate_id().map_err(store_failed)?;
+                    inbox.insert(super::inbox::key(id), super::inbox::encode(&calls));
+                }
+                if !rejections.is_empty() || !calls.is_empty() {
+                    standby.rejected.put_with(rejections, inbox).map_err(store_failed)?;
+                }
+                self.metrics().events_rejected.add(refused as u64);
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
@@ -684,38 +750,51 @@ async fn intake_with(
     body: Body,
     check: impl FnOnce(&[u8], &Bundle, i64, i64) -> Result<Validated, Refusal>,
 ) -> Response {
+    intake_on(Node::Owner(&state), endpoint, headers, body, check).await
+}
+
+/// [`intake_with`] on either node.
+async fn intake_on(
+    node: Node<'_>,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+    check: impl FnOnce(&[u8], &Bundle, i64, i64) -> Result<Validated, Refusal>,
+) -> Response {
     let started = Instant::now();
     let received_at = now_ms();
-    let bytes = match read_body(&headers, body, &state.http).await {
+    let bytes = match read_body(&headers, body, node.http()).await {
         Ok(bytes) => bytes,
         Err(refusal) => {
-            state.metrics.requests_rejected.inc();
+            node.metrics().requests_rejected.inc();
             let kept = Rejection::of_body(endpoint.name(), &[], &refusal.field, &refusal.reason, received_at);
-            if let Err(response) = keep_rejected(&state, vec![kept], true).await {
+            if let Err(response) = node.take(vec![kept], Vec::new()).await {
                 return response;
             }
             return error(refusal.status, &refusal.field, refusal.reason);
         }
     };
-    let runtime = current(&state.runtime);
-    let validated = match check(&bytes, &runtime.bundle, received_at, state.http.future_max_ms) {
+    let runtime = node.runtime();
+    let validated = match check(&bytes, &runtime.bundle, received_at, node.http().future_max_ms) {
         Ok(validated) => validated,
         Err(refusal) => {
-            state.metrics.requests_rejected.inc();
+            node.metrics().requests_rejected.inc();
             let kept = Rejection::of_body(endpoint.name(), &bytes, &refusal.field, &refusal.reason, received_at);
-            if let Err(response) = keep_rejected(&state, vec![kept], true).await {
+            if let Err(response) = node.take(vec![kept], Vec::new()).await {
                 return response;
             }
             // The call count of a refused request, beyond the one entry kept.
-            state
-                .metrics
+            node.metrics()
                 .events_rejected
                 .add(refusal.events.saturating_sub(1) as u64);
             return error(refusal.status, &refusal.field, refusal.reason);
         }
     };
     if let Some(broadcast) = validated.broadcast {
-        return super::broadcast::started(&state, broadcast, &runtime.bundle_key, received_at).await;
+        return match node {
+            Node::Owner(state) => super::broadcast::started(state, broadcast, &runtime.bundle_key, received_at).await,
+            Node::Standby(_) => error(StatusCode::SERVICE_UNAVAILABLE, "", STANDBY_UNAVAILABLE),
+        };
     }
     let Validated { calls, refused, .. } = validated;
     // Batches and imports answer per call (`index`) or per row (`row`).
@@ -744,12 +823,12 @@ async fn intake_with(
         })
         .collect();
     let accepted = calls.len();
-    if let Err(response) = keep_rejected(&state, kept, accepted == 0).await {
+    if let Err(response) = node.take(kept, calls).await {
         return response;
     }
     if let (0, Some((field, reason))) = (accepted, first) {
         // Nothing valid: the status says so (the libraries do not retry a 4xx).
-        state.metrics.requests_rejected.inc();
+        node.metrics().requests_rejected.inc();
         return if batch {
             error_with(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -761,13 +840,8 @@ async fn intake_with(
             error(StatusCode::UNPROCESSABLE_ENTITY, &field, reason)
         };
     }
-    if accepted > 0 {
-        if let Err(error) = state.committer.ingest(calls).await {
-            return commit_error(error);
-        }
-    }
-    state.metrics.events_accepted.add(accepted as u64);
-    state.metrics.intake_latency.observe(started.elapsed());
+    node.metrics().events_accepted.add(accepted as u64);
+    node.metrics().intake_latency.observe(started.elapsed());
     let mut answer = json!({"success": true, "accepted": accepted});
     if batch {
         answer["rejected"] = serde_json::Value::Array(answers);
@@ -780,6 +854,11 @@ async fn list_rejected(
     State(state): State<AppState>,
     axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
+    rejected_response(&state.rejected, &query)
+}
+
+/// `GET /v1/rejected` on the owner or a standby.
+fn rejected_response(rejected: &RejectedStore, query: &HashMap<String, String>) -> Response {
     let number = |name: &str| match query.get(name) {
         None => Ok(None),
         Some(text) => text
@@ -793,11 +872,11 @@ async fn list_rejected(
             return error(StatusCode::BAD_REQUEST, &name, format!("not a whole number: {text:?}"))
         }
     };
-    match state.rejected.list(after, limit) {
+    match rejected.list(after, limit) {
         Ok(entries) => {
             let next = (entries.len() == limit).then(|| entries.last().map(|e| e.id)).flatten();
             let entries: Vec<serde_json::Value> = entries.iter().map(Rejection::to_json).collect();
-            Json(json!({"total": state.rejected.len(), "rejected": entries, "next_after": next})).into_response()
+            Json(json!({"total": rejected.len(), "rejected": entries, "next_after": next})).into_response()
         }
         Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
     }
@@ -1048,43 +1127,62 @@ async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam
         Ok(id) => id,
         Err(response) => return *response,
     };
-    let aliases = match state.store.aliases_of(&id) {
-        Ok(aliases) => aliases,
-        Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
-    };
-    let known = match state.committer.erase(id.clone()).await {
-        Ok(known) => known,
-        Err(failure) => return commit_error(failure),
-    };
+    match erase(&state, id.clone()).await {
+        Ok(erased) => erase_reply(&id, erased).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// What an erasure found.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Erased {
+    /// The customer existed.
+    pub known: bool,
+    /// Its refused calls erased.
+    pub rejected_erased: usize,
+}
+
+/// Erases customer `id` (already resolved through aliases) with the ids
+/// merged into it and its refused calls: the owner's `DELETE
+/// /v1/customers/ID`, and a standby's handed over (`command.rs`). `Err`:
+/// the failure's answer.
+pub(crate) async fn erase(state: &AppState, id: String) -> Result<Erased, Answer> {
+    let failed = |failure: super::store::StoreError| Answer::failed(failure.to_string());
+    let aliases = state.store.aliases_of(&id).map_err(failed)?;
+    let known = state.committer.erase(id.clone()).await.map_err(commit_answer)?;
     // Its refused calls go too (they hold its data), and those of its aliases.
     let mut rejected = 0;
     for who in std::iter::once(&id).chain(&aliases) {
-        match state.rejected.erase_customer(who) {
-            Ok(n) => rejected += n,
-            Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
-        }
+        rejected += state.rejected.erase_customer(who).map_err(failed)?;
     }
     if rejected > 0 {
         // Their old bytes leave the disk with the erasure compaction, which
         // the mark asks for (the erase job writes it only for a known customer).
-        if let Err(failure) = state.store.db.insert(super::erasure::erased_key(&id), &[][..]) {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
-        }
-        if let Err(failure) = state.store.db.flush_async().await {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
-        }
+        state
+            .store
+            .db
+            .insert(super::erasure::erased_key(&id), &[][..])
+            .map_err(failed)?;
+        state.store.db.flush_async().await.map_err(failed)?;
     }
     if known || rejected > 0 {
         // Not naming the customer: logs are out of erasure's reach.
         tracing::info!(rejected, "customer erased");
         state.erasures.notify_one();
-        (
-            StatusCode::OK,
-            Json(json!({"success": true, "erased": id, "rejected_erased": rejected})),
-        )
-            .into_response()
+    }
+    Ok(Erased {
+        known,
+        rejected_erased: rejected,
+    })
+}
+
+/// The answer to `DELETE /v1/customers/ID` (on the owner, and a standby's
+/// from the owner's [`Erased`], which names no customer).
+pub(crate) fn erase_reply(id: &str, erased: Erased) -> Answer {
+    if erased.known || erased.rejected_erased > 0 {
+        Answer::ok(json!({"success": true, "erased": id, "rejected_erased": erased.rejected_erased}))
     } else {
-        error(StatusCode::NOT_FOUND, "id", format!("no customer {id:?}"))
+        Answer::error(StatusCode::NOT_FOUND, "id", &format!("no customer {id:?}"))
     }
 }
 
@@ -1108,18 +1206,29 @@ async fn retry_customer(State(state): State<AppState>, PathParam(id): PathParam)
     }
 }
 
+/// The owner's counters: its commit thread's copy in memory.
+fn owner_counters(state: &AppState) -> HashMap<String, i64> {
+    state.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 async fn journeys(State(state): State<AppState>) -> Response {
-    let runtime = current(&state.runtime);
-    let counters = state.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let list = super::ui::journey_list(&runtime.bundle, &runtime.bundle_key, &counters);
+    journeys_response(&current(&state.runtime), &owner_counters(&state))
+}
+
+/// `GET /v1/journeys` on the owner or a standby.
+fn journeys_response(runtime: &Runtime, counters: &HashMap<String, i64>) -> Response {
+    let list = super::ui::journey_list(&runtime.bundle, &runtime.bundle_key, counters);
     (StatusCode::OK, Json(list)).into_response()
 }
 
 /// `GET /v1/journeys/{name}/graph`: the journey's flow chart as nodes and
 /// edges (`journeyc graph --format json`), for the dashboard.
 async fn journey_graph(State(state): State<AppState>, PathParam(name): PathParam) -> Response {
-    let runtime = current(&state.runtime);
-    let Some(program) = runtime.bundle.journey(&name) else {
+    journey_graph_response(&current(&state.runtime), &name)
+}
+
+fn journey_graph_response(runtime: &Runtime, name: &str) -> Response {
+    let Some(program) = runtime.bundle.journey(name) else {
         return error(StatusCode::NOT_FOUND, "name", format!("no journey {name:?}"));
     };
     (StatusCode::OK, Json(super::ui::journey_graph(&runtime.bundle, program))).into_response()
@@ -1128,23 +1237,38 @@ async fn journey_graph(State(state): State<AppState>, PathParam(name): PathParam
 /// `GET /v1/journeys/{name}/stats`: the readout, and the count of dead
 /// letters; their samples (which hold customer data) only with the token.
 async fn journey_stats(State(state): State<AppState>, headers: HeaderMap, PathParam(name): PathParam) -> Response {
-    let runtime = current(&state.runtime);
-    let Some(program) = runtime.bundle.journey(&name) else {
+    let counters = owner_counters(&state);
+    journey_stats_response(
+        &current(&state.runtime),
+        &counters,
+        &state.store,
+        state.token.as_deref(),
+        &headers,
+        &name,
+    )
+}
+
+/// `GET /v1/journeys/{name}/stats` on the owner or a standby.
+fn journey_stats_response(
+    runtime: &Runtime,
+    counters: &HashMap<String, i64>,
+    store: &Store,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    name: &str,
+) -> Response {
+    let Some(program) = runtime.bundle.journey(name) else {
         return error(StatusCode::NOT_FOUND, "name", format!("no journey {name:?}"));
     };
-    let readout = {
-        let counters = state.stats.lock().unwrap_or_else(|p| p.into_inner());
-        Readout::build(&runtime.bundle, program, counters.iter())
-    };
+    let readout = Readout::build(&runtime.bundle, program, counters.iter());
     let mut body = serde_json::to_value(readout).expect("a readout always serializes");
-    let dead: Vec<serde_json::Value> = state
-        .store
+    let dead: Vec<serde_json::Value> = store
         .dead_letters(10_000)
         .unwrap_or_default()
         .into_iter()
-        .filter(|d| d.pointer("/record/journey").and_then(|j| j.as_str()) == Some(name.as_str()))
+        .filter(|d| d.pointer("/record/journey").and_then(|j| j.as_str()) == Some(name))
         .collect();
-    let with_token = state.token.as_deref().is_none_or(|token| authorized(&headers, token));
+    let with_token = token.is_none_or(|token| authorized(headers, token));
     if let Some(object) = body.as_object_mut() {
         object.insert("dead_letters".into(), json!(dead.len()));
     }
@@ -1158,15 +1282,7 @@ async fn journey_stats(State(state): State<AppState>, headers: HeaderMap, PathPa
 }
 
 async fn reload(State(state): State<AppState>) -> Response {
-    match state.reloader.reload().await {
-        Ok(report) => (StatusCode::OK, Json(report)).into_response(),
-        Err(diagnostics) => error_with(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "workspace",
-            "the workspace has errors; the running version is kept",
-            json!({ "diagnostics": diagnostics }),
-        ),
-    }
+    super::command::reload_answer(state.reloader.reload().await).into_response()
 }
 
 /// The most dead letters one `GET /v1/outbox/dead` lists.
@@ -1272,14 +1388,26 @@ async fn retry_dead_letters(State(state): State<AppState>, body: axum::body::Byt
     }
 }
 
+/// The answer of a standby to what only the owner can do.
+const STANDBY_UNAVAILABLE: &str = "standby: another node holds the store's lease; this one takes over when it expires";
+
 /// What a standby node (another one holds the PostgreSQL store's lease)
-/// serves while it waits: `/healthz` says so and names the owner, `GET
-/// /v1/customers/ID` reads the store (with the token, as on the owner);
-/// every other request gets 503, as nothing may be written here.
+/// serves while it waits (`docs/scale-out.md`): `/healthz` says so and
+/// names the owner; customers are read (`GET /v1/customers/ID`), stats,
+/// `/v1/journeys`, `/ui` and `/metrics` answered from the store's counters
+/// ([`super::stats::persisted`]) and `/v1/rejected` from its refusals, as
+/// on the owner; intake is written to the inbox with its refusals kept
+/// beside it (`inbox.rs`), `DELETE /v1/customers/ID` and `POST
+/// /v1/reload` handed to the owner (`command.rs`). The token and
+/// `--protect-ui` are checked as on the owner. Every other request gets
+/// 503.
 pub fn standby_router(standby: Standby) -> Router {
-    Router::new()
-        .route("/healthz", get(standby_healthz))
-        .route("/v1/customers/{id}", get(standby_customer))
+    let standby = Arc::new(standby);
+    let api = Router::new()
+        .route(
+            "/v1/customers/{id}",
+            get(standby_customer).delete(standby_delete_customer),
+        )
         .route("/v1/track", post(|s, h, b| standby_intake(s, Endpoint::Track, h, b)))
         .route(
             "/v1/identify",
@@ -1290,76 +1418,91 @@ pub fn standby_router(standby: Standby) -> Router {
         .route("/v1/group", post(|s, h, b| standby_intake(s, Endpoint::Group, h, b)))
         .route("/v1/alias", post(|s, h, b| standby_intake(s, Endpoint::Alias, h, b)))
         .route("/v1/batch", post(|s, h, b| standby_intake(s, Endpoint::Batch, h, b)))
-        .fallback(|| async {
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "",
-                "standby: another node holds the store's lease; this one takes over when it expires",
-            )
-        })
-        .with_state(Arc::new(standby))
+        .route("/v1/rejected", get(standby_rejected))
+        .route("/v1/reload", post(standby_reload))
+        .route_layer(middleware::from_fn_with_state(standby.clone(), standby_authenticate));
+    let aggregates = Router::new()
+        .route("/ui", get(super::ui::page))
+        .route("/ui/{asset}", get(super::ui::asset))
+        .route("/v1/journeys", get(standby_journeys))
+        .route("/v1/journeys/{name}/stats", get(standby_journey_stats))
+        .route("/v1/journeys/{name}/graph", get(standby_journey_graph))
+        .route("/metrics", get(standby_metrics));
+    let aggregates = match standby.http.protect_ui {
+        true => aggregates.route_layer(middleware::from_fn_with_state(standby.clone(), standby_authenticate)),
+        false => aggregates,
+    };
+    Router::new()
+        .route("/healthz", get(standby_healthz))
+        .merge(api)
+        .merge(aggregates)
+        .fallback(|| async { error(StatusCode::SERVICE_UNAVAILABLE, "", STANDBY_UNAVAILABLE) })
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(limit_uri))
+        .with_state(standby)
 }
 
-/// What a standby's router reads with.
+/// What a standby's router reads and writes with.
 pub struct Standby {
     pub pg: super::kv::pg::Pg,
-    /// The store over `pg`, only read.
+    /// The store over `pg`: read, and written only outside the lease.
     pub store: Store,
-    /// The workspace as this node loaded it (its bundle not stored).
-    pub runtime: Runtime,
+    /// The version this node runs: the store's current one, followed
+    /// (`reload::keep_following`).
+    pub runtime: SharedRuntime,
     pub token: Option<String>,
     pub http: HttpOptions,
+    /// This process's own counters (intake, refusals, reloads).
+    pub metrics: Arc<Metrics>,
+    /// Refusals, written unfenced.
+    pub rejected: RejectedStore,
+    pub sink_names: Arc<Vec<String>>,
+    /// `POST /v1/reload` (and SIGHUP) here.
+    pub publisher: Arc<super::reload::Publisher>,
 }
 
-/// Intake on a standby: the request validated as on the owner, its calls
-/// written to the inbox in one transaction (then acked) for the owner to
-/// apply (`inbox.rs`). A request with refused calls, or none at all, is
-/// answered 503 instead: keeping refusals is a write of the owner's.
+impl Standby {
+    /// `answer` with the store's counters, or the error answer.
+    fn with_counters(&self, answer: impl FnOnce(&HashMap<String, i64>) -> Response) -> Response {
+        match super::stats::persisted(&self.store) {
+            Ok(counters) => answer(&counters),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()),
+        }
+    }
+}
+
+async fn standby_authenticate(State(standby): State<Arc<Standby>>, request: Request, next: Next) -> Response {
+    if let Some(token) = &standby.token {
+        if !authorized(request.headers(), token) {
+            standby.metrics.requests_rejected.inc();
+            return unauthorized();
+        }
+    }
+    next.run(request).await
+}
+
+/// Intake on a standby: the request validated as on the owner and answered
+/// as the owner would; its valid calls written to the inbox for the owner
+/// to apply (`inbox.rs`), its refused ones kept, in one transaction.
 async fn standby_intake(
     State(standby): State<Arc<Standby>>,
     endpoint: Endpoint,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(token) = &standby.token {
-        if !authorized(&headers, token) {
-            return error(StatusCode::UNAUTHORIZED, "authorization", "missing or wrong token");
-        }
-    }
-    let received_at = now_ms();
-    let bytes = match read_body(&headers, body, &standby.http).await {
-        Ok(bytes) => bytes,
-        Err(refusal) => return error(refusal.status, &refusal.field, refusal.reason),
-    };
-    let bundle = &standby.runtime.bundle;
-    let validated = match validate(endpoint, &bytes, bundle, received_at, standby.http.future_max_ms) {
-        Ok(validated) if validated.refused.is_empty() && !validated.calls.is_empty() => validated,
-        _ => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "",
-                "standby: this request has refused calls; the node that holds the store's lease takes it",
-            )
-        }
-    };
-    let accepted = validated.calls.len();
-    let written = standby.store.db.generate_id().and_then(|id| {
-        standby
-            .pg
-            .put_unfenced(&super::inbox::key(id), &super::inbox::encode(&validated.calls))
-    });
-    if let Err(failure) = written {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
-    }
-    let mut answer = json!({"success": true, "accepted": accepted});
-    if endpoint == Endpoint::Batch {
-        answer["rejected"] = json!([]);
-    }
-    (StatusCode::OK, Json(answer)).into_response()
+    intake_on(
+        Node::Standby(&standby),
+        endpoint,
+        headers,
+        body,
+        move |bytes, bundle, received_at, future_max_ms| validate(endpoint, bytes, bundle, received_at, future_max_ms),
+    )
+    .await
 }
 
 async fn standby_healthz(State(standby): State<Arc<Standby>>) -> Response {
-    let mut body = json!({"status": "standby", "node": standby.pg.node()});
+    let mut body =
+        json!({"status": "standby", "node": standby.pg.node(), "bundle": current(&standby.runtime).bundle_key});
     if let Ok(Some((owner, epoch, expired))) = standby.pg.lease_holder() {
         body["owner"] = json!(owner);
         body["epoch"] = json!(epoch);
@@ -1368,17 +1511,66 @@ async fn standby_healthz(State(standby): State<Arc<Standby>>) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-async fn standby_customer(
+async fn standby_customer(State(standby): State<Arc<Standby>>, PathParam(id): PathParam) -> Response {
+    customer_response(&standby.store, &current(&standby.runtime), id)
+}
+
+/// `DELETE /v1/customers/ID` on a standby: the erasure handed to the owner
+/// (`command.rs`); answered as the owner answers once it has erased.
+async fn standby_delete_customer(State(standby): State<Arc<Standby>>, PathParam(id): PathParam) -> Response {
+    let id = match resolve(&standby.store, id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
+    let command = super::command::Command::Erase { customer: id.clone() };
+    let answer = super::command::submit(&standby.pg, &standby.store, &command).await;
+    match (answer.status, serde_json::from_value::<Erased>(answer.body.clone())) {
+        (200, Ok(erased)) => erase_reply(&id, erased).into_response(),
+        _ => answer.into_response(),
+    }
+}
+
+async fn standby_reload(State(standby): State<Arc<Standby>>) -> Response {
+    match standby.publisher.reload().await {
+        Ok(answer) => answer.into_response(),
+        Err(diagnostics) => super::command::reload_answer(Err(diagnostics)).into_response(),
+    }
+}
+
+async fn standby_rejected(
+    State(standby): State<Arc<Standby>>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    rejected_response(&standby.rejected, &query)
+}
+
+async fn standby_journeys(State(standby): State<Arc<Standby>>) -> Response {
+    standby.with_counters(|counters| journeys_response(&current(&standby.runtime), counters))
+}
+
+async fn standby_journey_graph(State(standby): State<Arc<Standby>>, PathParam(name): PathParam) -> Response {
+    journey_graph_response(&current(&standby.runtime), &name)
+}
+
+async fn standby_journey_stats(
     State(standby): State<Arc<Standby>>,
     headers: HeaderMap,
-    PathParam(id): PathParam,
+    PathParam(name): PathParam,
 ) -> Response {
-    if let Some(token) = &standby.token {
-        if !authorized(&headers, token) {
-            return error(StatusCode::UNAUTHORIZED, "authorization", "missing or wrong token");
-        }
-    }
-    customer_response(&standby.store, &standby.runtime, id)
+    standby.with_counters(|counters| {
+        journey_stats_response(
+            &current(&standby.runtime),
+            counters,
+            &standby.store,
+            standby.token.as_deref(),
+            &headers,
+            &name,
+        )
+    })
+}
+
+async fn standby_metrics(State(standby): State<Arc<Standby>>) -> Response {
+    standby.with_counters(|counters| metrics_response(&standby.metrics, counters, &standby.store, &standby.sink_names))
 }
 
 async fn healthz() -> Response {
@@ -1386,39 +1578,38 @@ async fn healthz() -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let gauge = |name: &str| {
-        let stats = state.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.get(name).copied().unwrap_or(0)
-    };
+    metrics_response(&state.metrics, &owner_counters(&state), &state.store, &state.sink_names)
+}
+
+/// `GET /metrics` on the owner or a standby: this process's own counters
+/// (`metrics`), the gauges from the store's counters and records.
+fn metrics_response(metrics: &Metrics, stats: &HashMap<String, i64>, store: &Store, sink_names: &[String]) -> Response {
+    let gauge = |name: &str| stats.get(name).copied().unwrap_or(0);
     let timers_pending = gauge(store::STAT_TIMERS);
     let customers_failing = gauge(super::faults::STAT_FAILING);
     let customers_parked = gauge(super::faults::STAT_PARKED);
-    let unattributed = {
-        let stats = state.stats.lock().unwrap_or_else(|p| p.into_inner());
-        crate::runtime::stats::unattributed(stats.iter())
-    };
-    let outbox_depth = match (state.store.first_outbox_seq(), state.store.last_outbox_seq()) {
+    let unattributed = crate::runtime::stats::unattributed(stats.iter());
+    let outbox_depth = match (store.first_outbox_seq(), store.last_outbox_seq()) {
         (Ok(Some(first)), Ok(Some(last))) => {
-            let lowest = state
-                .sink_names
+            let lowest = sink_names
                 .iter()
-                .map(|s| state.store.cursor(s).ok().flatten().unwrap_or(0))
+                .map(|s| store.cursor(s).ok().flatten().unwrap_or(0))
                 .min()
                 .unwrap_or(0);
             last.saturating_sub(lowest.max(first.saturating_sub(1)))
         }
         _ => 0,
     };
-    let mut text = state.metrics.render(&Gauges {
+    let mut text = metrics.render(&Gauges {
         timers_pending,
         outbox_depth,
         customers_failing,
         customers_parked,
-        dead_letters: super::dead::count(&state.store),
-        retry_waiting: super::retry::count(&state.store),
+        dead_letters: super::dead::count(store),
+        retry_waiting: super::retry::count(store),
         unattributed,
     });
-    text.push_str(&super::broadcast::metrics_text(&state.store));
+    text.push_str(&super::broadcast::metrics_text(store));
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -9,6 +9,8 @@
 //! [`timers`] hands due wake-ups back to [`commit`] → [`outbox`] moves
 //! committed records to the [`sinks`]. [`store`] describes the key layout;
 //! [`reload`] swaps workspaces; [`export`] dumps and restores a data dir.
+//! On PostgreSQL, [`inbox`] and [`command`] carry what a standby takes
+//! (intake, erasures, reloads) to the node that owns the store.
 //!
 //! **Architecture invariant:** a 200 from an intake endpoint means every
 //! effect of the request (state, timer, outbox records) is on disk; a record
@@ -16,6 +18,7 @@
 
 pub mod broadcast;
 pub mod bulk;
+pub mod command;
 pub mod commit;
 pub mod dead;
 pub mod erasure;
@@ -205,6 +208,20 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         .map_err(|e| DaemonError::Io(e.to_string()))??
     };
     store.mark_format()?;
+    // A standby that took over runs the version it followed, the store's
+    // current one, not its own workspace's: a node with an older workspace
+    // must not undo a reload (`docs/scale-out.md`). A node that owns from
+    // its start installs its workspace, as on sled (a restart deploys it).
+    let bundle = match serving.is_some() {
+        true => match reload::database_version(&store)? {
+            Some((key, stored)) => {
+                tracing::info!(bundle = %key, "running the store's current version");
+                stored
+            }
+            None => bundle,
+        },
+        false => bundle,
+    };
     let email_address_required = email_address_required(&config);
     if email_address_required {
         if let Some(problem) = smtp::email_attribute_problem(&bundle) {
@@ -250,6 +267,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
             .await
             .map_err(|e| DaemonError::Io(e.to_string()))?;
         tracing::info!(bundle = %loaded.bundle_key, migrated, "workspace version installed");
+        reload::announce_version(&round.store);
     }
     *front.write().await = Some(http::router(round.state.clone()));
     let reloader = Arc::new(Mutex::new(round.state.reloader.clone()));
@@ -334,20 +352,42 @@ async fn stand_by(
 ) -> Result<Option<(tokio::task::JoinHandle<()>, SocketAddr)>, DaemonError> {
     let listener = bind(&config.listen).await?;
     let address = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
-    let standby = {
+    let email = email_address_required(config);
+    let (store, runtime, rejected) = {
         let store = Store { db: db.clone() };
-        let (bundle, email) = (bundle.clone(), email_address_required(config));
-        tokio::task::spawn_blocking(move || reload::reading_runtime(&store, bundle, email).map(|r| (store, r)))
-            .await
-            .map_err(|e| DaemonError::Io(e.to_string()))??
+        let (bundle, pg) = (bundle.clone(), pg.clone());
+        tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let runtime = reload::standby_runtime(&store, bundle, email)?;
+            let rejected = rejected::RejectedStore::open_unfenced(store.clone(), pg)?;
+            Ok((store, runtime, rejected))
+        })
+        .await
+        .map_err(|e| DaemonError::Io(e.to_string()))??
     };
+    let runtime: SharedRuntime = Arc::new(RwLock::new(Arc::new(runtime)));
+    let metrics = Arc::new(Metrics::default());
+    let following = tokio::spawn(reload::keep_following(store.clone(), runtime.clone(), email));
+    let publisher = Arc::new(reload::Publisher {
+        workspace: config.workspace.clone(),
+        store: store.clone(),
+        pg: pg.clone(),
+        runtime: runtime.clone(),
+        metrics: metrics.clone(),
+        email_address_required: email,
+        lock: tokio::sync::Mutex::new(()),
+    });
     *front.write().await = Some(http::standby_router(http::Standby {
         pg: pg.clone(),
-        store: standby.0,
-        runtime: standby.1,
+        store: store.clone(),
+        runtime: runtime.clone(),
         token: config.token.clone(),
         http: config.http.clone(),
+        metrics: metrics.clone(),
+        rejected,
+        sink_names: Arc::new(config.sinks.iter().map(Sink::name).collect()),
+        publisher: publisher.clone(),
     }));
+    let hangups = tokio::spawn(publish_on_hangup(publisher));
     let server_task = start_server(listener, front.clone(), config, stopping.clone());
     let _ = std::fs::write(config.data.join("addr"), address.to_string());
     println!("journeyc serve: standby on http://{address}, waiting for the store's lease");
@@ -356,12 +396,16 @@ async fn stand_by(
     let mut stop = stopping.clone();
     tokio::select! {
         _ = stop.wait_for(|stop| *stop) => {
+            following.abort();
+            hangups.abort();
             let _ = server_task.await;
             tracing::info!("stopped as a standby");
             return Ok(None);
         }
         _ = lease.wait_for(|state| !matches!(state, kv::pg::LeaseState::Standby)) => {}
     }
+    following.abort();
+    hangups.abort();
     if let kv::pg::LeaseState::Lost(reason) = pg.lease() {
         return Err(DaemonError::Io(reason));
     }
@@ -435,6 +479,8 @@ struct Round {
     timer_task: tokio::task::JoinHandle<()>,
     /// On PostgreSQL: applies what standbys wrote to the inbox.
     inbox_task: Option<tokio::task::JoinHandle<()>>,
+    /// On PostgreSQL: applies the commands standbys handed over.
+    command_task: Option<tokio::task::JoinHandle<()>>,
     broadcast_task: tokio::task::JoinHandle<()>,
     state: http::AppState,
     /// Notified by every acknowledged erasure (`DELETE /v1/customers/ID`).
@@ -568,6 +614,8 @@ impl Round {
             erasures: erasures.clone(),
         };
         let erasures_pending = !erasure::pending(&store)?.is_empty();
+        let command_task = matches!(store.db, kv::Kv::Postgres(_))
+            .then(|| tokio::spawn(command::run(state.clone(), stop_receiver.clone())));
         Ok(Round {
             store,
             committer,
@@ -578,6 +626,7 @@ impl Round {
             sink_tasks,
             timer_task,
             inbox_task,
+            command_task,
             broadcast_task,
             state,
             erasures,
@@ -600,6 +649,7 @@ impl Round {
             sink_tasks,
             timer_task,
             inbox_task,
+            command_task,
             broadcast_task,
             state,
             ..
@@ -608,6 +658,9 @@ impl Round {
         let _ = stop_sender.send(true);
         let _ = timer_task.await;
         if let Some(task) = inbox_task {
+            let _ = task.await;
+        }
+        if let Some(task) = command_task {
             let _ = task.await;
         }
         let _ = broadcast_task.await;
@@ -697,7 +750,7 @@ pub(crate) fn start_commits(
     let next_timer_chunk = store.next_timer_chunk()?;
     let committed_now = store.last_outbox_seq()?.unwrap_or(0);
     let (committed_sender, committed) = watch::channel(committed_now);
-    let stats: HashMap<String, i64> = store.counters()?.into_iter().collect();
+    let stats: HashMap<String, i64> = stats::persisted(store)?;
     let published = Published {
         committed_seq: Arc::new(committed_sender),
         stats: Arc::new(Mutex::new(stats)),
@@ -751,6 +804,30 @@ async fn reload_on_hangup(front: server::Front, reloader: Arc<Mutex<Arc<reload::
     #[cfg(not(unix))]
     {
         let _ = (front, reloader);
+        std::future::pending::<()>().await;
+    }
+}
+
+/// SIGHUP on a standby: its workspace published as `POST /v1/reload` on
+/// it would (`reload::Publisher`).
+async fn publish_on_hangup(publisher: Arc<reload::Publisher>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: publishing this standby's workspace");
+            // A refused workspace is logged by the check.
+            if let Ok(answer) = publisher.reload().await {
+                tracing::info!(status = answer.status, answer = %answer.body, "reload handed to the owner");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = publisher;
         std::future::pending::<()>().await;
     }
 }

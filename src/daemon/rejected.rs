@@ -14,6 +14,8 @@
 //! generator: oldest first) → the JSON [`Rejection`]; `R` + customer +
 //! `0x00` + id → empty, to find a customer's entries when erasing it.
 
+use super::kv::pg::Pg;
+use super::kv::{Batch, Kv};
 use super::store::{Store, StoreResult};
 use crate::runtime::Millis;
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,9 @@ use std::time::{Duration, Instant};
 pub const REJECTED_MAX: usize = 10_000;
 /// The largest call kept whole (its JSON text); larger calls keep only the reason.
 pub const REJECTED_CALL_BYTES_MAX: usize = 64 * 1024;
+/// How old the count of entries may get on PostgreSQL before it is read
+/// again (other nodes keep refusals too).
+pub const RECOUNT_EVERY: Duration = Duration::from_secs(1);
 
 const PREFIX_REJECTED: u8 = b'r';
 const PREFIX_REJECTED_BY_CUSTOMER: u8 = b'R';
@@ -117,10 +122,17 @@ impl Rejection {
 }
 
 /// The store's rejected entries with their count (kept in memory so that
-/// the bound costs nothing per refusal).
+/// the bound costs nothing per refusal; on PostgreSQL, where other nodes
+/// add and remove entries too, it is counted again from the store when
+/// [`RECOUNT_EVERY`] has passed, and at every [`RejectedStore::len`]).
 pub struct RejectedStore {
     store: Store,
-    count: Mutex<usize>,
+    /// The count, and when it was last read from the store.
+    count: Mutex<(usize, Instant)>,
+    /// A standby's (`docs/scale-out.md`): its writes are
+    /// [`Pg::apply_unfenced`] (records named by fresh ids, held in memory
+    /// by no owner), not the owner's fenced batches.
+    unfenced: Option<Pg>,
     /// [`REJECTED_MAX`] but in tests.
     max: usize,
     /// One replay at a time.
@@ -158,23 +170,51 @@ fn decode(value: &[u8]) -> StoreResult<Rejection> {
 
 impl RejectedStore {
     pub fn open(store: Store) -> StoreResult<RejectedStore> {
-        Self::open_with_max(store, REJECTED_MAX)
+        Self::open_with_max(store, REJECTED_MAX, None)
     }
 
-    fn open_with_max(store: Store, max: usize) -> StoreResult<RejectedStore> {
-        let count = store.db.scan_prefix([PREFIX_REJECTED]).keys().count();
+    /// The rejected store of a standby, which writes outside the lease.
+    pub fn open_unfenced(store: Store, pg: Pg) -> StoreResult<RejectedStore> {
+        Self::open_with_max(store, REJECTED_MAX, Some(pg))
+    }
+
+    fn open_with_max(store: Store, max: usize, unfenced: Option<Pg>) -> StoreResult<RejectedStore> {
+        let count = Self::stored_count(&store);
         Ok(RejectedStore {
             store,
-            count: Mutex::new(count),
+            count: Mutex::new((count, Instant::now())),
             max,
+            unfenced,
             replay_lock: tokio::sync::Mutex::new(()),
             warnings: WarnLimiter::new(Duration::from_secs(1)),
         })
     }
 
+    fn stored_count(store: &Store) -> usize {
+        store.db.scan_prefix([PREFIX_REJECTED]).keys().count()
+    }
+
+    /// The count, read again from the store on PostgreSQL when `always`
+    /// or when older than [`RECOUNT_EVERY`].
+    fn counted(&self, always: bool) -> std::sync::MutexGuard<'_, (usize, Instant)> {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(self.store.db, Kv::Postgres(_)) && (always || count.1.elapsed() >= RECOUNT_EVERY) {
+            *count = (Self::stored_count(&self.store), Instant::now());
+        }
+        count
+    }
+
+    fn apply(&self, batch: Batch) -> StoreResult<()> {
+        match &self.unfenced {
+            // Notified: the batch may hold a standby's inbox record.
+            Some(pg) => pg.apply_unfenced(batch, Some(super::kv::pg::CHANNEL_INBOX)),
+            None => self.store.db.apply_batch(batch),
+        }
+    }
+
     /// How many entries are kept.
     pub fn len(&self) -> usize {
-        *self.count.lock().unwrap_or_else(|p| p.into_inner())
+        self.counted(true).0
     }
 
     pub fn is_empty(&self) -> bool {
@@ -185,8 +225,16 @@ impl RejectedStore {
     /// second). Durable with the next flush of the store: the intake
     /// answers after one.
     pub fn put(&self, rejections: Vec<Rejection>) -> StoreResult<()> {
-        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = crate::daemon::kv::Batch::default();
+        self.put_with(rejections, Batch::default())
+    }
+
+    /// [`RejectedStore::put`] with `also` written in the same batch (a
+    /// standby's inbox record beside the refusals of its request, an
+    /// unreadable inbox record's removal).
+    pub fn put_with(&self, rejections: Vec<Rejection>, also: Batch) -> StoreResult<()> {
+        let mut count = self.counted(false);
+        let mut batch = also;
+        let mut added = 0;
         for mut rejection in rejections {
             self.warnings.warn(&rejection);
             rejection.id = self.store.db.generate_id()?;
@@ -195,10 +243,11 @@ impl RejectedStore {
             if let Some(customer) = &rejection.customer {
                 batch.insert(customer_key(customer, rejection.id), &[][..]);
             }
-            *count += 1;
+            added += 1;
         }
-        self.store.db.apply_batch(batch)?;
-        let excess = count.saturating_sub(self.max);
+        self.apply(batch)?;
+        count.0 += added;
+        let excess = count.0.saturating_sub(self.max);
         if excess > 0 {
             let oldest: Vec<Rejection> = self
                 .store
@@ -208,8 +257,8 @@ impl RejectedStore {
                 .take(excess)
                 .map(|value| decode(&value?))
                 .collect::<StoreResult<_>>()?;
-            *count -= oldest.len();
-            self.store.db.apply_batch(Self::removal(&oldest))?;
+            count.0 -= oldest.len();
+            self.apply(Self::removal(&oldest))?;
         }
         Ok(())
     }
@@ -244,15 +293,15 @@ impl RejectedStore {
 
     /// Drops entries (replayed ones).
     pub fn remove(&self, rejections: &[Rejection]) -> StoreResult<()> {
-        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let mut count = self.counted(false);
         let mut present = Vec::new();
         for rejection in rejections {
             if self.store.db.contains_key(key(rejection.id))? {
                 present.push(rejection.clone());
             }
         }
-        self.store.db.apply_batch(Self::removal(&present))?;
-        *count -= present.len();
+        self.apply(Self::removal(&present))?;
+        count.0 = count.0.saturating_sub(present.len());
         Ok(())
     }
 
@@ -337,7 +386,7 @@ mod tests {
     fn bounded_oldest_first_and_erased_with_the_customer() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
-        let rejected = RejectedStore::open_with_max(store.clone(), 3).expect("open");
+        let rejected = RejectedStore::open_with_max(store.clone(), 3, None).expect("open");
         rejected
             .put(
                 (0..5)

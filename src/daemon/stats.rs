@@ -14,6 +14,22 @@ use std::collections::{BTreeMap, HashMap};
 
 pub use crate::runtime::stats::positions;
 
+/// The counters as the store holds them (`s` + name → i64): the one reading
+/// of them back. The owner's commit thread starts from it and keeps the
+/// copy in memory up to date with the deltas it commits; a node that does
+/// not own the store (a standby on PostgreSQL) answers stats, `/ui`,
+/// `/v1/journeys` and `/metrics` from it at each request. It scans the
+/// whole prefix and adds up what it finds under one name, so counters
+/// later kept per partition (one record per partition and name) are
+/// summed here without a change to the readers.
+pub fn persisted(store: &Store) -> Result<HashMap<String, i64>, StoreError> {
+    let mut counters: HashMap<String, i64> = HashMap::new();
+    for (name, value) in store.counters()? {
+        *counters.entry(name).or_insert(0) += value;
+    }
+    Ok(counters)
+}
+
 pub fn positions_delta(before: &[String], after: &[String], deltas: &mut HashMap<String, i64>) {
     if before == after {
         return;

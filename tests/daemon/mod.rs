@@ -1,5 +1,6 @@
 //! Tests of the daemon stage: the real `journeyc serve` binary over loopback.
 
+mod any_node;
 mod api;
 mod broadcast;
 mod crash;

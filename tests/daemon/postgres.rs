@@ -58,7 +58,7 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
 
     // A second daemon on the same database is a standby while the first
     // runs: its health names the owner, it reads customers, it takes
-    // intake into the inbox, it refuses every other request.
+    // intake into the inbox (`any_node.rs`: the rest it serves).
     let other = tempfile::tempdir().expect("tempdir");
     let second = Daemon::start(
         &env.workspace(),
@@ -89,7 +89,10 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
             .status,
         401
     );
-    assert_eq!(second.get("/v1/journeys").status, 503);
+    // Aggregates from the store's counters, as the owner answers them;
+    // what only the owner can do gets 503.
+    assert_eq!(second.get("/v1/journeys").json(), daemon.get("/v1/journeys").json());
+    assert_eq!(second.post("/v1/outbox/retry", "").status, 503);
 
     // The owner stops (releasing the lease): the standby takes over at
     // epoch 2 and serves what the first one committed.

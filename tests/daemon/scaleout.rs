@@ -591,8 +591,8 @@ fn calls_posted_to_a_standby_are_applied_by_the_owner_exactly_once_across_a_kill
         r#"{"userId":"x","event":"bought","properties":{"amount":"no"}}"#,
     );
     assert_eq!(
-        refused.status, 503,
-        "a refused call is left to the owner: {}",
+        refused.status, 422,
+        "a refused call is answered and kept as on the owner: {}",
         refused.body
     );
     eventually("the owner's sends of the standby's calls", || {

@@ -563,24 +563,69 @@ impl Pg {
 
     /// Writes one record outside the lease, from any node: only for
     /// records that no owner holds in memory and that only their writer
-    /// names (the inbox, `daemon/inbox.rs`). One statement, one
-    /// transaction: durable when it returns.
+    /// names (the inbox, `daemon/inbox.rs`), with `NOTIFY journeyc_inbox`
+    /// in its transaction: durable when it returns.
     pub fn put_unfenced(&self, key: &[u8], value: &[u8]) -> StoreResult<()> {
-        let (key, value) = (key.to_vec(), value.to_vec());
+        let mut batch = Batch::default();
+        batch.insert(key.to_vec(), value.to_vec());
+        self.apply_unfenced(batch, Some(CHANNEL_INBOX))
+    }
+
+    /// [`Pg::put_unfenced`] for a whole batch, in one transaction that
+    /// also sends `NOTIFY` on `notify`: a standby's request whose
+    /// refusals (`r`/`R`, named by fresh ids) and inbox or command record
+    /// (`daemon/command.rs`) are kept together, and the standby's removal
+    /// of a command's answer once read. The same rule: only records no
+    /// owner holds in memory, each named by its writer alone.
+    /// `notify`: the channel notified (`None`: none).
+    pub fn apply_unfenced(&self, batch: Batch, notify: Option<&'static str>) -> StoreResult<()> {
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
+            .writes()
+            .map(|(key, value)| (key.to_vec(), value.as_ref().map(|v| v.to_vec())))
+            .collect();
         self.run(|pool, partitions| async move {
             let mut client = connection(&pool).await?;
             let tx = client.transaction().await.map_err(|e| error("begin", e))?;
-            tx.execute(
-                "INSERT INTO journeyc_kv (partition, key, value) VALUES ($1, $2, $3) \
-                 ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
-                &[&partition_of(&key, partitions), &key, &value],
-            )
-            .await
-            .map_err(|e| error("write", e))?;
-            tx.batch_execute(&format!("NOTIFY {CHANNEL_INBOX}"))
-                .await
-                .map_err(|e| error("notify", e))?;
+            for (key, value) in &writes {
+                let partition = partition_of(key, partitions);
+                match value {
+                    Some(value) => {
+                        tx.execute(
+                            "INSERT INTO journeyc_kv (partition, key, value) VALUES ($1, $2, $3) \
+                             ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
+                            &[&partition, key, value],
+                        )
+                        .await
+                    }
+                    None => {
+                        tx.execute(
+                            "DELETE FROM journeyc_kv WHERE partition = $1 AND key = $2",
+                            &[&partition, key],
+                        )
+                        .await
+                    }
+                }
+                .map_err(|e| error("write", e))?;
+            }
+            if let Some(channel) = notify {
+                tx.batch_execute(&format!("NOTIFY {channel}"))
+                    .await
+                    .map_err(|e| error("notify", e))?;
+            }
             tx.commit().await.map_err(|e| error("commit", e))
+        })
+    }
+
+    /// Sends `NOTIFY channel` (no data written, so from any node): the
+    /// owner's word to the standbys that the store's current version
+    /// changed ([`CHANNEL_VERSION`]).
+    pub fn notify(&self, channel: &'static str) -> StoreResult<()> {
+        self.run(|pool, _| async move {
+            let client = connection(&pool).await?;
+            client
+                .batch_execute(&format!("NOTIFY {channel}"))
+                .await
+                .map_err(|e| error("notify", e))
         })
     }
 
@@ -589,12 +634,18 @@ impl Pg {
     /// of its own `LISTEN`s. If it cannot connect or drops, the caller's
     /// polling is left to find the records.
     pub fn inbox_wakeups(&self) -> Arc<tokio::sync::Notify> {
+        self.wakeups(CHANNEL_INBOX)
+    }
+
+    /// Notified at every notification on `channel` ([`CHANNEL_INBOX`],
+    /// [`CHANNEL_COMMANDS`]), as [`Pg::inbox_wakeups`].
+    pub fn wakeups(&self, channel: &'static str) -> Arc<tokio::sync::Notify> {
         let wakeups = Arc::new(tokio::sync::Notify::new());
         let config = self.inner.config.clone();
         let notify = wakeups.clone();
         self.inner.handle.spawn(async move {
-            if let Err(e) = listen(config, notify).await {
-                tracing::warn!(error = %e, "listening for the inbox failed; polling it only");
+            if let Err(e) = listen(config, channel, notify).await {
+                tracing::warn!(error = %e, channel, "listening for notifications failed; polling only");
             }
         });
         wakeups
@@ -711,11 +762,21 @@ impl Pg {
 }
 
 /// The channel of the inbox's notifications.
-const CHANNEL_INBOX: &str = "journeyc_inbox";
+pub const CHANNEL_INBOX: &str = "journeyc_inbox";
+/// The channel of the commands standbys hand to the owner
+/// (`daemon/command.rs`).
+pub const CHANNEL_COMMANDS: &str = "journeyc_commands";
+/// The channel on which the owner says the store's current version
+/// (`mcurrent`) changed; standbys follow it (`daemon/reload.rs`).
+pub const CHANNEL_VERSION: &str = "journeyc_version";
 
-/// `LISTEN`s on [`CHANNEL_INBOX`] and wakes `notify` at each notification,
+/// `LISTEN`s on `channel` and wakes `notify` at each notification,
 /// until the connection ends.
-async fn listen(config: tokio_postgres::Config, notify: Arc<tokio::sync::Notify>) -> StoreResult<()> {
+async fn listen(
+    config: tokio_postgres::Config,
+    channel: &'static str,
+    notify: Arc<tokio::sync::Notify>,
+) -> StoreResult<()> {
     let (client, mut connection) = config
         .connect(tokio_postgres::NoTls)
         .await
@@ -732,7 +793,7 @@ async fn listen(config: tokio_postgres::Config, notify: Arc<tokio::sync::Notify>
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "the inbox's listening connection failed");
+                    tracing::warn!(error = %e, channel, "a listening connection failed");
                     return;
                 }
                 None => return,
@@ -740,7 +801,7 @@ async fn listen(config: tokio_postgres::Config, notify: Arc<tokio::sync::Notify>
         }
     });
     client
-        .batch_execute(&format!("LISTEN {CHANNEL_INBOX}"))
+        .batch_execute(&format!("LISTEN {channel}"))
         .await
         .map_err(|e| error("listen", e))?;
     while let Some(message) = messages.recv().await {
@@ -753,7 +814,9 @@ async fn listen(config: tokio_postgres::Config, notify: Arc<tokio::sync::Notify>
         }
     }
     drop(client);
-    Err(StoreError::Postgres("the inbox's listening connection closed".into()))
+    Err(StoreError::Postgres(format!(
+        "the listening connection of {channel} closed"
+    )))
 }
 
 /// Waits on the calling thread for `work`, run on the backend's runtime.

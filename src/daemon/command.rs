@@ -1,0 +1,275 @@
+//! Writes handed over (PostgreSQL store, `docs/scale-out.md`): what a
+//! standby is asked to do that is the owner's write, `DELETE
+//! /v1/customers/ID` and the install of a reload, goes to the owner as a
+//! *command record* and comes back as an *answer record*.
+//!
+//! A standby writes `q` + id (an id from the store's sequence, big-endian)
+//! → the [`Command`] as JSON, outside the lease ([`Pg::apply_unfenced`]:
+//! named by its writer alone, held in memory by no owner) with `NOTIFY
+//! journeyc_commands` in the same transaction. The owner's [`run`] takes
+//! the records in key order, does what the owner's own endpoint does with
+//! the same code (the erasure of `http::erase`, the install of
+//! [`super::reload::Reloader::install_stored`]), then writes, in one
+//! fenced batch, the removal of the command and `Q` + id → the [`Answer`]
+//! (status and body, as the owner's endpoint would answer). The standby
+//! polls for the answer, removes it once read, and answers its client with
+//! it: the same status and body as the owner gives. When no answer came
+//! within [`ANSWER_WITHIN`], the standby answers 202 with the command's id:
+//! the command is durable and the owner applies it (after a takeover, the
+//! next owner); and at once when this node itself takes the lease over
+//! (its takeover waits for the requests in flight, and it then applies the
+//! command itself). Both commands are idempotent, so a crash of the owner
+//! between the work and the batch that removes the command (which runs it
+//! again) changes nothing: an erased customer is erased, a current version
+//! current (the second answer may differ, e.g. a 404 for the erasure).
+//!
+//! A command waits for the inbox records written before it (smaller ids
+//! of the same sequence): a call acked by a standby and then its
+//! customer's `DELETE` posted there are applied in that order, as on the
+//! owner.
+//!
+//! An erasure's command names the customer; it is removed in the batch
+//! that writes the answer, before the erasure's compaction rewrites the
+//! table (`erasure.rs`). Its answer names no customer (what the erasure
+//! found, [`http::Erased`]; the standby builds the owner's reply from it
+//! with the id it asked for), so an answer left unread (the standby
+//! answered 202, or died) holds none of the customer's bytes.
+
+use super::http::{self, AppState};
+use super::kv::pg::{Pg, CHANNEL_COMMANDS};
+use super::kv::Batch;
+use super::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The first byte of a command record's key.
+pub const PREFIX_COMMAND: u8 = b'q';
+/// The first byte of an answer record's key.
+pub const PREFIX_ANSWER: u8 = b'Q';
+/// How long a standby waits for the owner's answer before it answers 202.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+/// How often a standby looks for the answer.
+const ANSWER_POLL: Duration = Duration::from_millis(25);
+/// How often the owner looks for commands when no notification came.
+const POLL: Duration = Duration::from_secs(1);
+/// Commands taken per look.
+const TAKE: usize = 64;
+/// How soon the owner looks again at a command that waits for the inbox
+/// records written before it.
+const INBOX_FIRST_POLL: Duration = Duration::from_millis(20);
+
+/// What a standby hands to the owner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// `DELETE /v1/customers/ID`, the id already resolved through aliases.
+    Erase { customer: String },
+    /// `POST /v1/reload`: install the stored bundle with this key.
+    Reload { bundle: String },
+}
+
+/// An HTTP answer: status and JSON body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Answer {
+    pub fn ok(body: serde_json::Value) -> Answer {
+        Answer { status: 200, body }
+    }
+
+    /// An error answer, in the one shape of error bodies (`reply.rs`).
+    pub fn error(status: axum::http::StatusCode, field: &str, reason: &str) -> Answer {
+        Answer {
+            status: status.as_u16(),
+            body: super::reply::error_json(status, field, reason),
+        }
+    }
+
+    /// A 500 with the store's reason.
+    pub fn failed(reason: String) -> Answer {
+        Answer::error(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "", &reason)
+    }
+
+    /// As an axum response.
+    pub fn into_response(self) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let status =
+            axum::http::StatusCode::from_u16(self.status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// The answer to a reload, on the owner (`POST /v1/reload`) and for a
+/// standby's: the report, or 422 with the diagnostics.
+pub fn reload_answer(result: Result<serde_json::Value, String>) -> Answer {
+    match result {
+        Ok(report) => Answer::ok(report),
+        Err(diagnostics) => {
+            let mut answer = Answer::error(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "workspace",
+                "the workspace has errors; the running version is kept",
+            );
+            answer.body["diagnostics"] = serde_json::Value::String(diagnostics);
+            answer
+        }
+    }
+}
+
+fn key(prefix: u8, id: u64) -> Vec<u8> {
+    let mut key = vec![prefix];
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// On a standby: hands `command` to the owner and waits for its answer
+/// (at most [`ANSWER_WITHIN`], then 202); a store failure is a 500.
+pub async fn submit(pg: &Pg, store: &Store, command: &Command) -> Answer {
+    match submit_within(pg, store, command, ANSWER_WITHIN).await {
+        Ok(answer) => answer,
+        Err(error) => Answer::failed(error.to_string()),
+    }
+}
+
+async fn submit_within(pg: &Pg, store: &Store, command: &Command, within: Duration) -> Result<Answer, StoreError> {
+    let id = store.db.generate_id()?;
+    let mut batch = Batch::default();
+    batch.insert(
+        key(PREFIX_COMMAND, id),
+        serde_json::to_vec(command).expect("a command serializes"),
+    );
+    pg.apply_unfenced(batch, Some(CHANNEL_COMMANDS))?;
+    let answer_key = key(PREFIX_ANSWER, id);
+    let started = std::time::Instant::now();
+    // This node taking the lease over ends the wait: its takeover waits for
+    // the requests in flight (`server.rs`), and it applies the command
+    // itself once it owns the store.
+    let mut lease = pg.lease_changes();
+    let mut taking_over = false;
+    loop {
+        if let Some(value) = store.db.get(&answer_key)? {
+            let mut batch = Batch::default();
+            batch.remove(answer_key);
+            pg.apply_unfenced(batch, None)?;
+            return Ok(serde_json::from_slice(&value).unwrap_or_else(|e| {
+                Answer::failed(format!("the owner's answer to command {id} cannot be read: {e}"))
+            }));
+        }
+        if taking_over || started.elapsed() >= within {
+            let reason = match taking_over {
+                true => "kept for the node that holds the store's lease: this one is taking it over and applies it".to_string(),
+                false => format!(
+                    "handed to the node that holds the store's lease, which has not applied it within {} s; it is kept and will be",
+                    within.as_secs()
+                ),
+            };
+            return Ok(Answer {
+                status: 202,
+                body: serde_json::json!({"success": true, "pending": true, "command": id, "reason": reason}),
+            });
+        }
+        tokio::select! {
+            () = tokio::time::sleep(ANSWER_POLL) => {}
+            _ = lease.wait_for(|state| !matches!(state, super::kv::pg::LeaseState::Standby)) => taking_over = true,
+        }
+    }
+}
+
+/// The owner's side: applies the commands standbys wrote, until `stopping`
+/// (a round of the owner on PostgreSQL). Woken by `LISTEN
+/// journeyc_commands`, and looks every second anyway.
+pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
+    let wakeups = match &state.store.db {
+        super::kv::Kv::Postgres(pg) => pg.wakeups(CHANNEL_COMMANDS),
+        super::kv::Kv::Sled(_) => return,
+    };
+    loop {
+        let records: Vec<_> = state.store.db.scan_prefix([PREFIX_COMMAND]).take(TAKE).collect();
+        let (mut answered, mut deferred) = (0, false);
+        for record in records {
+            let (record_key, value) = match record {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the commands failed");
+                    break;
+                }
+            };
+            if earlier_inbox_records(&state.store, &record_key) {
+                // Calls acked before the command are applied first (a
+                // `track` then a `DELETE` posted to a standby erases what
+                // the track did): looked at again shortly.
+                deferred = true;
+                break;
+            }
+            let answer = match serde_json::from_slice::<Command>(&value) {
+                Ok(command) => apply(&state, command).await,
+                Err(error) => Answer::error(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "",
+                    &format!("a command this node cannot read: {error}"),
+                ),
+            };
+            if answer.status >= 500 && *stopping.borrow() {
+                // Stopping (the commit thread gone): left for the next owner.
+                return;
+            }
+            let mut batch = Batch::default();
+            batch.remove(record_key.to_vec());
+            let mut answer_key = record_key.to_vec();
+            answer_key[0] = PREFIX_ANSWER;
+            batch.insert(answer_key, serde_json::to_vec(&answer).expect("an answer serializes"));
+            if let Err(error) = state.store.db.apply_batch(batch) {
+                // Kept: applied again at the next look (both are idempotent).
+                tracing::warn!(%error, "answering a command failed");
+                break;
+            }
+            answered += 1;
+        }
+        if *stopping.borrow() {
+            return;
+        }
+        if answered == TAKE {
+            // More may be waiting: look again at once.
+            continue;
+        }
+        let pause = if deferred { INBOX_FIRST_POLL } else { POLL };
+        tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => return,
+            () = wakeups.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Whether inbox records older than the command `record_key` names (a
+/// smaller id of the same sequence: written before it) are still waiting.
+fn earlier_inbox_records(store: &Store, record_key: &[u8]) -> bool {
+    let Some(id) = record_key.get(1..9).and_then(|id| <[u8; 8]>::try_from(id).ok()) else {
+        return false;
+    };
+    let id = u64::from_be_bytes(id);
+    store
+        .db
+        .range(super::inbox::key(0)..super::inbox::key(id))
+        .next()
+        .is_some_and(|first| first.is_ok())
+}
+
+async fn apply(state: &AppState, command: Command) -> Answer {
+    match command {
+        // What the erasure found, not naming the customer: an answer no
+        // standby reads (it answered 202) must hold no byte of it.
+        Command::Erase { customer } => match http::erase(state, customer).await {
+            Ok(erased) => Answer::ok(serde_json::to_value(erased).expect("an outcome serializes")),
+            Err(failure) => failure,
+        },
+        Command::Reload { bundle } => {
+            tracing::info!(%bundle, "a standby's reload");
+            reload_answer(state.reloader.install_stored(&bundle).await)
+        }
+    }
+}
