@@ -558,6 +558,10 @@ struct Memo {
     known: u64,
     /// Bit `i`: segment `i`'s membership, when known.
     members: u64,
+    /// Bit `i`: segment `i`'s membership came from the customer's settled
+    /// memberships ([`Run::memo_at`]), so it is the one `state.segments`
+    /// holds: a settle has nothing to compare.
+    seeded: u64,
     /// The next instant after `at` an event leaves a tracked window (not
     /// cut at the horizon: [`Run::next_segment_flip`] cuts it), when computed.
     flip: Option<Option<Millis>>,
@@ -568,6 +572,7 @@ impl Memo {
         at: None,
         known: 0,
         members: 0,
+        seeded: 0,
         flip: None,
     };
 
@@ -635,6 +640,7 @@ impl Run<'_, '_> {
             .filter(|settled| settled.holds_at(self.engine.generation, t))
         {
             memo.known = self.engine.settle_stable;
+            memo.seeded = self.engine.settle_stable;
             memo.members = settled.members & self.engine.settle_stable;
             memo.flip = Some(settled.until);
         }
@@ -1222,6 +1228,10 @@ impl Run<'_, '_> {
         for _ in 0..4 {
             let mut changed = Vec::new();
             for segment in self.engine.tracked_segments.iter() {
+                let bit = 1u64.checked_shl(segment.0).unwrap_or(0);
+                if self.memo_at(t).seeded & bit != 0 {
+                    continue;
+                }
                 let name = bundle.name(bundle.segments[segment.0 as usize].name);
                 let member = self.member(&bundle, *segment, t);
                 if self.state.segments.get(name) != Some(&member) {

@@ -16,8 +16,9 @@ use super::engagement::Engagement;
 use super::Millis;
 use crate::compile::bytecode::Value;
 use crate::syntax::ast::Channel;
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// How long a `messageId` is remembered for de-duplication (7 days).
 pub const MESSAGE_ID_RETENTION_MS: Millis = 7 * 86_400_000;
@@ -85,8 +86,10 @@ pub struct CustomerState {
     /// time, oldest first.
     pub message_ids: VecDeque<(Millis, String)>,
     /// Index of `message_ids` for lookups; rebuilt after deserializing.
+    /// (Fx-hashed: the keys are digests, looked up on every input that
+    /// has a `messageId`.)
     #[serde(skip)]
-    pub message_id_index: HashSet<String>,
+    pub message_id_index: FxHashSet<String>,
     /// Per channel, once it was ever set: subscribed, or suppressed with a
     /// reason. A channel without an entry is subscribed.
     #[serde(default)]
