@@ -946,11 +946,13 @@ impl Run<'_, '_> {
                 _ => continue,
             };
             match next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
-                Some(due) => {
-                    if self.state.schedules.get(journey) != Some(&due) {
+                // A journey already scheduled keeps its key (no new `String`).
+                Some(due) => match self.state.schedules.get_mut(journey) {
+                    Some(existing) => *existing = due,
+                    None => {
                         self.state.schedules.insert(journey.to_string(), due);
                     }
-                }
+                },
                 None => {
                     self.state.schedules.remove(journey);
                 }
