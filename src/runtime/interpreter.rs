@@ -129,6 +129,10 @@ pub struct Engine {
     generation: u64,
     /// Whether any journey version has a segment goal or exit rule.
     segment_conditions: bool,
+    /// Whether `versions` holds programs of older workspace versions: else
+    /// no enrollment can move ([`Engine::migrate`]: an enrollment's version
+    /// is then its journey's current one, or one no longer loaded).
+    has_retained: bool,
     /// The longest cap window of any journey or the workspace, in ms.
     cap_window_ms: Millis,
     /// Time-driven triggers (`every`, `inactive`, segment windows) are not
@@ -162,6 +166,7 @@ impl Engine {
         let segment_conditions = versions
             .values()
             .any(|(loaded, index)| watches_segments(&loaded.bundle.journeys[*index]));
+        let has_retained = versions.values().any(|(loaded, _)| !Arc::ptr_eq(loaded, &current));
         let bundle = &current.bundle;
         let mut tracked = BTreeSet::new();
         for program in &bundle.journeys {
@@ -202,6 +207,7 @@ impl Engine {
             settle_stable,
             generation: ENGINES.fetch_add(1, Ordering::Relaxed),
             segment_conditions,
+            has_retained,
             cap_window_ms,
             recurring_until: None,
             email_address_required: false,
@@ -254,6 +260,9 @@ impl Engine {
     /// Returns how many moved. `apply` does this on every input; the daemon
     /// also does it for every customer when it installs a new version.
     pub fn migrate(&self, state: &mut CustomerState, now: Millis) -> usize {
+        if !self.has_retained {
+            return 0;
+        }
         let current = &self.current;
         let mut moved = 0;
         for program in &current.bundle.journeys {
