@@ -15,7 +15,8 @@ use super::engagement::{self, Engagement, EngagementEvent};
 use super::eval::Scope;
 use super::local_time::{is_local_time, next_local_time, quiet_until};
 use super::state::{
-    Attribution, CustomerState, Enrollment, EntryHistory, Sent, Suppression, MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS,
+    Attribution, CustomerState, Enrollment, EntryHistory, Sent, SettleMark, Settled, Suppression,
+    MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS,
 };
 use super::trace::{Kind, TraceRecord};
 use super::{ApplyError, Effects, Input, Millis};
@@ -24,7 +25,11 @@ use crate::syntax::ast::Channel;
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Numbers engines, so a [`SettleMark`] names the engine whose segments it holds.
+static ENGINES: AtomicU64 = AtomicU64::new(1);
 
 /// The longest a `wait until EXPR` waits (365 days): every enrollment ends.
 pub const WAIT_UNTIL_MAX_MS: Millis = 365 * 86_400_000;
@@ -114,8 +119,20 @@ pub struct Engine {
     /// The `count`/`seen` windows of the tracked segments, each once
     /// (segments share windows): where [`Run::next_segment_flip`] looks.
     tracked_windows: Arc<Vec<Window>>,
+    /// Bit `i`: tracked segment `i` (of the first 64) reads no `now`, so
+    /// between two changes of its windows its membership can only change
+    /// with the profile or the history ([`SettleMark`]).
+    settle_stable: u64,
+    /// This engine's number ([`Settled::engine`]); clones share it. 0: it
+    /// neither leaves nor reads settled memberships
+    /// ([`Engine::evaluating_every_settle`]).
+    generation: u64,
     /// Whether any journey version has a segment goal or exit rule.
     segment_conditions: bool,
+    /// Whether `versions` holds programs of older workspace versions: else
+    /// no enrollment can move ([`Engine::migrate`]: an enrollment's version
+    /// is then its journey's current one, or one no longer loaded).
+    has_retained: bool,
     /// The longest cap window of any journey or the workspace, in ms.
     cap_window_ms: Millis,
     /// Time-driven triggers (`every`, `inactive`, segment windows) are not
@@ -149,6 +166,7 @@ impl Engine {
         let segment_conditions = versions
             .values()
             .any(|(loaded, index)| watches_segments(&loaded.bundle.journeys[*index]));
+        let has_retained = versions.values().any(|(loaded, _)| !Arc::ptr_eq(loaded, &current));
         let bundle = &current.bundle;
         let mut tracked = BTreeSet::new();
         for program in &bundle.journeys {
@@ -177,12 +195,19 @@ impl Engine {
             .iter()
             .flat_map(|segment| current.segment_windows[segment.0 as usize].iter().cloned())
             .collect();
+        let settle_stable = (tracked.iter())
+            .filter(|segment| !segment_reads_now(&current.bundle, **segment, 0))
+            .filter_map(|segment| 1u64.checked_shl(segment.0))
+            .fold(0, |bits, bit| bits | bit);
         Engine {
             current,
             versions: Arc::new(versions),
             tracked_segments: Arc::new(tracked.into_iter().collect()),
             tracked_windows: Arc::new(tracked_windows.into_iter().collect()),
+            settle_stable,
+            generation: ENGINES.fetch_add(1, Ordering::Relaxed),
             segment_conditions,
+            has_retained,
             cap_window_ms,
             recurring_until: None,
             email_address_required: false,
@@ -194,6 +219,14 @@ impl Engine {
     /// turns this on when an SMTP sink delivers email).
     pub fn requiring_email_address(mut self) -> Engine {
         self.email_address_required = true;
+        self
+    }
+
+    /// The same engine, evaluating every segment at every settle instead of
+    /// looking up the memberships an earlier settle left ([`SettleMark`]):
+    /// the reference the look-ups are tested against.
+    pub fn evaluating_every_settle(mut self) -> Engine {
+        self.generation = 0;
         self
     }
 
@@ -227,6 +260,9 @@ impl Engine {
     /// Returns how many moved. `apply` does this on every input; the daemon
     /// also does it for every customer when it installs a new version.
     pub fn migrate(&self, state: &mut CustomerState, now: Millis) -> usize {
+        if !self.has_retained {
+            return 0;
+        }
         let current = &self.current;
         let mut moved = 0;
         for program in &current.bundle.journeys {
@@ -298,6 +334,10 @@ impl Engine {
 
     fn apply_unguarded(&self, state: &mut CustomerState, input: &Input) -> Result<Effects, ApplyError> {
         let at = input.at().max(state.clock);
+        let settled = state
+            .settled
+            .0
+            .filter(|settled| settled.engine == self.generation && self.generation != 0);
         let mut run = Run {
             engine: self,
             state,
@@ -306,6 +346,7 @@ impl Engine {
             steps: 0,
             customer_zone: std::cell::Cell::new(None),
             memo: std::cell::Cell::new(Memo::EMPTY),
+            settled,
             zone_changed: false,
             failure: None,
         };
@@ -367,6 +408,7 @@ impl Engine {
         if let Some(failure) = run.failure.take() {
             return Err(failure);
         }
+        run.state.settled = SettleMark(run.settled);
         Ok(Effects {
             wake_at: run.state.next_wake(),
             steps: run.steps,
@@ -487,6 +529,22 @@ fn segment_windows(bundle: &Bundle, segment: SegmentId, depth: u32) -> BTreeSet<
     windows
 }
 
+/// Whether a segment's membership reads `now` (through the segments it
+/// refers to): then it can change at any instant, not only when a window does.
+fn segment_reads_now(bundle: &Bundle, segment: SegmentId, depth: u32) -> bool {
+    use crate::compile::bytecode::Op;
+    let Some(definition) = bundle.segments.get(segment.0 as usize) else {
+        return false;
+    };
+    definition.condition.0.iter().any(|op| match op {
+        Op::Now => true,
+        // Deeper than evaluation goes: assume it does.
+        Op::InSegment(_) if depth >= 32 => true,
+        Op::InSegment(inner) => segment_reads_now(bundle, *inner, depth + 1),
+        _ => false,
+    })
+}
+
 /// How a suspended enrollment is being resumed.
 enum Resume<'a> {
     /// Its timer fired.
@@ -509,7 +567,12 @@ struct Memo {
     known: u64,
     /// Bit `i`: segment `i`'s membership, when known.
     members: u64,
-    /// [`Run::next_segment_flip`] at `at`, when computed.
+    /// Bit `i`: segment `i`'s membership came from the customer's settled
+    /// memberships ([`Run::memo_at`]), so it is the one `state.segments`
+    /// holds: a settle has nothing to compare.
+    seeded: u64,
+    /// The next instant after `at` an event leaves a tracked window (not
+    /// cut at the horizon: [`Run::next_segment_flip`] cuts it), when computed.
     flip: Option<Option<Millis>>,
 }
 
@@ -518,6 +581,7 @@ impl Memo {
         at: None,
         known: 0,
         members: 0,
+        seeded: 0,
         flip: None,
     };
 
@@ -547,6 +611,11 @@ struct Run<'e, 's> {
     /// Segment memberships and the next segment flip as evaluated at one
     /// instant, while neither the profile nor the event history changed.
     memo: std::cell::Cell<Memo>,
+    /// The tracked segments' memberships as the latest clean settle left
+    /// them (from the customer's [`SettleMark`] until this input settles),
+    /// while neither the profile nor the event history changed: a memo of
+    /// a later instant before the next window change starts with them.
+    settled: Option<Settled>,
     /// Whether this input changed `customer.timezone`.
     zone_changed: bool,
     /// The first thing that went wrong: `apply` returns it, and due work
@@ -560,9 +629,32 @@ impl Run<'_, '_> {
     }
 
     /// The profile changed: what was derived from it is read again.
-    fn profile_changed(&self) {
+    fn profile_changed(&mut self) {
         self.customer_zone.set(None);
         self.memo.set(Memo::EMPTY);
+        self.settled = None;
+    }
+
+    /// The memo of instant `t`: the current one if it is of `t`, else (from
+    /// now on the current one) one that starts with the settled memberships
+    /// and window change when they still hold at `t`, else an empty one.
+    fn memo_at(&self, t: Millis) -> Memo {
+        let memo = self.memo.get();
+        if memo.at == Some(t) {
+            return memo;
+        }
+        let mut memo = memo.at(t);
+        if let Some(settled) = self
+            .settled
+            .filter(|settled| settled.holds_at(self.engine.generation, t))
+        {
+            memo.known = self.engine.settle_stable;
+            memo.seeded = self.engine.settle_stable;
+            memo.members = settled.members & self.engine.settle_stable;
+            memo.flip = Some(settled.until);
+        }
+        self.memo.set(memo);
+        memo
     }
 
     /// Whether the customer is in `segment` of `bundle` at `t` (no event,
@@ -572,7 +664,7 @@ impl Run<'_, '_> {
         if bit == 0 || !std::ptr::eq(bundle, &*self.engine.current.bundle) {
             return self.scope_in(bundle, t, None).in_segment(segment);
         }
-        let mut memo = self.memo.get().at(t);
+        let mut memo = self.memo_at(t);
         if memo.known & bit != 0 {
             return memo.members & bit != 0;
         }
@@ -863,11 +955,13 @@ impl Run<'_, '_> {
                 _ => continue,
             };
             match next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
-                Some(due) => {
-                    if self.state.schedules.get(journey) != Some(&due) {
+                // A journey already scheduled keeps its key (no new `String`).
+                Some(due) => match self.state.schedules.get_mut(journey) {
+                    Some(existing) => *existing = due,
+                    None => {
                         self.state.schedules.insert(journey.to_string(), due);
                     }
-                }
+                },
                 None => {
                     self.state.schedules.remove(journey);
                 }
@@ -878,17 +972,23 @@ impl Run<'_, '_> {
     /// The next instant an event leaves a `count`/`seen` window that a
     /// tracked segment depends on.
     fn next_segment_flip(&self, now: Millis) -> Option<Millis> {
-        let mut memo = self.memo.get().at(now);
+        self.next_window_change(now)
+            .filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h))
+    }
+
+    /// [`Run::next_segment_flip`] before the horizon cuts it, memoized.
+    fn next_window_change(&self, now: Millis) -> Option<Millis> {
+        let mut memo = self.memo_at(now);
         if let Some(flip) = memo.flip {
             return flip;
         }
-        let flip = self.next_segment_flip_uncached(now);
+        let flip = self.next_window_change_uncached(now);
         memo.flip = Some(flip);
         self.memo.set(memo);
         flip
     }
 
-    fn next_segment_flip_uncached(&self, now: Millis) -> Option<Millis> {
+    fn next_window_change_uncached(&self, now: Millis) -> Option<Millis> {
         let mut next: Option<Millis> = None;
         for window in self.engine.tracked_windows.iter() {
             let Some(times) = self.state.history.get(&window.event) else {
@@ -907,7 +1007,7 @@ impl Run<'_, '_> {
                 next = Some(next.map_or(flip, |n: Millis| n.min(flip)));
             }
         }
-        next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h))
+        next
     }
 
     fn scheduled_trigger(&mut self, journey: &str, t: Millis) {
@@ -950,6 +1050,7 @@ impl Run<'_, '_> {
         self.state.last_event = Some(t);
         self.state.last_event_by_name.insert(event.to_string(), t);
         self.memo.set(Memo::EMPTY);
+        self.settled = None;
         let times = self.state.history.entry(event.to_string()).or_default();
         let position = times.partition_point(|x| *x <= t);
         times.insert(position, t);
@@ -1134,9 +1235,14 @@ impl Run<'_, '_> {
     /// active enrollments, then `entered`/`left` triggers on changes.
     fn settle(&mut self, t: Millis) {
         let bundle = self.engine.current.bundle.clone();
+        let mut clean = false;
         for _ in 0..4 {
             let mut changed = Vec::new();
             for segment in self.engine.tracked_segments.iter() {
+                let bit = 1u64.checked_shl(segment.0).unwrap_or(0);
+                if self.memo_at(t).seeded & bit != 0 {
+                    continue;
+                }
                 let name = bundle.name(bundle.segments[segment.0 as usize].name);
                 let member = self.member(&bundle, *segment, t);
                 if self.state.segments.get(name) != Some(&member) {
@@ -1146,6 +1252,7 @@ impl Run<'_, '_> {
             }
             self.segment_conditions(t);
             if changed.is_empty() {
+                clean = true;
                 break;
             }
             for (index, program) in bundle.journeys.iter().enumerate() {
@@ -1160,6 +1267,22 @@ impl Run<'_, '_> {
             }
         }
         self.state.segment_check = self.next_segment_flip(t);
+        // Every tracked segment was just evaluated at `t` (or looked up),
+        // and matches `state.segments`: a later settle before the next
+        // window change can look the stable ones up (unless the profile or
+        // the history change first).
+        let memo = self.memo.get();
+        let stable = self.engine.settle_stable;
+        self.settled = match (clean, memo.at, memo.flip) {
+            _ if self.engine.generation == 0 => None,
+            (true, Some(at), Some(until)) if at == t && memo.known & stable == stable => Some(Settled {
+                engine: self.engine.generation,
+                at: t,
+                until,
+                members: memo.members & stable,
+            }),
+            _ => None,
+        };
     }
 
     /// Segment goals and exit rules of every active enrollment.
@@ -1808,6 +1931,10 @@ impl Run<'_, '_> {
     }
 
     /// Drops history no expression can read any more.
+    ///
+    /// `settled` stays: what goes is outside every window at `now` and
+    /// later, so no membership from `now` on, and no later window change,
+    /// depends on it.
     fn prune(&mut self, now: Millis) {
         let window_ms = self.bundle().history_window_seconds.saturating_mul(1000);
         self.memo.set(Memo::EMPTY);

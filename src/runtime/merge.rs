@@ -66,7 +66,10 @@ pub fn merge(user: &mut CustomerState, anonymous: CustomerState, at: Millis) -> 
         attributions,
         // The user's life of the id goes on.
         incarnation: _,
+        settled: _,
     } = anonymous;
+    // The profile and the history change: memberships are evaluated again.
+    user.settled.clear();
     let mut records = Vec::new();
     for (name, value) in profile {
         if value != Value::Absent && !user.profile.get(&name).is_some_and(|v| *v != Value::Absent) {

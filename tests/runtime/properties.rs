@@ -123,6 +123,78 @@ fn enrollments_end_within_their_static_bound() {
     assert!(entered.is_empty(), "every enrollment ends: {entered:?}");
 }
 
+/// A customer whose state remembers its settled segment memberships
+/// between inputs (the simulator's, `SettleMark`) runs exactly as one whose
+/// segments are evaluated at every settle: the same records, wake-ups and
+/// states, input after input, wake-up after wake-up. And so does one whose
+/// state forgets them before every input (a state decoded from the store).
+/// On the campaign library, whose `entered` triggers and segment exit rules
+/// depend on 7- to 90-day windows.
+#[test]
+fn settled_memberships_change_nothing() {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("journeys");
+    let sources = load(std::slice::from_ref(&directory)).expect("journeys load");
+    let checked = check_workspace(&sources, &DiskFiles)
+        .checked
+        .expect("journeys check clean");
+    let mut events = generated_events(&checked.schema, 300);
+    // Profile changes between wake-ups: in and out of `promoters`.
+    for customer in 0..300 {
+        let (day, score) = (10 + customer % 40, [10, 2, 9, 7][customer % 4]);
+        events.push_str(&format!(
+            "{{\"type\":\"identify\",\"userId\":\"c{customer}\",\"traits\":{{\"nps_score\":{score}}},\"timestamp\":\"2026-03-{day:02}T12:00:00Z\"}}\n",
+            day = 1 + day % 28,
+        ));
+    }
+    let bundle = Arc::new(compile(&checked));
+    let calls = parse_events(&events, &bundle).expect("generated events are valid");
+    let last = calls.iter().map(|call| call.input.at()).max().expect("events");
+    let engine = journeyc::runtime::Engine::new(bundle);
+    let horizon = journeyc::simulate::default_horizon(&engine, last);
+    let engine = engine.with_horizon(horizon);
+    let reference = engine.clone().evaluating_every_settle();
+    let mut by_customer: std::collections::BTreeMap<&str, Vec<&journeyc::runtime::Input>> = Default::default();
+    for call in &calls {
+        by_customer.entry(&call.customer).or_default().push(&call.input);
+    }
+    by_customer
+        .values_mut()
+        .for_each(|inputs| inputs.sort_by_key(|input| input.at()));
+    let (mut applied, mut marked) = (0, 0);
+    for (customer, inputs) in by_customer {
+        let mut kept = journeyc::runtime::CustomerState::new(customer);
+        let mut forgetful = kept.clone();
+        let mut evaluated = kept.clone();
+        let mut wake = None;
+        let mut inputs = inputs.into_iter();
+        loop {
+            let input = match inputs.next() {
+                Some(input) => input.clone(),
+                None => match wake.filter(|at| *at <= horizon) {
+                    Some(at) => journeyc::runtime::Input::Wake { at },
+                    None => break,
+                },
+            };
+            let expected = reference.apply(&mut evaluated, &input).expect("applies");
+            forgetful.settled.clear();
+            let decoded = engine.apply(&mut forgetful, &input).expect("applies");
+            marked += usize::from(kept.settled.is_set());
+            let got = engine.apply(&mut kept, &input).expect("applies");
+            assert_eq!(got, expected, "{customer} at {}", input.at());
+            assert_eq!(decoded, expected, "{customer} at {} (decoded)", input.at());
+            assert_eq!(kept, evaluated, "{customer} at {}", input.at());
+            assert_eq!(forgetful, evaluated, "{customer} at {} (decoded)", input.at());
+            wake = got.wake_at;
+            applied += 1;
+        }
+    }
+    // Most inputs are wake-ups, which find the memberships settled.
+    assert!(
+        marked * 2 > applied,
+        "{marked} of {applied} inputs found memberships settled"
+    );
+}
+
 /// A deterministic stream of identifies and events for `customers` customers.
 pub fn generated_events(schema: &journeyc::check::Schema, customers: usize) -> String {
     let mut out = String::new();
