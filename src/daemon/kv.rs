@@ -116,6 +116,16 @@ impl Kv {
         }
     }
 
+    /// The values of `keys`, in their order (`None`: absent). On
+    /// PostgreSQL one query whatever the number of keys; on sled a get
+    /// each.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> StoreResult<Vec<Option<Bytes>>> {
+        match self {
+            Kv::Sled(db) => keys.iter().map(|key| Ok(db.get(key)?)).collect(),
+            Kv::Postgres(pg) => pg.get_many(&keys.iter().map(AsRef::as_ref).collect::<Vec<_>>()),
+        }
+    }
+
     pub fn contains_key<K: AsRef<[u8]>>(&self, key: K) -> StoreResult<bool> {
         Ok(self.get(key)?.is_some())
     }

@@ -7,7 +7,7 @@
 //! `a` + customer + `0x00` + journey (JSON; a bare `split/arm` is an older
 //! store's value).
 
-use super::store::{Store, StoreError};
+use super::store::StoreError;
 use crate::runtime::stats::{self, Groups};
 use crate::runtime::TraceRecord;
 use std::collections::{BTreeMap, HashMap};
@@ -55,7 +55,8 @@ pub struct RecordContext<'a> {
     /// Groups per (customer, journey) as stored, read once per group of
     /// requests (the store does not change while a group is applied).
     pub stored: &'a mut HashMap<(String, String), Groups>,
-    pub store: &'a Store,
+    /// The store's records as the group began (`Prefetched`).
+    pub store: &'a super::store::Prefetched<'a>,
 }
 
 impl RecordContext<'_> {
