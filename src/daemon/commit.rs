@@ -650,6 +650,7 @@ impl CommitThread {
                 *key != alias && !(index && value.is_some())
             });
         }
+        self.published.metrics.reads_unfetched.add(reads.misses() as u64);
         // Group order (each input's records are in one part, in order).
         group.records.sort_by_key(|(order, _)| *order);
         let mut answers = vec![0; jobs.len()];

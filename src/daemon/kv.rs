@@ -311,6 +311,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn many_keys_are_read_in_their_order_absent_ones_as_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = Kv::Sled(sled::open(dir.path()).expect("open"));
+        kv.insert(b"ca", &b"1"[..]).expect("insert");
+        kv.insert(b"cb", &b"2"[..]).expect("insert");
+        let values = kv.get_many(&[&b"cb"[..], b"cz", b"ca", b"cb"]).expect("get_many");
+        let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+        assert_eq!(values, vec![Some(&b"2"[..]), None, Some(b"1"), Some(b"2")]);
+        assert!(kv.get_many::<&[u8]>(&[]).expect("none").is_empty());
+    }
+
+    #[test]
     fn the_end_of_a_prefix_is_the_next_key_after_all_it_starts() {
         assert_eq!(prefix_end(b"c"), Some(b"d".to_vec()));
         assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));

@@ -1228,6 +1228,42 @@ mod tests {
     }
 
     #[test]
+    fn prefetched_reads_answer_as_the_store_was_and_count_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        let state = CustomerState::new("a");
+        store
+            .db
+            .insert(customer_key("a"), encode_customer(encode_state(&state), Some(7)))
+            .expect("insert");
+        store.db.insert(alias_key("anon"), &b"a"[..]).expect("insert");
+        let mut reads = Prefetched::new(&store);
+        reads
+            .fetch([
+                customer_key("a"),
+                customer_key("b"),
+                alias_key("anon"),
+                customer_key("a"),
+            ])
+            .expect("fetch");
+        // Changed after the fetch: the fetched values stand.
+        store
+            .db
+            .insert(customer_key("b"), encode_customer(encode_state(&state), None))
+            .expect("insert");
+        let (read, chunk) = reads.customer_record("a").expect("read").expect("a");
+        assert_eq!((read.id.as_str(), chunk), ("a", Some(7)));
+        assert!(reads.customer_record("b").expect("read").is_none());
+        assert_eq!(reads.alias("anon").expect("alias").as_deref(), Some("a"));
+        assert_eq!(reads.misses(), 0);
+        // Not fetched: read from the store, and counted.
+        assert!(reads.alias("b").expect("alias").is_none());
+        assert!(reads.groups("a", "j").expect("groups").is_empty());
+        assert_eq!(reads.misses(), 2);
+        assert!(reads.holds(&customer_key("b")) && !reads.holds(&alias_key("b")));
+    }
+
+    #[test]
     fn due_timers_and_outbox_ranges() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
