@@ -3,7 +3,8 @@
 //!
 //! Every record of the daemon is a byte key with a byte value in one ordered
 //! key space (the layout is in `store.rs`). What the daemon needs from a
-//! backend is small: point reads and writes, ordered scans of a prefix or a
+//! backend is small: point reads (also many in one call, [`Kv::get_many`]:
+//! one query on PostgreSQL) and writes, ordered scans of a prefix or a
 //! range in both directions, one atomic [`Batch`] of writes, a
 //! compare-and-write ([`Kv::apply_if`]), a counter of unique ids, and a
 //! flush after which whatever was applied before it is durable. Two
