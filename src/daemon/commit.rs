@@ -14,10 +14,11 @@
 //! stats groups, the aliases of the ids named) is fetched before they run,
 //! in two [`Kv::get_many`](super::kv::Kv::get_many) (by the ids the jobs
 //! name, then by the lanes' customers and their enrollments), into a
-//! [`store::Prefetched`]: on PostgreSQL two queries per group instead of a
-//! round trip per read (on sled the lanes read the store themselves). The lanes keep the group's own changes themselves,
-//! so the fetched values are the store's as the group began, as reads of
-//! the store itself were.
+//! [`store::Prefetched`]: two queries per group instead of a round trip
+//! per read. That is done on PostgreSQL; on sled the lanes read the store
+//! themselves, on their two threads. The lanes keep the group's own
+//! changes themselves, so the fetched values are the store's as the group
+//! began, as reads of the store itself were.
 //!
 //! **Invariant:** the inputs of one customer are applied in the order they
 //! were accepted (channel order, then order within a job), and the group's
