@@ -3,7 +3,8 @@
 //!
 //! Every record of the daemon is a byte key with a byte value in one ordered
 //! key space (the layout is in `store.rs`). What the daemon needs from a
-//! backend is small: point reads and writes, ordered scans of a prefix or a
+//! backend is small: point reads (also many in one call, [`Kv::get_many`]:
+//! one query on PostgreSQL) and writes, ordered scans of a prefix or a
 //! range in both directions, one atomic [`Batch`] of writes, a
 //! compare-and-write ([`Kv::apply_if`]), a counter of unique ids, and a
 //! flush after which whatever was applied before it is durable. Two
@@ -113,6 +114,16 @@ impl Kv {
         match self {
             Kv::Sled(db) => Ok(db.get(key)?),
             Kv::Postgres(pg) => pg.get(key.as_ref()),
+        }
+    }
+
+    /// The values of `keys`, in their order (`None`: absent). On
+    /// PostgreSQL one query whatever the number of keys; on sled a get
+    /// each.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> StoreResult<Vec<Option<Bytes>>> {
+        match self {
+            Kv::Sled(db) => keys.iter().map(|key| Ok(db.get(key)?)).collect(),
+            Kv::Postgres(pg) => pg.get_many(&keys.iter().map(AsRef::as_ref).collect::<Vec<_>>()),
         }
     }
 
@@ -299,6 +310,18 @@ impl DoubleEndedIterator for Iter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_keys_are_read_in_their_order_absent_ones_as_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = Kv::Sled(sled::open(dir.path()).expect("open"));
+        kv.insert(b"ca", &b"1"[..]).expect("insert");
+        kv.insert(b"cb", &b"2"[..]).expect("insert");
+        let values = kv.get_many(&[&b"cb"[..], b"cz", b"ca", b"cb"]).expect("get_many");
+        let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+        assert_eq!(values, vec![Some(&b"2"[..]), None, Some(b"1"), Some(b"2")]);
+        assert!(kv.get_many::<&[u8]>(&[]).expect("none").is_empty());
+    }
 
     #[test]
     fn the_end_of_a_prefix_is_the_next_key_after_all_it_starts() {

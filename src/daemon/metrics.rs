@@ -89,6 +89,10 @@ pub struct Metrics {
     /// intake and delivery were paused for them in all.
     pub erasure_compactions: Counter,
     pub erasure_pause_ms: Counter,
+    /// Point reads of group commits that were not fetched with the rest of
+    /// the group's before it ran (`store::Prefetched`): each a round trip
+    /// of its own on PostgreSQL.
+    pub reads_unfetched: Counter,
     pub intake_latency: Histogram,
     pub commit_latency: Histogram,
     pub delivery_latency: Histogram,
@@ -113,7 +117,7 @@ pub struct Gauges {
 impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 17] = [
+        let counters: [(&str, &str, &Counter); 18] = [
             (
                 "journeyc_events_accepted_total",
                 "Events durably accepted.",
@@ -133,6 +137,11 @@ impl Metrics {
                 "journeyc_steps_executed_total",
                 "Interpreter steps (inputs applied, wake-ups included).",
                 &self.steps_executed,
+            ),
+            (
+                "journeyc_group_reads_unfetched_total",
+                "Point reads of group commits not fetched with the group's others (one round trip each on PostgreSQL).",
+                &self.reads_unfetched,
             ),
             (
                 "journeyc_timers_fired_total",

@@ -71,7 +71,8 @@ pub struct RecordContext<'a> {
     /// Groups per (customer, journey) as stored, read once per group of
     /// requests (the store does not change while a group is applied).
     pub stored: &'a mut HashMap<(String, String), Groups>,
-    pub store: &'a Store,
+    /// The store's records as the group began (`Prefetched`).
+    pub store: &'a super::store::Prefetched<'a>,
 }
 
 impl RecordContext<'_> {

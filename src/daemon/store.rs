@@ -36,6 +36,7 @@
 //! `k`, `d` and delete delivered `o` entries; the HTTP handlers write `r` and `R` (refused calls).
 
 use crate::compile::bytecode::Bundle;
+use crate::daemon::kv::Bytes;
 use crate::runtime::{CustomerState, Millis};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -249,16 +250,12 @@ impl Store {
     /// A customer's state and the number of its timer chunk, if it names one.
     pub fn customer_record(&self, id: &str) -> StoreResult<Option<(CustomerState, Option<u64>)>> {
         let key = customer_key(id);
-        match self.db.get(&key)? {
-            None => Ok(None),
-            Some(bytes) => decode_customer(&key, &bytes).map(Some),
-        }
+        decode_record(&key, self.db.get(&key)?)
     }
 
     /// The customer `id` was merged into, if it is an alias.
     pub fn alias(&self, id: &str) -> StoreResult<Option<String>> {
-        let value = self.db.get(alias_key(id))?;
-        Ok(value.map(|user| String::from_utf8_lossy(&user).into_owned()))
+        Ok(decode_alias(self.db.get(alias_key(id))?))
     }
 
     /// The ids merged into `customer`, in id order.
@@ -486,11 +483,7 @@ impl Store {
     /// What the statistics remember of the customer's latest enrollment in
     /// the journey (see `daemon::stats`).
     pub fn groups(&self, customer: &str, journey: &str) -> StoreResult<crate::runtime::stats::Groups> {
-        Ok(self
-            .db
-            .get(arm_key(customer, journey))?
-            .map(|v| super::stats::decode_groups(&v))
-            .unwrap_or_default())
+        Ok(decode_arm(self.db.get(arm_key(customer, journey))?))
     }
 
     /// Stores a bundle under its content key (idempotent); returns the key.
@@ -542,6 +535,98 @@ impl Store {
     pub fn set_current_bundle_key(&self, key: &str) -> StoreResult<()> {
         self.db.insert(META_CURRENT, key.as_bytes())?;
         Ok(())
+    }
+}
+
+fn decode_record(key: &[u8], value: Option<Bytes>) -> StoreResult<Option<(CustomerState, Option<u64>)>> {
+    value.map(|bytes| decode_customer(key, &bytes)).transpose()
+}
+
+fn decode_alias(value: Option<Bytes>) -> Option<String> {
+    value.map(|user| String::from_utf8_lossy(&user).into_owned())
+}
+
+fn decode_arm(value: Option<Bytes>) -> crate::runtime::stats::Groups {
+    value.map(|v| super::stats::decode_groups(&v)).unwrap_or_default()
+}
+
+/// The point reads of one group commit, fetched together before it runs
+/// (`commit.rs`): on PostgreSQL one query for all of them instead of a
+/// round trip each. A key not fetched is read from the store when asked
+/// for (a miss, counted). The values are the store's as the group began:
+/// the commit thread is the only writer of what is fetched (`c`, `l`, `a`,
+/// `f`, `t`) and writes nothing until the group's batch, and the lanes keep
+/// the group's own changes themselves.
+pub struct Prefetched<'s> {
+    store: &'s Store,
+    values: HashMap<Vec<u8>, Option<Bytes>>,
+    misses: std::sync::atomic::AtomicUsize,
+}
+
+impl<'s> Prefetched<'s> {
+    pub fn new(store: &'s Store) -> Prefetched<'s> {
+        Prefetched {
+            store,
+            values: HashMap::new(),
+            misses: Default::default(),
+        }
+    }
+
+    /// Reads the `keys` not fetched yet, in one [`Kv::get_many`](super::kv::Kv::get_many)
+    /// (none when all are held).
+    pub fn fetch(&mut self, keys: impl IntoIterator<Item = Vec<u8>>) -> StoreResult<()> {
+        let mut wanted: Vec<Vec<u8>> = keys.into_iter().filter(|key| !self.values.contains_key(key)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let values = self.store.db.get_many(&wanted)?;
+        self.values.extend(wanted.into_iter().zip(values));
+        Ok(())
+    }
+
+    pub fn holds(&self, key: &[u8]) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// How many reads were not fetched before (each a store read of its own).
+    pub fn misses(&self) -> usize {
+        self.misses.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn get(&self, key: &[u8]) -> StoreResult<Option<Bytes>> {
+        match self.values.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => {
+                self.misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.store.db.get(key)
+            }
+        }
+    }
+
+    /// [`Store::customer_record`].
+    pub fn customer_record(&self, id: &str) -> StoreResult<Option<(CustomerState, Option<u64>)>> {
+        let key = customer_key(id);
+        decode_record(&key, self.get(&key)?)
+    }
+
+    /// [`Store::alias`].
+    pub fn alias(&self, id: &str) -> StoreResult<Option<String>> {
+        Ok(decode_alias(self.get(&alias_key(id))?))
+    }
+
+    /// [`Store::groups`].
+    pub fn groups(&self, customer: &str, journey: &str) -> StoreResult<crate::runtime::stats::Groups> {
+        Ok(decode_arm(self.get(&arm_key(customer, journey))?))
+    }
+
+    /// [`super::faults::read`].
+    pub fn fault(&self, customer: &str) -> StoreResult<Option<super::faults::Fault>> {
+        let key = super::faults::fault_key(customer);
+        self.get(&key)?
+            .map(|bytes| super::faults::decode(&key, &bytes))
+            .transpose()
     }
 }
 
@@ -728,8 +813,12 @@ impl TimerChanges {
         for key in self.fired.into_iter().chain(self.removed) {
             batch.remove(key);
         }
-        for (key, leaving) in self.leaving {
-            let Some(value) = store.db.get(&key)? else {
+        // The chunks customers leave, read in one go.
+        let leaving: Vec<(Vec<u8>, Vec<String>)> = self.leaving.into_iter().collect();
+        let keys: Vec<&[u8]> = leaving.iter().map(|(key, _)| key.as_slice()).collect();
+        let values = store.db.get_many(&keys)?;
+        for ((key, leaving), value) in leaving.into_iter().zip(values) {
+            let Some(value) = value else {
                 continue;
             };
             let leaving: HashSet<String> = leaving.into_iter().collect();
@@ -1136,6 +1225,42 @@ mod tests {
             vec![(50, "{".to_string())]
         );
         assert!(store.outbox_range(50, 51, 10).is_err());
+    }
+
+    #[test]
+    fn prefetched_reads_answer_as_the_store_was_and_count_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        let state = CustomerState::new("a");
+        store
+            .db
+            .insert(customer_key("a"), encode_customer(encode_state(&state), Some(7)))
+            .expect("insert");
+        store.db.insert(alias_key("anon"), &b"a"[..]).expect("insert");
+        let mut reads = Prefetched::new(&store);
+        reads
+            .fetch([
+                customer_key("a"),
+                customer_key("b"),
+                alias_key("anon"),
+                customer_key("a"),
+            ])
+            .expect("fetch");
+        // Changed after the fetch: the fetched values stand.
+        store
+            .db
+            .insert(customer_key("b"), encode_customer(encode_state(&state), None))
+            .expect("insert");
+        let (read, chunk) = reads.customer_record("a").expect("read").expect("a");
+        assert_eq!((read.id.as_str(), chunk), ("a", Some(7)));
+        assert!(reads.customer_record("b").expect("read").is_none());
+        assert_eq!(reads.alias("anon").expect("alias").as_deref(), Some("a"));
+        assert_eq!(reads.misses(), 0);
+        // Not fetched: read from the store, and counted.
+        assert!(reads.alias("b").expect("alias").is_none());
+        assert!(reads.groups("a", "j").expect("groups").is_empty());
+        assert_eq!(reads.misses(), 2);
+        assert!(reads.holds(&customer_key("b")) && !reads.holds(&alias_key("b")));
     }
 
     #[test]

@@ -134,6 +134,12 @@ impl Postgres {
 
     /// Runs one SQL command through `psql` and returns its unaligned output.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in(&self.database, sql)
+    }
+
+    /// [`Postgres::psql`] in another database of the server (`postgres`:
+    /// to watch the test's database without a session in it).
+    pub fn psql_in(&self, database: &str, sql: &str) -> String {
         self.run_as(&[
             "psql",
             "-X",
@@ -148,7 +154,7 @@ impl Postgres {
             "-U",
             &self.user,
             "-d",
-            &self.database,
+            database,
             "-c",
             sql,
         ])

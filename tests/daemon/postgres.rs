@@ -137,3 +137,84 @@ fn partitions_held_with_the_store(pg: &super::pg::Postgres) -> String {
     .trim()
     .to_string()
 }
+
+/// The transactions committed in the test's database so far, read once no
+/// session is left in it (a backend's statistics are in at its exit), from
+/// the `postgres` database so that the reading adds none.
+fn commits_when_idle(pg: &super::pg::Postgres) -> i64 {
+    let database = pg.url().rsplit('/').next().expect("a database").to_string();
+    eventually("the daemon's sessions ended", || {
+        let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}'");
+        (pg.psql_in("postgres", &sql).trim() == "0").then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sql = format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{database}'");
+    pg.psql_in("postgres", &sql).trim().parse().expect("xact_commit")
+}
+
+/// A group reads its records in a query or two, not one per event: 500
+/// events to 500 new customers in one request, and their 500 wake-ups two
+/// seconds later, cost the database a few dozen transactions more than a
+/// daemon started and stopped with nothing to do (one read per record
+/// was 3 per event at intake and 2 per wake-up).
+#[test]
+fn a_group_reads_its_customers_in_a_few_transactions_not_one_per_event() {
+    if super::pg::skip_requested() {
+        eprintln!("JOURNEYC_SKIP_PG=1: PostgreSQL test skipped");
+        return;
+    }
+    const N: i64 = 500;
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    // Idle: started, one request, stopped.
+    let start = commits_when_idle(pg);
+    let daemon = env.start(&[]);
+    assert_eq!(daemon.get("/v1/customers/nobody").status, 404);
+    assert_eq!(daemon.terminate(), Some(0));
+    let after_idle = commits_when_idle(pg);
+    let idle = after_idle - start;
+
+    let daemon = env.start(&[]);
+    let calls: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                r#"{{"type":"track","userId":"u{i}","event":"bought","properties":{{"amount":1}},"messageId":"m{i}"}}"#
+            )
+        })
+        .collect();
+    let response = daemon.post("/v1/batch", &format!(r#"{{"batch":[{}]}}"#, calls.join(",")));
+    assert_eq!(response.status, 200, "{}", response.body);
+    // Each look at the metrics reads a few records of its own.
+    let mut looks = 0;
+    eventually("the wake-ups fired", || {
+        looks += 1;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let metrics = daemon.get("/metrics").body;
+        let fired = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("journeyc_timers_fired_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        (fired >= N as f64).then_some(())
+    });
+    assert_eq!(daemon.get("/v1/customers/nobody").status, 404);
+    // Every record the groups read had been fetched with the rest.
+    let metrics = daemon.get("/metrics").body;
+    let unfetched = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("journeyc_group_reads_unfetched_total "))
+        .map(str::trim);
+    assert_eq!(unfetched, Some("0"), "{metrics}");
+    assert_eq!(daemon.terminate(), Some(0));
+    let busy = commits_when_idle(pg) - after_idle;
+    let extra = busy - idle;
+    let allowed = N / 5 + 12 * (looks + 1);
+    eprintln!("{N} events and wake-ups: {busy} transactions, {idle} idle, {looks} looks at the metrics");
+    assert!(
+        extra <= allowed,
+        "{extra} transactions beyond an idle run ({idle}) for {N} events and {N} wake-ups ({looks} looks at the \
+         metrics): more than {allowed}"
+    );
+    let customers = pg.psql("SELECT count(*) FROM journeyc_kv WHERE get_byte(key, 0) = 99");
+    assert_eq!(customers.trim(), N.to_string());
+}

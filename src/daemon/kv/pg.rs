@@ -442,6 +442,38 @@ impl Pg {
         })
     }
 
+    /// The values of `keys`, in their order, read in one statement (one
+    /// round trip, one transaction) whatever their number: the commit
+    /// thread reads a group's records this way before running it.
+    pub fn get_many(&self, keys: &[&[u8]]) -> StoreResult<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Vec<u8>> = keys.iter().map(|key| key.to_vec()).collect();
+        self.run(|pool, partitions| async move {
+            let client = connection(&pool).await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT key, value FROM journeyc_kv WHERE (partition, key) IN \
+                     (SELECT * FROM unnest($1::integer[], $2::bytea[]))",
+                )
+                .await
+                .map_err(|e| error("get many", e))?;
+            let wanted: Vec<i32> = keys.iter().map(|key| partition_of(key, partitions)).collect();
+            let found: std::collections::HashMap<Vec<u8>, Vec<u8>> = client
+                .query(&statement, &[&wanted, &keys])
+                .await
+                .map_err(|e| error("get many", e))?
+                .into_iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect();
+            Ok(keys
+                .iter()
+                .map(|key| found.get(key).map(|value| Bytes::from(&value[..])))
+                .collect())
+        })
+    }
+
     /// Applies `batch` in one transaction; with `condition` `(key,
     /// expected)`, only if `key` holds `expected` then (the row locked
     /// until the commit). Answers whether it applied. The transaction
