@@ -291,8 +291,25 @@ fn describe_ms(ms: Millis) -> String {
 /// `serde_json::Value` first (the simulator's event files): the same
 /// checks and messages as [`parse_call`].
 pub fn parse_call_str(text: &str, schema: &Schema, received_at: Option<Millis>) -> Result<Call, CallError> {
-    let raw: RawCall = serde_json::from_str(text).map_err(CallError::Json)?;
-    validate(raw, schema, received_at).map_err(CallError::Input)
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let call = parse_call_from(&mut deserializer, schema, received_at).map_err(CallError::Json)?;
+    deserializer.end().map_err(CallError::Json)?;
+    call.map_err(CallError::Input)
+}
+
+/// [`parse_call_str`] over any serde deserializer: the outer error is the
+/// deserializer's (the text is not JSON), the inner one validation's. The
+/// caller checks for trailing text. `benches/parse_events.rs` uses it to
+/// measure other JSON parsers against serde_json on the same typed,
+/// borrowing call (docs/performance.md, "Event parsing: serde_json against
+/// sonic-rs").
+pub fn parse_call_from<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    schema: &Schema,
+    received_at: Option<Millis>,
+) -> Result<Result<Call, InputError>, D::Error> {
+    let raw = RawCall::deserialize(deserializer)?;
+    Ok(validate(raw, schema, received_at))
 }
 
 /// Why a call's text was refused: not JSON at all, or not a valid call.
