@@ -22,6 +22,7 @@
 //! | `G`    | customer id + `0x00` + group id      | JSON `{id, traits, at}`: a group the customer is in (`group` calls) |
 //! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number / store format |
 //! | `i`    | inbox id (u64 BE)                    | JSON calls acked by a standby, removed by the owner's commit of them (PostgreSQL only, `daemon/inbox.rs`) |
+//! | `q`, `Q` | command id (u64 BE)                | a write a standby hands to the owner (`DELETE`, a reload's install) as JSON, and the owner's answer to it (PostgreSQL only, `daemon/command.rs`) |
 //!
 //! The timer index keeps many customers under one key, so firing a burst of
 //! wake-ups deletes one key per chunk rather than one per customer (sled's

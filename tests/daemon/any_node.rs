@@ -32,25 +32,8 @@ fn write_workspace(workspace: &Path, source: &str) {
     std::fs::write(workspace.join("test.journey"), source).expect("write workspace");
 }
 
-const RELOAD_WORKSPACE: &str = r#"
-event bought { amount: number }
-message later push { body "later" }
-
-journey migrating {
-  trigger bought
-  entry always
-  on update migrate
-  pause: wait 1h
-  send later
-}
-
-journey pinned {
-  trigger bought
-  entry always
-  hold: wait 1h
-  send later
-}
-"#;
+// The workspace of `lifecycle.rs`'s reload test: one journey that migrates, one pinned.
+use super::lifecycle::RELOAD_WORKSPACE;
 
 fn bought(customer: &str, message_id: &str) -> String {
     format!(r#"{{"userId":"{customer}","event":"bought","properties":{{"amount":1}},"messageId":"{message_id}"}}"#)

@@ -49,7 +49,7 @@ fn timers_fire_on_time_and_survive_a_restart(backend: Backend) {
     assert!(metrics.contains("journeyc_timers_pending 0"), "{metrics}");
 }
 
-const RELOAD_WORKSPACE: &str = r#"
+pub(super) const RELOAD_WORKSPACE: &str = r#"
 event bought { amount: number }
 message later push { body "later" }
 
