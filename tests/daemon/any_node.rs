@@ -32,22 +32,11 @@ fn write_workspace(workspace: &Path, source: &str) {
     std::fs::write(workspace.join("test.journey"), source).expect("write workspace");
 }
 
-// The workspace of `lifecycle.rs`'s reload test: one journey that migrates, one pinned.
-use super::lifecycle::RELOAD_WORKSPACE;
+// `lifecycle.rs`'s reload workspace (one journey that migrates, one pinned) and its enrollment reader.
+use super::lifecycle::{enrollment, RELOAD_WORKSPACE};
 
 fn bought(customer: &str, message_id: &str) -> String {
     format!(r#"{{"userId":"{customer}","event":"bought","properties":{{"amount":1}},"messageId":"{message_id}"}}"#)
-}
-
-fn enrollment(daemon: &Daemon, customer: &str, journey: &str) -> serde_json::Value {
-    let customer = daemon.get(&format!("/v1/customers/{customer}")).json();
-    customer["enrollments"]
-        .as_array()
-        .expect("enrollments")
-        .iter()
-        .find(|e| e["journey"] == journey)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {journey} enrollment in {customer}"))
 }
 
 fn bundle_of(daemon: &Daemon) -> serde_json::Value {

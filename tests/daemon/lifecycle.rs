@@ -69,7 +69,7 @@ journey pinned {
 }
 "#;
 
-fn enrollment(daemon: &Daemon, customer: &str, journey: &str) -> serde_json::Value {
+pub(super) fn enrollment(daemon: &Daemon, customer: &str, journey: &str) -> serde_json::Value {
     let customer = daemon.get(&format!("/v1/customers/{customer}")).json();
     customer["enrollments"]
         .as_array()
