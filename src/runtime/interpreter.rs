@@ -15,7 +15,7 @@ use super::engagement::{self, Engagement, EngagementEvent};
 use super::eval::Scope;
 use super::local_time::{is_local_time, next_local_time, quiet_until};
 use super::state::{
-    Attribution, CustomerState, Enrollment, EntryHistory, Sent, SettleMark, Settled, Suppression,
+    Attribution, CustomerState, Enrollment, EntryHistory, ScheduleMark, Sent, SettleMark, Settled, Suppression,
     MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS,
 };
 use super::trace::{Kind, TraceRecord};
@@ -127,6 +127,11 @@ pub struct Engine {
     /// neither leaves nor reads settled memberships
     /// ([`Engine::evaluating_every_settle`]).
     generation: u64,
+    /// This engine's number for [`ScheduleMark`]s (a new one with each
+    /// horizon: the horizon cuts the due times). 0: it recomputes every
+    /// recurring trigger's due time on each pass
+    /// ([`Engine::rescheduling_every_trigger`]).
+    schedule_generation: u64,
     /// Whether any journey version has a segment goal or exit rule.
     segment_conditions: bool,
     /// Whether `versions` holds programs of older workspace versions: else
@@ -206,6 +211,7 @@ impl Engine {
             tracked_windows: Arc::new(tracked_windows.into_iter().collect()),
             settle_stable,
             generation: ENGINES.fetch_add(1, Ordering::Relaxed),
+            schedule_generation: ENGINES.fetch_add(1, Ordering::Relaxed),
             segment_conditions,
             has_retained,
             cap_window_ms,
@@ -230,9 +236,22 @@ impl Engine {
         self
     }
 
+    /// The same engine, recomputing the due times of all recurring
+    /// triggers whenever one of them may move, instead of only those of the
+    /// journeys whose inputs changed ([`ScheduleMark`]): the reference the
+    /// narrower recomputation is tested against.
+    pub fn rescheduling_every_trigger(mut self) -> Engine {
+        self.schedule_generation = 0;
+        self
+    }
+
     /// The same engine, scheduling no time-driven trigger after `horizon`.
     pub fn with_horizon(mut self, horizon: Millis) -> Engine {
         self.recurring_until = Some(horizon);
+        if self.schedule_generation != 0 {
+            // Due times made without this horizon are not its due times.
+            self.schedule_generation = ENGINES.fetch_add(1, Ordering::Relaxed);
+        }
         self
     }
 
@@ -338,6 +357,7 @@ impl Engine {
             .settled
             .0
             .filter(|settled| settled.engine == self.generation && self.generation != 0);
+        let schedules_current = self.schedule_generation != 0 && state.scheduled.0 == self.schedule_generation;
         let mut run = Run {
             engine: self,
             state,
@@ -347,6 +367,7 @@ impl Engine {
             customer_zone: std::cell::Cell::new(None),
             memo: std::cell::Cell::new(Memo::EMPTY),
             settled,
+            schedules_current,
             zone_changed: false,
             failure: None,
         };
@@ -385,8 +406,11 @@ impl Engine {
                     }
                 }
                 // `every` triggers run in customer-local time: a new
-                // `timezone` trait moves the pending occurrence.
-                run.reschedule_triggers(at);
+                // `timezone` trait moves the pending occurrence. Nothing
+                // else of an identify moves a due time.
+                if !run.schedules_current || run.zone_changed {
+                    run.reschedule_triggers(at);
+                }
             }
             Input::Track { event, properties, .. } => run.track(event, properties, at),
             Input::Trigger {
@@ -409,6 +433,10 @@ impl Engine {
             return Err(failure);
         }
         run.state.settled = SettleMark(run.settled);
+        run.state.scheduled = ScheduleMark(match run.schedules_current {
+            true => self.schedule_generation,
+            false => 0,
+        });
         Ok(Effects {
             wake_at: run.state.next_wake(),
             steps: run.steps,
@@ -616,6 +644,12 @@ struct Run<'e, 's> {
     /// while neither the profile nor the event history changed: a memo of
     /// a later instant before the next window change starts with them.
     settled: Option<Settled>,
+    /// Whether every recurring trigger's due time is what a full
+    /// [`Run::reschedule_triggers`] would compute (from the customer's
+    /// [`ScheduleMark`], or since the last full pass), so that a change of
+    /// one journey's inputs recomputes that journey only. Never set by an
+    /// engine without a schedule generation (the reference).
+    schedules_current: bool,
     /// Whether this input changed `customer.timezone`.
     zone_changed: bool,
     /// The first thing that went wrong: `apply` returns it, and due work
@@ -853,6 +887,9 @@ impl Run<'_, '_> {
             };
             let next = next_local_time(target, self.zone(program), *minute_of_day, *days);
             moved = true;
+            // A full pass would not move it back, but it may put back one
+            // removed here at the horizon: the next pass is a full one.
+            self.schedules_current = false;
             match Some(next).filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
                 Some(next) => self.state.schedules.insert(journey, next),
                 None => self.state.schedules.remove(&journey),
@@ -896,6 +933,8 @@ impl Run<'_, '_> {
                 true => None,
                 false => Some(next_local_time(until, self.zone(program), *minute_of_day, *days)),
             };
+            // A full pass would put the occurrence before `until` back.
+            self.schedules_current = false;
             match next.filter(|due| *due <= horizon) {
                 Some(next) => self.state.schedules.insert(journey.to_string(), next),
                 None => self.state.schedules.remove(journey),
@@ -916,55 +955,79 @@ impl Run<'_, '_> {
     fn reschedule_triggers(&mut self, now: Millis) {
         let bundle = self.engine.current.bundle.clone();
         for program in &bundle.journeys {
-            let journey = bundle.name(program.name);
-            let next = match &program.trigger {
-                Trigger::Every {
-                    days, minute_of_day, ..
-                } => {
-                    let zone = self.zone(program);
-                    match self.state.schedules.get(journey) {
-                        // Due at this very instant and not fired yet (an
-                        // input at the same instant): it fires after the input.
-                        Some(existing) if *existing == now => continue,
-                        // Computed earlier for the same zone and still
-                        // ahead: it is still the next occurrence.
-                        Some(existing)
-                            if *existing > now
-                                && !self.zone_changed
-                                && is_local_time(*existing, zone, *minute_of_day, *days) =>
-                        {
-                            continue
-                        }
-                        // Otherwise recompute: a changed `customer.timezone`
-                        // moves the next occurrence.
-                        _ => Some(next_local_time(now.saturating_add(1), zone, *minute_of_day, *days)),
-                    }
+            self.reschedule_journey(&bundle, program, now);
+        }
+        self.schedules_current = self.engine.schedule_generation != 0;
+    }
+
+    /// After an event: while the due times are current, only the
+    /// `inactive` journeys counting from any event or from this one move
+    /// (an `every` occurrence reads the time zone only); else all.
+    fn reschedule_after_event(&mut self, event: &str, now: Millis) {
+        if !self.schedules_current || self.zone_changed {
+            return self.reschedule_triggers(now);
+        }
+        let bundle = self.engine.current.bundle.clone();
+        for program in &bundle.journeys {
+            if let Trigger::Inactive { since, .. } = &program.trigger {
+                if since.as_ref().is_none_or(|since| bundle.name(*since) == event) {
+                    self.reschedule_journey(&bundle, program, now);
                 }
-                Trigger::Inactive { seconds, since } => {
-                    let reference = match since {
-                        Some(event) => self.state.last_event_by_name.get(bundle.name(*event)).copied(),
-                        None => self.state.last_event,
+            }
+        }
+    }
+
+    /// Recomputes the next due time of `program`'s recurring trigger, if
+    /// it has one.
+    fn reschedule_journey(&mut self, bundle: &Bundle, program: &Program, now: Millis) {
+        let journey = bundle.name(program.name);
+        let next = match &program.trigger {
+            Trigger::Every {
+                days, minute_of_day, ..
+            } => {
+                let zone = self.zone(program);
+                match self.state.schedules.get(journey) {
+                    // Due at this very instant and not fired yet (an
+                    // input at the same instant): it fires after the input.
+                    Some(existing) if *existing == now => return,
+                    // Computed earlier for the same zone and still
+                    // ahead: it is still the next occurrence.
+                    Some(existing)
+                        if *existing > now
+                            && !self.zone_changed
+                            && is_local_time(*existing, zone, *minute_of_day, *days) =>
+                    {
+                        return
                     }
-                    .or(self.state.first_seen);
-                    let used = self.state.entries.get(journey).and_then(|e| e.last_inactive_mark);
-                    match reference {
-                        Some(reference) if used != Some(reference) => Some(self.later(reference, *seconds)),
-                        _ => None,
-                    }
+                    // Otherwise recompute: a changed `customer.timezone`
+                    // moves the next occurrence.
+                    _ => Some(next_local_time(now.saturating_add(1), zone, *minute_of_day, *days)),
                 }
-                _ => continue,
-            };
-            match next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
-                // A journey already scheduled keeps its key (no new `String`).
-                Some(due) => match self.state.schedules.get_mut(journey) {
-                    Some(existing) => *existing = due,
-                    None => {
-                        self.state.schedules.insert(journey.to_string(), due);
-                    }
-                },
+            }
+            Trigger::Inactive { seconds, since } => {
+                let reference = match since {
+                    Some(event) => self.state.last_event_by_name.get(bundle.name(*event)).copied(),
+                    None => self.state.last_event,
+                }
+                .or(self.state.first_seen);
+                let used = self.state.entries.get(journey).and_then(|e| e.last_inactive_mark);
+                match reference {
+                    Some(reference) if used != Some(reference) => Some(self.later(reference, *seconds)),
+                    _ => None,
+                }
+            }
+            _ => return,
+        };
+        match next.filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
+            // A journey already scheduled keeps its key (no new `String`).
+            Some(due) => match self.state.schedules.get_mut(journey) {
+                Some(existing) => *existing = due,
                 None => {
-                    self.state.schedules.remove(journey);
+                    self.state.schedules.insert(journey.to_string(), due);
                 }
+            },
+            None => {
+                self.state.schedules.remove(journey);
             }
         }
     }
@@ -1038,7 +1101,12 @@ impl Run<'_, '_> {
             }
             _ => {}
         }
-        self.reschedule_triggers(t);
+        // Only this journey's inputs changed (its occurrence, its
+        // inactivity mark), unless the time zone did.
+        match self.schedules_current && !self.zone_changed {
+            true => self.reschedule_journey(&bundle, program, t),
+            false => self.reschedule_triggers(t),
+        }
     }
 
     // ---------------------------------------------------------- events
@@ -1083,7 +1151,7 @@ impl Run<'_, '_> {
                 }
             }
         }
-        self.reschedule_triggers(t);
+        self.reschedule_after_event(event, t);
     }
 
     /// A trigger call: enters the journey if the current workspace has it

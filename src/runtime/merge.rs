@@ -67,9 +67,13 @@ pub fn merge(user: &mut CustomerState, anonymous: CustomerState, at: Millis) -> 
         // The user's life of the id goes on.
         incarnation: _,
         settled: _,
+        scheduled: _,
     } = anonymous;
-    // The profile and the history change: memberships are evaluated again.
+    // The profile and the history change: memberships are evaluated again,
+    // and so are all the recurring triggers' due times (the time zone, the
+    // latest event times, the schedules themselves may change).
     user.settled.clear();
+    user.scheduled.clear();
     let mut records = Vec::new();
     for (name, value) in profile {
         if value != Value::Absent && !user.profile.get(&name).is_some_and(|v| *v != Value::Absent) {

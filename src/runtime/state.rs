@@ -116,6 +116,47 @@ pub struct CustomerState {
     /// ([`SettleMark`]): a cache of the interpreter's, never stored.
     #[serde(skip)]
     pub settled: SettleMark,
+    /// Whether the recurring triggers' due times are those a full pass
+    /// would compute now ([`ScheduleMark`]): a cache of the interpreter's,
+    /// never stored.
+    #[serde(skip)]
+    pub scheduled: ScheduleMark,
+}
+
+/// That the recurring triggers' due times (`schedules`) are, for every
+/// journey, what recomputing them all would give, as of the latest input
+/// the engine named here applied: nothing they read (the customer's time
+/// zone, the event history's latest times, `first_seen`, the entries'
+/// inactivity marks) has changed since except through the interpreter,
+/// which then recomputes the journeys it changed. While it holds, an
+/// `every` or `inactive` occurrence that fires recomputes its own journey
+/// only, and an event the `inactive` journeys it moves
+/// (`runtime/interpreter.rs`, `Run::schedules_current`).
+///
+/// A cache, not part of the state's value, like [`SettleMark`]: never
+/// serialized (a decoded state has none, and its first pass is a full
+/// one), equal whatever it holds, and any change of those inputs outside
+/// the interpreter must [`clear`](ScheduleMark::clear) it
+/// (`runtime/merge.rs` does).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScheduleMark(pub(super) u64);
+
+impl ScheduleMark {
+    /// Forgets that the due times are current.
+    pub fn clear(&mut self) {
+        self.0 = 0;
+    }
+
+    /// Whether it says the due times are current (for some engine).
+    pub fn is_set(&self) -> bool {
+        self.0 != 0
+    }
+}
+
+impl PartialEq for ScheduleMark {
+    fn eq(&self, _: &ScheduleMark) -> bool {
+        true
+    }
 }
 
 /// What the interpreter's last settle of this customer found, while nothing

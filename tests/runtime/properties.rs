@@ -195,6 +195,196 @@ fn settled_memberships_change_nothing() {
     );
 }
 
+/// Recomputing only the recurring triggers whose inputs changed (the fired
+/// journey after an `every` or `inactive` occurrence, the `inactive`
+/// journeys an event moves, nothing after an identify that leaves the time
+/// zone alone) changes nothing: the same effects and states as the
+/// reference engine, which recomputes every trigger each time, input after
+/// input, wake-up after wake-up. So does a state that forgets the
+/// [`journeyc::runtime::state::ScheduleMark`] before every input (a state
+/// decoded from the store). With time-zone changes by identify, by a
+/// journey's `set` and by a merge that brings a zone the customer lacked.
+#[test]
+fn rescheduling_what_moved_changes_nothing() {
+    use journeyc::runtime::{CustomerState, Engine, Input};
+    // The campaign library: `every` triggers in customer-local time.
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("journeys");
+    let sources = load(std::slice::from_ref(&directory)).expect("journeys load");
+    let checked = check_workspace(&sources, &DiskFiles)
+        .checked
+        .expect("journeys check clean");
+    let mut events = generated_events(&checked.schema, 200);
+    let zones = ["Asia/Tokyo", "America/New_York", "UTC", "Pacific/Auckland"];
+    for customer in 0..200 {
+        let day = 3 + customer % 20;
+        let zone = match customer % 5 {
+            4 => "null".to_string(),
+            n => format!("\"{}\"", zones[n]),
+        };
+        events.push_str(&format!(
+            "{{\"type\":\"identify\",\"userId\":\"c{customer}\",\"traits\":{{\"timezone\":{zone}}},\"timestamp\":\"2026-03-{day:02}T15:00:00Z\"}}\n",
+        ));
+    }
+    let bundle = Arc::new(compile(&checked));
+    let library = rescheduling_side_by_side(bundle, &events);
+
+    // `inactive` triggers, since any event and since one, beside `every`
+    // ones and a journey that moves the customer to another zone.
+    let workspace = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        workspace.path().join("w.journey"),
+        r#"
+customer { timezone: timezone?
+  plan: string? }
+event login
+event purchase
+event moved
+message m push { body "m" }
+journey weekly {
+  trigger every mon at 09:00
+  entry always
+  send m
+}
+journey tuesday {
+  trigger every tue at 18:30
+  entry every 14d
+  send m
+}
+journey nudge {
+  trigger inactive 3d since login
+  entry always
+  send m
+}
+journey winback {
+  trigger inactive 5d
+  entry every 10d
+  wait 2d
+  send m
+}
+journey relocate {
+  trigger moved
+  wait 1h
+  set customer.timezone = "Asia/Tokyo"
+}
+"#,
+    )
+    .expect("write journey");
+    let sources = load(&[workspace.path().to_path_buf()]).expect("workspace loads");
+    let checked = check_workspace(&sources, &DiskFiles).checked.expect("checks clean");
+    let mut state: u64 = 7;
+    let mut next = |bound: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % bound
+    };
+    let time = |seconds: i64| {
+        chrono::DateTime::from_timestamp(seconds, 0)
+            .expect("time")
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let start = chrono::DateTime::parse_from_rfc3339("2026-05-01T08:00:00Z")
+        .expect("time")
+        .timestamp();
+    let mut events = String::new();
+    for customer in 0..200 {
+        let mut at = start + next(86_400 * 3) as i64;
+        for _ in 0..next(14) {
+            at += next(86_400 * 3) as i64;
+            let call = match next(9) {
+                0..=2 => "\"type\":\"track\",\"event\":\"login\"".to_string(),
+                3..=4 => "\"type\":\"track\",\"event\":\"purchase\"".to_string(),
+                5 => "\"type\":\"track\",\"event\":\"moved\"".to_string(),
+                6 => "\"type\":\"identify\",\"traits\":{\"timezone\":null}".to_string(),
+                7 => "\"type\":\"identify\",\"traits\":{\"plan\":\"x\"}".to_string(),
+                _ => format!(
+                    "\"type\":\"identify\",\"traits\":{{\"timezone\":\"{}\"}}",
+                    zones[next(4) as usize]
+                ),
+            };
+            events.push_str(&format!(
+                "{{{call},\"userId\":\"c{customer}\",\"timestamp\":\"{}\"}}\n",
+                time(at)
+            ));
+        }
+    }
+    let bundle = Arc::new(compile(&checked));
+    let small = rescheduling_side_by_side(bundle, &events);
+    // Most inputs find the due times current, and some of them had a
+    // merge before them.
+    for (applied, marked, merged) in [library, small] {
+        assert!(
+            marked * 2 > applied,
+            "{marked} of {applied} inputs found due times current"
+        );
+        assert!(merged > 10, "{merged} merges");
+    }
+
+    /// Runs `events` through three states per customer side by side: kept
+    /// between inputs, forgetting the mark before every input, and on the
+    /// reference engine; every 3rd customer gets, before its 4th input, a
+    /// merge of an anonymous profile in Tokyo. Returns (inputs applied,
+    /// inputs that found the due times current, merges).
+    fn rescheduling_side_by_side(
+        bundle: Arc<journeyc::compile::bytecode::Bundle>,
+        events: &str,
+    ) -> (usize, usize, usize) {
+        let calls = parse_events(events, &bundle).expect("generated events are valid");
+        let last = calls.iter().map(|call| call.input.at()).max().expect("events");
+        let engine = Engine::new(bundle);
+        let horizon = journeyc::simulate::default_horizon(&engine, last) + 30 * 86_400_000;
+        let engine = engine.with_horizon(horizon);
+        let reference = engine.clone().rescheduling_every_trigger();
+        let mut by_customer: std::collections::BTreeMap<&str, Vec<&Input>> = Default::default();
+        for call in &calls {
+            by_customer.entry(&call.customer).or_default().push(&call.input);
+        }
+        by_customer
+            .values_mut()
+            .for_each(|inputs| inputs.sort_by_key(|input| input.at()));
+        let (mut applied, mut marked, mut merged) = (0, 0, 0);
+        for (number, (customer, inputs)) in by_customer.into_iter().enumerate() {
+            let mut kept = CustomerState::new(customer);
+            let mut forgetful = kept.clone();
+            let mut reference_state = kept.clone();
+            let mut wake = None;
+            let mut inputs = inputs.into_iter();
+            for round in 0.. {
+                let input = match inputs.next() {
+                    Some(input) => input.clone(),
+                    None => match wake.filter(|at| *at <= horizon) {
+                        Some(at) => Input::Wake { at },
+                        None => break,
+                    },
+                };
+                if round == 3 && number % 3 == 0 {
+                    let mut anonymous = CustomerState::new(format!("anonymous-{customer}"));
+                    let tokyo = journeyc::compile::bytecode::Value::String("Asia/Tokyo".into());
+                    anonymous.profile.insert("timezone".into(), tokyo);
+                    anonymous.first_seen = Some(input.at() - 86_400_000);
+                    for state in [&mut kept, &mut forgetful, &mut reference_state] {
+                        let records = journeyc::runtime::merge::merge(state, anonymous.clone(), input.at());
+                        assert!(records.is_empty());
+                    }
+                    merged += 1;
+                }
+                let expected = reference.apply(&mut reference_state, &input).expect("applies");
+                forgetful.scheduled.clear();
+                let decoded = engine.apply(&mut forgetful, &input).expect("applies");
+                marked += usize::from(kept.scheduled.is_set());
+                let got = engine.apply(&mut kept, &input).expect("applies");
+                assert_eq!(got, expected, "{customer} at {}", input.at());
+                assert_eq!(decoded, expected, "{customer} at {} (decoded)", input.at());
+                assert_eq!(kept, reference_state, "{customer} at {}", input.at());
+                assert_eq!(forgetful, reference_state, "{customer} at {} (decoded)", input.at());
+                wake = got.wake_at;
+                applied += 1;
+            }
+        }
+        (applied, marked, merged)
+    }
+}
+
 /// A deterministic stream of identifies and events for `customers` customers.
 pub fn generated_events(schema: &journeyc::check::Schema, customers: usize) -> String {
     let mut out = String::new();
