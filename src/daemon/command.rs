@@ -1,7 +1,12 @@
 //! Writes handed over (PostgreSQL store, `docs/scale-out.md`): what a
-//! standby is asked to do that is the owner's write, `DELETE
-//! /v1/customers/ID` and the install of a reload, goes to the owner as a
-//! *command record* and comes back as an *answer record*.
+//! standby is asked to do that is the owner's write and no intake (intake
+//! goes through the inbox, `inbox.rs`), goes to the owner as a *command
+//! record* and comes back as an *answer record*: `DELETE
+//! /v1/customers/ID`, the install of a reload, a segment's broadcast
+//! (`POST /v1/journeys/NAME/trigger` with `segment`), `POST
+//! /v1/rejected/replay`, `POST /v1/outbox/retry` and `POST
+//! /v1/customers/ID/retry` ([`Command`]). [`apply`] is the one place that
+//! dispatches them, with the functions the owner's own endpoints call.
 //!
 //! A standby writes `q` + id (an id from the store's sequence, big-endian)
 //! → the [`Command`] as JSON, outside the lease ([`Pg::apply_unfenced`]:
@@ -21,7 +26,12 @@
 //! command itself). Both commands are idempotent, so a crash of the owner
 //! between the work and the batch that removes the command (which runs it
 //! again) changes nothing: an erased customer is erased, a current version
-//! current (the second answer may differ, e.g. a 404 for the erasure).
+//! current, a broadcast started once (its id is the command's id plus one,
+//! and a record with it already there is the answer), dead letters queued,
+//! a replayed call dropped (its `messageId` dedupes the second ingest), a
+//! customer retried (the second retry finds it recovered or failing again,
+//! as a second request would); the second answer may differ, e.g. a 404
+//! for the erasure.
 //!
 //! A command waits for the inbox records written before it (smaller ids
 //! of the same sequence): a call acked by a standby and then its
@@ -67,6 +77,20 @@ pub enum Command {
     Erase { customer: String },
     /// `POST /v1/reload`: install the stored bundle with this key.
     Reload { bundle: String },
+    /// `POST /v1/journeys/NAME/trigger` naming a segment: the request as
+    /// the standby validated it (its `journey` set from the path) and when
+    /// it came; the owner validates it again against the version it runs.
+    Broadcast {
+        request: serde_json::Value,
+        received_at: i64,
+    },
+    /// `POST /v1/rejected/replay`.
+    ReplayRejected,
+    /// `POST /v1/outbox/retry`: every dead letter, or those with these
+    /// sequence numbers.
+    RetryDead { seq: Option<Vec<u64>> },
+    /// `POST /v1/customers/ID/retry`, the id already resolved through aliases.
+    RetryCustomer { customer: String },
 }
 
 /// An HTTP answer: status and JSON body.
@@ -205,8 +229,12 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
                 deferred = true;
                 break;
             }
+            let id = record_key
+                .get(1..9)
+                .and_then(|id| <[u8; 8]>::try_from(id).ok())
+                .map_or(0, u64::from_be_bytes);
             let answer = match serde_json::from_slice::<Command>(&value) {
-                Ok(command) => apply(&state, command).await,
+                Ok(command) => apply(&state, id, command).await,
                 Err(error) => Answer::error(
                     axum::http::StatusCode::BAD_REQUEST,
                     "",
@@ -259,7 +287,11 @@ fn earlier_inbox_records(store: &Store, record_key: &[u8]) -> bool {
         .is_some_and(|first| first.is_ok())
 }
 
-async fn apply(state: &AppState, command: Command) -> Answer {
+/// Does what the owner's own endpoint does for `command` (number `id`),
+/// with the same functions, and answers as it would: the one dispatch of
+/// commands (a command that names a customer may later go to the owner of
+/// its partition instead; only [`run`]'s choice of records changes then).
+async fn apply(state: &AppState, id: u64, command: Command) -> Answer {
     match command {
         // What the erasure found, not naming the customer: an answer no
         // standby reads (it answered 202) must hold no byte of it.
@@ -271,5 +303,50 @@ async fn apply(state: &AppState, command: Command) -> Answer {
             tracing::info!(%bundle, "a standby's reload");
             reload_answer(state.reloader.install_stored(&bundle).await)
         }
+        Command::Broadcast { request, received_at } => {
+            super::broadcast::started_for_standby(state, &request, received_at, id + 1).await
+        }
+        Command::ReplayRejected => http::replay(state).await,
+        Command::RetryDead { seq } => http::requeue_dead(state, seq).await,
+        // As the erasure: what the retry found, not naming the customer.
+        Command::RetryCustomer { customer } => match http::retry(state, customer).await {
+            Ok(retried) => Answer::ok(serde_json::to_value(retried).expect("an outcome serializes")),
+            Err(failure) => failure,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The records a standby writes: each command as JSON, read back the
+    /// same (a command an older node wrote still reads).
+    #[test]
+    fn commands_round_trip_as_json() {
+        let commands = [
+            Command::Erase { customer: "c1".into() },
+            Command::Reload { bundle: "k".into() },
+            Command::Broadcast {
+                request: serde_json::json!({"segment": "s", "journey": "j"}),
+                received_at: 5,
+            },
+            Command::ReplayRejected,
+            Command::RetryDead { seq: Some(vec![3, 4]) },
+            Command::RetryDead { seq: None },
+            Command::RetryCustomer { customer: "c2".into() },
+        ];
+        for command in commands {
+            let bytes = serde_json::to_vec(&command).expect("serializes");
+            assert_eq!(serde_json::from_slice::<Command>(&bytes).expect("reads"), command);
+        }
+        assert_eq!(
+            serde_json::from_str::<Command>(r#"{"erase":{"customer":"c"}}"#).expect("reads"),
+            Command::Erase { customer: "c".into() }
+        );
+        assert_eq!(
+            serde_json::to_string(&Command::ReplayRejected).expect("serializes"),
+            r#""replay_rejected""#
+        );
     }
 }
