@@ -43,7 +43,11 @@
 //! table (`erasure.rs`). Its answer names no customer (what the erasure
 //! found, [`http::Erased`]; the standby builds the owner's reply from it
 //! with the id it asked for), so an answer left unread (the standby
-//! answered 202, or died) holds none of the customer's bytes.
+//! answered 202, or died) holds none of the customer's bytes. An answer
+//! carries the time the owner wrote it; no standby reads one after
+//! [`ANSWER_WITHIN`], and the owner removes those older than
+//! [`ANSWER_KEPT`] when its round starts and every [`SWEEP_EVERY`]
+//! ([`sweep`]), so unread answers neither pile up nor keep what they say.
 
 use super::http::{self, AppState};
 use super::kv::pg::{Pg, CHANNEL_COMMANDS};
@@ -59,6 +63,11 @@ pub const PREFIX_COMMAND: u8 = b'q';
 pub const PREFIX_ANSWER: u8 = b'Q';
 /// How long a standby waits for the owner's answer before it answers 202.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+/// How long an answer no standby read is kept (many times
+/// [`ANSWER_WITHIN`]: a node's clock may be off by some).
+pub const ANSWER_KEPT: Duration = Duration::from_secs(600);
+/// How often the owner removes the answers older than [`ANSWER_KEPT`].
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How often a standby looks for the answer.
 const ANSWER_POLL: Duration = Duration::from_millis(25);
 /// How often the owner looks for commands when no notification came.
@@ -98,6 +107,16 @@ pub enum Command {
 pub struct Answer {
     pub status: u16,
     pub body: serde_json::Value,
+}
+
+/// An answer as its record holds it: with the time (ms) the owner wrote
+/// it (0 in a record without one, which [`sweep`] takes as old).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    answer: Answer,
+    #[serde(default)]
+    written_at: i64,
 }
 
 impl Answer {
@@ -179,9 +198,10 @@ async fn submit_within(pg: &Pg, store: &Store, command: &Command, within: Durati
             let mut batch = Batch::default();
             batch.remove(answer_key);
             pg.apply_unfenced(batch, None)?;
-            return Ok(serde_json::from_slice(&value).unwrap_or_else(|e| {
-                Answer::failed(format!("the owner's answer to command {id} cannot be read: {e}"))
-            }));
+            return Ok(serde_json::from_slice::<Stored>(&value).map_or_else(
+                |e| Answer::failed(format!("the owner's answer to command {id} cannot be read: {e}")),
+                |stored| stored.answer,
+            ));
         }
         if taking_over || started.elapsed() >= within {
             let reason = match taking_over {
@@ -211,7 +231,12 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
         super::kv::Kv::Postgres(pg) => pg.wakeups(CHANNEL_COMMANDS),
         super::kv::Kv::Sled(_) => return,
     };
+    let mut swept: Option<std::time::Instant> = None;
     loop {
+        if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            sweep(&state.store, super::timers::now_ms());
+            swept = Some(std::time::Instant::now());
+        }
         let records: Vec<_> = state.store.db.scan_prefix([PREFIX_COMMAND]).take(TAKE).collect();
         let (mut answered, mut deferred) = (0, false);
         for record in records {
@@ -249,7 +274,11 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
             batch.remove(record_key.to_vec());
             let mut answer_key = record_key.to_vec();
             answer_key[0] = PREFIX_ANSWER;
-            batch.insert(answer_key, serde_json::to_vec(&answer).expect("an answer serializes"));
+            let stored = Stored {
+                answer,
+                written_at: super::timers::now_ms(),
+            };
+            batch.insert(answer_key, serde_json::to_vec(&stored).expect("an answer serializes"));
             if let Err(error) = state.store.db.apply_batch(batch) {
                 // Kept: applied again at the next look (both are idempotent).
                 tracing::warn!(%error, "answering a command failed");
@@ -270,6 +299,28 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
             () = wakeups.notified() => {}
             () = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// Removes the answers written more than [`ANSWER_KEPT`] before `now`
+/// (unread: their standby answered 202, or died); a failure is left for
+/// the next sweep.
+fn sweep(store: &Store, now: i64) {
+    let oldest = now.saturating_sub(ANSWER_KEPT.as_millis() as i64);
+    let mut batch = Batch::default();
+    for record in store.db.scan_prefix([PREFIX_ANSWER]) {
+        let Ok((key, value)) = record else { break };
+        let written_at = serde_json::from_slice::<Stored>(&value).map_or(0, |stored| stored.written_at);
+        if written_at < oldest {
+            batch.remove(key.to_vec());
+        }
+    }
+    if batch.is_empty() {
+        return;
+    }
+    match store.db.apply_batch(batch) {
+        Ok(()) => tracing::info!("unread answers of handed-over commands removed"),
+        Err(error) => tracing::warn!(%error, "removing old answers failed"),
     }
 }
 
@@ -348,5 +399,48 @@ mod tests {
             serde_json::to_string(&Command::ReplayRejected).expect("serializes"),
             r#""replay_rejected""#
         );
+    }
+
+    /// The sweep removes the answers older than [`ANSWER_KEPT`] (and those
+    /// with no time) and keeps the recent ones; a stored answer reads as
+    /// the answer it holds.
+    #[test]
+    fn old_answers_are_swept_and_recent_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &super::super::store::StoreOptions::default()).expect("open");
+        let now = 10 * ANSWER_KEPT.as_millis() as i64;
+        let stored = |written_at: i64| {
+            serde_json::to_vec(&Stored {
+                answer: Answer::ok(serde_json::json!({"n": written_at})),
+                written_at,
+            })
+            .expect("serializes")
+        };
+        let kept = ANSWER_KEPT.as_millis() as i64;
+        store
+            .db
+            .insert(key(PREFIX_ANSWER, 1), stored(now - kept - 1))
+            .expect("insert");
+        store
+            .db
+            .insert(key(PREFIX_ANSWER, 2), stored(now - kept + 1))
+            .expect("insert");
+        store
+            .db
+            .insert(key(PREFIX_ANSWER, 3), &br#"{"status":200,"body":{}}"#[..])
+            .expect("insert");
+        store
+            .db
+            .insert(key(PREFIX_COMMAND, 4), &br#""replay_rejected""#[..])
+            .expect("insert");
+        sweep(&store, now);
+        let left: Vec<Vec<u8>> = (store.db.iter().keys())
+            .map(|k| k.expect("key").to_vec())
+            .filter(|k| [PREFIX_ANSWER, PREFIX_COMMAND].contains(&k[0]))
+            .collect();
+        assert_eq!(left, vec![key(PREFIX_ANSWER, 2), key(PREFIX_COMMAND, 4)]);
+        let read: Stored =
+            serde_json::from_slice(&store.db.get(key(PREFIX_ANSWER, 2)).expect("get").expect("there")).expect("reads");
+        assert_eq!(read.answer, Answer::ok(serde_json::json!({"n": now - kept + 1})));
     }
 }

@@ -399,6 +399,12 @@ fn a_handed_over_erasure_outlives_the_owner() {
     let (standby, _) = standby_with(&env, "standby", WORKSPACE);
     assert_eq!(owner.post("/v1/track", &ping("doomed-71", "d1", 1)).status, 200);
     assert_eq!(owner.post("/v1/track", &ping("kept-72", "k1", 2)).status, 200);
+    // An answer no standby read, written long ago (with no time: as old as
+    // can be): the next owner removes it when its round starts.
+    pg.psql(
+        "INSERT INTO journeyc_kv VALUES (-1, '\\x51ffffffff00000001'::bytea, \
+         convert_to('{\"status\":200,\"body\":{\"known\":true,\"rejected_erased\":0}}', 'UTF8'))",
+    );
     owner.kill();
     let erased = standby.request("DELETE", "/v1/customers/doomed-71", None);
     assert_eq!(erased.status, 202, "{}", erased.body);
@@ -421,7 +427,9 @@ fn a_handed_over_erasure_outlives_the_owner() {
         "the command is gone"
     );
     let answers = pg.psql("SELECT convert_from(value, 'UTF8') FROM journeyc_kv WHERE get_byte(key, 0) = 81");
+    // The old one swept, the new one left unread (and kept for a while).
     assert_eq!(answers.trim().lines().count(), 1, "{answers}");
+    assert!(answers.contains("written_at"), "{answers}");
     assert!(answers.contains("\"known\":true"), "{answers}");
     assert!(!answers.contains("doomed"), "{answers}");
     assert_eq!(standby.terminate(), Some(0));
@@ -839,4 +847,39 @@ fn a_handed_over_broadcast_outlives_the_owner_and_links_outlive_their_node() {
         "unsubscribed"
     );
     assert_eq!(standby.terminate(), Some(0));
+}
+
+/// The unsubscribe key is the database's: a link the owner signed is
+/// honoured by the node that takes the store over after it stops (each
+/// node has a data directory of its own, and neither holds a key file).
+#[test]
+fn a_link_signed_by_one_node_is_honoured_by_the_next_owner() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(ANY, Backend::Postgres);
+    let owner = env.start(&[]);
+    let (next, _) = standby_with(&env, "next", ANY);
+    let identify = r#"{"userId":"u7","traits":{"email":"u7@example.org"}}"#;
+    assert_eq!(owner.post("/v1/identify", identify).status, 200);
+    assert_eq!(owner.post("/v1/track", &ping("u7", "pu7", 1)).status, 200);
+    let url = eventually("u7's send with its link", || {
+        sends_in(&env.sends())
+            .into_iter()
+            .find(|(c, m, _)| c == "u7" && m == "hello")
+            .and_then(|(_, _, line)| line["unsubscribe_url"].as_str().map(str::to_string))
+    });
+    assert_eq!(owner.terminate(), Some(0));
+    next.wait_until_owner();
+    let path = &url[url.find("/u/").expect("/u/")..];
+    let page = next.request_with("GET", path, None, None);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let done = next.request_with("POST", path, Some("List-Unsubscribe=One-Click"), None);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(
+        next.get("/v1/customers/u7").json()["subscriptions"]["email"]["status"],
+        "unsubscribed"
+    );
+    assert!(!env.root.path().join("next/data").join("unsubscribe.key").exists());
+    assert_eq!(next.terminate(), Some(0));
 }
