@@ -18,6 +18,7 @@
 //! is passed over, and the message id per (broadcast, customer) drops a
 //! second delivery anyway.
 
+use super::command::Answer;
 use super::commit::{CommitError, Committer};
 use super::http::{time_json, value_json, AppState, PathParam};
 use super::reply::error;
@@ -155,7 +156,22 @@ pub enum StartError {
 
 /// Writes a new broadcast's record (and drops the oldest finished ones
 /// beyond [`BROADCASTS_KEPT_MAX`]) in one batch, flushed before returning.
-pub async fn start(store: &Store, broadcast: Broadcast, workspace: String, now: Millis) -> Result<Record, StartError> {
+/// `id`: the broadcast's id when it is given (a standby's request handed
+/// over, `command.rs`: its command's id plus one); a record with that id
+/// already there is answered as it is, so the command applied again after a
+/// crash starts nothing twice. `None`: a fresh id.
+pub async fn start(
+    store: &Store,
+    broadcast: Broadcast,
+    workspace: String,
+    now: Millis,
+    id: Option<u64>,
+) -> Result<Record, StartError> {
+    if let Some(id) = id {
+        if let Some(record) = read(store, id)? {
+            return Ok(record);
+        }
+    }
     let existing = list(store)?;
     if existing.iter().filter(|r| r.state == Progress::Running).count() >= BROADCASTS_RUNNING_MAX {
         return Err(StartError::TooMany);
@@ -166,7 +182,10 @@ pub async fn start(store: &Store, broadcast: Broadcast, workspace: String, now: 
         batch.remove(key(old.id));
     }
     let record = Record {
-        id: store.db.generate_id()? + 1,
+        id: match id {
+            Some(id) => id,
+            None => store.db.generate_id()? + 1,
+        },
         journey: broadcast.journey,
         segment: broadcast.segment,
         properties: broadcast.properties,
@@ -188,17 +207,37 @@ pub async fn start(store: &Store, broadcast: Broadcast, workspace: String, now: 
 
 /// `POST /v1/journeys/NAME/trigger` with a segment: starts the broadcast
 /// and answers 202 with its id (progress at `GET /v1/broadcasts/ID`).
-pub async fn started(state: &AppState, broadcast: Broadcast, workspace: &str, now: Millis) -> Response {
-    match start(&state.store, broadcast, workspace.to_string(), now).await {
+/// `id` as for [`start`].
+pub async fn started(state: &AppState, broadcast: Broadcast, workspace: &str, now: Millis, id: Option<u64>) -> Answer {
+    match start(&state.store, broadcast, workspace.to_string(), now, id).await {
         Ok(record) => {
             state.broadcast_started.notify_one();
             tracing::info!(broadcast = record.id, journey = %record.journey, segment = %record.segment, "broadcast started");
             let mut answer = record.to_json();
             answer["success"] = json!(true);
-            (StatusCode::ACCEPTED, Json(answer)).into_response()
+            Answer {
+                status: StatusCode::ACCEPTED.as_u16(),
+                body: answer,
+            }
         }
-        Err(StartError::TooMany) => error(StatusCode::CONFLICT, "segment", StartError::TooMany.to_string()),
-        Err(StartError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+        Err(StartError::TooMany) => Answer::error(StatusCode::CONFLICT, "segment", &StartError::TooMany.to_string()),
+        Err(StartError::Store(e)) => Answer::error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
+    }
+}
+
+/// A standby's broadcast handed over (`command.rs`): the request
+/// validated again against the owner's version, then started as the
+/// owner starts one, with the id the command gives.
+pub async fn started_for_standby(
+    state: &AppState,
+    request: &serde_json::Value,
+    received_at: Millis,
+    id: u64,
+) -> Answer {
+    let runtime = super::commit::current(&state.runtime);
+    match rules::parse(request, &runtime.bundle, Some(received_at)) {
+        Ok(broadcast) => started(state, broadcast, &runtime.bundle_key, received_at, Some(id)).await,
+        Err(e) => Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &e.field, &e.reason),
     }
 }
 
@@ -371,7 +410,12 @@ pub async fn run(
 
 /// `GET /v1/broadcasts`: every broadcast kept, newest first.
 pub async fn list_broadcasts(State(state): State<AppState>) -> Response {
-    match list(&state.store) {
+    list_response(&state.store)
+}
+
+/// `GET /v1/broadcasts` on the owner or a standby.
+pub fn list_response(store: &Store) -> Response {
+    match list(store) {
         Ok(records) => {
             let broadcasts: Vec<serde_json::Value> = records.iter().rev().map(Record::to_json).collect();
             Json(json!({ "broadcasts": broadcasts })).into_response()
@@ -382,10 +426,15 @@ pub async fn list_broadcasts(State(state): State<AppState>) -> Response {
 
 /// `GET /v1/broadcasts/ID`: one broadcast's progress.
 pub async fn get_broadcast(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
+    get_response(&state.store, &id)
+}
+
+/// `GET /v1/broadcasts/ID` on the owner or a standby.
+pub fn get_response(store: &Store, id: &str) -> Response {
     let Ok(number) = id.parse::<u64>() else {
         return error(StatusCode::NOT_FOUND, "broadcast", format!("no broadcast {id:?}"));
     };
-    match read(&state.store, number) {
+    match read(store, number) {
         Ok(Some(record)) => Json(record.to_json()).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "broadcast", format!("no broadcast {id:?}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),

@@ -1,7 +1,12 @@
 //! Writes handed over (PostgreSQL store, `docs/scale-out.md`): what a
-//! standby is asked to do that is the owner's write, `DELETE
-//! /v1/customers/ID` and the install of a reload, goes to the owner as a
-//! *command record* and comes back as an *answer record*.
+//! standby is asked to do that is the owner's write and no intake (intake
+//! goes through the inbox, `inbox.rs`), goes to the owner as a *command
+//! record* and comes back as an *answer record*: `DELETE
+//! /v1/customers/ID`, the install of a reload, a segment's broadcast
+//! (`POST /v1/journeys/NAME/trigger` with `segment`), `POST
+//! /v1/rejected/replay`, `POST /v1/outbox/retry` and `POST
+//! /v1/customers/ID/retry` ([`Command`]). [`apply`] is the one place that
+//! dispatches them, with the functions the owner's own endpoints call.
 //!
 //! A standby writes `q` + id (an id from the store's sequence, big-endian)
 //! → the [`Command`] as JSON, outside the lease ([`Pg::apply_unfenced`]:
@@ -21,7 +26,12 @@
 //! command itself). Both commands are idempotent, so a crash of the owner
 //! between the work and the batch that removes the command (which runs it
 //! again) changes nothing: an erased customer is erased, a current version
-//! current (the second answer may differ, e.g. a 404 for the erasure).
+//! current, a broadcast started once (its id is the command's id plus one,
+//! and a record with it already there is the answer), dead letters queued,
+//! a replayed call dropped (its `messageId` dedupes the second ingest), a
+//! customer retried (the second retry finds it recovered or failing again,
+//! as a second request would); the second answer may differ, e.g. a 404
+//! for the erasure.
 //!
 //! A command waits for the inbox records written before it (smaller ids
 //! of the same sequence): a call acked by a standby and then its
@@ -33,7 +43,11 @@
 //! table (`erasure.rs`). Its answer names no customer (what the erasure
 //! found, [`http::Erased`]; the standby builds the owner's reply from it
 //! with the id it asked for), so an answer left unread (the standby
-//! answered 202, or died) holds none of the customer's bytes.
+//! answered 202, or died) holds none of the customer's bytes. An answer
+//! carries the time the owner wrote it; no standby reads one after
+//! [`ANSWER_WITHIN`], and the owner removes those older than
+//! [`ANSWER_KEPT`] when its round starts and every [`SWEEP_EVERY`]
+//! ([`sweep`]), so unread answers neither pile up nor keep what they say.
 
 use super::http::{self, AppState};
 use super::kv::pg::{Pg, CHANNEL_COMMANDS};
@@ -49,6 +63,11 @@ pub const PREFIX_COMMAND: u8 = b'q';
 pub const PREFIX_ANSWER: u8 = b'Q';
 /// How long a standby waits for the owner's answer before it answers 202.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+/// How long an answer no standby read is kept (many times
+/// [`ANSWER_WITHIN`]: a node's clock may be off by some).
+pub const ANSWER_KEPT: Duration = Duration::from_secs(600);
+/// How often the owner removes the answers older than [`ANSWER_KEPT`].
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How often a standby looks for the answer.
 const ANSWER_POLL: Duration = Duration::from_millis(25);
 /// How often the owner looks for commands when no notification came.
@@ -67,6 +86,20 @@ pub enum Command {
     Erase { customer: String },
     /// `POST /v1/reload`: install the stored bundle with this key.
     Reload { bundle: String },
+    /// `POST /v1/journeys/NAME/trigger` naming a segment: the request as
+    /// the standby validated it (its `journey` set from the path) and when
+    /// it came; the owner validates it again against the version it runs.
+    Broadcast {
+        request: serde_json::Value,
+        received_at: i64,
+    },
+    /// `POST /v1/rejected/replay`.
+    ReplayRejected,
+    /// `POST /v1/outbox/retry`: every dead letter, or those with these
+    /// sequence numbers.
+    RetryDead { seq: Option<Vec<u64>> },
+    /// `POST /v1/customers/ID/retry`, the id already resolved through aliases.
+    RetryCustomer { customer: String },
 }
 
 /// An HTTP answer: status and JSON body.
@@ -74,6 +107,16 @@ pub enum Command {
 pub struct Answer {
     pub status: u16,
     pub body: serde_json::Value,
+}
+
+/// An answer as its record holds it: with the time (ms) the owner wrote
+/// it (0 in a record without one, which [`sweep`] takes as old).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    answer: Answer,
+    #[serde(default)]
+    written_at: i64,
 }
 
 impl Answer {
@@ -155,9 +198,10 @@ async fn submit_within(pg: &Pg, store: &Store, command: &Command, within: Durati
             let mut batch = Batch::default();
             batch.remove(answer_key);
             pg.apply_unfenced(batch, None)?;
-            return Ok(serde_json::from_slice(&value).unwrap_or_else(|e| {
-                Answer::failed(format!("the owner's answer to command {id} cannot be read: {e}"))
-            }));
+            return Ok(serde_json::from_slice::<Stored>(&value).map_or_else(
+                |e| Answer::failed(format!("the owner's answer to command {id} cannot be read: {e}")),
+                |stored| stored.answer,
+            ));
         }
         if taking_over || started.elapsed() >= within {
             let reason = match taking_over {
@@ -187,7 +231,12 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
         super::kv::Kv::Postgres(pg) => pg.wakeups(CHANNEL_COMMANDS),
         super::kv::Kv::Sled(_) => return,
     };
+    let mut swept: Option<std::time::Instant> = None;
     loop {
+        if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            sweep(&state.store, super::timers::now_ms());
+            swept = Some(std::time::Instant::now());
+        }
         let records: Vec<_> = state.store.db.scan_prefix([PREFIX_COMMAND]).take(TAKE).collect();
         let (mut answered, mut deferred) = (0, false);
         for record in records {
@@ -205,8 +254,12 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
                 deferred = true;
                 break;
             }
+            let id = record_key
+                .get(1..9)
+                .and_then(|id| <[u8; 8]>::try_from(id).ok())
+                .map_or(0, u64::from_be_bytes);
             let answer = match serde_json::from_slice::<Command>(&value) {
-                Ok(command) => apply(&state, command).await,
+                Ok(command) => apply(&state, id, command).await,
                 Err(error) => Answer::error(
                     axum::http::StatusCode::BAD_REQUEST,
                     "",
@@ -221,7 +274,11 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
             batch.remove(record_key.to_vec());
             let mut answer_key = record_key.to_vec();
             answer_key[0] = PREFIX_ANSWER;
-            batch.insert(answer_key, serde_json::to_vec(&answer).expect("an answer serializes"));
+            let stored = Stored {
+                answer,
+                written_at: super::timers::now_ms(),
+            };
+            batch.insert(answer_key, serde_json::to_vec(&stored).expect("an answer serializes"));
             if let Err(error) = state.store.db.apply_batch(batch) {
                 // Kept: applied again at the next look (both are idempotent).
                 tracing::warn!(%error, "answering a command failed");
@@ -245,6 +302,28 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
     }
 }
 
+/// Removes the answers written more than [`ANSWER_KEPT`] before `now`
+/// (unread: their standby answered 202, or died); a failure is left for
+/// the next sweep.
+fn sweep(store: &Store, now: i64) {
+    let oldest = now.saturating_sub(ANSWER_KEPT.as_millis() as i64);
+    let mut batch = Batch::default();
+    for record in store.db.scan_prefix([PREFIX_ANSWER]) {
+        let Ok((key, value)) = record else { break };
+        let written_at = serde_json::from_slice::<Stored>(&value).map_or(0, |stored| stored.written_at);
+        if written_at < oldest {
+            batch.remove(key.to_vec());
+        }
+    }
+    if batch.is_empty() {
+        return;
+    }
+    match store.db.apply_batch(batch) {
+        Ok(()) => tracing::info!("unread answers of handed-over commands removed"),
+        Err(error) => tracing::warn!(%error, "removing old answers failed"),
+    }
+}
+
 /// Whether inbox records older than the command `record_key` names (a
 /// smaller id of the same sequence: written before it) are still waiting.
 fn earlier_inbox_records(store: &Store, record_key: &[u8]) -> bool {
@@ -259,7 +338,11 @@ fn earlier_inbox_records(store: &Store, record_key: &[u8]) -> bool {
         .is_some_and(|first| first.is_ok())
 }
 
-async fn apply(state: &AppState, command: Command) -> Answer {
+/// Does what the owner's own endpoint does for `command` (number `id`),
+/// with the same functions, and answers as it would: the one dispatch of
+/// commands (a command that names a customer may later go to the owner of
+/// its partition instead; only [`run`]'s choice of records changes then).
+async fn apply(state: &AppState, id: u64, command: Command) -> Answer {
     match command {
         // What the erasure found, not naming the customer: an answer no
         // standby reads (it answered 202) must hold no byte of it.
@@ -271,5 +354,93 @@ async fn apply(state: &AppState, command: Command) -> Answer {
             tracing::info!(%bundle, "a standby's reload");
             reload_answer(state.reloader.install_stored(&bundle).await)
         }
+        Command::Broadcast { request, received_at } => {
+            super::broadcast::started_for_standby(state, &request, received_at, id + 1).await
+        }
+        Command::ReplayRejected => http::replay(state).await,
+        Command::RetryDead { seq } => http::requeue_dead(state, seq).await,
+        // As the erasure: what the retry found, not naming the customer.
+        Command::RetryCustomer { customer } => match http::retry(state, customer).await {
+            Ok(retried) => Answer::ok(serde_json::to_value(retried).expect("an outcome serializes")),
+            Err(failure) => failure,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The records a standby writes: each command as JSON, read back the
+    /// same (a command an older node wrote still reads).
+    #[test]
+    fn commands_round_trip_as_json() {
+        let commands = [
+            Command::Erase { customer: "c1".into() },
+            Command::Reload { bundle: "k".into() },
+            Command::Broadcast {
+                request: serde_json::json!({"segment": "s", "journey": "j"}),
+                received_at: 5,
+            },
+            Command::ReplayRejected,
+            Command::RetryDead { seq: Some(vec![3, 4]) },
+            Command::RetryDead { seq: None },
+            Command::RetryCustomer { customer: "c2".into() },
+        ];
+        for command in commands {
+            let bytes = serde_json::to_vec(&command).expect("serializes");
+            assert_eq!(serde_json::from_slice::<Command>(&bytes).expect("reads"), command);
+        }
+        assert_eq!(
+            serde_json::from_str::<Command>(r#"{"erase":{"customer":"c"}}"#).expect("reads"),
+            Command::Erase { customer: "c".into() }
+        );
+        assert_eq!(
+            serde_json::to_string(&Command::ReplayRejected).expect("serializes"),
+            r#""replay_rejected""#
+        );
+    }
+
+    /// The sweep removes the answers older than [`ANSWER_KEPT`] (and those
+    /// with no time) and keeps the recent ones; a stored answer reads as
+    /// the answer it holds.
+    #[test]
+    fn old_answers_are_swept_and_recent_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &super::super::store::StoreOptions::default()).expect("open");
+        let now = 10 * ANSWER_KEPT.as_millis() as i64;
+        let stored = |written_at: i64| {
+            serde_json::to_vec(&Stored {
+                answer: Answer::ok(serde_json::json!({"n": written_at})),
+                written_at,
+            })
+            .expect("serializes")
+        };
+        let kept = ANSWER_KEPT.as_millis() as i64;
+        store
+            .db
+            .insert(key(PREFIX_ANSWER, 1), stored(now - kept - 1))
+            .expect("insert");
+        store
+            .db
+            .insert(key(PREFIX_ANSWER, 2), stored(now - kept + 1))
+            .expect("insert");
+        store
+            .db
+            .insert(key(PREFIX_ANSWER, 3), &br#"{"status":200,"body":{}}"#[..])
+            .expect("insert");
+        store
+            .db
+            .insert(key(PREFIX_COMMAND, 4), &br#""replay_rejected""#[..])
+            .expect("insert");
+        sweep(&store, now);
+        let left: Vec<Vec<u8>> = (store.db.iter().keys())
+            .map(|k| k.expect("key").to_vec())
+            .filter(|k| [PREFIX_ANSWER, PREFIX_COMMAND].contains(&k[0]))
+            .collect();
+        assert_eq!(left, vec![key(PREFIX_ANSWER, 2), key(PREFIX_COMMAND, 4)]);
+        let read: Stored =
+            serde_json::from_slice(&store.db.get(key(PREFIX_ANSWER, 2)).expect("get").expect("there")).expect("reads");
+        assert_eq!(read.answer, Answer::ok(serde_json::json!({"n": now - kept + 1})));
     }
 }

@@ -270,7 +270,13 @@ async fn trigger_journey(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let runtime = current(&state.runtime);
+    trigger_on(Node::Owner(&state), name, headers, body).await
+}
+
+/// `POST /v1/journeys/NAME/trigger` on either node (a segment's broadcast
+/// started by the owner, handed to it by a standby).
+async fn trigger_on(node: Node<'_>, name: String, headers: HeaderMap, body: Body) -> Response {
+    let runtime = node.runtime();
     let Some(program) = runtime.bundle.journey(&name) else {
         return error(StatusCode::NOT_FOUND, "journey", format!("no journey {name:?}"));
     };
@@ -285,8 +291,8 @@ async fn trigger_journey(
         );
     }
     drop(runtime);
-    intake_with(
-        state,
+    intake_on(
+        node,
         Endpoint::Trigger,
         headers,
         body,
@@ -460,8 +466,9 @@ pub struct Refused {
 pub struct Validated {
     pub calls: Vec<Call>,
     pub refused: Vec<Refused>,
-    /// A trigger request naming a segment: a broadcast to start instead.
-    pub broadcast: Option<crate::runtime::broadcast::Broadcast>,
+    /// A trigger request naming a segment: a broadcast to start instead,
+    /// with the request as validated (what a standby hands over).
+    pub broadcast: Option<(crate::runtime::broadcast::Broadcast, serde_json::Value)>,
 }
 
 impl Endpoint {
@@ -593,7 +600,7 @@ fn validate_trigger(
         let broadcast = crate::runtime::broadcast::parse(&json, bundle, Some(received_at))
             .map_err(|e| refuse(StatusCode::UNPROCESSABLE_ENTITY, e.field, e.reason, 1))?;
         return Ok(Validated {
-            broadcast: Some(broadcast),
+            broadcast: Some((broadcast, json)),
             ..Validated::default()
         });
     }
@@ -790,11 +797,17 @@ async fn intake_on(
             return error(refusal.status, &refusal.field, refusal.reason);
         }
     };
-    if let Some(broadcast) = validated.broadcast {
-        return match node {
-            Node::Owner(state) => super::broadcast::started(state, broadcast, &runtime.bundle_key, received_at).await,
-            Node::Standby(_) => error(StatusCode::SERVICE_UNAVAILABLE, "", STANDBY_UNAVAILABLE),
+    if let Some((broadcast, request)) = validated.broadcast {
+        let answer = match node {
+            Node::Owner(state) => {
+                super::broadcast::started(state, broadcast, &runtime.bundle_key, received_at, None).await
+            }
+            Node::Standby(standby) => {
+                let command = super::command::Command::Broadcast { request, received_at };
+                super::command::submit(&standby.pg, &standby.store, &command).await
+            }
         };
+        return answer.into_response();
     }
     let Validated { calls, refused, .. } = validated;
     // Batches and imports answer per call (`index`) or per row (`row`).
@@ -886,10 +899,15 @@ fn rejected_response(rejected: &RejectedStore, query: &HashMap<String, String>) 
 /// current workspace; those that pass are ingested and dropped from the
 /// store, the others stay with their new reason.
 async fn replay_rejected(State(state): State<AppState>) -> Response {
+    replay(&state).await.into_response()
+}
+
+/// The owner's replay of the refused calls: `POST /v1/rejected/replay`,
+/// and a standby's handed over (`command.rs`).
+pub(crate) async fn replay(state: &AppState) -> Answer {
     let _one_at_a_time = state.rejected.replay_lock.lock().await;
     let runtime = current(&state.runtime);
-    let store_failed =
-        |failure: super::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
+    let store_failed = |failure: super::store::StoreError| Answer::failed(failure.to_string());
     let (mut replayed, mut still, mut not_replayable) = (0usize, Vec::new(), 0usize);
     let mut after = None;
     loop {
@@ -935,7 +953,7 @@ async fn replay_rejected(State(state): State<AppState>) -> Response {
         // Ingested (and durable) before the entries go: a crash between the
         // two replays them again, and their messageIds dedupe them.
         if let Err(failure) = state.committer.ingest(calls).await {
-            return commit_error(failure);
+            return commit_answer(failure);
         }
         if let Err(failure) = state.rejected.remove(&passed) {
             return store_failed(failure);
@@ -945,14 +963,13 @@ async fn replay_rejected(State(state): State<AppState>) -> Response {
     }
     let total = state.rejected.len();
     tracing::info!(replayed, left = total, "rejected calls replayed");
-    Json(json!({
+    Answer::ok(json!({
         "success": true,
         "replayed": replayed,
         "left": total,
         "not_replayable": not_replayable,
         "still_rejected": still,
     }))
-    .into_response()
 }
 
 /// An event-time field as `GET` shows it: only times intake accepts as
@@ -1192,17 +1209,43 @@ async fn retry_customer(State(state): State<AppState>, PathParam(id): PathParam)
         Ok(id) => id,
         Err(response) => return *response,
     };
-    match state.committer.retry(id.clone()).await {
-        Ok(None) => error(StatusCode::NOT_FOUND, "id", format!("customer {id:?} is not failing")),
-        Ok(Some(recovered)) => {
-            let fault = match super::faults::read(&state.store.db, &id) {
-                Ok(fault) => fault.map_or(serde_json::Value::Null, |f| f.to_json()),
-                Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
-            };
-            let body = json!({"success": true, "customer": id, "recovered": recovered, "fault": fault});
-            (StatusCode::OK, Json(body)).into_response()
+    match retry(&state, id.clone()).await {
+        Ok(retried) => retry_reply(&id, retried).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// What retrying a customer found: whether it recovered (`None`: it was
+/// not failing) and its fault record now. Names no customer, like
+/// [`Erased`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Retried {
+    pub recovered: Option<bool>,
+    pub fault: serde_json::Value,
+}
+
+/// Retries customer `id` (resolved through aliases) now: the owner's `POST
+/// /v1/customers/ID/retry`, and a standby's handed over (`command.rs`).
+pub(crate) async fn retry(state: &AppState, id: String) -> Result<Retried, Answer> {
+    let recovered = state.committer.retry(id.clone()).await.map_err(commit_answer)?;
+    let fault = match recovered {
+        None => serde_json::Value::Null,
+        Some(_) => match super::faults::read(&state.store.db, &id) {
+            Ok(fault) => fault.map_or(serde_json::Value::Null, |f| f.to_json()),
+            Err(failure) => return Err(Answer::failed(failure.to_string())),
+        },
+    };
+    Ok(Retried { recovered, fault })
+}
+
+/// The answer to `POST /v1/customers/ID/retry` (on the owner, and a
+/// standby's from the owner's [`Retried`]).
+pub(crate) fn retry_reply(id: &str, retried: Retried) -> Answer {
+    match retried.recovered {
+        None => Answer::error(StatusCode::NOT_FOUND, "id", &format!("customer {id:?} is not failing")),
+        Some(recovered) => {
+            Answer::ok(json!({"success": true, "customer": id, "recovered": recovered, "fault": retried.fault}))
         }
-        Err(failure) => commit_error(failure),
     }
 }
 
@@ -1293,6 +1336,11 @@ async fn list_dead_letters(
     State(state): State<AppState>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
+    dead_letters_response(&state.store, query).await
+}
+
+/// `GET /v1/outbox/dead` on the owner or a standby.
+async fn dead_letters_response(store: &Store, query: Option<String>) -> Response {
     let mut limit = 100;
     for pair in query
         .as_deref()
@@ -1320,7 +1368,7 @@ async fn list_dead_letters(
             }
         }
     }
-    let store = state.store.clone();
+    let store = store.clone();
     let listed = tokio::task::spawn_blocking(move || {
         Ok::<_, store::StoreError>((super::dead::list(&store, limit)?, super::dead::count(&store)))
     })
@@ -1337,54 +1385,50 @@ async fn list_dead_letters(
 /// `POST /v1/outbox/retry` with no body (or `{}`) requeues every dead
 /// letter; `{"seq": [N, …]}` those with these sequence numbers.
 async fn retry_dead_letters(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
-    let only: Option<Vec<u64>> = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let value: serde_json::Value = match serde_json::from_slice(&body) {
-            Ok(value) => value,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "", format!("the body is not JSON: {e}")),
-        };
-        let Some(object) = value.as_object() else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "",
-                "expected an object like {\"seq\": [12, 15]}",
-            );
-        };
-        if let Some(other) = object.keys().find(|k| k.as_str() != "seq") {
-            return error(StatusCode::BAD_REQUEST, other, "unknown field; only seq");
-        }
-        match object.get("seq") {
-            None => None,
-            Some(serde_json::Value::Array(items)) => {
-                let seqs: Option<Vec<u64>> = items.iter().map(serde_json::Value::as_u64).collect();
-                match seqs {
-                    Some(seqs) => Some(seqs),
-                    None => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "seq",
-                            "expected whole numbers (outbox sequence numbers)",
-                        )
-                    }
-                }
-            }
-            Some(_) => return error(StatusCode::BAD_REQUEST, "seq", "expected a list of sequence numbers"),
-        }
+    match dead_letters_asked(&body) {
+        Ok(only) => requeue_dead(&state, only).await.into_response(),
+        Err(refused) => *refused,
+    }
+}
+
+/// The dead letters a `POST /v1/outbox/retry` body asks for (`None`: all),
+/// or its refusal: read the same on every node.
+fn dead_letters_asked(body: &[u8]) -> Result<Option<Vec<u64>>, Box<Response>> {
+    let bad = |field: &str, reason: String| Box::new(error(StatusCode::BAD_REQUEST, field, reason));
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad("", format!("the body is not JSON: {e}")))?;
+    let Some(object) = value.as_object() else {
+        return Err(bad("", "expected an object like {\"seq\": [12, 15]}".into()));
     };
+    if let Some(other) = object.keys().find(|k| k.as_str() != "seq") {
+        return Err(bad(other, "unknown field; only seq".into()));
+    }
+    match object.get("seq") {
+        None => Ok(None),
+        Some(serde_json::Value::Array(items)) => {
+            let seqs: Option<Vec<u64>> = items.iter().map(serde_json::Value::as_u64).collect();
+            seqs.map(Some)
+                .ok_or_else(|| bad("seq", "expected whole numbers (outbox sequence numbers)".into()))
+        }
+        Some(_) => Err(bad("seq", "expected a list of sequence numbers".into())),
+    }
+}
+
+/// The owner's requeue of dead letters (all, or those of `only`): `POST
+/// /v1/outbox/retry`, and a standby's handed over (`command.rs`).
+pub(crate) async fn requeue_dead(state: &AppState, only: Option<Vec<u64>>) -> Answer {
     let store = state.store.clone();
     let requeued = tokio::task::spawn_blocking(move || super::dead::requeue(&store, only.as_deref())).await;
     match requeued {
         Ok(Ok((requeued, missing))) => {
             state.dead_retry.send_modify(|generation| *generation += 1);
-            (
-                StatusCode::OK,
-                Json(json!({"success": true, "requeued": requeued, "not_found": missing})),
-            )
-                .into_response()
+            Answer::ok(json!({"success": true, "requeued": requeued, "not_found": missing}))
         }
-        Ok(Err(failure)) => error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
-        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+        Ok(Err(failure)) => Answer::failed(failure.to_string()),
+        Err(failure) => Answer::failed(failure.to_string()),
     }
 }
 
@@ -1392,15 +1436,19 @@ async fn retry_dead_letters(State(state): State<AppState>, body: axum::body::Byt
 const STANDBY_UNAVAILABLE: &str = "standby: another node holds the store's lease; this one takes over when it expires";
 
 /// What a standby node (another one holds the PostgreSQL store's lease)
-/// serves while it waits (`docs/scale-out.md`): `/healthz` says so and
-/// names the owner; customers are read (`GET /v1/customers/ID`), stats,
-/// `/v1/journeys`, `/ui` and `/metrics` answered from the store's counters
-/// ([`super::stats::persisted`]) and `/v1/rejected` from its refusals, as
-/// on the owner; intake is written to the inbox with its refusals kept
-/// beside it (`inbox.rs`), `DELETE /v1/customers/ID` and `POST
-/// /v1/reload` handed to the owner (`command.rs`). The token and
-/// `--protect-ui` are checked as on the owner. Every other request gets
-/// 503.
+/// serves while it waits (`docs/scale-out.md`): every endpoint of the
+/// owner, with the owner's answers. `/healthz` says it is a standby and
+/// names the owner; customers, broadcasts and dead letters are read from
+/// the store, stats, `/v1/journeys`, `/ui` and `/metrics` answered from the
+/// store's counters ([`super::stats::persisted`]) and `/v1/rejected` from
+/// its refusals, as on the owner; intake (also imports, API triggers and
+/// one-click unsubscribes) is written to the inbox with its refusals kept
+/// beside it (`inbox.rs`); the owner's other writes (`DELETE
+/// /v1/customers/ID`, `POST /v1/reload`, a segment's broadcast, replaying
+/// refusals, requeueing dead letters, retrying a customer) are handed to
+/// the owner as commands (`command.rs`). The token and `--protect-ui` are
+/// checked as on the owner. A path no node serves gets 503 (another node
+/// may).
 pub fn standby_router(standby: Standby) -> Router {
     let standby = Arc::new(standby);
     let api = Router::new()
@@ -1408,6 +1456,7 @@ pub fn standby_router(standby: Standby) -> Router {
             "/v1/customers/{id}",
             get(standby_customer).delete(standby_delete_customer),
         )
+        .route("/v1/customers/{id}/retry", post(standby_retry_customer))
         .route("/v1/track", post(|s, h, b| standby_intake(s, Endpoint::Track, h, b)))
         .route(
             "/v1/identify",
@@ -1418,8 +1467,15 @@ pub fn standby_router(standby: Standby) -> Router {
         .route("/v1/group", post(|s, h, b| standby_intake(s, Endpoint::Group, h, b)))
         .route("/v1/alias", post(|s, h, b| standby_intake(s, Endpoint::Alias, h, b)))
         .route("/v1/batch", post(|s, h, b| standby_intake(s, Endpoint::Batch, h, b)))
+        .route("/v1/import", post(|s, h, b| standby_intake(s, Endpoint::Import, h, b)))
+        .route("/v1/journeys/{name}/trigger", post(standby_trigger))
+        .route("/v1/broadcasts", get(standby_broadcasts))
+        .route("/v1/broadcasts/{id}", get(standby_broadcast))
         .route("/v1/rejected", get(standby_rejected))
+        .route("/v1/rejected/replay", post(standby_replay))
         .route("/v1/reload", post(standby_reload))
+        .route("/v1/outbox/dead", get(standby_dead_letters))
+        .route("/v1/outbox/retry", post(standby_retry_dead_letters))
         .route_layer(middleware::from_fn_with_state(standby.clone(), standby_authenticate));
     let aggregates = Router::new()
         .route("/ui", get(super::ui::page))
@@ -1432,8 +1488,17 @@ pub fn standby_router(standby: Standby) -> Router {
         true => aggregates.route_layer(middleware::from_fn_with_state(standby.clone(), standby_authenticate)),
         false => aggregates,
     };
+    // One-click unsubscribes, outside the API's authentication as on the owner.
+    let unsubscribe = Router::new().route(
+        "/u/{token}",
+        get(|State(standby): State<Arc<Standby>>, token: PathParam| async move {
+            super::unsubscribe::confirm(&standby.links, &token.0)
+        })
+        .post(standby_one_click),
+    );
     Router::new()
         .route("/healthz", get(standby_healthz))
+        .merge(unsubscribe)
         .merge(api)
         .merge(aggregates)
         .fallback(|| async { error(StatusCode::SERVICE_UNAVAILABLE, "", STANDBY_UNAVAILABLE) })
@@ -1459,6 +1524,8 @@ pub struct Standby {
     pub sink_names: Arc<Vec<String>>,
     /// `POST /v1/reload` (and SIGHUP) here.
     pub publisher: Arc<super::reload::Publisher>,
+    /// Checks unsubscribe links (the database's key, shared by every node).
+    pub links: Arc<super::unsubscribe::Links>,
 }
 
 impl Standby {
@@ -1527,6 +1594,87 @@ async fn standby_delete_customer(State(standby): State<Arc<Standby>>, PathParam(
     match (answer.status, serde_json::from_value::<Erased>(answer.body.clone())) {
         (200, Ok(erased)) => erase_reply(&id, erased).into_response(),
         _ => answer.into_response(),
+    }
+}
+
+/// `POST /v1/customers/ID/retry` on a standby: handed to the owner
+/// (`command.rs`), answered as the owner answers.
+async fn standby_retry_customer(State(standby): State<Arc<Standby>>, PathParam(id): PathParam) -> Response {
+    let id = match resolve(&standby.store, id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
+    let command = super::command::Command::RetryCustomer { customer: id.clone() };
+    let answer = super::command::submit(&standby.pg, &standby.store, &command).await;
+    match (answer.status, serde_json::from_value::<Retried>(answer.body.clone())) {
+        (200, Ok(retried)) => retry_reply(&id, retried).into_response(),
+        _ => answer.into_response(),
+    }
+}
+
+/// `POST /v1/journeys/NAME/trigger` on a standby: its calls into the
+/// inbox, a segment's broadcast handed to the owner.
+async fn standby_trigger(
+    State(standby): State<Arc<Standby>>,
+    PathParam(name): PathParam,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    trigger_on(Node::Standby(&standby), name, headers, body).await
+}
+
+async fn standby_broadcasts(State(standby): State<Arc<Standby>>) -> Response {
+    super::broadcast::list_response(&standby.store)
+}
+
+async fn standby_broadcast(State(standby): State<Arc<Standby>>, PathParam(id): PathParam) -> Response {
+    super::broadcast::get_response(&standby.store, &id)
+}
+
+async fn standby_replay(State(standby): State<Arc<Standby>>) -> Response {
+    let command = super::command::Command::ReplayRejected;
+    super::command::submit(&standby.pg, &standby.store, &command)
+        .await
+        .into_response()
+}
+
+async fn standby_dead_letters(
+    State(standby): State<Arc<Standby>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    dead_letters_response(&standby.store, query).await
+}
+
+async fn standby_retry_dead_letters(State(standby): State<Arc<Standby>>, body: axum::body::Bytes) -> Response {
+    let seq = match dead_letters_asked(&body) {
+        Ok(seq) => seq,
+        Err(refused) => return *refused,
+    };
+    let command = super::command::Command::RetryDead { seq };
+    super::command::submit(&standby.pg, &standby.store, &command)
+        .await
+        .into_response()
+}
+
+/// `POST /u/TOKEN` on a standby: checked as on the owner, its
+/// `Unsubscribed` call written to the inbox (durable before the page).
+async fn standby_one_click(State(standby): State<Arc<Standby>>, token: PathParam, body: axum::body::Bytes) -> Response {
+    let runtime = current(&standby.runtime);
+    let call = super::unsubscribe::one_click_call(
+        &standby.links,
+        &token.0,
+        &body,
+        &standby.store,
+        &runtime,
+        standby.http.future_max_ms,
+    );
+    match call {
+        Ok(Some(call)) => match Node::Standby(&standby).take(Vec::new(), vec![call]).await {
+            Ok(()) => super::unsubscribe::unsubscribed_page(),
+            Err(response) => response,
+        },
+        Ok(None) => super::unsubscribe::unsubscribed_page(),
+        Err(response) => *response,
     }
 }
 

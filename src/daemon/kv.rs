@@ -252,6 +252,23 @@ impl Kv {
         }
     }
 
+    /// How many records have keys starting with `prefix`: on PostgreSQL one
+    /// `count(*)` over the key index (no value leaves the server), on sled
+    /// a walk of the keys.
+    pub fn count_prefix<P: AsRef<[u8]>>(&self, prefix: P) -> StoreResult<usize> {
+        match self {
+            Kv::Sled(db) => {
+                let mut count = 0;
+                for key in db.scan_prefix(prefix).keys() {
+                    key?;
+                    count += 1;
+                }
+                Ok(count)
+            }
+            Kv::Postgres(pg) => pg.count_prefix(prefix.as_ref()),
+        }
+    }
+
     /// The records with keys in `range`, in key order.
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
         match self {
@@ -321,6 +338,25 @@ mod tests {
         let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
         assert_eq!(values, vec![Some(&b"2"[..]), None, Some(b"1"), Some(b"2")]);
         assert!(kv.get_many::<&[u8]>(&[]).expect("none").is_empty());
+    }
+
+    /// The count of a prefix is the number of records its scan gives,
+    /// also for the last prefix byte (no end bound).
+    #[test]
+    fn a_prefix_counts_the_records_its_scan_gives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = Kv::Sled(sled::open(dir.path()).expect("open"));
+        for key in [&b"q"[..], b"r1", b"r2", b"r\xff", b"s", b"\xff", b"\xff\xff"] {
+            kv.insert(key, &b"v"[..]).expect("insert");
+        }
+        for prefix in [&b"r"[..], b"q", b"x", b"\xff", b""] {
+            assert_eq!(
+                kv.count_prefix(prefix).expect("count"),
+                kv.scan_prefix(prefix).count(),
+                "{prefix:?}"
+            );
+        }
+        assert_eq!(kv.count_prefix(b"r").expect("count"), 3);
     }
 
     #[test]

@@ -244,10 +244,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         }
     };
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
-    let links = Arc::new(
-        unsubscribe::Links::open(&config.data, &public_url)
-            .map_err(|e| DaemonError::Io(format!("the unsubscribe key: {e}")))?,
-    );
+    let links = Arc::new(open_links(&config.data, &store.db, &public_url).await?);
     let previous_key = store.current_bundle_key()?;
     let loaded = reload::build_runtime(&store, bundle, email_address_required)?;
     let needs_install = previous_key.as_deref() != Some(loaded.bundle_key.as_str());
@@ -336,6 +333,19 @@ async fn bind(listen: &str) -> Result<tokio::net::TcpListener, DaemonError> {
         .map_err(|e| DaemonError::Io(format!("cannot listen on {listen}: {e}")))
 }
 
+/// The unsubscribe links' key: the data directory's on sled, the
+/// database's on PostgreSQL (shared by every node, `unsubscribe.rs`).
+async fn open_links(data: &std::path::Path, db: &kv::Kv, public_url: &str) -> Result<unsubscribe::Links, DaemonError> {
+    let (data, db, public_url) = (data.to_path_buf(), db.clone(), public_url.to_string());
+    tokio::task::spawn_blocking(move || match &db {
+        kv::Kv::Postgres(pg) => unsubscribe::Links::open_shared(pg, &data, &public_url),
+        kv::Kv::Sled(_) => unsubscribe::Links::open(&data, &public_url).map_err(|e| e.to_string()),
+    })
+    .await
+    .map_err(|e| DaemonError::Io(e.to_string()))?
+    .map_err(|e| DaemonError::Io(format!("the unsubscribe key: {e}")))
+}
+
 /// Serves `front` on `listener` until `stopping` turns true.
 /// A node that does not hold the PostgreSQL store's lease: serves the
 /// standby's router (health, customer reads, intake into the inbox) until
@@ -365,6 +375,8 @@ async fn stand_by(
         .map_err(|e| DaemonError::Io(e.to_string()))??
     };
     let runtime: SharedRuntime = Arc::new(RwLock::new(Arc::new(runtime)));
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
+    let links = Arc::new(open_links(&config.data, db, &public_url).await?);
     let metrics = Arc::new(Metrics::default());
     let following = tokio::spawn(reload::keep_following(store.clone(), runtime.clone(), email));
     let publisher = Arc::new(reload::Publisher {
@@ -386,6 +398,7 @@ async fn stand_by(
         rejected,
         sink_names: Arc::new(config.sinks.iter().map(Sink::name).collect()),
         publisher: publisher.clone(),
+        links,
     }));
     let hangups = tokio::spawn(publish_on_hangup(publisher));
     let server_task = start_server(listener, front.clone(), config, stopping.clone());

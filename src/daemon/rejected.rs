@@ -190,8 +190,13 @@ impl RejectedStore {
         })
     }
 
+    /// The entries in the store: a count of the `r` keys (on PostgreSQL
+    /// one `count(*)`, not a scan of the records); 0 when it cannot be read.
     fn stored_count(store: &Store) -> usize {
-        store.db.scan_prefix([PREFIX_REJECTED]).keys().count()
+        store.db.count_prefix([PREFIX_REJECTED]).unwrap_or_else(|error| {
+            tracing::warn!(%error, "counting the refused calls failed");
+            0
+        })
     }
 
     /// The count, read again from the store on PostgreSQL when `always`

@@ -6,7 +6,10 @@
 //! TOKEN is base64url of `customer \n channel`, a dot, and base64url of its
 //! HMAC-SHA256 under a key made once per data directory
 //! (`DATA/unsubscribe.key`, mode 0600): only the daemon can mint one, and
-//! a changed byte makes it unknown.
+//! a changed byte makes it unknown. On PostgreSQL the key lives in the
+//! database instead (`munsubscribe`, [`Links::open_shared`]): the first
+//! node to start writes it if absent and every node reads the one stored,
+//! so a link sent by one node is honoured by all (`docs/scale-out.md`).
 //!
 //! `POST /u/TOKEN` with the body `List-Unsubscribe=One-Click` needs no
 //! other authentication; it goes through the commit thread as an
@@ -35,6 +38,8 @@ use std::path::Path;
 
 /// The key's file in the data directory.
 pub const KEY_FILE: &str = "unsubscribe.key";
+/// On PostgreSQL: the key's record (partition -1, written once).
+pub const META_KEY: &[u8] = b"munsubscribe";
 const KEY_BYTES: usize = 32;
 /// The one body RFC 8058 defines for a one-click POST.
 pub const ONE_CLICK_BODY: &str = "List-Unsubscribe=One-Click";
@@ -73,6 +78,42 @@ impl Links {
             )));
         }
         Ok(Links::with_key(key, public_url))
+    }
+
+    /// The key of the nodes of one PostgreSQL database: the one stored
+    /// under [`META_KEY`], written by the first node that starts (an
+    /// insert-if-absent, so two nodes starting at once agree). The first
+    /// one offers its `DATA/unsubscribe.key` if it has one (a daemon moved
+    /// from sled keeps its links working), else a new random key. A node
+    /// whose own file holds another key logs that its links stop working.
+    pub fn open_shared(pg: &super::kv::pg::Pg, data: &Path, public_url: &str) -> Result<Links, String> {
+        let path = data.join(KEY_FILE);
+        let own = match std::fs::read(&path) {
+            Ok(key) if key.len() == KEY_BYTES => Some(key),
+            Ok(_) => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let offered = own
+            .clone()
+            .unwrap_or_else(|| rand::random::<[u8; KEY_BYTES]>().to_vec());
+        let stored = pg
+            .insert_if_absent_unfenced(META_KEY, &offered)
+            .map_err(|e| e.to_string())?
+            .to_vec();
+        if stored.len() != KEY_BYTES {
+            return Err(format!(
+                "the database's unsubscribe key has {} bytes, expected {KEY_BYTES}",
+                stored.len()
+            ));
+        }
+        if own.as_ref().is_some_and(|own| *own != stored) {
+            tracing::warn!(
+                path = %path.display(),
+                "this node's unsubscribe key differs from the database's, which every node uses: links it signed before stop working"
+            );
+        }
+        Ok(Links::with_key(stored, public_url))
     }
 
     pub fn with_key(key: Vec<u8>, public_url: &str) -> Links {
@@ -187,7 +228,12 @@ fn unknown_link() -> Response {
 
 /// `GET /u/TOKEN`: a page with a button; changes nothing.
 async fn confirm_page(State(state): State<AppState>, token: super::http::PathParam) -> Response {
-    let Some((_, channel)) = state.links.verify(&token.0) else {
+    confirm(&state.links, &token.0)
+}
+
+/// The page of `GET /u/TOKEN` (on the owner and a standby).
+pub fn confirm(links: &Links, token: &str) -> Response {
+    let Some((_, channel)) = links.verify(token) else {
         return unknown_link();
     };
     let what = match channel {
@@ -209,22 +255,58 @@ async fn confirm_page(State(state): State<AppState>, token: super::http::PathPar
 
 /// `POST /u/TOKEN` with `List-Unsubscribe=One-Click`: unsubscribes, durably.
 async fn one_click(State(state): State<AppState>, token: super::http::PathParam, body: axum::body::Bytes) -> Response {
-    let Some((customer, channel)) = state.links.verify(&token.0) else {
-        return unknown_link();
+    let runtime = super::commit::current(&state.runtime);
+    let call = match one_click_call(
+        &state.links,
+        &token.0,
+        &body,
+        &state.store,
+        &runtime,
+        state.http.future_max_ms,
+    ) {
+        Ok(Some(call)) => call,
+        Ok(None) => return unsubscribed_page(),
+        Err(response) => return *response,
     };
-    if !is_one_click(&body) {
-        return error(
+    if let Err(failure) = state.committer.ingest(vec![call]).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "", failure.to_string());
+    }
+    unsubscribed_page()
+}
+
+/// What a one-click `POST /u/TOKEN` asks for, checked as on every node:
+/// the `Unsubscribed` track call to take (the owner commits it, a standby
+/// writes it to the inbox), `None` when the customer is not stored (erased
+/// or never stored: nothing to unsubscribe, and no record is made again for
+/// it; answered with the page), or the refusal's answer.
+pub fn one_click_call(
+    links: &Links,
+    token: &str,
+    body: &[u8],
+    store: &super::store::Store,
+    runtime: &super::commit::Runtime,
+    future_max_ms: i64,
+) -> Result<Option<crate::runtime::input::Call>, Box<Response>> {
+    let Some((customer, channel)) = links.verify(token) else {
+        return Err(Box::new(unknown_link()));
+    };
+    if !is_one_click(body) {
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "body",
             format!("a one-click unsubscribe posts the body {ONE_CLICK_BODY}"),
-        );
+        )));
     }
-    match state.store.customer(&customer) {
-        // Erased (or never stored): nothing to unsubscribe, and no record
-        // is made again for the customer.
-        Ok(None) => return unsubscribed_page(),
+    match store.customer(&customer) {
+        Ok(None) => return Ok(None),
         Ok(Some(_)) => {}
-        Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string()),
+        Err(failure) => {
+            return Err(Box::new(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "",
+                failure.to_string(),
+            )))
+        }
     }
     let received_at = super::timers::now_ms();
     let call = serde_json::json!({
@@ -233,19 +315,14 @@ async fn one_click(State(state): State<AppState>, token: super::http::PathParam,
         "event": "Unsubscribed",
         "properties": {"channel": channel.as_str()},
     });
-    let runtime = super::commit::current(&state.runtime);
-    let call = match parse_received_call(&call, &runtime.bundle.schema, received_at, state.http.future_max_ms) {
-        Ok(call) => call,
-        Err(refusal) => return error(StatusCode::UNPROCESSABLE_ENTITY, &refusal.field, refusal.reason),
-    };
-    if let Err(failure) = state.committer.ingest(vec![call]).await {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "", failure.to_string());
-    }
+    let call = parse_received_call(&call, &runtime.bundle.schema, received_at, future_max_ms)
+        .map_err(|refusal| Box::new(error(StatusCode::UNPROCESSABLE_ENTITY, &refusal.field, refusal.reason)))?;
     tracing::info!(customer = %customer, channel = channel.as_str(), "unsubscribed by one-click link");
-    unsubscribed_page()
+    Ok(Some(call))
 }
 
-fn unsubscribed_page() -> Response {
+/// The page answering a one-click unsubscribe.
+pub fn unsubscribed_page() -> Response {
     Html(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head>\n\
          <body style=\"font-family:sans-serif;max-width:30em;margin:3em auto\"><h1>You are unsubscribed</h1></body></html>\n",

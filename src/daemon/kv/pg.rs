@@ -648,6 +648,64 @@ impl Pg {
         })
     }
 
+    /// Writes `value` under `key` unless the key holds a value already,
+    /// from any node and outside the lease, and answers the value stored
+    /// then (this one, or the one another node wrote first): for a record
+    /// made once and never changed that every node must agree on (the
+    /// unsubscribe links' key, `daemon/unsubscribe.rs`).
+    pub fn insert_if_absent_unfenced(&self, key: &[u8], value: &[u8]) -> StoreResult<Bytes> {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        self.run(|pool, partitions| async move {
+            let client = connection(&pool).await?;
+            let partition = partition_of(&key, partitions);
+            client
+                .execute(
+                    "INSERT INTO journeyc_kv (partition, key, value) VALUES ($1, $2, $3) \
+                     ON CONFLICT (partition, key) DO NOTHING",
+                    &[&partition, &key, &value],
+                )
+                .await
+                .map_err(|e| error("insert if absent", e))?;
+            // A statement of its own: its snapshot sees the row another
+            // node's insert (which this one's waited for) committed.
+            let row = client
+                .query_one(
+                    "SELECT value FROM journeyc_kv WHERE partition = $1 AND key = $2",
+                    &[&partition, &key],
+                )
+                .await
+                .map_err(|e| error("insert if absent", e))?;
+            Ok(Bytes::from(row.get::<_, Vec<u8>>(0)))
+        })
+    }
+
+    /// How many records have keys starting with `prefix`: one `count(*)`
+    /// over the key index, no value read out.
+    pub fn count_prefix(&self, prefix: &[u8]) -> StoreResult<usize> {
+        let start = prefix.to_vec();
+        let end = super::prefix_end(prefix);
+        self.run(|pool, _| async move {
+            let client = connection(&pool).await?;
+            let row = match &end {
+                Some(end) => {
+                    client
+                        .query_one(
+                            "SELECT count(*) FROM journeyc_kv WHERE key >= $1 AND key < $2",
+                            &[&start, end],
+                        )
+                        .await
+                }
+                None => {
+                    client
+                        .query_one("SELECT count(*) FROM journeyc_kv WHERE key >= $1", &[&start])
+                        .await
+                }
+            }
+            .map_err(|e| error("count", e))?;
+            Ok(row.get::<_, i64>(0) as usize)
+        })
+    }
+
     /// Sends `NOTIFY channel` (no data written, so from any node): the
     /// owner's word to the standbys that the store's current version
     /// changed ([`CHANNEL_VERSION`]).
