@@ -942,7 +942,7 @@ impl CommitThread {
     /// Writes the group as one batch, flushes, publishes.
     fn write(&mut self, jobs: &[Job], mut group: Changes, answers: Vec<usize>) -> Result<Applied, CommitError> {
         let mut batch = crate::daemon::kv::Batch::default();
-        let mut timers = TimerChanges::new(self.next_timer_chunk);
+        let mut timers = TimerChanges::on(&self.store, self.next_timer_chunk);
         for job in jobs {
             if let Job::Wake { timers: entries, .. } = job {
                 for entry in entries {
@@ -976,7 +976,7 @@ impl CommitThread {
         }
         for write in group.writes.drain(..) {
             let id = &write.customer;
-            let chunk = timers.update(id, write.original_timer, write.new_wake);
+            let chunk = timers.update(id, write.original_timer, write.new_wake)?;
             match write.value {
                 Some(value) => batch.insert(store::customer_key(id), store::encode_customer(value, chunk)),
                 None => batch.remove(store::customer_key(id)),

@@ -368,7 +368,7 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
     if migrating {
         let now = super::timers::now_ms();
         let mut batch = crate::daemon::kv::Batch::default();
-        let mut timers = TimerChanges::new(store.next_timer_chunk()?);
+        let mut timers = TimerChanges::on(store, store.next_timer_chunk()?);
         let mut in_batch = 0;
         let mut deltas: HashMap<String, i64> = HashMap::new();
         for item in store.db.scan_prefix([store::PREFIX_CUSTOMER]) {
@@ -381,14 +381,14 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
                 continue;
             }
             moved += moved_here;
-            let chunk = timers.update(&state.id, wake_before.map(|due| (due, chunk)), state.next_wake());
+            let chunk = timers.update(&state.id, wake_before.map(|due| (due, chunk)), state.next_wake())?;
             let after = stats::positions(&state);
             stats::positions_delta(&before, &after, &mut deltas);
             batch.insert(key, store::encode_customer(store::encode_state(&state), chunk));
             in_batch += 1;
             if in_batch >= MIGRATION_BATCH_CUSTOMERS {
                 let next_chunk = write_changes(store, &mut batch, &mut deltas, timers)?;
-                timers = TimerChanges::new(next_chunk);
+                timers = TimerChanges::on(store, next_chunk);
                 in_batch = 0;
             }
         }

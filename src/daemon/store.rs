@@ -8,7 +8,7 @@
 //! | prefix | key after the prefix                 | value                                 |
 //! |--------|--------------------------------------|---------------------------------------|
 //! | `c`    | customer id                          | postcard [`CustomerState`], then the number of its timer chunk (u64 BE) when it has one |
-//! | `t`    | due ms (order-preserving u64 BE) + chunk number (u64 BE) | postcard `Vec<String>`: customers due then, at most [`TIMER_CHUNK_MAX`] (the timer index) |
+//! | `t`    | due ms (order-preserving u64 BE) + chunk number (u64 BE) | postcard `Vec<String>`: customers due then, at most [`TIMER_CHUNK_MAX`] (the timer index). On PostgreSQL a chunk lists customers of one partition and is stored in it: its number is drawn from the sequence `journeyc_timer_chunks`, top bit set, the partition in the low 16 bits (`kv/pg.rs`, [`TimerChanges::on`]) |
 //! | `t`    | due ms + customer id (written before chunks; still read)       | empty: one customer     |
 //! | `o`    | first outbox sequence number of the chunk (u64 BE) | postcard `Vec<(seq, JSON line)>`: one chunk per group commit |
 //! | `k`    | sink name                            | last sequence number delivered (u64 BE)|
@@ -20,7 +20,7 @@
 //! | `l`    | an id merged into another customer (an alias) | the customer id it resolves to (UTF-8) |
 //! | `L`    | customer id + `0x00` + alias         | empty: the aliases of a customer (bounds, erasure) |
 //! | `G`    | customer id + `0x00` + group id      | JSON `{id, traits, at}`: a group the customer is in (`group` calls) |
-//! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number / store format |
+//! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number (sled; PostgreSQL draws them from a sequence) / store format |
 //! | `i`    | inbox id (u64 BE)                    | JSON calls acked by a standby, removed by the owner's commit of them (PostgreSQL only, `daemon/inbox.rs`) |
 //! | `q`, `Q` | command id (u64 BE)                | a write a standby hands to the owner (`DELETE`, a reload's install) as JSON, and the owner's answer to it (PostgreSQL only, `daemon/command.rs`) |
 //!
@@ -185,7 +185,61 @@ impl Store {
             Some(5) => store.upgrade_customers::<StateV5>()?,
             Some(_) => {}
         }
+        if let crate::daemon::kv::Kv::Postgres(pg) = &store.db {
+            store.partition_timer_chunks(pg)?;
+        }
         Ok(store)
+    }
+
+    /// On PostgreSQL: moves every timer entry stored at partition -1 (a
+    /// store written before timer chunks were kept per partition, whose
+    /// chunks mix partitions) into chunks of one partition each, stored in
+    /// it, and points their customers' records at them. One batch per old
+    /// entry (the entry removed, its new chunks written, its customers'
+    /// records rewritten), so a crash in between leaves every customer
+    /// named by exactly one entry and the next open moves the rest. A
+    /// customer listed whose record names another entry (or none) is
+    /// dropped from the list, as firing it would skip it (the record, not
+    /// the list, says whether a customer waits, a failing one's retry
+    /// included). Nothing is
+    /// written when no entry is left at partition -1.
+    fn partition_timer_chunks(&self, pg: &crate::daemon::kv::pg::Pg) -> StoreResult<usize> {
+        let mut old = Vec::new();
+        for item in self.db.scan_prefix([PREFIX_TIMER]) {
+            let (key, value) = item?;
+            if pg.partition_of(&key) == PARTITION_NONE {
+                old.push(decode_timer_entry(&key, &value)?);
+            }
+        }
+        let mut moved = 0;
+        for entry in &old {
+            let mut batch = crate::daemon::kv::Batch::default();
+            let mut changes = TimerChanges::on(self, 0);
+            changes.fired(entry);
+            let keys: Vec<Vec<u8>> = entry.customers.iter().map(|c| customer_key(c)).collect();
+            let records = self.db.get_many(&keys)?;
+            for ((customer, key), record) in entry.customers.iter().zip(&keys).zip(records) {
+                let Some(record) = record else { continue };
+                let (_, chunk) = decode_customer(key, &record)?;
+                if chunk != entry.chunk {
+                    continue;
+                }
+                let state = record[..record.len() - chunk.map_or(0, |_| 8)].to_vec();
+                let new = changes.update(customer, Some((entry.due, entry.chunk)), Some(entry.due))?;
+                batch.insert(key.clone(), encode_customer(state, new));
+                moved += 1;
+            }
+            changes.write(self, &mut batch)?;
+            self.db.apply_batch(batch)?;
+        }
+        if !old.is_empty() {
+            tracing::info!(
+                entries = old.len(),
+                customers = moved,
+                "timer entries moved into their customers' partitions"
+            );
+        }
+        Ok(moved)
     }
 
     /// Rewrites every customer record of an older format (`Old`: format 1
@@ -302,7 +356,12 @@ impl Store {
     }
 
     /// Timer entries due at or before `now`, oldest first, after the key
-    /// `after`, until they name at least `limit` customers.
+    /// `after`, until they name at least `limit` customers. On PostgreSQL
+    /// only those of the partitions this node holds ([`Kv::range_of_held`]):
+    /// each chunk lists customers of one partition, so a partition lost or
+    /// held by another node holds up none of the others' wake-ups.
+    ///
+    /// [`Kv::range_of_held`]: crate::daemon::kv::Kv::range_of_held
     pub fn due_timers_after(&self, after: Option<&[u8]>, now: Millis, limit: usize) -> StoreResult<Vec<TimerEntry>> {
         use std::ops::Bound;
         let mut end = vec![PREFIX_TIMER];
@@ -313,7 +372,7 @@ impl Store {
         };
         let mut out = Vec::new();
         let mut customers = 0;
-        for item in self.db.range::<Vec<u8>, _>((start, Bound::Excluded(end))) {
+        for item in self.db.range_of_held::<Vec<u8>, _>((start, Bound::Excluded(end))) {
             let (key, value) = item?;
             let entry = decode_timer_entry(&key, &value)?;
             customers += entry.customers.len();
@@ -325,9 +384,10 @@ impl Store {
         Ok(out)
     }
 
-    /// When the earliest timer is due, if any.
+    /// When the earliest timer is due, if any (on PostgreSQL: of the
+    /// partitions this node holds).
     pub fn first_timer(&self) -> StoreResult<Option<Millis>> {
-        match self.db.scan_prefix([PREFIX_TIMER]).next() {
+        match self.db.range_of_held(vec![PREFIX_TIMER]..vec![PREFIX_TIMER + 1]).next() {
             None => Ok(None),
             Some(item) => Ok(Some(decode_timer_entry(&item?.0, &[])?.due)),
         }
@@ -746,14 +806,27 @@ pub struct TimerChanges {
     leaving: HashMap<Vec<u8>, Vec<String>>,
     /// One-customer keys to delete.
     removed: Vec<Vec<u8>>,
-    /// Due time → new chunks `(number, customers)`, the last one open.
-    new_chunks: BTreeMap<Millis, Vec<(u64, Vec<String>)>>,
+    /// (Due time, partition) → new chunks `(number, customers)`, the last
+    /// one open. The partition is always [`PARTITION_NONE`] on sled.
+    new_chunks: BTreeMap<(Millis, i32), Vec<NewChunk>>,
     next_chunk: u64,
+    /// On PostgreSQL: chunks list customers of one partition, numbered by
+    /// its sequence ([`crate::daemon::kv::pg::Pg::timer_chunk_number`]);
+    /// `None` on sled, numbered by `next_chunk` (`mtimerchunk`).
+    partitioned: Option<crate::daemon::kv::pg::Pg>,
     /// Change in the number of customers waiting.
     pub waiting_delta: i64,
 }
 
+/// A timer chunk being filled: its number and customers.
+type NewChunk = (u64, Vec<String>);
+
+/// The partition of records that name none (sled has but this one).
+const PARTITION_NONE: i32 = crate::daemon::kv::pg::PARTITION_NONE;
+
 impl TimerChanges {
+    /// Changes numbered from `next_chunk` on, all partitions mixed: sled's
+    /// timer index.
     pub fn new(next_chunk: u64) -> TimerChanges {
         TimerChanges {
             fired: HashSet::new(),
@@ -761,8 +834,21 @@ impl TimerChanges {
             removed: Vec::new(),
             new_chunks: BTreeMap::new(),
             next_chunk,
+            partitioned: None,
             waiting_delta: 0,
         }
+    }
+
+    /// Changes to `store`'s timer index: on sled [`TimerChanges::new`]; on
+    /// PostgreSQL new chunks list customers of one partition each, stored
+    /// in it, with numbers from the database's sequence (`next_chunk` is
+    /// then left as it is).
+    pub fn on(store: &Store, next_chunk: u64) -> TimerChanges {
+        let mut changes = TimerChanges::new(next_chunk);
+        if let crate::daemon::kv::Kv::Postgres(pg) = &store.db {
+            changes.partitioned = Some(pg.clone());
+        }
+        changes
     }
 
     /// An entry was handed to a wake job: it is deleted whole. (Every
@@ -775,13 +861,18 @@ impl TimerChanges {
     /// Records that `customer`'s wake-up goes from `old` (due time and chunk,
     /// as its stored record says) to `new`. Returns the chunk its record must
     /// name from now on.
-    pub fn update(&mut self, customer: &str, old: Option<(Millis, Option<u64>)>, new: Option<Millis>) -> Option<u64> {
+    pub fn update(
+        &mut self,
+        customer: &str,
+        old: Option<(Millis, Option<u64>)>,
+        new: Option<Millis>,
+    ) -> StoreResult<Option<u64>> {
         self.waiting_delta += i64::from(new.is_some()) - i64::from(old.is_some());
         if let Some((due, chunk)) = old {
             let key = entry_key(due, chunk, customer);
             if !self.fired.contains(&key) {
                 if new == Some(due) {
-                    return chunk;
+                    return Ok(chunk);
                 }
                 match chunk {
                     Some(_) => self.leaving.entry(key).or_default().push(customer.to_string()),
@@ -789,23 +880,35 @@ impl TimerChanges {
                 }
             }
         }
-        let at = new?;
-        let chunks = self.new_chunks.entry(at).or_default();
+        let Some(at) = new else {
+            return Ok(None);
+        };
+        let partition = match &self.partitioned {
+            Some(pg) => pg.partition_of(&customer_key(customer)),
+            None => PARTITION_NONE,
+        };
+        let chunks = self.new_chunks.entry((at, partition)).or_default();
         if chunks
             .last()
             .is_none_or(|(_, customers)| customers.len() >= TIMER_CHUNK_MAX)
         {
-            chunks.push((self.next_chunk, Vec::new()));
-            self.next_chunk += 1;
+            let number = match &self.partitioned {
+                Some(pg) => pg.timer_chunk_number(partition)?,
+                None => {
+                    self.next_chunk += 1;
+                    self.next_chunk - 1
+                }
+            };
+            chunks.push((number, Vec::new()));
         }
         let (number, customers) = chunks.last_mut().expect("pushed above");
         customers.push(customer.to_string());
-        Some(*number)
+        Ok(Some(*number))
     }
 
     /// The earliest due time of a new chunk.
     pub fn earliest_new(&self) -> Option<Millis> {
-        self.new_chunks.keys().next().copied()
+        self.new_chunks.keys().next().map(|(at, _)| *at)
     }
 
     /// Puts the changes into `batch` (reading the chunks customers leave).
@@ -831,12 +934,14 @@ impl TimerChanges {
                 batch.insert(key, encode_timer_chunk(&entry.customers));
             }
         }
-        for (at, chunks) in self.new_chunks {
+        for ((at, _), chunks) in self.new_chunks {
             for (number, customers) in chunks {
                 batch.insert(timer_chunk_key(at, number), encode_timer_chunk(&customers));
             }
         }
-        batch.insert(META_TIMER_CHUNK, &self.next_chunk.to_be_bytes());
+        if self.partitioned.is_none() {
+            batch.insert(META_TIMER_CHUNK, &self.next_chunk.to_be_bytes());
+        }
         Ok(self.next_chunk)
     }
 }
@@ -1170,7 +1275,10 @@ mod tests {
         store.db.insert(timer_key(50, "old"), &[]).expect("insert");
         let mut changes = TimerChanges::new(0);
         let ids: Vec<String> = (0..=TIMER_CHUNK_MAX).map(|i| format!("c{i}")).collect();
-        let slots: Vec<Option<u64>> = ids.iter().map(|id| changes.update(id, None, Some(100))).collect();
+        let slots: Vec<Option<u64>> = ids
+            .iter()
+            .map(|id| changes.update(id, None, Some(100)).expect("update"))
+            .collect();
         assert_eq!(slots[0], Some(0));
         assert_eq!(slots[TIMER_CHUNK_MAX], Some(1), "a full chunk is not added to");
         assert_eq!(changes.waiting_delta, ids.len() as i64);
@@ -1185,11 +1293,20 @@ mod tests {
             .expect("chunk 1");
         assert_eq!(fired.chunk, Some(1));
         changes.fired(&fired);
-        assert_eq!(changes.update("c0", Some((100, Some(0))), Some(200)), Some(2));
-        assert_eq!(changes.update("c1", Some((100, Some(0))), Some(100)), Some(0));
-        assert_eq!(changes.update("old", Some((50, None)), Some(200)), Some(2));
+        assert_eq!(
+            changes.update("c0", Some((100, Some(0))), Some(200)).expect("update"),
+            Some(2)
+        );
+        assert_eq!(
+            changes.update("c1", Some((100, Some(0))), Some(100)).expect("update"),
+            Some(0)
+        );
+        assert_eq!(
+            changes.update("old", Some((50, None)), Some(200)).expect("update"),
+            Some(2)
+        );
         let last = &ids[TIMER_CHUNK_MAX];
-        assert_eq!(changes.update(last, Some((100, Some(1))), None), None);
+        assert_eq!(changes.update(last, Some((100, Some(1))), None).expect("update"), None);
         assert_eq!(changes.earliest_new(), Some(200));
         assert_eq!(changes.waiting_delta, -1);
         write(changes);
