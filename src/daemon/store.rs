@@ -175,8 +175,11 @@ impl Store {
             // Formats before 6 did not count erasures: assume there were
             // some, so no profile made from now on repeats an erased one's
             // send ids.
-            let erasures = store.counter(STAT_ERASURES)?.max(1);
-            store.db.insert(stat_key(STAT_ERASURES), &erasures.to_be_bytes())?;
+            let erasures = store.counter(STAT_ERASURES)?;
+            if erasures < 1 {
+                let base = store.counter_in(STAT_ERASURES, PARTITION_NONE)? + 1 - erasures;
+                store.db.insert(stat_key(STAT_ERASURES), &base.to_be_bytes())?;
+            }
         }
         match found {
             None | Some(..=2) => store.upgrade_customers::<StateV2>()?,
@@ -332,17 +335,54 @@ impl Store {
     }
 
     pub fn counter(&self, name: &str) -> StoreResult<i64> {
-        Ok(self.db.get(stat_key(name))?.map(|v| decode_i64(&v)).unwrap_or(0))
+        let mut total = 0;
+        for item in self.db.scan_prefix(stat_key(name)) {
+            let (key, value) = item?;
+            if decode_stat_key(&key).0 == name {
+                total += decode_i64(&value);
+            }
+        }
+        Ok(total)
     }
 
-    /// Every stats counter.
+    /// The record of counter `name` kept in `partition` ([`stat_key_in`]).
+    pub fn counter_in(&self, name: &str, partition: i32) -> StoreResult<i64> {
+        Ok(self
+            .db
+            .get(stat_key_in(name, partition))?
+            .map(|v| decode_i64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Every stats counter record: a name may have several (on PostgreSQL
+    /// one per partition, [`stat_key_in`]), which `stats::persisted` adds
+    /// up.
     pub fn counters(&self) -> StoreResult<Vec<(String, i64)>> {
+        Ok(self
+            .counter_records()?
+            .into_iter()
+            .map(|((_, name), value)| (name, value))
+            .collect())
+    }
+
+    /// Every stats counter record by (partition, name).
+    pub fn counter_records(&self) -> StoreResult<Vec<((i32, String), i64)>> {
         let mut out = Vec::new();
         for item in self.db.scan_prefix([PREFIX_STAT]) {
             let (key, value) = item?;
-            out.push((String::from_utf8_lossy(&key[1..]).into_owned(), decode_i64(&value)));
+            let (name, partition) = decode_stat_key(&key);
+            out.push(((partition, name), decode_i64(&value)));
         }
         Ok(out)
+    }
+
+    /// The partition of a customer's records: on PostgreSQL the one its id
+    /// hashes into, on sled [`PARTITION_NONE`] (sled has but the one).
+    pub fn customer_partition(&self, customer: &str) -> i32 {
+        match &self.db {
+            crate::daemon::kv::Kv::Postgres(pg) => pg.partition_of(&customer_key(customer)),
+            crate::daemon::kv::Kv::Sled(_) => PARTITION_NONE,
+        }
     }
 
     /// Customers due at or before `now`, oldest first, at most `limit`
@@ -816,6 +856,9 @@ pub struct TimerChanges {
     partitioned: Option<crate::daemon::kv::pg::Pg>,
     /// Change in the number of customers waiting.
     pub waiting_delta: i64,
+    /// The same change by the partition of the customers (on sled all at
+    /// [`PARTITION_NONE`]).
+    pub waiting_deltas: HashMap<i32, i64>,
 }
 
 /// A timer chunk being filled: its number and customers.
@@ -836,6 +879,7 @@ impl TimerChanges {
             next_chunk,
             partitioned: None,
             waiting_delta: 0,
+            waiting_deltas: HashMap::new(),
         }
     }
 
@@ -867,7 +911,15 @@ impl TimerChanges {
         old: Option<(Millis, Option<u64>)>,
         new: Option<Millis>,
     ) -> StoreResult<Option<u64>> {
-        self.waiting_delta += i64::from(new.is_some()) - i64::from(old.is_some());
+        let delta = i64::from(new.is_some()) - i64::from(old.is_some());
+        self.waiting_delta += delta;
+        let partition = match &self.partitioned {
+            Some(pg) => pg.partition_of(&customer_key(customer)),
+            None => PARTITION_NONE,
+        };
+        if delta != 0 {
+            *self.waiting_deltas.entry(partition).or_insert(0) += delta;
+        }
         if let Some((due, chunk)) = old {
             let key = entry_key(due, chunk, customer);
             if !self.fired.contains(&key) {
@@ -882,10 +934,6 @@ impl TimerChanges {
         }
         let Some(at) = new else {
             return Ok(None);
-        };
-        let partition = match &self.partitioned {
-            Some(pg) => pg.partition_of(&customer_key(customer)),
-            None => PARTITION_NONE,
         };
         let chunks = self.new_chunks.entry((at, partition)).or_default();
         if chunks
@@ -1045,6 +1093,31 @@ pub fn dead_key(sink: &str, seq: u64) -> Vec<u8> {
 
 pub fn stat_key(name: &str) -> Vec<u8> {
     [&[PREFIX_STAT][..], name.as_bytes()].concat()
+}
+
+/// The key of counter `name`'s share kept in `partition` (PostgreSQL:
+/// name + `0x00` + partition, u16 BE, so the backend stores it there);
+/// [`PARTITION_NONE`] is [`stat_key`] itself (sled's one record per name,
+/// and on PostgreSQL the totals of a store written before counters were
+/// kept per partition, still summed in).
+pub fn stat_key_in(name: &str, partition: i32) -> Vec<u8> {
+    if partition == PARTITION_NONE {
+        return stat_key(name);
+    }
+    let partition = u16::try_from(partition).expect("partitions fit in 16 bits (kv/pg.rs)");
+    [&[PREFIX_STAT][..], name.as_bytes(), &[0], &partition.to_be_bytes()].concat()
+}
+
+/// The counter name and partition of an `s` key ([`stat_key_in`]).
+pub fn decode_stat_key(key: &[u8]) -> (String, i32) {
+    let rest = &key[1.min(key.len())..];
+    match rest.len().checked_sub(3) {
+        Some(at) if rest[at] == 0 => (
+            String::from_utf8_lossy(&rest[..at]).into_owned(),
+            i32::from(u16::from_be_bytes([rest[at + 1], rest[at + 2]])),
+        ),
+        _ => (String::from_utf8_lossy(rest).into_owned(), PARTITION_NONE),
+    }
 }
 
 pub fn arm_key(customer: &str, journey: &str) -> Vec<u8> {
@@ -1259,6 +1332,36 @@ mod tests {
         let mut bad = encode_state(&state);
         bad.push(1);
         assert!(decode_customer(b"cann", &bad).is_err());
+    }
+
+    #[test]
+    fn a_counter_share_names_its_partition_and_the_total_keeps_its_key() {
+        assert_eq!(stat_key_in("g/timers", PARTITION_NONE), stat_key("g/timers"));
+        assert_eq!(
+            decode_stat_key(&stat_key("g/timers")),
+            ("g/timers".to_string(), PARTITION_NONE)
+        );
+        let share = stat_key_in("j/onboarding/entered", 255);
+        assert_eq!(decode_stat_key(&share), ("j/onboarding/entered".to_string(), 255));
+        assert_eq!(crate::daemon::kv::pg::partition_of(&share, 256), 255);
+        assert_eq!(
+            crate::daemon::kv::pg::partition_of(&stat_key("g/timers"), 256),
+            PARTITION_NONE
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        store.db.insert(stat_key("g/x"), &5i64.to_be_bytes()).expect("insert");
+        store
+            .db
+            .insert(stat_key_in("g/x", 3), &(-2i64).to_be_bytes())
+            .expect("insert");
+        store.db.insert(stat_key("g/xy"), &7i64.to_be_bytes()).expect("insert");
+        assert_eq!(
+            store.counter("g/x").expect("counter"),
+            3,
+            "the shares are summed, g/xy is not g/x"
+        );
+        assert_eq!(store.counter_in("g/x", 3).expect("counter"), -2);
     }
 
     #[test]

@@ -898,3 +898,72 @@ fn timers_of_a_partition_taken_over_wait_for_it_and_the_others_fire() {
     let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
     every_send_once(&[env.data()], &acknowledged, vec![daemon]);
 }
+
+/// The records of counter `name`: partition → value.
+fn counter_rows(pg: &super::pg::Postgres, name: &str) -> BTreeMap<i32, i64> {
+    rows(pg, b's')
+        .into_iter()
+        .filter_map(|(partition, key, value)| {
+            let (found, _) = journeyc::daemon::store::decode_stat_key(&key);
+            (found == name).then(|| (partition, i64::from_be_bytes(value.try_into().expect("an i64"))))
+        })
+        .collect()
+}
+
+/// On PostgreSQL each counter is kept per partition, in the records of the
+/// partition of the customers it counts; stats read the sum. A store
+/// written before (one total per counter at partition -1) keeps its totals
+/// there, summed in with what is counted after.
+#[test]
+fn counters_are_kept_per_partition_and_summed_with_the_totals_of_a_store_written_before() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let daemon = env.start(&[]);
+    let first: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
+    let at = chrono::Utc::now().to_rfc3339();
+    assert_eq!(daemon.post("/v1/batch", &bought_batch(&first, &at)).status, 200);
+    let entered = counter_rows(pg, "j/delayed/entered");
+    assert!(!entered.contains_key(&-1), "{entered:?}");
+    assert!(entered.len() > 10, "40 customers counted in {entered:?}");
+    for (partition, count) in &entered {
+        let here = first
+            .iter()
+            .filter(|c| partition_of(format!("c{c}").as_bytes(), 256) == *partition)
+            .count();
+        assert_eq!(*count, here as i64, "partition {partition}");
+    }
+    let stats = daemon.get("/v1/journeys/delayed/stats").json();
+    assert_eq!(stats["entered"], 40, "{stats}");
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // The layout before: one total per counter, at partition -1.
+    pg.psql(
+        "BEGIN; \
+         CREATE TEMP TABLE totals AS SELECT CASE WHEN length(key) > 3 AND get_byte(key, length(key) - 3) = 0 \
+             THEN substr(key, 1, length(key) - 3) ELSE key END AS name, \
+             sum(('x' || encode(value, 'hex'))::bit(64)::bigint) AS total \
+             FROM journeyc_kv WHERE get_byte(key, 0) = 115 GROUP BY 1; \
+         DELETE FROM journeyc_kv WHERE get_byte(key, 0) = 115; \
+         INSERT INTO journeyc_kv SELECT -1, name, int8send(total::bigint) FROM totals; \
+         COMMIT;",
+    );
+    assert_eq!(counter_rows(pg, "j/delayed/entered"), BTreeMap::from([(-1, 40)]));
+
+    let daemon = env.start(&[]);
+    let stats = daemon.get("/v1/journeys/delayed/stats").json();
+    assert_eq!(stats["entered"], 40, "the totals read as they were: {stats}");
+    let second: Vec<String> = (0..40).map(|i| format!("q{i}")).collect();
+    assert_eq!(daemon.post("/v1/batch", &bought_batch(&second, &at)).status, 200);
+    let entered = counter_rows(pg, "j/delayed/entered");
+    assert_eq!(entered.get(&-1), Some(&40), "the old total stays: {entered:?}");
+    assert_eq!(entered.values().sum::<i64>(), 80, "{entered:?}");
+    let stats = daemon.get("/v1/journeys/delayed/stats").json();
+    assert_eq!(stats["entered"], 80, "{stats}");
+    let acknowledged: BTreeSet<String> = first.iter().chain(&second).cloned().collect();
+    every_send_once(&[env.data()], &acknowledged, vec![daemon]);
+    // Every customer has left its wait: the waiting count sums to zero.
+    assert_eq!(counter_rows(pg, "g/timers").values().sum::<i64>(), 0);
+}

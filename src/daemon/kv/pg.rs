@@ -146,12 +146,20 @@ fn customer_of(key: &[u8]) -> Option<&[u8]> {
 
 /// The partition of a key: FNV-1a (64 bits) of the customer id it names,
 /// modulo `partitions`; for a timer chunk drawn for a partition, that one
-/// ([`chunk_partition`]); [`PARTITION_NONE`] when it names none.
+/// ([`chunk_partition`]); for a counter's share, the partition it names
+/// (`store::stat_key_in`); [`PARTITION_NONE`] when it names none.
 pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
     // A timer chunk (`t` + due + number) drawn for a partition.
     if key.len() == 17 && key[0] == b't' {
         let chunk = u64::from_be_bytes(key[9..17].try_into().expect("8 bytes"));
         if let Some(partition) = chunk_partition(chunk).filter(|p| *p < partitions) {
+            return partition;
+        }
+    }
+    // A counter's share kept in a partition: `s` + name + 0x00 + u16 BE.
+    if key.len() >= 4 && key[0] == b's' && key[key.len() - 3] == 0 {
+        let partition = i32::from(u16::from_be_bytes([key[key.len() - 2], key[key.len() - 1]]));
+        if partition < partitions {
             return partition;
         }
     }
