@@ -38,7 +38,7 @@ use crate::compile::bytecode::Bundle;
 use crate::runtime::input::Call;
 use crate::runtime::{ApplyError, CustomerState, Effects, Engine, Input, Kind, Millis};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -274,8 +274,12 @@ pub struct CommitThread {
     /// The next unused timer chunk number.
     next_timer_chunk: u64,
     /// The counters as of the last batch applied (ahead of the published
-    /// ones while a flush is in flight).
+    /// ones while a flush is in flight), summed over partitions.
     counters: HashMap<String, i64>,
+    /// The counters' records by (partition, name) as of the last batch
+    /// applied ([`store::stat_key_in`]: on sled all at partition -1),
+    /// read at the first write and again after a failed one.
+    partition_counters: Option<HashMap<(i32, String), i64>>,
     /// Failing customers (those with a fault record), and whether each is
     /// parked: lanes read a customer's record only when it is listed here.
     faulted: HashMap<String, bool>,
@@ -398,6 +402,7 @@ impl CommitThread {
             next_seq,
             next_timer_chunk,
             counters,
+            partition_counters: None,
             faulted,
             fault_policy: FaultPolicy::default(),
             links: None,
@@ -519,11 +524,8 @@ impl CommitThread {
                 Err(error) => {
                     self.next_seq = seq_before;
                     // The in-memory counters may be ahead of the store now.
-                    self.counters = self
-                        .store
-                        .counters()
-                        .map(|c| c.into_iter().collect())
-                        .unwrap_or_default();
+                    self.counters = super::stats::persisted(&self.store).unwrap_or_default();
+                    self.partition_counters = None;
                     if matches!(error, CommitError::PartitionNotOwned(_)) && jobs.len() > 1 {
                         // A partition this node does not own: commit the
                         // jobs one by one, so only those touching it fail.
@@ -574,9 +576,10 @@ impl CommitThread {
                     *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = runtime.clone();
                     self.next_timer_chunk = self.store.next_timer_chunk()?;
                     // Positions changed: reload the at-step counters.
-                    let counters: HashMap<String, i64> = self.store.counters()?.into_iter().collect();
+                    let counters = super::stats::persisted(&self.store)?;
                     *self.published.stats.lock().unwrap_or_else(|p| p.into_inner()) = counters.clone();
                     self.counters = counters;
+                    self.partition_counters = None;
                     Ok(migrated)
                 });
                 let reloaded = result.is_ok();
@@ -627,6 +630,7 @@ impl CommitThread {
             reads.fetch(keys)?;
         }
         let context = LaneContext {
+            store: &self.store,
             reads: &reads,
             runtime: &runtime,
             metrics: &self.published.metrics,
@@ -942,7 +946,7 @@ impl CommitThread {
     /// Writes the group as one batch, flushes, publishes.
     fn write(&mut self, jobs: &[Job], mut group: Changes, answers: Vec<usize>) -> Result<Applied, CommitError> {
         let mut batch = crate::daemon::kv::Batch::default();
-        let mut timers = TimerChanges::new(self.next_timer_chunk);
+        let mut timers = TimerChanges::on(&self.store, self.next_timer_chunk);
         for job in jobs {
             if let Job::Wake { timers: entries, .. } = job {
                 for entry in entries {
@@ -958,8 +962,9 @@ impl CommitThread {
         for erased in &group.erased {
             self.erase_outside_group(&mut batch, erased)?;
         }
-        if !group.erased.is_empty() {
-            *group.stat_deltas.entry(store::STAT_ERASURES.to_string()).or_insert(0) += group.erased.len() as i64;
+        for erased in &group.erased {
+            let key = (self.store.customer_partition(erased), store::STAT_ERASURES.to_string());
+            *group.partition_deltas.entry(key).or_insert(0) += 1;
         }
         super::broadcast::forget(&self.store, &mut batch, &group.erased)?;
         for job in jobs {
@@ -976,14 +981,14 @@ impl CommitThread {
         }
         for write in group.writes.drain(..) {
             let id = &write.customer;
-            let chunk = timers.update(id, write.original_timer, write.new_wake);
+            let chunk = timers.update(id, write.original_timer, write.new_wake)?;
             match write.value {
                 Some(value) => batch.insert(store::customer_key(id), store::encode_customer(value, chunk)),
                 None => batch.remove(store::customer_key(id)),
             }
         }
         let timers_added = timers.earliest_new().is_some();
-        let timer_delta = timers.waiting_delta;
+        let timer_deltas = std::mem::take(&mut timers.waiting_deltas);
         self.next_timer_chunk = timers.write(&self.store, &mut batch)?;
         for (customer, fault) in &group.faults {
             let key = faults::fault_key(customer);
@@ -995,8 +1000,15 @@ impl CommitThread {
             }
             let failing = i64::from(now.is_some()) - i64::from(was.is_some());
             let parked = i64::from(now == Some(true)) - i64::from(was == Some(true));
-            *group.stat_deltas.entry(faults::STAT_FAILING.to_string()).or_insert(0) += failing;
-            *group.stat_deltas.entry(faults::STAT_PARKED.to_string()).or_insert(0) += parked;
+            let partition = self.store.customer_partition(customer);
+            *group
+                .partition_deltas
+                .entry((partition, faults::STAT_FAILING.to_string()))
+                .or_insert(0) += failing;
+            *group
+                .partition_deltas
+                .entry((partition, faults::STAT_PARKED.to_string()))
+                .or_insert(0) += parked;
         }
         for ((customer, journey), groups) in &group.groups {
             let key = store::arm_key(customer, journey);
@@ -1018,19 +1030,40 @@ impl CommitThread {
             );
         }
         batch.insert(store::META_SEQ, &self.next_seq.to_be_bytes());
-        if timer_delta != 0 {
-            *group.stat_deltas.entry(store::STAT_TIMERS.to_string()).or_insert(0) += timer_delta;
+        for (partition, delta) in timer_deltas {
+            *group
+                .partition_deltas
+                .entry((partition, store::STAT_TIMERS.to_string()))
+                .or_insert(0) += delta;
         }
-        let mut changed_stats = Vec::with_capacity(group.stat_deltas.len());
-        for (name, delta) in &group.stat_deltas {
+        for (name, delta) in group.stat_deltas.drain() {
+            *group
+                .partition_deltas
+                .entry((crate::daemon::kv::pg::PARTITION_NONE, name))
+                .or_insert(0) += delta;
+        }
+        if self.partition_counters.is_none() {
+            self.partition_counters = Some(self.store.counter_records()?.into_iter().collect());
+        }
+        let records = self.partition_counters.as_mut().expect("read above");
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for ((partition, name), delta) in &group.partition_deltas {
             if *delta == 0 {
                 continue;
             }
-            let value = self.counters.entry(name.clone()).or_insert(0);
+            let value = records.entry((*partition, name.clone())).or_insert(0);
             *value += delta;
-            batch.insert(store::stat_key(name), &value.to_be_bytes());
-            changed_stats.push((name.clone(), *value));
+            batch.insert(store::stat_key_in(name, *partition), &value.to_be_bytes());
+            *self.counters.entry(name.clone()).or_insert(0) += delta;
+            changed.insert(name.clone());
         }
+        let changed_stats: Vec<(String, i64)> = changed
+            .into_iter()
+            .map(|name| {
+                let value = self.counters.get(&name).copied().unwrap_or(0);
+                (name, value)
+            })
+            .collect();
         self.store.db.apply_batch(batch)?;
         for (customer, fault) in group.faults.drain(..) {
             match fault {
@@ -1349,6 +1382,8 @@ enum Done<'g> {
 
 /// What lanes read: shared by the lane threads.
 struct LaneContext<'a> {
+    /// The store (the partition of a lane's customer).
+    store: &'a Store,
     /// The store's records as the group began, mostly fetched before.
     reads: &'a store::Prefetched<'a>,
     runtime: &'a Runtime,
@@ -1372,7 +1407,11 @@ struct Changes {
     /// Trace lines with the group order of the input that made them.
     records: Vec<(usize, String)>,
     writes: Vec<CustomerWrite>,
+    /// A lane's counter changes while it runs (then moved to
+    /// `partition_deltas`).
     stat_deltas: HashMap<String, i64>,
+    /// Counter changes by (partition of the customer, name).
+    partition_deltas: HashMap<(i32, String), i64>,
     groups: BTreeMap<(String, String), crate::runtime::stats::Groups>,
     /// Groups read from the store by this thread's lanes (never written).
     stored_groups: HashMap<(String, String), crate::runtime::stats::Groups>,
@@ -1400,6 +1439,9 @@ impl Changes {
         for (name, delta) in other.stat_deltas {
             *self.stat_deltas.entry(name).or_insert(0) += delta;
         }
+        for (key, delta) in other.partition_deltas {
+            *self.partition_deltas.entry(key).or_insert(0) += delta;
+        }
     }
 }
 
@@ -1408,6 +1450,12 @@ impl LaneContext<'_> {
         let mut changes = Changes::default();
         for lane in lanes {
             self.run_lane(lane, &mut changes)?;
+            // The lane's counters go to its customer's partition (a merged
+            // id's too: only the sums over partitions mean anything).
+            let partition = self.store.customer_partition(lane.customer);
+            for (name, delta) in changes.stat_deltas.drain() {
+                *changes.partition_deltas.entry((partition, name)).or_insert(0) += delta;
+            }
         }
         Ok(changes)
     }

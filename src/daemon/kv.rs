@@ -280,6 +280,19 @@ impl Kv {
         }
     }
 
+    /// [`Kv::range`] of the records this node works on: on sled all of
+    /// them; on PostgreSQL those in the partitions it holds now
+    /// ([`pg::Pg::scan_owned`]).
+    pub fn range_of_held<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
+        match self {
+            Kv::Sled(db) => Iter::Sled(db.range(range)),
+            Kv::Postgres(pg) => Iter::Postgres(pg.scan_owned(
+                owned(range.start_bound().map(AsRef::as_ref)),
+                owned(range.end_bound().map(AsRef::as_ref)),
+            )),
+        }
+    }
+
     fn range_owned(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Iter {
         match self {
             Kv::Sled(db) => Iter::Sled(db.range((start, end))),

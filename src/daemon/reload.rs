@@ -368,9 +368,9 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
     if migrating {
         let now = super::timers::now_ms();
         let mut batch = crate::daemon::kv::Batch::default();
-        let mut timers = TimerChanges::new(store.next_timer_chunk()?);
+        let mut timers = TimerChanges::on(store, store.next_timer_chunk()?);
         let mut in_batch = 0;
-        let mut deltas: HashMap<String, i64> = HashMap::new();
+        let mut deltas: HashMap<(i32, String), i64> = HashMap::new();
         for item in store.db.scan_prefix([store::PREFIX_CUSTOMER]) {
             let (key, value) = item?;
             let (mut state, chunk) = store::decode_customer(&key, &value)?;
@@ -381,14 +381,19 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
                 continue;
             }
             moved += moved_here;
-            let chunk = timers.update(&state.id, wake_before.map(|due| (due, chunk)), state.next_wake());
+            let chunk = timers.update(&state.id, wake_before.map(|due| (due, chunk)), state.next_wake())?;
             let after = stats::positions(&state);
-            stats::positions_delta(&before, &after, &mut deltas);
+            let mut changed = HashMap::new();
+            stats::positions_delta(&before, &after, &mut changed);
+            let partition = store.customer_partition(&state.id);
+            for (name, delta) in changed {
+                *deltas.entry((partition, name)).or_insert(0) += delta;
+            }
             batch.insert(key, store::encode_customer(store::encode_state(&state), chunk));
             in_batch += 1;
             if in_batch >= MIGRATION_BATCH_CUSTOMERS {
                 let next_chunk = write_changes(store, &mut batch, &mut deltas, timers)?;
-                timers = TimerChanges::new(next_chunk);
+                timers = TimerChanges::on(store, next_chunk);
                 in_batch = 0;
             }
         }
@@ -404,14 +409,23 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
 fn write_changes(
     store: &Store,
     batch: &mut crate::daemon::kv::Batch,
-    deltas: &mut HashMap<String, i64>,
-    timers: TimerChanges,
+    deltas: &mut HashMap<(i32, String), i64>,
+    mut timers: TimerChanges,
 ) -> Result<u64, StoreError> {
-    *deltas.entry(store::STAT_TIMERS.to_string()).or_insert(0) += timers.waiting_delta;
+    if matches!(store.db, crate::daemon::kv::Kv::Sled(_)) {
+        // As before counters were kept per partition: sled's record of
+        // the waiting count is written with every batch.
+        deltas
+            .entry((crate::daemon::kv::pg::PARTITION_NONE, store::STAT_TIMERS.to_string()))
+            .or_insert(0);
+    }
+    for (partition, delta) in std::mem::take(&mut timers.waiting_deltas) {
+        *deltas.entry((partition, store::STAT_TIMERS.to_string())).or_insert(0) += delta;
+    }
     let next_chunk = timers.write(store, batch)?;
-    for (name, delta) in deltas.drain() {
-        let value = store.counter(&name)? + delta;
-        batch.insert(store::stat_key(&name), &value.to_be_bytes());
+    for ((partition, name), delta) in deltas.drain() {
+        let value = store.counter_in(&name, partition)? + delta;
+        batch.insert(store::stat_key_in(&name, partition), &value.to_be_bytes());
     }
     store.db.apply_batch(std::mem::take(batch))?;
     Ok(next_chunk)
@@ -421,7 +435,8 @@ fn write_changes(
 /// enrollment runs (per the position gauges).
 pub fn collect_bundles(store: &Store, current_key: &str) -> Result<(), StoreError> {
     let mut referenced: BTreeSet<String> = BTreeSet::new();
-    for (name, value) in store.counters()? {
+    // Summed over the records of a name (one per partition on PostgreSQL).
+    for (name, value) in stats::persisted(store)? {
         if value <= 0 {
             continue;
         }

@@ -8,7 +8,7 @@
 //! | prefix | key after the prefix                 | value                                 |
 //! |--------|--------------------------------------|---------------------------------------|
 //! | `c`    | customer id                          | postcard [`CustomerState`], then the number of its timer chunk (u64 BE) when it has one |
-//! | `t`    | due ms (order-preserving u64 BE) + chunk number (u64 BE) | postcard `Vec<String>`: customers due then, at most [`TIMER_CHUNK_MAX`] (the timer index) |
+//! | `t`    | due ms (order-preserving u64 BE) + chunk number (u64 BE) | postcard `Vec<String>`: customers due then, at most [`TIMER_CHUNK_MAX`] (the timer index). On PostgreSQL a chunk lists customers of one partition and is stored in it: its number is drawn from the sequence `journeyc_timer_chunks`, top bit set, the partition in the low 16 bits (`kv/pg.rs`, [`TimerChanges::on`]) |
 //! | `t`    | due ms + customer id (written before chunks; still read)       | empty: one customer     |
 //! | `o`    | first outbox sequence number of the chunk (u64 BE) | postcard `Vec<(seq, JSON line)>`: one chunk per group commit |
 //! | `k`    | sink name                            | last sequence number delivered (u64 BE)|
@@ -20,7 +20,7 @@
 //! | `l`    | an id merged into another customer (an alias) | the customer id it resolves to (UTF-8) |
 //! | `L`    | customer id + `0x00` + alias         | empty: the aliases of a customer (bounds, erasure) |
 //! | `G`    | customer id + `0x00` + group id      | JSON `{id, traits, at}`: a group the customer is in (`group` calls) |
-//! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number / store format |
+//! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number (sled; PostgreSQL draws them from a sequence) / store format |
 //! | `i`    | inbox id (u64 BE)                    | JSON calls acked by a standby, removed by the owner's commit of them (PostgreSQL only, `daemon/inbox.rs`) |
 //! | `q`, `Q` | command id (u64 BE)                | a write a standby hands to the owner (`DELETE`, a reload's install) as JSON, and the owner's answer to it (PostgreSQL only, `daemon/command.rs`) |
 //!
@@ -175,8 +175,11 @@ impl Store {
             // Formats before 6 did not count erasures: assume there were
             // some, so no profile made from now on repeats an erased one's
             // send ids.
-            let erasures = store.counter(STAT_ERASURES)?.max(1);
-            store.db.insert(stat_key(STAT_ERASURES), &erasures.to_be_bytes())?;
+            let erasures = store.counter(STAT_ERASURES)?;
+            if erasures < 1 {
+                let base = store.counter_in(STAT_ERASURES, PARTITION_NONE)? + 1 - erasures;
+                store.db.insert(stat_key(STAT_ERASURES), &base.to_be_bytes())?;
+            }
         }
         match found {
             None | Some(..=2) => store.upgrade_customers::<StateV2>()?,
@@ -185,7 +188,61 @@ impl Store {
             Some(5) => store.upgrade_customers::<StateV5>()?,
             Some(_) => {}
         }
+        if let crate::daemon::kv::Kv::Postgres(pg) = &store.db {
+            store.partition_timer_chunks(pg)?;
+        }
         Ok(store)
+    }
+
+    /// On PostgreSQL: moves every timer entry stored at partition -1 (a
+    /// store written before timer chunks were kept per partition, whose
+    /// chunks mix partitions) into chunks of one partition each, stored in
+    /// it, and points their customers' records at them. One batch per old
+    /// entry (the entry removed, its new chunks written, its customers'
+    /// records rewritten), so a crash in between leaves every customer
+    /// named by exactly one entry and the next open moves the rest. A
+    /// customer listed whose record names another entry (or none) is
+    /// dropped from the list, as firing it would skip it (the record, not
+    /// the list, says whether a customer waits, a failing one's retry
+    /// included). Nothing is
+    /// written when no entry is left at partition -1.
+    fn partition_timer_chunks(&self, pg: &crate::daemon::kv::pg::Pg) -> StoreResult<usize> {
+        let mut old = Vec::new();
+        for item in self.db.scan_prefix([PREFIX_TIMER]) {
+            let (key, value) = item?;
+            if pg.partition_of(&key) == PARTITION_NONE {
+                old.push(decode_timer_entry(&key, &value)?);
+            }
+        }
+        let mut moved = 0;
+        for entry in &old {
+            let mut batch = crate::daemon::kv::Batch::default();
+            let mut changes = TimerChanges::on(self, 0);
+            changes.fired(entry);
+            let keys: Vec<Vec<u8>> = entry.customers.iter().map(|c| customer_key(c)).collect();
+            let records = self.db.get_many(&keys)?;
+            for ((customer, key), record) in entry.customers.iter().zip(&keys).zip(records) {
+                let Some(record) = record else { continue };
+                let (_, chunk) = decode_customer(key, &record)?;
+                if chunk != entry.chunk {
+                    continue;
+                }
+                let state = record[..record.len() - chunk.map_or(0, |_| 8)].to_vec();
+                let new = changes.update(customer, Some((entry.due, entry.chunk)), Some(entry.due))?;
+                batch.insert(key.clone(), encode_customer(state, new));
+                moved += 1;
+            }
+            changes.write(self, &mut batch)?;
+            self.db.apply_batch(batch)?;
+        }
+        if !old.is_empty() {
+            tracing::info!(
+                entries = old.len(),
+                customers = moved,
+                "timer entries moved into their customers' partitions"
+            );
+        }
+        Ok(moved)
     }
 
     /// Rewrites every customer record of an older format (`Old`: format 1
@@ -278,17 +335,54 @@ impl Store {
     }
 
     pub fn counter(&self, name: &str) -> StoreResult<i64> {
-        Ok(self.db.get(stat_key(name))?.map(|v| decode_i64(&v)).unwrap_or(0))
+        let mut total = 0;
+        for item in self.db.scan_prefix(stat_key(name)) {
+            let (key, value) = item?;
+            if decode_stat_key(&key).0 == name {
+                total += decode_i64(&value);
+            }
+        }
+        Ok(total)
     }
 
-    /// Every stats counter.
+    /// The record of counter `name` kept in `partition` ([`stat_key_in`]).
+    pub fn counter_in(&self, name: &str, partition: i32) -> StoreResult<i64> {
+        Ok(self
+            .db
+            .get(stat_key_in(name, partition))?
+            .map(|v| decode_i64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Every stats counter record: a name may have several (on PostgreSQL
+    /// one per partition, [`stat_key_in`]), which `stats::persisted` adds
+    /// up.
     pub fn counters(&self) -> StoreResult<Vec<(String, i64)>> {
+        Ok(self
+            .counter_records()?
+            .into_iter()
+            .map(|((_, name), value)| (name, value))
+            .collect())
+    }
+
+    /// Every stats counter record by (partition, name).
+    pub fn counter_records(&self) -> StoreResult<Vec<((i32, String), i64)>> {
         let mut out = Vec::new();
         for item in self.db.scan_prefix([PREFIX_STAT]) {
             let (key, value) = item?;
-            out.push((String::from_utf8_lossy(&key[1..]).into_owned(), decode_i64(&value)));
+            let (name, partition) = decode_stat_key(&key);
+            out.push(((partition, name), decode_i64(&value)));
         }
         Ok(out)
+    }
+
+    /// The partition of a customer's records: on PostgreSQL the one its id
+    /// hashes into, on sled [`PARTITION_NONE`] (sled has but the one).
+    pub fn customer_partition(&self, customer: &str) -> i32 {
+        match &self.db {
+            crate::daemon::kv::Kv::Postgres(pg) => pg.partition_of(&customer_key(customer)),
+            crate::daemon::kv::Kv::Sled(_) => PARTITION_NONE,
+        }
     }
 
     /// Customers due at or before `now`, oldest first, at most `limit`
@@ -302,7 +396,12 @@ impl Store {
     }
 
     /// Timer entries due at or before `now`, oldest first, after the key
-    /// `after`, until they name at least `limit` customers.
+    /// `after`, until they name at least `limit` customers. On PostgreSQL
+    /// only those of the partitions this node holds ([`Kv::range_of_held`]):
+    /// each chunk lists customers of one partition, so a partition lost or
+    /// held by another node holds up none of the others' wake-ups.
+    ///
+    /// [`Kv::range_of_held`]: crate::daemon::kv::Kv::range_of_held
     pub fn due_timers_after(&self, after: Option<&[u8]>, now: Millis, limit: usize) -> StoreResult<Vec<TimerEntry>> {
         use std::ops::Bound;
         let mut end = vec![PREFIX_TIMER];
@@ -313,7 +412,7 @@ impl Store {
         };
         let mut out = Vec::new();
         let mut customers = 0;
-        for item in self.db.range::<Vec<u8>, _>((start, Bound::Excluded(end))) {
+        for item in self.db.range_of_held::<Vec<u8>, _>((start, Bound::Excluded(end))) {
             let (key, value) = item?;
             let entry = decode_timer_entry(&key, &value)?;
             customers += entry.customers.len();
@@ -325,9 +424,10 @@ impl Store {
         Ok(out)
     }
 
-    /// When the earliest timer is due, if any.
+    /// When the earliest timer is due, if any (on PostgreSQL: of the
+    /// partitions this node holds).
     pub fn first_timer(&self) -> StoreResult<Option<Millis>> {
-        match self.db.scan_prefix([PREFIX_TIMER]).next() {
+        match self.db.range_of_held(vec![PREFIX_TIMER]..vec![PREFIX_TIMER + 1]).next() {
             None => Ok(None),
             Some(item) => Ok(Some(decode_timer_entry(&item?.0, &[])?.due)),
         }
@@ -746,14 +846,30 @@ pub struct TimerChanges {
     leaving: HashMap<Vec<u8>, Vec<String>>,
     /// One-customer keys to delete.
     removed: Vec<Vec<u8>>,
-    /// Due time → new chunks `(number, customers)`, the last one open.
-    new_chunks: BTreeMap<Millis, Vec<(u64, Vec<String>)>>,
+    /// (Due time, partition) → new chunks `(number, customers)`, the last
+    /// one open. The partition is always [`PARTITION_NONE`] on sled.
+    new_chunks: BTreeMap<(Millis, i32), Vec<NewChunk>>,
     next_chunk: u64,
+    /// On PostgreSQL: chunks list customers of one partition, numbered by
+    /// its sequence ([`crate::daemon::kv::pg::Pg::timer_chunk_number`]);
+    /// `None` on sled, numbered by `next_chunk` (`mtimerchunk`).
+    partitioned: Option<crate::daemon::kv::pg::Pg>,
     /// Change in the number of customers waiting.
     pub waiting_delta: i64,
+    /// The same change by the partition of the customers (on sled all at
+    /// [`PARTITION_NONE`]).
+    pub waiting_deltas: HashMap<i32, i64>,
 }
 
+/// A timer chunk being filled: its number and customers.
+type NewChunk = (u64, Vec<String>);
+
+/// The partition of records that name none (sled has but this one).
+const PARTITION_NONE: i32 = crate::daemon::kv::pg::PARTITION_NONE;
+
 impl TimerChanges {
+    /// Changes numbered from `next_chunk` on, all partitions mixed: sled's
+    /// timer index.
     pub fn new(next_chunk: u64) -> TimerChanges {
         TimerChanges {
             fired: HashSet::new(),
@@ -761,8 +877,22 @@ impl TimerChanges {
             removed: Vec::new(),
             new_chunks: BTreeMap::new(),
             next_chunk,
+            partitioned: None,
             waiting_delta: 0,
+            waiting_deltas: HashMap::new(),
         }
+    }
+
+    /// Changes to `store`'s timer index: on sled [`TimerChanges::new`]; on
+    /// PostgreSQL new chunks list customers of one partition each, stored
+    /// in it, with numbers from the database's sequence (`next_chunk` is
+    /// then left as it is).
+    pub fn on(store: &Store, next_chunk: u64) -> TimerChanges {
+        let mut changes = TimerChanges::new(next_chunk);
+        if let crate::daemon::kv::Kv::Postgres(pg) = &store.db {
+            changes.partitioned = Some(pg.clone());
+        }
+        changes
     }
 
     /// An entry was handed to a wake job: it is deleted whole. (Every
@@ -775,13 +905,26 @@ impl TimerChanges {
     /// Records that `customer`'s wake-up goes from `old` (due time and chunk,
     /// as its stored record says) to `new`. Returns the chunk its record must
     /// name from now on.
-    pub fn update(&mut self, customer: &str, old: Option<(Millis, Option<u64>)>, new: Option<Millis>) -> Option<u64> {
-        self.waiting_delta += i64::from(new.is_some()) - i64::from(old.is_some());
+    pub fn update(
+        &mut self,
+        customer: &str,
+        old: Option<(Millis, Option<u64>)>,
+        new: Option<Millis>,
+    ) -> StoreResult<Option<u64>> {
+        let delta = i64::from(new.is_some()) - i64::from(old.is_some());
+        self.waiting_delta += delta;
+        let partition = match &self.partitioned {
+            Some(pg) => pg.partition_of(&customer_key(customer)),
+            None => PARTITION_NONE,
+        };
+        if delta != 0 {
+            *self.waiting_deltas.entry(partition).or_insert(0) += delta;
+        }
         if let Some((due, chunk)) = old {
             let key = entry_key(due, chunk, customer);
             if !self.fired.contains(&key) {
                 if new == Some(due) {
-                    return chunk;
+                    return Ok(chunk);
                 }
                 match chunk {
                     Some(_) => self.leaving.entry(key).or_default().push(customer.to_string()),
@@ -789,23 +932,31 @@ impl TimerChanges {
                 }
             }
         }
-        let at = new?;
-        let chunks = self.new_chunks.entry(at).or_default();
+        let Some(at) = new else {
+            return Ok(None);
+        };
+        let chunks = self.new_chunks.entry((at, partition)).or_default();
         if chunks
             .last()
             .is_none_or(|(_, customers)| customers.len() >= TIMER_CHUNK_MAX)
         {
-            chunks.push((self.next_chunk, Vec::new()));
-            self.next_chunk += 1;
+            let number = match &self.partitioned {
+                Some(pg) => pg.timer_chunk_number(partition)?,
+                None => {
+                    self.next_chunk += 1;
+                    self.next_chunk - 1
+                }
+            };
+            chunks.push((number, Vec::new()));
         }
         let (number, customers) = chunks.last_mut().expect("pushed above");
         customers.push(customer.to_string());
-        Some(*number)
+        Ok(Some(*number))
     }
 
     /// The earliest due time of a new chunk.
     pub fn earliest_new(&self) -> Option<Millis> {
-        self.new_chunks.keys().next().copied()
+        self.new_chunks.keys().next().map(|(at, _)| *at)
     }
 
     /// Puts the changes into `batch` (reading the chunks customers leave).
@@ -831,12 +982,14 @@ impl TimerChanges {
                 batch.insert(key, encode_timer_chunk(&entry.customers));
             }
         }
-        for (at, chunks) in self.new_chunks {
+        for ((at, _), chunks) in self.new_chunks {
             for (number, customers) in chunks {
                 batch.insert(timer_chunk_key(at, number), encode_timer_chunk(&customers));
             }
         }
-        batch.insert(META_TIMER_CHUNK, &self.next_chunk.to_be_bytes());
+        if self.partitioned.is_none() {
+            batch.insert(META_TIMER_CHUNK, &self.next_chunk.to_be_bytes());
+        }
         Ok(self.next_chunk)
     }
 }
@@ -940,6 +1093,31 @@ pub fn dead_key(sink: &str, seq: u64) -> Vec<u8> {
 
 pub fn stat_key(name: &str) -> Vec<u8> {
     [&[PREFIX_STAT][..], name.as_bytes()].concat()
+}
+
+/// The key of counter `name`'s share kept in `partition` (PostgreSQL:
+/// name + `0x00` + partition, u16 BE, so the backend stores it there);
+/// [`PARTITION_NONE`] is [`stat_key`] itself (sled's one record per name,
+/// and on PostgreSQL the totals of a store written before counters were
+/// kept per partition, still summed in).
+pub fn stat_key_in(name: &str, partition: i32) -> Vec<u8> {
+    if partition == PARTITION_NONE {
+        return stat_key(name);
+    }
+    let partition = u16::try_from(partition).expect("partitions fit in 16 bits (kv/pg.rs)");
+    [&[PREFIX_STAT][..], name.as_bytes(), &[0], &partition.to_be_bytes()].concat()
+}
+
+/// The counter name and partition of an `s` key ([`stat_key_in`]).
+pub fn decode_stat_key(key: &[u8]) -> (String, i32) {
+    let rest = &key[1.min(key.len())..];
+    match rest.len().checked_sub(3) {
+        Some(at) if rest[at] == 0 => (
+            String::from_utf8_lossy(&rest[..at]).into_owned(),
+            i32::from(u16::from_be_bytes([rest[at + 1], rest[at + 2]])),
+        ),
+        _ => (String::from_utf8_lossy(rest).into_owned(), PARTITION_NONE),
+    }
 }
 
 pub fn arm_key(customer: &str, journey: &str) -> Vec<u8> {
@@ -1157,6 +1335,36 @@ mod tests {
     }
 
     #[test]
+    fn a_counter_share_names_its_partition_and_the_total_keeps_its_key() {
+        assert_eq!(stat_key_in("g/timers", PARTITION_NONE), stat_key("g/timers"));
+        assert_eq!(
+            decode_stat_key(&stat_key("g/timers")),
+            ("g/timers".to_string(), PARTITION_NONE)
+        );
+        let share = stat_key_in("j/onboarding/entered", 255);
+        assert_eq!(decode_stat_key(&share), ("j/onboarding/entered".to_string(), 255));
+        assert_eq!(crate::daemon::kv::pg::partition_of(&share, 256), 255);
+        assert_eq!(
+            crate::daemon::kv::pg::partition_of(&stat_key("g/timers"), 256),
+            PARTITION_NONE
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        store.db.insert(stat_key("g/x"), &5i64.to_be_bytes()).expect("insert");
+        store
+            .db
+            .insert(stat_key_in("g/x", 3), &(-2i64).to_be_bytes())
+            .expect("insert");
+        store.db.insert(stat_key("g/xy"), &7i64.to_be_bytes()).expect("insert");
+        assert_eq!(
+            store.counter("g/x").expect("counter"),
+            3,
+            "the shares are summed, g/xy is not g/x"
+        );
+        assert_eq!(store.counter_in("g/x", 3).expect("counter"), -2);
+    }
+
+    #[test]
     fn timer_changes_move_customers_between_chunks() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
@@ -1170,7 +1378,10 @@ mod tests {
         store.db.insert(timer_key(50, "old"), &[]).expect("insert");
         let mut changes = TimerChanges::new(0);
         let ids: Vec<String> = (0..=TIMER_CHUNK_MAX).map(|i| format!("c{i}")).collect();
-        let slots: Vec<Option<u64>> = ids.iter().map(|id| changes.update(id, None, Some(100))).collect();
+        let slots: Vec<Option<u64>> = ids
+            .iter()
+            .map(|id| changes.update(id, None, Some(100)).expect("update"))
+            .collect();
         assert_eq!(slots[0], Some(0));
         assert_eq!(slots[TIMER_CHUNK_MAX], Some(1), "a full chunk is not added to");
         assert_eq!(changes.waiting_delta, ids.len() as i64);
@@ -1185,11 +1396,20 @@ mod tests {
             .expect("chunk 1");
         assert_eq!(fired.chunk, Some(1));
         changes.fired(&fired);
-        assert_eq!(changes.update("c0", Some((100, Some(0))), Some(200)), Some(2));
-        assert_eq!(changes.update("c1", Some((100, Some(0))), Some(100)), Some(0));
-        assert_eq!(changes.update("old", Some((50, None)), Some(200)), Some(2));
+        assert_eq!(
+            changes.update("c0", Some((100, Some(0))), Some(200)).expect("update"),
+            Some(2)
+        );
+        assert_eq!(
+            changes.update("c1", Some((100, Some(0))), Some(100)).expect("update"),
+            Some(0)
+        );
+        assert_eq!(
+            changes.update("old", Some((50, None)), Some(200)).expect("update"),
+            Some(2)
+        );
         let last = &ids[TIMER_CHUNK_MAX];
-        assert_eq!(changes.update(last, Some((100, Some(1))), None), None);
+        assert_eq!(changes.update(last, Some((100, Some(1))), None).expect("update"), None);
         assert_eq!(changes.earliest_new(), Some(200));
         assert_eq!(changes.waiting_delta, -1);
         write(changes);

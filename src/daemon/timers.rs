@@ -9,6 +9,10 @@
 //! over twice fires nothing: the commit thread fires a customer only if its
 //! stored record still names that entry). Overdue timers
 //! (after downtime) fire the same way, oldest first, each at its own due time.
+//! On PostgreSQL the task reads the chunks of the partitions this node holds
+//! only (`Store::due_timers_after`); a chunk lists customers of one partition,
+//! so one not held (taken over, or not yet claimed) waits for its owner and
+//! holds up nothing else, and a new owner fires the old one's due chunks.
 
 use super::commit::Committer;
 use super::metrics::Metrics;

@@ -23,7 +23,7 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     assert_eq!(
         pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM journeyc_migrations")
             .trim(),
-        "1,2"
+        "1,2,3"
     );
     assert_eq!(
         pg.psql("SELECT value FROM journeyc_settings WHERE name = 'partitions'")
@@ -119,7 +119,7 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     // Started again: migrations are not applied twice, the customers are
     // there, the lease is taken at the next epoch.
     let daemon = env.start(&[]);
-    assert_eq!(pg.psql("SELECT count(*) FROM journeyc_migrations").trim(), "2");
+    assert_eq!(pg.psql("SELECT count(*) FROM journeyc_migrations").trim(), "3");
     assert_eq!(daemon.get("/v1/customers/u2").status, 200);
     assert_eq!(
         pg.psql("SELECT epoch FROM journeyc_leases WHERE partition = -1").trim(),

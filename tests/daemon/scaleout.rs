@@ -660,3 +660,310 @@ fn calls_posted_to_a_standby_are_applied_by_the_owner_exactly_once_across_a_kill
     eventually("an empty inbox", || (inbox_rows() == "0").then_some(()));
     every_send_once(&[env.data(), standby_data], &acknowledged, vec![restarted, standby]);
 }
+
+/// [`WORKSPACE`] with a wait long enough to stop a daemon, change its
+/// database and start it again before the timers are due.
+fn long_wait_workspace() -> String {
+    WORKSPACE.replace("pause: wait 2s", "pause: wait 20s")
+}
+
+/// `bought` calls of `customers` in one `/v1/batch` body, all at `at`.
+fn bought_batch(customers: &[String], at: &str) -> String {
+    let calls: Vec<String> = customers
+        .iter()
+        .map(|c| bought(c).replacen('{', &format!(r#"{{"timestamp":"{at}","#), 1))
+        .collect();
+    format!(r#"{{"batch":[{}]}}"#, calls.join(","))
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// The rows with key prefix `prefix` as the table has them: partition,
+/// key, value.
+fn rows(pg: &super::pg::Postgres, prefix: u8) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
+    pg.psql(&format!(
+        "SELECT partition || ' ' || encode(key, 'hex') || ' ' || encode(value, 'hex') FROM journeyc_kv \
+         WHERE get_byte(key, 0) = {prefix} ORDER BY key"
+    ))
+    .lines()
+    .filter(|line| !line.trim().is_empty())
+    .map(|line| {
+        let mut fields = line.trim().split(' ');
+        let partition = fields.next().expect("partition").parse().expect("a partition");
+        let key = unhex(fields.next().expect("key"));
+        let value = unhex(fields.next().unwrap_or(""));
+        (partition, key, value)
+    })
+    .collect()
+}
+
+/// The timer index as stored: for each entry, its row's partition and its
+/// due time, chunk number and customers.
+fn timer_rows(pg: &super::pg::Postgres) -> Vec<(i32, journeyc::daemon::store::TimerEntry)> {
+    rows(pg, b't')
+        .into_iter()
+        .map(|(partition, key, value)| {
+            let entry = journeyc::daemon::store::decode_timer_entry(&key, &value).expect("a timer entry");
+            (partition, entry)
+        })
+        .collect()
+}
+
+/// Checks the per-partition timer index of a PostgreSQL store: every entry
+/// lists customers of one partition and is stored in that partition; every
+/// waiting customer's record names an entry of its own partition that lists
+/// it. Answers the customers waiting.
+fn timers_kept_per_partition(pg: &super::pg::Postgres) -> BTreeSet<String> {
+    let entries = timer_rows(pg);
+    let mut listed: BTreeMap<(i32, u64), BTreeSet<String>> = BTreeMap::new();
+    for (partition, entry) in &entries {
+        assert!(*partition >= 0, "a timer entry at partition {partition}: {entry:?}");
+        for customer in &entry.customers {
+            assert_eq!(
+                partition_of(format!("c{customer}").as_bytes(), 256),
+                *partition,
+                "{customer} listed in a chunk of another partition: {entry:?}"
+            );
+        }
+        let chunk = entry.chunk.expect("a chunk");
+        listed.insert((*partition, chunk), entry.customers.iter().cloned().collect());
+    }
+    let mut waiting = BTreeSet::new();
+    for (partition, key, value) in rows(pg, b'c') {
+        let (state, chunk) = journeyc::daemon::store::decode_customer(&key, &value).expect("a customer");
+        let Some(chunk) = chunk else { continue };
+        let list = listed.get(&(partition, chunk));
+        assert!(
+            list.is_some_and(|list| list.contains(&state.id)),
+            "{} (partition {partition}) names chunk {chunk}, which its partition does not have listing it",
+            state.id
+        );
+        waiting.insert(state.id.clone());
+    }
+    waiting
+}
+
+#[test]
+fn timer_chunks_list_customers_of_one_partition_and_are_stored_in_it() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(&long_wait_workspace(), Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let daemon = env.start(&[]);
+    let customers: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+    // All at one instant: due at one instant, so one chunk on sled.
+    let at = (chrono::Utc::now() - chrono::Duration::seconds(12)).to_rfc3339();
+    let response = daemon.post("/v1/batch", &bought_batch(&customers, &at));
+    assert_eq!(response.status, 200, "{}", response.body);
+    let waiting = timers_kept_per_partition(pg);
+    assert_eq!(waiting.len(), customers.len(), "every customer waits: {waiting:?}");
+    let partitions: BTreeSet<i32> = timer_rows(pg).into_iter().map(|(p, _)| p).collect();
+    assert!(partitions.len() > 10, "40 customers' timers in {partitions:?}");
+    assert_eq!(
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM journeyc_migrations")
+            .trim(),
+        "1,2,3"
+    );
+    let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
+    every_send_once(&[env.data()], &acknowledged, vec![daemon]);
+    assert!(timer_rows(pg).is_empty(), "every chunk fired and removed");
+}
+
+/// A PostgreSQL store written before timer chunks were kept per partition
+/// (every chunk at partition -1, mixing partitions, numbered by
+/// `mtimerchunk`; schema version 2) has its chunks moved into their
+/// customers' partitions when a daemon opens it, and every timer fires
+/// once.
+#[test]
+fn a_store_with_timer_chunks_at_partition_none_is_moved_into_partitions_at_open() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(&long_wait_workspace(), Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let daemon = env.start(&[]);
+    let customers: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
+    let at = (chrono::Utc::now() - chrono::Duration::seconds(6)).to_rfc3339();
+    let response = daemon.post("/v1/batch", &bought_batch(&customers, &at));
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(daemon.terminate(), Some(0));
+    // Today's layout before this store version: one chunk per due time
+    // listing every customer due then (whatever their partitions), at
+    // partition -1, numbered from `mtimerchunk`; no chunk sequence.
+    pg.psql(
+        "BEGIN; \
+         CREATE TEMP TABLE chunks AS SELECT key, value, substr(key, 2, 8) AS due, substr(key, 10, 8) AS number, \
+             dense_rank() OVER (ORDER BY substr(key, 2, 8)) AS legacy \
+             FROM journeyc_kv WHERE get_byte(key, 0) = 116; \
+         UPDATE journeyc_kv AS c SET value = overlay(c.value PLACING int8send(k.legacy) FROM length(c.value) - 7) \
+             FROM chunks AS k WHERE get_byte(c.key, 0) = 99 AND substr(c.value, length(c.value) - 7) = k.number; \
+         DELETE FROM journeyc_kv WHERE get_byte(key, 0) = 116; \
+         INSERT INTO journeyc_kv SELECT -1, '\\x74'::bytea || due || int8send(legacy), \
+             set_byte('\\x00'::bytea, 0, sum(get_byte(value, 0))::integer) \
+             || string_agg(substr(value, 2), ''::bytea ORDER BY key) FROM chunks GROUP BY due, legacy; \
+         INSERT INTO journeyc_kv VALUES (-1, 'mtimerchunk'::bytea, int8send((SELECT max(legacy) + 1 FROM chunks))) \
+             ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value; \
+         DELETE FROM journeyc_migrations WHERE version = 3; \
+         DROP SEQUENCE journeyc_timer_chunks; \
+         COMMIT;",
+    );
+    let old = timer_rows(pg);
+    assert!(old.iter().all(|(p, _)| *p == -1), "{old:?}");
+    let listed: usize = old.iter().map(|(_, e)| e.customers.len()).sum();
+    assert_eq!(listed, customers.len(), "{old:?}");
+    let mixed = old.iter().any(|(_, e)| {
+        let partitions: BTreeSet<i32> = e
+            .customers
+            .iter()
+            .map(|c| partition_of(format!("c{c}").as_bytes(), 256))
+            .collect();
+        partitions.len() > 1
+    });
+    assert!(mixed, "a chunk of the old layout mixes partitions: {old:?}");
+
+    let daemon = env.start(&[]);
+    let waiting = timers_kept_per_partition(pg);
+    assert_eq!(
+        waiting.len(),
+        customers.len(),
+        "every customer still waits: {waiting:?}"
+    );
+    assert_eq!(
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM journeyc_migrations")
+            .trim(),
+        "1,2,3"
+    );
+    let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
+    every_send_once(&[env.data()], &acknowledged, vec![daemon]);
+    assert!(timer_rows(pg).is_empty(), "every chunk fired and removed");
+}
+
+/// The timer task fires the chunks of the partitions this node holds: a
+/// partition taken over by another node holds up no other customer's
+/// wake-up, and its own fire once it is claimed back.
+#[test]
+fn timers_of_a_partition_taken_over_wait_for_it_and_the_others_fire() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(&long_wait_workspace(), Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let daemon = env.start(&[]);
+    let customers: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+    let p = partition_of(format!("c{}", customers[0]).as_bytes(), 256);
+    let (held_up, free): (Vec<String>, Vec<String>) = customers
+        .iter()
+        .cloned()
+        .partition(|c| partition_of(format!("c{c}").as_bytes(), 256) == p);
+    assert!(free.len() > 30, "{held_up:?}");
+    // Due in about 8 s, all in one pass of the timer task.
+    let at = (chrono::Utc::now() - chrono::Duration::seconds(12)).to_rfc3339();
+    let response = daemon.post("/v1/batch", &bought_batch(&customers, &at));
+    assert_eq!(response.status, 200, "{}", response.body);
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition = {p}"
+    ));
+    let later = |customer: &str| {
+        sends(&env.data())
+            .iter()
+            .filter(|l| l["customer"] == customer && l["message"] == "later")
+            .count()
+    };
+    eventually("the other partitions' wake-ups", || {
+        free.iter().all(|c| later(c) == 1).then_some(())
+    });
+    assert!(
+        held_up.iter().all(|c| later(c) == 0),
+        "{held_up:?} fired in a partition not held"
+    );
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT count(*) FROM journeyc_kv WHERE get_byte(key, 0) = 116 AND partition = {p}"
+        ))
+        .trim(),
+        "1",
+        "the chunk of {p} waits for its owner"
+    );
+    // The other node's lease expires: this one claims p back and fires it.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
+    every_send_once(&[env.data()], &acknowledged, vec![daemon]);
+}
+
+/// The records of counter `name`: partition → value.
+fn counter_rows(pg: &super::pg::Postgres, name: &str) -> BTreeMap<i32, i64> {
+    rows(pg, b's')
+        .into_iter()
+        .filter_map(|(partition, key, value)| {
+            let (found, _) = journeyc::daemon::store::decode_stat_key(&key);
+            (found == name).then(|| (partition, i64::from_be_bytes(value.try_into().expect("an i64"))))
+        })
+        .collect()
+}
+
+/// On PostgreSQL each counter is kept per partition, in the records of the
+/// partition of the customers it counts; stats read the sum. A store
+/// written before (one total per counter at partition -1) keeps its totals
+/// there, summed in with what is counted after.
+#[test]
+fn counters_are_kept_per_partition_and_summed_with_the_totals_of_a_store_written_before() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let daemon = env.start(&[]);
+    let first: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
+    let at = chrono::Utc::now().to_rfc3339();
+    assert_eq!(daemon.post("/v1/batch", &bought_batch(&first, &at)).status, 200);
+    let entered = counter_rows(pg, "j/delayed/entered");
+    assert!(!entered.contains_key(&-1), "{entered:?}");
+    assert!(entered.len() > 10, "40 customers counted in {entered:?}");
+    for (partition, count) in &entered {
+        let here = first
+            .iter()
+            .filter(|c| partition_of(format!("c{c}").as_bytes(), 256) == *partition)
+            .count();
+        assert_eq!(*count, here as i64, "partition {partition}");
+    }
+    let stats = daemon.get("/v1/journeys/delayed/stats").json();
+    assert_eq!(stats["entered"], 40, "{stats}");
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // The layout before: one total per counter, at partition -1.
+    pg.psql(
+        "BEGIN; \
+         CREATE TEMP TABLE totals AS SELECT CASE WHEN length(key) > 3 AND get_byte(key, length(key) - 3) = 0 \
+             THEN substr(key, 1, length(key) - 3) ELSE key END AS name, \
+             sum(('x' || encode(value, 'hex'))::bit(64)::bigint) AS total \
+             FROM journeyc_kv WHERE get_byte(key, 0) = 115 GROUP BY 1; \
+         DELETE FROM journeyc_kv WHERE get_byte(key, 0) = 115; \
+         INSERT INTO journeyc_kv SELECT -1, name, int8send(total::bigint) FROM totals; \
+         COMMIT;",
+    );
+    assert_eq!(counter_rows(pg, "j/delayed/entered"), BTreeMap::from([(-1, 40)]));
+
+    let daemon = env.start(&[]);
+    let stats = daemon.get("/v1/journeys/delayed/stats").json();
+    assert_eq!(stats["entered"], 40, "the totals read as they were: {stats}");
+    let second: Vec<String> = (0..40).map(|i| format!("q{i}")).collect();
+    assert_eq!(daemon.post("/v1/batch", &bought_batch(&second, &at)).status, 200);
+    let entered = counter_rows(pg, "j/delayed/entered");
+    assert_eq!(entered.get(&-1), Some(&40), "the old total stays: {entered:?}");
+    assert_eq!(entered.values().sum::<i64>(), 80, "{entered:?}");
+    let stats = daemon.get("/v1/journeys/delayed/stats").json();
+    assert_eq!(stats["entered"], 80, "{stats}");
+    let acknowledged: BTreeSet<String> = first.iter().chain(&second).cloned().collect();
+    every_send_once(&[env.data()], &acknowledged, vec![daemon]);
+    // Every customer has left its wait: the waiting count sums to zero.
+    assert_eq!(counter_rows(pg, "g/timers").values().sum::<i64>(), 0);
+}

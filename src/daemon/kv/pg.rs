@@ -18,6 +18,11 @@
 //! the customer id its key names ([`partition_of`]), or [`PARTITION_NONE`]
 //! for keys that name no customer; it leads the primary key, so the table
 //! can later be distributed by it (Citus) and partitions owned by daemons.
+//! A timer chunk lists customers of one partition and its number carries
+//! that partition ([`partitioned_chunk`], drawn from the sequence
+//! `journeyc_timer_chunks`), so the chunk is stored, fenced and scanned
+//! with its customers' partition ([`Pg::scan_owned`]: the timer task reads
+//! the chunks of the partitions this node holds only).
 //!
 //! **Durability.** A batch is one transaction: when [`Pg::apply`] returns,
 //! it has committed (PostgreSQL's `synchronous_commit` decides what that
@@ -92,7 +97,34 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
          expires_at timestamptz NOT NULL
      );",
     ),
+    (3, "CREATE SEQUENCE journeyc_timer_chunks MINVALUE 0 START 0;"),
 ];
+
+/// The flag of a timer chunk number drawn from `journeyc_timer_chunks`
+/// ([`Pg::timer_chunk_number`]): such a chunk lists customers of one
+/// partition, kept in its low [`CHUNK_PARTITION_BITS`] bits, and is stored
+/// in that partition. Numbers without it were counted by the store's
+/// `mtimerchunk` (sled, and PostgreSQL stores before per-partition timers,
+/// whose chunks are moved at open: `Store::on`).
+pub const CHUNK_PARTITIONED: u64 = 1 << 63;
+/// The bits of a drawn chunk number that hold its partition (so P is at most
+/// 2^16).
+pub const CHUNK_PARTITION_BITS: u32 = 16;
+/// The most partitions a database may have: the partition of a timer chunk
+/// is kept in [`CHUNK_PARTITION_BITS`] bits of its number.
+pub const PARTITIONS_MAX: i32 = 1 << CHUNK_PARTITION_BITS;
+/// Timer chunk numbers fetched from the sequence per round trip.
+const CHUNK_NUMBERS_PER_DRAW: i64 = 1024;
+
+/// The timer chunk number of draw `n` for a chunk of `partition`.
+pub fn partitioned_chunk(n: u64, partition: i32) -> u64 {
+    CHUNK_PARTITIONED | (n << CHUNK_PARTITION_BITS) | (partition as u64 & (u64::from(u16::MAX)))
+}
+
+/// The partition a timer chunk number names, if it was drawn for one.
+pub fn chunk_partition(chunk: u64) -> Option<i32> {
+    (chunk & CHUNK_PARTITIONED != 0).then_some((chunk & u64::from(u16::MAX)) as i32)
+}
 
 fn error(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Postgres(format!("{what}: {e}"))
@@ -113,8 +145,24 @@ fn customer_of(key: &[u8]) -> Option<&[u8]> {
 }
 
 /// The partition of a key: FNV-1a (64 bits) of the customer id it names,
-/// modulo `partitions`; [`PARTITION_NONE`] when it names none.
+/// modulo `partitions`; for a timer chunk drawn for a partition, that one
+/// ([`chunk_partition`]); for a counter's share, the partition it names
+/// (`store::stat_key_in`); [`PARTITION_NONE`] when it names none.
 pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    // A timer chunk (`t` + due + number) drawn for a partition.
+    if key.len() == 17 && key[0] == b't' {
+        let chunk = u64::from_be_bytes(key[9..17].try_into().expect("8 bytes"));
+        if let Some(partition) = chunk_partition(chunk).filter(|p| *p < partitions) {
+            return partition;
+        }
+    }
+    // A counter's share kept in a partition: `s` + name + 0x00 + u16 BE.
+    if key.len() >= 4 && key[0] == b's' && key[key.len() - 3] == 0 {
+        let partition = i32::from(u16::from_be_bytes([key[key.len() - 2], key[key.len() - 1]]));
+        if partition < partitions {
+            return partition;
+        }
+    }
     let Some(customer) = customer_of(key) else {
         return PARTITION_NONE;
     };
@@ -222,6 +270,9 @@ struct Inner {
     handle: tokio::runtime::Handle,
     partitions: i32,
     lease: Arc<Lease>,
+    /// Timer chunk numbers drawn from `journeyc_timer_chunks` and not yet
+    /// used ([`Pg::timer_chunk_number`]).
+    chunk_numbers: std::sync::Mutex<VecDeque<u64>>,
     /// Dropped with the store: stops the runtime's thread.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -339,6 +390,7 @@ impl Pg {
                 handle,
                 partitions,
                 lease,
+                chunk_numbers: std::sync::Mutex::new(VecDeque::new()),
                 _stop: stop,
             }),
         })
@@ -416,6 +468,41 @@ impl Pg {
     /// The number of partitions, fixed at the database's first start.
     pub fn partitions(&self) -> i32 {
         self.inner.partitions
+    }
+
+    /// The partition of `key` in this database ([`partition_of`]).
+    pub fn partition_of(&self, key: &[u8]) -> i32 {
+        partition_of(key, self.inner.partitions)
+    }
+
+    /// A new timer chunk number for a chunk of `partition`'s customers:
+    /// unique across nodes and restarts (drawn from the sequence
+    /// `journeyc_timer_chunks`, [`CHUNK_NUMBERS_PER_DRAW`] per round trip),
+    /// with the partition in its low bits, so the chunk's key says where it
+    /// is stored ([`partition_of`]).
+    pub fn timer_chunk_number(&self, partition: i32) -> StoreResult<u64> {
+        let mut numbers = self.inner.chunk_numbers.lock().unwrap_or_else(|p| p.into_inner());
+        if numbers.is_empty() {
+            let drawn: Vec<i64> = self.run(|pool, _| async move {
+                let client = connection(&pool).await?;
+                let rows = client
+                    .query(
+                        "SELECT nextval('journeyc_timer_chunks') FROM generate_series(1, $1::bigint)",
+                        &[&CHUNK_NUMBERS_PER_DRAW],
+                    )
+                    .await
+                    .map_err(|e| error("draw timer chunk numbers", e))?;
+                Ok(rows.into_iter().map(|row| row.get(0)).collect())
+            })?;
+            numbers.extend(drawn.into_iter().map(|n| n as u64));
+        }
+        let n = numbers.pop_front().expect("drawn above");
+        if n >= 1 << (63 - CHUNK_PARTITION_BITS) {
+            return Err(StoreError::Postgres(format!(
+                "journeyc_timer_chunks is at {n}: past the numbers a timer chunk can carry"
+            )));
+        }
+        Ok(partitioned_chunk(n, partition))
     }
 
     fn run<T, F>(&self, work: impl FnOnce(deadpool_postgres::Pool, i32) -> F) -> StoreResult<T>
@@ -808,14 +895,45 @@ impl Pg {
             pg: self.clone(),
             start,
             end,
+            owned_only: false,
             front: VecDeque::new(),
             back: VecDeque::new(),
             done: false,
         }
     }
 
+    /// [`Pg::scan`] of the records in the partitions this node holds now
+    /// (the store's partition -1 too while it holds the store's lease),
+    /// the held set read again at each page: the work of this node's
+    /// partitions only (the timer index), none of a partition lost or
+    /// not yet claimed.
+    pub fn scan_owned(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Scan {
+        Scan {
+            owned_only: true,
+            ..self.scan(start, end)
+        }
+    }
+
+    /// The partitions whose records this node may write now: those held,
+    /// and -1 while it holds the store's lease.
+    fn writable(&self) -> Vec<i32> {
+        let lease = &self.inner.lease;
+        let mut partitions: Vec<i32> = lease.partitions.borrow().keys().copied().collect();
+        if lease.epoch().is_ok() {
+            partitions.push(LEASE_STORE);
+        }
+        partitions
+    }
+
     /// One page of keys strictly inside the bounds, ascending or descending.
-    fn page(&self, start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>, descending: bool) -> StoreResult<Vec<(Bytes, Bytes)>> {
+    /// With `partitions`, only the records in those.
+    fn page(
+        &self,
+        start: &Bound<Vec<u8>>,
+        end: &Bound<Vec<u8>>,
+        descending: bool,
+        partitions: Option<Vec<i32>>,
+    ) -> StoreResult<Vec<(Bytes, Bytes)>> {
         let (start, end) = (start.clone(), end.clone());
         self.run(move |pool, _| async move {
             let client = connection(&pool).await?;
@@ -830,13 +948,19 @@ impl Pg {
                 params.push(key.clone());
                 sql.push_str(&format!(" AND key {op} ${}", params.len()));
             }
+            if partitions.is_some() {
+                sql.push_str(&format!(" AND partition = ANY(${})", params.len() + 1));
+            }
             let order = if descending { "DESC" } else { "ASC" };
             sql.push_str(&format!(" ORDER BY key {order} LIMIT {SCAN_PAGE}"));
             let statement = client.prepare_cached(&sql).await.map_err(|e| error("scan", e))?;
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            let mut refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
                 .iter()
                 .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
                 .collect();
+            if let Some(partitions) = &partitions {
+                refs.push(partitions);
+            }
             let rows = client.query(&statement, &refs).await.map_err(|e| error("scan", e))?;
             Ok(rows
                 .into_iter()
@@ -1162,8 +1286,12 @@ async fn start(pool: &deadpool_postgres::Pool) -> StoreResult<(i32, String)> {
     tx.commit().await.map_err(|e| error("commit", e))?;
     let partitions = i32::try_from(partitions)
         .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| StoreError::Postgres(format!("journeyc_settings: {partitions} partitions")))?;
+        .filter(|p| (1..=PARTITIONS_MAX).contains(p))
+        .ok_or_else(|| {
+            StoreError::Postgres(format!(
+                "journeyc_settings: {partitions} partitions (1 to {PARTITIONS_MAX})"
+            ))
+        })?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host = match host.trim() {
         "" => "localhost",
@@ -1178,6 +1306,8 @@ pub struct Scan {
     pg: Pg,
     start: Bound<Vec<u8>>,
     end: Bound<Vec<u8>>,
+    /// Only the partitions this node holds ([`Pg::scan_owned`]).
+    owned_only: bool,
     front: VecDeque<(Bytes, Bytes)>,
     back: VecDeque<(Bytes, Bytes)>,
     done: bool,
@@ -1190,7 +1320,8 @@ impl Scan {
         }
         let buffer = if from_back { &mut self.back } else { &mut self.front };
         if buffer.is_empty() {
-            match self.pg.page(&self.start, &self.end, from_back) {
+            let partitions = self.owned_only.then(|| self.pg.writable());
+            match self.pg.page(&self.start, &self.end, from_back, partitions) {
                 Ok(page) => {
                     let buffer = if from_back { &mut self.back } else { &mut self.front };
                     buffer.extend(page);
@@ -1277,5 +1408,21 @@ mod tests {
             spread.len()
         );
         assert_eq!(partition_of(b"calice", 1), 0);
+    }
+
+    #[test]
+    fn a_drawn_timer_chunk_is_stored_in_its_partition_a_counted_one_at_none() {
+        let key = |chunk: u64| [&b"t"[..], &7u64.to_be_bytes(), &chunk.to_be_bytes()].concat();
+        let drawn = partitioned_chunk(41, 200);
+        assert_eq!(chunk_partition(drawn), Some(200));
+        assert_eq!(partition_of(&key(drawn), 256), 200);
+        assert_eq!(partition_of(&key(partitioned_chunk(0, 0)), 256), 0);
+        assert_eq!(partition_of(&key(partitioned_chunk(1 << 40, 255)), 256), 255);
+        assert_ne!(partitioned_chunk(1, 3), partitioned_chunk(2, 3));
+        // Counted by `mtimerchunk` (before per-partition chunks): no partition.
+        assert_eq!(chunk_partition(41), None);
+        assert_eq!(partition_of(&key(41), 256), PARTITION_NONE);
+        // A partition past P (a database with fewer) is none of them.
+        assert_eq!(partition_of(&key(partitioned_chunk(3, 300)), 256), PARTITION_NONE);
     }
 }
