@@ -1585,29 +1585,43 @@ async fn standby_customer(State(standby): State<Arc<Standby>>, PathParam(id): Pa
 /// `DELETE /v1/customers/ID` on a standby: the erasure handed to the owner
 /// (`command.rs`); answered as the owner answers once it has erased.
 async fn standby_delete_customer(State(standby): State<Arc<Standby>>, PathParam(id): PathParam) -> Response {
-    let id = match resolve(&standby.store, id) {
-        Ok(id) => id,
-        Err(response) => return *response,
-    };
-    let command = super::command::Command::Erase { customer: id.clone() };
-    let answer = super::command::submit(&standby.pg, &standby.store, &command).await;
-    match (answer.status, serde_json::from_value::<Erased>(answer.body.clone())) {
-        (200, Ok(erased)) => erase_reply(&id, erased).into_response(),
-        _ => answer.into_response(),
-    }
+    standby_customer_command(
+        &standby,
+        id,
+        |customer| super::command::Command::Erase { customer },
+        erase_reply,
+    )
+    .await
 }
 
 /// `POST /v1/customers/ID/retry` on a standby: handed to the owner
 /// (`command.rs`), answered as the owner answers.
 async fn standby_retry_customer(State(standby): State<Arc<Standby>>, PathParam(id): PathParam) -> Response {
+    standby_customer_command(
+        &standby,
+        id,
+        |customer| super::command::Command::RetryCustomer { customer },
+        retry_reply,
+    )
+    .await
+}
+
+/// A command naming one customer (resolved through its aliases) handed to
+/// the owner; the owner's 200 body is answered through the owner's own
+/// reply, anything else as it came.
+async fn standby_customer_command<T: serde::de::DeserializeOwned>(
+    standby: &Standby,
+    id: String,
+    command: impl FnOnce(String) -> super::command::Command,
+    reply: impl FnOnce(&str, T) -> Answer,
+) -> Response {
     let id = match resolve(&standby.store, id) {
         Ok(id) => id,
         Err(response) => return *response,
     };
-    let command = super::command::Command::RetryCustomer { customer: id.clone() };
-    let answer = super::command::submit(&standby.pg, &standby.store, &command).await;
-    match (answer.status, serde_json::from_value::<Retried>(answer.body.clone())) {
-        (200, Ok(retried)) => retry_reply(&id, retried).into_response(),
+    let answer = super::command::submit(&standby.pg, &standby.store, &command(id.clone())).await;
+    match (answer.status, serde_json::from_value::<T>(answer.body.clone())) {
+        (200, Ok(body)) => reply(&id, body).into_response(),
         _ => answer.into_response(),
     }
 }

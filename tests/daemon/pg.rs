@@ -137,6 +137,13 @@ impl Postgres {
         self.psql_in(&self.database, sql)
     }
 
+    /// The schema versions applied, in order (`1,2,3`).
+    pub fn migrations(&self) -> String {
+        self.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM journeyc_migrations")
+            .trim()
+            .to_string()
+    }
+
     /// [`Postgres::psql`] in another database of the server (`postgres`:
     /// to watch the test's database without a session in it).
     pub fn psql_in(&self, database: &str, sql: &str) -> String {

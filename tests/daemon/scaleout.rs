@@ -765,11 +765,7 @@ fn timer_chunks_list_customers_of_one_partition_and_are_stored_in_it() {
     assert_eq!(waiting.len(), customers.len(), "every customer waits: {waiting:?}");
     let partitions: BTreeSet<i32> = timer_rows(pg).into_iter().map(|(p, _)| p).collect();
     assert!(partitions.len() > 10, "40 customers' timers in {partitions:?}");
-    assert_eq!(
-        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM journeyc_migrations")
-            .trim(),
-        "1,2,3"
-    );
+    assert_eq!(pg.migrations(), "1,2,3");
     let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
     every_send_once(&[env.data()], &acknowledged, vec![daemon]);
     assert!(timer_rows(pg).is_empty(), "every chunk fired and removed");
@@ -834,11 +830,7 @@ fn a_store_with_timer_chunks_at_partition_none_is_moved_into_partitions_at_open(
         customers.len(),
         "every customer still waits: {waiting:?}"
     );
-    assert_eq!(
-        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM journeyc_migrations")
-            .trim(),
-        "1,2,3"
-    );
+    assert_eq!(pg.migrations(), "1,2,3");
     let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
     every_send_once(&[env.data()], &acknowledged, vec![daemon]);
     assert!(timer_rows(pg).is_empty(), "every chunk fired and removed");
