@@ -146,13 +146,22 @@ fn customer_of(key: &[u8]) -> Option<&[u8]> {
 
 /// The partition of a key: FNV-1a (64 bits) of the customer id it names,
 /// modulo `partitions`; for a timer chunk drawn for a partition, that one
-/// ([`chunk_partition`]); for a counter's share, the partition it names
+/// ([`chunk_partition`]), and so for an inbox record, a command or its
+/// answer numbered the same way; for a counter's share, the partition it names
 /// (`store::stat_key_in`); [`PARTITION_NONE`] when it names none.
 pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
     // A timer chunk (`t` + due + number) drawn for a partition.
     if key.len() == 17 && key[0] == b't' {
         let chunk = u64::from_be_bytes(key[9..17].try_into().expect("8 bytes"));
         if let Some(partition) = chunk_partition(chunk).filter(|p| *p < partitions) {
+            return partition;
+        }
+    }
+    // An inbox, command or answer record (`i`/`q`/`Q` + number) numbered
+    // for a partition (`daemon/inbox.rs`, `daemon/command.rs`).
+    if key.len() == 9 && matches!(key[0], b'i' | b'q' | b'Q') {
+        let number = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
+        if let Some(partition) = chunk_partition(number).filter(|p| *p < partitions) {
             return partition;
         }
     }
@@ -1424,5 +1433,31 @@ mod tests {
         assert_eq!(partition_of(&key(41), 256), PARTITION_NONE);
         // A partition past P (a database with fewer) is none of them.
         assert_eq!(partition_of(&key(partitioned_chunk(3, 300)), 256), PARTITION_NONE);
+    }
+
+    /// Inbox records, commands and answers numbered for a partition are
+    /// stored in it; those with a plain id (the old layout, and the
+    /// commands about the whole store) at none.
+    #[test]
+    fn a_numbered_inbox_record_command_or_answer_is_stored_in_its_partition() {
+        let key = |prefix: u8, number: u64| [&[prefix][..], &number.to_be_bytes()].concat();
+        for prefix in [b'i', b'q', b'Q'] {
+            assert_eq!(partition_of(&key(prefix, partitioned_chunk(7, 200)), 256), 200);
+            assert_eq!(partition_of(&key(prefix, partitioned_chunk(1 << 46, 0)), 256), 0);
+            assert_eq!(partition_of(&key(prefix, 7), 256), PARTITION_NONE);
+            assert_eq!(partition_of(&key(prefix, u64::MAX >> 1), 256), PARTITION_NONE);
+            assert_eq!(
+                partition_of(&key(prefix, partitioned_chunk(7, 300)), 256),
+                PARTITION_NONE
+            );
+            // Another length is no such record.
+            assert_eq!(
+                partition_of(&[key(prefix, partitioned_chunk(7, 3)), vec![0]].concat(), 256),
+                PARTITION_NONE
+            );
+        }
+        // Other prefixes with such a number name no partition by it.
+        assert_eq!(partition_of(&key(b'o', partitioned_chunk(7, 3)), 256), PARTITION_NONE);
+        assert_eq!(partition_of(&key(b'r', partitioned_chunk(7, 3)), 256), PARTITION_NONE);
     }
 }
