@@ -643,47 +643,7 @@ impl Pg {
                     return Ok(false);
                 }
             }
-            let (mut put_partitions, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut del_partitions, mut del_keys) = (Vec::new(), Vec::new());
-            for (key, value) in batch.writes() {
-                let partition = partition_of(key, partitions);
-                match value {
-                    Some(value) => {
-                        put_partitions.push(partition);
-                        put_keys.push(key.as_ref());
-                        put_values.push(value.as_ref());
-                    }
-                    None => {
-                        del_partitions.push(partition);
-                        del_keys.push(key.as_ref());
-                    }
-                }
-            }
-            if !del_keys.is_empty() {
-                let statement = tx
-                    .prepare_cached(
-                        "DELETE FROM journeyc_kv WHERE (partition, key) IN \
-                         (SELECT * FROM unnest($1::integer[], $2::bytea[]))",
-                    )
-                    .await
-                    .map_err(|e| error("delete", e))?;
-                tx.execute(&statement, &[&del_partitions, &del_keys])
-                    .await
-                    .map_err(|e| error("delete", e))?;
-            }
-            if !put_keys.is_empty() {
-                let statement = tx
-                    .prepare_cached(
-                        "INSERT INTO journeyc_kv (partition, key, value) \
-                         SELECT * FROM unnest($1::integer[], $2::bytea[], $3::bytea[]) \
-                         ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
-                    )
-                    .await
-                    .map_err(|e| error("write", e))?;
-                tx.execute(&statement, &[&put_partitions, &put_keys, &put_values])
-                    .await
-                    .map_err(|e| error("write", e))?;
-            }
+            write_rows(&tx, &batch, partitions).await?;
             tx.commit().await.map_err(|e| error("commit", e))?;
             Ok(true)
         })
@@ -707,34 +667,10 @@ impl Pg {
     /// owner holds in memory, each named by its writer alone.
     /// `notify`: the channel notified (`None`: none).
     pub fn apply_unfenced(&self, batch: Batch, notify: Option<&'static str>) -> StoreResult<()> {
-        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
-            .writes()
-            .map(|(key, value)| (key.to_vec(), value.as_ref().map(|v| v.to_vec())))
-            .collect();
         self.run(|pool, partitions| async move {
             let mut client = connection(&pool).await?;
             let tx = client.transaction().await.map_err(|e| error("begin", e))?;
-            for (key, value) in &writes {
-                let partition = partition_of(key, partitions);
-                match value {
-                    Some(value) => {
-                        tx.execute(
-                            "INSERT INTO journeyc_kv (partition, key, value) VALUES ($1, $2, $3) \
-                             ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
-                            &[&partition, key, value],
-                        )
-                        .await
-                    }
-                    None => {
-                        tx.execute(
-                            "DELETE FROM journeyc_kv WHERE partition = $1 AND key = $2",
-                            &[&partition, key],
-                        )
-                        .await
-                    }
-                }
-                .map_err(|e| error("write", e))?;
-            }
+            write_rows(&tx, &batch, partitions).await?;
             if let Some(channel) = notify {
                 tx.batch_execute(&format!("NOTIFY {channel}"))
                     .await
@@ -1040,6 +976,54 @@ async fn listen(
     Err(StoreError::Postgres(format!(
         "the listening connection of {channel} closed"
     )))
+}
+
+/// Writes `batch` in `tx`, each row in its key's partition: its removals
+/// in one statement, then its values in one (one round trip each, whatever
+/// the number of rows).
+async fn write_rows(tx: &deadpool_postgres::Transaction<'_>, batch: &Batch, partitions: i32) -> StoreResult<()> {
+    let (mut put_partitions, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut del_partitions, mut del_keys) = (Vec::new(), Vec::new());
+    for (key, value) in batch.writes() {
+        let partition = partition_of(key, partitions);
+        match value {
+            Some(value) => {
+                put_partitions.push(partition);
+                put_keys.push(key.as_ref());
+                put_values.push(value.as_ref());
+            }
+            None => {
+                del_partitions.push(partition);
+                del_keys.push(key.as_ref());
+            }
+        }
+    }
+    if !del_keys.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "DELETE FROM journeyc_kv WHERE (partition, key) IN \
+                 (SELECT * FROM unnest($1::integer[], $2::bytea[]))",
+            )
+            .await
+            .map_err(|e| error("delete", e))?;
+        tx.execute(&statement, &[&del_partitions, &del_keys])
+            .await
+            .map_err(|e| error("delete", e))?;
+    }
+    if !put_keys.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO journeyc_kv (partition, key, value) \
+                 SELECT * FROM unnest($1::integer[], $2::bytea[], $3::bytea[]) \
+                 ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .await
+            .map_err(|e| error("write", e))?;
+        tx.execute(&statement, &[&put_partitions, &put_keys, &put_values])
+            .await
+            .map_err(|e| error("write", e))?;
+    }
+    Ok(())
 }
 
 /// Waits on the calling thread for `work`, run on the backend's runtime.
