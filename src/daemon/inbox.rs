@@ -60,8 +60,11 @@ pub const PREFIX_INBOX: u8 = b'i';
 /// How often the owner looks for new records when no notification came
 /// (`LISTEN journeyc_inbox` wakes it at once).
 const POLL: Duration = Duration::from_secs(1);
-/// Records taken per look.
-const TAKE: usize = 64;
+/// Records taken per look: a page of the scan, and at most the jobs of
+/// one group commit (`commit::GROUP_JOBS_MAX`), a wave holding one record
+/// per partition. A request split over many partitions is many records,
+/// so a look takes many at once.
+const TAKE: usize = 512;
 /// Records read per look at most, those of partitions held up included.
 const SCAN: usize = 4096;
 
