@@ -1216,3 +1216,95 @@ fn inbox_and_command_records_of_the_old_layout_are_still_applied() {
     drop(writer);
     assert_eq!(owner.terminate(), Some(0));
 }
+
+/// A command naming a customer is stored in that customer's partition and
+/// applied by its holder: with partition p taken over, an erasure of p's
+/// customer (behind an inbox record of p written before it) waits, while
+/// an erasure of another partition's customer written after it is
+/// answered at once; p claimed back, p's record is applied and then its
+/// erasure, answered at the command's key in p.
+#[test]
+fn a_command_of_a_partition_taken_over_holds_up_no_other_partitions_command() {
+    if skip() {
+        return;
+    }
+    use journeyc::daemon::command::Command;
+    use journeyc::daemon::inbox;
+    use journeyc::runtime::input::{Call, Input};
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let ((taken, p), (other, q)) = two_partitions();
+    assert_eq!(owner.post("/v1/track", &ping(&other, "o1", 1)).status, 200);
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition = {p}"
+    ));
+    let writer = Pg::open(&pg.url(), Duration::from_secs(2)).expect("open");
+    let number = |partition: i32| {
+        let id = writer.generate_id().expect("id");
+        inbox::partitioned_number(id, partition).expect("a number")
+    };
+    let identify = Call {
+        customer: taken.clone(),
+        input: Input::Identify {
+            traits: Default::default(),
+            subscriptions: Default::default(),
+            at: chrono::Utc::now().timestamp_millis(),
+            message_id: None,
+        },
+        merge: None,
+        fill: Default::default(),
+        group: None,
+    };
+    let (record, erase_taken, erase_other) = (number(p), number(p), number(q));
+    let command_key = |n: u64| [&[b'q'][..], &n.to_be_bytes()].concat();
+    let erase = |customer: &str| {
+        serde_json::to_vec(&Command::Erase {
+            customer: customer.to_string(),
+        })
+        .expect("JSON")
+    };
+    let mut batch = Batch::default();
+    batch.insert(inbox::key(record), inbox::encode(&[identify]));
+    batch.insert(command_key(erase_taken), erase(&taken));
+    batch.insert(command_key(erase_other), erase(&other));
+    writer
+        .apply_unfenced(batch, Some(journeyc::daemon::kv::pg::CHANNEL_INBOX))
+        .expect("written");
+    writer
+        .notify(journeyc::daemon::kv::pg::CHANNEL_COMMANDS)
+        .expect("notified");
+    let answer = |n: u64| {
+        rows(pg, b'Q')
+            .into_iter()
+            .find(|(_, key, _)| key[1..] == n.to_be_bytes())
+            .map(|(partition, _, value)| {
+                let answer: serde_json::Value = serde_json::from_slice(&value).expect("JSON");
+                (partition, answer)
+            })
+    };
+    let (stored_in, answered) = within(
+        Duration::from_secs(10),
+        "the other partition's erasure answered",
+        || answer(erase_other),
+    );
+    assert_eq!((stored_in, answered["status"].clone()), (q, 200.into()), "{answered}");
+    assert_eq!(owner.get(&format!("/v1/customers/{other}")).status, 404);
+    let waiting: Vec<i32> = rows(pg, b'q').into_iter().map(|(partition, _, _)| partition).collect();
+    assert_eq!(waiting, vec![p], "p's erasure waits in p");
+    assert!(answer(erase_taken).is_none());
+
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    let (stored_in, answered) = eventually("p's erasure answered", || answer(erase_taken));
+    assert_eq!(stored_in, p);
+    // The identify came first: there was a customer to erase.
+    assert_eq!(answered["body"]["known"], true, "{answered}");
+    assert!(rows(pg, b'i').is_empty());
+    assert!(rows(pg, b'q').is_empty());
+    assert_eq!(owner.get(&format!("/v1/customers/{taken}")).status, 404);
+    drop(writer);
+    assert_eq!(owner.terminate(), Some(0));
+}
