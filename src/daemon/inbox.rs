@@ -10,10 +10,11 @@
 //! calls as JSON. The records and the request's refused calls (`r`/`R`,
 //! `rejected.rs`) are one transaction: committed means acked.
 //!
-//! A call goes to the partition of the customer it writes: its id resolved
-//! through the aliases stored when the standby writes it (the commit thread
-//! resolves it again), so the calls of one person keep one queue once its
-//! ids are merged. A call with a `merge` (an `alias`, or a `userId` with an
+//! Every validated call names a customer (a call with neither `userId` nor
+//! `anonymousId` is refused), and goes to the partition of the customer it
+//! writes: its id resolved through the aliases stored when the standby
+//! writes it (the commit thread resolves it again), so the calls of one
+//! person keep one queue once its ids are merged. A call with a `merge` (an `alias`, or a `userId` with an
 //! `anonymousId`) goes to the partition of the customer it merges *into*;
 //! the merged id's records still queued in its own partition may then be
 //! applied after the merge (they resolve to the same customer, later):
