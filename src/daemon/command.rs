@@ -8,11 +8,21 @@
 //! /v1/customers/ID/retry` ([`Command`]). [`apply`] is the one place that
 //! dispatches them, with the functions the owner's own endpoints call.
 //!
-//! A standby writes `q` + id (an id from the store's sequence, big-endian)
-//! → the [`Command`] as JSON, outside the lease ([`Pg::apply_unfenced`]:
-//! named by its writer alone, held in memory by no owner) with `NOTIFY
-//! journeyc_commands` in the same transaction. The owner's [`run`] takes
-//! the records in key order, does what the owner's own endpoint does with
+//! A standby writes `q` + number (big-endian) → the [`Command`] as JSON,
+//! outside the lease ([`Pg::apply_unfenced`]: named by its writer alone,
+//! held in memory by no owner) with `NOTIFY journeyc_commands` in the same
+//! transaction. The number is an id `n` from the store's sequence; for a
+//! command naming one customer (the erasure, a customer's retry) it is
+//! numbered for that customer's partition as its inbox records are
+//! (`2^63 | n << 16 | partition`, `inbox.rs`), so the command and its
+//! answer are stored in that partition and taken by its holder; a command
+//! about the whole store (a reload's install, a broadcast, replaying
+//! refusals, requeueing dead letters) keeps the plain id, at partition -1
+//! with the store's holder, as every command written before commands were
+//! kept per partition. The owner's [`run`] takes the records of the
+//! partitions it holds in key order (a partition's command that waits, or
+//! whose answer failed to be written, holds up that partition's later
+//! commands only), does what the owner's own endpoint does with
 //! the same code (the erasure of `http::erase`, the install of
 //! [`super::reload::Reloader::install_stored`]), then writes, in one
 //! fenced batch, the removal of the command and `Q` + id → the [`Answer`]
@@ -34,9 +44,11 @@
 //! for the erasure.
 //!
 //! A command waits for the inbox records written before it (smaller ids
-//! of the same sequence): a call acked by a standby and then its
-//! customer's `DELETE` posted there are applied in that order, as on the
-//! owner.
+//! of the same sequence) that it must follow ([`Waiting`]): a command
+//! naming a customer for those of its partition (and of the old layout), a
+//! command about the store for those of every partition held. A call acked
+//! by a standby and then its customer's `DELETE` posted there are applied
+//! in that order, as on the owner.
 //!
 //! An erasure's command names the customer; it is removed in the batch
 //! that writes the answer, before the erasure's compaction rewrites the
@@ -50,10 +62,12 @@
 //! ([`sweep`]), so unread answers neither pile up nor keep what they say.
 
 use super::http::{self, AppState};
-use super::kv::pg::{Pg, CHANNEL_COMMANDS};
+use super::inbox;
+use super::kv::pg::{Pg, CHANNEL_COMMANDS, PARTITION_NONE};
 use super::kv::Batch;
 use super::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -100,6 +114,20 @@ pub enum Command {
     RetryDead { seq: Option<Vec<u64>> },
     /// `POST /v1/customers/ID/retry`, the id already resolved through aliases.
     RetryCustomer { customer: String },
+}
+
+impl Command {
+    /// The customer a command is about, whose partition's holder applies
+    /// it; `None` for a command about the whole store (the store's holder).
+    pub fn customer(&self) -> Option<&str> {
+        match self {
+            Command::Erase { customer } | Command::RetryCustomer { customer } => Some(customer),
+            Command::Reload { .. }
+            | Command::Broadcast { .. }
+            | Command::ReplayRejected
+            | Command::RetryDead { .. } => None,
+        }
+    }
 }
 
 /// An HTTP answer: status and JSON body.
@@ -180,13 +208,17 @@ pub async fn submit(pg: &Pg, store: &Store, command: &Command) -> Answer {
 
 async fn submit_within(pg: &Pg, store: &Store, command: &Command, within: Duration) -> Result<Answer, StoreError> {
     let id = store.db.generate_id()?;
+    let number = match command.customer() {
+        Some(customer) => inbox::partitioned_number(id, pg.partition_of(&super::store::customer_key(customer)))?,
+        None => id,
+    };
     let mut batch = Batch::default();
     batch.insert(
-        key(PREFIX_COMMAND, id),
+        key(PREFIX_COMMAND, number),
         serde_json::to_vec(command).expect("a command serializes"),
     );
     pg.apply_unfenced(batch, Some(CHANNEL_COMMANDS))?;
-    let answer_key = key(PREFIX_ANSWER, id);
+    let answer_key = key(PREFIX_ANSWER, number);
     let started = std::time::Instant::now();
     // This node taking the lease over ends the wait: its takeover waits for
     // the requests in flight (`server.rs`), and it applies the command
@@ -237,9 +269,21 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
             sweep(&state.store, super::timers::now_ms());
             swept = Some(std::time::Instant::now());
         }
-        let records: Vec<_> = state.store.db.scan_prefix([PREFIX_COMMAND]).take(TAKE).collect();
+        let records: Vec<_> = (state.store.db)
+            .range_of_held([PREFIX_COMMAND]..[PREFIX_COMMAND + 1])
+            .take(TAKE)
+            .collect();
         let (mut answered, mut deferred) = (0, false);
-        for record in records {
+        // Partitions (-1: the store's commands) whose next command waits:
+        // their later commands wait too, the others' do not.
+        let mut held_up: HashSet<i32> = HashSet::new();
+        let mut waiting: Option<Waiting> = None;
+        let last = (records.iter().flatten())
+            .filter_map(|(key, _)| inbox::key_number(key))
+            .map(|number| inbox::number_parts(number).1)
+            .max()
+            .unwrap_or(0);
+        for record in &records {
             let (record_key, value) = match record {
                 Ok(record) => record,
                 Err(error) => {
@@ -247,18 +291,23 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
                     break;
                 }
             };
-            if earlier_inbox_records(&state.store, &record_key) {
+            let number = inbox::key_number(record_key).unwrap_or(0);
+            let (partition, id) = inbox::number_parts(number);
+            if held_up.contains(&partition) {
+                continue;
+            }
+            // Read once the commands are: an inbox record acked before a
+            // command was read is among them.
+            let waiting = waiting.get_or_insert_with(|| Waiting::read(&state.store, last));
+            if waiting.before(partition, id) {
                 // Calls acked before the command are applied first (a
                 // `track` then a `DELETE` posted to a standby erases what
                 // the track did): looked at again shortly.
                 deferred = true;
-                break;
+                held_up.insert(partition);
+                continue;
             }
-            let id = record_key
-                .get(1..9)
-                .and_then(|id| <[u8; 8]>::try_from(id).ok())
-                .map_or(0, u64::from_be_bytes);
-            let answer = match serde_json::from_slice::<Command>(&value) {
+            let answer = match serde_json::from_slice::<Command>(value) {
                 Ok(command) => apply(&state, id, command).await,
                 Err(error) => Answer::error(
                     axum::http::StatusCode::BAD_REQUEST,
@@ -272,17 +321,19 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
             }
             let mut batch = Batch::default();
             batch.remove(record_key.to_vec());
-            let mut answer_key = record_key.to_vec();
-            answer_key[0] = PREFIX_ANSWER;
             let stored = Stored {
                 answer,
                 written_at: super::timers::now_ms(),
             };
+            // At the command's number: in its partition, where its standby looks.
+            let mut answer_key = record_key.to_vec();
+            answer_key[0] = PREFIX_ANSWER;
             batch.insert(answer_key, serde_json::to_vec(&stored).expect("an answer serializes"));
             if let Err(error) = state.store.db.apply_batch(batch) {
-                // Kept: applied again at the next look (both are idempotent).
-                tracing::warn!(%error, "answering a command failed");
-                break;
+                // Kept: applied again at the next look (all are idempotent).
+                tracing::warn!(%error, partition, "answering a command failed");
+                held_up.insert(partition);
+                continue;
             }
             answered += 1;
         }
@@ -308,7 +359,7 @@ pub async fn run(state: AppState, mut stopping: watch::Receiver<bool>) {
 fn sweep(store: &Store, now: i64) {
     let oldest = now.saturating_sub(ANSWER_KEPT.as_millis() as i64);
     let mut batch = Batch::default();
-    for record in store.db.scan_prefix([PREFIX_ANSWER]) {
+    for record in store.db.range_of_held([PREFIX_ANSWER]..[PREFIX_ANSWER + 1]) {
         let Ok((key, value)) = record else { break };
         let written_at = serde_json::from_slice::<Stored>(&value).map_or(0, |stored| stored.written_at);
         if written_at < oldest {
@@ -324,24 +375,51 @@ fn sweep(store: &Store, now: i64) {
     }
 }
 
-/// Whether inbox records older than the command `record_key` names (a
-/// smaller id of the same sequence: written before it) are still waiting.
-fn earlier_inbox_records(store: &Store, record_key: &[u8]) -> bool {
-    let Some(id) = record_key.get(1..9).and_then(|id| <[u8; 8]>::try_from(id).ok()) else {
-        return false;
-    };
-    let id = u64::from_be_bytes(id);
-    store
-        .db
-        .range(super::inbox::key(0)..super::inbox::key(id))
-        .next()
-        .is_some_and(|first| first.is_ok())
+/// The inbox records waiting in the partitions this node holds, as the
+/// oldest id per partition (-1: the records of the old layout, which may
+/// name any customer).
+struct Waiting {
+    oldest: HashMap<i32, u64>,
+}
+
+impl Waiting {
+    /// Reads the held partitions' inbox keys of ids below `below` (and
+    /// every record of the old layout); a failure reads as none waiting
+    /// (the command's own write fails alike then).
+    fn read(store: &Store, below: u64) -> Waiting {
+        let mut oldest: HashMap<i32, u64> = HashMap::new();
+        let end = inbox::partitioned_number(below, 0).map_or(inbox::key(u64::MAX), inbox::key);
+        let records = store.db.range_of_held(inbox::key(0)..end);
+        for key in records.keys() {
+            let Ok(key) = key else { break };
+            let Some(number) = inbox::key_number(&key) else {
+                continue;
+            };
+            let (partition, id) = inbox::number_parts(number);
+            let first = oldest.entry(partition).or_insert(id);
+            *first = (*first).min(id);
+        }
+        Waiting { oldest }
+    }
+
+    /// Whether an inbox record written before the command `id` (a smaller
+    /// id of the same sequence) that it must follow still waits: of its
+    /// partition or of the old layout for a command naming a customer,
+    /// of any held partition for a command about the whole store
+    /// (`partition` -1).
+    fn before(&self, partition: i32, id: u64) -> bool {
+        let older = |p: &i32| self.oldest.get(p).is_some_and(|oldest| *oldest < id);
+        match partition {
+            PARTITION_NONE => self.oldest.values().any(|oldest| *oldest < id),
+            partition => older(&partition) || older(&PARTITION_NONE),
+        }
+    }
 }
 
 /// Does what the owner's own endpoint does for `command` (number `id`),
 /// with the same functions, and answers as it would: the one dispatch of
-/// commands (a command that names a customer may later go to the owner of
-/// its partition instead; only [`run`]'s choice of records changes then).
+/// commands (a command that names a customer is taken by the holder of
+/// its partition: [`run`] reads the held partitions' commands only).
 async fn apply(state: &AppState, id: u64, command: Command) -> Answer {
     match command {
         // What the erasure found, not naming the customer: an answer no

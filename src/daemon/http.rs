@@ -670,8 +670,9 @@ fn validate_import(bytes: &[u8], bundle: &Bundle, received_at: i64, future_max_m
 }
 
 /// The node an intake request came to: the owner commits the valid calls
-/// through its commit thread; a standby writes them to the inbox, in the
-/// same unfenced transaction as the request's refusals (`inbox.rs`).
+/// through its commit thread; a standby writes them to the inbox (a record
+/// per partition), in the same unfenced transaction as the request's
+/// refusals (`inbox.rs`).
 /// Everything else (reading, validating, the answers) is one code for both.
 #[derive(Clone, Copy)]
 enum Node<'a> {
@@ -722,12 +723,13 @@ impl Node<'_> {
                 }
             }
             Node::Standby(standby) => {
+                // One inbox record per partition of the calls' customers.
                 let mut inbox = super::kv::Batch::default();
-                if !calls.is_empty() {
-                    let id = standby.store.db.generate_id().map_err(store_failed)?;
-                    inbox.insert(super::inbox::key(id), super::inbox::encode(&calls));
+                let taken = !calls.is_empty();
+                for (key, value) in super::inbox::records(&standby.pg, &standby.store, calls).map_err(store_failed)? {
+                    inbox.insert(key, value);
                 }
-                if !rejections.is_empty() || !calls.is_empty() {
+                if !rejections.is_empty() || taken {
                     standby.rejected.put_with(rejections, inbox).map_err(store_failed)?;
                 }
                 self.metrics().events_rejected.add(refused as u64);

@@ -10,7 +10,9 @@
 //! committed records to the [`sinks`]. [`store`] describes the key layout;
 //! [`reload`] swaps workspaces; [`export`] dumps and restores a data dir.
 //! On PostgreSQL, [`inbox`] and [`command`] carry what a standby takes
-//! (intake, erasures, reloads) to the node that owns the store.
+//! (intake, erasures, reloads) to the node that owns the store: intake and
+//! the commands naming a customer kept per partition, the others with the
+//! store's partition -1.
 //!
 //! **Architecture invariant:** a 200 from an intake endpoint means every
 //! effect of the request (state, timer, outbox records) is on disk; a record

@@ -21,8 +21,8 @@
 //! | `L`    | customer id + `0x00` + alias         | empty: the aliases of a customer (bounds, erasure) |
 //! | `G`    | customer id + `0x00` + group id      | JSON `{id, traits, at}`: a group the customer is in (`group` calls) |
 //! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number (sled; PostgreSQL draws them from a sequence) / store format |
-//! | `i`    | inbox id (u64 BE)                    | JSON calls acked by a standby, removed by the owner's commit of them (PostgreSQL only, `daemon/inbox.rs`) |
-//! | `q`, `Q` | command id (u64 BE)                | a write a standby hands to the owner (`DELETE`, a reload's install) as JSON, and the owner's answer to it (PostgreSQL only, `daemon/command.rs`) |
+//! | `i`    | number (u64 BE): `2^63 \| id << 16 \| partition`, `id` from `journeyc_ids`, one per request; before the inbox was per partition a plain id (partition -1, still read) | JSON calls of one partition's customers acked by a standby, stored in that partition, removed by the owner's commit of them (PostgreSQL only, `daemon/inbox.rs`) |
+//! | `q`, `Q` | number (u64 BE): numbered as `i` for a command naming a customer (its partition); a plain id for one about the whole store (partition -1) | a write a standby hands to the owner (`DELETE`, a customer's retry, a reload's install, …) as JSON, and the owner's answer to it at the same number (PostgreSQL only, `daemon/command.rs`) |
 //!
 //! The timer index keeps many customers under one key, so firing a burst of
 //! wake-ups deletes one key per chunk rather than one per customer (sled's

@@ -343,7 +343,8 @@ fn a_standby_serves_stats_refusals_and_erasure_as_the_owner_does() {
     assert_eq!(standby.terminate(), Some(0));
 }
 
-/// An inbox record the owner cannot read (written directly in SQL) is not
+/// An inbox record the owner cannot read (written directly in SQL: one of
+/// the old layout at partition -1, one numbered for partition 2) is not
 /// dropped: it moves to the refused calls, listed by `/v1/rejected`, and
 /// the inbox is left empty; a record of calls that do not decode keeps each
 /// call with its customer.
@@ -357,8 +358,8 @@ fn an_unreadable_inbox_record_is_kept_as_refused() {
     let owner = env.start(&[]);
     pg.psql(
         "INSERT INTO journeyc_kv VALUES \
-         (-1, '\\x69ffffffff00000001'::bytea, convert_to('not json OCTOPUS-3', 'UTF8')), \
-         (-1, '\\x69ffffffff00000002'::bytea, convert_to('[{\"customer\":\"z1\",\"input\":\"SQUID-4\"}]', 'UTF8')); \
+         (-1, '\\x697fffffff00000001'::bytea, convert_to('not json OCTOPUS-3', 'UTF8')), \
+         (2, '\\x69ffffffff00000002'::bytea, convert_to('[{\"customer\":\"z1\",\"input\":\"SQUID-4\"}]', 'UTF8')); \
          NOTIFY journeyc_inbox",
     );
     eventually("an empty inbox", || {
@@ -402,7 +403,7 @@ fn a_handed_over_erasure_outlives_the_owner() {
     // An answer no standby read, written long ago (with no time: as old as
     // can be): the next owner removes it when its round starts.
     pg.psql(
-        "INSERT INTO journeyc_kv VALUES (-1, '\\x51ffffffff00000001'::bytea, \
+        "INSERT INTO journeyc_kv VALUES (1, '\\x51ffffffff00000001'::bytea, \
          convert_to('{\"status\":200,\"body\":{\"known\":true,\"rejected_erased\":0}}', 'UTF8'))",
     );
     owner.kill();

@@ -959,3 +959,352 @@ fn counters_are_kept_per_partition_and_summed_with_the_totals_of_a_store_written
     // Every customer has left its wait: the waiting count sums to zero.
     assert_eq!(counter_rows(pg, "g/timers").values().sum::<i64>(), 0);
 }
+
+/// `ping` calls of `customers` (message ids `prefix` + index) in one
+/// `/v1/batch` body.
+fn ping_batch(customers: &[String], prefix: &str) -> String {
+    let calls: Vec<String> = (customers.iter().enumerate())
+        .map(|(i, c)| ping(c, &format!("{prefix}{i}"), i as i64))
+        .collect();
+    format!(r#"{{"batch":[{}]}}"#, calls.join(","))
+}
+
+/// The customers an inbox record's calls name, in their order.
+fn record_customers(value: &[u8]) -> Vec<String> {
+    let calls: Vec<serde_json::Value> = serde_json::from_slice(value).expect("an inbox record is JSON calls");
+    calls
+        .iter()
+        .map(|call| call["customer"].as_str().expect("a customer").to_string())
+        .collect()
+}
+
+/// The id and partition an inbox key's number carries (`2^63 | id << 16 |
+/// partition`).
+fn inbox_number(key: &[u8]) -> (u64, i32) {
+    assert_eq!(key.len(), 9, "{key:?}");
+    let number = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
+    assert_ne!(number & (1 << 63), 0, "a partitioned number: {number:#x}");
+    ((number & !(1 << 63)) >> 16, (number & 0xffff) as i32)
+}
+
+/// A standby's request naming customers of several partitions is written
+/// as one inbox record per partition (each stored in its partition, with
+/// that partition's calls in request order, all with one id), in one
+/// transaction; the owner applies every one of them once it holds the
+/// partitions.
+#[test]
+fn a_standby_writes_one_inbox_record_per_partition_and_the_owner_applies_them_all() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    // Every partition held by another node for now: the owner applies no
+    // record, so the records stay to be read.
+    pg.psql(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition >= 0",
+    );
+    let customers: Vec<String> = (0..12).map(|i| format!("span{i}")).collect();
+    let partition = |c: &str| partition_of(format!("c{c}").as_bytes(), 256);
+    let mut expected: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for customer in &customers {
+        expected.entry(partition(customer)).or_default().push(customer.clone());
+    }
+    // Twice the first customer: its calls share its record, in order.
+    let mut named = customers.clone();
+    named.push(customers[0].clone());
+    expected
+        .get_mut(&partition(&customers[0]))
+        .expect("its partition")
+        .push(customers[0].clone());
+    assert!(expected.len() > 5, "{expected:?}");
+    let response = standby.post("/v1/batch", &ping_batch(&named, "s"));
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    let records = rows(pg, b'i');
+    let mut written: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    for (stored_in, key, value) in &records {
+        let (id, numbered) = inbox_number(key);
+        assert_eq!(*stored_in, numbered, "stored in the partition its key names");
+        assert_eq!(partition_of(key, 256), numbered);
+        ids.insert(id);
+        let previous = written.insert(numbered, record_customers(value));
+        assert!(previous.is_none(), "two records of partition {numbered}");
+    }
+    assert_eq!(
+        written, expected,
+        "one record per partition, its calls in request order"
+    );
+    assert_eq!(ids.len(), 1, "one id for the request's records: {ids:?}");
+
+    // The partitions free again: the owner claims them and applies all.
+    pg.psql("UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition >= 0");
+    eventually("an empty inbox", || rows(pg, b'i').is_empty().then_some(()));
+    for customer in &customers {
+        assert_eq!(
+            owner.get(&format!("/v1/customers/{customer}")).status,
+            200,
+            "{customer}"
+        );
+    }
+    eventually("a hello per call", || {
+        let hellos = sends(&env.data()).iter().filter(|l| l["message"] == "hello").count();
+        (hellos >= named.len()).then_some(hellos)
+    });
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+    let sent = sends(&env.data());
+    for customer in &customers {
+        let times = if *customer == customers[0] { 2 } else { 1 };
+        let hellos = sent
+            .iter()
+            .filter(|l| l["customer"] == customer.as_str() && l["message"] == "hello");
+        assert_eq!(hellos.count(), times, "{customer}: {sent:?}");
+    }
+}
+
+/// Waits at most `limit` for `check`.
+fn within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A partition taken over by another node holds up its own inbox records
+/// only: calls posted to a standby after one naming a customer of it (in
+/// requests of their own, or beside it in one batch) are applied at once,
+/// a `DELETE` through the standby too; the held-up records are applied
+/// once the partition is claimed back.
+#[test]
+fn inbox_records_of_a_partition_taken_over_hold_up_no_other_partition() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    let ((taken, p), (other, _)) = two_partitions();
+    let third = (0..)
+        .map(|i| format!("third{i}"))
+        .find(|c| partition_of(format!("c{c}").as_bytes(), 256) != p && *c != other)
+        .expect("a third customer");
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition = {p}"
+    ));
+    // The owner still takes itself for p's holder: its first try at p's
+    // record is refused inside the transaction.
+    assert_eq!(standby.post("/v1/track", &ping(&taken, "t1", 1)).status, 200);
+    assert_eq!(standby.post("/v1/track", &ping(&other, "o1", 1)).status, 200);
+    let mixed = format!(r#"{{"batch":[{},{}]}}"#, ping(&taken, "t2", 2), ping(&third, "x1", 1));
+    assert_eq!(standby.post("/v1/batch", &mixed).status, 200);
+    let limit = Duration::from_secs(10);
+    within(limit, "the other partitions' calls applied", || {
+        let applied = [&other, &third]
+            .iter()
+            .all(|c| owner.get(&format!("/v1/customers/{c}")).status == 200);
+        applied.then_some(())
+    });
+    within(limit, "only p's records left", || {
+        let left = rows(pg, b'i');
+        (left.len() == 2 && left.iter().all(|(partition, _, _)| *partition == p)).then_some(())
+    });
+    assert_eq!(owner.get(&format!("/v1/customers/{taken}")).status, 404);
+    // A command naming a customer of a held partition is applied meanwhile.
+    let erased = standby.request("DELETE", &format!("/v1/customers/{third}"), None);
+    assert_eq!(erased.status, 200, "{}", erased.body);
+    assert_eq!(erased.json()["erased"], third.as_str(), "{}", erased.body);
+    assert_eq!(owner.get(&format!("/v1/customers/{third}")).status, 404);
+
+    // p claimed back: its records are applied, in their order.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    eventually("an empty inbox", || rows(pg, b'i').is_empty().then_some(()));
+    let customer = owner.get(&format!("/v1/customers/{taken}"));
+    assert_eq!(customer.status, 200, "{}", customer.body);
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+    let sent = sends(&env.data());
+    let hellos = |c: &str| {
+        sent.iter()
+            .filter(|l| l["customer"] == c && l["message"] == "hello")
+            .count()
+    };
+    assert_eq!((hellos(&taken), hellos(&other)), (2, 1), "{sent:?}");
+}
+
+/// Inbox and command records written before the inbox was kept per
+/// partition (a plain id, at partition -1, one record for calls of any
+/// partitions) are still applied, in their order: the calls, then the
+/// erasure handed over after them, answered at the command's own key.
+#[test]
+fn inbox_and_command_records_of_the_old_layout_are_still_applied() {
+    if skip() {
+        return;
+    }
+    use journeyc::daemon::command::Command;
+    use journeyc::daemon::inbox;
+    use journeyc::runtime::input::{Call, Input};
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    // Another node writing through the store as the code before did.
+    let writer = Pg::open(&pg.url(), Duration::from_secs(2)).expect("open");
+    assert_eq!(writer.lease(), LeaseState::Standby);
+    let customers: Vec<String> = (0..6).map(|i| format!("old{i}")).collect();
+    let spread: BTreeSet<i32> = (customers.iter())
+        .map(|c| partition_of(format!("c{c}").as_bytes(), 256))
+        .collect();
+    assert!(spread.len() > 2, "{spread:?}");
+    let at = chrono::Utc::now().timestamp_millis();
+    let calls: Vec<Call> = (customers.iter())
+        .map(|customer| Call {
+            customer: customer.clone(),
+            input: Input::Identify {
+                traits: Default::default(),
+                subscriptions: Default::default(),
+                at,
+                message_id: None,
+            },
+            merge: None,
+            fill: Default::default(),
+            group: None,
+        })
+        .collect();
+    let (record, command) = (writer.generate_id().expect("id"), writer.generate_id().expect("id"));
+    let command_key = [&[b'q'][..], &command.to_be_bytes()].concat();
+    assert_eq!(partition_of(&inbox::key(record), 256), -1);
+    assert_eq!(partition_of(&command_key, 256), -1);
+    let mut batch = Batch::default();
+    batch.insert(inbox::key(record), inbox::encode(&calls));
+    let erase = Command::Erase {
+        customer: customers[0].clone(),
+    };
+    batch.insert(command_key, serde_json::to_vec(&erase).expect("JSON"));
+    writer
+        .apply_unfenced(batch, Some(journeyc::daemon::kv::pg::CHANNEL_INBOX))
+        .expect("written");
+    writer
+        .notify(journeyc::daemon::kv::pg::CHANNEL_COMMANDS)
+        .expect("notified");
+    eventually("the calls and then the erasure applied", || {
+        let kept = customers[1..]
+            .iter()
+            .all(|c| owner.get(&format!("/v1/customers/{c}")).status == 200);
+        (kept && owner.get(&format!("/v1/customers/{}", customers[0])).status == 404).then_some(())
+    });
+    assert!(rows(pg, b'i').is_empty());
+    assert!(rows(pg, b'q').is_empty());
+    let answers = rows(pg, b'Q');
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let (partition, key, value) = &answers[0];
+    assert_eq!((*partition, &key[1..]), (-1, &command.to_be_bytes()[..]));
+    let answer: serde_json::Value = serde_json::from_slice(value).expect("JSON");
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["body"]["known"], true, "{answer}");
+    drop(writer);
+    assert_eq!(owner.terminate(), Some(0));
+}
+
+/// A command naming a customer is stored in that customer's partition and
+/// applied by its holder: with partition p taken over, an erasure of p's
+/// customer (behind an inbox record of p written before it) waits, while
+/// an erasure of another partition's customer written after it is
+/// answered at once; p claimed back, p's record is applied and then its
+/// erasure, answered at the command's key in p.
+#[test]
+fn a_command_of_a_partition_taken_over_holds_up_no_other_partitions_command() {
+    if skip() {
+        return;
+    }
+    use journeyc::daemon::command::Command;
+    use journeyc::daemon::inbox;
+    use journeyc::runtime::input::{Call, Input};
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let ((taken, p), (other, q)) = two_partitions();
+    assert_eq!(owner.post("/v1/track", &ping(&other, "o1", 1)).status, 200);
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition = {p}"
+    ));
+    let writer = Pg::open(&pg.url(), Duration::from_secs(2)).expect("open");
+    let number = |partition: i32| {
+        let id = writer.generate_id().expect("id");
+        inbox::partitioned_number(id, partition).expect("a number")
+    };
+    let identify = Call {
+        customer: taken.clone(),
+        input: Input::Identify {
+            traits: Default::default(),
+            subscriptions: Default::default(),
+            at: chrono::Utc::now().timestamp_millis(),
+            message_id: None,
+        },
+        merge: None,
+        fill: Default::default(),
+        group: None,
+    };
+    let (record, erase_taken, erase_other) = (number(p), number(p), number(q));
+    let command_key = |n: u64| [&[b'q'][..], &n.to_be_bytes()].concat();
+    let erase = |customer: &str| {
+        serde_json::to_vec(&Command::Erase {
+            customer: customer.to_string(),
+        })
+        .expect("JSON")
+    };
+    let mut batch = Batch::default();
+    batch.insert(inbox::key(record), inbox::encode(&[identify]));
+    batch.insert(command_key(erase_taken), erase(&taken));
+    batch.insert(command_key(erase_other), erase(&other));
+    writer
+        .apply_unfenced(batch, Some(journeyc::daemon::kv::pg::CHANNEL_INBOX))
+        .expect("written");
+    writer
+        .notify(journeyc::daemon::kv::pg::CHANNEL_COMMANDS)
+        .expect("notified");
+    let answer = |n: u64| {
+        rows(pg, b'Q')
+            .into_iter()
+            .find(|(_, key, _)| key[1..] == n.to_be_bytes())
+            .map(|(partition, _, value)| {
+                let answer: serde_json::Value = serde_json::from_slice(&value).expect("JSON");
+                (partition, answer)
+            })
+    };
+    let (stored_in, answered) = within(
+        Duration::from_secs(10),
+        "the other partition's erasure answered",
+        || answer(erase_other),
+    );
+    assert_eq!((stored_in, answered["status"].clone()), (q, 200.into()), "{answered}");
+    assert_eq!(owner.get(&format!("/v1/customers/{other}")).status, 404);
+    let waiting: Vec<i32> = rows(pg, b'q').into_iter().map(|(partition, _, _)| partition).collect();
+    assert_eq!(waiting, vec![p], "p's erasure waits in p");
+    assert!(answer(erase_taken).is_none());
+
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    let (stored_in, answered) = eventually("p's erasure answered", || answer(erase_taken));
+    assert_eq!(stored_in, p);
+    // The identify came first: there was a customer to erase.
+    assert_eq!(answered["body"]["known"], true, "{answered}");
+    assert!(rows(pg, b'i').is_empty());
+    assert!(rows(pg, b'q').is_empty());
+    assert_eq!(owner.get(&format!("/v1/customers/{taken}")).status, 404);
+    drop(writer);
+    assert_eq!(owner.terminate(), Some(0));
+}

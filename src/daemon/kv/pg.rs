@@ -146,13 +146,22 @@ fn customer_of(key: &[u8]) -> Option<&[u8]> {
 
 /// The partition of a key: FNV-1a (64 bits) of the customer id it names,
 /// modulo `partitions`; for a timer chunk drawn for a partition, that one
-/// ([`chunk_partition`]); for a counter's share, the partition it names
+/// ([`chunk_partition`]), and so for an inbox record, a command or its
+/// answer numbered the same way; for a counter's share, the partition it names
 /// (`store::stat_key_in`); [`PARTITION_NONE`] when it names none.
 pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
     // A timer chunk (`t` + due + number) drawn for a partition.
     if key.len() == 17 && key[0] == b't' {
         let chunk = u64::from_be_bytes(key[9..17].try_into().expect("8 bytes"));
         if let Some(partition) = chunk_partition(chunk).filter(|p| *p < partitions) {
+            return partition;
+        }
+    }
+    // An inbox, command or answer record (`i`/`q`/`Q` + number) numbered
+    // for a partition (`daemon/inbox.rs`, `daemon/command.rs`).
+    if key.len() == 9 && matches!(key[0], b'i' | b'q' | b'Q') {
+        let number = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
+        if let Some(partition) = chunk_partition(number).filter(|p| *p < partitions) {
             return partition;
         }
     }
@@ -634,47 +643,7 @@ impl Pg {
                     return Ok(false);
                 }
             }
-            let (mut put_partitions, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut del_partitions, mut del_keys) = (Vec::new(), Vec::new());
-            for (key, value) in batch.writes() {
-                let partition = partition_of(key, partitions);
-                match value {
-                    Some(value) => {
-                        put_partitions.push(partition);
-                        put_keys.push(key.as_ref());
-                        put_values.push(value.as_ref());
-                    }
-                    None => {
-                        del_partitions.push(partition);
-                        del_keys.push(key.as_ref());
-                    }
-                }
-            }
-            if !del_keys.is_empty() {
-                let statement = tx
-                    .prepare_cached(
-                        "DELETE FROM journeyc_kv WHERE (partition, key) IN \
-                         (SELECT * FROM unnest($1::integer[], $2::bytea[]))",
-                    )
-                    .await
-                    .map_err(|e| error("delete", e))?;
-                tx.execute(&statement, &[&del_partitions, &del_keys])
-                    .await
-                    .map_err(|e| error("delete", e))?;
-            }
-            if !put_keys.is_empty() {
-                let statement = tx
-                    .prepare_cached(
-                        "INSERT INTO journeyc_kv (partition, key, value) \
-                         SELECT * FROM unnest($1::integer[], $2::bytea[], $3::bytea[]) \
-                         ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
-                    )
-                    .await
-                    .map_err(|e| error("write", e))?;
-                tx.execute(&statement, &[&put_partitions, &put_keys, &put_values])
-                    .await
-                    .map_err(|e| error("write", e))?;
-            }
+            write_rows(&tx, &batch, partitions).await?;
             tx.commit().await.map_err(|e| error("commit", e))?;
             Ok(true)
         })
@@ -698,34 +667,10 @@ impl Pg {
     /// owner holds in memory, each named by its writer alone.
     /// `notify`: the channel notified (`None`: none).
     pub fn apply_unfenced(&self, batch: Batch, notify: Option<&'static str>) -> StoreResult<()> {
-        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
-            .writes()
-            .map(|(key, value)| (key.to_vec(), value.as_ref().map(|v| v.to_vec())))
-            .collect();
         self.run(|pool, partitions| async move {
             let mut client = connection(&pool).await?;
             let tx = client.transaction().await.map_err(|e| error("begin", e))?;
-            for (key, value) in &writes {
-                let partition = partition_of(key, partitions);
-                match value {
-                    Some(value) => {
-                        tx.execute(
-                            "INSERT INTO journeyc_kv (partition, key, value) VALUES ($1, $2, $3) \
-                             ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
-                            &[&partition, key, value],
-                        )
-                        .await
-                    }
-                    None => {
-                        tx.execute(
-                            "DELETE FROM journeyc_kv WHERE partition = $1 AND key = $2",
-                            &[&partition, key],
-                        )
-                        .await
-                    }
-                }
-                .map_err(|e| error("write", e))?;
-            }
+            write_rows(&tx, &batch, partitions).await?;
             if let Some(channel) = notify {
                 tx.batch_execute(&format!("NOTIFY {channel}"))
                     .await
@@ -1031,6 +976,54 @@ async fn listen(
     Err(StoreError::Postgres(format!(
         "the listening connection of {channel} closed"
     )))
+}
+
+/// Writes `batch` in `tx`, each row in its key's partition: its removals
+/// in one statement, then its values in one (one round trip each, whatever
+/// the number of rows).
+async fn write_rows(tx: &deadpool_postgres::Transaction<'_>, batch: &Batch, partitions: i32) -> StoreResult<()> {
+    let (mut put_partitions, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut del_partitions, mut del_keys) = (Vec::new(), Vec::new());
+    for (key, value) in batch.writes() {
+        let partition = partition_of(key, partitions);
+        match value {
+            Some(value) => {
+                put_partitions.push(partition);
+                put_keys.push(key.as_ref());
+                put_values.push(value.as_ref());
+            }
+            None => {
+                del_partitions.push(partition);
+                del_keys.push(key.as_ref());
+            }
+        }
+    }
+    if !del_keys.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "DELETE FROM journeyc_kv WHERE (partition, key) IN \
+                 (SELECT * FROM unnest($1::integer[], $2::bytea[]))",
+            )
+            .await
+            .map_err(|e| error("delete", e))?;
+        tx.execute(&statement, &[&del_partitions, &del_keys])
+            .await
+            .map_err(|e| error("delete", e))?;
+    }
+    if !put_keys.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO journeyc_kv (partition, key, value) \
+                 SELECT * FROM unnest($1::integer[], $2::bytea[], $3::bytea[]) \
+                 ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .await
+            .map_err(|e| error("write", e))?;
+        tx.execute(&statement, &[&put_partitions, &put_keys, &put_values])
+            .await
+            .map_err(|e| error("write", e))?;
+    }
+    Ok(())
 }
 
 /// Waits on the calling thread for `work`, run on the backend's runtime.
@@ -1424,5 +1417,31 @@ mod tests {
         assert_eq!(partition_of(&key(41), 256), PARTITION_NONE);
         // A partition past P (a database with fewer) is none of them.
         assert_eq!(partition_of(&key(partitioned_chunk(3, 300)), 256), PARTITION_NONE);
+    }
+
+    /// Inbox records, commands and answers numbered for a partition are
+    /// stored in it; those with a plain id (the old layout, and the
+    /// commands about the whole store) at none.
+    #[test]
+    fn a_numbered_inbox_record_command_or_answer_is_stored_in_its_partition() {
+        let key = |prefix: u8, number: u64| [&[prefix][..], &number.to_be_bytes()].concat();
+        for prefix in [b'i', b'q', b'Q'] {
+            assert_eq!(partition_of(&key(prefix, partitioned_chunk(7, 200)), 256), 200);
+            assert_eq!(partition_of(&key(prefix, partitioned_chunk(1 << 46, 0)), 256), 0);
+            assert_eq!(partition_of(&key(prefix, 7), 256), PARTITION_NONE);
+            assert_eq!(partition_of(&key(prefix, u64::MAX >> 1), 256), PARTITION_NONE);
+            assert_eq!(
+                partition_of(&key(prefix, partitioned_chunk(7, 300)), 256),
+                PARTITION_NONE
+            );
+            // Another length is no such record.
+            assert_eq!(
+                partition_of(&[key(prefix, partitioned_chunk(7, 3)), vec![0]].concat(), 256),
+                PARTITION_NONE
+            );
+        }
+        // Other prefixes with such a number name no partition by it.
+        assert_eq!(partition_of(&key(b'o', partitioned_chunk(7, 3)), 256), PARTITION_NONE);
+        assert_eq!(partition_of(&key(b'r', partitioned_chunk(7, 3)), 256), PARTITION_NONE);
     }
 }
