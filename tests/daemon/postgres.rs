@@ -20,7 +20,7 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
         assert_eq!(daemon.post("/v1/track", &bought).status, 200);
     }
     // Acked means committed: visible to another session at once.
-    assert_eq!(pg.migrations(), "1,2,3");
+    assert_eq!(pg.migrations(), "1,2,3,4");
     assert_eq!(
         pg.psql("SELECT value FROM journeyc_settings WHERE name = 'partitions'")
             .trim(),
