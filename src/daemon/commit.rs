@@ -1093,28 +1093,25 @@ impl CommitThread {
     }
 
     /// On PostgreSQL: one outbox chunk per partition the group's records
-    /// are of, each record numbered by `Pg::outbox_seq` (the partition in
-    /// the number, so the chunk is stored in it), a chunk's records in
-    /// group order and the chunks one after the other: on one node the
-    /// records ascend in key order as they do on sled, each customer's in
-    /// the order of its inputs. `mseq` is not written. Answers the highest
-    /// number written.
+    /// are of, each record numbered by `Pg::outbox_seq` in group order
+    /// (the partition in the number, so the chunk is stored in it). The
+    /// chunks' records interleave in number; sinks merge them back into
+    /// number order (`Store::outbox_after`), so on one node a sink gets
+    /// them in group order, as on sled. `mseq` is not written. Answers the
+    /// highest number written.
     fn write_partitioned_outbox(
         pg: &super::kv::pg::Pg,
         records: &[(usize, i32, String)],
         batch: &mut crate::daemon::kv::Batch,
     ) -> Result<Option<u64>, CommitError> {
-        let mut by_partition: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
-        for (_, partition, line) in records {
-            by_partition.entry(*partition).or_default().push(line.as_str());
-        }
+        let mut chunks: BTreeMap<i32, Vec<(u64, &str)>> = BTreeMap::new();
         let mut highest = None;
-        for (partition, lines) in by_partition {
-            let mut chunk = Vec::with_capacity(lines.len());
-            for line in lines {
-                chunk.push((pg.outbox_seq(partition)?, line));
-            }
-            highest = highest.max(chunk.last().map(|(seq, _)| *seq));
+        for (_, partition, line) in records {
+            let seq = pg.outbox_seq(*partition)?;
+            highest = Some(seq);
+            chunks.entry(*partition).or_default().push((seq, line.as_str()));
+        }
+        for chunk in chunks.into_values() {
             batch.insert(store::outbox_key(chunk[0].0), store::encode_seq_chunk(&chunk));
         }
         Ok(highest)

@@ -98,9 +98,12 @@ pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, m
     let mut closed = false;
     let mut held = ownership_receiver(&context.store);
     loop {
+        // A publication or a change of the held set during the last round
+        // (on PostgreSQL) asks for another.
+        pending |= partitioned && watch_changed(&mut committed);
         let target = *committed.borrow_and_update();
         if let Some(held) = held.as_mut() {
-            held.borrow_and_update();
+            pending |= watch_changed(held);
         }
         if pending || !partitioned && cursors.get(PARTITION_NONE) < target {
             let store = context.store.clone();
@@ -171,6 +174,13 @@ pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, m
     }
 }
 
+/// Whether `receiver` has a value it has not seen, which it marks seen.
+pub fn watch_changed<T>(receiver: &mut watch::Receiver<T>) -> bool {
+    let changed = receiver.has_changed().unwrap_or(false);
+    receiver.borrow_and_update();
+    changed
+}
+
 /// On PostgreSQL: follows the partitions this node holds (a partition
 /// claimed may hold records to deliver); `None` on sled.
 pub fn ownership_receiver(store: &Store) -> Option<watch::Receiver<super::kv::pg::Owned>> {
@@ -200,10 +210,9 @@ pub(crate) fn deliver_jsonl_round(
     target: u64,
     metrics: &Metrics,
 ) -> Result<(Cursors, bool), String> {
-    let (items, next) = store
+    let super::store::Delivery { items, next, more } = store
         .outbox_after(cursors, target, CHUNK_RECORDS_MAX)
         .map_err(|e| e.to_string())?;
-    let full = items.len() >= CHUNK_RECORDS_MAX;
     let mut records: Vec<(u64, String)> = (items.into_iter())
         // Already in the file (appended before a crash, the cursor not yet
         // stored): PostgreSQL, where the file interleaves partitions.
@@ -222,7 +231,7 @@ pub(crate) fn deliver_jsonl_round(
         metrics.records_delivered.add(records.len() as u64);
     }
     // Gaps (records of erased customers, records of other channels) are skipped over.
-    Ok((next, full))
+    Ok((next, more))
 }
 
 /// Runs a webhook sink until `stopping`.

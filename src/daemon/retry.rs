@@ -214,16 +214,23 @@ pub async fn run<S: Sender>(
             .collect();
         let mut in_set: usize = held.values().sum();
         let next_due = customers.iter().map(|(_, entries)| entries[0].due_ms()).min();
+        // A publication or a change of the held set since the last round
+        // (on PostgreSQL) asks for another.
+        pending |= partitioned && super::outbox::watch_changed(&mut committed);
         let target = *committed.borrow_and_update();
         if let Some(held) = held_partitions.as_mut() {
-            held.borrow_and_update();
+            pending |= super::outbox::watch_changed(held);
         }
         let behind = match partitioned {
             true => pending,
             false => cursors.get(PARTITION_NONE) < target,
         };
         if behind && in_set < RETRY_RECORDS_MAX {
-            let (records, next) = match context.store.outbox_after(&cursors, target, CHUNK_RECORDS_MAX) {
+            let super::store::Delivery {
+                items: records,
+                next,
+                more,
+            } = match context.store.outbox_after(&cursors, target, CHUNK_RECORDS_MAX) {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::error!(%error, "reading the outbox failed");
@@ -231,7 +238,6 @@ pub async fn run<S: Sender>(
                     continue;
                 }
             };
-            let complete = records.len() < CHUNK_RECORDS_MAX;
             let mut stopped_early = false;
             for item in &records {
                 let seq = &item.seq;
@@ -286,7 +292,7 @@ pub async fn run<S: Sender>(
                 cursors = next;
                 let _ = context.store.set_cursors(&name, &cursors, &before);
             }
-            pending = partitioned && (!complete || stopped_early);
+            pending = partitioned && (more || stopped_early);
             collect_garbage(&context.store, &context.sink_names);
             continue;
         }

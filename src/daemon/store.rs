@@ -589,9 +589,8 @@ impl Store {
         }
     }
 
-    /// The outbox records a sink at `cursors` has not had, in key order, at
-    /// most `limit` (whole chunks are read; the list is cut at `limit`),
-    /// and the cursors once it has them all.
+    /// The outbox records a sink at `cursors` has not had, in number
+    /// order, at most `limit`, and the cursors once it has them all.
     ///
     /// On sled: those after the one cursor up to `durable` (the sequence
     /// number the commit thread published as flushed), as
@@ -600,17 +599,14 @@ impl Store {
     /// is read is committed: the chunks of the partitions this node holds
     /// ([`Kv::range_of_held`], the legacy records at -1 while it holds the
     /// store's lease), each record whose number is above its partition's
-    /// cursor, from the first chunk a round took a record from while the
-    /// held set stays the same (every chunk before it was had then, and a
-    /// new chunk of this node has a higher key); `durable` is not used.
+    /// cursor, merged into number order (a group commit's chunks interleave
+    /// in number: the records are numbered in group order), from the first
+    /// chunk a round took a record from while the held set stays the same
+    /// (every chunk before it was had then, and a new chunk of this node has
+    /// a higher key); `durable` is not used.
     ///
     /// [`Kv::range_of_held`]: crate::daemon::kv::Kv::range_of_held
-    pub fn outbox_after(
-        &self,
-        cursors: &Cursors,
-        durable: u64,
-        limit: usize,
-    ) -> StoreResult<(Vec<OutboxItem>, Cursors)> {
+    pub fn outbox_after(&self, cursors: &Cursors, durable: u64, limit: usize) -> StoreResult<Delivery> {
         let mut next = cursors.clone();
         let crate::daemon::kv::Kv::Postgres(pg) = &self.db else {
             let from = cursors.get(PARTITION_NONE) + 1;
@@ -628,41 +624,58 @@ impl Store {
                 _ => durable.max(cursors.get(PARTITION_NONE)),
             };
             next.by_partition.insert(PARTITION_NONE, last);
-            return Ok((items, next));
+            return Ok(Delivery {
+                items,
+                next,
+                more: !complete,
+            });
         };
         let owned = pg.owned();
         let start = match &cursors.resume {
             Some((key, held)) if *held == owned => key.clone(),
             _ => vec![PREFIX_OUTBOX],
         };
+        // Whole chunks, in key order, until `limit` records are found and
+        // one of them is below the next chunk's key: a record below that
+        // key is below every record not read (a chunk's key is at most its
+        // first record), so the records read below it, in number order,
+        // are the next ones of the outbox (on one node: group order).
         let mut items = Vec::new();
-        'chunks: for item in self.db.range_of_held(start..vec![PREFIX_OUTBOX + 1]) {
+        let mut bound = u64::MAX;
+        for item in self.db.range_of_held(start..vec![PREFIX_OUTBOX + 1]) {
             let (key, value) = item?;
+            let first = decode_u64(&key[1..]);
+            if items.len() >= limit && items.iter().any(|item: &OutboxItem| item.seq < first) {
+                bound = first;
+                break;
+            }
             let partition = self.chunk_partition_of(&key);
             let cursor = cursors.get(partition);
-            let mut took = false;
             for record in ChunkRecords::new(&key, &value)? {
                 let (seq, line) = record?;
                 if seq <= cursor {
                     continue;
                 }
-                if !took && items.is_empty() {
+                if items.is_empty() {
+                    // Every chunk before this one was had.
                     next.resume = Some((key.to_vec(), owned.clone()));
                 }
-                took = true;
                 let line = std::str::from_utf8(line).map_err(|e| chunk_corrupt(&key, e))?;
                 items.push(OutboxItem {
                     partition,
                     seq,
                     line: line.to_string(),
                 });
-                next.advance(partition, seq);
-                if items.len() >= limit {
-                    break 'chunks;
-                }
             }
         }
-        Ok((items, next))
+        let more = bound != u64::MAX || items.len() > limit;
+        items.retain(|item| item.seq < bound);
+        items.sort_by_key(|item| item.seq);
+        items.truncate(limit);
+        for item in &items {
+            next.advance(item.partition, item.seq);
+        }
+        Ok(Delivery { items, next, more })
     }
 
     /// Removes the outbox chunks every sink has (`sinks`: each one's
@@ -1348,6 +1361,16 @@ pub fn decode_cursor_key(key: &[u8]) -> (String, i32) {
         ),
         _ => (String::from_utf8_lossy(rest).into_owned(), PARTITION_NONE),
     }
+}
+
+/// What a sink reads in one round ([`Store::outbox_after`]).
+pub struct Delivery {
+    /// The records, in number order (on one node: group order).
+    pub items: Vec<OutboxItem>,
+    /// The cursors once the sink has every one of them.
+    pub next: Cursors,
+    /// Whether more records may be waiting (a round cut at the limit).
+    pub more: bool,
 }
 
 /// One outbox record as a sink reads it ([`Store::outbox_after`]).

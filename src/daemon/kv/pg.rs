@@ -100,7 +100,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (3, "CREATE SEQUENCE journeyc_timer_chunks MINVALUE 0 START 0;"),
     (
         4,
-        "CREATE SEQUENCE journeyc_outbox_seq MINVALUE 0 START 0 INCREMENT BY 1024;",
+        "CREATE SEQUENCE IF NOT EXISTS journeyc_outbox_seq MINVALUE 0 START 0 INCREMENT BY 1024;",
     ),
 ];
 
