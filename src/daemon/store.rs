@@ -1820,6 +1820,53 @@ mod tests {
         assert!(reads.holds(&customer_key("b")) && !reads.holds(&alias_key("b")));
     }
 
+    /// On sled a sink's read is the one cursor's range up to the durable
+    /// number, moving over gaps when it is all read, as before cursors per
+    /// partition; collection removes what the lowest cursor passed.
+    #[test]
+    fn on_sled_a_sink_reads_after_its_one_cursor_up_to_the_durable_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        assert!(!store.outbox_partitioned());
+        let chunk = |seqs: std::ops::RangeInclusive<u64>| {
+            encode_chunk(&seqs.map(|s| (s, format!("{{\"n\":{s}}}"))).collect::<Vec<_>>())
+        };
+        store.db.insert(outbox_key(1), chunk(1..=3)).expect("insert");
+        store.db.insert(outbox_key(4), chunk(4..=5)).expect("insert");
+        let seqs = |delivery: &Delivery| delivery.items.iter().map(|i| (i.partition, i.seq)).collect::<Vec<_>>();
+        let all = store.outbox_after(&Cursors::one(1), 4, 10).expect("read");
+        assert_eq!(
+            seqs(&all),
+            vec![(PARTITION_NONE, 2), (PARTITION_NONE, 3), (PARTITION_NONE, 4)]
+        );
+        assert_eq!((all.next.clone(), all.more), (Cursors::one(4), false));
+        let cut = store.outbox_after(&Cursors::one(1), 5, 2).expect("read");
+        assert_eq!(seqs(&cut), vec![(PARTITION_NONE, 2), (PARTITION_NONE, 3)]);
+        assert_eq!((cut.next.clone(), cut.more), (Cursors::one(3), true));
+        // Past the last record (an erased customer's gap): the durable number.
+        let gap = store.outbox_after(&Cursors::one(5), 9, 10).expect("read");
+        assert!(gap.items.is_empty());
+        assert_eq!(gap.next, Cursors::one(9));
+        store
+            .set_cursors("jsonl:x", &Cursors::one(3), &Cursors::default())
+            .expect("store");
+        assert_eq!(store.cursors("jsonl:x").expect("cursors"), Cursors::one(3));
+        assert_eq!(store.cursor("jsonl:x").expect("cursor"), Some(3));
+        assert_eq!(store.outbox_depth(&["jsonl:x".to_string()]).expect("depth"), 2);
+        // A sink without a cursor keeps everything.
+        assert_eq!(
+            store
+                .collect_outbox(&[Cursors::one(3), Cursors::default()])
+                .expect("gc"),
+            0
+        );
+        assert_eq!(
+            store.collect_outbox(&[Cursors::one(3), Cursors::one(5)]).expect("gc"),
+            1
+        );
+        assert_eq!(store.first_outbox_seq().expect("first"), Some(4));
+    }
+
     #[test]
     fn due_timers_and_outbox_ranges() {
         let dir = tempfile::tempdir().expect("tempdir");
