@@ -307,10 +307,10 @@ pub fn next_step(
 /// The step's record with the members who entered the journey counted
 /// from the group's trace lines (a broadcast step is committed alone, and
 /// only a trigger enters a `trigger api` journey).
-pub fn finish_step(step: &Step, lines: &[(usize, String)]) -> (Vec<u8>, Vec<u8>) {
+pub fn finish_step<'a>(step: &Step, lines: impl Iterator<Item = &'a str>) -> (Vec<u8>, Vec<u8>) {
     let mut record = step.record.clone();
     let customers: HashSet<&str> = step.calls.iter().map(|call| call.customer.as_str()).collect();
-    for (_, line) in lines {
+    for line in lines {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };

@@ -629,6 +629,13 @@ impl CommitThread {
             let keys = self.lane_keys(&lanes, &triggered, &reads)?;
             reads.fetch(keys)?;
         }
+        // On sled the group's first outbox sequence number; on PostgreSQL,
+        // where those are drawn per record, one drawn from the same blocks
+        // (above every number of a store written before, never given twice).
+        let reborn = match &self.store.db {
+            super::kv::Kv::Postgres(pg) => pg.outbox_number()?,
+            super::kv::Kv::Sled(_) => self.next_seq.max(1),
+        };
         let context = LaneContext {
             store: &self.store,
             reads: &reads,
@@ -640,9 +647,9 @@ impl CommitThread {
             now,
             incarnation: match self.counters.get(store::STAT_ERASURES).copied().unwrap_or(0) {
                 0 => 0,
-                _ => self.next_seq.max(1),
+                _ => reborn,
             },
-            reborn: self.next_seq.max(1),
+            reborn,
         };
         let steps: usize = lanes.iter().map(|lane| lane.steps.len()).sum();
         let mut parts = if steps >= PARALLEL_STEPS_MIN && lanes.len() > 1 && !merging {
@@ -686,7 +693,7 @@ impl CommitThread {
             self.published.metrics.reads_unfetched.add(reads.misses() as u64);
         }
         // Group order (each input's records are in one part, in order).
-        group.records.sort_by_key(|(order, _)| *order);
+        group.records.sort_by_key(|(order, _, _)| *order);
         let mut answers = vec![0; jobs.len()];
         for (job, answer) in group.answers.drain(..) {
             answers[job] += answer;
@@ -969,7 +976,8 @@ impl CommitThread {
         super::broadcast::forget(&self.store, &mut batch, &group.erased)?;
         for job in jobs {
             if let Job::Broadcast { step: Some(step), .. } = job {
-                let (key, record) = super::broadcast::finish_step(step, &group.records);
+                let (key, record) =
+                    super::broadcast::finish_step(step, group.records.iter().map(|(_, _, line)| line.as_str()));
                 batch.insert(key, record);
             }
         }
@@ -1018,18 +1026,23 @@ impl CommitThread {
                 batch.insert(key, stats::encode_groups(groups));
             }
         }
-        // Outbox sequence numbers in group order.
-        let first_seq = self.next_seq;
-        self.next_seq += group.records.len() as u64;
-        let committed_seq = (!group.records.is_empty()).then(|| self.next_seq - 1);
-        if !group.records.is_empty() {
-            let lines = group.records.iter().map(|(_, line)| line.as_str());
-            batch.insert(
-                store::outbox_key(first_seq),
-                store::encode_numbered_chunk(first_seq, lines),
-            );
-        }
-        batch.insert(store::META_SEQ, &self.next_seq.to_be_bytes());
+        let committed_seq = match &self.store.db {
+            super::kv::Kv::Postgres(pg) => Self::write_partitioned_outbox(pg, &group.records, &mut batch)?,
+            super::kv::Kv::Sled(_) => {
+                // Outbox sequence numbers in group order.
+                let first_seq = self.next_seq;
+                self.next_seq += group.records.len() as u64;
+                if !group.records.is_empty() {
+                    let lines = group.records.iter().map(|(_, _, line)| line.as_str());
+                    batch.insert(
+                        store::outbox_key(first_seq),
+                        store::encode_numbered_chunk(first_seq, lines),
+                    );
+                }
+                batch.insert(store::META_SEQ, &self.next_seq.to_be_bytes());
+                (!group.records.is_empty()).then(|| self.next_seq - 1)
+            }
+        };
         for (partition, delta) in timer_deltas {
             *group
                 .partition_deltas
@@ -1077,6 +1090,31 @@ impl CommitThread {
             committed_seq,
             timers_added,
         })
+    }
+
+    /// On PostgreSQL: one outbox chunk per partition the group's records
+    /// are of, each record numbered by `Pg::outbox_seq` in group order
+    /// (the partition in the number, so the chunk is stored in it). The
+    /// chunks' records interleave in number; sinks merge them back into
+    /// number order (`Store::outbox_after`), so on one node a sink gets
+    /// them in group order, as on sled. `mseq` is not written. Answers the
+    /// highest number written.
+    fn write_partitioned_outbox(
+        pg: &super::kv::pg::Pg,
+        records: &[(usize, i32, String)],
+        batch: &mut crate::daemon::kv::Batch,
+    ) -> Result<Option<u64>, CommitError> {
+        let mut chunks: BTreeMap<i32, Vec<(u64, &str)>> = BTreeMap::new();
+        let mut highest = None;
+        for (_, partition, line) in records {
+            let seq = pg.outbox_seq(*partition)?;
+            highest = Some(seq);
+            chunks.entry(*partition).or_default().push((seq, line.as_str()));
+        }
+        for chunk in chunks.into_values() {
+            batch.insert(store::outbox_key(chunk[0].0), store::encode_seq_chunk(&chunk));
+        }
+        Ok(highest)
     }
 
     /// Removes an erased customer's pending outbox entries, dead letters and
@@ -1404,8 +1442,10 @@ struct LaneContext<'a> {
 /// What some lanes will write: one thread's lanes, then (merged) the group's.
 #[derive(Default)]
 struct Changes {
-    /// Trace lines with the group order of the input that made them.
-    records: Vec<(usize, String)>,
+    /// Trace lines with the group order of the input that made them and
+    /// the partition of the lane's customer (-1 on sled), whose outbox
+    /// chunk they go to.
+    records: Vec<(usize, i32, String)>,
     writes: Vec<CustomerWrite>,
     /// A lane's counter changes while it runs (then moved to
     /// `partition_deltas`).
@@ -1739,8 +1779,9 @@ impl LaneContext<'_> {
             store: self.reads,
         };
         context.count(&records)?;
+        let partition = self.store.customer_partition(&state.id);
         for record in &records {
-            changes.records.push((item.order, record.to_json_line()));
+            changes.records.push((item.order, partition, record.to_json_line()));
         }
         Ok(())
     }
@@ -1771,14 +1812,17 @@ impl LaneContext<'_> {
         };
         context.count(&effects.records)?;
         context.count_arrivals(&effects.arrivals);
+        let partition = self.store.customer_partition(&state.id);
         for record in &effects.records {
             if record.kind == Kind::Send {
                 self.metrics.sends_enqueued.inc();
             }
             // The recipient as the customer's state has it at the send.
-            changes
-                .records
-                .push((item.order, super::unsubscribe::outbox_line(record, state, self.links)));
+            changes.records.push((
+                item.order,
+                partition,
+                super::unsubscribe::outbox_line(record, state, self.links),
+            ));
         }
         Ok(Ok(()))
     }

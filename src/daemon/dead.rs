@@ -75,7 +75,9 @@ fn now_text() -> String {
 pub fn park(store: &Store, failure: &Failure, max: usize) -> StoreResult<usize> {
     let mut dropped = 0;
     let mut keys: Vec<crate::daemon::kv::Bytes> = Vec::new();
-    for item in store.db.scan_prefix([PREFIX_DEAD]).keys() {
+    // On PostgreSQL the letters this node may remove: those of the
+    // partitions it holds.
+    for item in store.db.range_of_held(vec![PREFIX_DEAD]..vec![PREFIX_DEAD + 1]).keys() {
         keys.push(item?);
     }
     let key = dead_key(failure.sink, failure.seq);
@@ -189,8 +191,11 @@ impl Requeued {
 /// The letters of `sink` queued for another try, in sequence order.
 pub fn requeued(store: &Store, sink: &str) -> StoreResult<Vec<Requeued>> {
     let prefix = [&[PREFIX_DEAD][..], sink.as_bytes(), &[0]].concat();
+    let end = [&[PREFIX_DEAD][..], sink.as_bytes(), &[1]].concat();
     let mut out = Vec::new();
-    for item in store.db.scan_prefix(&prefix) {
+    // On PostgreSQL the letters of the partitions this node holds (the
+    // sink that takes one back writes to its partition).
+    for item in store.db.range_of_held(prefix.clone()..end) {
         let (key, bytes) = item?;
         // Another sink whose name extends this one has a longer prefix.
         if key.len() != prefix.len() + 8 {

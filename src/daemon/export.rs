@@ -91,7 +91,12 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
                 }
                 continue;
             }
-            store::PREFIX_CURSOR => json!({"type": "cursor", "sink": text(rest), "seq": store::decode_u64(&value)}),
+            store::PREFIX_CURSOR => match store::decode_cursor_key(&key) {
+                (sink, -1) => json!({"type": "cursor", "sink": sink, "seq": store::decode_u64(&value)}),
+                (sink, partition) => {
+                    json!({"type": "cursor", "sink": sink, "partition": partition, "seq": store::decode_u64(&value)})
+                }
+            },
             store::PREFIX_DEAD => {
                 let letter: serde_json::Value = serde_json::from_slice(&value).unwrap_or_else(|_| json!(text(&value)));
                 let (sink, seq) = sink_and_seq(rest);
@@ -226,7 +231,14 @@ pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportErr
             }
             "cursor" => {
                 let seq = as_u64(&value, "seq", number)?;
-                batch.insert(store::cursor_key(as_str(&value, "sink", number)?), &seq.to_be_bytes());
+                // A cursor of one partition's records (PostgreSQL) names it.
+                let partition = match value.get("partition").and_then(|p| p.as_i64()) {
+                    Some(p) => i32::try_from(p).ok().filter(|p| (0..=i32::from(u16::MAX)).contains(p)),
+                    None => Some(-1),
+                }
+                .ok_or_else(|| bad("`partition` must be in 0..65536".into()))?;
+                let sink = as_str(&value, "sink", number)?;
+                batch.insert(store::cursor_key_in(sink, partition), &seq.to_be_bytes());
             }
             "dead_letter" => {
                 // `sink` and `seq`; exports written before them give `key`

@@ -1753,17 +1753,7 @@ fn metrics_response(metrics: &Metrics, stats: &HashMap<String, i64>, store: &Sto
     let customers_failing = gauge(super::faults::STAT_FAILING);
     let customers_parked = gauge(super::faults::STAT_PARKED);
     let unattributed = crate::runtime::stats::unattributed(stats.iter());
-    let outbox_depth = match (store.first_outbox_seq(), store.last_outbox_seq()) {
-        (Ok(Some(first)), Ok(Some(last))) => {
-            let lowest = sink_names
-                .iter()
-                .map(|s| store.cursor(s).ok().flatten().unwrap_or(0))
-                .min()
-                .unwrap_or(0);
-            last.saturating_sub(lowest.max(first.saturating_sub(1)))
-        }
-        _ => 0,
-    };
+    let outbox_depth = store.outbox_depth(sink_names).unwrap_or(0);
     let mut text = metrics.render(&Gauges {
         timers_pending,
         outbox_depth,

@@ -514,8 +514,14 @@ impl Round {
                 highest_seen = highest_seen.max(cursor);
             }
             if let SinkSpec::Jsonl(path) = &route.spec {
-                let (sink, tail) = JsonlSink::open(path)
+                let (mut sink, tail) = JsonlSink::open(path)
                     .map_err(|e| DaemonError::Io(format!("JSONL sink {}: {e}", path.display())))?;
+                if store.outbox_partitioned() {
+                    // The file interleaves partitions: what a round appended
+                    // before its cursors were stored is found by number.
+                    sink.remember_tail(outbox::CHUNK_RECORDS_MAX)
+                        .map_err(|e| DaemonError::Io(format!("JSONL sink {}: {e}", path.display())))?;
+                }
                 if let Some(tail) = tail {
                     highest_seen = highest_seen.max(tail);
                 }
@@ -555,7 +561,7 @@ impl Round {
         let mut sink_tasks = Vec::new();
         for (route, sink, tail) in jsonl_sinks {
             let cursor = outbox::start_cursor(&store, &route.name(), tail);
-            tracing::info!(sink = %route.name(), cursor, "JSONL sink ready");
+            tracing::info!(sink = %route.name(), cursor = ?cursor.by_partition, "JSONL sink ready");
             jsonl_tasks.push(tokio::spawn(outbox::run_jsonl(context.clone(), route, sink, cursor)));
         }
         for route in &config.sinks {
@@ -563,7 +569,7 @@ impl Round {
             match &route.spec {
                 SinkSpec::Jsonl(_) => {}
                 SinkSpec::Webhook(_) => {
-                    tracing::info!(sink = %route.name(), cursor, "webhook sink ready");
+                    tracing::info!(sink = %route.name(), cursors = cursor.by_partition.len(), "webhook sink ready");
                     sink_tasks.push(tokio::spawn(outbox::run_webhook(
                         context.clone(),
                         route.clone(),
@@ -573,7 +579,7 @@ impl Round {
                     )));
                 }
                 SinkSpec::Smtp(smtp) => {
-                    tracing::info!(sink = %route.name(), cursor, "SMTP sink ready");
+                    tracing::info!(sink = %route.name(), cursors = cursor.by_partition.len(), "SMTP sink ready");
                     sink_tasks.push(tokio::spawn(smtp::run(
                         context.clone(),
                         route.name(),

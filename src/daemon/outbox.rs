@@ -22,34 +22,40 @@ use super::metrics::Metrics;
 use super::rate::{ChannelLimiters, Limiter, Rates};
 use super::retry::{self, Attempt, Sender};
 use super::sinks::{webhook_signature, JsonlSink, Sink, SinkSpec, WebhookOptions};
-use super::store::Store;
+use super::store::{Cursors, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+const PARTITION_NONE: i32 = super::kv::pg::PARTITION_NONE;
 
 /// Records read from the store per delivery round.
 pub const CHUNK_RECORDS_MAX: usize = 2048;
 
 /// Deletes outbox records every configured sink has.
 pub fn collect_garbage(store: &Store, sinks: &[String]) {
-    let mut lowest = u64::MAX;
+    let mut all = Vec::with_capacity(sinks.len());
     for sink in sinks {
-        match store.cursor(sink) {
-            Ok(Some(seq)) => lowest = lowest.min(seq),
-            _ => return,
+        match store.cursors(sink) {
+            Ok(cursors) => all.push(cursors),
+            Err(_) => return,
         }
     }
-    if lowest != u64::MAX {
-        if let Err(error) = store.remove_outbox_through(lowest) {
-            tracing::warn!(%error, "outbox garbage collection failed");
-        }
+    if let Err(error) = store.collect_outbox(&all) {
+        tracing::warn!(%error, "outbox garbage collection failed");
     }
 }
 
-/// Where a sink starts: after what it already has.
-pub fn start_cursor(store: &Store, sink: &str, file_tail: Option<u64>) -> u64 {
+/// Where a sink starts: after what it already has. On sled the one cursor,
+/// or the file's last sequence number if that is further; on PostgreSQL
+/// the stored cursors of every partition (a JSONL sink skips the records
+/// its file's tail already holds, [`JsonlSink::open`]).
+pub fn start_cursor(store: &Store, sink: &str, file_tail: Option<u64>) -> Cursors {
+    if store.outbox_partitioned() {
+        return store.cursors(sink).unwrap_or_default();
+    }
     let stored = store.cursor(sink).ok().flatten();
-    match (stored, file_tail) {
+    Cursors::one(match (stored, file_tail) {
         (Some(a), Some(b)) => a.max(b),
         (Some(a), None) => a,
         (None, Some(b)) => b,
@@ -59,7 +65,7 @@ pub fn start_cursor(store: &Store, sink: &str, file_tail: Option<u64>) -> u64 {
             .ok()
             .flatten()
             .map_or(0, |s| s.saturating_sub(1)),
-    }
+    })
 }
 
 /// Shared by the sink loops.
@@ -77,33 +83,49 @@ pub struct DispatchContext {
 }
 
 /// Runs the JSONL sink until `stopping` (after a final drain).
-pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, mut cursor: u64) {
+pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, mut cursors: Cursors) {
     let name = route.name();
     let route = Arc::new(route);
     let mut committed = context.committed.clone();
     let mut stopping = context.stopping.clone();
     let mut sink = Some(sink);
+    // On PostgreSQL every round reads what is committed (nothing else is
+    // visible): a round runs at each wake-up, and again at once while
+    // rounds come back full. On sled while the cursor is behind the
+    // published sequence number.
+    let partitioned = context.store.outbox_partitioned();
+    let mut pending = true;
+    let mut closed = false;
+    let mut held = ownership_receiver(&context.store);
     loop {
+        // A publication or a change of the held set during the last round
+        // (on PostgreSQL) asks for another.
+        pending |= partitioned && watch_changed(&mut committed);
         let target = *committed.borrow_and_update();
-        if cursor < target {
+        if let Some(held) = held.as_mut() {
+            pending |= watch_changed(held);
+        }
+        if pending || !partitioned && cursors.get(PARTITION_NONE) < target {
             let store = context.store.clone();
             let mut owned = sink.take().expect("the sink is returned after each round");
             let metrics = context.metrics.clone();
             let names = context.sink_names.clone();
             let sink_name = name.clone();
             let route = route.clone();
+            let before = cursors.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let outcome = deliver_jsonl_round(&store, &route, &mut owned, cursor, target, &metrics);
-                if let Ok(new_cursor) = &outcome {
-                    store_jsonl_cursor(&store, &sink_name, &names, *new_cursor);
+                let outcome = deliver_jsonl_round(&store, &route, &mut owned, &before, target, &metrics);
+                if let Ok((new_cursors, _)) = &outcome {
+                    store_jsonl_cursor(&store, &sink_name, &names, new_cursors, &before);
                 }
                 (owned, outcome)
             })
             .await;
             match result {
-                Ok((owned, Ok(new_cursor))) => {
+                Ok((owned, Ok((new_cursors, full)))) => {
                     sink = Some(owned);
-                    cursor = new_cursor;
+                    cursors = new_cursors;
+                    pending = partitioned && full;
                 }
                 Ok((owned, Err(error))) => {
                     sink = Some(owned);
@@ -115,6 +137,7 @@ pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, m
                         return;
                     }
                     tracing::error!(%error, sink = %name, "JSONL delivery failed; retrying");
+                    pending = partitioned;
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(error) => {
@@ -128,39 +151,74 @@ pub async fn run_jsonl(context: DispatchContext, route: Sink, sink: JsonlSink, m
             return;
         }
         tokio::select! {
-            changed = committed.changed() => if changed.is_err() {
+            changed = committed.changed() => match changed {
+                Ok(()) => pending = partitioned,
                 // The commit thread is gone: drain once more, then stop.
-                if *committed.borrow() <= cursor { return; }
+                Err(_) if partitioned => {
+                    if closed {
+                        return;
+                    }
+                    closed = true;
+                    pending = true;
+                }
+                Err(_) => if *committed.borrow() <= cursors.get(PARTITION_NONE) { return; },
             },
-            _ = stopping.changed() => {},
+            _ = stopping.changed() => pending = partitioned,
+            changed = async { held.as_mut().expect("checked").changed().await }, if held.is_some() => {
+                if changed.is_err() {
+                    held = None;
+                }
+                pending = true;
+            }
         }
     }
 }
 
-/// After a round: the sink's cursor, then the records every sink has go.
-pub(crate) fn store_jsonl_cursor(store: &Store, sink_name: &str, names: &[String], new_cursor: u64) {
-    if let Err(error) = store.set_cursor(sink_name, new_cursor) {
+/// Whether `receiver` has a value it has not seen, which it marks seen.
+pub fn watch_changed<T>(receiver: &mut watch::Receiver<T>) -> bool {
+    let changed = receiver.has_changed().unwrap_or(false);
+    receiver.borrow_and_update();
+    changed
+}
+
+/// On PostgreSQL: follows the partitions this node holds (a partition
+/// claimed may hold records to deliver); `None` on sled.
+pub fn ownership_receiver(store: &Store) -> Option<watch::Receiver<super::kv::pg::Owned>> {
+    match &store.db {
+        crate::daemon::kv::Kv::Postgres(pg) => Some(pg.ownership_changes()),
+        crate::daemon::kv::Kv::Sled(_) => None,
+    }
+}
+
+/// After a round: the sink's cursors, then the records every sink has go.
+pub(crate) fn store_jsonl_cursor(store: &Store, sink_name: &str, names: &[String], new: &Cursors, before: &Cursors) {
+    if let Err(error) = store.set_cursors(sink_name, new, before) {
         tracing::warn!(%error, "could not store the JSONL cursor");
     }
     collect_garbage(store, names);
 }
 
-/// One delivery round: appends (and syncs) the records after `cursor` up
-/// to `target`; answers the new cursor, not yet stored.
+/// One delivery round: appends (and syncs) the records the sink has not
+/// had, at most [`CHUNK_RECORDS_MAX`] (on sled those up to `target`);
+/// answers the new cursors, not yet stored, and whether the round was
+/// full (more may be waiting).
 pub(crate) fn deliver_jsonl_round(
     store: &Store,
     route: &Sink,
     sink: &mut JsonlSink,
-    cursor: u64,
+    cursors: &Cursors,
     target: u64,
     metrics: &Metrics,
-) -> Result<u64, String> {
-    let records = store
-        .outbox_range(cursor + 1, target, CHUNK_RECORDS_MAX)
+) -> Result<(Cursors, bool), String> {
+    let super::store::Delivery { items, next, more } = store
+        .outbox_after(cursors, target, CHUNK_RECORDS_MAX)
         .map_err(|e| e.to_string())?;
-    let complete = records.len() < CHUNK_RECORDS_MAX;
-    let last_seq = records.last().map(|(seq, _)| *seq);
-    let mut records = records;
+    let mut records: Vec<(u64, String)> = (items.into_iter())
+        // Already in the file (appended before a crash, the cursor not yet
+        // stored): PostgreSQL, where the file interleaves partitions.
+        .filter(|item| !sink.holds(item.seq))
+        .map(|item| (item.seq, item.line))
+        .collect();
     if route.channel.is_some() {
         records.retain(|(_, line)| {
             serde_json::from_str::<serde_json::Value>(line).is_ok_and(|record| route.takes(&record))
@@ -173,15 +231,17 @@ pub(crate) fn deliver_jsonl_round(
         metrics.records_delivered.add(records.len() as u64);
     }
     // Gaps (records of erased customers, records of other channels) are skipped over.
-    Ok(if complete {
-        target
-    } else {
-        last_seq.map_or(target, |seq| seq)
-    })
+    Ok((next, more))
 }
 
 /// Runs a webhook sink until `stopping`.
-pub async fn run_webhook(context: DispatchContext, route: Sink, options: WebhookOptions, rates: Rates, cursor: u64) {
+pub async fn run_webhook(
+    context: DispatchContext,
+    route: Sink,
+    options: WebhookOptions,
+    rates: Rates,
+    cursor: Cursors,
+) {
     let name = route.name();
     let SinkSpec::Webhook(url) = route.spec.clone() else {
         unreachable!("run_webhook runs webhook sinks");

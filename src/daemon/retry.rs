@@ -30,12 +30,14 @@
 use super::dead::{self, Reason};
 use super::outbox::{collect_garbage, park_dead_letter, DispatchContext};
 use super::sinks::WebhookOptions;
-use super::store::{cursor_key, StoreResult, PREFIX_RETRY};
+use super::store::{cursor_key_in, Cursors, StoreResult, PREFIX_RETRY};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
+
+const PARTITION_NONE: i32 = super::kv::pg::PARTITION_NONE;
 
 /// Records a sink's retry set holds at most.
 pub const RETRY_RECORDS_MAX: usize = 10_000;
@@ -121,7 +123,10 @@ fn customer_of(record: &Value) -> String {
 fn waiting(store: &super::store::Store, sink: &str) -> StoreResult<Vec<(String, Vec<Entry>)>> {
     let prefix = [&[PREFIX_RETRY][..], sink.as_bytes(), &[0]].concat();
     let mut by_customer: HashMap<String, Vec<Entry>> = HashMap::new();
-    for item in store.db.scan_prefix(&prefix) {
+    // On PostgreSQL those of the partitions this node holds: an entry of
+    // another's is that node's to try (its change here would be refused).
+    let end = [&[PREFIX_RETRY][..], sink.as_bytes(), &[1]].concat();
+    for item in store.db.range_of_held(prefix.clone()..end) {
         let (key, bytes) = item?;
         // Another sink whose name extends this one has a longer prefix.
         if key.len() != prefix.len() + 8 {
@@ -160,7 +165,7 @@ pub async fn run<S: Sender>(
     name: String,
     mut sender: S,
     options: WebhookOptions,
-    mut cursor: u64,
+    mut cursors: Cursors,
 ) {
     let mut committed = context.committed.clone();
     let mut stopping = context.stopping.clone();
@@ -169,6 +174,12 @@ pub async fn run<S: Sender>(
     let mut retry_pending = true;
     let mut retries_open = true;
     let attempts_max = options.attempts_max.max(1);
+    // On PostgreSQL a round runs at each wake-up and again while rounds
+    // come back full (what is read is committed); on sled while the
+    // cursor is behind the published sequence number.
+    let partitioned = context.store.outbox_partitioned();
+    let mut pending = true;
+    let mut held_partitions = super::outbox::ownership_receiver(&context.store);
     loop {
         if *stopping.borrow() {
             return;
@@ -203,20 +214,34 @@ pub async fn run<S: Sender>(
             .collect();
         let mut in_set: usize = held.values().sum();
         let next_due = customers.iter().map(|(_, entries)| entries[0].due_ms()).min();
+        // A publication or a change of the held set since the last round
+        // (on PostgreSQL) asks for another.
+        pending |= partitioned && super::outbox::watch_changed(&mut committed);
         let target = *committed.borrow_and_update();
-        if cursor < target && in_set < RETRY_RECORDS_MAX {
-            let records = match context.store.outbox_range(cursor + 1, target, CHUNK_RECORDS_MAX) {
-                Ok(records) => records,
+        if let Some(held) = held_partitions.as_mut() {
+            pending |= super::outbox::watch_changed(held);
+        }
+        let behind = match partitioned {
+            true => pending,
+            false => cursors.get(PARTITION_NONE) < target,
+        };
+        if behind && in_set < RETRY_RECORDS_MAX {
+            let super::store::Delivery {
+                items: records,
+                next,
+                more,
+            } = match context.store.outbox_after(&cursors, target, CHUNK_RECORDS_MAX) {
+                Ok(found) => found,
                 Err(error) => {
                     tracing::error!(%error, "reading the outbox failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
-            let complete = records.len() < CHUNK_RECORDS_MAX;
             let mut stopped_early = false;
-            for (seq, line) in &records {
-                let Ok(record) = serde_json::from_str::<Value>(line) else {
+            for item in &records {
+                let seq = &item.seq;
+                let Ok(record) = serde_json::from_str::<Value>(&item.line) else {
                     continue;
                 };
                 let mut entry = None;
@@ -245,13 +270,13 @@ pub async fn run<S: Sender>(
                         }
                     }
                 }
-                cursor = *seq;
+                cursors.advance(item.partition, *seq);
                 let mut batch = crate::daemon::kv::Batch::default();
                 if let Some(entry) = &entry {
                     batch.insert(retry_key(&name, *seq), entry.to_string().into_bytes());
                     in_set += 1;
                 }
-                batch.insert(cursor_key(&name), &cursor.to_be_bytes());
+                batch.insert(cursor_key_in(&name, item.partition), &seq.to_be_bytes());
                 if let Err(error) = context.store.db.apply_batch(batch) {
                     tracing::error!(%error, "could not store the sink cursor");
                 }
@@ -261,21 +286,33 @@ pub async fn run<S: Sender>(
                     break;
                 }
             }
-            if complete && !stopped_early {
-                cursor = target;
-                let _ = context.store.set_cursor(&name, cursor);
+            if !stopped_early {
+                // On sled the cursor moves over the gaps up to `target`.
+                let before = cursors.clone();
+                cursors = next;
+                let _ = context.store.set_cursors(&name, &cursors, &before);
             }
+            pending = partitioned && (more || stopped_early);
             collect_garbage(&context.store, &context.sink_names);
             continue;
         }
         let wait = next_due.map(|due| Duration::from_millis(due.saturating_sub(now_ms()).max(1)));
         tokio::select! {
-            changed = committed.changed(), if cursor >= target => if changed.is_err() { return; },
+            changed = committed.changed(), if !behind => match changed {
+                Ok(()) => pending = partitioned,
+                Err(_) => return,
+            },
             _ = stopping.changed() => {},
             changed = retries.changed(), if retries_open => match changed {
                 Ok(()) => retry_pending = true,
                 Err(_) => retries_open = false,
             },
+            changed = async { held_partitions.as_mut().expect("checked").changed().await }, if held_partitions.is_some() => {
+                if changed.is_err() {
+                    held_partitions = None;
+                }
+                pending = true;
+            }
             _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {},
         }
     }

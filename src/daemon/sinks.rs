@@ -370,6 +370,9 @@ pub struct JsonlSink {
     /// cuts the file back to `length`, so a retried round leaves no record
     /// twice and no torn line between two.
     failed: bool,
+    /// The sequence numbers of the file's last lines when it was opened
+    /// ([`JsonlSink::remember_tail`]): records the sink skips.
+    tail: std::collections::HashSet<u64>,
     /// Tests: the next append writes this many bytes of its records and then
     /// fails, as a full disk or an I/O error would.
     #[cfg(test)]
@@ -399,6 +402,7 @@ impl JsonlSink {
                 file,
                 length,
                 failed: false,
+                tail: std::collections::HashSet::new(),
                 #[cfg(test)]
                 fail_next: None,
             },
@@ -408,6 +412,24 @@ impl JsonlSink {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Reads the sequence numbers of the file's last `lines` lines: the
+    /// records a round may have appended before a crash kept its cursors
+    /// from being stored (one round appends at most `lines`), which
+    /// [`JsonlSink::holds`] then names. Where the file interleaves
+    /// partitions (PostgreSQL), the last line's number alone does not say
+    /// what is there.
+    pub fn remember_tail(&mut self, lines: usize) -> io::Result<()> {
+        self.tail = tail_seqs(&mut self.file, self.length, lines)?;
+        self.file.seek(SeekFrom::Start(self.length))?;
+        Ok(())
+    }
+
+    /// Whether the record `seq` was among the file's last lines at open
+    /// ([`JsonlSink::remember_tail`]).
+    pub fn holds(&self, seq: u64) -> bool {
+        self.tail.contains(&seq)
     }
 
     /// Appends records (`(seq, JSON line)`) and syncs the file. When that
@@ -461,6 +483,39 @@ pub fn with_seq(line: &str, seq: u64) -> String {
         Some(body) if body.len() > 1 => format!("{body},\"seq\":{seq}}}"),
         Some(_) => format!("{{\"seq\":{seq}}}"),
         None => line.to_string(),
+    }
+}
+
+/// The `seq` fields of the last `lines` complete lines of the file's first
+/// `length` bytes (each is the line's last field, [`with_seq`]).
+fn tail_seqs(file: &mut File, length: u64, lines: usize) -> io::Result<std::collections::HashSet<u64>> {
+    let mut window: u64 = 256 * 1024;
+    loop {
+        let start = length.saturating_sub(window);
+        let mut tail = Vec::with_capacity((length - start) as usize);
+        file.seek(SeekFrom::Start(start))?;
+        Read::by_ref(file).take(length - start).read_to_end(&mut tail)?;
+        let newlines = tail.iter().filter(|b| **b == b'\n').count();
+        if newlines <= lines && start > 0 {
+            window *= 4;
+            continue;
+        }
+        let mut text: &[u8] = &tail;
+        if start > 0 {
+            // The first line of the window may be cut.
+            let first = text.iter().position(|b| *b == b'\n').map_or(text.len(), |at| at + 1);
+            text = &text[first..];
+        }
+        let seqs = (text.split(|b| *b == b'\n').rev())
+            .filter(|line| !line.is_empty())
+            .take(lines)
+            .filter_map(|line| {
+                let line = std::str::from_utf8(line).ok()?;
+                let at = line.rfind("\"seq\":")? + 6;
+                line[at..].trim_end_matches('}').trim().parse().ok()
+            })
+            .collect();
+        return Ok(seqs);
     }
 }
 
@@ -638,6 +693,35 @@ mod tests {
             std::fs::read_to_string(&path).expect("read"),
             "{\"a\":1,\"seq\":1}\n{\"a\":2,\"seq\":2}\n{\"a\":3,\"seq\":3}\n"
         );
+    }
+
+    #[test]
+    fn the_tail_names_the_numbers_of_the_last_lines_in_any_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sends.jsonl");
+        // Partitions interleaved: numbers do not ascend through the file.
+        let seqs = [5u64, 9_223_372_036_855_038_009, 3, 9_223_372_036_854_841_345, 7];
+        let text: String = seqs.iter().map(|seq| format!("{{\"a\":1,\"seq\":{seq}}}\n")).collect();
+        std::fs::write(&path, format!("{text}{{\"a\":2,\"se")).expect("write");
+        let (mut sink, _) = JsonlSink::open(&path).expect("open");
+        sink.remember_tail(3).expect("tail");
+        for seq in &seqs[2..] {
+            assert!(sink.holds(*seq), "{seq}");
+        }
+        assert!(!sink.holds(seqs[0]) && !sink.holds(seqs[1]));
+        sink.append(&[(11, "{\"a\":3}".to_string())])
+            .expect("append after the tail");
+        let written = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(written, format!("{text}{{\"a\":3,\"seq\":11}}\n"));
+        // A long file: the window grows until it holds enough lines.
+        let long: String = (1..=5000u64)
+            .map(|seq| format!("{{\"b\":\"{}\",\"seq\":{seq}}}\n", "x".repeat(100)))
+            .collect();
+        std::fs::write(&path, long).expect("write");
+        let (mut sink, _) = JsonlSink::open(&path).expect("open");
+        sink.remember_tail(2048).expect("tail");
+        assert!((2953..=5000).all(|seq| sink.holds(seq)));
+        assert!(!sink.holds(2952));
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub async fn run(
     spec: SmtpSpec,
     options: WebhookOptions,
     rates: Rates,
-    cursor: u64,
+    cursor: super::store::Cursors,
 ) {
     let mailer = match transport(&spec, options.timeout_ms) {
         Ok(mailer) => mailer,

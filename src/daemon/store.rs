@@ -10,9 +10,10 @@
 //! | `c`    | customer id                          | postcard [`CustomerState`], then the number of its timer chunk (u64 BE) when it has one |
 //! | `t`    | due ms (order-preserving u64 BE) + chunk number (u64 BE) | postcard `Vec<String>`: customers due then, at most [`TIMER_CHUNK_MAX`] (the timer index). On PostgreSQL a chunk lists customers of one partition and is stored in it: its number is drawn from the sequence `journeyc_timer_chunks`, top bit set, the partition in the low 16 bits (`kv/pg.rs`, [`TimerChanges::on`]) |
 //! | `t`    | due ms + customer id (written before chunks; still read)       | empty: one customer     |
-//! | `o`    | first outbox sequence number of the chunk (u64 BE) | postcard `Vec<(seq, JSON line)>`: one chunk per group commit |
-//! | `k`    | sink name                            | last sequence number delivered (u64 BE)|
-//! | `d`    | sink name + `0x00` + sequence (u64 BE) | dead letter: JSON with the error    |
+//! | `o`    | first outbox sequence number of the chunk (u64 BE) | postcard `Vec<(seq, JSON line)>`: one chunk per group commit, numbered from `mseq`. On PostgreSQL one chunk per partition the group touched, stored in it: each number is drawn from the sequence `journeyc_outbox_seq`, top bit set, the partition in the low 16 bits (`Pg::outbox_seq`); chunks numbered from `mseq` (a store written before) stay at -1 |
+//! | `k`    | sink name                            | last sequence number delivered (u64 BE): sled's one cursor; on PostgreSQL that of the records at -1 |
+//! | `k`    | sink name + `0x00` + partition (u16 BE) | PostgreSQL: last sequence number delivered of that partition's records, stored in it ([`Cursors`]) |
+//! | `d`    | sink name + `0x00` + sequence (u64 BE) | dead letter: JSON with the error (on PostgreSQL in the partition its number names) |
 //! | `s`    | counter name (`j/JOURNEY/…`, `g/…`)  | i64 BE                                |
 //! | `a`    | customer id + `0x00` + journey       | JSON `runtime::stats::Groups` of the latest enrollment (holdout group, split arms, converted), for stats |
 //! | `b`    | bundle key (hex SHA-256 of its postcard bytes) | postcard [`Bundle`]         |
@@ -20,7 +21,8 @@
 //! | `l`    | an id merged into another customer (an alias) | the customer id it resolves to (UTF-8) |
 //! | `L`    | customer id + `0x00` + alias         | empty: the aliases of a customer (bounds, erasure) |
 //! | `G`    | customer id + `0x00` + group id      | JSON `{id, traits, at}`: a group the customer is in (`group` calls) |
-//! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number (sled; PostgreSQL draws them from a sequence) / store format |
+//! | `w`    | sink name + `0x00` + sequence (u64 BE) | a send waiting for a retry (`retry.rs`; on PostgreSQL in the partition its number names) |
+//! | `m`    | `seq` / `current` / `timerchunk` / `format` | next outbox sequence / current bundle key / next timer chunk number (`seq` and `timerchunk` on sled; PostgreSQL draws them from sequences) / store format |
 //! | `i`    | number (u64 BE): `2^63 \| id << 16 \| partition`, `id` from `journeyc_ids`, one per request; before the inbox was per partition a plain id (partition -1, still read) | JSON calls of one partition's customers acked by a standby, stored in that partition, removed by the owner's commit of them (PostgreSQL only, `daemon/inbox.rs`) |
 //! | `q`, `Q` | number (u64 BE): numbered as `i` for a command naming a customer (its partition); a plain id for one about the whole store (partition -1) | a write a standby hands to the owner (`DELETE`, a customer's retry, a reload's install, …) as JSON, and the owner's answer to it at the same number (PostgreSQL only, `daemon/command.rs`) |
 //!
@@ -503,6 +505,9 @@ impl Store {
         Ok(out)
     }
 
+    /// The sink's cursor of the records at partition -1: on sled its one
+    /// cursor, on PostgreSQL that of the records a store written before
+    /// the outbox was kept per partition still holds ([`Cursors`]).
     pub fn cursor(&self, sink: &str) -> StoreResult<Option<u64>> {
         Ok(self.db.get(cursor_key(sink))?.map(|v| decode_u64(&v)))
     }
@@ -510,6 +515,247 @@ impl Store {
     pub fn set_cursor(&self, sink: &str, seq: u64) -> StoreResult<()> {
         self.db.insert(cursor_key(sink), &seq.to_be_bytes())?;
         Ok(())
+    }
+
+    /// Whether outbox sequence numbers carry their partition and each
+    /// partition's records have a cursor of their own (PostgreSQL: drawn by
+    /// `Pg::outbox_seq`); on sled one sequence runs through the outbox.
+    pub fn outbox_partitioned(&self) -> bool {
+        matches!(self.db, crate::daemon::kv::Kv::Postgres(_))
+    }
+
+    /// The partition of the outbox chunk under `key` (sled: -1).
+    fn chunk_partition_of(&self, key: &[u8]) -> i32 {
+        match &self.db {
+            crate::daemon::kv::Kv::Postgres(pg) => pg.partition_of(key),
+            crate::daemon::kv::Kv::Sled(_) => PARTITION_NONE,
+        }
+    }
+
+    /// Every cursor of `sink`: `k` + sink (partition -1) and, on
+    /// PostgreSQL, `k` + sink + `0x00` + partition ([`cursor_key_in`]).
+    pub fn cursors(&self, sink: &str) -> StoreResult<Cursors> {
+        let mut cursors = Cursors::default();
+        if !self.outbox_partitioned() {
+            if let Some(seq) = self.cursor(sink)? {
+                cursors.by_partition.insert(PARTITION_NONE, seq);
+            }
+            return Ok(cursors);
+        }
+        let prefix = cursor_key(sink);
+        for item in self.db.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let partition = match key.len() - prefix.len() {
+                0 => PARTITION_NONE,
+                3 if key[prefix.len()] == 0 => {
+                    i32::from(u16::from_be_bytes([key[prefix.len() + 1], key[prefix.len() + 2]]))
+                }
+                // Another sink whose name extends this one.
+                _ => continue,
+            };
+            cursors.by_partition.insert(partition, decode_u64(&value));
+        }
+        Ok(cursors)
+    }
+
+    /// Stores the cursors of `sink` that differ from `before`, in one
+    /// batch; if that is refused (a partition lost meanwhile), each on its
+    /// own, so the others are kept.
+    pub fn set_cursors(&self, sink: &str, cursors: &Cursors, before: &Cursors) -> StoreResult<()> {
+        let changed: Vec<(i32, u64)> = (cursors.by_partition.iter())
+            .filter(|(partition, seq)| before.by_partition.get(partition) != Some(seq))
+            .map(|(partition, seq)| (*partition, *seq))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mut batch = crate::daemon::kv::Batch::default();
+        for (partition, seq) in &changed {
+            batch.insert(cursor_key_in(sink, *partition), &seq.to_be_bytes());
+        }
+        match self.db.apply_batch(batch) {
+            Ok(()) => Ok(()),
+            Err(error) if changed.len() > 1 => {
+                tracing::debug!(%error, "storing the cursors one by one");
+                let mut result = Ok(());
+                for (partition, seq) in changed {
+                    if let Err(error) = self.db.insert(cursor_key_in(sink, partition), &seq.to_be_bytes()) {
+                        result = Err(error);
+                    }
+                }
+                result
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The outbox records a sink at `cursors` has not had, in number
+    /// order, at most `limit`, and the cursors once it has them all.
+    ///
+    /// On sled: those after the one cursor up to `durable` (the sequence
+    /// number the commit thread published as flushed), as
+    /// [`Store::outbox_range`]; when fewer than `limit`, the cursors move
+    /// to `durable` (over the gaps of erased records). On PostgreSQL what
+    /// is read is committed: the chunks of the partitions this node holds
+    /// ([`Kv::range_of_held`], the legacy records at -1 while it holds the
+    /// store's lease), each record whose number is above its partition's
+    /// cursor, merged into number order (a group commit's chunks interleave
+    /// in number: the records are numbered in group order), from the first
+    /// chunk a round took a record from while the held set stays the same
+    /// (every chunk before it was had then, and a new chunk of this node has
+    /// a higher key); `durable` is not used.
+    ///
+    /// [`Kv::range_of_held`]: crate::daemon::kv::Kv::range_of_held
+    pub fn outbox_after(&self, cursors: &Cursors, durable: u64, limit: usize) -> StoreResult<Delivery> {
+        let mut next = cursors.clone();
+        let crate::daemon::kv::Kv::Postgres(pg) = &self.db else {
+            let from = cursors.get(PARTITION_NONE) + 1;
+            let records = self.outbox_range(from, durable, limit)?;
+            let complete = records.len() < limit;
+            let items: Vec<OutboxItem> = (records.into_iter())
+                .map(|(seq, line)| OutboxItem {
+                    partition: PARTITION_NONE,
+                    seq,
+                    line,
+                })
+                .collect();
+            let last = match (complete, items.last()) {
+                (false, Some(item)) => item.seq,
+                _ => durable.max(cursors.get(PARTITION_NONE)),
+            };
+            next.by_partition.insert(PARTITION_NONE, last);
+            return Ok(Delivery {
+                items,
+                next,
+                more: !complete,
+            });
+        };
+        let owned = pg.owned();
+        let start = match &cursors.resume {
+            Some((key, held)) if *held == owned => key.clone(),
+            _ => vec![PREFIX_OUTBOX],
+        };
+        // Whole chunks, in key order, until `limit` records are found and
+        // one of them is below the next chunk's key: a record below that
+        // key is below every record not read (a chunk's key is at most its
+        // first record), so the records read below it, in number order,
+        // are the next ones of the outbox (on one node: group order).
+        let mut items = Vec::new();
+        let mut bound = u64::MAX;
+        for item in self.db.range_of_held(start..vec![PREFIX_OUTBOX + 1]) {
+            let (key, value) = item?;
+            let first = decode_u64(&key[1..]);
+            if items.len() >= limit && items.iter().any(|item: &OutboxItem| item.seq < first) {
+                bound = first;
+                break;
+            }
+            let partition = self.chunk_partition_of(&key);
+            let cursor = cursors.get(partition);
+            for record in ChunkRecords::new(&key, &value)? {
+                let (seq, line) = record?;
+                if seq <= cursor {
+                    continue;
+                }
+                if items.is_empty() {
+                    // Every chunk before this one was had.
+                    next.resume = Some((key.to_vec(), owned.clone()));
+                }
+                let line = std::str::from_utf8(line).map_err(|e| chunk_corrupt(&key, e))?;
+                items.push(OutboxItem {
+                    partition,
+                    seq,
+                    line: line.to_string(),
+                });
+            }
+        }
+        let more = bound != u64::MAX || items.len() > limit;
+        items.retain(|item| item.seq < bound);
+        items.sort_by_key(|item| item.seq);
+        items.truncate(limit);
+        for item in &items {
+            next.advance(item.partition, item.seq);
+        }
+        Ok(Delivery { items, next, more })
+    }
+
+    /// Removes the outbox chunks every sink has (`sinks`: each one's
+    /// cursors). On sled those up to the lowest cursor
+    /// ([`Store::remove_outbox_through`]); on PostgreSQL the held chunks in
+    /// key order whose records are all at or below their partition's
+    /// lowest cursor, up to the first that is not (sinks take records in
+    /// key order, so what they all have is mostly a prefix; a chunk kept
+    /// goes at a later collection).
+    pub fn collect_outbox(&self, sinks: &[Cursors]) -> StoreResult<usize> {
+        if sinks.is_empty() {
+            return Ok(0);
+        }
+        if !self.outbox_partitioned() {
+            let mut lowest = u64::MAX;
+            for cursors in sinks {
+                match cursors.by_partition.get(&PARTITION_NONE) {
+                    Some(seq) => lowest = lowest.min(*seq),
+                    None => return Ok(0),
+                }
+            }
+            return self.remove_outbox_through(lowest);
+        }
+        let lowest = |partition: i32| {
+            sinks
+                .iter()
+                .map(|c| c.by_partition.get(&partition).copied())
+                .min()
+                .flatten()
+        };
+        let mut batch = crate::daemon::kv::Batch::default();
+        let mut removed = 0;
+        for item in self.db.range_of_held(vec![PREFIX_OUTBOX]..vec![PREFIX_OUTBOX + 1]) {
+            let (key, value) = item?;
+            let Some(lowest) = lowest(self.chunk_partition_of(&key)) else {
+                break;
+            };
+            let mut last = None;
+            for record in ChunkRecords::new(&key, &value)? {
+                last = Some(record?.0);
+            }
+            if last.is_some_and(|last| last > lowest) {
+                break;
+            }
+            batch.remove(key);
+            removed += 1;
+        }
+        self.finish_removal(batch, removed)
+    }
+
+    /// How many outbox records some sink of `sinks` has not had yet
+    /// (`journeyc_outbox_depth`), over every partition.
+    pub fn outbox_depth(&self, sinks: &[String]) -> StoreResult<u64> {
+        if !self.outbox_partitioned() {
+            let (Some(first), Some(last)) = (self.first_outbox_seq()?, self.last_outbox_seq()?) else {
+                return Ok(0);
+            };
+            let lowest = sinks
+                .iter()
+                .map(|s| self.cursor(s).ok().flatten().unwrap_or(0))
+                .min()
+                .unwrap_or(0);
+            return Ok(last.saturating_sub(lowest.max(first.saturating_sub(1))));
+        }
+        let mut all = Vec::new();
+        for sink in sinks {
+            all.push(self.cursors(sink)?);
+        }
+        let mut depth = 0;
+        for item in self.db.scan_prefix([PREFIX_OUTBOX]) {
+            let (key, value) = item?;
+            let partition = self.chunk_partition_of(&key);
+            let lowest = all.iter().map(|c| c.get(partition)).min().unwrap_or(0);
+            for record in ChunkRecords::new(&key, &value)? {
+                if record?.0 > lowest {
+                    depth += 1;
+                }
+            }
+        }
+        Ok(depth)
     }
 
     /// Deletes outbox chunks whose records all have a sequence number up to
@@ -1030,6 +1276,12 @@ where
     postcard::to_allocvec(&Numbered(first, lines)).expect("outbox records always serialize")
 }
 
+/// A chunk of records with the numbers given (ascending; on PostgreSQL
+/// not consecutive: `Pg::outbox_seq`), the same bytes as [`encode_chunk`].
+pub fn encode_seq_chunk(records: &[(u64, &str)]) -> Vec<u8> {
+    postcard::to_allocvec(records).expect("outbox records always serialize")
+}
+
 pub fn decode_chunk(key: &[u8], bytes: &[u8]) -> StoreResult<Vec<(u64, String)>> {
     postcard::from_bytes(bytes).map_err(|e| chunk_corrupt(key, e))
 }
@@ -1085,6 +1337,81 @@ impl<'b> Iterator for ChunkRecords<'b> {
 
 pub fn cursor_key(sink: &str) -> Vec<u8> {
     [&[PREFIX_CURSOR][..], sink.as_bytes()].concat()
+}
+
+/// The key of `sink`'s cursor of `partition`'s records (PostgreSQL: the
+/// sink, `0x00` and the partition as u16 BE, so the backend stores it there);
+/// [`PARTITION_NONE`] is [`cursor_key`] itself (sled's one cursor, and on
+/// PostgreSQL that of the records a store written before holds at -1).
+pub fn cursor_key_in(sink: &str, partition: i32) -> Vec<u8> {
+    if partition == PARTITION_NONE {
+        return cursor_key(sink);
+    }
+    let partition = u16::try_from(partition).expect("partitions fit in 16 bits (kv/pg.rs)");
+    [&[PREFIX_CURSOR][..], sink.as_bytes(), &[0], &partition.to_be_bytes()].concat()
+}
+
+/// The sink and partition of a `k` key ([`cursor_key_in`]).
+pub fn decode_cursor_key(key: &[u8]) -> (String, i32) {
+    let rest = &key[1.min(key.len())..];
+    match rest.len().checked_sub(3) {
+        Some(at) if rest[at] == 0 => (
+            String::from_utf8_lossy(&rest[..at]).into_owned(),
+            i32::from(u16::from_be_bytes([rest[at + 1], rest[at + 2]])),
+        ),
+        _ => (String::from_utf8_lossy(rest).into_owned(), PARTITION_NONE),
+    }
+}
+
+/// What a sink reads in one round ([`Store::outbox_after`]).
+pub struct Delivery {
+    /// The records, in number order (on one node: group order).
+    pub items: Vec<OutboxItem>,
+    /// The cursors once the sink has every one of them.
+    pub next: Cursors,
+    /// Whether more records may be waiting (a round cut at the limit).
+    pub more: bool,
+}
+
+/// One outbox record as a sink reads it ([`Store::outbox_after`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// The partition of its chunk (-1 on sled).
+    pub partition: i32,
+    pub seq: u64,
+    pub line: String,
+}
+
+/// A sink's place in the outbox: the last sequence number it has of each
+/// partition's records (on sled one, at -1: `k` + sink). A partition
+/// without one has had none of its records (a new sink starts at the
+/// oldest record kept).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursors {
+    pub by_partition: BTreeMap<i32, u64>,
+    /// On PostgreSQL: the key from which the next read starts, and the held
+    /// set it is good for ([`Store::outbox_after`]).
+    resume: Option<(Vec<u8>, crate::daemon::kv::pg::Owned)>,
+}
+
+impl Cursors {
+    /// The one cursor of sled (and of the records at -1).
+    pub fn one(seq: u64) -> Cursors {
+        let mut cursors = Cursors::default();
+        cursors.by_partition.insert(PARTITION_NONE, seq);
+        cursors
+    }
+
+    /// The last sequence number had of `partition`'s records (0: none).
+    pub fn get(&self, partition: i32) -> u64 {
+        self.by_partition.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// The sink has the record `seq` of `partition` (and every one before).
+    pub fn advance(&mut self, partition: i32, seq: u64) {
+        let cursor = self.by_partition.entry(partition).or_insert(0);
+        *cursor = (*cursor).max(seq);
+    }
 }
 
 pub fn dead_key(sink: &str, seq: u64) -> Vec<u8> {
@@ -1337,6 +1664,15 @@ mod tests {
     #[test]
     fn a_counter_share_names_its_partition_and_the_total_keeps_its_key() {
         assert_eq!(stat_key_in("g/timers", PARTITION_NONE), stat_key("g/timers"));
+        assert_eq!(cursor_key_in("jsonl:x", PARTITION_NONE), cursor_key("jsonl:x"));
+        assert_eq!(
+            decode_cursor_key(&cursor_key_in("jsonl:x", 7)),
+            ("jsonl:x".to_string(), 7)
+        );
+        assert_eq!(
+            decode_cursor_key(&cursor_key("jsonl:x")),
+            ("jsonl:x".to_string(), PARTITION_NONE)
+        );
         assert_eq!(
             decode_stat_key(&stat_key("g/timers")),
             ("g/timers".to_string(), PARTITION_NONE)
@@ -1482,6 +1818,53 @@ mod tests {
         assert!(reads.groups("a", "j").expect("groups").is_empty());
         assert_eq!(reads.misses(), 2);
         assert!(reads.holds(&customer_key("b")) && !reads.holds(&alias_key("b")));
+    }
+
+    /// On sled a sink's read is the one cursor's range up to the durable
+    /// number, moving over gaps when it is all read, as before cursors per
+    /// partition; collection removes what the lowest cursor passed.
+    #[test]
+    fn on_sled_a_sink_reads_after_its_one_cursor_up_to_the_durable_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        assert!(!store.outbox_partitioned());
+        let chunk = |seqs: std::ops::RangeInclusive<u64>| {
+            encode_chunk(&seqs.map(|s| (s, format!("{{\"n\":{s}}}"))).collect::<Vec<_>>())
+        };
+        store.db.insert(outbox_key(1), chunk(1..=3)).expect("insert");
+        store.db.insert(outbox_key(4), chunk(4..=5)).expect("insert");
+        let seqs = |delivery: &Delivery| delivery.items.iter().map(|i| (i.partition, i.seq)).collect::<Vec<_>>();
+        let all = store.outbox_after(&Cursors::one(1), 4, 10).expect("read");
+        assert_eq!(
+            seqs(&all),
+            vec![(PARTITION_NONE, 2), (PARTITION_NONE, 3), (PARTITION_NONE, 4)]
+        );
+        assert_eq!((all.next.clone(), all.more), (Cursors::one(4), false));
+        let cut = store.outbox_after(&Cursors::one(1), 5, 2).expect("read");
+        assert_eq!(seqs(&cut), vec![(PARTITION_NONE, 2), (PARTITION_NONE, 3)]);
+        assert_eq!((cut.next.clone(), cut.more), (Cursors::one(3), true));
+        // Past the last record (an erased customer's gap): the durable number.
+        let gap = store.outbox_after(&Cursors::one(5), 9, 10).expect("read");
+        assert!(gap.items.is_empty());
+        assert_eq!(gap.next, Cursors::one(9));
+        store
+            .set_cursors("jsonl:x", &Cursors::one(3), &Cursors::default())
+            .expect("store");
+        assert_eq!(store.cursors("jsonl:x").expect("cursors"), Cursors::one(3));
+        assert_eq!(store.cursor("jsonl:x").expect("cursor"), Some(3));
+        assert_eq!(store.outbox_depth(&["jsonl:x".to_string()]).expect("depth"), 2);
+        // A sink without a cursor keeps everything.
+        assert_eq!(
+            store
+                .collect_outbox(&[Cursors::one(3), Cursors::default()])
+                .expect("gc"),
+            0
+        );
+        assert_eq!(
+            store.collect_outbox(&[Cursors::one(3), Cursors::one(5)]).expect("gc"),
+            1
+        );
+        assert_eq!(store.first_outbox_seq().expect("first"), Some(4));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use super::commit::{self, Committer, Interpreter, SharedRuntime};
 use super::sinks::{JsonlSink, Sink, SinkSpec};
-use super::store::{Store, StoreOptions};
+use super::store::{Cursors, Store, StoreOptions};
 use super::{faults, outbox, reload, start_commits};
 use crate::runtime::input::{parse_received_call, Call};
 use crate::runtime::{ApplyError, CustomerState, Effects, Input, Millis};
@@ -26,6 +26,8 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+
+const PARTITION_NONE: i32 = super::kv::pg::PARTITION_NONE;
 
 const WORKSPACE: &str = r#"
 event login
@@ -94,7 +96,7 @@ fn open(data: &Path, workspace: &Path) -> Pipeline {
         spec: SinkSpec::Jsonl(data.join("sends.jsonl")),
     };
     let (sink, tail) = JsonlSink::open(&data.join("sends.jsonl")).expect("open the JSONL sink");
-    let cursor = outbox::start_cursor(&store, &route.name(), tail);
+    let cursor = outbox::start_cursor(&store, &route.name(), tail).get(PARTITION_NONE);
     // As the daemon chooses it: after every number the store or a sink has seen.
     let highest_seen = store.last_outbox_seq().expect("last seq").unwrap_or(0).max(cursor);
     let next_seq = store.next_seq().expect("next seq").unwrap_or(1).max(highest_seen + 1);
@@ -406,14 +408,14 @@ impl Simulation {
             &pipeline.store,
             &pipeline.route,
             &mut pipeline.sink,
-            cursor,
+            &Cursors::one(cursor),
             target,
             &pipeline.metrics,
         );
         // Still set: the round had nothing to append.
         let injected = sink_error.is_some() && pipeline.sink.fail_next.take().is_none();
         let new_cursor = match round {
-            Ok(new_cursor) if !injected => new_cursor,
+            Ok((new_cursor, _)) if !injected => new_cursor.get(PARTITION_NONE),
             Ok(_) => self.fail("an injected sink error was not reported".into()),
             // The cursor stays: a later round delivers these records again.
             Err(_) if injected => {
@@ -432,7 +434,13 @@ impl Simulation {
             return;
         }
         let pipeline = self.pipeline.as_mut().expect("running");
-        outbox::store_jsonl_cursor(&pipeline.store, &name, std::slice::from_ref(&name), new_cursor);
+        outbox::store_jsonl_cursor(
+            &pipeline.store,
+            &name,
+            std::slice::from_ref(&name),
+            &Cursors::one(new_cursor),
+            &Cursors::one(cursor),
+        );
         pipeline.cursor = new_cursor;
     }
 

@@ -137,7 +137,7 @@ impl Postgres {
         self.psql_in(&self.database, sql)
     }
 
-    /// The schema versions applied, in order (`1,2,3`).
+    /// The schema versions applied, in order (`1,2,3,4`).
     pub fn migrations(&self) -> String {
         self.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM journeyc_migrations")
             .trim()

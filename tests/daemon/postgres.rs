@@ -20,14 +20,14 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
         assert_eq!(daemon.post("/v1/track", &bought).status, 200);
     }
     // Acked means committed: visible to another session at once.
-    assert_eq!(pg.migrations(), "1,2,3");
+    assert_eq!(pg.migrations(), "1,2,3,4");
     assert_eq!(
         pg.psql("SELECT value FROM journeyc_settings WHERE name = 'partitions'")
             .trim(),
         "256"
     );
     // A customer's records (state `c`, stats groups `a`) share one partition
-    // in 0..256; the sequence number names no customer.
+    // in 0..256; the current version (metadata) names no customer.
     let partition_of = |customer: &str| -> Vec<i64> {
         let sql = format!(
             "SELECT DISTINCT partition FROM journeyc_kv WHERE get_byte(key, 0) IN (99, 97) \
@@ -47,7 +47,7 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     let counts = pg.psql("SELECT count(*) FROM journeyc_kv WHERE get_byte(key, 0) = 99");
     assert_eq!(counts.trim(), "2");
     assert_eq!(
-        pg.psql("SELECT partition FROM journeyc_kv WHERE key = 'mseq'::bytea")
+        pg.psql("SELECT partition FROM journeyc_kv WHERE key = 'mcurrent'::bytea")
             .trim(),
         "-1"
     );
@@ -115,7 +115,7 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     // Started again: migrations are not applied twice, the customers are
     // there, the lease is taken at the next epoch.
     let daemon = env.start(&[]);
-    assert_eq!(pg.psql("SELECT count(*) FROM journeyc_migrations").trim(), "3");
+    assert_eq!(pg.psql("SELECT count(*) FROM journeyc_migrations").trim(), "4");
     assert_eq!(daemon.get("/v1/customers/u2").status, 200);
     assert_eq!(
         pg.psql("SELECT epoch FROM journeyc_leases WHERE partition = -1").trim(),

@@ -765,7 +765,7 @@ fn timer_chunks_list_customers_of_one_partition_and_are_stored_in_it() {
     assert_eq!(waiting.len(), customers.len(), "every customer waits: {waiting:?}");
     let partitions: BTreeSet<i32> = timer_rows(pg).into_iter().map(|(p, _)| p).collect();
     assert!(partitions.len() > 10, "40 customers' timers in {partitions:?}");
-    assert_eq!(pg.migrations(), "1,2,3");
+    assert_eq!(pg.migrations(), "1,2,3,4");
     let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
     every_send_once(&[env.data()], &acknowledged, vec![daemon]);
     assert!(timer_rows(pg).is_empty(), "every chunk fired and removed");
@@ -791,7 +791,9 @@ fn a_store_with_timer_chunks_at_partition_none_is_moved_into_partitions_at_open(
     assert_eq!(daemon.terminate(), Some(0));
     // Today's layout before this store version: one chunk per due time
     // listing every customer due then (whatever their partitions), at
-    // partition -1, numbered from `mtimerchunk`; no chunk sequence.
+    // partition -1, numbered from `mtimerchunk`; no chunk sequence. (The
+    // outbox's sequence, of a later step, is kept: the sink's file and
+    // cursors hold its numbers; its step creates it only if missing.)
     pg.psql(
         "BEGIN; \
          CREATE TEMP TABLE chunks AS SELECT key, value, substr(key, 2, 8) AS due, substr(key, 10, 8) AS number, \
@@ -805,7 +807,7 @@ fn a_store_with_timer_chunks_at_partition_none_is_moved_into_partitions_at_open(
              || string_agg(substr(value, 2), ''::bytea ORDER BY key) FROM chunks GROUP BY due, legacy; \
          INSERT INTO journeyc_kv VALUES (-1, 'mtimerchunk'::bytea, int8send((SELECT max(legacy) + 1 FROM chunks))) \
              ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value; \
-         DELETE FROM journeyc_migrations WHERE version = 3; \
+         DELETE FROM journeyc_migrations WHERE version >= 3; \
          DROP SEQUENCE journeyc_timer_chunks; \
          COMMIT;",
     );
@@ -830,7 +832,7 @@ fn a_store_with_timer_chunks_at_partition_none_is_moved_into_partitions_at_open(
         customers.len(),
         "every customer still waits: {waiting:?}"
     );
-    assert_eq!(pg.migrations(), "1,2,3");
+    assert_eq!(pg.migrations(), "1,2,3,4");
     let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
     every_send_once(&[env.data()], &acknowledged, vec![daemon]);
     assert!(timer_rows(pg).is_empty(), "every chunk fired and removed");
@@ -1307,4 +1309,248 @@ fn a_command_of_a_partition_taken_over_holds_up_no_other_partitions_command() {
     assert_eq!(owner.get(&format!("/v1/customers/{taken}")).status, 404);
     drop(writer);
     assert_eq!(owner.terminate(), Some(0));
+}
+
+/// An outbox line as the commit thread writes one: a send of `customer`.
+fn send_line(customer: &str, message: &str) -> String {
+    format!(
+        r#"{{"kind":"send","customer":"{customer}","journey":"j","message":"{message}","id":"{customer}-{message}"}}"#
+    )
+}
+
+/// The cursors stored: (row partition, sink, partition the key names, seq).
+fn cursor_rows(pg: &super::pg::Postgres) -> Vec<(i32, String, i32, u64)> {
+    rows(pg, b'k')
+        .into_iter()
+        .map(|(row, key, value)| {
+            let (sink, partition) = journeyc::daemon::store::decode_cursor_key(&key);
+            (
+                row,
+                sink,
+                partition,
+                u64::from_be_bytes(value.try_into().expect("a u64")),
+            )
+        })
+        .collect()
+}
+
+/// On PostgreSQL a group commit writes one outbox chunk per partition, its
+/// records numbered with the partition in the number (`Pg::outbox_seq`),
+/// stored in that partition; each sink keeps a cursor per partition there;
+/// `mseq` is not written, and on one node the file's numbers ascend.
+#[test]
+fn outbox_records_and_sink_cursors_are_kept_per_partition() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let daemon = env.start(&[]);
+    let customers: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+    let at = chrono::Utc::now().to_rfc3339();
+    assert_eq!(daemon.post("/v1/batch", &bought_batch(&customers, &at)).status, 200);
+    let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
+    every_send_once(&[env.data()], &acknowledged, vec![daemon]);
+    assert_eq!(pg.migrations(), "1,2,3,4");
+    let lines = sink_lines(&env.sends());
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().expect("seq")).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let mut last_of: BTreeMap<i32, u64> = BTreeMap::new();
+    for line in &lines {
+        let seq = line["seq"].as_u64().expect("seq");
+        let customer = line["customer"].as_str().expect("customer");
+        let partition = partition_of(format!("c{customer}").as_bytes(), 256);
+        assert_eq!(
+            journeyc::daemon::kv::pg::seq_partition(seq),
+            Some(partition),
+            "{line}: its number names its customer's partition"
+        );
+        last_of.insert(partition, seq);
+    }
+    assert!(last_of.len() > 10, "40 customers' sends in {last_of:?}");
+    let sink = format!("jsonl:{}", env.sends().display());
+    let cursors: BTreeMap<i32, u64> = cursor_rows(pg)
+        .into_iter()
+        .map(|(row, name, partition, seq)| {
+            assert_eq!(name, sink);
+            assert_eq!(row, partition, "a cursor is stored in the partition it is of");
+            (partition, seq)
+        })
+        .collect();
+    assert_eq!(cursors, last_of, "each partition's cursor is its last record delivered");
+    assert!(rows(pg, b'o').is_empty(), "every chunk delivered is removed");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM journeyc_kv WHERE key = 'mseq'::bytea")
+            .trim(),
+        "0"
+    );
+}
+
+/// The sinks read the outbox of the partitions this node holds: records of
+/// a partition taken over by another node wait for it (that node's to
+/// deliver), the other partitions' go out, and once the node claims the
+/// partition back its records go out once, its cursor moving on its own.
+#[test]
+fn the_outbox_of_a_partition_taken_over_waits_for_it_and_the_others_are_delivered() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    assert_eq!(env.start(&[]).terminate(), Some(0));
+    let ((taken, p), (other, q)) = two_partitions();
+    // Committed, not yet delivered: written as the commit thread writes them.
+    let node = Pg::open(&pg.url(), Duration::from_secs(2)).expect("open");
+    let mut batch = Batch::default();
+    let mut numbers = BTreeMap::new();
+    for (customer, partition) in [(&taken, p), (&other, q)] {
+        let chunk: Vec<(u64, String)> = (0..3)
+            .map(|i| {
+                let seq = node.outbox_seq(partition).expect("a number");
+                (seq, send_line(customer, &format!("m{i}")))
+            })
+            .collect();
+        numbers.insert(partition, chunk.iter().map(|(seq, _)| *seq).collect::<Vec<_>>());
+        batch.insert(
+            journeyc::daemon::store::outbox_key(chunk[0].0),
+            journeyc::daemon::store::encode_chunk(&chunk),
+        );
+    }
+    node.apply(None, batch).expect("the chunks commit");
+    node.release().expect("release");
+    drop(node);
+    let chunks = rows(pg, b'o');
+    assert_eq!(
+        chunks.iter().map(|(row, _, _)| *row).collect::<BTreeSet<_>>(),
+        BTreeSet::from([p, q]),
+        "each chunk in its partition"
+    );
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition = {p}"
+    ));
+    let daemon = env.start(&[]);
+    let sent = |customer: &str| sends(&env.data()).iter().filter(|l| l["customer"] == customer).count();
+    eventually("the other partition's sends", || (sent(&other) == 3).then_some(()));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        sent(&taken),
+        0,
+        "sends of partition {p} went out while another node holds it"
+    );
+    let cursors = || -> BTreeMap<i32, u64> {
+        cursor_rows(pg)
+            .into_iter()
+            .map(|(_, _, partition, seq)| (partition, seq))
+            .collect()
+    };
+    assert_eq!(cursors(), BTreeMap::from([(q, numbers[&q][2])]));
+    assert_eq!(
+        rows(pg, b'o').iter().map(|(row, _, _)| *row).collect::<Vec<_>>(),
+        vec![p],
+        "the delivered chunk is removed, p's waits"
+    );
+    // The other node's lease expires: this one claims p and delivers it.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    eventually("partition p's sends once it is held", || {
+        (sent(&taken) == 3).then_some(())
+    });
+    eventually("both cursors", || {
+        (cursors() == BTreeMap::from([(p, numbers[&p][2]), (q, numbers[&q][2])])).then_some(())
+    });
+    assert_eq!(daemon.terminate(), Some(0));
+    let expected: BTreeSet<(String, String)> = [&taken, &other]
+        .iter()
+        .flat_map(|c| (0..3).map(move |i| (c.to_string(), format!("m{i}"))))
+        .collect();
+    assert_eq!(one_id_per_message(&[&env.data()]), expected);
+    assert!(rows(pg, b'o').is_empty());
+}
+
+/// A PostgreSQL store written before the outbox was kept per partition
+/// (chunks numbered by `mseq` at partition -1, one cursor per sink, dead
+/// letters under those numbers) is delivered as it is, by the holder of the
+/// store's lease: its records after the sink's cursor go out once (a record
+/// the file already holds past the cursor, appended before a crash, is not
+/// appended again), then the new per-partition records.
+#[test]
+fn a_store_with_the_outbox_at_partition_none_is_delivered_as_it_is_then_per_partition() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    assert_eq!(env.start(&[]).terminate(), Some(0));
+    let sink = format!("jsonl:{}", env.sends().display());
+    let old: Vec<(u64, String)> = [(1, "a", "m1"), (2, "b", "m1"), (3, "a", "m2"), (4, "b", "m2")]
+        .iter()
+        .map(|(seq, customer, message)| (*seq, send_line(&format!("old-{customer}"), message)))
+        .collect();
+    // The old layout, through the key-value contract: plain numbers.
+    let node = Pg::open(&pg.url(), Duration::from_secs(2)).expect("open");
+    let mut batch = Batch::default();
+    batch.insert(
+        journeyc::daemon::store::outbox_key(1),
+        journeyc::daemon::store::encode_chunk(&old[..3]),
+    );
+    batch.insert(
+        journeyc::daemon::store::outbox_key(4),
+        journeyc::daemon::store::encode_chunk(&old[3..]),
+    );
+    batch.insert(journeyc::daemon::store::cursor_key(&sink), &2u64.to_be_bytes()[..]);
+    batch.insert(journeyc::daemon::store::META_SEQ, &5u64.to_be_bytes()[..]);
+    let letter = serde_json::json!({
+        "sink": "webhook:http://127.0.0.1:9/", "seq": 7, "id": "old-c-m1", "reason": "refused",
+        "attempts": 1, "error": "HTTP 400", "at": "2026-01-01T00:00:00.000Z",
+        "record": serde_json::from_str::<serde_json::Value>(&send_line("old-c", "m1")).expect("json"),
+    });
+    batch.insert(
+        journeyc::daemon::store::dead_key("webhook:http://127.0.0.1:9/", 7),
+        letter.to_string().into_bytes(),
+    );
+    node.apply(None, batch).expect("the old records commit");
+    node.release().expect("release");
+    drop(node);
+    assert!(rows(pg, b'o').iter().all(|(row, _, _)| *row == -1));
+    // Records 1 to 3 are in the file; the cursor says 2 (a crash came
+    // between the append of 3 and the cursor's write).
+    let file: String = old[..3]
+        .iter()
+        .map(|(seq, line)| format!("{}\n", journeyc::daemon::sinks::with_seq(line, *seq)))
+        .collect();
+    std::fs::create_dir_all(env.data()).expect("mkdir");
+    std::fs::write(env.sends(), file).expect("write the sink file");
+
+    let daemon = env.start(&[]);
+    eventually("the old record after the file's", || {
+        sends(&env.data()).iter().any(|l| l["seq"] == 4).then_some(())
+    });
+    let customers: Vec<String> = (0..10).map(|i| format!("x{i}")).collect();
+    let at = chrono::Utc::now().to_rfc3339();
+    assert_eq!(daemon.post("/v1/batch", &bought_batch(&customers, &at)).status, 200);
+    let dead = daemon.get("/v1/outbox/dead").json();
+    assert_eq!(dead["dead_letters"][0]["seq"], 7, "{dead}");
+    let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
+    every_send_once(&[env.data()], &acknowledged, vec![daemon]);
+    let lines = sink_lines(&env.sends());
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs[..4], [1, 2, 3, 4], "each old record once, in order");
+    assert!(seqs[4..]
+        .iter()
+        .all(|seq| journeyc::daemon::kv::pg::seq_partition(*seq).is_some()));
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(rows(pg, b'o').is_empty(), "the old chunks went once delivered");
+    let legacy: Vec<(String, u64)> = (cursor_rows(pg).into_iter())
+        .filter(|(row, _, _, _)| *row == -1)
+        .map(|(_, name, _, seq)| (name, seq))
+        .collect();
+    assert_eq!(legacy, vec![(sink, 4)], "the old cursor ends at the old records' last");
+    assert_eq!(
+        pg.psql("SELECT encode(value, 'hex') FROM journeyc_kv WHERE key = 'mseq'::bytea")
+            .trim(),
+        "0000000000000005",
+        "mseq is not written any more"
+    );
 }

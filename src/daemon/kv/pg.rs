@@ -98,7 +98,15 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
      );",
     ),
     (3, "CREATE SEQUENCE journeyc_timer_chunks MINVALUE 0 START 0;"),
+    (
+        4,
+        "CREATE SEQUENCE IF NOT EXISTS journeyc_outbox_seq MINVALUE 0 START 0 INCREMENT BY 1024;",
+    ),
 ];
+
+/// Outbox numbers a node takes per draw from `journeyc_outbox_seq` (the
+/// sequence's increment: each `nextval` is the first of a block of them).
+const OUTBOX_NUMBERS_PER_DRAW: u64 = 1024;
 
 /// The flag of a timer chunk number drawn from `journeyc_timer_chunks`
 /// ([`Pg::timer_chunk_number`]): such a chunk lists customers of one
@@ -126,6 +134,14 @@ pub fn chunk_partition(chunk: u64) -> Option<i32> {
     (chunk & CHUNK_PARTITIONED != 0).then_some((chunk & u64::from(u16::MAX)) as i32)
 }
 
+/// The partition an outbox sequence number names, if it was drawn for one
+/// ([`Pg::outbox_seq`]: the same layout as a drawn timer chunk number,
+/// [`partitioned_chunk`]); `None` for a number counted by `mseq` (sled,
+/// and PostgreSQL stores written before the outbox was kept per partition).
+pub fn seq_partition(seq: u64) -> Option<i32> {
+    chunk_partition(seq)
+}
+
 fn error(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Postgres(format!("{what}: {e}"))
 }
@@ -147,8 +163,11 @@ fn customer_of(key: &[u8]) -> Option<&[u8]> {
 /// The partition of a key: FNV-1a (64 bits) of the customer id it names,
 /// modulo `partitions`; for a timer chunk drawn for a partition, that one
 /// ([`chunk_partition`]), and so for an inbox record, a command or its
-/// answer numbered the same way; for a counter's share, the partition it names
-/// (`store::stat_key_in`); [`PARTITION_NONE`] when it names none.
+/// answer numbered the same way; for an outbox chunk, dead letter or retry
+/// entry whose sequence number was drawn for a partition, that one
+/// ([`seq_partition`]); for a counter's share or a sink's cursor, the
+/// partition it names (`store::stat_key_in`, `store::cursor_key_in`);
+/// [`PARTITION_NONE`] when it names none.
 pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
     // A timer chunk (`t` + due + number) drawn for a partition.
     if key.len() == 17 && key[0] == b't' {
@@ -165,8 +184,24 @@ pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
             return partition;
         }
     }
-    // A counter's share kept in a partition: `s` + name + 0x00 + u16 BE.
-    if key.len() >= 4 && key[0] == b's' && key[key.len() - 3] == 0 {
+    // An outbox chunk (`o` + first sequence number) drawn for a partition.
+    if key.len() == 9 && key[0] == b'o' {
+        let seq = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
+        if let Some(partition) = seq_partition(seq).filter(|p| *p < partitions) {
+            return partition;
+        }
+    }
+    // A dead letter or a send waiting for a retry: `d`/`w` + sink + 0x00 +
+    // sequence number (u64 BE), in the partition of its number.
+    if key.len() >= 10 && matches!(key[0], b'd' | b'w') && key[key.len() - 9] == 0 {
+        let seq = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8 bytes"));
+        if let Some(partition) = seq_partition(seq).filter(|p| *p < partitions) {
+            return partition;
+        }
+    }
+    // A counter's share or a sink's cursor kept in a partition: `s` + name
+    // (or `k` + sink) + 0x00 + u16 BE.
+    if key.len() >= 4 && matches!(key[0], b's' | b'k') && key[key.len() - 3] == 0 {
         let partition = i32::from(u16::from_be_bytes([key[key.len() - 2], key[key.len() - 1]]));
         if partition < partitions {
             return partition;
@@ -210,6 +245,10 @@ struct Lease {
     partitions: tokio::sync::watch::Sender<Owned>,
     /// P, the number of partitions.
     count: i32,
+    /// Bumped by every claim of partitions, before they join the held set:
+    /// outbox numbers drawn before it are not used for them
+    /// ([`Pg::outbox_seq`]).
+    claims: std::sync::atomic::AtomicU64,
 }
 
 impl Lease {
@@ -282,6 +321,9 @@ struct Inner {
     /// Timer chunk numbers drawn from `journeyc_timer_chunks` and not yet
     /// used ([`Pg::timer_chunk_number`]).
     chunk_numbers: std::sync::Mutex<VecDeque<u64>>,
+    /// The block of outbox numbers drawn from `journeyc_outbox_seq` and not
+    /// yet used: (the claims count it was drawn at, next, end).
+    outbox_numbers: std::sync::Mutex<(u64, u64, u64)>,
     /// Dropped with the store: stops the runtime's thread.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -379,6 +421,7 @@ impl Pg {
             state,
             partitions: owned,
             count: partitions,
+            claims: std::sync::atomic::AtomicU64::new(0),
         });
         block(&handle, {
             let (pool, lease) = (pool.clone(), lease.clone());
@@ -400,6 +443,7 @@ impl Pg {
                 partitions,
                 lease,
                 chunk_numbers: std::sync::Mutex::new(VecDeque::new()),
+                outbox_numbers: std::sync::Mutex::new((0, 0, 0)),
                 _stop: stop,
             }),
         })
@@ -512,6 +556,56 @@ impl Pg {
             )));
         }
         Ok(partitioned_chunk(n, partition))
+    }
+
+    /// A new outbox sequence number for a record of `partition`'s
+    /// customers: `2^63 | n << 16 | partition` ([`seq_partition`]), `n`
+    /// taken from a block of [`OUTBOX_NUMBERS_PER_DRAW`] drawn from
+    /// `journeyc_outbox_seq` (one round trip per block). Unique across
+    /// nodes and restarts; ascending in the order they are taken on this
+    /// node; and above every number the partition's previous owner wrote:
+    /// the block is dropped whenever this node claims partitions (the claim
+    /// committed after that owner's last write, and the draw after the
+    /// claim), and a partition not held is refused
+    /// ([`StoreError::PartitionNotOwned`]).
+    pub fn outbox_seq(&self, partition: i32) -> StoreResult<u64> {
+        self.inner.lease.epoch_of(partition)?;
+        Ok(partitioned_chunk(self.outbox_n()?, partition))
+    }
+
+    /// A number from the same blocks as [`Pg::outbox_seq`], flagged and
+    /// naming partition 0: never handed out twice, above every number
+    /// counted by `mseq` before (a customer's incarnation, `commit.rs`).
+    pub fn outbox_number(&self) -> StoreResult<u64> {
+        Ok(partitioned_chunk(self.outbox_n()?, 0))
+    }
+
+    fn outbox_n(&self) -> StoreResult<u64> {
+        // Read after the held set (a claim counts, then holds), so a block
+        // drawn at this count was drawn after every claim of a partition
+        // held now.
+        let claims = self.inner.lease.claims.load(std::sync::atomic::Ordering::SeqCst);
+        let mut block = self.inner.outbox_numbers.lock().unwrap_or_else(|p| p.into_inner());
+        if block.0 != claims || block.1 >= block.2 {
+            let first: i64 = self.run(|pool, _| async move {
+                let client = connection(&pool).await?;
+                let row = client
+                    .query_one("SELECT nextval('journeyc_outbox_seq')", &[])
+                    .await
+                    .map_err(|e| error("draw outbox numbers", e))?;
+                Ok(row.get(0))
+            })?;
+            let first = first as u64;
+            *block = (claims, first, first + OUTBOX_NUMBERS_PER_DRAW);
+        }
+        let n = block.1;
+        block.1 += 1;
+        if n >= 1 << (63 - CHUNK_PARTITION_BITS) {
+            return Err(StoreError::Postgres(format!(
+                "journeyc_outbox_seq is at {n}: past the numbers an outbox record can carry"
+            )));
+        }
+        Ok(n)
     }
 
     fn run<T, F>(&self, work: impl FnOnce(deadpool_postgres::Pool, i32) -> F) -> StoreResult<T>
@@ -1107,6 +1201,10 @@ async fn claim(client: &deadpool_postgres::Object, lease: &Lease) -> StoreResult
     }
     let claimed: Vec<(i32, i64)> = rows.into_iter().map(|row| (row.get(0), row.get(1))).collect();
     tracing::info!(node = %lease.node, partitions = claimed.len(), "claimed partition leases");
+    // The outbox numbers drawn so far may be below some the partitions'
+    // previous owner wrote: they are dropped before the partitions are
+    // held (`Pg::outbox_seq`).
+    lease.claims.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     lease.partitions.send_modify(|owned| owned.extend(claimed));
     Ok(())
 }
@@ -1440,8 +1538,40 @@ mod tests {
                 PARTITION_NONE
             );
         }
-        // Other prefixes with such a number name no partition by it.
-        assert_eq!(partition_of(&key(b'o', partitioned_chunk(7, 3)), 256), PARTITION_NONE);
+        // Other prefixes with such a number name no partition by it (an
+        // outbox chunk's does: the test below).
         assert_eq!(partition_of(&key(b'r', partitioned_chunk(7, 3)), 256), PARTITION_NONE);
+    }
+
+    #[test]
+    fn outbox_chunks_cursors_dead_letters_and_retries_are_stored_in_the_partition_their_number_names() {
+        let p = |key: &[u8]| partition_of(key, 256);
+        let seq = partitioned_chunk(77, 201);
+        assert_eq!(seq_partition(seq), Some(201));
+        assert_eq!(p(&[&b"o"[..], &seq.to_be_bytes()].concat()), 201);
+        for prefix in [&b"d"[..], b"w"] {
+            let key = [prefix, b"webhook:http://x", &[0], &seq.to_be_bytes()].concat();
+            assert_eq!(p(&key), 201, "{}", String::from_utf8_lossy(prefix));
+        }
+        let cursor = [&b"kjsonl:/data/sends.jsonl"[..], &[0], &201u16.to_be_bytes()].concat();
+        assert_eq!(p(&cursor), 201);
+        // Written before the outbox was kept per partition (and on sled):
+        // numbers counted by `mseq`, one cursor per sink, all at -1.
+        for key in [
+            [&b"o"[..], &41u64.to_be_bytes()].concat(),
+            [&b"dwebhook:http://x"[..], &[0], &41u64.to_be_bytes()].concat(),
+            [&b"wwebhook:http://x"[..], &[0], &41u64.to_be_bytes()].concat(),
+            b"kjsonl:/data/sends.jsonl".to_vec(),
+            b"mseq".to_vec(),
+        ] {
+            assert_eq!(p(&key), PARTITION_NONE, "{}", String::from_utf8_lossy(&key));
+        }
+        // A number of a partition past P names none of this database's.
+        assert_eq!(
+            p(&[&b"o"[..], &partitioned_chunk(1, 300).to_be_bytes()].concat()),
+            PARTITION_NONE
+        );
+        // Numbers of one partition ascend with their draw; their keys too.
+        assert!(partitioned_chunk(78, 0) > partitioned_chunk(77, 255));
     }
 }
