@@ -246,6 +246,29 @@ pub async fn started_for_standby(
 pub struct Step {
     pub record: Record,
     pub calls: Vec<Call>,
+    /// With `--spread`: the members of partitions this node does not hold,
+    /// handed to their holders as inbox records in the step's batch
+    /// ([`Step::hand_over`]); `calls` keeps the others.
+    pub handed: Vec<Call>,
+}
+
+impl Step {
+    /// Moves the calls of customers whose partitions this node does not
+    /// hold (PostgreSQL with `--spread`) from `calls` to `handed`.
+    pub fn hand_over(&mut self, store: &Store) {
+        let crate::daemon::kv::Kv::Postgres(pg) = &store.db else {
+            return;
+        };
+        if !pg.spread() {
+            return;
+        }
+        let owned = pg.owned();
+        let (kept, handed) = std::mem::take(&mut self.calls)
+            .into_iter()
+            .partition(|call| owned.contains_key(&pg.partition_of(&store::customer_key(&call.customer))));
+        self.calls = kept;
+        self.handed = handed;
+    }
 }
 
 /// The next step of broadcast `id` at `now`: up to `batch` customers after
@@ -301,7 +324,11 @@ pub fn next_step(
         record.finished_at = Some(now);
         record.cursor = None;
     }
-    Ok(Some(Step { record, calls }))
+    Ok(Some(Step {
+        record,
+        calls,
+        handed: Vec::new(),
+    }))
 }
 
 /// The step's record with the members who entered the journey counted

@@ -283,6 +283,16 @@ pub struct CommitThread {
     /// Failing customers (those with a fault record), and whether each is
     /// parked: lanes read a customer's record only when it is listed here.
     faulted: HashMap<String, bool>,
+    /// On PostgreSQL: the partitions held when the counters and failing
+    /// customers above were read. Another set (a partition claimed, lost or
+    /// given up) has them read again before the next group, since another
+    /// node may have changed them meanwhile (`--spread`).
+    owned_seen: Option<super::kv::pg::Owned>,
+    /// With `--spread`: the version whose migrations ran on the
+    /// partitions held (the owner's install ran them on its own; another
+    /// node runs them when it first sees the version, and again for
+    /// partitions it claims later).
+    migrated_for: Option<String>,
     fault_policy: FaultPolicy,
     /// Unsubscribe links for send records (none in tests without a data dir).
     links: Option<Arc<super::unsubscribe::Links>>,
@@ -404,6 +414,8 @@ impl CommitThread {
             counters,
             partition_counters: None,
             faulted,
+            owned_seen: None,
+            migrated_for: None,
             fault_policy: FaultPolicy::default(),
             links: None,
             flusher: Some(sender),
@@ -480,7 +492,67 @@ impl CommitThread {
         }
     }
 
+    /// On PostgreSQL, before a group: when the partitions this node holds
+    /// changed since the counters and failing customers were read, reads
+    /// them again (a partition held before by another node is as that
+    /// node left it, not as this one last wrote it); with `--spread`, when
+    /// the version run is new here or partitions were claimed, first
+    /// migrates the enrollments of the partitions held as that version's
+    /// journeys say (idempotent: an enrollment migrated stays put).
+    fn follow_ownership(&mut self) {
+        let super::kv::Kv::Postgres(pg) = &self.store.db else {
+            return;
+        };
+        let owned = pg.owned();
+        let runtime = self.runtime.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let changed = self.owned_seen.as_ref() != Some(&owned);
+        let new_version = self.migrated_for.as_deref() != Some(runtime.bundle_key.as_str());
+        if !changed && !new_version {
+            return;
+        }
+        let claimed = self
+            .owned_seen
+            .as_ref()
+            .is_none_or(|seen| owned.keys().any(|p| !seen.contains_key(p)));
+        let migrates = runtime.bundle.journeys.iter().any(|p| p.migrate_on_update);
+        let mut migrated = false;
+        if pg.spread() && migrates && (new_version || claimed) {
+            self.drain_flusher();
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                super::reload::migrate(&self.store, &runtime, false)
+            }))
+            .unwrap_or(Err(CommitError::Panicked));
+            match result {
+                Ok(moved) => {
+                    tracing::info!(bundle = %runtime.bundle_key, moved, "migrated the enrollments of the partitions held");
+                    migrated = true;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "migrating the partitions held failed; trying again before the next group");
+                    return;
+                }
+            }
+        }
+        self.migrated_for = Some(runtime.bundle_key.clone());
+        if !changed && !migrated {
+            return;
+        }
+        match (faults::all(&self.store.db), super::stats::persisted(&self.store)) {
+            (Ok(faulted), Ok(counters)) => {
+                self.faulted = faulted;
+                *self.published.stats.lock().unwrap_or_else(|p| p.into_inner()) = counters.clone();
+                self.counters = counters;
+                self.partition_counters = None;
+                self.owned_seen = Some(owned);
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "reading the failing customers and counters after an ownership change failed");
+            }
+        }
+    }
+
     fn commit_group(&mut self, mut jobs: Vec<Job>) {
+        self.follow_ownership();
         // An Install job migrates the whole store in its own pass.
         if jobs.iter().any(|j| matches!(j, Job::Install { .. })) {
             for job in jobs {
@@ -569,11 +641,12 @@ impl CommitThread {
         match job {
             Job::Install { runtime, reply } => {
                 self.drain_flusher();
-                let result = catch_unwind(AssertUnwindSafe(|| super::reload::migrate(&self.store, &runtime)))
+                let result = catch_unwind(AssertUnwindSafe(|| super::reload::migrate(&self.store, &runtime, true)))
                     .unwrap_or(Err(CommitError::Panicked));
                 let result = result.and_then(|migrated| {
                     self.store.flush()?;
                     *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = runtime.clone();
+                    self.migrated_for = Some(runtime.bundle_key.clone());
                     self.next_timer_chunk = self.store.next_timer_chunk()?;
                     // Positions changed: reload the at-step counters.
                     let counters = super::stats::persisted(&self.store)?;
@@ -613,7 +686,10 @@ impl CommitThread {
         let now = super::timers::now_ms();
         for job in jobs.iter_mut() {
             if let Job::Broadcast { id, batch, step, .. } = job {
-                *step = super::broadcast::next_step(&self.store, &runtime.bundle, *id, *batch, now)?.map(Box::new);
+                *step = super::broadcast::next_step(&self.store, &runtime.bundle, *id, *batch, now)?.map(|mut step| {
+                    step.hand_over(&self.store);
+                    Box::new(step)
+                });
             }
         }
         let jobs: &[Job] = jobs;
@@ -979,6 +1055,13 @@ impl CommitThread {
                 let (key, record) =
                     super::broadcast::finish_step(step, group.records.iter().map(|(_, _, line)| line.as_str()));
                 batch.insert(key, record);
+                // Members of other nodes' partitions: an inbox record in
+                // each of theirs, committed with the step.
+                if let (super::kv::Kv::Postgres(pg), false) = (&self.store.db, step.handed.is_empty()) {
+                    for (key, value) in super::inbox::records(pg, &self.store, step.handed.clone())? {
+                        batch.insert(key, value);
+                    }
+                }
             }
         }
         for (key, value) in std::mem::take(&mut group.aliases) {

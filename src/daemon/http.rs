@@ -710,6 +710,13 @@ impl Node<'_> {
             |failure: super::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
         let refused = rejections.len();
         match self {
+            // With `--spread`, calls of partitions this node does not hold
+            // go to the inbox as a standby's do: the partitions' holders
+            // apply them.
+            Node::Owner(state) if !holds_all(&state.store, &calls) => {
+                to_inbox(&state.store, &state.rejected, rejections, calls).map_err(store_failed)?;
+                self.metrics().events_rejected.add(refused as u64);
+            }
             Node::Owner(state) => {
                 if !rejections.is_empty() {
                     state.rejected.put(rejections).map_err(store_failed)?;
@@ -723,20 +730,50 @@ impl Node<'_> {
                 }
             }
             Node::Standby(standby) => {
-                // One inbox record per partition of the calls' customers.
-                let mut inbox = super::kv::Batch::default();
-                let taken = !calls.is_empty();
-                for (key, value) in super::inbox::records(&standby.pg, &standby.store, calls).map_err(store_failed)? {
-                    inbox.insert(key, value);
-                }
-                if !rejections.is_empty() || taken {
-                    standby.rejected.put_with(rejections, inbox).map_err(store_failed)?;
-                }
+                to_inbox(&standby.store, &standby.rejected, rejections, calls).map_err(store_failed)?;
                 self.metrics().events_rejected.add(refused as u64);
             }
         }
         Ok(())
     }
+}
+
+/// Whether this node holds the partition of every customer `calls` name
+/// (always on sled, and without `--spread`: the owner holds them all).
+fn holds_all(store: &Store, calls: &[Call]) -> bool {
+    let super::kv::Kv::Postgres(pg) = &store.db else {
+        return true;
+    };
+    if !pg.spread() {
+        return true;
+    }
+    let owned = pg.owned();
+    calls
+        .iter()
+        .all(|call| owned.contains_key(&pg.partition_of(&super::store::customer_key(&call.customer))))
+}
+
+/// Writes `calls` as inbox records, one per partition of their customers
+/// (`inbox::records`), with `rejections`, in one unfenced transaction
+/// (`inbox.rs`): durable when it returns.
+fn to_inbox(
+    store: &Store,
+    rejected: &RejectedStore,
+    rejections: Vec<Rejection>,
+    calls: Vec<Call>,
+) -> Result<(), super::store::StoreError> {
+    let super::kv::Kv::Postgres(pg) = &store.db else {
+        unreachable!("only a PostgreSQL store has an inbox")
+    };
+    let mut inbox = super::kv::Batch::default();
+    let taken = !calls.is_empty();
+    for (key, value) in super::inbox::records(pg, store, calls)? {
+        inbox.insert(key, value);
+    }
+    if !rejections.is_empty() || taken {
+        rejected.put_with(rejections, inbox)?;
+    }
+    Ok(())
 }
 
 async fn intake(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
@@ -1251,8 +1288,18 @@ pub(crate) fn retry_reply(id: &str, retried: Retried) -> Answer {
     }
 }
 
-/// The owner's counters: its commit thread's copy in memory.
+/// The owner's counters: its commit thread's copy in memory, unless other
+/// nodes apply partitions too (`--spread`): then the store's, summed over
+/// every partition as a standby reads them.
 fn owner_counters(state: &AppState) -> HashMap<String, i64> {
+    if let super::kv::Kv::Postgres(pg) = &state.store.db {
+        if pg.spread() {
+            match super::stats::persisted(&state.store) {
+                Ok(counters) => return counters,
+                Err(error) => tracing::warn!(%error, "reading the counters failed; answering this node's own"),
+            }
+        }
+    }
     state.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 

@@ -98,7 +98,7 @@ impl Kv {
     /// `options.postgres` (as owner or standby, see [`pg::Pg::open`]).
     pub fn open(dir: &std::path::Path, options: &super::store::StoreOptions) -> StoreResult<Kv> {
         Ok(match &options.postgres {
-            Some(url) => Kv::Postgres(pg::Pg::open(url, options.lease)?),
+            Some(url) => Kv::Postgres(pg::Pg::open_as(url, options.lease, options.spread)?),
             None => Kv::Sled(
                 sled::Config::new()
                     .path(dir)

@@ -400,13 +400,41 @@ async fn stand_by(
         rejected,
         sink_names: Arc::new(config.sinks.iter().map(Sink::name).collect()),
         publisher: publisher.clone(),
-        links,
+        links: links.clone(),
     }));
     let hangups = tokio::spawn(publish_on_hangup(publisher));
+    // With --spread this node applies its share of the partitions while
+    // another holds the store's lease.
+    let applier = match pg.spread() {
+        true => {
+            let shared = Shared {
+                runtime: runtime.clone(),
+                links: links.clone(),
+                metrics: metrics.clone(),
+                sink_names: Arc::new(config.sinks.iter().map(Sink::name).collect()),
+                email_address_required: email,
+            };
+            let db = db.clone();
+            let store = tokio::task::spawn_blocking(move || Store::on(db))
+                .await
+                .map_err(|e| DaemonError::Io(e.to_string()))?
+                .map_err(|e| DaemonError::Io(format!("cannot open the store: {e}")))?;
+            Some(Round::start_as(config, &shared, store, Role::Applier)?)
+        }
+        false => None,
+    };
     let server_task = start_server(listener, front.clone(), config, stopping.clone());
     let _ = std::fs::write(config.data.join("addr"), address.to_string());
-    println!("journeyc serve: standby on http://{address}, waiting for the store's lease");
-    tracing::info!(%address, node = %pg.node(), "standby: another node holds the store's lease");
+    match applier {
+        Some(_) => {
+            println!("journeyc serve: listening on http://{address}, applying its share of the partitions");
+            tracing::info!(%address, node = %pg.node(), partitions = pg.owned().len(), "applying a share of the partitions");
+        }
+        None => {
+            println!("journeyc serve: standby on http://{address}, waiting for the store's lease");
+            tracing::info!(%address, node = %pg.node(), "standby: another node holds the store's lease");
+        }
+    }
     let mut lease = pg.lease_changes();
     let mut stop = stopping.clone();
     tokio::select! {
@@ -414,6 +442,9 @@ async fn stand_by(
             following.abort();
             hangups.abort();
             let _ = server_task.await;
+            if let Some(round) = applier {
+                round.stop().await;
+            }
             tracing::info!("stopped as a standby");
             return Ok(None);
         }
@@ -421,6 +452,11 @@ async fn stand_by(
     }
     following.abort();
     hangups.abort();
+    if let Some(round) = applier {
+        // The owner's round replaces it (the same partitions, and what
+        // names no customer).
+        round.stop().await;
+    }
     if let kv::pg::LeaseState::Lost(reason) = pg.lease() {
         return Err(DaemonError::Io(reason));
     }
@@ -496,7 +532,8 @@ struct Round {
     inbox_task: Option<tokio::task::JoinHandle<()>>,
     /// On PostgreSQL: applies the commands standbys handed over.
     command_task: Option<tokio::task::JoinHandle<()>>,
-    broadcast_task: tokio::task::JoinHandle<()>,
+    /// The owner's only.
+    broadcast_task: Option<tokio::task::JoinHandle<()>>,
     state: http::AppState,
     /// Notified by every acknowledged erasure (`DELETE /v1/customers/ID`).
     erasures: Arc<tokio::sync::Notify>,
@@ -504,8 +541,25 @@ struct Round {
     erasures_pending: bool,
 }
 
+/// What a round does besides applying its partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// The store's owner (sled, or the holder of the PostgreSQL store's
+    /// lease): also what names no customer (broadcasts, the commands
+    /// standbys hand over, installs, compactions).
+    Owner,
+    /// A `--spread` node without the store's lease: its partitions only
+    /// (commit thread, timers, inbox, the commands naming its customers,
+    /// sinks); its front is the standby's.
+    Applier,
+}
+
 impl Round {
     fn start(config: &Config, shared: &Shared, store: Store) -> Result<Round, DaemonError> {
+        Round::start_as(config, shared, store, Role::Owner)
+    }
+
+    fn start_as(config: &Config, shared: &Shared, store: Store, role: Role) -> Result<Round, DaemonError> {
         // Sinks first: the JSONL tails take part in choosing the next sequence number.
         let mut jsonl_sinks = Vec::new();
         let mut highest_seen = store.last_outbox_seq()?.unwrap_or(0);
@@ -592,13 +646,15 @@ impl Round {
             }
         }
         let broadcast_started = Arc::new(tokio::sync::Notify::new());
-        let broadcast_task = tokio::spawn(broadcast::run(
-            store.clone(),
-            committer.clone(),
-            config.broadcast_batch,
-            broadcast_started.clone(),
-            stop_receiver.clone(),
-        ));
+        let broadcast_task = (role == Role::Owner).then(|| {
+            tokio::spawn(broadcast::run(
+                store.clone(),
+                committer.clone(),
+                config.broadcast_batch,
+                broadcast_started.clone(),
+                stop_receiver.clone(),
+            ))
+        });
         let timer_task = tokio::spawn(timers::run(
             store.clone(),
             committer.clone(),
@@ -628,13 +684,22 @@ impl Round {
             sink_names: shared.sink_names.clone(),
             reloader,
             http: Arc::new(config.http.clone()),
-            rejected: Arc::new(rejected::RejectedStore::open(store.clone())?),
+            // With --spread, refusals of customers of other nodes'
+            // partitions are kept too: written as a standby writes them.
+            rejected: Arc::new(match &store.db {
+                kv::Kv::Postgres(pg) if pg.spread() => {
+                    rejected::RejectedStore::open_unfenced(store.clone(), pg.clone())?
+                }
+                _ => rejected::RejectedStore::open(store.clone())?,
+            }),
             dead_retry: Arc::new(dead_retry_sender),
             links: shared.links.clone(),
             broadcast_started,
             erasures: erasures.clone(),
         };
         let erasures_pending = !erasure::pending(&store)?.is_empty();
+        // Commands are read from the partitions held (and -1 with the
+        // store's lease): an applier answers those naming its customers.
         let command_task = matches!(store.db, kv::Kv::Postgres(_))
             .then(|| tokio::spawn(command::run(state.clone(), stop_receiver.clone())));
         Ok(Round {
@@ -684,7 +749,9 @@ impl Round {
         if let Some(task) = command_task {
             let _ = task.await;
         }
-        let _ = broadcast_task.await;
+        if let Some(task) = broadcast_task {
+            let _ = task.await;
+        }
         // Let the commit thread finish what it has, then stop.
         commit::stop(&committer).await;
         drop(committer);

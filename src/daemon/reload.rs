@@ -359,10 +359,11 @@ impl Publisher {
 
 /// The label at `pc` in `program`, by name.
 /// Moves enrollments of `on update migrate` journeys waiting at a labelled
-/// instruction to the same label in the new version; stores the new bundle as
-/// current and drops stored bundles no enrollment references. Runs on the
-/// commit thread. Returns how many enrollments moved.
-pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
+/// instruction to the same label in the new version (those of the
+/// partitions this node holds: on sled all); the `owner` also stores the
+/// new bundle as current and drops stored bundles no enrollment references.
+/// Runs on the commit thread. Returns how many enrollments moved.
+pub fn migrate(store: &Store, runtime: &Runtime, owner: bool) -> Result<usize, CommitError> {
     let migrating = runtime.bundle.journeys.iter().any(|p| p.migrate_on_update);
     let mut moved = 0;
     if migrating {
@@ -371,7 +372,10 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
         let mut timers = TimerChanges::on(store, store.next_timer_chunk()?);
         let mut in_batch = 0;
         let mut deltas: HashMap<(i32, String), i64> = HashMap::new();
-        for item in store.db.scan_prefix([store::PREFIX_CUSTOMER]) {
+        // The customers of the partitions held (on sled, all): with
+        // `--spread` each node migrates its own.
+        let customers = [store::PREFIX_CUSTOMER].to_vec()..[store::PREFIX_CUSTOMER + 1].to_vec();
+        for item in store.db.range_of_held(customers) {
             let (key, value) = item?;
             let (mut state, chunk) = store::decode_customer(&key, &value)?;
             let before = stats::positions(&state);
@@ -399,8 +403,10 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
         }
         write_changes(store, &mut batch, &mut deltas, timers)?;
     }
-    store.set_current_bundle_key(&runtime.bundle_key)?;
-    collect_bundles(store, &runtime.bundle_key)?;
+    if owner {
+        store.set_current_bundle_key(&runtime.bundle_key)?;
+        collect_bundles(store, &runtime.bundle_key)?;
+    }
     Ok(moved)
 }
 

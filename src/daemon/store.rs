@@ -128,6 +128,10 @@ pub struct StoreOptions {
     /// `--lease-seconds`: how long the PostgreSQL store's lease lasts
     /// unrenewed before a standby takes over (`kv/pg.rs`).
     pub lease: std::time::Duration,
+    /// `--spread`: on PostgreSQL, this node applies a fair share of the
+    /// partitions; without it, it applies all of them while it holds the
+    /// store's lease and stands by otherwise (`kv/pg.rs`).
+    pub spread: bool,
 }
 
 impl Default for StoreOptions {
@@ -140,6 +144,7 @@ impl Default for StoreOptions {
             cache_bytes: 32 * 1024 * 1024,
             postgres: None,
             lease: LEASE_DEFAULT,
+            spread: false,
         }
     }
 }

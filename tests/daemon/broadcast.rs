@@ -277,3 +277,60 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// With `--spread`, the owner's broadcast reaches the members of the other
+/// node's partitions through their inbox, in the steps' own batches: every
+/// member gets the offer once, from the node that holds its partition.
+#[test]
+fn a_broadcast_over_spread_nodes_reaches_every_member_once() {
+    if super::pg::skip_requested() {
+        return;
+    }
+    let env = Env::on(OFFERS, Backend::Postgres);
+    let first = env.start(&["--broadcast-batch", "16", "--spread"]);
+    let other = env.root.path().join("other");
+    let mut args = env.store_args();
+    args.extend(["--spread".to_string(), "--broadcast-batch".into(), "16".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let second = Daemon::start(&env.workspace(), &other, &args);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    eventually("two halves", || {
+        (pg.psql(
+            "SELECT string_agg(n::text, ',' ORDER BY n) FROM (SELECT count(*) AS n FROM journeyc_leases \
+             WHERE partition >= 0 AND expires_at >= now() GROUP BY owner) AS shares",
+        )
+        .trim()
+            == "128,128")
+            .then_some(())
+    });
+    add_customers(&first, 60);
+    eventually("every customer stored", || {
+        (0..60)
+            .all(|n| second.get(&format!("/v1/customers/{}", id(n))).status == 200)
+            .then_some(())
+    });
+    let broadcast = start_broadcast(&first, "SPREAD");
+    let done = finished(&first, &broadcast);
+    let [visited, members, ..] = counts(&done);
+    assert_eq!([visited, members], [60, 30], "{done}");
+    let expected: Vec<String> = (0..60).step_by(2).map(id).collect();
+    let sent = eventually("every member's offer in one of the sinks", || {
+        let mut sent: BTreeMap<String, usize> = offers(&env);
+        for line in sink_lines(&other.join("sends.jsonl")) {
+            if line["kind"] == "send" && line["message"] == "offer_mail" {
+                *sent.entry(line["customer"].as_str().unwrap_or("").to_string()).or_insert(0) += 1;
+            }
+        }
+        (sent.len() == expected.len()).then_some(sent)
+    });
+    assert_eq!(sent.keys().cloned().collect::<Vec<_>>(), expected);
+    assert!(sent.values().all(|n| *n == 1), "{sent:?}");
+    // Both nodes delivered some: the members are spread over their partitions.
+    assert!(!offers(&env).is_empty(), "the owner's own members");
+    assert!(
+        sink_lines(&other.join("sends.jsonl")).iter().any(|l| l["message"] == "offer_mail"),
+        "the other node's members"
+    );
+    assert_eq!(second.terminate(), Some(0));
+    assert_eq!(first.terminate(), Some(0));
+}

@@ -144,6 +144,16 @@ impl Postgres {
             .to_string()
     }
 
+    /// Every schema version this build knows, as [`Postgres::migrations`]
+    /// lists them once all are applied.
+    pub fn every_migration() -> String {
+        journeyc::daemon::kv::pg::MIGRATIONS
+            .iter()
+            .map(|(version, _)| version.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// [`Postgres::psql`] in another database of the server (`postgres`:
     /// to watch the test's database without a session in it).
     pub fn psql_in(&self, database: &str, sql: &str) -> String {

@@ -20,7 +20,7 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
         assert_eq!(daemon.post("/v1/track", &bought).status, 200);
     }
     // Acked means committed: visible to another session at once.
-    assert_eq!(pg.migrations(), "1,2,3,4");
+    assert_eq!(pg.migrations(), super::pg::Postgres::every_migration());
     assert_eq!(
         pg.psql("SELECT value FROM journeyc_settings WHERE name = 'partitions'")
             .trim(),
@@ -115,7 +115,10 @@ fn records_land_in_partitioned_rows_after_the_migrations() {
     // Started again: migrations are not applied twice, the customers are
     // there, the lease is taken at the next epoch.
     let daemon = env.start(&[]);
-    assert_eq!(pg.psql("SELECT count(*) FROM journeyc_migrations").trim(), "4");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM journeyc_migrations").trim(),
+        journeyc::daemon::kv::pg::MIGRATIONS.len().to_string()
+    );
     assert_eq!(daemon.get("/v1/customers/u2").status, 200);
     assert_eq!(
         pg.psql("SELECT epoch FROM journeyc_leases WHERE partition = -1").trim(),

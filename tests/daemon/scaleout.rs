@@ -765,7 +765,7 @@ fn timer_chunks_list_customers_of_one_partition_and_are_stored_in_it() {
     assert_eq!(waiting.len(), customers.len(), "every customer waits: {waiting:?}");
     let partitions: BTreeSet<i32> = timer_rows(pg).into_iter().map(|(p, _)| p).collect();
     assert!(partitions.len() > 10, "40 customers' timers in {partitions:?}");
-    assert_eq!(pg.migrations(), "1,2,3,4");
+    assert_eq!(pg.migrations(), super::pg::Postgres::every_migration());
     let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
     every_send_once(&[env.data()], &acknowledged, vec![daemon]);
     assert!(timer_rows(pg).is_empty(), "every chunk fired and removed");
@@ -832,7 +832,7 @@ fn a_store_with_timer_chunks_at_partition_none_is_moved_into_partitions_at_open(
         customers.len(),
         "every customer still waits: {waiting:?}"
     );
-    assert_eq!(pg.migrations(), "1,2,3,4");
+    assert_eq!(pg.migrations(), super::pg::Postgres::every_migration());
     let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
     every_send_once(&[env.data()], &acknowledged, vec![daemon]);
     assert!(timer_rows(pg).is_empty(), "every chunk fired and removed");
@@ -1351,7 +1351,7 @@ fn outbox_records_and_sink_cursors_are_kept_per_partition() {
     assert_eq!(daemon.post("/v1/batch", &bought_batch(&customers, &at)).status, 200);
     let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
     every_send_once(&[env.data()], &acknowledged, vec![daemon]);
-    assert_eq!(pg.migrations(), "1,2,3,4");
+    assert_eq!(pg.migrations(), super::pg::Postgres::every_migration());
     let lines = sink_lines(&env.sends());
     let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().expect("seq")).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
@@ -1553,4 +1553,228 @@ fn a_store_with_the_outbox_at_partition_none_is_delivered_as_it_is_then_per_part
         "0000000000000005",
         "mseq is not written any more"
     );
+}
+
+/// The partitions each of `nodes` holds, as the database has them.
+fn holders(server: &super::pg::Postgres) -> BTreeMap<String, usize> {
+    server
+        .psql(
+            "SELECT owner || ' ' || count(*) FROM journeyc_leases \
+             WHERE partition >= 0 AND expires_at >= now() GROUP BY owner ORDER BY owner",
+        )
+        .lines()
+        .filter_map(|line| line.trim().rsplit_once(' '))
+        .map(|(owner, count)| (owner.to_string(), count.parse().expect("a count")))
+        .collect()
+}
+
+#[test]
+fn spread_nodes_take_fair_shares_and_the_rest_take_over_a_leaving_one() {
+    if skip() {
+        return;
+    }
+    let server = super::pg::Postgres::start("journeyc");
+    let lease = Duration::from_secs(2);
+    let first = Pg::open_as(&server.url(), lease, true).expect("open");
+    // Alone, the first node holds every partition and the store's lease.
+    assert_eq!(first.lease(), LeaseState::Held(1));
+    assert_eq!(first.owned().len(), 256);
+    let second = Pg::open_as(&server.url(), lease, true).expect("open a second node");
+    assert_eq!(second.lease(), LeaseState::Standby);
+    // The first gives half up at its next tick, the second claims it.
+    eventually("two halves", || {
+        (first.owned().len() == 128 && second.owned().len() == 128).then_some(())
+    });
+    let third = Pg::open_as(&server.url(), lease, true).expect("open a third node");
+    eventually("three shares of at most ceil(256 / 3) = 86", || {
+        let counts = [first.owned().len(), second.owned().len(), third.owned().len()];
+        (counts.iter().sum::<usize>() == 256 && counts.iter().all(|c| *c <= 86 && *c >= 84)).then_some(counts)
+    });
+    // No partition is held twice, in memory or in the database.
+    let mut all: Vec<i32> = [&first, &second, &third]
+        .iter()
+        .flat_map(|node| node.owned().into_keys())
+        .collect();
+    all.sort();
+    assert_eq!(all, (0..256).collect::<Vec<_>>());
+    let counts = holders(&server);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 256, "{counts:?}");
+    // Each writes its own partitions and is refused the others'.
+    let customer_in = |node: &Pg| {
+        let partition = *node.owned().keys().next().expect("a partition");
+        (0..)
+            .map(|i| format!("c{i}"))
+            .find(|key| partition_of(key.as_bytes(), 256) == partition)
+            .expect("a customer of the partition")
+    };
+    let write = |key: &str| {
+        let mut batch = Batch::default();
+        batch.insert(key.as_bytes(), &b"1"[..]);
+        batch
+    };
+    let (a, b) = (customer_in(&first), customer_in(&second));
+    second.apply(None, write(&b)).expect("a node writes its partition");
+    let refused = second.apply(None, write(&a)).expect_err("not its partition");
+    assert!(refused.to_string().contains("is not owned by this node"), "{refused}");
+    // Only the store's holder writes what names no customer.
+    first.apply(None, write("mnote")).expect("the store's holder");
+    assert!(second.apply(None, write("mnote")).is_err());
+
+    // The first node stops: its partitions and the store's lease go to the
+    // other two, in halves of 128.
+    first.release().expect("release");
+    drop(first);
+    eventually("two halves again", || {
+        (second.owned().len() == 128 && third.owned().len() == 128).then_some(())
+    });
+    eventually("the store's lease taken over", || {
+        [second.lease(), third.lease()]
+            .iter()
+            .any(|state| matches!(state, LeaseState::Held(2)))
+            .then_some(())
+    });
+    // A node that stops last leaves every partition to the one left (a
+    // node killed -9 leaves its rows to expire: the three-daemon test).
+    third.release().expect("release");
+    drop(third);
+    eventually("the last node holds every partition", || {
+        (second.owned().len() == 256).then_some(())
+    });
+    assert_eq!(
+        server
+            .psql("SELECT count(*) FROM journeyc_nodes WHERE expires_at >= now()")
+            .trim(),
+        "1"
+    );
+}
+
+/// A `--spread` daemon on `env`'s database with `data` as its data
+/// directory.
+fn start_spread(env: &Env, data: &Path) -> Daemon {
+    let mut args = env.store_args();
+    args.push("--spread".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::start(&env.workspace(), data, &args)
+}
+
+/// How many partitions each node holds now, by the lease table.
+fn shares(pg: &super::pg::Postgres) -> Vec<usize> {
+    holders(pg).into_values().collect()
+}
+
+#[test]
+fn three_spread_nodes_share_the_partitions_and_a_killed_one_loses_no_acked_event() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let datas: Vec<PathBuf> = ["data", "second", "third"]
+        .iter()
+        .map(|name| env.root.path().join(name))
+        .collect();
+    let first = start_spread(&env, &datas[0]);
+    first.wait_until_owner();
+    let second = start_spread(&env, &datas[1]);
+    let third = start_spread(&env, &datas[2]);
+    // Each node applies a third of the partitions (ceil(256 / 3) = 86 at
+    // most), the first one also what names no customer.
+    eventually("three shares", || {
+        let shares = shares(pg);
+        (shares.len() == 3 && shares.iter().all(|share| (84..=86).contains(share))).then_some(())
+    });
+    let addrs = Arc::new(Mutex::new(vec![
+        first.addr.clone(),
+        second.addr.clone(),
+        third.addr.clone(),
+    ]));
+
+    // Clients post to every node in turn, moving on at a refusal or a cut
+    // connection (the killed node).
+    let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let posters: Vec<_> = (0..2)
+        .map(|poster| {
+            let (addrs, acknowledged, stop) = (addrs.clone(), acknowledged.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut batch_number, mut at) = (0, poster);
+                while !stop.load(Ordering::Relaxed) && batch_number < 5000 {
+                    let customers: Vec<String> = (0..10).map(|i| format!("s{poster}b{batch_number}e{i}")).collect();
+                    let events: Vec<String> = customers.iter().map(|c| bought(c)).collect();
+                    let body = format!("{{\"batch\":[{}]}}", events.join(","));
+                    let addr = {
+                        let addrs = addrs.lock().expect("lock");
+                        addrs[at % addrs.len()].clone()
+                    };
+                    let auth = format!("Bearer {TOKEN}");
+                    match request(&addr, "POST", "/v1/batch", Some(&body), Some(&auth)) {
+                        Ok(response) if response.status == 200 => {
+                            acknowledged.lock().expect("lock").extend(customers);
+                            batch_number += 1;
+                            at += 1;
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        _ => {
+                            at += 1;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let root = env.root.path().to_path_buf();
+    let acked_more_than = |n: usize| {
+        let started = Instant::now();
+        while acknowledged.lock().expect("lock").len() <= n {
+            if started.elapsed() > DEADLINE {
+                for name in ["data", "second", "third"] {
+                    eprintln!(
+                        "== {name}\n{}",
+                        std::fs::read_to_string(root.join(name).join("daemon.log")).unwrap_or_default()
+                    );
+                }
+                panic!(
+                    "timed out waiting for more than {n} acknowledged calls ({})",
+                    acknowledged.lock().expect("lock").len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    };
+    acked_more_than(60);
+    // Every node applies and delivers: each one's sink has sends.
+    eventually("sends from every node", || {
+        datas.iter().all(|data| !sends(data).is_empty()).then_some(())
+    });
+
+    // kill -9 a node holding no store lease, with timers pending (each
+    // event's is due 2 s on) and batches in flight; the other two take its
+    // partitions over once its leases expire.
+    second.kill();
+    let killed_at = acknowledged.lock().expect("lock").len();
+    eventually("two halves", || {
+        let shares = shares(pg);
+        (shares.len() == 2 && shares.iter().all(|share| *share == 128)).then_some(())
+    });
+    acked_more_than(killed_at + 60);
+    // The killed node comes back and takes its third again.
+    let restarted = start_spread(&env, &datas[1]);
+    addrs.lock().expect("lock")[1] = restarted.addr.clone();
+    eventually("three shares again", || {
+        let shares = shares(pg);
+        (shares.len() == 3 && shares.iter().all(|share| (84..=86).contains(share))).then_some(())
+    });
+    let restarted_at = acknowledged.lock().expect("lock").len();
+    acked_more_than(restarted_at + 60);
+    stop.store(true, Ordering::Relaxed);
+    for poster in posters {
+        poster.join().expect("poster");
+    }
+
+    // Every acked event's send and its timer's send, exactly once, across
+    // the three nodes' sinks.
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    every_send_once(&datas, &acknowledged, vec![first, restarted, third]);
 }

@@ -102,6 +102,10 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         4,
         "CREATE SEQUENCE IF NOT EXISTS journeyc_outbox_seq MINVALUE 0 START 0 INCREMENT BY 1024;",
     ),
+    (
+        5,
+        "CREATE TABLE journeyc_nodes (node text PRIMARY KEY, expires_at timestamptz NOT NULL);",
+    ),
 ];
 
 /// Outbox numbers a node takes per draw from `journeyc_outbox_seq` (the
@@ -249,6 +253,9 @@ struct Lease {
     /// outbox numbers drawn before it are not used for them
     /// ([`Pg::outbox_seq`]).
     claims: std::sync::atomic::AtomicU64,
+    /// `--spread`: hold a fair share of the partitions, with or without the
+    /// store's lease; otherwise all of them while holding it, none without.
+    spread: bool,
 }
 
 impl Lease {
@@ -271,12 +278,7 @@ impl Lease {
         }
         let held = self.partitions.borrow().get(&partition).copied();
         match held {
-            Some(epoch) => {
-                // Written only under the store's lease too (today's one
-                // applying node; see `docs/scale-out.md`).
-                self.epoch()?;
-                Ok(epoch)
-            }
+            Some(epoch) => Ok(epoch),
             None => Err(StoreError::PartitionNotOwned {
                 partition,
                 reason: format!(
@@ -354,6 +356,13 @@ impl Pg {
     /// tries once to take the store's lease (valid for `lease`) and starts
     /// the task that renews it, or as a standby keeps trying.
     pub fn open(url: &str, lease: std::time::Duration) -> StoreResult<Pg> {
+        Pg::open_as(url, lease, false)
+    }
+
+    /// [`Pg::open`], with `spread` (`--spread`): this node holds a fair
+    /// share of the partitions ([`fair_share`] among the live nodes of
+    /// `journeyc_nodes`) whether or not it holds the store's lease.
+    pub fn open_as(url: &str, lease: std::time::Duration, spread: bool) -> StoreResult<Pg> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| error("the PostgreSQL URL", e))?;
         // A node paused in the middle of a transaction keeps its locks,
         // the lease row's among them, which would hold a takeover up for
@@ -422,15 +431,17 @@ impl Pg {
             partitions: owned,
             count: partitions,
             claims: std::sync::atomic::AtomicU64::new(0),
+            spread,
         });
         block(&handle, {
             let (pool, lease) = (pool.clone(), lease.clone());
             async move {
                 let client = connection(&pool).await?;
+                let live = heartbeat(&client, &lease).await?;
                 if let Some(epoch) = acquire(&client, &lease).await? {
-                    claim(&client, &lease).await?;
                     lease.state.send_replace(LeaseState::Held(epoch));
                 }
+                balance(&client, &lease, live).await?;
                 tokio::spawn(keep_lease(client, lease));
                 Ok::<_, StoreError>(())
             }
@@ -447,6 +458,11 @@ impl Pg {
                 _stop: stop,
             }),
         })
+    }
+
+    /// Whether this node holds a fair share of the partitions (`--spread`).
+    pub fn spread(&self) -> bool {
+        self.inner.lease.spread
     }
 
     /// This node's name in `journeyc_leases.owner`.
@@ -677,7 +693,16 @@ impl Pg {
         let condition = condition.map(|(key, expected)| (key.to_vec(), expected.to_vec()));
         let lease = self.inner.lease.clone();
         let partitions = self.inner.partitions;
-        let mut touched: BTreeSet<i32> = batch.writes().map(|(key, _)| partition_of(key, partitions)).collect();
+        // A new inbox record is written unfenced by any node
+        // (`Pg::apply_unfenced`): one in a fenced batch (a broadcast step
+        // handing members of other partitions to their holders) does not
+        // need its partition held. Its removal does: only the holder
+        // applies a record.
+        let mut touched: BTreeSet<i32> = batch
+            .writes()
+            .filter(|(key, value)| !(value.is_some() && key.first() == Some(&b'i')))
+            .map(|(key, _)| partition_of(key, partitions))
+            .collect();
         if let Some((key, _)) = &condition {
             touched.insert(partition_of(key, partitions));
         }
@@ -1176,23 +1201,80 @@ async fn acquire(client: &deadpool_postgres::Object, lease: &Lease) -> StoreResu
     Ok(row.map(|row| row.get(0)))
 }
 
-/// Claims every partition lease (0..P) that no node holds or whose
-/// holder's has expired, each at its next epoch, and adds them to the held
-/// set. Rows held and unexpired are not touched (nor locked), so in the
-/// steady state this writes nothing.
-async fn claim(client: &deadpool_postgres::Object, lease: &Lease) -> StoreResult<()> {
+/// Beats this node's heart in `journeyc_nodes` (its row valid for the
+/// lease's duration; rows dead for a minute are removed) and answers how
+/// many nodes are alive, this one included.
+async fn heartbeat(client: &deadpool_postgres::Object, lease: &Lease) -> StoreResult<usize> {
+    if !lease.spread {
+        return Ok(1);
+    }
+    let row = client
+        .query_one(
+            "WITH beat AS ( \
+                 INSERT INTO journeyc_nodes (node, expires_at) \
+                 VALUES ($1, now() + $2::bigint * interval '1 millisecond') \
+                 ON CONFLICT (node) DO UPDATE SET expires_at = EXCLUDED.expires_at RETURNING node), \
+             gone AS (DELETE FROM journeyc_nodes WHERE expires_at < now() - interval '1 minute' AND node <> $1) \
+             SELECT count(*) FROM journeyc_nodes WHERE expires_at >= now() AND node <> $1",
+            &[&lease.node, &lease.millis()],
+        )
+        .await
+        .map_err(|e| error("the node's heartbeat", e))?;
+    Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0) + 1)
+}
+
+/// The partitions one of `live` nodes holds at most: ceil(P / live).
+pub fn fair_share(partitions: i32, live: usize) -> usize {
+    let partitions = usize::try_from(partitions.max(0)).unwrap_or(0);
+    partitions.div_ceil(live.max(1))
+}
+
+/// Moves this node's holding towards its share: with `--spread` the fair
+/// share among `live` nodes, otherwise every partition while it holds the
+/// store's lease and none without. Below it, claims free or expired
+/// partitions; above it (a node joined), gives the surplus up, the
+/// highest-numbered first.
+async fn balance(client: &deadpool_postgres::Object, lease: &Lease, live: usize) -> StoreResult<()> {
+    let share = match (lease.spread, &*lease.state.borrow()) {
+        (true, _) => fair_share(lease.count, live),
+        (false, LeaseState::Held(_)) => usize::try_from(lease.count).unwrap_or(0),
+        (false, _) => 0,
+    };
+    let held = lease.partitions.borrow().clone();
+    if held.len() < share {
+        claim(client, lease, share - held.len()).await
+    } else if held.len() > share {
+        let surplus: Owned = held
+            .iter()
+            .rev()
+            .take(held.len() - share)
+            .map(|(p, e)| (*p, *e))
+            .collect();
+        give_up(client, lease, &surplus).await
+    } else {
+        Ok(())
+    }
+}
+
+/// Claims up to `wanted` partition leases (0..P) that no node holds or
+/// whose holder's has expired, lowest first, each at its next epoch, and
+/// adds them to the held set. Rows held and unexpired are not touched (nor
+/// locked), so in the steady state this writes nothing. Two nodes claiming
+/// at once never both get a partition: the second one's update finds the
+/// row unexpired once the first one's commits.
+async fn claim(client: &deadpool_postgres::Object, lease: &Lease, wanted: usize) -> StoreResult<()> {
     let rows = client
         .query(
             "INSERT INTO journeyc_leases (partition, owner, epoch, expires_at) \
              SELECT p, $1, 1, now() + $2::bigint * interval '1 millisecond' \
              FROM generate_series(0, $3::integer - 1) AS p \
              WHERE NOT EXISTS (SELECT 1 FROM journeyc_leases AS l WHERE l.partition = p AND l.expires_at >= now()) \
-             ORDER BY p \
+             ORDER BY p LIMIT $4 \
              ON CONFLICT (partition) DO UPDATE \
              SET owner = EXCLUDED.owner, epoch = journeyc_leases.epoch + 1, expires_at = EXCLUDED.expires_at \
              WHERE journeyc_leases.expires_at < now() \
              RETURNING partition, epoch",
-            &[&lease.node, &lease.millis(), &lease.count],
+            &[&lease.node, &lease.millis(), &lease.count, &(wanted as i64)],
         )
         .await
         .map_err(|e| error("claim partitions", e))?;
@@ -1209,16 +1291,50 @@ async fn claim(client: &deadpool_postgres::Object, lease: &Lease) -> StoreResult
     Ok(())
 }
 
-/// Renews the store's lease (at `epoch`) and every partition lease held,
-/// in one statement that locks the rows in partition order (as the
-/// writes' check does, so neither waits on the other in a cycle). Answers
-/// the partitions renewed; one held and not among them was taken over.
-async fn renew(client: &deadpool_postgres::Object, lease: &Lease, epoch: i64) -> StoreResult<BTreeSet<i32>> {
+/// Gives `partitions` up: out of the held set first (no write of this
+/// node starts on them after it), then their rows expired, so the next
+/// claim of another node takes them at once. A write already past its
+/// check still commits before the takeover: the takeover's update waits
+/// for its share lock on the row, which still names this node at its
+/// epoch.
+async fn give_up(client: &deadpool_postgres::Object, lease: &Lease, partitions: &Owned) -> StoreResult<()> {
+    lease
+        .partitions
+        .send_modify(|owned| owned.retain(|p, _| !partitions.contains_key(p)));
+    let (numbers, epochs): (Vec<i32>, Vec<i64>) = partitions.iter().map(|(p, e)| (*p, *e)).unzip();
+    client
+        .execute(
+            "WITH mine AS MATERIALIZED ( \
+                 SELECT partition FROM journeyc_leases \
+                 WHERE owner = $1 AND (partition, epoch) IN (SELECT * FROM unnest($2::integer[], $3::bigint[])) \
+                 ORDER BY partition FOR UPDATE) \
+             UPDATE journeyc_leases AS l SET expires_at = now() - interval '1 millisecond' \
+             FROM mine WHERE l.partition = mine.partition",
+            &[&lease.node, &numbers, &epochs],
+        )
+        .await
+        .map_err(|e| error("give partitions up", e))?;
+    tracing::info!(node = %lease.node, partitions = partitions.len(), "gave partition leases up to other nodes");
+    Ok(())
+}
+
+/// Renews the store's lease (at `epoch`, when this node holds it) and every
+/// partition lease held, in one statement that locks the rows in partition
+/// order (as the writes' check does, so neither waits on the other in a
+/// cycle). Answers the partitions renewed; one held and not among them was
+/// taken over.
+async fn renew(client: &deadpool_postgres::Object, lease: &Lease, epoch: Option<i64>) -> StoreResult<BTreeSet<i32>> {
     let held = lease.partitions.borrow().clone();
-    let mut partitions = vec![LEASE_STORE];
-    let mut epochs = vec![epoch];
+    let (mut partitions, mut epochs) = (Vec::new(), Vec::new());
+    if let Some(epoch) = epoch {
+        partitions.push(LEASE_STORE);
+        epochs.push(epoch);
+    }
     partitions.extend(held.keys());
     epochs.extend(held.values());
+    if partitions.is_empty() {
+        return Ok(BTreeSet::new());
+    }
     let rows = client
         .query(
             "WITH mine AS MATERIALIZED ( \
@@ -1247,73 +1363,88 @@ async fn holder(client: &deadpool_postgres::Object, partition: i32) -> Option<(S
         .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)))
 }
 
-/// Renews the held leases, or as a standby tries to take the store's,
-/// every tick until it is lost; while the store's lease is held, claims
-/// the partitions that are free or expired. A renewal that finds another
-/// owner of the store's lease loses it; a partition taken over is dropped
-/// from the held set (the writes' check refuses it from then on, and the
-/// node goes on with the others). A renewal that fails (the database
-/// unreachable) is retried at the next tick, the writes' own check keeping
-/// the fence meanwhile.
+/// Every tick until the store's lease is lost: beats the node's heart,
+/// renews the leases held, tries for the store's lease when another node's
+/// has expired, and moves the partitions held towards the fair share
+/// ([`balance`]). A renewal that finds another owner of the store's lease
+/// loses it; a partition taken over is dropped from the held set (the
+/// writes' check refuses it from then on, and the node goes on with the
+/// others). A tick that fails (the database unreachable) is tried again at
+/// the next, the writes' own check keeping the fence meanwhile.
 async fn keep_lease(client: deadpool_postgres::Object, lease: Arc<Lease>) {
     let tick = LEASE_TICK.min(lease.duration / 3);
     loop {
         tokio::time::sleep(tick).await;
-        let state = lease.state.borrow().clone();
-        match state {
+        let store_epoch = match lease.state.borrow().clone() {
             LeaseState::Lost(_) => return,
-            LeaseState::Standby => match acquire(&client, &lease).await {
+            LeaseState::Held(epoch) => Some(epoch),
+            LeaseState::Standby => None,
+        };
+        let live = match heartbeat(&client, &lease).await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "the node's heartbeat failed");
+                continue;
+            }
+        };
+        let held = lease.partitions.borrow().clone();
+        match renew(&client, &lease, store_epoch).await {
+            Ok(renewed) => {
+                if let Some(epoch) = store_epoch.filter(|_| !renewed.contains(&LEASE_STORE)) {
+                    let reason = lost(&lease, LEASE_STORE, epoch, holder(&client, LEASE_STORE).await);
+                    tracing::error!(%reason, "the store's lease was taken over");
+                    lease.lose(&reason);
+                    return;
+                }
+                for (partition, epoch) in held.into_iter().filter(|(p, _)| !renewed.contains(p)) {
+                    let reason = lost(&lease, partition, epoch, holder(&client, partition).await);
+                    tracing::error!(%reason, "a partition's lease was taken over");
+                    lease.drop_partition(partition, epoch);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the leases failed");
+                continue;
+            }
+        }
+        if store_epoch.is_none() {
+            match acquire(&client, &lease).await {
                 Ok(Some(epoch)) => {
-                    if let Err(e) = claim(&client, &lease).await {
-                        tracing::warn!(error = %e, "claiming partitions failed; trying again at the next tick");
-                    }
                     tracing::info!(node = %lease.node, epoch, "took the store's lease");
                     lease.state.send_replace(LeaseState::Held(epoch));
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "trying for the store's lease failed"),
-            },
-            LeaseState::Held(epoch) => {
-                let held = lease.partitions.borrow().clone();
-                match renew(&client, &lease, epoch).await {
-                    Ok(renewed) if !renewed.contains(&LEASE_STORE) => {
-                        let reason = lost(&lease, LEASE_STORE, epoch, holder(&client, LEASE_STORE).await);
-                        tracing::error!(%reason, "the store's lease was taken over");
-                        lease.lose(&reason);
-                        return;
-                    }
-                    Ok(renewed) => {
-                        for (partition, epoch) in held.into_iter().filter(|(p, _)| !renewed.contains(p)) {
-                            let reason = lost(&lease, partition, epoch, holder(&client, partition).await);
-                            tracing::error!(%reason, "a partition's lease was taken over");
-                            lease.drop_partition(partition, epoch);
-                        }
-                        if let Err(e) = claim(&client, &lease).await {
-                            tracing::warn!(error = %e, "claiming partitions failed");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "renewing the leases failed"),
-                }
             }
+        }
+        if let Err(e) = balance(&client, &lease, live).await {
+            tracing::warn!(error = %e, "balancing the partitions failed");
         }
     }
 }
 
 /// Gives the held leases up: no write of this node after it, and their
-/// rows expired so that another node takes over at its next try.
+/// rows expired so that another node takes over at its next try; the
+/// node's heartbeat row goes too, so the others' fair share grows at once.
 async fn release(pool: &deadpool_postgres::Pool, lease: &Lease) -> StoreResult<()> {
-    let LeaseState::Held(epoch) = lease.state.borrow().clone() else {
-        return Ok(());
+    let reason = match lease.state.borrow().clone() {
+        LeaseState::Lost(_) => return Ok(()),
+        LeaseState::Held(epoch) => format!(
+            "lease released: this node ({}) gave up epoch {epoch} at its stop",
+            lease.node
+        ),
+        LeaseState::Standby => format!(
+            "lease released: this node ({}) gave its partitions up at its stop",
+            lease.node
+        ),
     };
-    lease.lose(&format!(
-        "lease released: this node ({}) gave up epoch {epoch} at its stop",
-        lease.node
-    ));
+    lease.lose(&reason);
     let client = connection(pool).await?;
     client
         .execute(
             "WITH mine AS MATERIALIZED ( \
-                 SELECT partition FROM journeyc_leases WHERE owner = $1 ORDER BY partition FOR UPDATE) \
+                 SELECT partition FROM journeyc_leases WHERE owner = $1 ORDER BY partition FOR UPDATE), \
+             gone AS (DELETE FROM journeyc_nodes WHERE node = $1) \
              UPDATE journeyc_leases AS l SET expires_at = now() - interval '1 millisecond' \
              FROM mine WHERE l.partition = mine.partition",
             &[&lease.node],
@@ -1337,20 +1468,23 @@ async fn start(pool: &deadpool_postgres::Pool) -> StoreResult<(i32, String)> {
     )
     .await
     .map_err(|e| error("migrations", e))?;
-    let applied: Option<i32> = tx
-        .query_one("SELECT max(version) FROM journeyc_migrations", &[])
+    let applied: BTreeSet<i32> = tx
+        .query("SELECT version FROM journeyc_migrations", &[])
         .await
         .map_err(|e| error("migrations", e))?
-        .get(0);
-    let applied = applied.unwrap_or(0);
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
     let newest = MIGRATIONS.last().map(|(version, _)| *version).unwrap_or(0);
-    if applied > newest {
+    if let Some(unknown) = applied.iter().find(|version| **version > newest) {
         return Err(StoreError::Postgres(format!(
-            "this database was migrated by a newer journeyc (schema version {applied}; this build knows up to \
+            "this database was migrated by a newer journeyc (schema version {unknown}; this build knows up to \
              {newest})"
         )));
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > applied) {
+    // Every step not recorded, in order (not only those above the
+    // highest: a step may be numbered below one released before it).
+    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| !applied.contains(version)) {
         tx.batch_execute(sql)
             .await
             .map_err(|e| error(&format!("migration {version}"), e))?;
