@@ -318,7 +318,9 @@ fn a_broadcast_over_spread_nodes_reaches_every_member_once() {
         let mut sent: BTreeMap<String, usize> = offers(&env);
         for line in sink_lines(&other.join("sends.jsonl")) {
             if line["kind"] == "send" && line["message"] == "offer_mail" {
-                *sent.entry(line["customer"].as_str().unwrap_or("").to_string()).or_insert(0) += 1;
+                *sent
+                    .entry(line["customer"].as_str().unwrap_or("").to_string())
+                    .or_insert(0) += 1;
             }
         }
         (sent.len() == expected.len()).then_some(sent)
@@ -328,7 +330,9 @@ fn a_broadcast_over_spread_nodes_reaches_every_member_once() {
     // Both nodes delivered some: the members are spread over their partitions.
     assert!(!offers(&env).is_empty(), "the owner's own members");
     assert!(
-        sink_lines(&other.join("sends.jsonl")).iter().any(|l| l["message"] == "offer_mail"),
+        sink_lines(&other.join("sends.jsonl"))
+            .iter()
+            .any(|l| l["message"] == "offer_mail"),
         "the other node's members"
     );
     assert_eq!(second.terminate(), Some(0));

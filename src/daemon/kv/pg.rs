@@ -31,14 +31,16 @@
 //! **One owner at a time: leases fenced by epochs.** Several daemons may
 //! open one database. `journeyc_leases` has one row per partition (0..P)
 //! and the store's row (partition [`LEASE_STORE`]: the records that name no
-//! customer). The node holding the store's row applies (today one node
-//! does all the applying, `docs/scale-out.md`); the others are standbys
-//! ([`LeaseState`]). The holder of the store's lease also claims every
-//! partition lease that is free or expired, each at its own epoch
-//! ([`Owned`], [`Pg::owned`]). A background task renews all held rows
-//! every second (or a third of the lease, if shorter); a standby takes the
-//! store's lease over once it has expired, raising its epoch by one, then
-//! the partitions. Every write transaction ([`Pg::apply`], which the
+//! customer). The node holding the store's row does what names no
+//! customer; the others are standbys ([`LeaseState`]). Without `--spread`
+//! the holder of the store's lease also claims every partition lease that
+//! is free or expired, each at its own epoch ([`Owned`], [`Pg::owned`]),
+//! and the standbys hold none; with it every node, standby or not, beats
+//! its heart in `journeyc_nodes` and claims or gives up partitions towards
+//! its fair share, ceil(P / live nodes) ([`balance`]). A background task
+//! renews all held rows every second (or a third of the lease, if
+//! shorter); a standby takes the store's lease over once it has expired,
+//! raising its epoch by one, then the partitions. Every write transaction ([`Pg::apply`], which the
 //! compare-and-write also goes through) first reads the lease rows of the
 //! partitions its batch touches `FOR SHARE` and rolls back unless this
 //! node still owns each at the epoch it acquired, so an owner that was
