@@ -373,7 +373,7 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
         let mut deltas: HashMap<(i32, String), i64> = HashMap::new();
         for item in store.db.scan_prefix([store::PREFIX_CUSTOMER]) {
             let (key, value) = item?;
-            let (mut state, chunk) = store::decode_customer(&key, &value)?;
+            let (mut state, chunk) = store.decode_customer(&key, &value)?;
             let before = stats::positions(&state);
             let wake_before = state.next_wake();
             let moved_here = runtime.interpreter.migrate(&mut state, now);
@@ -389,7 +389,7 @@ pub fn migrate(store: &Store, runtime: &Runtime) -> Result<usize, CommitError> {
             for (name, delta) in changed {
                 *deltas.entry((partition, name)).or_insert(0) += delta;
             }
-            batch.insert(key, store::encode_customer(store::encode_state(&state), chunk));
+            store.encode_state(&state).put(&mut batch, key.to_vec(), chunk);
             in_batch += 1;
             if in_batch >= MIGRATION_BATCH_CUSTOMERS {
                 let next_chunk = write_changes(store, &mut batch, &mut deltas, timers)?;
