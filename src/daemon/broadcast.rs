@@ -303,7 +303,7 @@ pub fn next_step(
             break;
         }
         seen += 1;
-        let (state, _) = store::decode_customer(&key, &value)?;
+        let (state, _) = store.decode_customer(&key, &value)?;
         record.visited += 1;
         let member = rules::is_known(&state) && segment.is_some_and(|s| rules::is_member(bundle, &state, s, now));
         if member {
@@ -508,8 +508,7 @@ mod tests {
         let mut state = CustomerState::new(id);
         state.first_seen = Some(1);
         state.profile.insert("plan".into(), Value::String(plan.into()));
-        let value = store::encode_customer(store::encode_state(&state), None);
-        store.db.insert(store::customer_key(id), value).expect("insert");
+        store.put_customer(&state, None).expect("insert");
     }
 
     fn record(cursor: Option<&str>) -> Record {

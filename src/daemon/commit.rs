@@ -959,7 +959,12 @@ impl CommitThread {
             if !reads.holds(&key) {
                 keys.push(key);
             } else if let Some((state, _)) = reads.customer_record(id)? {
-                keys.extend(state.enrollments.keys().map(|journey| store::arm_key(id, journey)));
+                keys.extend(
+                    state
+                        .enrollments
+                        .keys()
+                        .map(|journey| store::arm_key(id, journey.as_str())),
+                );
             }
             Ok(())
         };
@@ -1070,11 +1075,14 @@ impl CommitThread {
                 None => batch.remove(key),
             }
         }
+        // Names new to the dictionary go into the batch of the records
+        // that use them first (`EncodedState::put`).
+        let mut names = Vec::new();
         for write in group.writes.drain(..) {
             let id = &write.customer;
             let chunk = timers.update(id, write.original_timer, write.new_wake)?;
             match write.value {
-                Some(value) => batch.insert(store::customer_key(id), store::encode_customer(value, chunk)),
+                Some(value) => names.extend(value.put(&mut batch, store::customer_key(id), chunk)),
                 None => batch.remove(store::customer_key(id)),
             }
         }
@@ -1161,6 +1169,7 @@ impl CommitThread {
             })
             .collect();
         self.store.db.apply_batch(batch)?;
+        self.store.names.confirm(&names);
         for (customer, fault) in group.faults.drain(..) {
             match fault {
                 Some(fault) => self.faulted.insert(customer, fault.parked()),
@@ -1302,7 +1311,7 @@ struct CustomerWrite {
     original_timer: Option<(Millis, Option<u64>)>,
     new_wake: Option<Millis>,
     /// The encoded state; `None` removes the customer (erased).
-    value: Option<Vec<u8>>,
+    value: Option<store::EncodedState>,
 }
 
 /// Keys a group writes beside the customer records, decided before the
@@ -1742,7 +1751,7 @@ impl LaneContext<'_> {
             } else {
                 (
                     Fault::wake(fault.as_ref(), &state),
-                    Some(store::encode_state(&state)),
+                    Some(self.reads.store().encode_state(&state)),
                     stats::positions(&state),
                 )
             };
@@ -1810,7 +1819,8 @@ impl LaneContext<'_> {
                 return Ok(None);
             };
             write.new_wake = None;
-            return Ok(Some(store::decode_state(&store::customer_key(anonymous), &value)?));
+            let key = store::customer_key(anonymous);
+            return Ok(Some(self.reads.store().decode_state(&key, &value.bytes)?));
         }
         let Some((state, chunk)) = self.reads.customer_record(anonymous)? else {
             return Ok(None);
@@ -1842,7 +1852,7 @@ impl LaneContext<'_> {
         stats::positions_delta(&stats::positions(&other), &[], &mut changes.stat_deltas);
         let moved: Vec<String> = (other.enrollments.keys())
             .filter(|journey| !state.enrollments.contains_key(*journey))
-            .cloned()
+            .map(|journey| journey.to_string())
             .collect();
         let records = crate::runtime::merge::merge(state, other, at);
         for journey in moved {
@@ -2273,10 +2283,7 @@ mod tests {
             }),
         );
         let store = &harness.store;
-        store
-            .db
-            .insert(store::customer_key("z"), store::encode_state(&state))
-            .expect("insert");
+        store.put_customer(&state, None).expect("insert");
         store.db.insert(store::timer_key(5_000, "z"), &[]).expect("insert");
         let due = store.due_timers_after(None, 5_000, 10).expect("due");
         assert_eq!(due[0].chunk, None);

@@ -173,8 +173,10 @@ pub fn compact_if_pending(
             .flush_every_ms(None)
             .open()
             .map_err(StoreError::from)?;
+        // Every record is copied, the dictionary's with the rest.
         let fresh = Store {
             db: crate::daemon::kv::Kv::Sled(fresh),
+            names: store.names.clone(),
         };
         let mut batch = crate::daemon::kv::Batch::default();
         let mut in_batch = 0usize;

@@ -70,7 +70,7 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<usize, ExportError> 
         };
         let line = match prefix {
             store::PREFIX_CUSTOMER => {
-                let state = store::decode_state(&key, &value)?;
+                let state = store.decode_state(&key, &value)?;
                 json!({"type": "customer", "state": state})
             }
             store::PREFIX_TIMER => {
@@ -210,7 +210,9 @@ pub fn import(store: &Store, input: &mut dyn BufRead) -> Result<usize, ExportErr
             "customer" => {
                 let state: CustomerState =
                     serde_json::from_value(field(&value, "state", number)?.clone()).map_err(|e| bad(e.to_string()))?;
-                batch.insert(store::customer_key(&state.id), store::encode_state(&state));
+                store
+                    .encode_state(&state)
+                    .put(&mut batch, store::customer_key(&state.id), None);
             }
             "timer" => {
                 let due = field(&value, "due", number)?
@@ -319,7 +321,9 @@ mod tests {
             }),
         );
         let mut batch = crate::daemon::kv::Batch::default();
-        batch.insert(store::customer_key("c1"), store::encode_state(&state));
+        source
+            .encode_state(&state)
+            .put(&mut batch, store::customer_key("c1"), None);
         batch.insert(store::timer_key(90_000, "c1"), &[]);
         batch.insert(
             store::outbox_key(7),

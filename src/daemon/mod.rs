@@ -366,7 +366,7 @@ async fn stand_by(
     let address = listener.local_addr().map_err(|e| DaemonError::Io(e.to_string()))?;
     let email = email_address_required(config);
     let (store, runtime, rejected) = {
-        let store = Store { db: db.clone() };
+        let store = Store::reading(db.clone())?;
         let (bundle, pg) = (bundle.clone(), pg.clone());
         tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let runtime = reload::standby_runtime(&store, bundle, email)?;

@@ -377,7 +377,7 @@ pub fn migrate(store: &Store, runtime: &Runtime, owner: bool) -> Result<usize, C
         let customers = [store::PREFIX_CUSTOMER].to_vec()..[store::PREFIX_CUSTOMER + 1].to_vec();
         for item in store.db.range_of_held(customers) {
             let (key, value) = item?;
-            let (mut state, chunk) = store::decode_customer(&key, &value)?;
+            let (mut state, chunk) = store.decode_customer(&key, &value)?;
             let before = stats::positions(&state);
             let wake_before = state.next_wake();
             let moved_here = runtime.interpreter.migrate(&mut state, now);
@@ -393,7 +393,7 @@ pub fn migrate(store: &Store, runtime: &Runtime, owner: bool) -> Result<usize, C
             for (name, delta) in changed {
                 *deltas.entry((partition, name)).or_insert(0) += delta;
             }
-            batch.insert(key, store::encode_customer(store::encode_state(&state), chunk));
+            store.encode_state(&state).put(&mut batch, key.to_vec(), chunk);
             in_batch += 1;
             if in_batch >= MIGRATION_BATCH_CUSTOMERS {
                 let next_chunk = write_changes(store, &mut batch, &mut deltas, timers)?;

@@ -7,7 +7,8 @@
 //!
 //! | prefix | key after the prefix                 | value                                 |
 //! |--------|--------------------------------------|---------------------------------------|
-//! | `c`    | customer id                          | postcard [`CustomerState`], then the number of its timer chunk (u64 BE) when it has one |
+//! | `c`    | customer id                          | postcard [`CustomerState`] with names as ids of the dictionary (`n`), then the number of its timer chunk (u64 BE) when it has one |
+//! | `n`    | name id (u32 BE)                     | the name (UTF-8): the store's dictionary of the journeys, events, segments and messages customer records name ([`crate::runtime::names`]); ids never reused, each written in the batch of the first record that uses it (on PostgreSQL at partition -1) |
 //! | `t`    | due ms (order-preserving u64 BE) + chunk number (u64 BE) | postcard `Vec<String>`: customers due then, at most [`TIMER_CHUNK_MAX`] (the timer index). On PostgreSQL a chunk lists customers of one partition and is stored in it: its number is drawn from the sequence `journeyc_timer_chunks`, top bit set, the partition in the low 16 bits (`kv/pg.rs`, [`TimerChanges::on`]) |
 //! | `t`    | due ms + customer id (written before chunks; still read)       | empty: one customer     |
 //! | `o`    | first outbox sequence number of the chunk (u64 BE) | postcard `Vec<(seq, JSON line)>`: one chunk per group commit, numbered from `mseq`. On PostgreSQL one chunk per partition the group touched, stored in it: each number is drawn from the sequence `journeyc_outbox_seq`, top bit set, the partition in the low 16 bits (`Pg::outbox_seq`); chunks numbered from `mseq` (a store written before) stay at -1 |
@@ -35,15 +36,18 @@
 //! `Some(at)` names a chunk `t/at/N` that lists `ID` (or, if it names none, a
 //! key `t/at/ID` exists), and no other timer entry lists that customer. Chunks
 //! only shrink after they are written: new entries always go into new chunks.
-//! Only the commit thread writes `c`, `t`, `o`, `s`, `a`, `l`, `L`, `G`, `m`; sinks write
+//! Only the commit thread writes `c`, `n`, `t`, `o`, `s`, `a`, `l`, `L`, `G`, `m`; sinks write
 //! `k`, `d` and delete delivered `o` entries; the HTTP handlers write `r` and `R` (refused calls).
 
 use crate::compile::bytecode::Bundle;
 use crate::daemon::kv::Bytes;
+use crate::runtime::names::Dictionary;
+use crate::runtime::names::{Name, NameMap};
 use crate::runtime::{CustomerState, Millis};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 pub const PREFIX_CUSTOMER: u8 = b'c';
 pub const PREFIX_TIMER: u8 = b't';
@@ -59,6 +63,8 @@ pub const PREFIX_META: u8 = b'm';
 pub const PREFIX_ALIAS: u8 = b'l';
 pub const PREFIX_ALIASES_OF: u8 = b'L';
 pub const PREFIX_GROUP: u8 = b'G';
+/// The store's dictionary of names: id (u32 BE) → name.
+pub const PREFIX_NAME: u8 = b'n';
 /// The most groups kept per customer: beyond, the one updated longest ago
 /// is dropped.
 pub const GROUPS_MAX: usize = 20;
@@ -79,11 +85,13 @@ pub const META_VACUUM_PENDING: &[u8] = b"mvacuum";
 /// state; 4 adds to each remembered send its version, step, split arm and
 /// the engagements seen for it; 5 adds the ended enrollments whose goal
 /// windows are still open; 6 adds the profile's incarnation
-/// ([`CustomerState::incarnation`]). A store without the mark (format 1: one
-/// timer key per customer) or marked 2 to 5 has its customer records
-/// rewritten when it is opened ([`Store::open`]); a store marked newer is
-/// refused, since this build could misread it.
-pub const STORE_FORMAT: u64 = 6;
+/// ([`CustomerState::incarnation`]); 7 writes the names customer records
+/// are keyed by (journeys, events, segments, messages) as ids of the
+/// store's dictionary (`n` records) instead of their text. A store without
+/// the mark (format 1: one timer key per customer) or marked 2 to 6 has its
+/// customer records rewritten when it is opened ([`Store::open`]); a store
+/// marked newer is refused, since this build could misread it.
+pub const STORE_FORMAT: u64 = 7;
 
 /// The most customers in one timer chunk (bounds the rewrite when one of
 /// them moves).
@@ -156,6 +164,9 @@ pub const LEASE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(10
 #[derive(Clone)]
 pub struct Store {
     pub db: crate::daemon::kv::Kv,
+    /// The names customer records use, by id (the `n` records); clones
+    /// share it.
+    pub names: Arc<Dictionary>,
 }
 
 impl Store {
@@ -177,7 +188,7 @@ impl Store {
         if let Some(found) = found.filter(|found| *found > STORE_FORMAT) {
             return Err(StoreError::NewerFormat { found });
         }
-        let store = Store { db };
+        let store = Store::reading(db)?;
         if found.is_some_and(|found| found < 6) || found.is_none() && store.db.iter().next().is_some() {
             // Formats before 6 did not count erasures: assume there were
             // some, so no profile made from now on repeats an erased one's
@@ -193,12 +204,66 @@ impl Store {
             Some(3) => store.upgrade_customers::<StateV3>()?,
             Some(4) => store.upgrade_customers::<StateV4>()?,
             Some(5) => store.upgrade_customers::<StateV5>()?,
+            // Format 6 is today's state with names as text: read as such.
+            Some(6) => store.upgrade_customers::<CustomerState>()?,
             Some(_) => {}
         }
         if let crate::daemon::kv::Kv::Postgres(pg) = &store.db {
             store.partition_timer_chunks(pg)?;
         }
         Ok(store)
+    }
+
+    /// The store on an open backend as it is, its dictionary read (no
+    /// format check, no upgrade: a standby's reads).
+    pub fn reading(db: crate::daemon::kv::Kv) -> StoreResult<Store> {
+        let names = Arc::new(Dictionary::with(read_names(&db)?));
+        Ok(Store { db, names })
+    }
+
+    /// Reads the dictionary's records again for names another node wrote
+    /// since; returns whether there were any.
+    fn reread_names(&self) -> StoreResult<bool> {
+        let before = self.names.len();
+        self.names.extend_from(read_names(&self.db)?);
+        Ok(self.names.len() != before)
+    }
+
+    /// A customer state as the store writes it: names as the dictionary's
+    /// ids, given now to names that have none.
+    pub fn encode_state(&self, state: &CustomerState) -> EncodedState {
+        let (bytes, names) = self
+            .names
+            .encode(|| postcard::to_allocvec(state).expect("a customer state always serializes"));
+        EncodedState { bytes, names }
+    }
+
+    pub fn decode_state(&self, key: &[u8], bytes: &[u8]) -> StoreResult<CustomerState> {
+        self.decode_customer(key, bytes).map(|(state, _)| state)
+    }
+
+    /// A customer record: the state and the number of its timer chunk, if
+    /// it names one. A name id the dictionary does not know (another node
+    /// wrote it: a standby reading) reads the dictionary again once.
+    pub fn decode_customer(&self, key: &[u8], bytes: &[u8]) -> StoreResult<(CustomerState, Option<u64>)> {
+        match decode_customer_with(&self.names, key, bytes) {
+            Err(StoreError::Corrupt { .. }) if self.reread_names()? => decode_customer_with(&self.names, key, bytes),
+            result => result,
+        }
+    }
+
+    /// Writes one customer record (and the names it needs) in a batch of
+    /// its own.
+    pub fn put_customer(&self, state: &CustomerState, chunk: Option<u64>) -> StoreResult<()> {
+        let mut batch = crate::daemon::kv::Batch::default();
+        let names = self.encode_state(state).put(&mut batch, customer_key(&state.id), chunk);
+        self.db.apply_batch(batch)?;
+        self.names.confirm(&names);
+        Ok(())
+    }
+
+    fn decode_record(&self, key: &[u8], value: Option<Bytes>) -> StoreResult<Option<(CustomerState, Option<u64>)>> {
+        value.map(|bytes| self.decode_customer(key, &bytes)).transpose()
     }
 
     /// On PostgreSQL: moves every timer entry stored at partition -1 (a
@@ -230,7 +295,7 @@ impl Store {
             let records = self.db.get_many(&keys)?;
             for ((customer, key), record) in entry.customers.iter().zip(&keys).zip(records) {
                 let Some(record) = record else { continue };
-                let (_, chunk) = decode_customer(key, &record)?;
+                let (_, chunk) = self.decode_customer(key, &record)?;
                 if chunk != entry.chunk {
                     continue;
                 }
@@ -255,14 +320,16 @@ impl Store {
     /// Rewrites every customer record of an older format (`Old`: format 1
     /// or 2, a state without subscriptions and remembered sends; format 3,
     /// remembered sends without attribution; format 4, no open goal
-    /// windows of ended enrollments; format 5, no incarnation) in [`STORE_FORMAT`], in one
-    /// batch, and marks the store (an unmarked store is new or older than
-    /// marks).
+    /// windows of ended enrollments; format 5, no incarnation; format 6,
+    /// names as text), each read with names as text, in [`STORE_FORMAT`],
+    /// in one batch with the dictionary's new names, and marks the store
+    /// (an unmarked store is new or older than marks).
     fn upgrade_customers<Old>(&self) -> StoreResult<()>
     where
         Old: serde::de::DeserializeOwned + Into<CustomerState>,
     {
         let mut batch = crate::daemon::kv::Batch::default();
+        let mut names = Vec::new();
         for item in self.db.scan_prefix([PREFIX_CUSTOMER]) {
             let (key, value) = item?;
             let corrupt = |reason: String| StoreError::Corrupt {
@@ -275,13 +342,14 @@ impl Store {
                 8 => Some(decode_u64(rest)),
                 n => return Err(corrupt(format!("{n} bytes after the state"))),
             };
-            batch.insert(&key, encode_customer(encode_state(&old.into()), chunk));
+            names.extend(self.encode_state(&old.into()).put(&mut batch, key.to_vec(), chunk));
         }
         // Marked even when empty: whatever this build writes from now on is
         // the current format, and must not be upgraded again.
         batch.insert(META_FORMAT, &STORE_FORMAT.to_be_bytes());
         self.db.apply_batch(batch)?;
         self.db.flush()?;
+        self.names.confirm(&names);
         Ok(())
     }
 
@@ -315,7 +383,7 @@ impl Store {
     /// A customer's state and the number of its timer chunk, if it names one.
     pub fn customer_record(&self, id: &str) -> StoreResult<Option<(CustomerState, Option<u64>)>> {
         let key = customer_key(id);
-        decode_record(&key, self.db.get(&key)?)
+        self.decode_record(&key, self.db.get(&key)?)
     }
 
     /// The customer `id` was merged into, if it is an alias.
@@ -890,10 +958,6 @@ impl Store {
     }
 }
 
-fn decode_record(key: &[u8], value: Option<Bytes>) -> StoreResult<Option<(CustomerState, Option<u64>)>> {
-    value.map(|bytes| decode_customer(key, &bytes)).transpose()
-}
-
 fn decode_alias(value: Option<Bytes>) -> Option<String> {
     value.map(|user| String::from_utf8_lossy(&user).into_owned())
 }
@@ -942,6 +1006,11 @@ impl<'s> Prefetched<'s> {
         self.values.contains_key(key)
     }
 
+    /// The store read from.
+    pub fn store(&self) -> &'s Store {
+        self.store
+    }
+
     /// How many reads were not fetched before (each a store read of its own).
     pub fn misses(&self) -> usize {
         self.misses.load(std::sync::atomic::Ordering::Relaxed)
@@ -960,7 +1029,7 @@ impl<'s> Prefetched<'s> {
     /// [`Store::customer_record`].
     pub fn customer_record(&self, id: &str) -> StoreResult<Option<(CustomerState, Option<u64>)>> {
         let key = customer_key(id);
-        decode_record(&key, self.get(&key)?)
+        self.store.decode_record(&key, self.get(&key)?)
     }
 
     /// [`Store::alias`].
@@ -1467,8 +1536,56 @@ pub fn decode_i64(bytes: &[u8]) -> i64 {
     decode_u64(bytes) as i64
 }
 
-pub fn encode_state(state: &CustomerState) -> Vec<u8> {
-    postcard::to_allocvec(state).expect("a customer state always serializes")
+/// A customer state encoded by [`Store::encode_state`], with the names whose
+/// ids it uses that the store may not hold yet.
+#[derive(Clone, Debug)]
+pub struct EncodedState {
+    pub bytes: Vec<u8>,
+    names: Vec<(u32, crate::runtime::names::Name)>,
+}
+
+impl EncodedState {
+    /// Puts the customer record (the state, then its timer chunk) under
+    /// `key` into `batch`, with the dictionary records of the names the
+    /// store may not hold yet, so that no record names an id the store
+    /// lacks. Returns those names: once the batch committed,
+    /// [`Dictionary::confirm`] them (else later batches write them again).
+    pub fn put(
+        self,
+        batch: &mut crate::daemon::kv::Batch,
+        key: Vec<u8>,
+        chunk: Option<u64>,
+    ) -> Vec<(u32, crate::runtime::names::Name)> {
+        for (id, name) in &self.names {
+            batch.insert(name_key(*id), name.as_str().as_bytes());
+        }
+        batch.insert(key, encode_customer(self.bytes, chunk));
+        self.names
+    }
+}
+
+/// The key of name id `id` in the dictionary.
+pub fn name_key(id: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5);
+    key.push(PREFIX_NAME);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The dictionary's records: `(id, name)`.
+fn read_names(db: &crate::daemon::kv::Kv) -> StoreResult<Vec<(u32, crate::runtime::names::Name)>> {
+    let mut names = Vec::new();
+    for item in db.scan_prefix([PREFIX_NAME]) {
+        let (key, value) = item?;
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            reason: reason.to_string(),
+        };
+        let id: [u8; 4] = key[1..].try_into().map_err(|_| corrupt("a name id is 4 bytes"))?;
+        let name = std::str::from_utf8(&value).map_err(|_| corrupt("a name is UTF-8"))?;
+        names.push((u32::from_be_bytes(id), crate::runtime::names::Name::intern(name)));
+    }
+    Ok(names)
 }
 
 /// A customer record: the encoded state, then its timer chunk number.
@@ -1479,16 +1596,20 @@ pub fn encode_customer(mut state: Vec<u8>, chunk: Option<u64>) -> Vec<u8> {
     state
 }
 
-pub fn decode_state(key: &[u8], bytes: &[u8]) -> StoreResult<CustomerState> {
-    decode_customer(key, bytes).map(|(state, _)| state)
-}
-
-pub fn decode_customer(key: &[u8], bytes: &[u8]) -> StoreResult<(CustomerState, Option<u64>)> {
+/// A customer record read with `names` (a store's dictionary; the store's
+/// own reads go through [`Store::decode_customer`]).
+pub fn decode_customer_with(
+    names: &Arc<Dictionary>,
+    key: &[u8],
+    bytes: &[u8],
+) -> StoreResult<(CustomerState, Option<u64>)> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
     };
-    let (state, rest) = postcard::take_from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let (state, rest) = names
+        .decode(|| postcard::take_from_bytes(bytes))
+        .map_err(|e| corrupt(e.to_string()))?;
     match rest.len() {
         0 => Ok((state, None)),
         8 => Ok((state, Some(decode_u64(rest)))),
@@ -1505,13 +1626,13 @@ struct StateV2 {
     first_seen: Option<Millis>,
     clock: Millis,
     last_event: Option<Millis>,
-    last_event_by_name: BTreeMap<String, Millis>,
-    history: BTreeMap<String, std::collections::VecDeque<Millis>>,
-    sends: std::collections::VecDeque<(Millis, String)>,
-    segments: BTreeMap<String, bool>,
-    enrollments: BTreeMap<String, Box<crate::runtime::state::Enrollment>>,
-    entries: BTreeMap<String, crate::runtime::state::EntryHistory>,
-    schedules: BTreeMap<String, Millis>,
+    last_event_by_name: NameMap<Millis>,
+    history: NameMap<std::collections::VecDeque<Millis>>,
+    sends: std::collections::VecDeque<(Millis, Name)>,
+    segments: NameMap<bool>,
+    enrollments: NameMap<Box<crate::runtime::state::Enrollment>>,
+    entries: NameMap<crate::runtime::state::EntryHistory>,
+    schedules: NameMap<Millis>,
     segment_check: Option<Millis>,
     message_ids: std::collections::VecDeque<(Millis, String)>,
 }
@@ -1553,8 +1674,8 @@ struct StateV3 {
 struct SentV3 {
     at: Millis,
     id: String,
-    journey: String,
-    message: String,
+    journey: Name,
+    message: Name,
     channel: crate::syntax::ast::Channel,
 }
 
@@ -1599,7 +1720,7 @@ struct StateV4 {
 #[derive(serde::Deserialize)]
 struct StateV5 {
     v4: StateV4,
-    attributions: BTreeMap<String, crate::runtime::state::Attribution>,
+    attributions: NameMap<crate::runtime::state::Attribution>,
 }
 
 impl From<StateV5> for CustomerState {
@@ -1653,17 +1774,59 @@ mod tests {
 
     #[test]
     fn customer_records_carry_their_timer_chunk() {
-        let state = CustomerState::new("ann");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+        let mut state = CustomerState::new("ann");
+        state.schedules.insert("weekly".into(), 7);
         for chunk in [None, Some(42)] {
-            let bytes = encode_customer(encode_state(&state), chunk);
+            let bytes = encode_customer(store.encode_state(&state).bytes, chunk);
             assert_eq!(
-                decode_customer(b"cann", &bytes).expect("decode"),
+                store.decode_customer(b"cann", &bytes).expect("decode"),
                 (state.clone(), chunk)
             );
         }
-        let mut bad = encode_state(&state);
+        let mut bad = store.encode_state(&state).bytes;
         bad.push(1);
-        assert!(decode_customer(b"cann", &bad).is_err());
+        assert!(store.decode_customer(b"cann", &bad).is_err());
+    }
+
+    /// A record names the journeys, events, segments and messages it is
+    /// keyed by as dictionary ids; each name's record goes into the batch
+    /// of the first record that uses it, and a store opened again (or a
+    /// standby reading) reads them back.
+    #[test]
+    fn names_are_written_with_the_first_record_that_uses_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut state = CustomerState::new("ann");
+        state.schedules.insert("weekly".into(), 7);
+        state.history.insert("paid".into(), [1, 2].into());
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+            let encoded = store.encode_state(&state);
+            assert!(
+                !String::from_utf8_lossy(&encoded.bytes).contains("weekly"),
+                "names are ids in the record"
+            );
+            let mut batch = crate::daemon::kv::Batch::default();
+            let names = encoded.put(&mut batch, customer_key("ann"), None);
+            assert_eq!(names.len(), 2, "{names:?}");
+            store.db.apply_batch(batch).expect("apply");
+            store.names.confirm(&names);
+            // Written once: the next record using them adds nothing.
+            let again = store.encode_state(&state);
+            let mut batch = crate::daemon::kv::Batch::default();
+            assert!(again.put(&mut batch, customer_key("bob"), None).is_empty());
+            store.flush().expect("flush");
+            assert_eq!(store.db.scan_prefix([PREFIX_NAME]).count(), 2);
+        }
+        let store = reopen(dir.path());
+        assert_eq!(store.customer("ann").expect("read"), Some(state.clone()));
+        // A name added after this store object read the dictionary (as by
+        // another node) is read again when a record names it.
+        let other = Store::reading(store.db.clone()).expect("read");
+        state.segments.insert("vip".into(), true);
+        other.put_customer(&state, None).expect("write");
+        assert_eq!(store.customer("ann").expect("read"), Some(state));
     }
 
     #[test]
@@ -1796,7 +1959,10 @@ mod tests {
         let state = CustomerState::new("a");
         store
             .db
-            .insert(customer_key("a"), encode_customer(encode_state(&state), Some(7)))
+            .insert(
+                customer_key("a"),
+                encode_customer(store.encode_state(&state).bytes, Some(7)),
+            )
             .expect("insert");
         store.db.insert(alias_key("anon"), &b"a"[..]).expect("insert");
         let mut reads = Prefetched::new(&store);
@@ -1811,7 +1977,10 @@ mod tests {
         // Changed after the fetch: the fetched values stand.
         store
             .db
-            .insert(customer_key("b"), encode_customer(encode_state(&state), None))
+            .insert(
+                customer_key("b"),
+                encode_customer(store.encode_state(&state).bytes, None),
+            )
             .expect("insert");
         let (read, chunk) = reads.customer_record("a").expect("read").expect("a");
         assert_eq!((read.id.as_str(), chunk), ("a", Some(7)));
@@ -1957,8 +2126,10 @@ mod tests {
         let (state, chunk) = store.customer_record("ann").expect("read").expect("ann");
         assert_eq!(chunk, Some(42));
         assert_eq!(state.profile, old.profile);
-        assert_eq!(state.sends, VecDeque::from(old.sends.clone()));
-        assert_eq!(state.schedules, old.schedules);
+        let sends: VecDeque<(Millis, String)> = state.sends.iter().map(|(t, j)| (*t, j.to_string())).collect();
+        assert_eq!(sends, VecDeque::from(old.sends.clone()));
+        let schedules: BTreeMap<String, Millis> = state.schedules.iter().map(|(j, t)| (j.to_string(), *t)).collect();
+        assert_eq!(schedules, old.schedules);
         assert_eq!(state.message_ids.len(), 1);
         assert!(state.subscriptions.is_empty() && state.sent.is_empty());
         assert_eq!(
@@ -2156,6 +2327,170 @@ mod tests {
             store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)),
             Some(STORE_FORMAT)
         );
+    }
+
+    /// A format-6 store (names as text in the customer records, no
+    /// dictionary), written field by field as format 6 wrote a state, is
+    /// rewritten with dictionary ids when opened: the states read back
+    /// equal to what was written, the timer still lists the customer, and
+    /// the interpreter goes on from there as it would have (the wake-up
+    /// sends, a new event enrols in the other journey, a second record
+    /// adds no name).
+    #[test]
+    fn a_format_6_store_is_upgraded_when_opened() {
+        use crate::runtime::state::{Attribution, Subscription};
+        use crate::runtime::{Engine, Input, Kind};
+        use crate::syntax::ast::Channel;
+        /// A remembered send of format 6.
+        #[derive(serde::Serialize)]
+        struct SentV6 {
+            at: Millis,
+            id: String,
+            journey: String,
+            message: String,
+            channel: Channel,
+            version: String,
+            pc: u32,
+            arm: Option<(String, String)>,
+            engaged: u8,
+        }
+        /// A customer state of format 6, as it was written.
+        #[derive(serde::Serialize)]
+        struct V6<'a> {
+            v2: V2<'a>,
+            subscriptions: BTreeMap<Channel, Subscription>,
+            sent: Vec<SentV6>,
+            attributions: BTreeMap<String, Attribution>,
+            incarnation: u64,
+        }
+        let text = |name: &crate::runtime::names::Name| name.to_string();
+        fn by_text<V: Clone>(map: &NameMap<V>) -> BTreeMap<String, V> {
+            map.iter()
+                .map(|(name, value)| (name.to_string(), value.clone()))
+                .collect()
+        }
+        let mut sources = crate::source::SourceMap::new();
+        sources.add(
+            "w.journey",
+            "event signed_up\nevent paid\nmessage hello push { body \"hello\" }\n\
+             message thanks push { body \"thanks\" }\nsegment payers = seen(paid within 30d)\n\
+             journey onboard {\n  trigger signed_up\n  send hello\n  wait 1d\n  send hello\n}\n\
+             journey upsell {\n  trigger entered payers\n  send thanks\n}\n",
+        );
+        let checked = crate::check::check_workspace(&sources, &crate::workspace::MemoryFiles::default())
+            .checked
+            .expect("the workspace checks");
+        let engine = Engine::new(Arc::new(crate::compile::compile(&checked)));
+        let track = |event: &str, at: Millis| Input::Track {
+            event: event.into(),
+            properties: BTreeMap::new(),
+            at,
+            message_id: None,
+        };
+        let mut state = CustomerState::new("ann");
+        engine.apply(&mut state, &track("signed_up", 1_000)).expect("apply");
+        state.set_subscription(
+            Channel::Sms,
+            Some(crate::runtime::state::Suppression::Bounced),
+            1_000,
+            None,
+        );
+        state.incarnation = 3;
+        let due = state.next_wake().expect("waits a day");
+        assert_eq!(state.sent.len(), 1, "the first hello is remembered");
+        let old = V6 {
+            v2: V2 {
+                id: "ann",
+                profile: state.profile.clone(),
+                first_seen: state.first_seen,
+                clock: state.clock,
+                last_event: state.last_event,
+                last_event_by_name: by_text(&state.last_event_by_name),
+                history: state
+                    .history
+                    .iter()
+                    .map(|(n, t)| (n.to_string(), t.iter().copied().collect()))
+                    .collect(),
+                sends: state.sends.iter().map(|(t, j)| (*t, text(j))).collect(),
+                segments: by_text(&state.segments),
+                enrollments: state
+                    .enrollments
+                    .iter()
+                    .map(|(n, e)| (n.to_string(), (**e).clone()))
+                    .collect(),
+                entries: by_text(&state.entries),
+                schedules: by_text(&state.schedules),
+                segment_check: state.segment_check,
+                message_ids: Vec::new(),
+            },
+            subscriptions: state.subscriptions.clone(),
+            sent: (state.sent.iter())
+                .map(|sent| SentV6 {
+                    at: sent.at,
+                    id: sent.id.clone(),
+                    journey: text(&sent.journey),
+                    message: text(&sent.message),
+                    channel: sent.channel,
+                    version: sent.version.clone(),
+                    pc: sent.pc,
+                    arm: sent.arm.clone(),
+                    engaged: sent.engaged,
+                })
+                .collect(),
+            attributions: by_text(&state.attributions),
+            incarnation: 3,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).expect("open");
+            store.db.insert(META_FORMAT, &6u64.to_be_bytes()).expect("insert");
+            let bytes = postcard::to_allocvec(&old).expect("encode");
+            assert!(String::from_utf8_lossy(&bytes).contains("onboard"), "names as text");
+            store
+                .db
+                .insert(customer_key("ann"), encode_customer(bytes, Some(11)))
+                .expect("insert");
+            store
+                .db
+                .insert(timer_chunk_key(due, 11), encode_timer_chunk(&["ann".to_string()]))
+                .expect("insert");
+            store.flush().expect("flush");
+        }
+        let store = reopen(dir.path());
+        assert_eq!(
+            store.db.get(META_FORMAT).expect("get").map(|v| decode_u64(&v)),
+            Some(STORE_FORMAT)
+        );
+        let (mut read, chunk) = store.customer_record("ann").expect("read").expect("ann");
+        assert_eq!((&read, chunk), (&state, Some(11)));
+        let record = store.db.get(customer_key("ann")).expect("get").expect("ann");
+        assert!(!String::from_utf8_lossy(&record).contains("onboard"), "names as ids");
+        let names: Vec<String> = (store.db.scan_prefix([PREFIX_NAME]))
+            .map(|item| String::from_utf8(item.expect("name").1.to_vec()).expect("UTF-8"))
+            .collect();
+        for name in ["onboard", "signed_up", "hello"] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        let timers = store.due_timers_after(None, due, 10).expect("due");
+        assert_eq!(timers.len(), 1);
+        assert_eq!(
+            (timers[0].due, timers[0].chunk, &timers[0].customers[..]),
+            (due, Some(11), &["ann".to_string()][..])
+        );
+        // The wake-up and a later event do on the upgraded state what they
+        // do on the state as it was.
+        let mut reference = state.clone();
+        for input in [Input::Wake { at: due }, track("paid", due + 5)] {
+            let effects = engine.apply(&mut read, &input).expect("apply");
+            assert_eq!(effects, engine.apply(&mut reference, &input).expect("apply"));
+            assert!(effects.records.iter().any(|r| r.kind == Kind::Send), "{effects:?}");
+        }
+        assert_eq!(read, reference);
+        assert!(read.enrollments.contains_key("upsell") || read.entries.contains_key("upsell"));
+        store.put_customer(&read, None).expect("write");
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(store.customer("ann").expect("read"), Some(read));
     }
 
     /// Opens a store just closed, waiting for sled to let go of its lock.

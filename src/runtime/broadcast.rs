@@ -99,6 +99,7 @@ pub fn is_member(bundle: &Bundle, state: &CustomerState, segment: SegmentId, at:
         profile: &state.profile,
         event: None,
         history: &state.history,
+        names: None,
         enrollment: None,
     }
     .in_segment(segment)

@@ -10,6 +10,7 @@
 //! non-finite `number`, a time outside the representable range) is absent
 //! too, so no input can make an expression panic or wrap around.
 
+use super::names::{Name, NameMap};
 use super::{CustomerState, Millis};
 use crate::compile::bytecode::{Bundle, Code, NameId, Op, SegmentId, Value};
 use crate::syntax::ast::{BinaryOp, UnaryOp};
@@ -25,10 +26,13 @@ pub struct Scope<'a> {
     pub now: Millis,
     pub profile: &'a BTreeMap<String, Value>,
     pub event: Option<&'a BTreeMap<String, Value>>,
-    pub history: &'a BTreeMap<String, VecDeque<Millis>>,
+    pub history: &'a NameMap<VecDeque<Millis>>,
+    /// The bundle's names interned (`names[id]` for `NameId(id)`), when the
+    /// caller has them: else names are looked up by text.
+    pub names: Option<&'a [Name]>,
     /// In a journey's steps: the customer and the enrollment's journey and
     /// entry time, for `opened(MESSAGE)`.
-    pub enrollment: Option<(&'a CustomerState, &'a str, Millis)>,
+    pub enrollment: Option<(&'a CustomerState, Name, Millis)>,
 }
 
 impl Scope<'_> {
@@ -57,6 +61,13 @@ impl Scope<'_> {
 
     fn name(&self, id: NameId) -> &str {
         self.bundle.name(id)
+    }
+
+    fn interned(&self, id: NameId) -> Name {
+        match self.names {
+            Some(names) => names[id.0 as usize],
+            None => Name::intern(self.name(id)),
+        }
     }
 
     fn eval_at_depth(&self, code: &Code, depth: u32) -> Value {
@@ -89,9 +100,8 @@ impl Scope<'_> {
                 Op::Count { event, within_seconds } => Value::Int(self.count(*event, *within_seconds) as i64),
                 Op::Seen { event, within_seconds } => Value::Bool(self.count(*event, *within_seconds) > 0),
                 Op::Engaged { engagement, message } => {
-                    let message = self.bundle.name(*message);
                     Value::Bool(self.enrollment.is_some_and(|(state, journey, entered_at)| {
-                        state.engaged(journey, entered_at, message, *engagement)
+                        state.engaged(journey, entered_at, self.interned(*message), *engagement)
                     }))
                 }
                 Op::Not => {
@@ -122,7 +132,11 @@ impl Scope<'_> {
 
     /// Events of this name in `(now - within, now]`.
     fn count(&self, event: NameId, within_seconds: i64) -> usize {
-        let Some(times) = self.history.get(self.name(event)) else {
+        let times = match self.names {
+            Some(names) => self.history.get(names[event.0 as usize]),
+            None => self.history.get_str(self.name(event)),
+        };
+        let Some(times) = times else {
             return 0;
         };
         let since = self.now.saturating_sub(within_seconds.saturating_mul(1000));

@@ -14,6 +14,7 @@
 use super::engagement::{self, Engagement, EngagementEvent};
 use super::eval::Scope;
 use super::local_time::{is_local_time, next_local_time, quiet_until};
+use super::names::{intern_all, Name};
 use super::state::{
     Attribution, CustomerState, Enrollment, EntryHistory, ScheduleMark, Sent, SettleMark, Settled, Suppression,
     MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS,
@@ -48,12 +49,14 @@ struct Loaded {
     segment_windows: Vec<BTreeSet<Window>>,
     /// For each message: what its templates read, and their names.
     renders: Vec<MessageTemplates>,
+    /// The bundle's names interned: `names[id]` for `NameId(id)`.
+    names: Box<[Name]>,
 }
 
 /// A `count`/`seen` window a segment's membership depends on.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Window {
-    event: String,
+    event: Name,
     seconds: i64,
     /// Only `seen`: membership can change only when the latest such event
     /// leaves the window (a `count` changes as each one leaves).
@@ -288,8 +291,7 @@ impl Engine {
             if !program.migrate_on_update {
                 continue;
             }
-            let journey = current.bundle.name(program.name);
-            let Some(enrollment) = state.enrollments.get_mut(journey) else {
+            let Some(enrollment) = state.enrollments.get_mut(current.name(program.name)) else {
                 continue;
             };
             if enrollment.version == program.hash || !enrollment.suspended {
@@ -490,11 +492,17 @@ impl Loaded {
             .map(|index| segment_windows(&bundle, SegmentId(index as u32), 0))
             .collect();
         Loaded {
+            names: intern_all(&bundle.names),
             bundle,
             templates,
             segment_windows,
             renders,
         }
+    }
+
+    /// The interned name of `id`.
+    fn name(&self, id: NameId) -> Name {
+        self.names[id.0 as usize]
     }
 }
 
@@ -545,7 +553,7 @@ fn segment_windows(bundle: &Bundle, segment: SegmentId, depth: u32) -> BTreeSet<
         match op {
             Op::Count { event, within_seconds } | Op::Seen { event, within_seconds } => {
                 windows.insert(Window {
-                    event: bundle.name(*event).to_string(),
+                    event: Name::intern(bundle.name(*event)),
                     seconds: *within_seconds,
                     latest_only: matches!(op, Op::Seen { .. }),
                 });
@@ -733,8 +741,9 @@ impl Run<'_, '_> {
         }
     }
 
-    fn record(&mut self, at: Millis, journey: &str, kind: Kind) -> &mut TraceRecord {
-        self.records.push(TraceRecord::new(at, &self.state.id, journey, kind));
+    fn record(&mut self, at: Millis, journey: Name, kind: Kind) -> &mut TraceRecord {
+        self.records
+            .push(TraceRecord::new(at, &self.state.id, journey.as_str(), kind));
         self.records.last_mut().expect("just pushed")
     }
 
@@ -743,9 +752,9 @@ impl Run<'_, '_> {
     fn first_appearance(&mut self, at: Millis) {
         for segment in self.engine.tracked_segments.iter() {
             let name = self
-                .bundle()
-                .name(self.bundle().segments[segment.0 as usize].name)
-                .to_string();
+                .engine
+                .current
+                .name(self.bundle().segments[segment.0 as usize].name);
             let member = self.member(&self.engine.current.bundle, *segment, at);
             self.state.segments.insert(name, member);
         }
@@ -759,6 +768,7 @@ impl Run<'_, '_> {
             profile: &self.state.profile,
             event,
             history: &self.state.history,
+            names: Some(&self.engine.current.names),
             enrollment: None,
         }
     }
@@ -790,31 +800,31 @@ impl Run<'_, '_> {
     /// Runs everything due at or before `t`, which is the earliest due time.
     fn process_instant(&mut self, t: Millis) {
         self.state.clock = self.state.clock.max(t);
-        let mut due: Vec<(Millis, String)> = self
+        let mut due: Vec<(Millis, Name)> = self
             .state
             .enrollments
             .iter()
-            .filter_map(|(name, e)| e.wake_at.filter(|w| *w <= t).map(|w| (w, name.clone())))
+            .filter_map(|(name, e)| e.wake_at.filter(|w| *w <= t).map(|w| (w, *name)))
             .collect();
         due.sort();
         for (_, journey) in due {
-            if let Some(mut enrollment) = self.state.enrollments.remove(&journey) {
+            if let Some(mut enrollment) = self.state.enrollments.remove(journey) {
                 enrollment.wake_at = None;
-                if self.resume(&journey, &mut enrollment, t, Resume::Timer) {
+                if self.resume(journey, &mut enrollment, t, Resume::Timer) {
                     self.state.enrollments.insert(journey, enrollment);
                 }
             }
         }
-        let schedules: Vec<String> = self
+        let schedules: Vec<Name> = self
             .state
             .schedules
             .iter()
             .filter(|(_, due)| **due <= t)
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| *name)
             .collect();
         for journey in schedules {
-            self.state.schedules.remove(&journey);
-            self.scheduled_trigger(&journey, t);
+            self.state.schedules.remove(journey);
+            self.scheduled_trigger(journey, t);
         }
         if self.state.segment_check.is_some_and(|check| check <= t) {
             self.state.segment_check = None;
@@ -843,19 +853,20 @@ impl Run<'_, '_> {
         }
         let bundle = self.engine.current.bundle.clone();
         // Idle `every` schedules with their programs.
-        let mut idle: Vec<(&Program, String, Millis)> = Vec::new();
+        let mut idle: Vec<(&Program, Name, Millis)> = Vec::new();
         let mut target = limit;
+        let current = &self.engine.current;
         for (journey, at) in &self.state.schedules {
-            let program = bundle.journeys.iter().find(|p| bundle.name(p.name) == journey);
+            let program = bundle.journeys.iter().find(|p| current.name(p.name) == *journey);
             let until = match program {
                 Some(
                     program @ Program {
                         trigger: Trigger::Every { .. },
                         ..
                     },
-                ) => match self.state.enrollments.contains_key(journey) {
+                ) => match self.state.enrollments.contains_key(*journey) {
                     true => Some(Millis::MAX),
-                    false => entry_closed_until(&program.entry, self.state.entries.get(journey)),
+                    false => entry_closed_until(&program.entry, self.state.entries.get(*journey)),
                 }
                 .map(|until| (program, until)),
                 _ => None,
@@ -863,7 +874,7 @@ impl Run<'_, '_> {
             match until {
                 Some((program, until)) => {
                     target = target.min(until);
-                    idle.push((program, journey.clone(), *at));
+                    idle.push((program, *journey, *at));
                 }
                 None => target = target.min(*at),
             }
@@ -892,7 +903,7 @@ impl Run<'_, '_> {
             self.schedules_current = false;
             match Some(next).filter(|due| self.engine.recurring_until.is_none_or(|h| *due <= h)) {
                 Some(next) => self.state.schedules.insert(journey, next),
-                None => self.state.schedules.remove(&journey),
+                None => self.state.schedules.remove(journey),
             };
         }
         moved
@@ -919,7 +930,7 @@ impl Run<'_, '_> {
             else {
                 continue;
             };
-            let journey = bundle.name(program.name);
+            let journey = self.engine.current.name(program.name);
             let Some(at) = self.state.schedules.get(journey).copied() else {
                 continue;
             };
@@ -936,7 +947,7 @@ impl Run<'_, '_> {
             // A full pass would put the occurrence before `until` back.
             self.schedules_current = false;
             match next.filter(|due| *due <= horizon) {
-                Some(next) => self.state.schedules.insert(journey.to_string(), next),
+                Some(next) => self.state.schedules.insert(journey, next),
                 None => self.state.schedules.remove(journey),
             };
         }
@@ -963,14 +974,17 @@ impl Run<'_, '_> {
     /// After an event: while the due times are current, only the
     /// `inactive` journeys counting from any event or from this one move
     /// (an `every` occurrence reads the time zone only); else all.
-    fn reschedule_after_event(&mut self, event: &str, now: Millis) {
+    fn reschedule_after_event(&mut self, event: Name, now: Millis) {
         if !self.schedules_current || self.zone_changed {
             return self.reschedule_triggers(now);
         }
         let bundle = self.engine.current.bundle.clone();
         for program in &bundle.journeys {
             if let Trigger::Inactive { since, .. } = &program.trigger {
-                if since.as_ref().is_none_or(|since| bundle.name(*since) == event) {
+                if since
+                    .as_ref()
+                    .is_none_or(|since| self.engine.current.name(*since) == event)
+                {
                     self.reschedule_journey(&bundle, program, now);
                 }
             }
@@ -980,7 +994,7 @@ impl Run<'_, '_> {
     /// Recomputes the next due time of `program`'s recurring trigger, if
     /// it has one.
     fn reschedule_journey(&mut self, bundle: &Bundle, program: &Program, now: Millis) {
-        let journey = bundle.name(program.name);
+        let journey = self.name_in(bundle, program.name);
         let next = match &program.trigger {
             Trigger::Every {
                 days, minute_of_day, ..
@@ -1006,7 +1020,7 @@ impl Run<'_, '_> {
             }
             Trigger::Inactive { seconds, since } => {
                 let reference = match since {
-                    Some(event) => self.state.last_event_by_name.get(bundle.name(*event)).copied(),
+                    Some(event) => self.state.last_event_by_name.get(self.name_in(bundle, *event)).copied(),
                     None => self.state.last_event,
                 }
                 .or(self.state.first_seen);
@@ -1023,7 +1037,7 @@ impl Run<'_, '_> {
             Some(due) => match self.state.schedules.get_mut(journey) {
                 Some(existing) => *existing = due,
                 None => {
-                    self.state.schedules.insert(journey.to_string(), due);
+                    self.state.schedules.insert(journey, due);
                 }
             },
             None => {
@@ -1054,7 +1068,7 @@ impl Run<'_, '_> {
     fn next_window_change_uncached(&self, now: Millis) -> Option<Millis> {
         let mut next: Option<Millis> = None;
         for window in self.engine.tracked_windows.iter() {
-            let Some(times) = self.state.history.get(&window.event) else {
+            let Some(times) = self.state.history.get(window.event) else {
                 continue;
             };
             let window_ms = window.seconds.saturating_mul(1000);
@@ -1073,9 +1087,10 @@ impl Run<'_, '_> {
         next
     }
 
-    fn scheduled_trigger(&mut self, journey: &str, t: Millis) {
+    fn scheduled_trigger(&mut self, journey: Name, t: Millis) {
         let bundle = self.engine.current.bundle.clone();
-        let Some(index) = bundle.journeys.iter().position(|p| bundle.name(p.name) == journey) else {
+        let current = &self.engine.current;
+        let Some(index) = bundle.journeys.iter().position(|p| current.name(p.name) == journey) else {
             return;
         };
         let program = &bundle.journeys[index];
@@ -1088,15 +1103,15 @@ impl Run<'_, '_> {
             }
             Trigger::Inactive { since, .. } => {
                 let reference = match since {
-                    Some(event) => self.state.last_event_by_name.get(bundle.name(*event)).copied(),
+                    Some(event) => self
+                        .state
+                        .last_event_by_name
+                        .get(self.name_in(&bundle, *event))
+                        .copied(),
                     None => self.state.last_event,
                 }
                 .or(self.state.first_seen);
-                self.state
-                    .entries
-                    .entry(journey.to_string())
-                    .or_default()
-                    .last_inactive_mark = reference;
+                self.state.entries.get_or_default(journey).last_inactive_mark = reference;
                 self.enroll(index, t, None);
             }
             _ => {}
@@ -1115,11 +1130,12 @@ impl Run<'_, '_> {
         if let Some(engagement) = engagement::event_named(self.bundle().schema.event_wire_name(event)) {
             self.engage(engagement, event, properties, t);
         }
+        let name = Name::intern(event);
         self.state.last_event = Some(t);
-        self.state.last_event_by_name.insert(event.to_string(), t);
+        self.state.last_event_by_name.insert(name, t);
         self.memo.set(Memo::EMPTY);
         self.settled = None;
-        let times = self.state.history.entry(event.to_string()).or_default();
+        let times = self.state.history.get_or_default(name);
         let position = times.partition_point(|x| *x <= t);
         times.insert(position, t);
         while times.len() > super::state::HISTORY_PER_EVENT_MAX {
@@ -1128,13 +1144,13 @@ impl Run<'_, '_> {
 
         // Ended enrollments with an open goal window, as they were before
         // this event (one that ends now has seen it already).
-        let ended: Vec<String> = self.state.attributions.keys().cloned().collect();
-        let journeys: Vec<String> = self.state.enrollments.keys().cloned().collect();
+        let ended: Vec<Name> = self.state.attributions.keys().collect();
+        let journeys: Vec<Name> = self.state.enrollments.keys().collect();
         for journey in journeys {
-            let Some(mut enrollment) = self.state.enrollments.remove(&journey) else {
+            let Some(mut enrollment) = self.state.enrollments.remove(journey) else {
                 continue;
             };
-            if self.see_event(&journey, &mut enrollment, event, properties, t) {
+            if self.see_event(journey, &mut enrollment, event, properties, t) {
                 self.state.enrollments.insert(journey, enrollment);
             }
         }
@@ -1144,14 +1160,14 @@ impl Run<'_, '_> {
         let bundle = self.engine.current.bundle.clone();
         for (index, program) in bundle.journeys.iter().enumerate() {
             if let Trigger::Event { event: trigger, filter } = &program.trigger {
-                if bundle.name(*trigger) == event
+                if self.engine.current.name(*trigger) == name
                     && filter.as_ref().is_none_or(|f| self.scope(t, Some(properties)).holds(f))
                 {
                     self.enroll(index, t, Some(properties.clone()));
                 }
             }
         }
-        self.reschedule_after_event(event, t);
+        self.reschedule_after_event(name, t);
     }
 
     /// A trigger call: enters the journey if the current workspace has it
@@ -1172,7 +1188,7 @@ impl Run<'_, '_> {
     /// Returns whether the enrollment is still active.
     fn see_event(
         &mut self,
-        journey: &str,
+        journey: Name,
         enrollment: &mut Enrollment,
         event: &str,
         properties: &BTreeMap<String, Value>,
@@ -1217,13 +1233,7 @@ impl Run<'_, '_> {
 
     /// The scope of a step's expressions: with the enrollment, for
     /// `opened(MESSAGE)`.
-    fn step_scope<'a>(
-        &'a self,
-        bundle: &'a Bundle,
-        t: Millis,
-        journey: &'a str,
-        enrollment: &'a Enrollment,
-    ) -> Scope<'a> {
+    fn step_scope<'a>(&'a self, bundle: &'a Bundle, t: Millis, journey: Name, enrollment: &'a Enrollment) -> Scope<'a> {
         Scope {
             enrollment: Some((&*self.state, journey, enrollment.entered_at)),
             ..self.scope_in(bundle, t, enrollment.events.last())
@@ -1242,7 +1252,17 @@ impl Run<'_, '_> {
             profile: &self.state.profile,
             event,
             history: &self.state.history,
+            names: std::ptr::eq(bundle, &*self.engine.current.bundle).then_some(&*self.engine.current.names),
             enrollment: None,
+        }
+    }
+
+    /// The interned name of `id` in `bundle` (the current version's
+    /// without interning).
+    fn name_in(&self, bundle: &Bundle, id: NameId) -> Name {
+        match std::ptr::eq(bundle, &*self.engine.current.bundle) {
+            true => self.engine.current.name(id),
+            false => Name::intern(bundle.name(id)),
         }
     }
 
@@ -1251,7 +1271,7 @@ impl Run<'_, '_> {
     /// `entered_at`.
     fn reach_goals(
         &mut self,
-        journey: &str,
+        journey: Name,
         version: &(Arc<Loaded>, usize),
         entered_at: Millis,
         goals_reached: &mut [bool],
@@ -1276,8 +1296,8 @@ impl Run<'_, '_> {
     /// The goals of the ended enrollments of `journeys` whose windows are
     /// still open (`hits` is given the bundle of the enrollment's version).
     /// One whose goals are all reached, or whose version is gone, is forgotten.
-    fn watch_ended(&mut self, journeys: &[String], t: Millis, hits: &dyn Fn(&Self, &Bundle, &Condition) -> bool) {
-        for journey in journeys {
+    fn watch_ended(&mut self, journeys: &[Name], t: Millis, hits: &dyn Fn(&Self, &Bundle, &Condition) -> bool) {
+        for journey in journeys.iter().copied() {
             let Some(mut attribution) = self.state.attributions.remove(journey) else {
                 continue;
             };
@@ -1294,7 +1314,7 @@ impl Run<'_, '_> {
                 hits(run, &bundle, condition)
             });
             if attribution.goals_reached.contains(&false) {
-                self.state.attributions.insert(journey.clone(), attribution);
+                self.state.attributions.insert(journey, attribution);
             }
         }
     }
@@ -1311,10 +1331,10 @@ impl Run<'_, '_> {
                 if self.memo_at(t).seeded & bit != 0 {
                     continue;
                 }
-                let name = bundle.name(bundle.segments[segment.0 as usize].name);
+                let name = self.engine.current.name(bundle.segments[segment.0 as usize].name);
                 let member = self.member(&bundle, *segment, t);
                 if self.state.segments.get(name) != Some(&member) {
-                    self.state.segments.insert(name.to_string(), member);
+                    self.state.segments.insert(name, member);
                     changed.push((*segment, member));
                 }
             }
@@ -1366,7 +1386,7 @@ impl Run<'_, '_> {
         // Only the ended and active enrollments this instant changes are
         // taken out and put back: looking first is cheap (memberships are
         // memoized), and for the others visiting would change nothing.
-        let ended: Vec<String> = (self.state.attributions.iter())
+        let ended: Vec<Name> = (self.state.attributions.iter())
             .filter(
                 |(_, attribution)| match self.engine.versions.get(&attribution.version) {
                     // Forgotten by `watch_ended`.
@@ -1380,7 +1400,7 @@ impl Run<'_, '_> {
                     }
                 },
             )
-            .map(|(journey, _)| journey.clone())
+            .map(|(journey, _)| *journey)
             .collect();
         if !ended.is_empty() {
             self.watch_ended(&ended, t, &in_segment);
@@ -1397,12 +1417,12 @@ impl Run<'_, '_> {
                             || program.exit_rules.iter().any(holds))
                 })
         };
-        let journeys: Vec<String> = (self.state.enrollments.iter())
+        let journeys: Vec<Name> = (self.state.enrollments.iter())
             .filter(|(_, enrollment)| changes(enrollment))
-            .map(|(journey, _)| journey.clone())
+            .map(|(journey, _)| *journey)
             .collect();
         for journey in journeys {
-            let Some(mut enrollment) = self.state.enrollments.remove(&journey) else {
+            let Some(mut enrollment) = self.state.enrollments.remove(journey) else {
                 continue;
             };
             let Some((loaded, index)) = self.engine.versions.get(&enrollment.version).cloned() else {
@@ -1417,7 +1437,7 @@ impl Run<'_, '_> {
             let version = (loaded.clone(), index);
             let entered_at = enrollment.entered_at;
             self.reach_goals(
-                &journey,
+                journey,
                 &version,
                 entered_at,
                 &mut enrollment.goals_reached,
@@ -1425,7 +1445,7 @@ impl Run<'_, '_> {
                 &in_segment,
             );
             if program.exit_rules.iter().any(|rule| in_segment(self, rule)) {
-                self.end(&journey, &enrollment, t, "exit_rule");
+                self.end(journey, &enrollment, t, "exit_rule");
             } else {
                 self.state.enrollments.insert(journey, enrollment);
             }
@@ -1437,11 +1457,11 @@ impl Run<'_, '_> {
     fn enroll(&mut self, index: usize, t: Millis, event: Option<BTreeMap<String, Value>>) {
         let bundle = self.engine.current.bundle.clone();
         let program = &bundle.journeys[index];
-        let journey = bundle.name(program.name).to_string();
-        if self.state.enrollments.contains_key(&journey) {
+        let journey = self.engine.current.name(program.name);
+        if self.state.enrollments.contains_key(journey) {
             return;
         }
-        let history = self.state.entries.entry(journey.clone()).or_default();
+        let history = self.state.entries.get_or_default(journey);
         let eligible = match program.entry {
             Entry::Once => history.count == 0,
             Entry::Every { seconds } => {
@@ -1456,9 +1476,9 @@ impl Run<'_, '_> {
         history.last_entered = t;
         let ordinal = history.count;
         // A new enrollment takes over: the window of the previous one closes.
-        self.state.attributions.remove(&journey);
+        self.state.attributions.remove(journey);
         let holdout = program.holdout_basis_points > 0
-            && stable_bucket(&self.state.id, &journey, "holdout") < program.holdout_basis_points;
+            && stable_bucket(&self.state.id, journey.as_str(), "holdout") < program.holdout_basis_points;
         let mut enrollment = Box::new(Enrollment {
             version: program.hash.clone(),
             entered_at: t,
@@ -1472,7 +1492,7 @@ impl Run<'_, '_> {
             holdout,
             steps: 0,
         });
-        let record = self.record(t, &journey, Kind::Enter);
+        let record = self.record(t, journey, Kind::Enter);
         record.version = Some(program.hash.clone());
         if program.holdout_basis_points > 0 {
             record.arm = Some(if holdout { "holdout" } else { "treatment" }.to_string());
@@ -1484,15 +1504,15 @@ impl Run<'_, '_> {
             Condition::Event { .. } => false,
         });
         if exits_at_once {
-            self.end(&journey, &enrollment, t, "exit_rule");
+            self.end(journey, &enrollment, t, "exit_rule");
             return;
         }
-        if self.execute(&journey, &mut enrollment, t) {
+        if self.execute(journey, &mut enrollment, t) {
             self.state.enrollments.insert(journey, enrollment);
         }
     }
 
-    fn exit(&mut self, journey: &str, t: Millis, reason: &str) {
+    fn exit(&mut self, journey: Name, t: Millis, reason: &str) {
         self.record(t, journey, Kind::Exit).reason = Some(reason.to_string());
     }
 
@@ -1516,7 +1536,7 @@ impl Run<'_, '_> {
     /// Ends an enrollment: its exit record, and, while one of its goals
     /// with a `within` window is not reached and the window is open, what
     /// those goals need to still count for it.
-    fn end(&mut self, journey: &str, enrollment: &Enrollment, t: Millis, reason: &str) {
+    fn end(&mut self, journey: Name, enrollment: &Enrollment, t: Millis, reason: &str) {
         self.exit(journey, t, reason);
         let Some((loaded, index)) = self.engine.versions.get(&enrollment.version) else {
             return;
@@ -1533,12 +1553,12 @@ impl Run<'_, '_> {
                 until,
                 goals_reached: enrollment.goals_reached.clone(),
             };
-            self.state.attributions.insert(journey.to_string(), attribution);
+            self.state.attributions.insert(journey, attribution);
         }
     }
 
     /// Wakes a suspended enrollment. Returns whether it is still active.
-    fn resume(&mut self, journey: &str, enrollment: &mut Enrollment, t: Millis, how: Resume) -> bool {
+    fn resume(&mut self, journey: Name, enrollment: &mut Enrollment, t: Millis, how: Resume) -> bool {
         let Some((loaded, index)) = self.engine.versions.get(&enrollment.version).cloned() else {
             self.exit(journey, t, "version_unavailable");
             return false;
@@ -1567,7 +1587,7 @@ impl Run<'_, '_> {
 
     /// Runs instructions from `pc` until the enrollment suspends or ends.
     /// Returns whether it is still active.
-    fn execute(&mut self, journey: &str, enrollment: &mut Enrollment, t: Millis) -> bool {
+    fn execute(&mut self, journey: Name, enrollment: &mut Enrollment, t: Millis) -> bool {
         let Some((loaded, index)) = self.engine.versions.get(&enrollment.version).cloned() else {
             self.exit(journey, t, "version_unavailable");
             return false;
@@ -1635,8 +1655,10 @@ impl Run<'_, '_> {
                 } => {
                     // `wait for opened welcome` goes on at once when it
                     // already happened in this enrollment.
+                    // (A message never sent has no interned name.)
                     let engaged = engagement::parse_wait_name(bundle.name(*event)).is_some_and(|(kind, message)| {
-                        self.state.engaged(journey, enrollment.entered_at, message, kind)
+                        Name::find(message)
+                            .is_some_and(|message| self.state.engaged(journey, enrollment.entered_at, message, kind))
                     });
                     if engaged {
                         enrollment.events.push(BTreeMap::new());
@@ -1659,7 +1681,7 @@ impl Run<'_, '_> {
                 }
                 Instr::Split { split, arms } => {
                     let split_name = bundle.name(*split);
-                    let bucket = stable_bucket(&self.state.id, journey, split_name);
+                    let bucket = stable_bucket(&self.state.id, journey.as_str(), split_name);
                     let arm = arms.iter().find(|arm| bucket < arm.upper_basis_points).or(arms.last());
                     let Some(arm) = arm else {
                         enrollment.pc = next;
@@ -1747,7 +1769,7 @@ impl Run<'_, '_> {
         &mut self,
         loaded: &Loaded,
         program: &Program,
-        journey: &str,
+        journey: Name,
         enrollment: &Enrollment,
         message: crate::compile::bytecode::MessageId,
         t: Millis,
@@ -1756,7 +1778,8 @@ impl Run<'_, '_> {
         let Some(definition) = bundle.messages.get(message.0 as usize) else {
             return;
         };
-        let name = bundle.name(definition.name).to_string();
+        let message_name = loaded.name(definition.name);
+        let name = message_name.to_string();
         let event = enrollment.events.last();
         let skip = if enrollment.holdout {
             Some("holdout")
@@ -1799,19 +1822,19 @@ impl Run<'_, '_> {
                 let id = send_id(
                     &self.state.id,
                     self.state.incarnation,
-                    journey,
+                    journey.as_str(),
                     enrollment.ordinal,
                     enrollment.steps,
                 );
-                self.state.sends.push_back((t, journey.to_string()));
+                self.state.sends.push_back((t, journey));
                 while self.state.sends.len() > super::state::SENDS_MAX {
                     self.state.sends.pop_front();
                 }
                 self.state.remember_sent(Sent {
                     at: t,
                     id: id.clone(),
-                    journey: journey.to_string(),
-                    message: name.clone(),
+                    journey,
+                    message: message_name,
                     channel: definition.channel,
                     version: program.hash.clone(),
                     pc: enrollment.pc,
@@ -1837,14 +1860,14 @@ impl Run<'_, '_> {
         }
     }
 
-    fn sends_within(&self, journey: Option<&str>, t: Millis, per_seconds: i64) -> usize {
+    fn sends_within(&self, journey: Option<Name>, t: Millis, per_seconds: i64) -> usize {
         let since = t.saturating_sub(per_seconds.saturating_mul(1000));
         self.state
             .sends
             .iter()
             .rev()
             .take_while(|(at, _)| *at > since)
-            .filter(|(_, j)| journey.is_none_or(|wanted| wanted == j))
+            .filter(|(_, j)| journey.is_none_or(|wanted| wanted == *j))
             .count()
     }
 
@@ -1948,17 +1971,16 @@ impl Run<'_, '_> {
             return;
         }
         let counted = sent.clone().filter(|_| reason.is_none());
-        let record = self.record(
-            t,
-            sent.as_ref().map_or("", |sent| sent.journey.as_str()),
-            Kind::Engagement,
-        );
+        let journey = sent.as_ref().map_or("", |sent| sent.journey.as_str());
+        self.records
+            .push(TraceRecord::new(t, &self.state.id, journey, Kind::Engagement));
+        let record = self.records.last_mut().expect("just pushed");
         record.engagement = Some(kind.as_str().to_string());
         record.id = send;
         record.reason = reason.map(str::to_string);
         if let Some(sent) = sent {
             record.version = Some(sent.version);
-            record.message = Some(sent.message);
+            record.message = Some(sent.message.to_string());
             record.channel = Some(sent.channel.as_str().to_string());
             if let Some((split, arm)) = sent.arm {
                 record.split = Some(split);
@@ -1973,7 +1995,7 @@ impl Run<'_, '_> {
     /// Resumes the enrollment that sent `sent` if it waits for this
     /// engagement with that message (`wait for opened welcome`).
     fn engaged_wait(&mut self, sent: &Sent, engagement: Engagement, t: Millis) {
-        let Some(mut enrollment) = self.state.enrollments.remove(&sent.journey) else {
+        let Some(mut enrollment) = self.state.enrollments.remove(sent.journey) else {
             return;
         };
         let waits = enrollment.suspended
@@ -1986,9 +2008,9 @@ impl Run<'_, '_> {
                         if engagement::parse_wait_name(loaded.bundle.name(*event)) == Some((engagement, sent.message.as_str()))
                 )
             });
-        let active = !waits || self.resume(&sent.journey, &mut enrollment, t, Resume::Event(&BTreeMap::new()));
+        let active = !waits || self.resume(sent.journey, &mut enrollment, t, Resume::Event(&BTreeMap::new()));
         if active {
-            self.state.enrollments.insert(sent.journey.clone(), enrollment);
+            self.state.enrollments.insert(sent.journey, enrollment);
         }
     }
 

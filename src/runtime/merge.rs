@@ -84,38 +84,38 @@ pub fn merge(user: &mut CustomerState, anonymous: CustomerState, at: Millis) -> 
     user.clock = user.clock.max(clock);
     user.last_event = user.last_event.max(last_event);
     for (name, t) in last_event_by_name {
-        let mine = user.last_event_by_name.entry(name).or_insert(t);
+        let mine = user.last_event_by_name.get_or_insert_with(name, || t);
         *mine = (*mine).max(t);
     }
     for (name, times) in history {
-        let mine = user.history.entry(name).or_default();
+        let mine = user.history.get_or_default(name);
         *mine = union_by(std::mem::take(mine), times, |t| *t, HISTORY_PER_EVENT_MAX);
     }
     user.sends = union_by(std::mem::take(&mut user.sends), sends, |(t, _)| *t, SENDS_MAX);
     for (name, member) in segments {
-        user.segments.entry(name).or_insert(member);
+        user.segments.get_or_insert_with(name, || member);
     }
     for (journey, mut enrollment) in enrollments {
-        if user.enrollments.contains_key(&journey) {
-            let mut record = TraceRecord::new(at.max(clock), &anonymous_id, &journey, Kind::Exit);
+        if user.enrollments.contains_key(journey) {
+            let mut record = TraceRecord::new(at.max(clock), &anonymous_id, journey.as_str(), Kind::Exit);
             record.reason = Some(MERGED_REASON.to_string());
             records.push(record);
             continue;
         }
         // Numbered after the user's own enrollments in the journey, so its
         // send ids (which hash customer, journey and ordinal) stay unique.
-        let before = user.entries.get(&journey).map_or(0, |e| e.count);
+        let before = user.entries.get(journey).map_or(0, |e| e.count);
         enrollment.ordinal = enrollment.ordinal.saturating_add(before);
         user.enrollments.insert(journey, enrollment);
     }
     for (journey, theirs) in entries {
-        let mine = user.entries.entry(journey).or_default();
+        let mine = user.entries.get_or_default(journey);
         mine.count = mine.count.saturating_add(theirs.count);
         mine.last_entered = mine.last_entered.max(theirs.last_entered);
         mine.last_inactive_mark = mine.last_inactive_mark.max(theirs.last_inactive_mark);
     }
     for (journey, due) in schedules {
-        user.schedules.entry(journey).or_insert(due);
+        user.schedules.get_or_insert_with(journey, || due);
     }
     user.segment_check = earliest(user.segment_check, segment_check);
     let mut ids = union_by(
@@ -152,7 +152,7 @@ pub fn merge(user: &mut CustomerState, anonymous: CustomerState, at: Millis) -> 
     }
     user.sent = union_by(std::mem::take(&mut user.sent), sent, |s| s.at, SENT_MAX);
     for (journey, attribution) in attributions {
-        if !user.enrollments.contains_key(&journey) && !user.attributions.contains_key(&journey) {
+        if !user.enrollments.contains_key(journey) && !user.attributions.contains_key(journey) {
             user.attributions.insert(journey, attribution);
         }
     }

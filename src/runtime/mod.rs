@@ -14,6 +14,7 @@ pub mod input;
 pub mod interpreter;
 pub mod local_time;
 pub mod merge;
+pub mod names;
 pub mod state;
 pub mod stats;
 pub mod trace;

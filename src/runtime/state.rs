@@ -10,9 +10,13 @@
 //! the latest [`MESSAGE_IDS_MAX`], each kept as a fixed-size digest, sent
 //! ids to [`SENT_RETENTION_MS`] and the latest [`SENT_MAX`]; subscriptions
 //! hold at most one entry per channel. The other maps are keyed by names the
-//! workspace declares.
+//! workspace declares: journeys, events and segments as interned
+//! [`Name`]s in [`NameMap`]s (`runtime/names.rs`), which compare by identity
+//! and iterate in name order; the store writes them as ids of its
+//! dictionary, JSON as text.
 
 use super::engagement::Engagement;
+use super::names::{Name, NameMap};
 use super::Millis;
 use crate::compile::bytecode::Value;
 use crate::syntax::ast::Channel;
@@ -65,20 +69,20 @@ pub struct CustomerState {
     pub clock: Millis,
     /// Time of the latest event of any kind, and per event name.
     pub last_event: Option<Millis>,
-    pub last_event_by_name: BTreeMap<String, Millis>,
+    pub last_event_by_name: NameMap<Millis>,
     /// Timestamps of recent events per name, oldest first, for `count`/`seen`.
-    pub history: BTreeMap<String, VecDeque<Millis>>,
+    pub history: NameMap<VecDeque<Millis>>,
     /// Times of recent sends (all journeys), for caps: `(at, journey)`.
-    pub sends: VecDeque<(Millis, String)>,
+    pub sends: VecDeque<(Millis, Name)>,
     /// Segment membership as last evaluated.
-    pub segments: BTreeMap<String, bool>,
+    pub segments: NameMap<bool>,
     /// Active enrollments by journey name (boxed: a map node holds eleven
     /// slots, and most customers have one or two enrollments).
-    pub enrollments: BTreeMap<String, Box<Enrollment>>,
+    pub enrollments: NameMap<Box<Enrollment>>,
     /// Per journey: entry bookkeeping for `entry once / every`.
-    pub entries: BTreeMap<String, EntryHistory>,
+    pub entries: NameMap<EntryHistory>,
     /// Next time a recurring trigger (`every`, `inactive`) is due, per journey.
-    pub schedules: BTreeMap<String, Millis>,
+    pub schedules: NameMap<Millis>,
     /// The next instant a `count`/`seen` window can change a segment that
     /// triggers, goals or exit rules depend on.
     pub segment_check: Option<Millis>,
@@ -102,7 +106,7 @@ pub struct CustomerState {
     /// At most one per journey; dropped when its windows close or the
     /// customer enters the journey again.
     #[serde(default)]
-    pub attributions: BTreeMap<String, Attribution>,
+    pub attributions: NameMap<Attribution>,
     /// Which life of this customer id the profile is: 0 unless the store
     /// that made the profile had erased a customer before (the simulator
     /// never erases). The daemon gives a profile made after an erasure the
@@ -269,8 +273,8 @@ pub struct Subscription {
 pub struct Sent {
     pub at: Millis,
     pub id: String,
-    pub journey: String,
-    pub message: String,
+    pub journey: Name,
+    pub message: Name,
     pub channel: Channel,
     /// The content hash of the journey version that sent it.
     #[serde(default)]
@@ -399,7 +403,7 @@ impl CustomerState {
 
     /// Whether a send of `message` by the enrollment in `journey` that
     /// entered at `entered_at` has `engagement` (`opened(welcome)`).
-    pub fn engaged(&self, journey: &str, entered_at: Millis, message: &str, engagement: Engagement) -> bool {
+    pub fn engaged(&self, journey: Name, entered_at: Millis, message: Name, engagement: Engagement) -> bool {
         self.sent
             .iter()
             .any(|s| s.at >= entered_at && s.journey == journey && s.message == message && s.has(engagement))

@@ -734,8 +734,16 @@ fn timers_kept_per_partition(pg: &super::pg::Postgres) -> BTreeSet<String> {
         listed.insert((*partition, chunk), entry.customers.iter().cloned().collect());
     }
     let mut waiting = BTreeSet::new();
+    let names = rows(pg, b'n').into_iter().map(|(_, key, value)| {
+        let id = u32::from_be_bytes(key[1..].try_into().expect("a name id"));
+        (
+            id,
+            journeyc::runtime::names::Name::intern(std::str::from_utf8(&value).expect("a name")),
+        )
+    });
+    let names = std::sync::Arc::new(journeyc::runtime::names::Dictionary::with(names));
     for (partition, key, value) in rows(pg, b'c') {
-        let (state, chunk) = journeyc::daemon::store::decode_customer(&key, &value).expect("a customer");
+        let (state, chunk) = journeyc::daemon::store::decode_customer_with(&names, &key, &value).expect("a customer");
         let Some(chunk) = chunk else { continue };
         let list = listed.get(&(partition, chunk));
         assert!(
