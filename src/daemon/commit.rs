@@ -510,6 +510,14 @@ impl CommitThread {
         if !changed && !new_version {
             return;
         }
+        if new_version {
+            // The owner registered the version's names before making it
+            // current (`Store::register_names`): read their ids first.
+            if let Err(error) = self.store.reread_names() {
+                tracing::error!(%error, "reading the names' dictionary failed; trying again before the next group");
+                return;
+            }
+        }
         let claimed = self
             .owned_seen
             .as_ref()
@@ -1084,6 +1092,17 @@ impl CommitThread {
             match write.value {
                 Some(value) => names.extend(value.put(&mut batch, store::customer_key(id), chunk)),
                 None => batch.remove(store::customer_key(id)),
+            }
+        }
+        if let (super::kv::Kv::Postgres(pg), false) = (&self.store.db, names.is_empty()) {
+            if pg.spread() && !matches!(pg.lease(), super::kv::pg::LeaseState::Held(_)) {
+                // Only the store's owner gives ids (two nodes giving one id
+                // to two names would corrupt both): every name a version
+                // has was registered by its install.
+                let listed: Vec<&str> = names.iter().map(|(_, name)| name.as_str()).collect();
+                return Err(CommitError::Storage(format!(
+                    "names without an id in the store's dictionary: {listed:?}; only the store's owner gives ids"
+                )));
             }
         }
         let timers_added = timers.earliest_new().is_some();

@@ -249,6 +249,10 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     let links = Arc::new(open_links(&config.data, &store.db, &public_url).await?);
     let previous_key = store.current_bundle_key()?;
     let loaded = reload::build_runtime(&store, bundle, email_address_required)?;
+    if let kv::Kv::Postgres(_) = &store.db {
+        // The other nodes encode with the ids the owner gives.
+        store.register_names(&loaded.bundle)?;
+    }
     let needs_install = previous_key.as_deref() != Some(loaded.bundle_key.as_str());
     let loaded = Arc::new(loaded);
     let shared = Shared {

@@ -404,6 +404,7 @@ pub fn migrate(store: &Store, runtime: &Runtime, owner: bool) -> Result<usize, C
         write_changes(store, &mut batch, &mut deltas, timers)?;
     }
     if owner {
+        store.register_names(&runtime.bundle)?;
         store.set_current_bundle_key(&runtime.bundle_key)?;
         collect_bundles(store, &runtime.bundle_key)?;
     }

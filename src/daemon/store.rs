@@ -221,9 +221,34 @@ impl Store {
         Ok(Store { db, names })
     }
 
+    /// Writes the dictionary's records of every name `bundle` has that the
+    /// store lacks, in one batch: on PostgreSQL the store's owner does it
+    /// for the version it runs or installs before any other node runs it,
+    /// so a `--spread` node (which cannot write what names no customer)
+    /// finds every name it encodes with an id already. Answers how many
+    /// were new.
+    pub fn register_names(&self, bundle: &Bundle) -> StoreResult<usize> {
+        let pending = self.names.register(
+            bundle
+                .names
+                .iter()
+                .map(|text| crate::runtime::names::Name::intern(text)),
+        );
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = crate::daemon::kv::Batch::default();
+        for (id, name) in &pending {
+            batch.insert(name_key(*id), name.as_str().as_bytes());
+        }
+        self.db.apply_batch(batch)?;
+        self.names.confirm(&pending);
+        Ok(pending.len())
+    }
+
     /// Reads the dictionary's records again for names another node wrote
     /// since; returns whether there were any.
-    fn reread_names(&self) -> StoreResult<bool> {
+    pub fn reread_names(&self) -> StoreResult<bool> {
         let before = self.names.len();
         self.names.extend_from(read_names(&self.db)?);
         Ok(self.names.len() != before)

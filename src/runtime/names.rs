@@ -275,6 +275,17 @@ impl Dictionary {
         id
     }
 
+    /// Gives ids to those of `names` that have none; answers the ids the
+    /// store may not hold yet, for the caller to write (then
+    /// [`Dictionary::confirm`]).
+    pub fn register(&self, names: impl IntoIterator<Item = Name>) -> Vec<(u32, Name)> {
+        let mut pending = Vec::new();
+        for name in names {
+            self.id(name, &mut pending);
+        }
+        pending
+    }
+
     /// Notes that a batch holding the records of these ids committed.
     pub fn confirm(&self, written: &[(u32, Name)]) {
         if written.is_empty() {
