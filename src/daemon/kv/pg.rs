@@ -106,7 +106,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (
         5,
-        "CREATE TABLE journeyc_nodes (node text PRIMARY KEY, expires_at timestamptz NOT NULL);",
+        "CREATE TABLE IF NOT EXISTS journeyc_nodes (node text PRIMARY KEY, expires_at timestamptz NOT NULL);",
     ),
 ];
 
