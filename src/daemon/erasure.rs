@@ -39,11 +39,13 @@ pub fn erased_key(customer: &str) -> Vec<u8> {
     [&[PREFIX_ERASED][..], customer.as_bytes()].concat()
 }
 
-/// Customers erased since the last compaction.
+/// Customers erased since the last compaction, of the partitions this node
+/// holds (on sled, and on PostgreSQL without `--spread`, all of them: with
+/// it the marks of other nodes' partitions are theirs, `docs/scale-out.md`).
 pub fn pending(store: &Store) -> Result<Vec<String>, StoreError> {
     store
         .db
-        .scan_prefix([PREFIX_ERASED])
+        .range_of_held([PREFIX_ERASED]..[PREFIX_ERASED + 1])
         .map(|item| item.map(|(key, _)| String::from_utf8_lossy(&key[1..]).into_owned()))
         .collect::<Result<_, _>>()
 }

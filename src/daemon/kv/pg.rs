@@ -440,10 +440,13 @@ impl Pg {
             async move {
                 let client = connection(&pool).await?;
                 let live = heartbeat(&client, &lease).await?;
-                if let Some(epoch) = acquire(&client, &lease).await? {
+                let epoch = acquire(&client, &lease).await?;
+                // The partitions first: a node that holds the store's
+                // lease starts its work at once.
+                balance(&client, &lease, live, epoch.is_some()).await?;
+                if let Some(epoch) = epoch {
                     lease.state.send_replace(LeaseState::Held(epoch));
                 }
-                balance(&client, &lease, live).await?;
                 tokio::spawn(keep_lease(client, lease));
                 Ok::<_, StoreError>(())
             }
@@ -1236,11 +1239,11 @@ pub fn fair_share(partitions: i32, live: usize) -> usize {
 /// store's lease and none without. Below it, claims free or expired
 /// partitions; above it (a node joined), gives the surplus up, the
 /// highest-numbered first.
-async fn balance(client: &deadpool_postgres::Object, lease: &Lease, live: usize) -> StoreResult<()> {
-    let share = match (lease.spread, &*lease.state.borrow()) {
+async fn balance(client: &deadpool_postgres::Object, lease: &Lease, live: usize, store: bool) -> StoreResult<()> {
+    let share = match (lease.spread, store) {
         (true, _) => fair_share(lease.count, live),
-        (false, LeaseState::Held(_)) => usize::try_from(lease.count).unwrap_or(0),
-        (false, _) => 0,
+        (false, true) => usize::try_from(lease.count).unwrap_or(0),
+        (false, false) => 0,
     };
     let held = lease.partitions.borrow().clone();
     if held.len() < share {
@@ -1409,18 +1412,24 @@ async fn keep_lease(client: deadpool_postgres::Object, lease: Arc<Lease>) {
                 continue;
             }
         }
+        let mut taken = None;
         if store_epoch.is_none() {
             match acquire(&client, &lease).await {
                 Ok(Some(epoch)) => {
                     tracing::info!(node = %lease.node, epoch, "took the store's lease");
-                    lease.state.send_replace(LeaseState::Held(epoch));
+                    taken = Some(epoch);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "trying for the store's lease failed"),
             }
         }
-        if let Err(e) = balance(&client, &lease, live).await {
+        // A node that took the store's lease claims its partitions before
+        // it says so: its owner's round starts on them.
+        if let Err(e) = balance(&client, &lease, live, store_epoch.or(taken).is_some()).await {
             tracing::warn!(error = %e, "balancing the partitions failed");
+        }
+        if let Some(epoch) = taken {
+            lease.state.send_replace(LeaseState::Held(epoch));
         }
     }
 }
