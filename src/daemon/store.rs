@@ -1443,15 +1443,27 @@ pub fn cursor_key(sink: &str) -> Vec<u8> {
 /// [`PARTITION_NONE`] is [`cursor_key`] itself (sled's one cursor, and on
 /// PostgreSQL that of the records a store written before holds at -1).
 pub fn cursor_key_in(sink: &str, partition: i32) -> Vec<u8> {
-    if partition == PARTITION_NONE {
-        return cursor_key(sink);
-    }
-    let partition = u16::try_from(partition).expect("partitions fit in 16 bits (kv/pg.rs)");
-    [&[PREFIX_CURSOR][..], sink.as_bytes(), &[0], &partition.to_be_bytes()].concat()
+    key_in(PREFIX_CURSOR, sink, partition)
 }
 
 /// The sink and partition of a `k` key ([`cursor_key_in`]).
 pub fn decode_cursor_key(key: &[u8]) -> (String, i32) {
+    decode_key_in(key)
+}
+
+/// `prefix` + `name` + `0x00` + `partition` (u16 BE): one partition's share
+/// of a record kept per partition on PostgreSQL (`kv/pg.rs` reads the
+/// partition back from the key); for [`PARTITION_NONE`], `prefix` + `name`.
+fn key_in(prefix: u8, name: &str, partition: i32) -> Vec<u8> {
+    if partition == PARTITION_NONE {
+        return [&[prefix][..], name.as_bytes()].concat();
+    }
+    let partition = u16::try_from(partition).expect("partitions fit in 16 bits (kv/pg.rs)");
+    [&[prefix][..], name.as_bytes(), &[0], &partition.to_be_bytes()].concat()
+}
+
+/// The name and partition of a [`key_in`] key.
+fn decode_key_in(key: &[u8]) -> (String, i32) {
     let rest = &key[1.min(key.len())..];
     match rest.len().checked_sub(3) {
         Some(at) if rest[at] == 0 => (
@@ -1527,23 +1539,12 @@ pub fn stat_key(name: &str) -> Vec<u8> {
 /// and on PostgreSQL the totals of a store written before counters were
 /// kept per partition, still summed in).
 pub fn stat_key_in(name: &str, partition: i32) -> Vec<u8> {
-    if partition == PARTITION_NONE {
-        return stat_key(name);
-    }
-    let partition = u16::try_from(partition).expect("partitions fit in 16 bits (kv/pg.rs)");
-    [&[PREFIX_STAT][..], name.as_bytes(), &[0], &partition.to_be_bytes()].concat()
+    key_in(PREFIX_STAT, name, partition)
 }
 
 /// The counter name and partition of an `s` key ([`stat_key_in`]).
 pub fn decode_stat_key(key: &[u8]) -> (String, i32) {
-    let rest = &key[1.min(key.len())..];
-    match rest.len().checked_sub(3) {
-        Some(at) if rest[at] == 0 => (
-            String::from_utf8_lossy(&rest[..at]).into_owned(),
-            i32::from(u16::from_be_bytes([rest[at + 1], rest[at + 2]])),
-        ),
-        _ => (String::from_utf8_lossy(rest).into_owned(), PARTITION_NONE),
-    }
+    decode_key_in(key)
 }
 
 pub fn arm_key(customer: &str, journey: &str) -> Vec<u8> {

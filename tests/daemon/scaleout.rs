@@ -118,6 +118,97 @@ fn every_send_once(data: &[PathBuf], acknowledged: &BTreeSet<String>, nodes: Vec
     }
 }
 
+/// Two clients posting batches of 10 `bought` calls (customers: the
+/// prefix, client, batch and event) to the nodes of `addrs` in turn, moving on at
+/// a refusal or a cut connection (a killed node), and, with `rotate`,
+/// after every acknowledged batch too.
+struct Posters {
+    acknowledged: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Posters {
+    fn start(addrs: &Arc<Mutex<Vec<String>>>, prefix: &str, rotate: bool) -> Posters {
+        let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..2)
+            .map(|poster| {
+                let (addrs, acknowledged, stop) = (addrs.clone(), acknowledged.clone(), stop.clone());
+                let prefix = format!("{prefix}{poster}");
+                std::thread::spawn(move || {
+                    let (mut batch_number, mut at) = (0, if rotate { poster } else { 0 });
+                    while !stop.load(Ordering::Relaxed) && batch_number < 5000 {
+                        let customers: Vec<String> = (0..10).map(|i| format!("{prefix}b{batch_number}e{i}")).collect();
+                        let events: Vec<String> = customers.iter().map(|c| bought(c)).collect();
+                        let body = format!("{{\"batch\":[{}]}}", events.join(","));
+                        let addr = {
+                            let addrs = addrs.lock().expect("lock");
+                            addrs[at % addrs.len()].clone()
+                        };
+                        let auth = format!("Bearer {TOKEN}");
+                        match request(&addr, "POST", "/v1/batch", Some(&body), Some(&auth)) {
+                            Ok(response) if response.status == 200 => {
+                                acknowledged.lock().expect("lock").extend(customers);
+                                batch_number += 1;
+                                if rotate {
+                                    at += 1;
+                                }
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            _ => {
+                                at += 1;
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Posters {
+            acknowledged,
+            stop,
+            threads,
+        }
+    }
+
+    /// The customers acknowledged so far.
+    fn count(&self) -> usize {
+        self.acknowledged.lock().expect("lock").len()
+    }
+
+    /// Waits until more than `n` are acknowledged; past the deadline,
+    /// prints the logs of the nodes under `root` and fails.
+    fn acked_more_than(&self, n: usize, root: &Path) {
+        let started = Instant::now();
+        while self.count() <= n {
+            if started.elapsed() > DEADLINE {
+                for name in ["data", "second", "third"] {
+                    eprintln!(
+                        "== {name}\n{}",
+                        std::fs::read_to_string(root.join(name).join("daemon.log")).unwrap_or_default()
+                    );
+                }
+                panic!(
+                    "timed out waiting for more than {n} acknowledged calls ({})",
+                    self.count()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Stops the clients; the customers acknowledged.
+    fn finish(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("poster");
+        }
+        let acknowledged = self.acknowledged.lock().expect("lock").clone();
+        acknowledged
+    }
+}
+
 #[test]
 fn a_write_after_a_takeover_is_refused_inside_its_transaction() {
     if skip() {
@@ -470,62 +561,15 @@ fn a_standby_takes_over_from_a_killed_owner_and_loses_no_acked_event() {
 
     // Clients post to every node in turn (a standby writes to the inbox),
     // moving on at a refusal or a cut connection (the killed owner).
-    let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let posters: Vec<_> = (0..2)
-        .map(|poster| {
-            let (addrs, acknowledged, stop) = (addrs.clone(), acknowledged.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let (mut batch_number, mut at) = (0, 0);
-                while !stop.load(Ordering::Relaxed) && batch_number < 5000 {
-                    let customers: Vec<String> = (0..10).map(|i| format!("p{poster}b{batch_number}e{i}")).collect();
-                    let events: Vec<String> = customers.iter().map(|c| bought(c)).collect();
-                    let body = format!("{{\"batch\":[{}]}}", events.join(","));
-                    let addr = {
-                        let addrs = addrs.lock().expect("lock");
-                        addrs[at % addrs.len()].clone()
-                    };
-                    let auth = format!("Bearer {TOKEN}");
-                    match request(&addr, "POST", "/v1/batch", Some(&body), Some(&auth)) {
-                        Ok(response) if response.status == 200 => {
-                            acknowledged.lock().expect("lock").extend(customers);
-                            batch_number += 1;
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                        _ => {
-                            at += 1;
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let posters = Posters::start(&addrs, "p", false);
     let root = env.root.path().to_path_buf();
-    let acked_more_than = |n: usize| {
-        let started = Instant::now();
-        while acknowledged.lock().expect("lock").len() <= n {
-            if started.elapsed() > DEADLINE {
-                for name in ["data", "second", "third"] {
-                    eprintln!(
-                        "== {name}\n{}",
-                        std::fs::read_to_string(root.join(name).join("daemon.log")).unwrap_or_default()
-                    );
-                }
-                panic!(
-                    "timed out waiting for more than {n} acknowledged calls ({})",
-                    acknowledged.lock().expect("lock").len()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    };
+    let acked_more_than = |n: usize| posters.acked_more_than(n, &root);
     acked_more_than(60);
 
     // kill -9 the owner with timers pending (each event's is due 2 s on)
     // and batches in flight; a standby takes over.
     first.kill();
-    let killed_at = acknowledged.lock().expect("lock").len();
+    let killed_at = posters.count();
     eventually("a standby's takeover", || {
         [&second, &third]
             .into_iter()
@@ -549,15 +593,11 @@ fn a_standby_takes_over_from_a_killed_owner_and_loses_no_acked_event() {
     let restarted = start_on(&env, &env.data());
     assert_eq!(restarted.role().as_deref(), Some("standby"));
     addrs.lock().expect("lock")[0] = restarted.addr.clone();
-    let restarted_at = acknowledged.lock().expect("lock").len();
+    let restarted_at = posters.count();
     acked_more_than(restarted_at + 20);
-    stop.store(true, Ordering::Relaxed);
-    for poster in posters {
-        poster.join().expect("poster");
-    }
 
     // Every acked event's send and its timer's send, exactly once.
-    let acknowledged = acknowledged.lock().expect("lock").clone();
+    let acknowledged = posters.finish();
     every_send_once(
         &[env.data(), second_data, third_data],
         &acknowledged,
@@ -1700,57 +1740,9 @@ fn three_spread_nodes_share_the_partitions_and_a_killed_one_loses_no_acked_event
 
     // Clients post to every node in turn, moving on at a refusal or a cut
     // connection (the killed node).
-    let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let posters: Vec<_> = (0..2)
-        .map(|poster| {
-            let (addrs, acknowledged, stop) = (addrs.clone(), acknowledged.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let (mut batch_number, mut at) = (0, poster);
-                while !stop.load(Ordering::Relaxed) && batch_number < 5000 {
-                    let customers: Vec<String> = (0..10).map(|i| format!("s{poster}b{batch_number}e{i}")).collect();
-                    let events: Vec<String> = customers.iter().map(|c| bought(c)).collect();
-                    let body = format!("{{\"batch\":[{}]}}", events.join(","));
-                    let addr = {
-                        let addrs = addrs.lock().expect("lock");
-                        addrs[at % addrs.len()].clone()
-                    };
-                    let auth = format!("Bearer {TOKEN}");
-                    match request(&addr, "POST", "/v1/batch", Some(&body), Some(&auth)) {
-                        Ok(response) if response.status == 200 => {
-                            acknowledged.lock().expect("lock").extend(customers);
-                            batch_number += 1;
-                            at += 1;
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                        _ => {
-                            at += 1;
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let posters = Posters::start(&addrs, "s", true);
     let root = env.root.path().to_path_buf();
-    let acked_more_than = |n: usize| {
-        let started = Instant::now();
-        while acknowledged.lock().expect("lock").len() <= n {
-            if started.elapsed() > DEADLINE {
-                for name in ["data", "second", "third"] {
-                    eprintln!(
-                        "== {name}\n{}",
-                        std::fs::read_to_string(root.join(name).join("daemon.log")).unwrap_or_default()
-                    );
-                }
-                panic!(
-                    "timed out waiting for more than {n} acknowledged calls ({})",
-                    acknowledged.lock().expect("lock").len()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    };
+    let acked_more_than = |n: usize| posters.acked_more_than(n, &root);
     acked_more_than(60);
     // Every node applies and delivers: each one's sink has sends.
     eventually("sends from every node", || {
@@ -1761,7 +1753,7 @@ fn three_spread_nodes_share_the_partitions_and_a_killed_one_loses_no_acked_event
     // event's is due 2 s on) and batches in flight; the other two take its
     // partitions over once its leases expire.
     second.kill();
-    let killed_at = acknowledged.lock().expect("lock").len();
+    let killed_at = posters.count();
     eventually("two halves", || {
         let shares = shares(pg);
         (shares.len() == 2 && shares.iter().all(|share| *share == 128)).then_some(())
@@ -1774,15 +1766,11 @@ fn three_spread_nodes_share_the_partitions_and_a_killed_one_loses_no_acked_event
         let shares = shares(pg);
         (shares.len() == 3 && shares.iter().all(|share| (84..=86).contains(share))).then_some(())
     });
-    let restarted_at = acknowledged.lock().expect("lock").len();
+    let restarted_at = posters.count();
     acked_more_than(restarted_at + 60);
-    stop.store(true, Ordering::Relaxed);
-    for poster in posters {
-        poster.join().expect("poster");
-    }
 
     // Every acked event's send and its timer's send, exactly once, across
     // the three nodes' sinks.
-    let acknowledged = acknowledged.lock().expect("lock").clone();
+    let acknowledged = posters.finish();
     every_send_once(&datas, &acknowledged, vec![first, restarted, third]);
 }
