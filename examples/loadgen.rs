@@ -988,6 +988,13 @@ fn waiting_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opt
         "RSS peak during that intake (VmHWM)",
         format!("{:.0} MiB", daemon.status_mib("VmHWM:")),
     );
+    // The same daemon once the intake's buffers are given back: the figure of
+    // a daemon that holds them waiting, not of one just past a burst.
+    std::thread::sleep(Duration::from_secs(10));
+    say(
+        &format!("RSS with {pending} waiting, 10 s after the intake"),
+        format!("{:.0} MiB", daemon.rss_mib()),
+    );
     daemon.terminate();
     if let (Some(pg), Some(url), Some(before)) = (&pg, &store, before) {
         pg.wait_idle(url);
