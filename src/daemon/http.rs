@@ -728,8 +728,29 @@ impl Node<'_> {
                     }
                 }
                 self.metrics().events_rejected.add(refused as u64);
-                if !calls.is_empty() {
-                    state.committer.ingest(calls).await.map_err(commit_error)?;
+                if calls.is_empty() {
+                    return Ok(());
+                }
+                // With `--spread`, kept for a refusal of a partition given
+                // up (or taken over) after the routing above.
+                let spread = matches!(&state.store.db, super::kv::Kv::Postgres(pg) if pg.spread());
+                let kept = spread.then(|| calls.clone());
+                match (state.committer.ingest(calls).await, kept) {
+                    (Ok(()), _) => {}
+                    (Err(CommitError::PartitionNotOwned(reason)), Some(calls)) => {
+                        // Nothing of the job was written (the fence refuses
+                        // inside its transaction): its calls go to the
+                        // inbox of the partitions' holders now, acked as a
+                        // standby's, unless this node still holds them all
+                        // (a merge's other partition refused: answered).
+                        let Some(partitions) = elsewhere(&state.store, &calls).map_err(store_failed)? else {
+                            return Err(commit_error(CommitError::PartitionNotOwned(reason)));
+                        };
+                        to_inbox(&state.store, &state.rejected, Vec::new(), calls, Some(partitions))
+                            .map_err(store_failed)?;
+                        tracing::info!(%reason, "calls of a partition no longer held written to its inbox");
+                    }
+                    (Err(error), _) => return Err(commit_error(error)),
                 }
             }
             Node::Standby(standby) => {

@@ -1848,3 +1848,80 @@ fn a_call_naming_an_alias_goes_to_the_partition_of_its_customer_on_any_spread_no
     assert_eq!(second.terminate(), Some(0));
     assert_eq!(first.terminate(), Some(0));
 }
+
+#[test]
+fn a_spread_owners_calls_of_a_partition_taken_after_their_routing_go_to_its_inbox_acked() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let data = env.root.path().join("data");
+    let daemon = start_spread(&env, &data);
+    daemon.wait_until_owner();
+    let ((taken, p), (other, _)) = two_partitions();
+    // Another node takes partition p over. The daemon learns it at its
+    // next renewal (a second at most) or, before that, from the fence of
+    // the first commit naming p, which is refused inside its transaction
+    // after the call was routed to the commit thread as one of a held
+    // partition.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition = {p}"
+    ));
+    let acked = daemon.post("/v1/track", &ping(&taken, "m0", 0));
+    assert_eq!(acked.status, 200, "{}", acked.body);
+    // Concurrent requests, some sharing group commits with calls of p:
+    // every one is acked, p's into its inbox.
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (addr, taken, other) = (daemon.addr.clone(), taken.clone(), other.clone());
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {TOKEN}");
+                (1..6)
+                    .flat_map(|n| {
+                        [&taken, &other].map(|customer| {
+                            let body = ping(customer, &format!("{customer}-k{client}-{n}"), n);
+                            let response =
+                                request(&addr, "POST", "/v1/track", Some(&body), Some(&auth)).expect("request");
+                            (customer.clone(), response.status, response.body)
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for client in clients {
+        for (customer, status, body) in client.join().expect("client") {
+            assert_eq!(status, 200, "{customer}: {body}");
+        }
+    }
+    // p's calls wait in its inbox, none applied: the node does not hold it.
+    let waiting = || {
+        pg.psql(&format!(
+            "SELECT count(*) FROM journeyc_kv WHERE partition = {p} AND get_byte(key, 0) = 105"
+        ))
+        .trim()
+        .parse::<usize>()
+        .expect("a count")
+    };
+    assert!(waiting() >= 1, "p's calls are in its inbox");
+    assert_eq!(daemon.get(&format!("/v1/customers/{taken}")).status, 404);
+    // The other node's lease expires: the daemon claims p back and applies
+    // every call acked for it, once.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    let hellos = |customer: &str| {
+        sends(&data)
+            .iter()
+            .filter(|l| l["customer"] == customer && l["message"] == "hello")
+            .count()
+    };
+    eventually("every acked call of both customers applied", || {
+        (hellos(&taken) == 21 && hellos(&other) == 20).then_some(())
+    });
+    assert_eq!(waiting(), 0);
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!((hellos(&taken), hellos(&other)), (21, 20));
+}
