@@ -8,7 +8,7 @@
 //!     [--intake 200000] [--timers 200000] [--waiting 1000000] [--latency-seconds 10] \
 //!     [--latency-rate 2000] [--serve-arg --cache-mib --serve-arg 32] [--rounds 1] \
 //!     [--phases raw,intake,timers,waiting,latency] [--perf-timers perf.data] \
-//!     [--store postgres://USER@HOST:PORT/DB | --pg-server] [--nodes 1]
+//!     [--store postgres://USER@HOST:PORT/DB | --pg-server] [--nodes 1] [--spread]
 //! ```
 //!
 //! Phases: (1) raw sled rate, 1000 keys of 100 bytes per batch; (2) intake
@@ -38,6 +38,12 @@
 //! the size of `journeyc_kv` with its indexes per customer. `--nodes N`
 //! runs the intake and timer phases with N daemons on the one database,
 //! the clients spread over them, metrics summed and every sink watched.
+//! `--spread` starts every node with `journeyc serve --spread`, so each
+//! applies its share of the partitions: a phase starts once every node
+//! holds its share (by `journeyc_leases`), the per-process counters
+//! (groups, wake-ups fired, CPU) are summed over the nodes, and a gauge of
+//! the store's (timers pending, which every node reads from the store) is
+//! the highest any node answers, not a sum.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -105,6 +111,8 @@ struct Args {
     /// Daemons sharing the database in the intake and timer phases
     /// (PostgreSQL only; the clients' batches are spread over them).
     nodes: usize,
+    /// Starts every node with `--spread` (each applies its share).
+    spread: bool,
 }
 
 impl Args {
@@ -128,6 +136,7 @@ fn parse_args() -> Args {
         store: None,
         pg_server: false,
         nodes: 1,
+        spread: false,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -155,6 +164,10 @@ fn parse_args() -> Args {
                 args.pg_server = true;
                 i -= 1;
             }
+            "--spread" => {
+                args.spread = true;
+                i -= 1;
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -165,6 +178,10 @@ fn parse_args() -> Args {
     assert!(
         args.nodes == 1 || args.store.is_some() || args.pg_server,
         "--nodes needs PostgreSQL (--store or --pg-server): daemons on sled share nothing"
+    );
+    assert!(
+        !args.spread || args.store.is_some() || args.pg_server,
+        "--spread needs PostgreSQL (--store or --pg-server)"
     );
     args
 }
@@ -193,6 +210,7 @@ impl Daemon {
             .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
             .args(&args.serve_args)
             .args(store.map(|url| ["--store", url]).into_iter().flatten())
+            .args(args.spread.then_some("--spread"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -300,9 +318,52 @@ impl Cluster {
         self.nodes.iter().map(|d| d.addr.clone()).collect()
     }
 
-    /// A metric summed over the nodes.
+    /// A metric of each process's own (a counter, CPU) summed over the nodes.
     fn metric(&self, name: &str) -> f64 {
         self.nodes.iter().map(|d| d.metric(name)).sum()
+    }
+
+    /// A gauge of the store's (`journeyc_timers_pending`): every node
+    /// answers the store's total (a standby, and a `--spread` owner, read
+    /// it from the store; an owner applying alone has it in memory), so
+    /// the highest answer, not their sum.
+    fn gauge(&self, name: &str) -> f64 {
+        self.nodes.iter().map(|d| d.metric(name)).fold(0.0, f64::max)
+    }
+
+    /// With `--spread` and several nodes: waits until every node holds its
+    /// share of the partitions, at most ceil(P / nodes) each, by the lease
+    /// table of `url`'s database (a node claims or gives up at its ticks,
+    /// a second apart).
+    fn wait_for_shares(&self, args: &Args, pg: Option<&Pg>, url: Option<&str>) {
+        let (Some(pg), Some(url)) = (pg, url) else {
+            return;
+        };
+        if !args.spread || self.nodes.len() < 2 {
+            return;
+        }
+        let partitions = pg.numbers(url, "SELECT value FROM journeyc_settings WHERE name = 'partitions'")[0];
+        let share = (partitions / self.nodes.len() as f64).ceil();
+        let started = Instant::now();
+        loop {
+            let shares: Vec<f64> = pg
+                .sql(
+                    url,
+                    "SELECT count(*) FROM journeyc_leases WHERE partition >= 0 AND expires_at >= now() \
+                     GROUP BY owner",
+                )
+                .iter()
+                .filter_map(|row| row.first()?.parse().ok())
+                .collect();
+            if shares.len() == self.nodes.len() && shares.iter().all(|held| *held <= share) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the nodes did not take their shares: {shares:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn cpu_seconds(&self) -> f64 {
@@ -764,11 +825,12 @@ fn label(bin: &Path, round: usize, args: &Args) -> String {
     }
 }
 
-/// `"N daemons, "` when the phase runs several.
+/// `"N daemons, "` when the phase runs several (`"N --spread daemons, "`).
 fn nodes(args: &Args) -> String {
-    match args.nodes {
-        1 => String::new(),
-        n => format!("{n} daemons, "),
+    match (args.nodes, args.spread) {
+        (1, false) => String::new(),
+        (n, false) => format!("{n} daemons, "),
+        (n, true) => format!("{n} --spread daemons, "),
     }
 }
 
@@ -779,6 +841,7 @@ fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
     let _ = std::fs::remove_dir_all(data);
     let store = pg.as_ref().map(|pg| pg.create("intake"));
     let (daemon, ready) = Cluster::start(bin, args, workspace, data, store.as_deref());
+    daemon.wait_for_shares(args, pg, store.as_deref());
     let before = pg.as_ref().zip(store.as_deref()).map(|(pg, url)| pg.counters(url));
     say(
         &format!("cold start to ready (empty store), {}", bin.display()),
@@ -852,6 +915,7 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
     let _ = std::fs::remove_dir_all(data);
     let store = pg.as_ref().map(|pg| pg.create("timers"));
     let (daemon, _) = Cluster::start(bin, args, workspace, data, store.as_deref());
+    daemon.wait_for_shares(args, pg, store.as_deref());
     // Ingest estimate: leave enough margin so all are armed before the due
     // time (PostgreSQL takes them more slowly, and its statistics need a
     // second of quiet).
@@ -868,16 +932,17 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
         args.timers,
         Arc::new(move |i| track(&format!("t{i}"), "tick", &format!(r#"{{"due":"{text}"}}"#))),
     );
-    // With several nodes the acks land in the inbox first: wait until the
-    // owner has armed every timer.
-    while (daemon.metric("journeyc_timers_pending") as usize) < args.timers && Instant::now() < due_instant {
+    // With several nodes the acks land in the inbox first: wait until
+    // every timer is armed (by the owner, or with `--spread` by the
+    // holders of the partitions, each its share).
+    while (daemon.gauge("journeyc_timers_pending") as usize) < args.timers && Instant::now() < due_instant {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
         Instant::now() < due_instant,
         "ingestion overran the due time; lower --timers"
     );
-    let pending = daemon.metric("journeyc_timers_pending");
+    let pending = daemon.gauge("journeyc_timers_pending");
     let groups_before = daemon.metric("journeyc_commit_latency_seconds_count");
     let last_send = watch_lines(daemon.sinks(), "\"kind\":\"send\"", args.timers);
     let quiet_since = Instant::now();

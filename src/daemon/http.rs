@@ -710,14 +710,17 @@ impl Node<'_> {
             |failure: super::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
         let refused = rejections.len();
         match self {
-            // With `--spread`, calls of partitions this node does not hold
-            // go to the inbox as a standby's do: the partitions' holders
-            // apply them.
-            Node::Owner(state) if !holds_all(&state.store, &calls) => {
-                to_inbox(&state.store, &state.rejected, rejections, calls).map_err(store_failed)?;
-                self.metrics().events_rejected.add(refused as u64);
-            }
             Node::Owner(state) => {
+                // With `--spread`, calls of partitions this node does not
+                // hold (their ids resolved through the aliases) go to the
+                // inbox as a standby's do: the partitions' holders apply
+                // them.
+                if let Some(partitions) = elsewhere(&state.store, &calls).map_err(store_failed)? {
+                    to_inbox(&state.store, &state.rejected, rejections, calls, Some(partitions))
+                        .map_err(store_failed)?;
+                    self.metrics().events_rejected.add(refused as u64);
+                    return Ok(());
+                }
                 if !rejections.is_empty() {
                     state.rejected.put(rejections).map_err(store_failed)?;
                     if calls.is_empty() {
@@ -725,12 +728,33 @@ impl Node<'_> {
                     }
                 }
                 self.metrics().events_rejected.add(refused as u64);
-                if !calls.is_empty() {
-                    state.committer.ingest(calls).await.map_err(commit_error)?;
+                if calls.is_empty() {
+                    return Ok(());
+                }
+                // With `--spread`, kept for a refusal of a partition given
+                // up (or taken over) after the routing above.
+                let spread = matches!(&state.store.db, super::kv::Kv::Postgres(pg) if pg.spread());
+                let kept = spread.then(|| calls.clone());
+                match (state.committer.ingest(calls).await, kept) {
+                    (Ok(()), _) => {}
+                    (Err(CommitError::PartitionNotOwned(reason)), Some(calls)) => {
+                        // Nothing of the job was written (the fence refuses
+                        // inside its transaction): its calls go to the
+                        // inbox of the partitions' holders now, acked as a
+                        // standby's, unless this node still holds them all
+                        // (a merge's other partition refused: answered).
+                        let Some(partitions) = elsewhere(&state.store, &calls).map_err(store_failed)? else {
+                            return Err(commit_error(CommitError::PartitionNotOwned(reason)));
+                        };
+                        to_inbox(&state.store, &state.rejected, Vec::new(), calls, Some(partitions))
+                            .map_err(store_failed)?;
+                        tracing::info!(%reason, "calls of a partition no longer held written to its inbox");
+                    }
+                    (Err(error), _) => return Err(commit_error(error)),
                 }
             }
             Node::Standby(standby) => {
-                to_inbox(&standby.store, &standby.rejected, rejections, calls).map_err(store_failed)?;
+                to_inbox(&standby.store, &standby.rejected, rejections, calls, None).map_err(store_failed)?;
                 self.metrics().events_rejected.add(refused as u64);
             }
         }
@@ -738,36 +762,44 @@ impl Node<'_> {
     }
 }
 
-/// Whether this node holds the partition of every customer `calls` name
-/// (always on sled, and without `--spread`: the owner holds them all).
-fn holds_all(store: &Store, calls: &[Call]) -> bool {
+/// With `--spread`, the partitions of `calls` (`inbox::partitions`: their
+/// ids resolved through the aliases stored) when this node does not hold
+/// every one of them, so they go to the inbox; `None` when it holds them
+/// all and commits them itself (always on sled, and without `--spread`,
+/// where the owner holds every partition).
+fn elsewhere(store: &Store, calls: &[Call]) -> Result<Option<Vec<i32>>, super::store::StoreError> {
     let super::kv::Kv::Postgres(pg) = &store.db else {
-        return true;
+        return Ok(None);
     };
-    if !pg.spread() {
-        return true;
+    if !pg.spread() || calls.is_empty() {
+        return Ok(None);
     }
+    let partitions = super::inbox::partitions(pg, store, calls)?;
     let owned = pg.owned();
-    calls
-        .iter()
-        .all(|call| owned.contains_key(&pg.partition_of(&super::store::customer_key(&call.customer))))
+    Ok((!partitions.iter().all(|partition| owned.contains_key(partition))).then_some(partitions))
 }
 
 /// Writes `calls` as inbox records, one per partition of their customers
-/// (`inbox::records`), with `rejections`, in one unfenced transaction
-/// (`inbox.rs`): durable when it returns.
+/// (`inbox::records`; `partitions` when [`elsewhere`] read them already),
+/// with `rejections`, in one unfenced transaction (`inbox.rs`): durable
+/// when it returns.
 fn to_inbox(
     store: &Store,
     rejected: &RejectedStore,
     rejections: Vec<Rejection>,
     calls: Vec<Call>,
+    partitions: Option<Vec<i32>>,
 ) -> Result<(), super::store::StoreError> {
     let super::kv::Kv::Postgres(pg) = &store.db else {
         unreachable!("only a PostgreSQL store has an inbox")
     };
     let mut inbox = super::kv::Batch::default();
     let taken = !calls.is_empty();
-    for (key, value) in super::inbox::records(pg, store, calls)? {
+    let records = match partitions {
+        Some(partitions) => super::inbox::records_in(store, calls, partitions)?,
+        None => super::inbox::records(pg, store, calls)?,
+    };
+    for (key, value) in records {
         inbox.insert(key, value);
     }
     if !rejections.is_empty() || taken {

@@ -14,7 +14,10 @@
 //! `anonymousId` is refused), and goes to the partition of the customer it
 //! writes: its id resolved through the aliases stored when the standby
 //! writes it (the commit thread resolves it again), so the calls of one
-//! person keep one queue once its ids are merged. A call with a `merge` (an `alias`, or a `userId` with an
+//! person keep one queue once its ids are merged ([`partitions`]). A
+//! `--spread` node holding the store's lease routes a request by the same
+//! resolution: its calls go to its commit thread when it holds every
+//! partition they write, else to the inbox (`http.rs`, `elsewhere`). A call with a `merge` (an `alias`, or a `userId` with an
 //! `anonymousId`) goes to the partition of the customer it merges *into*;
 //! the merged id's records still queued in its own partition may then be
 //! applied after the merge (they resolve to the same customer, later):
@@ -108,11 +111,12 @@ pub fn encode(calls: &[Call]) -> Vec<u8> {
     serde_json::to_vec(calls).expect("calls always serialize")
 }
 
-/// A standby's records of `calls` (validated, in request order): one per
-/// partition of the customers they write, each with the calls of that
-/// partition in their order, all numbered with one new id. The customers'
-/// aliases are read in one round trip.
-pub fn records(pg: &Pg, store: &Store, calls: Vec<Call>) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+/// The partition of the customer each of `calls` writes: its id resolved
+/// through the aliases stored (read in one round trip), as the commit
+/// thread resolves it again. The one routing of a call: a standby's
+/// records ([`records`]) and the owner's choice between its commit thread
+/// and the inbox (`http.rs`) both follow it.
+pub fn partitions(pg: &Pg, store: &Store, calls: &[Call]) -> StoreResult<Vec<i32>> {
     if calls.is_empty() {
         return Ok(Vec::new());
     }
@@ -121,15 +125,35 @@ pub fn records(pg: &Pg, store: &Store, calls: Vec<Call>) -> StoreResult<Vec<(Vec
         .map(|call| super::store::alias_key(&call.customer))
         .collect();
     let aliases = store.db.get_many(&ids)?;
+    Ok(calls
+        .iter()
+        .zip(aliases)
+        .map(|(call, alias)| {
+            let customer = alias
+                .and_then(|user| String::from_utf8(user.to_vec()).ok())
+                .unwrap_or_else(|| call.customer.clone());
+            pg.partition_of(&super::store::customer_key(&customer))
+        })
+        .collect())
+}
+
+/// A standby's records of `calls` (validated, in request order): one per
+/// partition of the customers they write ([`partitions`]), each with the
+/// calls of that partition in their order, all numbered with one new id.
+pub fn records(pg: &Pg, store: &Store, calls: Vec<Call>) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let partitions = partitions(pg, store, &calls)?;
+    records_in(store, calls, partitions)
+}
+
+/// [`records`] of `calls` whose partitions were read already
+/// (`partitions[i]` that of `calls[i]`, [`partitions`]).
+pub fn records_in(store: &Store, calls: Vec<Call>, partitions: Vec<i32>) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut split: BTreeMap<i32, Vec<Call>> = BTreeMap::new();
-    for (call, alias) in calls.into_iter().zip(aliases) {
-        let customer = alias
-            .and_then(|user| String::from_utf8(user.to_vec()).ok())
-            .unwrap_or_else(|| call.customer.clone());
-        split
-            .entry(pg.partition_of(&super::store::customer_key(&customer)))
-            .or_default()
-            .push(call);
+    for (call, partition) in calls.into_iter().zip(partitions) {
+        split.entry(partition).or_default().push(call);
     }
     let id = store.db.generate_id()?;
     split

@@ -1774,3 +1774,154 @@ fn three_spread_nodes_share_the_partitions_and_a_killed_one_loses_no_acked_event
     let acknowledged = posters.finish();
     every_send_once(&datas, &acknowledged, vec![first, restarted, third]);
 }
+
+/// Two ids whose customers fall in two halves of 256 partitions: the first
+/// in 0..128 (which the first of two `--spread` nodes keeps: the surplus
+/// goes highest first), the second in 128..256 (which the second takes).
+fn ids_in_two_halves() -> (String, String) {
+    let p = |id: &str| partition_of(&journeyc::daemon::store::customer_key(id), 256);
+    let find = |prefix: &str, low: bool| {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|id| (p(id) < 128) == low)
+            .expect("an id")
+    };
+    (find("anon", true), find("user", false))
+}
+
+#[test]
+fn a_call_naming_an_alias_goes_to_the_partition_of_its_customer_on_any_spread_node() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let (anonymous, user) = ids_in_two_halves();
+    let (first_data, second_data) = (env.root.path().join("data"), env.root.path().join("second"));
+    // Alone, the first node holds both partitions: the merge of the
+    // anonymous id into the user commits there.
+    let first = start_spread(&env, &first_data);
+    first.wait_until_owner();
+    let merge = format!(r#"{{"type":"identify","userId":"{user}","anonymousId":"{anonymous}","traits":{{}}}}"#);
+    let merged = first.post("/v1/identify", &merge);
+    assert_eq!(merged.status, 200, "{}", merged.body);
+    // A second node takes the upper half: the user's partition, not the
+    // anonymous id's.
+    let second = start_spread(&env, &second_data);
+    eventually("two halves", || (shares(pg) == vec![128, 128]).then_some(()));
+    let holder = |id: &str| {
+        let partition = partition_of(&journeyc::daemon::store::customer_key(id), 256);
+        pg.psql(&format!(
+            "SELECT owner FROM journeyc_leases WHERE partition = {partition}"
+        ))
+        .trim()
+        .to_string()
+    };
+    assert_ne!(holder(&anonymous), holder(&user));
+    // Calls naming the anonymous id, posted to the store's owner (which
+    // holds the anonymous id's partition) and to the other node: both are
+    // acked, and applied to the user by the user's partition's holder.
+    let track = |n: i64| {
+        format!(
+            r#"{{"type":"track","anonymousId":"{anonymous}","event":"ping","properties":{{"n":{n}}},"messageId":"alias-{n}"}}"#
+        )
+    };
+    for (n, node) in [&first, &second].into_iter().enumerate() {
+        let acked = node.post("/v1/track", &track(n as i64));
+        assert_eq!(acked.status, 200, "{}", acked.body);
+    }
+    eventually("the user's two hellos, sent by the user's partition's holder", || {
+        let hellos = |data: &Path| {
+            sends(data)
+                .iter()
+                .filter(|l| l["customer"] == user.as_str() && l["message"] == "hello")
+                .count()
+        };
+        (hellos(&second_data) == 2).then_some(())
+    });
+    assert!(
+        sends(&first_data).iter().all(|l| l["customer"] != user.as_str()),
+        "the first node holds no partition of the user"
+    );
+    let customer = first.get(&format!("/v1/customers/{user}"));
+    assert_eq!(customer.status, 200, "{}", customer.body);
+    assert_eq!(second.terminate(), Some(0));
+    assert_eq!(first.terminate(), Some(0));
+}
+
+#[test]
+fn a_spread_owners_calls_of_a_partition_taken_after_their_routing_go_to_its_inbox_acked() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let data = env.root.path().join("data");
+    let daemon = start_spread(&env, &data);
+    daemon.wait_until_owner();
+    let ((taken, p), (other, _)) = two_partitions();
+    // Another node takes partition p over. The daemon learns it at its
+    // next renewal (a second at most) or, before that, from the fence of
+    // the first commit naming p, which is refused inside its transaction
+    // after the call was routed to the commit thread as one of a held
+    // partition.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition = {p}"
+    ));
+    let acked = daemon.post("/v1/track", &ping(&taken, "m0", 0));
+    assert_eq!(acked.status, 200, "{}", acked.body);
+    // Concurrent requests, some sharing group commits with calls of p:
+    // every one is acked, p's into its inbox.
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (addr, taken, other) = (daemon.addr.clone(), taken.clone(), other.clone());
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {TOKEN}");
+                (1..6)
+                    .flat_map(|n| {
+                        [&taken, &other].map(|customer| {
+                            let body = ping(customer, &format!("{customer}-k{client}-{n}"), n);
+                            let response =
+                                request(&addr, "POST", "/v1/track", Some(&body), Some(&auth)).expect("request");
+                            (customer.clone(), response.status, response.body)
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for client in clients {
+        for (customer, status, body) in client.join().expect("client") {
+            assert_eq!(status, 200, "{customer}: {body}");
+        }
+    }
+    // p's calls wait in its inbox, none applied: the node does not hold it.
+    let waiting = || {
+        pg.psql(&format!(
+            "SELECT count(*) FROM journeyc_kv WHERE partition = {p} AND get_byte(key, 0) = 105"
+        ))
+        .trim()
+        .parse::<usize>()
+        .expect("a count")
+    };
+    assert!(waiting() >= 1, "p's calls are in its inbox");
+    assert_eq!(daemon.get(&format!("/v1/customers/{taken}")).status, 404);
+    // The other node's lease expires: the daemon claims p back and applies
+    // every call acked for it, once.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    let hellos = |customer: &str| {
+        sends(&data)
+            .iter()
+            .filter(|l| l["customer"] == customer && l["message"] == "hello")
+            .count()
+    };
+    eventually("every acked call of both customers applied", || {
+        (hellos(&taken) == 21 && hellos(&other) == 20).then_some(())
+    });
+    assert_eq!(waiting(), 0);
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!((hellos(&taken), hellos(&other)), (21, 20));
+}
