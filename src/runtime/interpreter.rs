@@ -13,7 +13,7 @@
 
 use super::engagement::{self, Engagement, EngagementEvent};
 use super::eval::Scope;
-use super::local_time::{is_local_time, next_local_time, quiet_until};
+use super::local_time::{is_local_time, next_local_time, quiet_until, zone_named};
 use super::names::{intern_all, Name};
 use super::rendered;
 use super::state::{
@@ -1772,14 +1772,14 @@ impl Run<'_, '_> {
     fn zone(&self, program: &Program) -> chrono_tz::Tz {
         let customer = self.customer_zone.get().unwrap_or_else(|| {
             let zone = match self.state.profile.get("timezone") {
-                Some(Value::String(name)) => name.parse().ok(),
+                Some(Value::String(name)) => zone_named(name),
                 _ => None,
             };
             self.customer_zone.set(Some(zone));
             zone
         });
         customer
-            .or_else(|| program.timezone.as_deref().and_then(|name| name.parse().ok()))
+            .or_else(|| program.timezone.as_deref().and_then(zone_named))
             .unwrap_or(chrono_tz::Tz::UTC)
     }
 
