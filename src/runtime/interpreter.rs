@@ -13,8 +13,9 @@
 
 use super::engagement::{self, Engagement, EngagementEvent};
 use super::eval::Scope;
-use super::local_time::{is_local_time, next_local_time, quiet_until};
+use super::local_time::{is_local_time, next_local_time, quiet_until, zone_named};
 use super::names::{intern_all, Name};
+use super::rendered;
 use super::state::{
     Attribution, CustomerState, Enrollment, EntryHistory, ScheduleMark, Sent, SettleMark, Settled, Suppression,
     MESSAGE_ID_RETENTION_MS, SENT_RETENTION_MS,
@@ -51,6 +52,9 @@ struct Loaded {
     renders: Vec<MessageTemplates>,
     /// The bundle's names interned: `names[id]` for `NameId(id)`.
     names: Box<[Name]>,
+    /// This loaded version's number (never reused in a process): the
+    /// version part of the key of remembered renders ([`rendered`]).
+    number: u64,
 }
 
 /// A `count`/`seen` window a segment's membership depends on.
@@ -150,6 +154,10 @@ pub struct Engine {
     /// a `skip` with reason `no_address` (off by default: a workspace
     /// whose sinks need no address sends as before).
     email_address_required: bool,
+    /// Whether a send takes a template's text from an earlier render with
+    /// the same context ([`rendered`]); off: every send renders
+    /// ([`Engine::rendering_every_send`]).
+    remember_renders: bool,
 }
 
 impl Engine {
@@ -220,6 +228,7 @@ impl Engine {
             cap_window_ms,
             recurring_until: None,
             email_address_required: false,
+            remember_renders: true,
         }
     }
 
@@ -228,6 +237,14 @@ impl Engine {
     /// turns this on when an SMTP sink delivers email).
     pub fn requiring_email_address(mut self) -> Engine {
         self.email_address_required = true;
+        self
+    }
+
+    /// The same engine, rendering every send's templates instead of taking
+    /// the text of an earlier render with the same context ([`rendered`]):
+    /// the reference the remembered renders are tested against.
+    pub fn rendering_every_send(mut self) -> Engine {
+        self.remember_renders = false;
         self
     }
 
@@ -493,6 +510,7 @@ impl Loaded {
             .collect();
         Loaded {
             names: intern_all(&bundle.names),
+            number: ENGINES.fetch_add(1, Ordering::Relaxed),
             bundle,
             templates,
             segment_windows,
@@ -1754,14 +1772,14 @@ impl Run<'_, '_> {
     fn zone(&self, program: &Program) -> chrono_tz::Tz {
         let customer = self.customer_zone.get().unwrap_or_else(|| {
             let zone = match self.state.profile.get("timezone") {
-                Some(Value::String(name)) => name.parse().ok(),
+                Some(Value::String(name)) => zone_named(name),
                 _ => None,
             };
             self.customer_zone.set(Some(zone));
             zone
         });
         customer
-            .or_else(|| program.timezone.as_deref().and_then(|name| name.parse().ok()))
+            .or_else(|| program.timezone.as_deref().and_then(zone_named))
             .unwrap_or(chrono_tz::Tz::UTC)
     }
 
@@ -1891,13 +1909,44 @@ impl Run<'_, '_> {
                 .map(|(name, value)| (name.as_str(), minijinja::Value::from_serialize(to_json(value))))
                 .collect()
         };
-        let context = minijinja::context! {
-            customer => readable(Some(&self.state.profile), &templates.customer),
-            event => readable(event, &templates.event),
+        // Built on the first render that needs it (none when every text is
+        // remembered).
+        let context = std::cell::OnceCell::new();
+        let context = || {
+            context.get_or_init(|| {
+                minijinja::context! {
+                    customer => readable(Some(&self.state.profile), &templates.customer),
+                    event => readable(event, &templates.event),
+                }
+            })
         };
-        let render = |key: &str| -> Result<String, String> {
+        let render_now = |key: &str| -> Result<String, String> {
             let template = loaded.templates.get_template(key).map_err(|e| e.to_string())?;
-            template.render(&context).map_err(|e| e.to_string())
+            template.render(context()).map_err(|e| e.to_string())
+        };
+        // What the context holds, as a key of remembered renders: none when
+        // a template reads `customer` or `event` as a whole.
+        let remembered_context = (self.engine.remember_renders
+            && !matches!(templates.customer, Reads::All)
+            && !matches!(templates.event, Reads::All))
+        .then(|| {
+            let mut key = rendered::Context::default();
+            let profile = self.state.profile.iter();
+            for (name, value) in profile.filter(|(name, _)| templates.customer.wants(name)) {
+                key.add(name, value);
+            }
+            key.end_customer();
+            let event = event.into_iter().flatten();
+            for (name, value) in event.filter(|(name, _)| templates.event.wants(name)) {
+                key.add(name, value);
+            }
+            key
+        });
+        let render = |key: &str| -> Result<String, String> {
+            match &remembered_context {
+                Some(context) => rendered::remembered(loaded.number, key, context, || render_now(key)),
+                None => render_now(key),
+            }
         };
         let subject = templates.subject.as_deref().map(render).transpose()?;
         let variant = match self.state.profile.get("locale") {

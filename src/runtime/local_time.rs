@@ -5,6 +5,38 @@ use super::Millis;
 use chrono::{Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike};
 use chrono_tz::Tz;
 
+/// The most zone names one thread remembers parsed ([`zone_named`]).
+const ZONE_NAMES_MAX: usize = 256;
+
+thread_local! {
+    static ZONE_NAMES: std::cell::RefCell<rustc_hash::FxHashMap<Box<str>, Option<Tz>>> =
+        std::cell::RefCell::new(rustc_hash::FxHashMap::default());
+}
+
+/// The time zone an IANA name (`Europe/Berlin`) names, if any: what
+/// `name.parse::<Tz>()` gives, remembered per thread by name (parsing is a
+/// few hundred instructions, and the interpreter asks for the customer's or
+/// the journey's zone on every schedule and every timed step). A thread
+/// keeps at most `ZONE_NAMES_MAX` names and forgets them all when full.
+pub fn zone_named(name: &str) -> Option<Tz> {
+    let known = ZONE_NAMES
+        .try_with(|names| names.borrow().get(name).copied())
+        .ok()
+        .flatten();
+    if let Some(zone) = known {
+        return zone;
+    }
+    let zone = name.parse().ok();
+    let _ = ZONE_NAMES.try_with(|names| {
+        let mut names = names.borrow_mut();
+        if names.len() >= ZONE_NAMES_MAX {
+            names.clear();
+        }
+        names.insert(name.into(), zone);
+    });
+    zone
+}
+
 /// Every day of the week (bit 0 = Monday … bit 6 = Sunday).
 pub const ALL_DAYS: u8 = 0b0111_1111;
 
@@ -194,6 +226,28 @@ pub fn quiet_until(now: Millis, zone: Tz, start_minute: u16, end_minute: u16) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zone_names_are_what_parsing_gives_remembered_or_not() {
+        let mut names: Vec<String> = [
+            "Europe/Berlin",
+            "europe/berlin",
+            "Asia/Tehran",
+            "UTC",
+            "",
+            "Mars/Olympus",
+        ]
+        .map(String::from)
+        .to_vec();
+        // More names than a thread keeps: some answers come after a reset.
+        names.extend((0..ZONE_NAMES_MAX + 10).map(|i| format!("Etc/GMT+{}", i % 13)));
+        names.extend((0..ZONE_NAMES_MAX + 10).map(|i| format!("Nowhere/{i}")));
+        for _ in 0..2 {
+            for name in &names {
+                assert_eq!(zone_named(name), name.parse::<Tz>().ok(), "{name:?}");
+            }
+        }
+    }
 
     fn at(text: &str) -> Millis {
         chrono::DateTime::parse_from_rfc3339(text)

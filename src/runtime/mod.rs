@@ -15,6 +15,7 @@ pub mod interpreter;
 pub mod local_time;
 pub mod merge;
 pub mod names;
+mod rendered;
 pub mod state;
 pub mod stats;
 pub mod trace;

@@ -195,6 +195,87 @@ fn settled_memberships_change_nothing() {
     );
 }
 
+/// A send that takes its subject and body from an earlier render with the
+/// same context (`runtime/rendered.rs`) gives exactly what rendering them
+/// again gives: the same effects and states as the reference engine, which
+/// renders every send, input after input, wake-up after wake-up. On the
+/// campaign library with first names, locales (Persian and English
+/// variants), tiers and points that differ between customers and change
+/// between sends, so equal keys must mean equal contexts.
+#[test]
+fn remembered_renders_change_nothing() {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("journeys");
+    let sources = load(std::slice::from_ref(&directory)).expect("journeys load");
+    let checked = check_workspace(&sources, &DiskFiles)
+        .checked
+        .expect("journeys check clean");
+    let mut events = generated_events(&checked.schema, 200);
+    let names = ["Ada", "Bahram", "Chen", "\"quoted\""];
+    let locales = ["fa", "en-GB", "fa-IR", "de"];
+    let tiers = ["gold", "silver", "bronze"];
+    for customer in 0..200 {
+        for (step, day) in [2, 9, 16, 23].into_iter().enumerate() {
+            let k = customer + step;
+            events.push_str(&format!(
+                "{{\"type\":\"identify\",\"userId\":\"c{customer}\",\"traits\":{{\"firstName\":\"{}\",\"locale\":\"{}\",\"tier\":\"{}\",\"points\":{},\"nps_score\":{}}},\"timestamp\":\"2026-03-{day:02}T10:00:00Z\"}}\n",
+                names[k % 4].replace('"', "\\\""),
+                locales[(k / 2) % 4],
+                tiers[k % 3],
+                (k % 5) * 100,
+                [10, 2, 9, 7][k % 4],
+            ));
+        }
+    }
+    let bundle = Arc::new(compile(&checked));
+    let calls = parse_events(&events, &bundle).expect("generated events are valid");
+    let last = calls.iter().map(|call| call.input.at()).max().expect("events");
+    let engine = journeyc::runtime::Engine::new(bundle);
+    let horizon = journeyc::simulate::default_horizon(&engine, last);
+    let engine = engine.with_horizon(horizon);
+    let reference = engine.clone().rendering_every_send();
+    let mut by_customer: std::collections::BTreeMap<&str, Vec<&journeyc::runtime::Input>> = Default::default();
+    for call in &calls {
+        by_customer.entry(&call.customer).or_default().push(&call.input);
+    }
+    by_customer
+        .values_mut()
+        .for_each(|inputs| inputs.sort_by_key(|input| input.at()));
+    let mut bodies = std::collections::BTreeSet::new();
+    let mut sends = 0;
+    for (customer, inputs) in by_customer {
+        let mut remembering = journeyc::runtime::CustomerState::new(customer);
+        let mut rendering = remembering.clone();
+        let mut wake = None;
+        let mut inputs = inputs.into_iter();
+        loop {
+            let input = match inputs.next() {
+                Some(input) => input.clone(),
+                None => match wake.filter(|at| *at <= horizon) {
+                    Some(at) => journeyc::runtime::Input::Wake { at },
+                    None => break,
+                },
+            };
+            let expected = reference.apply(&mut rendering, &input).expect("applies");
+            let got = engine.apply(&mut remembering, &input).expect("applies");
+            assert_eq!(got, expected, "{customer} at {}", input.at());
+            assert_eq!(remembering, rendering, "{customer} at {}", input.at());
+            for record in &got.records {
+                if record.kind == Kind::Send {
+                    sends += 1;
+                    bodies.insert((record.subject.clone(), record.body.clone()));
+                }
+            }
+            wake = got.wake_at;
+        }
+    }
+    // Many sends, and many different texts among them: the contexts differ.
+    assert!(
+        sends > 500 && bodies.len() > 50,
+        "{sends} sends, {} texts",
+        bodies.len()
+    );
+}
+
 /// Recomputing only the recurring triggers whose inputs changed (the fired
 /// journey after an `every` or `inactive` occurrence, the `inactive`
 /// journeys an event moves, nothing after an identify that leaves the time
