@@ -786,10 +786,16 @@ fn merge_batches<T>(
         let Some((_, worker)) = least else {
             return;
         };
-        // That stream's records up to the next of another stream.
+        // That stream's records up to the next of another stream (the
+        // least record at least: two streams never share a key, and if they
+        // did the merge would still go on).
+        let mut first = true;
         loop {
             let head = heads[worker].as_mut().expect("a stream with records");
-            match head.items.next_if(|(key, _)| bound.is_none_or(|bound| *key < bound)) {
+            let wanted = |(key, _): &(Key, Item<T>)| first || bound.is_none_or(|bound| *key < bound);
+            let item = head.items.next_if(wanted);
+            first = false;
+            match item {
                 Some((_, Item::Record(value, end))) => {
                     emit(value, &head.bytes[head.start..end]);
                     head.start = end;
