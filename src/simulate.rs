@@ -139,6 +139,7 @@ fn read_events_in_chunks(
         let mut order = 0;
         let mut first = 1;
         let mut carry = Vec::new();
+        let mut unreadable = None;
         loop {
             let mut text = std::mem::take(&mut carry);
             text.reserve(chunk);
@@ -146,11 +147,18 @@ fn read_events_in_chunks(
             let read = match read {
                 Ok(read) => read,
                 Err(error) => {
-                    drop(chunks);
-                    return Err(EventError {
-                        line: first,
+                    // After the whole lines read before it, as in one pass.
+                    let whole = text.iter().rposition(|byte| *byte == b'\n').map_or(0, |end| end + 1);
+                    text.truncate(whole);
+                    let lines = text.iter().filter(|byte| **byte == b'\n').count();
+                    unreadable = Some(EventError {
+                        line: first + lines,
                         message: format!("cannot read: {error}"),
                     });
+                    if !text.is_empty() {
+                        let _ = chunks.send((order, first, text));
+                    }
+                    break;
                 }
             };
             // Whole lines only; the rest goes with the next chunk.
@@ -184,7 +192,7 @@ fn read_events_in_chunks(
         for part in parsed {
             add(part, &mut events);
         }
-        events
+        events.and_then(|events| unreadable.map_or(Ok(events), Err))
     })
 }
 
@@ -1275,6 +1283,62 @@ journey offer {
                 .err()
                 .expect("an error");
             assert_eq!(got.to_string(), expected, "{threads} threads, chunks of {chunk} bytes");
+        }
+    }
+
+    /// A reader that fails after `left` bytes.
+    struct Failing<'a> {
+        text: &'a [u8],
+        left: usize,
+    }
+
+    impl std::io::Read for Failing<'_> {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Err(std::io::Error::other("the disk went away"));
+            }
+            let n = buffer.len().min(self.left).min(self.text.len());
+            buffer[..n].copy_from_slice(&self.text[..n]);
+            (self.text, self.left) = (&self.text[n..], self.left - n);
+            Ok(n)
+        }
+    }
+
+    /// A read error counts after the lines read before it: a bad line
+    /// before it is the error, else the read error is.
+    #[test]
+    fn parsing_in_chunks_reports_a_read_error_after_the_lines_before_it() {
+        let bundle = bundle();
+        let mut lines = lines(40);
+        let good = lines.join("\n");
+        lines[5] = "not json".to_string();
+        let bad = lines.join("\n");
+        for text in [&good, &bad] {
+            let left = text.len() / 2;
+            let one_pass = |chunk: usize| {
+                let reader = Failing {
+                    text: text.as_bytes(),
+                    left,
+                };
+                if chunk == 0 {
+                    read_events(std::io::BufReader::with_capacity(64, reader), &bundle)
+                } else {
+                    read_events_in_chunks(reader, &bundle, 2, chunk)
+                }
+                .err()
+                .expect("an error")
+                .to_string()
+            };
+            let expected = one_pass(0);
+            let wanted = if std::ptr::eq(text, &bad) {
+                "line 6: "
+            } else {
+                "cannot read"
+            };
+            assert!(expected.contains(wanted), "{expected}");
+            for chunk in [1, 500, 1 << 20] {
+                assert_eq!(one_pass(chunk), expected, "chunks of {chunk}");
+            }
         }
     }
 }
