@@ -1,4 +1,4 @@
-//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--require-email-address] [--summary [--format json]] [--report FILE.html]`
+//! `journeyc simulate WORKSPACE --events FILE.jsonl [--until TIME] [--require-email-address] [--summary [--format json]] [--report FILE.html] [--threads N]`
 
 use crate::runtime::stats::{Document, Tally};
 use std::io::Write as _;
@@ -40,6 +40,19 @@ pub struct Args {
     /// `no_address`), as `serve` does when an SMTP sink delivers email.
     #[arg(long)]
     pub require_email_address: bool,
+    /// Worker threads to simulate on (customers sharded over them, the
+    /// output the same as on one); 1 runs on the calling thread alone.
+    /// Default: the machine's cores, at most 8.
+    #[arg(long, env = "JOURNEYC_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+/// What a worker thread hands on for one trace record, beside its trace
+/// line (unless `--summary`).
+struct Out {
+    error: bool,
+    /// The record itself, for the tally (`--summary`, `--report`).
+    record: Option<crate::runtime::TraceRecord>,
 }
 
 pub fn run(args: Args) -> u8 {
@@ -47,14 +60,15 @@ pub fn run(args: Args) -> u8 {
         Ok(bundle) => bundle,
         Err(code) => return code,
     };
+    let threads = args.threads.map_or_else(crate::simulate::default_threads, usize::from);
     let file = match std::fs::File::open(&args.events) {
-        Ok(file) => std::io::BufReader::with_capacity(1 << 20, file),
+        Ok(file) => file,
         Err(error) => {
             eprintln!("error: {}: {error}", args.events.display());
             return super::EXIT_USAGE;
         }
     };
-    let calls = match crate::simulate::read_events(file, &bundle) {
+    let calls = match crate::simulate::read_events_parallel(file, &bundle, threads) {
         Ok(calls) => calls,
         Err(error) => {
             eprintln!("error: {}: {error}", args.events.display());
@@ -69,41 +83,48 @@ pub fn run(args: Args) -> u8 {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut tally = Tally::default();
     let mut written: std::io::Result<()> = Ok(());
-    // One line's bytes, reused for every record.
-    let mut line = Vec::with_capacity(512);
     let bundle = Arc::new(bundle);
     let mut failed = 0usize;
     let tallying = args.summary || args.report.is_some();
     // Arrivals at wait steps (their `reached`), added to the tally after the run.
     let mut arrivals: std::collections::HashMap<String, i64> = Default::default();
-    let states = crate::simulate::run_streaming_with_arrivals(
+    let mut arrive = |journey: &str, step: &crate::runtime::trace::Step| {
+        crate::runtime::stats::count_arrival(journey, step, &mut |name, delta| {
+            *arrivals.entry(name).or_insert(0) += delta
+        });
+    };
+    let summary = args.summary;
+    let states = crate::simulate::run_parallel(
         bundle.clone(),
         calls,
         options,
-        |record| {
-            if record.kind == crate::runtime::Kind::Error {
+        threads,
+        // On the worker threads: the trace line, and the record to tally.
+        |record, bytes| {
+            if !summary {
+                crate::runtime::trace_json::write_line(record, bytes);
+                bytes.push(b'\n');
+            }
+            Out {
+                error: record.kind == crate::runtime::Kind::Error,
+                record: tallying.then(|| record.clone()),
+            }
+        },
+        |value, bytes| {
+            if value.error {
                 failed += 1;
-                if args.summary {
+            }
+            if let Some(record) = &value.record {
+                if value.error && summary {
                     eprintln!("error: {}", record.to_json_line());
                 }
-            }
-            if tallying {
                 tally.add(record);
             }
-            if !args.summary && written.is_ok() {
-                line.clear();
-                crate::runtime::trace_json::write_line(record, &mut line);
-                line.push(b'\n');
-                written = out.write_all(&line);
+            if !summary && written.is_ok() {
+                written = out.write_all(bytes);
             }
         },
-        |journey, step| {
-            if tallying {
-                crate::runtime::stats::count_arrival(journey, step, &mut |name, delta| {
-                    *arrivals.entry(name).or_insert(0) += delta
-                });
-            }
-        },
+        tallying.then_some(&mut arrive as crate::simulate::Arrive),
     );
     if tallying {
         states.iter().for_each(|state| tally.add_waiting(state));

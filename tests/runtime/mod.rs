@@ -8,6 +8,7 @@ mod engagement;
 mod examples;
 mod intake_fuzz;
 pub mod isolation;
+mod parallel;
 mod properties;
 mod purity;
 mod scenarios;
