@@ -131,19 +131,6 @@ fn huge_pages(keep: bool) {
     let _ = keep;
 }
 
-/// What the binary tunes in its allocator when a daemon starts (the binary
-/// owns the global allocator: `src/main.rs`).
-static ALLOCATOR_TUNING: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
-/// Registers the binary's allocator tuning, run once the daemon is ready (its
-/// store open and recovered, its port bound: start-up's many short-lived
-/// allocations ran with the defaults, which restarted 1M waiting customers
-/// about twice as fast). Only `serve` runs it: the other commands keep the
-/// allocator's defaults.
-pub fn set_allocator_tuning(tune: fn()) {
-    let _ = ALLOCATOR_TUNING.set(tune);
-}
-
 /// Runs the daemon until SIGTERM / ctrl-c.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     huge_pages(config.huge_pages);
@@ -292,9 +279,6 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     let _ = std::fs::write(config.data.join("addr"), address.to_string());
     println!("journeyc serve: listening on http://{address}");
     tracing::info!(%address, ready_ms = started.elapsed().as_millis() as u64, "listening");
-    if let Some(tune) = ALLOCATOR_TUNING.get() {
-        tune();
-    }
 
     let server_task = match (serving, listener) {
         (Some((server_task, _)), _) => server_task,
