@@ -153,13 +153,7 @@ fn settled_memberships_change_nothing() {
     let horizon = journeyc::simulate::default_horizon(&engine, last);
     let engine = engine.with_horizon(horizon);
     let reference = engine.clone().evaluating_every_settle();
-    let mut by_customer: std::collections::BTreeMap<&str, Vec<&journeyc::runtime::Input>> = Default::default();
-    for call in &calls {
-        by_customer.entry(&call.customer).or_default().push(&call.input);
-    }
-    by_customer
-        .values_mut()
-        .for_each(|inputs| inputs.sort_by_key(|input| input.at()));
+    let by_customer = inputs_by_customer(&calls);
     let (mut applied, mut marked) = (0, 0);
     for (customer, inputs) in by_customer {
         let mut kept = journeyc::runtime::CustomerState::new(customer);
@@ -233,13 +227,7 @@ fn remembered_renders_change_nothing() {
     let horizon = journeyc::simulate::default_horizon(&engine, last);
     let engine = engine.with_horizon(horizon);
     let reference = engine.clone().rendering_every_send();
-    let mut by_customer: std::collections::BTreeMap<&str, Vec<&journeyc::runtime::Input>> = Default::default();
-    for call in &calls {
-        by_customer.entry(&call.customer).or_default().push(&call.input);
-    }
-    by_customer
-        .values_mut()
-        .for_each(|inputs| inputs.sort_by_key(|input| input.at()));
+    let by_customer = inputs_by_customer(&calls);
     let mut bodies = std::collections::BTreeSet::new();
     let mut sends = 0;
     for (customer, inputs) in by_customer {
@@ -416,13 +404,7 @@ journey relocate {
         let horizon = journeyc::simulate::default_horizon(&engine, last) + 30 * 86_400_000;
         let engine = engine.with_horizon(horizon);
         let reference = engine.clone().rescheduling_every_trigger();
-        let mut by_customer: std::collections::BTreeMap<&str, Vec<&Input>> = Default::default();
-        for call in &calls {
-            by_customer.entry(&call.customer).or_default().push(&call.input);
-        }
-        by_customer
-            .values_mut()
-            .for_each(|inputs| inputs.sort_by_key(|input| input.at()));
+        let by_customer = inputs_by_customer(&calls);
         let (mut applied, mut marked, mut merged) = (0, 0, 0);
         for (number, (customer, inputs)) in by_customer.into_iter().enumerate() {
             let mut kept = CustomerState::new(customer);
@@ -464,6 +446,21 @@ journey relocate {
         }
         (applied, marked, merged)
     }
+}
+
+/// Each customer's inputs in time order (stable: simultaneous inputs keep
+/// their file order), customers in id order.
+fn inputs_by_customer(
+    calls: &[journeyc::runtime::input::Call],
+) -> std::collections::BTreeMap<&str, Vec<&journeyc::runtime::Input>> {
+    let mut by_customer: std::collections::BTreeMap<&str, Vec<&journeyc::runtime::Input>> = Default::default();
+    for call in calls {
+        by_customer.entry(&call.customer).or_default().push(&call.input);
+    }
+    by_customer
+        .values_mut()
+        .for_each(|inputs| inputs.sort_by_key(|input| input.at()));
+    by_customer
 }
 
 /// A deterministic stream of identifies and events for `customers` customers.
