@@ -395,9 +395,7 @@ impl Events {
             fill,
         });
     }
-}
 
-impl Events {
     /// Appends the inputs and broadcasts of the lines after this one's,
     /// numbering its customers and names on from this one's.
     fn append(&mut self, later: Events) {
@@ -777,23 +775,16 @@ fn merge_batches<T>(
     let mut heads: Vec<Option<Head<T>>> = receivers.iter().map(next).collect();
     loop {
         // The stream with the least key, and the least key of the others.
-        let mut least: Option<(Key, usize)> = None;
-        let mut bound: Option<Key> = None;
-        for (worker, head) in heads.iter_mut().enumerate() {
-            let Some((key, _)) = head.as_mut().and_then(|head| head.items.peek()) else {
-                continue;
-            };
-            match least {
-                Some((least_key, _)) if least_key < *key => bound = Some(bound.map_or(*key, |b| b.min(*key))),
-                _ => {
-                    bound = least.map(|(least_key, _)| bound.map_or(least_key, |b| b.min(least_key)));
-                    least = Some((*key, worker));
-                }
-            }
-        }
-        let Some((_, worker)) = least else {
+        let peeked: Vec<(Key, usize)> = (heads.iter_mut().enumerate())
+            .filter_map(|(worker, head)| Some((head.as_mut()?.items.peek()?.0, worker)))
+            .collect();
+        let Some(&(_, worker)) = peeked.iter().min() else {
             return;
         };
+        let bound = (peeked.iter())
+            .filter(|(_, other)| *other != worker)
+            .map(|(key, _)| *key)
+            .min();
         // That stream's records up to the next of another stream (the
         // least record at least: two streams never share a key, and if they
         // did the merge would still go on).

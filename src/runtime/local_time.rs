@@ -9,8 +9,7 @@ use chrono_tz::Tz;
 const ZONE_NAMES_MAX: usize = 256;
 
 thread_local! {
-    static ZONE_NAMES: std::cell::RefCell<rustc_hash::FxHashMap<Box<str>, Option<Tz>>> =
-        std::cell::RefCell::new(rustc_hash::FxHashMap::default());
+    static ZONE_NAMES: super::per_thread::Memo<Box<str>, Option<Tz>> = Default::default();
 }
 
 /// The time zone an IANA name (`Europe/Berlin`) names, if any: what
@@ -19,22 +18,7 @@ thread_local! {
 /// the journey's zone on every schedule and every timed step). A thread
 /// keeps at most `ZONE_NAMES_MAX` names and forgets them all when full.
 pub fn zone_named(name: &str) -> Option<Tz> {
-    let known = ZONE_NAMES
-        .try_with(|names| names.borrow().get(name).copied())
-        .ok()
-        .flatten();
-    if let Some(zone) = known {
-        return zone;
-    }
-    let zone = name.parse().ok();
-    let _ = ZONE_NAMES.try_with(|names| {
-        let mut names = names.borrow_mut();
-        if names.len() >= ZONE_NAMES_MAX {
-            names.clear();
-        }
-        names.insert(name.into(), zone);
-    });
-    zone
+    super::per_thread::remembered(&ZONE_NAMES, ZONE_NAMES_MAX, name, || name.parse().ok())
 }
 
 /// Every day of the week (bit 0 = Monday … bit 6 = Sunday).

@@ -15,6 +15,7 @@ pub mod interpreter;
 pub mod local_time;
 pub mod merge;
 pub mod names;
+mod per_thread;
 mod rendered;
 pub mod state;
 pub mod stats;

@@ -20,17 +20,13 @@
 //! order id) hits only when that value repeats.
 
 use crate::compile::bytecode::Value;
-use rustc_hash::FxHashMap;
-use std::cell::RefCell;
 
 /// The most rendered texts one thread keeps.
 pub const REMEMBERED_MAX: usize = 4096;
 
-/// Rendered texts (or render errors) by key: version, template, context.
-type Texts = FxHashMap<Box<[u8]>, Result<String, String>>;
-
 thread_local! {
-    static REMEMBERED: RefCell<Texts> = RefCell::new(Texts::default());
+    /// Rendered texts (or render errors) by key: version, template, context.
+    static REMEMBERED: super::per_thread::Memo<Box<[u8]>, Result<String, String>> = Default::default();
 }
 
 /// The values a render's context holds, encoded as bytes: for each
@@ -92,22 +88,7 @@ pub fn remembered(
     key.extend_from_slice(template.as_bytes());
     key.push(0);
     key.extend_from_slice(&context.0);
-    let hit = REMEMBERED
-        .try_with(|texts| texts.borrow().get(key.as_slice()).cloned())
-        .ok()
-        .flatten();
-    if let Some(text) = hit {
-        return text;
-    }
-    let text = render();
-    let _ = REMEMBERED.try_with(|texts| {
-        let mut texts = texts.borrow_mut();
-        if texts.len() >= REMEMBERED_MAX {
-            texts.clear();
-        }
-        texts.insert(key.into_boxed_slice(), text.clone());
-    });
-    text
+    super::per_thread::remembered(&REMEMBERED, REMEMBERED_MAX, key.as_slice(), render)
 }
 
 #[cfg(test)]
