@@ -733,17 +733,28 @@ impl Store {
             Some((key, held)) if *held == owned => key.clone(),
             _ => vec![PREFIX_OUTBOX],
         };
-        // Whole chunks, in key order, until `limit` records are found and
-        // one of them is below the next chunk's key: a record below that
-        // key is below every record not read (a chunk's key is at most its
-        // first record), so the records read below it, in number order,
-        // are the next ones of the outbox (on one node: group order).
+        // Whole chunks, in key order, until `limit` of the records read
+        // are below the next chunk's key: a record below that key is below
+        // every record not read (a chunk's key is at most its first
+        // record), so the records read below it, in number order, are the
+        // next ones of the outbox. A chunk holds its partition's records of
+        // one group commit, whose numbers interleave with the other
+        // partitions' (they are numbered in group order): the records
+        // below the next key are a few per chunk read, not all of them.
+        // `unbounded` holds the numbers read that are not yet below a
+        // chunk's key; chunk keys only grow, so `below` only grows.
         let mut items = Vec::new();
         let mut bound = u64::MAX;
+        let mut unbounded = std::collections::BinaryHeap::new();
+        let mut below = 0;
         for item in self.db.range_of_held(start..vec![PREFIX_OUTBOX + 1]) {
             let (key, value) = item?;
             let first = decode_u64(&key[1..]);
-            if items.len() >= limit && items.iter().any(|item: &OutboxItem| item.seq < first) {
+            while unbounded.peek().is_some_and(|std::cmp::Reverse(seq)| *seq < first) {
+                unbounded.pop();
+                below += 1;
+            }
+            if below >= limit {
                 bound = first;
                 break;
             }
@@ -759,6 +770,7 @@ impl Store {
                     next.resume = Some((key.to_vec(), owned.clone()));
                 }
                 let line = std::str::from_utf8(line).map_err(|e| chunk_corrupt(&key, e))?;
+                unbounded.push(std::cmp::Reverse(seq));
                 items.push(OutboxItem {
                     partition,
                     seq,
