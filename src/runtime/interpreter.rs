@@ -421,7 +421,7 @@ impl Engine {
                     if *value == Value::Absent {
                         run.state.profile.remove(name);
                     } else {
-                        run.state.profile.insert(name.clone(), value.clone());
+                        run.state.profile.insert(Name::intern(name), value.clone());
                     }
                 }
                 // `every` triggers run in customer-local time: a new
@@ -1713,15 +1713,15 @@ impl Run<'_, '_> {
                 }
                 Instr::Set { attribute, value } => {
                     let value = self.step_scope(bundle, t, journey, enrollment).eval(value);
-                    let name = bundle.name(*attribute).to_string();
+                    let name = self.name_in(bundle, *attribute);
                     let record = self.record(t, journey, Kind::Set);
-                    record.attribute = Some(name.clone());
+                    record.attribute = Some(name.to_string());
                     record.value = Some(to_json(&value));
                     self.mark_step(first_record, &enrollment.version, pc);
                     self.profile_changed();
                     self.zone_changed |= name == "timezone";
                     if value == Value::Absent {
-                        self.state.profile.remove(&name);
+                        self.state.profile.remove(name);
                     } else {
                         self.state.profile.insert(name, value);
                     }
@@ -1901,22 +1901,20 @@ impl Run<'_, '_> {
         let Some(templates) = loaded.renders.get(message.0 as usize) else {
             return Ok((None, None, None));
         };
-        let readable = |values: Option<&BTreeMap<String, Value>>, reads: &Reads| -> minijinja::Value {
+        fn readable<'v>(values: impl Iterator<Item = (&'v str, &'v Value)>, reads: &Reads) -> minijinja::Value {
             values
-                .into_iter()
-                .flatten()
                 .filter(|(name, _)| reads.wants(name))
-                .map(|(name, value)| (name.as_str(), minijinja::Value::from_serialize(to_json(value))))
+                .map(|(name, value)| (name, minijinja::Value::from_serialize(to_json(value))))
                 .collect()
-        };
+        }
         // Built on the first render that needs it (none when every text is
         // remembered).
         let context = std::cell::OnceCell::new();
         let context = || {
             context.get_or_init(|| {
                 minijinja::context! {
-                    customer => readable(Some(&self.state.profile), &templates.customer),
-                    event => readable(event, &templates.event),
+                    customer => readable(self.state.profile.iter().map(|(k, v)| (k.as_str(), v)), &templates.customer),
+                    event => readable(event.into_iter().flatten().map(|(k, v)| (k.as_str(), v)), &templates.event),
                 }
             })
         };
@@ -1932,8 +1930,8 @@ impl Run<'_, '_> {
         .then(|| {
             let mut key = rendered::Context::default();
             let profile = self.state.profile.iter();
-            for (name, value) in profile.filter(|(name, _)| templates.customer.wants(name)) {
-                key.add(name, value);
+            for (name, value) in profile.filter(|(name, _)| templates.customer.wants(name.as_str())) {
+                key.add(name.as_str(), value);
             }
             key.end_customer();
             let event = event.into_iter().flatten();
