@@ -121,6 +121,23 @@ impl From<&str> for Name {
     }
 }
 
+/// The profile attributes the interpreter itself reads, interned once per
+/// process.
+pub struct Attributes {
+    pub timezone: Name,
+    pub email: Name,
+    pub locale: Name,
+}
+
+pub fn attributes() -> &'static Attributes {
+    static ATTRIBUTES: OnceLock<Attributes> = OnceLock::new();
+    ATTRIBUTES.get_or_init(|| Attributes {
+        timezone: Name::intern("timezone"),
+        email: Name::intern("email"),
+        locale: Name::intern("locale"),
+    })
+}
+
 /// The interned names of `texts`, in order (a bundle's name table).
 pub fn intern_all(texts: &[String]) -> Box<[Name]> {
     texts.iter().map(|text| Name::intern(text)).collect()
@@ -402,8 +419,15 @@ impl<V> NameMap<V> {
         self.entries.binary_search_by(|(k, _)| k.cmp(&key))
     }
 
+    /// The index of `key`: a miss among few entries is a scan by
+    /// identity, with no comparison of texts (only an insertion needs to
+    /// know where a missing name would go).
     fn find(&self, key: impl Key) -> Option<usize> {
-        key.name().and_then(|key| self.position(key).ok())
+        let key = key.name()?;
+        if self.entries.len() <= SCAN_MAX {
+            return self.entries.iter().position(|(k, _)| *k == key);
+        }
+        self.entries.binary_search_by(|(k, _)| k.cmp(&key)).ok()
     }
 
     pub fn get(&self, key: impl Key) -> Option<&V> {
