@@ -36,6 +36,7 @@ use super::stats;
 use super::store::{self, Store, StoreError, TimerChanges, TimerEntry};
 use crate::compile::bytecode::Bundle;
 use crate::runtime::input::Call;
+use crate::runtime::names::NameMap;
 use crate::runtime::{ApplyError, CustomerState, Effects, Engine, Input, Kind, Millis};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -1653,7 +1654,7 @@ impl LaneContext<'_> {
                 Step::Input(input) => Cow::Borrowed(*input),
                 Step::Fill { fill, input } => {
                     let profile = match erased {
-                        true => &BTreeMap::new(),
+                        true => &NameMap::new(),
                         false => &state.profile,
                     };
                     match crate::runtime::input::context_fill(profile, fill, input) {

@@ -1100,8 +1100,11 @@ fn describe_step(runtime: &Runtime, version: &str, pc: u32) -> serde_json::Value
 }
 
 pub fn customer_json(state: &CustomerState, runtime: &Runtime) -> serde_json::Value {
-    let profile: serde_json::Map<String, serde_json::Value> =
-        state.profile.iter().map(|(k, v)| (k.clone(), value_json(v))).collect();
+    let profile: serde_json::Map<String, serde_json::Value> = state
+        .profile
+        .iter()
+        .map(|(k, v)| (k.to_string(), value_json(v)))
+        .collect();
     let enrollments: Vec<serde_json::Value> = state
         .enrollments
         .iter()

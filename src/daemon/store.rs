@@ -1660,7 +1660,8 @@ pub fn decode_customer_with(
 #[derive(serde::Deserialize)]
 struct StateV2 {
     id: String,
-    profile: BTreeMap<String, crate::compile::bytecode::Value>,
+    #[serde(with = "crate::runtime::names::text_keys")]
+    profile: NameMap<crate::compile::bytecode::Value>,
     first_seen: Option<Millis>,
     clock: Millis,
     last_event: Option<Millis>,
@@ -2163,7 +2164,8 @@ mod tests {
         let store = reopen(dir.path());
         let (state, chunk) = store.customer_record("ann").expect("read").expect("ann");
         assert_eq!(chunk, Some(42));
-        assert_eq!(state.profile, old.profile);
+        let profile: BTreeMap<String, _> = state.profile.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        assert_eq!(profile, old.profile);
         let sends: VecDeque<(Millis, String)> = state.sends.iter().map(|(t, j)| (*t, j.to_string())).collect();
         assert_eq!(sends, VecDeque::from(old.sends.clone()));
         let schedules: BTreeMap<String, Millis> = state.schedules.iter().map(|(j, t)| (j.to_string(), *t)).collect();
@@ -2439,7 +2441,7 @@ mod tests {
         let old = V6 {
             v2: V2 {
                 id: "ann",
-                profile: state.profile.clone(),
+                profile: by_text(&state.profile),
                 first_seen: state.first_seen,
                 clock: state.clock,
                 last_event: state.last_event,

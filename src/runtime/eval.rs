@@ -24,7 +24,7 @@ const SEGMENT_DEPTH_MAX: u32 = 32;
 pub struct Scope<'a> {
     pub bundle: &'a Bundle,
     pub now: Millis,
-    pub profile: &'a BTreeMap<String, Value>,
+    pub profile: &'a NameMap<Value>,
     pub event: Option<&'a BTreeMap<String, Value>>,
     pub history: &'a NameMap<VecDeque<Millis>>,
     /// The bundle's names interned (`names[id]` for `NameId(id)`), when the
@@ -70,27 +70,30 @@ impl Scope<'_> {
         }
     }
 
+    /// The profile's value of attribute `id`: by identity with the
+    /// bundle's interned names, else by text (nothing interned).
+    fn attribute(&self, id: NameId) -> Option<&Value> {
+        match self.names {
+            Some(names) => self.profile.get(names[id.0 as usize]),
+            None => self.profile.get_str(self.name(id)),
+        }
+    }
+
     fn eval_at_depth(&self, code: &Code, depth: u32) -> Value {
         let mut stack: Vec<Value> = Vec::with_capacity(8);
         for op in &code.0 {
             let value = match op {
                 Op::Const(value) => value.clone(),
                 Op::Now => Value::Time(self.now),
-                Op::Customer(attribute) => self
-                    .profile
-                    .get(self.name(*attribute))
-                    .cloned()
-                    .unwrap_or(Value::Absent),
+                Op::Customer(attribute) => self.attribute(*attribute).cloned().unwrap_or(Value::Absent),
                 Op::Event(property) => self
                     .event
                     .and_then(|event| event.get(self.name(*property)))
                     .cloned()
                     .unwrap_or(Value::Absent),
-                Op::ExistsCustomer(attribute) => Value::Bool(
-                    self.profile
-                        .get(self.name(*attribute))
-                        .is_some_and(|v| *v != Value::Absent),
-                ),
+                Op::ExistsCustomer(attribute) => {
+                    Value::Bool(self.attribute(*attribute).is_some_and(|v| *v != Value::Absent))
+                }
                 Op::ExistsEvent(property) => Value::Bool(
                     self.event
                         .and_then(|event| event.get(self.name(*property)))

@@ -1,6 +1,7 @@
 //! Input to the runtime: Segment-format `identify` and `track` calls (spec §8),
 //! validated against the workspace schema, and timer wake-ups.
 
+use super::names::NameMap;
 use super::trace::parse_time;
 use super::Millis;
 use crate::check::{FieldType, Names, Schema, Type};
@@ -169,7 +170,7 @@ pub const CONTEXT_ATTRIBUTES: [&str; 2] = ["timezone", "locale"];
 /// the attributes the profile lacks. Precedence: the call's own traits,
 /// then the profile as it is, then the context (`docs/daemon.md`,
 /// "Context"). `None` when there is nothing to fill.
-pub fn context_fill(profile: &BTreeMap<String, Value>, fill: &BTreeMap<String, Value>, input: &Input) -> Option<Input> {
+pub fn context_fill(profile: &NameMap<Value>, fill: &BTreeMap<String, Value>, input: &Input) -> Option<Input> {
     let explicit = match input {
         Input::Identify { traits, .. } => Some(traits),
         _ => None,
@@ -1100,6 +1101,7 @@ deserialize_any!(Scalar, Fields, RawCall, Context);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::names::Name;
 
     fn schema() -> Schema {
         let field = |ty: Type, optional: bool| FieldType { ty, optional };
@@ -1555,13 +1557,13 @@ mod tests {
             ("timezone".to_string(), Value::String("Asia/Tehran".into())),
         ]);
         assert_eq!(track.fill, expected);
-        let mut profile = BTreeMap::new();
+        let mut profile = NameMap::new();
         let Some(Input::Identify { traits, at, .. }) = context_fill(&profile, &track.fill, &track.input) else {
             panic!("an identify first")
         };
         assert_eq!((traits, at), (expected.clone(), track.input.at()));
         // The profile wins over the context.
-        profile.insert("timezone".to_string(), Value::String("Europe/Berlin".into()));
+        profile.insert(Name::intern("timezone"), Value::String("Europe/Berlin".into()));
         let Some(Input::Identify { traits, .. }) = context_fill(&profile, &track.fill, &track.input) else {
             panic!("the locale is still filled")
         };
@@ -1570,7 +1572,7 @@ mod tests {
         let identify = call(
             r#"{"type":"identify","userId":"u1","traits":{"locale":"en-GB"},"context":{"locale":"fa-IR"},"timestamp":"2026-01-05T10:00:00Z"}"#,
         );
-        assert_eq!(context_fill(&BTreeMap::new(), &identify.fill, &identify.input), None);
+        assert_eq!(context_fill(&NameMap::new(), &identify.fill, &identify.input), None);
         // Invalid values and undeclared attributes are not taken, and the
         // call is not refused for them.
         let odd = call(

@@ -14,7 +14,7 @@
 use super::engagement::{self, Engagement, EngagementEvent};
 use super::eval::Scope;
 use super::local_time::{is_local_time, next_local_time, quiet_until, zone_named};
-use super::names::{intern_all, Name};
+use super::names::{attributes, intern_all, Name};
 use super::rendered;
 use super::state::{
     Attribution, CustomerState, Enrollment, EntryHistory, ScheduleMark, Sent, SettleMark, Settled, Suppression,
@@ -421,7 +421,7 @@ impl Engine {
                     if *value == Value::Absent {
                         run.state.profile.remove(name);
                     } else {
-                        run.state.profile.insert(name.clone(), value.clone());
+                        run.state.profile.insert(Name::intern(name), value.clone());
                     }
                 }
                 // `every` triggers run in customer-local time: a new
@@ -529,13 +529,13 @@ fn event_hits(
     run: &Run<'_, '_>,
     bundle: &Bundle,
     condition: &Condition,
-    event: &str,
+    event: Name,
     properties: &BTreeMap<String, Value>,
     t: Millis,
 ) -> bool {
     match condition {
         Condition::Event { event: name, filter } => {
-            bundle.name(*name) == event
+            run.name_in(bundle, *name) == event
                 && filter
                     .as_ref()
                     .is_none_or(|f| run.scope_in(bundle, t, Some(properties)).holds(f))
@@ -1168,12 +1168,12 @@ impl Run<'_, '_> {
             let Some(mut enrollment) = self.state.enrollments.remove(journey) else {
                 continue;
             };
-            if self.see_event(journey, &mut enrollment, event, properties, t) {
+            if self.see_event(journey, &mut enrollment, name, properties, t) {
                 self.state.enrollments.insert(journey, enrollment);
             }
         }
         self.watch_ended(&ended, t, &|run, bundle, condition| {
-            event_hits(run, bundle, condition, event, properties, t)
+            event_hits(run, bundle, condition, name, properties, t)
         });
         let bundle = self.engine.current.bundle.clone();
         for (index, program) in bundle.journeys.iter().enumerate() {
@@ -1208,7 +1208,7 @@ impl Run<'_, '_> {
         &mut self,
         journey: Name,
         enrollment: &mut Enrollment,
-        event: &str,
+        event: Name,
         properties: &BTreeMap<String, Value>,
         t: Millis,
     ) -> bool {
@@ -1237,7 +1237,7 @@ impl Run<'_, '_> {
                 event: name, filter, ..
             }) = program.code.get(enrollment.pc as usize)
             {
-                let wanted = bundle.name(*name) == event
+                let wanted = loaded.name(*name) == event
                     && filter
                         .as_ref()
                         .is_none_or(|f| self.scope_in(bundle, t, Some(properties)).holds(f));
@@ -1713,15 +1713,15 @@ impl Run<'_, '_> {
                 }
                 Instr::Set { attribute, value } => {
                     let value = self.step_scope(bundle, t, journey, enrollment).eval(value);
-                    let name = bundle.name(*attribute).to_string();
+                    let name = self.name_in(bundle, *attribute);
                     let record = self.record(t, journey, Kind::Set);
-                    record.attribute = Some(name.clone());
+                    record.attribute = Some(name.to_string());
                     record.value = Some(to_json(&value));
                     self.mark_step(first_record, &enrollment.version, pc);
                     self.profile_changed();
                     self.zone_changed |= name == "timezone";
                     if value == Value::Absent {
-                        self.state.profile.remove(&name);
+                        self.state.profile.remove(name);
                     } else {
                         self.state.profile.insert(name, value);
                     }
@@ -1771,7 +1771,7 @@ impl Run<'_, '_> {
     /// The customer's time zone, else the journey's, else UTC.
     fn zone(&self, program: &Program) -> chrono_tz::Tz {
         let customer = self.customer_zone.get().unwrap_or_else(|| {
-            let zone = match self.state.profile.get("timezone") {
+            let zone = match self.state.profile.get(attributes().timezone) {
                 Some(Value::String(name)) => zone_named(name),
                 _ => None,
             };
@@ -1805,7 +1805,7 @@ impl Run<'_, '_> {
             Some(suppression.as_str())
         } else if self.engine.email_address_required
             && definition.channel == Channel::Email
-            && !matches!(self.state.profile.get("email"), Some(Value::String(address)) if !address.trim().is_empty())
+            && !matches!(self.state.profile.get(attributes().email), Some(Value::String(address)) if !address.trim().is_empty())
         {
             Some("no_address")
         } else if definition
@@ -1901,22 +1901,20 @@ impl Run<'_, '_> {
         let Some(templates) = loaded.renders.get(message.0 as usize) else {
             return Ok((None, None, None));
         };
-        let readable = |values: Option<&BTreeMap<String, Value>>, reads: &Reads| -> minijinja::Value {
+        fn readable<'v>(values: impl Iterator<Item = (&'v str, &'v Value)>, reads: &Reads) -> minijinja::Value {
             values
-                .into_iter()
-                .flatten()
                 .filter(|(name, _)| reads.wants(name))
-                .map(|(name, value)| (name.as_str(), minijinja::Value::from_serialize(to_json(value))))
+                .map(|(name, value)| (name, minijinja::Value::from_serialize(to_json(value))))
                 .collect()
-        };
+        }
         // Built on the first render that needs it (none when every text is
         // remembered).
         let context = std::cell::OnceCell::new();
         let context = || {
             context.get_or_init(|| {
                 minijinja::context! {
-                    customer => readable(Some(&self.state.profile), &templates.customer),
-                    event => readable(event, &templates.event),
+                    customer => readable(self.state.profile.iter().map(|(k, v)| (k.as_str(), v)), &templates.customer),
+                    event => readable(event.into_iter().flatten().map(|(k, v)| (k.as_str(), v)), &templates.event),
                 }
             })
         };
@@ -1932,8 +1930,8 @@ impl Run<'_, '_> {
         .then(|| {
             let mut key = rendered::Context::default();
             let profile = self.state.profile.iter();
-            for (name, value) in profile.filter(|(name, _)| templates.customer.wants(name)) {
-                key.add(name, value);
+            for (name, value) in profile.filter(|(name, _)| templates.customer.wants(name.as_str())) {
+                key.add(name.as_str(), value);
             }
             key.end_customer();
             let event = event.into_iter().flatten();
@@ -1949,7 +1947,7 @@ impl Run<'_, '_> {
             }
         };
         let subject = templates.subject.as_deref().map(render).transpose()?;
-        let variant = match self.state.profile.get("locale") {
+        let variant = match self.state.profile.get(attributes().locale) {
             Some(Value::String(tag)) => best_locale(tag, &templates.variants),
             _ => None,
         };

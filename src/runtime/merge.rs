@@ -76,7 +76,7 @@ pub fn merge(user: &mut CustomerState, anonymous: CustomerState, at: Millis) -> 
     user.scheduled.clear();
     let mut records = Vec::new();
     for (name, value) in profile {
-        if value != Value::Absent && !user.profile.get(&name).is_some_and(|v| *v != Value::Absent) {
+        if value != Value::Absent && !user.profile.get(name).is_some_and(|v| *v != Value::Absent) {
             user.profile.insert(name, value);
         }
     }

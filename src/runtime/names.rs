@@ -1,5 +1,5 @@
-//! Interned names: the journeys, events, segments and messages a customer's
-//! state is keyed by, as [`Name`]s compared by identity, not by text.
+//! Interned names: the journeys, events, segments, messages and profile
+//! attributes a customer's state is keyed by, as [`Name`]s compared by identity, not by text.
 //!
 //! **Design.** A [`Name`] is a reference to the one copy of its text this
 //! process keeps (interned once, never freed: the names a state can hold
@@ -119,6 +119,23 @@ impl From<&str> for Name {
     fn from(text: &str) -> Name {
         Name::intern(text)
     }
+}
+
+/// The profile attributes the interpreter itself reads, interned once per
+/// process.
+pub struct Attributes {
+    pub timezone: Name,
+    pub email: Name,
+    pub locale: Name,
+}
+
+pub fn attributes() -> &'static Attributes {
+    static ATTRIBUTES: OnceLock<Attributes> = OnceLock::new();
+    ATTRIBUTES.get_or_init(|| Attributes {
+        timezone: Name::intern("timezone"),
+        email: Name::intern("email"),
+        locale: Name::intern("locale"),
+    })
 }
 
 /// The interned names of `texts`, in order (a bundle's name table).
@@ -402,8 +419,15 @@ impl<V> NameMap<V> {
         self.entries.binary_search_by(|(k, _)| k.cmp(&key))
     }
 
+    /// The index of `key`: a miss among few entries is a scan by
+    /// identity, with no comparison of texts (only an insertion needs to
+    /// know where a missing name would go).
     fn find(&self, key: impl Key) -> Option<usize> {
-        key.name().and_then(|key| self.position(key).ok())
+        let key = key.name()?;
+        if self.entries.len() <= SCAN_MAX {
+            return self.entries.iter().position(|(k, _)| *k == key);
+        }
+        self.entries.binary_search_by(|(k, _)| k.cmp(&key)).ok()
     }
 
     pub fn get(&self, key: impl Key) -> Option<&V> {
@@ -546,29 +570,67 @@ impl<V: Serialize> Serialize for NameMap<V> {
 
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for NameMap<V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<NameMap<V>, D::Error> {
-        struct MapVisitor<V>(std::marker::PhantomData<V>);
+        deserializer.deserialize_map(MapVisitor::<Name, V>(std::marker::PhantomData))
+    }
+}
 
-        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
-            type Value = NameMap<V>;
+/// Reads a map keyed by `K` (a [`Name`], or a [`TextName`]) into a
+/// [`NameMap`].
+struct MapVisitor<K, V>(std::marker::PhantomData<(K, V)>);
 
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a map keyed by names")
-            }
+impl<'de, K: Deserialize<'de> + Into<Name>, V: Deserialize<'de>> Visitor<'de> for MapVisitor<K, V> {
+    type Value = NameMap<V>;
 
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<NameMap<V>, A::Error> {
-                let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(0).min(256));
-                while let Some(entry) = access.next_entry::<Name, V>()? {
-                    entries.push(entry);
-                }
-                // Already in order when the store wrote it: no sort then.
-                if entries.windows(2).all(|pair| pair[0].0 .0 < pair[1].0 .0) {
-                    return Ok(NameMap { entries });
-                }
-                Ok(entries.into_iter().collect())
-            }
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map keyed by names")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<NameMap<V>, A::Error> {
+        let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(0).min(256));
+        while let Some((key, value)) = access.next_entry::<K, V>()? {
+            entries.push((key.into(), value));
         }
+        // Already in order when the store wrote it: no sort then.
+        if entries.windows(2).all(|pair| pair[0].0 .0 < pair[1].0 .0) {
+            return Ok(NameMap { entries });
+        }
+        Ok(entries.into_iter().collect())
+    }
+}
 
-        deserializer.deserialize_map(MapVisitor(std::marker::PhantomData))
+/// A name read from its text whatever the thread's [`Dictionary`] does.
+struct TextName(Name);
+
+impl<'de> Deserialize<'de> for TextName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<TextName, D::Error> {
+        deserializer.deserialize_str(NameVisitor).map(TextName)
+    }
+}
+
+impl From<TextName> for Name {
+    fn from(name: TextName) -> Name {
+        name.0
+    }
+}
+
+/// serde of a [`NameMap`] whose keys are written as their text everywhere,
+/// the store included (`#[serde(with = "text_keys")]`): the bytes are those
+/// of a `BTreeMap<String, V>`, so a record holding one reads and writes as
+/// it did before its keys were interned. The profile's attributes are kept
+/// so: the store's format did not change when they became names, and a
+/// name read from a record is interned by its text.
+pub mod text_keys {
+    use super::{MapVisitor, NameMap, TextName};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<V: Serialize, S: Serializer>(map: &NameMap<V>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(map.entries.iter().map(|(k, v)| (k.0, v)))
+    }
+
+    pub fn deserialize<'de, V: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<NameMap<V>, D::Error> {
+        deserializer.deserialize_map(MapVisitor::<TextName, V>(std::marker::PhantomData))
     }
 }
 
@@ -645,5 +707,34 @@ mod tests {
         assert_eq!(gapped.name(2), Some(Name::intern("two")));
         let (_, pending) = Arc::new(gapped).encode(|| postcard::to_allocvec(&map).expect("encode"));
         assert_eq!(pending, [(3, Name::intern("one"))]);
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct TextKeyed {
+        #[serde(with = "text_keys")]
+        map: NameMap<u8>,
+        names: NameMap<u8>,
+    }
+
+    /// The profile's keys stay text inside the store: the bytes are a
+    /// `BTreeMap<String, _>`'s, read back under the store's dictionary.
+    #[test]
+    fn text_keys_are_written_as_text_inside_the_store_too() {
+        let map: NameMap<u8> = [(Name::intern("tz"), 2), (Name::intern("locale"), 1)]
+            .into_iter()
+            .collect();
+        let value = TextKeyed {
+            map: map.clone(),
+            names: map.clone(),
+        };
+        let dictionary = Arc::new(Dictionary::default());
+        let (bytes, pending) = dictionary.encode(|| postcard::to_allocvec(&value).expect("encode"));
+        let as_text: std::collections::BTreeMap<String, u8> = [("locale".into(), 1), ("tz".into(), 2)].into();
+        let mut expected = postcard::to_allocvec(&as_text).expect("encode");
+        expected.extend_from_slice(&[2, 0, 1, 1, 2]);
+        assert_eq!(bytes, expected, "text keys, then ids of the other map");
+        assert_eq!(pending.len(), 2, "only the other map's names get ids");
+        let back: TextKeyed = dictionary.decode(|| postcard::from_bytes(&bytes).expect("decode"));
+        assert_eq!(back, value);
     }
 }

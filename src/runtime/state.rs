@@ -10,10 +10,10 @@
 //! the latest [`MESSAGE_IDS_MAX`], each kept as a fixed-size digest, sent
 //! ids to [`SENT_RETENTION_MS`] and the latest [`SENT_MAX`]; subscriptions
 //! hold at most one entry per channel. The other maps are keyed by names the
-//! workspace declares: journeys, events and segments as interned
-//! [`Name`]s in [`NameMap`]s (`runtime/names.rs`), which compare by identity
-//! and iterate in name order; the store writes them as ids of its
-//! dictionary, JSON as text.
+//! workspace declares: journeys, events, segments and profile attributes as
+//! interned [`Name`]s in [`NameMap`]s (`runtime/names.rs`), which compare by
+//! identity and iterate in name order; the store writes them as ids of its
+//! dictionary (the profile's attribute names as text), JSON as text.
 
 use super::engagement::Engagement;
 use super::names::{Name, NameMap};
@@ -61,7 +61,12 @@ pub const SENT_MAX: usize = 100;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CustomerState {
     pub id: String,
-    pub profile: BTreeMap<String, Value>,
+    /// Attributes by interned name, in name order. Written as text
+    /// everywhere, the store too ([`super::names::text_keys`]), so a record
+    /// is byte for byte what it was when the profile was a
+    /// `BTreeMap<String, Value>`.
+    #[serde(with = "super::names::text_keys")]
+    pub profile: NameMap<Value>,
     /// When the customer was first seen (any input).
     pub first_seen: Option<Millis>,
     /// The latest input time processed: inputs are applied in time order and
