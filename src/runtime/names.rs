@@ -3,8 +3,9 @@
 //!
 //! **Design.** A [`Name`] is a reference to the one copy of its text this
 //! process keeps (interned once, never freed: the names a state can hold
-//! are those workspaces declare, since intake refuses undeclared events, so
-//! they are few and bounded by the workspace versions loaded). Two names are
+//! are those workspaces declare, since intake refuses undeclared events and
+//! attributes, so they are few and bounded by the workspace versions
+//! loaded). Two names are
 //! equal when they are the same copy, so a look-up compares a pointer, not
 //! the bytes. A [`NameMap`] keeps its entries in a vector sorted by the
 //! names' text, so it iterates in name order as the `BTreeMap<String, _>`s it
