@@ -343,6 +343,15 @@ fn a_sink_reads_full_rounds_of_a_group_whose_partitions_interleave() {
     assert_eq!(read, written, "every record once, in number order");
 }
 
+/// Another node ("journeyc-other") takes `partition` over, by updating its
+/// lease row in another session, for an hour.
+fn take_over(pg: &super::pg::Postgres, partition: i32) {
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
+         expires_at = now() + interval '1 hour' WHERE partition = {partition}"
+    ));
+}
+
 /// Two customer ids in different partitions of 256.
 fn two_partitions() -> ((String, i32), (String, i32)) {
     let p = |id: &str| partition_of(format!("c{id}").as_bytes(), 256);
@@ -387,10 +396,7 @@ fn a_batch_touching_a_partition_taken_over_is_refused_and_the_other_partitions_c
     };
 
     // Another node takes partition p over (its row updated by another session).
-    server.psql(&format!(
-        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
-         expires_at = now() + interval '1 hour' WHERE partition = {p}"
-    ));
+    take_over(&server, p);
     let refused = owner
         .apply(None, write(&[&customer(&taken), &customer(&other), "mcount"]))
         .expect_err("no write to a partition taken over");
@@ -476,10 +482,7 @@ fn a_daemon_refuses_calls_of_a_partition_taken_over_and_serves_the_others() {
     let pg = env.postgres.as_ref().expect("a PostgreSQL server");
     let daemon = env.start(&[]);
     let ((taken, p), (other, _)) = two_partitions();
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
-         expires_at = now() + interval '1 hour' WHERE partition = {p}"
-    ));
+    take_over(pg, p);
     let refused = daemon.post("/v1/track", &ping(&taken, "m1", 1));
     assert_eq!(refused.status, 500, "{}", refused.body);
     assert!(
@@ -996,10 +999,7 @@ fn timers_of_a_partition_taken_over_wait_for_it_and_the_others_fire() {
     let at = (chrono::Utc::now() - chrono::Duration::seconds(12)).to_rfc3339();
     let response = daemon.post("/v1/batch", &bought_batch(&customers, &at));
     assert_eq!(response.status, 200, "{}", response.body);
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
-         expires_at = now() + interval '1 hour' WHERE partition = {p}"
-    ));
+    take_over(pg, p);
     let later = |customer: &str| {
         sends(&env.data())
             .iter()
@@ -1236,10 +1236,7 @@ fn inbox_records_of_a_partition_taken_over_hold_up_no_other_partition() {
         .map(|i| format!("third{i}"))
         .find(|c| partition_of(format!("c{c}").as_bytes(), 256) != p && *c != other)
         .expect("a third customer");
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
-         expires_at = now() + interval '1 hour' WHERE partition = {p}"
-    ));
+    take_over(pg, p);
     // The owner still takes itself for p's holder: its first try at p's
     // record is refused inside the transaction.
     assert_eq!(standby.post("/v1/track", &ping(&taken, "t1", 1)).status, 200);
@@ -1374,10 +1371,7 @@ fn a_command_of_a_partition_taken_over_holds_up_no_other_partitions_command() {
     let owner = env.start(&[]);
     let ((taken, p), (other, q)) = two_partitions();
     assert_eq!(owner.post("/v1/track", &ping(&other, "o1", 1)).status, 200);
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
-         expires_at = now() + interval '1 hour' WHERE partition = {p}"
-    ));
+    take_over(pg, p);
     let writer = Pg::open(&pg.url(), Duration::from_secs(2)).expect("open");
     let number = |partition: i32| {
         let id = writer.generate_id().expect("id");
@@ -1561,10 +1555,7 @@ fn the_outbox_of_a_partition_taken_over_waits_for_it_and_the_others_are_delivere
         BTreeSet::from([p, q]),
         "each chunk in its partition"
     );
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
-         expires_at = now() + interval '1 hour' WHERE partition = {p}"
-    ));
+    take_over(pg, p);
     let daemon = env.start(&[]);
     let sent = |customer: &str| sends(&env.data()).iter().filter(|l| l["customer"] == customer).count();
     eventually("the other partition's sends", || (sent(&other) == 3).then_some(()));
@@ -1953,10 +1944,7 @@ fn a_spread_owners_calls_of_a_partition_taken_after_their_routing_go_to_its_inbo
     // the first commit naming p, which is refused inside its transaction
     // after the call was routed to the commit thread as one of a held
     // partition.
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET owner = 'journeyc-other', epoch = epoch + 1, \
-         expires_at = now() + interval '1 hour' WHERE partition = {p}"
-    ));
+    take_over(pg, p);
     let acked = daemon.post("/v1/track", &ping(&taken, "m0", 0));
     assert_eq!(acked.status, 200, "{}", acked.body);
     // Concurrent requests, some sharing group commits with calls of p:

@@ -159,28 +159,19 @@ fn settled_memberships_change_nothing() {
         let mut kept = journeyc::runtime::CustomerState::new(customer);
         let mut forgetful = kept.clone();
         let mut evaluated = kept.clone();
-        let mut wake = None;
-        let mut inputs = inputs.into_iter();
-        loop {
-            let input = match inputs.next() {
-                Some(input) => input.clone(),
-                None => match wake.filter(|at| *at <= horizon) {
-                    Some(at) => journeyc::runtime::Input::Wake { at },
-                    None => break,
-                },
-            };
-            let expected = reference.apply(&mut evaluated, &input).expect("applies");
+        inputs_then_wakes(inputs, horizon, |_, input| {
+            let expected = reference.apply(&mut evaluated, input).expect("applies");
             forgetful.settled.clear();
-            let decoded = engine.apply(&mut forgetful, &input).expect("applies");
+            let decoded = engine.apply(&mut forgetful, input).expect("applies");
             marked += usize::from(kept.settled.is_set());
-            let got = engine.apply(&mut kept, &input).expect("applies");
+            let got = engine.apply(&mut kept, input).expect("applies");
             assert_eq!(got, expected, "{customer} at {}", input.at());
             assert_eq!(decoded, expected, "{customer} at {} (decoded)", input.at());
             assert_eq!(kept, evaluated, "{customer} at {}", input.at());
             assert_eq!(forgetful, evaluated, "{customer} at {} (decoded)", input.at());
-            wake = got.wake_at;
             applied += 1;
-        }
+            got.wake_at
+        });
     }
     // Most inputs are wake-ups, which find the memberships settled.
     assert!(
@@ -233,18 +224,9 @@ fn remembered_renders_change_nothing() {
     for (customer, inputs) in by_customer {
         let mut remembering = journeyc::runtime::CustomerState::new(customer);
         let mut rendering = remembering.clone();
-        let mut wake = None;
-        let mut inputs = inputs.into_iter();
-        loop {
-            let input = match inputs.next() {
-                Some(input) => input.clone(),
-                None => match wake.filter(|at| *at <= horizon) {
-                    Some(at) => journeyc::runtime::Input::Wake { at },
-                    None => break,
-                },
-            };
-            let expected = reference.apply(&mut rendering, &input).expect("applies");
-            let got = engine.apply(&mut remembering, &input).expect("applies");
+        inputs_then_wakes(inputs, horizon, |_, input| {
+            let expected = reference.apply(&mut rendering, input).expect("applies");
+            let got = engine.apply(&mut remembering, input).expect("applies");
             assert_eq!(got, expected, "{customer} at {}", input.at());
             assert_eq!(remembering, rendering, "{customer} at {}", input.at());
             for record in &got.records {
@@ -253,8 +235,8 @@ fn remembered_renders_change_nothing() {
                     bodies.insert((record.subject.clone(), record.body.clone()));
                 }
             }
-            wake = got.wake_at;
-        }
+            got.wake_at
+        });
     }
     // Many sends, and many different texts among them: the contexts differ.
     assert!(
@@ -275,7 +257,7 @@ fn remembered_renders_change_nothing() {
 /// journey's `set` and by a merge that brings a zone the customer lacked.
 #[test]
 fn rescheduling_what_moved_changes_nothing() {
-    use journeyc::runtime::{CustomerState, Engine, Input};
+    use journeyc::runtime::{CustomerState, Engine};
     // The campaign library: `every` triggers in customer-local time.
     let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("journeys");
     let sources = load(std::slice::from_ref(&directory)).expect("journeys load");
@@ -410,16 +392,7 @@ journey relocate {
             let mut kept = CustomerState::new(customer);
             let mut forgetful = kept.clone();
             let mut reference_state = kept.clone();
-            let mut wake = None;
-            let mut inputs = inputs.into_iter();
-            for round in 0.. {
-                let input = match inputs.next() {
-                    Some(input) => input.clone(),
-                    None => match wake.filter(|at| *at <= horizon) {
-                        Some(at) => Input::Wake { at },
-                        None => break,
-                    },
-                };
+            inputs_then_wakes(inputs, horizon, |round, input| {
                 if round == 3 && number % 3 == 0 {
                     let mut anonymous = CustomerState::new(format!("anonymous-{customer}"));
                     let tokyo = journeyc::compile::bytecode::Value::String("Asia/Tokyo".into());
@@ -431,18 +404,18 @@ journey relocate {
                     }
                     merged += 1;
                 }
-                let expected = reference.apply(&mut reference_state, &input).expect("applies");
+                let expected = reference.apply(&mut reference_state, input).expect("applies");
                 forgetful.scheduled.clear();
-                let decoded = engine.apply(&mut forgetful, &input).expect("applies");
+                let decoded = engine.apply(&mut forgetful, input).expect("applies");
                 marked += usize::from(kept.scheduled.is_set());
-                let got = engine.apply(&mut kept, &input).expect("applies");
+                let got = engine.apply(&mut kept, input).expect("applies");
                 assert_eq!(got, expected, "{customer} at {}", input.at());
                 assert_eq!(decoded, expected, "{customer} at {} (decoded)", input.at());
                 assert_eq!(kept, reference_state, "{customer} at {}", input.at());
                 assert_eq!(forgetful, reference_state, "{customer} at {} (decoded)", input.at());
-                wake = got.wake_at;
                 applied += 1;
-            }
+                got.wake_at
+            });
         }
         (applied, marked, merged)
     }
@@ -461,6 +434,28 @@ fn inputs_by_customer(
         .values_mut()
         .for_each(|inputs| inputs.sort_by_key(|input| input.at()));
     by_customer
+}
+
+/// Runs `step` on each of a customer's inputs in turn, then on its
+/// wake-ups while they are due by `horizon`; `step` gets the round number
+/// and the input, and answers the customer's next wake-up.
+fn inputs_then_wakes(
+    inputs: Vec<&journeyc::runtime::Input>,
+    horizon: journeyc::runtime::Millis,
+    mut step: impl FnMut(usize, &journeyc::runtime::Input) -> Option<journeyc::runtime::Millis>,
+) {
+    let mut wake = None;
+    let mut inputs = inputs.into_iter();
+    for round in 0.. {
+        let input = match inputs.next() {
+            Some(input) => input.clone(),
+            None => match wake.filter(|at| *at <= horizon) {
+                Some(at) => journeyc::runtime::Input::Wake { at },
+                None => break,
+            },
+        };
+        wake = step(round, &input);
+    }
 }
 
 /// A deterministic stream of identifies and events for `customers` customers.
