@@ -7,7 +7,7 @@
 //! target/release/examples/loadgen --bin target/release/journeyc [--bin OTHER …] \
 //!     [--intake 200000] [--timers 200000] [--waiting 1000000] [--latency-seconds 10] \
 //!     [--latency-rate 2000] [--serve-arg --cache-mib --serve-arg 32] [--rounds 1] \
-//!     [--phases raw,intake,timers,waiting,latency] [--perf-timers perf.data] \
+//!     [--phases raw,intake,timers,waiting,latency] [--perf-timers perf.data] [--perf-intake perf.data] \
 //!     [--store postgres://USER@HOST:PORT/DB | --pg-server] [--nodes 1] [--spread]
 //! ```
 //!
@@ -103,6 +103,9 @@ struct Args {
     rounds: usize,
     /// `perf record -g` the daemon while the timers fire, into this file.
     perf_timers: Option<PathBuf>,
+    /// `perf record -g` the daemon from the first batch posted to the
+    /// intake's last send in the sink, into this file.
+    perf_intake: Option<PathBuf>,
     /// Run the daemon phases on this PostgreSQL server (`postgres://USER@HOST:PORT/DB`),
     /// a fresh database per phase, against the raw PostgreSQL baseline.
     store: Option<String>,
@@ -133,6 +136,7 @@ fn parse_args() -> Args {
         phases: Vec::new(),
         rounds: 1,
         perf_timers: None,
+        perf_intake: None,
         store: None,
         pg_server: false,
         nodes: 1,
@@ -158,6 +162,7 @@ fn parse_args() -> Args {
             "--phases" => args.phases = value.split(',').map(str::to_string).collect(),
             "--rounds" => args.rounds = number().max(1),
             "--perf-timers" => args.perf_timers = Some(PathBuf::from(&value)),
+            "--perf-intake" => args.perf_intake = Some(PathBuf::from(&value)),
             "--store" => args.store = Some(value.clone()),
             "--nodes" => args.nodes = number().max(1),
             "--pg-server" => {
@@ -852,6 +857,7 @@ fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
     // last event's send reached a sink, which with several nodes lags the
     // acks by the owner's draining of the inbox.
     let last_send = watch_lines(daemon.sinks(), "\"kind\":\"send\"", args.intake);
+    let perf = args.perf_intake.as_ref().map(|file| start_perf(file, &daemon));
     let posting = Instant::now();
     let rate = post_batches(
         &daemon.addrs(),
@@ -862,6 +868,9 @@ fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
         .join()
         .expect("sink watcher")
         .expect("every send reached the sink");
+    if let Some(perf) = perf {
+        stop_perf(perf);
+    }
     let applied = args.intake as f64 / last_send.saturating_duration_since(posting).as_secs_f64();
     say(
         &format!(
@@ -892,6 +901,24 @@ fn intake_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
     // The slower of the two is the intake's rate: the ratios to the raw
     // baselines count what was applied, not only what was acked.
     rate.min(applied)
+}
+
+/// `perf record` of every node's process into `file`, 499 samples a
+/// second with DWARF call graphs, until [`stop_perf`].
+fn start_perf(file: &Path, daemon: &Cluster) -> std::process::Child {
+    Command::new("perf")
+        .args(["record", "-F", "499", "--call-graph", "dwarf,32768", "-o"])
+        .arg(file)
+        .args(["-p", &daemon.pids()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start perf")
+}
+
+fn stop_perf(perf: std::process::Child) {
+    let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+    let _ = perf.wait_with_output();
 }
 
 /// What the timer phase measured.
@@ -956,16 +983,7 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
     while Instant::now() < due_instant {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let perf = args.perf_timers.as_ref().map(|file| {
-        Command::new("perf")
-            .args(["record", "-F", "499", "--call-graph", "dwarf,32768", "-o"])
-            .arg(file)
-            .args(["-p", &daemon.pids()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start perf")
-    });
+    let perf = args.perf_timers.as_ref().map(|file| start_perf(file, &daemon));
     let cpu_before = daemon.cpu_seconds();
     let fire_started = Instant::now();
     let fired_at = loop {
@@ -982,8 +1000,7 @@ fn timers_phase(bin: &Path, args: &Args, workspace: &Path, data: &Path, pg: Opti
         .expect("every send reached the sink");
     let cpu = daemon.cpu_seconds() - cpu_before;
     if let Some(perf) = perf {
-        let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
-        let _ = perf.wait_with_output();
+        stop_perf(perf);
     }
     let groups = daemon.metric("journeyc_commit_latency_seconds_count") - groups_before;
     let to_sink = last_send.saturating_duration_since(due_instant).as_secs_f64();
@@ -1096,8 +1113,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() {
     let args = parse_args();
     assert!(
-        args.perf_timers.is_none() || args.bins.len() * args.rounds == 1,
-        "--perf-timers profiles one timer run: one --bin, one round"
+        (args.perf_timers.is_none() && args.perf_intake.is_none()) || args.bins.len() * args.rounds == 1,
+        "--perf-timers and --perf-intake profile one run: one --bin, one round"
     );
     let root = tempfile::tempdir().expect("tempdir");
     let workspace = root.path().join("ws");
