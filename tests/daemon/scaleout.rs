@@ -2001,3 +2001,103 @@ fn a_spread_owners_calls_of_a_partition_taken_after_their_routing_go_to_its_inbo
     assert_eq!(daemon.terminate(), Some(0));
     assert_eq!((hellos(&taken), hellos(&other)), (21, 20));
 }
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The outbox-number race: a group draws outbox numbers of partition p
+/// (`Pg::outbox_seq`), p is taken over by another node, which writes a
+/// record of p under a number of its own block (drawn after its claim, so
+/// above the group's) that a sink then reads; that lease expires and this
+/// node claims p back; only then does the group commit. Its numbers are
+/// below the sink's cursor of p: committed, they would never be
+/// delivered. The group's batch is fenced at the epochs held when the
+/// group began (`Kv::apply_batch_held`), so it is refused; drawn again
+/// under the new claim, the record is numbered above the other node's and
+/// delivered.
+#[test]
+fn outbox_numbers_drawn_before_a_partition_was_lost_and_claimed_back_are_refused() {
+    if skip() {
+        return;
+    }
+    let server = super::pg::Postgres::start("journeyc");
+    let pg = Pg::open(&server.url(), Duration::from_secs(2)).expect("open");
+    let store = journeyc::daemon::store::Store::on(journeyc::daemon::kv::Kv::Postgres(pg)).expect("store");
+    let journeyc::daemon::kv::Kv::Postgres(pg) = &store.db else {
+        unreachable!("opened on PostgreSQL")
+    };
+    let ((customer, p), _) = two_partitions();
+    let chunk_of = |seq: u64, line: &str| {
+        let mut batch = Batch::default();
+        batch.insert(
+            journeyc::daemon::store::outbox_key(seq),
+            journeyc::daemon::store::encode_seq_chunk(&[(seq, line)]),
+        );
+        batch
+    };
+
+    // The group begins: the held set, then a number of p drawn.
+    let held = pg.owned();
+    assert_eq!(held.get(&p), Some(&1));
+    let early = pg.outbox_seq(p).expect("a number");
+    // p is taken over; this node learns it at its next renewal.
+    take_over(&server, p);
+    eventually("p dropped from the held set", || {
+        (!pg.owned().contains_key(&p)).then_some(())
+    });
+    // The other node writes a record of p under a block of its own.
+    let drawn: u64 = server
+        .psql("SELECT nextval('journeyc_outbox_seq')")
+        .trim()
+        .parse()
+        .expect("a number");
+    let theirs = journeyc::daemon::kv::pg::partitioned_chunk(drawn, p);
+    assert!(theirs > early, "{theirs} above {early}");
+    let their_line = send_line(&customer, "theirs");
+    server.psql(&format!(
+        "INSERT INTO journeyc_kv (partition, key, value) VALUES ({p}, '\\x{}', '\\x{}')",
+        hex(&journeyc::daemon::store::outbox_key(theirs)),
+        hex(&journeyc::daemon::store::encode_seq_chunk(&[(theirs, &their_line)])),
+    ));
+    // Its lease expires; this node claims p back, at epoch 3.
+    server.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    eventually("p claimed back", || (pg.owned().get(&p) == Some(&3)).then_some(()));
+    // A sink reads the other node's record: its cursor of p is past `early`.
+    let round = store
+        .outbox_after(&journeyc::daemon::store::Cursors::default(), 0, 100)
+        .expect("a round");
+    assert_eq!(
+        round.items.iter().map(|item| item.seq).collect::<Vec<_>>(),
+        vec![theirs]
+    );
+    let cursors = round.next;
+
+    // The group commits now, at the epochs it began with: refused.
+    let refused = store
+        .db
+        .apply_batch_held(chunk_of(early, &send_line(&customer, "mine")), Some(&held))
+        .expect_err("a group that began before p was lost commits nothing to it");
+    assert!(
+        matches!(
+            refused,
+            journeyc::daemon::store::StoreError::PartitionNotOwned { partition, .. } if partition == p
+        ),
+        "{refused}"
+    );
+    assert_eq!(pg.owned().get(&p), Some(&3), "the newer claim stays held");
+    assert!(store.outbox_after(&cursors, 0, 100).expect("a round").items.is_empty());
+    // Committed again (as a refused group's jobs are), it draws anew:
+    // above the other node's number, so the sink gets it.
+    let held = pg.owned();
+    let again = pg.outbox_seq(p).expect("a number");
+    assert!(again > theirs, "{again} above {theirs}");
+    store
+        .db
+        .apply_batch_held(chunk_of(again, &send_line(&customer, "mine")), Some(&held))
+        .expect("committed under the new claim");
+    let round = store.outbox_after(&cursors, 0, 100).expect("a round");
+    assert_eq!(round.items.iter().map(|item| item.seq).collect::<Vec<_>>(), vec![again]);
+}
