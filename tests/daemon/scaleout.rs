@@ -2101,3 +2101,111 @@ fn outbox_numbers_drawn_before_a_partition_was_lost_and_claimed_back_are_refused
     let round = store.outbox_after(&cursors, 0, 100).expect("a round");
     assert_eq!(round.items.iter().map(|item| item.seq).collect::<Vec<_>>(), vec![again]);
 }
+
+/// The journeys of the sends in `data`'s sink for `customer`, in the
+/// sink's order (one node: the order their calls were applied in).
+fn journeys_sent(data: &Path, customer: &str) -> Vec<String> {
+    sends(data)
+        .iter()
+        .filter(|l| l["customer"] == customer && l["message"] == "hello")
+        .map(|l| l["journey"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// One customer's calls in the order they were acked, the first through
+/// the inbox, the second at the owner: the first (a `ping` of the user
+/// with an anonymous id, acked by a standby into the user's partition's
+/// inbox) waits there, since its merge also writes the anonymous id's
+/// partition, held by another node; the second (a `bought` of the user
+/// alone) is posted to the owner, which holds the user's partition. It is
+/// queued behind the first (`http.rs`, `elsewhere`) and applied after it
+/// once the other partition is claimed: `pinger` sends before `delayed`.
+/// Committed at once (the owner's look at the inbox taken out), `delayed`
+/// sends first.
+#[test]
+fn a_call_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    let ((anonymous, q), (user, p)) = two_partitions();
+    take_over(pg, q);
+    let first = format!(
+        r#"{{"type":"track","userId":"{user}","anonymousId":"{anonymous}","event":"ping","properties":{{"n":1}},"messageId":"first"}}"#
+    );
+    assert_eq!(standby.post("/v1/track", &first).status, 200);
+    // The owner tries the record: refused (q), it waits in p's inbox.
+    assert_eq!(rows(pg, b'i').len(), 1);
+    assert_eq!(owner.get(&format!("/v1/customers/{user}")).status, 404);
+    let second = owner.post("/v1/track", &bought(&user));
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(
+        owner.get(&format!("/v1/customers/{user}")).status,
+        404,
+        "applied before the first"
+    );
+    let queued = rows(pg, b'i');
+    assert_eq!(queued.len(), 2, "the second queued behind the first");
+    assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
+
+    // q claimed back: both applied, in the order they were acked.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {q}"
+    ));
+    eventually("both applied", || {
+        (journeys_sent(&env.data(), &user).len() == 2).then_some(())
+    });
+    assert!(rows(pg, b'i').is_empty());
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+    assert_eq!(journeys_sent(&env.data(), &user), ["pinger", "delayed"]);
+}
+
+/// Right after a takeover: a customer's call acked by a standby into the
+/// inbox of its partition while another node holds it, then that lease
+/// expires and the owner claims the partition; a second call of the
+/// customer posted to the owner as soon as the lease row names it is
+/// applied after the first, whether or not the owner's drain (which looks
+/// at least every second) took the first already. Committed at once (the
+/// owner's look at the inbox taken out) it was applied first, 3 runs of 3.
+#[test]
+fn a_call_at_the_owner_right_after_it_claimed_a_partition_follows_the_calls_in_its_inbox() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    let ((user, p), _) = two_partitions();
+    let node_name = pg
+        .psql("SELECT owner FROM journeyc_leases WHERE partition = -1")
+        .trim()
+        .to_string();
+    take_over(pg, p);
+    assert_eq!(standby.post("/v1/track", &ping(&user, "first", 1)).status, 200);
+    assert_eq!(rows(pg, b'i').len(), 1);
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    eventually("p claimed by the owner", || {
+        (pg.psql(&format!(
+            "SELECT owner FROM journeyc_leases WHERE partition = {p} AND expires_at > now()"
+        ))
+        .trim()
+            == node_name)
+            .then_some(())
+    });
+    let second = owner.post("/v1/track", &bought(&user));
+    assert_eq!(second.status, 200, "{}", second.body);
+    eventually("both applied", || {
+        (journeys_sent(&env.data(), &user).len() == 2).then_some(())
+    });
+    assert!(rows(pg, b'i').is_empty());
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+    assert_eq!(journeys_sent(&env.data(), &user), ["pinger", "delayed"]);
+}

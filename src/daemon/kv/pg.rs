@@ -907,6 +907,40 @@ impl Pg {
     /// sends `NOTIFY journeyc_inbox` in the same transaction): a connection
     /// of its own `LISTEN`s. If it cannot connect or drops, the caller's
     /// polling is left to find the records.
+    /// Whether the inbox (`daemon/inbox.rs`, keys `i`…) holds a record
+    /// committed by now: in one of `partitions`, or (`None`) in any
+    /// partition. One indexed look, under no lease: the owner asks it
+    /// before committing a call itself, so that a call of a customer
+    /// whose earlier calls still wait in the inbox waits behind them
+    /// (`http.rs`, `queued_behind`).
+    pub fn inbox_holds(&self, partitions: Option<Vec<i32>>) -> StoreResult<bool> {
+        self.run(|pool, _| async move {
+            let client = connection(&pool).await?;
+            let (from, to) = (vec![b'i'], vec![b'i' + 1]);
+            let row = match partitions {
+                None => {
+                    client
+                        .query_one(
+                            "SELECT EXISTS (SELECT 1 FROM journeyc_kv WHERE key >= $1 AND key < $2)",
+                            &[&from, &to],
+                        )
+                        .await
+                }
+                Some(partitions) => {
+                    client
+                        .query_one(
+                            "SELECT EXISTS (SELECT 1 FROM journeyc_kv \
+                             WHERE partition = ANY($3) AND key >= $1 AND key < $2)",
+                            &[&from, &to, &partitions],
+                        )
+                        .await
+                }
+            }
+            .map_err(|e| error("look at the inbox", e))?;
+            Ok(row.get(0))
+        })
+    }
+
     pub fn inbox_wakeups(&self) -> Arc<tokio::sync::Notify> {
         self.wakeups(CHANNEL_INBOX)
     }
