@@ -28,7 +28,12 @@
 //!
 //! A group refused because it touched a partition this node does not own
 //! (PostgreSQL, [`CommitError::PartitionNotOwned`]) is committed again job
-//! by job, so only the jobs touching that partition fail.
+//! by job, so only the jobs touching that partition fail. A group's batch
+//! is fenced at the epochs held when the group began (not at its commit):
+//! a partition lost and claimed back while the group ran is refused, since
+//! the group's outbox numbers of it were drawn from a block older than the
+//! other node's and its reads of it predate that node's writes; a single
+//! job so refused is committed once more under the set held then.
 
 use super::faults::{self, Fault, FaultPolicy};
 use super::metrics::Metrics;
@@ -289,6 +294,14 @@ pub struct CommitThread {
     /// given up) has them read again before the next group, since another
     /// node may have changed them meanwhile (`--spread`).
     owned_seen: Option<super::kv::pg::Owned>,
+    /// On PostgreSQL, the partitions held (with their epochs) when the
+    /// group being committed began: its batch is fenced at these epochs
+    /// (`Kv::apply_batch_held`), so a partition lost and claimed back
+    /// while the group ran refuses the group's numbers and reads of it.
+    group_held: Option<super::kv::pg::Owned>,
+    /// A job refused for a held set that moved while it ran is being
+    /// committed again (once).
+    retrying: bool,
     /// With `--spread`: the version whose migrations ran on the
     /// partitions held (the owner's install ran them on its own; another
     /// node runs them when it first sees the version, and again for
@@ -416,6 +429,8 @@ impl CommitThread {
             partition_counters: None,
             faulted,
             owned_seen: None,
+            group_held: None,
+            retrying: false,
             migrated_for: None,
             fault_policy: FaultPolicy::default(),
             links: None,
@@ -562,6 +577,12 @@ impl CommitThread {
 
     fn commit_group(&mut self, mut jobs: Vec<Job>) {
         self.follow_ownership();
+        // Before the group reads or draws anything: what it computes is
+        // good for these epochs only.
+        self.group_held = match &self.store.db {
+            super::kv::Kv::Postgres(pg) => Some(pg.owned()),
+            super::kv::Kv::Sled(_) => None,
+        };
         // An Install job migrates the whole store in its own pass.
         if jobs.iter().any(|j| matches!(j, Job::Install { .. })) {
             for job in jobs {
@@ -615,6 +636,18 @@ impl CommitThread {
                         }
                         return;
                     }
+                    if matches!(error, CommitError::PartitionNotOwned(_))
+                        && !self.retrying
+                        && self.claimed_since_group_began()
+                    {
+                        // A partition claimed while the job ran (lost and
+                        // claimed back, refused at the epoch the group
+                        // began with): once more, under the set held now.
+                        self.retrying = true;
+                        self.commit_group(jobs);
+                        self.retrying = false;
+                        return;
+                    }
                     tracing::error!(%error, "group commit failed");
                     for job in jobs {
                         job.answer(Err(error.clone()));
@@ -643,6 +676,20 @@ impl CommitThread {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether this node claimed a partition (held now at an epoch it did
+    /// not hold it at) since the group being committed began. A partition
+    /// only dropped does not count: committed again, the job would be
+    /// refused the same way, with a reason saying less.
+    fn claimed_since_group_began(&self) -> bool {
+        match (&self.store.db, &self.group_held) {
+            (super::kv::Kv::Postgres(pg), Some(began)) => pg
+                .owned()
+                .iter()
+                .any(|(partition, epoch)| began.get(partition) != Some(epoch)),
+            _ => false,
         }
     }
 
@@ -1188,7 +1235,7 @@ impl CommitThread {
                 (name, value)
             })
             .collect();
-        self.store.db.apply_batch(batch)?;
+        self.store.db.apply_batch_held(batch, self.group_held.as_ref())?;
         self.store.names.confirm(&names);
         for (customer, fault) in group.faults.drain(..) {
             match fault {

@@ -714,7 +714,9 @@ impl Node<'_> {
                 // With `--spread`, calls of partitions this node does not
                 // hold (their ids resolved through the aliases) go to the
                 // inbox as a standby's do: the partitions' holders apply
-                // them.
+                // them; on PostgreSQL, so do calls of partitions whose
+                // inbox holds records (earlier calls of their customers
+                // may wait there: [`elsewhere`]).
                 if let Some(partitions) = elsewhere(&state.store, &calls).map_err(store_failed)? {
                     to_inbox(&state.store, &state.rejected, rejections, calls, Some(partitions))
                         .map_err(store_failed)?;
@@ -762,21 +764,49 @@ impl Node<'_> {
     }
 }
 
-/// With `--spread`, the partitions of `calls` (`inbox::partitions`: their
-/// ids resolved through the aliases stored) when this node does not hold
-/// every one of them, so they go to the inbox; `None` when it holds them
-/// all and commits them itself (always on sled, and without `--spread`,
-/// where the owner holds every partition).
+/// The partitions of `calls` (`inbox::partitions`: their ids resolved
+/// through the aliases stored) when they go to the inbox rather than to
+/// this node's commit thread; `None` when it commits them itself (always
+/// on sled). They go to the inbox
+/// - with `--spread`, when this node does not hold every one of them (the
+///   partitions' holders apply them);
+/// - on PostgreSQL, when the inbox of one of their partitions (or of the
+///   layout before partitions, -1) holds a record: an earlier call of one
+///   of their customers may wait there (acked by another node, by this
+///   one before it claimed the partition, or re-routed after a give-up),
+///   and a call committed at once would be applied before it. Queued
+///   behind it, the call keeps the order its customer's calls were acked
+///   in (`docs/scale-out.md`, "The order of one customer's calls").
+///
+/// An acked earlier call is committed in the inbox before this request
+/// came, so the look sees it unless its record was applied (and removed)
+/// already, in which case it was applied before this call. The look is one
+/// round trip (the whole inbox) when the inbox is empty, as it is while no
+/// other node takes intake; otherwise the aliases are read and the calls'
+/// partitions looked at.
 fn elsewhere(store: &Store, calls: &[Call]) -> Result<Option<Vec<i32>>, super::store::StoreError> {
     let super::kv::Kv::Postgres(pg) = &store.db else {
         return Ok(None);
     };
-    if !pg.spread() || calls.is_empty() {
+    if calls.is_empty() || (!pg.spread() && !pg.inbox_holds(None)?) {
         return Ok(None);
     }
     let partitions = super::inbox::partitions(pg, store, calls)?;
     let owned = pg.owned();
-    Ok((!partitions.iter().all(|partition| owned.contains_key(partition))).then_some(partitions))
+    if pg.spread() && !partitions.iter().all(|partition| owned.contains_key(partition)) {
+        return Ok(Some(partitions));
+    }
+    Ok(queued_behind(pg, &partitions)?.then_some(partitions))
+}
+
+/// Whether the inbox of one of `partitions`, or of the layout before
+/// partitions (-1), holds a record (see [`elsewhere`]).
+fn queued_behind(pg: &super::kv::pg::Pg, partitions: &[i32]) -> Result<bool, super::store::StoreError> {
+    let mut looked: Vec<i32> = partitions.to_vec();
+    looked.push(super::kv::pg::PARTITION_NONE);
+    looked.sort_unstable();
+    looked.dedup();
+    pg.inbox_holds(Some(looked))
 }
 
 /// Writes `calls` as inbox records, one per partition of their customers

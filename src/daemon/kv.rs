@@ -167,6 +167,16 @@ impl Kv {
         }
     }
 
+    /// [`Kv::apply_batch`], on PostgreSQL fenced at the epochs of `held`
+    /// (`None`: those held now; [`pg::Pg::apply_held`]). sled has one
+    /// writer and no partition leases: the same as [`Kv::apply_batch`].
+    pub fn apply_batch_held(&self, batch: Batch, held: Option<&pg::Owned>) -> StoreResult<()> {
+        match (self, held) {
+            (Kv::Postgres(pg), Some(held)) => pg.apply_held(held, batch),
+            _ => self.apply_batch(batch),
+        }
+    }
+
     /// Applies `batch` atomically if `key` still holds `expected`, and says
     /// whether it did.
     pub fn apply_if(&self, key: &[u8], expected: &[u8], batch: Batch) -> StoreResult<bool> {

@@ -2001,3 +2001,211 @@ fn a_spread_owners_calls_of_a_partition_taken_after_their_routing_go_to_its_inbo
     assert_eq!(daemon.terminate(), Some(0));
     assert_eq!((hellos(&taken), hellos(&other)), (21, 20));
 }
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The outbox-number race: a group draws outbox numbers of partition p
+/// (`Pg::outbox_seq`), p is taken over by another node, which writes a
+/// record of p under a number of its own block (drawn after its claim, so
+/// above the group's) that a sink then reads; that lease expires and this
+/// node claims p back; only then does the group commit. Its numbers are
+/// below the sink's cursor of p: committed, they would never be
+/// delivered. The group's batch is fenced at the epochs held when the
+/// group began (`Kv::apply_batch_held`), so it is refused; drawn again
+/// under the new claim, the record is numbered above the other node's and
+/// delivered.
+#[test]
+fn outbox_numbers_drawn_before_a_partition_was_lost_and_claimed_back_are_refused() {
+    if skip() {
+        return;
+    }
+    let server = super::pg::Postgres::start("journeyc");
+    let pg = Pg::open(&server.url(), Duration::from_secs(2)).expect("open");
+    let store = journeyc::daemon::store::Store::on(journeyc::daemon::kv::Kv::Postgres(pg)).expect("store");
+    let journeyc::daemon::kv::Kv::Postgres(pg) = &store.db else {
+        unreachable!("opened on PostgreSQL")
+    };
+    let ((customer, p), _) = two_partitions();
+    let chunk_of = |seq: u64, line: &str| {
+        let mut batch = Batch::default();
+        batch.insert(
+            journeyc::daemon::store::outbox_key(seq),
+            journeyc::daemon::store::encode_seq_chunk(&[(seq, line)]),
+        );
+        batch
+    };
+
+    // The group begins: the held set, then a number of p drawn.
+    let held = pg.owned();
+    assert_eq!(held.get(&p), Some(&1));
+    let early = pg.outbox_seq(p).expect("a number");
+    // p is taken over; this node learns it at its next renewal.
+    take_over(&server, p);
+    eventually("p dropped from the held set", || {
+        (!pg.owned().contains_key(&p)).then_some(())
+    });
+    // The other node writes a record of p under a block of its own.
+    let drawn: u64 = server
+        .psql("SELECT nextval('journeyc_outbox_seq')")
+        .trim()
+        .parse()
+        .expect("a number");
+    let theirs = journeyc::daemon::kv::pg::partitioned_chunk(drawn, p);
+    assert!(theirs > early, "{theirs} above {early}");
+    let their_line = send_line(&customer, "theirs");
+    server.psql(&format!(
+        "INSERT INTO journeyc_kv (partition, key, value) VALUES ({p}, '\\x{}', '\\x{}')",
+        hex(&journeyc::daemon::store::outbox_key(theirs)),
+        hex(&journeyc::daemon::store::encode_seq_chunk(&[(theirs, &their_line)])),
+    ));
+    // Its lease expires; this node claims p back, at epoch 3.
+    server.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    eventually("p claimed back", || (pg.owned().get(&p) == Some(&3)).then_some(()));
+    // A sink reads the other node's record: its cursor of p is past `early`.
+    let round = store
+        .outbox_after(&journeyc::daemon::store::Cursors::default(), 0, 100)
+        .expect("a round");
+    assert_eq!(
+        round.items.iter().map(|item| item.seq).collect::<Vec<_>>(),
+        vec![theirs]
+    );
+    let cursors = round.next;
+
+    // The group commits now, at the epochs it began with: refused.
+    let refused = store
+        .db
+        .apply_batch_held(chunk_of(early, &send_line(&customer, "mine")), Some(&held))
+        .expect_err("a group that began before p was lost commits nothing to it");
+    assert!(
+        matches!(
+            refused,
+            journeyc::daemon::store::StoreError::PartitionNotOwned { partition, .. } if partition == p
+        ),
+        "{refused}"
+    );
+    assert_eq!(pg.owned().get(&p), Some(&3), "the newer claim stays held");
+    assert!(store.outbox_after(&cursors, 0, 100).expect("a round").items.is_empty());
+    // Committed again (as a refused group's jobs are), it draws anew:
+    // above the other node's number, so the sink gets it.
+    let held = pg.owned();
+    let again = pg.outbox_seq(p).expect("a number");
+    assert!(again > theirs, "{again} above {theirs}");
+    store
+        .db
+        .apply_batch_held(chunk_of(again, &send_line(&customer, "mine")), Some(&held))
+        .expect("committed under the new claim");
+    let round = store.outbox_after(&cursors, 0, 100).expect("a round");
+    assert_eq!(round.items.iter().map(|item| item.seq).collect::<Vec<_>>(), vec![again]);
+}
+
+/// The journeys of the sends in `data`'s sink for `customer`, in the
+/// sink's order (one node: the order their calls were applied in).
+fn journeys_sent(data: &Path, customer: &str) -> Vec<String> {
+    sends(data)
+        .iter()
+        .filter(|l| l["customer"] == customer && l["message"] == "hello")
+        .map(|l| l["journey"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// One customer's calls in the order they were acked, the first through
+/// the inbox, the second at the owner: the first (a `ping` of the user
+/// with an anonymous id, acked by a standby into the user's partition's
+/// inbox) waits there, since its merge also writes the anonymous id's
+/// partition, held by another node; the second (a `bought` of the user
+/// alone) is posted to the owner, which holds the user's partition. It is
+/// queued behind the first (`http.rs`, `elsewhere`) and applied after it
+/// once the other partition is claimed: `pinger` sends before `delayed`.
+/// Committed at once (the owner's look at the inbox taken out), `delayed`
+/// sends first.
+#[test]
+fn a_call_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    let ((anonymous, q), (user, p)) = two_partitions();
+    take_over(pg, q);
+    let first = format!(
+        r#"{{"type":"track","userId":"{user}","anonymousId":"{anonymous}","event":"ping","properties":{{"n":1}},"messageId":"first"}}"#
+    );
+    assert_eq!(standby.post("/v1/track", &first).status, 200);
+    // The owner tries the record: refused (q), it waits in p's inbox.
+    assert_eq!(rows(pg, b'i').len(), 1);
+    assert_eq!(owner.get(&format!("/v1/customers/{user}")).status, 404);
+    let second = owner.post("/v1/track", &bought(&user));
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(
+        owner.get(&format!("/v1/customers/{user}")).status,
+        404,
+        "applied before the first"
+    );
+    let queued = rows(pg, b'i');
+    assert_eq!(queued.len(), 2, "the second queued behind the first");
+    assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
+
+    // q claimed back: both applied, in the order they were acked.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {q}"
+    ));
+    eventually("both applied", || {
+        (journeys_sent(&env.data(), &user).len() == 2).then_some(())
+    });
+    assert!(rows(pg, b'i').is_empty());
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+    assert_eq!(journeys_sent(&env.data(), &user), ["pinger", "delayed"]);
+}
+
+/// Right after a takeover: a customer's call acked by a standby into the
+/// inbox of its partition while another node holds it, then that lease
+/// expires and the owner claims the partition; a second call of the
+/// customer posted to the owner as soon as the lease row names it is
+/// applied after the first, whether or not the owner's drain (which looks
+/// at least every second) took the first already. Committed at once (the
+/// owner's look at the inbox taken out) it was applied first, 3 runs of 3.
+#[test]
+fn a_call_at_the_owner_right_after_it_claimed_a_partition_follows_the_calls_in_its_inbox() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    let ((user, p), _) = two_partitions();
+    let node_name = pg
+        .psql("SELECT owner FROM journeyc_leases WHERE partition = -1")
+        .trim()
+        .to_string();
+    take_over(pg, p);
+    assert_eq!(standby.post("/v1/track", &ping(&user, "first", 1)).status, 200);
+    assert_eq!(rows(pg, b'i').len(), 1);
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    eventually("p claimed by the owner", || {
+        (pg.psql(&format!(
+            "SELECT owner FROM journeyc_leases WHERE partition = {p} AND expires_at > now()"
+        ))
+        .trim()
+            == node_name)
+            .then_some(())
+    });
+    let second = owner.post("/v1/track", &bought(&user));
+    assert_eq!(second.status, 200, "{}", second.body);
+    eventually("both applied", || {
+        (journeys_sent(&env.data(), &user).len() == 2).then_some(())
+    });
+    assert!(rows(pg, b'i').is_empty());
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+    assert_eq!(journeys_sent(&env.data(), &user), ["pinger", "delayed"]);
+}

@@ -275,10 +275,20 @@ impl Lease {
     /// The epoch this node writes `partition`'s records under ([`LEASE_STORE`]:
     /// the store's lease), or why it may not.
     fn epoch_of(&self, partition: i32) -> StoreResult<i64> {
+        self.epoch_in(partition, None)
+    }
+
+    /// [`Lease::epoch_of`] as of `held` (a held set read earlier, e.g. when
+    /// a group commit began; `None`: the held set now). The store's lease
+    /// is always as of now: it is never claimed back.
+    fn epoch_in(&self, partition: i32, held: Option<&Owned>) -> StoreResult<i64> {
         if partition == LEASE_STORE {
             return self.epoch();
         }
-        let held = self.partitions.borrow().get(&partition).copied();
+        let held = match held {
+            Some(held) => held.get(&partition).copied(),
+            None => self.partitions.borrow().get(&partition).copied(),
+        };
         match held {
             Some(epoch) => Ok(epoch),
             None => Err(StoreError::PartitionNotOwned {
@@ -695,6 +705,24 @@ impl Pg {
     /// dropped from the held set ([`Pg::owned`]); the store's lease
     /// (partition -1) lost is lost for good.
     pub fn apply(&self, condition: Option<(&[u8], &[u8])>, batch: Batch) -> StoreResult<bool> {
+        self.apply_as_of(None, condition, batch)
+    }
+
+    /// [`Pg::apply`] fenced at the epochs of `held`, a held set read
+    /// before the batch was computed (a group commit's, read when the
+    /// group began), not at those held now: a partition lost and claimed
+    /// back meanwhile is held at a newer epoch, so the batch is refused
+    /// ([`StoreError::PartitionNotOwned`]) and the newer claim stays held.
+    /// What such a batch holds was computed before the other node's
+    /// tenure: outbox numbers of a block drawn before it (below the
+    /// numbers that node wrote, so below a sink's cursor past them), and
+    /// state read before that node changed it (`docs/scale-out.md`,
+    /// "Cursors per partition").
+    pub fn apply_held(&self, held: &Owned, batch: Batch) -> StoreResult<()> {
+        self.apply_as_of(Some(held), None, batch).map(|_| ())
+    }
+
+    fn apply_as_of(&self, held: Option<&Owned>, condition: Option<(&[u8], &[u8])>, batch: Batch) -> StoreResult<bool> {
         let condition = condition.map(|(key, expected)| (key.to_vec(), expected.to_vec()));
         let lease = self.inner.lease.clone();
         let partitions = self.inner.partitions;
@@ -716,7 +744,7 @@ impl Pg {
         }
         let (fenced, epochs): (Vec<i32>, Vec<i64>) = touched
             .iter()
-            .map(|partition| Ok((*partition, lease.epoch_of(*partition)?)))
+            .map(|partition| Ok((*partition, lease.epoch_in(*partition, held)?)))
             .collect::<StoreResult<Vec<_>>>()?
             .into_iter()
             .unzip();
@@ -879,6 +907,40 @@ impl Pg {
     /// sends `NOTIFY journeyc_inbox` in the same transaction): a connection
     /// of its own `LISTEN`s. If it cannot connect or drops, the caller's
     /// polling is left to find the records.
+    /// Whether the inbox (`daemon/inbox.rs`, keys `i`…) holds a record
+    /// committed by now: in one of `partitions`, or (`None`) in any
+    /// partition. One indexed look, under no lease: the owner asks it
+    /// before committing a call itself, so that a call of a customer
+    /// whose earlier calls still wait in the inbox waits behind them
+    /// (`http.rs`, `queued_behind`).
+    pub fn inbox_holds(&self, partitions: Option<Vec<i32>>) -> StoreResult<bool> {
+        self.run(|pool, _| async move {
+            let client = connection(&pool).await?;
+            let (from, to) = (vec![b'i'], vec![b'i' + 1]);
+            let row = match partitions {
+                None => {
+                    client
+                        .query_one(
+                            "SELECT EXISTS (SELECT 1 FROM journeyc_kv WHERE key >= $1 AND key < $2)",
+                            &[&from, &to],
+                        )
+                        .await
+                }
+                Some(partitions) => {
+                    client
+                        .query_one(
+                            "SELECT EXISTS (SELECT 1 FROM journeyc_kv \
+                             WHERE partition = ANY($3) AND key >= $1 AND key < $2)",
+                            &[&from, &to, &partitions],
+                        )
+                        .await
+                }
+            }
+            .map_err(|e| error("look at the inbox", e))?;
+            Ok(row.get(0))
+        })
+    }
+
     pub fn inbox_wakeups(&self) -> Arc<tokio::sync::Notify> {
         self.wakeups(CHANNEL_INBOX)
     }
