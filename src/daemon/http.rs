@@ -1150,7 +1150,7 @@ pub fn customer_json(state: &CustomerState, runtime: &Runtime) -> serde_json::Va
                 "holdout": e.holdout,
             });
             if let (Some(object), serde_json::Value::Object(extra)) =
-                (entry.as_object_mut(), describe_step(runtime, &e.version, e.pc))
+                (entry.as_object_mut(), describe_step(runtime, e.version.as_str(), e.pc))
             {
                 object.extend(extra);
             }

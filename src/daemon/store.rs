@@ -1731,7 +1731,7 @@ impl From<StateV3> for CustomerState {
                 channel: sent.channel,
                 // Unknown: engagement with it is counted for the message,
                 // under no version and no arm.
-                version: String::new(),
+                version: crate::runtime::state::no_version(),
                 pc: 0,
                 arm: None,
                 engaged: 0,
@@ -2471,7 +2471,7 @@ mod tests {
                     journey: text(&sent.journey),
                     message: text(&sent.message),
                     channel: sent.channel,
-                    version: sent.version.clone(),
+                    version: sent.version.to_string(),
                     pc: sent.pc,
                     arm: sent.arm.clone(),
                     engaged: sent.engaged,

@@ -52,6 +52,9 @@ struct Loaded {
     renders: Vec<MessageTemplates>,
     /// The bundle's names interned: `names[id]` for `NameId(id)`.
     names: Box<[Name]>,
+    /// The content hashes of the bundle's journeys interned, by index:
+    /// what enrollments name their version by.
+    hashes: Box<[Name]>,
     /// This loaded version's number (never reused in a process): the
     /// version part of the key of remembered renders ([`rendered`]).
     number: u64,
@@ -117,10 +120,10 @@ impl Reads {
 #[derive(Clone, Debug)]
 pub struct Engine {
     current: Arc<Loaded>,
-    /// Program hash → (workspace version, index of the program in it).
-    /// (Fx-hashed: looked up on every step of every enrollment, and the
-    /// keys are long hex digests that SipHash is slow on.)
-    versions: Arc<FxHashMap<String, (Arc<Loaded>, usize)>>,
+    /// Program hash (interned: hashed and compared as a pointer) →
+    /// (workspace version, index of the program in it). Looked up on
+    /// every step of every enrollment.
+    versions: Arc<FxHashMap<Name, (Arc<Loaded>, usize)>>,
     /// Segments whose membership changes matter (triggers, goals, exits).
     tracked_segments: Arc<Vec<SegmentId>>,
     /// The `count`/`seen` windows of the tracked segments, each once
@@ -172,12 +175,12 @@ impl Engine {
         let mut versions = FxHashMap::default();
         for old in retained {
             let old = Arc::new(Loaded::new(old));
-            for (index, program) in old.bundle.journeys.iter().enumerate() {
-                versions.insert(program.hash.clone(), (old.clone(), index));
+            for (index, hash) in old.hashes.iter().enumerate() {
+                versions.insert(*hash, (old.clone(), index));
             }
         }
-        for (index, program) in current.bundle.journeys.iter().enumerate() {
-            versions.insert(program.hash.clone(), (current.clone(), index));
+        for (index, hash) in current.hashes.iter().enumerate() {
+            versions.insert(*hash, (current.clone(), index));
         }
         let segment_conditions = versions
             .values()
@@ -304,14 +307,14 @@ impl Engine {
         }
         let current = &self.current;
         let mut moved = 0;
-        for program in &current.bundle.journeys {
+        for (index, program) in current.bundle.journeys.iter().enumerate() {
             if !program.migrate_on_update {
                 continue;
             }
             let Some(enrollment) = state.enrollments.get_mut(current.name(program.name)) else {
                 continue;
             };
-            if enrollment.version == program.hash || !enrollment.suspended {
+            if enrollment.version == current.hash(index) || !enrollment.suspended {
                 continue;
             }
             let Some((old, old_index)) = self.versions.get(&enrollment.version) else {
@@ -336,7 +339,7 @@ impl Engine {
             };
             let same_kind = std::mem::discriminant(&old_program.code[enrollment.pc as usize])
                 == std::mem::discriminant(&program.code[new_pc as usize]);
-            enrollment.version = program.hash.clone();
+            enrollment.version = current.hash(index);
             enrollment.pc = new_pc;
             enrollment.loop_counters.resize(program.loop_counters as usize, 0);
             enrollment.goals_reached.resize(program.goals.len(), false);
@@ -510,6 +513,11 @@ impl Loaded {
             .collect();
         Loaded {
             names: intern_all(&bundle.names),
+            hashes: bundle
+                .journeys
+                .iter()
+                .map(|program| Name::intern(&program.hash))
+                .collect(),
             number: ENGINES.fetch_add(1, Ordering::Relaxed),
             bundle,
             templates,
@@ -521,6 +529,11 @@ impl Loaded {
     /// The interned name of `id`.
     fn name(&self, id: NameId) -> Name {
         self.names[id.0 as usize]
+    }
+
+    /// The interned content hash of journey `index`.
+    fn hash(&self, index: usize) -> Name {
+        self.hashes[index]
     }
 }
 
@@ -1498,7 +1511,7 @@ impl Run<'_, '_> {
         let holdout = program.holdout_basis_points > 0
             && stable_bucket(&self.state.id, journey.as_str(), "holdout") < program.holdout_basis_points;
         let mut enrollment = Box::new(Enrollment {
-            version: program.hash.clone(),
+            version: self.engine.current.hash(index),
             entered_at: t,
             ordinal,
             pc: 0,
@@ -1537,16 +1550,13 @@ impl Run<'_, '_> {
     /// Names the step (`version`, `pc`) on the step's records, from index
     /// `from` on (`send`, `skip`, `split`, `set`, `exit`), for the per-step
     /// counts of the statistics.
-    fn mark_step(&mut self, from: usize, version: &str, pc: u32) {
+    fn mark_step(&mut self, from: usize, version: Name, pc: u32) {
         for record in self.records.iter_mut().skip(from) {
             if matches!(
                 record.kind,
                 Kind::Send | Kind::Skip | Kind::Split | Kind::Set | Kind::Exit
             ) {
-                record.step = Some(super::trace::Step {
-                    version: version.to_string(),
-                    pc,
-                });
+                record.step = Some(super::trace::Step { version, pc });
             }
         }
     }
@@ -1566,7 +1576,7 @@ impl Run<'_, '_> {
             .max();
         if let Some(until) = until.filter(|until| *until >= t) {
             let attribution = Attribution {
-                version: enrollment.version.clone(),
+                version: enrollment.version,
                 entered_at: enrollment.entered_at,
                 until,
                 goals_reached: enrollment.goals_reached.clone(),
@@ -1629,7 +1639,7 @@ impl Run<'_, '_> {
                 self.arrivals.push((
                     journey.to_string(),
                     super::trace::Step {
-                        version: enrollment.version.clone(),
+                        version: enrollment.version,
                         pc,
                     },
                 ));
@@ -1644,7 +1654,7 @@ impl Run<'_, '_> {
                         }
                     }
                     self.send(&loaded, program, journey, enrollment, *message, t);
-                    self.mark_step(first_record, &enrollment.version, pc);
+                    self.mark_step(first_record, enrollment.version, pc);
                     enrollment.pc = next;
                 }
                 Instr::Wait { seconds } => {
@@ -1708,7 +1718,7 @@ impl Run<'_, '_> {
                     let record = self.record(t, journey, Kind::Split);
                     record.split = Some(split_name.to_string());
                     record.arm = Some(bundle.name(arm.name).to_string());
-                    self.mark_step(first_record, &enrollment.version, pc);
+                    self.mark_step(first_record, enrollment.version, pc);
                     enrollment.pc = arm.target;
                 }
                 Instr::Set { attribute, value } => {
@@ -1717,7 +1727,7 @@ impl Run<'_, '_> {
                     let record = self.record(t, journey, Kind::Set);
                     record.attribute = Some(name.to_string());
                     record.value = Some(to_json(&value));
-                    self.mark_step(first_record, &enrollment.version, pc);
+                    self.mark_step(first_record, enrollment.version, pc);
                     self.profile_changed();
                     self.zone_changed |= name == "timezone";
                     if value == Value::Absent {
@@ -1746,7 +1756,7 @@ impl Run<'_, '_> {
                 }
                 Instr::Exit => {
                     self.end(journey, enrollment, t, "exit_statement");
-                    self.mark_step(first_record, &enrollment.version, pc);
+                    self.mark_step(first_record, enrollment.version, pc);
                     return false;
                 }
                 Instr::End => {
@@ -1854,7 +1864,7 @@ impl Run<'_, '_> {
                     journey,
                     message: message_name,
                     channel: definition.channel,
-                    version: program.hash.clone(),
+                    version: enrollment.version,
                     pc: enrollment.pc,
                     arm: enclosing_arm(program, enrollment.pc)
                         .map(|(split, arm)| (bundle.name(split).to_string(), bundle.name(arm).to_string())),
@@ -2026,7 +2036,7 @@ impl Run<'_, '_> {
         record.id = send;
         record.reason = reason.map(str::to_string);
         if let Some(sent) = sent {
-            record.version = Some(sent.version);
+            record.version = Some(sent.version.to_string());
             record.message = Some(sent.message.to_string());
             record.channel = Some(sent.channel.as_str().to_string());
             if let Some((split, arm)) = sent.arm {

@@ -20,6 +20,17 @@
 //! [`decoding`](Dictionary::decode) on a thread, names serialize as their ids.
 //! Ids are given in order of first use and never reused, so they stay
 //! stable across workspace versions and restarts.
+//!
+//! **Version hashes** are names too: the 64-hex-digit content hash of a
+//! journey version that an enrollment, an ended enrollment's attribution
+//! and a remembered send run on or came from (`state.rs`), interned once
+//! per loaded program (the engine's `Loaded::hashes`), so the engine's
+//! look-up of a step's version hashes a pointer and `enrollment.version ==
+//! current` compares one. They are bounded as the other names are: one
+//! per journey of each workspace version loaded (or read from a record or
+//! an export, which hold the versions the store ran). They are written as
+//! their text everywhere, the store included ([`text`]), so the records'
+//! bytes are what the `String`s gave.
 
 use rustc_hash::FxHashMap;
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -632,6 +643,23 @@ pub mod text_keys {
         deserializer: D,
     ) -> Result<NameMap<V>, D::Error> {
         deserializer.deserialize_map(MapVisitor::<TextName, V>(std::marker::PhantomData))
+    }
+}
+
+/// serde of one [`Name`] written as its text everywhere, the store
+/// included (`#[serde(with = "text")]`): the bytes are those of a
+/// `String`, so a record holding one reads and writes as it did while the
+/// field was a `String`. The version hashes are kept so.
+pub mod text {
+    use super::{Name, NameVisitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(name: &Name, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(name.0)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
+        deserializer.deserialize_str(NameVisitor)
     }
 }
 

@@ -13,7 +13,9 @@
 //! workspace declares: journeys, events, segments and profile attributes as
 //! interned [`Name`]s in [`NameMap`]s (`runtime/names.rs`), which compare by
 //! identity and iterate in name order; the store writes them as ids of its
-//! dictionary (the profile's attribute names as text), JSON as text.
+//! dictionary (the profile's attribute names as text), JSON as text. The
+//! version hash an enrollment, an attribution or a remembered send names
+//! is an interned [`Name`] too, written as its text everywhere.
 
 use super::engagement::Engagement;
 use super::names::{Name, NameMap};
@@ -227,8 +229,10 @@ impl Settled {
 /// whether a goal is still inside its window and not counted yet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attribution {
-    /// Content hash of the program version the enrollment ran.
-    pub version: String,
+    /// Content hash of the program version the enrollment ran (written
+    /// as its text: [`super::names::text`]).
+    #[serde(with = "super::names::text")]
+    pub version: Name,
     pub entered_at: Millis,
     /// The last instant a goal of it can still be reached (the end of its
     /// longest open `within` window).
@@ -281,9 +285,10 @@ pub struct Sent {
     pub journey: Name,
     pub message: Name,
     pub channel: Channel,
-    /// The content hash of the journey version that sent it.
-    #[serde(default)]
-    pub version: String,
+    /// The content hash of the journey version that sent it (written as
+    /// its text: [`super::names::text`]; empty in records from before it was kept).
+    #[serde(default = "no_version", with = "super::names::text")]
+    pub version: Name,
     /// The send instruction.
     #[serde(default)]
     pub pc: u32,
@@ -293,6 +298,11 @@ pub struct Sent {
     /// Engagements already seen for it ([`Engagement::bit`]): each counts once.
     #[serde(default)]
     pub engaged: u8,
+}
+
+/// The version of a remembered send read from a record that has none.
+pub(crate) fn no_version() -> Name {
+    Name::intern("")
 }
 
 impl Sent {
@@ -313,8 +323,10 @@ pub struct EntryHistory {
 /// One customer's position in one journey version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Enrollment {
-    /// Content hash of the program version this enrollment runs.
-    pub version: String,
+    /// Content hash of the program version this enrollment runs (written
+    /// as its text: [`super::names::text`]).
+    #[serde(with = "super::names::text")]
+    pub version: Name,
     pub entered_at: Millis,
     /// Which enrollment of this customer in this journey (1 = first): part
     /// of every send id, so ids are stable and unique.
@@ -455,5 +467,124 @@ impl CustomerState {
             earlier(*due);
         }
         next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::names::Dictionary;
+    use std::sync::Arc;
+
+    /// The version hashes are interned names, but a record holds their
+    /// text, in the store too: under the store's dictionary an enrollment,
+    /// an attribution and a remembered send encode to the bytes they had
+    /// while the version was a `String` (`STORE_FORMAT` 7 unchanged), and
+    /// read back to the same interned name.
+    #[test]
+    fn version_hashes_are_written_as_text_inside_the_store() {
+        let hash = "0123456789abcdef".repeat(4);
+        let version = Name::intern(&hash);
+        let dictionary = Arc::new(Dictionary::default());
+        let encode = |value: &dyn erased::Encode| dictionary.encode(|| value.bytes()).0;
+
+        let enrollment = Enrollment {
+            version,
+            entered_at: 5,
+            ordinal: 2,
+            pc: 3,
+            suspended: true,
+            wake_at: Some(9),
+            loop_counters: vec![1],
+            events: vec![BTreeMap::new()],
+            goals_reached: vec![false, true],
+            holdout: false,
+            steps: 7,
+        };
+        let as_string = (
+            hash.clone(),
+            5i64,
+            2u32,
+            3u32,
+            true,
+            Some(9i64),
+            vec![1u32],
+            vec![BTreeMap::<String, Value>::new()],
+            vec![false, true],
+            false,
+            7u32,
+        );
+        let bytes = encode(&enrollment);
+        assert_eq!(bytes, postcard::to_allocvec(&as_string).expect("encode"));
+        let back: Enrollment = dictionary.decode(|| postcard::from_bytes(&bytes).expect("decode"));
+        assert_eq!(back, enrollment);
+        assert!(
+            std::ptr::eq(back.version.as_str(), version.as_str()),
+            "the interned copy"
+        );
+
+        let attribution = Attribution {
+            version,
+            entered_at: 5,
+            until: 11,
+            goals_reached: vec![true],
+        };
+        let bytes = encode(&attribution);
+        assert_eq!(
+            bytes,
+            postcard::to_allocvec(&(hash.clone(), 5i64, 11i64, vec![true])).expect("encode")
+        );
+        let back: Attribution = dictionary.decode(|| postcard::from_bytes(&bytes).expect("decode"));
+        assert_eq!(back, attribution);
+
+        let sent = Sent {
+            at: 4,
+            id: "s1".into(),
+            journey: Name::intern("onboard"),
+            message: Name::intern("hello"),
+            channel: Channel::Email,
+            version,
+            pc: 6,
+            arm: None,
+            engaged: 1,
+        };
+        let bytes = encode(&sent);
+        // The journey and the message are dictionary ids (0 and 1, the
+        // first given), the version its text.
+        let as_string = (
+            4i64,
+            "s1",
+            0u32,
+            1u32,
+            Channel::Email,
+            hash.as_str(),
+            6u32,
+            None::<(String, String)>,
+            1u8,
+        );
+        assert_eq!(bytes, postcard::to_allocvec(&as_string).expect("encode"));
+        let back: Sent = dictionary.decode(|| postcard::from_bytes(&bytes).expect("decode"));
+        assert_eq!(back, sent);
+
+        // JSON (export, HTTP) as before: the text.
+        let json = serde_json::to_value(&sent).expect("json");
+        assert_eq!(json["version"], serde_json::Value::String(hash.clone()));
+        let mut old = json.clone();
+        old.as_object_mut().expect("an object").remove("version");
+        let read: Sent = serde_json::from_value(old).expect("a send written before versions were kept");
+        assert_eq!(read.version, no_version());
+    }
+
+    /// Postcard bytes of a value, behind one type for the test's closure.
+    mod erased {
+        pub trait Encode {
+            fn bytes(&self) -> Vec<u8>;
+        }
+
+        impl<T: serde::Serialize> Encode for T {
+            fn bytes(&self) -> Vec<u8> {
+                postcard::to_allocvec(self).expect("encode")
+            }
+        }
     }
 }

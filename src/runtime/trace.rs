@@ -73,7 +73,8 @@ pub struct TraceRecord {
 /// A step of one journey version: its content hash and instruction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
-    pub version: String,
+    /// The version's content hash, interned (`runtime/names.rs`).
+    pub version: super::names::Name,
     pub pc: u32,
 }
 
