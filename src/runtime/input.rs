@@ -194,7 +194,9 @@ pub fn context_fill(profile: &NameMap<Value>, fill: &BTreeMap<String, Value>, in
 fn context_attributes(given: [(&str, Option<Scalar>); 2], schema: &Schema) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for (name, value) in given {
-        let (Some(value), Some(declared)) = (value, schema.customer.get(name)) else {
+        // Most calls give neither, so the schema is searched only for what a call gives.
+        let Some(value) = value else { continue };
+        let Some(declared) = schema.customer.get(name) else {
             continue;
         };
         if let Ok(value @ Value::String(_)) = convert(value, declared) {
