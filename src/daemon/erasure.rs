@@ -22,6 +22,15 @@
 //!    `db`, `db.old` removed). A crash at any point leaves either the old
 //!    store with its marks (the work is redone) or the new one.
 //!
+//! On PostgreSQL several data directories may each hold sends of one
+//! customer in their JSONL files (every node that held its partition when
+//! they were delivered), so [`finish`] redacts this node's own files for
+//! the marks of every partition ([`redact_own`], recorded per data
+//! directory in the database), drops only the marks every registered data
+//! directory has redacted, and leaves `VACUUM FULL` to the store's owner
+//! (`docs/scale-out.md`, "Erasure across nodes"). [`due_on`] finds the
+//! marks other nodes wrote by polling.
+//!
 //! Erasure cannot reach copies outside the data directory: records already
 //! delivered to webhooks or other downstream systems, backups, exports.
 
