@@ -255,11 +255,16 @@ pub fn work_pending(store: &Store, dir: &Path, sinks: &[SinkSpec]) -> Result<boo
     Ok(unredacted > 0 || droppable > 0 || vacuum)
 }
 
+/// The shortest time between two looks for erasure work on PostgreSQL
+/// ([`due_on`]; `--erasure-within 0` would look without a pause).
+const POLL_AT_MOST_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// [`due`] for a round on `store`: on PostgreSQL the marks are other
 /// nodes' too, so it looks for work ([`work_pending`]) at once, at every
-/// erasure this node acknowledges and every quarter of `within`; once
-/// there is some, it completes half of `within` later. A mark written by
-/// any node is so redacted here within three quarters of `within`.
+/// erasure this node acknowledges and every quarter of `within` (every
+/// [`POLL_AT_MOST_EVERY`] at the most); once there is some, it completes
+/// half of `within` later. A mark written by any node is so redacted here
+/// within three quarters of `within` (half a second with `0`).
 pub async fn due_on(
     store: Store,
     dir: PathBuf,
@@ -282,7 +287,7 @@ pub async fn due_on(
         }
         tokio::select! {
             () = erased.notified() => {}
-            () = tokio::time::sleep(within / 4) => {}
+            () = tokio::time::sleep((within / 4).max(POLL_AT_MOST_EVERY)) => {}
         }
     }
     tokio::time::sleep(within / 2).await;
