@@ -1034,7 +1034,8 @@ impl Pg {
     /// Records that `redactor` has redacted its files for the marks `keys`
     /// (as read before the redaction). Each mark is locked (`FOR SHARE`)
     /// first, so a mark dropped meanwhile gets no record: no record
-    /// outlives its mark.
+    /// outlives its mark. Marks are locked in key order here and in
+    /// [`Pg::drop_redacted_marks`], so the two never deadlock.
     pub fn record_redacted(&self, redactor: &str, keys: Vec<Vec<u8>>) -> StoreResult<()> {
         let redactor = redactor.to_string();
         self.run(|pool, partitions| async move {
@@ -1044,7 +1045,7 @@ impl Pg {
             let present: Vec<(i32, Vec<u8>)> = tx
                 .query(
                     "SELECT partition, key FROM journeyc_kv WHERE (partition, key) IN \
-                     (SELECT * FROM unnest($1::integer[], $2::bytea[])) FOR SHARE",
+                     (SELECT * FROM unnest($1::integer[], $2::bytea[])) ORDER BY partition, key FOR SHARE",
                     &[&wanted, &keys],
                 )
                 .await
@@ -1099,11 +1100,14 @@ impl Pg {
                 .collect();
             let dropped: Vec<(i32, Vec<u8>)> = tx
                 .query(
-                    "DELETE FROM journeyc_kv k WHERE k.partition = ANY($1) AND k.key >= $2 AND k.key < $3 \
-                     AND NOT EXISTS (SELECT 1 FROM journeyc_redactors r WHERE NOT EXISTS ( \
-                       SELECT 1 FROM journeyc_redacted d WHERE d.partition = k.partition \
-                       AND d.customer = substring(k.key from 2) AND d.redactor = r.redactor)) \
-                     RETURNING k.partition, substring(k.key from 2)",
+                    "DELETE FROM journeyc_kv WHERE (partition, key) IN ( \
+                       SELECT k.partition, k.key FROM journeyc_kv k \
+                       WHERE k.partition = ANY($1) AND k.key >= $2 AND k.key < $3 \
+                       AND NOT EXISTS (SELECT 1 FROM journeyc_redactors r WHERE NOT EXISTS ( \
+                         SELECT 1 FROM journeyc_redacted d WHERE d.partition = k.partition \
+                         AND d.customer = substring(k.key from 2) AND d.redactor = r.redactor)) \
+                       ORDER BY k.partition, k.key FOR UPDATE) \
+                     RETURNING partition, substring(key from 2)",
                     &[&fenced, &MARKS.0, &MARKS.1],
                 )
                 .await
