@@ -195,6 +195,18 @@ fn redactor_id(dir: &Path) -> io::Result<Option<String>> {
 /// redactor has not recorded yet, and records them. Answers the lines
 /// redacted. The sinks must not be delivering meanwhile.
 pub fn redact_own(store: &Store, dir: &Path, sinks: &[SinkSpec]) -> Result<usize, DaemonError> {
+    redact(store, dir, sinks, true)
+}
+
+/// [`redact_own`] on a node that does not deliver (a standby without
+/// `--spread`): only if its data directory was registered when it
+/// delivered before (its files may hold sends of that time, and every mark
+/// waits for it), never registering one.
+pub fn redact_registered(store: &Store, dir: &Path, sinks: &[SinkSpec]) -> Result<usize, DaemonError> {
+    redact(store, dir, sinks, false)
+}
+
+fn redact(store: &Store, dir: &Path, sinks: &[SinkSpec], register: bool) -> Result<usize, DaemonError> {
     let super::kv::Kv::Postgres(pg) = &store.db else {
         return Ok(0);
     };
@@ -206,6 +218,7 @@ pub fn redact_own(store: &Store, dir: &Path, sinks: &[SinkSpec]) -> Result<usize
     let file = redactor_file(dir);
     let redactor = match redactor_id(dir).map_err(|e| io_error(&file, e))? {
         Some(id) => id,
+        None if !register => return Ok(0),
         None => {
             let id = format!("redactor-{}", pg.generate_id()?);
             let temporary = file.with_extension("new");

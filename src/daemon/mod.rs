@@ -428,7 +428,12 @@ async fn stand_by(
             let store = finish_blocking(config, store).await?;
             Some((Round::start_as(config, &shared, store, Role::Applier)?, shared))
         }
-        false => None,
+        false => {
+            // A standby delivers nothing, but its files may hold what it
+            // delivered as the owner before: redacted for every mark.
+            standby_redaction(config, &store).await?;
+            None
+        }
     };
     let server_task = start_server(listener, front.clone(), config, stopping.clone());
     let _ = std::fs::write(config.data.join("addr"), address.to_string());
@@ -448,7 +453,11 @@ async fn stand_by(
         let due = async {
             match &applier {
                 Some((round, _)) => round_due(config, round).await,
-                None => std::future::pending().await,
+                None => {
+                    let notify = Arc::new(tokio::sync::Notify::new());
+                    let (dir, sinks) = (store_dir(&config.data), sink_specs(&config.sinks));
+                    erasure::due_on(store.clone(), dir, sinks, notify, config.erasure_within, false).await
+                }
             }
         };
         tokio::select! {
@@ -456,18 +465,24 @@ async fn stand_by(
                 following.abort();
                 hangups.abort();
                 let _ = server_task.await;
-                if let Some((round, _)) = applier {
-                    let store = round.stop().await;
-                    finish_blocking(config, store).await?;
+                match applier {
+                    Some((round, _)) => {
+                        let store = round.stop().await;
+                        finish_blocking(config, store).await?;
+                    }
+                    None => standby_redaction(config, &store).await?,
                 }
                 tracing::info!("stopped as a standby");
                 return Ok(None);
             }
             _ = lease.wait_for(|state| !matches!(state, kv::pg::LeaseState::Standby)) => break,
             () = due => {
+                let Some((round, shared)) = applier.take() else {
+                    standby_redaction(config, &store).await?;
+                    continue;
+                };
                 // The applier's sinks paused while its files are redacted
                 // (intake goes on into the inbox meanwhile).
-                let (round, shared) = applier.take().expect("an applier round");
                 let store = round.stop().await;
                 let store = finish_blocking(config, store).await?;
                 applier = Some((Round::start_as(config, &shared, store, Role::Applier)?, shared));
@@ -501,6 +516,19 @@ async fn round_due(config: &Config, round: &Round) {
         round.erasures_pending,
     )
     .await
+}
+
+/// A standby's own redaction (`erasure::redact_registered`), off the async
+/// threads.
+async fn standby_redaction(config: &Config, store: &Store) -> Result<(), DaemonError> {
+    let (store, dir, sinks) = (store.clone(), store_dir(&config.data), sink_specs(&config.sinks));
+    let lines = tokio::task::spawn_blocking(move || erasure::redact_registered(&store, &dir, &sinks))
+        .await
+        .map_err(|e| DaemonError::Io(e.to_string()))??;
+    if lines > 0 {
+        tracing::info!(lines_redacted = lines, "erasure: a standby's own sinks redacted");
+    }
+    Ok(())
 }
 
 /// [`erasure::finish`] off the async threads.

@@ -508,3 +508,67 @@ fn sends_every_spread_node_delivered_are_redacted_while_they_run_and_after_a_kil
     assert_eq!(b.terminate(), Some(0));
     assert_eq!(a.terminate(), Some(0));
 }
+
+/// Without `--spread`: the sends an owner delivered stay in its data
+/// directory after it was killed and a standby took over; a customer erased
+/// at the new owner keeps its mark until the old owner, back as a standby,
+/// has redacted its own file (at its start, before it listens).
+#[test]
+fn sends_a_killed_owner_delivered_are_redacted_when_it_comes_back_as_a_standby() {
+    if super::pg::skip_requested() {
+        return;
+    }
+    let env = Env::on(ERASE_WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let (a_data, b_data) = (env.root.path().join("data"), env.root.path().join("second"));
+    let start = |data: &Path| {
+        let mut args = env.store_args();
+        args.extend(["--erasure-within".to_string(), "2s".to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start(&env.workspace(), data, &args)
+    };
+    let a = start(&a_data);
+    a.wait_until_owner();
+    spread_customer_with_a_send(&a, &a_data, "failover-gone-3c", "fay@example.org", 717_171);
+    let b = start(&b_data);
+    a.kill();
+    b.wait_until_owner();
+    let response = b.request("DELETE", "/v1/customers/failover-gone-3c", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    let needles = ["failover-gone-3c", "fay@example.org", "ZEBRA-717171"];
+    // B redacts its own file (it holds nothing of the customer) and records
+    // it; the mark waits for A.
+    eventually("B's redaction recorded", || {
+        (marks_and_redactions(pg).1 == "1").then_some(())
+    });
+    assert_eq!(
+        marks_and_redactions(pg).0,
+        "1",
+        "the mark was dropped before A redacted"
+    );
+    for needle in needles {
+        assert!(
+            !files_containing(&a_data, needle).is_empty(),
+            "{needle} is not in A's file"
+        );
+    }
+    let a = start(&a_data);
+    assert_eq!(a.role().as_deref(), Some("standby"));
+    for needle in needles {
+        assert_eq!(
+            files_containing(&a_data, needle),
+            Vec::<String>::new(),
+            "{needle} left after A's restart"
+        );
+        assert_eq!(
+            files_containing(&b_data, needle),
+            Vec::<String>::new(),
+            "{needle} in B's data directory"
+        );
+    }
+    eventually("the mark dropped once A redacted", || {
+        (marks_and_redactions(pg) == ("0".to_string(), "0".to_string())).then_some(())
+    });
+    assert_eq!(a.terminate(), Some(0));
+    assert_eq!(b.terminate(), Some(0));
+}
