@@ -489,7 +489,13 @@ fn sends_every_spread_node_delivered_are_redacted_while_they_run_and_after_a_kil
             "{needle} is not in B's file"
         );
     }
+    // As a kill -9 inside a pass would leave it (before the rename): a
+    // half-written temporary file beside the sink, which the next pass
+    // replaces.
+    let temporary = b_data.join("sends.jsonl.redacting");
+    std::fs::write(&temporary, br#"{"customer":"half-writ"#).expect("write");
     let b = start_spread(&env, &b_data, &within);
+    assert!(!temporary.exists(), "the temporary file was left");
     for needle in killed {
         assert_eq!(
             files_containing(&b_data, needle),
