@@ -222,7 +222,19 @@ async fn submit_within(pg: &Pg, store: &Store, command: &Command, within: Durati
     let started = std::time::Instant::now();
     // This node taking the lease over ends the wait: its takeover waits for
     // the requests in flight (`server.rs`), and it applies the command
-    // itself once it owns the store.
+    // itself once it owns the store. With --spread a command naming a
+    // customer is applied by its partition's holder: the wait ends when
+    // that is this node (the store's owner hands such a command over too,
+    // `http.rs`), not at the store's lease.
+    let applies_here = || match command.customer() {
+        Some(customer) if pg.spread() => pg
+            .owned()
+            .contains_key(&pg.partition_of(&super::store::customer_key(customer))),
+        _ => !matches!(pg.lease(), super::kv::pg::LeaseState::Standby),
+    };
+    // A node that applies it from the start (a --spread standby holding
+    // the partition) waits for its own answer.
+    let applied_here_from_start = applies_here();
     let mut lease = pg.lease_changes();
     let mut taking_over = false;
     loop {
@@ -237,6 +249,10 @@ async fn submit_within(pg: &Pg, store: &Store, command: &Command, within: Durati
         }
         if taking_over || started.elapsed() >= within {
             let reason = match taking_over {
+                true if command.customer().is_some() && pg.spread() => {
+                    "kept for the node that holds its customer's partition: this one has taken it over and applies it"
+                        .to_string()
+                }
                 true => "kept for the node that holds the store's lease: this one is taking it over and applies it".to_string(),
                 false => format!(
                     "handed to the node that holds the store's lease, which has not applied it within {} s; it is kept and will be",
@@ -250,8 +266,9 @@ async fn submit_within(pg: &Pg, store: &Store, command: &Command, within: Durati
         }
         tokio::select! {
             () = tokio::time::sleep(ANSWER_POLL) => {}
-            _ = lease.wait_for(|state| !matches!(state, super::kv::pg::LeaseState::Standby)) => taking_over = true,
+            _ = lease.changed() => {}
         }
+        taking_over = !applied_here_from_start && applies_here();
     }
 }
 

@@ -22,6 +22,15 @@
 //!    `db`, `db.old` removed). A crash at any point leaves either the old
 //!    store with its marks (the work is redone) or the new one.
 //!
+//! On PostgreSQL several data directories may each hold sends of one
+//! customer in their JSONL files (every node that held its partition when
+//! they were delivered), so [`finish`] redacts this node's own files for
+//! the marks of every partition ([`redact_own`], recorded per data
+//! directory in the database), drops only the marks every registered data
+//! directory has redacted, and leaves `VACUUM FULL` to the store's owner
+//! (`docs/scale-out.md`, "Erasure across nodes"). [`due_on`] finds the
+//! marks other nodes wrote by polling.
+//!
 //! Erasure cannot reach copies outside the data directory: records already
 //! delivered to webhooks or other downstream systems, backups, exports.
 
@@ -40,8 +49,10 @@ pub fn erased_key(customer: &str) -> Vec<u8> {
 }
 
 /// Customers erased since the last compaction, of the partitions this node
-/// holds (on sled, and on PostgreSQL without `--spread`, all of them: with
-/// it the marks of other nodes' partitions are theirs, `docs/scale-out.md`).
+/// holds (on sled, and on PostgreSQL without `--spread`, all of them). On
+/// PostgreSQL a node redacts its own JSONL files for the marks of every
+/// partition ([`redact_own`]), since it may have delivered sends of a
+/// partition it no longer holds.
 pub fn pending(store: &Store) -> Result<Vec<String>, StoreError> {
     store
         .db
@@ -103,38 +114,196 @@ pub fn recover_swap(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes what erased customers left behind, if anything: on sled the
+/// Removes what erased customers left behind, if anything. On sled the
 /// compaction of `erasure.rs` (JSONL sinks redacted, the store copied without
-/// the erased bytes); on PostgreSQL the JSONL sinks redacted, then the marks
-/// removed in one batch with `mvacuum` set, then the table rewritten
-/// (`VACUUM FULL`, which drops the old versions of deleted rows, the marks'
-/// among them), then `mvacuum` removed. A crash before the marks go redoes
-/// everything; a crash after vacuums again (`mvacuum` names no customer).
+/// the erased bytes). On PostgreSQL, where several nodes may each have
+/// delivered a customer's sends to JSONL files of their own:
+///
+/// 1. this node's own JSONL sinks are redacted for every mark in the
+///    database not yet recorded as redacted by this data directory
+///    ([`redact_own`]), whichever partition it is in and whoever holds it;
+/// 2. the marks of the partitions this node holds that every registered
+///    redactor has redacted are dropped with their records, in one fenced
+///    transaction that also asks for a vacuum (`mvacuum`,
+///    [`Pg::drop_redacted_marks`](super::kv::pg::Pg::drop_redacted_marks));
+/// 3. on the store's owner, if a vacuum was asked for, the table is
+///    rewritten (`VACUUM FULL`, which drops the old versions of deleted
+///    rows, the marks' among them), then `mvacuum` removed unless another
+///    drop asked again meanwhile.
+///
+/// A crash before a step redoes it (the redaction is idempotent, the files
+/// replaced by rename); a crash after the drop vacuums at the owner's next
+/// finish (`mvacuum` names no customer).
 pub fn finish(store: Store, dir: &Path, options: &StoreOptions, sinks: &[SinkSpec]) -> Result<Store, DaemonError> {
     let super::kv::Kv::Postgres(pg) = &store.db else {
         return Ok(compact_if_pending(store, dir, options, sinks)?.0);
     };
-    let erased: HashSet<String> = pending(&store)?.into_iter().collect();
-    if !erased.is_empty() {
-        for sink in sinks {
-            if let SinkSpec::Jsonl(path) = sink {
-                redact_jsonl(path, &erased)
-                    .map_err(|e| DaemonError::Io(format!("erasure: {}: {e}", path.display())))?;
-            }
-        }
-        let mut marks = super::kv::Batch::default();
-        for customer in &erased {
-            marks.remove(erased_key(customer));
-        }
-        marks.insert(super::store::META_VACUUM_PENDING.to_vec(), Vec::new());
-        store.db.apply_batch(marks)?;
-    } else if store.db.get(super::store::META_VACUUM_PENDING)?.is_none() {
+    let lines = redact_own(&store, dir, sinks)?;
+    let dropped = pg.drop_redacted_marks(super::store::META_VACUUM_PENDING)?;
+    if lines > 0 || dropped > 0 {
+        tracing::info!(
+            lines_redacted = lines,
+            marks_dropped = dropped,
+            "erasure: own sinks redacted"
+        );
+    }
+    if !matches!(pg.lease(), super::kv::pg::LeaseState::Held(_)) {
         return Ok(store);
     }
+    let Some(request) = store.db.get(super::store::META_VACUUM_PENDING)? else {
+        return Ok(store);
+    };
     pg.compact()?;
-    store.db.remove(super::store::META_VACUUM_PENDING)?;
-    tracing::info!(customers = erased.len(), "erasure finished");
+    store
+        .db
+        .compare_and_swap(super::store::META_VACUUM_PENDING, &request, None::<Vec<u8>>)?;
+    tracing::info!("erasure finished");
     Ok(store)
+}
+
+/// The file in the data directory that names it as a redactor on
+/// PostgreSQL (`dir` is the store's directory, `DATA/db`).
+fn redactor_file(dir: &Path) -> PathBuf {
+    dir.with_file_name("redactor")
+}
+
+/// The JSONL files among `sinks`.
+fn jsonl_paths(sinks: &[SinkSpec]) -> Vec<&Path> {
+    sinks
+        .iter()
+        .filter_map(|sink| match sink {
+            SinkSpec::Jsonl(path) => Some(path.as_path()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// This data directory's redactor id, if it was given one.
+fn redactor_id(dir: &Path) -> io::Result<Option<String>> {
+    match std::fs::read_to_string(redactor_file(dir)) {
+        Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_string())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// On PostgreSQL with JSONL sinks: gives this data directory a redactor id
+/// (once, kept in `DATA/redactor`, written through a temporary file and a
+/// rename) and registers it, before any of its sinks delivers; then
+/// redacts its JSONL files for every erasure mark of the database this
+/// redactor has not recorded yet, and records them. Answers the lines
+/// redacted. The sinks must not be delivering meanwhile.
+pub fn redact_own(store: &Store, dir: &Path, sinks: &[SinkSpec]) -> Result<usize, DaemonError> {
+    redact(store, dir, sinks, true)
+}
+
+/// [`redact_own`] on a node that does not deliver (a standby without
+/// `--spread`): only if its data directory was registered when it
+/// delivered before (its files may hold sends of that time, and every mark
+/// waits for it), never registering one.
+pub fn redact_registered(store: &Store, dir: &Path, sinks: &[SinkSpec]) -> Result<usize, DaemonError> {
+    redact(store, dir, sinks, false)
+}
+
+fn redact(store: &Store, dir: &Path, sinks: &[SinkSpec], register: bool) -> Result<usize, DaemonError> {
+    let super::kv::Kv::Postgres(pg) = &store.db else {
+        return Ok(0);
+    };
+    let paths = jsonl_paths(sinks);
+    if paths.is_empty() {
+        return Ok(0);
+    }
+    let io_error = |what: &Path, e: io::Error| DaemonError::Io(format!("erasure: {}: {e}", what.display()));
+    let file = redactor_file(dir);
+    let redactor = match redactor_id(dir).map_err(|e| io_error(&file, e))? {
+        Some(id) => id,
+        None if !register => return Ok(0),
+        None => {
+            let id = format!("redactor-{}", pg.generate_id()?);
+            let temporary = file.with_extension("new");
+            std::fs::write(&temporary, &id)
+                .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+                .and_then(|()| std::fs::rename(&temporary, &file))
+                .map_err(|e| io_error(&file, e))?;
+            id
+        }
+    };
+    pg.register_redactor(&redactor)?;
+    if pg.marks_to_do(Some(&redactor))?.0 == 0 {
+        return Ok(0);
+    }
+    // Read before the redaction: what is recorded is what was redacted.
+    let keys: Vec<Vec<u8>> = store
+        .db
+        .range([PREFIX_ERASED]..[PREFIX_ERASED + 1])
+        .map(|item| item.map(|(key, _)| key.to_vec()))
+        .collect::<Result<_, _>>()?;
+    let erased: HashSet<String> = keys
+        .iter()
+        .map(|key| String::from_utf8_lossy(&key[1..]).into_owned())
+        .collect();
+    let mut lines = 0;
+    for path in paths {
+        lines += redact_jsonl(path, &erased).map_err(|e| io_error(path, e))?;
+    }
+    pg.record_redacted(&redactor, keys)?;
+    Ok(lines)
+}
+
+/// Whether [`finish`] has work now: on sled, marks; on PostgreSQL, marks
+/// this data directory has not redacted, marks of its partitions that every
+/// redactor has, or (on the store's owner) a vacuum asked for.
+pub fn work_pending(store: &Store, dir: &Path, sinks: &[SinkSpec]) -> Result<bool, DaemonError> {
+    let super::kv::Kv::Postgres(pg) = &store.db else {
+        return Ok(!pending(store)?.is_empty());
+    };
+    let redactor = match jsonl_paths(sinks).is_empty() {
+        true => None,
+        false => redactor_id(dir).map_err(|e| DaemonError::Io(format!("erasure: {e}")))?,
+    };
+    let (unredacted, droppable) = pg.marks_to_do(redactor.as_deref())?;
+    let vacuum = matches!(pg.lease(), super::kv::pg::LeaseState::Held(_))
+        && store.db.get(super::store::META_VACUUM_PENDING)?.is_some();
+    Ok(unredacted > 0 || droppable > 0 || vacuum)
+}
+
+/// The shortest time between two looks for erasure work on PostgreSQL
+/// ([`due_on`]; `--erasure-within 0` would look without a pause).
+const POLL_AT_MOST_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// [`due`] for a round on `store`: on PostgreSQL the marks are other
+/// nodes' too, so it looks for work ([`work_pending`]) at once, at every
+/// erasure this node acknowledges and every quarter of `within` (every
+/// [`POLL_AT_MOST_EVERY`] at the most); once there is some, it completes
+/// half of `within` later. A mark written by any node is so redacted here
+/// within three quarters of `within` (half a second with `0`).
+pub async fn due_on(
+    store: Store,
+    dir: PathBuf,
+    sinks: Vec<SinkSpec>,
+    erased: std::sync::Arc<tokio::sync::Notify>,
+    within: Option<std::time::Duration>,
+    pending: bool,
+) {
+    let (Some(within), super::kv::Kv::Postgres(_)) = (within, &store.db) else {
+        return due(erased, within, pending).await;
+    };
+    loop {
+        let (store, dir, sinks) = (store.clone(), dir.clone(), sinks.clone());
+        let work = tokio::task::spawn_blocking(move || work_pending(&store, &dir, &sinks)).await;
+        match work {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "erasure: cannot look for marks"),
+            Err(error) => tracing::warn!(%error, "erasure: cannot look for marks"),
+        }
+        tokio::select! {
+            () = erased.notified() => {}
+            () = tokio::time::sleep((within / 4).max(POLL_AT_MOST_EVERY)) => {}
+        }
+    }
+    tokio::time::sleep(within / 2).await;
 }
 
 /// If customers were erased since the last compaction, redacts the JSONL

@@ -1248,9 +1248,32 @@ async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam
         Ok(id) => id,
         Err(response) => return *response,
     };
-    match erase(&state, id.clone()).await {
-        Ok(erased) => erase_reply(&id, erased).into_response(),
-        Err(failure) => failure.into_response(),
+    // With --spread a customer of a partition another node holds is erased
+    // by that node, handed over as a standby hands it (`command.rs`); so is
+    // one whose partition was given up between the check and the commit.
+    let elsewhere = |state: &AppState| match &state.store.db {
+        super::kv::Kv::Postgres(pg) if pg.spread() => {
+            let partition = pg.partition_of(&super::store::customer_key(&id));
+            (!pg.owned().contains_key(&partition)).then(|| pg.clone())
+        }
+        _ => None,
+    };
+    let answer = match elsewhere(&state) {
+        Some(_) => None,
+        None => Some(erase(&state, id.clone()).await),
+    };
+    match answer {
+        Some(Ok(erased)) => erase_reply(&id, erased).into_response(),
+        Some(Err(failure)) if elsewhere(&state).is_none() => failure.into_response(),
+        _ => {
+            let pg = elsewhere(&state).expect("a partition held by another node");
+            let command = super::command::Command::Erase { customer: id.clone() };
+            let answer = super::command::submit(&pg, &state.store, &command).await;
+            match (answer.status, serde_json::from_value::<Erased>(answer.body.clone())) {
+                (200, Ok(erased)) => erase_reply(&id, erased).into_response(),
+                _ => answer.into_response(),
+            }
+        }
     }
 }
 

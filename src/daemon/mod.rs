@@ -289,7 +289,7 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
         let mut stop = stopping.clone();
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
-            () = erasure::due(round.erasures.clone(), config.erasure_within, round.erasures_pending) => {
+            () = round_due(&config, &round) => {
                 round = compact_online(&config, &shared, &front, &reloader, round).await?;
             }
             reason = lease_lost(&round.store) => {
@@ -309,13 +309,13 @@ async fn serve(config: Config) -> Result<bool, DaemonError> {
     let erasures_pending = !erasure::pending(&store)?.is_empty();
     if let kv::Kv::Postgres(pg) = &store.db {
         // Finished here while the lease is held (PostgreSQL needs no closed
-        // store), then the lease given up for the next node.
+        // store): this node's sinks redacted for every node's marks, the
+        // marks every node has redacted dropped; then the lease given up
+        // for the next node.
         let pg = pg.clone();
         let (dir, options, sinks) = (store_dir(&config.data), config.store.clone(), sink_specs(&config.sinks));
         tokio::task::spawn_blocking(move || -> Result<(), DaemonError> {
-            if erasures_pending {
-                erasure::finish(store, &dir, &options, &sinks)?;
-            }
+            erasure::finish(store, &dir, &options, &sinks)?;
             Ok(pg.release()?)
         })
         .await
@@ -409,7 +409,7 @@ async fn stand_by(
     let hangups = tokio::spawn(publish_on_hangup(publisher));
     // With --spread this node applies its share of the partitions while
     // another holds the store's lease.
-    let applier = match pg.spread() {
+    let mut applier = match pg.spread() {
         true => {
             let shared = Shared {
                 runtime: runtime.clone(),
@@ -423,13 +423,21 @@ async fn stand_by(
                 .await
                 .map_err(|e| DaemonError::Io(e.to_string()))?
                 .map_err(|e| DaemonError::Io(format!("cannot open the store: {e}")))?;
-            Some(Round::start_as(config, &shared, store, Role::Applier)?)
+            // Its own sinks redacted for the marks written while it was
+            // down, before they deliver again.
+            let store = finish_blocking(config, store).await?;
+            Some((Round::start_as(config, &shared, store, Role::Applier)?, shared))
         }
-        false => None,
+        false => {
+            // A standby delivers nothing, but its files may hold what it
+            // delivered as the owner before: redacted for every mark.
+            standby_redaction(config, &store).await?;
+            None
+        }
     };
     let server_task = start_server(listener, front.clone(), config, stopping.clone());
     let _ = std::fs::write(config.data.join("addr"), address.to_string());
-    match applier {
+    match &applier {
         Some(_) => {
             println!("journeyc serve: listening on http://{address}, applying its share of the partitions");
             tracing::info!(%address, node = %pg.node(), partitions = pg.owned().len(), "applying a share of the partitions");
@@ -441,22 +449,50 @@ async fn stand_by(
     }
     let mut lease = pg.lease_changes();
     let mut stop = stopping.clone();
-    tokio::select! {
-        _ = stop.wait_for(|stop| *stop) => {
-            following.abort();
-            hangups.abort();
-            let _ = server_task.await;
-            if let Some(round) = applier {
-                round.stop().await;
+    loop {
+        let due = async {
+            match &applier {
+                Some((round, _)) => round_due(config, round).await,
+                None => {
+                    let notify = Arc::new(tokio::sync::Notify::new());
+                    let (dir, sinks) = (store_dir(&config.data), sink_specs(&config.sinks));
+                    erasure::due_on(store.clone(), dir, sinks, notify, config.erasure_within, false).await
+                }
             }
-            tracing::info!("stopped as a standby");
-            return Ok(None);
+        };
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => {
+                following.abort();
+                hangups.abort();
+                let _ = server_task.await;
+                match applier {
+                    Some((round, _)) => {
+                        let store = round.stop().await;
+                        finish_blocking(config, store).await?;
+                    }
+                    None => standby_redaction(config, &store).await?,
+                }
+                tracing::info!("stopped as a standby");
+                return Ok(None);
+            }
+            _ = lease.wait_for(|state| !matches!(state, kv::pg::LeaseState::Standby)) => break,
+            () = due => {
+                let Some((round, shared)) = applier.take() else {
+                    standby_redaction(config, &store).await?;
+                    continue;
+                };
+                // The applier's sinks paused while its files are redacted
+                // (intake goes on into the inbox meanwhile).
+                let store = round.stop().await;
+                let store = finish_blocking(config, store).await?;
+                applier = Some((Round::start_as(config, &shared, store, Role::Applier)?, shared));
+                metrics.erasure_compactions.inc();
+            }
         }
-        _ = lease.wait_for(|state| !matches!(state, kv::pg::LeaseState::Standby)) => {}
     }
     following.abort();
     hangups.abort();
-    if let Some(round) = applier {
+    if let Some((round, _)) = applier {
         // The owner's round replaces it (the same partitions, and what
         // names no customer).
         round.stop().await;
@@ -467,6 +503,40 @@ async fn stand_by(
     tracing::info!(node = %pg.node(), "took over the store");
     *front.write().await = None;
     Ok(Some((server_task, address)))
+}
+
+/// Completes when the round's erasure work is due (`erasure::due_on`).
+async fn round_due(config: &Config, round: &Round) {
+    erasure::due_on(
+        round.store.clone(),
+        store_dir(&config.data),
+        sink_specs(&config.sinks),
+        round.erasures.clone(),
+        config.erasure_within,
+        round.erasures_pending,
+    )
+    .await
+}
+
+/// A standby's own redaction (`erasure::redact_registered`), off the async
+/// threads.
+async fn standby_redaction(config: &Config, store: &Store) -> Result<(), DaemonError> {
+    let (store, dir, sinks) = (store.clone(), store_dir(&config.data), sink_specs(&config.sinks));
+    let lines = tokio::task::spawn_blocking(move || erasure::redact_registered(&store, &dir, &sinks))
+        .await
+        .map_err(|e| DaemonError::Io(e.to_string()))??;
+    if lines > 0 {
+        tracing::info!(lines_redacted = lines, "erasure: a standby's own sinks redacted");
+    }
+    Ok(())
+}
+
+/// [`erasure::finish`] off the async threads.
+async fn finish_blocking(config: &Config, store: Store) -> Result<Store, DaemonError> {
+    let (dir, options, sinks) = (store_dir(&config.data), config.store.clone(), sink_specs(&config.sinks));
+    tokio::task::spawn_blocking(move || erasure::finish(store, &dir, &options, &sinks))
+        .await
+        .map_err(|e| DaemonError::Io(e.to_string()))?
 }
 
 fn start_server(

@@ -287,3 +287,294 @@ fn erasure_within_a_bound_while_the_daemon_runs(backend: Backend) {
     });
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+/// A `--spread` daemon on `env`'s database with `data` as its data
+/// directory (its own JSONL sink, `data/sends.jsonl`).
+fn start_spread(env: &Env, data: &Path, extra: &[&str]) -> Daemon {
+    let mut args = env.store_args();
+    args.push("--spread".into());
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::start(&env.workspace(), data, &args)
+}
+
+/// An id starting with `prefix` whose customer falls in partitions 128..256
+/// (of 256): the half a second `--spread` node takes from the first.
+fn id_in_upper_half(prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|id| journeyc::daemon::kv::pg::partition_of(&journeyc::daemon::store::customer_key(id), 256) >= 128)
+        .expect("an id")
+}
+
+/// How many partitions each live node holds, by the lease table.
+fn spread_shares(pg: &super::pg::Postgres) -> Vec<usize> {
+    pg.psql(
+        "SELECT count(*) FROM journeyc_leases WHERE partition >= 0 AND expires_at >= now() \
+         GROUP BY owner ORDER BY owner",
+    )
+    .lines()
+    .filter_map(|line| line.trim().parse().ok())
+    .collect()
+}
+
+/// An identify with an email and a ping, posted to `daemon`; waits until
+/// the send is in the JSONL sink of `delivered_by` (a data directory).
+fn spread_customer_with_a_send(daemon: &Daemon, delivered_by: &Path, id: &str, email: &str, n: i64) {
+    let identify = format!(r#"{{"userId":"{id}","traits":{{"email":"{email}"}}}}"#);
+    assert_eq!(daemon.post("/v1/identify", &identify).status, 200);
+    assert_eq!(daemon.post("/v1/track", &ping(id, &format!("{id}-m"), n)).status, 200);
+    eventually("the send in the delivering node's sink", || {
+        sink_lines(&delivered_by.join("sends.jsonl"))
+            .iter()
+            .any(|l| l["customer"] == id && l["kind"] == "send")
+            .then_some(())
+    });
+}
+
+/// The erasure marks and the redaction records left in the database.
+fn marks_and_redactions(pg: &super::pg::Postgres) -> (String, String) {
+    (
+        pg.psql("SELECT count(*) FROM journeyc_kv WHERE get_byte(key, 0) = 120")
+            .trim()
+            .to_string(),
+        pg.psql("SELECT count(*) FROM journeyc_redacted").trim().to_string(),
+    )
+}
+
+/// Two `--spread` nodes on one database, each with its own data directory
+/// and JSONL sink: the sends each delivered of a customer erased at either
+/// node are redacted in its own files at its stop, also those of a
+/// partition it held when it delivered them and no longer holds.
+#[test]
+fn sends_every_spread_node_delivered_are_redacted_at_its_stop() {
+    if super::pg::skip_requested() {
+        return;
+    }
+    let env = Env::on(ERASE_WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let (a_data, b_data) = (env.root.path().join("data"), env.root.path().join("second"));
+    let early = id_in_upper_half("early-9e2");
+    let (gone_a, gone_b, keeper) = (
+        id_in_upper_half("gone-at-a-"),
+        id_in_upper_half("gone-at-b-"),
+        id_in_upper_half("keeper-"),
+    );
+    // Alone, A holds every partition and delivers the early customer's send.
+    let a = start_spread(&env, &a_data, &[]);
+    a.wait_until_owner();
+    spread_customer_with_a_send(&a, &a_data, &early, "eve@example.org", 808_081);
+    // B takes the upper half and delivers the sends of its customers.
+    let b = start_spread(&env, &b_data, &[]);
+    eventually("two halves", || (spread_shares(pg) == vec![128, 128]).then_some(()));
+    spread_customer_with_a_send(&a, &b_data, &gone_a, "alma@example.org", 808_082);
+    spread_customer_with_a_send(&b, &b_data, &gone_b, "bert@example.org", 808_083);
+    spread_customer_with_a_send(&b, &b_data, &keeper, "kim@example.org", 808_084);
+    let needles = [
+        early.as_str(),
+        "eve@example.org",
+        "ZEBRA-808081",
+        gone_a.as_str(),
+        "alma@example.org",
+        "ZEBRA-808082",
+        gone_b.as_str(),
+        "bert@example.org",
+        "ZEBRA-808083",
+    ];
+    let left = |needle: &str| {
+        let mut found = files_containing(&a_data, needle);
+        found.extend(files_containing(&b_data, needle));
+        found
+    };
+    for needle in needles {
+        assert!(!left(needle).is_empty(), "{needle} was never written");
+    }
+    // Erased at A: the early customer (its send is in A's file, its
+    // partition B's now) and one of B's; at B: another of B's.
+    for (node, id) in [(&a, &early), (&a, &gone_a), (&b, &gone_b)] {
+        let response = node.request("DELETE", &format!("/v1/customers/{id}"), None);
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    assert_eq!(b.terminate(), Some(0));
+    assert_eq!(a.terminate(), Some(0));
+    for needle in needles {
+        assert_eq!(left(needle), Vec::<String>::new(), "{needle} left after both stopped");
+    }
+    assert!(
+        !files_containing(&b_data, "ZEBRA-808084").is_empty(),
+        "another customer's send was lost"
+    );
+    // Both have redacted: the next node to hold the partitions drops the
+    // marks, and their redaction records with them.
+    let a = start_spread(&env, &a_data, &[]);
+    a.wait_until_owner();
+    assert_eq!(a.get(&format!("/v1/customers/{keeper}")).status, 200);
+    assert_eq!(a.terminate(), Some(0));
+    assert_eq!(marks_and_redactions(pg), ("0".to_string(), "0".to_string()));
+}
+
+/// With `--erasure-within`, every running `--spread` node redacts its own
+/// JSONL sink within the bound, and one killed -9 before it did redacts at
+/// its next start; a mark stays until every node that delivers has redacted.
+#[test]
+fn sends_every_spread_node_delivered_are_redacted_while_they_run_and_after_a_kill() {
+    if super::pg::skip_requested() {
+        return;
+    }
+    let env = Env::on(ERASE_WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let (a_data, b_data) = (env.root.path().join("data"), env.root.path().join("second"));
+    let within = ["--erasure-within", "2s"];
+    let early = id_in_upper_half("early-online-");
+    let (gone, keeper) = (id_in_upper_half("gone-online-"), id_in_upper_half("keeper-online-"));
+    let a = start_spread(&env, &a_data, &within);
+    a.wait_until_owner();
+    spread_customer_with_a_send(&a, &a_data, &early, "olive@example.org", 909_091);
+    let b = start_spread(&env, &b_data, &within);
+    eventually("two halves", || (spread_shares(pg) == vec![128, 128]).then_some(()));
+    spread_customer_with_a_send(&a, &b_data, &gone, "gus@example.org", 909_092);
+    spread_customer_with_a_send(&b, &b_data, &keeper, "kim@example.org", 909_093);
+    let needles = [
+        early.as_str(),
+        "olive@example.org",
+        "ZEBRA-909091",
+        gone.as_str(),
+        "gus@example.org",
+        "ZEBRA-909092",
+    ];
+    let left = |needle: &str| {
+        let mut found = files_containing(&a_data, needle);
+        found.extend(files_containing(&b_data, needle));
+        found
+    };
+    for needle in needles {
+        assert!(!left(needle).is_empty(), "{needle} was never written");
+    }
+    for id in [&early, &gone] {
+        let response = b.request("DELETE", &format!("/v1/customers/{id}"), None);
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    // Both nodes keep running: each one's file is redacted.
+    eventually("every node's sink redacted while it runs", || {
+        needles.iter().all(|needle| left(needle).is_empty()).then_some(())
+    });
+    assert_eq!(a.get(&format!("/v1/customers/{keeper}")).status, 200);
+    eventually("the marks dropped once both redacted", || {
+        (marks_and_redactions(pg) == ("0".to_string(), "0".to_string())).then_some(())
+    });
+
+    // B is killed -9 with a customer's send in its file; the customer is
+    // erased at A once A holds every partition. A redacts its own file but
+    // keeps the mark, since B has not redacted; B's next start does.
+    let second = id_in_upper_half("gone-killed-");
+    spread_customer_with_a_send(&b, &b_data, &second, "kurt@example.org", 909_094);
+    b.kill();
+    eventually("A holds every partition", || {
+        (spread_shares(pg) == vec![256]).then_some(())
+    });
+    let response = a.request("DELETE", &format!("/v1/customers/{second}"), None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    let killed = [second.as_str(), "kurt@example.org", "ZEBRA-909094"];
+    eventually("A's redaction recorded", || {
+        (marks_and_redactions(pg).1 == "1").then_some(())
+    });
+    assert_eq!(
+        marks_and_redactions(pg).0,
+        "1",
+        "the mark was dropped before B redacted"
+    );
+    for needle in killed {
+        assert!(
+            !files_containing(&b_data, needle).is_empty(),
+            "{needle} is not in B's file"
+        );
+    }
+    // As a kill -9 inside a pass would leave it (before the rename): a
+    // half-written temporary file beside the sink, which the next pass
+    // replaces.
+    let temporary = b_data.join("sends.jsonl.redacting");
+    std::fs::write(&temporary, br#"{"customer":"half-writ"#).expect("write");
+    let b = start_spread(&env, &b_data, &within);
+    assert!(!temporary.exists(), "the temporary file was left");
+    for needle in killed {
+        assert_eq!(
+            files_containing(&b_data, needle),
+            Vec::<String>::new(),
+            "{needle} left after B's restart"
+        );
+    }
+    eventually("the mark dropped once B redacted", || {
+        (marks_and_redactions(pg) == ("0".to_string(), "0".to_string())).then_some(())
+    });
+    let lines = sink_lines(&b_data.join("sends.jsonl"));
+    assert!(
+        lines.iter().all(|l| l["seq"].as_u64().is_some()),
+        "a line without its seq"
+    );
+    assert_eq!(b.terminate(), Some(0));
+    assert_eq!(a.terminate(), Some(0));
+}
+
+/// Without `--spread`: the sends an owner delivered stay in its data
+/// directory after it was killed and a standby took over; a customer erased
+/// at the new owner keeps its mark until the old owner, back as a standby,
+/// has redacted its own file (at its start, before it listens).
+#[test]
+fn sends_a_killed_owner_delivered_are_redacted_when_it_comes_back_as_a_standby() {
+    if super::pg::skip_requested() {
+        return;
+    }
+    let env = Env::on(ERASE_WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let (a_data, b_data) = (env.root.path().join("data"), env.root.path().join("second"));
+    let start = |data: &Path| {
+        let mut args = env.store_args();
+        args.extend(["--erasure-within".to_string(), "2s".to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start(&env.workspace(), data, &args)
+    };
+    let a = start(&a_data);
+    a.wait_until_owner();
+    spread_customer_with_a_send(&a, &a_data, "failover-gone-3c", "fay@example.org", 717_171);
+    let b = start(&b_data);
+    a.kill();
+    b.wait_until_owner();
+    let response = b.request("DELETE", "/v1/customers/failover-gone-3c", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    let needles = ["failover-gone-3c", "fay@example.org", "ZEBRA-717171"];
+    // B redacts its own file (it holds nothing of the customer) and records
+    // it; the mark waits for A.
+    eventually("B's redaction recorded", || {
+        (marks_and_redactions(pg).1 == "1").then_some(())
+    });
+    assert_eq!(
+        marks_and_redactions(pg).0,
+        "1",
+        "the mark was dropped before A redacted"
+    );
+    for needle in needles {
+        assert!(
+            !files_containing(&a_data, needle).is_empty(),
+            "{needle} is not in A's file"
+        );
+    }
+    let a = start(&a_data);
+    assert_eq!(a.role().as_deref(), Some("standby"));
+    for needle in needles {
+        assert_eq!(
+            files_containing(&a_data, needle),
+            Vec::<String>::new(),
+            "{needle} left after A's restart"
+        );
+        assert_eq!(
+            files_containing(&b_data, needle),
+            Vec::<String>::new(),
+            "{needle} in B's data directory"
+        );
+    }
+    eventually("the mark dropped once A redacted", || {
+        (marks_and_redactions(pg) == ("0".to_string(), "0".to_string())).then_some(())
+    });
+    assert_eq!(a.terminate(), Some(0));
+    assert_eq!(b.terminate(), Some(0));
+}

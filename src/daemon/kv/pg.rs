@@ -108,7 +108,21 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         5,
         "CREATE TABLE IF NOT EXISTS journeyc_nodes (node text PRIMARY KEY, expires_at timestamptz NOT NULL);",
     ),
+    (
+        6,
+        "CREATE TABLE IF NOT EXISTS journeyc_redactors (redactor text PRIMARY KEY, registered_at timestamptz NOT NULL DEFAULT now());
+     CREATE TABLE IF NOT EXISTS journeyc_redacted (
+         partition integer NOT NULL,
+         customer bytea NOT NULL,
+         redactor text NOT NULL,
+         PRIMARY KEY (partition, customer, redactor)
+     );",
+    ),
 ];
+
+/// The first byte of an erasure mark's key (`daemon/erasure.rs`), and the
+/// byte after it: the marks are the keys in between.
+const MARKS: (&[u8], &[u8]) = (b"x", b"y");
 
 /// Outbox numbers a node takes per draw from `journeyc_outbox_seq` (the
 /// sequence's increment: each `nextval` is the first of a block of them).
@@ -967,6 +981,161 @@ impl Pg {
                 .await
                 .map_err(|e| error("generate an id", e))?;
             Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    /// Registers `redactor` (a data directory whose JSONL sinks deliver
+    /// sends, `daemon/erasure.rs`): from now on an erasure mark is dropped
+    /// only once it has redacted its files for it ([`Pg::drop_redacted_marks`]).
+    /// Outside the lease, from any node; idempotent.
+    pub fn register_redactor(&self, redactor: &str) -> StoreResult<()> {
+        let redactor = redactor.to_string();
+        self.run(|pool, _| async move {
+            let client = connection(&pool).await?;
+            client
+                .execute(
+                    "INSERT INTO journeyc_redactors (redactor) VALUES ($1) ON CONFLICT (redactor) DO NOTHING",
+                    &[&redactor],
+                )
+                .await
+                .map_err(|e| error("register a redactor", e))?;
+            Ok(())
+        })
+    }
+
+    /// How many erasure marks of every partition `redactor` has not
+    /// recorded as redacted, and how many of the partitions this node holds
+    /// every registered redactor has (which [`Pg::drop_redacted_marks`]
+    /// would drop).
+    pub fn marks_to_do(&self, redactor: Option<&str>) -> StoreResult<(i64, i64)> {
+        let redactor = redactor.map(str::to_string);
+        let held: Vec<i32> = self.inner.lease.partitions.borrow().keys().copied().collect();
+        self.run(|pool, _| async move {
+            let client = connection(&pool).await?;
+            let row = client
+                .query_one(
+                    "SELECT \
+                       (SELECT count(*) FROM journeyc_kv k WHERE $2::text IS NOT NULL \
+                          AND k.key >= $3 AND k.key < $4 AND NOT EXISTS (SELECT 1 FROM journeyc_redacted d \
+                            WHERE d.partition = k.partition AND d.customer = substring(k.key from 2) \
+                            AND d.redactor = $2)), \
+                       (SELECT count(*) FROM journeyc_kv k WHERE k.partition = ANY($1) \
+                          AND k.key >= $3 AND k.key < $4 AND NOT EXISTS (SELECT 1 FROM journeyc_redactors r \
+                            WHERE NOT EXISTS (SELECT 1 FROM journeyc_redacted d WHERE d.partition = k.partition \
+                              AND d.customer = substring(k.key from 2) AND d.redactor = r.redactor)))",
+                    &[&held, &redactor, &MARKS.0, &MARKS.1],
+                )
+                .await
+                .map_err(|e| error("count the erasure marks", e))?;
+            Ok((row.get(0), row.get(1)))
+        })
+    }
+
+    /// Records that `redactor` has redacted its files for the marks `keys`
+    /// (as read before the redaction). Each mark is locked (`FOR SHARE`)
+    /// first, so a mark dropped meanwhile gets no record: no record
+    /// outlives its mark. Marks are locked in key order here and in
+    /// [`Pg::drop_redacted_marks`], so the two never deadlock.
+    pub fn record_redacted(&self, redactor: &str, keys: Vec<Vec<u8>>) -> StoreResult<()> {
+        let redactor = redactor.to_string();
+        self.run(|pool, partitions| async move {
+            let mut client = connection(&pool).await?;
+            let tx = client.transaction().await.map_err(|e| error("begin", e))?;
+            let wanted: Vec<i32> = keys.iter().map(|key| partition_of(key, partitions)).collect();
+            let present: Vec<(i32, Vec<u8>)> = tx
+                .query(
+                    "SELECT partition, key FROM journeyc_kv WHERE (partition, key) IN \
+                     (SELECT * FROM unnest($1::integer[], $2::bytea[])) ORDER BY partition, key FOR SHARE",
+                    &[&wanted, &keys],
+                )
+                .await
+                .map_err(|e| error("record a redaction", e))?
+                .into_iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect();
+            let (partitions, customers): (Vec<i32>, Vec<Vec<u8>>) = present
+                .into_iter()
+                .map(|(partition, key)| (partition, key[1..].to_vec()))
+                .unzip();
+            tx.execute(
+                "INSERT INTO journeyc_redacted (partition, customer, redactor) \
+                 SELECT p, c, $3 FROM unnest($1::integer[], $2::bytea[]) AS m(p, c) ON CONFLICT DO NOTHING",
+                &[&partitions, &customers, &redactor],
+            )
+            .await
+            .map_err(|e| error("record a redaction", e))?;
+            tx.commit().await.map_err(|e| error("commit", e))
+        })
+    }
+
+    /// Drops the erasure marks of the partitions this node holds that every
+    /// registered redactor has recorded as redacted, with those records, in
+    /// one transaction fenced by the partitions' leases (a partition no
+    /// longer held at its epoch is left to its new holder). When it drops
+    /// any, the same transaction writes `vacuum_key` (a request for the
+    /// store's owner's `VACUUM FULL`, a fresh value each time, outside the
+    /// lease: any node may ask). Answers how many it dropped.
+    pub fn drop_redacted_marks(&self, vacuum_key: &[u8]) -> StoreResult<u64> {
+        let lease = self.inner.lease.clone();
+        let held: Owned = lease.partitions.borrow().clone();
+        let vacuum_key = vacuum_key.to_vec();
+        self.run(|pool, partitions| async move {
+            let mut client = connection(&pool).await?;
+            let tx = client.transaction().await.map_err(|e| error("begin", e))?;
+            let candidates: Vec<i32> = held.keys().copied().collect();
+            let fenced: Vec<i32> = tx
+                .query(
+                    "SELECT partition, owner, epoch FROM journeyc_leases WHERE partition = ANY($1) \
+                     ORDER BY partition FOR SHARE",
+                    &[&candidates],
+                )
+                .await
+                .map_err(|e| error("check the leases", e))?
+                .into_iter()
+                .filter(|row| {
+                    let partition: i32 = row.get(0);
+                    row.get::<_, String>(1) == lease.node && held.get(&partition) == Some(&row.get::<_, i64>(2))
+                })
+                .map(|row| row.get(0))
+                .collect();
+            let dropped: Vec<(i32, Vec<u8>)> = tx
+                .query(
+                    "DELETE FROM journeyc_kv WHERE (partition, key) IN ( \
+                       SELECT k.partition, k.key FROM journeyc_kv k \
+                       WHERE k.partition = ANY($1) AND k.key >= $2 AND k.key < $3 \
+                       AND NOT EXISTS (SELECT 1 FROM journeyc_redactors r WHERE NOT EXISTS ( \
+                         SELECT 1 FROM journeyc_redacted d WHERE d.partition = k.partition \
+                         AND d.customer = substring(k.key from 2) AND d.redactor = r.redactor)) \
+                       ORDER BY k.partition, k.key FOR UPDATE) \
+                     RETURNING partition, substring(key from 2)",
+                    &[&fenced, &MARKS.0, &MARKS.1],
+                )
+                .await
+                .map_err(|e| error("drop the erasure marks", e))?
+                .into_iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect();
+            if dropped.is_empty() {
+                return Ok(0);
+            }
+            let (which, customers): (Vec<i32>, Vec<Vec<u8>>) = dropped.iter().cloned().unzip();
+            tx.execute(
+                "DELETE FROM journeyc_redacted WHERE (partition, customer) IN \
+                 (SELECT * FROM unnest($1::integer[], $2::bytea[]))",
+                &[&which, &customers],
+            )
+            .await
+            .map_err(|e| error("drop the erasure marks", e))?;
+            tx.execute(
+                "INSERT INTO journeyc_kv (partition, key, value) \
+                 VALUES ($1, $2, int8send(nextval('journeyc_ids'))) \
+                 ON CONFLICT (partition, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&partition_of(&vacuum_key, partitions), &vacuum_key],
+            )
+            .await
+            .map_err(|e| error("ask for a vacuum", e))?;
+            tx.commit().await.map_err(|e| error("commit", e))?;
+            Ok(dropped.len() as u64)
         })
     }
 
