@@ -1248,33 +1248,14 @@ async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam
         Ok(id) => id,
         Err(response) => return *response,
     };
-    // With --spread a customer of a partition another node holds is erased
-    // by that node, handed over as a standby hands it (`command.rs`); so is
-    // one whose partition was given up between the check and the commit.
-    let elsewhere = |state: &AppState| match &state.store.db {
-        super::kv::Kv::Postgres(pg) if pg.spread() => {
-            let partition = pg.partition_of(&super::store::customer_key(&id));
-            (!pg.owned().contains_key(&partition)).then(|| pg.clone())
-        }
-        _ => None,
-    };
-    let answer = match elsewhere(&state) {
-        Some(_) => None,
-        None => Some(erase(&state, id.clone()).await),
-    };
-    match answer {
-        Some(Ok(erased)) => erase_reply(&id, erased).into_response(),
-        Some(Err(failure)) if elsewhere(&state).is_none() => failure.into_response(),
-        _ => {
-            let pg = elsewhere(&state).expect("a partition held by another node");
-            let command = super::command::Command::Erase { customer: id.clone() };
-            let answer = super::command::submit(&pg, &state.store, &command).await;
-            match (answer.status, serde_json::from_value::<Erased>(answer.body.clone())) {
-                (200, Ok(erased)) => erase_reply(&id, erased).into_response(),
-                _ => answer.into_response(),
-            }
-        }
-    }
+    customer_command_on_owner(
+        &state,
+        id,
+        |id| erase(&state, id),
+        |customer| super::command::Command::Erase { customer },
+        erase_reply,
+    )
+    .await
 }
 
 /// What an erasure found.
@@ -1336,9 +1317,71 @@ async fn retry_customer(State(state): State<AppState>, PathParam(id): PathParam)
         Ok(id) => id,
         Err(response) => return *response,
     };
-    match retry(&state, id.clone()).await {
-        Ok(retried) => retry_reply(&id, retried).into_response(),
-        Err(failure) => failure.into_response(),
+    customer_command_on_owner(
+        &state,
+        id,
+        |id| retry(&state, id),
+        |customer| super::command::Command::RetryCustomer { customer },
+        retry_reply,
+    )
+    .await
+}
+
+/// With `--spread`, the backend when another node holds customer `id`'s
+/// partition: a command about that customer is then that node's.
+fn held_elsewhere(state: &AppState, id: &str) -> Option<super::kv::pg::Pg> {
+    match &state.store.db {
+        super::kv::Kv::Postgres(pg) if pg.spread() => {
+            let partition = pg.partition_of(&store::customer_key(id));
+            (!pg.owned().contains_key(&partition)).then(|| pg.clone())
+        }
+        _ => None,
+    }
+}
+
+/// A command naming one customer (resolved through its aliases) on the
+/// store's owner: done here (`here`), unless with `--spread` another node
+/// holds the customer's partition, or gave it up between the look and the
+/// commit. Then it is handed to that node as a standby hands it
+/// (`command.rs`), and answered as that node answers.
+async fn customer_command_on_owner<T, F>(
+    state: &AppState,
+    id: String,
+    here: impl FnOnce(String) -> F,
+    command: impl FnOnce(String) -> super::command::Command,
+    reply: impl FnOnce(&str, T) -> Answer,
+) -> Response
+where
+    T: serde::de::DeserializeOwned,
+    F: std::future::Future<Output = Result<T, Answer>>,
+{
+    let pg = match held_elsewhere(state, &id) {
+        Some(pg) => pg,
+        None => match here(id.clone()).await {
+            Ok(done) => return reply(&id, done).into_response(),
+            Err(failure) => match held_elsewhere(state, &id) {
+                Some(pg) => pg,
+                None => return failure.into_response(),
+            },
+        },
+    };
+    handed_over(&pg, &state.store, command(id.clone()), &id, reply).await
+}
+
+/// A command naming customer `id` handed to the node that applies it; its
+/// 200 body answered through that node's own `reply`, anything else as it
+/// came.
+async fn handed_over<T: serde::de::DeserializeOwned>(
+    pg: &super::kv::pg::Pg,
+    store: &Store,
+    command: super::command::Command,
+    id: &str,
+    reply: impl FnOnce(&str, T) -> Answer,
+) -> Response {
+    let answer = super::command::submit(pg, store, &command).await;
+    match (answer.status, serde_json::from_value::<T>(answer.body.clone())) {
+        (200, Ok(body)) => reply(id, body).into_response(),
+        _ => answer.into_response(),
     }
 }
 
@@ -1756,11 +1799,7 @@ async fn standby_customer_command<T: serde::de::DeserializeOwned>(
         Ok(id) => id,
         Err(response) => return *response,
     };
-    let answer = super::command::submit(&standby.pg, &standby.store, &command(id.clone())).await;
-    match (answer.status, serde_json::from_value::<T>(answer.body.clone())) {
-        (200, Ok(body)) => reply(&id, body).into_response(),
-        _ => answer.into_response(),
-    }
+    handed_over(&standby.pg, &standby.store, command(id.clone()), &id, reply).await
 }
 
 /// `POST /v1/journeys/NAME/trigger` on a standby: its calls into the

@@ -2209,3 +2209,48 @@ fn a_call_at_the_owner_right_after_it_claimed_a_partition_follows_the_calls_in_i
     assert_eq!(standby.terminate(), Some(0));
     assert_eq!(journeys_sent(&env.data(), &user), ["pinger", "delayed"]);
 }
+
+/// With `--spread`, `POST /v1/customers/ID/retry` at the store's owner for
+/// a customer of a partition another node holds is handed to that node,
+/// which applies the customer and holds its fault, and is answered as that
+/// node answers.
+#[test]
+fn a_retry_at_the_spread_owner_of_a_customer_another_node_holds_is_handed_to_that_node() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let (_, stuck) = ids_in_two_halves();
+    let owner = start_spread(&env, &env.root.path().join("data"));
+    owner.wait_until_owner();
+    // The second node takes the upper half, the stuck customer's; its
+    // first two inputs fail there, and it is parked at the first.
+    let mut args = env.store_args();
+    args.extend(["--spread", "--fault-retries", "0"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let faults = format!("{stuck}:2");
+    let holder = Daemon::start_with_env(
+        &env.workspace(),
+        &env.root.path().join("second"),
+        &args,
+        &[("JOURNEYC_INJECT_FAULTS", faults.as_str())],
+    );
+    eventually("two halves", || (shares(pg) == vec![128, 128]).then_some(()));
+    assert_eq!(owner.post("/v1/track", &ping(&stuck, "stuck-1", 1)).status, 200);
+    let customer = format!("/v1/customers/{stuck}");
+    eventually("parked", || {
+        (holder.get(&customer).json()["fault"]["state"] == "parked").then_some(())
+    });
+    // The first retry fails again, the second recovers: answered by the
+    // holder, through the owner.
+    for recovered in [false, true] {
+        let retried = owner.post(&format!("{customer}/retry"), "");
+        assert_eq!(retried.status, 200, "{}", retried.body);
+        assert_eq!(retried.json()["customer"], stuck.as_str(), "{}", retried.body);
+        assert_eq!(retried.json()["recovered"], recovered, "{}", retried.body);
+    }
+    assert_eq!(owner.get(&customer).json()["fault"], serde_json::Value::Null);
+    let not_failing = owner.post(&format!("{customer}/retry"), "");
+    assert_eq!(not_failing.status, 404, "{}", not_failing.body);
+}

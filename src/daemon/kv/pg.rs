@@ -754,7 +754,17 @@ impl Pg {
             touched.insert(partition_of(key, partitions));
         }
         if touched.is_empty() {
-            touched.insert(LEASE_STORE);
+            // A batch that writes nothing is fenced at the store's lease,
+            // or on a `--spread` applier, which holds none, where its reads
+            // were: at the partitions held when its group began (a group
+            // of jobs that changed nothing, such as a retry of a customer
+            // not failing, was refused there).
+            match held.filter(|held| !held.is_empty() && !matches!(self.lease(), LeaseState::Held(_))) {
+                Some(held) => touched.extend(held.keys().copied()),
+                None => {
+                    touched.insert(LEASE_STORE);
+                }
+            }
         }
         let (fenced, epochs): (Vec<i32>, Vec<i64>) = touched
             .iter()
