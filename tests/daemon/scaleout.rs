@@ -2209,3 +2209,112 @@ fn a_call_at_the_owner_right_after_it_claimed_a_partition_follows_the_calls_in_i
     assert_eq!(standby.terminate(), Some(0));
     assert_eq!(journeys_sent(&env.data(), &user), ["pinger", "delayed"]);
 }
+
+/// The owner's `POST /v1/import` is queued as its intake is: a customer's
+/// earlier call (an `identify` of the user with an anonymous id, setting
+/// `plan` to free, acked by a standby into the user's partition's inbox)
+/// waits there, its merge also writing the anonymous id's partition held
+/// by another node; an import row of the user (`plan` pro) posted to the
+/// owner is acked and queued behind it, not applied, and once that
+/// partition is claimed back the row is applied last: `plan` is pro.
+/// Committed at once (the owner's look at the inbox taken out), the row
+/// was applied before the `identify`, which then set `plan` back to free.
+#[test]
+fn an_import_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    let ((anonymous, q), (user, p)) = two_partitions();
+    take_over(pg, q);
+    let first = format!(
+        r#"{{"type":"identify","userId":"{user}","anonymousId":"{anonymous}","traits":{{"plan":"free"}},"messageId":"first"}}"#
+    );
+    assert_eq!(standby.post("/v1/identify", &first).status, 200);
+    // The owner tries the record: refused (q), it waits in p's inbox.
+    assert_eq!(rows(pg, b'i').len(), 1);
+    let imported = owner.post("/v1/import", &format!("id,plan\n{user},pro\n"));
+    assert_eq!(imported.status, 200, "{}", imported.body);
+    assert_eq!(imported.json()["accepted"], 1, "{}", imported.body);
+    assert_eq!(
+        owner.get(&format!("/v1/customers/{user}")).status,
+        404,
+        "applied before the first"
+    );
+    let queued = rows(pg, b'i');
+    assert_eq!(queued.len(), 2, "the import queued behind the first");
+    assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
+
+    // q claimed back: both applied, in the order they were acked.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {q}"
+    ));
+    eventually("both applied", || rows(pg, b'i').is_empty().then_some(()));
+    let stored = owner.get(&format!("/v1/customers/{user}"));
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    assert_eq!(stored.json()["profile"]["plan"], "pro", "{}", stored.body);
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+}
+
+/// The owner's one-click unsubscribe is queued as its intake is
+/// (docs/scale-out.md, "The order of one customer's calls": a
+/// subscription is the last one applied, so an unsubscribe applied before
+/// an opt-in acked earlier would be undone by it). The user has a send
+/// (its link); an `identify` of the user with an anonymous id opting in to
+/// email, acked by a standby, waits in the user's partition's inbox (its
+/// merge also writes the anonymous id's partition, held by another node);
+/// the user's link posted to the owner is answered with the page, and the
+/// `Unsubscribed` call is queued behind the opt-in, not applied; once that
+/// partition is claimed back both are applied in the order they were
+/// acked and the user is unsubscribed. Committed at once (the handler
+/// before this commit), the user was unsubscribed at the POST, then
+/// subscribed again by the opt-in.
+#[test]
+fn a_one_click_unsubscribe_at_the_owner_waits_behind_its_customers_opt_in_held_up_in_the_inbox() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    let ((anonymous, q), (user, p)) = two_partitions();
+    assert_eq!(owner.post("/v1/track", &ping(&user, "zero", 0)).status, 200);
+    let url = eventually("the user's send with its link", || {
+        sends(&env.data())
+            .into_iter()
+            .find(|l| l["customer"] == user.as_str())
+            .and_then(|l| l["unsubscribe_url"].as_str().map(str::to_string))
+    });
+    let path = url[url.find("/u/").expect("/u/")..].to_string();
+    let status = || owner.get(&format!("/v1/customers/{user}")).json()["subscriptions"]["email"]["status"].clone();
+    assert_eq!(status(), "subscribed");
+
+    take_over(pg, q);
+    let opt_in = format!(
+        r#"{{"type":"identify","userId":"{user}","anonymousId":"{anonymous}","traits":{{"email_subscribe":"opted_in"}},"messageId":"opt-in"}}"#
+    );
+    assert_eq!(standby.post("/v1/identify", &opt_in).status, 200);
+    // The owner tries the record: refused (q), it waits in p's inbox.
+    assert_eq!(rows(pg, b'i').len(), 1);
+    let clicked = owner.request_with("POST", &path, Some("List-Unsubscribe=One-Click"), None);
+    assert_eq!(clicked.status, 200, "{}", clicked.body);
+    assert!(clicked.body.contains("You are unsubscribed"), "{}", clicked.body);
+    assert_eq!(status(), "subscribed", "applied before the opt-in");
+    let queued = rows(pg, b'i');
+    assert_eq!(queued.len(), 2, "the unsubscribe queued behind the opt-in");
+    assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
+
+    // q claimed back: both applied, in the order they were acked.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {q}"
+    ));
+    eventually("both applied", || rows(pg, b'i').is_empty().then_some(()));
+    assert_eq!(status(), "unsubscribed");
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+}
