@@ -764,6 +764,15 @@ impl Node<'_> {
     }
 }
 
+/// Takes `calls` made by the owner itself from a request that is not an
+/// intake body (a one-click unsubscribe's `Unsubscribed` call) as intake
+/// takes them ([`Node::take`]): committed by the commit thread, or on
+/// PostgreSQL written to the inbox when [`elsewhere`] says so; durable
+/// when it returns `Ok`.
+pub(super) async fn take_on_owner(state: &AppState, calls: Vec<Call>) -> Result<(), Response> {
+    Node::Owner(state).take(Vec::new(), calls).await
+}
+
 /// The partitions of `calls` (`inbox::partitions`: their ids resolved
 /// through the aliases stored) when they go to the inbox rather than to
 /// this node's commit thread; `None` when it commits them itself (always

@@ -12,9 +12,11 @@
 //! so a link sent by one node is honoured by all (`docs/scale-out.md`).
 //!
 //! `POST /u/TOKEN` with the body `List-Unsubscribe=One-Click` needs no
-//! other authentication; it goes through the commit thread as an
-//! `Unsubscribed` track call naming the channel, so it is durable before
-//! the 200 and later sends on that channel are skipped `unsubscribed`.
+//! other authentication; it is taken as an intake call is, an
+//! `Unsubscribed` track call naming the channel (through the commit
+//! thread, or on PostgreSQL the inbox while its customer's earlier calls
+//! wait there), so it is durable before the 200 and sends on that channel
+//! after it is applied are skipped `unsubscribed`.
 //! `GET /u/TOKEN` only shows a page with a button that posts that body:
 //! mail scanners follow links, and a GET must change nothing.
 
@@ -268,8 +270,13 @@ async fn one_click(State(state): State<AppState>, token: super::http::PathParam,
         Ok(None) => return unsubscribed_page(),
         Err(response) => return *response,
     };
-    if let Err(failure) = state.committer.ingest(vec![call]).await {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "", failure.to_string());
+    // Taken as the owner takes an intake call: committed at once, or
+    // written to the inbox behind its customer's earlier calls waiting
+    // there (or, with `--spread`, for the partition's holder), durable
+    // either way before the page (`docs/scale-out.md`, "The order of one
+    // customer's calls").
+    if let Err(response) = super::http::take_on_owner(&state, vec![call]).await {
+        return response;
     }
     unsubscribed_page()
 }

@@ -2210,6 +2210,273 @@ fn a_call_at_the_owner_right_after_it_claimed_a_partition_follows_the_calls_in_i
     assert_eq!(journeys_sent(&env.data(), &user), ["pinger", "delayed"]);
 }
 
+/// The owner's `POST /v1/import` is queued as its intake is: a customer's
+/// earlier call (an `identify` of the user with an anonymous id, setting
+/// `plan` to free, acked by a standby into the user's partition's inbox)
+/// waits there, its merge also writing the anonymous id's partition held
+/// by another node; an import row of the user (`plan` pro) posted to the
+/// owner is acked and queued behind it, not applied, and once that
+/// partition is claimed back the row is applied last: `plan` is pro.
+/// Committed at once (the owner's look at the inbox taken out), the row
+/// was applied before the `identify`, which then set `plan` back to free.
+#[test]
+fn an_import_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    let ((anonymous, q), (user, p)) = two_partitions();
+    take_over(pg, q);
+    let first = format!(
+        r#"{{"type":"identify","userId":"{user}","anonymousId":"{anonymous}","traits":{{"plan":"free"}},"messageId":"first"}}"#
+    );
+    assert_eq!(standby.post("/v1/identify", &first).status, 200);
+    // The owner tries the record: refused (q), it waits in p's inbox.
+    assert_eq!(rows(pg, b'i').len(), 1);
+    let imported = owner.post("/v1/import", &format!("id,plan\n{user},pro\n"));
+    assert_eq!(imported.status, 200, "{}", imported.body);
+    assert_eq!(imported.json()["accepted"], 1, "{}", imported.body);
+    assert_eq!(
+        owner.get(&format!("/v1/customers/{user}")).status,
+        404,
+        "applied before the first"
+    );
+    let queued = rows(pg, b'i');
+    assert_eq!(queued.len(), 2, "the import queued behind the first");
+    assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
+
+    // q claimed back: both applied, in the order they were acked.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {q}"
+    ));
+    eventually("both applied", || rows(pg, b'i').is_empty().then_some(()));
+    let stored = owner.get(&format!("/v1/customers/{user}"));
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    assert_eq!(stored.json()["profile"]["plan"], "pro", "{}", stored.body);
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+}
+
+/// The owner's one-click unsubscribe is queued as its intake is
+/// (docs/scale-out.md, "The order of one customer's calls": a
+/// subscription is the last one applied, so an unsubscribe applied before
+/// an opt-in acked earlier would be undone by it). The user has a send
+/// (its link); an `identify` of the user with an anonymous id opting in to
+/// email, acked by a standby, waits in the user's partition's inbox (its
+/// merge also writes the anonymous id's partition, held by another node);
+/// the user's link posted to the owner is answered with the page, and the
+/// `Unsubscribed` call is queued behind the opt-in, not applied; once that
+/// partition is claimed back both are applied in the order they were
+/// acked and the user is unsubscribed. Committed at once (the handler
+/// before this commit), the user was unsubscribed at the POST, then
+/// subscribed again by the opt-in.
+#[test]
+fn a_one_click_unsubscribe_at_the_owner_waits_behind_its_customers_opt_in_held_up_in_the_inbox() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    let ((anonymous, q), (user, p)) = two_partitions();
+    assert_eq!(owner.post("/v1/track", &ping(&user, "zero", 0)).status, 200);
+    let url = eventually("the user's send with its link", || {
+        sends(&env.data())
+            .into_iter()
+            .find(|l| l["customer"] == user.as_str())
+            .and_then(|l| l["unsubscribe_url"].as_str().map(str::to_string))
+    });
+    let path = url[url.find("/u/").expect("/u/")..].to_string();
+    let status = || owner.get(&format!("/v1/customers/{user}")).json()["subscriptions"]["email"]["status"].clone();
+    assert_eq!(status(), "subscribed");
+
+    take_over(pg, q);
+    let opt_in = format!(
+        r#"{{"type":"identify","userId":"{user}","anonymousId":"{anonymous}","traits":{{"email_subscribe":"opted_in"}},"messageId":"opt-in"}}"#
+    );
+    assert_eq!(standby.post("/v1/identify", &opt_in).status, 200);
+    // The owner tries the record: refused (q), it waits in p's inbox.
+    assert_eq!(rows(pg, b'i').len(), 1);
+    let clicked = owner.request_with("POST", &path, Some("List-Unsubscribe=One-Click"), None);
+    assert_eq!(clicked.status, 200, "{}", clicked.body);
+    assert!(clicked.body.contains("You are unsubscribed"), "{}", clicked.body);
+    assert_eq!(status(), "subscribed", "applied before the opt-in");
+    let queued = rows(pg, b'i');
+    assert_eq!(queued.len(), 2, "the unsubscribe queued behind the opt-in");
+    assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
+
+    // q claimed back: both applied, in the order they were acked.
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {q}"
+    ));
+    eventually("both applied", || rows(pg, b'i').is_empty().then_some(()));
+    assert_eq!(status(), "unsubscribed");
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+}
+
+/// An interpreter for the commit thread alone: every call it applies
+/// makes one send record (no journey needed); the first one it applies
+/// tells `started` and waits for `go`, so a test can lose and claim back
+/// a partition while the group runs. It counts what it applied.
+struct HeldOnce {
+    started: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    go: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    applied: std::sync::atomic::AtomicUsize,
+}
+
+impl journeyc::daemon::commit::Interpreter for HeldOnce {
+    fn apply(
+        &self,
+        state: &mut journeyc::runtime::CustomerState,
+        input: &journeyc::runtime::input::Input,
+    ) -> Result<journeyc::runtime::Effects, journeyc::runtime::ApplyError> {
+        let n = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(started) = self.started.lock().expect("lock").take() {
+            started.send(()).expect("the test waits");
+            let go = self.go.lock().expect("lock").take().expect("go");
+            go.recv().expect("the test lets go");
+        }
+        let mut send =
+            journeyc::runtime::TraceRecord::new(input.at(), &state.id, "j", journeyc::runtime::trace::Kind::Send);
+        send.id = Some(format!("{}-{n}", state.id));
+        send.message = Some("m".into());
+        let mut effects = journeyc::runtime::Effects::default();
+        effects.records.push(send);
+        Ok(effects)
+    }
+}
+
+/// The single-job retry after a claim-back, through the commit thread: a
+/// job of partition p begins (its group takes the epochs held: p at 1)
+/// and, while its input is applied, p is taken over by another node,
+/// which draws outbox numbers of its own, then its lease expires and this
+/// node claims p back (epoch 3). The group's batch, fenced at epoch 1, is
+/// refused (`PartitionNotOwned`); since p was claimed after the group
+/// began, the job is committed once more under the set held now: applied
+/// again, answered `Ok`, one send record in p's outbox, numbered from a
+/// block drawn after the claim (above the other node's number), so a sink
+/// gets it. Without the retry (`commit.rs`, `claimed_since_group_began`)
+/// the job is answered with the refusal.
+#[test]
+fn a_job_refused_after_its_partition_was_lost_and_claimed_back_is_committed_again_with_new_numbers() {
+    if skip() {
+        return;
+    }
+    use journeyc::daemon::commit::{CommitThread, Committer, Published, Runtime};
+    let server = super::pg::Postgres::start("journeyc");
+    let pg = Pg::open(&server.url(), Duration::from_secs(2)).expect("open");
+    let store = journeyc::daemon::store::Store::on(journeyc::daemon::kv::Kv::Postgres(pg)).expect("store");
+    let journeyc::daemon::kv::Kv::Postgres(pg) = &store.db else {
+        unreachable!("opened on PostgreSQL")
+    };
+    let ((customer, p), _) = two_partitions();
+    let (started, running) = std::sync::mpsc::channel();
+    let (go, held) = std::sync::mpsc::channel();
+    let interpreter = Arc::new(HeldOnce {
+        started: Mutex::new(Some(started)),
+        go: Mutex::new(Some(held)),
+        applied: Default::default(),
+    });
+    let bundle = journeyc::compile::bytecode::Bundle {
+        format_version: journeyc::compile::bytecode::FORMAT_VERSION,
+        names: vec![],
+        schema: Default::default(),
+        segments: vec![],
+        messages: vec![],
+        settings: Default::default(),
+        journeys: vec![],
+        history_window_seconds: 0,
+    };
+    let runtime = Arc::new(std::sync::RwLock::new(Arc::new(Runtime {
+        bundle: Arc::new(bundle),
+        bundle_key: "k".into(),
+        interpreter: interpreter.clone(),
+        retained: vec![],
+    })));
+    let published = Published {
+        committed_seq: Arc::new(tokio::sync::watch::channel(0).0),
+        stats: Arc::default(),
+        timers_changed: Arc::default(),
+        metrics: Arc::default(),
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel(journeyc::daemon::commit::JOB_CHANNEL_CAPACITY);
+    let thread = CommitThread::new(
+        store.clone(),
+        runtime,
+        published,
+        1,
+        store.next_timer_chunk().expect("chunk number"),
+    );
+    let committing = std::thread::spawn(move || thread.run(receiver));
+    let committer = Committer { sender };
+    let call = journeyc::runtime::input::Call {
+        customer: customer.clone(),
+        input: journeyc::runtime::input::Input::Track {
+            event: "e".into(),
+            properties: Default::default(),
+            at: 10_000,
+            message_id: None,
+        },
+        merge: None,
+        fill: Default::default(),
+        group: None,
+    };
+    let answer = std::thread::spawn(move || {
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio.block_on(committer.ingest(vec![call]))
+    });
+
+    // The group began (p held at epoch 1) and applies the input.
+    running.recv().expect("the job runs");
+    take_over(&server, p);
+    eventually("p dropped from the held set", || {
+        (!pg.owned().contains_key(&p)).then_some(())
+    });
+    let drawn: u64 = server
+        .psql("SELECT nextval('journeyc_outbox_seq')")
+        .trim()
+        .parse()
+        .expect("a number");
+    let theirs = journeyc::daemon::kv::pg::partitioned_chunk(drawn, p);
+    server.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
+    ));
+    eventually("p claimed back", || (pg.owned().get(&p) == Some(&3)).then_some(()));
+    go.send(()).expect("the job waits");
+
+    let answered = answer.join().expect("the request");
+    assert!(answered.is_ok(), "{answered:?}");
+    assert_eq!(
+        interpreter.applied.load(Ordering::SeqCst),
+        2,
+        "applied again after the refusal"
+    );
+    assert!(store.customer(&customer).expect("read").is_some());
+    let round = store
+        .outbox_after(&journeyc::daemon::store::Cursors::default(), 0, 100)
+        .expect("a round");
+    let seqs: Vec<(i32, u64)> = round.items.iter().map(|item| (item.partition, item.seq)).collect();
+    assert_eq!(seqs.len(), 1, "{seqs:?}");
+    assert_eq!(seqs[0].0, p);
+    assert!(seqs[0].1 > theirs, "{seqs:?} above {theirs}");
+    assert!(
+        round.items[0].line.contains(&format!("\"id\":\"{customer}-2\"")),
+        "{}",
+        round.items[0].line
+    );
+    // The committer was dropped with the request's thread: the commit
+    // thread ends.
+    committing.join().expect("the commit thread");
+}
+
 /// With `--spread`, `POST /v1/customers/ID/retry` at the store's owner for
 /// a customer of a partition another node holds is handed to that node,
 /// which applies the customer and holds its fault, and is answered as that
