@@ -351,6 +351,21 @@ mod tests {
         }
     }
 
+    /// Texts that are all escapes, of the longest kind and of the shortest,
+    /// at every length up to a few words: the room made for them is enough.
+    #[test]
+    fn texts_of_escapes_only() {
+        for length in 0..40 {
+            for special in ["\u{1}", "\u{1f}", "\n", "\""] {
+                let text = special.repeat(length);
+                let mut out = b"before".to_vec();
+                write_str(&text, &mut out);
+                let expected = format!("before{}", serde_json::to_string(&text).expect("a string serializes"));
+                assert_eq!(String::from_utf8(out).expect("UTF-8"), expected, "{text:?}");
+            }
+        }
+    }
+
     /// A time written again right after itself, or after another one,
     /// is the same text.
     #[test]
