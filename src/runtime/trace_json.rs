@@ -352,7 +352,7 @@ mod tests {
     }
 
     /// Texts that are all escapes, of the longest kind and of the shortest,
-    /// at every length up to a few words: the room made for them is enough.
+    /// at every length up to a few words (every word of them cut back).
     #[test]
     fn texts_of_escapes_only() {
         for length in 0..40 {
