@@ -83,7 +83,8 @@ pub fn kind_name(kind: Kind) -> &'static str {
 /// its bytes before the first that needs an escape ([`special`] finds it),
 /// so a run of plain text costs a store per word and an escape no copy of
 /// variable length. The last word of a text is padded with spaces (never
-/// escaped) and cut back to the text's end.
+/// escaped; copied into the padding, the one copy of variable length) and
+/// cut back to the text's end.
 pub fn write_str(text: &str, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 2);
