@@ -20,6 +20,7 @@ use crate::runtime::input::{parse_call_str, Call};
 use crate::runtime::trace::Step;
 use crate::runtime::{CustomerState, Engine, Input, Millis, TraceRecord};
 use crate::syntax::ast::Channel;
+use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -266,16 +267,19 @@ pub struct Events {
     broadcasts: Vec<(usize, Broadcast)>,
 }
 
-/// Strings numbered in order of first appearance.
+/// Strings numbered in order of first appearance. Looked up by their text
+/// with FxHash (the keys are the file's own ids and the schema's names, a
+/// few bytes each; SipHash's resistance to chosen keys buys nothing for a
+/// file the user runs on their own machine).
 #[derive(Default)]
 struct Interner {
     strings: Vec<String>,
-    numbers: HashMap<String, u32>,
+    numbers: FxHashMap<String, u32>,
 }
 
 impl Interner {
     fn number(&mut self, string: String) -> u32 {
-        if let Some(number) = self.numbers.get(&string) {
+        if let Some(number) = self.numbers.get(string.as_str()) {
             return *number;
         }
         let number = self.strings.len() as u32;
@@ -313,15 +317,16 @@ struct Pending {
 }
 
 impl Pending {
-    fn input(&self, names: &Interner) -> Input {
-        let fields = (self.fields.iter())
-            .map(|(name, value)| (names.get(*name), value.clone()))
+    /// The input, by value: its values move into it, uncopied.
+    fn input(self, names: &Interner) -> Input {
+        let fields = (self.fields.into_vec().into_iter())
+            .map(|(name, value)| (names.get(name), value))
             .collect();
-        let message_id = self.message_id.as_deref().map(str::to_string);
+        let message_id = self.message_id.map(String::from);
         match self.kind {
             PendingKind::Identify => Input::Identify {
                 traits: fields,
-                subscriptions: self.subscriptions.iter().copied().collect(),
+                subscriptions: self.subscriptions.into_vec().into_iter().collect(),
                 at: self.at,
                 message_id,
             },
@@ -964,7 +969,7 @@ impl<F: FnMut(Key, &TraceRecord), A: FnMut(Key, &str, &Step)> VirtualClock<F, A>
     ) {
         let mut pending_broadcasts = (0..).zip(broadcasts).peekable();
         // By value: each input's memory is free for customer state once it ran.
-        for (index, pending) in inputs {
+        for (index, mut pending) in inputs {
             while let Some((order, (line, broadcast))) = pending_broadcasts.next_if(|(_, (_, b))| b.at < pending.at) {
                 self.fire_timers(|due| due < broadcast.at);
                 self.broadcast(order, *line, broadcast);
@@ -980,10 +985,11 @@ impl<F: FnMut(Key, &TraceRecord), A: FnMut(Key, &str, &Step)> VirtualClock<F, A>
             if let Some(other) = pending.merge {
                 self.merge(other as usize, customer, pending.at);
             }
+            let fill = std::mem::take(&mut pending.fill);
             let input = pending.input(names);
-            if !pending.fill.is_empty() {
-                let fill = (pending.fill.iter())
-                    .map(|(name, value)| (names.get(*name), value.clone()))
+            if !fill.is_empty() {
+                let fill = (fill.into_vec().into_iter())
+                    .map(|(name, value)| (names.get(name), value))
                     .collect();
                 let profile = &self.states[customer].profile;
                 if let Some(identify) = crate::runtime::input::context_fill(profile, &fill, &input) {

@@ -11,6 +11,7 @@
 
 use super::trace::{Kind, TraceRecord};
 use super::Millis;
+use std::cell::Cell;
 
 /// The first millisecond of year 10000: below it (and from 1970 on) a time
 /// is written by the civil-date arithmetic here; anything else goes through
@@ -77,56 +78,86 @@ pub fn kind_name(kind: Kind) -> &'static str {
 /// Appends `text` as a JSON string with serde_json's escapes: `"` and `\`,
 /// the short forms `\b \f \n \r \t`, `\u00xx` (lower-case hex) for the other
 /// control characters, and everything else (non-ASCII included) as is.
+///
+/// Eight bytes at a time: each word is appended whole and cut back to
+/// its bytes before the first that needs an escape ([`special`] finds it),
+/// so a run of plain text costs a store per word and an escape no copy of
+/// variable length. The last word of a text is padded with spaces (never
+/// escaped; copied into the padding, the one copy of variable length) and
+/// cut back to the text's end.
 pub fn write_str(text: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
     let bytes = text.as_bytes();
-    let mut start = 0;
-    loop {
-        let index = next_special(bytes, start);
-        out.extend_from_slice(&bytes[start..index]);
-        let Some(&byte) = bytes.get(index) else { break };
-        match byte {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(byte >> 4)]);
-                out.push(HEX[usize::from(byte & 0xf)]);
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut from = 0;
+    while from < bytes.len() {
+        let rest = &bytes[from..];
+        let (word, valid) = match rest.first_chunk::<8>() {
+            Some(word) => (*word, 8),
+            None => {
+                let mut padded = [b' '; 8];
+                padded[..rest.len()].copy_from_slice(rest);
+                (padded, rest.len())
             }
+        };
+        let clean = special(u64::from_le_bytes(word));
+        out.extend_from_slice(&word);
+        if clean >= valid {
+            out.truncate(out.len() - 8 + valid);
+            from += valid;
+            continue;
         }
-        start = index + 1;
+        out.truncate(out.len() - 8 + clean);
+        escape(word[clean], out);
+        from += clean + 1;
     }
     out.push(b'"');
 }
 
-/// The index of the first byte at or after `from` that needs an escape
-/// (`"`, `\\`, or below 0x20), or the length: eight bytes at a time while
-/// none of them does, then one at a time.
-fn next_special(bytes: &[u8], mut from: usize) -> usize {
+/// Appends the escape of a byte that needs one.
+fn escape(byte: u8, out: &mut Vec<u8>) {
+    match byte {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]);
+        }
+    }
+}
+
+/// The index in the word (little-endian: its first byte is the lowest) of
+/// the first byte that needs an escape (`"`, `\\`, or below 0x20), or 8.
+/// The classic SWAR tests flag every such byte; a borrow can flag a byte
+/// that needs none only above one that does, so the lowest flag is exact.
+fn special(word: u64) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    while let Some(chunk) = bytes.get(from..from + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        // A byte below 0x20, or equal to `"` or `\\` (zero after the xor):
-        // the classic SWAR tests, exact as a yes/no for the whole word.
-        let below = word.wrapping_sub(ONES * 0x20) & !word;
-        let quote = (word ^ (ONES * 0x22)).wrapping_sub(ONES) & !(word ^ (ONES * 0x22));
-        let backslash = (word ^ (ONES * 0x5c)).wrapping_sub(ONES) & !(word ^ (ONES * 0x5c));
-        if (below | quote | backslash) & HIGHS != 0 {
-            break;
-        }
-        from += 8;
-    }
-    bytes[from..]
-        .iter()
-        .position(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
-        .map_or(bytes.len(), |offset| from + offset)
+    let below = word.wrapping_sub(ONES * 0x20) & !word;
+    let quote = (word ^ (ONES * 0x22)).wrapping_sub(ONES) & !(word ^ (ONES * 0x22));
+    let backslash = (word ^ (ONES * 0x5c)).wrapping_sub(ONES) & !(word ^ (ONES * 0x5c));
+    ((below | quote | backslash) & HIGHS).trailing_zeros() as usize / 8
+}
+
+thread_local! {
+    /// The last time this thread wrote by the civil-date arithmetic, with
+    /// its text and the text's length (0 before the first): a trace's
+    /// lines come in time order and those of one input share its instant
+    /// (about seven lines in ten of the campaign library's trace repeat
+    /// the time of the line before).
+    static LAST_TIME: Cell<(Millis, [u8; 24], usize)> = const { Cell::new((0, [0; 24], 0)) };
 }
 
 /// Appends the time as [`super::trace::format_time`] formats it: RFC 3339
@@ -136,6 +167,21 @@ pub fn write_time(at: Millis, out: &mut Vec<u8>) {
         out.extend_from_slice(chrono_time(at).as_bytes());
         return;
     }
+    let (last, text, length) = LAST_TIME.get();
+    if length != 0 && last == at {
+        out.extend_from_slice(&text[..length]);
+        return;
+    }
+    let start = out.len();
+    civil_time(at, out);
+    let mut text = [0; 24];
+    let length = out.len() - start;
+    text[..length].copy_from_slice(&out[start..]);
+    LAST_TIME.set((at, text, length));
+}
+
+/// [`write_time`]'s arithmetic, for a time in `0..FAST_TIME_END`.
+fn civil_time(at: Millis, out: &mut Vec<u8>) {
     let millis = at % 1000;
     let seconds = at / 1000;
     let days = seconds / 86_400;
@@ -274,6 +320,78 @@ mod tests {
                     write_str(&text, &mut out);
                     let expected = serde_json::to_string(&text).expect("a string serializes");
                     assert_eq!(String::from_utf8(out).expect("UTF-8"), expected, "{text:?}");
+                }
+            }
+        }
+    }
+
+    /// Two escapes in one word (the second found after the first's, in the
+    /// rest of the word) and text of several bytes per character across
+    /// the word boundaries.
+    #[test]
+    fn two_escapes_at_every_pair_of_positions() {
+        let specials = ["\n", "\"", "\\", "\u{1}", "é", "中"];
+        for length in 2..19 {
+            for first in 0..length {
+                for second in first + 1..length {
+                    for (a, b) in specials.iter().flat_map(|a| specials.iter().map(move |b| (a, b))) {
+                        let text: String = (0..length)
+                            .map(|index| match index {
+                                _ if index == first => a,
+                                _ if index == second => b,
+                                _ => "x",
+                            })
+                            .collect();
+                        let mut out = Vec::new();
+                        write_str(&text, &mut out);
+                        let expected = serde_json::to_string(&text).expect("a string serializes");
+                        assert_eq!(String::from_utf8(out).expect("UTF-8"), expected, "{text:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Texts that are all escapes, of the longest kind and of the shortest,
+    /// at every length up to a few words (every word of them cut back).
+    #[test]
+    fn texts_of_escapes_only() {
+        for length in 0..40 {
+            for special in ["\u{1}", "\u{1f}", "\n", "\""] {
+                let text = special.repeat(length);
+                let mut out = b"before".to_vec();
+                write_str(&text, &mut out);
+                let expected = format!("before{}", serde_json::to_string(&text).expect("a string serializes"));
+                assert_eq!(String::from_utf8(out).expect("UTF-8"), expected, "{text:?}");
+            }
+        }
+    }
+
+    /// A time written again right after itself, or after another one,
+    /// is the same text.
+    #[test]
+    fn a_time_again_is_the_same_text() {
+        let times = [
+            0,
+            1,
+            999,
+            1000,
+            1_767_607_200_123,
+            1_767_607_200_000,
+            FAST_TIME_END - 1,
+            -1,
+            FAST_TIME_END,
+        ];
+        for a in times {
+            for b in times {
+                for at in [a, a, b, b, a] {
+                    let mut out = b"x".to_vec();
+                    write_time(at, &mut out);
+                    assert_eq!(
+                        String::from_utf8(out).expect("UTF-8"),
+                        format!("x{}", chrono_time(at)),
+                        "{a} {b}"
+                    );
                 }
             }
         }
