@@ -308,6 +308,15 @@ mod tests {
         assert!(!line(&no_journey).contains("journey"));
     }
 
+    /// `write_str` writes `text` as serde_json does, after what the buffer
+    /// held (it appends whole words and cuts them back).
+    fn assert_written_as_serde_json(text: &str) {
+        let mut out = b"before".to_vec();
+        write_str(text, &mut out);
+        let expected = format!("before{}", serde_json::to_string(text).expect("a string serializes"));
+        assert_eq!(String::from_utf8(out).expect("UTF-8"), expected, "{text:?}");
+    }
+
     #[test]
     fn an_escape_at_every_position_of_a_word() {
         for length in 0..24 {
@@ -316,10 +325,7 @@ mod tests {
                     let text: String = (0..length)
                         .map(|index| if index == position { special } else { "a" })
                         .collect();
-                    let mut out = Vec::new();
-                    write_str(&text, &mut out);
-                    let expected = serde_json::to_string(&text).expect("a string serializes");
-                    assert_eq!(String::from_utf8(out).expect("UTF-8"), expected, "{text:?}");
+                    assert_written_as_serde_json(&text);
                 }
             }
         }
@@ -342,10 +348,7 @@ mod tests {
                                 _ => "x",
                             })
                             .collect();
-                        let mut out = Vec::new();
-                        write_str(&text, &mut out);
-                        let expected = serde_json::to_string(&text).expect("a string serializes");
-                        assert_eq!(String::from_utf8(out).expect("UTF-8"), expected, "{text:?}");
+                        assert_written_as_serde_json(&text);
                     }
                 }
             }
@@ -358,11 +361,7 @@ mod tests {
     fn texts_of_escapes_only() {
         for length in 0..40 {
             for special in ["\u{1}", "\u{1f}", "\n", "\""] {
-                let text = special.repeat(length);
-                let mut out = b"before".to_vec();
-                write_str(&text, &mut out);
-                let expected = format!("before{}", serde_json::to_string(&text).expect("a string serializes"));
-                assert_eq!(String::from_utf8(out).expect("UTF-8"), expected, "{text:?}");
+                assert_written_as_serde_json(&special.repeat(length));
             }
         }
     }

@@ -67,7 +67,13 @@ fn an_erased_customer_leaves_no_byte_in_the_data_directory() {
     }
     let response = daemon.request("DELETE", "/v1/customers/erase-me-7f3a", None);
     assert_eq!(response.status, 200, "{}", response.body);
-    assert_eq!(daemon.terminate(), Some(0));
+    let code = daemon.terminate();
+    assert_eq!(
+        code,
+        Some(0),
+        "{}",
+        std::fs::read_to_string(data.join("daemon.log")).unwrap_or_default()
+    );
     for needle in ["erase-me-7f3a", "ada@example.org", "ZEBRA-424242", "PENGUIN-31"] {
         assert_eq!(
             files_containing(&data, needle),
@@ -307,6 +313,13 @@ fn id_in_upper_half(prefix: &str) -> String {
         .expect("an id")
 }
 
+/// The files of either of two data directories holding `needle`.
+fn files_in_either(a: &Path, b: &Path, needle: &str) -> Vec<String> {
+    let mut found = files_containing(a, needle);
+    found.extend(files_containing(b, needle));
+    found
+}
+
 /// How many partitions each live node holds, by the lease table.
 fn spread_shares(pg: &super::pg::Postgres) -> Vec<usize> {
     pg.psql(
@@ -381,11 +394,7 @@ fn sends_every_spread_node_delivered_are_redacted_at_its_stop() {
         "bert@example.org",
         "ZEBRA-808083",
     ];
-    let left = |needle: &str| {
-        let mut found = files_containing(&a_data, needle);
-        found.extend(files_containing(&b_data, needle));
-        found
-    };
+    let left = |needle: &str| files_in_either(&a_data, &b_data, needle);
     for needle in needles {
         assert!(!left(needle).is_empty(), "{needle} was never written");
     }
@@ -442,11 +451,7 @@ fn sends_every_spread_node_delivered_are_redacted_while_they_run_and_after_a_kil
         "gus@example.org",
         "ZEBRA-909092",
     ];
-    let left = |needle: &str| {
-        let mut found = files_containing(&a_data, needle);
-        found.extend(files_containing(&b_data, needle));
-        found
-    };
+    let left = |needle: &str| files_in_either(&a_data, &b_data, needle);
     for needle in needles {
         assert!(!left(needle).is_empty(), "{needle} was never written");
     }
