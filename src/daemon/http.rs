@@ -1253,10 +1253,6 @@ fn customer_response(store: &Store, runtime: &Runtime, id: String) -> Response {
 async fn delete_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
     // An alias names the customer it was merged into (the commit thread
     // resolves it the same way); the ids merged into it go with it.
-    let id = match resolve(&state.store, id) {
-        Ok(id) => id,
-        Err(response) => return *response,
-    };
     customer_command_on_owner(
         &state,
         id,
@@ -1322,10 +1318,6 @@ pub(crate) fn erase_reply(id: &str, erased: Erased) -> Answer {
 
 /// Retries a failing (or parked) customer's held inputs now.
 async fn retry_customer(State(state): State<AppState>, PathParam(id): PathParam) -> Response {
-    let id = match resolve(&state.store, id) {
-        Ok(id) => id,
-        Err(response) => return *response,
-    };
     customer_command_on_owner(
         &state,
         id,
@@ -1348,8 +1340,8 @@ fn held_elsewhere(state: &AppState, id: &str) -> Option<super::kv::pg::Pg> {
     }
 }
 
-/// A command naming one customer (resolved through its aliases) on the
-/// store's owner: done here (`here`), unless with `--spread` another node
+/// A command naming one customer (resolved here through its aliases) on
+/// the store's owner: done here (`here`), unless with `--spread` another node
 /// holds the customer's partition, or gave it up between the look and the
 /// commit. Then it is handed to that node as a standby hands it
 /// (`command.rs`), and answered as that node answers.
@@ -1364,6 +1356,10 @@ where
     T: serde::de::DeserializeOwned,
     F: std::future::Future<Output = Result<T, Answer>>,
 {
+    let id = match resolve(&state.store, id) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
     let pg = match held_elsewhere(state, &id) {
         Some(pg) => pg,
         None => match here(id.clone()).await {

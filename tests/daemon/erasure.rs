@@ -295,13 +295,9 @@ fn erasure_within_a_bound_while_the_daemon_runs(backend: Backend) {
 }
 
 /// A `--spread` daemon on `env`'s database with `data` as its data
-/// directory (its own JSONL sink, `data/sends.jsonl`).
+/// directory.
 fn start_spread(env: &Env, data: &Path, extra: &[&str]) -> Daemon {
-    let mut args = env.store_args();
-    args.push("--spread".into());
-    args.extend(extra.iter().map(|arg| arg.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::start(&env.workspace(), data, &args)
+    env.start_spread_with_env(data, extra, &[])
 }
 
 /// An id starting with `prefix` whose customer falls in partitions 128..256

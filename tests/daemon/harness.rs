@@ -125,6 +125,17 @@ impl Env {
     pub fn start(&self, extra: &[&str]) -> Daemon {
         self.start_with_env(extra, &[])
     }
+    /// A `--spread` daemon on this database with `data` as its data
+    /// directory (its own JSONL sink, `data/sends.jsonl`) and extra
+    /// environment variables.
+    pub fn start_spread_with_env(&self, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let store = self.store_args();
+        let args: Vec<&str> = (store.iter().map(String::as_str))
+            .chain(std::iter::once("--spread"))
+            .chain(extra.iter().copied())
+            .collect();
+        Daemon::start_with_env(&self.workspace(), data, &args, env)
+    }
     /// [`Env::start`] with extra environment variables.
     pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let store = self.store_args();

@@ -449,9 +449,7 @@ fn a_batch_touching_a_partition_taken_over_is_refused_and_the_other_partitions_c
     );
 
     // The other node's lease on p expires: the node claims p at the next epoch.
-    server.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
-    ));
+    expire_lease(&server, p);
     eventually("p claimed again", || (owner.owned().get(&p) == Some(&3)).then_some(()));
     owner.apply(None, write(&[&customer(&taken)])).expect("p commits again");
     assert_eq!(keys(), format!("c{other},c{taken},mcount"));
@@ -530,9 +528,7 @@ fn a_daemon_refuses_calls_of_a_partition_taken_over_and_serves_the_others() {
     assert_eq!(health.json()["status"], "ok", "{}", health.body);
 
     // The other node's lease expires: this one claims p back and applies it.
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
-    ));
+    expire_lease(pg, p);
     eventually("the partition claimed back", || {
         (daemon.post("/v1/track", &ping(&taken, "m9", 9)).status == 200).then_some(())
     });
@@ -1022,9 +1018,7 @@ fn timers_of_a_partition_taken_over_wait_for_it_and_the_others_fire() {
         "the chunk of {p} waits for its owner"
     );
     // The other node's lease expires: this one claims p back and fires it.
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
-    ));
+    expire_lease(pg, p);
     let acknowledged: BTreeSet<String> = customers.iter().cloned().collect();
     every_send_once(&[env.data()], &acknowledged, vec![daemon]);
 }
@@ -1262,9 +1256,7 @@ fn inbox_records_of_a_partition_taken_over_hold_up_no_other_partition() {
     assert_eq!(owner.get(&format!("/v1/customers/{third}")).status, 404);
 
     // p claimed back: its records are applied, in their order.
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
-    ));
+    expire_lease(pg, p);
     eventually("an empty inbox", || rows(pg, b'i').is_empty().then_some(()));
     let customer = owner.get(&format!("/v1/customers/{taken}"));
     assert_eq!(customer.status, 200, "{}", customer.body);
@@ -1427,9 +1419,7 @@ fn a_command_of_a_partition_taken_over_holds_up_no_other_partitions_command() {
     assert_eq!(waiting, vec![p], "p's erasure waits in p");
     assert!(answer(erase_taken).is_none());
 
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
-    ));
+    expire_lease(pg, p);
     let (stored_in, answered) = eventually("p's erasure answered", || answer(erase_taken));
     assert_eq!(stored_in, p);
     // The identify came first: there was a customer to erase.
@@ -1578,9 +1568,7 @@ fn the_outbox_of_a_partition_taken_over_waits_for_it_and_the_others_are_delivere
         "the delivered chunk is removed, p's waits"
     );
     // The other node's lease expires: this one claims p and delivers it.
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
-    ));
+    expire_lease(pg, p);
     eventually("partition p's sends once it is held", || {
         (sent(&taken) == 3).then_some(())
     });
@@ -1776,13 +1764,26 @@ fn spread_nodes_take_fair_shares_and_the_rest_take_over_a_leaving_one() {
     );
 }
 
+/// The inbox holds two records, both of partition `p`: a call queued
+/// behind an earlier one of its customer (`what` says which).
+fn assert_queued_behind(pg: &super::pg::Postgres, p: i32, what: &str) {
+    let queued = rows(pg, b'i');
+    assert_eq!(queued.len(), 2, "{what}");
+    assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
+}
+
+/// Lets partition `partition`'s lease expire, as a node that stopped
+/// renewing it would: the next node to look claims it.
+fn expire_lease(pg: &super::pg::Postgres, partition: i32) {
+    pg.psql(&format!(
+        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {partition}"
+    ));
+}
+
 /// A `--spread` daemon on `env`'s database with `data` as its data
 /// directory.
 fn start_spread(env: &Env, data: &Path) -> Daemon {
-    let mut args = env.store_args();
-    args.push("--spread".into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::start(&env.workspace(), data, &args)
+    env.start_spread_with_env(data, &[], &[])
 }
 
 /// How many partitions each node holds now, by the lease table.
@@ -1985,9 +1986,7 @@ fn a_spread_owners_calls_of_a_partition_taken_after_their_routing_go_to_its_inbo
     assert_eq!(daemon.get(&format!("/v1/customers/{taken}")).status, 404);
     // The other node's lease expires: the daemon claims p back and applies
     // every call acked for it, once.
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
-    ));
+    expire_lease(pg, p);
     let hellos = |customer: &str| {
         sends(&data)
             .iter()
@@ -2061,9 +2060,7 @@ fn outbox_numbers_drawn_before_a_partition_was_lost_and_claimed_back_are_refused
         hex(&journeyc::daemon::store::encode_seq_chunk(&[(theirs, &their_line)])),
     ));
     // Its lease expires; this node claims p back, at epoch 3.
-    server.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
-    ));
+    expire_lease(&server, p);
     eventually("p claimed back", || (pg.owned().get(&p) == Some(&3)).then_some(()));
     // A sink reads the other node's record: its cursor of p is past `early`.
     let round = store
@@ -2147,14 +2144,10 @@ fn a_call_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox() {
         404,
         "applied before the first"
     );
-    let queued = rows(pg, b'i');
-    assert_eq!(queued.len(), 2, "the second queued behind the first");
-    assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
+    assert_queued_behind(pg, p, "the second queued behind the first");
 
     // q claimed back: both applied, in the order they were acked.
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {q}"
-    ));
+    expire_lease(pg, q);
     eventually("both applied", || {
         (journeys_sent(&env.data(), &user).len() == 2).then_some(())
     });
@@ -2188,9 +2181,7 @@ fn a_call_at_the_owner_right_after_it_claimed_a_partition_follows_the_calls_in_i
     take_over(pg, p);
     assert_eq!(standby.post("/v1/track", &ping(&user, "first", 1)).status, 200);
     assert_eq!(rows(pg, b'i').len(), 1);
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
-    ));
+    expire_lease(pg, p);
     eventually("p claimed by the owner", || {
         (pg.psql(&format!(
             "SELECT owner FROM journeyc_leases WHERE partition = {p} AND expires_at > now()"
@@ -2244,14 +2235,10 @@ fn an_import_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox()
         404,
         "applied before the first"
     );
-    let queued = rows(pg, b'i');
-    assert_eq!(queued.len(), 2, "the import queued behind the first");
-    assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
+    assert_queued_behind(pg, p, "the import queued behind the first");
 
     // q claimed back: both applied, in the order they were acked.
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {q}"
-    ));
+    expire_lease(pg, q);
     eventually("both applied", || rows(pg, b'i').is_empty().then_some(()));
     let stored = owner.get(&format!("/v1/customers/{user}"));
     assert_eq!(stored.status, 200, "{}", stored.body);
@@ -2305,14 +2292,10 @@ fn a_one_click_unsubscribe_at_the_owner_waits_behind_its_customers_opt_in_held_u
     assert_eq!(clicked.status, 200, "{}", clicked.body);
     assert!(clicked.body.contains("You are unsubscribed"), "{}", clicked.body);
     assert_eq!(status(), "subscribed", "applied before the opt-in");
-    let queued = rows(pg, b'i');
-    assert_eq!(queued.len(), 2, "the unsubscribe queued behind the opt-in");
-    assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
+    assert_queued_behind(pg, p, "the unsubscribe queued behind the opt-in");
 
     // q claimed back: both applied, in the order they were acked.
-    pg.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {q}"
-    ));
+    expire_lease(pg, q);
     eventually("both applied", || rows(pg, b'i').is_empty().then_some(()));
     assert_eq!(status(), "unsubscribed");
     assert_eq!(owner.terminate(), Some(0));
@@ -2446,9 +2429,7 @@ fn a_job_refused_after_its_partition_was_lost_and_claimed_back_is_committed_agai
         .parse()
         .expect("a number");
     let theirs = journeyc::daemon::kv::pg::partitioned_chunk(drawn, p);
-    server.psql(&format!(
-        "UPDATE journeyc_leases SET expires_at = now() - interval '1 second' WHERE partition = {p}"
-    ));
+    expire_lease(&server, p);
     eventually("p claimed back", || (pg.owned().get(&p) == Some(&3)).then_some(()));
     go.send(()).expect("the job waits");
 
@@ -2493,14 +2474,10 @@ fn a_retry_at_the_spread_owner_of_a_customer_another_node_holds_is_handed_to_tha
     owner.wait_until_owner();
     // The second node takes the upper half, the stuck customer's; its
     // first two inputs fail there, and it is parked at the first.
-    let mut args = env.store_args();
-    args.extend(["--spread", "--fault-retries", "0"].map(String::from));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let faults = format!("{stuck}:2");
-    let holder = Daemon::start_with_env(
-        &env.workspace(),
+    let holder = env.start_spread_with_env(
         &env.root.path().join("second"),
-        &args,
+        &["--fault-retries", "0"],
         &[("JOURNEYC_INJECT_FAULTS", faults.as_str())],
     );
     eventually("two halves", || (shares(pg) == vec![128, 128]).then_some(()));
