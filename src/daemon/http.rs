@@ -82,6 +82,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/outbox/dead", get(list_dead_letters))
         .route("/v1/outbox/retry", post(retry_dead_letters))
+        .route("/v1/redactors", get(super::redactors::owner_list))
+        .route(
+            "/v1/redactors/{id}",
+            axum::routing::delete(super::redactors::owner_retire),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     // Read-only aggregates with no customer data: open unless `--protect-ui`.
     let aggregates = Router::new()
@@ -1661,6 +1666,11 @@ pub fn standby_router(standby: Standby) -> Router {
         .route("/v1/reload", post(standby_reload))
         .route("/v1/outbox/dead", get(standby_dead_letters))
         .route("/v1/outbox/retry", post(standby_retry_dead_letters))
+        .route("/v1/redactors", get(super::redactors::standby_list))
+        .route(
+            "/v1/redactors/{id}",
+            axum::routing::delete(super::redactors::standby_retire),
+        )
         .route_layer(middleware::from_fn_with_state(standby.clone(), standby_authenticate));
     let aggregates = Router::new()
         .route("/ui", get(super::ui::page))

@@ -32,6 +32,7 @@ pub mod kv;
 pub mod metrics;
 pub mod outbox;
 pub mod rate;
+pub mod redactors;
 pub mod rejected;
 pub mod reload;
 pub mod reply;

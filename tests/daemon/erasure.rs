@@ -579,3 +579,96 @@ fn sends_a_killed_owner_delivered_are_redacted_when_it_comes_back_as_a_standby()
     assert_eq!(a.terminate(), Some(0));
     assert_eq!(b.terminate(), Some(0));
 }
+
+/// A data directory that will not start again (its machine gone) is
+/// retired with `DELETE /v1/redactors/ID` at any node: the mark that
+/// waited for it alone is dropped, and a daemon started again on it is
+/// refused, since its files still hold the erased customer's send.
+#[test]
+fn a_retired_redactor_holds_no_mark_and_its_data_directory_is_refused() {
+    if super::pg::skip_requested() {
+        return;
+    }
+    let env = Env::on(ERASE_WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let (a_data, b_data) = (env.root.path().join("data"), env.root.path().join("second"));
+    let args = |data: &Path| {
+        let mut args = env.store_args();
+        args.extend(["--erasure-within".to_string(), "2s".to_string()]);
+        (args, data.to_path_buf())
+    };
+    let start = |data: &Path| {
+        let (args, data) = args(data);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start(&env.workspace(), &data, &args)
+    };
+    let a = start(&a_data);
+    a.wait_until_owner();
+    spread_customer_with_a_send(&a, &a_data, "retired-gone-5d", "ria@example.org", 616_161);
+    let b = start(&b_data);
+    a.kill();
+    b.wait_until_owner();
+    let c = start(&env.root.path().join("third"));
+    assert_eq!(c.role().as_deref(), Some("standby"));
+    let response = b.request("DELETE", "/v1/customers/retired-gone-5d", None);
+    assert_eq!(response.status, 200, "{}", response.body);
+    // C, a standby that never delivered, is no redactor.
+    eventually("B's redaction recorded", || {
+        (marks_and_redactions(pg).1 == "1").then_some(())
+    });
+    let a_id = std::fs::read_to_string(a_data.join("redactor")).expect("A's redactor id");
+    let listed = c.get("/v1/redactors");
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let redactors = listed.json()["redactors"].as_array().cloned().expect("a list");
+    assert_eq!(redactors.len(), 2, "{}", listed.body);
+    assert_eq!(redactors[0]["redactor"], a_id.as_str(), "{}", listed.body);
+    assert_eq!(redactors[0]["marks_unredacted"], 1, "{}", listed.body);
+    assert_eq!(redactors[1]["marks_unredacted"], 0, "{}", listed.body);
+    assert_eq!(redactors[0]["retired_at"], serde_json::Value::Null, "{}", listed.body);
+    assert_eq!(
+        marks_and_redactions(pg).0,
+        "1",
+        "the mark was dropped before A redacted"
+    );
+
+    let unknown = b.request("DELETE", "/v1/redactors/redactor-none", None);
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    // Retired at the standby: the owner drops the mark at its next look.
+    let retired = c.request("DELETE", &format!("/v1/redactors/{a_id}"), None);
+    assert_eq!(retired.status, 200, "{}", retired.body);
+    assert!(retired.json()["retired_at"].is_string(), "{}", retired.body);
+    let again = b.request("DELETE", &format!("/v1/redactors/{a_id}"), None);
+    assert_eq!(again.status, 409, "{}", again.body);
+    eventually("the mark dropped once A was retired", || {
+        (marks_and_redactions(pg) == ("0".to_string(), "0".to_string())).then_some(())
+    });
+    assert!(b.get("/v1/redactors").json()["redactors"][0]["retired_at"].is_string());
+
+    // A's files were never redacted: starting on them is refused.
+    assert!(!files_containing(&a_data, "ria@example.org").is_empty());
+    let (args_a, _) = args(&a_data);
+    let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
+    let (code, stderr) = serve_refused(&env, &args_a);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("was retired"), "{stderr}");
+    assert_eq!(c.terminate(), Some(0));
+    assert_eq!(b.terminate(), Some(0));
+}
+
+/// On sled the one daemon redacts its own files: there are no redactors
+/// to list or retire, and both paths say so in a JSON 404.
+#[test]
+fn sled_has_no_redactors() {
+    let env = Env::new(ERASE_WORKSPACE);
+    let daemon = env.start(&[]);
+    for (method, path) in [("GET", "/v1/redactors"), ("DELETE", "/v1/redactors/redactor-1")] {
+        let answer = daemon.request(method, path, None);
+        assert_eq!(answer.status, 404, "{}", answer.body);
+        let reason = answer.json()["error"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(reason.contains("PostgreSQL only"), "{}", answer.body);
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+}

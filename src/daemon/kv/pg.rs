@@ -118,6 +118,10 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
          PRIMARY KEY (partition, customer, redactor)
      );",
     ),
+    (
+        7,
+        "ALTER TABLE journeyc_redactors ADD COLUMN IF NOT EXISTS retired_at timestamptz;",
+    ),
 ];
 
 /// The first byte of an erasure mark's key (`daemon/erasure.rs`), and the
@@ -253,6 +257,15 @@ pub enum LeaseState {
 /// The partition leases a node holds: partition (0..P) → the epoch it
 /// acquired it at.
 pub type Owned = BTreeMap<i32, i64>;
+
+/// A registered redactor as `GET /v1/redactors` shows it ([`Pg::redactors`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Redactor {
+    pub redactor: String,
+    pub registered_at: String,
+    pub retired_at: Option<String>,
+    pub marks_unredacted: i64,
+}
 
 /// This node's side of the leases, shared with the futures that check them.
 struct Lease {
@@ -997,19 +1010,106 @@ impl Pg {
     /// Registers `redactor` (a data directory whose JSONL sinks deliver
     /// sends, `daemon/erasure.rs`): from now on an erasure mark is dropped
     /// only once it has redacted its files for it ([`Pg::drop_redacted_marks`]).
-    /// Outside the lease, from any node; idempotent.
+    /// Outside the lease, from any node; idempotent. A redactor retired
+    /// ([`Pg::retire_redactor`]) is refused: marks were dropped without
+    /// it since, so its files may hold sends of customers erased
+    /// meanwhile, and it must not deliver again.
     pub fn register_redactor(&self, redactor: &str) -> StoreResult<()> {
         let redactor = redactor.to_string();
         self.run(|pool, _| async move {
             let client = connection(&pool).await?;
-            client
-                .execute(
-                    "INSERT INTO journeyc_redactors (redactor) VALUES ($1) ON CONFLICT (redactor) DO NOTHING",
+            let row = client
+                .query_one(
+                    "WITH added AS (INSERT INTO journeyc_redactors (redactor) VALUES ($1) \
+                       ON CONFLICT (redactor) DO NOTHING RETURNING redactor) \
+                     SELECT (SELECT to_char(retired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+                       FROM journeyc_redactors WHERE redactor = $1)",
                     &[&redactor],
                 )
                 .await
                 .map_err(|e| error("register a redactor", e))?;
-            Ok(())
+            match row.get::<_, Option<String>>(0) {
+                None => Ok(()),
+                Some(retired_at) => Err(StoreError::Postgres(format!(
+                    "this data directory's redactor {redactor} was retired at {retired_at} (DELETE \
+                     /v1/redactors/{redactor}): erasure marks were dropped without it since, so its JSONL sink \
+                     files may hold sends of customers erased meanwhile. Remove those files and the data \
+                     directory's `redactor` file before starting a daemon on it again"
+                ))),
+            }
+        })
+    }
+
+    /// Every redactor registered, oldest first: its id, when it was
+    /// registered and retired (UTC, RFC 3339), and how many erasure marks
+    /// of the database it has not recorded as redacted (none counted for
+    /// a retired one). Outside the lease, from any node.
+    pub fn redactors(&self) -> StoreResult<Vec<Redactor>> {
+        self.run(|pool, _| async move {
+            let client = connection(&pool).await?;
+            let rows = client
+                .query(
+                    "SELECT r.redactor, \
+                       to_char(r.registered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                       to_char(r.retired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                       CASE WHEN r.retired_at IS NULL THEN (SELECT count(*) FROM journeyc_kv k \
+                         WHERE k.key >= $1 AND k.key < $2 AND NOT EXISTS (SELECT 1 FROM journeyc_redacted d \
+                           WHERE d.partition = k.partition AND d.customer = substring(k.key from 2) \
+                           AND d.redactor = r.redactor)) ELSE 0 END \
+                     FROM journeyc_redactors r ORDER BY r.registered_at, r.redactor",
+                    &[&MARKS.0, &MARKS.1],
+                )
+                .await
+                .map_err(|e| error("list the redactors", e))?;
+            Ok(rows
+                .into_iter()
+                .map(|row| Redactor {
+                    redactor: row.get(0),
+                    registered_at: row.get(1),
+                    retired_at: row.get(2),
+                    marks_unredacted: row.get(3),
+                })
+                .collect())
+        })
+    }
+
+    /// Retires `redactor` for good (a data directory that will not start
+    /// again): from now on no erasure mark waits for it, and its records
+    /// go. Answers its retirement time, or why not: no such redactor, or
+    /// retired already (at that time). The marks that waited for it alone
+    /// are dropped by their partitions' holders at their next look
+    /// (`erasure::work_pending`).
+    pub fn retire_redactor(&self, redactor: &str) -> StoreResult<Result<String, Option<String>>> {
+        let redactor = redactor.to_string();
+        self.run(|pool, _| async move {
+            let mut client = connection(&pool).await?;
+            let tx = client.transaction().await.map_err(|e| error("begin", e))?;
+            let time = "to_char(retired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
+            let found = tx
+                .query_opt(
+                    &format!("SELECT {time} FROM journeyc_redactors WHERE redactor = $1 FOR UPDATE"),
+                    &[&redactor],
+                )
+                .await
+                .map_err(|e| error("retire a redactor", e))?;
+            let Some(found) = found else {
+                return Ok(Err(None));
+            };
+            if let Some(at) = found.get::<_, Option<String>>(0) {
+                return Ok(Err(Some(at)));
+            }
+            let retired = tx
+                .query_one(
+                    &format!("UPDATE journeyc_redactors SET retired_at = now() WHERE redactor = $1 RETURNING {time}"),
+                    &[&redactor],
+                )
+                .await
+                .map_err(|e| error("retire a redactor", e))?;
+            tx.execute("DELETE FROM journeyc_redacted WHERE redactor = $1", &[&redactor])
+                .await
+                .map_err(|e| error("retire a redactor", e))?;
+            tx.commit().await.map_err(|e| error("commit", e))?;
+            Ok(Ok(retired.get(0)))
         })
     }
 
@@ -1031,7 +1131,7 @@ impl Pg {
                             AND d.redactor = $2)), \
                        (SELECT count(*) FROM journeyc_kv k WHERE k.partition = ANY($1) \
                           AND k.key >= $3 AND k.key < $4 AND NOT EXISTS (SELECT 1 FROM journeyc_redactors r \
-                            WHERE NOT EXISTS (SELECT 1 FROM journeyc_redacted d WHERE d.partition = k.partition \
+                            WHERE r.retired_at IS NULL AND NOT EXISTS (SELECT 1 FROM journeyc_redacted d WHERE d.partition = k.partition \
                               AND d.customer = substring(k.key from 2) AND d.redactor = r.redactor)))",
                     &[&held, &redactor, &MARKS.0, &MARKS.1],
                 )
@@ -1113,7 +1213,7 @@ impl Pg {
                     "DELETE FROM journeyc_kv WHERE (partition, key) IN ( \
                        SELECT k.partition, k.key FROM journeyc_kv k \
                        WHERE k.partition = ANY($1) AND k.key >= $2 AND k.key < $3 \
-                       AND NOT EXISTS (SELECT 1 FROM journeyc_redactors r WHERE NOT EXISTS ( \
+                       AND NOT EXISTS (SELECT 1 FROM journeyc_redactors r WHERE r.retired_at IS NULL AND NOT EXISTS ( \
                          SELECT 1 FROM journeyc_redacted d WHERE d.partition = k.partition \
                          AND d.customer = substring(k.key from 2) AND d.redactor = r.redactor)) \
                        ORDER BY k.partition, k.key FOR UPDATE) \
