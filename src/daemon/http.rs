@@ -158,10 +158,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
     }
 }
 
-fn commit_error(failure: CommitError) -> Response {
-    commit_answer(failure).into_response()
-}
-
 fn commit_answer(failure: CommitError) -> Answer {
     let status = match failure {
         CommitError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -710,9 +706,10 @@ impl Node<'_> {
     /// Keeps `rejections` and takes `calls`, durable when it answers:
     /// on the owner the refusals flushed (or with the commit of the calls);
     /// on a standby both in one transaction.
-    async fn take(&self, rejections: Vec<Rejection>, calls: Vec<Call>) -> Result<(), Response> {
-        let store_failed =
-            |failure: super::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, "", failure.to_string());
+    async fn take(&self, rejections: Vec<Rejection>, calls: Vec<Call>) -> Result<(), Answer> {
+        let store_failed = |failure: super::store::StoreError| {
+            Answer::error(StatusCode::INTERNAL_SERVER_ERROR, "", &failure.to_string())
+        };
         let refused = rejections.len();
         match self {
             Node::Owner(state) => {
@@ -751,13 +748,13 @@ impl Node<'_> {
                         // standby's, unless this node still holds them all
                         // (a merge's other partition refused: answered).
                         let Some(partitions) = elsewhere(&state.store, &calls).map_err(store_failed)? else {
-                            return Err(commit_error(CommitError::PartitionNotOwned(reason)));
+                            return Err(commit_answer(CommitError::PartitionNotOwned(reason)));
                         };
                         to_inbox(&state.store, &state.rejected, Vec::new(), calls, Some(partitions))
                             .map_err(store_failed)?;
                         tracing::info!(%reason, "calls of a partition no longer held written to its inbox");
                     }
-                    (Err(error), _) => return Err(commit_error(error)),
+                    (Err(error), _) => return Err(commit_answer(error)),
                 }
             }
             Node::Standby(standby) => {
@@ -774,7 +771,7 @@ impl Node<'_> {
 /// takes them ([`Node::take`]): committed by the commit thread, or on
 /// PostgreSQL written to the inbox when [`elsewhere`] says so; durable
 /// when it returns `Ok`.
-pub(super) async fn take_on_owner(state: &AppState, calls: Vec<Call>) -> Result<(), Response> {
+pub(super) async fn take_on_owner(state: &AppState, calls: Vec<Call>) -> Result<(), Answer> {
     Node::Owner(state).take(Vec::new(), calls).await
 }
 
@@ -890,8 +887,8 @@ async fn intake_on(
         Err(refusal) => {
             node.metrics().requests_rejected.inc();
             let kept = Rejection::of_body(endpoint.name(), &[], &refusal.field, &refusal.reason, received_at);
-            if let Err(response) = node.take(vec![kept], Vec::new()).await {
-                return response;
+            if let Err(answer) = node.take(vec![kept], Vec::new()).await {
+                return answer.into_response();
             }
             return error(refusal.status, &refusal.field, refusal.reason);
         }
@@ -902,8 +899,8 @@ async fn intake_on(
         Err(refusal) => {
             node.metrics().requests_rejected.inc();
             let kept = Rejection::of_body(endpoint.name(), &bytes, &refusal.field, &refusal.reason, received_at);
-            if let Err(response) = node.take(vec![kept], Vec::new()).await {
-                return response;
+            if let Err(answer) = node.take(vec![kept], Vec::new()).await {
+                return answer.into_response();
             }
             // The call count of a refused request, beyond the one entry kept.
             node.metrics()
@@ -951,8 +948,8 @@ async fn intake_on(
         })
         .collect();
     let accepted = calls.len();
-    if let Err(response) = node.take(kept, calls).await {
-        return response;
+    if let Err(answer) = node.take(kept, calls).await {
+        return answer.into_response();
     }
     if let (0, Some((field, reason))) = (accepted, first) {
         // Nothing valid: the status says so (the libraries do not retry a 4xx).
@@ -1065,10 +1062,13 @@ pub(crate) async fn replay(state: &AppState) -> Answer {
             continue;
         }
         let count = calls.len();
-        // Ingested (and durable) before the entries go: a crash between the
-        // two replays them again, and their messageIds dedupe them.
-        if let Err(failure) = state.committer.ingest(calls).await {
-            return commit_answer(failure);
+        // Taken as the owner takes intake (queued behind its customers'
+        // earlier calls waiting in the inbox, and with `--spread` routed
+        // to the inbox of partitions held elsewhere), and durable before
+        // the entries go: a crash between the two replays them again, and
+        // their messageIds dedupe them.
+        if let Err(answer) = take_on_owner(state, calls).await {
+            return answer;
         }
         if let Err(failure) = state.rejected.remove(&passed) {
             return store_failed(failure);
@@ -1876,7 +1876,7 @@ async fn standby_one_click(State(standby): State<Arc<Standby>>, token: PathParam
     match call {
         Ok(Some(call)) => match Node::Standby(&standby).take(Vec::new(), vec![call]).await {
             Ok(()) => super::unsubscribe::unsubscribed_page(),
-            Err(response) => response,
+            Err(answer) => answer.into_response(),
         },
         Ok(None) => super::unsubscribe::unsubscribed_page(),
         Err(response) => *response,

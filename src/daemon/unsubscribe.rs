@@ -275,8 +275,8 @@ async fn one_click(State(state): State<AppState>, token: super::http::PathParam,
     // there (or, with `--spread`, for the partition's holder), durable
     // either way before the page (`docs/scale-out.md`, "The order of one
     // customer's calls").
-    if let Err(response) = super::http::take_on_owner(&state, vec![call]).await {
-        return response;
+    if let Err(answer) = super::http::take_on_owner(&state, vec![call]).await {
+        return answer.into_response();
     }
     unsubscribed_page()
 }

@@ -2302,6 +2302,62 @@ fn a_one_click_unsubscribe_at_the_owner_waits_behind_its_customers_opt_in_held_u
     assert_eq!(standby.terminate(), Some(0));
 }
 
+/// A replay of refused calls at the owner is queued as its intake is
+/// (docs/scale-out.md, "The order of one customer's calls"): the call was
+/// refused (its event unknown), an `identify` of the same user acked by a
+/// standby waits in the user's partition's inbox (its merge also writes a
+/// partition held by another node), the event declared by a reload; the
+/// replay at the owner ingests the call behind the `identify`, not at
+/// once, and both are applied once that partition is claimed back.
+/// Ingested at once (the replay before this commit), the call was applied
+/// ahead of the `identify` acked before the replay was asked for.
+#[test]
+fn a_replay_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let owner = env.start(&[]);
+    let (standby, _) = node(&env, "standby");
+    let ((anonymous, q), (user, p)) = two_partitions();
+    let late = format!(
+        r#"{{"type":"track","userId":"{user}","event":"signed_up","properties":{{"n":1}},"messageId":"late"}}"#
+    );
+    assert_eq!(owner.post("/v1/track", &late).status, 422);
+    take_over(pg, q);
+    let first = format!(
+        r#"{{"type":"identify","userId":"{user}","anonymousId":"{anonymous}","traits":{{"plan":"free"}},"messageId":"first"}}"#
+    );
+    assert_eq!(standby.post("/v1/identify", &first).status, 200);
+    // The owner tries the record: refused (q), it waits in p's inbox.
+    assert_eq!(rows(pg, b'i').len(), 1);
+    std::fs::write(
+        env.workspace().join("test.journey"),
+        format!("{WORKSPACE}\nevent signed_up {{ n: int }}\n"),
+    )
+    .expect("write the workspace");
+    assert_eq!(owner.post("/v1/reload", "").status, 200);
+    let replayed = owner.post("/v1/rejected/replay", "");
+    assert_eq!(replayed.status, 200, "{}", replayed.body);
+    assert_eq!(replayed.json()["replayed"], 1, "{}", replayed.body);
+    assert_eq!(
+        owner.get(&format!("/v1/customers/{user}")).status,
+        404,
+        "applied before the first"
+    );
+    assert_queued_behind(pg, p, "the replay queued behind the first");
+
+    // q claimed back: both applied, in the order they were acked.
+    expire_lease(pg, q);
+    eventually("both applied", || rows(pg, b'i').is_empty().then_some(()));
+    let stored = owner.get(&format!("/v1/customers/{user}"));
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    assert_eq!(stored.json()["profile"]["plan"], "free", "{}", stored.body);
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(standby.terminate(), Some(0));
+}
+
 /// An interpreter for the commit thread alone: every call it applies
 /// makes one send record (no journey needed); the first one it applies
 /// tells `started` and waits for `go`, so a test can lose and claim back
