@@ -2554,3 +2554,40 @@ fn a_retry_at_the_spread_owner_of_a_customer_another_node_holds_is_handed_to_tha
     let not_failing = owner.post(&format!("{customer}/retry"), "");
     assert_eq!(not_failing.status, 404, "{}", not_failing.body);
 }
+
+/// With `--spread`, a replay at the store's owner of a refused call of a
+/// customer of a partition another node holds goes to that partition's
+/// inbox, and its holder applies it. Given to the owner's own commit
+/// thread (the replay before this), the fence refused it with a 500.
+#[test]
+fn a_replay_at_the_spread_owner_of_another_nodes_customer_goes_to_its_inbox() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let (_, theirs) = ids_in_two_halves();
+    let owner = start_spread(&env, &env.root.path().join("data"));
+    owner.wait_until_owner();
+    let holder = start_spread(&env, &env.root.path().join("second"));
+    eventually("two halves", || (shares(pg) == vec![128, 128]).then_some(()));
+    let late = format!(
+        r#"{{"type":"track","userId":"{theirs}","event":"signed_up","properties":{{"n":1}},"messageId":"late"}}"#
+    );
+    assert_eq!(owner.post("/v1/track", &late).status, 422);
+    std::fs::write(
+        env.workspace().join("test.journey"),
+        format!("{WORKSPACE}\nevent signed_up {{ n: int }}\n"),
+    )
+    .expect("write the workspace");
+    assert_eq!(owner.post("/v1/reload", "").status, 200);
+    let replayed = owner.post("/v1/rejected/replay", "");
+    assert_eq!(replayed.status, 200, "{}", replayed.body);
+    assert_eq!(replayed.json()["replayed"], 1, "{}", replayed.body);
+    let customer = format!("/v1/customers/{theirs}");
+    eventually("applied by the holder", || {
+        (holder.get(&customer).status == 200).then_some(())
+    });
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(holder.terminate(), Some(0));
+}
