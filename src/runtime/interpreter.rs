@@ -87,7 +87,9 @@ struct MessageTemplates {
 enum Reads {
     #[default]
     Nothing,
-    Only(BTreeSet<String>),
+    /// These attributes, each once, interned: a profile's attribute (a
+    /// [`Name`]) is looked for by identity, an event's by text.
+    Only(Vec<Name>),
     /// Read as a whole (a loop, an index by expression, a filter argument).
     All,
 }
@@ -99,17 +101,30 @@ impl Reads {
         match (path.split('.').nth(1), &mut *self) {
             (_, Reads::All) => {}
             (None, _) => *self = Reads::All,
-            (Some(attribute), Reads::Only(set)) => {
-                set.insert(attribute.to_string());
+            (Some(attribute), Reads::Only(names)) => {
+                let name = Name::intern(attribute);
+                if !names.contains(&name) {
+                    names.push(name);
+                }
             }
-            (Some(attribute), Reads::Nothing) => *self = Reads::Only(BTreeSet::from([attribute.to_string()])),
+            (Some(attribute), Reads::Nothing) => *self = Reads::Only(vec![Name::intern(attribute)]),
         }
     }
 
+    /// Whether the attribute named `attribute` (an event's) is read.
     fn wants(&self, attribute: &str) -> bool {
         match self {
             Reads::Nothing => false,
-            Reads::Only(set) => set.contains(attribute),
+            Reads::Only(names) => names.iter().any(|name| name.as_str() == attribute),
+            Reads::All => true,
+        }
+    }
+
+    /// Whether the profile's attribute `attribute` is read.
+    fn wants_name(&self, attribute: Name) -> bool {
+        match self {
+            Reads::Nothing => false,
+            Reads::Only(names) => names.contains(&attribute),
             Reads::All => true,
         }
     }
@@ -1940,7 +1955,7 @@ impl Run<'_, '_> {
         .then(|| {
             let mut key = rendered::Context::default();
             let profile = self.state.profile.iter();
-            for (name, value) in profile.filter(|(name, _)| templates.customer.wants(name.as_str())) {
+            for (name, value) in profile.filter(|(name, _)| templates.customer.wants_name(**name)) {
                 key.add(name.as_str(), value);
             }
             key.end_customer();
