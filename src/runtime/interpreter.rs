@@ -55,6 +55,10 @@ struct Loaded {
     /// The content hashes of the bundle's journeys interned, by index:
     /// what enrollments name their version by.
     hashes: Box<[Name]>,
+    /// Whether journey `index` has a segment goal or exit rule
+    /// ([`watches_segments`]), by index: read on every settle for every
+    /// enrollment.
+    watches: Box<[bool]>,
     /// This loaded version's number (never reused in a process): the
     /// version part of the key of remembered renders ([`rendered`]).
     number: u64,
@@ -197,9 +201,7 @@ impl Engine {
         for (index, hash) in current.hashes.iter().enumerate() {
             versions.insert(*hash, (current.clone(), index));
         }
-        let segment_conditions = versions
-            .values()
-            .any(|(loaded, index)| watches_segments(&loaded.bundle.journeys[*index]));
+        let segment_conditions = versions.values().any(|(loaded, index)| loaded.watches[*index]);
         let has_retained = versions.values().any(|(loaded, _)| !Arc::ptr_eq(loaded, &current));
         let bundle = &current.bundle;
         let mut tracked = BTreeSet::new();
@@ -533,6 +535,7 @@ impl Loaded {
                 .iter()
                 .map(|program| Name::intern(&program.hash))
                 .collect(),
+            watches: bundle.journeys.iter().map(watches_segments).collect(),
             number: ENGINES.fetch_add(1, Ordering::Relaxed),
             bundle,
             templates,
@@ -1458,7 +1461,7 @@ impl Run<'_, '_> {
                 .is_some_and(|(loaded, index)| {
                     let program = &loaded.bundle.journeys[*index];
                     let holds = |condition: &Condition| in_segment(self, &loaded.bundle, condition);
-                    watches_segments(program)
+                    loaded.watches[*index]
                         && (unreached_goal_holds(program, &enrollment.goals_reached, holds)
                             || program.exit_rules.iter().any(holds))
                 })
