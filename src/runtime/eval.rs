@@ -37,7 +37,7 @@ pub struct Scope<'a> {
 
 impl Scope<'_> {
     pub fn eval(&self, code: &Code) -> Value {
-        self.eval_at_depth(code, 0)
+        self.eval_on(code, 0, &mut Vec::with_capacity(8))
     }
 
     /// Evaluates a condition: only `true` is true.
@@ -46,15 +46,18 @@ impl Scope<'_> {
     }
 
     pub fn in_segment(&self, segment: SegmentId) -> bool {
-        self.segment_at_depth(segment, 0)
+        self.segment_on(segment, 0, &mut Vec::with_capacity(8))
     }
 
-    fn segment_at_depth(&self, segment: SegmentId, depth: u32) -> bool {
+    /// Whether the customer is in `segment`, evaluated on `stack` above
+    /// what it holds (a segment referred to from an expression shares the
+    /// expression's stack: one allocation per evaluation, not per segment).
+    fn segment_on(&self, segment: SegmentId, depth: u32, stack: &mut Vec<Value>) -> bool {
         if depth > SEGMENT_DEPTH_MAX {
             return false;
         }
         match self.bundle.segments.get(segment.0 as usize) {
-            Some(definition) => matches!(self.eval_at_depth(&definition.condition, depth + 1), Value::Bool(true)),
+            Some(definition) => matches!(self.eval_on(&definition.condition, depth + 1, stack), Value::Bool(true)),
             None => false,
         }
     }
@@ -79,8 +82,15 @@ impl Scope<'_> {
         }
     }
 
-    fn eval_at_depth(&self, code: &Code, depth: u32) -> Value {
-        let mut stack: Vec<Value> = Vec::with_capacity(8);
+    /// Runs `code` on `stack` above its first `stack.len()` values, which
+    /// it neither reads nor pops (they belong to the expression that refers
+    /// to this segment), and leaves `stack` as it found it.
+    fn eval_on(&self, code: &Code, depth: u32, stack: &mut Vec<Value>) -> Value {
+        let base = stack.len();
+        let pop = |stack: &mut Vec<Value>| match stack.len() > base {
+            true => stack.pop().unwrap_or(Value::Absent),
+            false => Value::Absent,
+        };
         for op in &code.0 {
             let value = match op {
                 Op::Const(value) => value.clone(),
@@ -99,53 +109,82 @@ impl Scope<'_> {
                         .and_then(|event| event.get(self.name(*property)))
                         .is_some_and(|v| *v != Value::Absent),
                 ),
-                Op::InSegment(segment) => Value::Bool(self.segment_at_depth(*segment, depth)),
+                Op::InSegment(segment) => Value::Bool(self.segment_on(*segment, depth, stack)),
                 Op::Count { event, within_seconds } => Value::Int(self.count(*event, *within_seconds) as i64),
-                Op::Seen { event, within_seconds } => Value::Bool(self.count(*event, *within_seconds) > 0),
+                Op::Seen { event, within_seconds } => Value::Bool(self.seen(*event, *within_seconds)),
                 Op::Engaged { engagement, message } => {
                     Value::Bool(self.enrollment.is_some_and(|(state, journey, entered_at)| {
                         state.engaged(journey, entered_at, self.interned(*message), *engagement)
                     }))
                 }
                 Op::Not => {
-                    let operand = stack.pop().unwrap_or(Value::Absent);
+                    let operand = pop(stack);
                     unary(UnaryOp::Not, operand)
                 }
                 Op::Negate => {
-                    let operand = stack.pop().unwrap_or(Value::Absent);
+                    let operand = pop(stack);
                     unary(UnaryOp::Negate, operand)
                 }
                 Op::Binary(op) => {
-                    let rhs = stack.pop().unwrap_or(Value::Absent);
-                    let lhs = stack.pop().unwrap_or(Value::Absent);
+                    let rhs = pop(stack);
+                    let lhs = pop(stack);
                     binary(*op, lhs, rhs)
                 }
                 Op::In { len } => {
-                    let at = stack.len().saturating_sub(*len as usize);
-                    let list = stack.split_off(at);
-                    let value = stack.pop().unwrap_or(Value::Absent);
-                    Value::Bool(value != Value::Absent && list.iter().any(|item| equal(&value, item) == Some(true)))
+                    // The list is the top `len` values (of this
+                    // expression's), the value the one below them.
+                    let at = stack.len().saturating_sub(*len as usize).max(base);
+                    let found = match at > base {
+                        true => {
+                            let value = &stack[at - 1];
+                            *value != Value::Absent && stack[at..].iter().any(|item| equal(value, item) == Some(true))
+                        }
+                        false => false,
+                    };
+                    stack.truncate(at);
+                    pop(stack);
+                    Value::Bool(found)
                 }
             };
             stack.push(value);
         }
-        debug_assert!(stack.len() <= 1, "a compiled expression leaves one value");
-        stack.pop().unwrap_or(Value::Absent)
+        debug_assert!(stack.len() <= base + 1, "a compiled expression leaves one value");
+        let value = pop(stack);
+        stack.truncate(base);
+        value
+    }
+
+    /// The history of event `event`, oldest first.
+    fn times(&self, event: NameId) -> Option<&VecDeque<Millis>> {
+        match self.names {
+            Some(names) => self.history.get(names[event.0 as usize]),
+            None => self.history.get_str(self.name(event)),
+        }
+    }
+
+    /// The first of `times` after `now - within` (times are sorted oldest first).
+    fn window_start(&self, times: &VecDeque<Millis>, within_seconds: i64) -> usize {
+        let since = self.now.saturating_sub(within_seconds.saturating_mul(1000));
+        times.partition_point(|t| *t <= since)
     }
 
     /// Events of this name in `(now - within, now]`.
     fn count(&self, event: NameId, within_seconds: i64) -> usize {
-        let times = match self.names {
-            Some(names) => self.history.get(names[event.0 as usize]),
-            None => self.history.get_str(self.name(event)),
-        };
-        let Some(times) = times else {
+        let Some(times) = self.times(event) else {
             return 0;
         };
-        let since = self.now.saturating_sub(within_seconds.saturating_mul(1000));
-        // Times are sorted oldest first.
-        let first = times.partition_point(|t| *t <= since);
+        let first = self.window_start(times, within_seconds);
         times.range(first..).filter(|t| **t <= self.now).count()
+    }
+
+    /// Whether an event of this name is in `(now - within, now]`: the
+    /// first one found answers (`count(..) > 0` without counting them all).
+    fn seen(&self, event: NameId, within_seconds: i64) -> bool {
+        let Some(times) = self.times(event) else {
+            return false;
+        };
+        let first = self.window_start(times, within_seconds);
+        times.range(first..).any(|t| *t <= self.now)
     }
 }
 

@@ -55,6 +55,10 @@ struct Loaded {
     /// The content hashes of the bundle's journeys interned, by index:
     /// what enrollments name their version by.
     hashes: Box<[Name]>,
+    /// Whether journey `index` has a segment goal or exit rule
+    /// ([`watches_segments`]), by index: read on every settle for every
+    /// enrollment.
+    watches: Box<[bool]>,
     /// This loaded version's number (never reused in a process): the
     /// version part of the key of remembered renders ([`rendered`]).
     number: u64,
@@ -87,7 +91,9 @@ struct MessageTemplates {
 enum Reads {
     #[default]
     Nothing,
-    Only(BTreeSet<String>),
+    /// These attributes, each once, interned: a profile's attribute (a
+    /// [`Name`]) is looked for by identity, an event's by text.
+    Only(Vec<Name>),
     /// Read as a whole (a loop, an index by expression, a filter argument).
     All,
 }
@@ -99,17 +105,30 @@ impl Reads {
         match (path.split('.').nth(1), &mut *self) {
             (_, Reads::All) => {}
             (None, _) => *self = Reads::All,
-            (Some(attribute), Reads::Only(set)) => {
-                set.insert(attribute.to_string());
+            (Some(attribute), Reads::Only(names)) => {
+                let name = Name::intern(attribute);
+                if !names.contains(&name) {
+                    names.push(name);
+                }
             }
-            (Some(attribute), Reads::Nothing) => *self = Reads::Only(BTreeSet::from([attribute.to_string()])),
+            (Some(attribute), Reads::Nothing) => *self = Reads::Only(vec![Name::intern(attribute)]),
         }
     }
 
+    /// Whether the attribute named `attribute` (an event's) is read.
     fn wants(&self, attribute: &str) -> bool {
         match self {
             Reads::Nothing => false,
-            Reads::Only(set) => set.contains(attribute),
+            Reads::Only(names) => names.iter().any(|name| name.as_str() == attribute),
+            Reads::All => true,
+        }
+    }
+
+    /// Whether the profile's attribute `attribute` is read.
+    fn wants_name(&self, attribute: Name) -> bool {
+        match self {
+            Reads::Nothing => false,
+            Reads::Only(names) => names.contains(&attribute),
             Reads::All => true,
         }
     }
@@ -182,9 +201,7 @@ impl Engine {
         for (index, hash) in current.hashes.iter().enumerate() {
             versions.insert(*hash, (current.clone(), index));
         }
-        let segment_conditions = versions
-            .values()
-            .any(|(loaded, index)| watches_segments(&loaded.bundle.journeys[*index]));
+        let segment_conditions = versions.values().any(|(loaded, index)| loaded.watches[*index]);
         let has_retained = versions.values().any(|(loaded, _)| !Arc::ptr_eq(loaded, &current));
         let bundle = &current.bundle;
         let mut tracked = BTreeSet::new();
@@ -518,6 +535,7 @@ impl Loaded {
                 .iter()
                 .map(|program| Name::intern(&program.hash))
                 .collect(),
+            watches: bundle.journeys.iter().map(watches_segments).collect(),
             number: ENGINES.fetch_add(1, Ordering::Relaxed),
             bundle,
             templates,
@@ -1443,7 +1461,7 @@ impl Run<'_, '_> {
                 .is_some_and(|(loaded, index)| {
                     let program = &loaded.bundle.journeys[*index];
                     let holds = |condition: &Condition| in_segment(self, &loaded.bundle, condition);
-                    watches_segments(program)
+                    loaded.watches[*index]
                         && (unreached_goal_holds(program, &enrollment.goals_reached, holds)
                             || program.exit_rules.iter().any(holds))
                 })
@@ -1940,7 +1958,7 @@ impl Run<'_, '_> {
         .then(|| {
             let mut key = rendered::Context::default();
             let profile = self.state.profile.iter();
-            for (name, value) in profile.filter(|(name, _)| templates.customer.wants(name.as_str())) {
+            for (name, value) in profile.filter(|(name, _)| templates.customer.wants_name(**name)) {
                 key.add(name.as_str(), value);
             }
             key.end_customer();

@@ -44,15 +44,17 @@ pub fn message_id_digest(id: &str) -> String {
     hex(&digest[..16])
 }
 
-/// Lower-case hex of `bytes`, two digits a byte, in one allocation.
+/// Lower-case hex of `bytes`, two digits a byte, in one allocation: the
+/// digits are written into bytes of the final length (no capacity check or
+/// `char` encoding per digit) and checked as text once.
 pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(2 * bytes.len());
-    for byte in bytes {
-        text.push(char::from(HEX[usize::from(byte >> 4)]));
-        text.push(char::from(HEX[usize::from(byte & 0xf)]));
+    let mut text = vec![0u8; 2 * bytes.len()];
+    for (digits, byte) in text.chunks_exact_mut(2).zip(bytes) {
+        digits[0] = HEX[usize::from(byte >> 4)];
+        digits[1] = HEX[usize::from(byte & 0xf)];
     }
-    text
+    String::from_utf8(text).expect("hex digits are ASCII")
 }
 /// How long a send's id is remembered, so that an `Unsubscribed` event
 /// naming it finds its channel (30 days).
@@ -356,16 +358,15 @@ impl CustomerState {
     /// Remembers it (with `at`) if so.
     pub fn remember_message_id(&mut self, id: &str, at: Millis) -> bool {
         let digest = message_id_digest(id);
-        let id = digest.as_str();
         self.forget_message_ids(at - MESSAGE_ID_RETENTION_MS);
         if self.message_id_index.len() != self.message_ids.len() {
             self.message_id_index = self.message_ids.iter().map(|(_, id)| id.clone()).collect();
         }
-        if self.message_id_index.contains(id) {
+        if self.message_id_index.contains(digest.as_str()) {
             return false;
         }
-        self.message_ids.push_back((at, id.to_string()));
-        self.message_id_index.insert(id.to_string());
+        self.message_id_index.insert(digest.clone());
+        self.message_ids.push_back((at, digest));
         while self.message_ids.len() > MESSAGE_IDS_MAX {
             self.forget_oldest_message_id();
         }
@@ -475,6 +476,17 @@ mod tests {
     use super::*;
     use crate::runtime::names::Dictionary;
     use std::sync::Arc;
+
+    /// `hex` gives what formatting each byte as two lower-case digits
+    /// gives, for every byte value, high digit first.
+    #[test]
+    fn hex_is_two_lower_case_digits_a_byte() {
+        let bytes: Vec<u8> = (0..=255u8).rev().collect();
+        let expected: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        assert_eq!(hex(&bytes), expected);
+        assert_eq!(hex(&[0x0f, 0xa0]), "0fa0");
+        assert_eq!(hex(&[]), "");
+    }
 
     /// The version hashes are interned names, but a record holds their
     /// text, in the store too: under the store's dictionary an enrollment,
