@@ -34,6 +34,15 @@
 //! the group's outbox numbers of it were drawn from a block older than the
 //! other node's and its reads of it predate that node's writes; a single
 //! job so refused is committed once more under the set held then.
+//!
+//! On PostgreSQL a group that applies calls of the node's own intake (not
+//! taken from the inbox) first looks, in its own transaction and under the
+//! same fence, whether the inbox of those calls' partitions holds a record
+//! (an earlier call of their customer, acked elsewhere, may wait there):
+//! if so nothing is written, the jobs with calls of such a partition are
+//! turned into [`Job::Queued`] jobs that write their calls to the inbox,
+//! and the group is committed again ([`CommitThread::queue_behind_inbox`];
+//! `docs/scale-out.md`, "The order of one customer's calls").
 
 use super::faults::{self, Fault, FaultPolicy};
 use super::metrics::Metrics;
@@ -164,6 +173,16 @@ pub enum Job {
     },
     /// Commit what came before, then stop the thread.
     Stop { reply: oneshot::Sender<()> },
+    /// An [`Job::Ingest`] of the node's own intake whose calls wait behind
+    /// their partitions' inbox (PostgreSQL: the group's look found a record
+    /// there, [`CommitThread::queue_behind_inbox`]): made by the commit
+    /// thread alone, it writes `records` (the calls as inbox records,
+    /// `inbox.rs`) in the group's batch instead of applying them, and is
+    /// answered, durable, with the group.
+    Queued {
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        reply: oneshot::Sender<Result<(), CommitError>>,
+    },
     /// The next step of a segment broadcast (`broadcast.rs`), committed
     /// alone: up to `batch` customers visited, the members entered and the
     /// record advanced in one batch. `step` is decided by the commit thread.
@@ -302,6 +321,10 @@ pub struct CommitThread {
     /// A job refused for a held set that moved while it ran is being
     /// committed again (once).
     retrying: bool,
+    /// The calls of the group being committed whose id or merge
+    /// [`CommitThread::identities`] changed, as they came: a call queued
+    /// behind the inbox goes there as it was posted.
+    renamed: Vec<Renamed>,
     /// With `--spread`: the version whose migrations ran on the
     /// partitions held (the owner's install ran them on its own; another
     /// node runs them when it first sees the version, and again for
@@ -332,6 +355,14 @@ enum Flush {
     },
     /// Answered once every earlier group is flushed and published.
     Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// How a group's write ended.
+enum Written {
+    Applied(Applied),
+    /// Nothing written: the inbox of these partitions holds records the
+    /// group's own calls must wait behind.
+    HeldUp(Vec<i32>),
 }
 
 /// A group whose batch is applied (visible, not yet durable).
@@ -431,6 +462,7 @@ impl CommitThread {
             owned_seen: None,
             group_held: None,
             retrying: false,
+            renamed: Vec::new(),
             migrated_for: None,
             fault_policy: FaultPolicy::default(),
             links: None,
@@ -607,7 +639,17 @@ impl CommitThread {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.prepare(&mut jobs)));
         match outcome {
             Ok(Ok((group, answers))) => match self.write(&jobs, group, answers) {
-                Ok(applied) => {
+                Ok(Written::HeldUp(held_up)) => {
+                    // Nothing was written: the calls that must wait go to
+                    // the inbox in the next try, the rest with them (each
+                    // try queues at least one more job, so this ends).
+                    self.next_seq = seq_before;
+                    let jobs = self.queue_behind_inbox(jobs, &held_up);
+                    if !jobs.is_empty() {
+                        self.commit_group(jobs);
+                    }
+                }
+                Ok(Written::Applied(applied)) => {
                     let work = Flush::Group {
                         jobs: jobs.into_iter().zip(applied.answers).collect(),
                         stats: applied.stats,
@@ -738,7 +780,8 @@ impl CommitThread {
         if self.prefetch {
             reads.fetch(self.named_keys(jobs, &triggered))?;
         }
-        let aliases = self.identities(jobs, &reads)?;
+        let (aliases, renamed) = self.identities(jobs, &reads)?;
+        self.renamed = renamed;
         let now = super::timers::now_ms();
         for job in jobs.iter_mut() {
             if let Job::Broadcast { id, batch, step, .. } = job {
@@ -844,8 +887,13 @@ impl CommitThread {
     /// kept only when it is to be done: the other id is not an alias
     /// already, and neither customer is failing. Returns the alias keys
     /// the merges write (`None` removes), for the group's batch.
-    fn identities(&self, jobs: &mut [Job], reads: &store::Prefetched<'_>) -> Result<AliasWrites, CommitError> {
+    fn identities(
+        &self,
+        jobs: &mut [Job],
+        reads: &store::Prefetched<'_>,
+    ) -> Result<(AliasWrites, Vec<Renamed>), CommitError> {
         let mut writes = AliasWrites::new();
+        let mut renamed = Vec::new();
         // Decided in this group: alias → customer, and aliases per customer.
         let mut local: HashMap<String, String> = HashMap::new();
         let mut counts: HashMap<String, usize> = HashMap::new();
@@ -855,9 +903,17 @@ impl CommitThread {
                 None => reads.alias(id)?.unwrap_or_else(|| id.to_string()),
             })
         };
-        for job in jobs.iter_mut() {
+        for (index, job) in jobs.iter_mut().enumerate() {
             match job {
-                Job::Ingest { calls, .. } => {
+                Job::Ingest { calls, inbox, .. } => {
+                    // The node's own calls as posted (see `renamed`), on
+                    // PostgreSQL, where they may be queued behind the inbox.
+                    let posted: Vec<(String, Option<String>)> = match (inbox, &self.store.db) {
+                        (None, super::kv::Kv::Postgres(_)) => {
+                            calls.iter().map(|c| (c.customer.clone(), c.merge.clone())).collect()
+                        }
+                        _ => Vec::new(),
+                    };
                     for call in calls.iter_mut() {
                         call.customer = resolve(&local, &call.customer)?;
                         let Some(anonymous) = call.merge.take() else {
@@ -917,6 +973,16 @@ impl CommitThread {
                         counts.insert(user, count);
                         call.merge = Some(anonymous);
                     }
+                    for (at, (call, (customer, merge))) in calls.iter().zip(posted).enumerate() {
+                        if call.customer != customer || call.merge != merge {
+                            renamed.push(Renamed {
+                                job: index,
+                                call: at,
+                                customer,
+                                merge,
+                            });
+                        }
+                    }
                     for call in calls.iter() {
                         let Some(group) = &call.group else { continue };
                         let key = store::group_key(&call.customer, &group.id);
@@ -946,10 +1012,14 @@ impl CommitThread {
                         *customer = resolve(&local, customer)?;
                     }
                 }
-                Job::Wake { .. } | Job::Install { .. } | Job::Stop { .. } | Job::Broadcast { .. } => {}
+                Job::Wake { .. }
+                | Job::Install { .. }
+                | Job::Stop { .. }
+                | Job::Broadcast { .. }
+                | Job::Queued { .. } => {}
             }
         }
-        Ok(writes)
+        Ok((writes, renamed))
     }
 
     /// The keys the jobs read by the ids they name, before those are
@@ -990,7 +1060,7 @@ impl CommitThread {
                 }
                 Job::Erase { customer, .. } => named(customer, &mut keys),
                 Job::Retry { customers, .. } => customers.iter().for_each(|customer| named(customer, &mut keys)),
-                Job::Broadcast { .. } | Job::Install { .. } | Job::Stop { .. } => {}
+                Job::Broadcast { .. } | Job::Install { .. } | Job::Stop { .. } | Job::Queued { .. } => {}
             }
         }
         keys
@@ -1088,7 +1158,7 @@ impl CommitThread {
     }
 
     /// Writes the group as one batch, flushes, publishes.
-    fn write(&mut self, jobs: &[Job], mut group: Changes, answers: Vec<usize>) -> Result<Applied, CommitError> {
+    fn write(&mut self, jobs: &[Job], mut group: Changes, answers: Vec<usize>) -> Result<Written, CommitError> {
         let mut batch = crate::daemon::kv::Batch::default();
         let mut timers = TimerChanges::on(&self.store, self.next_timer_chunk);
         for job in jobs {
@@ -1099,8 +1169,14 @@ impl CommitThread {
             }
         }
         for job in jobs {
-            if let Job::Ingest { inbox: Some(key), .. } = job {
-                batch.remove(key.as_slice());
+            match job {
+                Job::Ingest { inbox: Some(key), .. } => batch.remove(key.as_slice()),
+                Job::Queued { records, .. } => {
+                    for (key, value) in records {
+                        batch.insert(key.clone(), value.clone());
+                    }
+                }
+                _ => {}
             }
         }
         for erased in &group.erased {
@@ -1216,26 +1292,28 @@ impl CommitThread {
         if self.partition_counters.is_none() {
             self.partition_counters = Some(self.store.counter_records()?.into_iter().collect());
         }
-        let records = self.partition_counters.as_mut().expect("read above");
-        let mut changed: BTreeSet<String> = BTreeSet::new();
+        // The counters' new values, kept once the batch committed.
+        let records = self.partition_counters.as_ref().expect("read above");
+        let mut counted: Vec<((i32, String), i64)> = Vec::new();
+        let mut totals: BTreeMap<String, i64> = BTreeMap::new();
         for ((partition, name), delta) in &group.partition_deltas {
             if *delta == 0 {
                 continue;
             }
-            let value = records.entry((*partition, name.clone())).or_insert(0);
-            *value += delta;
+            let value = records.get(&(*partition, name.clone())).copied().unwrap_or(0) + delta;
             batch.insert(store::stat_key_in(name, *partition), &value.to_be_bytes());
-            *self.counters.entry(name.clone()).or_insert(0) += delta;
-            changed.insert(name.clone());
+            counted.push(((*partition, name.clone()), value));
+            *totals
+                .entry(name.clone())
+                .or_insert_with(|| self.counters.get(name).copied().unwrap_or(0)) += delta;
         }
-        let changed_stats: Vec<(String, i64)> = changed
-            .into_iter()
-            .map(|name| {
-                let value = self.counters.get(&name).copied().unwrap_or(0);
-                (name, value)
-            })
-            .collect();
-        self.store.db.apply_batch_held(batch, self.group_held.as_ref())?;
+        if let Some(held_up) = self.apply_behind_inbox(jobs, batch)? {
+            return Ok(Written::HeldUp(held_up));
+        }
+        let records = self.partition_counters.as_mut().expect("read above");
+        records.extend(counted);
+        self.counters.extend(totals.clone());
+        let changed_stats: Vec<(String, i64)> = totals.into_iter().collect();
         self.store.names.confirm(&names);
         for (customer, fault) in group.faults.drain(..) {
             match fault {
@@ -1243,12 +1321,112 @@ impl CommitThread {
                 None => self.faulted.remove(&customer),
             };
         }
-        Ok(Applied {
+        Ok(Written::Applied(Applied {
             answers,
             stats: changed_stats,
             committed_seq,
             timers_added,
-        })
+        }))
+    }
+
+    /// Applies the group's `batch`, fenced at the epochs the group began
+    /// with. On PostgreSQL, when the group applies calls of the node's own
+    /// intake, the same transaction first looks whether the inbox of their
+    /// partitions (or of [`PARTITION_NONE`](super::kv::pg::PARTITION_NONE))
+    /// holds a record (`Pg::apply_held_behind_inbox`, one statement per
+    /// group): if so nothing is written and the answer names those
+    /// partitions (`Some`), for [`CommitThread::queue_behind_inbox`].
+    fn apply_behind_inbox(
+        &self,
+        jobs: &[Job],
+        batch: crate::daemon::kv::Batch,
+    ) -> Result<Option<Vec<i32>>, CommitError> {
+        let (super::kv::Kv::Postgres(pg), Some(held)) = (&self.store.db, &self.group_held) else {
+            self.store.db.apply_batch_held(batch, self.group_held.as_ref())?;
+            return Ok(None);
+        };
+        let mut behind: BTreeSet<i32> = BTreeSet::new();
+        for job in jobs {
+            if let Job::Ingest { calls, inbox: None, .. } = job {
+                behind.extend(calls.iter().map(|call| self.store.customer_partition(&call.customer)));
+            }
+        }
+        if !behind.is_empty() {
+            behind.insert(super::kv::pg::PARTITION_NONE);
+        }
+        let look = super::kv::pg::InboxLook {
+            behind: behind.into_iter().collect(),
+            notify: jobs.iter().any(|job| matches!(job, Job::Queued { .. })),
+        };
+        if look.behind.is_empty() && !look.notify {
+            pg.apply_held(held, batch)?;
+            return Ok(None);
+        }
+        let held_up = pg.apply_held_behind_inbox(held, batch, &look)?;
+        Ok((!held_up.is_empty()).then_some(held_up))
+    }
+
+    /// After the group's look found records in the inbox of `held_up`:
+    /// each job of the node's own intake with a call of such a partition
+    /// (or every one, when the records are of the layout before
+    /// partitions) becomes a [`Job::Queued`] of its calls as they were
+    /// posted, written as inbox records of the partitions they resolved to
+    /// (`inbox::records_in`, with an id drawn now, after the look, so they
+    /// sort after the records found). A job queued holds its partitions
+    /// for the group's later jobs: those of the same partitions are queued
+    /// too, so the group's calls of a partition keep their order. The
+    /// other jobs get their calls back as posted, to be committed again.
+    /// **Decision:** a job waits whole (all of its calls, in their
+    /// partitions' inbox), as its request went to the inbox whole before
+    /// the look moved here (`docs/scale-out.md`, "The order of one
+    /// customer's calls").
+    fn queue_behind_inbox(&mut self, jobs: Vec<Job>, held_up: &[i32]) -> Vec<Job> {
+        let mut posted: HashMap<(usize, usize), (String, Option<String>)> = std::mem::take(&mut self.renamed)
+            .into_iter()
+            .map(|renamed| ((renamed.job, renamed.call), (renamed.customer, renamed.merge)))
+            .collect();
+        let every = held_up.contains(&super::kv::pg::PARTITION_NONE);
+        let mut waiting: HashSet<i32> = held_up.iter().copied().collect();
+        let mut next = Vec::with_capacity(jobs.len());
+        for (index, job) in jobs.into_iter().enumerate() {
+            let (mut calls, reply) = match job {
+                Job::Ingest {
+                    calls,
+                    inbox: None,
+                    reply,
+                } => (calls, reply),
+                other => {
+                    next.push(other);
+                    continue;
+                }
+            };
+            let partitions: Vec<i32> = (calls.iter())
+                .map(|call| self.store.customer_partition(&call.customer))
+                .collect();
+            for (at, call) in calls.iter_mut().enumerate() {
+                if let Some((customer, merge)) = posted.remove(&(index, at)) {
+                    call.customer = customer;
+                    call.merge = merge;
+                }
+            }
+            if !every && !partitions.iter().any(|partition| waiting.contains(partition)) {
+                next.push(Job::Ingest {
+                    calls,
+                    inbox: None,
+                    reply,
+                });
+                continue;
+            }
+            waiting.extend(partitions.iter().copied());
+            match super::inbox::records_in(&self.store, calls, partitions) {
+                Ok(records) => next.push(Job::Queued { records, reply }),
+                Err(error) => {
+                    tracing::error!(%error, "writing calls queued behind the inbox failed");
+                    let _ = reply.send(Err(CommitError::from(error)));
+                }
+            }
+        }
+        next
     }
 
     /// On PostgreSQL: one outbox chunk per partition the group's records
@@ -1340,13 +1518,15 @@ impl Job {
             Job::Ingest { calls, .. } => calls.len(),
             Job::Wake { timers, .. } => timers.iter().map(|entry| entry.customers.len()).sum(),
             Job::Retry { customers, .. } => customers.len(),
-            Job::Erase { .. } | Job::Install { .. } | Job::Stop { .. } | Job::Broadcast { .. } => 1,
+            Job::Erase { .. } | Job::Install { .. } | Job::Stop { .. } | Job::Broadcast { .. } | Job::Queued { .. } => {
+                1
+            }
         }
     }
 
     fn answer(self, result: Result<usize, CommitError>) {
         match self {
-            Job::Ingest { reply, .. } => {
+            Job::Ingest { reply, .. } | Job::Queued { reply, .. } => {
                 let _ = reply.send(result.map(|_| ()));
             }
             Job::Wake { reply, .. } => {
@@ -1385,6 +1565,16 @@ struct CustomerWrite {
 /// lanes run: aliases and groups (`None` removes), the last write of a key
 /// counting.
 type AliasWrites = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A call of the node's own intake as it was posted, before
+/// [`CommitThread::identities`] resolved its id (or dropped its merge):
+/// call `call` of job `job` of the group.
+struct Renamed {
+    job: usize,
+    call: usize,
+    customer: String,
+    merge: Option<String>,
+}
 
 /// Whether a side key (alias or group) is `customer`'s: its groups, its
 /// aliases' index, an alias that resolves to it.
@@ -1533,6 +1723,8 @@ fn lanes<'g>(jobs: &'g [Job]) -> Vec<Lane<'g>> {
                     push(&call.customer, job, Step::Input(&call.input));
                 }
             }
+            // Written to the inbox, not applied.
+            Job::Queued { .. } => {}
             Job::Install { .. } | Job::Stop { .. } => unreachable!("committed alone"),
         }
     }

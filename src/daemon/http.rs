@@ -716,9 +716,11 @@ impl Node<'_> {
                 // With `--spread`, calls of partitions this node does not
                 // hold (their ids resolved through the aliases) go to the
                 // inbox as a standby's do: the partitions' holders apply
-                // them; on PostgreSQL, so do calls of partitions whose
-                // inbox holds records (earlier calls of their customers
-                // may wait there: [`elsewhere`]).
+                // them ([`elsewhere`]). The others go to the commit
+                // thread, which on PostgreSQL writes them to the inbox
+                // instead when the inbox of their partitions holds records
+                // (earlier calls of their customers may wait there; the
+                // look is in the group's own transaction, `commit.rs`).
                 if let Some(partitions) = elsewhere(&state.store, &calls).map_err(store_failed)? {
                     to_inbox(&state.store, &state.rejected, rejections, calls, Some(partitions))
                         .map_err(store_failed)?;
@@ -768,56 +770,38 @@ impl Node<'_> {
 
 /// Takes `calls` made by the owner itself from a request that is not an
 /// intake body (a one-click unsubscribe's `Unsubscribed` call) as intake
-/// takes them ([`Node::take`]): committed by the commit thread, or on
-/// PostgreSQL written to the inbox when [`elsewhere`] says so; durable
-/// when it returns `Ok`.
+/// takes them ([`Node::take`]): committed by the commit thread (on
+/// PostgreSQL queued behind its partitions' inbox when that holds
+/// records), or with `--spread` written to the inbox when [`elsewhere`]
+/// says so; durable when it returns `Ok`.
 pub(super) async fn take_on_owner(state: &AppState, calls: Vec<Call>) -> Result<(), Answer> {
     Node::Owner(state).take(Vec::new(), calls).await
 }
 
 /// The partitions of `calls` (`inbox::partitions`: their ids resolved
 /// through the aliases stored) when they go to the inbox rather than to
-/// this node's commit thread; `None` when it commits them itself (always
-/// on sled). They go to the inbox
-/// - with `--spread`, when this node does not hold every one of them (the
-///   partitions' holders apply them);
-/// - on PostgreSQL, when the inbox of one of their partitions (or of the
-///   layout before partitions, -1) holds a record: an earlier call of one
-///   of their customers may wait there (acked by another node, by this
-///   one before it claimed the partition, or re-routed after a give-up),
-///   and a call committed at once would be applied before it. Queued
-///   behind it, the call keeps the order its customer's calls were acked
-///   in (`docs/scale-out.md`, "The order of one customer's calls").
+/// this node's commit thread: with `--spread`, when this node does not
+/// hold every one of them (the partitions' holders apply them); `None`
+/// when it commits them itself (always on sled, and on PostgreSQL
+/// without `--spread`).
 ///
-/// An acked earlier call is committed in the inbox before this request
-/// came, so the look sees it unless its record was applied (and removed)
-/// already, in which case it was applied before this call. The look is one
-/// round trip (the whole inbox) when the inbox is empty, as it is while no
-/// other node takes intake; otherwise the aliases are read and the calls'
-/// partitions looked at.
+/// A call of a partition this node holds is not looked at here: whether
+/// it must wait behind an earlier call of its customer in the inbox
+/// (acked by another node, by this one before it claimed the partition,
+/// or re-routed after a give-up) is asked by the commit thread inside the
+/// transaction that would apply it, which then writes it to the inbox
+/// instead (`commit.rs`, `CommitThread::queue_behind_inbox`;
+/// `docs/scale-out.md`, "The order of one customer's calls").
 fn elsewhere(store: &Store, calls: &[Call]) -> Result<Option<Vec<i32>>, super::store::StoreError> {
     let super::kv::Kv::Postgres(pg) = &store.db else {
         return Ok(None);
     };
-    if calls.is_empty() || (!pg.spread() && !pg.inbox_holds(None)?) {
+    if calls.is_empty() || !pg.spread() {
         return Ok(None);
     }
     let partitions = super::inbox::partitions(pg, store, calls)?;
     let owned = pg.owned();
-    if pg.spread() && !partitions.iter().all(|partition| owned.contains_key(partition)) {
-        return Ok(Some(partitions));
-    }
-    Ok(queued_behind(pg, &partitions)?.then_some(partitions))
-}
-
-/// Whether the inbox of one of `partitions`, or of the layout before
-/// partitions (-1), holds a record (see [`elsewhere`]).
-fn queued_behind(pg: &super::kv::pg::Pg, partitions: &[i32]) -> Result<bool, super::store::StoreError> {
-    let mut looked: Vec<i32> = partitions.to_vec();
-    looked.push(super::kv::pg::PARTITION_NONE);
-    looked.sort_unstable();
-    looked.dedup();
-    pg.inbox_holds(Some(looked))
+    Ok((!partitions.iter().all(|partition| owned.contains_key(partition))).then_some(partitions))
 }
 
 /// Writes `calls` as inbox records, one per partition of their customers

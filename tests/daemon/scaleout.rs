@@ -2390,37 +2390,14 @@ impl journeyc::daemon::commit::Interpreter for HeldOnce {
     }
 }
 
-/// The single-job retry after a claim-back, through the commit thread: a
-/// job of partition p begins (its group takes the epochs held: p at 1)
-/// and, while its input is applied, p is taken over by another node,
-/// which draws outbox numbers of its own, then its lease expires and this
-/// node claims p back (epoch 3). The group's batch, fenced at epoch 1, is
-/// refused (`PartitionNotOwned`); since p was claimed after the group
-/// began, the job is committed once more under the set held now: applied
-/// again, answered `Ok`, one send record in p's outbox, numbered from a
-/// block drawn after the claim (above the other node's number), so a sink
-/// gets it. Without the retry (`commit.rs`, `claimed_since_group_began`)
-/// the job is answered with the refusal.
-#[test]
-fn a_job_refused_after_its_partition_was_lost_and_claimed_back_is_committed_again_with_new_numbers() {
-    if skip() {
-        return;
-    }
+/// A commit thread alone on `store` (no drain, no timers: what it
+/// commits is what the test sends it), running `interpreter` over an
+/// empty bundle; it ends once the committer is dropped.
+fn commit_thread(
+    store: &journeyc::daemon::store::Store,
+    interpreter: Arc<HeldOnce>,
+) -> (journeyc::daemon::commit::Committer, std::thread::JoinHandle<()>) {
     use journeyc::daemon::commit::{CommitThread, Committer, Published, Runtime};
-    let server = super::pg::Postgres::start("journeyc");
-    let pg = Pg::open(&server.url(), Duration::from_secs(2)).expect("open");
-    let store = journeyc::daemon::store::Store::on(journeyc::daemon::kv::Kv::Postgres(pg)).expect("store");
-    let journeyc::daemon::kv::Kv::Postgres(pg) = &store.db else {
-        unreachable!("opened on PostgreSQL")
-    };
-    let ((customer, p), _) = two_partitions();
-    let (started, running) = std::sync::mpsc::channel();
-    let (go, held) = std::sync::mpsc::channel();
-    let interpreter = Arc::new(HeldOnce {
-        started: Mutex::new(Some(started)),
-        go: Mutex::new(Some(held)),
-        applied: Default::default(),
-    });
     let bundle = journeyc::compile::bytecode::Bundle {
         format_version: journeyc::compile::bytecode::FORMAT_VERSION,
         names: vec![],
@@ -2434,7 +2411,7 @@ fn a_job_refused_after_its_partition_was_lost_and_claimed_back_is_committed_agai
     let runtime = Arc::new(std::sync::RwLock::new(Arc::new(Runtime {
         bundle: Arc::new(bundle),
         bundle_key: "k".into(),
-        interpreter: interpreter.clone(),
+        interpreter,
         retained: vec![],
     })));
     let published = Published {
@@ -2451,10 +2428,13 @@ fn a_job_refused_after_its_partition_was_lost_and_claimed_back_is_committed_agai
         1,
         store.next_timer_chunk().expect("chunk number"),
     );
-    let committing = std::thread::spawn(move || thread.run(receiver));
-    let committer = Committer { sender };
-    let call = journeyc::runtime::input::Call {
-        customer: customer.clone(),
+    (Committer { sender }, std::thread::spawn(move || thread.run(receiver)))
+}
+
+/// A `track` call of `customer`, validated.
+fn track(customer: &str) -> journeyc::runtime::input::Call {
+    journeyc::runtime::input::Call {
+        customer: customer.to_string(),
         input: journeyc::runtime::input::Input::Track {
             event: "e".into(),
             properties: Default::default(),
@@ -2464,7 +2444,41 @@ fn a_job_refused_after_its_partition_was_lost_and_claimed_back_is_committed_agai
         merge: None,
         fill: Default::default(),
         group: None,
+    }
+}
+
+/// The single-job retry after a claim-back, through the commit thread: a
+/// job of partition p begins (its group takes the epochs held: p at 1)
+/// and, while its input is applied, p is taken over by another node,
+/// which draws outbox numbers of its own, then its lease expires and this
+/// node claims p back (epoch 3). The group's batch, fenced at epoch 1, is
+/// refused (`PartitionNotOwned`); since p was claimed after the group
+/// began, the job is committed once more under the set held now: applied
+/// again, answered `Ok`, one send record in p's outbox, numbered from a
+/// block drawn after the claim (above the other node's number), so a sink
+/// gets it. Without the retry (`commit.rs`, `claimed_since_group_began`)
+/// the job is answered with the refusal.
+#[test]
+fn a_job_refused_after_its_partition_was_lost_and_claimed_back_is_committed_again_with_new_numbers() {
+    if skip() {
+        return;
+    }
+    let server = super::pg::Postgres::start("journeyc");
+    let pg = Pg::open(&server.url(), Duration::from_secs(2)).expect("open");
+    let store = journeyc::daemon::store::Store::on(journeyc::daemon::kv::Kv::Postgres(pg)).expect("store");
+    let journeyc::daemon::kv::Kv::Postgres(pg) = &store.db else {
+        unreachable!("opened on PostgreSQL")
     };
+    let ((customer, p), _) = two_partitions();
+    let (started, running) = std::sync::mpsc::channel();
+    let (go, held) = std::sync::mpsc::channel();
+    let interpreter = Arc::new(HeldOnce {
+        started: Mutex::new(Some(started)),
+        go: Mutex::new(Some(held)),
+        applied: Default::default(),
+    });
+    let (committer, committing) = commit_thread(&store, interpreter.clone());
+    let call = track(&customer);
     let answer = std::thread::spawn(move || {
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -2511,6 +2525,94 @@ fn a_job_refused_after_its_partition_was_lost_and_claimed_back_is_committed_agai
     );
     // The committer was dropped with the request's thread: the commit
     // thread ends.
+    committing.join().expect("the commit thread");
+}
+
+/// Two jobs of the node's own intake in one group commit, one of which
+/// must wait: a first job (customer `a`) holds the commit thread inside
+/// its input while jobs of `b` (partition p, whose inbox holds an earlier
+/// record of `b`, written as another node writes one) and of `c` (another
+/// partition, inbox empty) are sent, so both wait in the channel and make
+/// the next group together. Its transaction's look finds p's record:
+/// nothing of that try is written, `b`'s call goes to p's inbox (a record
+/// sorting after the earlier one, holding the call as sent) and `c`'s is
+/// applied, in one transaction; both are answered `Ok`. Without the look
+/// (`commit.rs`, `apply_behind_inbox`) `b` is applied at once, ahead of
+/// its earlier call.
+#[test]
+fn a_group_with_a_job_behind_its_partitions_inbox_queues_it_and_applies_the_other() {
+    if skip() {
+        return;
+    }
+    let server = super::pg::Postgres::start("journeyc");
+    let pg = Pg::open(&server.url(), Duration::from_secs(10)).expect("open");
+    let store = journeyc::daemon::store::Store::on(journeyc::daemon::kv::Kv::Postgres(pg)).expect("store");
+    let journeyc::daemon::kv::Kv::Postgres(pg) = &store.db else {
+        unreachable!("opened on PostgreSQL")
+    };
+    let partition = |id: &str| partition_of(format!("c{id}").as_bytes(), 256);
+    let ids: Vec<String> = (0..).map(|i| format!("q{i}")).take(64).collect();
+    let a = ids[0].clone();
+    let b = (ids.iter())
+        .find(|id| partition(id) != partition(&a))
+        .expect("b")
+        .clone();
+    let c = (ids.iter())
+        .find(|id| ![partition(&a), partition(&b)].contains(&partition(id)))
+        .expect("c")
+        .clone();
+    let p = partition(&b);
+    let earlier = journeyc::daemon::inbox::key(
+        journeyc::daemon::inbox::partitioned_number(store.db.generate_id().expect("an id"), p).expect("a number"),
+    );
+    pg.put_unfenced(&earlier, &journeyc::daemon::inbox::encode(&[track(&b)]))
+        .expect("the earlier record");
+
+    let (started, running) = std::sync::mpsc::channel();
+    let (go, held) = std::sync::mpsc::channel();
+    let interpreter = Arc::new(HeldOnce {
+        started: Mutex::new(Some(started)),
+        go: Mutex::new(Some(held)),
+        applied: Default::default(),
+    });
+    let (committer, committing) = commit_thread(&store, interpreter.clone());
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let send = |customer: &str| {
+        let (committer, call) = (committer.clone(), track(customer));
+        tokio.spawn(async move { committer.ingest(vec![call]).await })
+    };
+    let first = send(&a);
+    running.recv().expect("the first job runs");
+    let (queued, other) = (send(&b), send(&c));
+    let capacity = journeyc::daemon::commit::JOB_CHANNEL_CAPACITY;
+    eventually("both jobs waiting in the channel", || {
+        (committer.sender.capacity() == capacity - 2).then_some(())
+    });
+    go.send(()).expect("the first job waits");
+    for (who, answer) in [(&a, first), (&b, queued), (&c, other)] {
+        let answer = tokio.block_on(answer).expect("the job's task");
+        assert!(answer.is_ok(), "{who}: {answer:?}");
+    }
+
+    assert!(store.customer(&a).expect("read").is_some());
+    assert!(store.customer(&c).expect("read").is_some(), "the other job applied");
+    assert!(
+        store.customer(&b).expect("read").is_none(),
+        "applied ahead of its earlier call in the inbox"
+    );
+    let records = rows(&server, b'i');
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records.iter().all(|(partition, _, _)| *partition == p), "{records:?}");
+    assert_eq!(records[0].1, earlier, "the earlier record sorts first");
+    assert!(inbox_number(&records[1].1).0 > inbox_number(&earlier).0);
+    assert_eq!(record_customers(&records[1].2), vec![b.to_string()]);
+    // a once; b and c in the try the look refused; c again.
+    assert_eq!(interpreter.applied.load(Ordering::SeqCst), 4);
+    drop(committer);
     committing.join().expect("the commit thread");
 }
 

@@ -383,6 +383,29 @@ impl Drop for Inner {
     }
 }
 
+/// What a group commit's transaction looks at in the inbox first
+/// ([`Pg::apply_held_behind_inbox`]).
+#[derive(Debug, Default, Clone)]
+pub struct InboxLook {
+    /// The partitions of the calls the group applies itself, and
+    /// [`PARTITION_NONE`] (records of the layout before partitions):
+    /// if the inbox of one of them holds a record, nothing is written.
+    pub behind: Vec<i32>,
+    /// The batch writes inbox records (calls queued behind others): the
+    /// transaction sends `NOTIFY journeyc_inbox`.
+    pub notify: bool,
+}
+
+/// How a transaction of [`Pg::apply_as_of`] ended.
+#[derive(Debug, PartialEq)]
+enum Applied {
+    Committed,
+    /// The compared key did not hold the value expected: nothing written.
+    Unchanged,
+    /// The inbox of these partitions holds records: nothing written.
+    HeldUp(Vec<i32>),
+}
+
 /// A handle on the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Pg {
@@ -732,7 +755,7 @@ impl Pg {
     /// dropped from the held set ([`Pg::owned`]); the store's lease
     /// (partition -1) lost is lost for good.
     pub fn apply(&self, condition: Option<(&[u8], &[u8])>, batch: Batch) -> StoreResult<bool> {
-        self.apply_as_of(None, condition, batch)
+        Ok(self.apply_as_of(None, condition, batch, &InboxLook::default())? == Applied::Committed)
     }
 
     /// [`Pg::apply`] fenced at the epochs of `held`, a held set read
@@ -746,10 +769,42 @@ impl Pg {
     /// state read before that node changed it (`docs/scale-out.md`,
     /// "Cursors per partition").
     pub fn apply_held(&self, held: &Owned, batch: Batch) -> StoreResult<()> {
-        self.apply_as_of(Some(held), None, batch).map(|_| ())
+        self.apply_as_of(Some(held), None, batch, &InboxLook::default())
+            .map(|_| ())
     }
 
-    fn apply_as_of(&self, held: Option<&Owned>, condition: Option<(&[u8], &[u8])>, batch: Batch) -> StoreResult<bool> {
+    /// [`Pg::apply_held`] of a group commit that applies calls itself
+    /// (`commit.rs`): inside the same transaction, under the same fence,
+    /// it first looks whether the inbox (`daemon/inbox.rs`, keys `i`…) of
+    /// one of `look.behind` holds a record, one statement sent with the
+    /// fence's check (no round trip of its own). If one does, nothing is
+    /// written (the transaction rolls back) and the answer lists those
+    /// partitions: an earlier call of a customer of theirs may wait
+    /// there, and the group's calls of them must be queued behind it.
+    /// Otherwise the batch commits (with `NOTIFY journeyc_inbox` when
+    /// `look.notify`: it writes inbox records) and the answer is empty.
+    /// Why the look suffices: under READ COMMITTED the statement sees
+    /// every record committed before it began, so every call acked into
+    /// the inbox before the group's calls were posted, unless already
+    /// applied (and removed), which was then before them; and the fence
+    /// holds the partitions at the epochs the group began with, so no
+    /// other node applied their records meanwhile (`docs/scale-out.md`,
+    /// "The order of one customer's calls").
+    pub fn apply_held_behind_inbox(&self, held: &Owned, batch: Batch, look: &InboxLook) -> StoreResult<Vec<i32>> {
+        match self.apply_as_of(Some(held), None, batch, look)? {
+            Applied::HeldUp(partitions) => Ok(partitions),
+            Applied::Committed | Applied::Unchanged => Ok(Vec::new()),
+        }
+    }
+
+    fn apply_as_of(
+        &self,
+        held: Option<&Owned>,
+        condition: Option<(&[u8], &[u8])>,
+        batch: Batch,
+        look: &InboxLook,
+    ) -> StoreResult<Applied> {
+        let (behind, notify) = (look.behind.clone(), look.notify);
         let condition = condition.map(|(key, expected)| (key.to_vec(), expected.to_vec()));
         let lease = self.inner.lease.clone();
         let partitions = self.inner.partitions;
@@ -796,9 +851,32 @@ impl Pg {
                 )
                 .await
                 .map_err(|e| error("check the leases", e))?;
-            let holders: BTreeMap<i32, (String, i64)> = tx
-                .query(&statement, &[&fenced])
-                .await
+            // The inbox's look, sent with the check (pipelined: one round
+            // trip for both), run after it; one index probe per partition.
+            let (checked, held_up) = if behind.is_empty() {
+                let checked = tx.query(&statement, &[&fenced]).await;
+                (checked, Vec::new())
+            } else {
+                let looking = tx
+                    .prepare_cached(
+                        "SELECT p FROM unnest($1::integer[]) AS p WHERE EXISTS \
+                         (SELECT 1 FROM journeyc_kv WHERE partition = p AND key >= $2 AND key < $3)",
+                    )
+                    .await
+                    .map_err(|e| error("look at the inbox", e))?;
+                let (from, to) = (vec![b'i'], vec![b'i' + 1]);
+                let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&fenced];
+                let look_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&behind, &from, &to];
+                let (checked, looked) =
+                    tokio::join!(tx.query(&statement, &fence_params), tx.query(&looking, &look_params));
+                let looked = looked.map_err(|e| error("look at the inbox", e));
+                let held_up: Vec<i32> = match (&checked, looked) {
+                    (Err(_), _) => Vec::new(),
+                    (Ok(_), looked) => looked?.into_iter().map(|row| row.get(0)).collect(),
+                };
+                (checked, held_up)
+            };
+            let holders: BTreeMap<i32, (String, i64)> = checked
                 .map_err(|e| error("check the leases", e))?
                 .into_iter()
                 .map(|row| (row.get(0), (row.get(1), row.get(2))))
@@ -829,12 +907,21 @@ impl Pg {
                     .await
                     .map_err(|e| error("compare", e))?;
                 if row.map(|row| row.get::<_, Vec<u8>>(0)) != Some(expected) {
-                    return Ok(false);
+                    return Ok(Applied::Unchanged);
                 }
             }
+            if !held_up.is_empty() {
+                // Rolled back (dropped): nothing of the batch written.
+                return Ok(Applied::HeldUp(held_up));
+            }
             write_rows(&tx, &batch, partitions).await?;
+            if notify {
+                tx.batch_execute(&format!("NOTIFY {CHANNEL_INBOX}"))
+                    .await
+                    .map_err(|e| error("notify", e))?;
+            }
             tx.commit().await.map_err(|e| error("commit", e))?;
-            Ok(true)
+            Ok(Applied::Committed)
         })
     }
 
@@ -944,40 +1031,6 @@ impl Pg {
     /// sends `NOTIFY journeyc_inbox` in the same transaction): a connection
     /// of its own `LISTEN`s. If it cannot connect or drops, the caller's
     /// polling is left to find the records.
-    /// Whether the inbox (`daemon/inbox.rs`, keys `i`…) holds a record
-    /// committed by now: in one of `partitions`, or (`None`) in any
-    /// partition. One indexed look, under no lease: the owner asks it
-    /// before committing a call itself, so that a call of a customer
-    /// whose earlier calls still wait in the inbox waits behind them
-    /// (`http.rs`, `queued_behind`).
-    pub fn inbox_holds(&self, partitions: Option<Vec<i32>>) -> StoreResult<bool> {
-        self.run(|pool, _| async move {
-            let client = connection(&pool).await?;
-            let (from, to) = (vec![b'i'], vec![b'i' + 1]);
-            let row = match partitions {
-                None => {
-                    client
-                        .query_one(
-                            "SELECT EXISTS (SELECT 1 FROM journeyc_kv WHERE key >= $1 AND key < $2)",
-                            &[&from, &to],
-                        )
-                        .await
-                }
-                Some(partitions) => {
-                    client
-                        .query_one(
-                            "SELECT EXISTS (SELECT 1 FROM journeyc_kv \
-                             WHERE partition = ANY($3) AND key >= $1 AND key < $2)",
-                            &[&from, &to, &partitions],
-                        )
-                        .await
-                }
-            }
-            .map_err(|e| error("look at the inbox", e))?;
-            Ok(row.get(0))
-        })
-    }
-
     pub fn inbox_wakeups(&self) -> Arc<tokio::sync::Notify> {
         self.wakeups(CHANNEL_INBOX)
     }
