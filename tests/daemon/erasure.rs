@@ -516,6 +516,14 @@ fn sends_every_spread_node_delivered_are_redacted_while_they_run_and_after_a_kil
     assert_eq!(a.terminate(), Some(0));
 }
 
+/// The store flags of `env` with `--erasure-within 2s`, for a node without
+/// `--spread`.
+fn bounded_args(env: &Env) -> Vec<String> {
+    let mut args = env.store_args();
+    args.extend(["--erasure-within".to_string(), "2s".to_string()]);
+    args
+}
+
 /// Without `--spread`: the sends an owner delivered stay in its data
 /// directory after it was killed and a standby took over; a customer erased
 /// at the new owner keeps its mark until the old owner, back as a standby,
@@ -529,8 +537,7 @@ fn sends_a_killed_owner_delivered_are_redacted_when_it_comes_back_as_a_standby()
     let pg = env.postgres.as_ref().expect("a PostgreSQL server");
     let (a_data, b_data) = (env.root.path().join("data"), env.root.path().join("second"));
     let start = |data: &Path| {
-        let mut args = env.store_args();
-        args.extend(["--erasure-within".to_string(), "2s".to_string()]);
+        let args = bounded_args(&env);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Daemon::start(&env.workspace(), data, &args)
     };
@@ -592,16 +599,9 @@ fn a_retired_redactor_holds_no_mark_and_its_data_directory_is_refused() {
     let env = Env::on(ERASE_WORKSPACE, Backend::Postgres);
     let pg = env.postgres.as_ref().expect("a PostgreSQL server");
     let (a_data, b_data) = (env.root.path().join("data"), env.root.path().join("second"));
-    let args = |data: &Path| {
-        let mut args = env.store_args();
-        args.extend(["--erasure-within".to_string(), "2s".to_string()]);
-        (args, data.to_path_buf())
-    };
-    let start = |data: &Path| {
-        let (args, data) = args(data);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Daemon::start(&env.workspace(), &data, &args)
-    };
+    let args = bounded_args(&env);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let start = |data: &Path| Daemon::start(&env.workspace(), data, &args);
     let a = start(&a_data);
     a.wait_until_owner();
     spread_customer_with_a_send(&a, &a_data, "retired-gone-5d", "ria@example.org", 616_161);
@@ -646,9 +646,7 @@ fn a_retired_redactor_holds_no_mark_and_its_data_directory_is_refused() {
 
     // A's files were never redacted: starting on them is refused.
     assert!(!files_containing(&a_data, "ria@example.org").is_empty());
-    let (args_a, _) = args(&a_data);
-    let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
-    let (code, stderr) = serve_refused(&env, &args_a);
+    let (code, stderr) = serve_refused(&env, &args);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("was retired"), "{stderr}");
     assert_eq!(c.terminate(), Some(0));

@@ -1772,6 +1772,45 @@ fn assert_queued_behind(pg: &super::pg::Postgres, p: i32, what: &str) {
     assert!(queued.iter().all(|(partition, _, _)| *partition == p), "{queued:?}");
 }
 
+/// An `identify` of `user` with `anonymous` (of partition `q`, taken over
+/// by another node) setting `plan` free, acked by `standby` into the
+/// user's partition's inbox: the owner's drain of it is refused (its merge
+/// writes q too), so it waits there.
+fn identify_held_up_in_the_inbox(pg: &super::pg::Postgres, standby: &Daemon, user: &str, anonymous: &str, q: i32) {
+    take_over(pg, q);
+    let first = format!(
+        r#"{{"type":"identify","userId":"{user}","anonymousId":"{anonymous}","traits":{{"plan":"free"}},"messageId":"first"}}"#
+    );
+    assert_eq!(standby.post("/v1/identify", &first).status, 200);
+    assert_eq!(rows(pg, b'i').len(), 1);
+}
+
+/// Partition `q` claimed back by the owner: once every inbox record is
+/// applied (in the order they were acked), `user`'s stored record.
+fn claim_back_and_read(pg: &super::pg::Postgres, owner: &Daemon, q: i32, user: &str) -> serde_json::Value {
+    expire_lease(pg, q);
+    eventually("both applied", || rows(pg, b'i').is_empty().then_some(()));
+    let stored = owner.get(&format!("/v1/customers/{user}"));
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    stored.json()
+}
+
+/// A `signed_up` track call of `customer`, refused while the workspace
+/// does not declare the event.
+fn signed_up(customer: &str) -> String {
+    format!(r#"{{"type":"track","userId":"{customer}","event":"signed_up","properties":{{"n":1}},"messageId":"late"}}"#)
+}
+
+/// Declares `signed_up` in `env`'s workspace and reloads it at `owner`.
+fn declare_signed_up(env: &Env, owner: &Daemon) {
+    std::fs::write(
+        env.workspace().join("test.journey"),
+        format!("{WORKSPACE}\nevent signed_up {{ n: int }}\n"),
+    )
+    .expect("write the workspace");
+    assert_eq!(owner.post("/v1/reload", "").status, 200);
+}
+
 /// Lets partition `partition`'s lease expire, as a node that stopped
 /// renewing it would: the next node to look claims it.
 fn expire_lease(pg: &super::pg::Postgres, partition: i32) {
@@ -2220,13 +2259,7 @@ fn an_import_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox()
     let owner = env.start(&[]);
     let (standby, _) = node(&env, "standby");
     let ((anonymous, q), (user, p)) = two_partitions();
-    take_over(pg, q);
-    let first = format!(
-        r#"{{"type":"identify","userId":"{user}","anonymousId":"{anonymous}","traits":{{"plan":"free"}},"messageId":"first"}}"#
-    );
-    assert_eq!(standby.post("/v1/identify", &first).status, 200);
-    // The owner tries the record: refused (q), it waits in p's inbox.
-    assert_eq!(rows(pg, b'i').len(), 1);
+    identify_held_up_in_the_inbox(pg, &standby, &user, &anonymous, q);
     let imported = owner.post("/v1/import", &format!("id,plan\n{user},pro\n"));
     assert_eq!(imported.status, 200, "{}", imported.body);
     assert_eq!(imported.json()["accepted"], 1, "{}", imported.body);
@@ -2237,12 +2270,8 @@ fn an_import_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox()
     );
     assert_queued_behind(pg, p, "the import queued behind the first");
 
-    // q claimed back: both applied, in the order they were acked.
-    expire_lease(pg, q);
-    eventually("both applied", || rows(pg, b'i').is_empty().then_some(()));
-    let stored = owner.get(&format!("/v1/customers/{user}"));
-    assert_eq!(stored.status, 200, "{}", stored.body);
-    assert_eq!(stored.json()["profile"]["plan"], "pro", "{}", stored.body);
+    let stored = claim_back_and_read(pg, &owner, q, &user);
+    assert_eq!(stored["profile"]["plan"], "pro", "{stored}");
     assert_eq!(owner.terminate(), Some(0));
     assert_eq!(standby.terminate(), Some(0));
 }
@@ -2321,23 +2350,9 @@ fn a_replay_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox() 
     let owner = env.start(&[]);
     let (standby, _) = node(&env, "standby");
     let ((anonymous, q), (user, p)) = two_partitions();
-    let late = format!(
-        r#"{{"type":"track","userId":"{user}","event":"signed_up","properties":{{"n":1}},"messageId":"late"}}"#
-    );
-    assert_eq!(owner.post("/v1/track", &late).status, 422);
-    take_over(pg, q);
-    let first = format!(
-        r#"{{"type":"identify","userId":"{user}","anonymousId":"{anonymous}","traits":{{"plan":"free"}},"messageId":"first"}}"#
-    );
-    assert_eq!(standby.post("/v1/identify", &first).status, 200);
-    // The owner tries the record: refused (q), it waits in p's inbox.
-    assert_eq!(rows(pg, b'i').len(), 1);
-    std::fs::write(
-        env.workspace().join("test.journey"),
-        format!("{WORKSPACE}\nevent signed_up {{ n: int }}\n"),
-    )
-    .expect("write the workspace");
-    assert_eq!(owner.post("/v1/reload", "").status, 200);
+    assert_eq!(owner.post("/v1/track", &signed_up(&user)).status, 422);
+    identify_held_up_in_the_inbox(pg, &standby, &user, &anonymous, q);
+    declare_signed_up(&env, &owner);
     let replayed = owner.post("/v1/rejected/replay", "");
     assert_eq!(replayed.status, 200, "{}", replayed.body);
     assert_eq!(replayed.json()["replayed"], 1, "{}", replayed.body);
@@ -2348,12 +2363,8 @@ fn a_replay_at_the_owner_waits_behind_its_customers_call_held_up_in_the_inbox() 
     );
     assert_queued_behind(pg, p, "the replay queued behind the first");
 
-    // q claimed back: both applied, in the order they were acked.
-    expire_lease(pg, q);
-    eventually("both applied", || rows(pg, b'i').is_empty().then_some(()));
-    let stored = owner.get(&format!("/v1/customers/{user}"));
-    assert_eq!(stored.status, 200, "{}", stored.body);
-    assert_eq!(stored.json()["profile"]["plan"], "free", "{}", stored.body);
+    let stored = claim_back_and_read(pg, &owner, q, &user);
+    assert_eq!(stored["profile"]["plan"], "free", "{stored}");
     assert_eq!(owner.terminate(), Some(0));
     assert_eq!(standby.terminate(), Some(0));
 }
@@ -2673,16 +2684,8 @@ fn a_replay_at_the_spread_owner_of_another_nodes_customer_goes_to_its_inbox() {
     owner.wait_until_owner();
     let holder = start_spread(&env, &env.root.path().join("second"));
     eventually("two halves", || (shares(pg) == vec![128, 128]).then_some(()));
-    let late = format!(
-        r#"{{"type":"track","userId":"{theirs}","event":"signed_up","properties":{{"n":1}},"messageId":"late"}}"#
-    );
-    assert_eq!(owner.post("/v1/track", &late).status, 422);
-    std::fs::write(
-        env.workspace().join("test.journey"),
-        format!("{WORKSPACE}\nevent signed_up {{ n: int }}\n"),
-    )
-    .expect("write the workspace");
-    assert_eq!(owner.post("/v1/reload", "").status, 200);
+    assert_eq!(owner.post("/v1/track", &signed_up(&theirs)).status, 422);
+    declare_signed_up(&env, &owner);
     let replayed = owner.post("/v1/rejected/replay", "");
     assert_eq!(replayed.status, 200, "{}", replayed.body);
     assert_eq!(replayed.json()["replayed"], 1, "{}", replayed.body);
