@@ -434,6 +434,14 @@ fn write_changes(
         let value = store.counter_in(&name, partition)? + delta;
         batch.insert(store::stat_key_in(&name, partition), &value.to_be_bytes());
     }
+    // Nothing moved: nothing to write, and nothing to fence. On
+    // PostgreSQL an empty batch would be fenced at the store's lease,
+    // which a `--spread` applier migrating its own partitions does not
+    // hold: it was refused there ("this node is a standby") before every
+    // group, and the commit thread never took in a change of ownership.
+    if batch.is_empty() {
+        return Ok(next_chunk);
+    }
     store.db.apply_batch(std::mem::take(batch))?;
     Ok(next_chunk)
 }

@@ -2696,3 +2696,32 @@ fn a_replay_at_the_spread_owner_of_another_nodes_customer_goes_to_its_inbox() {
     assert_eq!(owner.terminate(), Some(0));
     assert_eq!(holder.terminate(), Some(0));
 }
+
+/// A `--spread` applier migrates the enrollments of the partitions it
+/// claims (the workspace has an `on update migrate` journey); with none to
+/// move it writes nothing. Its empty batch was fenced at the store's lease,
+/// which an applier does not hold, so the migration failed before every
+/// group ("this node is a standby") and the applier never took in the
+/// change of ownership.
+#[test]
+fn a_spread_applier_with_nothing_to_migrate_takes_its_partitions_in() {
+    if skip() {
+        return;
+    }
+    let env = Env::on(WORKSPACE, Backend::Postgres);
+    let pg = env.postgres.as_ref().expect("a PostgreSQL server");
+    let (_, theirs) = ids_in_two_halves();
+    let owner = start_spread(&env, &env.root.path().join("data"));
+    owner.wait_until_owner();
+    let second = env.root.path().join("second");
+    let applier = start_spread(&env, &second);
+    eventually("two halves", || (shares(pg) == vec![128, 128]).then_some(()));
+    assert_eq!(owner.post("/v1/track", &ping(&theirs, "theirs-1", 1)).status, 200);
+    eventually("applied by the applier", || {
+        (applier.get(&format!("/v1/customers/{theirs}")).status == 200).then_some(())
+    });
+    let log = std::fs::read_to_string(second.join("daemon.log")).unwrap_or_default();
+    assert!(!log.contains("migrating the partitions held failed"), "{log}");
+    assert_eq!(owner.terminate(), Some(0));
+    assert_eq!(applier.terminate(), Some(0));
+}
