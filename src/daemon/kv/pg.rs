@@ -1073,10 +1073,12 @@ impl Pg {
             let client = connection(&pool).await?;
             let row = client
                 .query_one(
-                    "WITH added AS (INSERT INTO journeyc_redactors (redactor) VALUES ($1) \
-                       ON CONFLICT (redactor) DO NOTHING RETURNING redactor) \
-                     SELECT (SELECT to_char(retired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
-                       FROM journeyc_redactors WHERE redactor = $1)",
+                    &format!(
+                        "WITH added AS (INSERT INTO journeyc_redactors (redactor) VALUES ($1) \
+                           ON CONFLICT (redactor) DO NOTHING RETURNING redactor) \
+                         SELECT (SELECT {} FROM journeyc_redactors WHERE redactor = $1)",
+                        utc_text("retired_at")
+                    ),
                     &[&redactor],
                 )
                 .await
@@ -1102,14 +1104,16 @@ impl Pg {
             let client = connection(&pool).await?;
             let rows = client
                 .query(
-                    "SELECT r.redactor, \
-                       to_char(r.registered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                       to_char(r.retired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                       CASE WHEN r.retired_at IS NULL THEN (SELECT count(*) FROM journeyc_kv k \
-                         WHERE k.key >= $1 AND k.key < $2 AND NOT EXISTS (SELECT 1 FROM journeyc_redacted d \
-                           WHERE d.partition = k.partition AND d.customer = substring(k.key from 2) \
-                           AND d.redactor = r.redactor)) ELSE 0 END \
-                     FROM journeyc_redactors r ORDER BY r.registered_at, r.redactor",
+                    &format!(
+                        "SELECT r.redactor, {}, {}, \
+                           CASE WHEN r.retired_at IS NULL THEN (SELECT count(*) FROM journeyc_kv k \
+                             WHERE k.key >= $1 AND k.key < $2 AND NOT EXISTS (SELECT 1 FROM journeyc_redacted d \
+                               WHERE d.partition = k.partition AND d.customer = substring(k.key from 2) \
+                               AND d.redactor = r.redactor)) ELSE 0 END \
+                         FROM journeyc_redactors r ORDER BY r.registered_at, r.redactor",
+                        utc_text("r.registered_at"),
+                        utc_text("r.retired_at")
+                    ),
                     &[&MARKS.0, &MARKS.1],
                 )
                 .await
@@ -1137,7 +1141,7 @@ impl Pg {
         self.run(|pool, _| async move {
             let mut client = connection(&pool).await?;
             let tx = client.transaction().await.map_err(|e| error("begin", e))?;
-            let time = "to_char(retired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
+            let time = utc_text("retired_at");
             let found = tx
                 .query_opt(
                     &format!("SELECT {time} FROM journeyc_redactors WHERE redactor = $1 FOR UPDATE"),
@@ -1559,6 +1563,13 @@ fn block<T: Send + 'static>(
 
 async fn connection(pool: &deadpool_postgres::Pool) -> StoreResult<deadpool_postgres::Object> {
     pool.get().await.map_err(|e| error("cannot connect to PostgreSQL", e))
+}
+
+/// SQL for the `timestamptz` `column` as UTC RFC 3339 text to the second
+/// (`2026-12-08T03:12:00Z`; NULL stays NULL), as the redactor answers
+/// show times.
+fn utc_text(column: &str) -> String {
+    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
 }
 
 /// The message of a lost lease: who holds `partition` now.
